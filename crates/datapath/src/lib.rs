@@ -1,1 +1,24 @@
-//! placeholder
+//! The kernel datapath of the VPNNAT system, and the only code in the
+//! project that changes kernel state.
+//!
+//! Layers, from pure to effectful:
+//! - [`model`]: what the project owns (SAs, policies, 1:1 mappings).
+//! - [`plan`]: desired vs observed state -> ordered list of [`plan::Change`]s.
+//! - [`xfrm::msg`], [`nft::ruleset`], [`route::msg`]: pure message builders.
+//! - [`apply`]: the [`apply::Datapath`] trait, with the kernel implementation
+//!   and a recording fake for unit tests of router and center logic.
+//! - [`netlink`], [`xfrm`], [`nft`], [`route`]: the thin I/O layer.
+
+pub mod apply;
+pub mod error;
+pub mod model;
+pub mod netlink;
+pub mod nft;
+pub mod plan;
+pub mod route;
+pub mod xfrm;
+
+pub use apply::{Datapath, KernelDatapath, RecordingDatapath};
+pub use error::DatapathError;
+pub use model::*;
+pub use plan::{plan, Change, DesiredState, ObservedState};

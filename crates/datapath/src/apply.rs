@@ -1,0 +1,351 @@
+//! The apply step: [`Datapath`] turns [`Change`]s into kernel state.
+//!
+//! [`KernelDatapath`] is the real one; [`RecordingDatapath`] keeps state in
+//! memory and records every change, for unit tests of router and center
+//! logic that must not need root.
+
+use std::collections::BTreeSet;
+
+use log::debug;
+
+use crate::error::DatapathError;
+use crate::model::{is_owned_reqid, ObservedSa, PolicyId, PolicySpec, SaCounters, SaId};
+use crate::nft::{NatObserved, NatTable, Nft};
+use crate::plan::{plan, Change, DesiredState, ObservedState};
+use crate::xfrm::Xfrm;
+
+/// Something that can read and change the project's kernel state.
+pub trait Datapath {
+    /// Reads the project's objects (SAs and policies in its reqid range, and
+    /// its NAT table).
+    fn observe(&mut self) -> Result<ObservedState, DatapathError>;
+
+    /// Applies `changes` in order. Stops at the first failure; the error
+    /// names the object. Changes before it stay applied (callers re-plan
+    /// from a fresh observation, which is always safe).
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError>;
+
+    /// Brings the kernel to `desired` and returns what was changed.
+    fn reconcile(&mut self, desired: &DesiredState) -> Result<Vec<Change>, DatapathError> {
+        let observed = self.observe()?;
+        let changes = plan(desired, &observed);
+        for c in &changes {
+            debug!("datapath: {}", c.describe());
+        }
+        self.apply(&changes)?;
+        Ok(changes)
+    }
+}
+
+/// The real kernel, in the network namespace the calling thread is in.
+#[derive(Debug)]
+pub struct KernelDatapath {
+    pub xfrm: Xfrm,
+    pub nft: Nft,
+}
+
+impl KernelDatapath {
+    pub fn open(table: NatTable) -> Result<Self, DatapathError> {
+        Ok(Self {
+            xfrm: Xfrm::open()?,
+            nft: Nft::new(table),
+        })
+    }
+}
+
+impl Datapath for KernelDatapath {
+    fn observe(&mut self) -> Result<ObservedState, DatapathError> {
+        Ok(ObservedState {
+            sas: self
+                .xfrm
+                .list_sas()?
+                .into_iter()
+                .filter(|s| is_owned_reqid(s.reqid))
+                .collect(),
+            policies: self
+                .xfrm
+                .list_policies()?
+                .into_iter()
+                .filter(|p| is_owned_reqid(p.reqid))
+                .collect(),
+            nat: self.nft.observe()?,
+        })
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
+        let t = self.nft.table.clone();
+        let mut i = 0;
+        while let Some(c) = changes.get(i) {
+            // Runs of policy adds or deletes go down in one pipelined batch.
+            if let Change::AddPolicy(_) = c {
+                let run: Vec<PolicySpec> = changes[i..]
+                    .iter()
+                    .map_while(|c| match c {
+                        Change::AddPolicy(p) => Some(*p),
+                        _ => None,
+                    })
+                    .collect();
+                self.xfrm.add_policies(&run)?;
+                i += run.len();
+                continue;
+            }
+            if let Change::DelPolicy(_) = c {
+                let run: Vec<PolicyId> = changes[i..]
+                    .iter()
+                    .map_while(|c| match c {
+                        Change::DelPolicy(p) => Some(*p),
+                        _ => None,
+                    })
+                    .collect();
+                self.xfrm.delete_policies(&run)?;
+                i += run.len();
+                continue;
+            }
+            match c {
+                Change::AddSa(sa) => self.xfrm.add_sa(sa)?,
+                Change::DelSa(id) => self.xfrm.delete_sa(*id)?,
+                Change::UpdatePolicy(p) => self.xfrm.update_policy(p)?,
+                Change::CreateNat { center, mappings } => self
+                    .nft
+                    .apply("create table", &t.create(center, mappings))?,
+                Change::SetCenter(center) => self
+                    .nft
+                    .apply("set center networks", &t.set_center(center))?,
+                Change::AddMappings(m) => self.nft.apply("add mappings", &t.add_mappings(m))?,
+                Change::DelMappings(m) => {
+                    self.nft.apply("delete mappings", &t.remove_mappings(m))?
+                }
+                Change::DestroyNat => self.nft.apply("destroy table", &t.destroy())?,
+                Change::AddPolicy(_) | Change::DelPolicy(_) => {}
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory datapath that records every change it is asked to apply.
+/// It can be told to fail at a given change, to test recovery paths.
+#[derive(Debug, Default)]
+pub struct RecordingDatapath {
+    pub state: ObservedState,
+    /// Every change applied, in order.
+    pub log: Vec<Change>,
+    /// Fail the change with this index in `log` order (0-based, counted over
+    /// the lifetime of the fake), without applying it.
+    pub fail_at: Option<usize>,
+}
+
+impl RecordingDatapath {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn step(&mut self, c: &Change) -> Result<(), DatapathError> {
+        if self.fail_at == Some(self.log.len()) {
+            return Err(DatapathError::Nft {
+                what: c.describe(),
+                detail: "injected failure".to_string(),
+            });
+        }
+        let exists = |what: &str| DatapathError::Xfrm {
+            op: "add",
+            object: what.to_string(),
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        };
+        let missing = |op: &'static str, what: &str| DatapathError::Xfrm {
+            op,
+            object: what.to_string(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let s = &mut self.state;
+        match c {
+            Change::AddSa(sa) => {
+                if s.sas.iter().any(|o| o.id == sa.id()) {
+                    return Err(exists(&sa.id().to_string()));
+                }
+                s.sas.push(ObservedSa {
+                    id: sa.id(),
+                    src: sa.src,
+                    reqid: sa.reqid,
+                    encap: sa.encap,
+                    counters: SaCounters::default(),
+                });
+            }
+            Change::DelSa(id) => {
+                let before = s.sas.len();
+                s.sas.retain(|o| o.id != *id);
+                if s.sas.len() == before {
+                    return Err(missing("delete", &id.to_string()));
+                }
+            }
+            Change::AddPolicy(p) => {
+                if s.policies.iter().any(|o| o.id == p.id) {
+                    return Err(exists(&p.id.to_string()));
+                }
+                s.policies.push(*p);
+            }
+            Change::UpdatePolicy(p) => {
+                s.policies.retain(|o| o.id != p.id);
+                s.policies.push(*p);
+            }
+            Change::DelPolicy(id) => {
+                let before = s.policies.len();
+                s.policies.retain(|o| o.id != *id);
+                if s.policies.len() == before {
+                    return Err(missing("delete", &id.to_string()));
+                }
+            }
+            Change::CreateNat { center, mappings } => {
+                s.nat = Some(NatObserved {
+                    center: center.iter().copied().collect(),
+                    mappings: mappings.iter().copied().collect(),
+                    consistent: true,
+                });
+            }
+            Change::DestroyNat => s.nat = None,
+            Change::SetCenter(center) => {
+                let nat = s.nat.as_mut().ok_or_else(|| missing("set", "NAT table"))?;
+                nat.center = center.iter().copied().collect();
+            }
+            Change::AddMappings(m) => {
+                let nat = s.nat.as_mut().ok_or_else(|| missing("add", "NAT table"))?;
+                let new: BTreeSet<_> = m.iter().copied().collect();
+                // nft refuses a transaction that re-adds a key with another value.
+                if nat
+                    .mappings
+                    .iter()
+                    .any(|o| m.iter().any(|n| n.vpnnat == o.vpnnat && n.real != o.real))
+                {
+                    return Err(DatapathError::Nft {
+                        what: c.describe(),
+                        detail: "Could not process rule: File exists".to_string(),
+                    });
+                }
+                nat.mappings.extend(new);
+            }
+            Change::DelMappings(m) => {
+                let nat = s
+                    .nat
+                    .as_mut()
+                    .ok_or_else(|| missing("delete", "NAT table"))?;
+                if m.iter().any(|x| !nat.mappings.contains(x)) {
+                    return Err(DatapathError::Nft {
+                        what: c.describe(),
+                        detail: "Could not process rule: No such file or directory".to_string(),
+                    });
+                }
+                for x in m {
+                    nat.mappings.remove(x);
+                }
+            }
+        }
+        self.log.push(c.clone());
+        Ok(())
+    }
+
+    /// Sets SA counters as if traffic had passed (for tests of monitoring).
+    pub fn set_counters(&mut self, id: SaId, counters: SaCounters) {
+        if let Some(sa) = self.state.sas.iter_mut().find(|s| s.id == id) {
+            sa.counters = counters;
+        }
+    }
+}
+
+impl Datapath for RecordingDatapath {
+    fn observe(&mut self) -> Result<ObservedState, DatapathError> {
+        Ok(self.state.clone())
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
+        for c in changes {
+            self.step(c)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Dir, Ipv4Cidr, Lifetime, Mapping, SaKey, SaSpec, REQID_BASE};
+    use crate::plan::NatDesired;
+
+    fn desired(n: u8) -> DesiredState {
+        let maps: BTreeSet<Mapping> = (0..n)
+            .map(|i| Mapping {
+                vpnnat: [10, 64, 0, i].into(),
+                real: [192, 168, 1, 10 + i].into(),
+            })
+            .collect();
+        DesiredState {
+            sas: vec![SaSpec {
+                src: [198, 51, 100, 21].into(),
+                dst: [198, 51, 100, 101].into(),
+                spi: 0x1000,
+                reqid: REQID_BASE,
+                key: SaKey::new(vec![1; 20]).unwrap(),
+                replay_window: 64,
+                encap: None,
+                lifetime: Lifetime::default(),
+            }],
+            policies: maps
+                .iter()
+                .map(|m| PolicySpec {
+                    id: PolicyId {
+                        src: Ipv4Cidr::host(m.vpnnat),
+                        dst: "172.16.0.0/24".parse().unwrap(),
+                        dir: Dir::Out,
+                    },
+                    priority: 100,
+                    tmpl_src: [198, 51, 100, 101].into(),
+                    tmpl_dst: [198, 51, 100, 21].into(),
+                    reqid: REQID_BASE,
+                })
+                .collect(),
+            nat: Some(NatDesired {
+                center: ["172.16.0.0/24".parse().unwrap()].into(),
+                mappings: maps,
+            }),
+        }
+    }
+
+    #[test]
+    fn reconcile_converges_and_is_idempotent() {
+        let mut dp = RecordingDatapath::new();
+        let first = dp.reconcile(&desired(3)).unwrap();
+        assert_eq!(first.len(), 1 + 1 + 3);
+        assert!(dp.reconcile(&desired(3)).unwrap().is_empty());
+        let shrink = dp.reconcile(&desired(1)).unwrap();
+        assert_eq!(shrink.len(), 2 + 1, "{shrink:?}");
+        assert_eq!(dp.state.policies.len(), 1);
+        let gone = dp.reconcile(&DesiredState::default()).unwrap();
+        assert!(gone.contains(&Change::DestroyNat));
+        assert_eq!(dp.state, ObservedState::default());
+    }
+
+    #[test]
+    fn failure_midway_then_reconcile_recovers() {
+        let mut dp = RecordingDatapath {
+            fail_at: Some(1),
+            ..Default::default()
+        };
+        let err = dp.reconcile(&desired(2)).unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert_eq!(dp.log.len(), 1);
+        dp.fail_at = None;
+        dp.reconcile(&desired(2)).unwrap();
+        assert!(dp.reconcile(&desired(2)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fake_rejects_what_the_kernel_rejects() {
+        let mut dp = RecordingDatapath::new();
+        let d = desired(1);
+        dp.apply(&[Change::AddPolicy(d.policies[0])]).unwrap();
+        let e = dp.apply(&[Change::AddPolicy(d.policies[0])]).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+        let e = dp.apply(&[Change::AddMappings(vec![])]).unwrap_err();
+        assert!(e.to_string().contains("NAT table"), "{e}");
+    }
+}

@@ -1,0 +1,52 @@
+//! Typed errors that say which kernel object failed and why.
+
+use std::io;
+
+use thiserror::Error;
+
+use crate::model::ModelError;
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    /// A netlink request about one XFRM object failed.
+    #[error("xfrm {op} of {object} failed: {source}")]
+    Xfrm {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: io::Error,
+    },
+    /// An nftables transaction failed; nothing of it was applied.
+    #[error("nftables transaction ({what}) failed: {detail}")]
+    Nft { what: String, detail: String },
+    /// An rtnetlink request about a link, address or route failed.
+    #[error("rtnetlink {op} of {object} failed: {source}")]
+    Route {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Opening a netlink socket failed (e.g. not root, or no such family).
+    #[error("cannot open {family} netlink socket: {source}")]
+    Socket {
+        family: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// Input that the kernel would never accept.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl DatapathError {
+    /// The errno of a kernel refusal, if there is one (e.g. EEXIST, ENOENT).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            DatapathError::Xfrm { source, .. } | DatapathError::Route { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! nftables through the `nftables` crate (the `nft` JSON API): each change is
+//! one `nft -j -f -` transaction, all or nothing.
+
+pub mod ruleset;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use nftables::expr::{Expression, NamedExpression};
+use nftables::helper::{self, NftablesError};
+use nftables::schema::{NfListObject, NfObject, Nftables};
+
+use crate::error::DatapathError;
+use crate::model::{Ipv4Cidr, Mapping};
+pub use ruleset::NatTable;
+
+/// The VPNNAT table as read from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatObserved {
+    pub center: BTreeSet<Ipv4Cidr>,
+    /// Mappings present in the DNAT map.
+    pub mappings: BTreeSet<Mapping>,
+    /// False when the SNAT map or the granted set disagree with the DNAT map
+    /// (never after a transaction of ours, but possible after manual edits).
+    pub consistent: bool,
+}
+
+/// Applies transactions for one table with a given `nft` executable.
+#[derive(Clone, Debug)]
+pub struct Nft {
+    pub table: NatTable,
+    program: String,
+}
+
+fn nft_err(what: &str) -> impl FnOnce(NftablesError) -> DatapathError + '_ {
+    move |e| DatapathError::Nft {
+        what: what.to_string(),
+        detail: match e {
+            NftablesError::NftFailed { stderr, .. } => stderr.trim().to_string(),
+            other => other.to_string(),
+        },
+    }
+}
+
+fn elems(objs: &[NfObject<'_>]) -> Vec<Expression<'static>> {
+    let mut out = Vec::new();
+    for o in objs {
+        match o {
+            NfObject::ListObject(NfListObject::Map(m)) => {
+                out.extend(m.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)));
+            }
+            NfObject::ListObject(NfListObject::Set(s)) => {
+                out.extend(s.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn own(e: &Expression<'_>) -> Expression<'static> {
+    // Round-trip through JSON to detach from the borrowed output.
+    serde_json::to_value(e)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or(Expression::Boolean(false))
+}
+
+fn ip_of(e: &Expression<'_>) -> Option<Ipv4Addr> {
+    match e {
+        Expression::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn pair_of(e: &Expression<'_>) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    match e {
+        Expression::List(l) => match l.as_slice() {
+            [k, v] => Some((ip_of(k)?, ip_of(v)?)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn cidr_of(e: &Expression<'_>) -> Option<Ipv4Cidr> {
+    match e {
+        Expression::Named(NamedExpression::Prefix(p)) => {
+            Ipv4Cidr::new(ip_of(&p.addr)?, u8::try_from(p.len).ok()?).ok()
+        }
+        Expression::String(s) => s.parse().ok(),
+        Expression::Range(r) => {
+            // nft prints some prefixes as ranges; keep them when they are one.
+            let [lo, hi] = &r.range;
+            let (lo, hi) = (u32::from(ip_of(lo)?), u32::from(ip_of(hi)?));
+            let size = hi.checked_sub(lo)?.checked_add(1)?;
+            if size.is_power_of_two() && lo % size == 0 {
+                Ipv4Cidr::new(Ipv4Addr::from(lo), (32 - size.trailing_zeros()) as u8).ok()
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+impl Nft {
+    pub fn new(table: NatTable) -> Self {
+        Self {
+            table,
+            program: std::env::var("VPNNAT_NFT").unwrap_or_else(|_| "nft".to_string()),
+        }
+    }
+
+    /// Runs one transaction.
+    pub fn apply(&self, what: &str, batch: &Nftables<'_>) -> Result<(), DatapathError> {
+        if batch.objects.is_empty() {
+            return Ok(());
+        }
+        helper::apply_ruleset_with_args(batch, Some(&self.program), std::iter::empty::<&str>())
+            .map_err(nft_err(what))
+    }
+
+    fn list(&self, kind: &str, name: &str) -> Result<Option<Nftables<'static>>, DatapathError> {
+        let args = ["list", kind, "ip", &self.table.name, name];
+        match helper::get_current_ruleset_with_args(Some(&self.program), args) {
+            Ok(n) => Ok(Some(n)),
+            Err(NftablesError::NftFailed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(nft_err("list")(e)),
+        }
+    }
+
+    /// Reads the table; `None` when it does not exist.
+    pub fn observe(&self) -> Result<Option<NatObserved>, DatapathError> {
+        let Some(dnat) = self.list("map", ruleset::DNAT_MAP)? else {
+            return Ok(None);
+        };
+        let snat = self.list("map", ruleset::SNAT_MAP)?;
+        let granted = self.list("set", ruleset::GRANTED_SET)?;
+        let center = self.list("set", ruleset::CENTER_SET)?;
+        let mappings: BTreeSet<Mapping> = elems(&dnat.objects)
+            .iter()
+            .filter_map(pair_of)
+            .map(|(vpnnat, real)| Mapping { vpnnat, real })
+            .collect();
+        let snat: BTreeSet<Mapping> = snat
+            .map(|n| elems(&n.objects))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(pair_of)
+            .map(|(real, vpnnat)| Mapping { vpnnat, real })
+            .collect();
+        let granted: BTreeSet<Ipv4Addr> = granted
+            .map(|n| elems(&n.objects))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(ip_of)
+            .collect();
+        let consistent = snat == mappings && granted == mappings.iter().map(|m| m.real).collect();
+        let center = center
+            .map(|n| elems(&n.objects))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(cidr_of)
+            .collect();
+        Ok(Some(NatObserved {
+            center,
+            mappings,
+            consistent,
+        }))
+    }
+}

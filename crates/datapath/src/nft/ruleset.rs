@@ -1,0 +1,451 @@
+//! Pure builders of the nftables transactions for the VPNNAT table.
+//!
+//! The table (family `ip`, one per namespace, owned by the project):
+//! ```text
+//! table ip vpnnat {
+//!   map dnat4 { type ipv4_addr : ipv4_addr }   # VPNNAT -> real (from the tunnel)
+//!   map snat4 { type ipv4_addr : ipv4_addr }   # real -> VPNNAT (toward the center)
+//!   set granted { type ipv4_addr }             # real hosts the tunnel may reach
+//!   set center { type ipv4_addr; flags interval }  # the center's networks
+//!   chain prerouting  { nat dstnat:  meta ipsec exists dnat ip to ip daddr map @dnat4 }
+//!   chain postrouting { nat srcnat:  ip daddr @center snat ip to ip saddr map @snat4 }
+//!   chain forward { filter: meta ipsec exists ct status dnat ip daddr @granted accept
+//!                           meta ipsec exists drop }
+//!   chain input   { filter: (same two rules) }
+//! }
+//! ```
+//! Rules never change after creation: granting or revoking a host only adds
+//! or deletes elements of the two maps and the set, in one transaction, so a
+//! change costs the same with ten mappings or a hundred thousand.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use nftables::batch::Batch;
+use nftables::expr::{
+    Expression, Map as MapExpr, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
+};
+use nftables::schema::{
+    Chain, Element, Map, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue,
+    Table,
+};
+use nftables::stmt::{Match, Operator, Statement, NAT};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use crate::model::{Ipv4Cidr, Mapping};
+
+/// Default name of the project's table.
+pub const TABLE: &str = "vpnnat";
+pub const DNAT_MAP: &str = "dnat4";
+pub const SNAT_MAP: &str = "snat4";
+pub const GRANTED_SET: &str = "granted";
+pub const CENTER_SET: &str = "center";
+
+/// Names the project's table; tests use other names to run side by side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatTable {
+    pub name: String,
+}
+
+impl Default for NatTable {
+    fn default() -> Self {
+        Self {
+            name: TABLE.to_string(),
+        }
+    }
+}
+
+fn s(v: impl ToString) -> Expression<'static> {
+    Expression::String(Cow::Owned(v.to_string()))
+}
+
+fn payload(field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed("ip"),
+            field: Cow::Borrowed(field),
+        },
+    )))
+}
+
+fn ipsec_exists() -> Statement<'static> {
+    // `meta ipsec exists`: the packet was decapsulated by an XFRM SA.
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Meta(Meta {
+            key: MetaKey::Secpath,
+        })),
+        right: Expression::Boolean(true),
+        op: Operator::EQ,
+    })
+}
+
+fn map_elem(k: impl ToString, v: impl ToString) -> Expression<'static> {
+    Expression::List(vec![s(k), s(v)])
+}
+
+fn cidr_elem(c: &Ipv4Cidr) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(c.addr())),
+        len: u32::from(c.prefix_len()),
+    }))
+}
+
+impl NatTable {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+        }
+    }
+
+    fn table(&self) -> Table<'static> {
+        Table {
+            family: NfFamily::IP,
+            name: Cow::Owned(self.name.clone()),
+            handle: None,
+        }
+    }
+
+    fn map(&self, name: &'static str) -> Map<'static> {
+        Map {
+            family: NfFamily::IP,
+            table: Cow::Owned(self.name.clone()),
+            name: Cow::Borrowed(name),
+            set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+            map: SetTypeValue::Single(SetType::Ipv4Addr),
+            ..Default::default()
+        }
+    }
+
+    fn set(&self, name: &'static str, interval: bool) -> Set<'static> {
+        Set {
+            family: NfFamily::IP,
+            table: Cow::Owned(self.name.clone()),
+            name: Cow::Borrowed(name),
+            set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+            flags: interval.then(|| HashSet::from([SetFlag::Interval])),
+            ..Default::default()
+        }
+    }
+
+    fn chain(
+        &self,
+        name: &'static str,
+        ty: NfChainType,
+        hook: NfHook,
+        prio: i32,
+    ) -> Chain<'static> {
+        Chain {
+            family: NfFamily::IP,
+            table: Cow::Owned(self.name.clone()),
+            name: Cow::Borrowed(name),
+            _type: Some(ty),
+            hook: Some(hook),
+            prio: Some(prio),
+            policy: Some(NfChainPolicy::Accept),
+            ..Default::default()
+        }
+    }
+
+    fn rule(&self, chain: &'static str, expr: Vec<Statement<'static>>) -> Rule<'static> {
+        Rule {
+            family: NfFamily::IP,
+            table: Cow::Owned(self.name.clone()),
+            chain: Cow::Borrowed(chain),
+            expr: Cow::Owned(expr),
+            ..Default::default()
+        }
+    }
+
+    fn element(&self, set: &'static str, elems: Vec<Expression<'static>>) -> Element<'static> {
+        Element {
+            family: NfFamily::IP,
+            table: Cow::Owned(self.name.clone()),
+            name: Cow::Borrowed(set),
+            elem: Cow::Owned(elems),
+        }
+    }
+
+    /// The filter rules shared by forward and input: from the tunnel, only
+    /// connections that were DNAT'd to a granted host pass.
+    fn tunnel_filter(&self, chain: &'static str) -> Vec<Rule<'static>> {
+        vec![
+            self.rule(
+                chain,
+                vec![
+                    ipsec_exists(),
+                    Statement::Match(Match {
+                        left: Expression::Named(NamedExpression::CT(CT {
+                            key: Cow::Borrowed("status"),
+                            family: None,
+                            dir: None,
+                        })),
+                        right: s("dnat"),
+                        op: Operator::IN,
+                    }),
+                    Statement::Match(Match {
+                        left: payload("daddr"),
+                        right: s(format!("@{GRANTED_SET}")),
+                        op: Operator::EQ,
+                    }),
+                    Statement::Accept(None),
+                ],
+            ),
+            self.rule(chain, vec![ipsec_exists(), Statement::Drop(None)]),
+        ]
+    }
+
+    /// One transaction that (re)creates the whole table with `center` and
+    /// `mappings` in it. "add table; delete table; add table …" makes it
+    /// work whether or not the table exists, atomically: readers see the old
+    /// table or the new one, never none.
+    pub fn create(&self, center: &[Ipv4Cidr], mappings: &[Mapping]) -> Nftables<'static> {
+        let mut b = Batch::new();
+        b.add(NfListObject::Table(self.table()));
+        b.delete(NfListObject::Table(self.table()));
+        b.add(NfListObject::Table(self.table()));
+        b.add(NfListObject::Map(Box::new(self.map(DNAT_MAP))));
+        b.add(NfListObject::Map(Box::new(self.map(SNAT_MAP))));
+        b.add(NfListObject::Set(Box::new(self.set(GRANTED_SET, false))));
+        b.add(NfListObject::Set(Box::new(self.set(CENTER_SET, true))));
+        b.add(NfListObject::Chain(self.chain(
+            "prerouting",
+            NfChainType::NAT,
+            NfHook::Prerouting,
+            -100,
+        )));
+        b.add(NfListObject::Chain(self.chain(
+            "postrouting",
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            100,
+        )));
+        b.add(NfListObject::Chain(self.chain(
+            "forward",
+            NfChainType::Filter,
+            NfHook::Forward,
+            0,
+        )));
+        b.add(NfListObject::Chain(self.chain(
+            "input",
+            NfChainType::Filter,
+            NfHook::Input,
+            0,
+        )));
+        b.add(NfListObject::Rule(self.rule(
+            "prerouting",
+            vec![
+                ipsec_exists(),
+                Statement::DNAT(Some(NAT {
+                    addr: Some(Expression::Named(NamedExpression::Map(Box::new(MapExpr {
+                        key: payload("daddr"),
+                        data: s(format!("@{DNAT_MAP}")),
+                    })))),
+                    family: None,
+                    port: None,
+                    flags: None,
+                })),
+            ],
+        )));
+        b.add(NfListObject::Rule(self.rule(
+            "postrouting",
+            vec![
+                Statement::Match(Match {
+                    left: payload("daddr"),
+                    right: s(format!("@{CENTER_SET}")),
+                    op: Operator::EQ,
+                }),
+                Statement::SNAT(Some(NAT {
+                    addr: Some(Expression::Named(NamedExpression::Map(Box::new(MapExpr {
+                        key: payload("saddr"),
+                        data: s(format!("@{SNAT_MAP}")),
+                    })))),
+                    family: None,
+                    port: None,
+                    flags: None,
+                })),
+            ],
+        )));
+        for r in self
+            .tunnel_filter("forward")
+            .into_iter()
+            .chain(self.tunnel_filter("input"))
+        {
+            b.add(NfListObject::Rule(r));
+        }
+        if !center.is_empty() {
+            b.add(NfListObject::Element(
+                self.element(CENTER_SET, center.iter().map(cidr_elem).collect()),
+            ));
+        }
+        self.push_mappings(&mut b, mappings, true);
+        b.to_nftables()
+    }
+
+    fn push_mappings(&self, b: &mut Batch<'static>, mappings: &[Mapping], add: bool) {
+        if mappings.is_empty() {
+            return;
+        }
+        let dnat = self.element(
+            DNAT_MAP,
+            mappings
+                .iter()
+                .map(|m| map_elem(m.vpnnat, m.real))
+                .collect(),
+        );
+        let snat = self.element(
+            SNAT_MAP,
+            mappings
+                .iter()
+                .map(|m| map_elem(m.real, m.vpnnat))
+                .collect(),
+        );
+        let granted = self.element(GRANTED_SET, mappings.iter().map(|m| s(m.real)).collect());
+        for e in [dnat, snat, granted] {
+            if add {
+                b.add(NfListObject::Element(e));
+            } else {
+                b.delete(NfListObject::Element(e));
+            }
+        }
+    }
+
+    /// One transaction adding `mappings` (elements only).
+    pub fn add_mappings(&self, mappings: &[Mapping]) -> Nftables<'static> {
+        let mut b = Batch::new();
+        self.push_mappings(&mut b, mappings, true);
+        b.to_nftables()
+    }
+
+    /// One transaction deleting `mappings` (elements only). Deleting an
+    /// element that is absent fails the whole transaction, which is what
+    /// keeps the three containers in step.
+    pub fn remove_mappings(&self, mappings: &[Mapping]) -> Nftables<'static> {
+        let mut b = Batch::new();
+        self.push_mappings(&mut b, mappings, false);
+        b.to_nftables()
+    }
+
+    /// One transaction replacing the center networks.
+    pub fn set_center(&self, center: &[Ipv4Cidr]) -> Nftables<'static> {
+        let mut b = Batch::new();
+        b.add_cmd(NfCmd::Flush(nftables::schema::FlushObject::Set(Box::new(
+            self.set(CENTER_SET, true),
+        ))));
+        if !center.is_empty() {
+            b.add(NfListObject::Element(
+                self.element(CENTER_SET, center.iter().map(cidr_elem).collect()),
+            ));
+        }
+        b.to_nftables()
+    }
+
+    /// One transaction removing the table (and with it every mapping).
+    /// "add; delete" makes it succeed when the table is already gone.
+    pub fn destroy(&self) -> Nftables<'static> {
+        let mut b = Batch::new();
+        b.add(NfListObject::Table(self.table()));
+        b.delete(NfListObject::Table(self.table()));
+        b.to_nftables()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn m(v: &str, r: &str) -> Mapping {
+        Mapping {
+            vpnnat: v.parse().unwrap(),
+            real: r.parse().unwrap(),
+        }
+    }
+
+    fn to_json(n: &Nftables) -> Value {
+        serde_json::to_value(n).unwrap()
+    }
+
+    #[test]
+    fn add_mapping_touches_only_elements() {
+        let t = NatTable::default();
+        let j = to_json(&t.add_mappings(&[m("10.64.0.5", "192.168.1.10")]));
+        assert_eq!(
+            j,
+            json!({"nftables": [
+                {"add": {"element": {"family": "ip", "table": "vpnnat", "name": "dnat4", "elem": [["10.64.0.5", "192.168.1.10"]]}}},
+                {"add": {"element": {"family": "ip", "table": "vpnnat", "name": "snat4", "elem": [["192.168.1.10", "10.64.0.5"]]}}},
+                {"add": {"element": {"family": "ip", "table": "vpnnat", "name": "granted", "elem": ["192.168.1.10"]}}}
+            ]})
+        );
+    }
+
+    #[test]
+    fn remove_mapping_deletes_the_same_elements() {
+        let t = NatTable::named("t1");
+        let j = to_json(&t.remove_mappings(&[
+            m("10.64.0.5", "192.168.1.10"),
+            m("10.64.0.6", "192.168.1.11"),
+        ]));
+        let cmds = j["nftables"].as_array().unwrap();
+        assert_eq!(cmds.len(), 3);
+        for c in cmds {
+            assert!(c.get("delete").is_some(), "{c}");
+            assert_eq!(c["delete"]["element"]["table"], "t1");
+            assert_eq!(c["delete"]["element"]["elem"].as_array().unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn empty_change_is_an_empty_transaction() {
+        let t = NatTable::default();
+        assert_eq!(to_json(&t.add_mappings(&[])), json!({"nftables": []}));
+    }
+
+    #[test]
+    fn create_builds_the_documented_table() {
+        let t = NatTable::default();
+        let j = to_json(&t.create(
+            &["172.16.0.0/24".parse().unwrap()],
+            &[m("10.64.0.5", "192.168.1.10")],
+        ));
+        let cmds = j["nftables"].as_array().unwrap();
+        // add/delete/add table first, so the transaction replaces atomically.
+        assert!(cmds[0]["add"]["table"].is_object());
+        assert!(cmds[1]["delete"]["table"].is_object());
+        let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
+        assert_eq!(rules.len(), 6);
+        let pre = rules.iter().find(|r| r["chain"] == "prerouting").unwrap();
+        assert_eq!(
+            pre["expr"],
+            json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "secpath"}}, "right": true}},
+                {"dnat": {"addr": {"map": {"key": {"payload": {"protocol": "ip", "field": "daddr"}}, "data": "@dnat4"}}}}
+            ])
+        );
+        let post = rules.iter().find(|r| r["chain"] == "postrouting").unwrap();
+        assert_eq!(post["expr"][1]["snat"]["addr"]["map"]["data"], "@snat4");
+        let center = cmds
+            .iter()
+            .find_map(|c| c["add"].get("element").filter(|e| e["name"] == "center"))
+            .unwrap();
+        assert_eq!(
+            center["elem"],
+            json!([{"prefix": {"addr": "172.16.0.0", "len": 24}}])
+        );
+        let chains: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("chain")).collect();
+        assert_eq!(chains.len(), 4);
+        assert!(chains.iter().all(|c| c["policy"] == "accept"));
+    }
+
+    #[test]
+    fn destroy_is_idempotent_form() {
+        let j = to_json(&NatTable::default().destroy());
+        assert_eq!(
+            j,
+            json!({"nftables": [
+                {"add": {"table": {"family": "ip", "name": "vpnnat"}}},
+                {"delete": {"table": {"family": "ip", "name": "vpnnat"}}}
+            ]})
+        );
+    }
+}

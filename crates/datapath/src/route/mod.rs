@@ -1,0 +1,2 @@
+//! Links, addresses and routes over rtnetlink (NETLINK_ROUTE).
+pub mod msg;
