@@ -24,6 +24,7 @@ mod b64;
 pub mod error;
 pub mod keys;
 pub mod paths;
+pub mod seal;
 pub mod types;
 
 pub use error::ProtoError;
