@@ -72,7 +72,7 @@ pub fn event_of(m: &XfrmMessage) -> Option<XfrmEvent> {
             Some(XfrmEvent::Expire {
                 id: SaId {
                     dst: s.id.daddr.to_ipv4(),
-                    spi: u32::from_be(s.id.spi),
+                    spi: s.id.spi,
                 },
                 reqid: s.reqid,
                 hard: e.expire.hard != 0,

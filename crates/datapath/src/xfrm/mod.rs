@@ -53,9 +53,7 @@ impl Xfrm {
             .query(msg::alloc_spi(src, dst, reqid, min, max), F_GET)
             .map_err(err("allocspi", &what))?;
         match answer {
-            XfrmMessage::AddSa(m) | XfrmMessage::UpdateSa(m) => {
-                Ok(u32::from_be(m.user_sa_info.id.spi))
-            }
+            XfrmMessage::AddSa(m) | XfrmMessage::UpdateSa(m) => Ok(m.user_sa_info.id.spi),
             other => Err(err("allocspi", &what)(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("unexpected answer type {}", other.message_type()),
