@@ -389,6 +389,27 @@ pub fn verify_response(
             max: MAX_RESPONSE_BODY,
         });
     }
+    verify_response_mac(
+        key,
+        request_direction,
+        principal,
+        path,
+        request_mac,
+        headers,
+        body,
+    )
+}
+
+/// [`verify_response`] without the size check (the caller did its own).
+pub(crate) fn verify_response_mac(
+    key: &MacKey,
+    request_direction: Direction,
+    principal: &str,
+    path: &str,
+    request_mac: &Tag,
+    headers: &AuthHeaders,
+    body: &[u8],
+) -> Result<Envelope, ProtoError> {
     let env = headers.parse()?;
     if env.principal != principal {
         // Reported as a MAC failure: the MAC would not match either.

@@ -209,7 +209,6 @@ impl fmt::Debug for MaintenancePassword {
 }
 
 /// serde helpers for secrets inside sealed payloads only.
-#[allow(dead_code)] // used by the seal module (next step)
 pub(crate) mod sealed_serde {
     use super::*;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -19,14 +19,19 @@
 //! - [`error`]: [`ProtoError`] and its HTTP status mapping.
 
 pub mod auth;
-#[allow(dead_code)] // used by the seal module (next step)
 mod b64;
+pub mod decode;
 pub mod error;
 pub mod keys;
+pub mod messages;
 pub mod paths;
 pub mod seal;
 pub mod types;
 
+pub use decode::{
+    decode_request, decode_response, encode_request, encode_response, Command, KeyKind, Outgoing,
+    Verified,
+};
 pub use error::ProtoError;
 
 /// Protocol label mixed into every MAC, KDF and AAD, so that nothing computed

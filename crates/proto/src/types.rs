@@ -4,7 +4,10 @@
 //! and deserializes through that same constructor, so a value that exists is
 //! a valid value: a message that parses is a message whose fields are sane.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::Hash;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
@@ -18,13 +21,21 @@ pub struct ValidationError {
     /// Which kind of value (e.g. "terminal ID").
     pub what: &'static str,
     /// Why it was refused; never echoes the value itself.
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
 }
 
 impl ValidationError {
-    pub(crate) fn new(what: &'static str, reason: &'static str) -> Self {
-        ValidationError { what, reason }
+    pub(crate) fn new(what: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        ValidationError {
+            what,
+            reason: reason.into(),
+        }
     }
+}
+
+/// A value type's human name, for error messages about lists of it.
+pub trait Named {
+    const WHAT: &'static str;
 }
 
 macro_rules! validated_string {
@@ -50,6 +61,10 @@ macro_rules! validated_string {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
             }
+        }
+
+        impl Named for $name {
+            const WHAT: &'static str = $what;
         }
 
         impl AsRef<str> for $name {
@@ -246,38 +261,65 @@ validated_string!(
     check_ike_identity
 );
 
-/// 1..=16 distinct extension terminal names of one maintenance request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A list of `MIN..=MAX` distinct values, validated on construction and on
+/// deserialization (before anything else sees it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct TerminalNames(Vec<TerminalName>);
+pub struct BoundedSet<T, const MIN: usize, const MAX: usize>(Vec<T>);
 
-impl TerminalNames {
-    pub fn new(names: Vec<TerminalName>) -> Result<Self, ValidationError> {
-        const WHAT: &str = "extension terminal names";
-        if names.is_empty() {
-            return Err(ValidationError::new(WHAT, "at least one name is required"));
+impl<T: Named + Eq + Hash, const MIN: usize, const MAX: usize> BoundedSet<T, MIN, MAX> {
+    pub fn new(items: Vec<T>) -> Result<Self, ValidationError> {
+        if items.len() < MIN || items.len() > MAX {
+            return Err(ValidationError::new(
+                T::WHAT,
+                format!("a list needs {MIN} to {MAX} entries, got {}", items.len()),
+            ));
         }
-        if names.len() > MAX_TERMINAL_NAMES {
-            return Err(ValidationError::new(WHAT, "at most 16 names are allowed"));
+        let mut seen = HashSet::with_capacity(items.len());
+        if !items.iter().all(|i| seen.insert(i)) {
+            return Err(ValidationError::new(
+                T::WHAT,
+                "list entries must be distinct",
+            ));
         }
-        let mut seen = std::collections::HashSet::new();
-        if !names.iter().all(|n| seen.insert(n.as_str())) {
-            return Err(ValidationError::new(WHAT, "names must be distinct"));
-        }
-        Ok(TerminalNames(names))
-    }
-
-    pub fn as_slice(&self) -> &[TerminalName] {
-        &self.0
+        Ok(BoundedSet(items))
     }
 }
 
-impl<'de> Deserialize<'de> for TerminalNames {
+impl<T, const MIN: usize, const MAX: usize> BoundedSet<T, MIN, MAX> {
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<T> {
+        self.0
+    }
+}
+
+impl<'de, T, const MIN: usize, const MAX: usize> Deserialize<'de> for BoundedSet<T, MIN, MAX>
+where
+    T: Named + Eq + Hash + Deserialize<'de>,
+{
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Vec::<TerminalName>::deserialize(d)?;
+        let v = Vec::<T>::deserialize(d)?;
         Self::new(v).map_err(serde::de::Error::custom)
     }
 }
+
+/// 1..=16 distinct extension terminal names of one maintenance request.
+pub type TerminalNames = BoundedSet<TerminalName, 1, MAX_TERMINAL_NAMES>;
 
 /// The claimant's level ([0153]): an administrator's request lands in the
 /// "administrator" table, a general one in the terminal's own.
@@ -367,6 +409,10 @@ pub fn check_unicast(ip: Ipv4Addr, what: &'static str) -> Result<Ipv4Addr, Valid
 #[serde(transparent)]
 pub struct UnicastAddr(Ipv4Addr);
 
+impl Named for UnicastAddr {
+    const WHAT: &'static str = "unicast address";
+}
+
 impl UnicastAddr {
     pub fn new(ip: Ipv4Addr) -> Result<Self, ValidationError> {
         check_unicast(ip, "unicast address").map(UnicastAddr)
@@ -397,6 +443,10 @@ impl<'de> Deserialize<'de> for UnicastAddr {
 pub struct Ipv4Cidr {
     addr: Ipv4Addr,
     prefix_len: u8,
+}
+
+impl Named for Ipv4Cidr {
+    const WHAT: &'static str = "IPv4 CIDR";
 }
 
 impl Ipv4Cidr {
