@@ -105,16 +105,12 @@ impl Datapath for KernelDatapath {
                 Change::AddSa(sa) => self.xfrm.add_sa(sa)?,
                 Change::DelSa(id) => self.xfrm.delete_sa(*id)?,
                 Change::UpdatePolicy(p) => self.xfrm.update_policy(p)?,
-                Change::CreateNat { center, mappings } => self
-                    .nft
-                    .apply("create table", &t.create(center, mappings))?,
-                Change::SetCenter(center) => self
-                    .nft
-                    .apply("set center networks", &t.set_center(center))?,
-                Change::AddMappings(m) => self.nft.apply("add mappings", &t.add_mappings(m))?,
-                Change::DelMappings(m) => {
-                    self.nft.apply("delete mappings", &t.remove_mappings(m))?
+                Change::CreateNat { center, mappings } => {
+                    self.nft.apply("create table", &t.create(center, mappings))?
                 }
+                Change::SetCenter(center) => self.nft.apply("set center networks", &t.set_center(center))?,
+                Change::AddMappings(m) => self.nft.apply("add mappings", &t.add_mappings(m))?,
+                Change::DelMappings(m) => self.nft.apply("delete mappings", &t.remove_mappings(m))?,
                 Change::DestroyNat => self.nft.apply("destroy table", &t.destroy())?,
                 Change::AddPolicy(_) | Change::DelPolicy(_) => {}
             }
@@ -225,10 +221,7 @@ impl RecordingDatapath {
                 nat.mappings.extend(new);
             }
             Change::DelMappings(m) => {
-                let nat = s
-                    .nat
-                    .as_mut()
-                    .ok_or_else(|| missing("delete", "NAT table"))?;
+                let nat = s.nat.as_mut().ok_or_else(|| missing("delete", "NAT table"))?;
                 if m.iter().any(|x| !nat.mappings.contains(x)) {
                     return Err(DatapathError::Nft {
                         what: c.describe(),

@@ -43,9 +43,7 @@ impl DatapathError {
     /// The errno of a kernel refusal, if there is one (e.g. EEXIST, ENOENT).
     pub fn errno(&self) -> Option<i32> {
         match self {
-            DatapathError::Xfrm { source, .. } | DatapathError::Route { source, .. } => {
-                source.raw_os_error()
-            }
+            DatapathError::Xfrm { source, .. } | DatapathError::Route { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

@@ -143,9 +143,7 @@ impl fmt::Display for Mapping {
 impl FromStr for Mapping {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ModelError::BadMapping {
-            input: s.to_string(),
-        };
+        let bad = || ModelError::BadMapping { input: s.to_string() };
         let (v, r) = s.split_once('=').ok_or_else(bad)?;
         Ok(Self {
             vpnnat: v.trim().parse().map_err(|_| bad())?,
@@ -350,10 +348,7 @@ mod tests {
         assert!("10.64.0.1/16".parse::<Ipv4Cidr>().is_err());
         assert!("10.64.0.0/33".parse::<Ipv4Cidr>().is_err());
         assert_eq!("1.2.3.4".parse::<Ipv4Cidr>().unwrap().prefix_len(), 32);
-        assert_eq!(
-            "0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().to_string(),
-            "0.0.0.0/0"
-        );
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().to_string(), "0.0.0.0/0");
     }
 
     #[test]

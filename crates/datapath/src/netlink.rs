@@ -8,8 +8,8 @@
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 
@@ -191,10 +191,9 @@ impl NlSocket {
                 index += 1;
             }
             if !out.is_empty() {
-                self.sock.send(&out, 0).map_err(|error| NlError {
-                    index: acked,
-                    error,
-                })?;
+                self.sock
+                    .send(&out, 0)
+                    .map_err(|error| NlError { index: acked, error })?;
                 if sent.len() < WINDOW && reqs.peek().is_some() {
                     continue;
                 }
@@ -207,10 +206,7 @@ impl NlSocket {
             let n = self
                 .sock
                 .recv(&mut &mut self.buf[..], 0)
-                .map_err(|error| NlError {
-                    index: acked,
-                    error,
-                })?;
+                .map_err(|error| NlError { index: acked, error })?;
             let mut off = 0;
             while off < n {
                 let slice = self.buf.get(off..n).unwrap_or_default();

@@ -10,9 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{
-    is_owned_reqid, Ipv4Cidr, Mapping, ObservedSa, PolicyId, PolicySpec, SaId, SaSpec,
-};
+use crate::model::{is_owned_reqid, Ipv4Cidr, Mapping, ObservedSa, PolicyId, PolicySpec, SaId, SaSpec};
 use crate::nft::NatObserved;
 
 /// The NAT table the router wants.
@@ -87,8 +85,7 @@ impl Change {
 pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Vec<Change> {
     let mut out = Vec::new();
 
-    let want_pol: BTreeMap<PolicyId, &PolicySpec> =
-        desired.policies.iter().map(|p| (p.id, p)).collect();
+    let want_pol: BTreeMap<PolicyId, &PolicySpec> = desired.policies.iter().map(|p| (p.id, p)).collect();
     let have_pol: BTreeMap<PolicyId, &PolicySpec> = observed
         .policies
         .iter()
@@ -285,10 +282,7 @@ mod tests {
         };
         assert_eq!(
             plan(&desired, &observed),
-            vec![
-                Change::DelPolicy(p_drop.id),
-                Change::DelMappings(vec![drop])
-            ]
+            vec![Change::DelPolicy(p_drop.id), Change::DelMappings(vec![drop])]
         );
     }
 
@@ -325,11 +319,7 @@ mod tests {
         };
         assert_eq!(
             plan(&desired, &observed),
-            vec![
-                Change::AddSa(new),
-                Change::UpdatePolicy(p),
-                Change::DelSa(old.id())
-            ]
+            vec![Change::AddSa(new), Change::UpdatePolicy(p), Change::DelSa(old.id())]
         );
     }
 

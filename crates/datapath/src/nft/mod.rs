@@ -85,9 +85,7 @@ fn pair_of(e: &Expression<'_>) -> Option<(Ipv4Addr, Ipv4Addr)> {
 
 fn cidr_of(e: &Expression<'_>) -> Option<Ipv4Cidr> {
     match e {
-        Expression::Named(NamedExpression::Prefix(p)) => {
-            Ipv4Cidr::new(ip_of(&p.addr)?, u8::try_from(p.len).ok()?).ok()
-        }
+        Expression::Named(NamedExpression::Prefix(p)) => Ipv4Cidr::new(ip_of(&p.addr)?, u8::try_from(p.len).ok()?).ok(),
         Expression::String(s) => s.parse().ok(),
         Expression::Range(r) => {
             // nft prints some prefixes as ranges; keep them when they are one.
@@ -117,19 +115,14 @@ impl Nft {
         if batch.objects.is_empty() {
             return Ok(());
         }
-        helper::apply_ruleset_with_args(batch, Some(&self.program), std::iter::empty::<&str>())
-            .map_err(nft_err(what))
+        helper::apply_ruleset_with_args(batch, Some(&self.program), std::iter::empty::<&str>()).map_err(nft_err(what))
     }
 
     fn list(&self, kind: &str, name: &str) -> Result<Option<Nftables<'static>>, DatapathError> {
         let args = ["list", kind, "ip", &self.table.name, name];
         match helper::get_current_ruleset_with_args(Some(&self.program), args) {
             Ok(n) => Ok(Some(n)),
-            Err(NftablesError::NftFailed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(None)
-            }
+            Err(NftablesError::NftFailed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
             Err(e) => Err(nft_err("list")(e)),
         }
     }

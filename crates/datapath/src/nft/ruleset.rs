@@ -22,12 +22,9 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use nftables::batch::Batch;
-use nftables::expr::{
-    Expression, Map as MapExpr, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
-};
+use nftables::expr::{Expression, Map as MapExpr, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT};
 use nftables::schema::{
-    Chain, Element, Map, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue,
-    Table,
+    Chain, Element, Map, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{Match, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -60,20 +57,16 @@ fn s(v: impl ToString) -> Expression<'static> {
 }
 
 fn payload(field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed("ip"),
-            field: Cow::Borrowed(field),
-        },
-    )))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+        protocol: Cow::Borrowed("ip"),
+        field: Cow::Borrowed(field),
+    })))
 }
 
 fn ipsec_exists() -> Statement<'static> {
     // `meta ipsec exists`: the packet was decapsulated by an XFRM SA.
     Statement::Match(Match {
-        left: Expression::Named(NamedExpression::Meta(Meta {
-            key: MetaKey::Secpath,
-        })),
+        left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Secpath })),
         right: Expression::Boolean(true),
         op: Operator::EQ,
     })
@@ -92,9 +85,7 @@ fn cidr_elem(c: &Ipv4Cidr) -> Expression<'static> {
 
 impl NatTable {
     pub fn named(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-        }
+        Self { name: name.to_string() }
     }
 
     fn table(&self) -> Table<'static> {
@@ -127,13 +118,7 @@ impl NatTable {
         }
     }
 
-    fn chain(
-        &self,
-        name: &'static str,
-        ty: NfChainType,
-        hook: NfHook,
-        prio: i32,
-    ) -> Chain<'static> {
+    fn chain(&self, name: &'static str, ty: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
         Chain {
             family: NfFamily::IP,
             table: Cow::Owned(self.name.clone()),
@@ -285,20 +270,8 @@ impl NatTable {
         if mappings.is_empty() {
             return;
         }
-        let dnat = self.element(
-            DNAT_MAP,
-            mappings
-                .iter()
-                .map(|m| map_elem(m.vpnnat, m.real))
-                .collect(),
-        );
-        let snat = self.element(
-            SNAT_MAP,
-            mappings
-                .iter()
-                .map(|m| map_elem(m.real, m.vpnnat))
-                .collect(),
-        );
+        let dnat = self.element(DNAT_MAP, mappings.iter().map(|m| map_elem(m.vpnnat, m.real)).collect());
+        let snat = self.element(SNAT_MAP, mappings.iter().map(|m| map_elem(m.real, m.vpnnat)).collect());
         let granted = self.element(GRANTED_SET, mappings.iter().map(|m| s(m.real)).collect());
         for e in [dnat, snat, granted] {
             if add {
@@ -382,10 +355,7 @@ mod tests {
     #[test]
     fn remove_mapping_deletes_the_same_elements() {
         let t = NatTable::named("t1");
-        let j = to_json(&t.remove_mappings(&[
-            m("10.64.0.5", "192.168.1.10"),
-            m("10.64.0.6", "192.168.1.11"),
-        ]));
+        let j = to_json(&t.remove_mappings(&[m("10.64.0.5", "192.168.1.10"), m("10.64.0.6", "192.168.1.11")]));
         let cmds = j["nftables"].as_array().unwrap();
         assert_eq!(cmds.len(), 3);
         for c in cmds {
@@ -404,10 +374,7 @@ mod tests {
     #[test]
     fn create_builds_the_documented_table() {
         let t = NatTable::default();
-        let j = to_json(&t.create(
-            &["172.16.0.0/24".parse().unwrap()],
-            &[m("10.64.0.5", "192.168.1.10")],
-        ));
+        let j = to_json(&t.create(&["172.16.0.0/24".parse().unwrap()], &[m("10.64.0.5", "192.168.1.10")]));
         let cmds = j["nftables"].as_array().unwrap();
         // add/delete/add table first, so the transaction replaces atomically.
         assert!(cmds[0]["add"]["table"].is_object());
@@ -428,10 +395,7 @@ mod tests {
             .iter()
             .find_map(|c| c["add"].get("element").filter(|e| e["name"] == "center"))
             .unwrap();
-        assert_eq!(
-            center["elem"],
-            json!([{"prefix": {"addr": "172.16.0.0", "len": 24}}])
-        );
+        assert_eq!(center["elem"], json!([{"prefix": {"addr": "172.16.0.0", "len": 24}}]));
         let chains: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("chain")).collect();
         assert_eq!(chains.len(), 4);
         assert!(chains.iter().all(|c| c["policy"] == "accept"));

@@ -46,11 +46,7 @@ impl Route {
 
     pub fn link(&mut self, name: &str) -> Result<LinkInfo, DatapathError> {
         let what = format!("link {name}");
-        match self
-            .nl
-            .query(msg::get_link(name), F_GET)
-            .map_err(err("get", &what))?
-        {
+        match self.nl.query(msg::get_link(name), F_GET).map_err(err("get", &what))? {
             RouteNetlinkMessage::NewLink(l) => Ok(LinkInfo {
                 index: l.header.index,
                 up: l.header.flags.contains(LinkFlags::Up),
@@ -66,18 +62,10 @@ impl Route {
         let index = self.link(name)?.index;
         self.nl
             .request(msg::set_link_up(index, up), F_CHANGE)
-            .map_err(err(
-                "set",
-                format!("link {name} {}", if up { "up" } else { "down" }),
-            ))
+            .map_err(err("set", format!("link {name} {}", if up { "up" } else { "down" })))
     }
 
-    pub fn add_address(
-        &mut self,
-        dev: &str,
-        host: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), DatapathError> {
+    pub fn add_address(&mut self, dev: &str, host: Ipv4Addr, prefix_len: u8) -> Result<(), DatapathError> {
         let index = self.link(dev)?.index;
         let m = msg::add_address(index, host, prefix_len).ok_or_else(|| ModelError::Invalid {
             what: "prefix length",
@@ -88,21 +76,15 @@ impl Route {
             .map_err(err("add", format!("address {host}/{prefix_len} on {dev}")))
     }
 
-    pub fn del_address(
-        &mut self,
-        dev: &str,
-        host: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), DatapathError> {
+    pub fn del_address(&mut self, dev: &str, host: Ipv4Addr, prefix_len: u8) -> Result<(), DatapathError> {
         let index = self.link(dev)?.index;
         let m = msg::del_address(index, host, prefix_len).ok_or_else(|| ModelError::Invalid {
             what: "prefix length",
             input: prefix_len.to_string(),
         })?;
-        self.nl.request(m, F_CHANGE).map_err(err(
-            "delete",
-            format!("address {host}/{prefix_len} on {dev}"),
-        ))
+        self.nl
+            .request(m, F_CHANGE)
+            .map_err(err("delete", format!("address {host}/{prefix_len} on {dev}")))
     }
 
     fn via(&mut self, gw: Option<Ipv4Addr>, dev: Option<&str>) -> Result<Via, DatapathError> {
@@ -122,24 +104,14 @@ impl Route {
         }
     }
 
-    pub fn add_route(
-        &mut self,
-        dst: Ipv4Cidr,
-        gw: Option<Ipv4Addr>,
-        dev: Option<&str>,
-    ) -> Result<(), DatapathError> {
+    pub fn add_route(&mut self, dst: Ipv4Cidr, gw: Option<Ipv4Addr>, dev: Option<&str>) -> Result<(), DatapathError> {
         let via = self.via(gw, dev)?;
         self.nl
             .request(msg::add_route(dst, via), F_CREATE)
             .map_err(err("add", format!("route {dst}")))
     }
 
-    pub fn del_route(
-        &mut self,
-        dst: Ipv4Cidr,
-        gw: Option<Ipv4Addr>,
-        dev: Option<&str>,
-    ) -> Result<(), DatapathError> {
+    pub fn del_route(&mut self, dst: Ipv4Cidr, gw: Option<Ipv4Addr>, dev: Option<&str>) -> Result<(), DatapathError> {
         let via = self.via(gw, dev)?;
         self.nl
             .request(msg::del_route(dst, via), F_CHANGE)

@@ -35,28 +35,19 @@ fn address(index: u32, cidr: Ipv4Cidr, host: Ipv4Addr) -> AddressMessage {
     m.header.prefix_len = cidr.prefix_len();
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(IpAddr::V4(host)));
-    m.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(host)));
+    m.attributes.push(AddressAttribute::Address(IpAddr::V4(host)));
     m
 }
 
 /// RTM_NEWADDR: `host/len` on the link.
 pub fn add_address(index: u32, host: Ipv4Addr, prefix_len: u8) -> Option<RouteNetlinkMessage> {
-    let net = Ipv4Cidr::new(
-        Ipv4Addr::from(u32::from(host) & mask(prefix_len)?),
-        prefix_len,
-    )
-    .ok()?;
+    let net = Ipv4Cidr::new(Ipv4Addr::from(u32::from(host) & mask(prefix_len)?), prefix_len).ok()?;
     Some(RouteNetlinkMessage::NewAddress(address(index, net, host)))
 }
 
 /// RTM_DELADDR.
 pub fn del_address(index: u32, host: Ipv4Addr, prefix_len: u8) -> Option<RouteNetlinkMessage> {
-    let net = Ipv4Cidr::new(
-        Ipv4Addr::from(u32::from(host) & mask(prefix_len)?),
-        prefix_len,
-    )
-    .ok()?;
+    let net = Ipv4Cidr::new(Ipv4Addr::from(u32::from(host) & mask(prefix_len)?), prefix_len).ok()?;
     Some(RouteNetlinkMessage::DelAddress(address(index, net, host)))
 }
 
@@ -95,13 +86,10 @@ fn route(dst: Ipv4Cidr, via: Via) -> RouteMessage {
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst.addr())));
     }
     match via {
-        Via::Gateway(g) => m
-            .attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(g))),
+        Via::Gateway(g) => m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(g))),
         Via::Dev(i) => m.attributes.push(RouteAttribute::Oif(i)),
         Via::GatewayDev(g, i) => {
-            m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
+            m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
             m.attributes.push(RouteAttribute::Oif(i));
         }
     }
@@ -124,40 +112,30 @@ mod tests {
 
     #[test]
     fn address_prefix_is_derived_from_host() {
-        let RouteNetlinkMessage::NewAddress(m) =
-            add_address(3, Ipv4Addr::new(192, 168, 1, 1), 24).unwrap()
-        else {
+        let RouteNetlinkMessage::NewAddress(m) = add_address(3, Ipv4Addr::new(192, 168, 1, 1), 24).unwrap() else {
             panic!()
         };
         assert_eq!((m.header.prefix_len, m.header.index), (24, 3));
         assert!(m
             .attributes
-            .contains(&AddressAttribute::Local(IpAddr::V4(Ipv4Addr::new(
-                192, 168, 1, 1
-            )))));
+            .contains(&AddressAttribute::Local(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)))));
         assert!(add_address(3, Ipv4Addr::new(1, 2, 3, 4), 33).is_none());
     }
 
     #[test]
     fn default_route_has_no_destination() {
-        let RouteNetlinkMessage::NewRoute(m) = add_route(
-            "0.0.0.0/0".parse().unwrap(),
-            Via::Gateway(Ipv4Addr::new(10, 0, 0, 1)),
-        ) else {
+        let RouteNetlinkMessage::NewRoute(m) =
+            add_route("0.0.0.0/0".parse().unwrap(), Via::Gateway(Ipv4Addr::new(10, 0, 0, 1)))
+        else {
             panic!()
         };
-        assert!(!m
-            .attributes
-            .iter()
-            .any(|a| matches!(a, RouteAttribute::Destination(_))));
+        assert!(!m.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(_))));
         assert_eq!(m.header.scope, RouteScope::Universe);
     }
 
     #[test]
     fn device_route_is_link_scoped() {
-        let RouteNetlinkMessage::NewRoute(m) =
-            add_route("10.64.0.0/16".parse().unwrap(), Via::Dev(4))
-        else {
+        let RouteNetlinkMessage::NewRoute(m) = add_route("10.64.0.0/16".parse().unwrap(), Via::Dev(4)) else {
             panic!()
         };
         assert_eq!(m.header.scope, RouteScope::Link);

@@ -31,10 +31,7 @@ pub struct XfrmEvents {
 
 impl XfrmEvents {
     pub fn subscribe() -> Result<Self, DatapathError> {
-        let sock_err = |source| DatapathError::Socket {
-            family: "xfrm",
-            source,
-        };
+        let sock_err = |source| DatapathError::Socket { family: "xfrm", source };
         let mut nl = NlSocket::open(NETLINK_XFRM).map_err(sock_err)?;
         // Group numbers are 1-based bit positions for add_membership.
         nl.join(XFRMNLGRP_ACQUIRE).map_err(sock_err)?;
@@ -43,14 +40,11 @@ impl XfrmEvents {
     }
 
     /// Blocks until the kernel reports events, and returns them.
-    pub fn next(&mut self) -> Result<Vec<XfrmEvent>, DatapathError> {
-        let msgs =
-            self.nl
-                .recv_events::<XfrmMessage>()
-                .map_err(|source| DatapathError::Socket {
-                    family: "xfrm",
-                    source,
-                })?;
+    pub fn recv(&mut self) -> Result<Vec<XfrmEvent>, DatapathError> {
+        let msgs = self
+            .nl
+            .recv_events::<XfrmMessage>()
+            .map_err(|source| DatapathError::Socket { family: "xfrm", source })?;
         Ok(msgs.iter().filter_map(event_of).collect())
     }
 }

@@ -30,10 +30,7 @@ fn err(op: &'static str, object: impl ToString) -> impl FnOnce(std::io::Error) -
 
 impl Xfrm {
     pub fn open() -> Result<Self, DatapathError> {
-        let nl = NlSocket::open(NETLINK_XFRM).map_err(|source| DatapathError::Socket {
-            family: "xfrm",
-            source,
-        })?;
+        let nl = NlSocket::open(NETLINK_XFRM).map_err(|source| DatapathError::Socket { family: "xfrm", source })?;
         Ok(Self { nl })
     }
 
@@ -61,6 +58,13 @@ impl Xfrm {
         }
     }
 
+    /// Sets the IPv4 policy hash thresholds (see [`msg::set_hash_thresholds`]).
+    pub fn set_hash_thresholds(&mut self, lbits: u8, rbits: u8) -> Result<(), DatapathError> {
+        self.nl
+            .request(msg::set_hash_thresholds(lbits, rbits), F_CHANGE)
+            .map_err(err("set", "SPD hash thresholds"))
+    }
+
     pub fn add_sa(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
         self.nl
             .request(msg::new_sa(sa, false), F_CREATE)
@@ -80,19 +84,14 @@ impl Xfrm {
     }
 
     pub fn get_sa(&mut self, id: SaId) -> Result<ObservedSa, DatapathError> {
-        let answer = self
-            .nl
-            .query(msg::get_sa(id), F_GET)
-            .map_err(err("get", id))?;
+        let answer = self.nl.query(msg::get_sa(id), F_GET).map_err(err("get", id))?;
         match answer {
-            XfrmMessage::AddSa(m) | XfrmMessage::UpdateSa(m) => {
-                msg::parse_sa(&m).ok_or_else(|| {
-                    err("get", id)(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "not an IPv4 ESP SA",
-                    ))
-                })
-            }
+            XfrmMessage::AddSa(m) | XfrmMessage::UpdateSa(m) => msg::parse_sa(&m).ok_or_else(|| {
+                err("get", id)(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not an IPv4 ESP SA",
+                ))
+            }),
             other => Err(err("get", id)(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("unexpected answer type {}", other.message_type()),
@@ -102,10 +101,7 @@ impl Xfrm {
 
     /// All IPv4 ESP SAs of the namespace (the caller filters by reqid).
     pub fn list_sas(&mut self) -> Result<Vec<ObservedSa>, DatapathError> {
-        let msgs = self
-            .nl
-            .dump(msg::dump_sa())
-            .map_err(err("dump", "SA table"))?;
+        let msgs = self.nl.dump(msg::dump_sa()).map_err(err("dump", "SA table"))?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -142,10 +138,7 @@ impl Xfrm {
 
     /// All IPv4 tunnel policies with one template (the caller filters by reqid).
     pub fn list_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError> {
-        let msgs = self
-            .nl
-            .dump(msg::dump_policy())
-            .map_err(err("dump", "policy table"))?;
+        let msgs = self.nl.dump(msg::dump_policy()).map_err(err("dump", "policy table"))?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -168,10 +161,7 @@ impl Xfrm {
             .batch(ps.iter().map(|p| (msg::new_policy(p, false), F_CREATE)))
             .map(|_| ())
             .map_err(|e| {
-                let obj = ps
-                    .get(e.index)
-                    .map(|p| p.id.to_string())
-                    .unwrap_or_default();
+                let obj = ps.get(e.index).map(|p| p.id.to_string()).unwrap_or_default();
                 err("add", obj)(e.error)
             })
     }

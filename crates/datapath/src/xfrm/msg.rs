@@ -5,22 +5,18 @@
 use std::net::Ipv4Addr;
 
 use netlink_packet_xfrm::{
-    policy::{
-        DelGetMessage as PolicyDelGet, FlushMessage as PolicyFlush, ModifyMessage as PolicyModify,
-    },
+    policy::{DelGetMessage as PolicyDelGet, FlushMessage as PolicyFlush, ModifyMessage as PolicyModify},
     state::{
-        AllocSpiMessage, DelGetMessage as SaDelGet, FlushMessage as SaFlush, GetDumpMessage,
-        ModifyMessage as SaModify,
+        AllocSpiMessage, DelGetMessage as SaDelGet, FlushMessage as SaFlush, GetDumpMessage, ModifyMessage as SaModify,
     },
-    Address, AlgAead, EncapTmpl, Id, LifetimeConfig, ReplayEsn, Selector, UserPolicyId,
-    UserPolicyInfo, UserSaId, UserSaInfo, UserSpiInfo, UserTemplate, XfrmAttrs, XfrmMessage,
-    IPPROTO_ESP, UDP_ENCAP_ESPINUDP, XFRM_INF, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW,
-    XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT,
+    Address, AlgAead, EncapTmpl, Id, LifetimeConfig, ReplayEsn, Selector, UserPolicyId, UserPolicyInfo, UserSaId,
+    UserSaInfo, UserSpiInfo, UserTemplate, XfrmAttrs, XfrmMessage, IPPROTO_ESP, UDP_ENCAP_ESPINUDP, XFRM_INF,
+    XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT,
 };
 
-use crate::model::{
-    Dir, Encap, Ipv4Cidr, Lifetime, ObservedSa, PolicyId, PolicySpec, SaCounters, SaId, SaSpec,
-};
+use netlink_packet_xfrm::policy::{NewSpdInfoMessage, SpdHThresh, SpdInfoAttrs};
+
+use crate::model::{Dir, Encap, Ipv4Cidr, Lifetime, ObservedSa, PolicyId, PolicySpec, SaCounters, SaId, SaSpec};
 
 const AF_INET: u16 = libc::AF_INET as u16;
 /// Name the kernel's crypto API knows AES-GCM for ESP by (RFC 4106).
@@ -150,9 +146,7 @@ fn sa_id(id: SaId) -> UserSaId {
 pub fn del_sa(id: SaId, src: Option<Ipv4Addr>) -> XfrmMessage {
     XfrmMessage::DeleteSa(SaDelGet {
         user_sa_id: sa_id(id),
-        nlas: src
-            .map(|s| vec![XfrmAttrs::SrcAddr(addr(s))])
-            .unwrap_or_default(),
+        nlas: src.map(|s| vec![XfrmAttrs::SrcAddr(addr(s))]).unwrap_or_default(),
     })
 }
 
@@ -171,9 +165,7 @@ pub fn dump_sa() -> XfrmMessage {
 
 /// XFRM_MSG_FLUSHSA for ESP.
 pub fn flush_sa() -> XfrmMessage {
-    XfrmMessage::FlushSa(SaFlush {
-        protocol: IPPROTO_ESP,
-    })
+    XfrmMessage::FlushSa(SaFlush { protocol: IPPROTO_ESP })
 }
 
 /// XFRM_MSG_ALLOCSPI: the kernel picks a free SPI in `min..=max` and creates
@@ -244,6 +236,21 @@ pub fn del_policy(id: &PolicyId) -> XfrmMessage {
 /// XFRM_MSG_GETPOLICY with NLM_F_DUMP.
 pub fn dump_policy() -> XfrmMessage {
     XfrmMessage::GetPolicy(PolicyDelGet::default())
+}
+
+/// XFRM_MSG_NEWSPDINFO setting the IPv4 policy hash thresholds.
+///
+/// The kernel hashes a policy only when its selector prefixes are at least
+/// this long; others go to the "inexact" lists, where every insert scans the
+/// policies sharing a prefix. The project's policies pair a VPNNAT /32 with a
+/// center network (e.g. a /24), so with the default 32/32 thresholds all of
+/// them would share one inexact bin and adding N policies would cost O(N^2).
+pub fn set_hash_thresholds(lbits: u8, rbits: u8) -> XfrmMessage {
+    XfrmMessage::NewSpdInfo(NewSpdInfoMessage {
+        // iproute2 sends all ones here; the kernel ignores the value.
+        flags: u32::MAX,
+        nlas: vec![SpdInfoAttrs::SpdIpv4HThresh(SpdHThresh { lbits, rbits })],
+    })
 }
 
 /// XFRM_MSG_FLUSHPOLICY (main policy type).
@@ -419,6 +426,15 @@ mod golden {
     }
 
     #[test]
+    fn hash_thresholds_match_iproute2() {
+        // `ip xfrm policy set hthresh4 24 24`
+        assert_same(
+            &payload(set_hash_thresholds(24, 24)),
+            &hex::decode("ffffffff0600030018180000").unwrap(),
+        );
+    }
+
+    #[test]
     fn wide_replay_window_uses_esn_attribute() {
         let mut s = sa(0x1002, vec![5; 20], None);
         s.replay_window = 1024;
@@ -434,10 +450,7 @@ mod golden {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(
-            (esn.replay_window, esn.bmp_len, esn.bmp.len()),
-            (1024, 32, 32)
-        );
+        assert_eq!((esn.replay_window, esn.bmp_len, esn.bmp.len()), (1024, 32, 32));
     }
 
     #[test]
@@ -462,9 +475,6 @@ mod golden {
             panic!()
         };
         let o = parse_sa(&m).unwrap();
-        assert_eq!(
-            (o.id, o.src, o.reqid, o.encap),
-            (s.id(), s.src, s.reqid, s.encap)
-        );
+        assert_eq!((o.id, o.src, o.reqid, o.encap), (s.id(), s.src, s.reqid, s.encap));
     }
 }
