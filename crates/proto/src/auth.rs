@@ -181,9 +181,7 @@ impl AuthHeaders {
     /// Collects the headers through `get` (a case-insensitive header map
     /// lookup). A missing header is [`ProtoError::Malformed`], one longer
     /// than [`MAX_HEADER_LEN`] is [`ProtoError::TooLarge`].
-    pub fn from_lookup<'a>(
-        mut get: impl FnMut(&str) -> Option<&'a str>,
-    ) -> Result<AuthHeaders, ProtoError> {
+    pub fn from_lookup<'a>(mut get: impl FnMut(&str) -> Option<&'a str>) -> Result<AuthHeaders, ProtoError> {
         let mut one = |name: &'static str| -> Result<String, ProtoError> {
             let v = get(name).ok_or_else(|| ProtoError::malformed(format!("missing {name}")))?;
             check_header_len(v)?;
@@ -301,16 +299,7 @@ pub fn sign_request(
     now: u64,
     rng: &dyn SecureRandom,
 ) -> Result<AuthHeaders, ProtoError> {
-    sign_inner(
-        key,
-        Domain::Request(direction),
-        principal,
-        path,
-        &[],
-        body,
-        now,
-        rng,
-    )
+    sign_inner(key, Domain::Request(direction), principal, path, &[], body, now, rng)
 }
 
 /// Builds the headers of the response to a request whose MAC was
@@ -389,15 +378,7 @@ pub fn verify_response(
             max: MAX_RESPONSE_BODY,
         });
     }
-    verify_response_mac(
-        key,
-        request_direction,
-        principal,
-        path,
-        request_mac,
-        headers,
-        body,
-    )
+    verify_response_mac(key, request_direction, principal, path, request_mac, headers, body)
 }
 
 /// [`verify_response`] without the size check (the caller did its own).
@@ -454,9 +435,7 @@ pub enum NonceStoreError {
 
 impl From<NonceStoreError> for ProtoError {
     fn from(e: NonceStoreError) -> Self {
-        ProtoError::Unavailable {
-            reason: e.to_string(),
-        }
+        ProtoError::Unavailable { reason: e.to_string() }
     }
 }
 
@@ -468,12 +447,7 @@ pub trait NonceStore {
     /// Records (principal, nonce) to be kept until `expires_at` (inclusive)
     /// unless it is already present. Must be atomic. Returns `Ok(true)` if
     /// it was recorded now, `Ok(false)` if it was already there (a replay).
-    fn insert_if_absent(
-        &mut self,
-        principal: &str,
-        nonce: &Nonce,
-        expires_at: u64,
-    ) -> Result<bool, NonceStoreError>;
+    fn insert_if_absent(&mut self, principal: &str, nonce: &Nonce, expires_at: u64) -> Result<bool, NonceStoreError>;
 
     /// Forgets every entry whose `expires_at` is before `now`.
     fn purge_expired(&mut self, now: u64) -> Result<(), NonceStoreError>;
@@ -519,12 +493,7 @@ impl Default for MemoryNonceStore {
 }
 
 impl NonceStore for MemoryNonceStore {
-    fn insert_if_absent(
-        &mut self,
-        principal: &str,
-        nonce: &Nonce,
-        expires_at: u64,
-    ) -> Result<bool, NonceStoreError> {
+    fn insert_if_absent(&mut self, principal: &str, nonce: &Nonce, expires_at: u64) -> Result<bool, NonceStoreError> {
         let key = (principal.to_owned(), *nonce);
         if self.entries.contains_key(&key) {
             return Ok(false);
@@ -534,8 +503,7 @@ impl NonceStore for MemoryNonceStore {
                 capacity: self.capacity,
             });
         }
-        self.by_expiry
-            .insert((expires_at, principal.to_owned(), *nonce));
+        self.by_expiry.insert((expires_at, principal.to_owned(), *nonce));
         self.entries.insert(key, expires_at);
         Ok(true)
     }
@@ -741,9 +709,7 @@ mod tests {
         assert_eq!(env.timestamp, 42);
         assert_eq!(env.principal, "router-1");
 
-        let missing = AuthHeaders::from_lookup(|n| {
-            (n != HEADER_NONCE).then(|| map.get(n).copied()).flatten()
-        });
+        let missing = AuthHeaders::from_lookup(|n| (n != HEADER_NONCE).then(|| map.get(n).copied()).flatten());
         assert!(matches!(missing, Err(ProtoError::Malformed { .. })));
         let long = "a".repeat(MAX_HEADER_LEN + 1);
         let too_long = AuthHeaders::from_lookup(|n| {
@@ -780,10 +746,7 @@ mod tests {
                 ..h.clone()
             },
         ] {
-            assert!(
-                matches!(bad.parse(), Err(ProtoError::Malformed { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(bad.parse(), Err(ProtoError::Malformed { .. })), "{bad:?}");
         }
     }
 
@@ -804,15 +767,7 @@ mod tests {
             &rng,
         )
         .unwrap();
-        let ok = verify_response(
-            &k,
-            Direction::RouterToCenter,
-            "router-1",
-            path,
-            &req_mac,
-            &h,
-            b"{}",
-        );
+        let ok = verify_response(&k, Direction::RouterToCenter, "router-1", path, &req_mac, &h, b"{}");
         assert!(ok.is_ok());
         let other_req = Tag([8; 32]);
         let cases: [(&MacKey, &str, &Tag, &[u8]); 4] = [
@@ -839,24 +794,13 @@ mod tests {
         assert_eq!(as_request.verify(&k, &env.mac), Err(ProtoError::BadMac));
         let big = vec![b' '; MAX_RESPONSE_BODY + 1];
         assert!(matches!(
-            verify_response(
-                &k,
-                Direction::RouterToCenter,
-                "router-1",
-                path,
-                &req_mac,
-                &h,
-                &big
-            ),
+            verify_response(&k, Direction::RouterToCenter, "router-1", path, &req_mac, &h, &big),
             Err(ProtoError::TooLarge { .. })
         ));
     }
 
     fn guard(cap: usize) -> ReplayGuard<MemoryNonceStore> {
-        ReplayGuard::new(
-            MemoryNonceStore::new(cap),
-            ReplayConfig { max_skew_secs: 120 },
-        )
+        ReplayGuard::new(MemoryNonceStore::new(cap), ReplayConfig { max_skew_secs: 120 })
     }
 
     #[test]
@@ -865,18 +809,9 @@ mod tests {
         assert!(g.check_fresh(1000, 1000).is_ok());
         assert!(g.check_fresh(880, 1000).is_ok());
         assert!(g.check_fresh(1120, 1000).is_ok());
-        assert!(matches!(
-            g.check_fresh(879, 1000),
-            Err(ProtoError::Stale { .. })
-        ));
-        assert!(matches!(
-            g.check_fresh(1121, 1000),
-            Err(ProtoError::Stale { .. })
-        ));
-        assert!(matches!(
-            g.check_fresh(u64::MAX, 0),
-            Err(ProtoError::Stale { .. })
-        ));
+        assert!(matches!(g.check_fresh(879, 1000), Err(ProtoError::Stale { .. })));
+        assert!(matches!(g.check_fresh(1121, 1000), Err(ProtoError::Stale { .. })));
+        assert!(matches!(g.check_fresh(u64::MAX, 0), Err(ProtoError::Stale { .. })));
     }
 
     #[test]
@@ -884,17 +819,11 @@ mod tests {
         let mut g = guard(10);
         let n = Nonce::from_bytes([1; 16]);
         assert!(g.check_and_record("r1", &n, 1000, 1000).is_ok());
-        assert_eq!(
-            g.check_and_record("r1", &n, 1000, 1050),
-            Err(ProtoError::Replayed)
-        );
+        assert_eq!(g.check_and_record("r1", &n, 1000, 1050), Err(ProtoError::Replayed));
         // Same nonce from another principal is a different entry.
         assert!(g.check_and_record("r2", &n, 1000, 1050).is_ok());
         // Still remembered at the last second the timestamp is fresh.
-        assert_eq!(
-            g.check_and_record("r1", &n, 1000, 1120),
-            Err(ProtoError::Replayed)
-        );
+        assert_eq!(g.check_and_record("r1", &n, 1000, 1120), Err(ProtoError::Replayed));
         // Past the window the message is stale, and the entry goes away.
         assert!(matches!(
             g.check_and_record("r1", &n, 1000, 1121),
@@ -925,10 +854,7 @@ mod tests {
         assert_eq!(e.http_status(), 503);
         // A replay is still reported as a replay when full.
         let n0 = Nonce::from_bytes([0; 16]);
-        assert_eq!(
-            g.check_and_record("r", &n0, 100, 100),
-            Err(ProtoError::Replayed)
-        );
+        assert_eq!(g.check_and_record("r", &n0, 100, 100), Err(ProtoError::Replayed));
         // Once the window moves on, room is made.
         assert!(g.check_and_record("r", &n, 300, 300).is_ok());
         assert_eq!(g.store().len(), 1);

@@ -34,16 +34,11 @@ pub(crate) fn decode_array<const N: usize>(s: &str) -> Result<[u8; N], &'static 
 pub(crate) mod array {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer, const N: usize>(
-        v: &[u8; N],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&encode(v))
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
-        d: D,
-    ) -> Result<[u8; N], D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
         let s = Zeroizing::new(String::deserialize(d)?);
         decode_array(&s).map_err(serde::de::Error::custom)
     }

@@ -23,9 +23,7 @@ use ring::rand::SecureRandom;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::auth::{
-    self, AuthHeaders, Direction, Domain, MacInput, Nonce, NonceStore, ReplayGuard, Tag,
-};
+use crate::auth::{self, AuthHeaders, Direction, Domain, MacInput, Nonce, NonceStore, ReplayGuard, Tag};
 use crate::error::ProtoError;
 use crate::keys::MacKey;
 use crate::types::{GatewayName, TerminalId, ValidationError};
@@ -165,15 +163,7 @@ pub fn encode_request<C: Command>(
             max: C::MAX_BODY,
         });
     }
-    let headers = auth::sign_request(
-        key,
-        C::DIRECTION,
-        principal.as_ref(),
-        C::PATH,
-        &body,
-        now,
-        rng,
-    )?;
+    let headers = auth::sign_request(key, C::DIRECTION, principal.as_ref(), C::PATH, &body, now, rng)?;
     Ok(Outgoing {
         path: C::PATH,
         headers,
@@ -267,14 +257,7 @@ mod tests {
     }
 
     fn signed_notice(at: u64) -> Outgoing {
-        encode_request(
-            &notice(),
-            &tid(),
-            &sid2().mac_key(),
-            at,
-            &SystemRandom::new(),
-        )
-        .unwrap()
+        encode_request(&notice(), &tid(), &sid2().mac_key(), at, &SystemRandom::new()).unwrap()
     }
 
     /// Resolver of a center that knows router-1 only.
@@ -306,10 +289,7 @@ mod tests {
         assert_eq!(v.command, notice());
         assert_eq!(g.store().len(), 1);
         // Replay: refused, store unchanged.
-        assert_eq!(
-            decode_notice(&mut g, &out, NOW + 6).unwrap_err(),
-            ProtoError::Replayed
-        );
+        assert_eq!(decode_notice(&mut g, &out, NOW + 6).unwrap_err(), ProtoError::Replayed);
         assert_eq!(g.store().len(), 1);
     }
 
@@ -318,28 +298,16 @@ mod tests {
         let mut g = guard();
         let mut out = signed_notice(NOW);
         out.body = br#"{"code":"ipsec","detail":"charon lived"}"#.to_vec();
-        assert_eq!(
-            decode_notice(&mut g, &out, NOW).unwrap_err(),
-            ProtoError::BadMac
-        );
+        assert_eq!(decode_notice(&mut g, &out, NOW).unwrap_err(), ProtoError::BadMac);
         let mut out = signed_notice(NOW);
         out.headers.timestamp = (NOW + 1).to_string();
-        assert_eq!(
-            decode_notice(&mut g, &out, NOW).unwrap_err(),
-            ProtoError::BadMac
-        );
+        assert_eq!(decode_notice(&mut g, &out, NOW).unwrap_err(), ProtoError::BadMac);
         let mut out = signed_notice(NOW);
         out.headers.nonce = "00".repeat(16);
-        assert_eq!(
-            decode_notice(&mut g, &out, NOW).unwrap_err(),
-            ProtoError::BadMac
-        );
+        assert_eq!(decode_notice(&mut g, &out, NOW).unwrap_err(), ProtoError::BadMac);
         let mut out = signed_notice(NOW);
         out.headers.mac = "00".repeat(32);
-        assert_eq!(
-            decode_notice(&mut g, &out, NOW).unwrap_err(),
-            ProtoError::BadMac
-        );
+        assert_eq!(decode_notice(&mut g, &out, NOW).unwrap_err(), ProtoError::BadMac);
         assert!(g.store().is_empty());
     }
 
@@ -355,10 +323,7 @@ mod tests {
             &SystemRandom::new(),
         )
         .unwrap();
-        assert_eq!(
-            decode_notice(&mut g, &out, NOW).unwrap_err(),
-            ProtoError::BadMac
-        );
+        assert_eq!(decode_notice(&mut g, &out, NOW).unwrap_err(), ProtoError::BadMac);
         // Another router's key.
         let out = encode_request(
             &notice(),
@@ -368,10 +333,7 @@ mod tests {
             &SystemRandom::new(),
         )
         .unwrap();
-        assert_eq!(
-            decode_notice(&mut g, &out, NOW).unwrap_err(),
-            ProtoError::BadMac
-        );
+        assert_eq!(decode_notice(&mut g, &out, NOW).unwrap_err(), ProtoError::BadMac);
         assert!(g.store().is_empty());
     }
 
@@ -380,9 +342,7 @@ mod tests {
         let mut g = guard();
         let mut out = signed_notice(NOW);
         out.headers.principal = "router-2".into();
-        let both = |p: &TerminalId, _k: KeyKind| {
-            (p.as_str().starts_with("router-")).then(|| sid2().mac_key())
-        };
+        let both = |p: &TerminalId, _k: KeyKind| (p.as_str().starts_with("router-")).then(|| sid2().mac_key());
         let r: Result<Verified<FailureNotice>, _> =
             decode_request(&mut g, out.path, &out.headers, &out.body, NOW, both);
         assert_eq!(r.unwrap_err(), ProtoError::BadMac);
@@ -525,21 +485,13 @@ mod tests {
         let req = InstallRequest {
             reply_key: kp.public_key(),
         };
-        let out = encode_request(
-            &req,
-            &tid(),
-            &SecretId::from_array([1; 32]).mac_key(),
-            NOW,
-            &rng,
-        )
-        .unwrap();
+        let out = encode_request(&req, &tid(), &SecretId::from_array([1; 32]).mac_key(), NOW, &rng).unwrap();
         let mut asked = None;
-        let v: Verified<InstallRequest> =
-            decode_request(&mut g, out.path, &out.headers, &out.body, NOW, |p, k| {
-                asked = Some(k);
-                center_keys(p, k)
-            })
-            .unwrap();
+        let v: Verified<InstallRequest> = decode_request(&mut g, out.path, &out.headers, &out.body, NOW, |p, k| {
+            asked = Some(k);
+            center_keys(p, k)
+        })
+        .unwrap();
         assert_eq!(asked, Some(KeyKind::SecretId));
         assert_eq!(v.command, req);
     }
@@ -555,14 +507,10 @@ mod tests {
         let out = encode_request(&cmd, &tid(), &sid2().mac_key(), NOW, &rng).unwrap();
         // Accepted by the router...
         let mut router_guard = guard();
-        let ok: Result<Verified<ReleaseCommand>, _> = decode_request(
-            &mut router_guard,
-            out.path,
-            &out.headers,
-            &out.body,
-            NOW,
-            |_, _| Some(sid2().mac_key()),
-        );
+        let ok: Result<Verified<ReleaseCommand>, _> =
+            decode_request(&mut router_guard, out.path, &out.headers, &out.body, NOW, |_, _| {
+                Some(sid2().mac_key())
+            });
         assert!(ok.is_ok());
         // ...but a MAC over the same tuple in the router->center domain differs.
         let h = auth::sign_request(
@@ -577,9 +525,7 @@ mod tests {
         .unwrap();
         let mut g = guard();
         let r: Result<Verified<ReleaseCommand>, _> =
-            decode_request(&mut g, out.path, &h, &out.body, NOW, |_, _| {
-                Some(sid2().mac_key())
-            });
+            decode_request(&mut g, out.path, &h, &out.body, NOW, |_, _| Some(sid2().mac_key()));
         assert_eq!(r.unwrap_err(), ProtoError::BadMac);
     }
 
@@ -591,15 +537,12 @@ mod tests {
         let v = decode_notice(&mut g, &out, NOW).unwrap();
         let resp = encode_response(&v, &Ack {}, &sid2().mac_key(), NOW, &rng).unwrap();
         assert_eq!(resp.body, b"{}");
-        let ack =
-            decode_response::<FailureNotice>(&out, &sid2().mac_key(), &resp.headers, &resp.body)
-                .unwrap();
+        let ack = decode_response::<FailureNotice>(&out, &sid2().mac_key(), &resp.headers, &resp.body).unwrap();
         assert_eq!(ack, Ack {});
         // The same response does not answer another request.
         let other = signed_notice(NOW);
         assert_eq!(
-            decode_response::<FailureNotice>(&other, &sid2().mac_key(), &resp.headers, &resp.body)
-                .unwrap_err(),
+            decode_response::<FailureNotice>(&other, &sid2().mac_key(), &resp.headers, &resp.body).unwrap_err(),
             ProtoError::BadMac
         );
         // Wrong key.
@@ -623,17 +566,11 @@ mod tests {
         let cmd = TearDown { terminal_id: tid() };
         let out = encode_request(&cmd, &gw, &key.mac_key(), NOW, &rng).unwrap();
         let mut g = guard();
-        let v: Verified<TearDown> = decode_request(
-            &mut g,
-            out.path,
-            &out.headers,
-            &out.body,
-            NOW,
-            |p: &GatewayName, k| {
+        let v: Verified<TearDown> =
+            decode_request(&mut g, out.path, &out.headers, &out.body, NOW, |p: &GatewayName, k| {
                 (p.as_str() == "gw-a" && k == KeyKind::GatewayApiKey).then(|| key.mac_key())
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         assert_eq!(v.principal, gw);
         assert_eq!(v.command, cmd);
     }

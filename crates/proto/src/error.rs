@@ -13,9 +13,7 @@ pub enum ProtoError {
     #[error("message authentication failed")]
     BadMac,
     /// The timestamp is further from the receiver's clock than allowed.
-    #[error(
-        "timestamp {timestamp} is outside the allowed window of +/-{max_skew_secs}s around {now}"
-    )]
+    #[error("timestamp {timestamp} is outside the allowed window of +/-{max_skew_secs}s around {now}")]
     Stale {
         timestamp: u64,
         now: u64,
@@ -103,22 +101,13 @@ mod tests {
         assert_eq!(ProtoError::Replayed.http_status(), 409);
         assert_eq!(ProtoError::malformed("x").http_status(), 400);
         assert_eq!(ProtoError::TooLarge { len: 2, max: 1 }.http_status(), 413);
-        assert_eq!(
-            ProtoError::Unavailable {
-                reason: "full".into()
-            }
-            .http_status(),
-            503
-        );
+        assert_eq!(ProtoError::Unavailable { reason: "full".into() }.http_status(), 503);
         assert_eq!(ProtoError::Crypto.http_status(), 500);
     }
 
     #[test]
     fn messages_are_clear_and_bounded() {
-        assert_eq!(
-            ProtoError::BadMac.to_string(),
-            "message authentication failed"
-        );
+        assert_eq!(ProtoError::BadMac.to_string(), "message authentication failed");
         assert!(stale_text().contains("outside the allowed window"));
         let long = "é".repeat(300);
         match ProtoError::malformed(long) {

@@ -24,15 +24,9 @@ pub enum KeyError {
     #[error("{what} must be {expected} bytes")]
     BadLength { what: &'static str, expected: usize },
     #[error("{what} is not valid {encoding}")]
-    BadEncoding {
-        what: &'static str,
-        encoding: &'static str,
-    },
+    BadEncoding { what: &'static str, encoding: &'static str },
     #[error("{what} is not acceptable: {reason}")]
-    Invalid {
-        what: &'static str,
-        reason: &'static str,
-    },
+    Invalid { what: &'static str, reason: &'static str },
     #[error("the system random number generator failed")]
     Rng,
 }
@@ -218,29 +212,20 @@ pub(crate) mod sealed_serde {
         s.serialize_str(&enc)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>, K: SecretBytes>(
-        d: D,
-    ) -> Result<K, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, K: SecretBytes>(d: D) -> Result<K, D::Error> {
         let s = Zeroizing::new(String::deserialize(d)?);
-        let arr = Zeroizing::new(
-            crate::b64::decode_array::<SECRET_LEN>(&s).map_err(serde::de::Error::custom)?,
-        );
+        let arr = Zeroizing::new(crate::b64::decode_array::<SECRET_LEN>(&s).map_err(serde::de::Error::custom)?);
         Ok(K::from_array(*arr))
     }
 
     pub(crate) mod password {
         use super::*;
 
-        pub(crate) fn serialize<S: Serializer>(
-            p: &MaintenancePassword,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(p: &MaintenancePassword, s: S) -> Result<S::Ok, S::Error> {
             s.serialize_str(p.expose_secret())
         }
 
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<MaintenancePassword, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MaintenancePassword, D::Error> {
             let s = Zeroizing::new(String::deserialize(d)?);
             MaintenancePassword::new(s.as_str()).map_err(serde::de::Error::custom)
         }
@@ -299,10 +284,7 @@ mod tests {
         assert_eq!(h.len(), 64);
         let back = Psk::from_hex(&h).unwrap();
         assert_eq!(back.expose_secret(), k.expose_secret());
-        assert!(matches!(
-            Psk::from_hex("00"),
-            Err(KeyError::BadLength { .. })
-        ));
+        assert!(matches!(Psk::from_hex("00"), Err(KeyError::BadLength { .. })));
         assert!(matches!(
             Psk::from_hex(&"zz".repeat(32)),
             Err(KeyError::BadEncoding { .. })

@@ -29,8 +29,7 @@ pub mod seal;
 pub mod types;
 
 pub use decode::{
-    decode_request, decode_response, encode_request, encode_response, Command, KeyKind, Outgoing,
-    Verified,
+    decode_request, decode_response, encode_request, encode_response, Command, KeyKind, Outgoing, Verified,
 };
 pub use error::ProtoError;
 

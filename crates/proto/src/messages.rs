@@ -19,14 +19,11 @@ use crate::decode::{Command, KeyKind};
 use crate::error::ProtoError;
 use crate::keys::{sealed_serde, MaintenancePassword, Psk, SecretBytes, SecretId2};
 use crate::paths;
-use crate::seal::{
-    self, EncryptedField, FieldKey, FieldPurpose, ReplyKeyPair, ReplyPublicKey, SealPurpose,
-    SealedBox,
-};
+use crate::seal::{self, EncryptedField, FieldKey, FieldPurpose, ReplyKeyPair, ReplyPublicKey, SealPurpose, SealedBox};
 use crate::types::{
-    AcceptanceNumber, BoundedSet, ClaimantLevel, ClaimantName, FailureCode, FailureDetail,
-    GatewayName, IkeIdentity, Ipv4Cidr, Named, Phone, RequestContent, TerminalId, TerminalName,
-    TerminalNames, UnicastAddr, Urgency, ValidationError,
+    AcceptanceNumber, BoundedSet, ClaimantLevel, ClaimantName, FailureCode, FailureDetail, GatewayName, IkeIdentity,
+    Ipv4Cidr, Named, Phone, RequestContent, TerminalId, TerminalName, TerminalNames, UnicastAddr, Urgency,
+    ValidationError,
 };
 
 /// The empty answer of commands that only need an acknowledgement: `{}`.
@@ -182,24 +179,14 @@ impl InstallSecrets {
             server_part_vpnnat: self.server_part_vpnnat,
             router_part_vpnnat: self.router_part_vpnnat,
         };
-        let sealed = seal::seal_json(
-            rng,
-            reply_key,
-            terminal_id,
-            SealPurpose::InstallResponse,
-            &out,
-        )?;
+        let sealed = seal::seal_json(rng, reply_key, terminal_id, SealPurpose::InstallResponse, &out)?;
         Ok(InstallResponse { sealed })
     }
 }
 
 impl InstallResponse {
     /// Router side: opens with the reply key sent in the request.
-    pub fn open(
-        &self,
-        reply: ReplyKeyPair,
-        terminal_id: &TerminalId,
-    ) -> Result<InstallSecrets, ProtoError> {
+    pub fn open(&self, reply: ReplyKeyPair, terminal_id: &TerminalId) -> Result<InstallSecrets, ProtoError> {
         Ok(reply.open_json(terminal_id, SealPurpose::InstallResponse, &self.sealed)?)
     }
 }
@@ -272,28 +259,14 @@ impl GatewayInfo {
         terminal_id: &TerminalId,
         reply_key: &ReplyPublicKey,
     ) -> Result<GatewayAddressResponse, ProtoError> {
-        let sealed = seal::seal_json(
-            rng,
-            reply_key,
-            terminal_id,
-            SealPurpose::GatewayAddressResponse,
-            self,
-        )?;
+        let sealed = seal::seal_json(rng, reply_key, terminal_id, SealPurpose::GatewayAddressResponse, self)?;
         Ok(GatewayAddressResponse { sealed })
     }
 }
 
 impl GatewayAddressResponse {
-    pub fn open(
-        &self,
-        reply: ReplyKeyPair,
-        terminal_id: &TerminalId,
-    ) -> Result<GatewayInfo, ProtoError> {
-        Ok(reply.open_json(
-            terminal_id,
-            SealPurpose::GatewayAddressResponse,
-            &self.sealed,
-        )?)
+    pub fn open(&self, reply: ReplyKeyPair, terminal_id: &TerminalId) -> Result<GatewayInfo, ProtoError> {
+        Ok(reply.open_json(terminal_id, SealPurpose::GatewayAddressResponse, &self.sealed)?)
     }
 }
 
@@ -396,16 +369,10 @@ impl Grants {
         let mut addrs = std::collections::HashSet::new();
         for g in set.iter() {
             if !names.insert(&g.terminal_name) {
-                return Err(ValidationError::new(
-                    "grants",
-                    "a terminal name appears twice",
-                ));
+                return Err(ValidationError::new("grants", "a terminal name appears twice"));
             }
             if !addrs.insert(g.vpnnat_addr) {
-                return Err(ValidationError::new(
-                    "grants",
-                    "a VPNNAT address appears twice",
-                ));
+                return Err(ValidationError::new("grants", "a VPNNAT address appears twice"));
             }
         }
         Ok(Grants(set.into_vec()))
@@ -430,13 +397,7 @@ impl Grants {
         reply_key: &ReplyPublicKey,
         acceptance_number: AcceptanceNumber,
     ) -> Result<MaintenanceResponse, ProtoError> {
-        let sealed = seal::seal_json(
-            rng,
-            reply_key,
-            terminal_id,
-            SealPurpose::MaintenanceResponse,
-            self,
-        )?;
+        let sealed = seal::seal_json(rng, reply_key, terminal_id, SealPurpose::MaintenanceResponse, self)?;
         Ok(MaintenanceResponse {
             acceptance_number,
             sealed,
@@ -445,11 +406,7 @@ impl Grants {
 }
 
 impl MaintenanceResponse {
-    pub fn open(
-        &self,
-        reply: ReplyKeyPair,
-        terminal_id: &TerminalId,
-    ) -> Result<Grants, ProtoError> {
+    pub fn open(&self, reply: ReplyKeyPair, terminal_id: &TerminalId) -> Result<Grants, ProtoError> {
         Ok(reply.open_json(terminal_id, SealPurpose::MaintenanceResponse, &self.sealed)?)
     }
 }
@@ -549,12 +506,7 @@ impl SetupTunnel {
         slot: u16,
         psk: &Psk,
     ) -> Result<Self, ProtoError> {
-        let psk = gateway_key.encrypt(
-            rng,
-            FieldPurpose::TunnelPsk,
-            terminal_id.as_str(),
-            psk.expose_secret(),
-        )?;
+        let psk = gateway_key.encrypt(rng, FieldPurpose::TunnelPsk, terminal_id.as_str(), psk.expose_secret())?;
         Ok(SetupTunnel {
             terminal_id,
             router_ip,
@@ -565,11 +517,7 @@ impl SetupTunnel {
 
     /// Gateway side: decrypts the PSK with the key for its own name.
     pub fn open_psk(&self, gateway_key: &FieldKey) -> Result<Psk, ProtoError> {
-        let plain = gateway_key.decrypt(
-            FieldPurpose::TunnelPsk,
-            self.terminal_id.as_str(),
-            &self.psk,
-        )?;
+        let plain = gateway_key.decrypt(FieldPurpose::TunnelPsk, self.terminal_id.as_str(), &self.psk)?;
         Psk::from_slice(&plain).map_err(|_| ProtoError::malformed("PSK length"))
     }
 }

@@ -152,12 +152,8 @@ impl fmt::Debug for ReplyKeyPair {
 impl ReplyKeyPair {
     pub fn generate(rng: &dyn SecureRandom) -> Result<Self, SealError> {
         let private = EphemeralPrivateKey::generate(&X25519, rng).map_err(|_| SealError::Crypto)?;
-        let pk = private
-            .compute_public_key()
-            .map_err(|_| SealError::Crypto)?;
-        let public = ReplyPublicKey(
-            <[u8; PUBLIC_KEY_LEN]>::try_from(pk.as_ref()).map_err(|_| SealError::Crypto)?,
-        );
+        let pk = private.compute_public_key().map_err(|_| SealError::Crypto)?;
+        let public = ReplyPublicKey(<[u8; PUBLIC_KEY_LEN]>::try_from(pk.as_ref()).map_err(|_| SealError::Crypto)?);
         Ok(ReplyKeyPair { private, public })
     }
 
@@ -177,10 +173,8 @@ impl ReplyKeyPair {
         }
         let ctx = seal_context(purpose, terminal_id, &sealed.epk, &self.public.0);
         let peer = UnparsedPublicKey::new(&X25519, sealed.epk);
-        let key = agreement::agree_ephemeral(self.private, &peer, |shared| {
-            derive_aead_key(SEAL_SALT, shared, &ctx)
-        })
-        .map_err(|_| SealError::OpenFailed)??;
+        let key = agreement::agree_ephemeral(self.private, &peer, |shared| derive_aead_key(SEAL_SALT, shared, &ctx))
+            .map_err(|_| SealError::OpenFailed)??;
         let mut buf = Zeroizing::new(sealed.ciphertext.clone());
         let len = key
             .open_in_place(
@@ -232,18 +226,12 @@ pub fn seal(
         return Err(SealError::TooLarge);
     }
     let esk = EphemeralPrivateKey::generate(&X25519, rng).map_err(|_| SealError::Crypto)?;
-    let epk = <[u8; PUBLIC_KEY_LEN]>::try_from(
-        esk.compute_public_key()
-            .map_err(|_| SealError::Crypto)?
-            .as_ref(),
-    )
-    .map_err(|_| SealError::Crypto)?;
+    let epk = <[u8; PUBLIC_KEY_LEN]>::try_from(esk.compute_public_key().map_err(|_| SealError::Crypto)?.as_ref())
+        .map_err(|_| SealError::Crypto)?;
     let ctx = seal_context(purpose, terminal_id, &epk, &recipient.0);
     let peer = UnparsedPublicKey::new(&X25519, recipient.0);
-    let key = agreement::agree_ephemeral(esk, &peer, |shared| {
-        derive_aead_key(SEAL_SALT, shared, &ctx)
-    })
-    .map_err(|_| SealError::BadPublicKey)??;
+    let key = agreement::agree_ephemeral(esk, &peer, |shared| derive_aead_key(SEAL_SALT, shared, &ctx))
+        .map_err(|_| SealError::BadPublicKey)??;
     let nonce = random_nonce(rng)?;
     let mut ciphertext = plaintext.to_vec();
     key.seal_in_place_append_tag(
@@ -252,11 +240,7 @@ pub fn seal(
         &mut ciphertext,
     )
     .map_err(|_| SealError::Crypto)?;
-    Ok(SealedBox {
-        epk,
-        nonce,
-        ciphertext,
-    })
+    Ok(SealedBox { epk, nonce, ciphertext })
 }
 
 /// Serializes `payload` to JSON in a zeroizing buffer and seals it.
@@ -273,9 +257,7 @@ pub fn seal_json<T: Serialize>(
 
 /// JSON into a buffer that is wiped on drop. Pre-sized so that serde_json
 /// does not reallocate (and leave unwiped copies) for typical payloads.
-pub(crate) fn to_json_zeroizing<T: Serialize>(
-    payload: &T,
-) -> Result<Zeroizing<Vec<u8>>, SealError> {
+pub(crate) fn to_json_zeroizing<T: Serialize>(payload: &T) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let mut plain = Zeroizing::new(Vec::with_capacity(4096));
     serde_json::to_writer(&mut *plain, payload).map_err(|e| SealError::Payload(e.to_string()))?;
     Ok(plain)
@@ -300,9 +282,7 @@ fn seal_context(
 fn derive_aead_key(salt: &[u8], ikm: &[u8], info: &[u8]) -> Result<LessSafeKey, SealError> {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
     let info = [info];
-    let okm = prk
-        .expand(&info, &AES_256_GCM)
-        .map_err(|_| SealError::Crypto)?;
+    let okm = prk.expand(&info, &AES_256_GCM).map_err(|_| SealError::Crypto)?;
     Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }
 
@@ -489,9 +469,7 @@ mod tests {
     fn seal_round_trip() {
         let (kp, b) = sealed_pair(b"psk and friends");
         assert_ne!(&b.ciphertext[..15], b"psk and friends");
-        let out = kp
-            .open(&tid("router-1"), SealPurpose::InstallResponse, &b)
-            .unwrap();
+        let out = kp.open(&tid("router-1"), SealPurpose::InstallResponse, &b).unwrap();
         assert_eq!(&out[..], b"psk and friends");
     }
 
@@ -602,13 +580,7 @@ mod tests {
         let kp = ReplyKeyPair::generate(&rng).unwrap();
         let big = vec![0u8; MAX_PLAINTEXT + 1];
         assert_eq!(
-            seal(
-                &rng,
-                &kp.public_key(),
-                &tid("r"),
-                SealPurpose::InstallResponse,
-                &big
-            ),
+            seal(&rng, &kp.public_key(), &tid("r"), SealPurpose::InstallResponse, &big),
             Err(SealError::TooLarge)
         );
     }
@@ -618,18 +590,13 @@ mod tests {
         let rng = SystemRandom::new();
         let s = SecretId2::from_array([4; 32]);
         let k = FieldKey::for_router(&s, &tid("router-1")).unwrap();
-        let f = k
-            .encrypt(&rng, FieldPurpose::MaintenanceRequest, "", b"Taro")
-            .unwrap();
+        let f = k.encrypt(&rng, FieldPurpose::MaintenanceRequest, "", b"Taro").unwrap();
         assert_eq!(
             &k.decrypt(FieldPurpose::MaintenanceRequest, "", &f).unwrap()[..],
             b"Taro"
         );
         // Wrong purpose, context, owner, secret, or kind.
-        assert_eq!(
-            k.decrypt(FieldPurpose::TunnelPsk, "", &f),
-            Err(SealError::OpenFailed)
-        );
+        assert_eq!(k.decrypt(FieldPurpose::TunnelPsk, "", &f), Err(SealError::OpenFailed));
         assert_eq!(
             k.decrypt(FieldPurpose::MaintenanceRequest, "x", &f),
             Err(SealError::OpenFailed)
@@ -669,9 +636,6 @@ mod tests {
     fn seal_errors_map_to_proto_errors() {
         assert_eq!(ProtoError::from(SealError::OpenFailed), ProtoError::BadMac);
         assert_eq!(ProtoError::from(SealError::Crypto).http_status(), 500);
-        assert_eq!(
-            ProtoError::from(SealError::Payload("x".into())).http_status(),
-            400
-        );
+        assert_eq!(ProtoError::from(SealError::Payload("x".into())).http_status(), 400);
     }
 }

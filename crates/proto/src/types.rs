@@ -277,10 +277,7 @@ impl<T: Named + Eq + Hash, const MIN: usize, const MAX: usize> BoundedSet<T, MIN
         }
         let mut seen = HashSet::with_capacity(items.len());
         if !items.iter().all(|i| seen.insert(i)) {
-            return Err(ValidationError::new(
-                T::WHAT,
-                "list entries must be distinct",
-            ));
+            return Err(ValidationError::new(T::WHAT, "list entries must be distinct"));
         }
         Ok(BoundedSet(items))
     }
@@ -369,10 +366,7 @@ pub struct AcceptanceNumber(u64);
 impl AcceptanceNumber {
     pub fn new(n: u64) -> Result<Self, ValidationError> {
         if n == 0 {
-            return Err(ValidationError::new(
-                "acceptance number",
-                "must not be zero",
-            ));
+            return Err(ValidationError::new("acceptance number", "must not be zero"));
         }
         Ok(AcceptanceNumber(n))
     }
@@ -464,9 +458,7 @@ impl Ipv4Cidr {
 
     fn mask_bits(prefix_len: u8) -> u32 {
         // checked_shl: a shift by 32 would overflow; /0 means no bits.
-        u32::MAX
-            .checked_shl(32 - u32::from(prefix_len.min(32)))
-            .unwrap_or(0)
+        u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0)
     }
 
     pub fn addr(&self) -> Ipv4Addr {
@@ -500,9 +492,7 @@ impl FromStr for Ipv4Cidr {
             .split_once('/')
             .ok_or(ValidationError::new(Self::WHAT, "missing '/prefix'"))?;
         // std's parser is strict (no leading zeros, exactly four octets).
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| ValidationError::new(Self::WHAT, "bad address"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| ValidationError::new(Self::WHAT, "bad address"))?;
         let canonical = p.len() == 1 || !p.starts_with('0');
         if p.is_empty() || p.len() > 2 || !canonical || !p.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ValidationError::new(Self::WHAT, "bad prefix length"));
@@ -579,14 +569,7 @@ mod tests {
         for ok in ["+81 3-1234-5678", "(03) 1234 5678", "110"] {
             assert!(Phone::new(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "12",
-            "+",
-            "++81 3 1234",
-            "03-1234-567a",
-            "--()--",
-            &"1".repeat(33),
-        ] {
+        for bad in ["12", "+", "++81 3 1234", "03-1234-567a", "--()--", &"1".repeat(33)] {
             assert!(Phone::new(bad).is_err(), "{bad}");
         }
     }
@@ -609,10 +592,7 @@ mod tests {
     fn acceptance_number_nonzero() {
         assert!(AcceptanceNumber::new(0).is_err());
         assert!(serde_json::from_str::<AcceptanceNumber>("0").is_err());
-        assert_eq!(
-            serde_json::from_str::<AcceptanceNumber>("7").unwrap().get(),
-            7
-        );
+        assert_eq!(serde_json::from_str::<AcceptanceNumber>("7").unwrap().get(), 7);
     }
 
     #[test]
