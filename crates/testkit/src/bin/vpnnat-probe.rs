@@ -1,0 +1,97 @@
+//! `vpnnat-probe serve|connect`: a tiny TCP service and client for the VM
+//! tests. The server tells each client who it saw; the client reports whom
+//! it reached. Bounded in time: the client gives up after --timeout-ms, the
+//! server after --max-conns connections or --lifetime-secs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "vpnnat-probe", version, about = "TCP probe for the VPNNAT test scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Answer each connection with `TOKEN <token> PEER <addr> LOCAL <addr>`.
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:7000")]
+        listen: SocketAddr,
+        #[arg(long)]
+        token: String,
+        /// Append one line per connection (the peer address) to this file.
+        #[arg(long)]
+        log: Option<std::path::PathBuf>,
+        /// Exit after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        lifetime_secs: u64,
+    },
+    /// Connect, print the server's line and the address reached.
+    Connect {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpnnat-probe: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            listen,
+            token,
+            log,
+            lifetime_secs,
+        } => {
+            let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+            l.set_nonblocking(true)?;
+            let end = Instant::now() + Duration::from_secs(lifetime_secs);
+            while Instant::now() < end {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        let local = s.local_addr()?;
+                        let _ = s.write_all(vpnnat_testkit::answer_line(&token, peer, local).as_bytes());
+                        if let Some(p) = &log {
+                            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+                            writeln!(f, "{peer}")?;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e).context("accept"),
+                }
+            }
+            Ok(())
+        }
+        Cmd::Connect { addr, timeout_ms } => {
+            let t = Duration::from_millis(timeout_ms);
+            let s = TcpStream::connect_timeout(&addr, t).with_context(|| format!("connect {addr}"))?;
+            s.set_read_timeout(Some(t))?;
+            let peer = s.peer_addr()?;
+            let mut line = String::new();
+            BufReader::new(&s)
+                .read_line(&mut line)
+                .with_context(|| format!("read from {addr}"))?;
+            anyhow::ensure!(!line.is_empty(), "{addr} closed without answering");
+            println!("{} CLIENT_PEER {peer}", line.trim_end());
+            Ok(())
+        }
+    }
+}

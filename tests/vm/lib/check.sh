@@ -1,0 +1,65 @@
+# Shared helpers for the VM scenarios (POSIX sh; sourced).
+# One line per check; `finish` prints "N passed, N failed" and sets the status.
+
+IP=/usr/sbin/ip
+[ -x "$IP" ] || IP=/sbin/ip
+NFT=/usr/sbin/nft
+[ -x "$NFT" ] || NFT=$(command -v nft)
+PASSED=0
+FAILED=0
+
+# check NAME CMD...: run CMD, count the result.
+check() {
+	name=$1
+	shift
+	if out=$("$@" 2>&1); then
+		PASSED=$((PASSED + 1))
+		echo "ok   - $name"
+	else
+		FAILED=$((FAILED + 1))
+		echo "FAIL - $name"
+		echo "$out" | sed 's/^/       | /'
+	fi
+}
+
+# check_not NAME CMD...: CMD must fail.
+check_not() {
+	name=$1
+	shift
+	if out=$("$@" 2>&1); then
+		FAILED=$((FAILED + 1))
+		echo "FAIL - $name (succeeded but must not)"
+		echo "$out" | sed 's/^/       | /'
+	else
+		PASSED=$((PASSED + 1))
+		echo "ok   - $name"
+	fi
+}
+
+# nsx NS CMD...: run CMD inside namespace NS.
+nsx() {
+	ns=$1
+	shift
+	"$IP" netns exec "$ns" "$@"
+}
+
+# must CMD...: setup step; abort the scenario if it fails.
+must() {
+	if ! out=$("$@" 2>&1); then
+		echo "setup failed: $*"
+		echo "$out" | sed 's/^/       | /'
+		FAILED=$((FAILED + 1))
+		finish
+	fi
+}
+
+# veth NS1 DEV1 NS2 DEV2: a veth pair between two namespaces.
+veth() {
+	"$IP" link add "$2" netns "$1" type veth peer name "$4" netns "$3"
+}
+
+finish() {
+	echo "$PASSED passed, $FAILED failed"
+	[ "$FAILED" -eq 0 ] && exit 0
+	exit 1
+}
