@@ -353,8 +353,7 @@ fn u16_len(what: &'static str, len: usize) -> Result<u16> {
 }
 
 fn add(what: &'static str, a: usize, b: usize) -> Result<usize> {
-    a.checked_add(b)
-        .ok_or(CodecError::TooLarge { what, len: a })
+    a.checked_add(b).ok_or(CodecError::TooLarge { what, len: a })
 }
 
 // ---------------------------------------------------------------------------
@@ -772,10 +771,7 @@ fn parse_transform(r: &mut Reader<'_>) -> Result<(u8, Transform)> {
     let body_len = len
         .checked_sub(4)
         .filter(|l| *l >= 4)
-        .ok_or(CodecError::BadLength {
-            what: "transform",
-            len,
-        })?;
+        .ok_or(CodecError::BadLength { what: "transform", len })?;
     let mut body = Reader::new(r.take(body_len)?, "transform");
     let ty = body.u8()?;
     let _reserved = body.u8()?;
@@ -791,10 +787,7 @@ fn parse_proposal(r: &mut Reader<'_>) -> Result<(u8, Proposal)> {
     let body_len = len
         .checked_sub(4)
         .filter(|l| *l >= 4)
-        .ok_or(CodecError::BadLength {
-            what: "proposal",
-            len,
-        })?;
+        .ok_or(CodecError::BadLength { what: "proposal", len })?;
     let mut body = Reader::new(r.take(body_len)?, "proposal");
     let num = body.u8()?;
     let protocol = body.u8()?;
@@ -996,12 +989,10 @@ pub fn parse_payloads(first: u8, buf: &[u8], allow_sk: bool) -> Result<Vec<Paylo
         next = r.u8()?;
         let critical = r.u8()? & 0x80 != 0;
         let len = usize::from(r.u16()?);
-        let body_len = len
-            .checked_sub(GENERIC_HEADER_LEN)
-            .ok_or(CodecError::BadLength {
-                what: "generic payload header",
-                len,
-            })?;
+        let body_len = len.checked_sub(GENERIC_HEADER_LEN).ok_or(CodecError::BadLength {
+            what: "generic payload header",
+            len,
+        })?;
         let body = r.take(body_len)?;
         if ty == payload_type::SK {
             if !allow_sk {
@@ -1104,11 +1095,7 @@ fn write_sa(out: &mut Vec<u8>, proposals: &[Proposal]) -> Result<()> {
             len: tcount,
         })?;
         let len = add("proposal", add("proposal", body.len(), p.spi.len())?, 8)?;
-        out.push(if i.checked_add(1) == Some(count) {
-            0
-        } else {
-            2
-        });
+        out.push(if i.checked_add(1) == Some(count) { 0 } else { 2 });
         out.push(0);
         out.extend_from_slice(&u16_len("proposal", len)?.to_be_bytes());
         out.push(p.num);
@@ -1207,9 +1194,7 @@ pub fn encode_payloads(payloads: &[Payload]) -> Result<(u8, Vec<u8>)> {
         out.extend_from_slice(&u16_len("payload", len)?.to_be_bytes());
         out.extend_from_slice(&body);
     }
-    let first = payloads
-        .first()
-        .map_or(payload_type::NONE, Payload::type_code);
+    let first = payloads.first().map_or(payload_type::NONE, Payload::type_code);
     Ok((first, out))
 }
 
@@ -1259,11 +1244,7 @@ mod tests {
                 protocol: protocol_id::IKE,
                 spi: vec![],
                 transforms: vec![
-                    Transform::with_key_length(
-                        transform::TYPE_ENCR,
-                        transform::ENCR_AES_GCM_16,
-                        256,
-                    ),
+                    Transform::with_key_length(transform::TYPE_ENCR, transform::ENCR_AES_GCM_16, 256),
                     Transform::new(transform::TYPE_PRF, transform::PRF_HMAC_SHA2_256),
                     Transform::new(transform::TYPE_DH, transform::DH_CURVE25519),
                 ],
@@ -1273,10 +1254,7 @@ mod tests {
                 data: vec![0xaa; 32],
             }),
             Payload::Nonce(vec![0x11; 32]),
-            Payload::Notify(Notify::new(
-                notify_type::NAT_DETECTION_SOURCE_IP,
-                vec![0x22; 20],
-            )),
+            Payload::Notify(Notify::new(notify_type::NAT_DETECTION_SOURCE_IP, vec![0x22; 20])),
         ]
     }
 
@@ -1284,11 +1262,7 @@ mod tests {
     /// sections 3.1-3.10.
     #[test]
     fn golden_ike_sa_init() {
-        let bytes = encode_message(
-            &hdr(ExchangeType::IkeSaInit, FLAG_INITIATOR, 0),
-            &sample_init(),
-        )
-        .unwrap();
+        let bytes = encode_message(&hdr(ExchangeType::IkeSaInit, FLAG_INITIATOR, 0), &sample_init()).unwrap();
         let mut g: Vec<u8> = Vec::new();
         // header
         g.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -1363,10 +1337,7 @@ mod tests {
             Payload::Notify(Notify::new(notify_type::AUTHENTICATION_FAILED, vec![])),
             Payload::Notify(Notify::new(notify_type::NO_PROPOSAL_CHOSEN, vec![])),
             Payload::Notify(Notify::new(notify_type::TS_UNACCEPTABLE, vec![])),
-            Payload::Notify(Notify::new(
-                notify_type::NAT_DETECTION_DESTINATION_IP,
-                vec![3; 20],
-            )),
+            Payload::Notify(Notify::new(notify_type::NAT_DETECTION_DESTINATION_IP, vec![3; 20])),
             Payload::Delete(Delete {
                 protocol: protocol_id::ESP,
                 spi_size: 4,
@@ -1377,10 +1348,7 @@ mod tests {
                 spi_size: 0,
                 spis: vec![],
             }),
-            Payload::TsI(vec![TrafficSelector::subnet(
-                Ipv4Addr::new(10, 1, 0, 0),
-                16,
-            )]),
+            Payload::TsI(vec![TrafficSelector::subnet(Ipv4Addr::new(10, 1, 0, 0), 16)]),
             Payload::TsR(vec![
                 TrafficSelector::host(Ipv4Addr::new(100, 64, 0, 5)),
                 TrafficSelector::host(Ipv4Addr::new(100, 64, 0, 6)),
@@ -1395,8 +1363,7 @@ mod tests {
             }),
             Payload::Nonce(vec![5; 16]),
         ];
-        let bytes =
-            encode_message(&hdr(ExchangeType::IkeAuth, FLAG_RESPONSE, 1), &payloads).unwrap();
+        let bytes = encode_message(&hdr(ExchangeType::IkeAuth, FLAG_RESPONSE, 1), &payloads).unwrap();
         let m = Message::parse(&bytes).unwrap();
         assert_eq!(m.payloads, payloads);
         assert_eq!(m.header.message_id, 1);
@@ -1415,8 +1382,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(first, payload_type::TSI);
-        let expected = "2a000018010000000700001000 00ffff0a0000000affffff000000 0c03040001deadbeef"
-            .replace(' ', "");
+        let expected = "2a000018010000000700001000 00ffff0a0000000affffff000000 0c03040001deadbeef".replace(' ', "");
         assert_eq!(hex::encode(b), expected);
     }
 
@@ -1426,8 +1392,7 @@ mod tests {
             first_inner: payload_type::IDI,
             body: vec![0; 24],
         });
-        let bytes =
-            encode_message(&hdr(ExchangeType::IkeAuth, 0, 1), std::slice::from_ref(&sk)).unwrap();
+        let bytes = encode_message(&hdr(ExchangeType::IkeAuth, 0, 1), std::slice::from_ref(&sk)).unwrap();
         let m = Message::parse(&bytes).unwrap();
         assert_eq!(m.sk().unwrap().first_inner, payload_type::IDI);
         assert_eq!(
@@ -1435,10 +1400,7 @@ mod tests {
             Err(CodecError::SkNotLast)
         );
         let (first, chain) = encode_payloads(&[sk]).unwrap();
-        assert_eq!(
-            parse_payloads(first, &chain, false),
-            Err(CodecError::NestedSk)
-        );
+        assert_eq!(parse_payloads(first, &chain, false), Err(CodecError::NestedSk));
     }
 
     #[test]
@@ -1453,10 +1415,7 @@ mod tests {
         assert_eq!(Message::parse(&bad), Err(CodecError::BadVersion(0x10)));
         let mut bad = good.clone();
         bad.push(0);
-        assert!(matches!(
-            Message::parse(&bad),
-            Err(CodecError::LengthMismatch { .. })
-        ));
+        assert!(matches!(Message::parse(&bad), Err(CodecError::LengthMismatch { .. })));
         // unknown critical payload
         let mut crit = Vec::new();
         hdr(ExchangeType::Informational, 0, 0).write(&mut crit);
@@ -1464,10 +1423,7 @@ mod tests {
         crit.extend_from_slice(&[0, 0x80, 0, 4]);
         let len = crit.len() as u32;
         crit[24..28].copy_from_slice(&len.to_be_bytes());
-        assert_eq!(
-            Message::parse(&crit),
-            Err(CodecError::UnsupportedCritical(200))
-        );
+        assert_eq!(Message::parse(&crit), Err(CodecError::UnsupportedCritical(200)));
         // same but non-critical is kept
         crit[29] = 0;
         assert!(Message::parse(&crit).is_ok());

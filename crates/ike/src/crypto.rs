@@ -148,11 +148,9 @@ impl fmt::Debug for DhPrivate {
 impl DhPrivate {
     /// Generates a fresh key pair.
     pub fn generate(group: DhGroup, rng: &dyn SecureRandom) -> Result<Self> {
-        let key = agreement::EphemeralPrivateKey::generate(group.algorithm(), rng)
-            .map_err(|_| CryptoError::KeyGeneration)?;
-        let pk = key
-            .compute_public_key()
-            .map_err(|_| CryptoError::KeyGeneration)?;
+        let key =
+            agreement::EphemeralPrivateKey::generate(group.algorithm(), rng).map_err(|_| CryptoError::KeyGeneration)?;
+        let pk = key.compute_public_key().map_err(|_| CryptoError::KeyGeneration)?;
         let public = match group {
             DhGroup::Curve25519 => pk.as_ref().to_vec(),
             // ring: 0x04 || x || y; IKE (RFC 5903 7): x || y.
@@ -192,8 +190,7 @@ impl DhPrivate {
             }
         };
         let peer_key = agreement::UnparsedPublicKey::new(self.group.algorithm(), peer_bytes);
-        agreement::agree_ephemeral(self.key, &peer_key, Secret::from_slice)
-            .map_err(|_| CryptoError::Agreement)
+        agreement::agree_ephemeral(self.key, &peer_key, Secret::from_slice).map_err(|_| CryptoError::Agreement)
     }
 }
 
@@ -272,8 +269,7 @@ impl GcmKey {
         };
         let split = keymat.len().saturating_sub(GCM_SALT_LEN);
         let (k, s) = keymat.split_at(split);
-        let unbound =
-            aead::UnboundKey::new(alg, k).map_err(|_| CryptoError::BadKeyLength(k.len()))?;
+        let unbound = aead::UnboundKey::new(alg, k).map_err(|_| CryptoError::BadKeyLength(k.len()))?;
         let mut salt = [0u8; GCM_SALT_LEN];
         salt.copy_from_slice(s);
         Ok(Self {
@@ -320,12 +316,7 @@ const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
 
 /// The octets a side signs (RFC 7296 2.15): its own first message, the
 /// peer's nonce and prf(SK_p, ID body).
-pub fn signed_octets(
-    real_message: &[u8],
-    peer_nonce: &[u8],
-    sk_p: &[u8],
-    id_body: &[u8],
-) -> Vec<u8> {
+pub fn signed_octets(real_message: &[u8], peer_nonce: &[u8], sk_p: &[u8], id_body: &[u8]) -> Vec<u8> {
     let maced_id = prf(sk_p, &[id_body]);
     let mut v = Vec::with_capacity(
         real_message
@@ -433,10 +424,7 @@ pub(crate) mod tests {
         assert_eq!(k.open(&iv, &v["gcm_aad"], &ct).unwrap(), v["gcm_pt"]);
         let mut bad = ct.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert_eq!(
-            k.open(&iv, &v["gcm_aad"], &bad),
-            Err(CryptoError::Integrity)
-        );
+        assert_eq!(k.open(&iv, &v["gcm_aad"], &bad), Err(CryptoError::Integrity));
         assert!(GcmKey::new(&[0; 16]).is_err());
         // NIST / McGrew-Viega test case 2 (AES-128, zero key, zero IV): salt
         // is the first 4 nonce bytes, IV the other 8.

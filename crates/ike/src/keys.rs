@@ -9,12 +9,10 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::codec::{
-    self, encode_payloads, payload_type, protocol_id, transform as tf, CodecError, Header, Message,
-    Payload, Proposal, Transform,
+    self, encode_payloads, payload_type, protocol_id, transform as tf, CodecError, Header, Message, Payload, Proposal,
+    Transform,
 };
-use crate::crypto::{
-    prf, prf_plus, CryptoError, DhGroup, GcmKey, Secret, GCM_ICV_LEN, GCM_IV_LEN, PRF_LEN,
-};
+use crate::crypto::{prf, prf_plus, CryptoError, DhGroup, GcmKey, Secret, GCM_ICV_LEN, GCM_IV_LEN, PRF_LEN};
 
 /// Errors from SK protection and key derivation.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -109,10 +107,7 @@ impl IkeSuite {
 
     /// The default list, most preferred first.
     pub fn defaults() -> Vec<Self> {
-        vec![
-            Self::AES256GCM16_SHA256_X25519,
-            Self::AES128GCM16_SHA256_ECP256,
-        ]
+        vec![Self::AES256GCM16_SHA256_X25519, Self::AES128GCM16_SHA256_ECP256]
     }
 
     /// Wire proposal.
@@ -212,10 +207,7 @@ fn offers_encr(p: &Proposal, encr: EncrAlg) -> bool {
 /// Responder side: picks the first of the peer's proposals that one of our
 /// suites satisfies. Returns the suite and the peer's proposal (for its
 /// number and SPI).
-pub fn select_ike<'a>(
-    offered: &'a [Proposal],
-    ours: &[IkeSuite],
-) -> Option<(IkeSuite, &'a Proposal)> {
+pub fn select_ike<'a>(offered: &'a [Proposal], ours: &[IkeSuite]) -> Option<(IkeSuite, &'a Proposal)> {
     offered
         .iter()
         .filter(|p| p.protocol == protocol_id::IKE && sane_aead(p))
@@ -242,19 +234,14 @@ pub fn select_esp<'a>(
         .iter()
         .filter(|p| p.protocol == protocol_id::ESP && p.spi.len() == 4 && sane_aead(p))
         .filter(|p| {
-            let esn_ok =
-                of_type(p, tf::TYPE_ESN).next().is_none() || offers(p, tf::TYPE_ESN, tf::ESN_NONE);
+            let esn_ok = of_type(p, tf::TYPE_ESN).next().is_none() || offers(p, tf::TYPE_ESN, tf::ESN_NONE);
             let dh_ok = match pfs {
                 Some(g) => offers(p, tf::TYPE_DH, g.id()),
                 None => true,
             };
             esn_ok && dh_ok
         })
-        .find_map(|p| {
-            ours.iter()
-                .find(|s| offers_encr(p, s.encr))
-                .map(|s| (*s, p))
-        })
+        .find_map(|p| ours.iter().find(|s| offers_encr(p, s.encr)).map(|s| (*s, p)))
 }
 
 /// Initiator side: the responder's answer must be exactly one proposal that
@@ -275,11 +262,7 @@ pub fn accept_ike(answer: &[Proposal], ours: &[IkeSuite]) -> Option<(IkeSuite, V
 }
 
 /// Initiator side for ESP: returns the suite and the responder's SPI.
-pub fn accept_esp(
-    answer: &[Proposal],
-    ours: &[EspSuite],
-    pfs: Option<DhGroup>,
-) -> Option<(EspSuite, u32)> {
+pub fn accept_esp(answer: &[Proposal], ours: &[EspSuite], pfs: Option<DhGroup>) -> Option<(EspSuite, u32)> {
     let [p] = answer else { return None };
     if p.protocol != protocol_id::ESP || !sane_aead(p) {
         return None;
@@ -438,12 +421,7 @@ pub fn child_keymat(
 
 /// Builds an encrypted message: header, then SK { inner payloads }.
 /// `iv` must never repeat for a key; callers use a per-SA counter.
-pub fn encrypt_message(
-    header: &Header,
-    inner: &[Payload],
-    key: &GcmKey,
-    iv: u64,
-) -> Result<Vec<u8>, KeysError> {
+pub fn encrypt_message(header: &Header, inner: &[Payload], key: &GcmKey, iv: u64) -> Result<Vec<u8>, KeysError> {
     let (first, mut plaintext) = encode_payloads(inner)?;
     // GCM needs no padding; the Pad Length octet is still present.
     plaintext.push(0);
@@ -496,19 +474,12 @@ pub fn decrypt_message(raw: &[u8], msg: &Message, key: &GcmKey) -> Result<Vec<Pa
         .len()
         .checked_sub(sk.body.len())
         .ok_or(KeysError::SkTooShort(sk.body.len()))?;
-    let aad = raw
-        .get(..aad_len)
-        .ok_or(KeysError::SkTooShort(sk.body.len()))?;
+    let aad = raw.get(..aad_len).ok_or(KeysError::SkTooShort(sk.body.len()))?;
     let (iv, ct) = sk.body.split_at(GCM_IV_LEN);
-    let iv: [u8; GCM_IV_LEN] = iv
-        .try_into()
-        .map_err(|_| KeysError::SkTooShort(sk.body.len()))?;
+    let iv: [u8; GCM_IV_LEN] = iv.try_into().map_err(|_| KeysError::SkTooShort(sk.body.len()))?;
     let pt = key.open(&iv, aad, ct)?;
     let (&pad, rest) = pt.split_last().ok_or(KeysError::BadPadding)?;
-    let inner_len = rest
-        .len()
-        .checked_sub(usize::from(pad))
-        .ok_or(KeysError::BadPadding)?;
+    let inner_len = rest.len().checked_sub(usize::from(pad)).ok_or(KeysError::BadPadding)?;
     let inner = rest.get(..inner_len).ok_or(KeysError::BadPadding)?;
     Ok(codec::parse_payloads(sk.first_inner, inner, false)?)
 }
@@ -541,25 +512,11 @@ mod tests {
         assert_eq!(k.sk_pr.expose(), &v["kdf_sk_pr"][..]);
         assert!(!format!("{k:?}").contains(&hex::encode(&v["kdf_sk_d"][..4])));
 
-        let (ei, er) = child_keymat(
-            &k.sk_d,
-            EncrAlg::Aes128Gcm16,
-            None,
-            &v["kdf_ni"],
-            &v["kdf_nr"],
-        )
-        .unwrap();
+        let (ei, er) = child_keymat(&k.sk_d, EncrAlg::Aes128Gcm16, None, &v["kdf_ni"], &v["kdf_nr"]).unwrap();
         assert_eq!(ei.expose(), &v["child_ei"][..]);
         assert_eq!(er.expose(), &v["child_er"][..]);
         let g2 = Secret::from_slice(&v["child_pfs_gir"]);
-        let (ei, er) = child_keymat(
-            &k.sk_d,
-            EncrAlg::Aes128Gcm16,
-            Some(&g2),
-            &v["kdf_ni"],
-            &v["kdf_nr"],
-        )
-        .unwrap();
+        let (ei, er) = child_keymat(&k.sk_d, EncrAlg::Aes128Gcm16, Some(&g2), &v["kdf_ni"], &v["kdf_nr"]).unwrap();
         assert_eq!(ei.expose(), &v["child_pfs_ei"][..]);
         assert_eq!(er.expose(), &v["child_pfs_er"][..]);
 
@@ -637,10 +594,7 @@ mod tests {
         assert_eq!(s, EspSuite::AES128GCM16);
         assert_eq!(p.spi, vec![0x12, 0x34, 0x56, 0x78]);
         let answer = vec![s.to_proposal(p.num, 0xabcd_ef01, None)];
-        assert_eq!(
-            accept_esp(&answer, &EspSuite::defaults(), None),
-            Some((s, 0xabcd_ef01))
-        );
+        assert_eq!(accept_esp(&answer, &EspSuite::defaults(), None), Some((s, 0xabcd_ef01)));
         assert!(select_esp(&esp, &EspSuite::defaults(), Some(DhGroup::Curve25519)).is_none());
     }
 }

@@ -1,0 +1,312 @@
+//! The home router side: IKE responder that only talks to its configured
+//! gateway, with stateless cookies against half-open floods (RFC 7296 2.6).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::hmac;
+use ring::rand::SecureRandom;
+
+use crate::codec::{self, encode_message, notify_type as nt, ExchangeType, Header, Message, Notify, Payload};
+use crate::crypto::{random_bytes, CryptoError, Secret};
+use crate::error::Error;
+use crate::event::{Datagram, Output};
+use crate::session::{IkeSa, Queued, SaConfig, SaState};
+use crate::table::{strip_marker, SaTable};
+
+/// Configuration of a [`Responder`].
+#[derive(Debug, Clone)]
+pub struct ResponderConfig {
+    /// The only address IKE is accepted from (the gateway).
+    pub allowed_peer: IpAddr,
+    /// PSK, identities, suites and the acceptable traffic selectors:
+    /// `local_ts` our side (granted VPNNAT addresses), `remote_ts` the
+    /// gateway's side (center networks).
+    pub sa: SaConfig,
+    /// Demand cookies once this many SAs are half-open.
+    pub cookie_threshold: usize,
+    /// Rotate the cookie secret this often (the previous one stays valid).
+    pub cookie_secret_lifetime: Duration,
+}
+
+impl ResponderConfig {
+    /// Defaults: cookies from 8 half-open SAs, secret rotated every 5 min.
+    pub fn new(allowed_peer: IpAddr, sa: SaConfig) -> Self {
+        Self {
+            allowed_peer,
+            sa,
+            cookie_threshold: 8,
+            cookie_secret_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Cookie secrets: `cookie = version || HMAC-SHA256(secret, Ni | IPi | SPIi)`.
+#[derive(Debug)]
+struct CookieJar {
+    version: u8,
+    current: Secret,
+    previous: Option<Secret>,
+    rotated: Instant,
+    lifetime: Duration,
+}
+
+impl CookieJar {
+    fn new(now: Instant, lifetime: Duration, rng: &dyn SecureRandom) -> Result<Self, CryptoError> {
+        Ok(Self {
+            version: 0,
+            current: Secret::new(random_bytes(rng, 32)?),
+            previous: None,
+            rotated: now,
+            lifetime,
+        })
+    }
+
+    fn rotate(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), CryptoError> {
+        let next = Secret::new(random_bytes(rng, 32)?);
+        self.previous = Some(std::mem::replace(&mut self.current, next));
+        self.version = self.version.wrapping_add(1);
+        self.rotated = now;
+        Ok(())
+    }
+
+    fn compute(secret: &Secret, version: u8, ni: &[u8], ip: IpAddr, spi_i: u64) -> Vec<u8> {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose());
+        let mut ctx = hmac::Context::with_key(&key);
+        ctx.update(ni);
+        match ip {
+            IpAddr::V4(a) => ctx.update(&a.octets()),
+            IpAddr::V6(a) => ctx.update(&a.octets()),
+        }
+        ctx.update(&spi_i.to_be_bytes());
+        let mut v = vec![version];
+        v.extend_from_slice(ctx.sign().as_ref());
+        v
+    }
+
+    fn make(&self, ni: &[u8], ip: IpAddr, spi_i: u64) -> Vec<u8> {
+        Self::compute(&self.current, self.version, ni, ip, spi_i)
+    }
+
+    fn verify(&self, cookie: &[u8], ni: &[u8], ip: IpAddr, spi_i: u64) -> bool {
+        let Some(&v) = cookie.first() else {
+            return false;
+        };
+        let secret = if v == self.version {
+            Some(&self.current)
+        } else if v == self.version.wrapping_sub(1) {
+            self.previous.as_ref()
+        } else {
+            None
+        };
+        secret.is_some_and(|s| {
+            let want = Self::compute(s, v, ni, ip, spi_i);
+            // Constant time: HMAC verify over the candidate.
+            let k = hmac::Key::new(hmac::HMAC_SHA256, b"cookie-compare");
+            hmac::verify(&k, &want, hmac::sign(&k, cookie).as_ref()).is_ok()
+        })
+    }
+}
+
+/// IKEv2 responder. Does no I/O: feed it datagrams and timer ticks, drain
+/// [`Responder::poll_output`].
+#[derive(Debug)]
+pub struct Responder {
+    cfg: Arc<SaConfig>,
+    allowed_peer: IpAddr,
+    cookie_threshold: usize,
+    cookies: CookieJar,
+    table: SaTable,
+}
+
+impl Responder {
+    /// Creates a responder; `rng` seeds the cookie secret.
+    pub fn new(config: ResponderConfig, now: Instant, rng: &dyn SecureRandom) -> Result<Self, Error> {
+        Ok(Self {
+            cookies: CookieJar::new(now, config.cookie_secret_lifetime, rng)?,
+            cfg: Arc::new(config.sa),
+            allowed_peer: config.allowed_peer,
+            cookie_threshold: config.cookie_threshold,
+            table: SaTable::default(),
+        })
+    }
+
+    /// Processes one received UDP datagram (`payload` is the UDP payload as
+    /// received, with the non-ESP marker if `dst` is port 4500).
+    ///
+    /// On `Err` the input was rejected and no SA was created or changed,
+    /// except that a failed IKE_AUTH ends its half-open SA (after an
+    /// AUTHENTICATION_FAILED answer, RFC 7296 2.21.2). Outputs (error
+    /// notifies, cookies) may be queued in either case.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        rng: &dyn SecureRandom,
+    ) -> Result<(), Error> {
+        let ike = strip_marker(dst, payload)?;
+        if src.ip() != self.allowed_peer {
+            return Err(Error::PeerNotAllowed(src.ip()));
+        }
+        let msg = Message::parse(ike)?;
+        let h = &msg.header;
+        if h.exchange == ExchangeType::IkeSaInit && !h.is_response() && h.spi_r == 0 {
+            return self.handle_init(now, src, dst, ike, &msg, rng);
+        }
+        let fx = self.table.dispatch(now, src, dst, ike, &msg, rng)?;
+        if fx.initial_contact {
+            // The gateway restarted: SAs it had with us before are stale.
+            let keep = (h.spi_i, h.spi_r);
+            for sa in &mut self.table.sas {
+                if sa.spis() != keep && sa.remote.ip() == src.ip() && sa.state != SaState::HalfOpen {
+                    sa.replaced(&mut self.table.out);
+                }
+            }
+            self.table.reap();
+        }
+        Ok(())
+    }
+
+    fn handle_init(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+        ike: &[u8],
+        msg: &Message,
+        rng: &dyn SecureRandom,
+    ) -> Result<(), Error> {
+        let h = &msg.header;
+        if let Some(sa) = self
+            .table
+            .sas
+            .iter()
+            .find(|s| s.spi_i == h.spi_i && s.remote.ip() == src.ip())
+        {
+            if sa.state == SaState::HalfOpen && sa.msg1 == ike {
+                // Our answer was lost: the same answer again, no new state.
+                sa.resend_last_response(&mut self.table.out);
+                return Ok(());
+            }
+            return Err(Error::ReplayedInit(h.spi_i));
+        }
+        let half_open = self.table.sas.iter().filter(|s| s.state == SaState::HalfOpen).count();
+        if half_open >= self.cookie_threshold {
+            if now.saturating_duration_since(self.cookies.rotated) >= self.cookies.lifetime {
+                self.cookies.rotate(now, rng)?;
+            }
+            let ni = msg
+                .payloads
+                .iter()
+                .find_map(|p| match p {
+                    Payload::Nonce(n) => Some(n.as_slice()),
+                    _ => None,
+                })
+                .ok_or(Error::MissingPayload("Nonce"))?;
+            let presented = match msg.payloads.first() {
+                Some(Payload::Notify(n)) if n.ty == nt::COOKIE => Some(n.data.as_slice()),
+                _ => None,
+            };
+            if !presented.is_some_and(|c| self.cookies.verify(c, ni, src.ip(), h.spi_i)) {
+                let cookie = self.cookies.make(ni, src.ip(), h.spi_i);
+                let header = Header {
+                    spi_i: h.spi_i,
+                    spi_r: 0,
+                    next_payload: 0,
+                    exchange: ExchangeType::IkeSaInit,
+                    flags: codec::FLAG_RESPONSE,
+                    message_id: 0,
+                    length: 0,
+                };
+                let bytes = encode_message(&header, &[Payload::Notify(Notify::new(nt::COOKIE, cookie))])?;
+                self.table.out.push_back(Output::Send(Datagram {
+                    src: dst,
+                    dst: src,
+                    payload: bytes,
+                }));
+                return Err(Error::CookieRequired);
+            }
+        }
+        let sa = IkeSa::respond_init(self.cfg.clone(), now, src, dst, ike, msg, rng, &mut self.table.out)?;
+        self.table.sas.push(sa);
+        Ok(())
+    }
+
+    /// Rotates the cookie secret now (it also rotates by itself when
+    /// cookies are in use and the lifetime has passed).
+    pub fn rotate_cookie_secret(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
+        Ok(self.cookies.rotate(now, rng)?)
+    }
+
+    /// Runs retransmissions, liveness checks and time-outs.
+    pub fn poll_timers(&mut self, now: Instant) {
+        self.table.poll_timers(now);
+    }
+
+    /// When [`Responder::poll_timers`] should be called next.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.table.next_timeout()
+    }
+
+    /// Next datagram to send or event to act on, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.table.poll_output()
+    }
+
+    /// Whether an IKE SA is established.
+    pub fn is_established(&self) -> bool {
+        self.table.current_ref().is_some()
+    }
+
+    /// Number of half-open IKE SAs.
+    pub fn half_open(&self) -> usize {
+        self.table.sas.iter().filter(|s| s.state == SaState::HalfOpen).count()
+    }
+
+    /// Number of IKE SAs held (any state).
+    pub fn sa_count(&self) -> usize {
+        self.table.sas.len()
+    }
+
+    /// SPIs of the current IKE SA.
+    pub fn ike_spis(&self) -> Option<(u64, u64)> {
+        self.table.current_ref().map(IkeSa::spis)
+    }
+
+    /// `(inbound, outbound)` SPIs of the current CHILD SAs.
+    pub fn child_sas(&self) -> Vec<(u32, u32)> {
+        self.table.current_ref().map(IkeSa::child_spis).unwrap_or_default()
+    }
+
+    /// Rekeys the CHILD SA with this inbound SPI.
+    pub fn rekey_child(&mut self, now: Instant, inbound_spi: u32, rng: &dyn SecureRandom) -> Result<(), Error> {
+        self.op(now, Queued::RekeyChild(inbound_spi), rng)
+    }
+
+    /// Rekeys the IKE SA (we become the original initiator of the new one).
+    pub fn rekey_ike(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
+        self.op(now, Queued::RekeyIke, rng)
+    }
+
+    /// Deletes one CHILD SA.
+    pub fn delete_child(&mut self, now: Instant, inbound_spi: u32, rng: &dyn SecureRandom) -> Result<(), Error> {
+        self.op(now, Queued::DeleteChild(inbound_spi), rng)
+    }
+
+    /// Sends a liveness check now.
+    pub fn check_liveness(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
+        self.op(now, Queued::Dpd, rng)
+    }
+
+    /// Deletes the IKE SA and its CHILD SAs.
+    pub fn close(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
+        self.op(now, Queued::DeleteIke, rng)
+    }
+
+    fn op(&mut self, now: Instant, what: Queued, rng: &dyn SecureRandom) -> Result<(), Error> {
+        self.table.op(now, what, rng)
+    }
+}

@@ -1,0 +1,106 @@
+//! The set of IKE SAs one endpoint holds, and input demultiplexing shared
+//! by [`crate::Initiator`] and [`crate::Responder`].
+//!
+//! An endpoint holds more than one IKE SA only transiently: a half-open
+//! one next to an established one (peer restarted), or an old one being
+//! deleted after an IKE SA rekey.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ring::rand::SecureRandom;
+
+use crate::codec::Message;
+use crate::error::Error;
+use crate::event::{Output, NAT_T_PORT, NON_ESP_MARKER};
+use crate::session::{Effects, IkeSa, Out, Queued, SaState};
+
+/// Strips the non-ESP marker of datagrams received on port 4500. Anything
+/// else there (ESP, NAT keepalives) is not for us.
+pub(crate) fn strip_marker(dst: SocketAddr, payload: &[u8]) -> Result<&[u8], Error> {
+    if dst.port() != NAT_T_PORT {
+        return Ok(payload);
+    }
+    match (payload.get(..4), payload.get(4..)) {
+        (Some(m), Some(rest)) if m == NON_ESP_MARKER => Ok(rest),
+        _ => Err(Error::NotIke),
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SaTable {
+    pub sas: Vec<IkeSa>,
+    pub out: Out,
+}
+
+impl SaTable {
+    /// Routes a parsed message to its SA.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+        raw: &[u8],
+        msg: &Message,
+        rng: &dyn SecureRandom,
+    ) -> Result<Effects, Error> {
+        let h = &msg.header;
+        let sa = self.sas.iter_mut().find(|s| s.matches(h)).ok_or(Error::UnknownSa {
+            spi_i: h.spi_i,
+            spi_r: h.spi_r,
+        })?;
+        let r = sa.handle(now, src, dst, raw, msg, rng, &mut self.out);
+        let fx = match r {
+            Ok(mut fx) => {
+                if let Some(new) = fx.new_sa.take() {
+                    self.sas.push(new);
+                }
+                Ok(fx)
+            }
+            Err(e) => Err(e),
+        };
+        self.reap();
+        fx
+    }
+
+    /// Drops dead SAs.
+    pub fn reap(&mut self) {
+        self.sas.retain(|s| s.state != SaState::Dead);
+    }
+
+    pub fn poll_timers(&mut self, now: Instant) {
+        for sa in &mut self.sas {
+            sa.poll_timers(now, &mut self.out);
+        }
+        self.reap();
+    }
+
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.sas.iter().filter_map(IkeSa::next_timeout).min()
+    }
+
+    /// Runs an API operation on the newest established SA.
+    pub fn op(&mut self, now: Instant, what: Queued, rng: &dyn SecureRandom) -> Result<(), Error> {
+        let sa = self
+            .sas
+            .iter_mut()
+            .rev()
+            .find(|s| s.state == SaState::Established && !s.is_superseded())
+            .ok_or(Error::NotEstablished)?;
+        let r = sa.request(now, what, rng, &mut self.out);
+        self.reap();
+        r
+    }
+
+    pub fn current_ref(&self) -> Option<&IkeSa> {
+        self.sas
+            .iter()
+            .rev()
+            .find(|s| s.state == SaState::Established && !s.is_superseded())
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+}
