@@ -1414,7 +1414,13 @@ impl IkeSa {
             return Err(Error::NotEstablished);
         }
         if !self.queue.contains(&what) {
-            self.queue.push_back(what);
+            // Deleting a replaced CHILD SA must not wait behind other work
+            // (an IKE rekey would otherwise carry the stale pair over).
+            if matches!(what, Queued::DeleteChild(_)) {
+                self.queue.push_front(what);
+            } else {
+                self.queue.push_back(what);
+            }
         }
         if what == Queued::DeleteIke {
             self.state = SaState::Deleting;
@@ -1423,7 +1429,7 @@ impl IkeSa {
     }
 
     /// Sends the next queued request if none is outstanding.
-    fn pump(&mut self, now: Instant, rng: &dyn SecureRandom, out: &mut Out) -> Result<()> {
+    pub(crate) fn pump(&mut self, now: Instant, rng: &dyn SecureRandom, out: &mut Out) -> Result<()> {
         while self.pending.is_none() && matches!(self.state, SaState::Established | SaState::Deleting) {
             let Some(next) = self.queue.pop_front() else {
                 break;
@@ -1617,10 +1623,12 @@ impl IkeSa {
             old: self.spis(),
             new: new.spis(),
         }));
+        // Work queued on the old SA moves to the new one; the old SA itself
+        // is deleted (RFC 7296 2.18).
+        let mut new = new;
+        new.queue = std::mem::take(&mut self.queue);
+        new.queue.retain(|q| *q != Queued::DeleteIke && *q != Queued::RekeyIke);
         fx.new_sa = Some(new);
-        // Requests queued on the old SA are dropped with it; the old SA
-        // itself is deleted (RFC 7296 2.18).
-        self.queue.clear();
         self.start(now, Queued::DeleteIke, rng, out)
     }
 

@@ -53,8 +53,11 @@ impl SaTable {
         let r = sa.handle(now, src, dst, raw, msg, rng, &mut self.out);
         let fx = match r {
             Ok(mut fx) => {
-                if let Some(new) = fx.new_sa.take() {
+                if let Some(mut new) = fx.new_sa.take() {
+                    // Requests carried over from the old SA go out now.
+                    let r = new.pump(now, rng, &mut self.out);
                     self.sas.push(new);
+                    r?;
                 }
                 Ok(fx)
             }

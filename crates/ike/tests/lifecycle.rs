@@ -1,0 +1,332 @@
+//! After establishment: INFORMATIONAL (delete, liveness) and
+//! CREATE_CHILD_SA (CHILD SA and IKE SA rekeys), in memory.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vpnnat_ike::codec::{Message, Payload};
+use vpnnat_ike::{DownReason, Error, Event, Initiator, InitiatorConfig, ResponderConfig};
+
+fn rekeyed(ev: &[Event]) -> Option<((u64, u64), (u64, u64))> {
+    ev.iter().find_map(|e| match e {
+        Event::IkeSaRekeyed { old, new } => Some((*old, *new)),
+        _ => None,
+    })
+}
+
+#[test]
+fn delete_child_from_gateway() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    net.gw.delete_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+    assert_eq!(downs(&re), vec![(r.inbound_spi, r.outbound_spi)]);
+    assert!(tunnel_down(&ge).is_none() && tunnel_down(&re).is_none());
+    assert!(net.gw.child_sas().is_empty() && net.rt.child_sas().is_empty());
+    // the IKE SA stays
+    assert!(net.gw.is_established() && net.rt.is_established());
+    assert_eq!(
+        net.gw.delete_child(net.now, g.inbound_spi, &net.rng),
+        Err(Error::UnknownChild(g.inbound_spi))
+    );
+}
+
+#[test]
+fn delete_child_from_router() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    net.rt.delete_child(net.now, r.inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+    assert_eq!(downs(&re), vec![(r.inbound_spi, r.outbound_spi)]);
+}
+
+#[test]
+fn close_ike_sa() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    net.gw.close(net.now, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+    assert_eq!(downs(&re), vec![(r.inbound_spi, r.outbound_spi)]);
+    assert_eq!(tunnel_down(&ge), Some(DownReason::Closed));
+    assert_eq!(tunnel_down(&re), Some(DownReason::DeletedByPeer));
+    assert!(!net.gw.is_established() && !net.rt.is_established());
+    assert_eq!(net.rt.sa_count(), 0);
+    // the SA is gone: further API calls say so
+    assert_eq!(net.gw.check_liveness(net.now, &net.rng), Err(Error::NotEstablished));
+}
+
+#[test]
+fn liveness_check_answered() {
+    let mut net = Net::default_pair();
+    established(&mut net);
+    net.gw.check_liveness(net.now, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert!(ge.is_empty() && re.is_empty());
+    let dpd = Message::parse(&net.to_rt.last().unwrap().payload).unwrap();
+    assert_eq!(dpd.header.message_id, 2);
+    // the router can probe too (its own message id space)
+    net.rt.check_liveness(net.now, &net.rng).unwrap();
+    net.run();
+    let probe = Message::parse(&net.to_gw.last().unwrap().payload).unwrap();
+    assert_eq!(probe.header.message_id, 0);
+    assert!(net.gw_errors.is_empty() && net.rt_errors.is_empty());
+}
+
+#[test]
+fn dead_peer_detected_by_dpd_schedule() {
+    let mut net = Net::default_pair();
+    let (g, _) = established(&mut net);
+    net.cut = true;
+    // nothing until the DPD interval (30 s) passes
+    net.advance(Duration::from_secs(29));
+    assert_eq!(net.to_rt.len(), 2);
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.to_rt.len(), 3);
+    for _ in 0..120 {
+        net.advance(Duration::from_secs(1));
+    }
+    // DPD + 5 identical retransmissions
+    assert_eq!(net.to_rt.len(), 8);
+    assert!(net.to_rt[3..].iter().all(|d| *d == net.to_rt[2]));
+    let (ge, _) = net.take_events();
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+    assert_eq!(tunnel_down(&ge), Some(DownReason::PeerDead));
+    assert!(!net.gw.is_established());
+}
+
+#[test]
+fn traffic_keeps_dpd_quiet_and_responses_refresh() {
+    let mut net = Net::default_pair();
+    established(&mut net);
+    net.advance(Duration::from_secs(30));
+    // a DPD went out and was answered by both
+    let (ge, re) = net.take_events();
+    assert!(ge.is_empty() && re.is_empty());
+    assert!(net.gw.is_established() && net.rt.is_established());
+}
+
+#[test]
+fn rekey_child_sa() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.run();
+    assert!(
+        net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+        "{:?} {:?}",
+        net.gw_errors,
+        net.rt_errors
+    );
+    let (ge, re) = net.take_events();
+    let (gn, rn) = (child_ups(&ge), child_ups(&re));
+    assert_eq!((gn.len(), rn.len()), (1, 1));
+    assert_pair(&gn[0], &rn[0]);
+    assert_eq!(gn[0].replaces, Some((g.inbound_spi, g.outbound_spi)));
+    assert_eq!(rn[0].replaces, Some((r.inbound_spi, r.outbound_spi)));
+    assert_ne!(gn[0].inbound_spi, g.inbound_spi);
+    assert_ne!(gn[0].inbound_key, g.inbound_key);
+    assert_eq!(gn[0].local_ts, g.local_ts);
+    // install new before removing old, on both sides
+    let pos_up = ge.iter().position(|e| matches!(e, Event::ChildSaUp(_))).unwrap();
+    let pos_down = ge.iter().position(|e| matches!(e, Event::ChildSaDown { .. })).unwrap();
+    assert!(pos_up < pos_down);
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+    assert_eq!(downs(&re), vec![(r.inbound_spi, r.outbound_spi)]);
+    assert_eq!(net.gw.child_sas(), vec![(gn[0].inbound_spi, gn[0].outbound_spi)]);
+    assert_eq!(net.rt.child_sas(), vec![(rn[0].inbound_spi, rn[0].outbound_spi)]);
+    // the REKEY_SA notify carried the old inbound SPI
+    let req = &net.to_rt[2];
+    assert_eq!(Message::parse(&req.payload).unwrap().header.message_id, 2);
+}
+
+#[test]
+fn rekey_child_sa_with_pfs_from_router() {
+    let mut gw = gw_sa(PSK);
+    gw.child_pfs = true;
+    let mut rt = rt_sa(PSK);
+    rt.child_pfs = true;
+    let mut net = Net::new(gw, ResponderConfig::new(addr(GW).ip(), rt));
+    let (g, r) = established(&mut net);
+    net.rt.rekey_child(net.now, r.inbound_spi, &net.rng).unwrap();
+    net.run();
+    assert!(
+        net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+        "{:?} {:?}",
+        net.gw_errors,
+        net.rt_errors
+    );
+    let (ge, re) = net.take_events();
+    let (gn, rn) = (child_ups(&ge), child_ups(&re));
+    assert_eq!((gn.len(), rn.len()), (1, 1));
+    assert_pair(&gn[0], &rn[0]);
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+    assert_eq!(downs(&re), vec![(r.inbound_spi, r.outbound_spi)]);
+    // the request carried a KE payload
+    let n = net.to_gw.len();
+    let _ = n;
+}
+
+#[test]
+fn rekey_unknown_child_is_refused() {
+    let mut net = Net::default_pair();
+    established(&mut net);
+    assert_eq!(
+        net.gw.rekey_child(net.now, 0xdead_beef, &net.rng),
+        Err(Error::UnknownChild(0xdead_beef))
+    );
+}
+
+#[test]
+fn rekey_ike_sa_from_gateway_then_use_it() {
+    let mut net = Net::default_pair();
+    let (g, _) = established(&mut net);
+    let old = net.gw.ike_spis().unwrap();
+    net.gw.rekey_ike(net.now, &net.rng).unwrap();
+    net.run();
+    assert!(
+        net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+        "{:?} {:?}",
+        net.gw_errors,
+        net.rt_errors
+    );
+    let (ge, re) = net.take_events();
+    let (o1, n1) = rekeyed(&ge).unwrap();
+    let (o2, n2) = rekeyed(&re).unwrap();
+    assert_eq!((o1, n1), (o2, n2));
+    assert_eq!(o1, old);
+    assert_ne!(n1, old);
+    // no CHILD SA or tunnel events: the children moved over
+    assert!(downs(&ge).is_empty() && downs(&re).is_empty());
+    assert!(tunnel_down(&ge).is_none() && tunnel_down(&re).is_none());
+    assert_eq!(net.gw.ike_spis(), Some(n1));
+    assert_eq!(net.rt.ike_spis(), Some(n1));
+    assert_eq!(net.rt.sa_count(), 1);
+    assert_eq!(net.gw.child_sas(), vec![(g.inbound_spi, g.outbound_spi)]);
+    // the new SA works: child rekey and liveness over it, fresh message ids
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(child_ups(&ge).len(), 1);
+    assert_eq!(child_ups(&re).len(), 1);
+    let m = Message::parse(&net.to_rt[net.to_rt.len() - 2].payload).unwrap();
+    assert_eq!((m.header.spi_i, m.header.spi_r), n1);
+    assert_eq!(m.header.message_id, 0);
+    net.gw.close(net.now, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(tunnel_down(&ge), Some(DownReason::Closed));
+    assert_eq!(tunnel_down(&re), Some(DownReason::DeletedByPeer));
+}
+
+#[test]
+fn rekey_ike_sa_from_router_swaps_roles() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    net.rt.rekey_ike(net.now, &net.rng).unwrap();
+    net.run();
+    assert!(
+        net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+        "{:?} {:?}",
+        net.gw_errors,
+        net.rt_errors
+    );
+    let (ge, re) = net.take_events();
+    let (_, n) = rekeyed(&re).unwrap();
+    assert_eq!(rekeyed(&ge).unwrap().1, n);
+    // the router is the original initiator of the new SA: its requests
+    // carry the I flag now
+    net.rt.check_liveness(net.now, &net.rng).unwrap();
+    net.run();
+    let probe = net
+        .to_gw
+        .iter()
+        .rev()
+        .map(|d| Message::parse(&d.payload).unwrap())
+        .find(|m| !m.header.is_response())
+        .unwrap();
+    assert!(probe.header.from_initiator());
+    assert_eq!((probe.header.spi_i, probe.header.spi_r), n);
+    // and both sides can still rekey children over it
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(child_ups(&ge).len(), 1);
+    assert_eq!(downs(&re), vec![(r.inbound_spi, r.outbound_spi)]);
+    assert!(net.gw_errors.is_empty() && net.rt_errors.is_empty());
+}
+
+#[test]
+fn requests_queue_behind_the_window() {
+    let mut net = Net::default_pair();
+    let (g, _) = established(&mut net);
+    net.gw.check_liveness(net.now, &net.rng).unwrap();
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.gw.rekey_ike(net.now, &net.rng).unwrap();
+    net.run();
+    assert!(
+        net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+        "{:?} {:?}",
+        net.gw_errors,
+        net.rt_errors
+    );
+    let (ge, re) = net.take_events();
+    assert_eq!(child_ups(&ge).len(), 1);
+    assert_eq!(child_ups(&re).len(), 1);
+    assert!(rekeyed(&ge).is_some());
+    assert_eq!(net.gw.child_sas().len(), 1);
+    assert_eq!(
+        net.rt.child_sas(),
+        net.gw.child_sas().iter().map(|(a, b)| (*b, *a)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn initial_contact_replaces_stale_sa() {
+    let mut net = Net::default_pair();
+    let (_, r_old) = established(&mut net);
+    let old_spis = net.rt.ike_spis().unwrap();
+    // The gateway restarts and builds a new tunnel (with INITIAL_CONTACT).
+    net.gw = Initiator::new(InitiatorConfig {
+        local: addr(GW),
+        peer: addr(RT),
+        sa: gw_sa(PSK),
+    });
+    net.connect();
+    let (ge, re) = net.take_events();
+    assert_eq!(child_ups(&ge).len(), 1);
+    let r_new = child_ups(&re);
+    assert_eq!(r_new.len(), 1);
+    // the new pair is installed, then the stale one removed
+    assert_eq!(downs(&re), vec![(r_old.inbound_spi, r_old.outbound_spi)]);
+    assert!(re.contains(&Event::TunnelDown {
+        ike_spis: old_spis,
+        reason: DownReason::Replaced
+    }));
+    assert_eq!(net.rt.sa_count(), 1);
+    assert_ne!(net.rt.ike_spis(), Some(old_spis));
+}
+
+#[test]
+fn rejects_traffic_selectors_outside_policy() {
+    let mut gw = gw_sa(PSK);
+    gw.remote_ts = vec![vpnnat_ike::TrafficSelector::host("192.168.1.10".parse().unwrap())];
+    let mut net = Net::new(gw, ResponderConfig::new(addr(GW).ip(), rt_sa(PSK)));
+    net.connect();
+    assert_eq!(net.rt_errors, vec![Error::TsUnacceptable]);
+    let (ge, re) = net.take_events();
+    assert!(child_ups(&ge).is_empty() && child_ups(&re).is_empty());
+    assert_eq!(tunnel_down(&ge), Some(DownReason::TsUnacceptable));
+    // the gateway closed the useless IKE SA
+    assert_eq!(net.rt.sa_count(), 0);
+    assert!(!net.gw.is_established());
+    let _ = Payload::Nonce(vec![]);
+}
