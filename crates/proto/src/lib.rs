@@ -17,6 +17,50 @@
 //! - [`decode`]: one entry point per endpoint that checks size, MAC,
 //!   freshness and replay in the order that leaks least.
 //! - [`error`]: [`ProtoError`] and its HTTP status mapping.
+//!
+//! The wire format (paths, headers, MAC encoding, sealing, JSON bodies) is
+//! described in `crates/proto/README.md`.
+//!
+//! # A router -> center exchange, both sides
+//! ```
+//! use ring::rand::SystemRandom;
+//! use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuard};
+//! use vpnnat_proto::keys::{SecretBytes, SecretId2};
+//! use vpnnat_proto::messages::{Ack, FailureNotice};
+//! use vpnnat_proto::types::{FailureCode, FailureDetail, TerminalId};
+//! use vpnnat_proto::{decode_request, decode_response, encode_request, encode_response, Verified};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rng = SystemRandom::new();
+//! let me = TerminalId::new("router-1")?;
+//! let sid2 = SecretId2::from_hex(&"11".repeat(32))?; // from the router's state
+//! let now = 1_800_000_000; // the caller reads the clock; this crate never does
+//!
+//! // Router: build and sign.
+//! let notice = FailureNotice { code: FailureCode::Ipsec, detail: FailureDetail::new("charon died")? };
+//! let req = encode_request(&notice, &me, &sid2.mac_key(), now, &rng)?;
+//! // ... POST req.body to req.path with the req.headers.pairs() headers ...
+//!
+//! // Center: collect the headers, verify, act, answer.
+//! let mut guard = ReplayGuard::new(MemoryNonceStore::default(), ReplayConfig::default());
+//! let pairs = req.headers.pairs();
+//! let headers = AuthHeaders::from_lookup(|name| {
+//!     pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+//! })?;
+//! let v: Verified<FailureNotice> =
+//!     decode_request(&mut guard, req.path, &headers, &req.body, now + 1, |terminal: &TerminalId, _kind| {
+//!         // look up Secret(ID2) of `terminal` in the terminals database
+//!         (terminal.as_str() == "router-1").then(|| sid2.mac_key())
+//!     })?;
+//! let resp = encode_response(&v, &Ack {}, &sid2.mac_key(), now + 1, &rng)?;
+//! // On error: answer `e.http_status()` with `e.to_string()`.
+//!
+//! // Router: authenticate the answer against its own request.
+//! let ack = decode_response::<FailureNotice>(&req, &sid2.mac_key(), &resp.headers, &resp.body)?;
+//! assert_eq!(ack, Ack {});
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod auth;
 mod b64;
