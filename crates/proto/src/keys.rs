@@ -168,7 +168,7 @@ impl fmt::Debug for MacKey {
 }
 
 /// The maintenance password the center hands a router at installation
-/// ([0124]): 8..=128 printable ASCII characters.
+/// (seed 0124): 8..=128 printable ASCII characters.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MaintenancePassword(String);
 

@@ -58,7 +58,7 @@ pub struct InstallResponse {
     pub sealed: SealedBox,
 }
 
-/// What the center hands the router at installation ([0124]-[0129]).
+/// What the center hands the router at installation (seed 0124-0129).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "InstallSecretsWire")]
 pub struct InstallSecrets {

@@ -318,7 +318,7 @@ where
 /// 1..=16 distinct extension terminal names of one maintenance request.
 pub type TerminalNames = BoundedSet<TerminalName, 1, MAX_TERMINAL_NAMES>;
 
-/// The claimant's level ([0153]): an administrator's request lands in the
+/// The claimant's level (seed 0153): an administrator's request lands in the
 /// "administrator" table, a general one in the terminal's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -337,7 +337,7 @@ pub enum Urgency {
     Emergency,
 }
 
-/// What the router's self-watch found broken ([0132]).
+/// What the router's self-watch found broken (seed 0132).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureCode {
@@ -358,7 +358,7 @@ pub enum FailureCode {
 }
 
 /// The acceptance number the center issues per maintenance request
-/// ([0160]); never zero.
+/// (seed 0160); never zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct AcceptanceNumber(u64);
