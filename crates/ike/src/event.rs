@@ -76,6 +76,13 @@ pub struct ChildSa {
     pub replaces: Option<(u32, u32)>,
 }
 
+impl ChildSa {
+    /// The Linux XFRM AEAD algorithm name for these keys.
+    pub fn xfrm_name(&self) -> &'static str {
+        self.encr.xfrm_name()
+    }
+}
+
 /// Why a tunnel went down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownReason {

@@ -211,6 +211,8 @@ pub struct IkeSa {
     pub(crate) created: Instant,
     /// Replaced by a rekeyed IKE SA: its deletion reports nothing.
     superseded: bool,
+    /// When it was superseded; lingers at most `half_open_timeout` more.
+    superseded_at: Option<Instant>,
     /// TunnelDown was reported already.
     down_reported: bool,
     // IKE_SA_INIT material, needed until IKE_AUTH is done.
@@ -308,6 +310,7 @@ impl IkeSa {
             last_rx: now,
             created: now,
             superseded: false,
+            superseded_at: None,
             down_reported: false,
             ni: Vec::new(),
             nr: Vec::new(),
@@ -543,9 +546,10 @@ impl IkeSa {
         out: &mut Out,
     ) -> Result<()> {
         let p = &msg.payloads;
-        // IKE_SA_INIT responses are not authenticated; a forged one must not
-        // be able to kill the attempt, so errors leave the state alone and
-        // the retransmission timer keeps running.
+        // IKE_SA_INIT responses are not authenticated; a malformed or
+        // unacceptable one leaves the state alone and the retransmission
+        // timer keeps running. Only an explicit error notify from the peer's
+        // address (already checked) ends the attempt.
         if let Some(c) = find_notify(p, nt::COOKIE) {
             if c.data.is_empty() || c.data.len() > 64 {
                 return Err(Error::InvalidPayload("COOKIE"));
@@ -1401,6 +1405,7 @@ impl IkeSa {
         new.nat = self.nat;
         new.children = std::mem::take(&mut self.children);
         self.superseded = true;
+        self.superseded_at = Some(now);
         new
     }
 
@@ -1653,6 +1658,14 @@ impl IkeSa {
             self.die(DownReason::Timeout, out);
             return;
         }
+        // An old IKE SA whose Delete never came (the peer rekeyed and
+        // vanished) must not linger forever.
+        if let Some(at) = self.superseded_at {
+            if self.pending.is_none() && now.saturating_duration_since(at) >= self.cfg.half_open_timeout {
+                self.die(DownReason::Closed, out);
+                return;
+            }
+        }
         if let Some(p) = self.pending.as_mut() {
             match p.timer.poll(now) {
                 Tick::Idle => {}
@@ -1695,6 +1708,12 @@ impl IkeSa {
             SaState::Dead => return None,
             SaState::HalfOpen => consider(self.created.checked_add(self.cfg.half_open_timeout)),
             _ => {}
+        }
+        if self.pending.is_none() {
+            consider(
+                self.superseded_at
+                    .and_then(|t| t.checked_add(self.cfg.half_open_timeout)),
+            );
         }
         if let Some(p) = &self.pending {
             consider(Some(p.timer.deadline()));

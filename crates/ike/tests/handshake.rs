@@ -408,3 +408,32 @@ fn cookie_required_and_secret_rotation() {
         Err(Error::CookieRequired)
     );
 }
+
+/// Writes valid messages as a fuzzing seed corpus when
+/// `VPNNAT_IKE_WRITE_CORPUS=1` (see crates/ike/fuzz).
+#[test]
+fn write_fuzz_corpus() {
+    if std::env::var_os("VPNNAT_IKE_WRITE_CORPUS").is_none() {
+        return;
+    }
+    let mut net = Net::default_pair();
+    established(&mut net);
+    net.gw.check_liveness(net.now, &net.rng).unwrap();
+    net.run();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let parse = dir.join("parse_message");
+    let resp = dir.join("responder");
+    std::fs::create_dir_all(&parse).unwrap();
+    std::fs::create_dir_all(&resp).unwrap();
+    for (i, d) in net.to_rt.iter().chain(net.to_gw.iter()).enumerate() {
+        std::fs::write(parse.join(format!("seed-msg{i}")), &d.payload).unwrap();
+    }
+    // responder corpus: the initiator's INIT alone, and INIT + AUTH
+    let mut one = vec![0u8];
+    one.extend_from_slice(&net.to_rt[0].payload);
+    std::fs::write(resp.join("seed-init"), &one).unwrap();
+    let mut two = one.clone();
+    two.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc, 0]);
+    two.extend_from_slice(&net.to_rt[1].payload);
+    std::fs::write(resp.join("seed-init-auth"), &two).unwrap();
+}

@@ -330,3 +330,41 @@ fn rejects_traffic_selectors_outside_policy() {
     assert!(!net.gw.is_established());
     let _ = Payload::Nonce(vec![]);
 }
+
+#[test]
+fn superseded_ike_sa_expires_without_delete() {
+    let mut net = Net::default_pair();
+    established(&mut net);
+    // The router rekeys and the gateway answers, but the router's Delete
+    // of the old SA is lost.
+    net.rt.rekey_ike(net.now, &net.rng).unwrap();
+    let Some(vpnnat_ike::Output::Send(req)) = net.rt.poll_output() else {
+        panic!()
+    };
+    net.gw
+        .handle_datagram(net.now, req.src, req.dst, &req.payload, &net.rng)
+        .unwrap();
+    let mut resp = None;
+    while let Some(o) = net.gw.poll_output() {
+        if let vpnnat_ike::Output::Send(d) = o {
+            resp = Some(d);
+        }
+    }
+    let resp = resp.unwrap();
+    net.rt
+        .handle_datagram(net.now, resp.src, resp.dst, &resp.payload, &net.rng)
+        .unwrap();
+    while net.rt.poll_output().is_some() {}
+    // the gateway holds old + new until the Delete, which never comes
+    net.now += Duration::from_secs(31);
+    net.gw.poll_timers(net.now);
+    let mut events = Vec::new();
+    while let Some(o) = net.gw.poll_output() {
+        if let vpnnat_ike::Output::Event(e) = o {
+            events.push(e);
+        }
+    }
+    assert!(events.is_empty(), "{events:?}");
+    assert!(net.gw.is_established());
+    assert_eq!(net.gw.child_sas().len(), 1);
+}
