@@ -74,14 +74,45 @@ pub trait Command: Serialize + DeserializeOwned {
 }
 
 /// A command that passed every check of [`decode_request`].
+///
+/// Fields are private so that only [`decode_request`] can make one: holding
+/// a `Verified<C>` is proof that its command was authenticated and fresh.
 #[derive(Debug, Clone)]
 pub struct Verified<C: Command> {
-    pub principal: C::Principal,
-    pub timestamp: u64,
-    pub nonce: Nonce,
+    principal: C::Principal,
+    timestamp: u64,
+    nonce: Nonce,
+    mac: Tag,
+    command: C,
+}
+
+impl<C: Command> Verified<C> {
+    /// The authenticated sender (terminal ID or gateway name).
+    pub fn principal(&self) -> &C::Principal {
+        &self.principal
+    }
+
+    /// The sender's timestamp (within the replay window of the receiver).
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+
+    pub fn nonce(&self) -> &Nonce {
+        &self.nonce
+    }
+
     /// The request's MAC; [`encode_response`] binds the answer to it.
-    pub mac: Tag,
-    pub command: C,
+    pub fn mac(&self) -> &Tag {
+        &self.mac
+    }
+
+    pub fn command(&self) -> &C {
+        &self.command
+    }
+
+    pub fn into_command(self) -> C {
+        self.command
+    }
 }
 
 /// Decodes and authenticates one incoming command; see the module docs for
@@ -285,8 +316,8 @@ mod tests {
         let mut g = guard();
         let out = signed_notice(NOW);
         let v = decode_notice(&mut g, &out, NOW + 5).unwrap();
-        assert_eq!(v.principal, tid());
-        assert_eq!(v.command, notice());
+        assert_eq!(v.principal(), &tid());
+        assert_eq!(v.command(), &notice());
         assert_eq!(g.store().len(), 1);
         // Replay: refused, store unchanged.
         assert_eq!(decode_notice(&mut g, &out, NOW + 6).unwrap_err(), ProtoError::Replayed);
@@ -493,7 +524,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(asked, Some(KeyKind::SecretId));
-        assert_eq!(v.command, req);
+        assert_eq!(v.command(), &req);
     }
 
     #[test]
@@ -571,7 +602,7 @@ mod tests {
                 (p.as_str() == "gw-a" && k == KeyKind::GatewayApiKey).then(|| key.mac_key())
             })
             .unwrap();
-        assert_eq!(v.principal, gw);
-        assert_eq!(v.command, cmd);
+        assert_eq!(v.principal(), &gw);
+        assert_eq!(v.command(), &cmd);
     }
 }

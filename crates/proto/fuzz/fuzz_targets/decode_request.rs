@@ -60,15 +60,13 @@ fn run<C: Command + PartialEq + Debug>(signed: bool, data: &[u8]) {
     };
     let mut guard = ReplayGuard::new(MemoryNonceStore::new(16), ReplayConfig::default());
     let r: Result<vpnnat_proto::Verified<C>, ProtoError> =
-        decode_request(&mut guard, C::PATH, &headers, body, NOW, |_, _| {
-            Some(key.clone())
-        });
+        decode_request(&mut guard, C::PATH, &headers, body, NOW, |_, _| Some(key.clone()));
     match r {
         Ok(v) => {
             assert_eq!(guard.store().len(), 1);
-            let again = serde_json::to_vec(&v.command).expect("serializes");
+            let again = serde_json::to_vec(v.command()).expect("serializes");
             let back: C = serde_json::from_slice(&again).expect("round trip parses");
-            assert_eq!(back, v.command);
+            assert_eq!(&back, v.command());
         }
         Err(e) => {
             assert!(guard.store().is_empty(), "store changed on {e:?}");

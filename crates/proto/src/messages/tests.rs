@@ -65,10 +65,10 @@ fn install_exchange() {
     };
     let (v, resp) = exchange(&req, &tid(), &sid.mac_key(), |v| {
         secrets()
-            .seal(&SystemRandom::new(), &v.principal, &v.command.reply_key)
+            .seal(&SystemRandom::new(), v.principal(), &v.command().reply_key)
             .unwrap()
     });
-    assert_eq!(v.command, req);
+    assert_eq!(v.command(), &req);
     let got = resp.open(kp, &tid()).unwrap();
     assert_eq!(got.psk().expose_secret(), &[1; 32]);
     assert_eq!(got.secret_id2().expose_secret(), &[2; 32]);
@@ -131,7 +131,7 @@ fn failure_exchange() {
         detail: FailureDetail::new("httpd not answering").unwrap(),
     };
     let (v, ack) = exchange(&n, &tid(), &key, |_| Ack {});
-    assert_eq!(v.command, n);
+    assert_eq!(v.command(), &n);
     assert_eq!(ack, Ack {});
     let wire = serde_json::to_string(&n).unwrap();
     assert_eq!(wire, r#"{"code":"server_part","detail":"httpd not answering"}"#);
@@ -156,7 +156,7 @@ fn gateway_address_exchange() {
     };
     let (_, resp) = exchange(&req, &tid(), &key, |v| {
         gateway_info()
-            .seal(&SystemRandom::new(), &v.principal, &v.command.reply_key)
+            .seal(&SystemRandom::new(), v.principal(), &v.command().reply_key)
             .unwrap()
     });
     assert_eq!(resp.open(kp, &tid()).unwrap(), gateway_info());
@@ -214,18 +214,18 @@ fn maintenance_exchange() {
     ])
     .unwrap();
     let (v, resp) = exchange(&req, &tid(), &sid2.mac_key(), |v| {
-        let d = v.command.open_details(&sid2, &v.principal).unwrap();
+        let d = v.command().open_details(&sid2, v.principal()).unwrap();
         assert_eq!(d, details(&["pc1", "printer"]));
         grants
             .seal(
                 &SystemRandom::new(),
-                &v.principal,
-                &v.command.reply_key,
+                v.principal(),
+                &v.command().reply_key,
                 AcceptanceNumber::new(42).unwrap(),
             )
             .unwrap()
     });
-    assert_eq!(v.command.urgency, Urgency::High);
+    assert_eq!(v.command().urgency, Urgency::High);
     assert_eq!(resp.acceptance_number.get(), 42);
     assert_eq!(resp.open(kp, &tid()).unwrap(), grants);
     // Details do not open for another router or with another secret.
@@ -283,13 +283,13 @@ fn center_to_router_commands() {
     let end = EndCommand {
         acceptance_number: AcceptanceNumber::new(7).unwrap(),
     };
-    assert_eq!(exchange(&end, &tid(), &key, |_| Ack {}).0.command, end);
+    assert_eq!(exchange(&end, &tid(), &key, |_| Ack {}).0.command(), &end);
     let rel = ReleaseCommand {
         terminal_name: TerminalName::new("pc1").unwrap(),
     };
-    assert_eq!(exchange(&rel, &tid(), &key, |_| Ack {}).0.command, rel);
+    assert_eq!(exchange(&rel, &tid(), &key, |_| Ack {}).0.command(), &rel);
     let vpn_end = VpnEndCommand {};
-    assert_eq!(exchange(&vpn_end, &tid(), &key, |_| Ack {}).0.command, vpn_end);
+    assert_eq!(exchange(&vpn_end, &tid(), &key, |_| Ack {}).0.command(), &vpn_end);
     assert!(serde_json::from_str::<EndCommand>(r#"{"acceptance_number":0}"#).is_err());
     assert!(serde_json::from_str::<VpnEndCommand>(r#"{"all":true}"#).is_err());
     assert!(serde_json::from_str::<ReleaseCommand>(r#"{"terminal_name":"../etc"}"#).is_err());
@@ -305,7 +305,7 @@ fn gateway_setup_tunnel_carries_psk_encrypted() {
     let cmd = SetupTunnel::new(&rng, &fk, tid(), ip(203, 0, 113, 5), 3, &psk).unwrap();
     let (v, ack) = exchange(&cmd, &gw, &api.mac_key(), |_| Ack {});
     assert_eq!(ack, Ack {});
-    let got = v.command.open_psk(&fk).unwrap();
+    let got = v.command().open_psk(&fk).unwrap();
     assert_eq!(got.expose_secret(), psk.expose_secret());
     // Bound to the terminal: moving the blob to another tunnel fails.
     let mut moved = cmd.clone();
@@ -325,12 +325,12 @@ fn gateway_address_commands_and_state() {
         terminal_id: tid(),
         addresses: addrs.clone(),
     };
-    assert_eq!(exchange(&add, &gw, &key, |_| Ack {}).0.command, add);
+    assert_eq!(exchange(&add, &gw, &key, |_| Ack {}).0.command(), &add);
     let rm = RemoveAddresses {
         terminal_id: tid(),
         addresses: addrs.clone(),
     };
-    assert_eq!(exchange(&rm, &gw, &key, |_| Ack {}).0.command, rm);
+    assert_eq!(exchange(&rm, &gw, &key, |_| Ack {}).0.command(), &rm);
     assert!(AddressSet::new(vec![]).is_err());
     assert!(AddressSet::new(vec![ip(10, 64, 1, 1), ip(10, 64, 1, 1)]).is_err());
 
@@ -365,7 +365,7 @@ fn tunnel_event_from_gateway() {
         status: TunnelStatus::Up,
         detail: FailureDetail::new("").unwrap(),
     };
-    assert_eq!(exchange(&ev, &gw, &key, |_| Ack {}).0.command, ev);
+    assert_eq!(exchange(&ev, &gw, &key, |_| Ack {}).0.command(), &ev);
     assert_eq!(
         serde_json::to_string(&ev).unwrap(),
         r#"{"terminal_id":"router-1","slot":2,"status":"up","detail":""}"#
