@@ -343,7 +343,7 @@ impl IkeSaKeys {
         seed.extend_from_slice(nr);
         seed.extend_from_slice(&spi_i.to_be_bytes());
         seed.extend_from_slice(&spi_r.to_be_bytes());
-        let total = PRF_LEN * 3 + e * 2;
+        let total = PRF_LEN.saturating_mul(3).saturating_add(e.saturating_mul(2));
         let km = prf_plus(skeyseed.expose(), &seed, total)?;
         let mut chunks = Chunks(km.expose());
         let sk_d = chunks.next(PRF_LEN);
@@ -410,7 +410,7 @@ pub fn child_keymat(
     seed.extend_from_slice(nr);
     let seed = Secret::new(seed);
     let e = encr.keymat_len();
-    let km = prf_plus(sk_d.expose(), seed.expose(), e * 2)?;
+    let km = prf_plus(sk_d.expose(), seed.expose(), e.saturating_mul(2))?;
     let mut c = Chunks(km.expose());
     Ok((c.next(e), c.next(e)))
 }
@@ -425,8 +425,8 @@ pub fn encrypt_message(header: &Header, inner: &[Payload], key: &GcmKey, iv: u64
     let (first, mut plaintext) = encode_payloads(inner)?;
     // GCM needs no padding; the Pad Length octet is still present.
     plaintext.push(0);
-    let sk_len = codec::GENERIC_HEADER_LEN + GCM_IV_LEN + plaintext.len() + GCM_ICV_LEN;
-    let total = codec::HEADER_LEN + sk_len;
+    let sk_len = (codec::GENERIC_HEADER_LEN + GCM_IV_LEN + GCM_ICV_LEN).saturating_add(plaintext.len());
+    let total = sk_len.saturating_add(codec::HEADER_LEN);
     if total > codec::MAX_MESSAGE_LEN {
         return Err(CodecError::TooLarge {
             what: "message",

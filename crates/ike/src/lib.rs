@@ -72,6 +72,9 @@
 //! ```
 
 #![forbid(unsafe_code)]
+// Nothing reachable from a received datagram may panic: no unchecked
+// indexing or arithmetic anywhere in the crate (tests excepted).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 #![warn(missing_docs)]
 
 pub mod codec;
