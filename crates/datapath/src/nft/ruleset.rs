@@ -10,6 +10,7 @@
 //!   chain prerouting  { nat dstnat:  meta ipsec exists dnat ip to ip daddr map @dnat4 }
 //!   chain postrouting { nat srcnat:  ip daddr @center snat ip to ip saddr map @snat4 }
 //!   chain forward { filter: meta ipsec exists ct status dnat ip daddr @granted accept
+//!                           meta ipsec exists ct direction reply ct status snat ip daddr @granted accept
 //!                           meta ipsec exists drop }
 //!   chain input   { filter: (same two rules) }
 //! }
@@ -151,27 +152,55 @@ impl NatTable {
     }
 
     /// The filter rules shared by forward and input: from the tunnel, only
-    /// connections that were DNAT'd to a granted host pass.
+    /// traffic to a granted host passes, and only as part of a connection
+    /// the NAT table made: one the center opened through DNAT, or the reply
+    /// to one a granted host opened toward the center through SNAT. A packet
+    /// aimed at a real LAN address (never DNAT'd) is dropped even if some
+    /// IPsec policy let it in.
     fn tunnel_filter(&self, chain: &'static str) -> Vec<Rule<'static>> {
+        let ct = |key: &'static str| {
+            Expression::Named(NamedExpression::CT(CT {
+                key: Cow::Borrowed(key),
+                family: None,
+                dir: None,
+            }))
+        };
+        let to_granted = || {
+            Statement::Match(Match {
+                left: payload("daddr"),
+                right: s(format!("@{GRANTED_SET}")),
+                op: Operator::EQ,
+            })
+        };
         vec![
             self.rule(
                 chain,
                 vec![
                     ipsec_exists(),
                     Statement::Match(Match {
-                        left: Expression::Named(NamedExpression::CT(CT {
-                            key: Cow::Borrowed("status"),
-                            family: None,
-                            dir: None,
-                        })),
+                        left: ct("status"),
                         right: s("dnat"),
                         op: Operator::IN,
                     }),
+                    to_granted(),
+                    Statement::Accept(None),
+                ],
+            ),
+            self.rule(
+                chain,
+                vec![
+                    ipsec_exists(),
                     Statement::Match(Match {
-                        left: payload("daddr"),
-                        right: s(format!("@{GRANTED_SET}")),
+                        left: ct("direction"),
+                        right: s("reply"),
                         op: Operator::EQ,
                     }),
+                    Statement::Match(Match {
+                        left: ct("status"),
+                        right: s("snat"),
+                        op: Operator::IN,
+                    }),
+                    to_granted(),
                     Statement::Accept(None),
                 ],
             ),
@@ -380,7 +409,7 @@ mod tests {
         assert!(cmds[0]["add"]["table"].is_object());
         assert!(cmds[1]["delete"]["table"].is_object());
         let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
-        assert_eq!(rules.len(), 6);
+        assert_eq!(rules.len(), 8);
         let pre = rules.iter().find(|r| r["chain"] == "prerouting").unwrap();
         assert_eq!(
             pre["expr"],

@@ -1,0 +1,76 @@
+#!/bin/bash
+# scripts/test.sh — every test of the project, from a fresh clone, as root:
+#   1. installs what the tests need (apt; the VM kernel is fetched by vm-test)
+#   2. cargo fmt --check, cargo clippy --all-targets -D warnings
+#   3. unit tests and host-namespace kernel tests (cargo test, needs root)
+#   4. the VM tests with real ESP (scripts/vm-test tests/vm/*.sh)
+# Ends with one line "N passed, N failed" adding up every test run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "test.sh: run as root (the kernel tests create network namespaces)" >&2
+	exit 2
+fi
+
+PASSED=0
+FAILED=0
+FAILED_STEPS=()
+LOG=$(mktemp -d /tmp/vpnnat-test.XXXXXX)
+step() { printf '\n=== %s\n' "$*"; }
+
+# Counts the closing lines of cargo test and of our scenarios in a log.
+count() {
+	local p f
+	p=$(grep -E '^test result: ' "$1" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1/' | paste -sd+ | bc 2>/dev/null)
+	f=$(grep -E '^test result: ' "$1" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\2/' | paste -sd+ | bc 2>/dev/null)
+	local sp sf
+	sp=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | sed -E 's/^([0-9]+) passed.*/\1/' | paste -sd+ | bc 2>/dev/null)
+	sf=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/' | paste -sd+ | bc 2>/dev/null)
+	PASSED=$((PASSED + ${p:-0} + ${sp:-0}))
+	FAILED=$((FAILED + ${f:-0} + ${sf:-0}))
+}
+
+# run NAME CMD...: run a step, keep its log, count its tests.
+run() {
+	local name=$1
+	shift
+	step "$name"
+	local log=$LOG/$(echo "$name" | tr -c 'a-zA-Z0-9' _).log
+	if "$@" 2>&1 | tee "$log"; then
+		if ! grep -qE '^test result: |^[0-9]+ passed, [0-9]+ failed' "$log"; then
+			PASSED=$((PASSED + 1))
+		fi
+	else
+		FAILED_STEPS+=("$name")
+		if ! grep -qE '^test result: .* [1-9][0-9]* failed|^[0-9]+ passed, [1-9][0-9]* failed' "$log"; then
+			FAILED=$((FAILED + 1))
+		fi
+	fi
+	count "$log"
+}
+
+step "install test dependencies"
+need=()
+for p in nftables iproute2 bc strace; do
+	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+		{ echo "test.sh: apt-get install ${need[*]} failed" >&2; exit 1; }
+fi
+echo "ok"
+
+run "cargo fmt --check" cargo fmt --all -- --check
+run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+run "unit and host-namespace tests" cargo test --workspace --locked
+run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
+VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh
+
+echo
+if ((${#FAILED_STEPS[@]})); then
+	echo "failed steps: ${FAILED_STEPS[*]}"
+fi
+echo "logs: $LOG"
+echo "$PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 && ${#FAILED_STEPS[@]} -eq 0 ]]
