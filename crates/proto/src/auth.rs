@@ -429,6 +429,8 @@ impl Default for ReplayConfig {
 pub enum NonceStoreError {
     #[error("nonce store is full ({capacity} entries)")]
     Full { capacity: usize },
+    #[error("too many messages from one sender within the window (limit {limit})")]
+    PrincipalQuota { limit: usize },
     #[error("nonce store failed: {0}")]
     Backend(String),
 }
@@ -457,24 +459,38 @@ pub trait NonceStore {
 ///
 /// When full (after purging), it refuses new nonces rather than evicting
 /// live ones: evicting would let an evicted nonce be replayed inside its
-/// window. Memory is at most `capacity` entries.
+/// window. Memory is at most `capacity` entries. A per-principal limit
+/// keeps one noisy (or compromised) sender from using up the capacity
+/// that every other sender needs.
 #[derive(Debug)]
 pub struct MemoryNonceStore {
     entries: HashMap<(String, Nonce), u64>,
     by_expiry: BTreeSet<(u64, String, Nonce)>,
+    per_principal: HashMap<String, usize>,
     capacity: usize,
+    principal_limit: usize,
 }
 
 impl MemoryNonceStore {
     /// Default capacity: 2 x 120 s of 400 messages a second.
     pub const DEFAULT_CAPACITY: usize = 100_000;
 
+    /// A store of at most `capacity` entries, with no per-principal limit
+    /// below that.
     pub fn new(capacity: usize) -> Self {
         MemoryNonceStore {
             entries: HashMap::new(),
             by_expiry: BTreeSet::new(),
+            per_principal: HashMap::new(),
             capacity,
+            principal_limit: capacity,
         }
+    }
+
+    /// Caps the live entries of any one principal at `limit`.
+    pub fn with_principal_limit(mut self, limit: usize) -> Self {
+        self.principal_limit = limit;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -503,6 +519,13 @@ impl NonceStore for MemoryNonceStore {
                 capacity: self.capacity,
             });
         }
+        let count = self.per_principal.get(principal).copied().unwrap_or(0);
+        if count >= self.principal_limit {
+            return Err(NonceStoreError::PrincipalQuota {
+                limit: self.principal_limit,
+            });
+        }
+        self.per_principal.insert(principal.to_owned(), count + 1);
         self.by_expiry.insert((expires_at, principal.to_owned(), *nonce));
         self.entries.insert(key, expires_at);
         Ok(true)
@@ -514,6 +537,12 @@ impl NonceStore for MemoryNonceStore {
                 break;
             }
             if let Some((_, p, n)) = self.by_expiry.pop_first() {
+                if let Some(c) = self.per_principal.get_mut(&p) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        self.per_principal.remove(&p);
+                    }
+                }
                 self.entries.remove(&(p, n));
             }
         }
@@ -642,6 +671,88 @@ mod tests {
             ..input(&n, b"")
         };
         assert_ne!(a.encode(), b.encode());
+    }
+
+    /// Parses the canonical encoding back; the encoding is unambiguous iff
+    /// this recovers every field of every input.
+    /// (domain, principal, timestamp, nonce, path, binding, body)
+    type Parsed = (Vec<u8>, Vec<u8>, u64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+    fn parse_encoding(mut b: &[u8]) -> Option<Parsed> {
+        fn field(b: &mut &[u8]) -> Option<Vec<u8>> {
+            let (len, rest) = b.split_first_chunk::<4>()?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let (f, rest) = (rest.get(..len)?, rest.get(len..)?);
+            *b = rest;
+            Some(f.to_vec())
+        }
+        if field(&mut b)? != PROTOCOL_LABEL {
+            return None;
+        }
+        let domain = field(&mut b)?;
+        let principal = field(&mut b)?;
+        let (ts, rest) = b.split_first_chunk::<8>()?;
+        let ts = u64::from_be_bytes(*ts);
+        b = rest;
+        let nonce = field(&mut b)?;
+        let path = field(&mut b)?;
+        let binding = field(&mut b)?;
+        let body = field(&mut b)?;
+        b.is_empty()
+            .then_some((domain, principal, ts, nonce, path, binding, body))
+    }
+
+    #[test]
+    fn canonical_encoding_parses_back_for_many_inputs() {
+        // Deterministic xorshift so the test needs no RNG dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let dirs = [
+            Direction::RouterToCenter,
+            Direction::CenterToRouter,
+            Direction::CenterToGateway,
+            Direction::GatewayToCenter,
+        ];
+        for _ in 0..500 {
+            let mut bytes = |max: u64| -> Vec<u8> {
+                let n = next() % (max + 1);
+                (0..n).map(|_| (next() & 0xff) as u8).collect()
+            };
+            let principal = String::from_utf8_lossy(&bytes(70)).into_owned();
+            let path = String::from_utf8_lossy(&bytes(40)).into_owned();
+            let binding = bytes(32);
+            let body = bytes(300);
+            let nonce = Nonce::from_bytes([(next() & 0xff) as u8; 16]);
+            let d = dirs[(next() % 4) as usize];
+            let domain = if next() % 2 == 0 {
+                Domain::Request(d)
+            } else {
+                Domain::Response(d)
+            };
+            let ts = next();
+            let m = MacInput {
+                domain,
+                principal: &principal,
+                timestamp: ts,
+                nonce: &nonce,
+                path: &path,
+                binding: &binding,
+                body: &body,
+            };
+            let got = parse_encoding(&m.encode()).expect("parses");
+            assert_eq!(got.0, domain.label().into_bytes());
+            assert_eq!(got.1, principal.as_bytes());
+            assert_eq!(got.2, ts);
+            assert_eq!(got.3, nonce.as_bytes());
+            assert_eq!(got.4, path.as_bytes());
+            assert_eq!(got.5, binding);
+            assert_eq!(got.6, body);
+        }
     }
 
     #[test]
@@ -840,6 +951,23 @@ mod tests {
         let n = Nonce::from_bytes([1; 16]);
         assert!(g.check_and_record("r1", &n, 1, 1000).is_err());
         assert!(g.store().is_empty());
+    }
+
+    #[test]
+    fn one_principal_cannot_use_up_the_store() {
+        let store = MemoryNonceStore::new(10).with_principal_limit(2);
+        let mut g = ReplayGuard::new(store, ReplayConfig::default());
+        for i in 0..2u8 {
+            let n = Nonce::from_bytes([i; 16]);
+            assert!(g.check_and_record("noisy", &n, 100, 100).is_ok());
+        }
+        let n = Nonce::from_bytes([9; 16]);
+        let e = g.check_and_record("noisy", &n, 100, 100).unwrap_err();
+        assert_eq!(e.http_status(), 503);
+        assert!(g.check_and_record("quiet", &n, 100, 100).is_ok());
+        // The quota frees up as the window moves on.
+        assert!(g.check_and_record("noisy", &n, 300, 300).is_ok());
+        assert_eq!(g.store().len(), 1);
     }
 
     #[test]
