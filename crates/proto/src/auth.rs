@@ -963,7 +963,7 @@ mod tests {
         }
         let n = Nonce::from_bytes([9; 16]);
         let e = g.check_and_record("noisy", &n, 100, 100).unwrap_err();
-        assert_eq!(e.http_status(), 503);
+        assert_eq!(e.http_status(), 429);
         assert!(g.check_and_record("quiet", &n, 100, 100).is_ok());
         // The quota frees up as the window moves on.
         assert!(g.check_and_record("noisy", &n, 300, 300).is_ok());

@@ -39,6 +39,9 @@ pub enum ProtoError {
     /// The message was authentic but cannot be accepted safely now.
     #[error("replay protection unavailable: {reason}")]
     Unavailable { reason: String },
+    /// The sender has too many messages in flight within the replay window.
+    #[error("rate limited: {reason}")]
+    RateLimited { reason: String },
     /// A local cryptographic operation failed (e.g. the system RNG).
     #[error("internal cryptographic failure")]
     Crypto,
@@ -72,6 +75,7 @@ impl ProtoError {
             ProtoError::UnknownPath { .. } => 404,
             ProtoError::Replayed => 409,
             ProtoError::TooLarge { .. } => 413,
+            ProtoError::RateLimited { .. } => 429,
             ProtoError::Crypto => 500,
             ProtoError::Unavailable { .. } => 503,
         }
@@ -103,6 +107,7 @@ mod tests {
         assert_eq!(ProtoError::TooLarge { len: 2, max: 1 }.http_status(), 413);
         assert_eq!(ProtoError::Unavailable { reason: "full".into() }.http_status(), 503);
         assert_eq!(ProtoError::Crypto.http_status(), 500);
+        assert_eq!(ProtoError::RateLimited { reason: "x".into() }.http_status(), 429);
     }
 
     #[test]
