@@ -437,7 +437,12 @@ pub enum NonceStoreError {
 
 impl From<NonceStoreError> for ProtoError {
     fn from(e: NonceStoreError) -> Self {
-        ProtoError::Unavailable { reason: e.to_string() }
+        match e {
+            NonceStoreError::PrincipalQuota { .. } => ProtoError::RateLimited { reason: e.to_string() },
+            NonceStoreError::Full { .. } | NonceStoreError::Backend(_) => {
+                ProtoError::Unavailable { reason: e.to_string() }
+            }
+        }
     }
 }
 
