@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ring::rand::SecureRandom;
 
-use crate::codec::Message;
+use crate::codec::{Message, TrafficSelector};
 use crate::error::Error;
 use crate::event::Output;
 use crate::session::{IkeSa, Queued, SaConfig};
@@ -106,6 +106,23 @@ impl Initiator {
     /// `(inbound, outbound)` SPIs of the current CHILD SAs.
     pub fn child_sas(&self) -> Vec<(u32, u32)> {
         self.table.current_ref().map(IkeSa::child_spis).unwrap_or_default()
+    }
+
+    /// Changes the traffic selectors (e.g. after a VPNNAT address was
+    /// granted or released). Existing CHILD SAs keep theirs; the change
+    /// takes effect with the next [`Self::rekey_child`], which negotiates
+    /// the selectors afresh.
+    pub fn set_traffic_selectors(&mut self, local_ts: Vec<TrafficSelector>, remote_ts: Vec<TrafficSelector>) {
+        let mut c = (*self.cfg).clone();
+        c.local_ts = local_ts;
+        c.remote_ts = remote_ts;
+        self.cfg = Arc::new(c);
+        self.table.set_config(&self.cfg);
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> &SaConfig {
+        &self.cfg
     }
 
     /// Rekeys the CHILD SA with this inbound SPI (e.g. on a kernel soft

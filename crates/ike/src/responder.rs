@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use ring::hmac;
 use ring::rand::SecureRandom;
 
-use crate::codec::{self, encode_message, notify_type as nt, ExchangeType, Header, Message, Notify, Payload};
+use crate::codec::{
+    self, encode_message, notify_type as nt, ExchangeType, Header, Message, Notify, Payload, TrafficSelector,
+};
 use crate::crypto::{random_bytes, CryptoError, Secret};
 use crate::error::Error;
 use crate::event::{Datagram, Output};
@@ -235,6 +237,12 @@ impl Responder {
         Ok(())
     }
 
+    /// Changes the gateway IKE is accepted from (the router was assigned
+    /// another gateway). Existing SAs are not touched.
+    pub fn set_allowed_peer(&mut self, peer: IpAddr) {
+        self.allowed_peer = peer;
+    }
+
     /// Rotates the cookie secret now (it also rotates by itself when
     /// cookies are in use and the lifetime has passed).
     pub fn rotate_cookie_secret(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
@@ -279,6 +287,23 @@ impl Responder {
     /// `(inbound, outbound)` SPIs of the current CHILD SAs.
     pub fn child_sas(&self) -> Vec<(u32, u32)> {
         self.table.current_ref().map(IkeSa::child_spis).unwrap_or_default()
+    }
+
+    /// Changes the traffic selectors (e.g. after a VPNNAT address was
+    /// granted or released). Existing CHILD SAs keep theirs; the change
+    /// takes effect with the next [`Self::rekey_child`], which negotiates
+    /// the selectors afresh.
+    pub fn set_traffic_selectors(&mut self, local_ts: Vec<TrafficSelector>, remote_ts: Vec<TrafficSelector>) {
+        let mut c = (*self.cfg).clone();
+        c.local_ts = local_ts;
+        c.remote_ts = remote_ts;
+        self.cfg = Arc::new(c);
+        self.table.set_config(&self.cfg);
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> &SaConfig {
+        &self.cfg
     }
 
     /// Rekeys the CHILD SA with this inbound SPI.

@@ -336,6 +336,12 @@ impl IkeSa {
         self.children.iter().map(|c| (c.inbound_spi, c.outbound_spi)).collect()
     }
 
+    /// Replaces the configuration (new traffic selectors, PSK for the next
+    /// SA, ...). Takes effect for the next exchanges.
+    pub(crate) fn set_config(&mut self, cfg: Arc<SaConfig>) {
+        self.cfg = cfg;
+    }
+
     /// Whether a NAT was detected.
     pub fn nat_detected(&self) -> bool {
         self.nat
@@ -1279,16 +1285,16 @@ impl IkeSa {
                 }
             },
         };
-        let (mut child, num) = match self.negotiate_child(payloads, pfs, rng) {
+        let (child, num) = match self.negotiate_child(payloads, pfs, rng) {
             Ok(c) => c,
             Err((ty, e)) => {
                 reply_error(self, ty, out)?;
                 return Err(e);
             }
         };
-        // A rekeyed child keeps the selectors of the one it replaces.
-        child.local_ts = old.local_ts.clone();
-        child.remote_ts = old.remote_ts.clone();
+        // The selectors are negotiated afresh (narrowed to the current
+        // configuration), so a rekey is also how a changed set of VPNNAT
+        // addresses takes effect.
         let nr = random_bytes(rng, NONCE_LEN)?;
         let mut resp = vec![
             Payload::Sa(vec![child.suite.to_proposal(num, child.inbound_spi, pfs)]),
@@ -1500,8 +1506,10 @@ impl IkeSa {
                         }
                         None => None,
                     };
-                    p.push(Payload::TsI(child.local_ts.clone()));
-                    p.push(Payload::TsR(child.remote_ts.clone()));
+                    // Propose the current configuration, not the old child's
+                    // selectors: the peer narrows it again.
+                    p.push(Payload::TsI(self.cfg.local_ts.clone()));
+                    p.push(Payload::TsR(self.cfg.remote_ts.clone()));
                     let kind = PendingKind::RekeyChild {
                         old_inbound: spi,
                         new_inbound,
@@ -1569,12 +1577,17 @@ impl IkeSa {
             }
             None => None,
         };
+        let tsi = find_payload!(payloads, TsI, "TSi")?;
+        let tsr = find_payload!(payloads, TsR, "TSr")?;
+        if !all_within(tsi, &self.cfg.local_ts) || !all_within(tsr, &self.cfg.remote_ts) {
+            return Err(Error::TsUnacceptable);
+        }
         let child = Child {
             inbound_spi: new_inbound,
             outbound_spi,
             suite,
-            local_ts: old.local_ts.clone(),
-            remote_ts: old.remote_ts.clone(),
+            local_ts: tsi.clone(),
+            remote_ts: tsr.clone(),
         };
         self.install_child(
             child,

@@ -6,6 +6,7 @@
 //! deleted after an IKE SA rekey.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ring::rand::SecureRandom;
@@ -13,7 +14,7 @@ use ring::rand::SecureRandom;
 use crate::codec::Message;
 use crate::error::Error;
 use crate::event::{Output, NAT_T_PORT, NON_ESP_MARKER};
-use crate::session::{Effects, IkeSa, Out, Queued, SaState};
+use crate::session::{Effects, IkeSa, Out, Queued, SaConfig, SaState};
 
 /// Strips the non-ESP marker of datagrams received on port 4500. Anything
 /// else there (ESP, NAT keepalives) is not for us.
@@ -101,6 +102,13 @@ impl SaTable {
             .iter()
             .rev()
             .find(|s| s.state == SaState::Established && !s.is_superseded())
+    }
+
+    /// Hands a new configuration to every SA.
+    pub fn set_config(&mut self, cfg: &Arc<SaConfig>) {
+        for sa in &mut self.sas {
+            sa.set_config(cfg.clone());
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {

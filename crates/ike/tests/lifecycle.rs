@@ -368,3 +368,48 @@ fn superseded_ike_sa_expires_without_delete() {
     assert!(net.gw.is_established());
     assert_eq!(net.gw.child_sas().len(), 1);
 }
+
+#[test]
+fn new_vpnnat_address_takes_effect_on_child_rekey() {
+    let mut net = Net::default_pair();
+    let (g, _) = established(&mut net);
+    assert_eq!(g.remote_ts.len(), 2);
+    // The center grants 100.64.0.7 and 192.0.2.99 (the latter outside what
+    // the router allows); the router keeps its policy.
+    let mut remote = net.gw.config().remote_ts.clone();
+    remote.push(vpnnat_ike::TrafficSelector::host("100.64.0.7".parse().unwrap()));
+    remote.push(vpnnat_ike::TrafficSelector::host("192.0.2.99".parse().unwrap()));
+    let local = net.gw.config().local_ts.clone();
+    net.gw.set_traffic_selectors(local, remote);
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.run();
+    assert!(
+        net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+        "{:?} {:?}",
+        net.gw_errors,
+        net.rt_errors
+    );
+    let (ge, re) = net.take_events();
+    let n = &child_ups(&ge)[0];
+    assert_eq!(
+        n.remote_ts,
+        vec![
+            vpnnat_ike::TrafficSelector::host("100.64.0.5".parse().unwrap()),
+            vpnnat_ike::TrafficSelector::host("100.64.0.6".parse().unwrap()),
+            vpnnat_ike::TrafficSelector::host("100.64.0.7".parse().unwrap()),
+        ]
+    );
+    assert_eq!(child_ups(&re)[0].local_ts, n.remote_ts);
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+}
+
+#[test]
+fn child_sa_debug_does_not_print_keys() {
+    let mut net = Net::default_pair();
+    let (g, _) = established(&mut net);
+    let text = format!("{g:?} {:?}", net.gw);
+    for key in [&g.inbound_key, &g.outbound_key] {
+        assert!(!text.contains(&hex::encode(&key.expose()[..8])), "{text}");
+        assert!(!text.contains(&format!("{:?}", &key.expose()[..4])), "{text}");
+    }
+}
