@@ -136,6 +136,14 @@ pub enum Event {
         /// New SPIs.
         new: (u64, u64),
     },
+    /// A rekey we started failed (e.g. TEMPORARY_FAILURE on a collision);
+    /// the old SAs stay in use. Retry later, with some jitter.
+    RekeyFailed {
+        /// Inbound SPI of the CHILD SA, or `None` for an IKE SA rekey.
+        child: Option<u32>,
+        /// What went wrong.
+        error: crate::error::Error,
+    },
     /// The tunnel is gone (all its CHILD SAs were reported down before).
     TunnelDown {
         /// IKE SPIs.

@@ -1239,6 +1239,15 @@ impl IkeSa {
             .iter()
             .any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol_id::IKE)));
         if is_ike {
+            if self.busy_with_ike() {
+                self.send_response(
+                    ExchangeType::CreateChildSa,
+                    mid,
+                    &[Payload::Notify(Notify::new(nt::TEMPORARY_FAILURE, Vec::new()))],
+                    out,
+                )?;
+                return Err(Error::PeerError(nt::TEMPORARY_FAILURE));
+            }
             return self.respond_rekey_ike(now, mid, payloads, rng, out, fx);
         }
         let reply_error = |sa: &mut Self, ty: u16, out: &mut Out| {
@@ -1261,6 +1270,12 @@ impl IkeSa {
             reply_error(self, nt::CHILD_SA_NOT_FOUND, out)?;
             return Err(Error::UnknownChild(spi_bytes_u32(&rekey.spi).unwrap_or(0)));
         };
+        if self.busy_with_child(old.inbound_spi) {
+            // Simultaneous rekey/delete: refuse, the driver retries later
+            // (with jitter) if it still wants the rekey.
+            reply_error(self, nt::TEMPORARY_FAILURE, out)?;
+            return Err(Error::PeerError(nt::TEMPORARY_FAILURE));
+        }
         let ni = find_payload!(payloads, Nonce, "Nonce")?.clone();
         let ke = payloads.iter().find_map(|p| match p {
             Payload::Ke(k) => Some(k),
@@ -1543,7 +1558,7 @@ impl IkeSa {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish_rekey_child(
+    fn finish_rekey_child_inner(
         &mut self,
         payloads: &[Payload],
         old_inbound: u32,
@@ -1603,7 +1618,7 @@ impl IkeSa {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish_rekey_ike(
+    fn finish_rekey_ike_inner(
         &mut self,
         payloads: &[Payload],
         new_spi_i: u64,
@@ -1648,6 +1663,74 @@ impl IkeSa {
         new.queue.retain(|q| *q != Queued::DeleteIke && *q != Queued::RekeyIke);
         fx.new_sa = Some(new);
         self.start(now, Queued::DeleteIke, rng, out)
+    }
+
+    /// Completes our CHILD SA rekey; a failure is reported as an event too,
+    /// since the driver that asked for it is not the caller here.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_rekey_child(
+        &mut self,
+        payloads: &[Payload],
+        old_inbound: u32,
+        new_inbound: u32,
+        ni: &[u8],
+        dh: Option<DhPrivate>,
+        now: Instant,
+        rng: &dyn SecureRandom,
+        out: &mut Out,
+    ) -> Result<()> {
+        let r = self.finish_rekey_child_inner(payloads, old_inbound, new_inbound, ni, dh, now, rng, out);
+        if let Err(e) = &r {
+            out.push_back(Output::Event(Event::RekeyFailed {
+                child: Some(old_inbound),
+                error: e.clone(),
+            }));
+        }
+        r
+    }
+
+    /// Completes our IKE SA rekey, reporting failures as events.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_rekey_ike(
+        &mut self,
+        payloads: &[Payload],
+        new_spi_i: u64,
+        ni: &[u8],
+        dh: Option<DhPrivate>,
+        now: Instant,
+        rng: &dyn SecureRandom,
+        out: &mut Out,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        let r = self.finish_rekey_ike_inner(payloads, new_spi_i, ni, dh, now, rng, out, fx);
+        if let Err(e) = &r {
+            out.push_back(Output::Event(Event::RekeyFailed {
+                child: None,
+                error: e.clone(),
+            }));
+        }
+        r
+    }
+
+    /// Whether we are rekeying or deleting the CHILD SA with this inbound
+    /// SPI ourselves (an exchange collision, RFC 7296 2.25).
+    fn busy_with_child(&self, inbound_spi: u32) -> bool {
+        let pending = matches!(
+            self.pending.as_ref().map(|p| &p.kind),
+            Some(PendingKind::RekeyChild { old_inbound, .. }) if *old_inbound == inbound_spi
+        ) || matches!(
+            self.pending.as_ref().map(|p| &p.kind),
+            Some(PendingKind::DeleteChild { inbound_spi: s }) if *s == inbound_spi
+        );
+        pending || self.queue.contains(&Queued::DeleteChild(inbound_spi))
+    }
+
+    /// Whether we are rekeying or deleting this IKE SA ourselves.
+    fn busy_with_ike(&self) -> bool {
+        matches!(
+            self.pending.as_ref().map(|p| &p.kind),
+            Some(PendingKind::RekeyIke { .. } | PendingKind::DeleteIke)
+        ) || self.state == SaState::Deleting
     }
 
     /// API: queue an operation on an established SA.

@@ -413,3 +413,52 @@ fn child_sa_debug_does_not_print_keys() {
         assert!(!text.contains(&format!("{:?}", &key.expose()[..4])), "{text}");
     }
 }
+
+#[test]
+fn simultaneous_child_rekey_is_refused_on_both_sides() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.rt.rekey_child(net.now, r.inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    let failed = |ev: &[Event]| {
+        ev.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::RekeyFailed {
+                        error: Error::PeerError(43),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!((failed(&ge), failed(&re)), (1, 1), "{ge:?} {re:?}");
+    assert!(child_ups(&ge).is_empty() && child_ups(&re).is_empty());
+    // the old pair is still in use and a later, lone rekey works
+    assert_eq!(net.gw.child_sas(), vec![(g.inbound_spi, g.outbound_spi)]);
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, _) = net.take_events();
+    assert_eq!(child_ups(&ge).len(), 1);
+}
+
+#[test]
+fn simultaneous_ike_rekey_is_refused_on_both_sides() {
+    let mut net = Net::default_pair();
+    established(&mut net);
+    let spis = net.gw.ike_spis();
+    net.gw.rekey_ike(net.now, &net.rng).unwrap();
+    net.rt.rekey_ike(net.now, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert!(ge.iter().any(|e| matches!(e, Event::RekeyFailed { child: None, .. })));
+    assert!(re.iter().any(|e| matches!(e, Event::RekeyFailed { child: None, .. })));
+    assert_eq!(net.gw.ike_spis(), spis);
+    net.rt.rekey_ike(net.now, &net.rng).unwrap();
+    net.run();
+    assert_ne!(net.gw.ike_spis(), spis);
+    assert_eq!(net.gw.ike_spis(), net.rt.ike_spis());
+}
