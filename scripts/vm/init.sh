@@ -50,11 +50,18 @@ echo /sbin/modprobe >/proc/sys/kernel/modprobe
 hostname vmtest
 
 # Modules, resolved on the host into insmod order (path [params]).
-while read -r mod params; do
-	case $mod in '' | '#'*) continue ;; esac
-	# shellcheck disable=SC2086 # params are words
-	insmod "$mod" $params 2>/dev/console || say "insmod $mod failed"
-done </etc/vmtest/modules.load
+load_modules() {
+	while read -r mod params; do
+		case $mod in '' | '#'*) continue ;; esac
+		# shellcheck disable=SC2086 # params are words
+		insmod "$mod" $params 2>/dev/console || say "insmod $mod failed"
+	done <"$1"
+}
+load_modules /etc/vmtest/modules.load
+# virtio drivers only if QEMU gave us a virtio device (networking)
+if grep -qs 0x1af4 /sys/bus/pci/devices/*/vendor; then
+	load_modules /etc/vmtest/modules.virtio
+fi
 
 /usr/sbin/ip link set lo up
 
