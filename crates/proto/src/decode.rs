@@ -131,6 +131,29 @@ where
     S: NonceStore,
     F: FnOnce(&C::Principal, KeyKind) -> Option<MacKey>,
 {
+    let r = decode_inner(guard, path, headers, body, now, key_for);
+    if let Err(e) = &r {
+        // Debug only: rejections are routine on an Internet-facing port. The
+        // text never holds a secret or unvalidated peer input beyond what
+        // ProtoError keeps (a bounded path or serde message).
+        log::debug!("rejected {} request: {e}", C::PATH);
+    }
+    r
+}
+
+fn decode_inner<C, S, F>(
+    guard: &mut ReplayGuard<S>,
+    path: &str,
+    headers: &AuthHeaders,
+    body: &[u8],
+    now: u64,
+    key_for: F,
+) -> Result<Verified<C>, ProtoError>
+where
+    C: Command,
+    S: NonceStore,
+    F: FnOnce(&C::Principal, KeyKind) -> Option<MacKey>,
+{
     if path != C::PATH {
         return Err(ProtoError::UnknownPath {
             path: path.chars().take(64).collect(),
