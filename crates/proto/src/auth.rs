@@ -264,7 +264,7 @@ pub struct MacInput<'a> {
 impl MacInput<'_> {
     /// The canonical byte encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128 + self.path.len() + self.body.len());
+        let mut out = Vec::with_capacity(128usize.saturating_add(self.path.len()).saturating_add(self.body.len()));
         put_field(&mut out, PROTOCOL_LABEL);
         put_field(&mut out, self.domain.label().as_bytes());
         put_field(&mut out, self.principal.as_bytes());
@@ -530,7 +530,7 @@ impl NonceStore for MemoryNonceStore {
                 limit: self.principal_limit,
             });
         }
-        self.per_principal.insert(principal.to_owned(), count + 1);
+        self.per_principal.insert(principal.to_owned(), count.saturating_add(1));
         self.by_expiry.insert((expires_at, principal.to_owned(), *nonce));
         self.entries.insert(key, expires_at);
         Ok(true)

@@ -15,7 +15,7 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 /// before allocating for it.
 pub(crate) fn decode_bounded(s: &str, max: usize) -> Result<Vec<u8>, &'static str> {
     // 4 characters carry 3 bytes; reject early so a huge string costs nothing.
-    if s.len() / 4 * 3 > max + 2 {
+    if (s.len() / 4).saturating_mul(3) > max.saturating_add(2) {
         return Err("base64 value too long");
     }
     let v = STANDARD.decode(s).map_err(|_| "invalid base64")?;

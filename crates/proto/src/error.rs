@@ -55,7 +55,7 @@ impl ProtoError {
         if what.len() > 200 {
             let mut end = 200;
             while !what.is_char_boundary(end) {
-                end -= 1;
+                end = end.saturating_sub(1);
             }
             what.truncate(end);
         }

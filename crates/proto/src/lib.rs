@@ -62,6 +62,10 @@
 //! # }
 //! ```
 
+// Parsers of peer input must not panic: no unchecked indexing or arithmetic
+// outside tests (clippy.toml allows both in tests).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
 pub mod auth;
 mod b64;
 pub mod decode;

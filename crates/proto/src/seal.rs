@@ -168,7 +168,7 @@ impl ReplyKeyPair {
         purpose: SealPurpose,
         sealed: &SealedBox,
     ) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        if sealed.ciphertext.len() > MAX_PLAINTEXT + AES_256_GCM.tag_len() {
+        if sealed.ciphertext.len() > MAX_PLAINTEXT.saturating_add(AES_256_GCM.tag_len()) {
             return Err(SealError::TooLarge);
         }
         let ctx = seal_context(purpose, terminal_id, &sealed.epk, &self.public.0);
@@ -401,7 +401,7 @@ impl FieldKey {
         context: &str,
         field: &EncryptedField,
     ) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        if field.ciphertext.len() > MAX_PLAINTEXT + AES_256_GCM.tag_len() {
+        if field.ciphertext.len() > MAX_PLAINTEXT.saturating_add(AES_256_GCM.tag_len()) {
             return Err(SealError::TooLarge);
         }
         let mut buf = Zeroizing::new(field.ciphertext.clone());

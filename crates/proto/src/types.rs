@@ -458,7 +458,9 @@ impl Ipv4Cidr {
 
     fn mask_bits(prefix_len: u8) -> u32 {
         // checked_shl: a shift by 32 would overflow; /0 means no bits.
-        u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32u32.saturating_sub(u32::from(prefix_len)))
+            .unwrap_or(0)
     }
 
     pub fn addr(&self) -> Ipv4Addr {
