@@ -10,6 +10,8 @@ use crate::keys::EncrAlg;
 /// The 4-byte non-ESP marker that precedes IKE messages on port 4500
 /// (RFC 3948 2.2).
 pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
+/// A NAT-T keepalive is this single byte sent to port 4500 (RFC 3948 2.3).
+pub const NAT_KEEPALIVE: u8 = 0xff;
 /// The NAT-T port.
 pub const NAT_T_PORT: u16 = 4500;
 /// The IKE port.

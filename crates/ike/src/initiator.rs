@@ -70,7 +70,9 @@ impl Initiator {
         payload: &[u8],
         rng: &dyn SecureRandom,
     ) -> Result<(), Error> {
-        let ike = strip_marker(dst, payload)?;
+        let Some(ike) = strip_marker(dst, payload)? else {
+            return Ok(()); // NAT-T keepalive
+        };
         if src.ip() != self.peer.ip() {
             return Err(Error::PeerNotAllowed(src.ip()));
         }

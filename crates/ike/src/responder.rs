@@ -149,7 +149,9 @@ impl Responder {
         payload: &[u8],
         rng: &dyn SecureRandom,
     ) -> Result<(), Error> {
-        let ike = strip_marker(dst, payload)?;
+        let Some(ike) = strip_marker(dst, payload)? else {
+            return Ok(()); // NAT-T keepalive
+        };
         if src.ip() != self.allowed_peer {
             return Err(Error::PeerNotAllowed(src.ip()));
         }

@@ -26,7 +26,7 @@ use crate::crypto::{
     DhGroup, DhPrivate, Secret,
 };
 use crate::error::Error;
-use crate::event::{ChildSa, Datagram, DownReason, Event, Mode, Output, NAT_T_PORT, NON_ESP_MARKER};
+use crate::event::{ChildSa, Datagram, DownReason, Event, Mode, Output, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER};
 use crate::keys::{
     accept_esp, accept_ike, child_keymat, decrypt_message, encrypt_message, esp_proposals, ike_proposals, select_esp,
     select_ike, skeyseed, skeyseed_rekey, EspSuite, IkeSaKeys, IkeSuite,
@@ -65,6 +65,9 @@ pub struct SaConfig {
     pub child_pfs: bool,
     /// Responder: drop half-open SAs after this long.
     pub half_open_timeout: Duration,
+    /// When we are behind a NAT, send a NAT-T keepalive after this long
+    /// without sending anything (RFC 3948 4).
+    pub nat_keepalive: Option<Duration>,
 }
 
 impl SaConfig {
@@ -87,6 +90,7 @@ impl SaConfig {
             dpd_interval: Some(Duration::from_secs(30)),
             child_pfs: false,
             half_open_timeout: Duration::from_secs(30),
+            nat_keepalive: Some(Duration::from_secs(20)),
         }
     }
 }
@@ -200,6 +204,9 @@ pub struct IkeSa {
     pub(crate) local: SocketAddr,
     pub(crate) remote: SocketAddr,
     nat: bool,
+    /// We are behind the NAT and send keepalives (RFC 3948 4).
+    behind_nat: bool,
+    last_tx: Instant,
     next_mid: u32,
     expected_mid: u32,
     pending: Option<Pending>,
@@ -300,6 +307,8 @@ impl IkeSa {
             local,
             remote,
             nat: false,
+            behind_nat: false,
+            last_tx: now,
             next_mid: 0,
             expected_mid: 0,
             pending: None,
@@ -449,6 +458,7 @@ impl IkeSa {
             timer: Retransmitter::new(self.cfg.retransmit, now),
             kind,
         });
+        self.last_tx = now;
         self.next_mid = next;
         Ok(())
     }
@@ -611,10 +621,11 @@ impl IkeSa {
         self.keys = Some(keys);
         self.nr = nr.clone();
         self.msg2 = raw.to_vec();
-        self.nat = nat;
+        self.nat = nat.any;
+        self.behind_nat = nat.local;
         self.last_rx = now;
         self.pending = None;
-        if nat {
+        if nat.any {
             self.local.set_port(NAT_T_PORT);
             self.remote.set_port(NAT_T_PORT);
         }
@@ -840,7 +851,8 @@ impl IkeSa {
         sa.spi_i = h.spi_i;
         sa.spi_r = random_u64_nonzero(rng)?;
         sa.suite = suite;
-        sa.nat = nat;
+        sa.nat = nat.any;
+        sa.behind_nat = nat.local;
         sa.nr = random_bytes(rng, NONCE_LEN)?;
         sa.ni = ni.clone();
         let dh = DhPrivate::generate(suite.dh, rng)?;
@@ -1019,6 +1031,7 @@ impl IkeSa {
             self.handle_response(now, src, dst, raw, msg, rng, out, &mut fx)?;
         } else {
             self.handle_request(now, src, dst, raw, msg, rng, out, &mut fx)?;
+            self.last_tx = now;
         }
         self.pump(now, rng, out)?;
         Ok(fx)
@@ -1424,6 +1437,7 @@ impl IkeSa {
         new.suite = suite;
         new.keys = Some(keys);
         new.nat = self.nat;
+        new.behind_nat = self.behind_nat;
         new.children = std::mem::take(&mut self.children);
         self.superseded = true;
         self.superseded_at = Some(now);
@@ -1762,10 +1776,23 @@ impl IkeSa {
                 return;
             }
         }
+        if let Some(t) = self.keepalive_due() {
+            if now >= t {
+                out.push_back(Output::Send(Datagram {
+                    src: self.local,
+                    dst: self.remote,
+                    payload: vec![NAT_KEEPALIVE],
+                }));
+                self.last_tx = now;
+            }
+        }
         if let Some(p) = self.pending.as_mut() {
             match p.timer.poll(now) {
                 Tick::Idle => {}
-                Tick::Retransmit => out.push_back(Output::Send(p.datagram.clone())),
+                Tick::Retransmit => {
+                    out.push_back(Output::Send(p.datagram.clone()));
+                    self.last_tx = now;
+                }
                 Tick::GiveUp => {
                     let reason = match self.state {
                         SaState::InitSent | SaState::AuthSent => DownReason::Timeout,
@@ -1792,6 +1819,14 @@ impl IkeSa {
         }
     }
 
+    /// When the next NAT-T keepalive is due, if we send them.
+    fn keepalive_due(&self) -> Option<Instant> {
+        if !self.behind_nat || self.superseded || self.state != SaState::Established {
+            return None;
+        }
+        self.cfg.nat_keepalive.and_then(|k| self.last_tx.checked_add(k))
+    }
+
     /// The next instant at which [`IkeSa::poll_timers`] has work.
     pub(crate) fn next_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
@@ -1811,6 +1846,7 @@ impl IkeSa {
                     .and_then(|t| t.checked_add(self.cfg.half_open_timeout)),
             );
         }
+        consider(self.keepalive_due());
         if let Some(p) = &self.pending {
             consider(Some(p.timer.deadline()));
         } else if self.state == SaState::Established && !self.superseded {
@@ -1837,7 +1873,7 @@ fn pending_restore(message_id: u32, datagram: Datagram, timer: Retransmitter, in
 /// NAT detection (RFC 7296 2.23): a NAT is between us if the hash of the
 /// addresses we see differs from what the peer computed. Absent notifies
 /// mean the peer does not do NAT-T: no NAT handling.
-fn detect_nat(p: &[Payload], spi_i: u64, spi_r: u64, src: SocketAddr, dst: SocketAddr) -> bool {
+fn detect_nat(p: &[Payload], spi_i: u64, spi_r: u64, src: SocketAddr, dst: SocketAddr) -> NatState {
     let hashes = |ty: u16| -> Vec<&[u8]> {
         p.iter()
             .filter_map(|x| match x {
@@ -1849,9 +1885,21 @@ fn detect_nat(p: &[Payload], spi_i: u64, spi_r: u64, src: SocketAddr, dst: Socke
     let srcs = hashes(nt::NAT_DETECTION_SOURCE_IP);
     let dsts = hashes(nt::NAT_DETECTION_DESTINATION_IP);
     if srcs.is_empty() || dsts.is_empty() {
-        return false;
+        return NatState::default();
     }
     let peer_natted = !srcs.contains(&nat_detection_hash(spi_i, spi_r, src.ip(), src.port()).as_slice());
     let we_natted = !dsts.contains(&nat_detection_hash(spi_i, spi_r, dst.ip(), dst.port()).as_slice());
-    peer_natted || we_natted
+    NatState {
+        any: peer_natted || we_natted,
+        local: we_natted,
+    }
+}
+
+/// Result of NAT detection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct NatState {
+    /// Some NAT is in the path: use UDP encapsulation.
+    any: bool,
+    /// We are behind it: we keep its mapping alive.
+    local: bool,
 }

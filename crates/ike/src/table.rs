@@ -13,17 +13,20 @@ use ring::rand::SecureRandom;
 
 use crate::codec::Message;
 use crate::error::Error;
-use crate::event::{Output, NAT_T_PORT, NON_ESP_MARKER};
+use crate::event::{Output, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER};
 use crate::session::{Effects, IkeSa, Out, Queued, SaConfig, SaState};
 
-/// Strips the non-ESP marker of datagrams received on port 4500. Anything
-/// else there (ESP, NAT keepalives) is not for us.
-pub(crate) fn strip_marker(dst: SocketAddr, payload: &[u8]) -> Result<&[u8], Error> {
+/// Strips the non-ESP marker of datagrams received on port 4500.
+/// `Ok(None)` is a NAT-T keepalive (nothing to do); ESP is not for us.
+pub(crate) fn strip_marker(dst: SocketAddr, payload: &[u8]) -> Result<Option<&[u8]>, Error> {
     if dst.port() != NAT_T_PORT {
-        return Ok(payload);
+        return Ok(Some(payload));
+    }
+    if payload == [NAT_KEEPALIVE] {
+        return Ok(None);
     }
     match (payload.get(..4), payload.get(4..)) {
-        (Some(m), Some(rest)) if m == NON_ESP_MARKER => Ok(rest),
+        (Some(m), Some(rest)) if m == NON_ESP_MARKER => Ok(Some(rest)),
         _ => Err(Error::NotIke),
     }
 }

@@ -214,6 +214,14 @@ fn nat_detected_switches_to_4500() {
     net.run();
     assert_eq!(net.to_rt.last().unwrap().dst.port(), 4500);
     assert!(net.rt_errors.is_empty() && net.gw_errors.is_empty());
+    // the gateway is the one behind the NAT: it keeps the mapping alive
+    let sent = net.to_rt.len();
+    net.advance(Duration::from_secs(20));
+    assert_eq!(net.to_rt.len(), sent + 1);
+    assert_eq!(net.to_rt[sent].payload, vec![0xff]);
+    assert_eq!(net.to_rt[sent].dst, addr("198.51.100.2:4500"));
+    assert_eq!(net.to_gw.len(), 3, "the router sends no keepalives");
+    assert!(net.rt_errors.is_empty() && net.gw_errors.is_empty());
 }
 
 #[test]
@@ -233,11 +241,13 @@ fn esp_on_4500_is_not_ike() {
             .handle_datagram(net.now, addr("203.0.113.1:4500"), dst, &esp, &net.rng),
         Err(Error::NotIke)
     );
+    // a NAT-T keepalive is accepted silently
     assert_eq!(
         net.rt
             .handle_datagram(net.now, addr("203.0.113.1:4500"), dst, &[0xff], &net.rng),
-        Err(Error::NotIke)
+        Ok(())
     );
+    assert!(net.rt.poll_output().is_none());
 }
 
 #[test]
@@ -436,4 +446,36 @@ fn write_fuzz_corpus() {
     two.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc, 0]);
     two.extend_from_slice(&net.to_rt[1].payload);
     std::fs::write(resp.join("seed-init-auth"), &two).unwrap();
+}
+
+#[test]
+fn no_common_ike_proposal() {
+    let mut gw = gw_sa(PSK);
+    gw.ike_suites = vec![IkeSuite::AES128GCM16_SHA256_ECP256];
+    let mut rt = rt_sa(PSK);
+    rt.ike_suites = vec![IkeSuite::AES256GCM16_SHA256_X25519];
+    let mut net = Net::new(gw, ResponderConfig::new(addr(GW).ip(), rt));
+    net.connect();
+    assert_eq!(net.rt_errors, vec![Error::NoProposalChosen]);
+    assert_eq!(net.gw_errors, vec![Error::PeerError(14)]);
+    let (ge, re) = net.take_events();
+    assert!(re.is_empty());
+    assert_eq!(tunnel_down(&ge), Some(DownReason::NoProposalChosen));
+    assert_eq!(net.rt.sa_count(), 0);
+}
+
+#[test]
+fn no_common_esp_proposal_closes_the_ike_sa() {
+    let mut gw = gw_sa(PSK);
+    gw.esp_suites = vec![vpnnat_ike::EspSuite::AES128GCM16];
+    let mut rt = rt_sa(PSK);
+    rt.esp_suites = vec![vpnnat_ike::EspSuite::AES256GCM16];
+    let mut net = Net::new(gw, ResponderConfig::new(addr(GW).ip(), rt));
+    net.connect();
+    assert_eq!(net.rt_errors, vec![Error::NoProposalChosen]);
+    let (ge, re) = net.take_events();
+    assert!(child_ups(&ge).is_empty() && child_ups(&re).is_empty());
+    assert_eq!(tunnel_down(&ge), Some(DownReason::NoProposalChosen));
+    assert_eq!(net.rt.sa_count(), 0);
+    assert!(!net.gw.is_established());
 }
