@@ -99,6 +99,9 @@ pub enum Error {
     /// No CHILD SA with this SPI.
     #[error("unknown CHILD SA {0:08x}")]
     UnknownChild(u32),
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
     /// Message IDs are exhausted; the SA must be rekeyed.
     #[error("message ids exhausted")]
     MessageIdsExhausted,

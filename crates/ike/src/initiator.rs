@@ -48,6 +48,7 @@ impl Initiator {
 
     /// Starts IKE_SA_INIT unless an IKE SA is up or being set up.
     pub fn connect(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
+        self.cfg.validate()?;
         if self.table.sas.iter().any(|s| !s.is_superseded()) {
             return Ok(());
         }

@@ -125,6 +125,7 @@ pub struct Responder {
 impl Responder {
     /// Creates a responder; `rng` seeds the cookie secret.
     pub fn new(config: ResponderConfig, now: Instant, rng: &dyn SecureRandom) -> Result<Self, Error> {
+        config.sa.validate()?;
         Ok(Self {
             cookies: CookieJar::new(now, config.cookie_secret_lifetime, rng)?,
             cfg: Arc::new(config.sa),

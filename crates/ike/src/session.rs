@@ -95,6 +95,26 @@ impl SaConfig {
     }
 }
 
+impl SaConfig {
+    /// Checks what would otherwise fail later, or on the wire.
+    pub fn validate(&self) -> Result<()> {
+        let problem = if self.psk.is_empty() {
+            Some("empty pre-shared key")
+        } else if self.ike_suites.is_empty() {
+            Some("no IKE suites")
+        } else if self.esp_suites.is_empty() {
+            Some("no ESP suites")
+        } else if self.local_ts.is_empty() || self.remote_ts.is_empty() {
+            Some("no traffic selectors")
+        } else if self.local_ts.len() > 255 || self.remote_ts.len() > 255 {
+            Some("more than 255 traffic selectors")
+        } else {
+            None
+        };
+        problem.map_or(Ok(()), |p| Err(Error::InvalidConfig(p)))
+    }
+}
+
 /// Where an IKE SA is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaState {

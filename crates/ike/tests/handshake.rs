@@ -479,3 +479,19 @@ fn no_common_esp_proposal_closes_the_ike_sa() {
     assert_eq!(net.rt.sa_count(), 0);
     assert!(!net.gw.is_established());
 }
+
+#[test]
+fn invalid_configuration_is_refused() {
+    let mut gw = gw_sa(PSK);
+    gw.esp_suites.clear();
+    let mut net = Net::new(gw, ResponderConfig::new(addr(GW).ip(), rt_sa(PSK)));
+    assert_eq!(
+        net.gw.connect(net.now, &net.rng),
+        Err(Error::InvalidConfig("no ESP suites"))
+    );
+    assert!(net.gw.poll_output().is_none());
+    let mut rt = rt_sa(b"");
+    rt.psk = vpnnat_ike::Secret::from_slice(b"");
+    let r = vpnnat_ike::Responder::new(ResponderConfig::new(addr(GW).ip(), rt), net.now, &net.rng);
+    assert!(matches!(r, Err(Error::InvalidConfig(_))));
+}
