@@ -1,0 +1,17 @@
+//! `vpnnat-center`: the maintenance center (`centerd`) and the VPN gateway
+//! agent (`gatewayd`) of PROTOCOL.md.
+//!
+//! - [`storage`]: the databases (SQLite); the only code that touches SQL.
+//! - [`center`]: the center's side of every exchange, over the storage and
+//!   two command traits (gateways, routers); no HTTP in it.
+//! - [`config`]: centerd's TOML configuration (raw -> validated).
+//! - [`http`]: small hyper helpers (server loop, authenticated client).
+//! - [`api`]: centerd's HTTP server for routers and gateways.
+//! - [`ui`]: the operator web UI.
+//! - [`gateway`]: gatewayd: config, the `TunnelDriver` seam, HTTP API.
+
+// Peer input must not panic the servers: no unchecked indexing or
+// arithmetic outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
+pub mod storage;
