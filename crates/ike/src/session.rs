@@ -1361,6 +1361,8 @@ impl IkeSa {
         };
         resp.push(Payload::TsI(child.remote_ts.clone()));
         resp.push(Payload::TsR(child.local_ts.clone()));
+        // The peer rekeyed it first: our own queued rekey of it is moot.
+        self.queue.retain(|q| *q != Queued::RekeyChild(old.inbound_spi));
         self.install_child(
             child,
             gir.as_ref(),
