@@ -843,25 +843,37 @@ fn parse_sa(body: &[u8]) -> Result<Vec<Proposal>> {
     Ok(out)
 }
 
+/// Parses a TS payload. Selectors of other types than IPv4 ranges (IPv6,
+/// security labels) are skipped rather than refused, so that a dual-stack
+/// peer can still be narrowed to the IPv4 part; the result may be empty,
+/// which the state machines answer with TS_UNACCEPTABLE.
 fn parse_ts(body: &[u8]) -> Result<Vec<TrafficSelector>> {
     let mut r = Reader::new(body, "TS payload");
     let n = r.u8()?;
     let _reserved = r.take(3)?;
+    if n == 0 {
+        return Err(CodecError::InvalidValue {
+            what: "number of traffic selectors",
+            value: 0,
+        });
+    }
     let mut out = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
         let ty = r.u8()?;
         let ip_proto = r.u8()?;
-        let len = r.u16()?;
+        let len = usize::from(r.u16()?);
         if ty != TS_IPV4_ADDR_RANGE {
-            return Err(CodecError::InvalidValue {
-                what: "traffic selector type",
-                value: u32::from(ty),
-            });
+            let rest = len.checked_sub(4).ok_or(CodecError::BadLength {
+                what: "traffic selector",
+                len,
+            })?;
+            r.take(rest)?;
+            continue;
         }
         if len != 16 {
             return Err(CodecError::BadLength {
                 what: "traffic selector",
-                len: usize::from(len),
+                len,
             });
         }
         let start_port = r.u16()?;
@@ -878,12 +890,6 @@ fn parse_ts(body: &[u8]) -> Result<Vec<TrafficSelector>> {
     }
     if !r.is_empty() {
         return Err(CodecError::TrailingBytes(r.remaining()));
-    }
-    if out.is_empty() {
-        return Err(CodecError::InvalidValue {
-            what: "number of traffic selectors",
-            value: 0,
-        });
     }
     Ok(out)
 }
@@ -1109,6 +1115,12 @@ fn write_sa(out: &mut Vec<u8>, proposals: &[Proposal]) -> Result<()> {
 }
 
 fn write_ts(out: &mut Vec<u8>, ts: &[TrafficSelector]) -> Result<()> {
+    if ts.is_empty() {
+        return Err(CodecError::InvalidValue {
+            what: "number of traffic selectors",
+            value: 0,
+        });
+    }
     out.push(u8::try_from(ts.len()).map_err(|_| CodecError::TooLarge {
         what: "traffic selector count",
         len: ts.len(),
@@ -1433,6 +1445,43 @@ mod tests {
             parse_payloads(f, &b, true),
             Err(CodecError::BadLength { what: "nonce", .. })
         ));
+    }
+
+    #[test]
+    fn non_ipv4_selectors_are_skipped() {
+        let mut body = vec![2, 0, 0, 0];
+        // TS_IPV6_ADDR_RANGE ::/0
+        body.extend_from_slice(&[8, 0, 0, 40, 0, 0, 0xff, 0xff]);
+        body.extend_from_slice(&[0; 16]);
+        body.extend_from_slice(&[0xff; 16]);
+        // TS_IPV4_ADDR_RANGE 10.0.0.0-10.0.0.255
+        body.extend_from_slice(&[7, 6, 0, 16, 0, 22, 0, 22, 10, 0, 0, 0, 10, 0, 0, 255]);
+        let mut chain = vec![0, 0];
+        chain.extend_from_slice(&u16::try_from(body.len() + 4).unwrap().to_be_bytes());
+        chain.extend_from_slice(&body);
+        let p = parse_payloads(payload_type::TSI, &chain, false).unwrap();
+        assert_eq!(
+            p,
+            vec![Payload::TsI(vec![TrafficSelector {
+                ip_proto: 6,
+                start_port: 22,
+                end_port: 22,
+                start: Ipv4Addr::new(10, 0, 0, 0),
+                end: Ipv4Addr::new(10, 0, 0, 255),
+            }])]
+        );
+        // only IPv6: an empty list, which cannot be encoded back
+        let mut v6 = vec![1, 0, 0, 0, 8, 0, 0, 40];
+        v6.extend_from_slice(&[0; 36]);
+        let mut chain = vec![0, 0];
+        chain.extend_from_slice(&u16::try_from(v6.len() + 4).unwrap().to_be_bytes());
+        chain.extend_from_slice(&v6);
+        let p = parse_payloads(payload_type::TSR, &chain, false).unwrap();
+        assert_eq!(p, vec![Payload::TsR(vec![])]);
+        assert!(encode_payloads(&p).is_err());
+        // zero selectors is malformed
+        let chain = [0, 0, 0, 8, 0, 0, 0, 0];
+        assert!(parse_payloads(payload_type::TSR, &chain, false).is_err());
     }
 
     #[test]
