@@ -71,16 +71,41 @@ fn policies(m: &Mapping) -> [PolicySpec; 2] {
     ]
 }
 
-fn install_changes(ms: &[Mapping]) -> Vec<Change> {
-    let mut c = vec![Change::AddMappings(ms.to_vec())];
-    c.extend(ms.iter().flat_map(policies).map(Change::AddPolicy));
-    c
+/// Time spent in the nft part and in the XFRM part of some changes.
+#[derive(Default, Clone, Copy)]
+struct Split {
+    nft: Duration,
+    xfrm: Duration,
 }
 
-fn remove_changes(ms: &[Mapping]) -> Vec<Change> {
-    let mut c: Vec<Change> = ms.iter().flat_map(policies).map(|p| Change::DelPolicy(p.id)).collect();
-    c.push(Change::DelMappings(ms.to_vec()));
-    c
+impl Split {
+    fn total(&self) -> Duration {
+        self.nft + self.xfrm
+    }
+}
+
+/// Installs mappings as the router does: NAT elements first, then policies.
+fn install(dp: &mut KernelDatapath, ms: &[Mapping], split: &mut Split) -> Result<()> {
+    let t = Instant::now();
+    dp.apply(&[Change::AddMappings(ms.to_vec())])?;
+    split.nft += t.elapsed();
+    let t = Instant::now();
+    let ps: Vec<Change> = ms.iter().flat_map(policies).map(Change::AddPolicy).collect();
+    dp.apply(&ps)?;
+    split.xfrm += t.elapsed();
+    Ok(())
+}
+
+/// Removes mappings as the router does: policies first, then NAT elements.
+fn remove(dp: &mut KernelDatapath, ms: &[Mapping], split: &mut Split) -> Result<()> {
+    let t = Instant::now();
+    let ps: Vec<Change> = ms.iter().flat_map(policies).map(|p| Change::DelPolicy(p.id)).collect();
+    dp.apply(&ps)?;
+    split.xfrm += t.elapsed();
+    let t = Instant::now();
+    dp.apply(&[Change::DelMappings(ms.to_vec())])?;
+    split.nft += t.elapsed();
+    Ok(())
 }
 
 /// True when this process runs in a named namespace (`ip netns add`), so the
@@ -148,6 +173,7 @@ fn per_op(d: Duration, n: usize) -> f64 {
 
 struct Row {
     n: usize,
+    parts: [Split; 4],
     batch_add: f64,
     batch_del: f64,
     single_add: f64,
@@ -190,31 +216,28 @@ pub fn run(args: &BenchArgs, table: NatTable) -> Result<()> {
         dp.xfrm.set_hash_thresholds(24, 24)?;
         let all: Vec<Mapping> = (0..n).map(mapping).collect();
 
+        let mut parts = [Split::default(); 4];
         // 1. library, batched: all N in one apply.
-        let t = Instant::now();
-        dp.apply(&install_changes(&all))?;
-        let batch_add = per_op(t.elapsed(), n);
+        install(&mut dp, &all, &mut parts[0])?;
+        let batch_add = per_op(parts[0].total(), n);
         check_population(&mut dp, n)?;
-        let t = Instant::now();
-        dp.apply(&remove_changes(&all))?;
-        let batch_del = per_op(t.elapsed(), n);
+        remove(&mut dp, &all, &mut parts[1])?;
+        let batch_del = per_op(parts[1].total(), n);
         check_population(&mut dp, 0)?;
         eprintln!("bench:   library batch  add {batch_add:.1} us/mapping, remove {batch_del:.1} us/mapping");
 
         // 2. library, one mapping per transaction, at population N.
         let (rest, tail) = all.split_at(n - sample);
-        dp.apply(&install_changes(rest))?;
-        let t = Instant::now();
+        install(&mut dp, rest, &mut Split::default())?;
         for m in tail {
-            dp.apply(&install_changes(std::slice::from_ref(m)))?;
+            install(&mut dp, std::slice::from_ref(m), &mut parts[2])?;
         }
-        let single_add = per_op(t.elapsed(), sample);
+        let single_add = per_op(parts[2].total(), sample);
         check_population(&mut dp, n)?;
-        let t = Instant::now();
         for m in tail {
-            dp.apply(&remove_changes(std::slice::from_ref(m)))?;
+            remove(&mut dp, std::slice::from_ref(m), &mut parts[3])?;
         }
-        let single_del = per_op(t.elapsed(), sample);
+        let single_del = per_op(parts[3].total(), sample);
         check_population(&mut dp, n - sample)?;
         eprintln!("bench:   library single add {single_add:.1} us/mapping, remove {single_del:.1} us/mapping");
 
@@ -235,9 +258,10 @@ pub fn run(args: &BenchArgs, table: NatTable) -> Result<()> {
         let cli_del = per_op(t.elapsed(), sample);
         check_population(&mut dp, n - sample)?;
         eprintln!("bench:   cli            add {cli_add:.1} us/mapping, remove {cli_del:.1} us/mapping");
-        dp.apply(&remove_changes(rest))?;
+        remove(&mut dp, rest, &mut Split::default())?;
         rows.push(Row {
             n,
+            parts,
             batch_add,
             batch_del,
             single_add,
@@ -271,6 +295,23 @@ pub fn run(args: &BenchArgs, table: NatTable) -> Result<()> {
             x.cli_del,
             (x.cli_add + x.cli_del) / (x.batch_add + x.batch_del),
             (x.cli_add + x.cli_del) / (x.single_add + x.single_del)
+        )?;
+    }
+    writeln!(r, "# where the library's time goes, us/mapping (nft part + xfrm part):")?;
+    for x in &rows {
+        let f = |i: usize, n: usize| {
+            let p: &Split = &x.parts[i];
+            format!("{:.1}+{:.1}", per_op(p.nft, n), per_op(p.xfrm, n))
+        };
+        let sample = args.sample.min(x.n);
+        writeln!(
+            r,
+            "{:>8} batch_add {}  batch_del {}  single_add {}  single_del {}",
+            x.n,
+            f(0, x.n),
+            f(1, x.n),
+            f(2, sample),
+            f(3, sample)
         )?;
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {

@@ -1,0 +1,25 @@
+#!/bin/bash
+# scripts/bench-datapath.sh [SIZES] [SAMPLE] — the datapath benchmark on the
+# host kernel, in a scratch network namespace (no ESP needed): install then
+# remove N mappings (one NAT map element pair + granted-set element + one
+# XFRM policy pair each) through the library, and with per-call
+# `nft add element` / `ip xfrm policy add`. Prints figures; asserts nothing
+# about time. Report: docs/bench/datapath.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZES=${1:-1000,10000,100000}
+SAMPLE=${2:-1000}
+[[ $(id -u) -eq 0 ]] || { echo "bench-datapath: run as root" >&2; exit 2; }
+for p in nftables iproute2; do
+	dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$p" >/dev/null; }
+done
+echo "bench-datapath: building vpnnatctl (release)..." >&2
+cargo build --release --locked -p vpnnat-datapath --bin vpnnatctl >&2
+ns=vpnnat-bench-$$
+ip netns add "$ns"
+trap 'ip netns del "$ns" 2>/dev/null' EXIT
+mkdir -p docs/bench
+{
+	echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -r), $(nproc) cores, $(nft --version), $(ip -V)"
+	ip netns exec "$ns" target/release/vpnnatctl bench --sizes "$SIZES" --sample "$SAMPLE"
+} | tee docs/bench/datapath.txt
