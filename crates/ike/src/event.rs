@@ -48,7 +48,8 @@ pub enum Mode {
 /// `rfc4106(gcm(aes))` with `key || salt` keys.
 ///
 /// The driver must install the inbound SA before the outbound one so that
-/// no packet the peer sends on the new SA is dropped.
+/// no packet the peer sends on the new SA is dropped; with
+/// `outbound_deferred` the outbound one waits for [`Event::ChildSaOutbound`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildSa {
     /// SPI of the inbound ESP SA (chosen by us).
@@ -76,6 +77,10 @@ pub struct ChildSa {
     /// When this pair rekeys an older one: that pair's `(inbound, outbound)`
     /// SPIs. The old pair is removed by a later [`Event::ChildSaDown`].
     pub replaces: Option<(u32, u32)>,
+    /// Install only the inbound SA now and keep sending on the old pair;
+    /// the outbound SA follows with [`Event::ChildSaOutbound`]. Set when we
+    /// answered the peer's rekey (make before break).
+    pub outbound_deferred: bool,
 }
 
 impl ChildSa {
@@ -113,6 +118,15 @@ pub enum DownReason {
 pub enum Event {
     /// Install this CHILD SA pair (inbound first).
     ChildSaUp(ChildSa),
+    /// Install the outbound SA of a pair announced earlier with
+    /// `outbound_deferred` (switch outbound traffic to it). Always comes
+    /// right before the `ChildSaDown` of the pair it replaces.
+    ChildSaOutbound {
+        /// Inbound SPI of the new pair (identifies it).
+        inbound_spi: u32,
+        /// The outbound SPI to install now.
+        outbound_spi: u32,
+    },
     /// Remove these SAs from the kernel.
     ChildSaDown {
         /// Our inbound SPI.

@@ -153,6 +153,10 @@ struct Child {
     suite: EspSuite,
     local_ts: Vec<TrafficSelector>,
     remote_ts: Vec<TrafficSelector>,
+    /// We answered the rekey that created this child and still send on the
+    /// pair it replaces (inbound SPI given): the outbound switch waits for
+    /// that pair's deletion.
+    outbound_waits_for: Option<u32>,
 }
 
 /// Requests that can wait for the window (size 1) to open.
@@ -492,6 +496,27 @@ impl IkeSa {
         Ok(())
     }
 
+    /// Removes a CHILD SA: first switches the outbound traffic of a pair
+    /// that was waiting for it to go, then reports it down.
+    fn remove_child(&mut self, inbound_spi: u32, out: &mut Out) -> Option<Child> {
+        let pos = self.children.iter().position(|c| c.inbound_spi == inbound_spi)?;
+        let gone = self.children.remove(pos);
+        for c in &mut self.children {
+            if c.outbound_waits_for == Some(inbound_spi) {
+                c.outbound_waits_for = None;
+                out.push_back(Output::Event(Event::ChildSaOutbound {
+                    inbound_spi: c.inbound_spi,
+                    outbound_spi: c.outbound_spi,
+                }));
+            }
+        }
+        out.push_back(Output::Event(Event::ChildSaDown {
+            inbound_spi: gone.inbound_spi,
+            outbound_spi: gone.outbound_spi,
+        }));
+        Some(gone)
+    }
+
     /// Reports the CHILD SAs and the tunnel as gone and marks the SA dead.
     fn die(&mut self, reason: DownReason, out: &mut Out) {
         let was_up = matches!(self.state, SaState::Established | SaState::Deleting)
@@ -736,6 +761,7 @@ impl IkeSa {
                 suite,
                 local_ts: tsi.clone(),
                 remote_ts: tsr.clone(),
+                outbound_waits_for: None,
             })
         })();
         let child = match child {
@@ -790,10 +816,21 @@ impl IkeSa {
         replaces: Option<(u32, u32)>,
         out: &mut Out,
     ) -> Result<()> {
+        let mut child = child;
         let keys = self.keys()?;
         let (i2r, r2i) = child_keymat(&keys.sk_d, child.suite.encr, gir, ni, nr)?;
         let (outbound_key, inbound_key) = if exchange_initiator { (i2r, r2i) } else { (r2i, i2r) };
+        // Make before break (RFC 7296 2.8): the responder of a rekey keeps
+        // sending on the old pair until the initiator deletes it, since the
+        // initiator may not have the new inbound SA installed yet.
+        let outbound_deferred = replaces.is_some() && !exchange_initiator;
+        child.outbound_waits_for = if outbound_deferred {
+            replaces.map(|(i, _)| i)
+        } else {
+            None
+        };
         out.push_back(Output::Event(Event::ChildSaUp(ChildSa {
+            outbound_deferred,
             inbound_spi: child.inbound_spi,
             outbound_spi: child.outbound_spi,
             inbound_key,
@@ -1014,6 +1051,7 @@ impl IkeSa {
                 suite,
                 local_ts,
                 remote_ts,
+                outbound_waits_for: None,
             },
             prop.num,
         ))
@@ -1119,13 +1157,7 @@ impl IkeSa {
             }
             PendingKind::Dpd => Ok(()),
             PendingKind::DeleteChild { inbound_spi } => {
-                if let Some(pos) = self.children.iter().position(|c| c.inbound_spi == inbound_spi) {
-                    let c = self.children.remove(pos);
-                    out.push_back(Output::Event(Event::ChildSaDown {
-                        inbound_spi: c.inbound_spi,
-                        outbound_spi: c.outbound_spi,
-                    }));
-                }
+                self.remove_child(inbound_spi, out);
                 Ok(())
             }
             PendingKind::DeleteIke => {
@@ -1231,12 +1263,12 @@ impl IkeSa {
         let mut ours = Vec::new();
         for d in deletes.iter().filter(|d| d.protocol == protocol_id::ESP) {
             for spi in d.spis.iter().filter_map(|s| spi_bytes_u32(s)) {
-                if let Some(pos) = self.children.iter().position(|c| c.outbound_spi == spi) {
-                    let c = self.children.remove(pos);
-                    out.push_back(Output::Event(Event::ChildSaDown {
-                        inbound_spi: c.inbound_spi,
-                        outbound_spi: c.outbound_spi,
-                    }));
+                let found = self
+                    .children
+                    .iter()
+                    .find(|c| c.outbound_spi == spi)
+                    .map(|c| c.inbound_spi);
+                if let Some(c) = found.and_then(|i| self.remove_child(i, out)) {
                     ours.push(c.inbound_spi.to_be_bytes().to_vec());
                 }
             }
@@ -1639,6 +1671,7 @@ impl IkeSa {
             suite,
             local_ts: tsi.clone(),
             remote_ts: tsr.clone(),
+            outbound_waits_for: None,
         };
         self.install_child(
             child,

@@ -142,6 +142,22 @@ fn rekey_child_sa() {
     assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
     assert_eq!(downs(&re), vec![(r.inbound_spi, r.outbound_spi)]);
     assert_eq!(net.gw.child_sas(), vec![(gn[0].inbound_spi, gn[0].outbound_spi)]);
+    // the initiator of the rekey switches at once; the responder installs
+    // the new inbound SA and switches outbound only when the old pair goes
+    assert!(!gn[0].outbound_deferred);
+    assert!(rn[0].outbound_deferred);
+    assert!(!ge.iter().any(|e| matches!(e, Event::ChildSaOutbound { .. })));
+    let sw = re
+        .iter()
+        .position(|e| {
+            *e == Event::ChildSaOutbound {
+                inbound_spi: rn[0].inbound_spi,
+                outbound_spi: rn[0].outbound_spi,
+            }
+        })
+        .unwrap();
+    assert!(matches!(re[sw + 1], Event::ChildSaDown { inbound_spi, .. } if inbound_spi == r.inbound_spi));
+    assert!(matches!(re[0], Event::ChildSaUp(_)));
     assert_eq!(net.rt.child_sas(), vec![(rn[0].inbound_spi, rn[0].outbound_spi)]);
     // the REKEY_SA notify carried the old inbound SPI
     let req = &net.to_rt[2];
