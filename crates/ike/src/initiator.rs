@@ -32,7 +32,7 @@ pub struct Initiator {
     cfg: Arc<SaConfig>,
     local: SocketAddr,
     peer: SocketAddr,
-    table: SaTable,
+    pub(crate) table: SaTable,
 }
 
 impl Initiator {

@@ -97,3 +97,6 @@ pub use keys::{EncrAlg, EspSuite, IkeSuite};
 pub use responder::{Responder, ResponderConfig};
 pub use session::{SaConfig, SaState};
 pub use timers::RetransmitConfig;
+
+#[cfg(test)]
+mod garble_tests;

@@ -119,7 +119,7 @@ pub struct Responder {
     allowed_peer: IpAddr,
     cookie_threshold: usize,
     cookies: CookieJar,
-    table: SaTable,
+    pub(crate) table: SaTable,
 }
 
 impl Responder {

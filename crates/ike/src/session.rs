@@ -232,7 +232,7 @@ pub struct IkeSa {
     behind_nat: bool,
     last_tx: Instant,
     next_mid: u32,
-    expected_mid: u32,
+    pub(crate) expected_mid: u32,
     pending: Option<Pending>,
     queue: VecDeque<Queued>,
     last_response: Option<(u32, Datagram)>,
@@ -436,7 +436,13 @@ impl IkeSa {
         self.keys.as_ref().ok_or(Error::NotEstablished)
     }
 
-    fn seal(&mut self, exchange: ExchangeType, response: bool, mid: u32, payloads: &[Payload]) -> Result<Vec<u8>> {
+    pub(crate) fn seal(
+        &mut self,
+        exchange: ExchangeType,
+        response: bool,
+        mid: u32,
+        payloads: &[Payload],
+    ) -> Result<Vec<u8>> {
         let header = self.header(exchange, response, mid);
         let iv = self.next_iv;
         let keys = self.keys()?;
