@@ -35,6 +35,9 @@ ln -sfn /proc/self/fd /dev/fd
 ln -sfn /proc/self/fd/0 /dev/stdin
 ln -sfn /proc/self/fd/1 /dev/stdout
 ln -sfn /proc/self/fd/2 /dev/stderr
+# opening it autoloads tun (char-major-10-200)
+mkdir -p /dev/net
+[ -e /dev/net/tun ] || mknod -m 0666 /dev/net/tun c 10 200
 mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
 # `ip netns` keeps its namespace handles under /var/run/netns (/var/run is a
@@ -49,13 +52,11 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
 hostname vmtest
 
-# Modules, resolved on the host into insmod order (path [params]).
+# Modules: names resolved on the host, dependencies first, one modprobe
+# for all (parameters in /etc/modprobe.d/vmtest.conf).
 load_modules() {
-	while read -r mod params; do
-		case $mod in '' | '#'*) continue ;; esac
-		# shellcheck disable=SC2086 # params are words
-		insmod "$mod" $params 2>/dev/console || say "insmod $mod failed"
-	done <"$1"
+	# shellcheck disable=SC2046 # one word per module
+	modprobe -a $(grep -v '^#' "$1") 2>/dev/console || say "modprobe -a (from $1) failed"
 }
 load_modules /etc/vmtest/modules.load
 # virtio drivers only if QEMU gave us a virtio device (networking)
