@@ -14,4 +14,6 @@
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
+pub mod center;
+pub mod password;
 pub mod storage;

@@ -1,0 +1,771 @@
+//! The center's side of every exchange of PROTOCOL.md, over [`Storage`] and
+//! two command traits: [`GatewayCommands`] (centerd -> gatewayd) and
+//! [`RouterCommands`] (centerd -> router through the tunnel). No HTTP here:
+//! the server hands in the path, the authentication headers, the body, the
+//! peer's address and the time, and gets back a signed [`Outgoing`] answer
+//! or a [`CenterError`] with its HTTP status.
+//!
+//! Every router command goes through `vpnnat_proto::decode_request` first,
+//! with the nonce store in the database, so a rejected message (bad MAC,
+//! stale, replayed, unknown terminal, malformed JSON) changes nothing.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use ring::rand::SystemRandom;
+use thiserror::Error;
+use tokio::sync::Notify;
+use vpnnat_proto::auth::{AuthHeaders, ReplayConfig, ReplayGuard};
+use vpnnat_proto::keys::{
+    FactoryMasterKey, GatewayApiKey, MacKey, MaintenancePassword, Psk, SecretBytes, SecretId, SecretId2,
+};
+use vpnnat_proto::messages::{
+    Ack, FailureNotice, GatewayAddressRequest, GatewayInfo, Grant, Grants, InstallRequest, InstallSecrets,
+    MaintenanceRequest, TunnelEvent, TunnelStatus,
+};
+use vpnnat_proto::types::{
+    AcceptanceNumber, BoundedSet, ClaimantLevel, GatewayName, IkeIdentity, Ipv4Cidr, TerminalId, TerminalName,
+    UnicastAddr, Urgency,
+};
+use vpnnat_proto::{decode_request, encode_response, Command, KeyKind, Outgoing, ProtoError, Verified};
+
+use crate::storage::{
+    is_router_own_part, NewRequest, RequestRow, SlotRow, Storage, StorageError, TerminalRow, TunnelState,
+};
+
+/// How many times a slot claim is retried when another centerd took the
+/// chosen slot between the scan and the claim.
+const MAX_SLOT_RACES: usize = 16;
+
+/// A call to a gateway or a router failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("{target} did not answer: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error("{target} refused the command: HTTP {status} {text}")]
+    Refused { target: String, status: u16, text: String },
+    #[error("{target} answered badly: {reason}")]
+    BadAnswer { target: String, reason: String },
+    #[error("{target} is not configured")]
+    Unknown { target: String },
+}
+
+/// Why the center refused or failed an exchange.
+#[derive(Debug, Error)]
+pub enum CenterError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("VPNNAT pool exhausted: no address left for this request (nothing was assigned)")]
+    PoolExhausted,
+    #[error("no VPN gateway capacity: every answering gateway's tunnel slots are in use")]
+    NoGatewayCapacity,
+    #[error("VPN gateway unavailable: {0}")]
+    Gateway(CommandError),
+    #[error("{0}")]
+    Storage(StorageError),
+    #[error("stored secret of {terminal} is unreadable")]
+    BadStoredSecret { terminal: String },
+    #[error("the database lock is poisoned")]
+    Poisoned,
+}
+
+impl From<StorageError> for CenterError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::PoolExhausted { .. } => CenterError::PoolExhausted,
+            other => CenterError::Storage(other),
+        }
+    }
+}
+
+impl CenterError {
+    /// The HTTP status the server answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            CenterError::Proto(p) => p.http_status(),
+            CenterError::PoolExhausted | CenterError::NoGatewayCapacity => 503,
+            CenterError::Gateway(_) => 502,
+            CenterError::Storage(StorageError::NotFound { .. }) => 404,
+            CenterError::Storage(StorageError::BadTransition { .. }) => 409,
+            CenterError::Storage(_) | CenterError::BadStoredSecret { .. } | CenterError::Poisoned => 500,
+        }
+    }
+
+    /// The body text sent to a router. A bad MAC and an unknown terminal
+    /// read alike, so a probe cannot learn which terminal IDs exist;
+    /// internal failures say nothing about the database.
+    pub fn public_text(&self) -> String {
+        match self {
+            CenterError::Proto(ProtoError::BadMac | ProtoError::UnknownTerminal) => {
+                "message authentication failed".into()
+            }
+            CenterError::Storage(_) | CenterError::BadStoredSecret { .. } | CenterError::Poisoned => {
+                "internal error".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// centerd -> gatewayd commands (PROTOCOL.md: server -> gateway).
+pub trait GatewayCommands: Send + Sync {
+    /// Whether the gateway answers (used to skip dead gateways).
+    fn probe(&self, gateway: &str) -> impl Future<Output = bool> + Send;
+    /// Set up (or re-key) the tunnel to a router.
+    fn setup_tunnel(
+        &self,
+        gateway: &str,
+        terminal: &TerminalId,
+        router_ip: Ipv4Addr,
+        slot: u16,
+        psk: &Psk,
+    ) -> impl Future<Output = Result<(), CommandError>> + Send;
+    fn add_addresses(
+        &self,
+        gateway: &str,
+        terminal: &TerminalId,
+        addresses: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), CommandError>> + Send;
+    fn remove_addresses(
+        &self,
+        gateway: &str,
+        terminal: &TerminalId,
+        addresses: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), CommandError>> + Send;
+    fn tear_down(&self, gateway: &str, terminal: &TerminalId) -> impl Future<Output = Result<(), CommandError>> + Send;
+}
+
+/// Where and how to reach a router's server part through its tunnel.
+#[derive(Debug, Clone)]
+pub struct RouterTarget {
+    pub terminal_id: TerminalId,
+    /// The router's server-part VPNNAT address.
+    pub address: Ipv4Addr,
+    pub secret_id2: SecretId2,
+}
+
+/// centerd -> router commands (6. end, 7. release, 8. VPN end).
+pub trait RouterCommands: Send + Sync {
+    fn end(&self, to: &RouterTarget, n: AcceptanceNumber) -> impl Future<Output = Result<(), CommandError>> + Send;
+    fn release(&self, to: &RouterTarget, name: &TerminalName) -> impl Future<Output = Result<(), CommandError>> + Send;
+    fn vpn_end(&self, to: &RouterTarget) -> impl Future<Output = Result<(), CommandError>> + Send;
+}
+
+/// One configured gateway, as the center logic needs it.
+#[derive(Debug, Clone)]
+pub struct GatewayEntry {
+    pub name: GatewayName,
+    pub global_ip: UnicastAddr,
+    pub ike_id: IkeIdentity,
+    pub api_key: GatewayApiKey,
+    pub slots: u16,
+}
+
+/// The validated settings the exchanges need.
+#[derive(Debug)]
+pub struct CenterSettings {
+    pub factory_master_key: FactoryMasterKey,
+    /// Handed to routers at installation (sealed).
+    pub maintenance_password: MaintenancePassword,
+    /// Its hash, the only form written to the terminals table.
+    pub maintenance_password_hash: String,
+    pub center_networks: BoundedSet<Ipv4Cidr, 1, { vpnnat_proto::messages::MAX_CENTER_NETWORKS }>,
+    pub gateways: Vec<GatewayEntry>,
+    pub replay: ReplayConfig,
+    /// How long a maintenance request waits for its tunnel to come up
+    /// before answering anyway (the request stays "waiting" and the tunnel
+    /// state is shown to the operator; nothing pretends it is up).
+    pub tunnel_up_timeout: Duration,
+}
+
+impl CenterSettings {
+    pub fn gateway(&self, name: &str) -> Option<&GatewayEntry> {
+        self.gateways.iter().find(|g| g.name.as_str() == name)
+    }
+}
+
+/// What "end" did, for the operator and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EndOutcome {
+    pub acceptance_number: u64,
+    /// Extension terminals whose VPNNAT address went back to the pool (7).
+    pub released: Vec<(String, Ipv4Addr)>,
+    /// Terminals kept because another request still needs them (judgment 1).
+    pub kept: Vec<String>,
+    /// Whether the router's VPN was ended (8).
+    pub vpn_ended: bool,
+    /// Commands that failed (the center's state is freed anyway).
+    pub warnings: Vec<String>,
+}
+
+/// The center: storage, settings, command channels.
+#[derive(Debug)]
+pub struct Center<G, R> {
+    store: Mutex<Storage>,
+    settings: CenterSettings,
+    gateways: G,
+    routers: R,
+    rng: SystemRandom,
+    /// Woken on every tunnel event; waiters re-read their slot.
+    tunnel_events: Notify,
+}
+
+fn secret_id2_of(row: &TerminalRow) -> Result<SecretId2, CenterError> {
+    SecretId2::from_hex(&row.secret_id2_hex).map_err(|_| CenterError::BadStoredSecret {
+        terminal: row.terminal_id.clone(),
+    })
+}
+
+fn psk_of(row: &TerminalRow) -> Result<Psk, CenterError> {
+    Psk::from_hex(&row.psk_hex).map_err(|_| CenterError::BadStoredSecret {
+        terminal: row.terminal_id.clone(),
+    })
+}
+
+fn tunnel_state(s: TunnelStatus) -> TunnelState {
+    match s {
+        TunnelStatus::Up => TunnelState::Up,
+        TunnelStatus::Connecting => TunnelState::Connecting,
+        TunnelStatus::Down => TunnelState::Down,
+    }
+}
+
+fn unicast(ip: Ipv4Addr) -> Result<UnicastAddr, CenterError> {
+    UnicastAddr::new(ip).map_err(|e| CenterError::Proto(e.into()))
+}
+
+impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
+    /// Builds the center; synchronises the gateway table with the settings.
+    pub fn new(mut store: Storage, settings: CenterSettings, gateways: G, routers: R) -> Result<Self, CenterError> {
+        let specs: Vec<_> = settings
+            .gateways
+            .iter()
+            .map(|g| crate::storage::GatewaySpec {
+                name: g.name.to_string(),
+                global_ip: g.global_ip.get(),
+                slots: g.slots,
+            })
+            .collect();
+        store.sync_gateways(&specs)?;
+        Ok(Center {
+            store: Mutex::new(store),
+            settings,
+            gateways,
+            routers,
+            rng: SystemRandom::new(),
+            tunnel_events: Notify::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &CenterSettings {
+        &self.settings
+    }
+
+    pub fn gateways(&self) -> &G {
+        &self.gateways
+    }
+
+    /// The storage, locked. Held only for short synchronous steps, never
+    /// across an await.
+    pub fn store(&self) -> Result<MutexGuard<'_, Storage>, CenterError> {
+        self.store.lock().map_err(|_| CenterError::Poisoned)
+    }
+
+    /// Authenticates a router command with Secret(ID2) from the terminals
+    /// table; returns the command and the secret for the answer.
+    fn verify_router<C: Command<Principal = TerminalId>>(
+        &self,
+        path: &str,
+        headers: &AuthHeaders,
+        body: &[u8],
+        now: u64,
+    ) -> Result<(Verified<C>, TerminalRow, SecretId2), CenterError> {
+        let st = self.store()?;
+        let mut row = None;
+        let mut guard = ReplayGuard::new(st.nonce_store(), self.settings.replay);
+        let v = decode_request::<C, _, _>(&mut guard, path, headers, body, now, |t: &TerminalId, kind| {
+            if kind != KeyKind::SecretId2 {
+                return None;
+            }
+            let r = st.terminal(t.as_str()).ok().flatten()?;
+            let key = SecretId2::from_hex(&r.secret_id2_hex).ok()?.mac_key();
+            row = Some(r);
+            Some(key)
+        })?;
+        let row = row.ok_or(CenterError::Proto(ProtoError::UnknownTerminal))?;
+        let sid2 = secret_id2_of(&row)?;
+        Ok((v, row, sid2))
+    }
+
+    fn answer<C: Command>(
+        &self,
+        v: &Verified<C>,
+        resp: &C::Response,
+        key: &MacKey,
+        now: u64,
+    ) -> Result<Outgoing, CenterError> {
+        Ok(encode_response(v, resp, key, now, &self.rng)?)
+    }
+
+    // ---------------------------------------------------------------
+    // 1. Installation notice
+    // ---------------------------------------------------------------
+
+    pub fn install(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, CenterError> {
+        let master = &self.settings.factory_master_key;
+        let mut st = self.store()?;
+        let v = {
+            let mut guard = ReplayGuard::new(st.nonce_store(), self.settings.replay);
+            // Every terminal ID has a Secret(ID): it is derived, not stored.
+            decode_request::<InstallRequest, _, _>(&mut guard, path, headers, body, now, |t: &TerminalId, kind| {
+                (kind == KeyKind::SecretId).then(|| SecretId::derive(master, t).mac_key())
+            })?
+        };
+        let tid = v.principal().clone();
+        let psk = Psk::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
+        let sid2 = SecretId2::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
+        let row = st.install_terminal(&crate::storage::InstallRecord {
+            terminal_id: tid.as_str(),
+            psk_hex: &psk.to_hex(),
+            secret_id2_hex: &sid2.to_hex(),
+            maintenance_password_hash: &self.settings.maintenance_password_hash,
+            now,
+        })?;
+        drop(st);
+        let secrets = InstallSecrets::new(
+            psk,
+            sid2,
+            self.settings.maintenance_password.clone(),
+            unicast(row.server_part_vpnnat)?,
+            unicast(row.router_part_vpnnat)?,
+        )
+        .map_err(|e| CenterError::Proto(e.into()))?;
+        let resp = secrets.seal(&self.rng, &tid, &v.command().reply_key)?;
+        log::info!(
+            "installed {tid}: server part {}, router part {}",
+            row.server_part_vpnnat,
+            row.router_part_vpnnat
+        );
+        self.answer(&v, &resp, &SecretId::derive(master, &tid).mac_key(), now)
+    }
+
+    // ---------------------------------------------------------------
+    // 2. Failure notice
+    // ---------------------------------------------------------------
+
+    pub fn failure(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, CenterError> {
+        let (v, _row, sid2) = self.verify_router::<FailureNotice>(path, headers, body, now)?;
+        let n: &FailureNotice = v.command();
+        let code = serde_json::to_value(n.code)
+            .ok()
+            .and_then(|c| c.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "other".into());
+        self.store()?
+            .add_failure(v.principal().as_str(), &code, n.detail.as_str(), now)?;
+        log::warn!("failure notice from {}: {code}", v.principal());
+        self.answer(&v, &Ack {}, &sid2.mac_key(), now)
+    }
+
+    // ---------------------------------------------------------------
+    // 3. VPN gateway address request
+    // ---------------------------------------------------------------
+
+    pub async fn gateway_address(
+        &self,
+        path: &str,
+        headers: &AuthHeaders,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Outgoing, CenterError> {
+        let (v, _row, sid2) = self.verify_router::<GatewayAddressRequest>(path, headers, body, now)?;
+        let tid = v.principal().clone();
+        let slot = self.ensure_slot(&tid, now).await?;
+        let gw = self.settings.gateway(&slot.gateway).ok_or_else(|| {
+            CenterError::Gateway(CommandError::Unknown {
+                target: slot.gateway.clone(),
+            })
+        })?;
+        let info = GatewayInfo {
+            gateway_ip: gw.global_ip,
+            gateway_ike_id: gw.ike_id.clone(),
+            center_networks: self.settings.center_networks.clone(),
+        };
+        let resp = info.seal(&self.rng, &tid, &v.command().reply_key)?;
+        log::info!("{tid}: VPN gateway {} slot {}", slot.gateway, slot.slot);
+        self.answer(&v, &resp, &sid2.mac_key(), now)
+    }
+
+    /// The slot the router keeps, or a new one. The router keeps its
+    /// gateway while its tunnel is up, and also while that gateway answers
+    /// (moving a healthy router gains nothing and strands its routes); it
+    /// moves only when its gateway stops answering. A new slot is the first
+    /// free one scanning from the head, skipping gateways that do not answer.
+    async fn ensure_slot(&self, tid: &TerminalId, now: u64) -> Result<SlotRow, CenterError> {
+        let held = self.store()?.slot_of(tid.as_str())?;
+        let mut skip = Vec::new();
+        if let Some(h) = held {
+            if h.tunnel_state == TunnelState::Up || self.gateways.probe(&h.gateway).await {
+                return Ok(h);
+            }
+            log::warn!("{tid}: gateway {} does not answer, choosing another", h.gateway);
+            skip.push(h.gateway.clone());
+        }
+        let (mut gw, mut slot) = self.choose_slot(&mut skip).await?;
+        for _ in 0..MAX_SLOT_RACES {
+            if self.store()?.claim_slot(&gw, slot, tid.as_str(), now)? {
+                return self
+                    .store()?
+                    .slot_of(tid.as_str())?
+                    .ok_or(CenterError::NoGatewayCapacity);
+            }
+            // Another centerd took it between scan and claim: rescan.
+            (gw, slot) = self.choose_slot(&mut skip).await?;
+        }
+        Err(CenterError::NoGatewayCapacity)
+    }
+
+    /// First free slot from the head among gateways that answer.
+    async fn choose_slot(&self, skip: &mut Vec<String>) -> Result<(String, u16), CenterError> {
+        loop {
+            let cand = self.store()?.first_free_slot(skip)?;
+            let Some((gw, slot)) = cand else {
+                return Err(CenterError::NoGatewayCapacity);
+            };
+            if self.gateways.probe(&gw).await {
+                return Ok((gw, slot));
+            }
+            log::warn!("gateway {gw} does not answer; skipped");
+            skip.push(gw);
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // 4. Maintenance request
+    // ---------------------------------------------------------------
+
+    /// `router_ip` is the request's source address (the router's global IP).
+    pub async fn maintenance(
+        &self,
+        path: &str,
+        headers: &AuthHeaders,
+        body: &[u8],
+        router_ip: Ipv4Addr,
+        now: u64,
+    ) -> Result<Outgoing, CenterError> {
+        let (v, row, sid2) = self.verify_router::<MaintenanceRequest>(path, headers, body, now)?;
+        let tid = v.principal().clone();
+        let req: &MaintenanceRequest = v.command();
+        let details = req.open_details(&sid2, &tid)?;
+        let names: Vec<String> = details.terminal_names.iter().map(|n| n.to_string()).collect();
+        let level = match req.claimant_level {
+            ClaimantLevel::General => "general",
+            ClaimantLevel::Administrator => "administrator",
+        };
+        let urgency = match req.urgency {
+            Urgency::Low => "low",
+            Urgency::Normal => "normal",
+            Urgency::High => "high",
+            Urgency::Emergency => "emergency",
+        };
+        let new = NewRequest {
+            terminal_id: tid.as_str(),
+            router_ip,
+            claimant_name: details.claimant_name.as_str(),
+            claimant_level: level,
+            phone: details.phone.as_str(),
+            urgency,
+            content: details.content.as_str(),
+            terminal_names: &names,
+            now,
+        };
+        // A router that skipped exchange 3 gets a slot here, claimed in the
+        // same transaction as the addresses and the request.
+        let held = self.store()?.slot_of(tid.as_str())?;
+        let mut skip = Vec::new();
+        let (number, grants) = match held {
+            Some(_) => self.store()?.create_request(&new, None)?,
+            None => {
+                let mut result = None;
+                for _ in 0..MAX_SLOT_RACES {
+                    let (gw, slot) = self.choose_slot(&mut skip).await?;
+                    let created = self.store()?.create_request(&new, Some((&gw, slot)));
+                    match created {
+                        Ok(r) => {
+                            result = Some(r);
+                            break;
+                        }
+                        Err(StorageError::SlotTaken { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                result.ok_or(CenterError::NoGatewayCapacity)?
+            }
+        };
+        let slot = self
+            .store()?
+            .slot_of(tid.as_str())?
+            .ok_or(CenterError::NoGatewayCapacity)?;
+        // The router's own parts ride in every tunnel: the center reaches
+        // the server part through it for end/release/VPN end.
+        let mut addrs = vec![row.server_part_vpnnat, row.router_part_vpnnat];
+        for g in &grants {
+            if !addrs.contains(&g.vpnnat) {
+                addrs.push(g.vpnnat);
+            }
+        }
+        if let Err(e) = self.program_gateway(&slot, &tid, &row, router_ip, &addrs).await {
+            // Nothing half-assigned: the request and the addresses it took go.
+            log::warn!("{tid}: request {number} rolled back: {e}");
+            self.store()?.abort_request(number)?;
+            return Err(CenterError::Gateway(e));
+        }
+        if !self.wait_tunnel_up(&tid, self.settings.tunnel_up_timeout).await? {
+            log::warn!(
+                "{tid}: tunnel at {} slot {} not up after {:?}; answering request {number} anyway",
+                slot.gateway,
+                slot.slot,
+                self.settings.tunnel_up_timeout
+            );
+        }
+        let grants = Grants::new(
+            grants
+                .iter()
+                .map(|g| {
+                    Ok(Grant {
+                        terminal_name: TerminalName::new(g.terminal_name.clone()).map_err(ProtoError::from)?,
+                        vpnnat_addr: unicast(g.vpnnat)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, CenterError>>()?,
+        )
+        .map_err(ProtoError::from)?;
+        let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
+        let resp = grants.seal(&self.rng, &tid, &req.reply_key, n)?;
+        log::info!(
+            "{tid}: maintenance request {number} accepted ({} terminals)",
+            names.len()
+        );
+        self.answer(&v, &resp, &sid2.mac_key(), now)
+    }
+
+    async fn program_gateway(
+        &self,
+        slot: &SlotRow,
+        tid: &TerminalId,
+        row: &TerminalRow,
+        router_ip: Ipv4Addr,
+        addrs: &[Ipv4Addr],
+    ) -> Result<(), CommandError> {
+        if slot.tunnel_state != TunnelState::Up {
+            let psk = psk_of(row).map_err(|e| CommandError::BadAnswer {
+                target: slot.gateway.clone(),
+                reason: e.to_string(),
+            })?;
+            self.gateways
+                .setup_tunnel(&slot.gateway, tid, router_ip, slot.slot, &psk)
+                .await?;
+        }
+        for chunk in addrs.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
+            self.gateways.add_addresses(&slot.gateway, tid, chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the router's tunnel-up event (no polling of the gateway):
+    /// true if up within `timeout`.
+    pub async fn wait_tunnel_up(&self, tid: &TerminalId, timeout: Duration) -> Result<bool, CenterError> {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        loop {
+            let notified = self.tunnel_events.notified();
+            tokio::pin!(notified);
+            // Registered before reading, so an event between the read and
+            // the wait is not lost.
+            notified.as_mut().enable();
+            let up = self
+                .store()?
+                .slot_of(tid.as_str())?
+                .is_some_and(|s| s.tunnel_state == TunnelState::Up);
+            if up {
+                return Ok(true);
+            }
+            // A timeout too large to represent means "wait without limit".
+            let woke = match deadline {
+                Some(d) => tokio::time::timeout_at(d, notified).await.is_ok(),
+                None => {
+                    notified.await;
+                    true
+                }
+            };
+            if !woke {
+                return Ok(false);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // gatewayd -> centerd: tunnel up/down
+    // ---------------------------------------------------------------
+
+    pub fn tunnel_event(
+        &self,
+        path: &str,
+        headers: &AuthHeaders,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Outgoing, CenterError> {
+        let mut key = None;
+        let v = {
+            let st = self.store()?;
+            let mut guard = ReplayGuard::new(st.nonce_store(), self.settings.replay);
+            decode_request::<TunnelEvent, _, _>(&mut guard, path, headers, body, now, |g: &GatewayName, kind| {
+                if kind != KeyKind::GatewayApiKey {
+                    return None;
+                }
+                let k = self.settings.gateway(g.as_str())?.api_key.mac_key();
+                key = Some(k.clone());
+                Some(k)
+            })?
+        };
+        let key = key.ok_or(CenterError::Proto(ProtoError::UnknownTerminal))?;
+        let ev: &TunnelEvent = v.command();
+        let state = tunnel_state(ev.status);
+        let matched =
+            self.store()?
+                .set_tunnel_state(v.principal().as_str(), ev.slot, ev.terminal_id.as_str(), state, now)?;
+        if matched {
+            log::info!(
+                "gateway {}: tunnel of {} (slot {}) is {}",
+                v.principal(),
+                ev.terminal_id,
+                ev.slot,
+                state.as_str()
+            );
+        } else {
+            log::warn!(
+                "gateway {}: event for {} slot {} which it does not hold; ignored",
+                v.principal(),
+                ev.terminal_id,
+                ev.slot
+            );
+        }
+        self.tunnel_events.notify_waiters();
+        self.answer(&v, &Ack {}, &key, now)
+    }
+
+    // ---------------------------------------------------------------
+    // 5. Operator start, 6.-8. end, judgments, release, VPN end
+    // ---------------------------------------------------------------
+
+    pub fn start(&self, number: u64, now: u64) -> Result<RequestRow, CenterError> {
+        let r = self.store()?.start_request(number, now)?;
+        log::info!("request {number} started by the operator");
+        Ok(r)
+    }
+
+    fn target(&self, terminal_id: &str) -> Result<Option<RouterTarget>, CenterError> {
+        let Some(row) = self.store()?.terminal(terminal_id)? else {
+            return Ok(None);
+        };
+        let tid = TerminalId::new(terminal_id).map_err(ProtoError::from)?;
+        Ok(Some(RouterTarget {
+            terminal_id: tid,
+            address: row.server_part_vpnnat,
+            secret_id2: secret_id2_of(&row)?,
+        }))
+    }
+
+    /// The operator pressed "end": 6, the three judgments, 7 and 8.
+    ///
+    /// The center's state changes even when the router does not answer
+    /// (its tunnel may be gone): the pool must not leak because a router is
+    /// offline; the failure is reported as a warning.
+    pub async fn end(&self, number: u64, now: u64) -> Result<EndOutcome, CenterError> {
+        let row = self.store()?.end_request(number, now)?;
+        let mut out = EndOutcome {
+            acceptance_number: number,
+            ..EndOutcome::default()
+        };
+        let tid_s = row.terminal_id.clone();
+        let target = self.target(&tid_s)?;
+        let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
+        if let Some(t) = &target {
+            if let Err(e) = self.routers.end(t, n).await {
+                out.warnings.push(format!("end command: {e}"));
+            }
+        }
+        let slot = self.store()?.slot_of(&tid_s)?;
+        for g in &row.grants {
+            // Judgment 1: another request still names this terminal.
+            if !self.store()?.all_ended_for_name(&tid_s, &g.terminal_name)? {
+                out.kept.push(g.terminal_name.clone());
+                continue;
+            }
+            // Judgment 2: the router's own parts keep their addresses.
+            if is_router_own_part(&g.terminal_name) {
+                continue;
+            }
+            // 7. VPNNAT release.
+            if let Some(t) = &target {
+                match TerminalName::new(g.terminal_name.clone()) {
+                    Ok(name) => {
+                        if let Err(e) = self.routers.release(t, &name).await {
+                            out.warnings.push(format!("release {}: {e}", g.terminal_name));
+                        }
+                    }
+                    Err(e) => out.warnings.push(format!("release {}: {e}", g.terminal_name)),
+                }
+            }
+            let freed = self.store()?.release_address(&tid_s, &g.terminal_name)?;
+            if let Some(addr) = freed {
+                out.released.push((g.terminal_name.clone(), addr));
+                if let (Some(s), Some(t)) = (&slot, &target) {
+                    if let Err(e) = self
+                        .gateways
+                        .remove_addresses(&s.gateway, &t.terminal_id, &[addr])
+                        .await
+                    {
+                        out.warnings.push(format!("gateway remove {addr}: {e}"));
+                    }
+                }
+            }
+        }
+        // Judgment 3: all requests of this router ended -> 8. VPN end.
+        if self.store()?.all_ended_for_terminal(&tid_s)? {
+            if let Some(t) = &target {
+                if let Err(e) = self.routers.vpn_end(t).await {
+                    out.warnings.push(format!("VPN end command: {e}"));
+                }
+            }
+            let (freed, slot) = self.store()?.end_vpn(&tid_s, now)?;
+            for f in &freed {
+                out.released.push((f.terminal_name.clone(), f.vpnnat));
+            }
+            if let (Some(s), Some(t)) = (slot, &target) {
+                let addrs: Vec<Ipv4Addr> = freed.iter().map(|f| f.vpnnat).collect();
+                for chunk in addrs.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
+                    if let Err(e) = self.gateways.remove_addresses(&s.gateway, &t.terminal_id, chunk).await {
+                        out.warnings.push(format!("gateway remove: {e}"));
+                    }
+                }
+                if let Err(e) = self.gateways.tear_down(&s.gateway, &t.terminal_id).await {
+                    out.warnings.push(format!("gateway tear down: {e}"));
+                }
+            }
+            out.vpn_ended = true;
+        }
+        for w in &out.warnings {
+            log::warn!("request {number}: {w}");
+        }
+        log::info!(
+            "request {number} ended: {} released, vpn ended: {}",
+            out.released.len(),
+            out.vpn_ended
+        );
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

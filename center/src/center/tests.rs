@@ -1,0 +1,836 @@
+use super::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use vpnnat_proto::messages::{GatewayAddressResponse, InstallResponse, MaintenanceDetails, MaintenanceResponse};
+use vpnnat_proto::seal::ReplyKeyPair;
+use vpnnat_proto::types::{ClaimantName, FailureCode, FailureDetail, Phone, RequestContent, TerminalNames};
+use vpnnat_proto::{decode_response, encode_request};
+
+use crate::storage::{PoolUsage, RequestState, ROUTER_PART_NAME, SERVER_PART_NAME};
+
+pub(crate) const NOW: u64 = 1_800_000_000;
+
+/// Records every gateway command; gateways in `dead` do not answer;
+/// `fail` makes every command fail.
+#[derive(Debug, Default)]
+pub(crate) struct FakeGateways {
+    pub log: Mutex<Vec<String>>,
+    pub dead: Mutex<HashSet<String>>,
+    pub fail: Mutex<bool>,
+}
+
+impl FakeGateways {
+    fn push(&self, s: String) -> Result<(), CommandError> {
+        self.log.lock().unwrap().push(s);
+        if *self.fail.lock().unwrap() {
+            return Err(CommandError::Unreachable {
+                target: "gw".into(),
+                reason: "test".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl GatewayCommands for Arc<FakeGateways> {
+    async fn probe(&self, gateway: &str) -> bool {
+        !self.dead.lock().unwrap().contains(gateway)
+    }
+    async fn setup_tunnel(
+        &self,
+        gateway: &str,
+        terminal: &TerminalId,
+        router_ip: Ipv4Addr,
+        slot: u16,
+        _psk: &Psk,
+    ) -> Result<(), CommandError> {
+        self.push(format!("setup {gateway} {terminal} {router_ip} {slot}"))
+    }
+    async fn add_addresses(&self, gateway: &str, terminal: &TerminalId, a: &[Ipv4Addr]) -> Result<(), CommandError> {
+        self.push(format!("add {gateway} {terminal} {a:?}"))
+    }
+    async fn remove_addresses(&self, gateway: &str, terminal: &TerminalId, a: &[Ipv4Addr]) -> Result<(), CommandError> {
+        self.push(format!("remove {gateway} {terminal} {a:?}"))
+    }
+    async fn tear_down(&self, gateway: &str, terminal: &TerminalId) -> Result<(), CommandError> {
+        self.push(format!("teardown {gateway} {terminal}"))
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FakeRouters {
+    pub log: Mutex<Vec<String>>,
+    pub offline: Mutex<bool>,
+}
+
+impl FakeRouters {
+    fn push(&self, s: String) -> Result<(), CommandError> {
+        self.log.lock().unwrap().push(s);
+        if *self.offline.lock().unwrap() {
+            return Err(CommandError::Unreachable {
+                target: "router".into(),
+                reason: "offline".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl RouterCommands for Arc<FakeRouters> {
+    async fn end(&self, to: &RouterTarget, n: AcceptanceNumber) -> Result<(), CommandError> {
+        self.push(format!("end {} {} {n}", to.terminal_id, to.address))
+    }
+    async fn release(&self, to: &RouterTarget, name: &TerminalName) -> Result<(), CommandError> {
+        self.push(format!("release {} {name}", to.terminal_id))
+    }
+    async fn vpn_end(&self, to: &RouterTarget) -> Result<(), CommandError> {
+        self.push(format!("vpn-end {}", to.terminal_id))
+    }
+}
+
+pub(crate) type TestCenter = Center<Arc<FakeGateways>, Arc<FakeRouters>>;
+
+pub(crate) fn master() -> FactoryMasterKey {
+    FactoryMasterKey::from_array([9; 32])
+}
+
+pub(crate) fn gw_key(i: u8) -> GatewayApiKey {
+    GatewayApiKey::from_array([0x40 + i; 32])
+}
+
+pub(crate) fn settings(slots: &[u16]) -> CenterSettings {
+    CenterSettings {
+        factory_master_key: master(),
+        maintenance_password: MaintenancePassword::new("maint-pass-1").unwrap(),
+        maintenance_password_hash: "pbkdf2-sha256$1$00$00".into(),
+        center_networks: BoundedSet::new(vec!["172.16.0.0/24".parse().unwrap()]).unwrap(),
+        gateways: slots
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| GatewayEntry {
+                name: GatewayName::new(format!("gw{}", i + 1)).unwrap(),
+                global_ip: UnicastAddr::new(Ipv4Addr::new(198, 51, 100, 11 + i as u8)).unwrap(),
+                ike_id: IkeIdentity::new(format!("gw{}.center.example", i + 1)).unwrap(),
+                api_key: gw_key(i as u8 + 1),
+                slots: n,
+            })
+            .collect(),
+        replay: ReplayConfig::default(),
+        tunnel_up_timeout: Duration::from_millis(20),
+    }
+}
+
+pub(crate) fn center_with(pool: &str, slots: &[u16]) -> (TestCenter, Arc<FakeGateways>, Arc<FakeRouters>) {
+    let mut st = Storage::open_in_memory().unwrap();
+    st.init_pool(&pool.parse().unwrap()).unwrap();
+    let g = Arc::new(FakeGateways::default());
+    let r = Arc::new(FakeRouters::default());
+    let c = Center::new(st, settings(slots), g.clone(), r.clone()).unwrap();
+    (c, g, r)
+}
+
+fn rng() -> SystemRandom {
+    SystemRandom::new()
+}
+
+pub(crate) fn tid(s: &str) -> TerminalId {
+    TerminalId::new(s).unwrap()
+}
+
+/// A router as the tests drive it: installs and keeps its secrets.
+pub(crate) struct TestRouter {
+    pub id: TerminalId,
+    pub sid2: Option<SecretId2>,
+    pub secrets: Option<InstallSecrets>,
+}
+
+impl TestRouter {
+    pub fn new(id: &str) -> Self {
+        TestRouter {
+            id: tid(id),
+            sid2: None,
+            secrets: None,
+        }
+    }
+
+    pub fn install_request(&self, now: u64) -> (Outgoing, ReplyKeyPair) {
+        let kp = ReplyKeyPair::generate(&rng()).unwrap();
+        let key = SecretId::derive(&master(), &self.id).mac_key();
+        let out = encode_request(
+            &InstallRequest {
+                reply_key: kp.public_key(),
+            },
+            &self.id,
+            &key,
+            now,
+            &rng(),
+        )
+        .unwrap();
+        (out, kp)
+    }
+
+    pub fn install(&mut self, c: &TestCenter) -> InstallSecrets {
+        let (out, kp) = self.install_request(NOW);
+        let resp = c.install(out.path, &out.headers, &out.body, NOW).unwrap();
+        let key = SecretId::derive(&master(), &self.id).mac_key();
+        let r: InstallResponse = decode_response::<InstallRequest>(&out, &key, &resp.headers, &resp.body).unwrap();
+        let s = r.open(kp, &self.id).unwrap();
+        self.sid2 = Some(s.secret_id2().clone());
+        self.secrets = Some(s.clone());
+        s
+    }
+
+    pub fn key(&self) -> MacKey {
+        self.sid2.as_ref().unwrap().mac_key()
+    }
+
+    pub fn sign<C: Command<Principal = TerminalId>>(&self, cmd: &C, now: u64) -> Outgoing {
+        encode_request(cmd, &self.id, &self.key(), now, &rng()).unwrap()
+    }
+
+    pub fn maintenance_request(&self, names: &[&str], level: ClaimantLevel) -> (MaintenanceRequest, ReplyKeyPair) {
+        let kp = ReplyKeyPair::generate(&rng()).unwrap();
+        let details = MaintenanceDetails {
+            claimant_name: ClaimantName::new("Taro Yamada").unwrap(),
+            terminal_names: TerminalNames::new(names.iter().map(|n| TerminalName::new(*n).unwrap()).collect()).unwrap(),
+            phone: Phone::new("+81 3-1234-5678").unwrap(),
+            content: RequestContent::new("the printer is offline").unwrap(),
+        };
+        let req = MaintenanceRequest::new(
+            &rng(),
+            self.sid2.as_ref().unwrap(),
+            &self.id,
+            kp.public_key(),
+            level,
+            Urgency::High,
+            &details,
+        )
+        .unwrap();
+        (req, kp)
+    }
+
+    pub async fn maintenance(&self, c: &TestCenter, names: &[&str]) -> Result<(u64, Vec<Grant>), CenterError> {
+        let (req, kp) = self.maintenance_request(names, ClaimantLevel::General);
+        let out = self.sign(&req, NOW);
+        let resp = c
+            .maintenance(out.path, &out.headers, &out.body, Ipv4Addr::new(203, 0, 113, 5), NOW)
+            .await?;
+        let r: MaintenanceResponse =
+            decode_response::<MaintenanceRequest>(&out, &self.key(), &resp.headers, &resp.body).unwrap();
+        let grants = r.open(kp, &self.id).unwrap();
+        Ok((r.acceptance_number.get(), grants.as_slice().to_vec()))
+    }
+
+    pub async fn gateway_address(&self, c: &TestCenter) -> Result<GatewayInfo, CenterError> {
+        let kp = ReplyKeyPair::generate(&rng()).unwrap();
+        let out = self.sign(
+            &GatewayAddressRequest {
+                reply_key: kp.public_key(),
+            },
+            NOW,
+        );
+        let resp = c.gateway_address(out.path, &out.headers, &out.body, NOW).await?;
+        let r: GatewayAddressResponse =
+            decode_response::<GatewayAddressRequest>(&out, &self.key(), &resp.headers, &resp.body).unwrap();
+        Ok(r.open(kp, &self.id).unwrap())
+    }
+}
+
+/// Everything a rejected message must leave untouched.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    terminals: u64,
+    pool: PoolUsage,
+    requests: usize,
+    failures: usize,
+    nonces: u64,
+    slots: Vec<(String, u64)>,
+}
+
+fn snapshot(c: &TestCenter) -> Snapshot {
+    let st = c.store().unwrap();
+    Snapshot {
+        terminals: st.count_terminals().unwrap(),
+        pool: st.pool_usage().unwrap(),
+        requests: st.list_requests(1000).unwrap().len(),
+        failures: st.failures(None, 1000).unwrap().len(),
+        nonces: st.nonce_count().unwrap(),
+        slots: st
+            .gateway_usage()
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.name, g.used))
+            .collect(),
+    }
+}
+
+fn status(e: &CenterError) -> u16 {
+    e.http_status()
+}
+
+#[test]
+fn install_hands_out_secrets_and_two_addresses() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    let s = r.install(&c);
+    assert_eq!(s.maintenance_password().expose_secret(), "maint-pass-1");
+    assert_ne!(s.server_part_vpnnat(), s.router_part_vpnnat());
+    let row = c.store().unwrap().terminal("router-1").unwrap().unwrap();
+    assert_eq!(row.psk_hex, *s.psk().to_hex());
+    assert_eq!(row.secret_id2_hex, *s.secret_id2().to_hex());
+    assert_eq!(row.server_part_vpnnat, s.server_part_vpnnat().get());
+    assert_eq!(
+        row.maintenance_password_hash, "pbkdf2-sha256$1$00$00",
+        "only the hash is stored"
+    );
+    // Reinstall: new secrets, same addresses.
+    let s2 = r.install(&c);
+    assert_ne!(s2.psk().expose_secret(), s.psk().expose_secret());
+    assert_ne!(s2.secret_id2().expose_secret(), s.secret_id2().expose_secret());
+    assert_eq!(s2.server_part_vpnnat(), s.server_part_vpnnat());
+    assert_eq!(s2.router_part_vpnnat(), s.router_part_vpnnat());
+    assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
+}
+
+#[test]
+fn install_rejections_change_nothing() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let r = TestRouter::new("router-1");
+    let before = snapshot(&c);
+    // Bad MAC: signed with another factory's key.
+    let kp = ReplyKeyPair::generate(&rng()).unwrap();
+    let wrong = SecretId::derive(&FactoryMasterKey::from_array([1; 32]), &r.id).mac_key();
+    let out = encode_request(
+        &InstallRequest {
+            reply_key: kp.public_key(),
+        },
+        &r.id,
+        &wrong,
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    let e = c.install(out.path, &out.headers, &out.body, NOW).unwrap_err();
+    assert_eq!(status(&e), 401);
+    assert_eq!(e.public_text(), "message authentication failed");
+    // Stale.
+    let (out, _) = r.install_request(NOW - 1000);
+    let e = c.install(out.path, &out.headers, &out.body, NOW).unwrap_err();
+    assert!(matches!(e, CenterError::Proto(ProtoError::Stale { .. })));
+    // Malformed JSON, correctly signed.
+    let key = SecretId::derive(&master(), &r.id).mac_key();
+    let headers = vpnnat_proto::auth::sign_request(
+        &key,
+        vpnnat_proto::auth::Direction::RouterToCenter,
+        "router-1",
+        vpnnat_proto::paths::center::INSTALL,
+        b"{not json",
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    let e = c
+        .install(vpnnat_proto::paths::center::INSTALL, &headers, b"{not json", NOW)
+        .unwrap_err();
+    assert_eq!(status(&e), 400);
+    // Wrong path.
+    let (out, _) = r.install_request(NOW);
+    let e = c
+        .install("/v1/router/failure", &out.headers, &out.body, NOW)
+        .unwrap_err();
+    assert_eq!(status(&e), 404);
+    assert_eq!(snapshot(&c), before);
+    // Replay: the first one is accepted, the replay refused with no change.
+    c.install(out.path, &out.headers, &out.body, NOW).unwrap();
+    let after = snapshot(&c);
+    let e = c.install(out.path, &out.headers, &out.body, NOW + 1).unwrap_err();
+    assert_eq!(status(&e), 409);
+    assert_eq!(snapshot(&c), after);
+}
+
+#[test]
+fn failure_notice_is_stored_and_rejections_change_nothing() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    // Before installation the terminal has no Secret(ID2): unknown.
+    r.sid2 = Some(SecretId2::from_array([5; 32]));
+    let notice = FailureNotice {
+        code: FailureCode::Ipsec,
+        detail: FailureDetail::new("charon died").unwrap(),
+    };
+    let out = r.sign(&notice, NOW);
+    let before = snapshot(&c);
+    let e = c.failure(out.path, &out.headers, &out.body, NOW).unwrap_err();
+    assert!(matches!(e, CenterError::Proto(ProtoError::UnknownTerminal)));
+    assert_eq!(e.public_text(), "message authentication failed");
+    assert_eq!(snapshot(&c), before);
+    r.install(&c);
+    let before = snapshot(&c);
+    // Signed with Secret(ID) instead of Secret(ID2): bad MAC.
+    let out = encode_request(
+        &notice,
+        &r.id,
+        &SecretId::derive(&master(), &r.id).mac_key(),
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    assert!(matches!(
+        c.failure(out.path, &out.headers, &out.body, NOW).unwrap_err(),
+        CenterError::Proto(ProtoError::BadMac)
+    ));
+    // Stale.
+    let out = r.sign(&notice, NOW + 500);
+    assert_eq!(
+        status(&c.failure(out.path, &out.headers, &out.body, NOW).unwrap_err()),
+        401
+    );
+    // Malformed: unknown field.
+    let body = br#"{"code":"ipsec","detail":"","extra":1}"#;
+    let headers = vpnnat_proto::auth::sign_request(
+        &r.key(),
+        vpnnat_proto::auth::Direction::RouterToCenter,
+        "router-1",
+        vpnnat_proto::paths::center::FAILURE,
+        body,
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    assert_eq!(
+        status(
+            &c.failure(vpnnat_proto::paths::center::FAILURE, &headers, body, NOW)
+                .unwrap_err()
+        ),
+        400
+    );
+    assert_eq!(snapshot(&c), before);
+    // Accepted once, replay refused.
+    let out = r.sign(&notice, NOW);
+    let resp = c.failure(out.path, &out.headers, &out.body, NOW).unwrap();
+    decode_response::<FailureNotice>(&out, &r.key(), &resp.headers, &resp.body).unwrap();
+    let f = c.store().unwrap().failures(Some("router-1"), 10).unwrap();
+    assert_eq!(
+        (f.len(), f[0].code.as_str(), f[0].detail.as_str()),
+        (1, "ipsec", "charon died")
+    );
+    let after = snapshot(&c);
+    assert_eq!(
+        status(&c.failure(out.path, &out.headers, &out.body, NOW).unwrap_err()),
+        409
+    );
+    assert_eq!(snapshot(&c), after);
+}
+
+#[tokio::test]
+async fn gateway_address_scans_from_head_skips_dead_keeps_held() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[1, 2]);
+    let mut routers: Vec<TestRouter> = (1..=4).map(|i| TestRouter::new(&format!("router-{i}"))).collect();
+    for r in &mut routers {
+        r.install(&c);
+    }
+    let info = routers[0].gateway_address(&c).await.unwrap();
+    assert_eq!(info.gateway_ip.get(), Ipv4Addr::new(198, 51, 100, 11));
+    assert_eq!(info.gateway_ike_id.as_str(), "gw1.center.example");
+    assert_eq!(info.center_networks.len(), 1);
+    // Same router again: same gateway.
+    assert_eq!(
+        routers[0].gateway_address(&c).await.unwrap().gateway_ip,
+        info.gateway_ip
+    );
+    // gw1 is full; the next goes to gw2.
+    let info2 = routers[1].gateway_address(&c).await.unwrap();
+    assert_eq!(info2.gateway_ip.get(), Ipv4Addr::new(198, 51, 100, 12));
+    // Free gw1's slot, then make gw1 dead: router-3 skips it.
+    c.store().unwrap().free_slot("router-1", NOW).unwrap();
+    g.dead.lock().unwrap().insert("gw1".into());
+    let info3 = routers[2].gateway_address(&c).await.unwrap();
+    assert_eq!(info3.gateway_ip.get(), Ipv4Addr::new(198, 51, 100, 12));
+    // Now gw2 is full and gw1 dead: no capacity, nothing assigned.
+    let before = snapshot(&c);
+    let e = routers[3].gateway_address(&c).await.unwrap_err();
+    assert!(matches!(e, CenterError::NoGatewayCapacity), "{e}");
+    assert_eq!(status(&e), 503);
+    let mut after = snapshot(&c);
+    assert_eq!(after.nonces, before.nonces + 1);
+    after.nonces = before.nonces;
+    assert_eq!(after, before);
+    assert!(c.store().unwrap().slot_of("router-4").unwrap().is_none());
+    // gw1 answers again: router-4 gets it.
+    g.dead.lock().unwrap().clear();
+    assert_eq!(
+        routers[3].gateway_address(&c).await.unwrap().gateway_ip.get(),
+        Ipv4Addr::new(198, 51, 100, 11)
+    );
+}
+
+#[tokio::test]
+async fn held_gateway_kept_while_tunnel_up_even_if_probe_fails() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[1, 1]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    c.store()
+        .unwrap()
+        .set_tunnel_state("gw1", 0, "router-1", TunnelState::Up, NOW)
+        .unwrap();
+    g.dead.lock().unwrap().insert("gw1".into());
+    assert_eq!(
+        r.gateway_address(&c).await.unwrap().gateway_ip.get(),
+        Ipv4Addr::new(198, 51, 100, 11)
+    );
+    // Tunnel down and gateway dead: the router moves.
+    c.store()
+        .unwrap()
+        .set_tunnel_state("gw1", 0, "router-1", TunnelState::Down, NOW)
+        .unwrap();
+    assert_eq!(
+        r.gateway_address(&c).await.unwrap().gateway_ip.get(),
+        Ipv4Addr::new(198, 51, 100, 12)
+    );
+    assert_eq!(c.store().unwrap().gateway_usage().unwrap()[0].used, 0, "old slot freed");
+}
+
+#[tokio::test]
+async fn maintenance_assigns_stores_and_programs_the_gateway() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    let s = r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    g.take();
+    let (n, grants) = r.maintenance(&c, &["pc1", "printer"]).await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(grants.len(), 2);
+    let row = c.store().unwrap().request(1).unwrap().unwrap();
+    assert_eq!(row.state, RequestState::Waiting);
+    assert_eq!(row.router_ip, "203.0.113.5");
+    assert_eq!(row.claimant_name, "Taro Yamada");
+    assert_eq!(row.phone, "+81 3-1234-5678");
+    assert_eq!(
+        row.grants.iter().map(|g| g.table_name.as_str()).collect::<Vec<_>>(),
+        vec!["pc1", "printer"]
+    );
+    let log = g.take();
+    assert_eq!(log[0], "setup gw1 router-1 203.0.113.5 0");
+    assert!(log[1].starts_with("add gw1 router-1"));
+    assert!(
+        log[1].contains(&s.server_part_vpnnat().to_string()),
+        "server part routed too: {log:?}"
+    );
+    // Same terminal again (administrator): same address, table "administrator".
+    let (req, _kp) = r.maintenance_request(&["pc1"], ClaimantLevel::Administrator);
+    let out = r.sign(&req, NOW);
+    c.maintenance(out.path, &out.headers, &out.body, Ipv4Addr::new(203, 0, 113, 5), NOW)
+        .await
+        .unwrap();
+    let row2 = c.store().unwrap().request(2).unwrap().unwrap();
+    assert_eq!(row2.grants[0].vpnnat, row.grants[0].vpnnat);
+    assert_eq!(row2.grants[0].table_name, "administrator");
+}
+
+#[tokio::test]
+async fn maintenance_without_prior_gateway_request_gets_a_slot() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[1]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.maintenance(&c, &["pc1"]).await.unwrap();
+    assert_eq!(c.store().unwrap().slot_of("router-1").unwrap().unwrap().gateway, "gw1");
+    assert!(g.take()[0].starts_with("setup gw1"));
+    // A second router: no capacity, nothing stored.
+    let mut r2 = TestRouter::new("router-2");
+    r2.install(&c);
+    let before = snapshot(&c);
+    let e = r2.maintenance(&c, &["pc1"]).await.unwrap_err();
+    assert!(matches!(e, CenterError::NoGatewayCapacity));
+    let mut after = snapshot(&c);
+    after.nonces -= 1;
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn maintenance_waits_for_the_tunnel_up_event() {
+    let (c, _g, _) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    // No event: the wait ends at the timeout, and it says so.
+    assert!(!c.wait_tunnel_up(&r.id, Duration::from_millis(10)).await.unwrap());
+    // An event from gw1 wakes the waiter.
+    let c2 = c.clone();
+    let waiter = tokio::spawn(async move { c2.wait_tunnel_up(&tid("router-1"), Duration::from_secs(10)).await });
+    tokio::task::yield_now().await;
+    let ev = TunnelEvent {
+        terminal_id: tid("router-1"),
+        slot: 0,
+        status: TunnelStatus::Up,
+        detail: FailureDetail::new("").unwrap(),
+    };
+    let out = encode_request(
+        &ev,
+        &GatewayName::new("gw1").unwrap(),
+        &gw_key(1).mac_key(),
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    let resp = c.tunnel_event(out.path, &out.headers, &out.body, NOW).unwrap();
+    decode_response::<TunnelEvent>(&out, &gw_key(1).mac_key(), &resp.headers, &resp.body).unwrap();
+    assert!(waiter.await.unwrap().unwrap());
+    // With the tunnel up, a maintenance request sends no setup.
+    let (_n, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
+}
+
+#[tokio::test]
+async fn tunnel_event_rejections() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let ev = TunnelEvent {
+        terminal_id: tid("router-1"),
+        slot: 0,
+        status: TunnelStatus::Up,
+        detail: FailureDetail::new("").unwrap(),
+    };
+    // Unknown gateway.
+    let out = encode_request(
+        &ev,
+        &GatewayName::new("gw9").unwrap(),
+        &gw_key(1).mac_key(),
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    assert_eq!(
+        status(&c.tunnel_event(out.path, &out.headers, &out.body, NOW).unwrap_err()),
+        401
+    );
+    // Wrong key.
+    let out = encode_request(
+        &ev,
+        &GatewayName::new("gw1").unwrap(),
+        &gw_key(2).mac_key(),
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    assert_eq!(
+        status(&c.tunnel_event(out.path, &out.headers, &out.body, NOW).unwrap_err()),
+        401
+    );
+    // For a slot nobody holds: acknowledged, ignored.
+    let out = encode_request(
+        &ev,
+        &GatewayName::new("gw1").unwrap(),
+        &gw_key(1).mac_key(),
+        NOW,
+        &rng(),
+    )
+    .unwrap();
+    c.tunnel_event(out.path, &out.headers, &out.body, NOW).unwrap();
+    assert_eq!(c.store().unwrap().gateway_usage().unwrap()[0].up, 0);
+}
+
+#[tokio::test]
+async fn maintenance_pool_exhaustion_leaves_nothing() {
+    // /29: 6 addresses; one router's two parts + 4 hosts fill it.
+    let (c, g, _) = center_with("10.64.0.0/29", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.maintenance(&c, &["a", "b", "c"]).await.unwrap();
+    g.take();
+    let before = snapshot(&c);
+    let e = r.maintenance(&c, &["d", "e"]).await.unwrap_err();
+    assert!(matches!(e, CenterError::PoolExhausted));
+    assert_eq!(status(&e), 503);
+    assert!(e.public_text().contains("pool exhausted"));
+    let mut after = snapshot(&c);
+    after.nonces -= 1;
+    assert_eq!(after, before, "nothing half-assigned");
+    assert!(g.take().is_empty(), "no gateway command");
+    c.store().unwrap().check_pool().unwrap();
+}
+
+#[tokio::test]
+async fn maintenance_gateway_failure_rolls_back() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    let before = snapshot(&c);
+    *g.fail.lock().unwrap() = true;
+    let e = r.maintenance(&c, &["pc1"]).await.unwrap_err();
+    assert_eq!(status(&e), 502);
+    let mut after = snapshot(&c);
+    after.nonces -= 1;
+    assert_eq!(after, before);
+    assert_eq!(c.store().unwrap().address_of("router-1", "pc1").unwrap(), None);
+}
+
+#[tokio::test]
+async fn maintenance_rejections_change_nothing() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let before = snapshot(&c);
+    let ip = Ipv4Addr::new(203, 0, 113, 5);
+    // Details encrypted under another Secret(ID2): the MAC is right but they do not open.
+    let (mut req, _) = r.maintenance_request(&["pc1"], ClaimantLevel::General);
+    let other = TestRouter {
+        id: r.id.clone(),
+        sid2: Some(SecretId2::from_array([3; 32])),
+        secrets: None,
+    };
+    req.details = other.maintenance_request(&["pc1"], ClaimantLevel::General).0.details;
+    let out = r.sign(&req, NOW);
+    assert!(c.maintenance(out.path, &out.headers, &out.body, ip, NOW).await.is_err());
+    // Bad MAC, stale, unknown terminal.
+    let (req, _) = r.maintenance_request(&["pc1"], ClaimantLevel::General);
+    let out = other.sign(&req, NOW);
+    assert_eq!(
+        status(
+            &c.maintenance(out.path, &out.headers, &out.body, ip, NOW)
+                .await
+                .unwrap_err()
+        ),
+        401
+    );
+    let out = r.sign(&req, NOW - 121);
+    assert_eq!(
+        status(
+            &c.maintenance(out.path, &out.headers, &out.body, ip, NOW)
+                .await
+                .unwrap_err()
+        ),
+        401
+    );
+    let stranger = TestRouter {
+        id: tid("router-9"),
+        sid2: r.sid2.clone(),
+        secrets: None,
+    };
+    let out = stranger.sign(&req, NOW);
+    assert_eq!(
+        status(
+            &c.maintenance(out.path, &out.headers, &out.body, ip, NOW)
+                .await
+                .unwrap_err()
+        ),
+        401
+    );
+    let mut after = snapshot(&c);
+    after.nonces -= 1; // only the authentic one with undecryptable details
+    assert_eq!(after, before);
+    // Replay of an accepted request.
+    let out = r.sign(&req, NOW);
+    c.maintenance(out.path, &out.headers, &out.body, ip, NOW).await.unwrap();
+    let after = snapshot(&c);
+    assert_eq!(
+        status(
+            &c.maintenance(out.path, &out.headers, &out.body, ip, NOW)
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+    assert_eq!(snapshot(&c), after);
+}
+
+#[tokio::test]
+async fn end_runs_the_three_judgments() {
+    let (c, g, rt) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    let s = r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    let (n1, g1) = r.maintenance(&c, &["pc1", "printer"]).await.unwrap();
+    let (n2, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    g.take();
+    c.start(n1, NOW).unwrap();
+    assert!(matches!(
+        c.start(n1, NOW),
+        Err(CenterError::Storage(StorageError::BadTransition { .. }))
+    ));
+    // End 1: pc1 still named by request 2 (judgment 1: kept); printer released (7);
+    // the router still has an open request (judgment 3: no VPN end).
+    let o = c.end(n1, NOW).await.unwrap();
+    assert_eq!(o.kept, vec!["pc1".to_string()]);
+    let printer = g1
+        .iter()
+        .find(|x| x.terminal_name.as_str() == "printer")
+        .unwrap()
+        .vpnnat_addr
+        .get();
+    assert_eq!(o.released, vec![("printer".to_string(), printer)]);
+    assert!(!o.vpn_ended);
+    assert_eq!(
+        rt.take(),
+        vec![
+            format!("end router-1 {} {n1}", s.server_part_vpnnat()),
+            "release router-1 printer".to_string()
+        ]
+    );
+    assert_eq!(g.take(), vec![format!("remove gw1 router-1 [{printer}]")]);
+    assert_eq!(c.store().unwrap().address_of("router-1", "printer").unwrap(), None);
+    // End 2: pc1 released, then VPN end: slot freed and tunnel torn down.
+    let o = c.end(n2, NOW).await.unwrap();
+    assert!(o.vpn_ended);
+    assert_eq!(o.released.len(), 1);
+    assert_eq!(
+        rt.take(),
+        vec![
+            format!("end router-1 {} {n2}", s.server_part_vpnnat()),
+            "release router-1 pc1".into(),
+            "vpn-end router-1".into()
+        ]
+    );
+    let glog = g.take();
+    assert_eq!(glog.last().unwrap(), "teardown gw1 router-1");
+    assert!(c.store().unwrap().slot_of("router-1").unwrap().is_none());
+    // The router keeps its own two addresses.
+    assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
+    // Ending twice is refused.
+    assert_eq!(status(&c.end(n2, NOW).await.unwrap_err()), 409);
+    assert_eq!(status(&c.end(999, NOW).await.unwrap_err()), 404);
+}
+
+#[tokio::test]
+async fn end_never_releases_the_routers_own_parts() {
+    let (c, _g, rt) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    let s = r.install(&c);
+    let (n, grants) = r.maintenance(&c, &[SERVER_PART_NAME, ROUTER_PART_NAME]).await.unwrap();
+    assert_eq!(
+        grants[0].vpnnat_addr,
+        s.server_part_vpnnat(),
+        "the install address is reused"
+    );
+    let o = c.end(n, NOW).await.unwrap();
+    assert!(o.released.is_empty(), "judgment 2");
+    assert!(o.vpn_ended, "judgment 3");
+    assert!(!rt.take().iter().any(|l| l.starts_with("release")));
+    assert_eq!(
+        c.store().unwrap().address_of("router-1", SERVER_PART_NAME).unwrap(),
+        Some(s.server_part_vpnnat().get())
+    );
+}
+
+#[tokio::test]
+async fn end_frees_the_center_even_if_the_router_is_offline() {
+    let (c, _g, rt) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let (n, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    *rt.offline.lock().unwrap() = true;
+    let o = c.end(n, NOW).await.unwrap();
+    assert_eq!(o.warnings.len(), 3, "{:?}", o.warnings);
+    assert!(o.vpn_ended);
+    assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
+    c.store().unwrap().check_pool().unwrap();
+}
