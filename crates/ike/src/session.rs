@@ -157,6 +157,21 @@ struct Child {
     /// pair it replaces (inbound SPI given): the outbound switch waits for
     /// that pair's deletion.
     outbound_waits_for: Option<u32>,
+    /// Whether the driver was told to install it (a pair that lost a rekey
+    /// collision never is, and goes silently).
+    installed: bool,
+}
+
+/// The peer's rekey of a CHILD SA crossed ours (RFC 7296 2.8.1).
+#[derive(Debug, Clone)]
+struct Collision {
+    /// Inbound SPI of the pair both sides rekeyed.
+    old: u32,
+    /// Nonces of the peer's exchange.
+    peer_ni: Vec<u8>,
+    our_nr: Vec<u8>,
+    /// Inbound SPI of the pair the peer's exchange created.
+    peer_child: u32,
 }
 
 /// Requests that can wait for the window (size 1) to open.
@@ -246,6 +261,8 @@ pub struct IkeSa {
     superseded_at: Option<Instant>,
     /// TunnelDown was reported already.
     down_reported: bool,
+    /// A crossed CHILD SA rekey, resolved when our own rekey completes.
+    rekey_collision: Option<Collision>,
     // IKE_SA_INIT material, needed until IKE_AUTH is done.
     ni: Vec<u8>,
     nr: Vec<u8>,
@@ -345,6 +362,7 @@ impl IkeSa {
             superseded: false,
             superseded_at: None,
             down_reported: false,
+            rekey_collision: None,
             ni: Vec::new(),
             nr: Vec::new(),
             msg1: Vec::new(),
@@ -516,10 +534,12 @@ impl IkeSa {
                 }));
             }
         }
-        out.push_back(Output::Event(Event::ChildSaDown {
-            inbound_spi: gone.inbound_spi,
-            outbound_spi: gone.outbound_spi,
-        }));
+        if gone.installed {
+            out.push_back(Output::Event(Event::ChildSaDown {
+                inbound_spi: gone.inbound_spi,
+                outbound_spi: gone.outbound_spi,
+            }));
+        }
         Some(gone)
     }
 
@@ -528,7 +548,7 @@ impl IkeSa {
         let was_up = matches!(self.state, SaState::Established | SaState::Deleting)
             || (self.initiator && matches!(self.state, SaState::InitSent | SaState::AuthSent));
         if !self.superseded {
-            for c in self.children.drain(..) {
+            for c in self.children.drain(..).filter(|c| c.installed) {
                 out.push_back(Output::Event(Event::ChildSaDown {
                     inbound_spi: c.inbound_spi,
                     outbound_spi: c.outbound_spi,
@@ -768,6 +788,7 @@ impl IkeSa {
                 local_ts: tsi.clone(),
                 remote_ts: tsr.clone(),
                 outbound_waits_for: None,
+                installed: true,
             })
         })();
         let child = match child {
@@ -1058,6 +1079,7 @@ impl IkeSa {
                 local_ts,
                 remote_ts,
                 outbound_waits_for: None,
+                installed: true,
             },
             prop.num,
         ))
@@ -1341,9 +1363,14 @@ impl IkeSa {
             reply_error(self, nt::CHILD_SA_NOT_FOUND, out)?;
             return Err(Error::UnknownChild(spi_bytes_u32(&rekey.spi).unwrap_or(0)));
         };
-        if self.busy_with_child(old.inbound_spi) {
-            // Simultaneous rekey/delete: refuse, the driver retries later
-            // (with jitter) if it still wants the rekey.
+        // Both sides rekeying the same pair: answer as usual and let the
+        // nonces pick the survivor when ours completes (RFC 7296 2.25.1).
+        let crossed = matches!(
+            self.pending.as_ref().map(|p| &p.kind),
+            Some(PendingKind::RekeyChild { old_inbound, .. }) if *old_inbound == old.inbound_spi
+        );
+        if !crossed && self.busy_with_child(old.inbound_spi) {
+            // We are deleting it: refuse; the peer may retry later.
             reply_error(self, nt::TEMPORARY_FAILURE, out)?;
             return Err(Error::PeerError(nt::TEMPORARY_FAILURE));
         }
@@ -1401,6 +1428,14 @@ impl IkeSa {
         resp.push(Payload::TsR(child.local_ts.clone()));
         // The peer rekeyed it first: our own queued rekey of it is moot.
         self.queue.retain(|q| *q != Queued::RekeyChild(old.inbound_spi));
+        if crossed {
+            self.rekey_collision = Some(Collision {
+                old: old.inbound_spi,
+                peer_ni: ni.clone(),
+                our_nr: nr.clone(),
+                peer_child: child.inbound_spi,
+            });
+        }
         self.install_child(
             child,
             gir.as_ref(),
@@ -1678,7 +1713,25 @@ impl IkeSa {
             local_ts: tsi.clone(),
             remote_ts: tsr.clone(),
             outbound_waits_for: None,
+            installed: false,
         };
+        if let Some(c) = self.rekey_collision.take().filter(|c| c.old == old_inbound) {
+            // RFC 7296 2.8.1: the pair made by the exchange holding the
+            // lowest of the four nonces is redundant and is closed by the
+            // side that initiated that exchange; the other initiator closes
+            // the old pair. Both sides reach the same verdict.
+            let ours = std::cmp::min(ni, nr.as_slice());
+            let theirs = std::cmp::min(c.peer_ni.as_slice(), c.our_nr.as_slice());
+            if ours < theirs {
+                // Ours lost: never installed, deleted by us.
+                self.children.push(child);
+                return self.start(now, Queued::DeleteChild(new_inbound), rng, out);
+            }
+            // Theirs lost: the peer deletes it, so never switch to it.
+            if let Some(p) = self.children.iter_mut().find(|x| x.inbound_spi == c.peer_child) {
+                p.outbound_waits_for = None;
+            }
+        }
         self.install_child(
             child,
             gir.as_ref(),
@@ -1787,13 +1840,11 @@ impl IkeSa {
         r
     }
 
-    /// Whether we are rekeying or deleting the CHILD SA with this inbound
-    /// SPI ourselves (an exchange collision, RFC 7296 2.25).
+    /// Whether we are deleting the CHILD SA with this inbound SPI ourselves
+    /// (an exchange collision answered with TEMPORARY_FAILURE, RFC 7296
+    /// 2.25).
     fn busy_with_child(&self, inbound_spi: u32) -> bool {
         let pending = matches!(
-            self.pending.as_ref().map(|p| &p.kind),
-            Some(PendingKind::RekeyChild { old_inbound, .. }) if *old_inbound == inbound_spi
-        ) || matches!(
             self.pending.as_ref().map(|p| &p.kind),
             Some(PendingKind::DeleteChild { inbound_spi: s }) if *s == inbound_spi
         );

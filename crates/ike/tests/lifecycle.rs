@@ -431,34 +431,56 @@ fn child_sa_debug_does_not_print_keys() {
 }
 
 #[test]
-fn simultaneous_child_rekey_is_refused_on_both_sides() {
-    let mut net = Net::default_pair();
-    let (g, r) = established(&mut net);
-    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
-    net.rt.rekey_child(net.now, r.inbound_spi, &net.rng).unwrap();
-    net.run();
-    let (ge, re) = net.take_events();
-    let failed = |ev: &[Event]| {
-        ev.iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    Event::RekeyFailed {
-                        error: Error::PeerError(43),
-                        ..
-                    }
-                )
-            })
-            .count()
-    };
-    assert_eq!((failed(&ge), failed(&re)), (1, 1), "{ge:?} {re:?}");
-    assert!(child_ups(&ge).is_empty() && child_ups(&re).is_empty());
-    // the old pair is still in use and a later, lone rekey works
-    assert_eq!(net.gw.child_sas(), vec![(g.inbound_spi, g.outbound_spi)]);
-    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
-    net.run();
-    let (ge, _) = net.take_events();
-    assert_eq!(child_ups(&ge).len(), 1);
+fn simultaneous_child_rekey_resolved_by_nonces() {
+    for round in 0..8 {
+        let mut net = Net::default_pair();
+        let (g, r) = established(&mut net);
+        net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+        net.rt.rekey_child(net.now, r.inbound_spi, &net.rng).unwrap();
+        net.run();
+        assert!(
+            net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+            "{:?} {:?}",
+            net.gw_errors,
+            net.rt_errors
+        );
+        let (ge, re) = net.take_events();
+        assert!(!ge
+            .iter()
+            .chain(re.iter())
+            .any(|e| matches!(e, Event::RekeyFailed { .. })));
+        // exactly one new pair survives, the same on both sides
+        let gs = net.gw.child_sas();
+        let rs = net.rt.child_sas();
+        assert_eq!(gs.len(), 1, "round {round}: {ge:?}");
+        assert_eq!(rs, vec![(gs[0].1, gs[0].0)]);
+        assert_ne!(gs[0].0, g.inbound_spi);
+        let gup = child_ups(&ge).into_iter().find(|c| c.inbound_spi == gs[0].0).unwrap();
+        let rup = child_ups(&re).into_iter().find(|c| c.inbound_spi == rs[0].0).unwrap();
+        assert_pair(&gup, &rup);
+        // every pair announced is removed again except the survivor, and the
+        // side that answered the surviving exchange switched its outbound
+        for (ev, keep) in [(&ge, gs[0].0), (&re, rs[0].0)] {
+            let mut announced: Vec<u32> = child_ups(ev).iter().map(|c| c.inbound_spi).collect();
+            announced.push(if std::ptr::eq(ev, &ge) {
+                g.inbound_spi
+            } else {
+                r.inbound_spi
+            });
+            let downed: Vec<u32> = downs(ev).iter().map(|d| d.0).collect();
+            for spi in announced {
+                assert_eq!(downed.contains(&spi), spi != keep, "round {round}");
+            }
+        }
+        let survivor_deferred = [&gup, &rup].iter().filter(|c| c.outbound_deferred).count();
+        assert_eq!(survivor_deferred, 1);
+        let switched = ge
+            .iter()
+            .chain(re.iter())
+            .filter(|e| matches!(e, Event::ChildSaOutbound { .. }))
+            .count();
+        assert_eq!(switched, 1);
+    }
 }
 
 #[test]
