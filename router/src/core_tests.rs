@@ -1,0 +1,450 @@
+use std::collections::BTreeMap;
+
+use ring::rand::SystemRandom;
+use vpnnat_datapath::{Datapath, RecordingDatapath};
+use vpnnat_proto::auth::{MemoryNonceStore, ReplayConfig};
+use vpnnat_proto::keys::{SecretBytes, SecretId2};
+use vpnnat_proto::types::{ClaimantLevel, ClaimantName, Phone, RequestContent, Urgency};
+
+use super::*;
+use crate::config::tests::sample_config;
+use crate::resolve::NoDns;
+use crate::testing::{FakeCenter, NOW};
+
+struct World {
+    id: Identity,
+    secret_id: SecretId,
+    statics: BTreeMap<TerminalName, Ipv4Addr>,
+    center: FakeCenter,
+    state: RouterState,
+    rng: SystemRandom,
+}
+
+fn n(s: &str) -> TerminalName {
+    TerminalName::new(s).unwrap()
+}
+
+impl World {
+    fn new() -> Self {
+        let cfg = sample_config();
+        World {
+            id: Identity::from_config(&cfg),
+            secret_id: cfg.factory_secret.clone(),
+            statics: cfg.hosts.clone(),
+            center: FakeCenter::new("router-1", cfg.factory_secret.clone()),
+            state: RouterState::default(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    fn resolver(&self) -> Resolver<'_, NoDns> {
+        resolver(&self.statics, &self.id.lan)
+    }
+
+    fn install(&mut self) {
+        let p = begin_install(&self.id, &self.secret_id, &self.rng, NOW).unwrap();
+        let reply = self.center.answer(&p.outgoing);
+        self.state = finish_install(&self.id, &self.secret_id, &self.state, p, &reply).unwrap();
+    }
+
+    fn gateway(&mut self) {
+        let p = begin_gateway(&self.id, &self.state, &self.rng, NOW).unwrap();
+        let reply = self.center.answer(&p.outgoing);
+        self.state = finish_gateway(&self.id, &self.state, p, &reply).unwrap();
+    }
+
+    fn request(&mut self, names: &[&str]) -> Result<Accepted, ExchangeError> {
+        let input = input(names);
+        let r = resolver(&self.statics, &self.id.lan);
+        let p = begin_maintenance(&self.id, &self.state, &input, &r, &self.rng, NOW)?;
+        let reply = self.center.answer(&p.outgoing);
+        let (next, acc) = finish_maintenance(&self.id, &self.state, p, &reply, &r, NOW)?;
+        self.state = next;
+        Ok(acc)
+    }
+
+    fn command(
+        &mut self,
+        guard: &mut ReplayGuard<MemoryNonceStore>,
+        out: &Outgoing,
+    ) -> Result<CommandOutcome, CommandError> {
+        handle_center_command(
+            &self.id,
+            &self.state,
+            guard,
+            IncomingCommand::from_outgoing(out),
+            NOW,
+            &self.rng,
+        )
+    }
+
+    fn ready() -> Self {
+        let mut w = World::new();
+        w.install();
+        w.gateway();
+        w
+    }
+}
+
+fn resolver<'a>(statics: &'a BTreeMap<TerminalName, Ipv4Addr>, lan: &'a Interface) -> Resolver<'a, NoDns> {
+    Resolver {
+        statics,
+        leases: crate::resolve::parse_leases("0 aa 192.168.1.60 laptop *\n"),
+        now: NOW,
+        dns: NoDns,
+        lan,
+    }
+}
+
+fn input(names: &[&str]) -> MaintenanceInput {
+    MaintenanceInput {
+        claimant_name: ClaimantName::new("Taro").unwrap(),
+        claimant_level: ClaimantLevel::General,
+        urgency: Urgency::High,
+        phone: Phone::new("03-1234-5678").unwrap(),
+        content: RequestContent::new("printer is offline").unwrap(),
+        terminals: names.iter().map(|s| n(s)).collect(),
+    }
+}
+
+fn guard() -> ReplayGuard<MemoryNonceStore> {
+    ReplayGuard::new(MemoryNonceStore::default(), ReplayConfig::default())
+}
+
+fn snapshot(s: &RouterState) -> Vec<u8> {
+    s.to_bytes().unwrap().to_vec()
+}
+
+#[test]
+fn install_stores_secrets_and_maps_own_parts() {
+    let mut w = World::new();
+    w.install();
+    let inst = w.state.installation.as_ref().unwrap();
+    assert_eq!(inst.secret_id2.expose_secret(), &[0x22; 32]);
+    assert_eq!(inst.psk.expose_secret(), &[0x33; 32]);
+    assert_eq!(inst.maintenance_password.expose_secret(), "maintenance-pw");
+    let d = desired_state(&w.id, &w.state, vec![]);
+    let nat = d.nat.unwrap();
+    assert_eq!(nat.mappings.len(), 2);
+    assert!(nat.mappings.contains(&Mapping {
+        vpnnat: inst.server_part_vpnnat,
+        real: Ipv4Addr::new(192, 168, 1, 1)
+    }));
+    // No gateway yet: no policies, and the IKE responder accepts nobody.
+    assert!(d.policies.is_empty());
+    assert!(ike_settings(&w.id, &w.state).is_none());
+}
+
+#[test]
+fn install_answer_with_wrong_key_or_status_changes_nothing() {
+    let mut w = World::new();
+    let p = begin_install(&w.id, &w.secret_id, &w.rng, NOW).unwrap();
+    let mut reply = w.center.answer(&p.outgoing);
+    reply.body.push(b' ');
+    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply).unwrap_err();
+    assert!(matches!(e, ExchangeError::BadAnswer(ProtoError::BadMac)), "{e}");
+
+    let p = begin_install(&w.id, &w.secret_id, &w.rng, NOW).unwrap();
+    w.center.refuse = Some((503, "database down".into()));
+    let reply = w.center.answer(&p.outgoing);
+    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply).unwrap_err();
+    assert!(e.is_transient() && e.to_string().contains("database down"), "{e}");
+    assert!(w.state.installation.is_none());
+}
+
+#[test]
+fn exchanges_before_installation_are_refused() {
+    let w = World::new();
+    assert!(matches!(
+        begin_gateway(&w.id, &w.state, &w.rng, NOW),
+        Err(ExchangeError::NotInstalled)
+    ));
+    assert!(matches!(
+        begin_failure(&w.id, &w.state, FailureCode::Ipsec, "x", &w.rng, NOW),
+        Err(ExchangeError::NotInstalled)
+    ));
+}
+
+#[test]
+fn failure_notice_reaches_the_center_and_is_recorded() {
+    let mut w = World::new();
+    w.install();
+    let p = begin_failure(&w.id, &w.state, FailureCode::Ipsec, "charon\u{7} died", &w.rng, NOW).unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    w.state = finish_failure(&w.state, p, &reply).unwrap();
+    assert_eq!(w.center.failures.len(), 1);
+    assert_eq!(w.center.failures[0].detail.as_str(), "charon died");
+    assert_eq!(w.state.last_failure.as_ref().unwrap().code, FailureCode::Ipsec);
+}
+
+#[test]
+fn gateway_request_sets_peer_and_policies() {
+    let w = World::ready();
+    let gw = w.state.gateway.as_ref().unwrap();
+    assert_eq!(gw.ip, FakeCenter::gateway_ip());
+    let s = ike_settings(&w.id, &w.state).unwrap();
+    assert_eq!(s.peer, FakeCenter::gateway_ip());
+    assert_eq!(s.local_ts.len(), 2);
+    assert_eq!(s.remote_ts, vec!["172.16.0.0/24".parse::<Ipv4Cidr>().unwrap()]);
+    assert!(!format!("{s:?}").contains("51, 51"), "PSK must not print");
+    // 2 own addresses x 1 center net x 3 directions
+    let d = desired_state(&w.id, &w.state, vec![]);
+    assert_eq!(d.policies.len(), 6);
+    let out = d.policies.iter().find(|p| p.id.dir == Dir::Out).unwrap();
+    assert_eq!(out.tmpl_src, w.id.wan_address);
+    assert_eq!(out.tmpl_dst, gw.ip);
+    assert_eq!(out.reqid, TUNNEL_REQID);
+    assert_eq!(out.id.src.prefix_len(), 32);
+}
+
+#[test]
+fn maintenance_grants_install_mappings() {
+    let mut w = World::ready();
+    let acc = w.request(&["pc1", "laptop"]).unwrap();
+    assert_eq!(acc.acceptance_number.get(), 101);
+    assert_eq!(acc.grants.len(), 2);
+    let pc1 = &w.state.hosts[&n("pc1")];
+    assert_eq!(pc1.real, Ipv4Addr::new(192, 168, 1, 10));
+    assert_eq!(w.state.hosts[&n("laptop")].real, Ipv4Addr::new(192, 168, 1, 60));
+    assert_eq!(w.state.requests[&101].state, RequestState::Waiting);
+
+    let mut dp = RecordingDatapath::new();
+    dp.reconcile(&desired_state(&w.id, &w.state, vec![])).unwrap();
+    let nat = dp.state.nat.clone().unwrap();
+    assert_eq!(nat.mappings.len(), 4);
+    assert!(nat.mappings.contains(&Mapping {
+        vpnnat: pc1.vpnnat,
+        real: pc1.real
+    }));
+    assert_eq!(dp.state.policies.len(), 12);
+    // A second reconcile of the same state changes nothing.
+    assert!(dp
+        .reconcile(&desired_state(&w.id, &w.state, vec![]))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn unknown_name_is_refused_before_anything_is_sent() {
+    let mut w = World::ready();
+    let before = snapshot(&w.state);
+    let seen = w.center.seen.len();
+    let e = w.request(&["pc1", "ghost"]).unwrap_err();
+    assert!(e.to_string().contains("unknown extension terminal \"ghost\""), "{e}");
+    assert_eq!(w.center.seen.len(), seen, "nothing sent to the center");
+    assert_eq!(snapshot(&w.state), before);
+}
+
+#[test]
+fn grant_for_a_name_not_asked_installs_nothing() {
+    let mut w = World::ready();
+    w.center.grant_extra = Some(n("printer"));
+    let before = snapshot(&w.state);
+    let e = w.request(&["pc1"]).unwrap_err();
+    assert!(matches!(e, ExchangeError::GrantMismatch(_)), "{e}");
+    assert_eq!(snapshot(&w.state), before);
+}
+
+#[test]
+fn name_gone_between_request_and_grant_installs_nothing() {
+    let mut w = World::ready();
+    let input = input(&["pc1", "printer"]);
+    let r = w.resolver();
+    let p = begin_maintenance(&w.id, &w.state, &input, &r, &w.rng, NOW).unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    let mut fewer = w.statics.clone();
+    fewer.remove(&n("printer"));
+    let r2 = Resolver {
+        statics: &fewer,
+        leases: vec![],
+        now: NOW,
+        dns: NoDns,
+        lan: &w.id.lan,
+    };
+    let e = finish_maintenance(&w.id, &w.state, p, &reply, &r2, NOW).unwrap_err();
+    assert!(matches!(e, ExchangeError::Resolve(_)), "{e}");
+    assert!(w.state.hosts.is_empty() && w.state.requests.is_empty());
+}
+
+#[test]
+fn maintenance_needs_a_gateway() {
+    let mut w = World::new();
+    w.install();
+    assert!(matches!(w.request(&["pc1"]), Err(ExchangeError::NoGateway)));
+}
+
+#[test]
+fn end_marks_request_ended_and_keeps_the_mapping() {
+    let mut w = World::ready();
+    w.request(&["pc1"]).unwrap();
+    let mut g = guard();
+    let cmd = w.center.end(101);
+    let o = w.command(&mut g, &cmd).unwrap();
+    assert_eq!(o.next.requests[&101].state, RequestState::Ended);
+    assert_eq!(o.next.hosts.len(), 1, "release is a separate command");
+    // The answer authenticates against the command.
+    let ack = decode_response::<EndCommand>(
+        &cmd,
+        &w.center.secret_id2.mac_key(),
+        &o.response.headers,
+        &o.response.body,
+    )
+    .unwrap();
+    assert_eq!(ack, Ack {});
+}
+
+#[test]
+fn release_removes_exactly_one_host() {
+    let mut w = World::ready();
+    w.request(&["pc1", "printer"]).unwrap();
+    let mut g = guard();
+    let o = w.command(&mut g, &w.center.release("pc1")).unwrap();
+    w.state = o.next;
+    assert_eq!(w.state.hosts.keys().collect::<Vec<_>>(), [&n("printer")]);
+    let mut dp = RecordingDatapath::new();
+    dp.reconcile(&desired_state(&w.id, &w.state, vec![])).unwrap();
+    assert_eq!(dp.state.nat.unwrap().mappings.len(), 3);
+}
+
+#[test]
+fn vpn_end_clears_hosts_and_gateway_but_keeps_own_parts() {
+    let mut w = World::ready();
+    w.request(&["pc1", "printer"]).unwrap();
+    let mut dp = RecordingDatapath::new();
+    dp.reconcile(&desired_state(&w.id, &w.state, vec![])).unwrap();
+    let mut g = guard();
+    let o = w.command(&mut g, &w.center.vpn_end()).unwrap();
+    w.state = o.next;
+    assert!(w.state.hosts.is_empty() && w.state.gateway.is_none());
+    assert!(w.state.requests.values().all(|r| r.state == RequestState::Ended));
+    dp.reconcile(&desired_state(&w.id, &w.state, vec![])).unwrap();
+    assert_eq!(dp.state.nat.unwrap().mappings.len(), 2);
+    assert!(dp.state.policies.is_empty());
+}
+
+#[test]
+fn rejected_commands_change_nothing() {
+    let mut w = World::ready();
+    w.request(&["pc1"]).unwrap();
+    let mut g = guard();
+
+    // Unknown acceptance number.
+    let e = w.command(&mut g, &w.center.end(999)).unwrap_err();
+    assert!(
+        matches!(e, CommandError::UnknownRequest(999)) && e.http_status() == 404,
+        "{e}"
+    );
+    // Release of a terminal without a grant.
+    let e = w.command(&mut g, &w.center.release("printer")).unwrap_err();
+    assert_eq!(e.http_status(), 404);
+
+    // Bad MAC: signed with another Secret(ID2).
+    let mut other = FakeCenter::new("router-1", w.secret_id.clone());
+    other.secret_id2 = SecretId2::from_array([0x99; 32]);
+    let e = w.command(&mut g, &other.end(101)).unwrap_err();
+    assert!(matches!(e, CommandError::Proto(ProtoError::BadMac)), "{e}");
+    assert_eq!(e.http_status(), 401);
+
+    // Another terminal's command.
+    let stranger = FakeCenter::new("router-2", w.secret_id.clone());
+    let e = w.command(&mut g, &stranger.vpn_end()).unwrap_err();
+    assert!(matches!(e, CommandError::Proto(ProtoError::UnknownTerminal)), "{e}");
+
+    // Malformed body (correctly MAC'd by a center with a bug).
+    let mut cmd = w.center.end(101);
+    cmd.body = br#"{"acceptance_number":0}"#.to_vec();
+    let headers = vpnnat_proto::auth::sign_request(
+        &w.center.secret_id2.mac_key(),
+        vpnnat_proto::auth::Direction::CenterToRouter,
+        "router-1",
+        vpnnat_proto::paths::router::END,
+        &cmd.body,
+        NOW,
+        &w.rng,
+    )
+    .unwrap();
+    cmd.headers = headers;
+    let e = w.command(&mut g, &cmd).unwrap_err();
+    assert!(matches!(e, CommandError::Proto(ProtoError::Malformed { .. })), "{e}");
+    assert_eq!(e.http_status(), 400);
+
+    // Replay of an accepted command.
+    let ok = w.center.end(101);
+    w.command(&mut g, &ok).unwrap();
+    let e = w.command(&mut g, &ok).unwrap_err();
+    assert!(matches!(e, CommandError::Proto(ProtoError::Replayed)), "{e}");
+
+    // Wrong path.
+    let e = handle_center_command(
+        &w.id,
+        &w.state,
+        &mut g,
+        IncomingCommand {
+            path: "/v1/center/reboot",
+            headers: &ok.headers,
+            body: &ok.body,
+        },
+        NOW,
+        &w.rng,
+    )
+    .unwrap_err();
+    assert_eq!(e.http_status(), 404);
+    // Every rejection left the state as it was (handle_* never mutates).
+    assert_eq!(w.state.requests[&101].state, RequestState::Waiting);
+    assert_eq!(w.state.hosts.len(), 1);
+}
+
+#[test]
+fn commands_before_installation_are_unknown_terminal() {
+    let w = World::new();
+    let mut g = guard();
+    let cmd = w.center.vpn_end();
+    let e = handle_center_command(
+        &w.id,
+        &w.state,
+        &mut g,
+        IncomingCommand::from_outgoing(&cmd),
+        NOW,
+        &w.rng,
+    )
+    .unwrap_err();
+    assert!(matches!(e, CommandError::Proto(ProtoError::UnknownTerminal)));
+}
+
+#[test]
+fn two_names_for_one_host_collide() {
+    let mut w = World::ready();
+    w.statics.insert(n("pc1-alias"), Ipv4Addr::new(192, 168, 1, 10));
+    w.request(&["pc1"]).unwrap();
+    let before = snapshot(&w.state);
+    let e = w.request(&["pc1-alias"]).unwrap_err();
+    assert!(matches!(e, ExchangeError::GrantMismatch(_)), "{e}");
+    assert_eq!(snapshot(&w.state), before);
+}
+
+#[test]
+fn same_host_in_two_requests_keeps_one_row() {
+    let mut w = World::ready();
+    w.center.next_vpnnat = 0x0a40_0100;
+    w.request(&["pc1"]).unwrap();
+    let first = w.state.hosts[&n("pc1")].clone();
+    w.center.next_vpnnat = 0x0a40_0100; // the center reuses the address
+    w.request(&["pc1"]).unwrap();
+    let h = &w.state.hosts[&n("pc1")];
+    assert_eq!(h.vpnnat, first.vpnnat);
+    assert_eq!(h.requests.len(), 2);
+}
+
+#[test]
+fn reconcile_recovers_from_a_partial_apply() {
+    let mut w = World::ready();
+    w.request(&["pc1", "printer"]).unwrap();
+    let desired = desired_state(&w.id, &w.state, vec![]);
+    let mut dp = RecordingDatapath::new();
+    dp.fail_at = Some(1);
+    assert!(dp.reconcile(&desired).is_err());
+    dp.fail_at = None;
+    dp.reconcile(&desired).unwrap();
+    assert!(dp.reconcile(&desired).unwrap().is_empty());
+    assert_eq!(dp.state.policies.len(), 12);
+}

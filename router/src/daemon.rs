@@ -1,0 +1,490 @@
+//! The running daemon: state behind one lock, the center client around the
+//! pure exchanges of [`crate::core`], and the glue that makes every state
+//! change durable *before* the kernel and the IKE responder follow it.
+//!
+//! Order on every change: compute the next state (pure), save it
+//! atomically, adopt it in memory, reconfigure the IKE responder, reconcile
+//! the datapath. A crash at any point leaves a state file that the next start
+//! reconciles the kernel to, so nothing granted is lost and nothing revoked
+//! stays reachable.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::rand::SystemRandom;
+use thiserror::Error;
+use tokio::sync::Mutex;
+use vpnnat_datapath::Datapath;
+use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuard};
+use vpnnat_proto::types::FailureCode;
+use vpnnat_proto::Outgoing;
+
+use crate::config::{ButtonPreset, Config};
+use crate::core::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
+use crate::http::{self, Backoff, HttpError};
+use crate::ike::IkeResponder;
+use crate::resolve::{parse_leases, Resolver, SystemDns};
+use crate::state::{RouterState, StateError, StateStore};
+use crate::view::{self, HostView, StatusView};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error("the center is unreachable: {0}")]
+    Unreachable(#[from] HttpError),
+    #[error("cannot save the state: {0}")]
+    State(#[from] StateError),
+    #[error("the router is not installed yet")]
+    NotInstalled,
+    #[error("no preset request is configured ([button] in the config)")]
+    NoButton,
+}
+
+impl DaemonError {
+    /// Worth retrying later: the center unreachable or temporarily unable.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DaemonError::Unreachable(_) => true,
+            DaemonError::Exchange(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct Inner {
+    state: RouterState,
+    store: StateStore,
+    datapath: Box<dyn Datapath + Send>,
+    ike: Box<dyn IkeResponder>,
+    guard: ReplayGuard<MemoryNonceStore>,
+    /// The last datapath failure, cleared by a successful reconcile.
+    datapath_error: Option<String>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("retry_initial", &self.retry_initial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Router::new`] needs besides the config: the kernel access and the
+/// IKE responder (fakes in tests), and the first retry delay.
+pub struct Parts {
+    pub datapath: Box<dyn Datapath + Send>,
+    pub ike: Box<dyn IkeResponder>,
+    pub retry_initial: Duration,
+}
+
+/// The daemon's shared core.
+pub struct Router {
+    pub cfg: Arc<Config>,
+    id: Identity,
+    rng: SystemRandom,
+    retry_initial: Duration,
+    inner: Mutex<Inner>,
+    /// Serializes router -> center exchanges so that two LAN users pressing
+    /// the button at once cannot interleave gateway and maintenance requests.
+    exchange: Mutex<()>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// Loads the state file and reconciles the kernel to it (failures are
+    /// logged and remembered, not fatal: the LAN page must come up anyway).
+    pub async fn new(cfg: Arc<Config>, parts: Parts) -> Result<Arc<Router>, StateError> {
+        let store = StateStore::new(cfg.state_file());
+        let state = store.load()?;
+        let r = Arc::new(Router {
+            id: Identity::from_config(&cfg),
+            cfg,
+            rng: SystemRandom::new(),
+            retry_initial: parts.retry_initial,
+            inner: Mutex::new(Inner {
+                state,
+                store,
+                datapath: parts.datapath,
+                ike: parts.ike,
+                guard: ReplayGuard::new(MemoryNonceStore::new(4096), ReplayConfig::default()),
+                datapath_error: None,
+            }),
+            exchange: Mutex::new(()),
+        });
+        {
+            let mut inner = r.inner.lock().await;
+            r.sync(&mut inner);
+        }
+        Ok(r)
+    }
+
+    /// Brings the IKE responder and the kernel to the in-memory state.
+    fn sync(&self, inner: &mut Inner) {
+        inner.ike.configure(core::ike_settings(&self.id, &inner.state));
+        let desired = core::desired_state(&self.id, &inner.state, inner.ike.installed_sas());
+        match inner.datapath.reconcile(&desired) {
+            Ok(changes) => {
+                if !changes.is_empty() {
+                    log::info!("datapath: {} change(s) applied", changes.len());
+                }
+                inner.datapath_error = None;
+            }
+            Err(e) => {
+                log::error!("datapath reconcile failed: {e}");
+                inner.datapath_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Makes `next` durable, adopts it, and syncs kernel and IKE.
+    fn commit(&self, inner: &mut Inner, next: RouterState) -> Result<(), StateError> {
+        inner.store.save(&next)?;
+        inner.state = next;
+        self.sync(inner);
+        Ok(())
+    }
+
+    async fn send(&self, out: &Outgoing) -> Result<CenterReply, HttpError> {
+        http::send_to_center(
+            &self.cfg.center_url.authority(),
+            &self.cfg.center_url.prefix,
+            out,
+            self.cfg.center_timeout,
+        )
+        .await
+    }
+
+    pub async fn state(&self) -> RouterState {
+        self.inner.lock().await.state.clone()
+    }
+
+    pub async fn datapath_error(&self) -> Option<String> {
+        self.inner.lock().await.datapath_error.clone()
+    }
+
+    /// Runs `f` on the datapath (tests and the status page).
+    pub async fn with_datapath<T>(&self, f: impl FnOnce(&mut dyn Datapath) -> T) -> T {
+        let mut inner = self.inner.lock().await;
+        f(inner.datapath.as_mut())
+    }
+
+    // -- 1. installation notice ------------------------------------------
+
+    /// One installation notice.
+    pub async fn install(&self) -> Result<(), DaemonError> {
+        let _x = self.exchange.lock().await;
+        let p = core::begin_install(&self.id, &self.cfg.factory_secret, &self.rng, unix_now())?;
+        let reply = self.send(&p.outgoing).await?;
+        let mut inner = self.inner.lock().await;
+        let next = core::finish_install(&self.id, &self.cfg.factory_secret, &inner.state, p, &reply)?;
+        self.commit(&mut inner, next)?;
+        if let Some(i) = &inner.state.installation {
+            log::info!(
+                "installed: server part {} router part {}",
+                i.server_part_vpnnat,
+                i.router_part_vpnnat
+            );
+        }
+        Ok(())
+    }
+
+    /// Installation notice, retried with exponential back-off while the
+    /// center is unreachable or temporarily failing, until it succeeds, is
+    /// refused for good, or `shutdown` completes.
+    pub async fn install_with_retry(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let mut backoff = Backoff::new(self.retry_initial, self.cfg.retry_max);
+        tokio::pin!(shutdown);
+        loop {
+            match self.install().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    let d = backoff.next_delay();
+                    log::warn!("installation notice: {e}; retrying in {}s", d.as_secs_f32());
+                    tokio::select! {
+                        _ = &mut shutdown => return Err(e),
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    // -- 2. failure notice -----------------------------------------------
+
+    /// Sends a failure notice; then, as the seed says, asks for maintenance
+    /// with the preset claimant data (if configured).
+    pub async fn report_failure(&self, code: FailureCode, detail: &str) -> Result<Option<Accepted>, DaemonError> {
+        {
+            let _x = self.exchange.lock().await;
+            let state = self.state().await;
+            let p = core::begin_failure(&self.id, &state, code, detail, &self.rng, unix_now())?;
+            let reply = self.send(&p.outgoing).await?;
+            let mut inner = self.inner.lock().await;
+            let next = core::finish_failure(&inner.state, p, &reply)?;
+            self.commit(&mut inner, next)?;
+        }
+        match &self.cfg.button {
+            Some(b) => Ok(Some(self.maintenance(preset_input(b)).await?)),
+            None => Ok(None),
+        }
+    }
+
+    // -- 3 + 4. gateway address and maintenance request ------------------
+
+    async fn gateway_locked(&self) -> Result<(), DaemonError> {
+        let state = self.state().await;
+        let p = core::begin_gateway(&self.id, &state, &self.rng, unix_now())?;
+        let reply = self.send(&p.outgoing).await?;
+        let mut inner = self.inner.lock().await;
+        let next = core::finish_gateway(&self.id, &inner.state, p, &reply)?;
+        self.commit(&mut inner, next)?;
+        Ok(())
+    }
+
+    /// A snapshot of every name source, taken now.
+    ///
+    /// DNS goes through getaddrinfo, which blocks; on the router it asks the
+    /// local dnsmasq, which answers LAN names at once.
+    fn resolver(&self) -> Resolver<'_, Option<SystemDns>> {
+        // A missing lease file only means dnsmasq has handed out nothing yet.
+        let leases = std::fs::read_to_string(&self.cfg.lease_file)
+            .map(|t| parse_leases(&t))
+            .unwrap_or_default();
+        let dns = self.cfg.dns.then_some(SystemDns);
+        Resolver {
+            statics: &self.cfg.hosts,
+            leases,
+            now: unix_now(),
+            dns,
+            lan: &self.cfg.lan,
+        }
+    }
+
+    /// The VPN gateway address request (unless a gateway is already held),
+    /// then the maintenance request; installs the grants.
+    pub async fn maintenance(&self, input: MaintenanceInput) -> Result<Accepted, DaemonError> {
+        let _x = self.exchange.lock().await;
+        let state = self.state().await;
+        if state.installation.is_none() {
+            return Err(DaemonError::NotInstalled);
+        }
+        // Check names before asking for a gateway slot, so an unknown name
+        // costs the center nothing.
+        {
+            let r = self.resolver();
+            for n in &input.terminals {
+                r.resolve(n).map_err(ExchangeError::from)?;
+            }
+        }
+        if state.gateway.is_none() {
+            self.gateway_locked().await?;
+        }
+        let state = self.state().await;
+        let p = {
+            let r = self.resolver();
+            core::begin_maintenance(&self.id, &state, &input, &r, &self.rng, unix_now())?
+        };
+        let reply = self.send(&p.outgoing).await?;
+        let mut inner = self.inner.lock().await;
+        let r = self.resolver();
+        let (next, acc) = match core::finish_maintenance(&self.id, &inner.state, p, &reply, &r, unix_now()) {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!("maintenance request: {e}");
+                return Err(e.into());
+            }
+        };
+        self.commit(&mut inner, next)?;
+        log::info!(
+            "maintenance request {} accepted, {} terminal(s) granted",
+            acc.acceptance_number,
+            acc.grants.len()
+        );
+        Ok(acc)
+    }
+
+    /// The button: the maintenance request with the preset data.
+    pub async fn button(&self) -> Result<Accepted, DaemonError> {
+        let b = self.cfg.button.as_ref().ok_or(DaemonError::NoButton)?;
+        self.maintenance(preset_input(b)).await
+    }
+
+    // -- 6-8. center commands --------------------------------------------
+
+    /// Handles one center command; returns the HTTP status, the response
+    /// (headers and body) to send.
+    pub async fn center_command(
+        &self,
+        path: &str,
+        headers: Option<AuthHeaders>,
+        body: &[u8],
+    ) -> (u16, Option<Outgoing>, String) {
+        let headers = match headers {
+            Some(h) => h,
+            None => return (400, None, "missing authentication headers".into()),
+        };
+        let mut inner = self.inner.lock().await;
+        let Inner { state, guard, .. } = &mut *inner;
+        let outcome = core::handle_center_command(
+            &self.id,
+            state,
+            guard,
+            core::IncomingCommand {
+                path,
+                headers: &headers,
+                body,
+            },
+            unix_now(),
+            &self.rng,
+        );
+        match outcome {
+            Ok(o) => {
+                // Durable before the center hears "done".
+                if let Err(e) = self.commit(&mut inner, o.next) {
+                    log::error!("center command not applied: {e}");
+                    return (503, None, "state could not be saved".into());
+                }
+                log::info!("center command: {}", o.summary);
+                (200, Some(o.response), String::new())
+            }
+            Err(e) => {
+                log::warn!("center command on {path} refused: {e}");
+                let status = e.http_status();
+                // Same text for unknown terminal and bad MAC (proto's rule).
+                let text = match &e {
+                    CommandError::Proto(p) => p.to_string(),
+                    other => other.to_string(),
+                };
+                (status, None, text)
+            }
+        }
+    }
+
+    // -- views -----------------------------------------------------------
+
+    pub async fn status(&self) -> StatusView {
+        let inner = self.inner.lock().await;
+        StatusView::new(
+            self.id.terminal_id.as_str(),
+            &inner.state,
+            inner.ike.status().to_string(),
+        )
+    }
+
+    pub async fn hosts(&self) -> Vec<HostView> {
+        let known = self.resolver().known();
+        let state = self.state().await;
+        view::hosts(&known, &state)
+    }
+}
+
+/// The button's preset as a maintenance request.
+pub fn preset_input(b: &ButtonPreset) -> MaintenanceInput {
+    MaintenanceInput {
+        claimant_name: b.claimant_name.clone(),
+        claimant_level: b.claimant_level,
+        urgency: b.urgency,
+        phone: b.phone.clone(),
+        content: b.content.clone(),
+        terminals: b.terminals.clone(),
+    }
+}
+
+/// Runs the daemon's servers and background work on the given listeners
+/// until `shutdown` completes: the LAN page, the center port, the
+/// installation notice (with retry) when not installed, and the failure
+/// watch.
+pub async fn serve(
+    router: Arc<Router>,
+    lan: tokio::net::TcpListener,
+    center: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // Err: the sender is gone, which also means stop.
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(http::run(
+        lan,
+        Arc::new(crate::web::LanPage { router: router.clone() }),
+        stopped(stop_rx.clone()),
+    ));
+    tasks.spawn(http::run(
+        center,
+        Arc::new(crate::web::CenterPort { router: router.clone() }),
+        stopped(stop_rx.clone()),
+    ));
+    if router.state().await.installation.is_none() {
+        let r = router.clone();
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = r.install_with_retry(stop).await {
+                log::error!("installation notice failed: {e}");
+            }
+        });
+    }
+    {
+        let r = router.clone();
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move { r.watch_failures(Duration::from_secs(30), stop).await });
+    }
+    shutdown.await;
+    log::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+impl Router {
+    /// Every `period`: retries the kernel reconcile if it failed, and turns
+    /// a persistent datapath or IKE failure into one failure notice (and the
+    /// preset maintenance request), not one per tick.
+    pub async fn watch_failures(&self, period: Duration, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut reported: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let problem = {
+                let mut inner = self.inner.lock().await;
+                if inner.datapath_error.is_some() {
+                    self.sync(&mut inner);
+                }
+                let ike = inner.ike.status();
+                match (&inner.datapath_error, ike) {
+                    (Some(e), _) => Some((FailureCode::Vpnnat, e.clone())),
+                    (None, crate::ike::IkeStatus::Failed(why)) => Some((FailureCode::Ipsec, why)),
+                    _ => None,
+                }
+            };
+            match problem {
+                None => reported = None,
+                Some((code, detail)) if reported.as_deref() != Some(detail.as_str()) => {
+                    match self.report_failure(code, &detail).await {
+                        Ok(_) => reported = Some(detail),
+                        Err(e) => log::warn!("failure notice not sent: {e}"),
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}

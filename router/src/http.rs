@@ -1,0 +1,350 @@
+//! HTTP plumbing on hyper 1: a one-shot client (router -> center, and the
+//! CLI -> local daemon), a generic `run(listener, handler, shutdown)` server
+//! loop (mini-redis style), and the small helpers the pages need (form
+//! decoding, HTML escaping, exponential back-off).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use vpnnat_proto::auth::AuthHeaders;
+use vpnnat_proto::Outgoing;
+
+use crate::core::CenterReply;
+
+/// Largest response body the client reads.
+pub const MAX_RESPONSE: usize = 256 * 1024;
+/// Largest request body the servers read (commands are far smaller).
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr} did not answer within {secs}s")]
+    Timeout { addr: String, secs: u64 },
+    #[error("HTTP exchange with {addr} failed: {detail}")]
+    Protocol { addr: String, detail: String },
+}
+
+/// One POST (or GET when `body` is `None`) over a fresh connection.
+pub async fn request(
+    authority: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), HttpError> {
+    let exchange = async {
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|source| HttpError::Connect {
+                addr: authority.to_string(),
+                source,
+            })?;
+        let proto = |e: &dyn std::fmt::Display| HttpError::Protocol {
+            addr: authority.to_string(),
+            detail: e.to_string(),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| proto(&e))?;
+        // The connection task ends when the exchange is over (we drop the
+        // sender); its errors surface through send_request.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, authority)
+            .header(CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| proto(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| proto(&e))?;
+        let status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        let bytes = Limited::new(body, MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| proto(&e))?
+            .to_bytes();
+        Ok((status, parts.headers, bytes.to_vec()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| HttpError::Timeout {
+            addr: authority.to_string(),
+            secs: timeout.as_secs(),
+        })?
+}
+
+/// The four authentication headers of a response or request, if present.
+pub fn auth_headers(h: &hyper::HeaderMap) -> Option<AuthHeaders> {
+    AuthHeaders::from_lookup(|name| h.get(name).and_then(|v| v.to_str().ok())).ok()
+}
+
+/// Sends a signed command to the center.
+pub async fn send_to_center(
+    authority: &str,
+    prefix: &str,
+    out: &Outgoing,
+    timeout: Duration,
+) -> Result<CenterReply, HttpError> {
+    let path = format!("{prefix}{}", out.path);
+    let (status, headers, body) = request(
+        authority,
+        Method::POST,
+        &path,
+        &out.headers.pairs(),
+        Some(out.body.clone()),
+        timeout,
+    )
+    .await?;
+    Ok(CenterReply {
+        status,
+        headers: auth_headers(&headers),
+        body,
+    })
+}
+
+/// A handler's answer.
+pub type Reply = Response<Full<Bytes>>;
+
+pub fn reply(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+pub fn text(status: u16, body: impl Into<String>) -> Reply {
+    reply(status, "text/plain; charset=utf-8", body.into())
+}
+
+pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
+    match serde_json::to_vec(v) {
+        Ok(b) => reply(status, "application/json", b),
+        Err(e) => text(500, format!("cannot encode the answer: {e}")),
+    }
+}
+
+pub fn html(status: u16, body: String) -> Reply {
+    reply(status, "text/html; charset=utf-8", body)
+}
+
+/// A request as handlers see it: head plus the whole (bounded) body.
+#[derive(Debug)]
+pub struct Incoming1 {
+    pub method: Method,
+    pub path: String,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+/// Something that answers requests.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Incoming1) -> impl Future<Output = Reply> + Send;
+}
+
+async fn read(req: Request<Incoming>, peer: SocketAddr) -> Result<Incoming1, Reply> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => return Err(text(413, "request body too large")),
+    };
+    Ok(Incoming1 {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        headers: parts.headers,
+        body,
+        peer,
+    })
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes; then stops
+/// accepting, lets open connections finish their current request, and
+/// returns (waiting at most 5 s for them).
+pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        log::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let h = handler.clone();
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let h = h.clone();
+                        async move {
+                            let r = match read(req, peer).await {
+                                Ok(r) => h.handle(r).await,
+                                Err(r) => r,
+                            };
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let conn = http1::Builder::new()
+                        .header_read_timeout(Duration::from_secs(10))
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+                // Reap finished connections so the set does not grow.
+                while conns.try_join_next().is_some() {}
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Decodes `application/x-www-form-urlencoded`; repeated keys keep every
+/// value in order.
+pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    body.split(|b| *b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let mut it = pair.splitn(2, |b| *b == b'=');
+            let k = it.next().unwrap_or_default();
+            let v = it.next().unwrap_or_default();
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &[u8]) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Exponential back-off: `initial`, doubling, capped at `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            next: initial.min(max),
+            max,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let f = parse_form(b"name=Taro+Yamada&t=pc1&t=nas&c=a%26b%3D%E3%81%82&bad=%zz&empty=");
+        assert_eq!(f[0], ("name".into(), "Taro Yamada".into()));
+        assert_eq!(f[1].1, "pc1");
+        assert_eq!(f[2].1, "nas");
+        assert_eq!(f[3].1, "a&b=あ");
+        assert_eq!(f[4].1, "%zz");
+        assert_eq!(f[5].1, "");
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let d: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 5, 5]);
+    }
+}

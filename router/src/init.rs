@@ -1,0 +1,322 @@
+//! Init duties when routerd is PID 1 on the router image (IMAGES.md "Init"):
+//! mount the API filesystems, bring up lo and the WAN/LAN (through the
+//! datapath's rtnetlink layer), reap orphans, supervise helpers such as
+//! dnsmasq with restart back-off, and turn SIGTERM (reboot) or
+//! SIGPWR/SIGUSR2/SIGINT (power off) into a clean shutdown ending in
+//! `reboot(2)`.
+//!
+//! None of this runs unless the process is PID 1; tests and an ordinary
+//! service use only [`shutdown_signal`].
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, watch};
+use vpnnat_datapath::route::Route;
+use vpnnat_datapath::{DatapathError, Ipv4Cidr};
+
+use crate::config::{Config, Helper};
+use crate::http::Backoff;
+
+#[derive(Debug, Error)]
+pub enum InitError {
+    #[error("mount {target}: {source}")]
+    Mount {
+        target: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network setup: {0}")]
+    Net(#[from] DatapathError),
+}
+
+/// Set when the shutdown signal asked for a reboot rather than power-off.
+static REBOOT: AtomicBool = AtomicBool::new(false);
+
+/// Mounts, interfaces, addresses and the default route.
+pub fn boot(cfg: &Config) -> Result<(), InitError> {
+    for (fstype, target) in [
+        ("proc", "/proc"),
+        ("sysfs", "/sys"),
+        ("devtmpfs", "/dev"),
+        ("tmpfs", "/run"),
+    ] {
+        mount(fstype, target)?;
+    }
+    let mut rt = Route::open()?;
+    rt.set_up("lo", true)?;
+    for iface in [&cfg.wan, &cfg.lan] {
+        rt.set_up(&iface.name, true)?;
+        ignore_exists(rt.add_address(&iface.name, iface.address, iface.prefix_len))?;
+    }
+    if let Some(gw) = cfg.wan.gateway {
+        let default = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).map_err(DatapathError::from)?;
+        ignore_exists(rt.add_route(default, Some(gw), Some(&cfg.wan.name)))?;
+    }
+    // The LAN hosts must be able to reach the center through us.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+        log::warn!("cannot enable IPv4 forwarding: {e}");
+    }
+    Ok(())
+}
+
+/// A second boot (restart of routerd under a supervisor) finds everything
+/// in place already.
+fn ignore_exists(r: Result<(), DatapathError>) -> Result<(), DatapathError> {
+    match r {
+        Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+fn mount(fstype: &'static str, target: &'static str) -> Result<(), InitError> {
+    let err = |source| InitError::Mount { target, source };
+    let _ = std::fs::create_dir_all(target);
+    let src = CString::new(fstype).map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let tgt = CString::new(target).map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the
+    // call; data is null, which mount(2) accepts.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    // Already mounted (by the kernel's devtmpfs automount, or a restart).
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        return Ok(());
+    }
+    Err(err(e))
+}
+
+/// Completes on SIGTERM (reboot), SIGINT, SIGPWR or SIGUSR2 (power off).
+pub async fn shutdown_signal() {
+    let mk = |k| signal(k).ok();
+    let mut term = mk(SignalKind::terminate());
+    let mut int = mk(SignalKind::interrupt());
+    let mut pwr = mk(SignalKind::from_raw(libc::SIGPWR));
+    let mut usr2 = mk(SignalKind::user_defined2());
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        _ = recv(&mut term) => REBOOT.store(true, Ordering::SeqCst),
+        _ = recv(&mut int) => {}
+        _ = recv(&mut pwr) => {}
+        _ = recv(&mut usr2) => {}
+    }
+}
+
+/// The end of PID 1: every process gets SIGTERM then SIGKILL, the disks are
+/// synced, and the kernel reboots or powers off. Never returns.
+pub fn power_off() -> ! {
+    // SAFETY: kill(-1, sig) signals every process but ourselves; no memory
+    // is involved.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    let how = if REBOOT.load(Ordering::SeqCst) {
+        libc::RB_AUTOBOOT
+    } else {
+        libc::RB_POWER_OFF
+    };
+    // SAFETY: reboot(2) with a valid command; on success it does not return.
+    unsafe { libc::reboot(how) };
+    // reboot failed (not PID 1 or no CAP_SYS_BOOT): nothing sane is left.
+    std::process::exit(1)
+}
+
+/// Reaps every child (orphans included) on SIGCHLD and hands exit statuses
+/// to whoever registered the pid. It is the only caller of waitpid, so
+/// statuses are never stolen from the supervisor.
+#[derive(Debug, Default)]
+struct Reaper {
+    waiting: HashMap<i32, oneshot::Sender<i32>>,
+    /// Exits seen before their pid was registered.
+    early: HashMap<i32, i32>,
+}
+
+impl Reaper {
+    fn register(&mut self, pid: i32) -> oneshot::Receiver<i32> {
+        let (tx, rx) = oneshot::channel();
+        match self.early.remove(&pid) {
+            Some(status) => {
+                let _ = tx.send(status);
+            }
+            None => {
+                self.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            match self.waiting.remove(&pid) {
+                Some(tx) => {
+                    let _ = tx.send(status);
+                }
+                // Orphans re-parented to us end here too; only remember
+                // statuses of our own helpers (bounded by their number).
+                None if self.early.len() < 64 => {
+                    self.early.insert(pid, status);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Starts helpers and restarts them with back-off when they exit.
+#[derive(Debug)]
+pub struct Supervisor {
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+    pids: Arc<Mutex<HashMap<String, i32>>>,
+}
+
+impl Supervisor {
+    /// Must be called inside the tokio runtime.
+    pub fn start(helpers: &[Helper]) -> Supervisor {
+        let reaper = Arc::new(Mutex::new(Reaper::default()));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        {
+            let reaper = reaper.clone();
+            let mut stop_rx = stop_rx.clone();
+            tasks.spawn(async move {
+                let mut chld = match signal(SignalKind::child()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::error!("cannot watch SIGCHLD: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        _ = chld.recv() => {
+                            if let Ok(mut r) = reaper.lock() {
+                                r.reap();
+                            }
+                        }
+                        _ = stop_rx.changed() => return,
+                    }
+                }
+            });
+        }
+        let pids = Arc::new(Mutex::new(HashMap::new()));
+        for h in helpers {
+            tasks.spawn(supervise(h.clone(), reaper.clone(), pids.clone(), stop_rx.clone()));
+        }
+        Supervisor { stop, tasks, pids }
+    }
+
+    /// SIGTERM to every helper, then waits for the supervision tasks.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Ok(p) = self.pids.lock() {
+            for pid in p.values() {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(*pid, libc::SIGTERM) };
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+async fn supervise(
+    h: Helper,
+    reaper: Arc<Mutex<Reaper>>,
+    pids: Arc<Mutex<HashMap<String, i32>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let (program, args) = match h.command.split_first() {
+            Some(x) => x,
+            None => return,
+        };
+        let started = tokio::time::Instant::now();
+        // std's Command, not tokio's: the reaper owns waitpid, and the Child
+        // is dropped without waiting (dropping does not kill it).
+        let exit = match std::process::Command::new(program).args(args).spawn() {
+            Ok(child) => {
+                let pid = i32::try_from(child.id()).unwrap_or(0);
+                log::info!("helper {} started (pid {pid})", h.name);
+                let rx = match reaper.lock() {
+                    Ok(mut r) => r.register(pid),
+                    Err(_) => return,
+                };
+                if let Ok(mut p) = pids.lock() {
+                    p.insert(h.name.clone(), pid);
+                }
+                drop(child);
+                tokio::select! {
+                    s = rx => s.ok(),
+                    _ = stop.changed() => return,
+                }
+            }
+            Err(e) => {
+                log::error!("helper {} cannot start: {e}", h.name);
+                None
+            }
+        };
+        log::warn!("helper {} exited (status {exit:?})", h.name);
+        // A helper that ran for a while gets a fresh back-off.
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        }
+        let d = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaper_delivers_early_and_late_exits() {
+        let mut r = Reaper::default();
+        r.early.insert(42, 7);
+        let mut rx = r.register(42);
+        assert_eq!(rx.try_recv().unwrap(), 7);
+        let mut rx = r.register(43);
+        assert!(rx.try_recv().is_err());
+        r.waiting.remove(&43).unwrap().send(9).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), 9);
+    }
+}

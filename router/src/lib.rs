@@ -1,0 +1,23 @@
+//! routerd, the home router daemon of the VPNNAT system (PROTOCOL.md): the
+//! router side of every exchange with the maintenance center, the local web
+//! page for LAN users, the server part that takes the center's commands
+//! through the tunnel, durable state, and (on the image) init duties.
+//!
+//! Layers: [`config`], [`state`] and [`resolve`] are data; [`core`] is the
+//! pure protocol logic (no I/O); [`ike`] is the seam to the IKE responder;
+//! [`http`], [`daemon`] and [`init`] are the I/O shell.
+
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod daemon;
+pub mod http;
+pub mod ike;
+pub mod init;
+pub mod resolve;
+pub mod secret;
+pub mod state;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod view;
+pub mod web;

@@ -1,0 +1,244 @@
+//! Extension terminal name -> real LAN address, in the order PROTOCOL.md
+//! gives: the static host table, then the DHCP leases (dnsmasq's lease
+//! file), then DNS. Only addresses on the LAN are accepted, whatever the
+//! source says: a VPNNAT mapping must never point the tunnel anywhere else.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use thiserror::Error;
+use vpnnat_proto::types::TerminalName;
+
+use crate::config::Interface;
+
+/// Where a name was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Static,
+    Lease,
+    Dns,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Lease => "dhcp",
+            Source::Dns => "dns",
+        }
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("unknown extension terminal {0:?}: not in the host table, the DHCP leases or DNS")]
+    Unknown(String),
+    #[error("extension terminal {name:?} resolves to {ip} ({source_name}), which is not on the LAN")]
+    OffLan {
+        name: String,
+        ip: Ipv4Addr,
+        source_name: &'static str,
+    },
+}
+
+/// One DHCP lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub hostname: String,
+    pub ip: Ipv4Addr,
+    pub expires: u64,
+}
+
+/// Parses dnsmasq's lease file: `expiry mac ip hostname client-id` per line,
+/// hostname `*` when the client sent none. Lines that do not parse are
+/// skipped: the file belongs to dnsmasq and a bad line must not hide the
+/// others.
+pub fn parse_leases(text: &str) -> Vec<Lease> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let expires = f.next()?.parse::<u64>().ok()?;
+            let _mac = f.next()?;
+            let ip = f.next()?.parse::<Ipv4Addr>().ok()?;
+            let hostname = f.next()?;
+            (hostname != "*").then(|| Lease {
+                hostname: hostname.to_string(),
+                ip,
+                expires,
+            })
+        })
+        .collect()
+}
+
+/// The last step of the lookup.
+pub trait DnsLookup {
+    fn lookup(&self, name: &str) -> Option<Ipv4Addr>;
+}
+
+/// No DNS (config `dns = false`, and tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDns;
+
+impl DnsLookup for NoDns {
+    fn lookup(&self, _name: &str) -> Option<Ipv4Addr> {
+        None
+    }
+}
+
+/// `None`: DNS disabled in the config.
+impl<D: DnsLookup> DnsLookup for Option<D> {
+    fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+        self.as_ref()?.lookup(name)
+    }
+}
+
+/// The system resolver (getaddrinfo; dnsmasq on the image).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemDns;
+
+impl DnsLookup for SystemDns {
+    fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+        use std::net::ToSocketAddrs;
+        (name, 0u16).to_socket_addrs().ok()?.find_map(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+    }
+}
+
+/// A snapshot of every source, taken when a request is made.
+#[derive(Debug)]
+pub struct Resolver<'a, D: DnsLookup> {
+    pub statics: &'a BTreeMap<TerminalName, Ipv4Addr>,
+    pub leases: Vec<Lease>,
+    /// Unix seconds; expired leases are ignored (0 in the file is "infinite").
+    pub now: u64,
+    pub dns: D,
+    pub lan: &'a Interface,
+}
+
+impl<D: DnsLookup> Resolver<'_, D> {
+    pub fn resolve(&self, name: &TerminalName) -> Result<(Ipv4Addr, Source), ResolveError> {
+        let (ip, source) = self.find(name).ok_or_else(|| ResolveError::Unknown(name.to_string()))?;
+        if !self.lan.contains(ip) || ip == self.lan.address {
+            return Err(ResolveError::OffLan {
+                name: name.to_string(),
+                ip,
+                source_name: source.as_str(),
+            });
+        }
+        Ok((ip, source))
+    }
+
+    fn find(&self, name: &TerminalName) -> Option<(Ipv4Addr, Source)> {
+        if let Some(ip) = self.statics.get(name) {
+            return Some((*ip, Source::Static));
+        }
+        // Host names are case-insensitive (RFC 4343).
+        let lease = self
+            .leases
+            .iter()
+            .filter(|l| l.expires == 0 || l.expires > self.now)
+            .find(|l| l.hostname.eq_ignore_ascii_case(name.as_str()));
+        if let Some(l) = lease {
+            return Some((l.ip, Source::Lease));
+        }
+        self.dns.lookup(name.as_str()).map(|ip| (ip, Source::Dns))
+    }
+
+    /// Every name the router knows without DNS (for the page's choices).
+    pub fn known(&self) -> BTreeMap<String, (Ipv4Addr, Source)> {
+        let mut out = BTreeMap::new();
+        for l in self.leases.iter().filter(|l| l.expires == 0 || l.expires > self.now) {
+            if TerminalName::new(l.hostname.clone()).is_ok() && self.lan.contains(l.ip) {
+                out.insert(l.hostname.to_ascii_lowercase(), (l.ip, Source::Lease));
+            }
+        }
+        // Static entries win over leases, as in `resolve`.
+        for (n, ip) in self.statics {
+            out.insert(n.to_string(), (*ip, Source::Static));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FakeDns(Vec<(&'static str, Ipv4Addr)>);
+    impl DnsLookup for FakeDns {
+        fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+            self.0.iter().find(|(n, _)| *n == name).map(|(_, ip)| *ip)
+        }
+    }
+
+    fn lan() -> Interface {
+        Interface {
+            name: "eth1".into(),
+            address: Ipv4Addr::new(192, 168, 1, 1),
+            prefix_len: 24,
+            gateway: None,
+        }
+    }
+
+    fn n(s: &str) -> TerminalName {
+        TerminalName::new(s).unwrap()
+    }
+
+    const LEASES: &str = "\
+1900000000 52:54:00:00:00:01 192.168.1.50 laptop 01:52:54:00:00:00:01
+1900000000 52:54:00:00:00:02 192.168.1.51 * *
+1000 52:54:00:00:00:03 192.168.1.52 old *
+0 52:54:00:00:00:04 192.168.1.53 pc1 *
+garbage line
+1900000000 52:54:00:00:00:05 10.9.9.9 rogue *
+";
+
+    #[test]
+    fn lease_file_parses() {
+        let l = parse_leases(LEASES);
+        assert_eq!(l.len(), 4);
+        assert_eq!(l[0].hostname, "laptop");
+        assert_eq!(l[0].ip, Ipv4Addr::new(192, 168, 1, 50));
+    }
+
+    #[test]
+    fn order_is_static_then_leases_then_dns() {
+        let statics = [(n("pc1"), Ipv4Addr::new(192, 168, 1, 10))].into();
+        let lan = lan();
+        let r = Resolver {
+            statics: &statics,
+            leases: parse_leases(LEASES),
+            now: 1_800_000_000,
+            dns: FakeDns(vec![
+                ("laptop", Ipv4Addr::new(192, 168, 1, 99)),
+                ("nas", Ipv4Addr::new(192, 168, 1, 30)),
+                ("web", Ipv4Addr::new(93, 184, 216, 34)),
+            ]),
+            lan: &lan,
+        };
+        // pc1 is both static and leased: static wins.
+        assert_eq!(
+            r.resolve(&n("pc1")).unwrap(),
+            (Ipv4Addr::new(192, 168, 1, 10), Source::Static)
+        );
+        // laptop is leased and in DNS: the lease wins; case-insensitive.
+        assert_eq!(
+            r.resolve(&n("LAPTOP")).unwrap(),
+            (Ipv4Addr::new(192, 168, 1, 50), Source::Lease)
+        );
+        assert_eq!(
+            r.resolve(&n("nas")).unwrap(),
+            (Ipv4Addr::new(192, 168, 1, 30), Source::Dns)
+        );
+        // expired lease: unknown
+        assert_eq!(r.resolve(&n("old")), Err(ResolveError::Unknown("old".into())));
+        assert!(matches!(r.resolve(&n("web")), Err(ResolveError::OffLan { .. })));
+        assert!(matches!(r.resolve(&n("rogue")), Err(ResolveError::OffLan { .. })));
+        let e = r.resolve(&n("ghost")).unwrap_err().to_string();
+        assert!(e.contains("unknown extension terminal \"ghost\""), "{e}");
+        let known = r.known();
+        assert_eq!(known.keys().collect::<Vec<_>>(), ["laptop", "pc1"]);
+    }
+}

@@ -1,0 +1,208 @@
+//! A fake maintenance center for unit and HTTP tests: it verifies the
+//! router's messages exactly as centerd would (proto's `decode_request`) and
+//! answers with sealed, MAC'd responses.
+
+use std::net::Ipv4Addr;
+
+use ring::rand::SystemRandom;
+use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuard};
+use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId, SecretId2};
+use vpnnat_proto::messages::{
+    Ack, EndCommand, FailureNotice, GatewayAddressRequest, GatewayInfo, Grant, Grants, InstallRequest, InstallSecrets,
+    MaintenanceRequest, ReleaseCommand, VpnEndCommand,
+};
+use vpnnat_proto::types::{AcceptanceNumber, BoundedSet, IkeIdentity, Ipv4Cidr, TerminalId, TerminalName, UnicastAddr};
+use vpnnat_proto::{decode_request, encode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError};
+
+use crate::core::CenterReply;
+
+pub const NOW: u64 = 1_800_000_000;
+
+#[derive(Debug)]
+pub struct FakeCenter {
+    pub terminal_id: TerminalId,
+    pub secret_id: SecretId,
+    pub secret_id2: SecretId2,
+    pub next_acceptance: u64,
+    pub next_vpnnat: u32,
+    guard: ReplayGuard<MemoryNonceStore>,
+    rng: SystemRandom,
+    /// Paths received, in order.
+    pub seen: Vec<String>,
+    pub failures: Vec<FailureNotice>,
+    /// Answer every request with this status and text instead.
+    pub refuse: Option<(u16, String)>,
+    /// Grant names the router did not ask for (to test mismatches).
+    pub grant_extra: Option<TerminalName>,
+}
+
+impl FakeCenter {
+    pub fn new(terminal_id: &str, secret_id: SecretId) -> Self {
+        FakeCenter {
+            terminal_id: TerminalId::new(terminal_id).unwrap(),
+            secret_id,
+            secret_id2: SecretId2::from_array([0x22; 32]),
+            next_acceptance: 100,
+            next_vpnnat: 0x0a40_0010,
+            guard: ReplayGuard::new(MemoryNonceStore::default(), ReplayConfig::default()),
+            rng: SystemRandom::new(),
+            seen: Vec::new(),
+            failures: Vec::new(),
+            refuse: None,
+            grant_extra: None,
+        }
+    }
+
+    pub fn gateway_ip() -> Ipv4Addr {
+        Ipv4Addr::new(198, 51, 100, 21)
+    }
+
+    fn key(&self, kind: KeyKind) -> vpnnat_proto::keys::MacKey {
+        match kind {
+            KeyKind::SecretId => self.secret_id.mac_key(),
+            _ => self.secret_id2.mac_key(),
+        }
+    }
+
+    fn verify<C: Command<Principal = TerminalId>>(
+        &mut self,
+        path: &str,
+        headers: &AuthHeaders,
+        body: &[u8],
+    ) -> Result<vpnnat_proto::Verified<C>, ProtoError> {
+        let tid = self.terminal_id.clone();
+        let k1 = self.secret_id.mac_key();
+        let k2 = self.secret_id2.mac_key();
+        decode_request::<C, _, _>(&mut self.guard, path, headers, body, NOW, |t, kind| {
+            (t == &tid).then(|| if kind == KeyKind::SecretId { k1 } else { k2 })
+        })
+    }
+
+    fn ok<C: Command>(&self, v: &vpnnat_proto::Verified<C>, resp: &C::Response) -> CenterReply {
+        let out = encode_response(v, resp, &self.key(C::KEY), NOW, &self.rng).unwrap();
+        CenterReply {
+            status: 200,
+            headers: Some(out.headers),
+            body: out.body,
+        }
+    }
+
+    fn err(e: ProtoError) -> CenterReply {
+        CenterReply {
+            status: e.http_status(),
+            headers: None,
+            body: e.to_string().into_bytes(),
+        }
+    }
+
+    fn vpnnat(&mut self) -> UnicastAddr {
+        self.next_vpnnat += 1;
+        UnicastAddr::new(Ipv4Addr::from(self.next_vpnnat)).unwrap()
+    }
+
+    /// Answers one router -> center message.
+    pub fn answer(&mut self, out: &Outgoing) -> CenterReply {
+        self.answer_raw(out.path, &out.headers, &out.body)
+    }
+
+    pub fn answer_raw(&mut self, path: &str, headers: &AuthHeaders, body: &[u8]) -> CenterReply {
+        self.seen.push(path.to_string());
+        if let Some((status, text)) = &self.refuse {
+            return CenterReply {
+                status: *status,
+                headers: None,
+                body: text.clone().into_bytes(),
+            };
+        }
+        match path {
+            paths::center::INSTALL => match self.verify::<InstallRequest>(path, headers, body) {
+                Ok(v) => {
+                    let server = self.vpnnat();
+                    let router = self.vpnnat();
+                    let secrets = InstallSecrets::new(
+                        Psk::from_array([0x33; 32]),
+                        self.secret_id2.clone(),
+                        MaintenancePassword::new("maintenance-pw").unwrap(),
+                        server,
+                        router,
+                    )
+                    .unwrap();
+                    let resp = secrets
+                        .seal(&self.rng, &self.terminal_id, &v.command().reply_key)
+                        .unwrap();
+                    self.ok(&v, &resp)
+                }
+                Err(e) => Self::err(e),
+            },
+            paths::center::FAILURE => match self.verify::<FailureNotice>(path, headers, body) {
+                Ok(v) => {
+                    self.failures.push(v.command().clone());
+                    self.ok(&v, &Ack {})
+                }
+                Err(e) => Self::err(e),
+            },
+            paths::center::GATEWAY_ADDRESS => match self.verify::<GatewayAddressRequest>(path, headers, body) {
+                Ok(v) => {
+                    let info = GatewayInfo {
+                        gateway_ip: UnicastAddr::new(Self::gateway_ip()).unwrap(),
+                        gateway_ike_id: IkeIdentity::new("gw1.center.example").unwrap(),
+                        center_networks: BoundedSet::new(vec!["172.16.0.0/24".parse::<Ipv4Cidr>().unwrap()]).unwrap(),
+                    };
+                    let resp = info.seal(&self.rng, &self.terminal_id, &v.command().reply_key).unwrap();
+                    self.ok(&v, &resp)
+                }
+                Err(e) => Self::err(e),
+            },
+            paths::center::MAINTENANCE => match self.verify::<MaintenanceRequest>(path, headers, body) {
+                Ok(v) => {
+                    let details = v.command().open_details(&self.secret_id2, &self.terminal_id).unwrap();
+                    let mut grants = Vec::new();
+                    let mut names: Vec<TerminalName> = details.terminal_names.iter().cloned().collect();
+                    names.extend(self.grant_extra.clone());
+                    for n in names {
+                        let vpnnat_addr = self.vpnnat();
+                        grants.push(Grant {
+                            terminal_name: n,
+                            vpnnat_addr,
+                        });
+                    }
+                    self.next_acceptance += 1;
+                    let n = AcceptanceNumber::new(self.next_acceptance).unwrap();
+                    let resp = Grants::new(grants)
+                        .unwrap()
+                        .seal(&self.rng, &self.terminal_id, &v.command().reply_key, n)
+                        .unwrap();
+                    self.ok(&v, &resp)
+                }
+                Err(e) => Self::err(e),
+            },
+            other => Self::err(ProtoError::UnknownPath { path: other.into() }),
+        }
+    }
+
+    /// Center -> router commands, signed with Secret(ID2).
+    pub fn end(&self, n: u64) -> Outgoing {
+        let c = EndCommand {
+            acceptance_number: AcceptanceNumber::new(n).unwrap(),
+        };
+        encode_request(&c, &self.terminal_id, &self.secret_id2.mac_key(), NOW, &self.rng).unwrap()
+    }
+
+    pub fn release(&self, name: &str) -> Outgoing {
+        let c = ReleaseCommand {
+            terminal_name: TerminalName::new(name).unwrap(),
+        };
+        encode_request(&c, &self.terminal_id, &self.secret_id2.mac_key(), NOW, &self.rng).unwrap()
+    }
+
+    pub fn vpn_end(&self) -> Outgoing {
+        encode_request(
+            &VpnEndCommand {},
+            &self.terminal_id,
+            &self.secret_id2.mac_key(),
+            NOW,
+            &self.rng,
+        )
+        .unwrap()
+    }
+}

@@ -1,0 +1,175 @@
+//! Read-only views of the router's state for people: `routerd status` /
+//! `routerd hosts` (text or `--json`), the local web page and its JSON API.
+//! They never contain a secret: only whether one is present.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::resolve::Source;
+use crate::state::RouterState;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RequestView {
+    pub acceptance_number: u64,
+    pub state: &'static str,
+    pub claimant_name: String,
+    pub terminals: Vec<String>,
+    pub accepted_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatusView {
+    pub terminal_id: String,
+    pub installed: bool,
+    pub server_part_vpnnat: Option<Ipv4Addr>,
+    pub router_part_vpnnat: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ike: String,
+    pub granted: usize,
+    pub requests: Vec<RequestView>,
+    pub last_failure: Option<String>,
+}
+
+impl StatusView {
+    pub fn new(terminal_id: &str, state: &RouterState, ike: String) -> Self {
+        StatusView {
+            terminal_id: terminal_id.to_string(),
+            installed: state.installation.is_some(),
+            server_part_vpnnat: state.installation.as_ref().map(|i| i.server_part_vpnnat),
+            router_part_vpnnat: state.installation.as_ref().map(|i| i.router_part_vpnnat),
+            gateway: state.gateway.as_ref().map(|g| g.ip),
+            ike,
+            granted: state.hosts.len(),
+            // Newest first: that is what a person looks for.
+            requests: state
+                .requests
+                .iter()
+                .rev()
+                .map(|(n, r)| RequestView {
+                    acceptance_number: *n,
+                    state: r.state.as_str(),
+                    claimant_name: r.claimant_name.clone(),
+                    terminals: r.terminals.iter().map(|t| t.to_string()).collect(),
+                    accepted_at: r.accepted_at,
+                })
+                .collect(),
+            last_failure: state
+                .last_failure
+                .as_ref()
+                .map(|f| format!("{:?} at {}: {}", f.code, f.at, f.detail)),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let opt = |a: Option<Ipv4Addr>| a.map_or("-".to_string(), |a| a.to_string());
+        let mut s = String::new();
+        let _ = writeln!(s, "terminal ID:        {}", self.terminal_id);
+        let _ = writeln!(s, "installed:          {}", if self.installed { "yes" } else { "no" });
+        let _ = writeln!(s, "server part VPNNAT: {}", opt(self.server_part_vpnnat));
+        let _ = writeln!(s, "router part VPNNAT: {}", opt(self.router_part_vpnnat));
+        let _ = writeln!(s, "VPN gateway:        {}", opt(self.gateway));
+        let _ = writeln!(s, "IKE responder:      {}", self.ike);
+        let _ = writeln!(s, "granted terminals:  {}", self.granted);
+        if let Some(f) = &self.last_failure {
+            let _ = writeln!(s, "last failure:       {f}");
+        }
+        for r in &self.requests {
+            let _ = writeln!(
+                s,
+                "request {:>6}  {:<8} {}  [{}]",
+                r.acceptance_number,
+                r.state,
+                r.claimant_name,
+                r.terminals.join(", ")
+            );
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostView {
+    pub name: String,
+    pub real: Ipv4Addr,
+    pub source: &'static str,
+    pub vpnnat: Option<Ipv4Addr>,
+}
+
+/// Every known host (static table, leases) and every granted one.
+pub fn hosts(known: &BTreeMap<String, (Ipv4Addr, Source)>, state: &RouterState) -> Vec<HostView> {
+    let mut out: BTreeMap<String, HostView> = known
+        .iter()
+        .map(|(n, (ip, src))| {
+            (
+                n.clone(),
+                HostView {
+                    name: n.clone(),
+                    real: *ip,
+                    source: src.as_str(),
+                    vpnnat: None,
+                },
+            )
+        })
+        .collect();
+    for (n, h) in &state.hosts {
+        let e = out.entry(n.to_string()).or_insert_with(|| HostView {
+            name: n.to_string(),
+            real: h.real,
+            source: "granted",
+            vpnnat: None,
+        });
+        e.real = h.real;
+        e.vpnnat = Some(h.vpnnat);
+    }
+    out.into_values().collect()
+}
+
+pub fn hosts_text(hosts: &[HostView]) -> String {
+    let mut s = format!("{:<24} {:<16} {:<8} {}\n", "NAME", "REAL", "SOURCE", "VPNNAT");
+    for h in hosts {
+        let v = h.vpnnat.map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(s, "{:<24} {:<16} {:<8} {}", h.name, h.real, h.source, v);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::installed;
+    use crate::state::HostGrant;
+    use vpnnat_proto::types::TerminalName;
+
+    #[test]
+    fn status_has_no_secrets() {
+        let v = StatusView::new("router-1", &installed(), "unconfigured".into());
+        let j = serde_json::to_string(&v).unwrap();
+        assert!(!j.contains("aaaa") && !j.contains("maint-pass"), "{j}");
+        assert!(v.to_text().contains("10.64.0.1"));
+    }
+
+    #[test]
+    fn hosts_merge_known_and_granted() {
+        let mut s = installed();
+        s.hosts.insert(
+            TerminalName::new("pc1").unwrap(),
+            HostGrant {
+                real: Ipv4Addr::new(192, 168, 1, 10),
+                vpnnat: Ipv4Addr::new(10, 64, 0, 9),
+                requests: [1].into(),
+            },
+        );
+        let known = [
+            ("pc1".to_string(), (Ipv4Addr::new(192, 168, 1, 10), Source::Static)),
+            ("nas".to_string(), (Ipv4Addr::new(192, 168, 1, 11), Source::Lease)),
+        ]
+        .into();
+        let h = hosts(&known, &s);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].vpnnat, Some(Ipv4Addr::new(10, 64, 0, 9)));
+        assert!(hosts_text(&h).contains("10.64.0.9"));
+    }
+}

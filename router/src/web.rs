@@ -1,0 +1,312 @@
+//! The two HTTP servers of the router's server part:
+//!
+//! - [`LanPage`], on the LAN: a small server-rendered page where a LAN user
+//!   asks for maintenance (claimant name, level, extension terminals chosen
+//!   from the known hosts, urgency, phone, content) and sees acceptance
+//!   numbers and states; plus a JSON API that `routerd request|button|
+//!   status|hosts` use.
+//! - [`CenterPort`], on the server-part address: the center's end, release
+//!   and VPN end commands through the tunnel.
+//!
+//! | server | method | path | what |
+//! |---|---|---|---|
+//! | LAN | GET | `/` | the page |
+//! | LAN | POST | `/request` | form submit (urlencoded) -> result page |
+//! | LAN | POST | `/button` | the preset request -> result page |
+//! | LAN | GET | `/api/status`, `/api/hosts` | JSON views |
+//! | LAN | POST | `/api/request` | JSON [`ApiRequest`] -> [`ApiAccepted`] or `{"error"}` |
+//! | LAN | POST | `/api/button`, `/api/install` | preset request; installation notice now |
+//! | center | POST | `/v1/center/end`, `/release`, `/vpn-end` | PROTOCOL.md 6-8 |
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use hyper::header::HeaderValue;
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+use vpnnat_proto::types::{ClaimantName, Phone, RequestContent, TerminalName};
+
+use crate::config::{parse_level, parse_urgency};
+use crate::core::{Accepted, MaintenanceInput};
+use crate::daemon::{DaemonError, Router};
+use crate::http::{self, escape, html, json, parse_form, text, Handler, Incoming1, Reply};
+
+/// A maintenance request in the JSON API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiRequest {
+    pub claimant_name: String,
+    pub claimant_level: String,
+    pub urgency: String,
+    pub phone: String,
+    pub content: String,
+    pub terminals: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiGrant {
+    pub name: String,
+    pub real: Ipv4Addr,
+    pub vpnnat: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiAccepted {
+    pub acceptance_number: u64,
+    pub grants: Vec<ApiGrant>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    pub error: String,
+}
+
+impl From<&Accepted> for ApiAccepted {
+    fn from(a: &Accepted) -> Self {
+        ApiAccepted {
+            acceptance_number: a.acceptance_number.get(),
+            grants: a
+                .grants
+                .iter()
+                .map(|(n, real, vpnnat)| ApiGrant {
+                    name: n.to_string(),
+                    real: *real,
+                    vpnnat: *vpnnat,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ApiRequest {
+    /// Validates every field; the error names the field.
+    pub fn to_input(&self) -> Result<MaintenanceInput, String> {
+        let f = |field: &str, e: String| format!("{field}: {e}");
+        let terminals = self
+            .terminals
+            .iter()
+            .map(|t| TerminalName::new(t.trim()).map_err(|e| f("terminals", e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        if terminals.is_empty() {
+            return Err("terminals: choose at least one extension terminal".into());
+        }
+        Ok(MaintenanceInput {
+            claimant_name: ClaimantName::new(self.claimant_name.trim())
+                .map_err(|e| f("claimant name", e.to_string()))?,
+            claimant_level: parse_level(&self.claimant_level).map_err(|e| f("claimant level", e))?,
+            urgency: parse_urgency(&self.urgency).map_err(|e| f("urgency", e))?,
+            phone: Phone::new(self.phone.trim()).map_err(|e| f("phone", e.to_string()))?,
+            content: RequestContent::new(self.content.clone()).map_err(|e| f("content", e.to_string()))?,
+            terminals,
+        })
+    }
+
+    fn from_form(body: &[u8]) -> ApiRequest {
+        let form = parse_form(body);
+        let one = |k: &str| {
+            form.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        ApiRequest {
+            claimant_name: one("claimant_name"),
+            claimant_level: one("claimant_level"),
+            urgency: one("urgency"),
+            phone: one("phone"),
+            content: one("content").replace("\r\n", "\n"),
+            terminals: form
+                .iter()
+                .filter(|(k, _)| k == "terminal")
+                .map(|(_, v)| v.clone())
+                .collect(),
+        }
+    }
+}
+
+/// HTTP status for a failed request: the user's fault (400), the center's
+/// refusal or unreachability (502), or ours (500).
+fn status_of(e: &DaemonError) -> u16 {
+    use crate::core::ExchangeError as X;
+    match e {
+        DaemonError::Exchange(X::Resolve(_)) | DaemonError::NoButton => 400,
+        DaemonError::NotInstalled | DaemonError::Exchange(X::NotInstalled) => 409,
+        DaemonError::Unreachable(_) | DaemonError::Exchange(X::Refused { .. } | X::BadAnswer(_)) => 502,
+        _ => 500,
+    }
+}
+
+/// The LAN page and its API.
+#[derive(Debug)]
+pub struct LanPage {
+    pub router: Arc<Router>,
+}
+
+const STYLE: &str = "body{font-family:sans-serif;max-width:46em;margin:1em auto;padding:0 1em}\
+label{display:block;margin:.6em 0 .2em}input[type=text],textarea,select{width:100%}\
+table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.2em .4em;text-align:left}\
+.err{color:#a00}.ok{color:#060}";
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title><style>{STYLE}</style></head>\
+<body><h1>{t}</h1>{body}</body></html>",
+        t = escape(title)
+    )
+}
+
+impl LanPage {
+    async fn index(&self, message: Option<(bool, String)>) -> String {
+        let status = self.router.status().await;
+        let hosts = self.router.hosts().await;
+        let mut b = String::new();
+        if let Some((ok, m)) = message {
+            let _ = write!(
+                b,
+                "<p id=\"result\" class=\"{}\">{}</p>",
+                if ok { "ok" } else { "err" },
+                escape(&m)
+            );
+        }
+        let _ = write!(
+            b,
+            "<p>Router <b>{}</b> — {}</p>",
+            escape(&status.terminal_id),
+            if status.installed {
+                "installed"
+            } else {
+                "not installed yet"
+            }
+        );
+        b.push_str("<h2>Ask for maintenance</h2><form method=\"post\" action=\"/request\">");
+        b.push_str("<label for=\"claimant_name\">Your name</label><input type=\"text\" id=\"claimant_name\" name=\"claimant_name\" required maxlength=\"128\">");
+        b.push_str("<label for=\"claimant_level\">You are</label><select id=\"claimant_level\" name=\"claimant_level\"><option value=\"general\">a general user</option><option value=\"administrator\">the administrator</option></select>");
+        b.push_str("<fieldset><legend>Devices to maintain</legend>");
+        if hosts.is_empty() {
+            b.push_str("<p>No devices known yet.</p>");
+        }
+        for h in &hosts {
+            let n = escape(&h.name);
+            let _ = write!(
+                b,
+                "<label><input type=\"checkbox\" name=\"terminal\" value=\"{n}\"> {n} ({})</label>",
+                h.real
+            );
+        }
+        b.push_str("</fieldset>");
+        b.push_str("<label for=\"urgency\">Urgency</label><select id=\"urgency\" name=\"urgency\"><option>low</option><option selected>normal</option><option>high</option><option>emergency</option></select>");
+        b.push_str("<label for=\"phone\">Phone</label><input type=\"text\" id=\"phone\" name=\"phone\" required maxlength=\"32\">");
+        b.push_str("<label for=\"content\">What is wrong?</label><textarea id=\"content\" name=\"content\" rows=\"4\" required maxlength=\"4096\"></textarea>");
+        b.push_str("<p><button type=\"submit\">Send request</button></p></form>");
+        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th></tr>");
+        for r in &status.requests {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r.acceptance_number,
+                r.state,
+                escape(&r.claimant_name),
+                escape(&r.terminals.join(", "))
+            );
+        }
+        b.push_str("</table>");
+        page("Remote maintenance", &b)
+    }
+
+    async fn submit(&self, req: ApiRequest) -> Result<Accepted, (u16, String)> {
+        let input = req.to_input().map_err(|e| (400, e))?;
+        self.router
+            .maintenance(input)
+            .await
+            .map_err(|e| (status_of(&e), e.to_string()))
+    }
+
+    fn accepted_message(a: &Accepted) -> String {
+        let names: Vec<String> = a.grants.iter().map(|(n, _, _)| n.to_string()).collect();
+        format!(
+            "Request accepted: acceptance number {} for {}.",
+            a.acceptance_number,
+            names.join(", ")
+        )
+    }
+}
+
+fn api_result(r: Result<Accepted, (u16, String)>) -> Reply {
+    match r {
+        Ok(a) => json(200, &ApiAccepted::from(&a)),
+        Err((status, error)) => json(status, &ApiError { error }),
+    }
+}
+
+impl Handler for LanPage {
+    async fn handle(&self, req: Incoming1) -> Reply {
+        let mut reply = match (&req.method, req.path.as_str()) {
+            (&Method::GET, "/") => html(200, self.index(None).await),
+            (&Method::POST, "/request") => {
+                let r = self.submit(ApiRequest::from_form(&req.body)).await;
+                match r {
+                    Ok(a) => html(200, self.index(Some((true, Self::accepted_message(&a)))).await),
+                    Err((status, e)) => html(status, self.index(Some((false, e))).await),
+                }
+            }
+            (&Method::POST, "/button") => match self.router.button().await {
+                Ok(a) => html(200, self.index(Some((true, Self::accepted_message(&a)))).await),
+                Err(e) => html(status_of(&e), self.index(Some((false, e.to_string()))).await),
+            },
+            (&Method::GET, "/api/status") => json(200, &self.router.status().await),
+            (&Method::GET, "/api/hosts") => json(200, &self.router.hosts().await),
+            (&Method::POST, "/api/request") => match serde_json::from_slice::<ApiRequest>(&req.body) {
+                Ok(r) => api_result(self.submit(r).await),
+                Err(e) => json(400, &ApiError { error: e.to_string() }),
+            },
+            (&Method::POST, "/api/button") => {
+                api_result(self.router.button().await.map_err(|e| (status_of(&e), e.to_string())))
+            }
+            (&Method::POST, "/api/install") => match self.router.install().await {
+                Ok(()) => json(200, &self.router.status().await),
+                Err(e) => json(status_of(&e), &ApiError { error: e.to_string() }),
+            },
+            (
+                _,
+                "/" | "/request" | "/button" | "/api/status" | "/api/hosts" | "/api/request" | "/api/button"
+                | "/api/install",
+            ) => text(405, "method not allowed"),
+            _ => text(404, "not found"),
+        };
+        // The page is for people on this LAN only: never framed elsewhere.
+        reply
+            .headers_mut()
+            .insert("x-frame-options", HeaderValue::from_static("DENY"));
+        reply
+    }
+}
+
+/// The center's commands, on the server-part address.
+#[derive(Debug)]
+pub struct CenterPort {
+    pub router: Arc<Router>,
+}
+
+impl Handler for CenterPort {
+    async fn handle(&self, req: Incoming1) -> Reply {
+        if req.method != Method::POST {
+            return text(405, "method not allowed");
+        }
+        let headers = http::auth_headers(&req.headers);
+        let (status, out, msg) = self.router.center_command(&req.path, headers, &req.body).await;
+        match out {
+            Some(o) => {
+                let mut r = http::reply(status, "application/json", o.body);
+                for (k, v) in o.headers.pairs() {
+                    if let Ok(v) = HeaderValue::from_str(v) {
+                        r.headers_mut().insert(k, v);
+                    }
+                }
+                r
+            }
+            None => text(status, msg),
+        }
+    }
+}
