@@ -768,4 +768,4 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

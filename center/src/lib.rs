@@ -6,14 +6,20 @@
 //!   two command traits (gateways, routers); no HTTP in it.
 //! - [`config`]: centerd's TOML configuration (raw -> validated).
 //! - [`http`]: small hyper helpers (server loop, authenticated client).
-//! - [`api`]: centerd's HTTP server for routers and gateways.
+//! - [`api`]: centerd's HTTP server for routers and gateway events.
 //! - [`ui`]: the operator web UI.
+//! - [`clients`]: centerd's HTTP command channels to gateways and routers.
 //! - [`gateway`]: gatewayd: config, the `TunnelDriver` seam, HTTP API.
 
 // Peer input must not panic the servers: no unchecked indexing or
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
+pub mod api;
 pub mod center;
+pub mod clients;
+pub mod config;
+pub mod http;
 pub mod password;
 pub mod storage;
+pub mod ui;

@@ -1,0 +1,443 @@
+//! centerd's configuration: TOML, read into raw types that mirror the file
+//! (`deny_unknown_fields`, so a typo is an error, not a silently ignored
+//! key), then validated into [`CenterdConfig`]. Every error names the key.
+//!
+//! Secrets: the factory master key and the gateway API keys are hex in the
+//! file (keep it mode 0600); operator passwords are only PBKDF2 hashes; the
+//! maintenance password handed to routers is read from its own file because
+//! it must leave the center in clear (sealed to the router) and so cannot be
+//! stored as a hash. `Debug` of every type here redacts secrets.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use vpnnat_proto::auth::ReplayConfig;
+use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MaintenancePassword, SecretBytes};
+use vpnnat_proto::types::{BoundedSet, GatewayName, IkeIdentity, Ipv4Cidr, UnicastAddr};
+use zeroize::Zeroizing;
+
+use crate::center::{CenterSettings, GatewayEntry};
+use crate::password::PasswordHash;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A secret string from the file, wiped from memory when dropped.
+struct SecretText(String);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretText)
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl std::ops::Deref for SecretText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw: exactly the file.
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    server: RawServer,
+    database: RawDatabase,
+    factory: RawFactory,
+    routers: RawRouters,
+    operators: RawOperators,
+    pool: RawPool,
+    center: RawCenter,
+    #[serde(default)]
+    gateways: Vec<RawGateway>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    router_listen: String,
+    ui_listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFactory {
+    master_key: SecretText,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouters {
+    maintenance_password_file: PathBuf,
+    command_port: Option<u16>,
+    command_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperators {
+    password_hashes: Vec<String>,
+    session_ttl_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    cidr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCenter {
+    networks: Vec<String>,
+    tunnel_up_timeout_ms: Option<u64>,
+    replay_window_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    name: String,
+    api_url: String,
+    global_ip: String,
+    ike_id: String,
+    slots: u16,
+    api_key: SecretText,
+}
+
+// ---------------------------------------------------------------------------
+// Validated.
+// ---------------------------------------------------------------------------
+
+/// A gateway's HTTP API endpoint: `http://host:port` (center LAN, plain
+/// HTTP: the commands are authenticated and the PSK inside is encrypted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpEndpoint {
+    /// `host:port`, for connecting and for the Host header.
+    pub authority: String,
+}
+
+impl HttpEndpoint {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s.strip_prefix("http://").ok_or("must start with http://")?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+            return Err("must be http://host:port with no path".into());
+        }
+        let (host, port) = authority.rsplit_once(':').ok_or("needs an explicit :port")?;
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err("needs a host and a port 1-65535".into());
+        }
+        Ok(HttpEndpoint {
+            authority: authority.to_owned(),
+        })
+    }
+}
+
+/// centerd's validated configuration.
+#[derive(Debug)]
+pub struct CenterdConfig {
+    pub router_listen: SocketAddr,
+    pub ui_listen: SocketAddr,
+    pub database_path: PathBuf,
+    pub pool: Ipv4Cidr,
+    pub operator_hashes: Vec<PasswordHash>,
+    pub session_ttl: Duration,
+    pub router_command_port: u16,
+    pub command_timeout: Duration,
+    /// API endpoint of each gateway, in the order of `settings.gateways`.
+    pub gateway_endpoints: Vec<(GatewayName, HttpEndpoint)>,
+    pub settings: CenterSettings,
+}
+
+impl CenterdConfig {
+    /// Reads and validates a file; relative paths inside are taken
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses `text` (named `origin` in errors), resolving relative paths
+    /// against `base`.
+    pub fn parse(text: &str, origin: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        validate(raw, base)
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
+    let router_listen: SocketAddr = raw
+        .server
+        .router_listen
+        .parse()
+        .map_err(|_| invalid("server.router_listen", "not an address:port"))?;
+    let ui_listen: SocketAddr = raw
+        .server
+        .ui_listen
+        .parse()
+        .map_err(|_| invalid("server.ui_listen", "not an address:port"))?;
+    if router_listen == ui_listen {
+        return Err(invalid("server.ui_listen", "must differ from server.router_listen"));
+    }
+    let factory_master_key = FactoryMasterKey::from_hex(&raw.factory.master_key)
+        .map_err(|e| invalid("factory.master_key", format!("{e} (64 hex digits)")))?;
+    let pw_path = resolve(base, &raw.routers.maintenance_password_file);
+    let pw_text = Zeroizing::new(std::fs::read_to_string(&pw_path).map_err(|e| {
+        invalid(
+            "routers.maintenance_password_file",
+            format!("cannot read {}: {e}", pw_path.display()),
+        )
+    })?);
+    let maintenance_password = MaintenancePassword::new(pw_text.trim_end_matches(['\n', '\r']))
+        .map_err(|e| invalid("routers.maintenance_password_file", e))?;
+    let router_command_port = raw.routers.command_port.unwrap_or(8080);
+    if router_command_port == 0 {
+        return Err(invalid("routers.command_port", "must be 1-65535"));
+    }
+    let command_timeout = Duration::from_millis(raw.routers.command_timeout_ms.unwrap_or(5000));
+    if raw.operators.password_hashes.is_empty() {
+        return Err(invalid(
+            "operators.password_hashes",
+            "at least one hash is needed to log in",
+        ));
+    }
+    let operator_hashes = raw
+        .operators
+        .password_hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| PasswordHash::parse(h).map_err(|e| invalid(format!("operators.password_hashes[{i}]"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let session_ttl = Duration::from_secs(raw.operators.session_ttl_secs.unwrap_or(8 * 3600));
+    let pool: Ipv4Cidr = raw.pool.cidr.parse().map_err(|e| invalid("pool.cidr", e))?;
+    if crate::storage::pool_bounds(&pool).is_none() {
+        return Err(invalid("pool.cidr", "has no usable host address"));
+    }
+    let networks = raw
+        .center
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            n.parse::<Ipv4Cidr>()
+                .map_err(|e| invalid(format!("center.networks[{i}]"), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, n) in networks.iter().enumerate() {
+        if n.contains(pool.addr()) || pool.contains(n.addr()) {
+            return Err(invalid(format!("center.networks[{i}]"), "overlaps pool.cidr"));
+        }
+    }
+    let center_networks = BoundedSet::new(networks).map_err(|e| invalid("center.networks", e))?;
+    let tunnel_up_timeout = Duration::from_millis(raw.center.tunnel_up_timeout_ms.unwrap_or(10_000));
+    let replay = ReplayConfig {
+        max_skew_secs: raw
+            .center
+            .replay_window_secs
+            .unwrap_or(vpnnat_proto::auth::DEFAULT_MAX_SKEW_SECS),
+    };
+    if raw.gateways.is_empty() {
+        return Err(invalid("gateways", "at least one [[gateways]] entry is needed"));
+    }
+    let mut gateways = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, g) in raw.gateways.iter().enumerate() {
+        let key = |k: &str| format!("gateways[{i}].{k}");
+        let name = GatewayName::new(g.name.as_str()).map_err(|e| invalid(key("name"), e))?;
+        if gateways.iter().any(|x: &GatewayEntry| x.name == name) {
+            return Err(invalid(key("name"), "appears twice"));
+        }
+        let ep = HttpEndpoint::parse(&g.api_url).map_err(|e| invalid(key("api_url"), e))?;
+        let ip: Ipv4Addr = g
+            .global_ip
+            .parse()
+            .map_err(|_| invalid(key("global_ip"), "not an IPv4 address"))?;
+        let global_ip = UnicastAddr::new(ip).map_err(|e| invalid(key("global_ip"), e))?;
+        let ike_id = IkeIdentity::new(g.ike_id.as_str()).map_err(|e| invalid(key("ike_id"), e))?;
+        if g.slots == 0 {
+            return Err(invalid(key("slots"), "must be at least 1"));
+        }
+        let api_key =
+            GatewayApiKey::from_hex(&g.api_key).map_err(|e| invalid(key("api_key"), format!("{e} (64 hex digits)")))?;
+        endpoints.push((name.clone(), ep));
+        gateways.push(GatewayEntry {
+            name,
+            global_ip,
+            ike_id,
+            api_key,
+            slots: g.slots,
+        });
+    }
+    // The terminals table keeps a hash of the maintenance password, never
+    // the password; the salt is fresh per start, which is fine for a record.
+    let maintenance_password_hash = PasswordHash::create(
+        maintenance_password.expose_secret(),
+        10_000,
+        &ring::rand::SystemRandom::new(),
+    )
+    .map_err(|e| invalid("routers.maintenance_password_file", e))?
+    .to_string();
+    Ok(CenterdConfig {
+        router_listen,
+        ui_listen,
+        database_path: resolve(base, &raw.database.path),
+        pool,
+        operator_hashes,
+        session_ttl,
+        router_command_port,
+        command_timeout,
+        gateway_endpoints: endpoints,
+        settings: CenterSettings {
+            factory_master_key,
+            maintenance_password,
+            maintenance_password_hash,
+            center_networks,
+            gateways,
+            replay,
+            tunnel_up_timeout,
+        },
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+[server]
+router_listen = "127.0.0.1:8080"
+ui_listen = "127.0.0.1:8081"
+[database]
+path = "center.db"
+[factory]
+master_key = "0909090909090909090909090909090909090909090909090909090909090909"
+[routers]
+maintenance_password_file = "maint.txt"
+[operators]
+password_hashes = ["pbkdf2-sha256$1000$00112233445566778899aabbccddeeff$0000000000000000000000000000000000000000000000000000000000000000"]
+[pool]
+cidr = "10.64.0.0/16"
+[center]
+networks = ["172.16.0.0/24"]
+[[gateways]]
+name = "gw1"
+api_url = "http://172.16.0.11:9000"
+global_ip = "198.51.100.11"
+ike_id = "gw1.center.example"
+slots = 4
+api_key = "4141414141414141414141414141414141414141414141414141414141414141"
+"#;
+
+    pub(crate) fn dir_with_password() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "vpnnat-cfg-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("maint.txt"), "maint-pass-1\n").unwrap();
+        d
+    }
+
+    fn parse(text: &str) -> Result<CenterdConfig, ConfigError> {
+        let d = dir_with_password();
+        CenterdConfig::parse(text, Path::new("test.toml"), &d)
+    }
+
+    #[test]
+    fn example_parses() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.router_listen.port(), 8080);
+        assert!(c.database_path.ends_with("center.db"));
+        assert_eq!(c.settings.gateways.len(), 1);
+        assert_eq!(c.gateway_endpoints[0].1.authority, "172.16.0.11:9000");
+        assert_eq!(c.settings.maintenance_password.expose_secret(), "maint-pass-1");
+        assert_eq!(c.router_command_port, 8080);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("0909090909"), "master key never printed");
+        assert!(!dbg.contains("4141414141"), "api key never printed");
+        assert!(!dbg.contains("maint-pass-1"));
+    }
+
+    fn err_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err_of(&EXAMPLE.replace("[pool]", "[pool]\nextra = 1")).contains("extra"));
+        assert!(err_of(&EXAMPLE.replace("10.64.0.0/16", "10.64.0.1/16")).contains("pool.cidr"));
+        assert!(err_of(&EXAMPLE.replace("\"0909", "\"zz09")).contains("factory.master_key"));
+        assert!(err_of(&EXAMPLE.replace("slots = 4", "slots = 0")).contains("gateways[0].slots"));
+        assert!(err_of(&EXAMPLE.replace("http://172.16.0.11:9000", "ftp://x")).contains("gateways[0].api_url"));
+        assert!(err_of(&EXAMPLE.replace("198.51.100.11", "224.0.0.1")).contains("gateways[0].global_ip"));
+        assert!(err_of(&EXAMPLE.replace("127.0.0.1:8081", "127.0.0.1:8080")).contains("server.ui_listen"));
+        assert!(err_of(&EXAMPLE.replace("172.16.0.0/24", "10.64.0.0/24")).contains("center.networks[0]"));
+        assert!(err_of(&EXAMPLE.replace("maint.txt", "nope.txt")).contains("routers.maintenance_password_file"));
+        assert!(err_of(&EXAMPLE.replace("pbkdf2-sha256$1000", "md5$1000")).contains("operators.password_hashes[0]"));
+        assert!(err_of(&EXAMPLE.replace("[database]\npath = \"center.db\"", "")).contains("database"));
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(HttpEndpoint::parse("http://gw:9000").is_ok());
+        assert!(HttpEndpoint::parse("http://gw:9000/").is_ok());
+        assert!(HttpEndpoint::parse("http://gw").is_err());
+        assert!(HttpEndpoint::parse("http://gw:0").is_err());
+        assert!(HttpEndpoint::parse("http://gw:9000/x").is_err());
+        assert!(HttpEndpoint::parse("https://gw:9000").is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Small hyper 1 helpers shared by centerd and gatewayd: an accept loop that
+//! stops on a shutdown future (the mini-redis `run(listener, shutdown)`
+//! shape, so tests drive servers on ephemeral ports), body and header
+//! extraction, and an authenticated client for one protocol command.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ring::rand::SystemRandom;
+use tokio::net::{TcpListener, TcpStream};
+use vpnnat_proto::auth::AuthHeaders;
+use vpnnat_proto::keys::MacKey;
+use vpnnat_proto::{decode_response, encode_request, Command, Outgoing, ProtoError};
+
+use crate::center::CommandError;
+
+pub type Body = Full<Bytes>;
+
+/// Unix time in seconds (0 if the clock is before 1970, which then fails
+/// every freshness check rather than panicking).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Serves HTTP/1 connections from `listener` with `handler` until
+/// `shutdown` completes. Connections in flight finish on their own tasks.
+pub async fn serve<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // E.g. EMFILE: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let h = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let h = h.clone();
+                async move { Ok::<_, Infallible>(h(req, peer).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                log::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// A plain-text response.
+pub fn text(status: u16, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A signed protocol answer.
+pub fn signed(out: Outgoing) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(out.body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (n, v) in out.headers.pairs() {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            r.headers_mut().insert(n, v);
+        }
+    }
+    r
+}
+
+/// Reads at most `max` bytes of body; a longer one is refused with 413.
+pub async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok((parts, c.to_bytes())),
+        Err(_) => Err(text(413, format!("body too large or unreadable (limit {max} bytes)"))),
+    }
+}
+
+/// The four authentication headers of a request.
+pub fn auth_headers(headers: &hyper::HeaderMap) -> Result<AuthHeaders, ProtoError> {
+    AuthHeaders::from_lookup(|n| headers.get(n).and_then(|v| v.to_str().ok()))
+}
+
+/// Sends one authenticated command to `authority` (`host:port`) and
+/// returns its verified answer.
+pub async fn call<C: Command>(
+    authority: &str,
+    principal: &C::Principal,
+    key: &MacKey,
+    command: &C,
+    timeout: Duration,
+    rng: &SystemRandom,
+) -> Result<C::Response, CommandError> {
+    let target = || authority.to_owned();
+    let unreachable = |reason: String| CommandError::Unreachable {
+        target: target(),
+        reason,
+    };
+    let out = encode_request(command, principal, key, unix_now(), rng).map_err(|e| CommandError::BadAnswer {
+        target: target(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    let work = async {
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("client connection: {e}");
+            }
+        });
+        let mut req = Request::post(out.path)
+            .header(HOST, authority)
+            .header(CONTENT_TYPE, "application/json");
+        for (n, v) in out.headers.pairs() {
+            req = req.header(n, v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(out.body.clone())))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = Limited::new(resp.into_body(), C::MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| unreachable(format!("reading answer: {e}")))?
+            .to_bytes();
+        Ok::<_, CommandError>((status, headers, body))
+    };
+    let (status, headers, body) = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
+    if status != 200 {
+        return Err(CommandError::Refused {
+            target: target(),
+            status,
+            text: String::from_utf8_lossy(body.get(..body.len().min(200)).unwrap_or_default()).into_owned(),
+        });
+    }
+    let bad = |reason: String| CommandError::BadAnswer {
+        target: target(),
+        reason,
+    };
+    let h = auth_headers(&headers).map_err(|e| bad(e.to_string()))?;
+    decode_response::<C>(&out, key, &h, &body).map_err(|e| bad(e.to_string()))
+}

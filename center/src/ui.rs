@@ -1,0 +1,493 @@
+//! The operator web UI: login with a maintenance password (checked against
+//! the configured PBKDF2 hashes), a session cookie whose hash lives in the
+//! database (so any centerd sharing it accepts it), the request list with
+//! the columns of the seed's figure 29 newest first with start/end buttons,
+//! failures, gateways with used/free slots, and pool usage. Server-rendered
+//! HTML that reloads itself every few seconds; JSON at `/api/state`.
+//!
+//! Routes: `GET /login`, `POST /login`, `POST /logout`, `GET /`,
+//! `POST /requests/{n}/start`, `POST /requests/{n}/end`, `GET /api/state`.
+//! The cookie is `HttpOnly; SameSite=Strict`, so another site cannot make
+//! the operator's browser press a button.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::net::TcpListener;
+
+use crate::center::{Center, CenterError, GatewayCommands, RouterCommands};
+use crate::http::{read_body, serve, text, unix_now, Body};
+use crate::password::{verify_any, PasswordHash};
+use crate::storage::RequestState;
+
+const COOKIE_NAME: &str = "vpnnat_session";
+/// Seconds between automatic reloads of the dashboard.
+const REFRESH_SECS: u32 = 3;
+
+/// What the UI needs besides the center.
+#[derive(Debug)]
+pub struct UiSettings {
+    pub operator_hashes: Vec<PasswordHash>,
+    pub session_ttl: Duration,
+}
+
+struct Ui<G, R> {
+    center: Arc<Center<G, R>>,
+    settings: UiSettings,
+    rng: SystemRandom,
+}
+
+/// Serves the operator UI on `listener` until `shutdown`.
+pub async fn run<G, R>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    center: Arc<Center<G, R>>,
+    settings: UiSettings,
+) where
+    G: GatewayCommands + 'static,
+    R: RouterCommands + 'static,
+{
+    let ui = Arc::new(Ui {
+        center,
+        settings,
+        rng: SystemRandom::new(),
+    });
+    serve(listener, shutdown, move |req, peer| {
+        let ui = ui.clone();
+        async move { ui.handle(req, peer).await }
+    })
+    .await
+}
+
+/// HTML-escapes text for element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value.
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0usize;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i.saturating_add(1)..i.saturating_add(3));
+                match hex
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i = i.saturating_add(2);
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i = i.saturating_add(1);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    let s = std::str::from_utf8(body).ok()?;
+    s.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| form_decode(v))
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(digest::digest(&digest::SHA256, token.as_bytes()))
+}
+
+fn session_cookie(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE_NAME)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn redirect(to: &str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+fn html(status: u16, body: String) -> Response<Body> {
+    let mut r = text(status, body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(body: String) -> Response<Body> {
+    let mut r = text(200, body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}\
+td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
+.waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
+
+fn page(title: &str, refresh: bool, body: &str) -> String {
+    let meta = if refresh {
+        format!("<meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">")
+    } else {
+        String::new()
+    };
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">{meta}<title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>",
+        esc(title)
+    )
+}
+
+fn login_page(message: &str) -> String {
+    let msg = if message.is_empty() {
+        String::new()
+    } else {
+        format!("<p id=\"message\">{}</p>", esc(message))
+    };
+    page(
+        "vpnnat center: login",
+        false,
+        &format!(
+            "<h1>Maintenance center</h1>{msg}<form method=\"post\" action=\"/login\">\
+             <label>Maintenance password <input type=\"password\" name=\"password\" id=\"password\" autofocus></label> \
+             <button type=\"submit\" id=\"login\">Log in</button></form>"
+        ),
+    )
+}
+
+fn fmt_time(t: u64) -> String {
+    // UTC, without pulling in a date crate: days since epoch -> civil date.
+    let days = i64::try_from(t / 86_400).unwrap_or(0);
+    let secs = t % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+/// Howard Hinnant's days -> (year, month, day), proleptic Gregorian.
+#[allow(clippy::arithmetic_side_effects)] // bounded inputs: days from a u64 / 86400
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
+    fn logged_in(&self, headers: &hyper::HeaderMap) -> bool {
+        let Some(tok) = session_cookie(headers) else {
+            return false;
+        };
+        self.center
+            .store()
+            .ok()
+            .and_then(|st| st.session_valid(&token_hash(&tok), unix_now()).ok())
+            .unwrap_or(false)
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/login") => return html(200, login_page("")),
+            (&Method::POST, "/login") => return self.login(req, peer).await,
+            (&Method::GET, "/healthz") => return text(200, "ok"),
+            _ => {}
+        }
+        if !self.logged_in(req.headers()) {
+            return if method == Method::GET && path == "/" {
+                redirect("/login")
+            } else {
+                text(401, "log in first")
+            };
+        }
+        match (&method, path.as_str()) {
+            (&Method::GET, "/") => match self.dashboard(&query) {
+                Ok(b) => html(200, b),
+                Err(e) => text(500, format!("cannot read the database: {e}")),
+            },
+            (&Method::GET, "/api/state") => match self.state_json() {
+                Ok(b) => json(b),
+                Err(e) => text(500, format!("cannot read the database: {e}")),
+            },
+            (&Method::POST, "/logout") => self.logout(req.headers()),
+            (&Method::POST, p) if p.starts_with("/requests/") => self.action(p).await,
+            _ => text(404, "no such page"),
+        }
+    }
+
+    async fn login(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let (_, body) = match read_body(req, 4096).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let password = zeroize::Zeroizing::new(form_field(&body, "password").unwrap_or_default());
+        if !verify_any(&self.settings.operator_hashes, &password) {
+            // No detail about which part was wrong; the peer is logged for
+            // the administrator, the password never.
+            log::warn!("failed operator login from {peer}");
+            return html(401, login_page("Wrong password."));
+        }
+        let mut raw = [0u8; 32];
+        if self.rng.fill(&mut raw).is_err() {
+            return text(500, "random number generator failed");
+        }
+        let token = hex::encode(raw);
+        let expires = unix_now().saturating_add(self.settings.session_ttl.as_secs());
+        let stored = self.center.store().and_then(|mut st| {
+            st.purge_sessions(unix_now())?;
+            st.add_session(&token_hash(&token), expires)?;
+            Ok(())
+        });
+        if let Err(e) = stored {
+            return text(500, format!("cannot store the session: {e}"));
+        }
+        log::info!("operator logged in from {peer}");
+        let mut r = redirect("/");
+        let cookie = format!(
+            "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+            self.settings.session_ttl.as_secs()
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            r.headers_mut().insert(SET_COOKIE, v);
+        }
+        r
+    }
+
+    fn logout(&self, headers: &hyper::HeaderMap) -> Response<Body> {
+        if let Some(tok) = session_cookie(headers) {
+            if let Ok(mut st) = self.center.store() {
+                if let Err(e) = st.delete_session(&token_hash(&tok)) {
+                    log::warn!("logout: {e}");
+                }
+            }
+        }
+        let mut r = redirect("/login");
+        r.headers_mut().insert(
+            SET_COOKIE,
+            HeaderValue::from_static("vpnnat_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        );
+        r
+    }
+
+    async fn action(&self, path: &str) -> Response<Body> {
+        let rest = path.trim_start_matches("/requests/");
+        let Some((n, what)) = rest.split_once('/') else {
+            return text(404, "no such page");
+        };
+        let Ok(n) = n.parse::<u64>() else {
+            return text(404, "no such request");
+        };
+        let now = unix_now();
+        let msg = match what {
+            "start" => match self.center.start(n, now) {
+                Ok(_) => format!("Request {n} started."),
+                Err(e) => return self.action_error(e),
+            },
+            "end" => match self.center.end(n, now).await {
+                Ok(o) => {
+                    let mut m = format!("Request {n} ended; {} address(es) released", o.released.len());
+                    if o.vpn_ended {
+                        m.push_str("; VPN ended");
+                    }
+                    if !o.warnings.is_empty() {
+                        let _ = write!(m, "; warnings: {}", o.warnings.join("; "));
+                    }
+                    m
+                }
+                Err(e) => return self.action_error(e),
+            },
+            _ => return text(404, "no such action"),
+        };
+        redirect(&format!("/?msg={}", url_encode(&msg)))
+    }
+
+    fn action_error(&self, e: CenterError) -> Response<Body> {
+        redirect(&format!("/?msg={}", url_encode(&e.to_string())))
+    }
+
+    fn dashboard(&self, query: &str) -> Result<String, CenterError> {
+        let st = self.center.store()?;
+        let requests = st.list_requests(200)?;
+        let failures = st.failures(None, 50)?;
+        let gateways = st.gateway_usage()?;
+        let pool = st.pool_usage()?;
+        let mut slots = Vec::new();
+        for g in &gateways {
+            slots.extend(st.slots_of_gateway(&g.name)?);
+        }
+        drop(st);
+        let mut b = String::new();
+        b.push_str("<h1>Maintenance center</h1><form method=\"post\" action=\"/logout\" class=\"inline\"><button id=\"logout\">Log out</button></form>");
+        if let Some(m) = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "msg")
+            .map(|(_, v)| form_decode(v))
+        {
+            let _ = write!(b, "<p id=\"message\">{}</p>", esc(&m));
+        }
+        b.push_str("<h2>Maintenance requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>Terminal ID</th><th>Global IP</th><th>Claimant</th><th>Level</th><th>Phone</th><th>Urgency</th><th>Content</th><th>Received</th><th>VPNNAT address</th><th>Table name</th><th>State</th><th></th></tr>");
+        for r in &requests {
+            let addrs: Vec<String> = r
+                .grants
+                .iter()
+                .map(|g| format!("{} = {}", esc(&g.terminal_name), g.vpnnat))
+                .collect();
+            let mut tables: Vec<&str> = r.grants.iter().map(|g| g.table_name.as_str()).collect();
+            tables.dedup();
+            let buttons = match r.state {
+                RequestState::Waiting => format!(
+                    "<form method=\"post\" action=\"/requests/{n}/start\" class=\"inline\"><button id=\"start-{n}\">start</button></form>\
+                     <form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\"><button id=\"end-{n}\">end</button></form>",
+                    n = r.acceptance_number
+                ),
+                RequestState::InProgress => format!(
+                    "<form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\"><button id=\"end-{n}\">end</button></form>",
+                    n = r.acceptance_number
+                ),
+                RequestState::Ended => String::new(),
+            };
+            let _ = write!(
+                b,
+                "<tr id=\"request-{n}\" class=\"{cls}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{buttons}</td></tr>",
+                esc(&r.terminal_id),
+                esc(&r.router_ip),
+                esc(&r.claimant_name),
+                esc(&r.claimant_level),
+                esc(&r.phone),
+                esc(&r.urgency),
+                esc(&r.content),
+                fmt_time(r.received_at),
+                addrs.join("<br>"),
+                esc(&tables.join(", ")),
+                esc(&r.state.to_string()),
+                n = r.acceptance_number,
+                cls = r.state.as_str(),
+            );
+        }
+        b.push_str("</table><h2>Gateways</h2><table id=\"gateways\"><tr><th>Name</th><th>Global IP</th><th>Used slots</th><th>Free slots</th><th>Tunnels up</th><th>Draining</th></tr>");
+        for g in &gateways {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&g.name),
+                esc(&g.global_ip),
+                g.used,
+                g.free,
+                g.up,
+                if g.draining { "yes" } else { "no" }
+            );
+        }
+        b.push_str("</table><h2>Tunnels</h2><table id=\"tunnels\"><tr><th>Gateway</th><th>Slot</th><th>Terminal ID</th><th>State</th><th>Since</th></tr>");
+        for s in &slots {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.gateway),
+                s.slot,
+                esc(s.terminal_id.as_deref().unwrap_or("")),
+                s.tunnel_state.as_str(),
+                fmt_time(s.changed_at)
+            );
+        }
+        let _ = write!(
+            b,
+            "</table><h2>VPNNAT pool</h2><p id=\"pool\">{}: <span id=\"pool-allocated\">{}</span> of {} addresses in use, <span id=\"pool-free\">{}</span> free ({} free ranges)</p>",
+            esc(&pool.cidr),
+            pool.allocated,
+            pool.size,
+            pool.free,
+            pool.free_ranges
+        );
+        b.push_str("<h2>Failures</h2><table id=\"failures\"><tr><th>Time</th><th>Terminal ID</th><th>Code</th><th>Detail</th></tr>");
+        for f in &failures {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                fmt_time(f.received_at),
+                esc(&f.terminal_id),
+                esc(&f.code),
+                esc(&f.detail)
+            );
+        }
+        b.push_str("</table>");
+        Ok(page("vpnnat center", true, &b))
+    }
+
+    fn state_json(&self) -> Result<String, CenterError> {
+        let st = self.center.store()?;
+        let v = serde_json::json!({
+            "requests": st.list_requests(200)?,
+            "failures": st.failures(None, 50)?,
+            "gateways": st.gateway_usage()?,
+            "pool": st.pool_usage()?,
+        });
+        Ok(v.to_string())
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            o.push(char::from(b));
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests;

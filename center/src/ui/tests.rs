@@ -1,0 +1,160 @@
+use super::*;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::center::tests::{center_with, TestCenter, TestRouter};
+
+struct Resp {
+    status: u16,
+    location: Option<String>,
+    cookie: Option<String>,
+    body: String,
+}
+
+async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Resp {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let mut b = Request::builder().method(method).uri(path).header("host", "ui");
+    if let Some(c) = cookie {
+        b = b.header("cookie", format!("other=1; {COOKIE_NAME}={c}"));
+    }
+    if form.is_some() {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let body = Bytes::from(form.unwrap_or("").to_owned());
+    let resp = tx.send_request(b.body(Full::new(body)).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let h = |n| {
+        resp.headers()
+            .get(n)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let location = h(LOCATION);
+    let cookie = h(SET_COOKIE);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        location,
+        cookie,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let settings = UiSettings {
+        operator_hashes: vec![PasswordHash::create("operator pass", 1000, &SystemRandom::new()).unwrap()],
+        session_ttl: Duration::from_secs(600),
+    };
+    tokio::spawn(run(
+        l,
+        async {
+            let _ = rx.await;
+        },
+        c,
+        settings,
+    ));
+    (addr, tx)
+}
+
+#[tokio::test]
+async fn login_list_start_end_logout() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, grants) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+
+    // Not logged in.
+    let r = req(addr, "GET", "/", None, None).await;
+    assert_eq!((r.status, r.location.as_deref()), (303, Some("/login")));
+    assert_eq!(req(addr, "GET", "/api/state", None, None).await.status, 401);
+    assert_eq!(
+        req(addr, "POST", &format!("/requests/{n}/start"), None, None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(req(addr, "GET", "/", Some("forged"), None).await.status, 303);
+    let r = req(addr, "GET", "/login", None, None).await;
+    assert!(r.body.contains("name=\"password\""));
+
+    // Wrong, then right password.
+    let r = req(addr, "POST", "/login", None, Some("password=nope")).await;
+    assert_eq!(r.status, 401);
+    assert!(r.cookie.is_none());
+    let r = req(addr, "POST", "/login", None, Some("password=operator+pass")).await;
+    assert_eq!(r.status, 303);
+    let set = r.cookie.unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+    let token = set.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+
+    // The list: figure 29 columns, the request waiting with start and end.
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert_eq!(r.status, 200);
+    for col in [
+        "Acceptance number",
+        "Terminal ID",
+        "Global IP",
+        "Claimant",
+        "Level",
+        "Phone",
+        "Urgency",
+        "Content",
+        "Received",
+        "VPNNAT address",
+        "Table name",
+        "State",
+    ] {
+        assert!(r.body.contains(&format!("<th>{col}</th>")), "{col}");
+    }
+    assert!(r.body.contains(&format!("id=\"start-{n}\"")));
+    assert!(r.body.contains(&grants[0].vpnnat_addr.to_string()));
+    assert!(r.body.contains("http-equiv=\"refresh\""));
+    assert!(r.body.contains("waiting"));
+
+    // Start, then end: the address goes back to the pool.
+    let r = req(addr, "POST", &format!("/requests/{n}/start"), Some(&token), None).await;
+    assert_eq!(r.status, 303);
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(r.body.contains("in progress"));
+    assert!(!r.body.contains(&format!("id=\"start-{n}\"")));
+    let before = c.store().unwrap().pool_usage().unwrap().allocated;
+    let r = req(addr, "POST", &format!("/requests/{n}/end"), Some(&token), None).await;
+    assert_eq!(r.status, 303);
+    assert!(r.location.unwrap().contains("ended"));
+    assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, before - 1);
+    let r = req(addr, "GET", "/api/state", Some(&token), None).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["requests"][0]["state"], "ended");
+    assert_eq!(v["pool"]["allocated"], 2);
+
+    // Ending again: a message, not a crash.
+    let r = req(addr, "POST", &format!("/requests/{n}/end"), Some(&token), None).await;
+    assert_eq!(r.status, 303);
+    assert!(r.location.unwrap().contains("cannot"));
+
+    // Logout invalidates the session.
+    let r = req(addr, "POST", "/logout", Some(&token), None).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(req(addr, "GET", "/", Some(&token), None).await.status, 303);
+}
+
+#[test]
+fn escaping_and_forms() {
+    assert_eq!(esc("<script>\"x\"&'"), "&lt;script&gt;&quot;x&quot;&amp;&#39;");
+    assert_eq!(form_decode("a+b%21%zz%4"), "a b!%zz%4");
+    assert_eq!(form_field(b"x=1&password=p%26q", "password").as_deref(), Some("p&q"));
+    assert_eq!(url_encode("a b/é"), "a%20b%2F%C3%A9");
+    assert_eq!(fmt_time(0), "1970-01-01 00:00:00Z");
+    assert_eq!(fmt_time(1_800_000_000), "2027-01-15 08:00:00Z");
+    assert_eq!(fmt_time(951_782_400), "2000-02-29 00:00:00Z");
+}
