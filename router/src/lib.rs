@@ -16,6 +16,8 @@ pub mod ike;
 pub mod init;
 pub mod resolve;
 pub mod secret;
+#[cfg(test)]
+mod shell_tests;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -34,6 +34,8 @@ pub struct FakeCenter {
     pub refuse: Option<(u16, String)>,
     /// Grant names the router did not ask for (to test mismatches).
     pub grant_extra: Option<TerminalName>,
+    /// The center's clock (Unix seconds).
+    pub now: u64,
 }
 
 impl FakeCenter {
@@ -50,6 +52,7 @@ impl FakeCenter {
             failures: Vec::new(),
             refuse: None,
             grant_extra: None,
+            now: NOW,
         }
     }
 
@@ -73,13 +76,14 @@ impl FakeCenter {
         let tid = self.terminal_id.clone();
         let k1 = self.secret_id.mac_key();
         let k2 = self.secret_id2.mac_key();
-        decode_request::<C, _, _>(&mut self.guard, path, headers, body, NOW, |t, kind| {
+        let now = self.now;
+        decode_request::<C, _, _>(&mut self.guard, path, headers, body, now, |t, kind| {
             (t == &tid).then(|| if kind == KeyKind::SecretId { k1 } else { k2 })
         })
     }
 
     fn ok<C: Command>(&self, v: &vpnnat_proto::Verified<C>, resp: &C::Response) -> CenterReply {
-        let out = encode_response(v, resp, &self.key(C::KEY), NOW, &self.rng).unwrap();
+        let out = encode_response(v, resp, &self.key(C::KEY), self.now, &self.rng).unwrap();
         CenterReply {
             status: 200,
             headers: Some(out.headers),
@@ -185,14 +189,14 @@ impl FakeCenter {
         let c = EndCommand {
             acceptance_number: AcceptanceNumber::new(n).unwrap(),
         };
-        encode_request(&c, &self.terminal_id, &self.secret_id2.mac_key(), NOW, &self.rng).unwrap()
+        encode_request(&c, &self.terminal_id, &self.secret_id2.mac_key(), self.now, &self.rng).unwrap()
     }
 
     pub fn release(&self, name: &str) -> Outgoing {
         let c = ReleaseCommand {
             terminal_name: TerminalName::new(name).unwrap(),
         };
-        encode_request(&c, &self.terminal_id, &self.secret_id2.mac_key(), NOW, &self.rng).unwrap()
+        encode_request(&c, &self.terminal_id, &self.secret_id2.mac_key(), self.now, &self.rng).unwrap()
     }
 
     pub fn vpn_end(&self) -> Outgoing {
@@ -200,9 +204,27 @@ impl FakeCenter {
             &VpnEndCommand {},
             &self.terminal_id,
             &self.secret_id2.mac_key(),
-            NOW,
+            self.now,
             &self.rng,
         )
         .unwrap()
+    }
+}
+
+/// The fake center behind a real HTTP server (for the shell tests).
+#[derive(Debug)]
+pub struct CenterSim(pub std::sync::Mutex<FakeCenter>);
+
+impl crate::http::Handler for CenterSim {
+    async fn handle(&self, req: crate::http::Incoming1) -> crate::http::Reply {
+        let headers = crate::http::auth_headers(&req.headers).unwrap_or_default();
+        let r = self.0.lock().unwrap().answer_raw(&req.path, &headers, &req.body);
+        let mut out = crate::http::reply(r.status, "application/json", r.body);
+        if let Some(h) = r.headers {
+            for (k, v) in h.pairs() {
+                out.headers_mut().insert(k, v.parse().unwrap());
+            }
+        }
+        out
     }
 }

@@ -1,0 +1,375 @@
+//! The I/O shell driven with real HTTP on 127.0.0.1 (ephemeral ports): a
+//! fake center behind hyper, the daemon's two servers, the in-memory
+//! datapath.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use vpnnat_datapath::RecordingDatapath;
+use vpnnat_proto::keys::SecretBytes;
+use vpnnat_proto::messages::{EndCommand, ReleaseCommand};
+use vpnnat_proto::{decode_response, Outgoing};
+
+use crate::config::tests::SECRET_HEX;
+use crate::config::Config;
+use crate::daemon::{serve, unix_now, Parts, Router};
+use crate::http::{self, auth_headers};
+use crate::ike::StaticResponder;
+use crate::state::RequestState;
+use crate::testing::{CenterSim, FakeCenter};
+use crate::view::StatusView;
+use crate::web::{ApiAccepted, ApiError, ApiRequest};
+
+fn config(center: std::net::SocketAddr, dir: &std::path::Path) -> Arc<Config> {
+    let text = format!(
+        r#"
+terminal_id = "router-1"
+center_url = "http://{center}"
+factory_secret = "{SECRET_HEX}"
+state_dir = "{}"
+lease_file = "{}/leases"
+dns = false
+center_timeout_secs = 2
+retry_max_secs = 1
+[wan]
+interface = "eth0"
+address = "198.51.100.101/24"
+[lan]
+interface = "eth1"
+address = "192.168.1.1/24"
+[web_ui]
+listen = "127.0.0.1:1"
+[server_part]
+listen = "127.0.0.1:2"
+[hosts]
+pc1 = "192.168.1.10"
+printer = "192.168.1.20"
+[button]
+claimant_name = "Preset"
+claimant_level = "administrator"
+urgency = "emergency"
+phone = "+81 3 0000 0000"
+content = "button"
+terminals = ["printer"]
+"#,
+        dir.display(),
+        dir.display()
+    );
+    Arc::new(Config::parse(&text, std::path::Path::new("test.toml")).unwrap())
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("routerd-shell-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Running {
+    router: Arc<Router>,
+    lan: String,
+    center_port: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(cfg: Arc<Config>) -> Running {
+        let router = Router::new(
+            cfg,
+            Parts {
+                datapath: Box::new(RecordingDatapath::new()),
+                ike: Box::new(StaticResponder::default()),
+                retry_initial: Duration::from_millis(20),
+            },
+        )
+        .await
+        .unwrap();
+        let lan = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let center = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let lan_addr = lan.local_addr().unwrap().to_string();
+        let center_addr = center.local_addr().unwrap().to_string();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(router.clone(), lan, center, async move {
+            let _ = rx.await;
+        }));
+        Running {
+            router,
+            lan: lan_addr,
+            center_port: center_addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap();
+    }
+
+    async fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let (s, _, b) = http::request(&self.lan, Method::GET, path, &[], None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        (s, b)
+    }
+
+    async fn post(&self, path: &str, body: Vec<u8>, content_type: Option<&str>) -> (u16, Vec<u8>) {
+        let h: Vec<(&str, &str)> = content_type.map(|c| ("content-type", c)).into_iter().collect();
+        let (s, _, b) = http::request(&self.lan, Method::POST, path, &h, Some(body), Duration::from_secs(10))
+            .await
+            .unwrap();
+        (s, b)
+    }
+
+    async fn status(&self) -> StatusView {
+        let (s, b) = self.get("/api/status").await;
+        assert_eq!(s, 200);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        StatusView {
+            terminal_id: v["terminal_id"].as_str().unwrap().into(),
+            installed: v["installed"].as_bool().unwrap(),
+            server_part_vpnnat: v["server_part_vpnnat"].as_str().map(|s| s.parse().unwrap()),
+            router_part_vpnnat: v["router_part_vpnnat"].as_str().map(|s| s.parse().unwrap()),
+            gateway: v["gateway"].as_str().map(|s| s.parse().unwrap()),
+            ike: v["ike"].as_str().unwrap().into(),
+            granted: v["granted"].as_u64().unwrap() as usize,
+            requests: vec![],
+            last_failure: None,
+        }
+    }
+
+    async fn wait_installed(&self) {
+        for _ in 0..200 {
+            if self.status().await.installed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("never installed");
+    }
+
+    /// Sends a center command to the server part; returns status and the
+    /// raw answer.
+    async fn command(&self, out: &Outgoing) -> (u16, hyper::HeaderMap, Vec<u8>) {
+        http::request(
+            &self.center_port,
+            Method::POST,
+            out.path,
+            &out.headers.pairs(),
+            Some(out.body.clone()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn mappings(&self) -> usize {
+        self.router
+            .with_datapath(|dp| dp.observe().unwrap().nat.map_or(0, |n| n.mappings.len()))
+            .await
+    }
+}
+
+async fn start_center(cfg_secret: vpnnat_proto::keys::SecretId, listener: TcpListener) -> Arc<CenterSim> {
+    let mut c = FakeCenter::new("router-1", cfg_secret);
+    c.now = unix_now();
+    let sim = Arc::new(CenterSim(std::sync::Mutex::new(c)));
+    tokio::spawn(http::run(listener, sim.clone(), std::future::pending()));
+    sim
+}
+
+fn api_request(terminals: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&ApiRequest {
+        claimant_name: "Taro".into(),
+        claimant_level: "general".into(),
+        urgency: "high".into(),
+        phone: "03-1234-5678".into(),
+        content: "slow".into(),
+        terminals: terminals.iter().map(|s| s.to_string()).collect(),
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_over_http() {
+    let dir = tmpdir("flow");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caddr = cl.local_addr().unwrap();
+    let cfg = config(caddr, &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg.clone()).await;
+
+    // 1. installation notice on first start
+    rt.wait_installed().await;
+    assert_eq!(rt.mappings().await, 2, "server part and router part mapped");
+
+    // 3 + 4. JSON API: gateway request then maintenance request
+    let (s, b) = rt.post("/api/request", api_request(&["pc1"]), None).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let acc: ApiAccepted = serde_json::from_slice(&b).unwrap();
+    assert_eq!(
+        acc.grants[0].real,
+        "192.168.1.10".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    assert_eq!(rt.mappings().await, 3);
+    assert_eq!(
+        center.0.lock().unwrap().seen,
+        [
+            "/v1/router/install",
+            "/v1/router/gateway-address",
+            "/v1/router/maintenance"
+        ]
+    );
+
+    // The HTML form: urlencoded, two terminals of which one is unknown.
+    let (s, page) = rt
+        .post(
+            "/request",
+            b"claimant_name=Hanako&claimant_level=general&terminal=printer&terminal=ghost&urgency=low&phone=123-4567&content=x".to_vec(),
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await;
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(s, 400);
+    assert!(page.contains("unknown extension terminal &quot;ghost&quot;"), "{page}");
+    assert_eq!(rt.mappings().await, 3, "nothing half-installed");
+
+    // The button (preset: printer).
+    let (s, page) = rt.post("/button", vec![], None).await;
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains("acceptance number 102"), "{page}");
+    assert_eq!(rt.mappings().await, 4);
+
+    // The page lists both requests and the known hosts.
+    let (s, page) = rt.get("/").await;
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(s, 200);
+    assert!(
+        page.contains("<td>101</td><td>waiting</td>") && page.contains("value=\"printer\""),
+        "{page}"
+    );
+
+    // 6. end through the server part, answer authenticated.
+    let end = center.0.lock().unwrap().end(101);
+    let (s, h, body) = rt.command(&end).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let key = center.0.lock().unwrap().secret_id2.mac_key();
+    decode_response::<EndCommand>(&end, &key, &auth_headers(&h).unwrap(), &body).unwrap();
+    let st = rt.router.state().await;
+    assert_eq!(st.requests[&101].state, RequestState::Ended);
+
+    // Rejections: unknown number (404), bad MAC (401), replay (409).
+    let cmd = center.0.lock().unwrap().end(999);
+    let (s, _, _) = rt.command(&cmd).await;
+    assert_eq!(s, 404);
+    let mut forged = center.0.lock().unwrap().release("pc1");
+    forged.body = br#"{"terminal_name":"printer"}"#.to_vec();
+    let (s, _, _) = rt.command(&forged).await;
+    assert_eq!(s, 401);
+    let (s, _, _) = rt.command(&end).await;
+    assert_eq!(s, 409);
+    assert_eq!(rt.mappings().await, 4);
+
+    // 7. release pc1
+    let rel = center.0.lock().unwrap().release("pc1");
+    let (s, h, body) = rt.command(&rel).await;
+    assert_eq!(s, 200);
+    decode_response::<ReleaseCommand>(&rel, &key, &auth_headers(&h).unwrap(), &body).unwrap();
+    assert_eq!(rt.mappings().await, 3);
+    let cmd = center.0.lock().unwrap().release("pc1");
+    let (s, _, _) = rt.command(&cmd).await;
+    assert_eq!(s, 404, "second release: not granted");
+
+    // Restart: the state survives, a fresh kernel is reconciled to it.
+    rt.stop().await;
+    let rt2 = Running::start(cfg.clone()).await;
+    assert_eq!(rt2.mappings().await, 3);
+    assert!(rt2.router.state().await.hosts.contains_key(&"printer".parse().unwrap()));
+
+    // 8. VPN end: own parts stay, everything else goes.
+    let cmd = center.0.lock().unwrap().vpn_end();
+    let (s, _, _) = rt2.command(&cmd).await;
+    assert_eq!(s, 200);
+    assert_eq!(rt2.mappings().await, 2);
+    let policies = rt2
+        .router
+        .with_datapath(|dp| dp.observe().unwrap().policies.len())
+        .await;
+    assert_eq!(policies, 0, "no gateway, no policies");
+    rt2.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installation_retries_until_the_center_answers() {
+    let dir = tmpdir("retry");
+    // Reserve a port, then close it: the center is "down".
+    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caddr = probe.local_addr().unwrap();
+    drop(probe);
+    let cfg = config(caddr, &dir);
+    let rt = Running::start(cfg.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rt.status().await.installed);
+    // A request before installation is refused clearly.
+    let (s, b) = rt.post("/api/request", api_request(&["pc1"]), None).await;
+    assert_eq!(s, 409);
+    let e: ApiError = serde_json::from_slice(&b).unwrap();
+    assert!(e.error.contains("not installed"), "{}", e.error);
+    // The center comes up on the same port.
+    let cl = TcpListener::bind(caddr).await.unwrap();
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    rt.wait_installed().await;
+    assert_eq!(center.0.lock().unwrap().seen, ["/v1/router/install"]);
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_bad_requests_are_reported() {
+    let dir = tmpdir("refuse");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caddr = cl.local_addr().unwrap();
+    let cfg = config(caddr, &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    center.0.lock().unwrap().refuse = Some((403, "terminal suspended".into()));
+    let (s, b) = rt.post("/api/request", api_request(&["pc1"]), None).await;
+    assert_eq!(s, 502);
+    let e: ApiError = serde_json::from_slice(&b).unwrap();
+    assert!(e.error.contains("terminal suspended"), "{}", e.error);
+    let (s, b) = rt
+        .post("/api/request", br#"{"claimant_name":"x"}"#.to_vec(), None)
+        .await;
+    assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
+    let (s, _) = rt.post("/api/request", api_request(&[]), None).await;
+    assert_eq!(s, 400);
+    let (s, _) = rt.get("/nope").await;
+    assert_eq!(s, 404);
+    let (s, _) = rt.get("/request").await;
+    assert_eq!(s, 405);
+    // The center port answers only POSTs with authentication headers.
+    let (s, _, _) = http::request(
+        &rt.center_port,
+        Method::POST,
+        "/v1/center/end",
+        &[],
+        Some(b"{}".to_vec()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 400);
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
