@@ -1,1 +1,294 @@
-fn main() {}
+//! centerd: the maintenance server (PROTOCOL.md): HTTP API for routers,
+//! operator web UI, the databases, commands to the gateways.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vpnnat_center::center::Center;
+use vpnnat_center::clients::{HttpGateways, HttpRouters};
+use vpnnat_center::config::CenterdConfig;
+use vpnnat_center::password::{PasswordHash, DEFAULT_ITERATIONS};
+use vpnnat_center::storage::Storage;
+use vpnnat_center::{api, http, ui};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "centerd",
+    version,
+    about = "vpnnat maintenance server: router API, operator UI, databases, gateway commands"
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/vpnnat/centerd.toml")]
+    config: PathBuf,
+    /// Machine-readable output (JSON) for the tool subcommands.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the router API and the operator UI (the default).
+    Run,
+    /// Validate the configuration and the database, then exit.
+    CheckConfig,
+    /// List maintenance requests, newest first.
+    ListRequests {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one router: addresses, gateway slot, requests, failures.
+    ShowRouter { terminal_id: String },
+    /// Mark a request "in progress" (the UI's start button).
+    StartRequest { acceptance_number: u64 },
+    /// End a request (the UI's end button): router end command, the three
+    /// judgments, VPNNAT release, VPN end.
+    EndRequest { acceptance_number: u64 },
+    /// Stop giving new tunnels to a gateway (existing ones stay).
+    DrainGateway {
+        name: String,
+        /// Accept new tunnels again.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Read a password from standard input and print its hash for
+    /// `operators.password_hashes`.
+    HashPassword {
+        #[arg(long, default_value_t = DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command.as_ref().unwrap_or(&Cmd::Run) {
+        Cmd::HashPassword { iterations } => hash_password(*iterations),
+        Cmd::Run => {
+            let cfg = load(&cli.config)?;
+            runtime()?.block_on(run(cfg))
+        }
+        Cmd::CheckConfig => {
+            let cfg = load(&cli.config)?;
+            let store = open_store(&cfg)?;
+            store.check_pool().context("pool invariants")?;
+            let usage = store.pool_usage()?;
+            output(
+                cli.json,
+                &serde_json::json!({
+                    "config": cli.config,
+                    "database": cfg.database_path,
+                    "schema_version": store.schema_version()?,
+                    "pool": usage,
+                    "gateways": cfg.settings.gateways.iter().map(|g| g.name.to_string()).collect::<Vec<_>>(),
+                }),
+                || {
+                    format!(
+                        "configuration OK; pool {}: {} of {} in use",
+                        usage.cidr, usage.allocated, usage.size
+                    )
+                },
+            )
+        }
+        Cmd::ListRequests { limit } => {
+            let cfg = load(&cli.config)?;
+            let rows = open_store(&cfg)?.list_requests(*limit)?;
+            output(cli.json, &rows, || {
+                let mut s = String::from("no.  terminal  state        received    claimant  terminals\n");
+                for r in &rows {
+                    let names: Vec<String> = r
+                        .grants
+                        .iter()
+                        .map(|g| format!("{}={}", g.terminal_name, g.vpnnat))
+                        .collect();
+                    s.push_str(&format!(
+                        "{:<4} {:<9} {:<12} {:<11} {:<9} {}\n",
+                        r.acceptance_number,
+                        r.terminal_id,
+                        r.state.to_string(),
+                        r.received_at,
+                        r.claimant_name,
+                        names.join(" ")
+                    ));
+                }
+                s
+            })
+        }
+        Cmd::ShowRouter { terminal_id } => {
+            let cfg = load(&cli.config)?;
+            let st = open_store(&cfg)?;
+            let Some(t) = st.terminal(terminal_id)? else {
+                bail!("no terminal {terminal_id}");
+            };
+            let requests: Vec<_> = st
+                .list_requests(10_000)?
+                .into_iter()
+                .filter(|r| &r.terminal_id == terminal_id)
+                .collect();
+            let v = serde_json::json!({
+                "terminal_id": t.terminal_id,
+                "installed_at": t.installed_at,
+                "server_part_vpnnat": t.server_part_vpnnat,
+                "router_part_vpnnat": t.router_part_vpnnat,
+                "addresses": st.addresses_of_terminal(terminal_id)?,
+                "slot": st.slot_of(terminal_id)?,
+                "requests": requests,
+                "failures": st.failures(Some(terminal_id), 50)?,
+            });
+            output(cli.json, &v, || serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+        Cmd::StartRequest { acceptance_number } => {
+            let cfg = load(&cli.config)?;
+            let row = open_store(&cfg)?.start_request(*acceptance_number, http::unix_now())?;
+            output(cli.json, &row, || {
+                format!("request {} is {}", row.acceptance_number, row.state)
+            })
+        }
+        Cmd::EndRequest { acceptance_number } => {
+            let cfg = load(&cli.config)?;
+            let n = *acceptance_number;
+            runtime()?.block_on(async move {
+                let center = build_center(cfg)?;
+                let o = center.end(n, http::unix_now()).await?;
+                output(cli.json, &o, || {
+                    format!(
+                        "request {n} ended: released {:?}, kept {:?}, VPN ended: {}{}",
+                        o.released,
+                        o.kept,
+                        o.vpn_ended,
+                        if o.warnings.is_empty() {
+                            String::new()
+                        } else {
+                            format!("\nwarnings:\n  {}", o.warnings.join("\n  "))
+                        }
+                    )
+                })
+            })
+        }
+        Cmd::DrainGateway { name, undo } => {
+            let cfg = load(&cli.config)?;
+            open_store(&cfg)?.set_draining(name, !undo)?;
+            output(
+                cli.json,
+                &serde_json::json!({"gateway": name, "draining": !undo}),
+                || format!("gateway {name}: draining {}", !undo),
+            )
+        }
+    }
+}
+
+fn output<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        println!("{}", text().trim_end());
+    }
+    Ok(())
+}
+
+fn hash_password(iterations: u32) -> Result<()> {
+    let mut s = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("reading the password from stdin")?;
+    let pw = s.trim_end_matches(['\n', '\r']);
+    if pw.is_empty() {
+        bail!("empty password on stdin");
+    }
+    let h = PasswordHash::create(pw, iterations, &ring::rand::SystemRandom::new())?;
+    println!("{h}");
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<CenterdConfig> {
+    CenterdConfig::load(path).with_context(|| format!("configuration {}", path.display()))
+}
+
+fn open_store(cfg: &CenterdConfig) -> Result<Storage> {
+    let existed = cfg.database_path.exists();
+    let mut st =
+        Storage::open(&cfg.database_path).with_context(|| format!("database {}", cfg.database_path.display()))?;
+    if !existed {
+        // The database holds PSKs and Secret(ID2)s: owner only.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cfg.database_path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", cfg.database_path.display()))?;
+    }
+    st.init_pool(&cfg.pool)?;
+    Ok(st)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+type RealCenter = Center<HttpGateways, HttpRouters>;
+
+fn build_center(cfg: CenterdConfig) -> Result<RealCenter> {
+    let store = open_store(&cfg)?;
+    let clients = cfg
+        .gateway_endpoints
+        .iter()
+        .zip(cfg.settings.gateways.iter())
+        .map(|((name, ep), g)| (name.clone(), ep.authority.clone(), g.api_key.clone()))
+        .collect();
+    let gws = HttpGateways::new(clients, cfg.command_timeout);
+    let routers = HttpRouters::new(cfg.router_command_port, cfg.command_timeout);
+    Ok(Center::new(store, cfg.settings, gws, routers)?)
+}
+
+async fn run(cfg: CenterdConfig) -> Result<()> {
+    let router_listen = cfg.router_listen;
+    let ui_listen = cfg.ui_listen;
+    let ui_settings = ui::UiSettings {
+        operator_hashes: cfg.operator_hashes.clone(),
+        session_ttl: cfg.session_ttl,
+    };
+    let center = Arc::new(build_center(cfg)?);
+    let api_l = TcpListener::bind(router_listen)
+        .await
+        .with_context(|| format!("listening on {router_listen}"))?;
+    let ui_l = TcpListener::bind(ui_listen)
+        .await
+        .with_context(|| format!("listening on {ui_listen}"))?;
+    log::info!(
+        "centerd: router API on {}, operator UI on http://{}/",
+        api_l.local_addr()?,
+        ui_l.local_addr()?
+    );
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let servers = tokio::spawn({
+        let c = center.clone();
+        let (r1, r2) = (rx.clone(), rx);
+        async move {
+            tokio::join!(
+                api::run(api_l, stopped(r1), c.clone()),
+                ui::run(ui_l, stopped(r2), c, ui_settings)
+            );
+        }
+    });
+    wait_for_signal().await?;
+    log::info!("centerd: shutting down");
+    let _ = tx.send(true);
+    servers.await?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
