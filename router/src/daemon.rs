@@ -84,6 +84,8 @@ pub struct Parts {
     pub datapath: Box<dyn Datapath + Send>,
     pub ike: Box<dyn IkeResponder>,
     pub retry_initial: Duration,
+    /// How often the failure watch looks (30 s in production).
+    pub watch_period: Duration,
 }
 
 /// The daemon's shared core.
@@ -92,6 +94,7 @@ pub struct Router {
     id: Identity,
     rng: SystemRandom,
     retry_initial: Duration,
+    watch_period: Duration,
     inner: Mutex<Inner>,
     /// Serializes router -> center exchanges so that two LAN users pressing
     /// the button at once cannot interleave gateway and maintenance requests.
@@ -115,6 +118,7 @@ impl Router {
             cfg,
             rng: SystemRandom::new(),
             retry_initial: parts.retry_initial,
+            watch_period: parts.watch_period,
             inner: Mutex::new(Inner {
                 state,
                 store,
@@ -227,8 +231,10 @@ impl Router {
     // -- 2. failure notice -----------------------------------------------
 
     /// Sends a failure notice; then, as the seed says, asks for maintenance
-    /// with the preset claimant data (if configured).
-    pub async fn report_failure(&self, code: FailureCode, detail: &str) -> Result<Option<Accepted>, DaemonError> {
+    /// with the preset claimant data (if configured). The result is the
+    /// notice's: a failed preset request is logged, since the notice itself
+    /// must not be repeated because of it.
+    pub async fn report_failure(&self, code: FailureCode, detail: &str) -> Result<(), DaemonError> {
         {
             let _x = self.exchange.lock().await;
             let state = self.state().await;
@@ -238,10 +244,13 @@ impl Router {
             let next = core::finish_failure(&inner.state, p, &reply)?;
             self.commit(&mut inner, next)?;
         }
-        match &self.cfg.button {
-            Some(b) => Ok(Some(self.maintenance(preset_input(b)).await?)),
-            None => Ok(None),
+        log::warn!("failure notice sent ({code:?})");
+        if let Some(b) = &self.cfg.button {
+            if let Err(e) = self.maintenance(preset_input(b)).await {
+                log::error!("preset maintenance request after a failure: {e}");
+            }
         }
+        Ok(())
     }
 
     // -- 3 + 4. gateway address and maintenance request ------------------
@@ -443,7 +452,7 @@ pub async fn serve(
     {
         let r = router.clone();
         let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move { r.watch_failures(Duration::from_secs(30), stop).await });
+        tasks.spawn(async move { r.watch_failures(r.watch_period, stop).await });
     }
     shutdown.await;
     log::info!("shutting down");
@@ -457,7 +466,9 @@ impl Router {
     /// preset maintenance request), not one per tick.
     pub async fn watch_failures(&self, period: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut reported: Option<String> = None;
+        // Keyed by code: the detail of a persistent failure changes with
+        // what the failing change was, and that is not a new failure.
+        let mut reported: Option<FailureCode> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -477,12 +488,10 @@ impl Router {
             };
             match problem {
                 None => reported = None,
-                Some((code, detail)) if reported.as_deref() != Some(detail.as_str()) => {
-                    match self.report_failure(code, &detail).await {
-                        Ok(_) => reported = Some(detail),
-                        Err(e) => log::warn!("failure notice not sent: {e}"),
-                    }
-                }
+                Some((code, detail)) if reported != Some(code) => match self.report_failure(code, &detail).await {
+                    Ok(()) => reported = Some(code),
+                    Err(e) => log::warn!("failure notice not sent: {e}"),
+                },
                 Some(_) => {}
             }
         }

@@ -215,6 +215,7 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
                 datapath,
                 ike: Box::new(StaticResponder::default()),
                 retry_initial: Duration::from_secs(1),
+                watch_period: Duration::from_secs(30),
             },
         )
         .await?;

@@ -79,12 +79,17 @@ struct Running {
 
 impl Running {
     async fn start(cfg: Arc<Config>) -> Running {
+        Self::start_with(cfg, RecordingDatapath::new(), Duration::from_secs(30)).await
+    }
+
+    async fn start_with(cfg: Arc<Config>, dp: RecordingDatapath, watch_period: Duration) -> Running {
         let router = Router::new(
             cfg,
             Parts {
-                datapath: Box::new(RecordingDatapath::new()),
+                datapath: Box::new(dp),
                 ike: Box::new(StaticResponder::default()),
                 retry_initial: Duration::from_millis(20),
+                watch_period,
             },
         )
         .await
@@ -370,6 +375,43 @@ async fn refusals_and_bad_requests_are_reported() {
     .await
     .unwrap();
     assert_eq!(s, 400);
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datapath_failure_sends_one_failure_notice_then_the_preset_request() {
+    let dir = tmpdir("failure");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caddr = cl.local_addr().unwrap();
+    let cfg = config(caddr, &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    // The kernel refuses the very first change, for good.
+    let dp = RecordingDatapath {
+        fail_at: Some(0),
+        ..RecordingDatapath::new()
+    };
+    let rt = Running::start_with(cfg, dp, Duration::from_millis(50)).await;
+    rt.wait_installed().await;
+    let start = std::time::Instant::now();
+    loop {
+        let seen = center.0.lock().unwrap().seen.clone();
+        if seen.iter().any(|p| p == "/v1/router/maintenance") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Several more ticks: still one notice (the same failure is not re-sent).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = center.0.lock().unwrap();
+    assert_eq!(c.failures.len(), 1);
+    assert_eq!(c.failures[0].code, vpnnat_proto::types::FailureCode::Vpnnat);
+    assert!(c.failures[0].detail.as_str().contains("injected failure"));
+    drop(c);
+    let st = rt.router.state().await;
+    assert!(st.last_failure.is_some());
+    assert_eq!(st.requests.values().next().unwrap().claimant_name, "Preset");
     rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
