@@ -404,11 +404,10 @@ async fn datapath_failure_sends_one_failure_notice_then_the_preset_request() {
     }
     // Several more ticks: still one notice (the same failure is not re-sent).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let c = center.0.lock().unwrap();
-    assert_eq!(c.failures.len(), 1);
-    assert_eq!(c.failures[0].code, vpnnat_proto::types::FailureCode::Vpnnat);
-    assert!(c.failures[0].detail.as_str().contains("injected failure"));
-    drop(c);
+    let failures = center.0.lock().unwrap().failures.clone();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].code, vpnnat_proto::types::FailureCode::Vpnnat);
+    assert!(failures[0].detail.as_str().contains("injected failure"));
     let st = rt.router.state().await;
     assert!(st.last_failure.is_some());
     assert_eq!(st.requests.values().next().unwrap().claimant_name, "Preset");
