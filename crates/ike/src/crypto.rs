@@ -53,9 +53,18 @@ pub enum CryptoError {
 
 type Result<T> = std::result::Result<T, CryptoError>;
 
-/// Secret bytes: wiped on drop, never printed.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+/// Secret bytes: wiped on drop, never printed, compared in constant time.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Secret(Vec<u8>);
+
+impl PartialEq for Secret {
+    /// Constant time in the contents (the length is not secret).
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wraps bytes.
@@ -474,6 +483,13 @@ pub(crate) mod tests {
         // an invalid P-256 point is rejected
         let c = DhPrivate::generate(DhGroup::Ecp256, &rng).unwrap();
         assert_eq!(c.agree(&[0u8; 64]), Err(CryptoError::Agreement));
+    }
+
+    #[test]
+    fn secret_equality() {
+        assert_eq!(Secret::from_slice(b"abc"), Secret::from_slice(b"abc"));
+        assert_ne!(Secret::from_slice(b"abc"), Secret::from_slice(b"abd"));
+        assert_ne!(Secret::from_slice(b"abc"), Secret::from_slice(b"ab"));
     }
 
     #[test]
