@@ -757,7 +757,12 @@ impl IkeSa {
             auth.method == AUTH_METHOD_PSK && verify_psk_auth(self.cfg.psk.expose(), &signed, &auth.data).is_ok();
         if !id_ok || !auth_ok {
             // The message decrypted under keys only the DH peer has, so this
-            // is a genuine peer we cannot trust: give up (RFC 7296 2.21.2).
+            // is a genuine peer we cannot trust: tell it in a separate
+            // INFORMATIONAL, sent once (RFC 7296 2.21.2), and give up.
+            let notify = [Payload::Notify(Notify::new(nt::AUTHENTICATION_FAILED, Vec::new()))];
+            if let Ok(bytes) = self.seal(ExchangeType::Informational, false, self.next_mid, &notify) {
+                out.push_back(Output::Send(self.wrap(bytes)));
+            }
             self.die(DownReason::AuthenticationFailed, out);
             return Err(if id_ok {
                 Error::AuthenticationFailed
@@ -1287,6 +1292,13 @@ impl IkeSa {
             self.send_response(ExchangeType::Informational, mid, &[], out)?;
             self.die(DownReason::DeletedByPeer, out);
             return Ok(());
+        }
+        if find_notify(payloads, nt::AUTHENTICATION_FAILED).is_some() {
+            // The initiator refused our AUTH after we had considered the SA
+            // up (RFC 7296 2.21.2).
+            self.send_response(ExchangeType::Informational, mid, &[], out)?;
+            self.die(DownReason::AuthenticationFailed, out);
+            return Err(Error::PeerError(nt::AUTHENTICATION_FAILED));
         }
         let mut ours = Vec::new();
         for d in deletes.iter().filter(|d| d.protocol == protocol_id::ESP) {

@@ -495,3 +495,24 @@ fn invalid_configuration_is_refused() {
     let r = vpnnat_ike::Responder::new(ResponderConfig::new(addr(GW).ip(), rt), net.now, &net.rng);
     assert!(matches!(r, Err(Error::InvalidConfig(_))));
 }
+
+#[test]
+fn initiator_refusing_the_responder_tells_it() {
+    let mut gw = gw_sa(PSK);
+    gw.remote_id = Some(Identity::key_id(b"router-99"));
+    let mut net = Net::new(gw, ResponderConfig::new(addr(GW).ip(), rt_sa(PSK)));
+    net.connect();
+    // (then the answer to the notify finds the SA gone)
+    assert_eq!(net.gw_errors[0], Error::IdentityMismatch);
+    assert!(matches!(net.gw_errors[1..], [Error::UnknownSa { .. }]));
+    assert_eq!(net.rt_errors, vec![Error::PeerError(24)]);
+    let (ge, re) = net.take_events();
+    assert!(child_ups(&ge).is_empty());
+    assert_eq!(tunnel_down(&ge), Some(DownReason::AuthenticationFailed));
+    // the router had installed its side: it is torn down again
+    let up = child_ups(&re);
+    assert_eq!(up.len(), 1);
+    assert_eq!(downs(&re), vec![(up[0].inbound_spi, up[0].outbound_spi)]);
+    assert_eq!(tunnel_down(&re), Some(DownReason::AuthenticationFailed));
+    assert_eq!(net.rt.sa_count(), 0);
+}
