@@ -100,3 +100,49 @@ km2 = prf_plus(skeyseed2, ni + nr + struct.pack(">QQ", new_spi_i, new_spi_r), 16
 emit("rekey_sk_d", km2[0:32])
 emit("rekey_sk_ei", km2[32:68])
 emit("rekey_sk_pr", km2[136:168])
+
+# A complete IKE_SA_INIT request as our Initiator must emit it when every
+# random byte is 0x42 (ring's FixedByteRandom): SPIi, nonce and the X25519
+# private key. Laid out by hand from RFC 7296 sections 3.1-3.10.
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+
+def payload(next_type, body):
+    return bytes([next_type, 0]) + struct.pack(">H", 4 + len(body)) + body
+
+
+def transform(last, ttype, tid, keylen=None):
+    attrs = b"" if keylen is None else struct.pack(">HH", 0x800E, keylen)
+    return bytes([0 if last else 3, 0]) + struct.pack(">HBBH", 8 + len(attrs), ttype, 0, tid) + attrs
+
+
+def proposal(last, num, transforms):
+    body = b"".join(transforms)
+    return bytes([0 if last else 2, 0]) + struct.pack(">HBBBB", 8 + len(body), num, 1, 0, len(transforms)) + body
+
+
+spi_i = 0x4242424242424242
+pub = (
+    X25519PrivateKey.from_private_bytes(b"\x42" * 32)
+    .public_key()
+    .public_bytes(Encoding.Raw, PublicFormat.Raw)
+)
+sa = proposal(False, 1, [transform(False, 1, 20, 256), transform(False, 2, 5), transform(True, 4, 31)]) + proposal(
+    True, 2, [transform(False, 1, 20, 128), transform(False, 2, 5), transform(True, 4, 19)]
+)
+
+
+def nat_hash(ip, port):
+    return hashlib.sha1(struct.pack(">QQ", spi_i, 0) + bytes(ip) + struct.pack(">H", port)).digest()
+
+
+body = (
+    payload(34, sa)
+    + payload(40, struct.pack(">HH", 31, 0) + pub)
+    + payload(41, b"\x42" * 32)
+    + payload(41, struct.pack(">BBH", 0, 0, 16388) + nat_hash([203, 0, 113, 1], 500))
+    + payload(0, struct.pack(">BBH", 0, 0, 16389) + nat_hash([198, 51, 100, 2], 500))
+)
+header = struct.pack(">QQBBBBII", spi_i, 0, 33, 0x20, 34, 0x08, 0, 28 + len(body))
+emit("init_request_fixed42", header + body)

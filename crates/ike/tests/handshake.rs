@@ -516,3 +516,28 @@ fn initiator_refusing_the_responder_tells_it() {
     assert_eq!(tunnel_down(&re), Some(DownReason::AuthenticationFailed));
     assert_eq!(net.rt.sa_count(), 0);
 }
+
+/// With every random byte 0x42 (ring's fixed test RNG) the first message is
+/// fully determined; testdata/gen_vectors.py builds it independently
+/// (Python `cryptography` for the X25519 public key, hashlib for the NAT
+/// hashes, the layout by hand).
+#[test]
+#[allow(deprecated)]
+fn ike_sa_init_request_matches_independent_encoding() {
+    let expected = include_str!("../testdata/vectors.txt")
+        .lines()
+        .find_map(|l| l.strip_prefix("init_request_fixed42 = "))
+        .unwrap();
+    let rng = ring::deprecated_test::rand::FixedByteRandom { byte: 0x42 };
+    let mut gw = vpnnat_ike::Initiator::new(vpnnat_ike::InitiatorConfig {
+        local: addr(GW),
+        peer: addr(RT),
+        sa: gw_sa(PSK),
+    });
+    gw.connect(std::time::Instant::now(), &rng).unwrap();
+    let Some(Output::Send(d)) = gw.poll_output() else {
+        panic!()
+    };
+    assert_eq!((d.src, d.dst), (addr(GW), addr(RT)));
+    assert_eq!(hex::encode(&d.payload), expected.trim());
+}
