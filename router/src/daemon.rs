@@ -96,6 +96,8 @@ pub struct Router {
     retry_initial: Duration,
     watch_period: Duration,
     inner: Mutex<Inner>,
+    /// Set when the operator asked for a reboot (maintenance interface).
+    stop: tokio::sync::watch::Sender<bool>,
     /// Serializes router -> center exchanges so that two LAN users pressing
     /// the button at once cannot interleave gateway and maintenance requests.
     exchange: Mutex<()>,
@@ -128,6 +130,7 @@ impl Router {
                 datapath_error: None,
             }),
             exchange: Mutex::new(()),
+            stop: tokio::sync::watch::channel(false).0,
         });
         {
             let mut inner = r.inner.lock().await;
@@ -384,6 +387,53 @@ impl Router {
         }
     }
 
+    // -- maintenance interface ------------------------------------------
+
+    /// Whether `candidate` is the maintenance password from installation.
+    /// Compared as HMACs under Secret(ID2), so the comparison is constant
+    /// time whatever the lengths.
+    pub async fn check_maintenance_password(&self, candidate: &str) -> bool {
+        use ring::hmac;
+        use vpnnat_proto::keys::SecretBytes;
+        let inner = self.inner.lock().await;
+        let Some(inst) = &inner.state.installation else {
+            return false;
+        };
+        let key = hmac::Key::new(hmac::HMAC_SHA256, inst.secret_id2.expose_secret());
+        let want = hmac::sign(&key, inst.maintenance_password.expose_secret().as_bytes());
+        hmac::verify(&key, candidate.as_bytes(), want.as_ref()).is_ok()
+    }
+
+    /// Whether `peer` may use the maintenance interface: the center's
+    /// networks (through the tunnel) or the router itself.
+    pub async fn is_center_peer(&self, peer: std::net::IpAddr) -> bool {
+        let std::net::IpAddr::V4(ip) = peer else {
+            return false;
+        };
+        if ip.is_loopback() {
+            return true;
+        }
+        let inner = self.inner.lock().await;
+        inner
+            .state
+            .gateway
+            .iter()
+            .flat_map(|g| g.center_networks.iter())
+            .any(|net| net.contains(ip))
+    }
+
+    /// Asks the daemon to stop; as PID 1 it then reboots.
+    pub fn request_reboot(&self) {
+        crate::init::want_reboot();
+        let _ = self.stop.send(true);
+    }
+
+    /// Completes when [`Router::request_reboot`] was called.
+    pub async fn stop_requested(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     // -- views -----------------------------------------------------------
 
     pub async fn status(&self) -> StatusView {
@@ -454,7 +504,10 @@ pub async fn serve(
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move { r.watch_failures(r.watch_period, stop).await });
     }
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = router.stop_requested() => {}
+    }
     log::info!("shutting down");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}

@@ -39,6 +39,11 @@ pub enum InitError {
 /// Set when the shutdown signal asked for a reboot rather than power-off.
 static REBOOT: AtomicBool = AtomicBool::new(false);
 
+/// Makes the final [`power_off`] a reboot (operator's reboot action).
+pub fn want_reboot() {
+    REBOOT.store(true, Ordering::SeqCst);
+}
+
 /// Mounts, interfaces, addresses and the default route.
 pub fn boot(cfg: &Config) -> Result<(), InitError> {
     for (fstype, target) in [

@@ -414,3 +414,57 @@ async fn datapath_failure_sends_one_failure_notice_then_the_preset_request() {
     rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_interface_needs_the_password_and_reboots() {
+    use base64::Engine as _;
+    let dir = tmpdir("maint");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let _center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    let get = |auth: Option<String>| {
+        let addr = rt.center_port.clone();
+        async move {
+            let h: Vec<(&str, String)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http::request(&addr, Method::GET, "/maintenance", &h, None, Duration::from_secs(5))
+                .await
+                .unwrap()
+        }
+    };
+    let basic = |p: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("op:{p}"))
+        )
+    };
+    let (s, h, _) = get(None).await;
+    assert_eq!(s, 401);
+    assert!(h.contains_key("www-authenticate"));
+    assert_eq!(get(Some(basic("wrong-password"))).await.0, 401);
+    let (s, _, body) = get(Some(basic("maintenance-pw"))).await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains("router-1") && page.contains("&lt;set&gt;"), "{page}");
+    assert!(!page.contains(&"01".repeat(32)) && !page.contains("maintenance-pw"));
+    // Reboot: the daemon stops by itself.
+    let auth = basic("maintenance-pw");
+    let (s, _, _) = http::request(
+        &rt.center_port,
+        Method::POST,
+        "/maintenance/reboot",
+        &[("authorization", auth.as_str())],
+        Some(vec![]),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 202);
+    tokio::time::timeout(Duration::from_secs(10), rt.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -173,3 +173,41 @@ mod tests {
         assert!(hosts_text(&h).contains("10.64.0.9"));
     }
 }
+
+/// The configuration as the operator's maintenance page shows it: every
+/// secret masked.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConfigView {
+    pub terminal_id: String,
+    pub center_url: String,
+    pub factory_secret: &'static str,
+    pub wan: String,
+    pub lan: String,
+    pub web_ui_listen: String,
+    pub server_part_listen: String,
+    pub lease_file: String,
+    pub dns: bool,
+    pub static_hosts: BTreeMap<String, Ipv4Addr>,
+    pub button: bool,
+    pub helpers: Vec<String>,
+}
+
+impl ConfigView {
+    pub fn new(c: &crate::config::Config) -> Self {
+        let iface = |i: &crate::config::Interface| format!("{} {}/{}", i.name, i.address, i.prefix_len);
+        ConfigView {
+            terminal_id: c.terminal_id.to_string(),
+            center_url: c.center_url.to_string(),
+            factory_secret: "<set>",
+            wan: iface(&c.wan),
+            lan: iface(&c.lan),
+            web_ui_listen: c.web_ui_listen.to_string(),
+            server_part_listen: c.server_part_listen.to_string(),
+            lease_file: c.lease_file.display().to_string(),
+            dns: c.dns,
+            static_hosts: c.hosts.iter().map(|(n, ip)| (n.to_string(), *ip)).collect(),
+            button: c.button.is_some(),
+            helpers: c.helpers.iter().map(|h| h.name.clone()).collect(),
+        }
+    }
+}

@@ -289,8 +289,84 @@ pub struct CenterPort {
     pub router: Arc<Router>,
 }
 
+impl CenterPort {
+    async fn maintenance(&self, req: &Incoming1) -> Reply {
+        if !self.router.is_center_peer(req.peer.ip()).await {
+            return text(403, "the maintenance interface is reachable through the tunnel only");
+        }
+        let password = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(basic_password);
+        let authorized = match password {
+            Some(p) => self.router.check_maintenance_password(&p).await,
+            None => false,
+        };
+        if !authorized {
+            let mut r = text(401, "maintenance password required");
+            r.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static("Basic realm=\"routerd maintenance\", charset=\"UTF-8\""),
+            );
+            return r;
+        }
+        match (&req.method, req.path.as_str()) {
+            (&Method::GET, "/maintenance") => html(200, self.maintenance_page().await),
+            (&Method::GET, "/maintenance/api") => json(200, &self.maintenance_view().await),
+            (&Method::POST, "/maintenance/reboot") => {
+                log::warn!("reboot requested through the maintenance interface by {}", req.peer);
+                self.router.request_reboot();
+                text(202, "rebooting")
+            }
+            _ => text(404, "not found"),
+        }
+    }
+
+    async fn maintenance_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": self.router.status().await,
+            "config": crate::view::ConfigView::new(&self.router.cfg),
+            "hosts": self.router.hosts().await,
+            "datapath_error": self.router.datapath_error().await,
+        })
+    }
+
+    async fn maintenance_page(&self) -> String {
+        let status = self.router.status().await;
+        let hosts = self.router.hosts().await;
+        let cfg = crate::view::ConfigView::new(&self.router.cfg);
+        let mut b = String::new();
+        let _ = write!(b, "<h2>Status</h2><pre>{}</pre>", escape(&status.to_text()));
+        if let Some(e) = self.router.datapath_error().await {
+            let _ = write!(b, "<p class=\"err\">Datapath: {}</p>", escape(&e));
+        }
+        let _ = write!(
+            b,
+            "<h2>Host table</h2><pre>{}</pre>",
+            escape(&crate::view::hosts_text(&hosts))
+        );
+        let cfg_text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+        let _ = write!(b, "<h2>Configuration</h2><pre>{}</pre>", escape(&cfg_text));
+        b.push_str("<form method=\"post\" action=\"/maintenance/reboot\"><button>Reboot the router</button></form>");
+        page(&format!("Maintenance of {}", status.terminal_id), &b)
+    }
+}
+
+/// The password of an `Authorization: Basic` header.
+fn basic_password(h: &str) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = h.strip_prefix("Basic ")?.trim();
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    s.split_once(':').map(|(_, p)| p.to_string())
+}
+
 impl Handler for CenterPort {
     async fn handle(&self, req: Incoming1) -> Reply {
+        if req.path == "/maintenance" || req.path.starts_with("/maintenance/") {
+            return self.maintenance(&req).await;
+        }
         if req.method != Method::POST {
             return text(405, "method not allowed");
         }
@@ -308,5 +384,19 @@ impl Handler for CenterPort {
             }
             None => text(status, msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn basic_auth_header() {
+        // "op:secret pass"
+        assert_eq!(
+            super::basic_password("Basic b3A6c2VjcmV0IHBhc3M=").as_deref(),
+            Some("secret pass")
+        );
+        assert_eq!(super::basic_password("Bearer x"), None);
+        assert_eq!(super::basic_password("Basic !!!"), None);
     }
 }
