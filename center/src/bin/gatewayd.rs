@@ -1,1 +1,123 @@
-fn main() {}
+//! gatewayd: the VPN gateway agent. Takes authenticated commands from
+//! centerd, programs each router's tunnel policies through the datapath
+//! library behind the `TunnelDriver` seam, and pushes tunnel up/down events
+//! to centerd.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::unbounded_channel;
+use vpnnat_center::gateway::config::{DatapathKind, GatewaydConfig};
+use vpnnat_center::gateway::driver::{PolicyDriver, TunnelDriver};
+use vpnnat_center::gateway::{forward_events, run, Gatewayd};
+use vpnnat_datapath::nft::NatTable;
+use vpnnat_datapath::{KernelDatapath, RecordingDatapath};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatewayd",
+    version,
+    about = "vpnnat VPN gateway agent: tunnels to routers, commanded by centerd"
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/vpnnat/gatewayd.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the command API (the default).
+    Run,
+    /// Validate the configuration, then exit.
+    CheckConfig,
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let cfg = load(&cli.config)?;
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::CheckConfig => {
+            println!("configuration OK: gateway {} on {}", cfg.name, cfg.listen);
+            Ok(())
+        }
+        Cmd::Run => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(cfg)),
+    }
+}
+
+fn load(path: &Path) -> Result<GatewaydConfig> {
+    GatewaydConfig::load(path).with_context(|| format!("configuration {}", path.display()))
+}
+
+async fn serve(cfg: GatewaydConfig) -> Result<()> {
+    let (tx, rx) = unbounded_channel();
+    let driver: Box<dyn TunnelDriver> = match cfg.datapath {
+        DatapathKind::Kernel => {
+            let mut dp = KernelDatapath::open(NatTable::default()).context("opening the kernel datapath")?;
+            // Hash the per-/32 policies instead of scanning them: every
+            // policy pairs a center network with a /32, so thresholds at the
+            // shortest center prefix cover all of them.
+            let bits = cfg.center_networks.iter().map(|c| c.prefix_len()).min().unwrap_or(32);
+            dp.xfrm
+                .set_hash_thresholds(bits, bits)
+                .context("setting the XFRM policy hash thresholds")?;
+            Box::new(PolicyDriver::new(
+                dp,
+                cfg.global_ip,
+                cfg.center_networks.clone(),
+                cfg.policy_priority,
+                tx,
+            ))
+        }
+        DatapathKind::Recording => Box::new(PolicyDriver::new(
+            RecordingDatapath::new(),
+            cfg.global_ip,
+            cfg.center_networks.clone(),
+            cfg.policy_priority,
+            tx,
+        )),
+    };
+    let gw = Arc::new(Gatewayd::new(cfg.name.clone(), cfg.api_key.clone(), driver)?);
+    // Nothing from a previous run survives: centerd re-sends what it wants.
+    gw.reconcile().context("reconciling the kernel at start")?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    log::info!("gatewayd {}: API on {}", cfg.name, listener.local_addr()?);
+    let events = tokio::spawn(forward_events(
+        rx,
+        cfg.center.clone(),
+        cfg.name.clone(),
+        cfg.api_key.clone(),
+        cfg.event_timeout,
+    ));
+    run(listener, shutdown(), gw).await;
+    events.abort();
+    log::info!("gatewayd: stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    match term {
+        Ok(mut t) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = t.recv() => {}
+            }
+        }
+        Err(e) => {
+            log::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! gatewayd's configuration (TOML, raw -> validated, errors name the key).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vpnnat_proto::keys::{GatewayApiKey, SecretBytes};
+use vpnnat_proto::types::{GatewayName, Ipv4Cidr, UnicastAddr};
+
+use crate::config::{ConfigError, HttpEndpoint};
+
+/// Which datapath programs the policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    /// The kernel's XFRM policy database (needs CAP_NET_ADMIN).
+    Kernel,
+    /// In memory only: nothing reaches the kernel (tests, demos without root).
+    Recording,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: String,
+    listen: String,
+    api_key: String,
+    global_ip: String,
+    center_networks: Vec<String>,
+    center_url: String,
+    policy_priority: Option<u32>,
+    datapath: Option<DatapathKind>,
+    event_timeout_ms: Option<u64>,
+}
+
+/// gatewayd's validated configuration.
+#[derive(Debug)]
+pub struct GatewaydConfig {
+    pub name: GatewayName,
+    pub listen: SocketAddr,
+    pub api_key: GatewayApiKey,
+    pub global_ip: Ipv4Addr,
+    pub center_networks: Vec<vpnnat_datapath::Ipv4Cidr>,
+    /// centerd's router/gateway API, where tunnel events go.
+    pub center: HttpEndpoint,
+    pub policy_priority: u32,
+    pub datapath: DatapathKind,
+    pub event_timeout: Duration,
+}
+
+fn invalid(key: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl GatewaydConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from(origin),
+            message: e.to_string(),
+        })?;
+        let name = GatewayName::new(raw.name.as_str()).map_err(|e| invalid("name", e))?;
+        let listen = raw
+            .listen
+            .parse()
+            .map_err(|_| invalid("listen", "not an address:port"))?;
+        let api_key =
+            GatewayApiKey::from_hex(&raw.api_key).map_err(|e| invalid("api_key", format!("{e} (64 hex digits)")))?;
+        let ip: Ipv4Addr = raw
+            .global_ip
+            .parse()
+            .map_err(|_| invalid("global_ip", "not an IPv4 address"))?;
+        let global_ip = UnicastAddr::new(ip).map_err(|e| invalid("global_ip", e))?.get();
+        if raw.center_networks.is_empty() {
+            return Err(invalid("center_networks", "at least one network is needed"));
+        }
+        let mut center_networks = Vec::new();
+        for (i, n) in raw.center_networks.iter().enumerate() {
+            let key = format!("center_networks[{i}]");
+            let c: Ipv4Cidr = n.parse().map_err(|e| invalid(&key, e))?;
+            let d = vpnnat_datapath::Ipv4Cidr::new(c.addr(), c.prefix_len()).map_err(|e| invalid(&key, e))?;
+            center_networks.push(d);
+        }
+        let center = HttpEndpoint::parse(&raw.center_url).map_err(|e| invalid("center_url", e))?;
+        Ok(GatewaydConfig {
+            name,
+            listen,
+            api_key,
+            global_ip,
+            center_networks,
+            center,
+            policy_priority: raw.policy_priority.unwrap_or(1000),
+            datapath: raw.datapath.unwrap_or(DatapathKind::Kernel),
+            event_timeout: Duration::from_millis(raw.event_timeout_ms.unwrap_or(5000)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+name = "gw1"
+listen = "127.0.0.1:9000"
+api_key = "4141414141414141414141414141414141414141414141414141414141414141"
+global_ip = "198.51.100.11"
+center_networks = ["172.16.0.0/24"]
+center_url = "http://127.0.0.1:8080"
+"#;
+
+    #[test]
+    fn parses_and_names_keys() {
+        let c = GatewaydConfig::parse(EXAMPLE, Path::new("g.toml")).unwrap();
+        assert_eq!(c.name.as_str(), "gw1");
+        assert_eq!(c.datapath, DatapathKind::Kernel);
+        assert!(!format!("{c:?}").contains("414141"));
+        let err = |t: String| GatewaydConfig::parse(&t, Path::new("g.toml")).unwrap_err().to_string();
+        assert!(err(EXAMPLE.replace("172.16.0.0/24", "172.16.0.1/24")).contains("center_networks[0]"));
+        assert!(err(EXAMPLE.replace("\"4141", "\"zz41")).contains("api_key"));
+        assert!(err(format!("{EXAMPLE}\nextra = 1")).contains("extra"));
+        assert!(err(EXAMPLE.replace("http://127.0.0.1:8080", "127.0.0.1")).contains("center_url"));
+        assert!(err(format!("{EXAMPLE}\ndatapath = \"magic\"")).contains("datapath"));
+    }
+}

@@ -1,0 +1,404 @@
+//! The seam between gatewayd's command API and whatever brings tunnels up.
+//!
+//! [`TunnelDriver`] is what gatewayd calls; today's implementation,
+//! [`PolicyDriver`], programs the XFRM policies of each tunnel through the
+//! datapath library and reports every tunnel as *connecting* ("IKE
+//! pending"): there is no IKE driver yet, and a tunnel is never reported up
+//! unless something actually brought it up. A later IKE driver (the
+//! `vpnnat-ike` initiator over UDP) implements the same trait, keeps the
+//! policies the same way, installs the SAs it negotiates, and sends
+//! [`DriverEvent`]s for up/down (including dead-peer detection).
+//!
+//! Policies per VPNNAT /32 `v` of a router's tunnel, for each center network
+//! `c`, all with reqid `REQID_BASE + slot`:
+//! - out: `c -> v/32`, template gateway -> router
+//! - in, fwd: `v/32 -> c`, template router -> gateway
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use thiserror::Error;
+use tokio::sync::mpsc::UnboundedSender;
+use vpnnat_datapath::{
+    is_owned_reqid, Change, Datapath, DatapathError, Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec,
+    RecordingDatapath, REQID_BASE, REQID_RANGE,
+};
+use vpnnat_proto::keys::Psk;
+use vpnnat_proto::messages::TunnelStatus;
+use vpnnat_proto::types::TerminalId;
+
+#[derive(Debug, Error)]
+pub enum DriverError {
+    #[error("no tunnel for terminal {0}")]
+    UnknownTunnel(String),
+    #[error("slot {slot} is already used by the tunnel of {holder}")]
+    SlotInUse { slot: u16, holder: String },
+    #[error("slot {0} is outside the reqid range")]
+    SlotOutOfRange(u16),
+    #[error("address {addr} is already routed into the tunnel of {holder}")]
+    AddressInUse { addr: Ipv4Addr, holder: String },
+    #[error("too many addresses in the tunnel of {0}")]
+    TooManyAddresses(String),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+/// What the center asks for: one tunnel to one router.
+#[derive(Debug, Clone)]
+pub struct TunnelSpec {
+    pub terminal_id: TerminalId,
+    pub slot: u16,
+    pub router_ip: Ipv4Addr,
+    /// Kept for the IKE driver; the policy driver does not use it.
+    pub psk: Psk,
+}
+
+/// A tunnel as the driver sees it (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelInfo {
+    pub terminal_id: TerminalId,
+    pub slot: u16,
+    pub router_ip: Ipv4Addr,
+    pub status: TunnelStatus,
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// A tunnel changed state; gatewayd forwards it to centerd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverEvent {
+    pub terminal_id: TerminalId,
+    pub slot: u16,
+    pub status: TunnelStatus,
+    pub detail: String,
+}
+
+/// Everything gatewayd needs from a tunnel implementation.
+pub trait TunnelDriver: Send {
+    /// Creates the tunnel, or updates it (new router address or PSK: a
+    /// re-key). Idempotent for an unchanged spec.
+    fn setup(&mut self, spec: TunnelSpec) -> Result<(), DriverError>;
+    /// Routes these VPNNAT addresses into the tunnel (idempotent).
+    fn add_addresses(&mut self, terminal: &TerminalId, addrs: &[Ipv4Addr]) -> Result<(), DriverError>;
+    /// Stops routing them (addresses not in the tunnel are ignored).
+    fn remove_addresses(&mut self, terminal: &TerminalId, addrs: &[Ipv4Addr]) -> Result<(), DriverError>;
+    /// Removes every route of the tunnel and the tunnel (idempotent).
+    fn teardown(&mut self, terminal: &TerminalId) -> Result<(), DriverError>;
+    /// Every tunnel.
+    fn tunnels(&self) -> Vec<TunnelInfo>;
+    /// Brings the kernel to exactly what the driver's state says: removes
+    /// leftovers (e.g. of a previous run), re-adds what is missing.
+    fn reconcile(&mut self) -> Result<(), DriverError>;
+}
+
+/// The part of the datapath the gateway needs: owned policies and apply.
+/// Reading only the XFRM policy database keeps gatewayd independent of
+/// nftables (the gateway has no NAT table).
+pub trait PolicyDatapath: Send {
+    fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError>;
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError>;
+}
+
+impl PolicyDatapath for KernelDatapath {
+    fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError> {
+        Ok(self
+            .xfrm
+            .list_policies()?
+            .into_iter()
+            .filter(|p| is_owned_reqid(p.reqid))
+            .collect())
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
+        Datapath::apply(self, changes)
+    }
+}
+
+impl PolicyDatapath for RecordingDatapath {
+    fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError> {
+        Ok(self.state.policies.clone())
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
+        Datapath::apply(self, changes)
+    }
+}
+
+#[derive(Debug)]
+struct Tunnel {
+    spec: TunnelSpec,
+    addresses: BTreeSet<Ipv4Addr>,
+    status: TunnelStatus,
+}
+
+/// Most addresses one tunnel carries (the state report's limit).
+const MAX_ADDRESSES: usize = vpnnat_proto::messages::MAX_ADDRESSES_PER_TUNNEL;
+
+/// Policies through the datapath, IKE pending.
+#[derive(Debug)]
+pub struct PolicyDriver<D> {
+    dp: D,
+    local_ip: Ipv4Addr,
+    center_networks: Vec<Ipv4Cidr>,
+    priority: u32,
+    tunnels: BTreeMap<TerminalId, Tunnel>,
+    events: UnboundedSender<DriverEvent>,
+}
+
+/// Shown with every "connecting" event until an IKE driver exists.
+pub const IKE_PENDING: &str = "IKE pending: policies installed, no IKE driver to negotiate SAs yet";
+
+impl<D: PolicyDatapath> PolicyDriver<D> {
+    pub fn new(
+        dp: D,
+        local_ip: Ipv4Addr,
+        center_networks: Vec<Ipv4Cidr>,
+        priority: u32,
+        events: UnboundedSender<DriverEvent>,
+    ) -> Self {
+        PolicyDriver {
+            dp,
+            local_ip,
+            center_networks,
+            priority,
+            tunnels: BTreeMap::new(),
+            events,
+        }
+    }
+
+    pub fn datapath(&self) -> &D {
+        &self.dp
+    }
+
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
+    fn reqid(slot: u16) -> Result<u32, DriverError> {
+        let r = REQID_BASE
+            .checked_add(u32::from(slot))
+            .ok_or(DriverError::SlotOutOfRange(slot))?;
+        if u32::from(slot) >= REQID_RANGE {
+            return Err(DriverError::SlotOutOfRange(slot));
+        }
+        Ok(r)
+    }
+
+    fn policies(&self, t: &TunnelSpec, addr: Ipv4Addr) -> Result<Vec<PolicySpec>, DriverError> {
+        let reqid = Self::reqid(t.slot)?;
+        let host = Ipv4Cidr::host(addr);
+        let mut out = Vec::with_capacity(self.center_networks.len().saturating_mul(3));
+        for c in &self.center_networks {
+            out.push(PolicySpec {
+                id: PolicyId {
+                    src: *c,
+                    dst: host,
+                    dir: Dir::Out,
+                },
+                priority: self.priority,
+                tmpl_src: self.local_ip,
+                tmpl_dst: t.router_ip,
+                reqid,
+            });
+            for dir in [Dir::In, Dir::Fwd] {
+                out.push(PolicySpec {
+                    id: PolicyId {
+                        src: host,
+                        dst: *c,
+                        dir,
+                    },
+                    priority: self.priority,
+                    tmpl_src: t.router_ip,
+                    tmpl_dst: self.local_ip,
+                    reqid,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn desired(&self) -> Result<Vec<PolicySpec>, DriverError> {
+        let mut v = Vec::new();
+        for t in self.tunnels.values() {
+            for a in &t.addresses {
+                v.extend(self.policies(&t.spec, *a)?);
+            }
+        }
+        Ok(v)
+    }
+
+    fn emit(&self, spec: &TunnelSpec, status: TunnelStatus, detail: &str) {
+        // The receiver lives as long as gatewayd; a send error only means
+        // it is shutting down.
+        let _ = self.events.send(DriverEvent {
+            terminal_id: spec.terminal_id.clone(),
+            slot: spec.slot,
+            status,
+            detail: detail.to_owned(),
+        });
+    }
+
+    fn tunnel(&self, terminal: &TerminalId) -> Result<&Tunnel, DriverError> {
+        self.tunnels
+            .get(terminal)
+            .ok_or_else(|| DriverError::UnknownTunnel(terminal.to_string()))
+    }
+}
+
+impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
+    fn setup(&mut self, spec: TunnelSpec) -> Result<(), DriverError> {
+        Self::reqid(spec.slot)?;
+        if let Some((holder, _)) = self
+            .tunnels
+            .iter()
+            .find(|(id, t)| t.spec.slot == spec.slot && **id != spec.terminal_id)
+        {
+            return Err(DriverError::SlotInUse {
+                slot: spec.slot,
+                holder: holder.to_string(),
+            });
+        }
+        match self.tunnels.get(&spec.terminal_id) {
+            Some(t) if t.spec.router_ip == spec.router_ip && t.spec.slot == spec.slot => {
+                // Same tunnel; a new PSK is kept for the IKE driver.
+                if let Some(t) = self.tunnels.get_mut(&spec.terminal_id) {
+                    t.spec.psk = spec.psk;
+                }
+                return Ok(());
+            }
+            Some(t) => {
+                // The router moved (new global IP) or the slot changed:
+                // re-point every policy of the tunnel.
+                let addrs: Vec<Ipv4Addr> = t.addresses.iter().copied().collect();
+                let mut changes = Vec::new();
+                for a in &addrs {
+                    for p in self.policies(&t.spec, *a)? {
+                        changes.push(Change::DelPolicy(p.id));
+                    }
+                }
+                for a in &addrs {
+                    for p in self.policies(&spec, *a)? {
+                        changes.push(Change::AddPolicy(p));
+                    }
+                }
+                self.dp.apply(&changes)?;
+                if let Some(t) = self.tunnels.get_mut(&spec.terminal_id) {
+                    t.spec = spec.clone();
+                    t.status = TunnelStatus::Connecting;
+                }
+            }
+            None => {
+                self.tunnels.insert(
+                    spec.terminal_id.clone(),
+                    Tunnel {
+                        spec: spec.clone(),
+                        addresses: BTreeSet::new(),
+                        status: TunnelStatus::Connecting,
+                    },
+                );
+            }
+        }
+        log::info!(
+            "tunnel to {} ({}) slot {}: connecting ({IKE_PENDING})",
+            spec.terminal_id,
+            spec.router_ip,
+            spec.slot
+        );
+        self.emit(&spec, TunnelStatus::Connecting, IKE_PENDING);
+        Ok(())
+    }
+
+    fn add_addresses(&mut self, terminal: &TerminalId, addrs: &[Ipv4Addr]) -> Result<(), DriverError> {
+        let t = self.tunnel(terminal)?;
+        for a in addrs {
+            if let Some((holder, _)) = self
+                .tunnels
+                .iter()
+                .find(|(id, o)| *id != terminal && o.addresses.contains(a))
+            {
+                return Err(DriverError::AddressInUse {
+                    addr: *a,
+                    holder: holder.to_string(),
+                });
+            }
+        }
+        let new: BTreeSet<Ipv4Addr> = addrs.iter().copied().filter(|a| !t.addresses.contains(a)).collect();
+        if t.addresses.len().saturating_add(new.len()) > MAX_ADDRESSES {
+            return Err(DriverError::TooManyAddresses(terminal.to_string()));
+        }
+        let mut changes = Vec::new();
+        for a in &new {
+            changes.extend(self.policies(&t.spec, *a)?.into_iter().map(Change::AddPolicy));
+        }
+        self.dp.apply(&changes)?;
+        if let Some(t) = self.tunnels.get_mut(terminal) {
+            t.addresses.extend(new);
+        }
+        Ok(())
+    }
+
+    fn remove_addresses(&mut self, terminal: &TerminalId, addrs: &[Ipv4Addr]) -> Result<(), DriverError> {
+        let t = self.tunnel(terminal)?;
+        let gone: Vec<Ipv4Addr> = addrs.iter().copied().filter(|a| t.addresses.contains(a)).collect();
+        let mut changes = Vec::new();
+        for a in &gone {
+            changes.extend(self.policies(&t.spec, *a)?.into_iter().map(|p| Change::DelPolicy(p.id)));
+        }
+        self.dp.apply(&changes)?;
+        if let Some(t) = self.tunnels.get_mut(terminal) {
+            for a in &gone {
+                t.addresses.remove(a);
+            }
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self, terminal: &TerminalId) -> Result<(), DriverError> {
+        let Some(t) = self.tunnels.get(terminal) else {
+            return Ok(());
+        };
+        let mut changes = Vec::new();
+        for a in &t.addresses {
+            changes.extend(self.policies(&t.spec, *a)?.into_iter().map(|p| Change::DelPolicy(p.id)));
+        }
+        self.dp.apply(&changes)?;
+        if let Some(t) = self.tunnels.remove(terminal) {
+            log::info!("tunnel to {} slot {}: torn down", terminal, t.spec.slot);
+            self.emit(&t.spec, TunnelStatus::Down, "torn down on command");
+        }
+        Ok(())
+    }
+
+    fn tunnels(&self) -> Vec<TunnelInfo> {
+        self.tunnels
+            .values()
+            .map(|t| TunnelInfo {
+                terminal_id: t.spec.terminal_id.clone(),
+                slot: t.spec.slot,
+                router_ip: t.spec.router_ip,
+                status: t.status,
+                addresses: t.addresses.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    fn reconcile(&mut self) -> Result<(), DriverError> {
+        let desired = self.desired()?;
+        let observed = self.dp.owned_policies()?;
+        let mut changes: Vec<Change> = observed
+            .iter()
+            .filter(|o| !desired.iter().any(|d| d == *o))
+            .map(|o| Change::DelPolicy(o.id))
+            .collect();
+        changes.extend(
+            desired
+                .iter()
+                .filter(|d| !observed.iter().any(|o| o == *d))
+                .map(|d| Change::AddPolicy(*d)),
+        );
+        if !changes.is_empty() {
+            log::info!("reconcile: {} policy change(s)", changes.len());
+        }
+        self.dp.apply(&changes)?;
+        Ok(())
+    }
+}
