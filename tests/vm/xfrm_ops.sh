@@ -11,7 +11,13 @@ K128=0x$(printf '33%.0s' $(seq 16))c1c2c3c4
 K256=0x$(printf '44%.0s' $(seq 32))d1d2d3d4
 must "$IP" netns add x
 must nsx x vpnnatctl link lo up
-must nsx x vpnnatctl addr add lo $A/32
+# Larval states made by the acquire test below expire after this many seconds.
+must nsx x sh -c 'echo 1 > /proc/sys/net/core/xfrm_acq_expires'
+# A dummy link, not lo: lo has disable_xfrm=1, so traffic routed over it
+# never consults the policies.
+must nsx x "$IP" link add d0 type dummy
+must nsx x vpnnatctl link d0 up
+must nsx x vpnnatctl addr add d0 $A/24
 
 spi=$(nsx x vpnnatctl sa allocspi --src $B --dst $A)
 check "allocspi returns an SPI" sh -c "echo '$spi' | grep -Eq '^0x[0-9a-f]{8}$'"
@@ -51,15 +57,17 @@ check_not "hard-expired SA is gone" nsx x vpnnatctl sa get --dst $A --spi 0x3010
 nsx x vpnnatctl events --count 1 >/tmp/acquire.log 2>&1 &
 ev=$!
 sleep 0.5
-must nsx x vpnnatctl route add 10.64.0.0/16 --dev lo
-must nsx x vpnnatctl policy add --dir out --src $A/32 --dst 10.64.0.7/32 --tmpl-src $A --tmpl-dst $B
+must nsx x vpnnatctl route add 10.64.0.0/16 --dev d0
+# Another peer than the SAs above, so no SA matches the template.
+must nsx x vpnnatctl policy add --dir out --src $A/32 --dst 10.64.0.7/32 --tmpl-src $A --tmpl-dst 203.0.113.102 --reqid 0x56500007
 nsx x vpnnat-probe connect 10.64.0.7:7000 --timeout-ms 500 >/dev/null 2>&1
 i=0
 while kill -0 $ev 2>/dev/null && [ $i -lt 30 ]; do sleep 0.2; i=$((i + 1)); done
 kill $ev 2>/dev/null
-check "acquire event for the policy's traffic" grep -q 'Acquire.*10.64.0.7/32.*tmpl_dst: 203.0.113.101' /tmp/acquire.log
+check "acquire event names the policy, the peer and the reqid" grep -q 'Acquire.*10.64.0.7/32.*tmpl_dst: 203.0.113.102, reqid: 1448083463' /tmp/acquire.log
 
 check "flush removes all the project's objects" nsx x vpnnatctl flush
+sleep 2 # let the kernel's larval acquire state expire
 check "no SA left" test -z "$(nsx x "$IP" xfrm state)"
 check "no policy left" test -z "$(nsx x "$IP" xfrm policy)"
 "$IP" netns del x

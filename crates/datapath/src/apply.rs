@@ -56,11 +56,14 @@ impl KernelDatapath {
 impl Datapath for KernelDatapath {
     fn observe(&mut self) -> Result<ObservedState, DatapathError> {
         Ok(ObservedState {
+            // SPI 0 marks the kernel's own larval "acquire" states: they
+            // cannot be deleted by SPI and expire by themselves
+            // (net.core.xfrm_acq_expires), so they are not ours to manage.
             sas: self
                 .xfrm
                 .list_sas()?
                 .into_iter()
-                .filter(|s| is_owned_reqid(s.reqid))
+                .filter(|s| is_owned_reqid(s.reqid) && s.id.spi != 0)
                 .collect(),
             policies: self
                 .xfrm
@@ -147,12 +150,12 @@ impl RecordingDatapath {
         let exists = |what: &str| DatapathError::Xfrm {
             op: "add",
             object: what.to_string(),
-            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+            reason: std::io::Error::from_raw_os_error(libc::EEXIST),
         };
         let missing = |op: &'static str, what: &str| DatapathError::Xfrm {
             op,
             object: what.to_string(),
-            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+            reason: std::io::Error::from_raw_os_error(libc::ENOENT),
         };
         let s = &mut self.state;
         match c {

@@ -9,31 +9,25 @@ use crate::model::ModelError;
 #[derive(Debug, Error)]
 pub enum DatapathError {
     /// A netlink request about one XFRM object failed.
-    #[error("xfrm {op} of {object} failed: {source}")]
+    #[error("xfrm {op} of {object} failed: {reason}")]
     Xfrm {
         op: &'static str,
         object: String,
-        #[source]
-        source: io::Error,
+        reason: io::Error,
     },
     /// An nftables transaction failed; nothing of it was applied.
     #[error("nftables transaction ({what}) failed: {detail}")]
     Nft { what: String, detail: String },
     /// An rtnetlink request about a link, address or route failed.
-    #[error("rtnetlink {op} of {object} failed: {source}")]
+    #[error("rtnetlink {op} of {object} failed: {reason}")]
     Route {
         op: &'static str,
         object: String,
-        #[source]
-        source: io::Error,
+        reason: io::Error,
     },
     /// Opening a netlink socket failed (e.g. not root, or no such family).
-    #[error("cannot open {family} netlink socket: {source}")]
-    Socket {
-        family: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot open {family} netlink socket: {reason}")]
+    Socket { family: &'static str, reason: io::Error },
     /// Input that the kernel would never accept.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -43,7 +37,7 @@ impl DatapathError {
     /// The errno of a kernel refusal, if there is one (e.g. EEXIST, ENOENT).
     pub fn errno(&self) -> Option<i32> {
         match self {
-            DatapathError::Xfrm { source, .. } | DatapathError::Route { source, .. } => source.raw_os_error(),
+            DatapathError::Xfrm { reason, .. } | DatapathError::Route { reason, .. } => reason.raw_os_error(),
             _ => None,
         }
     }

@@ -83,19 +83,7 @@ impl NlSocket {
     {
         loop {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let slice = self.buf.get(off..n).unwrap_or_default();
-                let msg = NetlinkMessage::<M>::deserialize(slice)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "zero-length netlink message",
-                    ));
-                }
-                off += (len + 3) & !3;
+            for msg in split::<M>(self.buf.get(..n).unwrap_or_default())? {
                 if each(msg)? {
                     return Ok(());
                 }
@@ -207,18 +195,9 @@ impl NlSocket {
                 .sock
                 .recv(&mut &mut self.buf[..], 0)
                 .map_err(|error| NlError { index: acked, error })?;
-            let mut off = 0;
-            while off < n {
-                let slice = self.buf.get(off..n).unwrap_or_default();
-                let msg = NetlinkMessage::<M>::deserialize(slice).map_err(|e| NlError {
-                    index: acked,
-                    error: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                })?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
+            let msgs =
+                split::<M>(self.buf.get(..n).unwrap_or_default()).map_err(|error| NlError { index: acked, error })?;
+            for msg in msgs {
                 let seq = msg.header.sequence_number;
                 if let NetlinkPayload::Error(e) = msg.payload {
                     if let Some(pos) = sent.iter().position(|(s, _)| *s == seq) {
@@ -276,23 +255,32 @@ impl NlSocket {
     /// Blocks for the next datagram of events and returns its messages.
     pub fn recv_events<M: NetlinkDeserializable>(&mut self) -> io::Result<Vec<M>> {
         let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-        let mut off = 0;
-        let mut out = Vec::new();
-        while off < n {
-            let slice = self.buf.get(off..n).unwrap_or_default();
-            let msg = NetlinkMessage::<M>::deserialize(slice)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = msg.header.length as usize;
-            if len == 0 {
-                break;
-            }
-            off += (len + 3) & !3;
-            if let NetlinkPayload::InnerMessage(m) = msg.payload {
-                out.push(m);
-            }
-        }
-        Ok(out)
+        Ok(split::<M>(self.buf.get(..n).unwrap_or_default())?
+            .into_iter()
+            .filter_map(|msg| match msg.payload {
+                NetlinkPayload::InnerMessage(m) => Some(m),
+                _ => None,
+            })
+            .collect())
     }
+}
+
+/// Splits one received datagram into its netlink messages.
+fn split<M: NetlinkDeserializable>(data: &[u8]) -> io::Result<Vec<NetlinkMessage<M>>> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while let Some(rest) = data.get(off..).filter(|r| !r.is_empty()) {
+        let msg = NetlinkMessage::<M>::deserialize(rest).map_err(|e| invalid(e.to_string()))?;
+        let len = msg.header.length as usize;
+        if len == 0 {
+            return Err(invalid("zero-length netlink message".to_string()));
+        }
+        // Messages are 4-byte aligned within a datagram.
+        off = off.saturating_add((len + 3) & !3);
+        out.push(msg);
+    }
+    Ok(out)
 }
 
 /// Serializes one request with the given flags and sequence number.

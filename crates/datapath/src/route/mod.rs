@@ -21,10 +21,10 @@ pub struct Route {
 }
 
 fn err(op: &'static str, object: impl ToString) -> impl FnOnce(std::io::Error) -> DatapathError {
-    move |source| DatapathError::Route {
+    move |reason| DatapathError::Route {
         op,
         object: object.to_string(),
-        source,
+        reason,
     }
 }
 
@@ -37,9 +37,9 @@ pub struct LinkInfo {
 
 impl Route {
     pub fn open() -> Result<Self, DatapathError> {
-        let nl = NlSocket::open(NETLINK_ROUTE).map_err(|source| DatapathError::Socket {
+        let nl = NlSocket::open(NETLINK_ROUTE).map_err(|reason| DatapathError::Socket {
             family: "route",
-            source,
+            reason,
         })?;
         Ok(Self { nl })
     }

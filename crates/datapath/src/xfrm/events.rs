@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use netlink_packet_xfrm::{XfrmMessage, XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE};
+use netlink_packet_xfrm::{XfrmAttrs, XfrmMessage, XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE};
 use netlink_sys::protocols::NETLINK_XFRM;
 
 use crate::error::DatapathError;
@@ -13,6 +13,8 @@ use crate::netlink::NlSocket;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum XfrmEvent {
     /// Outbound traffic matched a policy with no SA: negotiate one.
+    /// `src`/`dst` are the policy's selector (not the packet's), so the IKE
+    /// daemon can find the tunnel it belongs to.
     Acquire {
         src: Ipv4Cidr,
         dst: Ipv4Cidr,
@@ -31,7 +33,7 @@ pub struct XfrmEvents {
 
 impl XfrmEvents {
     pub fn subscribe() -> Result<Self, DatapathError> {
-        let sock_err = |source| DatapathError::Socket { family: "xfrm", source };
+        let sock_err = |reason| DatapathError::Socket { family: "xfrm", reason };
         let mut nl = NlSocket::open(NETLINK_XFRM).map_err(sock_err)?;
         // Group numbers are 1-based bit positions for add_membership.
         nl.join(XFRMNLGRP_ACQUIRE).map_err(sock_err)?;
@@ -44,7 +46,7 @@ impl XfrmEvents {
         let msgs = self
             .nl
             .recv_events::<XfrmMessage>()
-            .map_err(|source| DatapathError::Socket { family: "xfrm", source })?;
+            .map_err(|reason| DatapathError::Socket { family: "xfrm", reason })?;
         Ok(msgs.iter().filter_map(event_of).collect())
     }
 }
@@ -52,13 +54,22 @@ impl XfrmEvents {
 /// Translates a kernel message into an event; pure, for tests.
 pub fn event_of(m: &XfrmMessage) -> Option<XfrmEvent> {
     match m {
-        XfrmMessage::Acquire(a) => {
-            let a = &a.acquire;
+        XfrmMessage::Acquire(msg) => {
+            let a = &msg.acquire;
+            // The reqid is the one of the policy's template, sent as an attribute.
+            let reqid = msg
+                .nlas
+                .iter()
+                .find_map(|n| match n {
+                    XfrmAttrs::Template(t) => t.first().map(|t| t.reqid),
+                    _ => None,
+                })
+                .unwrap_or(0);
             Some(XfrmEvent::Acquire {
-                src: Ipv4Cidr::new(a.selector.saddr.to_ipv4(), a.selector.prefixlen_s).ok()?,
-                dst: Ipv4Cidr::new(a.selector.daddr.to_ipv4(), a.selector.prefixlen_d).ok()?,
+                src: Ipv4Cidr::new(a.policy.selector.saddr.to_ipv4(), a.policy.selector.prefixlen_s).ok()?,
+                dst: Ipv4Cidr::new(a.policy.selector.daddr.to_ipv4(), a.policy.selector.prefixlen_d).ok()?,
                 tmpl_dst: a.id.daddr.to_ipv4(),
-                reqid: 0,
+                reqid,
             })
         }
         XfrmMessage::Expire(e) => {

@@ -21,16 +21,16 @@ pub struct Xfrm {
 }
 
 fn err(op: &'static str, object: impl ToString) -> impl FnOnce(std::io::Error) -> DatapathError {
-    move |source| DatapathError::Xfrm {
+    move |reason| DatapathError::Xfrm {
         op,
         object: object.to_string(),
-        source,
+        reason,
     }
 }
 
 impl Xfrm {
     pub fn open() -> Result<Self, DatapathError> {
-        let nl = NlSocket::open(NETLINK_XFRM).map_err(|source| DatapathError::Socket { family: "xfrm", source })?;
+        let nl = NlSocket::open(NETLINK_XFRM).map_err(|reason| DatapathError::Socket { family: "xfrm", reason })?;
         Ok(Self { nl })
     }
 
