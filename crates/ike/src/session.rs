@@ -147,7 +147,7 @@ impl SaState {
 
 /// A CHILD SA pair as kept on the IKE SA.
 #[derive(Debug, Clone)]
-struct Child {
+pub(crate) struct Child {
     inbound_spi: u32,
     outbound_spi: u32,
     suite: EspSuite,
@@ -224,6 +224,19 @@ pub(crate) struct Effects {
     pub new_sa: Option<IkeSa>,
     /// The peer announced INITIAL_CONTACT: other SAs with it are stale.
     pub initial_contact: bool,
+    /// The new SA takes over the CHILD SAs of the SA with these SPIs (a
+    /// crossed IKE SA rekey that we won).
+    pub adopt_children_from: Option<(u64, u64)>,
+}
+
+/// The peer's IKE SA rekey crossed ours (RFC 7296 2.25.2, 2.8.1).
+#[derive(Debug, Clone)]
+struct IkeCollision {
+    /// Nonces of the peer's exchange.
+    peer_ni: Vec<u8>,
+    our_nr: Vec<u8>,
+    /// SPIs of the IKE SA the peer's exchange created.
+    theirs: (u64, u64),
 }
 
 /// Pushes output items.
@@ -263,6 +276,8 @@ pub struct IkeSa {
     down_reported: bool,
     /// A crossed CHILD SA rekey, resolved when our own rekey completes.
     rekey_collision: Option<Collision>,
+    /// A crossed IKE SA rekey, likewise.
+    ike_collision: Option<IkeCollision>,
     // IKE_SA_INIT material, needed until IKE_AUTH is done.
     ni: Vec<u8>,
     nr: Vec<u8>,
@@ -363,6 +378,7 @@ impl IkeSa {
             superseded_at: None,
             down_reported: false,
             rekey_collision: None,
+            ike_collision: None,
             ni: Vec::new(),
             nr: Vec::new(),
             msg1: Vec::new(),
@@ -385,6 +401,19 @@ impl IkeSa {
     /// `(inbound, outbound)` SPIs of the CHILD SAs.
     pub fn child_spis(&self) -> Vec<(u32, u32)> {
         self.children.iter().map(|c| (c.inbound_spi, c.outbound_spi)).collect()
+    }
+
+    /// Gives up the CHILD SAs to a new IKE SA that won a crossed rekey;
+    /// this SA is then redundant and its deletion by the peer is silent.
+    pub(crate) fn surrender_children(&mut self, now: Instant) -> Vec<Child> {
+        self.superseded = true;
+        self.superseded_at = Some(now);
+        std::mem::take(&mut self.children)
+    }
+
+    /// Takes over CHILD SAs from a redundant IKE SA.
+    pub(crate) fn adopt_children(&mut self, children: Vec<Child>) {
+        self.children.extend(children);
     }
 
     /// Replaces the configuration (new traffic selectors, PSK for the next
@@ -1344,7 +1373,12 @@ impl IkeSa {
             .iter()
             .any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol_id::IKE)));
         if is_ike {
-            if self.busy_with_ike() {
+            let crossed = matches!(
+                self.pending.as_ref().map(|p| &p.kind),
+                Some(PendingKind::RekeyIke { .. })
+            );
+            if !crossed && self.busy_with_ike() {
+                // We are closing it: refuse; the peer may retry later.
                 self.send_response(
                     ExchangeType::CreateChildSa,
                     mid,
@@ -1353,7 +1387,9 @@ impl IkeSa {
                 )?;
                 return Err(Error::PeerError(nt::TEMPORARY_FAILURE));
             }
-            return self.respond_rekey_ike(now, mid, payloads, rng, out, fx);
+            // Both sides rekeying: answer as usual, the nonces pick the
+            // survivor when ours completes (RFC 7296 2.25.2).
+            return self.respond_rekey_ike(now, mid, payloads, crossed, rng, out, fx);
         }
         let reply_error = |sa: &mut Self, ty: u16, out: &mut Out| {
             sa.send_response(
@@ -1460,11 +1496,13 @@ impl IkeSa {
         self.send_response(ExchangeType::CreateChildSa, mid, &resp, out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn respond_rekey_ike(
         &mut self,
         now: Instant,
         mid: u32,
         payloads: &[Payload],
+        crossed: bool,
         rng: &dyn SecureRandom,
         out: &mut Out,
         fx: &mut Effects,
@@ -1511,7 +1549,7 @@ impl IkeSa {
         let keys = IkeSaKeys::derive(suite.encr, &seed, &ni, &nr, new_spi_i, new_spi_r)?;
         let resp = vec![
             Payload::Sa(vec![suite.to_proposal(prop.num, new_spi_r.to_be_bytes().to_vec())]),
-            Payload::Nonce(nr),
+            Payload::Nonce(nr.clone()),
             Payload::Ke(KeyExchange {
                 group: suite.dh.id(),
                 data: public,
@@ -1519,6 +1557,13 @@ impl IkeSa {
         ];
         self.send_response(ExchangeType::CreateChildSa, mid, &resp, out)?;
         let new = self.successor(now, false, new_spi_i, new_spi_r, suite, keys);
+        if crossed {
+            self.ike_collision = Some(IkeCollision {
+                peer_ni: ni.clone(),
+                our_nr: nr,
+                theirs: new.spis(),
+            });
+        }
         out.push_back(Output::Event(Event::IkeSaRekeyed {
             old: self.spis(),
             new: new.spis(),
@@ -1791,14 +1836,32 @@ impl IkeSa {
         let gir = dh.agree(&ke.data)?;
         let seed = skeyseed_rekey(&self.keys()?.sk_d, &gir, ni, nr);
         let keys = IkeSaKeys::derive(suite.encr, &seed, ni, nr, new_spi_i, new_spi_r)?;
-        let new = self.successor(now, true, new_spi_i, new_spi_r, suite, keys);
+        let mut new = self.successor(now, true, new_spi_i, new_spi_r, suite, keys);
+        if let Some(c) = self.ike_collision.take() {
+            // RFC 7296 2.8.1: the IKE SA made by the exchange holding the
+            // lowest of the four nonces is redundant; its initiator deletes
+            // it, the other initiator deletes the old SA.
+            let ours = std::cmp::min(ni, nr.as_slice());
+            let theirs = std::cmp::min(c.peer_ni.as_slice(), c.our_nr.as_slice());
+            if ours < theirs {
+                // Ours lost: it never carries anything and goes silently;
+                // the CHILD SAs stay on the peer's new SA.
+                new.superseded = true;
+                new.superseded_at = Some(now);
+                new.start(now, Queued::DeleteIke, rng, out)?;
+                fx.new_sa = Some(new);
+                return Ok(());
+            }
+            // Ours won: it takes the CHILD SAs over from the peer's new SA,
+            // which the peer deletes.
+            fx.adopt_children_from = Some(c.theirs);
+        }
         out.push_back(Output::Event(Event::IkeSaRekeyed {
             old: self.spis(),
             new: new.spis(),
         }));
         // Work queued on the old SA moves to the new one; the old SA itself
         // is deleted (RFC 7296 2.18).
-        let mut new = new;
         new.queue = std::mem::take(&mut self.queue);
         new.queue.retain(|q| *q != Queued::DeleteIke && *q != Queued::RekeyIke);
         fx.new_sa = Some(new);

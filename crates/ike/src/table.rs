@@ -58,6 +58,11 @@ impl SaTable {
         let fx = match r {
             Ok(mut fx) => {
                 if let Some(mut new) = fx.new_sa.take() {
+                    if let Some(from) = fx.adopt_children_from.take() {
+                        if let Some(src) = self.sas.iter_mut().find(|s| s.spis() == from) {
+                            new.adopt_children(src.surrender_children(now));
+                        }
+                    }
                     // Requests carried over from the old SA go out now.
                     let r = new.pump(now, rng, &mut self.out);
                     self.sas.push(new);

@@ -484,19 +484,44 @@ fn simultaneous_child_rekey_resolved_by_nonces() {
 }
 
 #[test]
-fn simultaneous_ike_rekey_is_refused_on_both_sides() {
-    let mut net = Net::default_pair();
-    established(&mut net);
-    let spis = net.gw.ike_spis();
-    net.gw.rekey_ike(net.now, &net.rng).unwrap();
-    net.rt.rekey_ike(net.now, &net.rng).unwrap();
-    net.run();
-    let (ge, re) = net.take_events();
-    assert!(ge.iter().any(|e| matches!(e, Event::RekeyFailed { child: None, .. })));
-    assert!(re.iter().any(|e| matches!(e, Event::RekeyFailed { child: None, .. })));
-    assert_eq!(net.gw.ike_spis(), spis);
-    net.rt.rekey_ike(net.now, &net.rng).unwrap();
-    net.run();
-    assert_ne!(net.gw.ike_spis(), spis);
-    assert_eq!(net.gw.ike_spis(), net.rt.ike_spis());
+fn simultaneous_ike_rekey_resolved_by_nonces() {
+    for round in 0..8 {
+        let mut net = Net::default_pair();
+        let (g, r) = established(&mut net);
+        let old = net.gw.ike_spis();
+        net.gw.rekey_ike(net.now, &net.rng).unwrap();
+        net.rt.rekey_ike(net.now, &net.rng).unwrap();
+        net.run();
+        assert!(
+            net.gw_errors.is_empty() && net.rt_errors.is_empty(),
+            "{:?} {:?}",
+            net.gw_errors,
+            net.rt_errors
+        );
+        let (ge, re) = net.take_events();
+        assert!(
+            !ge.iter().chain(re.iter()).any(|e| matches!(
+                e,
+                Event::RekeyFailed { .. } | Event::TunnelDown { .. } | Event::ChildSaDown { .. }
+            )),
+            "round {round}: {ge:?} {re:?}"
+        );
+        // one new IKE SA survives on both sides, holding the CHILD SA
+        let spis = net.gw.ike_spis();
+        assert_ne!(spis, old);
+        assert_eq!(net.rt.ike_spis(), spis, "round {round}");
+        assert_eq!(net.rt.sa_count(), 1, "round {round}");
+        assert_eq!(net.gw.child_sas(), vec![(g.inbound_spi, g.outbound_spi)]);
+        assert_eq!(net.rt.child_sas(), vec![(r.inbound_spi, r.outbound_spi)]);
+        // and it works
+        net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+        net.run();
+        assert!(net.gw_errors.is_empty() && net.rt_errors.is_empty());
+        assert_eq!(child_ups(&net.gw_events).len(), 1);
+        net.take_events();
+        net.advance(Duration::from_secs(60));
+        assert!(net.gw.is_established() && net.rt.is_established());
+        let (ge, re) = net.take_events();
+        assert!(ge.is_empty() && re.is_empty(), "{ge:?} {re:?}");
+    }
 }
