@@ -432,6 +432,22 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/centerd.toml");
+        let c = CenterdConfig::load(&p).unwrap();
+        assert_eq!(c.settings.gateways.len(), 2);
+        assert_eq!(c.pool.to_string(), "10.64.0.0/16");
+        let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
+        let g = crate::gateway::config::GatewaydConfig::load(&g).unwrap();
+        assert_eq!(g.name.as_str(), "gw1");
+        // The pair agrees: same key, same networks.
+        assert_eq!(
+            c.settings.gateways[0].api_key.expose_secret(),
+            g.api_key.expose_secret()
+        );
+    }
+
+    #[test]
     fn endpoints() {
         assert!(HttpEndpoint::parse("http://gw:9000").is_ok());
         assert!(HttpEndpoint::parse("http://gw:9000/").is_ok());
