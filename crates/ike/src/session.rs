@@ -1292,7 +1292,7 @@ impl IkeSa {
                 self.follow_nat(src, dst);
                 self.handle_informational(mid, &payloads, out)
             }
-            (SaState::Established, ExchangeType::CreateChildSa) => {
+            (SaState::Established | SaState::Deleting, ExchangeType::CreateChildSa) => {
                 self.last_rx = now;
                 self.follow_nat(src, dst);
                 self.handle_create_child(now, mid, &payloads, rng, out, fx)
@@ -1369,6 +1369,16 @@ impl IkeSa {
         out: &mut Out,
         fx: &mut Effects,
     ) -> Result<()> {
+        if self.state == SaState::Deleting {
+            // Closing this IKE SA: nothing new on it (RFC 7296 2.25).
+            self.send_response(
+                ExchangeType::CreateChildSa,
+                mid,
+                &[Payload::Notify(Notify::new(nt::TEMPORARY_FAILURE, Vec::new()))],
+                out,
+            )?;
+            return Err(Error::PeerError(nt::TEMPORARY_FAILURE));
+        }
         let is_ike = payloads
             .iter()
             .any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol_id::IKE)));

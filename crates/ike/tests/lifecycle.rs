@@ -525,3 +525,55 @@ fn simultaneous_ike_rekey_resolved_by_nonces() {
         assert!(ge.is_empty() && re.is_empty(), "{ge:?} {re:?}");
     }
 }
+
+/// The crossing seen by one side only: the gateway gets the answer to its
+/// rekey before the router's request, so for it there is no collision.
+#[test]
+fn crossed_ike_rekey_seen_by_one_side_only() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    net.gw.rekey_ike(net.now, &net.rng).unwrap();
+    net.rt.rekey_ike(net.now, &net.rng).unwrap();
+    let take = |o: Option<vpnnat_ike::Output>| match o {
+        Some(vpnnat_ike::Output::Send(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    let gw_req = take(net.gw.poll_output());
+    let rt_req = take(net.rt.poll_output());
+    net.rt
+        .handle_datagram(net.now, gw_req.src, gw_req.dst, &gw_req.payload, &net.rng)
+        .unwrap();
+    let mut rt_resp = None;
+    while let Some(o) = net.rt.poll_output() {
+        match o {
+            vpnnat_ike::Output::Send(d) => rt_resp = Some(d),
+            vpnnat_ike::Output::Event(e) => net.rt_events.push(e),
+        }
+    }
+    let rt_resp = rt_resp.unwrap();
+    net.gw
+        .handle_datagram(net.now, rt_resp.src, rt_resp.dst, &rt_resp.payload, &net.rng)
+        .unwrap();
+    // now the router's request, on an SA the gateway is deleting
+    assert_eq!(
+        net.gw
+            .handle_datagram(net.now, rt_req.src, rt_req.dst, &rt_req.payload, &net.rng),
+        Err(Error::PeerError(43))
+    );
+    net.run();
+    let (ge, re) = net.take_events();
+    // (the router's own rekey is moot: the gateway's Delete of the old SA
+    // overtakes the TEMPORARY_FAILURE answer)
+    assert!(!ge
+        .iter()
+        .chain(re.iter())
+        .any(|e| matches!(e, Event::TunnelDown { .. } | Event::ChildSaDown { .. })));
+    assert_eq!(net.gw.ike_spis(), net.rt.ike_spis());
+    assert_eq!(net.rt.sa_count(), 1);
+    assert_eq!(net.gw.child_sas(), vec![(g.inbound_spi, g.outbound_spi)]);
+    assert_eq!(net.rt.child_sas(), vec![(r.inbound_spi, r.outbound_spi)]);
+    net.advance(Duration::from_secs(60));
+    let (ge, re) = net.take_events();
+    assert!(ge.is_empty() && re.is_empty(), "{ge:?} {re:?}");
+    assert!(net.gw.is_established() && net.rt.is_established());
+}
