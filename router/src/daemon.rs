@@ -8,6 +8,7 @@
 //! reconciles the kernel to, so nothing granted is lost and nothing revoked
 //! stays reachable.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,7 +25,7 @@ use crate::config::{ButtonPreset, Config};
 use crate::core::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
 use crate::http::{self, Backoff, HttpError};
 use crate::ike::IkeResponder;
-use crate::resolve::{parse_leases, Resolver, SystemDns};
+use crate::resolve::{parse_leases, NoDns, Resolver, SystemDns};
 use crate::state::{RouterState, StateError, StateStore};
 use crate::view::{self, HostView, StatusView};
 
@@ -269,21 +270,35 @@ impl Router {
     }
 
     /// A snapshot of every name source, taken now.
-    ///
-    /// DNS goes through getaddrinfo, which blocks; on the router it asks the
-    /// local dnsmasq, which answers LAN names at once.
     fn resolver(&self) -> Resolver<'_, Option<SystemDns>> {
-        // A missing lease file only means dnsmasq has handed out nothing yet.
-        let leases = std::fs::read_to_string(&self.cfg.lease_file)
-            .map(|t| parse_leases(&t))
-            .unwrap_or_default();
-        let dns = self.cfg.dns.then_some(SystemDns);
-        Resolver {
-            statics: &self.cfg.hosts,
-            leases,
-            now: unix_now(),
-            dns,
-            lan: &self.cfg.lan,
+        resolver_for(&self.cfg)
+    }
+
+    /// Resolves `names` on a blocking thread (DNS is getaddrinfo, which
+    /// blocks) and returns a resolver that knows exactly those answers, so
+    /// that the pure core never waits on the network and never holds the
+    /// state lock across a lookup.
+    async fn resolve_all(
+        &self,
+        names: &[vpnnat_proto::types::TerminalName],
+    ) -> Result<BTreeMap<vpnnat_proto::types::TerminalName, std::net::Ipv4Addr>, DaemonError> {
+        let cfg = self.cfg.clone();
+        let names = names.to_vec();
+        let res = tokio::task::spawn_blocking(move || {
+            let r = resolver_for(&cfg);
+            names
+                .into_iter()
+                .map(|n| r.resolve(&n).map(|(ip, _)| (n, ip)))
+                .collect::<Result<BTreeMap<_, _>, _>>()
+        })
+        .await;
+        match res {
+            Ok(r) => r.map_err(|e| DaemonError::Exchange(e.into())),
+            // The lookup thread panicked or was cancelled: treat the names
+            // as unresolvable rather than taking the daemon down.
+            Err(e) => Err(DaemonError::Exchange(ExchangeError::Resolve(
+                crate::resolve::ResolveError::Unknown(format!("(lookup failed: {e})")),
+            ))),
         }
     }
 
@@ -297,23 +312,18 @@ impl Router {
         }
         // Check names before asking for a gateway slot, so an unknown name
         // costs the center nothing.
-        {
-            let r = self.resolver();
-            for n in &input.terminals {
-                r.resolve(n).map_err(ExchangeError::from)?;
-            }
-        }
+        let before = self.resolve_all(&input.terminals).await?;
         if state.gateway.is_none() {
             self.gateway_locked().await?;
         }
         let state = self.state().await;
-        let p = {
-            let r = self.resolver();
-            core::begin_maintenance(&self.id, &state, &input, &r, &self.rng, unix_now())?
-        };
+        let p = core::begin_maintenance(&self.id, &state, &input, &self.fixed(&before), &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
+        // Resolved again now that the grants are here (PROTOCOL.md 4): a
+        // host that vanished meanwhile must not be mapped.
+        let after = self.resolve_all(&input.terminals).await?;
         let mut inner = self.inner.lock().await;
-        let r = self.resolver();
+        let r = self.fixed(&after);
         let (next, acc) = match core::finish_maintenance(&self.id, &inner.state, p, &reply, &r, unix_now()) {
             Ok(x) => x,
             Err(e) => {
@@ -328,6 +338,20 @@ impl Router {
             acc.grants.len()
         );
         Ok(acc)
+    }
+
+    /// A resolver that knows only `answers`.
+    fn fixed<'a>(
+        &'a self,
+        answers: &'a BTreeMap<vpnnat_proto::types::TerminalName, std::net::Ipv4Addr>,
+    ) -> Resolver<'a, NoDns> {
+        Resolver {
+            statics: answers,
+            leases: Vec::new(),
+            now: unix_now(),
+            dns: NoDns,
+            lan: &self.cfg.lan,
+        }
     }
 
     /// The button: the maintenance request with the preset data.
@@ -449,6 +473,21 @@ impl Router {
         let known = self.resolver().known();
         let state = self.state().await;
         view::hosts(&known, &state)
+    }
+}
+
+/// A snapshot of every name source of `cfg`, taken now.
+fn resolver_for(cfg: &Config) -> Resolver<'_, Option<SystemDns>> {
+    // A missing lease file only means dnsmasq has handed out nothing yet.
+    let leases = std::fs::read_to_string(&cfg.lease_file)
+        .map(|t| parse_leases(&t))
+        .unwrap_or_default();
+    Resolver {
+        statics: &cfg.hosts,
+        leases,
+        now: unix_now(),
+        dns: cfg.dns.then_some(SystemDns),
+        lan: &cfg.lan,
     }
 }
 
