@@ -38,6 +38,28 @@ use crate::state::{FailureRecord, Gateway, HostGrant, Installation, RequestRecor
 /// The reqid of the router's one tunnel: its policies carry it and the IKE
 /// driver must give the tunnel's SAs the same.
 pub const TUNNEL_REQID: u32 = REQID_BASE + 0x100;
+/// Ended requests kept for the page and `routerd status`; older ones are
+/// forgotten so the state file does not grow without bound.
+pub const MAX_ENDED_REQUESTS: usize = 64;
+
+/// Forgets the oldest ended requests beyond [`MAX_ENDED_REQUESTS`], and
+/// their numbers in host rows.
+fn prune_ended(state: &mut RouterState) {
+    let ended: Vec<u64> = state
+        .requests
+        .iter()
+        .filter(|(_, r)| r.state == RequestState::Ended)
+        .map(|(n, _)| *n)
+        .collect();
+    let excess = ended.len().saturating_sub(MAX_ENDED_REQUESTS);
+    for n in ended.iter().take(excess) {
+        state.requests.remove(n);
+        for h in state.hosts.values_mut() {
+            h.requests.remove(n);
+        }
+    }
+}
+
 /// Priority of the router's tunnel policies.
 pub const POLICY_PRIORITY: u32 = 1000;
 
@@ -528,6 +550,7 @@ pub fn handle_center_command<S: NonceStore>(
             let mut next = state.clone();
             let r = next.requests.get_mut(&n).ok_or(CommandError::UnknownRequest(n))?;
             r.state = RequestState::Ended;
+            prune_ended(&mut next);
             let response = encode_response(&v, &Ack {}, &mac_key()?, now, rng)?;
             Ok(CommandOutcome {
                 response,
@@ -560,6 +583,7 @@ pub fn handle_center_command<S: NonceStore>(
             }
             // The center frees our gateway slot: the next request asks anew.
             next.gateway = None;
+            prune_ended(&mut next);
             let response = encode_response(&v, &Ack {}, &mac_key()?, now, rng)?;
             Ok(CommandOutcome {
                 response,

@@ -448,3 +448,17 @@ fn reconcile_recovers_from_a_partial_apply() {
     assert!(dp.reconcile(&desired).unwrap().is_empty());
     assert_eq!(dp.state.policies.len(), 12);
 }
+
+#[test]
+fn ended_requests_are_pruned() {
+    let mut w = World::ready();
+    let mut g = guard();
+    for _ in 0..(MAX_ENDED_REQUESTS + 5) {
+        let acc = w.request(&["pc1"]).unwrap();
+        let o = w.command(&mut g, &w.center.end(acc.acceptance_number.get())).unwrap();
+        w.state = o.next;
+    }
+    assert_eq!(w.state.requests.len(), MAX_ENDED_REQUESTS);
+    assert!(!w.state.requests.contains_key(&101), "oldest forgotten");
+    assert_eq!(w.state.hosts[&n("pc1")].requests.len(), MAX_ENDED_REQUESTS);
+}
