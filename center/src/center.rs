@@ -23,7 +23,7 @@ use vpnnat_proto::keys::{
 };
 use vpnnat_proto::messages::{
     Ack, FailureNotice, GatewayAddressRequest, GatewayInfo, Grant, Grants, InstallRequest, InstallSecrets,
-    MaintenanceRequest, TunnelEvent, TunnelStatus,
+    MaintenanceRequest, StateReport, TunnelEvent, TunnelStatus,
 };
 use vpnnat_proto::types::{
     AcceptanceNumber, BoundedSet, ClaimantLevel, GatewayName, IkeIdentity, Ipv4Cidr, TerminalId, TerminalName,
@@ -135,6 +135,8 @@ pub trait GatewayCommands: Send + Sync {
         addresses: &[Ipv4Addr],
     ) -> impl Future<Output = Result<(), CommandError>> + Send;
     fn tear_down(&self, gateway: &str, terminal: &TerminalId) -> impl Future<Output = Result<(), CommandError>> + Send;
+    /// The gateway's whole state (for reconciliation).
+    fn report(&self, gateway: &str) -> impl Future<Output = Result<StateReport, CommandError>> + Send;
 }
 
 /// Where and how to reach a router's server part through its tunnel.
@@ -197,6 +199,19 @@ pub struct EndOutcome {
     /// Whether the router's VPN was ended (8).
     pub vpn_ended: bool,
     /// Commands that failed (the center's state is freed anyway).
+    pub warnings: Vec<String>,
+}
+
+/// What a reconciliation with one gateway changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReconcileOutcome {
+    pub gateway: String,
+    /// Tunnels (re)created because the gateway lacked them or had them wrong.
+    pub set_up: Vec<String>,
+    pub added: usize,
+    pub removed: usize,
+    /// Tunnels the gateway had but the database does not give it.
+    pub torn_down: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -652,6 +667,107 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         }
         self.tunnel_events.notify_waiters();
         self.answer(&v, &Ack {}, &key, now)
+    }
+
+    // ---------------------------------------------------------------
+    // Reconciliation with a gateway
+    // ---------------------------------------------------------------
+
+    /// Brings one gateway to what the database says it should carry: every
+    /// router holding one of its slots gets its tunnel (if it ever sent a
+    /// maintenance request, which is what gives the router's address) with
+    /// exactly the router's VPNNAT addresses; tunnels the database does not
+    /// give this gateway are torn down; the tunnel states it reports are
+    /// recorded. Run at start and periodically, so a gatewayd that
+    /// restarted (and wiped its kernel state) gets everything back.
+    pub async fn reconcile_gateway(&self, gateway: &str, now: u64) -> Result<ReconcileOutcome, CenterError> {
+        let report = self.gateways.report(gateway).await.map_err(CenterError::Gateway)?;
+        let mut out = ReconcileOutcome {
+            gateway: gateway.to_owned(),
+            ..ReconcileOutcome::default()
+        };
+        let held = self.store()?.slots_of_gateway(gateway)?;
+        for slot in &held {
+            let Some(tid_s) = slot.terminal_id.clone() else {
+                continue;
+            };
+            let (row, router_ip, addrs) = {
+                let st = self.store()?;
+                let Some(row) = st.terminal(&tid_s)? else {
+                    continue;
+                };
+                let ip = st.latest_router_ip(&tid_s)?;
+                let addrs: Vec<Ipv4Addr> = st.addresses_of_terminal(&tid_s)?.into_iter().map(|(_, a)| a).collect();
+                (row, ip, addrs)
+            };
+            let Some(router_ip) = router_ip else {
+                continue; // never asked for maintenance: no tunnel is due yet
+            };
+            let tid = TerminalId::new(tid_s.as_str()).map_err(ProtoError::from)?;
+            let have = report.tunnels().iter().find(|t| t.terminal_id == tid);
+            let current: Vec<Ipv4Addr> = match have {
+                Some(t) if t.slot == slot.slot && t.router_ip.get() == router_ip => {
+                    let st = tunnel_state(t.status);
+                    if st != slot.tunnel_state {
+                        self.store()?.set_tunnel_state(gateway, slot.slot, &tid_s, st, now)?;
+                        self.tunnel_events.notify_waiters();
+                    }
+                    t.addresses.iter().map(|a| a.get()).collect()
+                }
+                _ => {
+                    let psk = psk_of(&row)?;
+                    if let Err(e) = self
+                        .gateways
+                        .setup_tunnel(gateway, &tid, router_ip, slot.slot, &psk)
+                        .await
+                    {
+                        out.warnings.push(format!("setup {tid_s}: {e}"));
+                        continue;
+                    }
+                    out.set_up.push(tid_s.clone());
+                    have.map(|t| t.addresses.iter().map(|a| a.get()).collect())
+                        .unwrap_or_default()
+                }
+            };
+            let missing: Vec<Ipv4Addr> = addrs.iter().copied().filter(|a| !current.contains(a)).collect();
+            let extra: Vec<Ipv4Addr> = current.iter().copied().filter(|a| !addrs.contains(a)).collect();
+            for chunk in missing.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
+                match self.gateways.add_addresses(gateway, &tid, chunk).await {
+                    Ok(()) => out.added = out.added.saturating_add(chunk.len()),
+                    Err(e) => out.warnings.push(format!("add for {tid_s}: {e}")),
+                }
+            }
+            for chunk in extra.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
+                match self.gateways.remove_addresses(gateway, &tid, chunk).await {
+                    Ok(()) => out.removed = out.removed.saturating_add(chunk.len()),
+                    Err(e) => out.warnings.push(format!("remove for {tid_s}: {e}")),
+                }
+            }
+        }
+        for t in report.tunnels() {
+            let ours = held
+                .iter()
+                .any(|s| s.terminal_id.as_deref() == Some(t.terminal_id.as_str()) && s.slot == t.slot);
+            if !ours {
+                match self.gateways.tear_down(gateway, &t.terminal_id).await {
+                    Ok(()) => out.torn_down.push(t.terminal_id.to_string()),
+                    Err(e) => out.warnings.push(format!("tear down {}: {e}", t.terminal_id)),
+                }
+            }
+        }
+        if !out.set_up.is_empty() || out.added > 0 || out.removed > 0 || !out.torn_down.is_empty() {
+            log::info!(
+                "reconciled gateway {gateway}: {} set up, {} added, {} removed, {} torn down",
+                out.set_up.len(),
+                out.added,
+                out.removed,
+                out.torn_down.len()
+            );
+        }
+        for w in &out.warnings {
+            log::warn!("reconcile {gateway}: {w}");
+        }
+        Ok(out)
     }
 
     // ---------------------------------------------------------------

@@ -152,6 +152,10 @@ impl GatewayCommands for HttpGateways {
         };
         self.send(gateway, &cmd).await.map(|_| ())
     }
+
+    async fn report(&self, gateway: &str) -> Result<StateReport, CommandError> {
+        self.state(gateway).await
+    }
 }
 
 /// centerd -> router's server part, through the tunnel, authenticated with

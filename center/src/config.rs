@@ -129,6 +129,7 @@ struct RawCenter {
     networks: Vec<String>,
     tunnel_up_timeout_ms: Option<u64>,
     replay_window_secs: Option<u64>,
+    reconcile_interval_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +183,9 @@ pub struct CenterdConfig {
     pub session_ttl: Duration,
     pub router_command_port: u16,
     pub command_timeout: Duration,
+    /// How often every gateway is reconciled with the database (None: only
+    /// at start).
+    pub reconcile_interval: Option<Duration>,
     /// API endpoint of each gateway, in the order of `settings.gateways`.
     pub gateway_endpoints: Vec<(GatewayName, HttpEndpoint)>,
     pub settings: CenterSettings,
@@ -339,6 +343,10 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
         session_ttl,
         router_command_port,
         command_timeout,
+        reconcile_interval: match raw.center.reconcile_interval_secs.unwrap_or(30) {
+            0 => None,
+            n => Some(Duration::from_secs(n)),
+        },
         gateway_endpoints: endpoints,
         settings: CenterSettings {
             factory_master_key,

@@ -1026,6 +1026,23 @@ impl Storage {
         Ok(out)
     }
 
+    /// The router's global address as its latest maintenance request came
+    /// from (what a gateway needs to set the tunnel up again).
+    pub fn latest_router_ip(&self, terminal_id: &str) -> Result<Option<Ipv4Addr>> {
+        let s: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT router_ip FROM requests WHERE terminal_id = ?1 ORDER BY acceptance_number DESC LIMIT 1",
+            )?
+            .query_row([terminal_id], |r| r.get(0))
+            .optional()?;
+        s.map(|s| {
+            s.parse()
+                .map_err(|_| StorageError::Corrupt(format!("router address {s:?}")))
+        })
+        .transpose()
+    }
+
     /// Judgment 1: are all requests for this extension terminal ended?
     pub fn all_ended_for_name(&self, terminal_id: &str, terminal_name: &str) -> Result<bool> {
         Ok(open_requests_for_name(&self.conn, terminal_id, terminal_name)? == 0)

@@ -51,6 +51,8 @@ enum Cmd {
     /// End a request (the UI's end button): router end command, the three
     /// judgments, VPNNAT release, VPN end.
     EndRequest { acceptance_number: u64 },
+    /// Reconcile every gateway (or one) with the database now.
+    Reconcile { gateway: Option<String> },
     /// Stop giving new tunnels to a gateway (existing ones stay).
     DrainGateway {
         name: String,
@@ -172,6 +174,27 @@ fn main() -> Result<()> {
                 })
             })
         }
+        Cmd::Reconcile { gateway } => {
+            let cfg = load(&cli.config)?;
+            let gateway = gateway.clone();
+            runtime()?.block_on(async move {
+                let center = build_center(cfg)?;
+                let names: Vec<String> = match gateway {
+                    Some(g) => vec![g],
+                    None => center.settings().gateways.iter().map(|g| g.name.to_string()).collect(),
+                };
+                let mut all = Vec::new();
+                for n in names {
+                    match center.reconcile_gateway(&n, http::unix_now()).await {
+                        Ok(o) => all.push(serde_json::to_value(&o)?),
+                        Err(e) => all.push(serde_json::json!({"gateway": n, "error": e.to_string()})),
+                    }
+                }
+                output(cli.json, &all, || {
+                    all.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+                })
+            })
+        }
         Cmd::DrainGateway { name, undo } => {
             let cfg = load(&cli.config)?;
             open_store(&cfg)?.set_draining(name, !undo)?;
@@ -251,6 +274,7 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
         operator_hashes: cfg.operator_hashes.clone(),
         session_ttl: cfg.session_ttl,
     };
+    let reconcile_interval = cfg.reconcile_interval;
     let center = Arc::new(build_center(cfg)?);
     let api_l = TcpListener::bind(router_listen)
         .await
@@ -277,11 +301,31 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
             );
         }
     });
+    let reconciler = tokio::spawn(reconcile_loop(center.clone(), reconcile_interval));
     wait_for_signal().await?;
     log::info!("centerd: shutting down");
+    reconciler.abort();
     let _ = tx.send(true);
     servers.await?;
     Ok(())
+}
+
+/// Reconciles every gateway at start, then every `interval`. Only repairs
+/// drift (a restarted gatewayd, a lost command); tunnel state changes arrive
+/// as events.
+async fn reconcile_loop(center: Arc<RealCenter>, interval: Option<std::time::Duration>) {
+    loop {
+        let names: Vec<String> = center.settings().gateways.iter().map(|g| g.name.to_string()).collect();
+        for n in names {
+            if let Err(e) = center.reconcile_gateway(&n, http::unix_now()).await {
+                log::warn!("reconcile {n}: {e}");
+            }
+        }
+        match interval {
+            Some(i) => tokio::time::sleep(i).await,
+            None => return,
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -1,5 +1,5 @@
 use super::*;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use vpnnat_proto::messages::{GatewayAddressResponse, InstallResponse, MaintenanceDetails, MaintenanceResponse};
@@ -11,6 +11,9 @@ use crate::storage::{PoolUsage, RequestState, ROUTER_PART_NAME, SERVER_PART_NAME
 
 pub(crate) const NOW: u64 = 1_800_000_000;
 
+/// (slot, router address, addresses) of a fake gateway's tunnel.
+pub(crate) type FakeTunnel = (u16, Ipv4Addr, BTreeSet<Ipv4Addr>);
+
 /// Records every gateway command; gateways in `dead` do not answer;
 /// `fail` makes every command fail.
 #[derive(Debug, Default)]
@@ -18,6 +21,10 @@ pub(crate) struct FakeGateways {
     pub log: Mutex<Vec<String>>,
     pub dead: Mutex<HashSet<String>>,
     pub fail: Mutex<bool>,
+    /// What the gateways carry: (gateway, terminal) -> (slot, router, addresses).
+    pub tunnels: Mutex<BTreeMap<(String, String), FakeTunnel>>,
+    /// Terminals whose tunnel the fake reports up.
+    pub up: Mutex<HashSet<String>>,
 }
 
 impl FakeGateways {
@@ -49,16 +56,76 @@ impl GatewayCommands for Arc<FakeGateways> {
         slot: u16,
         _psk: &Psk,
     ) -> Result<(), CommandError> {
-        self.push(format!("setup {gateway} {terminal} {router_ip} {slot}"))
+        self.push(format!("setup {gateway} {terminal} {router_ip} {slot}"))?;
+        let mut t = self.tunnels.lock().unwrap();
+        let e = t
+            .entry((gateway.to_owned(), terminal.to_string()))
+            .or_insert((slot, router_ip, BTreeSet::new()));
+        e.0 = slot;
+        e.1 = router_ip;
+        Ok(())
     }
     async fn add_addresses(&self, gateway: &str, terminal: &TerminalId, a: &[Ipv4Addr]) -> Result<(), CommandError> {
-        self.push(format!("add {gateway} {terminal} {a:?}"))
+        self.push(format!("add {gateway} {terminal} {a:?}"))?;
+        if let Some(e) = self
+            .tunnels
+            .lock()
+            .unwrap()
+            .get_mut(&(gateway.to_owned(), terminal.to_string()))
+        {
+            e.2.extend(a.iter().copied());
+        }
+        Ok(())
     }
     async fn remove_addresses(&self, gateway: &str, terminal: &TerminalId, a: &[Ipv4Addr]) -> Result<(), CommandError> {
-        self.push(format!("remove {gateway} {terminal} {a:?}"))
+        self.push(format!("remove {gateway} {terminal} {a:?}"))?;
+        if let Some(e) = self
+            .tunnels
+            .lock()
+            .unwrap()
+            .get_mut(&(gateway.to_owned(), terminal.to_string()))
+        {
+            for x in a {
+                e.2.remove(x);
+            }
+        }
+        Ok(())
     }
     async fn tear_down(&self, gateway: &str, terminal: &TerminalId) -> Result<(), CommandError> {
-        self.push(format!("teardown {gateway} {terminal}"))
+        self.push(format!("teardown {gateway} {terminal}"))?;
+        self.tunnels
+            .lock()
+            .unwrap()
+            .remove(&(gateway.to_owned(), terminal.to_string()));
+        Ok(())
+    }
+    async fn report(&self, gateway: &str) -> Result<StateReport, CommandError> {
+        if self.dead.lock().unwrap().contains(gateway) {
+            return Err(CommandError::Unreachable {
+                target: gateway.into(),
+                reason: "dead".into(),
+            });
+        }
+        let up = self.up.lock().unwrap();
+        let v = self
+            .tunnels
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((g, _), _)| g == gateway)
+            .map(|((_, t), (slot, ip, addrs))| vpnnat_proto::messages::TunnelState {
+                terminal_id: tid(t),
+                slot: *slot,
+                router_ip: UnicastAddr::new(*ip).unwrap(),
+                status: if up.contains(t) {
+                    TunnelStatus::Up
+                } else {
+                    TunnelStatus::Connecting
+                },
+                addresses: BoundedSet::new(addrs.iter().map(|a| UnicastAddr::new(*a).unwrap()).collect()).unwrap(),
+            })
+            .collect();
+        Ok(StateReport::new(v).unwrap())
     }
 }
 
@@ -833,4 +900,58 @@ async fn end_frees_the_center_even_if_the_router_is_offline() {
     assert!(o.vpn_ended);
     assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
     c.store().unwrap().check_pool().unwrap();
+}
+
+#[tokio::test]
+async fn reconcile_restores_a_restarted_gateway_and_removes_strays() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[2, 2]);
+    let mut r = TestRouter::new("router-1");
+    let s = r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    let (_, grants) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    let key = ("gw1".to_string(), "router-1".to_string());
+    let want: BTreeSet<Ipv4Addr> = [
+        s.server_part_vpnnat().get(),
+        s.router_part_vpnnat().get(),
+        grants[0].vpnnat_addr.get(),
+    ]
+    .into();
+    assert_eq!(g.tunnels.lock().unwrap()[&key].2, want);
+    // Nothing to do when all agrees.
+    let o = c.reconcile_gateway("gw1", NOW).await.unwrap();
+    assert_eq!((o.set_up.len(), o.added, o.removed, o.torn_down.len()), (0, 0, 0, 0));
+    // gatewayd restarted (empty), plus a stray tunnel and a stray address elsewhere.
+    g.tunnels.lock().unwrap().clear();
+    g.tunnels.lock().unwrap().insert(
+        ("gw1".into(), "router-9".into()),
+        (
+            1,
+            Ipv4Addr::new(203, 0, 113, 9),
+            BTreeSet::from([Ipv4Addr::new(10, 64, 0, 200)]),
+        ),
+    );
+    let o = c.reconcile_gateway("gw1", NOW).await.unwrap();
+    assert_eq!(o.set_up, vec!["router-1".to_string()]);
+    assert_eq!(o.added, 3);
+    assert_eq!(o.torn_down, vec!["router-9".to_string()]);
+    assert_eq!(g.tunnels.lock().unwrap()[&key].2, want);
+    assert_eq!(g.tunnels.lock().unwrap().len(), 1);
+    // An address the gateway should not carry goes; the reported state is recorded.
+    g.tunnels
+        .lock()
+        .unwrap()
+        .get_mut(&key)
+        .unwrap()
+        .2
+        .insert(Ipv4Addr::new(10, 64, 0, 99));
+    g.up.lock().unwrap().insert("router-1".into());
+    let o = c.reconcile_gateway("gw1", NOW).await.unwrap();
+    assert_eq!(o.removed, 1);
+    assert_eq!(
+        c.store().unwrap().slot_of("router-1").unwrap().unwrap().tunnel_state,
+        TunnelState::Up
+    );
+    // A dead gateway: an error, nothing changed.
+    g.dead.lock().unwrap().insert("gw2".into());
+    assert_eq!(status(&c.reconcile_gateway("gw2", NOW).await.unwrap_err()), 502);
 }
