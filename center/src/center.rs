@@ -806,12 +806,25 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let tid_s = row.terminal_id.clone();
         let target = self.target(&tid_s)?;
         let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
-        if let Some(t) = &target {
+        let slot = self.store()?.slot_of(&tid_s)?;
+        // Commands to the router travel through its tunnel; without a tunnel
+        // that is up they cannot arrive, so they are skipped (and said so)
+        // instead of each waiting for a timeout while the operator waits.
+        let tunnel_up = slot.as_ref().is_some_and(|s| s.tunnel_state == TunnelState::Up);
+        let router = match &target {
+            Some(t) if tunnel_up => Some(t),
+            Some(_) => {
+                out.warnings
+                    .push("router not reachable (tunnel not up): end/release/VPN end not sent".into());
+                None
+            }
+            None => None,
+        };
+        if let Some(t) = router {
             if let Err(e) = self.routers.end(t, n).await {
                 out.warnings.push(format!("end command: {e}"));
             }
         }
-        let slot = self.store()?.slot_of(&tid_s)?;
         for g in &row.grants {
             // Judgment 1: another request still names this terminal.
             if !self.store()?.all_ended_for_name(&tid_s, &g.terminal_name)? {
@@ -823,7 +836,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 continue;
             }
             // 7. VPNNAT release.
-            if let Some(t) = &target {
+            if let Some(t) = router {
                 match TerminalName::new(g.terminal_name.clone()) {
                     Ok(name) => {
                         if let Err(e) = self.routers.release(t, &name).await {
@@ -849,7 +862,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         }
         // Judgment 3: all requests of this router ended -> 8. VPN end.
         if self.store()?.all_ended_for_terminal(&tid_s)? {
-            if let Some(t) = &target {
+            if let Some(t) = router {
                 if let Err(e) = self.routers.vpn_end(t).await {
                     out.warnings.push(format!("VPN end command: {e}"));
                 }

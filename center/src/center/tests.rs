@@ -819,6 +819,7 @@ async fn end_runs_the_three_judgments() {
     let (n1, g1) = r.maintenance(&c, &["pc1", "printer"]).await.unwrap();
     let (n2, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
     g.take();
+    tunnel_up(&c, "router-1");
     c.start(n1, NOW).unwrap();
     assert!(matches!(
         c.start(n1, NOW),
@@ -867,12 +868,37 @@ async fn end_runs_the_three_judgments() {
     assert_eq!(status(&c.end(999, NOW).await.unwrap_err()), 404);
 }
 
+fn tunnel_up(c: &TestCenter, id: &str) {
+    let s = c.store().unwrap().slot_of(id).unwrap().unwrap();
+    c.store()
+        .unwrap()
+        .set_tunnel_state(&s.gateway, s.slot, id, TunnelState::Up, NOW)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn end_without_a_tunnel_skips_router_commands_but_frees_everything() {
+    let (c, g, rt) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let (n, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    g.take();
+    let o = c.end(n, NOW).await.unwrap();
+    assert!(o.vpn_ended);
+    assert_eq!(o.released.len(), 1);
+    assert!(o.warnings[0].contains("tunnel not up"));
+    assert!(rt.take().is_empty(), "nothing sent to an unreachable router");
+    assert_eq!(g.take().last().unwrap(), "teardown gw1 router-1");
+    assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
+}
+
 #[tokio::test]
 async fn end_never_releases_the_routers_own_parts() {
     let (c, _g, rt) = center_with("10.64.0.0/24", &[2]);
     let mut r = TestRouter::new("router-1");
     let s = r.install(&c);
     let (n, grants) = r.maintenance(&c, &[SERVER_PART_NAME, ROUTER_PART_NAME]).await.unwrap();
+    tunnel_up(&c, "router-1");
     assert_eq!(
         grants[0].vpnnat_addr,
         s.server_part_vpnnat(),
@@ -894,6 +920,7 @@ async fn end_frees_the_center_even_if_the_router_is_offline() {
     let mut r = TestRouter::new("router-1");
     r.install(&c);
     let (n, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    tunnel_up(&c, "router-1");
     *rt.offline.lock().unwrap() = true;
     let o = c.end(n, NOW).await.unwrap();
     assert_eq!(o.warnings.len(), 3, "{:?}", o.warnings);
