@@ -19,7 +19,7 @@ pub mod secret;
 #[cfg(test)]
 mod shell_tests;
 pub mod state;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "fake-center"))]
+pub mod testing;
 pub mod view;
 pub mod web;

@@ -1,6 +1,9 @@
 //! A fake maintenance center for unit and HTTP tests: it verifies the
 //! router's messages exactly as centerd would (proto's `decode_request`) and
-//! answers with sealed, MAC'd responses.
+//! answers with sealed, MAC'd responses. Test support only (also behind
+//! the `fake-center` feature for the benchmark), hence the panicking helpers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::net::Ipv4Addr;
 

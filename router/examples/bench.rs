@@ -1,0 +1,179 @@
+//! Size and memory benchmark of `routerd`:
+//!
+//!     cargo build --release -p vpnnat-router
+//!     cargo run --release -p vpnnat-router --features fake-center --example bench -- \
+//!         [--fake-datapath] [--cycles N] PATH/TO/routerd
+//!
+//! Prints the binary's size, then runs it against an in-process fake center
+//! (real HTTP on loopback) and reports its RSS when idle and after each of
+//! two rounds of N grant/release cycles (maintenance request, end, release).
+//! Without `--fake-datapath` it needs root: it moves itself into a new
+//! network namespace first, so routerd programs that namespace's kernel
+//! (nftables, XFRM policies) and nothing of the host.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper::Method;
+use vpnnat_proto::keys::SecretBytes;
+use vpnnat_router::daemon::unix_now;
+use vpnnat_router::http;
+use vpnnat_router::testing::{CenterSim, FakeCenter};
+
+fn free_port() -> Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+fn main() -> Result<()> {
+    let mut fake = false;
+    let mut cycles = 1000usize;
+    let mut bin = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--fake-datapath" => fake = true,
+            "--cycles" => cycles = args.next().context("--cycles N")?.parse()?,
+            other => bin = Some(PathBuf::from(other)),
+        }
+    }
+    let bin = bin.context("usage: bench [--fake-datapath] [--cycles N] PATH/TO/routerd")?;
+    let size = std::fs::metadata(&bin)?.len();
+    println!(
+        "binary {}: {size} bytes ({:.2} MiB)",
+        bin.display(),
+        size as f64 / 1048576.0
+    );
+
+    if !fake {
+        // SAFETY: unshare only changes this (still single) thread's network
+        // namespace; every thread and process started later inherits it.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "unshare(CLONE_NEWNET) (needs root): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let st = Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+        if !st.success() {
+            bail!("ip link set lo up failed");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(bin, fake, cycles))
+}
+
+async fn run(bin: PathBuf, fake: bool, cycles: usize) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("routerd-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let center_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let center_addr = center_l.local_addr()?;
+    let (web, server) = (free_port()?, free_port()?);
+    let secret = "01".repeat(32);
+    let cfg = dir.join("routerd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"terminal_id = "router-1"
+center_url = "http://{center_addr}"
+factory_secret = "{secret}"
+state_dir = "{d}/state"
+lease_file = "{d}/leases"
+dns = false
+[wan]
+interface = "eth0"
+address = "198.51.100.101/24"
+[lan]
+interface = "eth1"
+address = "192.168.1.1/24"
+[web_ui]
+listen = "127.0.0.1:{web}"
+[server_part]
+listen = "127.0.0.1:{server}"
+[hosts]
+pc1 = "192.168.1.10"
+"#,
+            d = dir.display()
+        ),
+    )?;
+    let mut fc = FakeCenter::new("router-1", vpnnat_proto::keys::SecretId::from_hex(&secret)?);
+    fc.now = unix_now();
+    let sim = Arc::new(CenterSim(Mutex::new(fc)));
+    tokio::spawn(http::run(center_l, sim.clone(), std::future::pending()));
+
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-c", cfg.to_str().context("path")?, "run"]);
+    if fake {
+        cmd.arg("--fake-datapath");
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+    let lan = format!("127.0.0.1:{web}");
+    let srv = format!("127.0.0.1:{server}");
+    let t = Duration::from_secs(10);
+    let start = Instant::now();
+    loop {
+        if let Ok((200, _, b)) = http::request(&lan, Method::GET, "/api/status", &[], None, t).await {
+            let v: serde_json::Value = serde_json::from_slice(&b)?;
+            if v["installed"] == true {
+                break;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            bail!("routerd did not install");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("datapath: {}", if fake { "in-memory" } else { "kernel (own netns)" });
+    println!("RSS idle after installation: {} KiB", rss_kib(pid)?);
+    let body = br#"{"claimant_name":"Bench","claimant_level":"general","urgency":"low","phone":"123","content":"x","terminals":["pc1"]}"#;
+    for round in 1..=2 {
+        let t0 = Instant::now();
+        for _ in 0..cycles {
+            let (s, _, b) = http::request(&lan, Method::POST, "/api/request", &[], Some(body.to_vec()), t).await?;
+            if s != 200 {
+                bail!("request: {s} {}", String::from_utf8_lossy(&b));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&b)?;
+            let n = v["acceptance_number"].as_u64().context("acceptance number")?;
+            let (end, rel) = {
+                let mut c = sim.0.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+                c.now = unix_now();
+                (c.end(n), c.release("pc1"))
+            };
+            for o in [end, rel] {
+                let (s, _, b) = http::request(&srv, Method::POST, o.path, &o.headers.pairs(), Some(o.body), t).await?;
+                if s != 200 {
+                    bail!("{}: {s} {}", o.path, String::from_utf8_lossy(&b));
+                }
+            }
+        }
+        let el = t0.elapsed();
+        println!(
+            "RSS after round {round} ({cycles} grant/release cycles, {:.2} ms per cycle): {} KiB",
+            el.as_secs_f64() * 1000.0 / cycles as f64,
+            rss_kib(pid)?
+        );
+    }
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
