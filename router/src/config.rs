@@ -66,6 +66,9 @@ pub struct RawConfig {
     pub button: Option<RawButton>,
     #[serde(default)]
     pub helper: Vec<RawHelper>,
+    /// Kernel modules PID 1 loads before setting up the network.
+    #[serde(default)]
+    pub modules: Vec<String>,
 }
 
 impl fmt::Debug for RawConfig {
@@ -227,6 +230,7 @@ pub struct Config {
     pub hosts: BTreeMap<TerminalName, Ipv4Addr>,
     pub button: Option<ButtonPreset>,
     pub helpers: Vec<Helper>,
+    pub modules: Vec<String>,
 }
 
 impl fmt::Debug for Config {
@@ -249,6 +253,7 @@ impl fmt::Debug for Config {
             .field("hosts", &self.hosts)
             .field("button", &self.button)
             .field("helpers", &self.helpers)
+            .field("modules", &self.modules)
             .finish()
     }
 }
@@ -364,6 +369,11 @@ impl Config {
                 command: h.command.clone(),
             });
         }
+        for (i, m) in raw.modules.iter().enumerate() {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(bad(&format!("modules[{i}]"), format!("{m:?} is not a module name")));
+            }
+        }
         let secs = |key: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
             match v.unwrap_or(default) {
                 0 => Err(bad(key, "must be at least 1".into())),
@@ -389,6 +399,7 @@ impl Config {
             hosts,
             button,
             helpers,
+            modules: raw.modules.clone(),
         })
     }
 
@@ -569,6 +580,7 @@ command = ["/usr/sbin/dnsmasq", "-k"]
             ("\"high\"", "\"now\"", "button.urgency"),
             ("\"router-1\"", "\"-bad\"", "terminal_id"),
             ("\"/usr/sbin/dnsmasq\"", "\"dnsmasq\"", "helper[0].command"),
+            ("state_dir = ", "modules = [\"x/y\"]\nstate_dir = ", "modules[0]"),
         ];
         for (from, to, key) in cases {
             let e = err(&sample().replacen(from, to, 1));

@@ -54,6 +54,19 @@ pub fn boot(cfg: &Config) -> Result<(), InitError> {
     ] {
         mount(fstype, target)?;
     }
+    if !cfg.modules.is_empty() {
+        // Best effort: a module built into the kernel is not an error, and a
+        // missing one shows up below as the failure that matters.
+        match std::process::Command::new("/sbin/modprobe")
+            .arg("-a")
+            .args(&cfg.modules)
+            .status()
+        {
+            Ok(s) if s.success() => {}
+            Ok(s) => log::warn!("modprobe -a {}: {s}", cfg.modules.join(" ")),
+            Err(e) => log::warn!("cannot run /sbin/modprobe: {e}"),
+        }
+    }
     let mut rt = Route::open()?;
     rt.set_up("lo", true)?;
     for iface in [&cfg.wan, &cfg.lan] {
@@ -153,8 +166,11 @@ pub fn power_off() -> ! {
 }
 
 /// Reaps every child (orphans included) on SIGCHLD and hands exit statuses
-/// to whoever registered the pid. It is the only caller of waitpid, so
-/// statuses are never stolen from the supervisor.
+/// to whoever registered the pid, so statuses are never stolen from the
+/// supervisor. The one other waiter in the process is the datapath, which
+/// runs `nft` and waits for it; the reaper therefore reaps only while
+/// holding the router's state lock, under which every datapath call (spawn
+/// and wait included) runs, so it can never reap an `nft` child.
 #[derive(Debug, Default)]
 struct Reaper {
     waiting: HashMap<i32, oneshot::Sender<i32>>,
@@ -209,7 +225,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Must be called inside the tokio runtime.
-    pub fn start(helpers: &[Helper]) -> Supervisor {
+    pub fn start(helpers: &[Helper], router: Arc<crate::daemon::Router>) -> Supervisor {
         let reaper = Arc::new(Mutex::new(Reaper::default()));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -227,9 +243,13 @@ impl Supervisor {
                 loop {
                     tokio::select! {
                         _ = chld.recv() => {
-                            if let Ok(mut r) = reaper.lock() {
-                                r.reap();
-                            }
+                            router
+                                .with_datapath(|_| {
+                                    if let Ok(mut r) = reaper.lock() {
+                                        r.reap();
+                                    }
+                                })
+                                .await;
                         }
                         _ = stop_rx.changed() => return,
                     }

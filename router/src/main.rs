@@ -233,7 +233,7 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
             cfg.server_part_listen
         );
         let helpers = if pid1 {
-            Some(init::Supervisor::start(&cfg.helpers))
+            Some(init::Supervisor::start(&cfg.helpers, router.clone()))
         } else {
             None
         };
