@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use tokio::net::TcpListener;
 use vpnnat_proto::paths;
+use vpnnat_proto::types::Ipv4Cidr;
 
 use crate::center::{Center, CenterError, GatewayCommands, RouterCommands};
 use crate::http::{auth_headers, read_body, serve, signed, text, unix_now, Body};
@@ -18,17 +19,54 @@ use crate::http::{auth_headers, read_body, serve, signed, text, unix_now, Body};
 /// (smaller) limit after that.
 const MAX_BODY: usize = 64 * 1024;
 
+/// Options of the router API.
+#[derive(Debug, Clone, Default)]
+pub struct ApiSettings {
+    /// Peers (reverse proxies, load balancers in front of several centerd)
+    /// whose `X-Forwarded-For` names the router's global address. From any
+    /// other peer the connection's source address is the router's address.
+    pub trusted_proxies: Vec<Ipv4Cidr>,
+}
+
 /// Serves the router/gateway API on `listener` until `shutdown`.
 pub async fn run<G, R>(listener: TcpListener, shutdown: impl Future<Output = ()>, center: Arc<Center<G, R>>)
 where
     G: GatewayCommands + 'static,
     R: RouterCommands + 'static,
 {
+    run_with(listener, shutdown, center, ApiSettings::default()).await
+}
+
+/// [`run`] with options.
+pub async fn run_with<G, R>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    center: Arc<Center<G, R>>,
+    settings: ApiSettings,
+) where
+    G: GatewayCommands + 'static,
+    R: RouterCommands + 'static,
+{
+    let settings = Arc::new(settings);
     serve(listener, shutdown, move |req, peer| {
         let c = center.clone();
-        async move { handle(c, req, peer).await }
+        let s = settings.clone();
+        async move { handle(c, &s, req, peer).await }
     })
     .await
+}
+
+/// The router's global address: the peer, or what a trusted proxy says.
+fn router_ip(peer: SocketAddr, headers: &hyper::HeaderMap, s: &ApiSettings) -> Option<Ipv4Addr> {
+    let p = peer_v4(peer)?;
+    if s.trusted_proxies.iter().any(|c| c.contains(p)) {
+        if let Some(v) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            // Each proxy appends the address it saw: the last entry is the
+            // one our trusted proxy vouches for.
+            return v.rsplit(',').next()?.trim().parse().ok();
+        }
+    }
+    Some(p)
 }
 
 fn peer_v4(peer: SocketAddr) -> Option<Ipv4Addr> {
@@ -42,7 +80,12 @@ fn err(e: CenterError) -> Response<Body> {
     text(e.http_status(), e.public_text())
 }
 
-async fn handle<G, R>(center: Arc<Center<G, R>>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body>
+async fn handle<G, R>(
+    center: Arc<Center<G, R>>,
+    settings: &ApiSettings,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body>
 where
     G: GatewayCommands + 'static,
     R: RouterCommands + 'static,
@@ -74,8 +117,8 @@ where
         paths::center::FAILURE => center.failure(&path, &headers, &body, now),
         paths::center::GATEWAY_ADDRESS => center.gateway_address(&path, &headers, &body, now).await,
         paths::center::MAINTENANCE => {
-            let Some(ip) = peer_v4(peer) else {
-                return text(400, "the maintenance API needs an IPv4 peer");
+            let Some(ip) = router_ip(peer, &parts.headers, settings) else {
+                return text(400, "the router's IPv4 address is unknown");
             };
             center.maintenance(&path, &headers, &body, ip, now).await
         }

@@ -88,6 +88,7 @@ struct Raw {
 struct RawServer {
     router_listen: String,
     ui_listen: String,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +178,8 @@ impl HttpEndpoint {
 pub struct CenterdConfig {
     pub router_listen: SocketAddr,
     pub ui_listen: SocketAddr,
+    /// Proxies whose `X-Forwarded-For` gives the router's address.
+    pub trusted_proxies: Vec<Ipv4Cidr>,
     pub database_path: PathBuf,
     pub pool: Ipv4Cidr,
     pub operator_hashes: Vec<PasswordHash>,
@@ -236,6 +239,17 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     if router_listen == ui_listen {
         return Err(invalid("server.ui_listen", "must differ from server.router_listen"));
     }
+    let trusted_proxies = raw
+        .server
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse::<Ipv4Cidr>()
+                .map_err(|e| invalid(format!("server.trusted_proxies[{i}]"), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let factory_master_key = FactoryMasterKey::from_hex(&raw.factory.master_key)
         .map_err(|e| invalid("factory.master_key", format!("{e} (64 hex digits)")))?;
     let pw_path = resolve(base, &raw.routers.maintenance_password_file);
@@ -337,6 +351,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     Ok(CenterdConfig {
         router_listen,
         ui_listen,
+        trusted_proxies,
         database_path: resolve(base, &raw.database.path),
         pool,
         operator_hashes,

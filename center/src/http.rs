@@ -120,6 +120,20 @@ pub async fn call<C: Command>(
     timeout: Duration,
     rng: &SystemRandom,
 ) -> Result<C::Response, CommandError> {
+    call_with(authority, principal, key, command, timeout, rng, &[]).await
+}
+
+/// [`call`] with extra request headers (e.g. `X-Forwarded-For` in tests
+/// and tools that stand in for a proxy).
+pub async fn call_with<C: Command>(
+    authority: &str,
+    principal: &C::Principal,
+    key: &MacKey,
+    command: &C,
+    timeout: Duration,
+    rng: &SystemRandom,
+    extra_headers: &[(&str, &str)],
+) -> Result<C::Response, CommandError> {
     let target = || authority.to_owned();
     let unreachable = |reason: String| CommandError::Unreachable {
         target: target(),
@@ -144,7 +158,7 @@ pub async fn call<C: Command>(
         let mut req = Request::post(out.path)
             .header(HOST, authority)
             .header(CONTENT_TYPE, "application/json");
-        for (n, v) in out.headers.pairs() {
+        for (n, v) in out.headers.pairs().into_iter().chain(extra_headers.iter().copied()) {
             req = req.header(n, v);
         }
         let req = req

@@ -232,3 +232,27 @@ async fn rejections_over_http() {
     assert_eq!(srv.center.store().unwrap().count_terminals().unwrap(), 0);
     assert_eq!(srv.center.store().unwrap().nonce_count().unwrap(), 0);
 }
+
+#[test]
+fn router_address_from_peer_or_trusted_proxy_only() {
+    let mut h = hyper::HeaderMap::new();
+    h.insert("x-forwarded-for", "198.18.0.1, 203.0.113.7".parse().unwrap());
+    let peer: SocketAddr = "192.0.2.10:5000".parse().unwrap();
+    let none = ApiSettings::default();
+    assert_eq!(
+        router_ip(peer, &h, &none),
+        Some("192.0.2.10".parse().unwrap()),
+        "untrusted: header ignored"
+    );
+    let trusted = ApiSettings {
+        trusted_proxies: vec!["192.0.2.0/24".parse().unwrap()],
+    };
+    assert_eq!(router_ip(peer, &h, &trusted), Some("203.0.113.7".parse().unwrap()));
+    h.insert("x-forwarded-for", "garbage".parse().unwrap());
+    assert_eq!(router_ip(peer, &h, &trusted), None);
+    let v6: SocketAddr = "[::ffff:192.0.2.9]:1".parse().unwrap();
+    assert_eq!(
+        router_ip(v6, &hyper::HeaderMap::new(), &none),
+        Some("192.0.2.9".parse().unwrap())
+    );
+}

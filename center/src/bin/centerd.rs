@@ -275,6 +275,9 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
         session_ttl: cfg.session_ttl,
     };
     let reconcile_interval = cfg.reconcile_interval;
+    let api_settings = api::ApiSettings {
+        trusted_proxies: cfg.trusted_proxies.clone(),
+    };
     let center = Arc::new(build_center(cfg)?);
     let api_l = TcpListener::bind(router_listen)
         .await
@@ -296,7 +299,7 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
         let (r1, r2) = (rx.clone(), rx);
         async move {
             tokio::join!(
-                api::run(api_l, stopped(r1), c.clone()),
+                api::run_with(api_l, stopped(r1), c.clone(), api_settings),
                 ui::run(ui_l, stopped(r2), c, ui_settings)
             );
         }
