@@ -318,11 +318,13 @@ pub fn run(args: &BenchArgs, table: NatTable) -> Result<()> {
         if rows.len() > 1 {
             writeln!(
                 r,
-                "per-mapping cost ratio N={} : N={}: batch add {:.2}, batch remove {:.2}, single add {:.2}, single remove {:.2}, cli add {:.2}",
+                "per-mapping cost ratio N={} : N={}: batch add+remove {:.2} (add {:.2}, remove {:.2}), single add+remove {:.2} (add {:.2}, remove {:.2}), cli add {:.2}",
                 last.n,
                 first.n,
+                (last.batch_add + last.batch_del) / (first.batch_add + first.batch_del),
                 last.batch_add / first.batch_add,
                 last.batch_del / first.batch_del,
+                (last.single_add + last.single_del) / (first.single_add + first.single_del),
                 last.single_add / first.single_add,
                 last.single_del / first.single_del,
                 last.cli_add / first.cli_add
