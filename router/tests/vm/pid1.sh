@@ -85,7 +85,9 @@ inns /usr/sbin/ip link show lo | grep -q "UP" || fail "lo not up"
 inns /usr/sbin/ip route show default | grep -q "via 198.51.100.1 dev wan0" || fail "default route"
 ok "lo, WAN and LAN up with their addresses; default route"
 
-inns grep -q " /run tmpfs" /proc/mounts || fail "/run not mounted"
+for m in " /proc proc" " /sys sysfs" " /dev devtmpfs" " /run tmpfs"; do
+	grep -q "$m" "/proc/$pid/mounts" || fail "not mounted:$m"
+done
 ok "proc, sys, dev, run mounted"
 
 inns /usr/sbin/nft list table ip vpnnat >"$work/nft" || fail "no vpnnat table"
