@@ -1,0 +1,12 @@
+#!/bin/sh
+# Post-build script of nanopi_r2s_defconfig: the U-Boot extlinux
+# configuration (Buildroot's, plus panic=10 so that the board reboots
+# if PID 1, routerd, ever dies) and the directories routerd writes to.
+
+set -e
+
+BOARD_DIR="$(dirname "$0")"
+
+install -m 0644 -D "$BOARD_DIR/extlinux.conf" "$TARGET_DIR/boot/extlinux/extlinux.conf"
+install -d -m 0700 "$TARGET_DIR/var/lib/routerd"
+chmod 0600 "$TARGET_DIR/etc/routerd.toml"

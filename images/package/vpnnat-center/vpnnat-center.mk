@@ -1,0 +1,38 @@
+################################################################################
+#
+# vpnnat-center
+#
+################################################################################
+
+# Built from the workspace this external tree lives in (images/..).
+VPNNAT_CENTER_VERSION = 0.1.0
+VPNNAT_CENTER_SITE = $(realpath $(BR2_EXTERNAL_VPNNAT_PATH)/..)
+VPNNAT_CENTER_SITE_METHOD = local
+VPNNAT_CENTER_LICENSE = MIT or Apache-2.0
+# The workspace member with centerd and gatewayd.
+VPNNAT_CENTER_SUBDIR = center
+
+VPNNAT_CENTER_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
+	--exclude=/target --exclude=/out --exclude=/output \
+	--exclude=/images --exclude=/buildroot-overlay \
+	--exclude=fuzz/target --exclude=fuzz/artifacts
+
+# See routerd.mk: a local site is never vendored at download time.
+define VPNNAT_CENTER_CARGO_VENDOR
+	mkdir -p $(@D)/.cargo $(BR_CARGO_HOME)
+	cd $(@D) && \
+		$(HOST_MAKE_ENV) CARGO_HOME=$(BR_CARGO_HOME) \
+		flock $(BR_CARGO_HOME)/.br-lock \
+		cargo vendor --manifest-path Cargo.toml --locked VENDOR \
+		> $(@D)/.cargo/config.toml
+endef
+VPNNAT_CENTER_PRE_CONFIGURE_HOOKS += VPNNAT_CENTER_CARGO_VENDOR
+
+define VPNNAT_CENTER_INSTALL_INIT_SYSV
+	$(INSTALL) -D -m 0755 $(VPNNAT_CENTER_PKGDIR)/S60centerd \
+		$(TARGET_DIR)/etc/init.d/S60centerd
+	$(INSTALL) -D -m 0755 $(VPNNAT_CENTER_PKGDIR)/S61gatewayd \
+		$(TARGET_DIR)/etc/init.d/S61gatewayd
+endef
+
+$(eval $(cargo-package))
