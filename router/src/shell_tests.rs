@@ -215,6 +215,11 @@ async fn whole_flow_over_http() {
     // 1. installation notice on first start
     rt.wait_installed().await;
     assert_eq!(rt.mappings().await, 2, "server part and router part mapped");
+    assert_eq!(
+        rt.status().await.ike,
+        "unconfigured",
+        "no gateway: the responder accepts nobody"
+    );
 
     // 3 + 4. JSON API: gateway request then maintenance request
     let (s, b) = rt.post("/api/request", api_request(&["pc1"]), None).await;
@@ -225,6 +230,11 @@ async fn whole_flow_over_http() {
         "192.168.1.10".parse::<std::net::Ipv4Addr>().unwrap()
     );
     assert_eq!(rt.mappings().await, 3);
+    assert_eq!(
+        rt.status().await.ike,
+        "listening",
+        "responder configured for the gateway"
+    );
     assert_eq!(
         center.0.lock().unwrap().seen,
         [
