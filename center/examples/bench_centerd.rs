@@ -27,7 +27,9 @@ use vpnnat_center::http::call_with;
 use vpnnat_center::storage::Storage;
 use vpnnat_proto::auth::ReplayConfig;
 use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MaintenancePassword, Psk, SecretBytes, SecretId};
-use vpnnat_proto::messages::{GatewayAddressRequest, InstallRequest, MaintenanceDetails, MaintenanceRequest, StateReport};
+use vpnnat_proto::messages::{
+    GatewayAddressRequest, InstallRequest, MaintenanceDetails, MaintenanceRequest, StateReport,
+};
 use vpnnat_proto::seal::ReplyKeyPair;
 use vpnnat_proto::types::{
     AcceptanceNumber, BoundedSet, ClaimantLevel, ClaimantName, GatewayName, IkeIdentity, Phone, RequestContent,
@@ -139,6 +141,7 @@ async fn main() {
                 ike_id: IkeIdentity::new(format!("gw{i}.example")).unwrap(),
                 api_key: GatewayApiKey::from_array([4; 32]),
                 slots: slots_per_gw,
+                next_hop: None,
             })
             .collect(),
         replay: ReplayConfig::default(),
@@ -172,7 +175,12 @@ async fn main() {
     let mut total_ops = 0usize;
     let all = Instant::now();
 
-    for phase in ["installation", "gateway address", "maintenance request", "end (operator)"] {
+    for phase in [
+        "installation",
+        "gateway address",
+        "maintenance request",
+        "end (operator)",
+    ] {
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(n);
         for r in &routers {
@@ -193,16 +201,28 @@ async fn main() {
                     "installation" => {
                         let kp = ReplyKeyPair::generate(&rng).unwrap();
                         let key = SecretId::derive(&master, &r.id).mac_key();
-                        let resp = call_with(&addr, &r.id, &key, &InstallRequest { reply_key: kp.public_key() }, t, &rng, &xff)
-                            .await
-                            .unwrap();
+                        let resp = call_with(
+                            &addr,
+                            &r.id,
+                            &key,
+                            &InstallRequest {
+                                reply_key: kp.public_key(),
+                            },
+                            t,
+                            &rng,
+                            &xff,
+                        )
+                        .await
+                        .unwrap();
                         let s = resp.open(kp, &r.id).unwrap();
                         r.sid2 = Some(s.secret_id2().clone());
                     }
                     "gateway address" => {
                         let kp = ReplyKeyPair::generate(&rng).unwrap();
                         let key = r.sid2.as_ref().unwrap().mac_key();
-                        let cmd = GatewayAddressRequest { reply_key: kp.public_key() };
+                        let cmd = GatewayAddressRequest {
+                            reply_key: kp.public_key(),
+                        };
                         let resp = call_with(&addr, &r.id, &key, &cmd, t, &rng, &xff).await.unwrap();
                         resp.open(kp, &r.id).unwrap();
                     }
@@ -225,7 +245,9 @@ async fn main() {
                             &details,
                         )
                         .unwrap();
-                        let resp = call_with(&addr, &r.id, &sid2.mac_key(), &req, t, &rng, &xff).await.unwrap();
+                        let resp = call_with(&addr, &r.id, &sid2.mac_key(), &req, t, &rng, &xff)
+                            .await
+                            .unwrap();
                         resp.open(kp, &r.id).unwrap();
                         r.acceptance = resp.acceptance_number.get();
                     }

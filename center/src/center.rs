@@ -31,6 +31,7 @@ use vpnnat_proto::types::{
 };
 use vpnnat_proto::{decode_request, encode_response, Command, KeyKind, Outgoing, ProtoError, Verified};
 
+use crate::routes::RouteProgrammer;
 use crate::storage::{
     is_router_own_part, NewRequest, RequestRow, SlotRow, Storage, StorageError, TerminalRow, TunnelState,
 };
@@ -163,6 +164,9 @@ pub struct GatewayEntry {
     pub ike_id: IkeIdentity,
     pub api_key: GatewayApiKey,
     pub slots: u16,
+    /// The gateway's address on the center LAN: next hop of the host routes
+    /// centerd programs for the VPNNAT addresses it carries (None: no route).
+    pub next_hop: Option<Ipv4Addr>,
 }
 
 /// The validated settings the exchanges need.
@@ -225,6 +229,9 @@ pub struct Center<G, R> {
     rng: SystemRandom,
     /// Woken on every tunnel event; waiters re-read their slot.
     tunnel_events: Notify,
+    /// Host routes toward the gateways (None: the operator's routing is
+    /// someone else's job).
+    routes: Option<Box<dyn RouteProgrammer>>,
 }
 
 fn secret_id2_of(row: &TerminalRow) -> Result<SecretId2, CenterError> {
@@ -271,7 +278,28 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             routers,
             rng: SystemRandom::new(),
             tunnel_events: Notify::new(),
+            routes: None,
         })
+    }
+
+    /// Has centerd program a host route per VPNNAT address via the gateway
+    /// that carries it.
+    pub fn with_routes(mut self, routes: Box<dyn RouteProgrammer>) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    fn route(&self, add: bool, gateway: &str, addrs: &[Ipv4Addr], warnings: &mut Vec<String>) {
+        let (Some(r), Some(via)) = (&self.routes, self.settings.gateway(gateway).and_then(|g| g.next_hop)) else {
+            return;
+        };
+        if addrs.is_empty() {
+            return;
+        }
+        let res = if add { r.add(addrs, via) } else { r.del(addrs, via) };
+        if let Err(e) = res {
+            warnings.push(format!("host routes via {gateway}: {e}"));
+        }
     }
 
     pub fn settings(&self) -> &CenterSettings {
@@ -536,6 +564,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             self.store()?.abort_request(number)?;
             return Err(CenterError::Gateway(e));
         }
+        let mut warnings = Vec::new();
+        self.route(true, &slot.gateway, &addrs, &mut warnings);
+        for w in warnings {
+            log::warn!("{tid}: {w}");
+        }
         if !self.wait_tunnel_up(&tid, self.settings.tunnel_up_timeout).await? {
             log::warn!(
                 "{tid}: tunnel at {} slot {} not up after {:?}; answering request {number} anyway",
@@ -729,6 +762,9 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                         .unwrap_or_default()
                 }
             };
+            // Host routes are idempotent: (re)add all (a restarted centerd
+            // host gets them back).
+            self.route(true, gateway, &addrs, &mut out.warnings);
             let missing: Vec<Ipv4Addr> = addrs.iter().copied().filter(|a| !current.contains(a)).collect();
             let extra: Vec<Ipv4Addr> = current.iter().copied().filter(|a| !addrs.contains(a)).collect();
             for chunk in missing.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
@@ -849,6 +885,9 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             let freed = self.store()?.release_address(&tid_s, &g.terminal_name)?;
             if let Some(addr) = freed {
                 out.released.push((g.terminal_name.clone(), addr));
+                if let Some(s) = &slot {
+                    self.route(false, &s.gateway, &[addr], &mut out.warnings);
+                }
                 if let (Some(s), Some(t)) = (&slot, &target) {
                     if let Err(e) = self
                         .gateways
@@ -870,6 +909,18 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             let (freed, slot) = self.store()?.end_vpn(&tid_s, now)?;
             for f in &freed {
                 out.released.push((f.terminal_name.clone(), f.vpnnat));
+            }
+            if let Some(s) = &slot {
+                let mut gone: Vec<Ipv4Addr> = freed.iter().map(|f| f.vpnnat).collect();
+                if let Some(t) = &target {
+                    // The router's own parts were reachable only through
+                    // the tunnel that ends now.
+                    gone.push(t.address);
+                    if let Some(row) = self.store()?.terminal(&tid_s)? {
+                        gone.push(row.router_part_vpnnat);
+                    }
+                }
+                self.route(false, &s.gateway, &gone, &mut out.warnings);
             }
             if let (Some(s), Some(t)) = (slot, &target) {
                 let addrs: Vec<Ipv4Addr> = freed.iter().map(|f| f.vpnnat).collect();

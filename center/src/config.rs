@@ -131,6 +131,7 @@ struct RawCenter {
     tunnel_up_timeout_ms: Option<u64>,
     replay_window_secs: Option<u64>,
     reconcile_interval_secs: Option<u64>,
+    host_routes: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +143,7 @@ struct RawGateway {
     ike_id: String,
     slots: u16,
     api_key: SecretText,
+    next_hop: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -186,6 +188,9 @@ pub struct CenterdConfig {
     pub session_ttl: Duration,
     pub router_command_port: u16,
     pub command_timeout: Duration,
+    /// Whether centerd programs a host route per VPNNAT address via the
+    /// gateway carrying it.
+    pub host_routes: bool,
     /// How often every gateway is reconciled with the database (None: only
     /// at start).
     pub reconcile_interval: Option<Duration>,
@@ -330,6 +335,18 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
         }
         let api_key =
             GatewayApiKey::from_hex(&g.api_key).map_err(|e| invalid(key("api_key"), format!("{e} (64 hex digits)")))?;
+        // Default next hop: the API address, when it is an IPv4 literal
+        // (gatewayd listens on its center-LAN address).
+        let next_hop = match &g.next_hop {
+            Some(h) => Some(
+                h.parse::<Ipv4Addr>()
+                    .map_err(|_| invalid(key("next_hop"), "not an IPv4 address"))?,
+            ),
+            None => ep
+                .authority
+                .rsplit_once(':')
+                .and_then(|(h, _)| h.parse::<Ipv4Addr>().ok()),
+        };
         endpoints.push((name.clone(), ep));
         gateways.push(GatewayEntry {
             name,
@@ -337,6 +354,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             ike_id,
             api_key,
             slots: g.slots,
+            next_hop,
         });
     }
     // The terminals table keeps a hash of the maintenance password, never
@@ -358,6 +376,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
         session_ttl,
         router_command_port,
         command_timeout,
+        host_routes: raw.center.host_routes.unwrap_or(false),
         reconcile_interval: match raw.center.reconcile_interval_secs.unwrap_or(30) {
             0 => None,
             n => Some(Duration::from_secs(n)),
@@ -429,6 +448,8 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert_eq!(c.gateway_endpoints[0].1.authority, "172.16.0.11:9000");
         assert_eq!(c.settings.maintenance_password.expose_secret(), "maint-pass-1");
         assert_eq!(c.router_command_port, 8080);
+        assert_eq!(c.settings.gateways[0].next_hop, Some(Ipv4Addr::new(172, 16, 0, 11)));
+        assert!(!c.host_routes);
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("0909090909"), "master key never printed");
         assert!(!dbg.contains("4141414141"), "api key never printed");
@@ -452,6 +473,7 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert!(err_of(&EXAMPLE.replace("maint.txt", "nope.txt")).contains("routers.maintenance_password_file"));
         assert!(err_of(&EXAMPLE.replace("pbkdf2-sha256$1000", "md5$1000")).contains("operators.password_hashes[0]"));
         assert!(err_of(&EXAMPLE.replace("[database]\npath = \"center.db\"", "")).contains("database"));
+        assert!(err_of(&EXAMPLE.replace("slots = 4", "slots = 4\nnext_hop = \"gw\"")).contains("gateways[0].next_hop"));
     }
 
     #[test]

@@ -22,5 +22,6 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod password;
+pub mod routes;
 pub mod storage;
 pub mod ui;

@@ -81,6 +81,7 @@ async fn router_to_gateway_and_back_over_http() {
             ike_id: IkeIdentity::new("gw1.center.example").unwrap(),
             api_key: gw_key.clone(),
             slots: 4,
+            next_hop: None,
         }],
         replay: ReplayConfig::default(),
         tunnel_up_timeout: Duration::from_millis(200),

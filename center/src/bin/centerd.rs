@@ -13,6 +13,7 @@ use vpnnat_center::center::Center;
 use vpnnat_center::clients::{HttpGateways, HttpRouters};
 use vpnnat_center::config::CenterdConfig;
 use vpnnat_center::password::{PasswordHash, DEFAULT_ITERATIONS};
+use vpnnat_center::routes::KernelRoutes;
 use vpnnat_center::storage::Storage;
 use vpnnat_center::{api, http, ui};
 
@@ -264,7 +265,13 @@ fn build_center(cfg: CenterdConfig) -> Result<RealCenter> {
         .collect();
     let gws = HttpGateways::new(clients, cfg.command_timeout);
     let routers = HttpRouters::new(cfg.router_command_port, cfg.command_timeout);
-    Ok(Center::new(store, cfg.settings, gws, routers)?)
+    let host_routes = cfg.host_routes;
+    let center = Center::new(store, cfg.settings, gws, routers)?;
+    if host_routes {
+        let r = KernelRoutes::open().context("opening rtnetlink for host routes")?;
+        return Ok(center.with_routes(Box::new(r)));
+    }
+    Ok(center)
 }
 
 async fn run(cfg: CenterdConfig) -> Result<()> {

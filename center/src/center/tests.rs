@@ -189,6 +189,7 @@ pub(crate) fn settings(slots: &[u16]) -> CenterSettings {
                 ike_id: IkeIdentity::new(format!("gw{}.center.example", i + 1)).unwrap(),
                 api_key: gw_key(i as u8 + 1),
                 slots: n,
+                next_hop: Some(Ipv4Addr::new(172, 16, 0, 21 + i as u8)),
             })
             .collect(),
         replay: ReplayConfig::default(),
@@ -981,4 +982,39 @@ async fn reconcile_restores_a_restarted_gateway_and_removes_strays() {
     // A dead gateway: an error, nothing changed.
     g.dead.lock().unwrap().insert("gw2".into());
     assert_eq!(status(&c.reconcile_gateway("gw2", NOW).await.unwrap_err()), 502);
+}
+
+#[tokio::test]
+async fn host_routes_follow_the_addresses() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let routes = Arc::new(crate::routes::RecordingRoutes::default());
+    #[derive(Debug)]
+    struct Shared(Arc<crate::routes::RecordingRoutes>);
+    impl crate::routes::RouteProgrammer for Shared {
+        fn add(&self, a: &[Ipv4Addr], via: Ipv4Addr) -> Result<(), vpnnat_datapath::DatapathError> {
+            self.0.add(a, via)
+        }
+        fn del(&self, a: &[Ipv4Addr], via: Ipv4Addr) -> Result<(), vpnnat_datapath::DatapathError> {
+            self.0.del(a, via)
+        }
+    }
+    let c = c.with_routes(Box::new(Shared(routes.clone())));
+    let mut r = TestRouter::new("router-1");
+    let s = r.install(&c);
+    let (n, grants) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    let pc1 = grants[0].vpnnat_addr;
+    let log = std::mem::take(&mut *routes.log.lock().unwrap());
+    assert_eq!(
+        log,
+        vec![
+            format!("add {}/32 via 172.16.0.21", s.server_part_vpnnat()),
+            format!("add {}/32 via 172.16.0.21", s.router_part_vpnnat()),
+            format!("add {pc1}/32 via 172.16.0.21"),
+        ]
+    );
+    c.end(n, NOW).await.unwrap();
+    let log = std::mem::take(&mut *routes.log.lock().unwrap());
+    assert_eq!(log[0], format!("del {pc1}/32 via 172.16.0.21"));
+    assert!(log.contains(&format!("del {}/32 via 172.16.0.21", s.server_part_vpnnat())));
+    assert!(log.contains(&format!("del {}/32 via 172.16.0.21", s.router_part_vpnnat())));
 }
