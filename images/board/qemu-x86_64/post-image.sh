@@ -9,12 +9,14 @@
 
 set -e
 
-cat >"$BINARIES_DIR/start-qemu.sh" <<'SCRIPT'
+sed "s|@HOST_DIR@|$HOST_DIR|" >"$BINARIES_DIR/start-qemu.sh" <<'SCRIPT'
 #!/bin/sh
 # Boots the vpnnat center image (Buildroot, qemu_x86_64_defconfig).
 # Operator UI: http://127.0.0.1:${VPNNAT_UI_PORT:-8443}/
 cd "$(dirname "$0")" || exit 1
-exec qemu-system-x86_64 -M pc -m 512 -nographic \
+# the machine's QEMU (with user networking), else Buildroot's host-qemu
+qemu=$(command -v qemu-system-x86_64 || echo "@HOST_DIR@/bin/qemu-system-x86_64")
+exec "$qemu" -M pc -m 512 -nographic \
 	-kernel bzImage \
 	-drive file=rootfs.ext2,if=virtio,format=raw \
 	-append "rootwait root=/dev/vda console=ttyS0" \

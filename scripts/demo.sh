@@ -1,0 +1,325 @@
+#!/bin/bash
+# scripts/demo.sh [--no-build] [--ui-port PORT] [--routers N] [--smoke]
+#
+# The main job (INTERFACES.md): boots the center image and N [2] router
+# images (out/images/, made by scripts/build-images.sh, which this script
+# runs first) in QEMU/TCG, joined as in the test topology of TESTBED.md,
+# and serves the operator UI on 127.0.0.1 until Ctrl-C.
+#
+#   "internet" 198.51.100.0/24  a QEMU multicast socket bound to 127.0.0.1
+#                               (traffic never leaves this machine):
+#                               center eth0 (.10 centerd, .21 gateway gw1),
+#                               router rN eth0 (.10N)
+#   center LAN 172.16.0.0/24    center eth1: QEMU user networking, isolated
+#                               (restrict=on); the operator UI
+#                               172.16.0.10:8443 is forwarded to
+#                               127.0.0.1:PORT only
+#   home LAN 192.168.1.0/24     inside each router VM, the same in every
+#                               home: eth1 is a bridge, pc1 192.168.1.10
+#                               and nas 192.168.1.11 are network namespaces
+#                               serving a web page on port 80
+#
+# Each router gets its own routerd.toml (derived from buildroot-overlay/
+# router/etc/routerd.toml: terminal ID router-N, WAN address, Secret(ID) =
+# HMAC-SHA256(center's factory master key, terminal ID)) and a root shell
+# on its second serial line; the center gets a demo operator password.
+# Consoles and shells are UNIX sockets in the run directory (printed).
+#
+#   --no-build     do not run cargo (scripts/build-images.sh --no-build)
+#   --ui-port P    operator UI on 127.0.0.1:P [8443, or the next free one]
+#   --routers N    number of router VMs [2]
+#   --smoke        non-interactive: boot everything, check that each
+#                  routerd starts and the UI answers, then stop (exit 0/1)
+#
+# Environment: VPNNAT_DEMO_PASSWORD [demo], VPNNAT_DEMO_MEM (MB per VM)
+# [384], VPNNAT_DEMO_TIMEOUT (s to wait for each VM) [180], and those of
+# scripts/build-images.sh.
+set -euo pipefail
+
+prog=demo
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+IMAGES=${VPNNAT_IMAGES_OUT:-$REPO/out/images}
+PASSWORD=${VPNNAT_DEMO_PASSWORD:-demo}
+MEM=${VPNNAT_DEMO_MEM:-384}
+WAIT=${VPNNAT_DEMO_TIMEOUT:-180}
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+export LC_ALL=C
+
+log() { printf '%s: %s\n' "$prog" "$*" >&2; }
+die() {
+	printf '%s: error: %s\n' "$prog" "$*" >&2
+	exit 1
+}
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+BUILD_ARGS=()
+UI_PORT=
+ROUTERS=2
+SMOKE=
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--no-build) BUILD_ARGS+=(--no-build) ;;
+	--ui-port)
+		UI_PORT=${2:?--ui-port needs a port}
+		shift
+		;;
+	--routers)
+		ROUTERS=${2:?--routers needs a number}
+		shift
+		;;
+	--smoke) SMOKE=1 ;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+	shift
+done
+[[ $ROUTERS =~ ^[1-9]$ ]] || die "--routers must be 1-9"
+[[ $(id -u) == 0 ]] || die "must run as root (apt-get, /var/cache, mknod)"
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v socat >/dev/null || need+=(socat)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v cpio >/dev/null || need+=(cpio)
+if [[ ${#need[@]} -gt 0 ]]; then
+	log "installing ${need[*]} with apt-get..."
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+		{ apt-get update -qq >/dev/null 2>&1 &&
+			apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; } ||
+		die "apt-get install ${need[*]} failed"
+fi
+
+# ---------------------------------------------------------------- images
+log "building the offline images (scripts/build-images.sh ${BUILD_ARGS[*]})..."
+"$REPO/scripts/build-images.sh" "${BUILD_ARGS[@]}" 2>&1 | sed 's/^/  /' >&2
+[[ ${PIPESTATUS[0]} == 0 ]] || die "scripts/build-images.sh failed"
+for f in router/vmlinuz router/initrd center/vmlinuz center/initrd; do
+	[[ -s $IMAGES/$f ]] || die "$IMAGES/$f is missing"
+done
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [[ -z $UI_PORT ]]; then
+	UI_PORT=8443
+	while ! port_free "$UI_PORT"; do UI_PORT=$((UI_PORT + 1)); done
+elif ! port_free "$UI_PORT"; then
+	die "127.0.0.1:$UI_PORT is in use"
+fi
+# one multicast group per run, so that two demos (or vm-test VMs) never mix
+MCAST=230.0.$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1)):$((20000 + RANDOM % 20000))
+
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/vpnnat-demo.XXXXXX")
+PIDS=()
+# shellcheck disable=SC2317 # invoked by trap
+cleanup() {
+	local rc=$? p
+	trap - EXIT INT TERM
+	if [[ ${#PIDS[@]} -gt 0 ]]; then
+		log "stopping ${#PIDS[@]} VM(s)..."
+		for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+		for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	fi
+	if [[ -n $SMOKE || $rc != 0 ]]; then
+		log "logs kept in $RUN"
+	else
+		rm -rf "$RUN"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkcpio() { (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet); }
+
+# ---------------------------------------------------------------- center
+CENTER_TOML=$REPO/buildroot-overlay/center/etc/centerd.toml
+ROUTER_TOML=$REPO/buildroot-overlay/router/etc/routerd.toml
+MASTER_KEY=$(sed -n 's/^master_key = "\([0-9a-fA-F]\{64\}\)".*/\1/p' "$CENTER_TOML" | head -n1)
+[[ -n $MASTER_KEY ]] || die "no [factory] master_key in $CENTER_TOML"
+
+# The operator password's hash, written like `centerd hash-password` does
+# (fewer PBKDF2 rounds than the default: TCG is slow).
+pw_hash() {
+	local iter=20000 salt
+	salt=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+	printf 'pbkdf2-sha256$%s$%s$%s' "$iter" "$salt" \
+		"$(openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt "pass:$1" \
+			-kdfopt "hexsalt:$salt" -kdfopt "iter:$iter" PBKDF2 | tr -d ':\n' | tr 'A-F' 'a-f')"
+}
+
+layer_center() {
+	local root=$RUN/center.root hash
+	mkdir -p "$root/etc"
+	hash=$(pw_hash "$PASSWORD")
+	awk -v h="$hash" '
+		/^password_hashes = \[/ { print "password_hashes = [\"" h "\"]"; skip = 1; next }
+		skip && /^\]/ { skip = 0; next }
+		!skip { print }' "$CENTER_TOML" >"$root/etc/centerd.toml"
+	chmod 0600 "$root/etc/centerd.toml"
+	mkcpio "$root" >"$RUN/center.layer.cpio"
+	cat "$IMAGES/center/initrd" "$RUN/center.layer.cpio" >"$RUN/center.initrd"
+}
+
+# ---------------------------------------------------------------- routers
+layer_router() {
+	local n=$1 root=$RUN/r$1.root tid secret
+	tid=router-$n
+	secret=$(printf '%s' "$tid" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$MASTER_KEY" | awk '{ print $NF }')
+	mkdir -p "$root/etc/vpnnat/preinit.d"
+	sed -e "s|^terminal_id = .*|terminal_id = \"$tid\"|" \
+		-e "s|^factory_secret = .*|factory_secret = \"$secret\"|" \
+		-e "s|^address = \"198\.51\.100\.[0-9]*/24\"|address = \"198.51.100.10$n/24\"|" \
+		"$ROUTER_TOML" >"$root/etc/routerd.toml"
+	# a root shell on ttyS1, supervised by routerd like dnsmasq
+	cat >>"$root/etc/routerd.toml" <<-'EOF'
+
+		# demo only (scripts/demo.sh): a root shell on the second serial line
+		[[helper]]
+		name = "shell"
+		command = ["/bin/sh", "-c", "exec /usr/bin/setsid -c /bin/bash -i <>/dev/ttyS1 >&0 2>&1"]
+	EOF
+	chmod 0600 "$root/etc/routerd.toml"
+	# the home LAN: eth1 is a bridge, every host a network namespace held
+	# by its web server
+	cat >"$root/etc/vpnnat/preinit.d/demo-lan.sh" <<-EOF
+		# demo only (scripts/demo.sh): the home LAN of $tid
+		ip=/usr/sbin/ip
+		\$ip link add eth1 type bridge
+		\$ip link set eth1 up
+		lan_host() {
+		    name=\$1 addr=\$2
+		    mkdir -p "/srv/\$name"
+		    echo "\$name (\$addr) in the home of $tid" >"/srv/\$name/index.html"
+		    /bin/busybox unshare -n /bin/busybox sh -c '
+		        while ! /usr/sbin/ip link show eth0 >/dev/null 2>&1; do /bin/busybox sleep 0.05; done
+		        /usr/sbin/ip link set lo up
+		        /usr/sbin/ip link set eth0 up
+		        /usr/sbin/ip addr add "\$1/24" dev eth0
+		        /usr/sbin/ip route add default via 192.168.1.1
+		        exec /bin/busybox httpd -f -p 80 -h "/srv/\$2"' sh "\$addr" "\$name" &
+		    pid=\$!
+		    # the namespace exists once unshare has run
+		    while [ "\$(readlink /proc/\$pid/ns/net)" = "\$(readlink /proc/self/ns/net)" ]; do
+		        /bin/busybox sleep 0.02
+		    done
+		    \$ip link add "v-\$name" type veth peer name eth0 netns \$pid
+		    \$ip link set "v-\$name" master eth1 up
+		}
+		lan_host pc1 192.168.1.10
+		lan_host nas 192.168.1.11
+	EOF
+	mkcpio "$root" >"$RUN/r$n.layer.cpio"
+	cat "$IMAGES/router/initrd" "$RUN/r$n.layer.cpio" >"$RUN/r$n.initrd"
+}
+
+# ---------------------------------------------------------------- boot
+QEMU_COMMON=(-accel tcg -cpu max -m "$MEM" -smp 1 -nodefaults -no-user-config
+	-display none -no-reboot)
+
+# $1 name, $2 image dir, $3 initrd, then extra QEMU arguments
+boot() {
+	local name=$1 dir=$2 initrd=$3
+	shift 3
+	qemu-system-x86_64 "${QEMU_COMMON[@]}" \
+		-kernel "$dir/vmlinuz" -initrd "$initrd" -append "$(cat "$dir/cmdline")" \
+		-chardev "socket,id=con,path=$RUN/$name.console,server=on,wait=off,logfile=$RUN/$name.log" \
+		-serial chardev:con "$@" </dev/null >"$RUN/$name.qemu.log" 2>&1 &
+	PIDS+=($!)
+	eval "START_${name}=\$EPOCHREALTIME"
+}
+
+layer_center
+for ((i = 1; i <= ROUTERS; i++)); do layer_router "$i"; done
+
+log "booting the center (run directory $RUN)..."
+boot center "$IMAGES/center" "$RUN/center.initrd" \
+	-netdev "socket,id=inet,mcast=$MCAST,localaddr=127.0.0.1" \
+	-device virtio-net-pci,netdev=inet,mac=52:54:00:00:01:10 \
+	-netdev "user,id=lan,net=172.16.0.0/24,host=172.16.0.2,dhcpstart=172.16.0.200,restrict=on,hostfwd=tcp:127.0.0.1:$UI_PORT-172.16.0.10:8443" \
+	-device virtio-net-pci,netdev=lan,mac=52:54:00:00:02:10
+for ((i = 1; i <= ROUTERS; i++)); do
+	log "booting router r$i..."
+	boot "r$i" "$IMAGES/router" "$RUN/r$i.initrd" \
+		-netdev "socket,id=inet,mcast=$MCAST,localaddr=127.0.0.1" \
+		-device "virtio-net-pci,netdev=inet,mac=52:54:00:00:00:0$i" \
+		-chardev "socket,id=sh,path=$RUN/r$i.shell,server=on,wait=off" -serial chardev:sh
+done
+
+elapsed() { awk -v s="$1" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.1f", n - s }'; }
+since_start() {
+	local v=START_$1
+	elapsed "${!v}"
+}
+alive() {
+	local p
+	for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done
+}
+
+# Wait for routerd's startup line on each router's console and for the UI.
+failed=0
+for ((i = 1; i <= ROUTERS; i++)); do
+	until grep -aq 'routerd .* for terminal' "$RUN/r$i.log" 2>/dev/null; do
+		alive || die "a VM exited (see $RUN/*.qemu.log, $RUN/*.log)"
+		if awk -v e="$(since_start "r$i")" -v w="$WAIT" 'BEGIN { exit !(e > w) }'; then
+			log "r$i: no routerd startup line after $WAIT s; console:"
+			tr -d '\r' <"$RUN/r$i.log" | tail -n 20 >&2
+			failed=1
+			break
+		fi
+		sleep 0.2
+	done
+	grep -aq 'routerd .* for terminal' "$RUN/r$i.log" 2>/dev/null &&
+		log "r$i: routerd serving $(since_start "r$i") s after QEMU start"
+done
+ui=
+for ((t = 0; t < WAIT * 5; t++)); do
+	code=$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$UI_PORT/login" || true)
+	if [[ $code == 200 ]]; then
+		ui=1
+		break
+	fi
+	alive || die "a VM exited (see $RUN/*.qemu.log, $RUN/*.log)"
+	sleep 0.2
+done
+if [[ -n $ui ]]; then
+	log "center: operator UI answers $(since_start center) s after QEMU start"
+else
+	log "center: the operator UI does not answer on 127.0.0.1:$UI_PORT; center console:"
+	tr -d '\r' <"$RUN/center.log" | tail -n 20 >&2
+	failed=1
+fi
+
+if [[ -n $SMOKE ]]; then
+	if [[ $failed == 0 ]]; then
+		log "smoke: passed"
+		exit 0
+	fi
+	log "smoke: FAILED"
+	exit 1
+fi
+
+cat <<EOF
+
+  Operator UI:  http://127.0.0.1:$UI_PORT/   (password: $PASSWORD)
+  Center shell: socat -,raw,echo=0 unix-connect:$RUN/center.console
+  Router shell: socat -,raw,echo=0 unix-connect:$RUN/r1.shell   (r1 .. r$ROUTERS)
+  Logs:         $RUN/{center,r1..r$ROUTERS}.log (consoles)
+
+  Try this: in r1's shell run
+      routerd request --name Alice --phone 0123 --content 'printer broken' pc1
+  then start the request in the UI and, in the center shell,
+      wget -qO- http://<pc1's VPNNAT address>/
+
+  Ctrl-C stops every VM.
+EOF
+while alive; do sleep 1; done
+die "a VM exited (see $RUN)"

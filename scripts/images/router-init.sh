@@ -1,0 +1,36 @@
+#!/bin/busybox sh
+# shellcheck shell=dash
+# /init of the offline router image (scripts/build-images.sh). Debian's
+# cloud kernel has the datapath as modules while the Buildroot kernel has
+# it built in and starts routerd directly as /sbin/init; this stage only
+# loads the modules, runs the optional /etc/vpnnat/preinit.d/*.sh (e.g. the
+# demo's LAN hosts) and then execs routerd, which stays PID 1 and does
+# every other init duty itself (mounts, links, dnsmasq, reaping, reboot).
+# busybox sh runs its applets before PATH: iproute2 by full path.
+
+bb=/bin/busybox
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin
+
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+echo /sbin/modprobe >/proc/sys/kernel/modprobe
+
+load_modules() {
+	# shellcheck disable=SC2046 # one word per module
+	$bb modprobe -a $($bb grep -v '^#' "$1") || echo "init: modprobe -a (from $1) failed"
+}
+load_modules /etc/vmtest/modules.load
+if $bb grep -qs 0x1af4 /sys/bus/pci/devices/*/vendor; then
+	load_modules /etc/vmtest/modules.virtio
+fi
+
+for f in /etc/vpnnat/preinit.d/*.sh; do
+	[ -r "$f" ] || continue
+	echo "init: $f"
+	# shellcheck source=/dev/null
+	. "$f"
+done
+
+# routerd mounts /proc, /sys, /dev and /run itself (EBUSY counts as done).
+exec /usr/bin/routerd --config /etc/routerd.toml run
