@@ -15,8 +15,12 @@ use std::net::Ipv4Addr;
 
 use ring::rand::SecureRandom;
 use thiserror::Error;
+use vpnnat_datapath::nft::NatObserved;
 use vpnnat_datapath::plan::NatDesired;
-use vpnnat_datapath::{DesiredState, Dir, Ipv4Cidr, Mapping, PolicyId, PolicySpec, SaSpec, REQID_BASE};
+use vpnnat_datapath::{
+    DesiredState, Dir, Ipv4Cidr, Mapping, ObservedSa, ObservedState, PolicyId, PolicySpec, SaCounters, SaSpec,
+    REQID_BASE,
+};
 use vpnnat_proto::auth::{AuthHeaders, NonceStore, ReplayGuard};
 use vpnnat_proto::keys::{KeyError, SecretBytes, SecretId};
 use vpnnat_proto::messages::{
@@ -666,6 +670,31 @@ pub fn desired_state(id: &Identity, state: &RouterState, sas: Vec<SaSpec>) -> De
         sas,
         policies,
         nat: Some(NatDesired { center, mappings: maps }),
+    }
+}
+
+/// The kernel state a successful apply of `d` left behind, as if observed:
+/// the base for planning the next change without reading the kernel back
+/// (each read spawns `nft`). SAs are taken as present whatever they are:
+/// the IKE driver installs them, and only a full reconcile judges them.
+pub fn assumed_observed(d: &DesiredState, sas: &[SaSpec]) -> ObservedState {
+    ObservedState {
+        sas: sas
+            .iter()
+            .map(|s| ObservedSa {
+                id: s.id(),
+                src: s.src,
+                reqid: s.reqid,
+                encap: s.encap,
+                counters: SaCounters::default(),
+            })
+            .collect(),
+        policies: d.policies.clone(),
+        nat: d.nat.as_ref().map(|n| NatObserved {
+            center: n.center.clone(),
+            mappings: n.mappings.clone(),
+            consistent: true,
+        }),
     }
 }
 

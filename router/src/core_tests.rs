@@ -462,3 +462,22 @@ fn ended_requests_are_pruned() {
     assert!(!w.state.requests.contains_key(&101), "oldest forgotten");
     assert_eq!(w.state.hosts[&n("pc1")].requests.len(), MAX_ENDED_REQUESTS);
 }
+
+#[test]
+fn planning_against_the_assumed_state_matches_a_read_back() {
+    let mut w = World::ready();
+    let mut dp = RecordingDatapath::new();
+    let before = desired_state(&w.id, &w.state, vec![]);
+    dp.reconcile(&before).unwrap();
+    let sorted = |mut o: vpnnat_datapath::ObservedState| {
+        o.policies.sort_by_key(|p| p.id);
+        o
+    };
+    assert_eq!(sorted(assumed_observed(&before, &[])), sorted(dp.observe().unwrap()));
+    w.request(&["pc1", "printer"]).unwrap();
+    let after = desired_state(&w.id, &w.state, vec![]);
+    let incremental = vpnnat_datapath::plan(&after, &assumed_observed(&before, &[]));
+    assert_eq!(incremental, vpnnat_datapath::plan(&after, &dp.observe().unwrap()));
+    dp.apply(&incremental).unwrap();
+    assert!(dp.reconcile(&after).unwrap().is_empty());
+}

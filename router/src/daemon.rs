@@ -69,6 +69,9 @@ struct Inner {
     guard: ReplayGuard<MemoryNonceStore>,
     /// The last datapath failure, cleared by a successful reconcile.
     datapath_error: Option<String>,
+    /// What the last successful apply put in the kernel; `None` forces a
+    /// full reconcile (read back, then fix) on the next sync.
+    applied: Option<vpnnat_datapath::DesiredState>,
 }
 
 impl std::fmt::Debug for Parts {
@@ -129,6 +132,7 @@ impl Router {
                 ike: parts.ike,
                 guard: ReplayGuard::new(MemoryNonceStore::new(4096), ReplayConfig::default()),
                 datapath_error: None,
+                applied: None,
             }),
             exchange: Mutex::new(()),
             stop: tokio::sync::watch::channel(false).0,
@@ -141,18 +145,32 @@ impl Router {
     }
 
     /// Brings the IKE responder and the kernel to the in-memory state.
+    ///
+    /// After a successful apply the next change is planned against what that
+    /// apply left (no read-back: each read spawns `nft`); a failure, the
+    /// start and every failure-watch tick do a full reconcile instead, which
+    /// also repairs anything changed behind our back.
     fn sync(&self, inner: &mut Inner) {
         inner.ike.configure(core::ike_settings(&self.id, &inner.state));
-        let desired = core::desired_state(&self.id, &inner.state, inner.ike.installed_sas());
-        match inner.datapath.reconcile(&desired) {
+        let sas = inner.ike.installed_sas();
+        let desired = core::desired_state(&self.id, &inner.state, sas.clone());
+        let result = match inner.applied.take() {
+            Some(prev) => {
+                let changes = vpnnat_datapath::plan(&desired, &core::assumed_observed(&prev, &sas));
+                inner.datapath.apply(&changes).map(|()| changes)
+            }
+            None => inner.datapath.reconcile(&desired),
+        };
+        match result {
             Ok(changes) => {
                 if !changes.is_empty() {
                     log::info!("datapath: {} change(s) applied", changes.len());
                 }
                 inner.datapath_error = None;
+                inner.applied = Some(desired);
             }
             Err(e) => {
-                log::error!("datapath reconcile failed: {e}");
+                log::error!("datapath apply failed: {e}");
                 inner.datapath_error = Some(e.to_string());
             }
         }
@@ -568,9 +586,10 @@ impl Router {
             }
             let problem = {
                 let mut inner = self.inner.lock().await;
-                if inner.datapath_error.is_some() {
-                    self.sync(&mut inner);
-                }
+                // A full reconcile on every tick: retries a failed apply and
+                // repairs what someone changed in the kernel by hand.
+                inner.applied = None;
+                self.sync(&mut inner);
                 let ike = inner.ike.status();
                 match (&inner.datapath_error, ike) {
                     (Some(e), _) => Some((FailureCode::Vpnnat, e.clone())),
