@@ -71,11 +71,10 @@ pub async fn request(
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, authority)
-            .header(CONTENT_TYPE, "application/json");
+        let mut b = Request::builder().method(method).uri(path).header(HOST, authority);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            b = b.header(CONTENT_TYPE, "application/json");
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }

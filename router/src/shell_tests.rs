@@ -369,6 +369,41 @@ async fn refusals_and_bad_requests_are_reported() {
     assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
     let (s, _) = rt.post("/api/request", api_request(&[]), None).await;
     assert_eq!(s, 400);
+    // Cross-site: a foreign Origin, or the API without JSON.
+    let (s, _, _) = http::request(
+        &rt.lan,
+        Method::POST,
+        "/request",
+        &[("origin", "http://evil.example")],
+        Some(b"claimant_name=x".to_vec()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 403);
+    let own = format!("http://{}", rt.lan);
+    let (s, _, _) = http::request(
+        &rt.lan,
+        Method::POST,
+        "/button",
+        &[("origin", own.as_str())],
+        Some(vec![]),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_ne!(s, 403, "same-origin POST allowed");
+    let (s, _, _) = http::request(
+        &rt.lan,
+        Method::POST,
+        "/api/button",
+        &[("content-type", "text/plain")],
+        Some(vec![]),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 415);
     let (s, _) = rt.get("/nope").await;
     assert_eq!(s, 404);
     let (s, _) = rt.get("/request").await;

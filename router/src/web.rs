@@ -240,8 +240,34 @@ fn api_result(r: Result<Accepted, (u16, String)>) -> Reply {
     }
 }
 
+/// Refuses cross-site POSTs: a web page on the Internet that a LAN user
+/// visits must not be able to make the user's browser ask for maintenance
+/// (which opens a LAN device to the center). Browsers send `Origin` on
+/// every cross-origin POST; it must name this very page. The JSON API also
+/// demands `application/json`, which a cross-site form cannot send without
+/// a CORS preflight that this server never grants.
+fn cross_site(req: &Incoming1) -> Option<Reply> {
+    if req.method != Method::POST {
+        return None;
+    }
+    let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(origin) = header("origin") {
+        let host = header("host").unwrap_or_default();
+        if origin != format!("http://{host}") {
+            return Some(text(403, "cross-site request refused"));
+        }
+    }
+    if req.path.starts_with("/api/") && !header("content-type").is_some_and(|c| c.starts_with("application/json")) {
+        return Some(text(415, "the API takes application/json"));
+    }
+    None
+}
+
 impl Handler for LanPage {
     async fn handle(&self, req: Incoming1) -> Reply {
+        if let Some(r) = cross_site(&req) {
+            return r;
+        }
         let mut reply = match (&req.method, req.path.as_str()) {
             (&Method::GET, "/") => html(200, self.index(None).await),
             (&Method::POST, "/request") => {
