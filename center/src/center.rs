@@ -36,8 +36,8 @@ use crate::storage::{
     is_router_own_part, NewRequest, RequestRow, SlotRow, Storage, StorageError, TerminalRow, TunnelState,
 };
 
-/// How many times a slot claim is retried when another centerd took the
-/// chosen slot between the scan and the claim.
+/// Extra slot-claim attempts beyond one per gateway (each failed attempt
+/// means the chosen gateway filled up between scan and claim).
 const MAX_SLOT_RACES: usize = 16;
 
 /// A call to a gateway or a router failed.
@@ -455,18 +455,24 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             log::warn!("{tid}: gateway {} does not answer, choosing another", h.gateway);
             skip.push(h.gateway.clone());
         }
-        let (mut gw, mut slot) = self.choose_slot(&mut skip).await?;
-        for _ in 0..MAX_SLOT_RACES {
-            if self.store()?.claim_slot(&gw, slot, tid.as_str(), now)? {
+        // The claim takes the lowest free slot of the chosen gateway in one
+        // transaction, so a race with other requests (or other centerd
+        // processes) can only mean "that gateway filled up meanwhile":
+        // then the scan moves on. Bounded by the number of gateways.
+        for _ in 0..self.claim_attempts() {
+            let (gw, _) = self.choose_slot(&mut skip).await?;
+            if self.store()?.claim_slot_on(&gw, tid.as_str(), now)?.is_some() {
                 return self
                     .store()?
                     .slot_of(tid.as_str())?
                     .ok_or(CenterError::NoGatewayCapacity);
             }
-            // Another centerd took it between scan and claim: rescan.
-            (gw, slot) = self.choose_slot(&mut skip).await?;
         }
         Err(CenterError::NoGatewayCapacity)
+    }
+
+    fn claim_attempts(&self) -> usize {
+        self.settings.gateways.len().saturating_add(MAX_SLOT_RACES)
     }
 
     /// First free slot from the head among gateways that answer.
@@ -531,15 +537,15 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             Some(_) => self.store()?.create_request(&new, None)?,
             None => {
                 let mut result = None;
-                for _ in 0..MAX_SLOT_RACES {
-                    let (gw, slot) = self.choose_slot(&mut skip).await?;
-                    let created = self.store()?.create_request(&new, Some((&gw, slot)));
+                for _ in 0..self.claim_attempts() {
+                    let (gw, _) = self.choose_slot(&mut skip).await?;
+                    let created = self.store()?.create_request(&new, Some(&gw));
                     match created {
                         Ok(r) => {
                             result = Some(r);
                             break;
                         }
-                        Err(StorageError::SlotTaken { .. }) => continue,
+                        Err(StorageError::GatewayFull { .. }) => continue,
                         Err(e) => return Err(e.into()),
                     }
                 }

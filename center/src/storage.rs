@@ -69,8 +69,8 @@ pub enum StorageError {
         state: RequestState,
         action: &'static str,
     },
-    #[error("gateway slot {gateway}/{slot} was taken meanwhile")]
-    SlotTaken { gateway: String, slot: u16 },
+    #[error("gateway {gateway} has no free tunnel slot")]
+    GatewayFull { gateway: String },
     #[error("database content is inconsistent: {0}")]
     Corrupt(String),
     #[error("the database schema is version {found}, newer than this centerd knows ({known})")]
@@ -803,6 +803,18 @@ impl Storage {
         Ok(ok)
     }
 
+    /// Claims the lowest free slot of `gateway` for the router in one
+    /// transaction (freeing any slot it held elsewhere). None if the
+    /// gateway has no free slot (left).
+    pub fn claim_slot_on(&mut self, gateway: &str, terminal_id: &str, now: u64) -> Result<Option<u16>> {
+        let tx = self.tx()?;
+        let Some(slot) = claim_first_free_in(&tx, gateway, terminal_id, now)? else {
+            return Ok(None);
+        };
+        tx.commit()?;
+        Ok(Some(slot))
+    }
+
     /// Marks the router's slot unused (VPN end).
     pub fn free_slot(&mut self, terminal_id: &str, now: u64) -> Result<Option<SlotRow>> {
         let tx = self.tx()?;
@@ -890,20 +902,14 @@ impl Storage {
 
     /// Stores a maintenance request "waiting" and, for each terminal name,
     /// reuses the address the (router, name) holds or assigns a free one.
-    /// If `slot` is given, the router also claims that gateway slot. One
-    /// transaction: pool exhaustion or a lost slot race leaves nothing.
-    pub fn create_request(
-        &mut self,
-        req: &NewRequest<'_>,
-        slot: Option<(&str, u16)>,
-    ) -> Result<(u64, Vec<RequestGrant>)> {
+    /// If `gateway` is given, the router also claims that gateway's lowest
+    /// free slot. One transaction: pool exhaustion or a gateway that filled
+    /// up meanwhile leaves nothing.
+    pub fn create_request(&mut self, req: &NewRequest<'_>, gateway: Option<&str>) -> Result<(u64, Vec<RequestGrant>)> {
         let tx = self.tx()?;
-        if let Some((gw, s)) = slot {
-            if !claim_slot_in(&tx, gw, s, req.terminal_id, req.now)? {
-                return Err(StorageError::SlotTaken {
-                    gateway: gw.to_owned(),
-                    slot: s,
-                });
+        if let Some(gw) = gateway {
+            if claim_first_free_in(&tx, gw, req.terminal_id, req.now)?.is_none() {
+                return Err(StorageError::GatewayFull { gateway: gw.to_owned() });
             }
         }
         tx.execute(
@@ -1216,6 +1222,26 @@ fn claim_slot_in(tx: &Connection, gateway: &str, slot: u16, terminal_id: &str, n
         params![gateway, slot, terminal_id, from_u64(now)],
     )?;
     Ok(n == 1)
+}
+
+/// The router's slot on `gateway` if it holds one there, else the lowest
+/// free slot of `gateway` claimed for it (through the partial index).
+fn claim_first_free_in(tx: &Connection, gateway: &str, terminal_id: &str, now: u64) -> Result<Option<u16>> {
+    if let Some(held) = slot_of_in(tx, terminal_id)? {
+        if held.gateway == gateway {
+            return Ok(Some(held.slot));
+        }
+    }
+    let free: Option<u16> = tx
+        .prepare_cached(
+            "SELECT slot FROM gateway_slots WHERE gateway = ?1 AND terminal_id IS NULL ORDER BY slot LIMIT 1",
+        )?
+        .query_row([gateway], |r| r.get(0))
+        .optional()?;
+    let Some(slot) = free else {
+        return Ok(None);
+    };
+    Ok(claim_slot_in(tx, gateway, slot, terminal_id, now)?.then_some(slot))
 }
 
 fn lookup_addr(conn: &Connection, terminal_id: &str, terminal_name: &str) -> Result<Option<Ipv4Addr>> {

@@ -1018,3 +1018,32 @@ async fn host_routes_follow_the_addresses() {
     assert!(log.contains(&format!("del {}/32 via 172.16.0.21", s.server_part_vpnnat())));
     assert!(log.contains(&format!("del {}/32 via 172.16.0.21", s.router_part_vpnnat())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gateway_requests_fill_every_slot_exactly_once() {
+    let (c, _g, _r) = center_with("10.64.0.0/22", &[10, 10, 10]);
+    let c = Arc::new(c);
+    let mut routers = Vec::new();
+    for i in 0..31 {
+        let mut r = TestRouter::new(&format!("router-{i}"));
+        r.install(&c);
+        routers.push(r);
+    }
+    let mut tasks = Vec::new();
+    for r in routers {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move { r.gateway_address(&c).await.map(|_| ()) }));
+    }
+    let mut ok = 0;
+    let mut full = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(CenterError::NoGatewayCapacity) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, full), (30, 1), "30 slots, 31 routers");
+    let usage = c.store().unwrap().gateway_usage().unwrap();
+    assert!(usage.iter().all(|g| g.used == 10 && g.free == 0), "{usage:?}");
+}

@@ -332,14 +332,17 @@ fn create_request_with_slot_is_atomic() {
     assert!(s.claim_slot("gw2", 0, "other", 1).unwrap());
     let n = names(&["pc1"]);
     let e = s
-        .create_request(&new_req("r1", &n, "general"), Some(("gw2", 0)))
+        .create_request(&new_req("r1", &n, "general"), Some("gw2"))
         .unwrap_err();
-    assert!(matches!(e, StorageError::SlotTaken { .. }));
+    assert!(matches!(e, StorageError::GatewayFull { .. }));
     assert!(s.list_requests(10).unwrap().is_empty());
     assert_eq!(s.address_of("r1", "pc1").unwrap(), None);
-    s.create_request(&new_req("r1", &n, "general"), Some(("gw1", 0)))
-        .unwrap();
+    s.create_request(&new_req("r1", &n, "general"), Some("gw1")).unwrap();
     assert_eq!(s.slot_of("r1").unwrap().unwrap().slot, 0);
+    // Claiming on a gateway takes its lowest free slot, or says it is full.
+    assert_eq!(s.claim_slot_on("gw1", "r5", 1).unwrap(), Some(1));
+    assert_eq!(s.claim_slot_on("gw1", "r5", 1).unwrap(), Some(1), "held: same slot");
+    assert_eq!(s.claim_slot_on("gw1", "r6", 1).unwrap(), None);
 }
 
 #[test]
@@ -347,7 +350,7 @@ fn end_vpn_frees_grants_and_slot_but_not_router_parts() {
     let mut s = db("10.64.0.0/24");
     s.sync_gateways(&gws()).unwrap();
     let t = install(&mut s, "r1", 1);
-    s.create_request(&new_req("r1", &names(&["pc1", "pc2"]), "general"), Some(("gw1", 0)))
+    s.create_request(&new_req("r1", &names(&["pc1", "pc2"]), "general"), Some("gw1"))
         .unwrap();
     let (freed, slot) = s.end_vpn("r1", 5).unwrap();
     assert_eq!(freed.len(), 2);
