@@ -777,7 +777,7 @@ impl Storage {
         // Per gateway (few), the lowest free slot from the partial index of
         // free slots: O(gateways x log slots), not a scan of every slot.
         let mut st = self.conn.prepare_cached(
-            "SELECT g.name, (SELECT s.slot FROM gateway_slots s
+            "SELECT g.name, (SELECT s.slot FROM gateway_slots s INDEXED BY gateway_slots_free
                              WHERE s.gateway = g.name AND s.terminal_id IS NULL
                              ORDER BY s.slot LIMIT 1) AS free
              FROM gateways g
@@ -1234,7 +1234,11 @@ fn claim_first_free_in(tx: &Connection, gateway: &str, terminal_id: &str, now: u
     }
     let free: Option<u16> = tx
         .prepare_cached(
-            "SELECT slot FROM gateway_slots WHERE gateway = ?1 AND terminal_id IS NULL ORDER BY slot LIMIT 1",
+            // INDEXED BY: left alone, the planner prefers the UNIQUE index
+            // on terminal_id (IS NULL matches every free slot of every
+            // gateway) and sorts; the partial index answers in O(log n).
+            "SELECT slot FROM gateway_slots INDEXED BY gateway_slots_free
+             WHERE gateway = ?1 AND terminal_id IS NULL ORDER BY slot LIMIT 1",
         )?
         .query_row([gateway], |r| r.get(0))
         .optional()?;
