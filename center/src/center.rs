@@ -17,7 +17,7 @@ use std::time::Duration;
 use ring::rand::SystemRandom;
 use thiserror::Error;
 use tokio::sync::Notify;
-use vpnnat_proto::auth::{AuthHeaders, ReplayConfig, ReplayGuard};
+use vpnnat_proto::auth::{AuthHeaders, Nonce, NonceStore, NonceStoreError, ReplayConfig, ReplayGuard};
 use vpnnat_proto::keys::{
     FactoryMasterKey, GatewayApiKey, MacKey, MaintenancePassword, Psk, SecretBytes, SecretId, SecretId2,
 };
@@ -234,6 +234,28 @@ pub struct Center<G, R> {
     routes: Option<Box<dyn RouteProgrammer>>,
 }
 
+/// The database's nonce store, locking the storage only for each nonce
+/// operation (not for the whole decode).
+struct LockedNonceStore<'a>(&'a Mutex<Storage>);
+
+impl NonceStore for LockedNonceStore<'_> {
+    fn insert_if_absent(&mut self, principal: &str, nonce: &Nonce, expires_at: u64) -> Result<bool, NonceStoreError> {
+        let st = self
+            .0
+            .lock()
+            .map_err(|_| NonceStoreError::Backend("database lock poisoned".into()))?;
+        st.nonce_store().insert_if_absent(principal, nonce, expires_at)
+    }
+
+    fn purge_expired(&mut self, now: u64) -> Result<(), NonceStoreError> {
+        let st = self
+            .0
+            .lock()
+            .map_err(|_| NonceStoreError::Backend("database lock poisoned".into()))?;
+        st.nonce_store().purge_expired(now)
+    }
+}
+
 fn secret_id2_of(row: &TerminalRow) -> Result<SecretId2, CenterError> {
     SecretId2::from_hex(&row.secret_id2_hex).map_err(|_| CenterError::BadStoredSecret {
         terminal: row.terminal_id.clone(),
@@ -325,17 +347,24 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         body: &[u8],
         now: u64,
     ) -> Result<(Verified<C>, TerminalRow, SecretId2), CenterError> {
-        let st = self.store()?;
-        let mut row = None;
-        let mut guard = ReplayGuard::new(st.nonce_store(), self.settings.replay);
+        // The key is looked up first (a short read under the lock); the MAC
+        // is then verified without holding the database, so routers'
+        // crypto runs on every core. Only the nonce insert locks again.
+        let row = match TerminalId::new(headers.principal.as_str()) {
+            Ok(t) => self.store()?.terminal(t.as_str())?,
+            Err(_) => None,
+        };
+        let key = row
+            .as_ref()
+            .and_then(|r| SecretId2::from_hex(&r.secret_id2_hex).ok())
+            .map(|k| k.mac_key());
+        let mut guard = ReplayGuard::new(LockedNonceStore(&self.store), self.settings.replay);
         let v = decode_request::<C, _, _>(&mut guard, path, headers, body, now, |t: &TerminalId, kind| {
-            if kind != KeyKind::SecretId2 {
+            let known = row.as_ref().is_some_and(|r| r.terminal_id == t.as_str());
+            if kind != KeyKind::SecretId2 || !known {
                 return None;
             }
-            let r = st.terminal(t.as_str()).ok().flatten()?;
-            let key = SecretId2::from_hex(&r.secret_id2_hex).ok()?.mac_key();
-            row = Some(r);
-            Some(key)
+            key.clone()
         })?;
         let row = row.ok_or(CenterError::Proto(ProtoError::UnknownTerminal))?;
         let sid2 = secret_id2_of(&row)?;
@@ -358,14 +387,14 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 
     pub fn install(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, CenterError> {
         let master = &self.settings.factory_master_key;
-        let mut st = self.store()?;
         let v = {
-            let mut guard = ReplayGuard::new(st.nonce_store(), self.settings.replay);
+            let mut guard = ReplayGuard::new(LockedNonceStore(&self.store), self.settings.replay);
             // Every terminal ID has a Secret(ID): it is derived, not stored.
             decode_request::<InstallRequest, _, _>(&mut guard, path, headers, body, now, |t: &TerminalId, kind| {
                 (kind == KeyKind::SecretId).then(|| SecretId::derive(master, t).mac_key())
             })?
         };
+        let mut st = self.store()?;
         let tid = v.principal().clone();
         let psk = Psk::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
         let sid2 = SecretId2::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
@@ -671,8 +700,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     ) -> Result<Outgoing, CenterError> {
         let mut key = None;
         let v = {
-            let st = self.store()?;
-            let mut guard = ReplayGuard::new(st.nonce_store(), self.settings.replay);
+            let mut guard = ReplayGuard::new(LockedNonceStore(&self.store), self.settings.replay);
             decode_request::<TunnelEvent, _, _>(&mut guard, path, headers, body, now, |g: &GatewayName, kind| {
                 if kind != KeyKind::GatewayApiKey {
                     return None;
