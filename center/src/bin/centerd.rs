@@ -80,7 +80,15 @@ fn main() -> Result<()> {
         }
         Cmd::CheckConfig => {
             let cfg = load(&cli.config)?;
-            let store = open_store(&cfg)?;
+            // Never create anything here: a database that does not exist
+            // yet is checked as an empty one.
+            let store = if cfg.database_path.exists() {
+                open_store(&cfg)?
+            } else {
+                let mut st = Storage::open_in_memory()?;
+                st.init_pool(&cfg.pool)?;
+                st
+            };
             store.check_pool().context("pool invariants")?;
             let usage = store.pool_usage()?;
             output(
@@ -237,6 +245,18 @@ fn load(path: &Path) -> Result<CenterdConfig> {
 
 fn open_store(cfg: &CenterdConfig) -> Result<Storage> {
     let existed = cfg.database_path.exists();
+    if let Some(dir) = cfg
+        .database_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut st =
         Storage::open(&cfg.database_path).with_context(|| format!("database {}", cfg.database_path.display()))?;
     if !existed {
