@@ -109,7 +109,7 @@ build_bins() {
 
 need_bin() {
 	[[ -x $BIN_DIR/$1 ]] || die "$BIN_DIR/$1 is missing (build it, or drop --no-build)"
-	if ldd "$BIN_DIR/$1" >/dev/null 2>&1; then
+	if ldd "$BIN_DIR/$1" 2>/dev/null | grep -q '=>'; then
 		log "warning: $BIN_DIR/$1 is dynamically linked (built without crt-static?)"
 	fi
 }

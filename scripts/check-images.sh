@@ -105,8 +105,7 @@ trap 'rm -rf "$TMP"' EXIT
 # Every file of the tree, relative to images/ (check-package decides by
 # name and type which checks apply; files it has no checker for, such as
 # linux.fragment or README.md, are reported as 0 lines processed).
-mapfile -t files < <(cd "$EXT" && find . -type f ! -name '*.md' ! -name '*.fragment' \
-	! -name '*.conf' ! -name external.desc | sed 's|^\./||' | sort)
+mapfile -t files < <(cd "$EXT" && find . -type f | sed 's|^\./||' | sort)
 for f in "${files[@]}"; do
 	out=$(cd "$EXT" && "$PY" "$BR/utils/check-package" -b "$f" 2>&1)
 	warnings=$(sed -n 's/^\([0-9]*\) warnings generated$/\1/p' <<<"$out")

@@ -21,7 +21,8 @@
 #
 # Each router gets its own routerd.toml (derived from buildroot-overlay/
 # router/etc/routerd.toml: terminal ID router-N, WAN address, Secret(ID) =
-# HMAC-SHA256(center's factory master key, terminal ID)) and a root shell
+# HMAC-SHA256(center's factory master key, terminal ID), center timeout
+# 30 s so that it outlasts centerd's wait for the tunnel) and a root shell
 # on its second serial line; the center gets a demo operator password.
 # Consoles and shells are UNIX sockets in the run directory (printed).
 #
@@ -29,7 +30,8 @@
 #   --ui-port P    operator UI on 127.0.0.1:P [8443, or the next free one]
 #   --routers N    number of router VMs [2]
 #   --smoke        non-interactive: boot everything, check that each
-#                  routerd starts and the UI answers, then stop (exit 0/1)
+#                  routerd starts, the UI answers and every router is
+#                  installed with the center, then stop (exit 0/1)
 #
 # Environment: VPNNAT_DEMO_PASSWORD [demo], VPNNAT_DEMO_MEM (MB per VM)
 # [384], VPNNAT_DEMO_TIMEOUT (s to wait for each VM) [180], and those of
@@ -178,6 +180,7 @@ layer_router() {
 	sed -e "s|^terminal_id = .*|terminal_id = \"$tid\"|" \
 		-e "s|^factory_secret = .*|factory_secret = \"$secret\"|" \
 		-e "s|^address = \"198\.51\.100\.[0-9]*/24\"|address = \"198.51.100.10$n/24\"|" \
+		-e "s|^center_timeout_secs = .*|center_timeout_secs = 30|" \
 		"$ROUTER_TOML" >"$root/etc/routerd.toml"
 	# a root shell on ttyS1, supervised by routerd like dnsmasq
 	cat >>"$root/etc/routerd.toml" <<-'EOF'
@@ -297,6 +300,21 @@ else
 	tr -d '\r' <"$RUN/center.log" | tail -n 20 >&2
 	failed=1
 fi
+
+# Each router's installation notice reaches centerd over the "internet".
+for ((i = 1; i <= ROUTERS; i++)); do
+	for ((t = 0; t < WAIT * 5; t++)); do
+		grep -aq 'installed: server part' "$RUN/r$i.log" 2>/dev/null && break
+		alive || die "a VM exited (see $RUN/*.qemu.log, $RUN/*.log)"
+		sleep 0.2
+	done
+	if line=$(grep -a -m1 -o 'installed: server part.*' "$RUN/r$i.log" 2>/dev/null); then
+		log "r$i: ${line//$'\r'/} ($(since_start "r$i") s after QEMU start)"
+	else
+		log "r$i: not installed with the center after $WAIT s"
+		failed=1
+	fi
+done
 
 if [[ -n $SMOKE ]]; then
 	if [[ $failed == 0 ]]; then

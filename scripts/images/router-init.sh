@@ -15,6 +15,13 @@ $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
+# devtmpfs has no /dev/fd, /dev/stdin, ... (nft -f /dev/stdin needs them).
+# NOTE: routerd does not create them itself yet, and on the Buildroot image
+# (no stage before routerd) nobody else does.
+$bb ln -sfn /proc/self/fd /dev/fd
+$bb ln -sfn /proc/self/fd/0 /dev/stdin
+$bb ln -sfn /proc/self/fd/1 /dev/stdout
+$bb ln -sfn /proc/self/fd/2 /dev/stderr
 
 load_modules() {
 	# shellcheck disable=SC2046 # one word per module
