@@ -183,6 +183,26 @@ async fn router_to_gateway_and_back_over_http() {
     }
     assert!(seen, "tunnel event delivered");
 
+    // The gateway loses the tunnel behind centerd's back (as a restarted
+    // gatewayd would, after its start-up reconcile wiped its policies):
+    // centerd's reconciliation puts it back exactly.
+    let before = gwd.state().unwrap();
+    let other = HttpGateways::new(vec![(gw_name.clone(), gw_addr.clone(), gw_key.clone())], T);
+    vpnnat_center::center::GatewayCommands::tear_down(&other, "gw1", &id)
+        .await
+        .unwrap();
+    assert!(gwd.state().unwrap().tunnels().is_empty());
+    let r = center
+        .reconcile_gateway("gw1", vpnnat_center::http::unix_now())
+        .await
+        .unwrap();
+    assert_eq!(r.set_up, vec!["router-1".to_string()]);
+    assert_eq!(r.added, 3);
+    assert_eq!(
+        gwd.state().unwrap().tunnels()[0].addresses,
+        before.tunnels()[0].addresses
+    );
+
     // Operator ends the request: the gateway drops the tunnel; the pool gets pc1 back.
     let o = center
         .end(resp.acceptance_number.get(), vpnnat_center::http::unix_now())
