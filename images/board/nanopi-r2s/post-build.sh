@@ -1,7 +1,8 @@
 #!/bin/sh
 # Post-build script of nanopi_r2s_defconfig: the U-Boot extlinux
 # configuration (Buildroot's, plus panic=10 so that the board reboots
-# if PID 1, routerd, ever dies) and the directories routerd writes to.
+# if PID 1, routerd, ever dies), the directories routerd writes to and
+# the group dnsmasq runs as.
 
 set -e
 
@@ -9,4 +10,6 @@ BOARD_DIR="$(dirname "$0")"
 
 install -m 0644 -D "$BOARD_DIR/extlinux.conf" "$TARGET_DIR/boot/extlinux/extlinux.conf"
 install -d -m 0700 "$TARGET_DIR/var/lib/routerd"
+# dnsmasq switches to group "dip" (its compiled-in default) after start
+grep -q '^dip:' "$TARGET_DIR/etc/group" || echo 'dip:x:30:' >>"$TARGET_DIR/etc/group"
 chmod 0600 "$TARGET_DIR/etc/routerd.toml"
