@@ -24,8 +24,9 @@
 #                 console (VPNNAT_BOOT_TIMEOUT seconds [60]); prints the time
 #                 from QEMU start to that line
 #
-# Environment: CARGO_TARGET_DIR [REPO/target], VPNNAT_VM_CACHE
-# [/var/cache/vpnnat-vm], VPNNAT_IMAGES_OUT [REPO/out/images].
+# Environment: CARGO_TARGET_DIR [REPO/target], VPNNAT_IMAGES_PROFILE
+# (cargo profile) [release; "vmtest" reuses what scripts/vm-test built],
+# VPNNAT_VM_CACHE [/var/cache/vpnnat-vm], VPNNAT_IMAGES_OUT [REPO/out/images].
 set -euo pipefail
 
 prog=build-images
@@ -37,7 +38,8 @@ OUT=${VPNNAT_IMAGES_OUT:-$REPO/out/images}
 TRIPLE=x86_64-unknown-linux-gnu
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO/$TARGET_DIR
-BIN_DIR=$TARGET_DIR/$TRIPLE/release
+PROFILE=${VPNNAT_IMAGES_PROFILE:-release}
+BIN_DIR=$TARGET_DIR/$TRIPLE/$PROFILE
 export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 export LC_ALL=C
 
@@ -101,9 +103,9 @@ ensure_images_base() {
 build_bins() {
 	[[ -n $NO_BUILD ]] && return 0
 	command -v cargo >/dev/null || die "cargo not found (--no-build uses what is built)"
-	log "building routerd, centerd, gatewayd (static, $TRIPLE, release)..."
+	log "building routerd, centerd, gatewayd (static, $TRIPLE, profile $PROFILE)..."
 	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-		cargo build --quiet --release --target "$TRIPLE" -p vpnnat-router -p vpnnat-center --bins) >&2 ||
+		cargo build --quiet --profile "$PROFILE" --target "$TRIPLE" -p vpnnat-router -p vpnnat-center --bins) >&2 ||
 		die "cargo build failed"
 }
 
