@@ -64,7 +64,7 @@ echo "ok"
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 run "unit and host-namespace tests" cargo test --workspace --locked
-run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
+VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: XFRM operations and kernel events" scripts/vm-test tests/vm/xfrm_ops.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh
 
