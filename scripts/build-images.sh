@@ -116,6 +116,16 @@ need_bin() {
 	fi
 }
 
+# copy_with_libs copies every library again: drop those the base has.
+drop_base_libs() {
+	local root=$1 f
+	[[ -s $CACHE/images-base.list && $CACHE/images-base.list -nt $BASE ]] ||
+		cpio -it --quiet <"$BASE" | sed 's|^\./||' >"$CACHE/images-base.list"
+	{ (cd "$root" && find lib lib64 usr/lib -type f 2>/dev/null) || true; } |
+		{ grep -Fxf "$CACHE/images-base.list" || true; } |
+		while read -r f; do rm -f "$root/$f"; done
+}
+
 # Common part of both images' own layer.
 layer_common() {
 	local root=$1 host=$2
@@ -139,6 +149,7 @@ build_router() {
 			die "apt-get install dnsmasq-base failed"
 	}
 	copy_with_libs "$root" "$(command -v dnsmasq)" /usr/sbin/dnsmasq
+	drop_base_libs "$root"
 	cp -a "$REPO/buildroot-overlay/router/." "$root/"
 	[[ -f $root/etc/routerd.toml ]] || die "buildroot-overlay/router/etc/routerd.toml is missing"
 	chmod 0600 "$root/etc/routerd.toml"

@@ -32,6 +32,9 @@ if $bb grep -qs 0x1af4 /sys/bus/pci/devices/*/vendor; then
 	load_modules /etc/vmtest/modules.virtio
 fi
 
+read -r up _ </proc/uptime
+echo "init: modules loaded ($up s after kernel start)"
+
 for f in /etc/vpnnat/preinit.d/*.sh; do
 	[ -r "$f" ] || continue
 	echo "init: $f"
@@ -39,5 +42,7 @@ for f in /etc/vpnnat/preinit.d/*.sh; do
 	. "$f"
 done
 
+read -r up _ </proc/uptime
+echo "init: starting routerd ($up s after kernel start)"
 # routerd mounts /proc, /sys, /dev and /run itself (EBUSY counts as done).
 exec /usr/bin/routerd --config /etc/routerd.toml run
