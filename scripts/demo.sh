@@ -24,7 +24,8 @@
 # HMAC-SHA256(center's factory master key, terminal ID), center timeout
 # 30 s so that it outlasts centerd's wait for the tunnel) and a root shell
 # on its second serial line; the center gets a demo operator password.
-# Consoles and shells are UNIX sockets in the run directory (printed).
+# Consoles and shells are UNIX sockets in out/demo/ (printed), next to the
+# console logs, which stay there after the demo until the next one.
 #
 #   --no-build     do not run cargo (scripts/build-images.sh --no-build)
 #   --ui-port P    operator UI on 127.0.0.1:P [8443, or the next free one]
@@ -118,7 +119,14 @@ fi
 # one multicast group per run, so that two demos (or vm-test VMs) never mix
 MCAST=230.0.$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1)):$((20000 + RANDOM % 20000))
 
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/vpnnat-demo.XXXXXX")
+# The run directory: consoles, shells (UNIX sockets), logs. Kept after the
+# demo ends and replaced by the next one (one demo at a time per checkout).
+RUN=$REPO/out/demo
+mkdir -p "$REPO/out"
+exec 8>"$REPO/out/.demo.lock"
+flock -n 8 || die "another scripts/demo.sh is running from this checkout"
+rm -rf "$RUN"
+mkdir -p "$RUN"
 PIDS=()
 # shellcheck disable=SC2317 # invoked by trap
 cleanup() {
@@ -129,11 +137,8 @@ cleanup() {
 		for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 		for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	fi
-	if [[ -n $SMOKE || $rc != 0 ]]; then
-		log "logs kept in $RUN"
-	else
-		rm -rf "$RUN"
-	fi
+	rm -rf "$RUN"/*.root "$RUN"/*.cpio "$RUN"/*.initrd
+	log "logs in $RUN"
 	exit "$rc"
 }
 trap cleanup EXIT
