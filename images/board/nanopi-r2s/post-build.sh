@@ -1,8 +1,10 @@
 #!/bin/sh
 # Post-build script of nanopi_r2s_defconfig: the U-Boot extlinux
 # configuration (Buildroot's, plus panic=10 so that the board reboots
-# if PID 1, routerd, ever dies), the directories routerd writes to and
-# the group dnsmasq runs as.
+# if PID 1, routerd, ever dies, and PATH=..., which the kernel hands to
+# init as its environment: without it routerd would find no nft in
+# /usr/sbin), the directories routerd writes to and the group dnsmasq
+# runs as.
 
 set -e
 
