@@ -53,7 +53,7 @@ run() {
 step "install test dependencies"
 need=()
 # chromium + chromium-driver: the operator UI is tested in a real browser.
-for p in nftables iproute2 bc strace chromium chromium-driver; do
+for p in nftables iproute2 bc strace chromium chromium-driver strongswan-charon strongswan-swanctl; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -66,6 +66,8 @@ run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The browser test must run here, never skip.
 VPNNAT_REQUIRE_BROWSER=1 run "unit and host-namespace tests" cargo test --workspace --locked
+run "IKE interop with strongSwan's charon (host namespace, IKE only: the host has no ESP)" \
+	sh crates/ike/testdata/interop-strongswan.sh
 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: XFRM operations and kernel events" scripts/vm-test tests/vm/xfrm_ops.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh

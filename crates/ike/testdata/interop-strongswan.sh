@@ -7,7 +7,7 @@ set -eu
 ROOT=$(pwd)
 W=/tmp/ike-interop
 CHARON_BIN=${CHARON_BIN:-/usr/lib/ipsec/charon}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-ike}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo test -p vpnnat-ike --test interop_strongswan --no-run 2>&1 | tail -1
 BIN=$(ls -t "$CARGO_TARGET_DIR"/debug/deps/interop_strongswan-* | grep -v '\.d$' | head -1)
 rm -rf "$W"; mkdir -p "$W/swanctl/conf.d"
@@ -67,7 +67,7 @@ run_case() { # name test local_id remote_id local_ts remote_ts initiate
       ( for i in $(seq 1 120); do [ -f $W/rekey-now ] && break; sleep 0.25; done
         [ -f $W/rekey-now ] && swanctl --rekey --ike router --uri unix://$W/charon.vici > $W/rekey.log 2>&1 || true ) &
     fi
-    rc=0; VPNNAT_IKE_INTEROP=1 '"$BIN"' --ignored --exact '"$2"' --nocapture || rc=$?
+    rc=0; VPNNAT_IKE_INTEROP=1 '"$BIN"' --exact '"$2"' --nocapture || rc=$?
     kill $CPID; wait $CPID 2>/dev/null || true
     exit $rc'
 }

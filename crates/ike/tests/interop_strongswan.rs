@@ -1,9 +1,10 @@
 //! Interoperability with strongSwan's charon over real UDP sockets.
 //!
-//! Ignored by default: it needs root, a network namespace and charon. Run
-//! it through `crates/ike/testdata/interop-strongswan.sh`, which sets up a
-//! namespace, starts charon with a PSK configuration and runs these tests
-//! with `VPNNAT_IKE_INTEROP=1` (charon on ports 1500/14500, we on 500/4500).
+//! Not part of a plain `cargo test` (`test = false` in Cargo.toml): it needs
+//! root, a network namespace and charon. `scripts/test.sh` runs it through
+//! `crates/ike/testdata/interop-strongswan.sh`, which sets up a namespace,
+//! starts charon with a PSK configuration and runs these tests with
+//! `VPNNAT_IKE_INTEROP=1` (charon on ports 1500/14500, we on 500/4500).
 //! The socket loop here is test scaffolding;
 //! the library itself does no I/O.
 
@@ -53,8 +54,13 @@ impl Sockets {
     }
 }
 
-fn enabled() -> bool {
-    std::env::var_os("VPNNAT_IKE_INTEROP").is_some()
+/// Refuses to run outside the script's namespace, loudly: a silent pass
+/// would hide that nothing was tested.
+fn require_interop_env() {
+    assert!(
+        std::env::var_os("VPNNAT_IKE_INTEROP").is_some(),
+        "run through crates/ike/testdata/interop-strongswan.sh (needs charon in a private namespace)"
+    );
 }
 
 fn ts(s: &str, len: u8) -> TrafficSelector {
@@ -63,11 +69,8 @@ fn ts(s: &str, len: u8) -> TrafficSelector {
 
 /// Our gateway (initiator) against charon as the router (responder).
 #[test]
-#[ignore]
 fn our_initiator_against_charon() {
-    if !enabled() {
-        return;
-    }
+    require_interop_env();
     let rng = SystemRandom::new();
     let socks = Sockets::bind();
     let mut sa = SaConfig::new(
@@ -105,11 +108,8 @@ fn our_initiator_against_charon() {
 /// charon as the gateway (initiator) against our responder. The script
 /// starts `swanctl --initiate` once this test listens.
 #[test]
-#[ignore]
 fn charon_against_our_responder() {
-    if !enabled() {
-        return;
-    }
+    require_interop_env();
     let rng = SystemRandom::new();
     let socks = Sockets::bind();
     let mut sa = SaConfig::new(
