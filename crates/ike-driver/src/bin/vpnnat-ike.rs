@@ -1,0 +1,188 @@
+//! vpnnat-ike: one IKEv2 tunnel with the project's driver, for tests and
+//! by-hand use. The PSK comes from the environment variable
+//! `VPNNAT_IKE_PSK` (never the command line, never logged).
+//!
+//! Prints one line per event on stdout (`UP <peer> nat=<0|1>`,
+//! `CHILD_UP <peer> <in-spi> <out-spi>`, `CHILD_DOWN ..`, `DOWN <peer>
+//! <reason>`, `REJECTED <from> <error>`), runs until SIGTERM/SIGINT and
+//! then deletes the tunnel (INFORMATIONAL DELETE) and its SAs.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use vpnnat_datapath::Lifetime;
+use vpnnat_ike::{DownReason, Identity, Secret, TrafficSelector};
+use vpnnat_ike_driver::{DriverConfig, DriverEvent, IkeDriver, Ports, TunnelConfig};
+use zeroize::Zeroize;
+
+const PSK_ENV: &str = "VPNNAT_IKE_PSK";
+
+#[derive(Parser, Debug)]
+#[command(about = "IKEv2 tunnel with the vpnnat driver (PSK from $VPNNAT_IKE_PSK)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Gateway role: start the tunnel to --peer.
+    Initiate {
+        #[command(flatten)]
+        t: TunnelArgs,
+        /// Exit (status 1) when the tunnel goes down for any other reason
+        /// than our own shutdown.
+        #[arg(long)]
+        exit_on_down: bool,
+    },
+    /// Router role: accept the tunnel from --peer only.
+    Respond {
+        #[command(flatten)]
+        t: TunnelArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct TunnelArgs {
+    /// Local address (both sockets are bound to it).
+    #[arg(long)]
+    local: Ipv4Addr,
+    /// The peer's address.
+    #[arg(long)]
+    peer: Ipv4Addr,
+    /// Our side of the tunnel, CIDR (repeatable).
+    #[arg(long = "local-ts", required = true)]
+    local_ts: Vec<String>,
+    /// The peer's side, CIDR (repeatable).
+    #[arg(long = "remote-ts", required = true)]
+    remote_ts: Vec<String>,
+    /// reqid of the SAs (the policies' templates use the same).
+    #[arg(long, value_parser = parse_u32, default_value = "0x56500001")]
+    reqid: u32,
+    #[arg(long, default_value_t = 500)]
+    ike_port: u16,
+    #[arg(long, default_value_t = 4500)]
+    natt_port: u16,
+    /// Our identity as an FQDN (default: ID_IPV4_ADDR of --local).
+    #[arg(long)]
+    id: Option<String>,
+    /// CHILD SA soft lifetime in seconds (kernel expire -> rekey).
+    #[arg(long, default_value_t = 3000)]
+    soft_secs: u64,
+    /// CHILD SA hard lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    hard_secs: u64,
+    /// Rekey the IKE SA every this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    ike_rekey_secs: u64,
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16).map_err(|e| e.to_string()),
+        None => s.parse().map_err(|e: std::num::ParseIntError| e.to_string()),
+    }
+}
+
+fn parse_ts(s: &str) -> Result<TrafficSelector> {
+    let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+    let addr: Ipv4Addr = a.parse().with_context(|| format!("bad address in {s}"))?;
+    let len: u8 = l.parse().with_context(|| format!("bad prefix length in {s}"))?;
+    if len > 32 {
+        bail!("bad prefix length in {s}");
+    }
+    Ok(TrafficSelector::subnet(addr, len))
+}
+
+fn read_psk() -> Result<Secret> {
+    let mut v = std::env::var(PSK_ENV).with_context(|| format!("{PSK_ENV} is not set"))?;
+    std::env::remove_var(PSK_ENV);
+    let s = Secret::from_slice(v.as_bytes());
+    v.zeroize();
+    if s.is_empty() {
+        bail!("{PSK_ENV} is empty");
+    }
+    Ok(s)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let (t, initiator, exit_on_down) = match cli.cmd {
+        Cmd::Initiate { t, exit_on_down } => (t, true, exit_on_down),
+        Cmd::Respond { t } => (t, false, false),
+    };
+    let psk = read_psk()?;
+    let mut cfg = DriverConfig::new(t.local);
+    cfg.ports = Ports {
+        ike: t.ike_port,
+        natt: t.natt_port,
+    };
+    if let Some(id) = &t.id {
+        cfg.identity = Identity::fqdn(id);
+    }
+    cfg.child_lifetime = Lifetime {
+        soft_secs: Some(t.soft_secs),
+        hard_secs: Some(t.hard_secs),
+    };
+    cfg.ike_rekey_interval = (t.ike_rekey_secs > 0).then(|| Duration::from_secs(t.ike_rekey_secs));
+    let tunnel = TunnelConfig {
+        peer: t.peer,
+        psk,
+        local_ts: t.local_ts.iter().map(|s| parse_ts(s)).collect::<Result<_>>()?,
+        remote_ts: t.remote_ts.iter().map(|s| parse_ts(s)).collect::<Result<_>>()?,
+        reqid: t.reqid,
+        remote_id: None,
+    };
+    let (drv, mut events) = IkeDriver::start_kernel(cfg).await.context("starting the IKE driver")?;
+    if initiator {
+        drv.connect(tunnel).await?;
+    } else {
+        drv.accept(tunnel).await?;
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut status = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    DriverEvent::TunnelUp { peer, nat } => say(&format!("UP {peer} nat={}", u8::from(nat))),
+                    DriverEvent::TunnelDown { peer, reason } => {
+                        say(&format!("DOWN {peer} {reason:?}"));
+                        if exit_on_down && reason != DownReason::Closed {
+                            status = 1;
+                            break;
+                        }
+                    }
+                    DriverEvent::ChildSaInstalled { peer, inbound_spi, outbound_spi } => {
+                        say(&format!("CHILD_UP {peer} {inbound_spi:#010x} {outbound_spi:#010x}"));
+                    }
+                    DriverEvent::ChildSaRemoved { peer, inbound_spi, outbound_spi } => {
+                        say(&format!("CHILD_DOWN {peer} {inbound_spi:#010x} {outbound_spi:#010x}"));
+                    }
+                    DriverEvent::RekeyFailed { peer, child } => say(&format!("REKEY_FAILED {peer} {child:?}")),
+                    DriverEvent::Rejected { from, error } => say(&format!("REJECTED {from} {error}")),
+                    DriverEvent::KernelError { sa, error } => say(&format!("KERNEL_ERROR {sa} {error}")),
+                }
+            }
+        }
+    }
+    drv.shutdown().await;
+    say("STOPPED");
+    std::process::exit(status);
+}

@@ -1,0 +1,742 @@
+//! The driver task: one per local address, serving every tunnel of it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
+
+use ring::rand::SystemRandom;
+use tokio::sync::{mpsc, oneshot};
+use vpnnat_datapath::{Encap, SaId, SaKey, SaSpec};
+use vpnnat_ike::event::{IKE_PORT, NAT_T_PORT};
+use vpnnat_ike::{
+    ChildSa, DownReason, Event, Initiator, InitiatorConfig, Output, Responder, ResponderConfig, SaConfig,
+};
+
+use crate::kernel::{spawn_expire_thread, spawn_kernel_thread, Expire, KernelOp, SaInstaller};
+use crate::net::{Ports, Sockets};
+use crate::{Cmd, DriverConfig, DriverError, DriverEvent, DriverHandle, TunnelConfig};
+
+const MAX_DATAGRAM: usize = 65_535;
+
+#[derive(Debug)]
+enum Core {
+    Init(Initiator),
+    Resp(Box<Responder>),
+}
+
+impl Core {
+    fn role(&self) -> &'static str {
+        match self {
+            Core::Init(_) => "initiator",
+            Core::Resp(_) => "responder",
+        }
+    }
+    fn handle(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+        p: &[u8],
+        rng: &SystemRandom,
+    ) -> Result<(), vpnnat_ike::Error> {
+        match self {
+            Core::Init(c) => c.handle_datagram(now, src, dst, p, rng),
+            Core::Resp(c) => c.handle_datagram(now, src, dst, p, rng),
+        }
+    }
+    fn poll_timers(&mut self, now: Instant) {
+        match self {
+            Core::Init(c) => c.poll_timers(now),
+            Core::Resp(c) => c.poll_timers(now),
+        }
+    }
+    fn next_timeout(&self) -> Option<Instant> {
+        match self {
+            Core::Init(c) => c.next_timeout(),
+            Core::Resp(c) => c.next_timeout(),
+        }
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        match self {
+            Core::Init(c) => c.poll_output(),
+            Core::Resp(c) => c.poll_output(),
+        }
+    }
+    fn is_established(&self) -> bool {
+        match self {
+            Core::Init(c) => c.is_established(),
+            Core::Resp(c) => c.is_established(),
+        }
+    }
+    fn child_sas(&self) -> Vec<(u32, u32)> {
+        match self {
+            Core::Init(c) => c.child_sas(),
+            Core::Resp(c) => c.child_sas(),
+        }
+    }
+    fn set_ts(&mut self, l: Vec<vpnnat_ike::TrafficSelector>, r: Vec<vpnnat_ike::TrafficSelector>) {
+        match self {
+            Core::Init(c) => c.set_traffic_selectors(l, r),
+            Core::Resp(c) => c.set_traffic_selectors(l, r),
+        }
+    }
+    fn rekey_child(&mut self, now: Instant, spi: u32, rng: &SystemRandom) -> Result<(), vpnnat_ike::Error> {
+        match self {
+            Core::Init(c) => c.rekey_child(now, spi, rng),
+            Core::Resp(c) => c.rekey_child(now, spi, rng),
+        }
+    }
+    fn delete_child(&mut self, now: Instant, spi: u32, rng: &SystemRandom) -> Result<(), vpnnat_ike::Error> {
+        match self {
+            Core::Init(c) => c.delete_child(now, spi, rng),
+            Core::Resp(c) => c.delete_child(now, spi, rng),
+        }
+    }
+    fn rekey_ike(&mut self, now: Instant, rng: &SystemRandom) -> Result<(), vpnnat_ike::Error> {
+        match self {
+            Core::Init(c) => c.rekey_ike(now, rng),
+            Core::Resp(c) => c.rekey_ike(now, rng),
+        }
+    }
+    fn close(&mut self, now: Instant, rng: &SystemRandom) -> Result<(), vpnnat_ike::Error> {
+        match self {
+            Core::Init(c) => c.close(now, rng),
+            Core::Resp(c) => c.close(now, rng),
+        }
+    }
+}
+
+/// A CHILD SA pair the driver put into the kernel.
+#[derive(Debug)]
+struct Child {
+    outbound: SaId,
+    inbound: SaId,
+    /// The outbound SA waiting for `ChildSaOutbound` (make before break).
+    pending_out: Option<Box<SaSpec>>,
+}
+
+#[derive(Debug)]
+struct Tunnel {
+    core: Core,
+    reqid: u32,
+    children: HashMap<u32, Child>,
+    /// Forget the tunnel once it is down (after `disconnect`).
+    forget_when_down: bool,
+    next_ike_rekey: Option<Instant>,
+    /// Went down while `forget_when_down`: removed after the drain.
+    gone: bool,
+}
+
+struct Driver {
+    cfg: DriverConfig,
+    socks: Sockets,
+    rng: SystemRandom,
+    tunnels: HashMap<Ipv4Addr, Tunnel>,
+    kernel: std_mpsc::Sender<KernelOp>,
+    events: mpsc::UnboundedSender<DriverEvent>,
+    shutting_down: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+}
+
+pub(crate) fn start(
+    cfg: DriverConfig,
+    installer: Box<dyn SaInstaller>,
+) -> Result<(DriverHandle, mpsc::UnboundedReceiver<DriverEvent>), DriverError> {
+    let socks = Sockets::bind(cfg.local, cfg.ports)?;
+    let local = socks.ike.local_addr().map_err(DriverError::Io)?;
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let kernel = spawn_kernel_thread(installer, ev_tx.clone()).map_err(DriverError::Io)?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (exp_tx, exp_rx) = mpsc::unbounded_channel();
+    if cfg.kernel_events {
+        spawn_expire_thread(exp_tx)?;
+    }
+    let d = Driver {
+        cfg,
+        socks,
+        rng: SystemRandom::new(),
+        tunnels: HashMap::new(),
+        kernel,
+        events: ev_tx,
+        shutting_down: None,
+    };
+    tokio::spawn(d.run(cmd_rx, exp_rx));
+    Ok((DriverHandle { tx: cmd_tx, local }, ev_rx))
+}
+
+fn v4(a: SocketAddr) -> Option<Ipv4Addr> {
+    match a.ip() {
+        IpAddr::V4(v) => Some(v),
+        IpAddr::V6(_) => None,
+    }
+}
+
+impl Driver {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut expires: mpsc::UnboundedReceiver<Expire>) {
+        let mut buf_ike = vec![0u8; MAX_DATAGRAM];
+        let mut buf_natt = vec![0u8; MAX_DATAGRAM];
+        log::info!(
+            "IKE driver on {} (ports {}/{})",
+            self.cfg.local,
+            self.cfg.ports.ike,
+            self.cfg.ports.natt
+        );
+        loop {
+            let deadline = self.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                r = self.socks.ike.recv_from(&mut buf_ike) => match r {
+                    Ok((n, src)) => {
+                        let payload = buf_ike.get(..n).unwrap_or_default().to_vec();
+                        self.on_datagram(src, IKE_PORT, &payload).await;
+                    }
+                    Err(e) => log::warn!("receiving on the IKE socket: {e}"),
+                },
+                r = self.socks.natt.recv_from(&mut buf_natt) => match r {
+                    Ok((n, src)) => {
+                        let payload = buf_natt.get(..n).unwrap_or_default().to_vec();
+                        self.on_datagram(src, NAT_T_PORT, &payload).await;
+                    }
+                    Err(e) => log::warn!("receiving on the NAT-T socket: {e}"),
+                },
+                c = cmds.recv() => match c {
+                    Some(c) => self.on_cmd(c).await,
+                    None => {
+                        // Every handle is gone: stop like a shutdown.
+                        if self.shutting_down.is_none() {
+                            self.begin_shutdown(Vec::new()).await;
+                        }
+                    }
+                },
+                Some(e) = expires.recv() => self.on_expire(e).await,
+                () = sleep => self.on_timers().await,
+            }
+            if let Some((until, _)) = &self.shutting_down {
+                let idle = self
+                    .tunnels
+                    .values()
+                    .all(|t| t.children.is_empty() && !t.core.is_established());
+                if idle || Instant::now() >= *until {
+                    self.finish_shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut d = self.shutting_down.as_ref().map(|(u, _)| *u);
+        for t in self.tunnels.values() {
+            for x in [t.core.next_timeout(), t.next_ike_rekey].into_iter().flatten() {
+                d = Some(d.map_or(x, |d| d.min(x)));
+            }
+        }
+        d
+    }
+
+    fn local_core(&self, port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.cfg.local, port))
+    }
+
+    async fn on_datagram(&mut self, src_wire: SocketAddr, local_port: u16, payload: &[u8]) {
+        let now = Instant::now();
+        let src = self.cfg.ports.addr_to_core(src_wire);
+        let dst = self.local_core(local_port);
+        let Some(peer) = v4(src) else { return };
+        let Some(t) = self.tunnels.get_mut(&peer) else {
+            log::warn!("IKE from {src_wire}: not a configured peer, dropped");
+            let _ = self.events.send(DriverEvent::Rejected {
+                from: src.ip(),
+                error: vpnnat_ike::Error::PeerNotAllowed(src.ip()).to_string(),
+            });
+            return;
+        };
+        if let Err(e) = t.core.handle(now, src, dst, payload, &self.rng) {
+            if e == vpnnat_ike::Error::NotIke {
+                log::debug!("non-IKE datagram on the NAT-T socket from {src_wire}");
+            } else {
+                log::warn!("IKE from {src_wire} rejected: {e}");
+                let _ = self.events.send(DriverEvent::Rejected {
+                    from: src.ip(),
+                    error: e.to_string(),
+                });
+            }
+        }
+        self.drain(peer).await;
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        let peers: Vec<Ipv4Addr> = self.tunnels.keys().copied().collect();
+        for peer in peers {
+            let Some(t) = self.tunnels.get_mut(&peer) else { continue };
+            if t.core.next_timeout().is_some_and(|d| d <= now) {
+                t.core.poll_timers(now);
+            }
+            if t.next_ike_rekey.is_some_and(|d| d <= now) {
+                t.next_ike_rekey = self.cfg.ike_rekey_interval.map(|i| now + i);
+                if let Err(e) = t.core.rekey_ike(now, &self.rng) {
+                    log::warn!("IKE SA rekey with {peer}: {e}");
+                }
+            }
+            self.drain(peer).await;
+        }
+    }
+
+    async fn on_expire(&mut self, e: Expire) {
+        let now = Instant::now();
+        let found = self.tunnels.iter_mut().find_map(|(peer, t)| {
+            t.children
+                .iter()
+                .find(|(_, c)| c.inbound == e.id || c.outbound == e.id)
+                .map(|(spi, _)| (*peer, *spi))
+        });
+        let Some((peer, spi)) = found else { return };
+        let Some(t) = self.tunnels.get_mut(&peer) else { return };
+        let r = if e.hard {
+            log::info!("{} hard-expired: deleting the CHILD SA with {peer}", e.id);
+            t.core.delete_child(now, spi, &self.rng)
+        } else {
+            log::info!("{} soft-expired: rekeying the CHILD SA with {peer}", e.id);
+            t.core.rekey_child(now, spi, &self.rng)
+        };
+        if let Err(err) = r {
+            log::warn!("acting on the expire of {}: {err}", e.id);
+        }
+        self.drain(peer).await;
+    }
+
+    fn sa_config(&self, t: &TunnelConfig) -> SaConfig {
+        let mut sa = SaConfig::new(
+            t.psk.clone(),
+            self.cfg.identity.clone(),
+            t.local_ts.clone(),
+            t.remote_ts.clone(),
+        );
+        sa.remote_id = t.remote_id.clone();
+        sa.dpd_interval = self.cfg.dpd_interval;
+        sa
+    }
+
+    async fn on_cmd(&mut self, c: Cmd) {
+        let now = Instant::now();
+        match c {
+            Cmd::Connect(t, reply) => {
+                let peer = t.peer;
+                let r = self.connect(now, t);
+                let _ = reply.send(r);
+                self.drain(peer).await;
+            }
+            Cmd::Accept(t, reply) => {
+                let r = self.accept(now, t);
+                let _ = reply.send(r);
+            }
+            Cmd::Disconnect(peer, reply) => {
+                let r = match self.tunnels.get_mut(&peer) {
+                    None => Err(DriverError::UnknownPeer(peer)),
+                    Some(t) => {
+                        t.forget_when_down = true;
+                        if t.core.is_established() {
+                            t.core.close(now, &self.rng).map_err(DriverError::from)
+                        } else {
+                            // Nothing up (or only half-open): forget it now.
+                            self.remove_tunnel(peer, None);
+                            Ok(())
+                        }
+                    }
+                };
+                let _ = reply.send(r);
+                self.drain(peer).await;
+            }
+            Cmd::SetTs(peer, l, r, reply) => {
+                let res = self.with_tunnel(peer, |t, rng| {
+                    t.core.set_ts(l, r);
+                    for (inb, _) in t.core.child_sas() {
+                        t.core.rekey_child(now, inb, rng)?;
+                    }
+                    Ok(())
+                });
+                let _ = reply.send(res);
+                self.drain(peer).await;
+            }
+            Cmd::RekeyChild(peer, reply) => {
+                let res = self.with_tunnel(peer, |t, rng| {
+                    for (inb, _) in t.core.child_sas() {
+                        t.core.rekey_child(now, inb, rng)?;
+                    }
+                    Ok(())
+                });
+                let _ = reply.send(res);
+                self.drain(peer).await;
+            }
+            Cmd::RekeyIke(peer, reply) => {
+                let res = self.with_tunnel(peer, |t, rng| Ok(t.core.rekey_ike(now, rng)?));
+                let _ = reply.send(res);
+                self.drain(peer).await;
+            }
+            Cmd::Expired(e) => self.on_expire(e).await,
+            Cmd::Shutdown(done) => match &mut self.shutting_down {
+                Some((_, waiters)) => waiters.push(done),
+                None => self.begin_shutdown(vec![done]).await,
+            },
+        }
+    }
+
+    fn with_tunnel(
+        &mut self,
+        peer: Ipv4Addr,
+        f: impl FnOnce(&mut Tunnel, &SystemRandom) -> Result<(), DriverError>,
+    ) -> Result<(), DriverError> {
+        let t = self.tunnels.get_mut(&peer).ok_or(DriverError::UnknownPeer(peer))?;
+        f(t, &self.rng)
+    }
+
+    fn connect(&mut self, now: Instant, t: TunnelConfig) -> Result<(), DriverError> {
+        let peer = t.peer;
+        let sa = self.sa_config(&t);
+        sa.validate()?;
+        let icfg = self.initiator_config(peer, sa);
+        match self.tunnels.get_mut(&peer) {
+            Some(existing) => {
+                let Core::Init(init) = &mut existing.core else {
+                    return Err(DriverError::WrongRole(peer, existing.core.role()));
+                };
+                existing.forget_when_down = false;
+                if !init.is_established() {
+                    // Not up: take the new settings for the next attempt.
+                    *init = Initiator::new(icfg);
+                    existing.reqid = t.reqid;
+                }
+                Ok(init.connect(now, &self.rng)?)
+            }
+            None => {
+                let mut init = Initiator::new(icfg);
+                init.connect(now, &self.rng)?;
+                self.tunnels.insert(
+                    peer,
+                    Tunnel {
+                        core: Core::Init(init),
+                        reqid: t.reqid,
+                        children: HashMap::new(),
+                        forget_when_down: false,
+                        next_ike_rekey: None,
+                        gone: false,
+                    },
+                );
+                log::info!("initiating IKE with {peer} (reqid {:#x})", t.reqid);
+                Ok(())
+            }
+        }
+    }
+
+    fn initiator_config(&self, peer: Ipv4Addr, sa: SaConfig) -> InitiatorConfig {
+        InitiatorConfig {
+            local: self.local_core(IKE_PORT),
+            peer: SocketAddr::V4(SocketAddrV4::new(peer, IKE_PORT)),
+            sa,
+        }
+    }
+
+    fn accept(&mut self, now: Instant, t: TunnelConfig) -> Result<(), DriverError> {
+        let peer = t.peer;
+        let sa = self.sa_config(&t);
+        sa.validate()?;
+        match self.tunnels.get_mut(&peer) {
+            Some(existing) => {
+                let Core::Resp(resp) = &mut existing.core else {
+                    return Err(DriverError::WrongRole(peer, existing.core.role()));
+                };
+                existing.forget_when_down = false;
+                if resp.is_established() {
+                    resp.set_traffic_selectors(t.local_ts, t.remote_ts);
+                } else {
+                    **resp = Responder::new(ResponderConfig::new(IpAddr::V4(peer), sa), now, &self.rng)?;
+                    existing.reqid = t.reqid;
+                }
+                Ok(())
+            }
+            None => {
+                let resp = Responder::new(ResponderConfig::new(IpAddr::V4(peer), sa), now, &self.rng)?;
+                self.tunnels.insert(
+                    peer,
+                    Tunnel {
+                        core: Core::Resp(Box::new(resp)),
+                        reqid: t.reqid,
+                        children: HashMap::new(),
+                        forget_when_down: false,
+                        next_ike_rekey: None,
+                        gone: false,
+                    },
+                );
+                log::info!("accepting IKE from {peer} (reqid {:#x})", t.reqid);
+                Ok(())
+            }
+        }
+    }
+
+    async fn begin_shutdown(&mut self, waiters: Vec<oneshot::Sender<()>>) {
+        let now = Instant::now();
+        self.shutting_down = Some((now + self.cfg.shutdown_grace, waiters));
+        let peers: Vec<Ipv4Addr> = self.tunnels.keys().copied().collect();
+        for peer in peers {
+            if let Some(t) = self.tunnels.get_mut(&peer) {
+                t.forget_when_down = true;
+                if t.core.is_established() {
+                    if let Err(e) = t.core.close(now, &self.rng) {
+                        log::warn!("closing the tunnel with {peer}: {e}");
+                    }
+                }
+            }
+            self.drain(peer).await;
+        }
+    }
+
+    /// Removes what is left in the kernel and answers the shutdown callers
+    /// once the kernel thread has done it.
+    async fn finish_shutdown(&mut self) {
+        let peers: Vec<Ipv4Addr> = self.tunnels.keys().copied().collect();
+        for peer in peers {
+            self.remove_tunnel(peer, Some(DownReason::Closed));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.kernel_op(KernelOp::Barrier(tx));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        if let Some((_, waiters)) = self.shutting_down.take() {
+            for w in waiters {
+                let _ = w.send(());
+            }
+        }
+        log::info!("IKE driver on {} stopped", self.cfg.local);
+    }
+
+    /// Deletes the tunnel's SAs from the kernel and forgets it.
+    fn remove_tunnel(&mut self, peer: Ipv4Addr, report: Option<DownReason>) {
+        let Some(t) = self.tunnels.remove(&peer) else { return };
+        let had_sas = !t.children.is_empty();
+        for (_, c) in t.children {
+            self.kernel_op(KernelOp::Delete(c.inbound));
+            if c.pending_out.is_none() {
+                self.kernel_op(KernelOp::Delete(c.outbound));
+            }
+        }
+        if let (Some(reason), true) = (report, had_sas) {
+            self.kernel_op(KernelOp::Notify(DriverEvent::TunnelDown { peer, reason }));
+        }
+    }
+
+    fn kernel_op(&self, op: KernelOp) {
+        if self.kernel.send(op).is_err() {
+            log::error!("the XFRM thread has stopped");
+        }
+    }
+
+    /// Sends what the core of `peer` produced and acts on its events.
+    async fn drain(&mut self, peer: Ipv4Addr) {
+        loop {
+            let Some(t) = self.tunnels.get_mut(&peer) else { return };
+            let Some(out) = t.core.poll_output() else {
+                if t.gone {
+                    self.tunnels.remove(&peer);
+                }
+                return;
+            };
+            match out {
+                Output::Send(d) => {
+                    let sock = if d.src.port() == NAT_T_PORT {
+                        &self.socks.natt
+                    } else {
+                        &self.socks.ike
+                    };
+                    let dst = self.cfg.ports.addr_to_wire(d.dst);
+                    if let Err(e) = sock.send_to(&d.payload, dst).await {
+                        log::warn!("sending IKE to {dst}: {e}");
+                    }
+                }
+                Output::Event(ev) => self.on_event(peer, ev),
+            }
+        }
+    }
+
+    fn sa_spec(
+        &self,
+        reqid: u32,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        spi: u32,
+        key: &[u8],
+        encap: Option<Encap>,
+    ) -> Option<SaSpec> {
+        let key = match SaKey::new(key.to_vec()) {
+            Ok(k) => k,
+            Err(e) => {
+                log::error!("CHILD SA {spi:#010x}: {e}");
+                return None;
+            }
+        };
+        Some(SaSpec {
+            src,
+            dst,
+            spi,
+            reqid,
+            key,
+            replay_window: self.cfg.replay_window,
+            encap,
+            lifetime: self.cfg.child_lifetime,
+        })
+    }
+
+    fn child_up(&mut self, peer: Ipv4Addr, c: &ChildSa) {
+        let Some(reqid) = self.tunnels.get(&peer).map(|t| t.reqid) else {
+            return;
+        };
+        let (Some(local), Some(remote)) = (v4(c.local), v4(c.remote)) else {
+            log::error!("CHILD SA with {peer}: not IPv4");
+            return;
+        };
+        let ports: Ports = self.cfg.ports;
+        // The core's (sport, dport) is the outbound direction.
+        let out_encap = c.encap.map(|(s, d)| Encap {
+            sport: ports.to_wire(s),
+            dport: ports.to_wire(d),
+        });
+        let in_encap = out_encap.map(|e| Encap {
+            sport: e.dport,
+            dport: e.sport,
+        });
+        let (Some(inbound), Some(outbound)) = (
+            self.sa_spec(reqid, remote, local, c.inbound_spi, c.inbound_key.expose(), in_encap),
+            self.sa_spec(reqid, local, remote, c.outbound_spi, c.outbound_key.expose(), out_encap),
+        ) else {
+            return;
+        };
+        let child = Child {
+            inbound: inbound.id(),
+            outbound: outbound.id(),
+            pending_out: None,
+        };
+        self.kernel_op(KernelOp::Add(Box::new(inbound)));
+        let child = if c.outbound_deferred {
+            Child {
+                pending_out: Some(Box::new(outbound)),
+                ..child
+            }
+        } else {
+            self.kernel_op(KernelOp::Add(Box::new(outbound)));
+            child
+        };
+        if let Some(t) = self.tunnels.get_mut(&peer) {
+            t.children.insert(c.inbound_spi, child);
+        }
+        self.kernel_op(KernelOp::Notify(DriverEvent::ChildSaInstalled {
+            peer,
+            inbound_spi: c.inbound_spi,
+            outbound_spi: c.outbound_spi,
+        }));
+    }
+
+    fn on_event(&mut self, peer: Ipv4Addr, ev: Event) {
+        match ev {
+            Event::ChildSaUp(c) => {
+                log::info!(
+                    "CHILD SA with {peer}: in {:#010x} out {:#010x} {} encap {:?}{}",
+                    c.inbound_spi,
+                    c.outbound_spi,
+                    c.xfrm_name(),
+                    c.encap,
+                    if c.replaces.is_some() { " (rekey)" } else { "" }
+                );
+                self.child_up(peer, &c);
+            }
+            Event::ChildSaOutbound { inbound_spi, .. } => {
+                let pending = self
+                    .tunnels
+                    .get_mut(&peer)
+                    .and_then(|t| t.children.get_mut(&inbound_spi))
+                    .and_then(|c| c.pending_out.take());
+                if let Some(sa) = pending {
+                    self.kernel_op(KernelOp::Add(sa));
+                }
+            }
+            Event::ChildSaDown {
+                inbound_spi,
+                outbound_spi,
+            } => {
+                let child = self
+                    .tunnels
+                    .get_mut(&peer)
+                    .and_then(|t| t.children.remove(&inbound_spi));
+                if let Some(c) = child {
+                    self.kernel_op(KernelOp::Delete(c.inbound));
+                    if c.pending_out.is_none() {
+                        self.kernel_op(KernelOp::Delete(c.outbound));
+                    }
+                    self.kernel_op(KernelOp::Notify(DriverEvent::ChildSaRemoved {
+                        peer,
+                        inbound_spi,
+                        outbound_spi,
+                    }));
+                }
+            }
+            Event::TunnelUp { nat, ike_spis, .. } => {
+                log::info!(
+                    "tunnel with {peer} up (IKE SA {:016x}/{:016x}{})",
+                    ike_spis.0,
+                    ike_spis.1,
+                    if nat { ", NAT: ESP-in-UDP" } else { "" }
+                );
+                if let Some(t) = self.tunnels.get_mut(&peer) {
+                    if matches!(t.core, Core::Init(_)) {
+                        t.next_ike_rekey = self.cfg.ike_rekey_interval.map(|i| Instant::now() + i);
+                    }
+                }
+                self.kernel_op(KernelOp::Notify(DriverEvent::TunnelUp { peer, nat }));
+            }
+            Event::IkeSaRekeyed { old, new } => {
+                log::info!("IKE SA with {peer} rekeyed: {:016x} -> {:016x}", old.0, new.0);
+                if let Some(t) = self.tunnels.get_mut(&peer) {
+                    if matches!(t.core, Core::Init(_)) {
+                        t.next_ike_rekey = self.cfg.ike_rekey_interval.map(|i| Instant::now() + i);
+                    }
+                }
+            }
+            Event::RekeyFailed { child, error } => {
+                log::warn!("rekey with {peer} failed: {error}");
+                self.kernel_op(KernelOp::Notify(DriverEvent::RekeyFailed { peer, child }));
+            }
+            Event::TunnelDown { reason, ike_spis } => {
+                log::info!(
+                    "tunnel with {peer} down ({reason:?}, IKE SA {:016x}/{:016x})",
+                    ike_spis.0,
+                    ike_spis.1
+                );
+                let (forget, left) = match self.tunnels.get_mut(&peer) {
+                    Some(t) => {
+                        t.next_ike_rekey = None;
+                        // The core reports CHILD SAs down first; anything
+                        // left over is removed here all the same.
+                        let left: Vec<Child> = t.children.drain().map(|(_, c)| c).collect();
+                        (t.forget_when_down && !t.core.is_established(), left)
+                    }
+                    None => (false, Vec::new()),
+                };
+                for c in left {
+                    self.kernel_op(KernelOp::Delete(c.inbound));
+                    if c.pending_out.is_none() {
+                        self.kernel_op(KernelOp::Delete(c.outbound));
+                    }
+                }
+                if forget {
+                    if let Some(t) = self.tunnels.get_mut(&peer) {
+                        t.gone = true;
+                    }
+                }
+                self.kernel_op(KernelOp::Notify(DriverEvent::TunnelDown { peer, reason }));
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Two drivers over loopback UDP (127.0.0.1 = gateway, 127.0.0.2 = router),
+//! unprivileged ports, a recording fake instead of the kernel's XFRM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use vpnnat_ike::{DownReason, Secret, TrafficSelector};
+use vpnnat_ike_driver::{
+    DriverConfig, DriverEvent, DriverHandle, Expire, IkeDriver, Ports, RecordingInstaller, SaOp, TunnelConfig,
+};
+
+const GW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const RT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const REQID: u32 = 0x5650_0007;
+
+struct Side {
+    h: DriverHandle,
+    ev: UnboundedReceiver<DriverEvent>,
+    rec: RecordingInstaller,
+    seen: Vec<DriverEvent>,
+}
+
+impl Side {
+    /// Waits for an event matching `f` (remembering everything seen).
+    async fn wait(&mut self, what: &str, f: impl Fn(&DriverEvent) -> bool) -> DriverEvent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ev.recv()).await {
+                Ok(Some(e)) => {
+                    self.seen.push(e.clone());
+                    if f(&e) {
+                        return e;
+                    }
+                }
+                Ok(None) => panic!("driver stopped while waiting for {what}; seen {:?}", self.seen),
+                Err(_) => panic!("timed out waiting for {what}; seen {:?}", self.seen),
+            }
+        }
+    }
+}
+
+fn free_port_pair() -> Ports {
+    // Ask the kernel for two free ports on 127.0.0.1 and hope they are free
+    // on 127.0.0.2 and 127.0.0.3 too (retried by the caller).
+    let a = UdpSocket::bind((GW, 0)).unwrap();
+    let b = UdpSocket::bind((GW, 0)).unwrap();
+    Ports {
+        ike: a.local_addr().unwrap().port(),
+        natt: b.local_addr().unwrap().port(),
+    }
+}
+
+async fn side(local: Ipv4Addr, ports: Ports) -> Option<Side> {
+    let mut cfg = DriverConfig::new(local);
+    cfg.ports = ports;
+    cfg.kernel_events = false;
+    cfg.shutdown_grace = Duration::from_secs(2);
+    let rec = RecordingInstaller::new();
+    let (h, ev) = IkeDriver::start(cfg, Box::new(rec.clone())).await.ok()?;
+    Some(Side {
+        h,
+        ev,
+        rec,
+        seen: Vec::new(),
+    })
+}
+
+async fn pair() -> (Side, Side, Ports) {
+    for _ in 0..20 {
+        let ports = free_port_pair();
+        if let (Some(g), Some(r)) = (side(GW, ports).await, side(RT, ports).await) {
+            return (g, r, ports);
+        }
+    }
+    panic!("no free port pair on loopback");
+}
+
+fn ts(a: &str, len: u8) -> TrafficSelector {
+    TrafficSelector::subnet(a.parse().unwrap(), len)
+}
+
+fn gw_tunnel(psk: &[u8]) -> TunnelConfig {
+    TunnelConfig {
+        peer: RT,
+        psk: Secret::from_slice(psk),
+        local_ts: vec![ts("172.16.0.0", 24)],
+        remote_ts: vec![ts("10.64.0.5", 32)],
+        reqid: REQID,
+        remote_id: None,
+    }
+}
+
+fn rt_tunnel(psk: &[u8]) -> TunnelConfig {
+    TunnelConfig {
+        peer: GW,
+        psk: Secret::from_slice(psk),
+        local_ts: vec![ts("10.64.0.0", 16)],
+        remote_ts: vec![ts("172.16.0.0", 24)],
+        reqid: REQID + 1,
+        remote_id: None,
+    }
+}
+
+fn is_up(e: &DriverEvent) -> bool {
+    matches!(e, DriverEvent::TunnelUp { .. })
+}
+
+async fn up_pair() -> (Side, Side) {
+    let (mut g, mut r, _) = pair().await;
+    r.h.accept(rt_tunnel(b"the right key")).await.unwrap();
+    g.h.connect(gw_tunnel(b"the right key")).await.unwrap();
+    assert_eq!(
+        g.wait("gw up", is_up).await,
+        DriverEvent::TunnelUp { peer: RT, nat: false }
+    );
+    assert_eq!(
+        r.wait("rt up", is_up).await,
+        DriverEvent::TunnelUp { peer: GW, nat: false }
+    );
+    (g, r)
+}
+
+#[tokio::test]
+async fn tunnel_up_installs_matching_sa_pairs_inbound_first() {
+    let (g, r) = up_pair().await;
+    let gs = g.rec.installed();
+    let rs = r.rec.installed();
+    assert_eq!(gs.len(), 2, "{gs:?}");
+    assert_eq!(rs.len(), 2, "{rs:?}");
+    // Inbound first on each side.
+    assert_eq!((gs[0].src, gs[0].dst), (RT, GW));
+    assert_eq!((gs[1].src, gs[1].dst), (GW, RT));
+    assert_eq!((rs[0].src, rs[0].dst), (GW, RT));
+    assert_eq!((rs[1].src, rs[1].dst), (RT, GW));
+    // The gateway's outbound SA is the router's inbound one, same key.
+    assert_eq!(gs[1].spi, rs[0].spi);
+    assert_eq!(gs[1].key, rs[0].key);
+    assert_eq!(gs[0].spi, rs[1].spi);
+    assert_eq!(gs[0].key, rs[1].key);
+    assert_eq!(gs[0].key.as_bytes().len(), 36, "aes256gcm16 key || salt");
+    assert!(gs.iter().all(|s| s.reqid == REQID && s.encap.is_none()));
+    assert!(rs.iter().all(|s| s.reqid == REQID + 1));
+    assert!(gs.iter().all(|s| s.lifetime.soft_secs == Some(3000)));
+    // Debug output of the whole record has no key bytes.
+    let dbg = format!("{:?}", g.rec.ops());
+    assert!(dbg.contains("redacted"));
+}
+
+#[tokio::test]
+async fn wrong_psk_is_rejected_and_installs_nothing() {
+    let (mut g, mut r, _) = pair().await;
+    r.h.accept(rt_tunnel(b"the right key")).await.unwrap();
+    g.h.connect(gw_tunnel(b"a wrong key")).await.unwrap();
+    let down = g.wait("gw down", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    assert_eq!(
+        down,
+        DriverEvent::TunnelDown {
+            peer: RT,
+            reason: DownReason::AuthenticationFailed
+        }
+    );
+    let rej = r
+        .wait("rt rejected", |e| matches!(e, DriverEvent::Rejected { .. }))
+        .await;
+    let DriverEvent::Rejected { from, error } = rej else {
+        unreachable!()
+    };
+    assert_eq!(from, GW);
+    assert!(!error.contains("right key"), "{error}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(g.rec.ops().is_empty(), "{:?}", g.rec.ops());
+    assert!(r.rec.ops().is_empty(), "{:?}", r.rec.ops());
+    assert!(!r.seen.iter().any(is_up));
+}
+
+#[tokio::test]
+async fn unknown_peer_is_dropped() {
+    let (_g, mut r, ports) = pair().await;
+    r.h.accept(rt_tunnel(b"k")).await.unwrap();
+    let Some(stranger) = side(Ipv4Addr::new(127, 0, 0, 3), ports).await else {
+        return; // port taken on 127.0.0.3: nothing to test
+    };
+    let mut t = gw_tunnel(b"k");
+    t.peer = RT;
+    stranger.h.connect(t).await.unwrap();
+    let rej = r
+        .wait("rt rejected", |e| matches!(e, DriverEvent::Rejected { .. }))
+        .await;
+    assert!(matches!(rej, DriverEvent::Rejected { from, .. } if from == Ipv4Addr::new(127, 0, 0, 3)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(r.rec.ops().is_empty());
+    assert!(stranger.rec.ops().is_empty());
+}
+
+#[tokio::test]
+async fn disconnect_deletes_on_both_sides() {
+    let (mut g, mut r) = up_pair().await;
+    g.h.disconnect(RT).await.unwrap();
+    let gd = g.wait("gw down", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    assert_eq!(
+        gd,
+        DriverEvent::TunnelDown {
+            peer: RT,
+            reason: DownReason::Closed
+        }
+    );
+    let rd = r.wait("rt down", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    assert_eq!(
+        rd,
+        DriverEvent::TunnelDown {
+            peer: GW,
+            reason: DownReason::DeletedByPeer
+        }
+    );
+    assert!(g.rec.installed().is_empty(), "{:?}", g.rec.ops());
+    assert!(r.rec.installed().is_empty(), "{:?}", r.rec.ops());
+    // The gateway forgot the peer; the router still accepts it again.
+    assert!(g.h.disconnect(RT).await.is_err());
+    g.h.connect(gw_tunnel(b"the right key")).await.unwrap();
+    g.wait("gw up again", is_up).await;
+    r.wait("rt up again", is_up).await;
+}
+
+#[tokio::test]
+async fn soft_expire_rekeys_the_child_sa_make_before_break() {
+    let (mut g, mut r) = up_pair().await;
+    let old = g.rec.installed();
+    let old_in = old[0].id();
+    g.h.sa_expired(Expire {
+        id: old_in,
+        hard: false,
+    })
+    .unwrap();
+    g.wait("gw old child removed", |e| {
+        matches!(e, DriverEvent::ChildSaRemoved { .. })
+    })
+    .await;
+    r.wait("rt old child removed", |e| {
+        matches!(e, DriverEvent::ChildSaRemoved { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gs = g.rec.installed();
+    let rs = r.rec.installed();
+    assert_eq!(gs.len(), 2, "{:?}", g.rec.ops());
+    assert_eq!(rs.len(), 2, "{:?}", r.rec.ops());
+    assert!(gs.iter().all(|s| !old.iter().any(|o| o.id() == s.id())));
+    // Each side's new outbound is the other's new inbound.
+    for s in &gs {
+        assert!(rs.iter().any(|x| x.id() == s.id() && x.key == s.key));
+    }
+    // Make before break: the new SAs were added before the old ones went.
+    let ops = g.rec.ops();
+    let first_delete = ops.iter().position(|o| matches!(o, SaOp::Delete(_))).unwrap();
+    assert_eq!(
+        ops.iter()
+            .take(first_delete)
+            .filter(|o| matches!(o, SaOp::Add(_)))
+            .count(),
+        4
+    );
+    assert!(!g.seen.iter().any(|e| matches!(e, DriverEvent::TunnelDown { .. })));
+}
+
+#[tokio::test]
+async fn traffic_selector_change_renegotiates_the_child_sa() {
+    let (mut g, mut r) = up_pair().await;
+    g.h.set_traffic_selectors(
+        RT,
+        vec![ts("172.16.0.0", 24)],
+        vec![ts("10.64.0.5", 32), ts("10.64.0.9", 32)],
+    )
+    .await
+    .unwrap();
+    g.wait("gw old child removed", |e| {
+        matches!(e, DriverEvent::ChildSaRemoved { .. })
+    })
+    .await;
+    r.wait("rt old child removed", |e| {
+        matches!(e, DriverEvent::ChildSaRemoved { .. })
+    })
+    .await;
+    assert_eq!(g.rec.installed().len(), 2);
+    assert!(g
+        .h
+        .set_traffic_selectors(Ipv4Addr::new(127, 0, 0, 9), vec![], vec![])
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn ike_rekey_keeps_the_child_sas() {
+    let (g, r) = up_pair().await;
+    let before = g.rec.installed();
+    g.h.rekey_ike(RT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(g.rec.installed(), before);
+    // The tunnel still works: a CHILD rekey over the new IKE SA.
+    g.h.rekey_child(RT).await.unwrap();
+    let mut g = g;
+    g.wait("child rekey after IKE rekey", |e| {
+        matches!(e, DriverEvent::ChildSaRemoved { .. })
+    })
+    .await;
+    drop(r);
+}
+
+#[tokio::test]
+async fn shutdown_deletes_the_tunnel_and_every_sa() {
+    let (g, mut r) = up_pair().await;
+    g.h.shutdown().await;
+    assert!(g.rec.installed().is_empty(), "{:?}", g.rec.ops());
+    r.wait("rt down", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    assert!(r.rec.installed().is_empty());
+    assert!(
+        g.h.connect(gw_tunnel(b"x")).await.is_err(),
+        "stopped driver refuses calls"
+    );
+}
