@@ -160,29 +160,48 @@ async fn main() -> Result<()> {
             _ = int.recv() => break,
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
-                match ev {
-                    DriverEvent::TunnelUp { peer, nat } => say(&format!("UP {peer} nat={}", u8::from(nat))),
-                    DriverEvent::TunnelDown { peer, reason } => {
-                        say(&format!("DOWN {peer} {reason:?}"));
-                        if exit_on_down && reason != DownReason::Closed {
-                            status = 1;
-                            break;
-                        }
-                    }
-                    DriverEvent::ChildSaInstalled { peer, inbound_spi, outbound_spi } => {
-                        say(&format!("CHILD_UP {peer} {inbound_spi:#010x} {outbound_spi:#010x}"));
-                    }
-                    DriverEvent::ChildSaRemoved { peer, inbound_spi, outbound_spi } => {
-                        say(&format!("CHILD_DOWN {peer} {inbound_spi:#010x} {outbound_spi:#010x}"));
-                    }
-                    DriverEvent::RekeyFailed { peer, child } => say(&format!("REKEY_FAILED {peer} {child:?}")),
-                    DriverEvent::Rejected { from, error } => say(&format!("REJECTED {from} {error}")),
-                    DriverEvent::KernelError { sa, error } => say(&format!("KERNEL_ERROR {sa} {error}")),
+                if !print_event(ev) && exit_on_down {
+                    status = 1;
+                    break;
                 }
             }
         }
     }
     drv.shutdown().await;
+    // What the shutdown itself produced (DELETE done, SAs removed).
+    while let Ok(ev) = events.try_recv() {
+        print_event(ev);
+    }
     say("STOPPED");
     std::process::exit(status);
+}
+
+/// Prints one event line; `false` when the tunnel went down for another
+/// reason than our own close.
+fn print_event(ev: DriverEvent) -> bool {
+    match ev {
+        DriverEvent::TunnelUp { peer, nat } => say(&format!("UP {peer} nat={}", u8::from(nat))),
+        DriverEvent::TunnelDown { peer, reason } => {
+            say(&format!("DOWN {peer} {reason:?}"));
+            return reason == DownReason::Closed;
+        }
+        DriverEvent::ChildSaInstalled {
+            peer,
+            inbound_spi,
+            outbound_spi,
+        } => {
+            say(&format!("CHILD_UP {peer} {inbound_spi:#010x} {outbound_spi:#010x}"));
+        }
+        DriverEvent::ChildSaRemoved {
+            peer,
+            inbound_spi,
+            outbound_spi,
+        } => {
+            say(&format!("CHILD_DOWN {peer} {inbound_spi:#010x} {outbound_spi:#010x}"));
+        }
+        DriverEvent::RekeyFailed { peer, child } => say(&format!("REKEY_FAILED {peer} {child:?}")),
+        DriverEvent::Rejected { from, error } => say(&format!("REJECTED {from} {error}")),
+        DriverEvent::KernelError { sa, error } => say(&format!("KERNEL_ERROR {sa} {error}")),
+    }
+    true
 }
