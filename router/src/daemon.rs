@@ -130,7 +130,10 @@ impl Router {
                 store,
                 datapath: parts.datapath,
                 ike: parts.ike,
-                guard: ReplayGuard::new(MemoryNonceStore::new(4096), ReplayConfig::default()),
+                // One principal (the center) sends a few commands per maintenance;
+                // 1,024 per replay window (240 s) is ample and bounds memory.
+                // Past it the router answers 503 and the center retries.
+                guard: ReplayGuard::new(MemoryNonceStore::new(1024), ReplayConfig::default()),
                 datapath_error: None,
                 applied: None,
             }),
