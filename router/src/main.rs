@@ -204,8 +204,18 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
     } else {
         Box::new(KernelDatapath::open(NatTable::default()).context("opening the kernel datapath (needs root)")?)
     };
+    // glibc gives every thread that allocates its own malloc arena, which
+    // the blocking pool's short-lived threads (DNS lookups) would keep
+    // multiplying; two arenas keep the router's RSS flat.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before the runtime
+    // starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(4)
         .enable_all()
         .build()?;
     rt.block_on(async move {
