@@ -13,7 +13,7 @@ use vpnnat_ike::{
     ChildSa, DownReason, Event, Initiator, InitiatorConfig, Output, Responder, ResponderConfig, SaConfig,
 };
 
-use crate::kernel::{spawn_expire_thread, spawn_kernel_thread, Expire, KernelOp, SaInstaller};
+use crate::kernel::{spawn_expire_thread, spawn_kernel_thread, Expire, KernelOp, SaInstaller, SharedState};
 use crate::net::{Ports, Sockets};
 use crate::{Cmd, DriverConfig, DriverError, DriverEvent, DriverHandle, TunnelConfig};
 
@@ -145,7 +145,8 @@ pub(crate) fn start(
     let socks = Sockets::bind(cfg.local, cfg.ports)?;
     let local = socks.ike.local_addr().map_err(DriverError::Io)?;
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let kernel = spawn_kernel_thread(installer, ev_tx.clone()).map_err(DriverError::Io)?;
+    let shared = SharedState::default();
+    let kernel = spawn_kernel_thread(installer, ev_tx.clone(), shared.clone()).map_err(DriverError::Io)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (exp_tx, exp_rx) = mpsc::unbounded_channel();
     if cfg.kernel_events {
@@ -161,7 +162,14 @@ pub(crate) fn start(
         shutting_down: None,
     };
     tokio::spawn(d.run(cmd_rx, exp_rx));
-    Ok((DriverHandle { tx: cmd_tx, local }, ev_rx))
+    Ok((
+        DriverHandle {
+            tx: cmd_tx,
+            local,
+            shared,
+        },
+        ev_rx,
+    ))
 }
 
 fn v4(a: SocketAddr) -> Option<Ipv4Addr> {

@@ -97,17 +97,39 @@ pub(crate) enum KernelOp {
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
+/// What the kernel thread has done, readable without waiting (for owners
+/// whose reconciliation must keep the driver's SAs, and status pages).
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// SAs in the kernel (added successfully, not deleted since).
+    pub sas: Vec<SaSpec>,
+    /// Peers whose tunnel is up.
+    pub up: std::collections::BTreeSet<std::net::Ipv4Addr>,
+}
+
+pub(crate) type SharedState = Arc<Mutex<Shared>>;
+
+fn with_shared(s: &SharedState, f: impl FnOnce(&mut Shared)) {
+    if let Ok(mut g) = s.lock() {
+        f(&mut g);
+    }
+}
+
 /// The thread that owns the [`SaInstaller`].
 pub(crate) fn spawn_kernel_thread(
     mut installer: Box<dyn SaInstaller>,
     events: mpsc::UnboundedSender<DriverEvent>,
+    shared: SharedState,
 ) -> std::io::Result<std_mpsc::Sender<KernelOp>> {
     let (tx, rx) = std_mpsc::channel::<KernelOp>();
     thread::Builder::new().name("ike-xfrm".into()).spawn(move || {
         while let Ok(op) = rx.recv() {
             match op {
                 KernelOp::Add(sa) => match installer.add_sa(&sa) {
-                    Ok(()) => log::debug!("installed SA {} (reqid {:#x}, encap {:?})", sa.id(), sa.reqid, sa.encap),
+                    Ok(()) => {
+                        log::debug!("installed SA {} (reqid {:#x}, encap {:?})", sa.id(), sa.reqid, sa.encap);
+                        with_shared(&shared, |s| s.sas.push(*sa));
+                    }
                     Err(e) => {
                         log::error!("installing SA {}: {e}", sa.id());
                         let _ = events.send(DriverEvent::KernelError {
@@ -116,11 +138,23 @@ pub(crate) fn spawn_kernel_thread(
                         });
                     }
                 },
-                KernelOp::Delete(id) => match installer.delete_sa(id) {
-                    Ok(()) => log::debug!("deleted SA {id}"),
-                    Err(e) => log::warn!("deleting SA {id}: {e}"),
-                },
+                KernelOp::Delete(id) => {
+                    match installer.delete_sa(id) {
+                        Ok(()) => log::debug!("deleted SA {id}"),
+                        Err(e) => log::warn!("deleting SA {id}: {e}"),
+                    }
+                    with_shared(&shared, |s| s.sas.retain(|x| x.id() != id));
+                }
                 KernelOp::Notify(ev) => {
+                    match &ev {
+                        DriverEvent::TunnelUp { peer, .. } => with_shared(&shared, |s| {
+                            s.up.insert(*peer);
+                        }),
+                        DriverEvent::TunnelDown { peer, .. } => with_shared(&shared, |s| {
+                            s.up.remove(peer);
+                        }),
+                        _ => {}
+                    }
                     let _ = events.send(ev);
                 }
                 KernelOp::Barrier(done) => {

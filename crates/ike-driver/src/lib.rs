@@ -46,7 +46,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use vpnnat_datapath::{DatapathError, Lifetime, SaId};
+use vpnnat_datapath::{DatapathError, Lifetime, SaId, SaSpec};
 use vpnnat_ike::{DownReason, Identity, Secret, TrafficSelector};
 
 pub use kernel::{Expire, RecordingInstaller, SaInstaller, SaOp};
@@ -222,6 +222,30 @@ pub(crate) enum Cmd {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A request for [`DriverHandle::request_detached`].
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// [`DriverHandle::connect`].
+    Connect(TunnelConfig),
+    /// [`DriverHandle::accept`].
+    Accept(TunnelConfig),
+    /// [`DriverHandle::disconnect`].
+    Disconnect(Ipv4Addr),
+    /// [`DriverHandle::set_traffic_selectors`].
+    SetTrafficSelectors(Ipv4Addr, Vec<TrafficSelector>, Vec<TrafficSelector>),
+}
+
+impl Request {
+    fn describe(&self) -> String {
+        match self {
+            Request::Connect(t) => format!("connect to {}", t.peer),
+            Request::Accept(t) => format!("accept from {}", t.peer),
+            Request::Disconnect(p) => format!("disconnect from {p}"),
+            Request::SetTrafficSelectors(p, ..) => format!("new traffic selectors with {p}"),
+        }
+    }
+}
+
 /// The driver entry point.
 #[derive(Debug)]
 pub struct IkeDriver;
@@ -252,12 +276,49 @@ impl IkeDriver {
 pub struct DriverHandle {
     tx: mpsc::UnboundedSender<Cmd>,
     local: SocketAddr,
+    shared: kernel::SharedState,
 }
 
 impl DriverHandle {
     /// The local IKE address (port 500 or the configured one).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The SAs the driver has in the kernel right now (keys included:
+    /// `SaKey` never prints them). An owner that reconciles the kernel
+    /// against a desired state must include these (routerd's
+    /// `IkeResponder::installed_sas`).
+    pub fn installed_sas(&self) -> Vec<SaSpec> {
+        self.shared.lock().map(|s| s.sas.clone()).unwrap_or_default()
+    }
+
+    /// Whether the tunnel with `peer` is up (its SAs are in the kernel).
+    pub fn is_up(&self, peer: Ipv4Addr) -> bool {
+        self.shared.lock().is_ok_and(|s| s.up.contains(&peer))
+    }
+
+    /// Sends a request without waiting for its answer, for synchronous
+    /// callers (e.g. a `&mut self` trait method inside the runtime); a
+    /// refusal is logged. Fails only if the driver has stopped.
+    pub fn request_detached(&self, r: Request) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        let what = r.describe();
+        let cmd = match r {
+            Request::Connect(t) => Cmd::Connect(t, tx),
+            Request::Accept(t) => Cmd::Accept(t, tx),
+            Request::Disconnect(p) => Cmd::Disconnect(p, tx),
+            Request::SetTrafficSelectors(p, l, r) => Cmd::SetTs(p, l, r, tx),
+        };
+        self.tx.send(cmd).map_err(|_| DriverError::Stopped)?;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Ok(Err(e)) = rx.await {
+                    log::warn!("IKE driver refused {what}: {e}");
+                }
+            });
+        }
+        Ok(())
     }
 
     async fn call(&self, f: impl FnOnce(Reply) -> Cmd) -> Result<(), DriverError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use vpnnat_ike::{DownReason, Secret, TrafficSelector};
 use vpnnat_ike_driver::{
-    DriverConfig, DriverEvent, DriverHandle, Expire, IkeDriver, Ports, RecordingInstaller, SaOp, TunnelConfig,
+    DriverConfig, DriverEvent, DriverHandle, Expire, IkeDriver, Ports, RecordingInstaller, Request, SaOp, TunnelConfig,
 };
 
 const GW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -143,6 +143,10 @@ async fn tunnel_up_installs_matching_sa_pairs_inbound_first() {
     assert!(gs.iter().all(|s| s.reqid == REQID && s.encap.is_none()));
     assert!(rs.iter().all(|s| s.reqid == REQID + 1));
     assert!(gs.iter().all(|s| s.lifetime.soft_secs == Some(3000)));
+    // The handle's snapshot is what the kernel got.
+    assert_eq!(g.h.installed_sas(), gs);
+    assert_eq!(r.h.installed_sas(), rs);
+    assert!(g.h.is_up(RT) && r.h.is_up(GW));
     // Debug output of the whole record has no key bytes.
     let dbg = format!("{:?}", g.rec.ops());
     assert!(dbg.contains("redacted"));
@@ -216,6 +220,8 @@ async fn disconnect_deletes_on_both_sides() {
     );
     assert!(g.rec.installed().is_empty(), "{:?}", g.rec.ops());
     assert!(r.rec.installed().is_empty(), "{:?}", r.rec.ops());
+    assert!(g.h.installed_sas().is_empty() && r.h.installed_sas().is_empty());
+    assert!(!g.h.is_up(RT) && !r.h.is_up(GW));
     // The gateway forgot the peer; the router still accepts it again.
     assert!(g.h.disconnect(RT).await.is_err());
     g.h.connect(gw_tunnel(b"the right key")).await.unwrap();
@@ -318,4 +324,19 @@ async fn shutdown_deletes_the_tunnel_and_every_sa() {
         g.h.connect(gw_tunnel(b"x")).await.is_err(),
         "stopped driver refuses calls"
     );
+}
+
+#[tokio::test]
+async fn detached_requests_for_synchronous_owners() {
+    let (mut g, mut r, _) = pair().await;
+    r.h.request_detached(Request::Accept(rt_tunnel(b"k2"))).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    g.h.request_detached(Request::Connect(gw_tunnel(b"k2"))).unwrap();
+    g.wait("gw up", is_up).await;
+    r.wait("rt up", is_up).await;
+    r.h.request_detached(Request::Disconnect(GW)).unwrap();
+    g.wait("gw down", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    r.wait("rt down", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    assert!(r.h.installed_sas().is_empty());
+    assert!(g.h.installed_sas().is_empty());
 }
