@@ -335,8 +335,10 @@ impl DriverHandle {
     }
 
     /// Responder: accepts IKE from `t.peer` only, with its PSK and within
-    /// its traffic selectors. Calling it again for the same peer updates
-    /// the selectors (and PSK for new IKE SAs) without touching the tunnel.
+    /// its traffic selectors. Calling it again for the same peer while the
+    /// tunnel is up only updates the selectors (used from the next CHILD SA
+    /// negotiation); otherwise the new settings replace the old ones. A new
+    /// PSK for a live tunnel needs `disconnect` then `accept`.
     pub async fn accept(&self, t: TunnelConfig) -> Result<(), DriverError> {
         self.call(|r| Cmd::Accept(t, r)).await
     }
