@@ -71,6 +71,7 @@ run "IKE interop with strongSwan's charon (host namespace, IKE only: the host ha
 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: XFRM operations and kernel events" scripts/vm-test tests/vm/xfrm_ops.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=dnsmasq run "VM: routerd as PID 1" scripts/vm-test router/tests/vm/pid1.sh
 # Buildroot checks run when BUILDROOT_DIR names a Buildroot checkout (say so
 # when skipped); the offline images reuse the VM binaries built above.
 run "images: check-package and Kconfig (BUILDROOT_DIR)" scripts/check-images.sh
