@@ -44,6 +44,14 @@ enum Cmd {
         #[command(flatten)]
         t: TunnelArgs,
     },
+    /// Gateway role, timed: --count times connect, wait until the CHILD SA
+    /// is in the kernel (TunnelUp), disconnect; prints the median.
+    Bench {
+        #[command(flatten)]
+        t: TunnelArgs,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -119,9 +127,10 @@ fn say(line: &str) {
 async fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let (t, initiator, exit_on_down) = match cli.cmd {
-        Cmd::Initiate { t, exit_on_down } => (t, true, exit_on_down),
-        Cmd::Respond { t } => (t, false, false),
+    let (t, initiator, exit_on_down, bench) = match cli.cmd {
+        Cmd::Initiate { t, exit_on_down } => (t, true, exit_on_down, None),
+        Cmd::Respond { t } => (t, false, false, None),
+        Cmd::Bench { t, count } => (t, true, true, Some(count)),
     };
     let psk = read_psk()?;
     let mut cfg = DriverConfig::new(t.local);
@@ -146,6 +155,9 @@ async fn main() -> Result<()> {
         remote_id: None,
     };
     let (drv, mut events) = IkeDriver::start_kernel(cfg).await.context("starting the IKE driver")?;
+    if let Some(count) = bench {
+        return run_bench(&drv, &mut events, tunnel, count).await;
+    }
     if initiator {
         drv.connect(tunnel).await?;
     } else {
@@ -204,4 +216,46 @@ fn print_event(ev: DriverEvent) -> bool {
         DriverEvent::KernelError { sa, error } => say(&format!("KERNEL_ERROR {sa} {error}")),
     }
     true
+}
+
+async fn next_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<DriverEvent>) -> Result<DriverEvent> {
+    match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+        Ok(Some(ev)) => Ok(ev),
+        Ok(None) => bail!("the driver stopped"),
+        Err(_) => bail!("no event within 30 s"),
+    }
+}
+
+async fn run_bench(
+    drv: &vpnnat_ike_driver::DriverHandle,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<DriverEvent>,
+    tunnel: TunnelConfig,
+    count: usize,
+) -> Result<()> {
+    let peer = tunnel.peer;
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t0 = std::time::Instant::now();
+        drv.connect(tunnel.clone()).await?;
+        loop {
+            match next_event(events).await? {
+                DriverEvent::TunnelUp { .. } => break,
+                DriverEvent::TunnelDown { reason, .. } => bail!("tunnel down while connecting: {reason:?}"),
+                _ => {}
+            }
+        }
+        times.push(t0.elapsed());
+        drv.disconnect(peer).await?;
+        while !matches!(next_event(events).await?, DriverEvent::TunnelDown { .. }) {}
+    }
+    drv.shutdown().await;
+    times.sort();
+    let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    say(&format!(
+        "BENCH initiate->installed n={count} median_ms={:.1} min_ms={:.1} max_ms={:.1}",
+        ms(times.get(count / 2)),
+        ms(times.first()),
+        ms(times.last())
+    ));
+    Ok(())
 }
