@@ -72,6 +72,9 @@ VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: XFRM operations and kernel events" scripts/vm-test tests/vm/xfrm_ops.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=dnsmasq run "VM: routerd as PID 1" scripts/vm-test router/tests/vm/pid1.sh
+VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 our initiator <-> our responder (real ESP, rekey, NAT-T)" scripts/vm-test tests/vm/ike.sh
+VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 with strongSwan both ways" \
+	bash -c 'eval "$(tests/vm/strongswan/extra.sh)" && exec scripts/vm-test tests/vm/ike-strongswan.sh'
 # Buildroot checks run when BUILDROOT_DIR names a Buildroot checkout (say so
 # when skipped); the offline images reuse the VM binaries built above.
 run "images: check-package and Kconfig (BUILDROOT_DIR)" scripts/check-images.sh
