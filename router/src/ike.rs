@@ -6,7 +6,8 @@
 //! responder when its state changes (installation, gateway assignment,
 //! grants) and to read back its health and the SAs it installed (so that
 //! reconciliation keeps them). [`IkeResponder`] is that contract;
-//! [`StaticResponder`] stands in until the driver exists and in tests.
+//! [`StaticResponder`] stands in for tests and `--fake-datapath`;
+//! `crate::ike_driver` implements it on the real driver.
 
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -4,7 +4,8 @@
 //! through the tunnel, durable state, and (on the image) init duties.
 //!
 //! Layers: [`config`], [`state`] and [`resolve`] are data; [`core`] is the
-//! pure protocol logic (no I/O); [`ike`] is the seam to the IKE responder;
+//! pure protocol logic (no I/O); [`ike`] is the seam to the IKE responder
+//! ([`ike_driver`] its implementation on the real driver);
 //! [`http`], [`daemon`] and [`init`] are the I/O shell.
 
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod core;
 pub mod daemon;
 pub mod http;
 pub mod ike;
+pub mod ike_driver;
 pub mod init;
 pub mod resolve;
 pub mod secret;

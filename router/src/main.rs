@@ -14,7 +14,8 @@ use vpnnat_router::cli::{daemon_addr, Cli, Command, EXIT_CONFIG, EXIT_FAILED, EX
 use vpnnat_router::config::Config;
 use vpnnat_router::daemon::{self, Parts, Router};
 use vpnnat_router::http::{self, HttpError};
-use vpnnat_router::ike::StaticResponder;
+use vpnnat_router::ike::{IkeResponder, StaticResponder};
+use vpnnat_router::ike_driver::IkeDriverResponder;
 use vpnnat_router::resolve::{parse_leases, Resolver};
 use vpnnat_router::state::StateStore;
 use vpnnat_router::view::{self, StatusView};
@@ -219,11 +220,18 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // The real responder binds UDP 500/4500 and installs XFRM SAs, so it
+        // goes with the kernel datapath; it starts once settings exist.
+        let ike: Box<dyn IkeResponder> = if fake_datapath {
+            Box::new(StaticResponder::default())
+        } else {
+            Box::new(IkeDriverResponder::kernel())
+        };
         let router = Router::new(
             cfg.clone(),
             Parts {
                 datapath,
-                ike: Box::new(StaticResponder::default()),
+                ike,
                 retry_initial: Duration::from_secs(1),
                 watch_period: Duration::from_secs(30),
             },
