@@ -10,11 +10,14 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::UnboundedSender;
 use vpnnat_center::gateway::config::{DatapathKind, GatewaydConfig};
-use vpnnat_center::gateway::driver::{PolicyDriver, TunnelDriver};
+use vpnnat_center::gateway::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
+use vpnnat_center::gateway::ike::IkeTunnelDriver;
 use vpnnat_center::gateway::{forward_events, run, Gatewayd};
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::{KernelDatapath, RecordingDatapath};
+use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstaller};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,7 +63,7 @@ fn load(path: &Path) -> Result<GatewaydConfig> {
 
 async fn serve(cfg: GatewaydConfig) -> Result<()> {
     let (tx, rx) = unbounded_channel();
-    let driver: Box<dyn TunnelDriver> = match cfg.datapath {
+    let (driver, ike) = match cfg.datapath {
         DatapathKind::Kernel => {
             let mut dp = KernelDatapath::open(NatTable::default()).context("opening the kernel datapath")?;
             // Hash the per-/32 policies instead of scanning them: every
@@ -70,21 +73,25 @@ async fn serve(cfg: GatewaydConfig) -> Result<()> {
             dp.xfrm
                 .set_hash_thresholds(bits, bits)
                 .context("setting the XFRM policy hash thresholds")?;
-            Box::new(PolicyDriver::new(
+            let policy = PolicyDriver::new(
                 dp,
                 cfg.global_ip,
                 cfg.center_networks.clone(),
                 cfg.policy_priority,
-                tx,
-            ))
+                tx.clone(),
+            );
+            with_ike(policy, &cfg, tx, true).await?
         }
-        DatapathKind::Recording => Box::new(PolicyDriver::new(
-            RecordingDatapath::new(),
-            cfg.global_ip,
-            cfg.center_networks.clone(),
-            cfg.policy_priority,
-            tx,
-        )),
+        DatapathKind::Recording => {
+            let policy = PolicyDriver::new(
+                RecordingDatapath::new(),
+                cfg.global_ip,
+                cfg.center_networks.clone(),
+                cfg.policy_priority,
+                tx.clone(),
+            );
+            with_ike(policy, &cfg, tx, false).await?
+        }
     };
     let gw = Arc::new(Gatewayd::new(cfg.name.clone(), cfg.api_key.clone(), driver)?);
     // Nothing from a previous run survives: centerd re-sends what it wants.
@@ -101,9 +108,38 @@ async fn serve(cfg: GatewaydConfig) -> Result<()> {
         cfg.event_timeout,
     ));
     run(listener, shutdown(), gw).await;
+    if let Some(h) = ike {
+        // DELETE every tunnel and remove the SAs the driver installed.
+        h.shutdown().await;
+    }
     events.abort();
     log::info!("gatewayd: stopped");
     Ok(())
+}
+
+/// The policy driver alone, or wrapped with the IKE driver bound to the
+/// global address (`kernel`: SAs into the kernel's XFRM; otherwise into a
+/// recorder, for demos without root).
+async fn with_ike<D: PolicyDatapath + 'static>(
+    policy: PolicyDriver<D>,
+    cfg: &GatewaydConfig,
+    events: UnboundedSender<DriverEvent>,
+    kernel: bool,
+) -> Result<(Box<dyn TunnelDriver>, Option<DriverHandle>)> {
+    if !cfg.ike {
+        return Ok((Box::new(policy), None));
+    }
+    let mut dcfg = DriverConfig::new(cfg.global_ip);
+    let started = if kernel {
+        IkeDriver::start_kernel(dcfg).await
+    } else {
+        dcfg.kernel_events = false;
+        IkeDriver::start(dcfg, Box::new(RecordingInstaller::new())).await
+    };
+    let (h, ike_events) = started.with_context(|| format!("starting IKE on {}", cfg.global_ip))?;
+    log::info!("gatewayd {}: IKE on {}", cfg.name, h.local_addr());
+    let driver = IkeTunnelDriver::new(policy, &cfg.center_networks, h.clone(), ike_events, events);
+    Ok((Box::new(driver), Some(h)))
 }
 
 async fn shutdown() {

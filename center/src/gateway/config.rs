@@ -32,6 +32,7 @@ struct Raw {
     policy_priority: Option<u32>,
     datapath: Option<DatapathKind>,
     event_timeout_ms: Option<u64>,
+    ike: Option<bool>,
 }
 
 /// gatewayd's validated configuration.
@@ -47,6 +48,9 @@ pub struct GatewaydConfig {
     pub policy_priority: u32,
     pub datapath: DatapathKind,
     pub event_timeout: Duration,
+    /// Negotiate the tunnels' SAs with IKEv2 from `global_ip` (UDP 500 and
+    /// 4500); `false`: policies only, every tunnel stays "connecting".
+    pub ike: bool,
 }
 
 fn invalid(key: &str, reason: impl ToString) -> ConfigError {
@@ -103,6 +107,7 @@ impl GatewaydConfig {
             policy_priority: raw.policy_priority.unwrap_or(1000),
             datapath: raw.datapath.unwrap_or(DatapathKind::Kernel),
             event_timeout: Duration::from_millis(raw.event_timeout_ms.unwrap_or(5000)),
+            ike: raw.ike.unwrap_or(false),
         })
     }
 }
@@ -125,6 +130,9 @@ center_url = "http://127.0.0.1:8080"
         let c = GatewaydConfig::parse(EXAMPLE, Path::new("g.toml")).unwrap();
         assert_eq!(c.name.as_str(), "gw1");
         assert_eq!(c.datapath, DatapathKind::Kernel);
+        assert!(!c.ike);
+        let on = GatewaydConfig::parse(&format!("{EXAMPLE}\nike = true"), Path::new("g.toml")).unwrap();
+        assert!(on.ike);
         assert!(!format!("{c:?}").contains("414141"));
         let err = |t: String| GatewaydConfig::parse(&t, Path::new("g.toml")).unwrap_err().to_string();
         assert!(err(EXAMPLE.replace("172.16.0.0/24", "172.16.0.1/24")).contains("center_networks[0]"));
@@ -132,5 +140,6 @@ center_url = "http://127.0.0.1:8080"
         assert!(err(format!("{EXAMPLE}\nextra = 1")).contains("extra"));
         assert!(err(EXAMPLE.replace("http://127.0.0.1:8080", "127.0.0.1")).contains("center_url"));
         assert!(err(format!("{EXAMPLE}\ndatapath = \"magic\"")).contains("datapath"));
+        assert!(err(format!("{EXAMPLE}\nike = \"yes\"")).contains("ike"));
     }
 }

@@ -41,6 +41,8 @@ pub enum DriverError {
     TooManyAddresses(String),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error("IKE driver: {0}")]
+    Ike(#[from] vpnnat_ike_driver::DriverError),
 }
 
 /// What the center asks for: one tunnel to one router.

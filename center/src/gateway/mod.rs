@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod ike;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -49,7 +50,7 @@ impl GatewayError {
                 | DriverError::SlotOutOfRange(_)
                 | DriverError::TooManyAddresses(_),
             ) => 409,
-            GatewayError::Driver(DriverError::Datapath(_)) | GatewayError::Poisoned => 500,
+            GatewayError::Driver(DriverError::Datapath(_) | DriverError::Ike(_)) | GatewayError::Poisoned => 500,
         }
     }
 }

@@ -1,0 +1,378 @@
+//! [`IkeTunnelDriver`]: the [`PolicyDriver`] plus the IKEv2 initiator
+//! (`vpnnat-ike-driver`), which negotiates and installs each tunnel's SAs
+//! with the policies' reqid `REQID_BASE + slot`.
+//!
+//! A tunnel's traffic selectors are the center networks (ours) and the
+//! granted VPNNAT /32s (the router's). They cannot be empty, so IKE starts
+//! with the first granted address and the tunnel is closed when the last
+//! one goes; in between every change is one CHILD SA rekey with the new
+//! selectors. A new router address or PSK closes the IKE SA and starts a
+//! new one. Tunnel up/down from the driver become [`DriverEvent`]s for
+//! centerd; a tunnel that went down on its own (dead peer, refused) is
+//! retried after [`RETRY_AFTER`].
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle;
+use vpnnat_datapath::{Ipv4Cidr, REQID_BASE};
+use vpnnat_ike::{DownReason, Secret, TrafficSelector};
+use vpnnat_ike_driver::{DriverEvent as IkeEvent, DriverHandle, Request, TunnelConfig};
+use vpnnat_proto::keys::{Psk, SecretBytes};
+use vpnnat_proto::messages::TunnelStatus;
+use vpnnat_proto::types::TerminalId;
+
+use super::driver::{DriverError, DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver, TunnelInfo, TunnelSpec};
+
+/// How long after a tunnel went down on its own IKE is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// What one change of a tunnel's granted addresses asks of IKE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IkeAction {
+    /// Nothing to negotiate (no addresses and no tunnel, or unchanged).
+    Nothing,
+    /// Start the tunnel (first address granted).
+    Connect,
+    /// Renegotiate the selectors of the live tunnel (one CHILD rekey).
+    SetSelectors,
+    /// Close the tunnel (no address left: selectors cannot be empty).
+    Disconnect,
+}
+
+/// The bookkeeping rule: `connected` is whether IKE was asked to connect,
+/// `addresses` how many /32s the tunnel carries after the change,
+/// `changed` whether the set changed.
+pub fn next_action(connected: bool, addresses: usize, changed: bool) -> IkeAction {
+    match (connected, addresses > 0) {
+        (false, true) => IkeAction::Connect,
+        (true, false) => IkeAction::Disconnect,
+        (true, true) if changed => IkeAction::SetSelectors,
+        _ => IkeAction::Nothing,
+    }
+}
+
+/// The center networks as traffic selectors (our side).
+pub fn center_selectors(nets: &[Ipv4Cidr]) -> Vec<TrafficSelector> {
+    nets.iter()
+        .map(|c| TrafficSelector::subnet(c.addr(), c.prefix_len()))
+        .collect()
+}
+
+/// The granted addresses as /32 traffic selectors (the router's side).
+pub fn address_selectors(addrs: &[Ipv4Addr]) -> Vec<TrafficSelector> {
+    addrs.iter().map(|a| TrafficSelector::host(*a)).collect()
+}
+
+/// One tunnel's IKE side.
+struct IkeTunnel {
+    router_ip: Ipv4Addr,
+    slot: u16,
+    psk: Psk,
+    connected: bool,
+}
+
+/// What the event task knows of a router (by its address).
+#[derive(Debug, Clone)]
+struct Peer {
+    terminal_id: TerminalId,
+    slot: u16,
+    /// The last configuration IKE was asked to connect with (for retries);
+    /// `None` while not connected.
+    config: Option<TunnelConfig>,
+}
+
+type Peers = Arc<Mutex<BTreeMap<Ipv4Addr, Peer>>>;
+
+/// The policy driver with IKE on top.
+pub struct IkeTunnelDriver<D> {
+    policy: PolicyDriver<D>,
+    drv: DriverHandle,
+    center_ts: Vec<TrafficSelector>,
+    tunnels: BTreeMap<TerminalId, IkeTunnel>,
+    peers: Peers,
+    task: JoinHandle<()>,
+}
+
+impl<D> std::fmt::Debug for IkeTunnelDriver<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IkeTunnelDriver")
+            .field("local", &self.drv.local_addr())
+            .field("tunnels", &self.tunnels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> Drop for IkeTunnelDriver<D> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<D: PolicyDatapath> IkeTunnelDriver<D> {
+    /// Wraps `policy` (built with the same event sender `events`) and a
+    /// started IKE driver with its event stream. Must be called inside a
+    /// tokio runtime (spawns the event task).
+    pub fn new(
+        policy: PolicyDriver<D>,
+        center_networks: &[Ipv4Cidr],
+        drv: DriverHandle,
+        ike_events: UnboundedReceiver<IkeEvent>,
+        events: UnboundedSender<DriverEvent>,
+    ) -> Self {
+        let peers: Peers = Arc::new(Mutex::new(BTreeMap::new()));
+        let task = tokio::spawn(forward_ike_events(ike_events, events, peers.clone(), drv.clone()));
+        IkeTunnelDriver {
+            policy,
+            drv,
+            center_ts: center_selectors(center_networks),
+            tunnels: BTreeMap::new(),
+            peers,
+            task,
+        }
+    }
+
+    /// The IKE driver (e.g. to shut it down).
+    pub fn handle(&self) -> &DriverHandle {
+        &self.drv
+    }
+
+    fn addresses(&self, terminal: &TerminalId) -> Vec<Ipv4Addr> {
+        self.policy
+            .tunnels()
+            .into_iter()
+            .find(|t| t.terminal_id == *terminal)
+            .map(|t| t.addresses)
+            .unwrap_or_default()
+    }
+
+    fn set_peer(&self, ip: Ipv4Addr, p: Option<Peer>) {
+        if let Ok(mut m) = self.peers.lock() {
+            match p {
+                Some(p) => {
+                    m.insert(ip, p);
+                }
+                None => {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+
+    fn set_peer_config(&self, ip: Ipv4Addr, c: Option<TunnelConfig>) {
+        if let Ok(mut m) = self.peers.lock() {
+            if let Some(p) = m.get_mut(&ip) {
+                p.config = c;
+            }
+        }
+    }
+
+    /// Brings IKE in line with the tunnel's addresses.
+    fn sync(&mut self, terminal: &TerminalId, changed: bool) -> Result<(), DriverError> {
+        let addrs = self.addresses(terminal);
+        let Some(t) = self.tunnels.get(terminal) else {
+            return Ok(());
+        };
+        let router_ip = t.router_ip;
+        match next_action(t.connected, addrs.len(), changed) {
+            IkeAction::Nothing => {}
+            IkeAction::Connect => {
+                let cfg = TunnelConfig {
+                    peer: router_ip,
+                    psk: Secret::from_slice(t.psk.expose_secret()),
+                    local_ts: self.center_ts.clone(),
+                    remote_ts: address_selectors(&addrs),
+                    reqid: REQID_BASE.saturating_add(u32::from(t.slot)),
+                    remote_id: None,
+                };
+                self.drv.request_detached(Request::Connect(cfg.clone()))?;
+                self.set_peer_config(router_ip, Some(cfg));
+                log::info!("tunnel to {terminal} ({router_ip}): IKE connecting");
+                if let Some(t) = self.tunnels.get_mut(terminal) {
+                    t.connected = true;
+                }
+            }
+            IkeAction::SetSelectors => {
+                let remote = address_selectors(&addrs);
+                self.drv.request_detached(Request::SetTrafficSelectors(
+                    router_ip,
+                    self.center_ts.clone(),
+                    remote.clone(),
+                ))?;
+                if let Ok(mut m) = self.peers.lock() {
+                    if let Some(c) = m.get_mut(&router_ip).and_then(|p| p.config.as_mut()) {
+                        c.remote_ts = remote;
+                    }
+                }
+            }
+            IkeAction::Disconnect => {
+                self.drv.request_detached(Request::Disconnect(router_ip))?;
+                self.set_peer_config(router_ip, None);
+                log::info!("tunnel to {terminal} ({router_ip}): no address left, IKE closed");
+                if let Some(t) = self.tunnels.get_mut(terminal) {
+                    t.connected = false;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
+    fn setup(&mut self, spec: TunnelSpec) -> Result<(), DriverError> {
+        self.policy.setup(spec.clone())?;
+        let terminal = spec.terminal_id.clone();
+        if let Some(old) = self.tunnels.get(&terminal) {
+            let same = old.router_ip == spec.router_ip
+                && old.slot == spec.slot
+                && old.psk.expose_secret() == spec.psk.expose_secret();
+            if same {
+                return Ok(());
+            }
+            let old_ip = old.router_ip;
+            if old.connected {
+                self.drv.request_detached(Request::Disconnect(old_ip))?;
+                log::info!("tunnel to {terminal}: router address, slot or PSK changed; IKE restarts");
+            }
+            self.set_peer(old_ip, None);
+        }
+        self.tunnels.insert(
+            terminal.clone(),
+            IkeTunnel {
+                router_ip: spec.router_ip,
+                slot: spec.slot,
+                psk: spec.psk,
+                connected: false,
+            },
+        );
+        self.set_peer(
+            spec.router_ip,
+            Some(Peer {
+                terminal_id: terminal.clone(),
+                slot: spec.slot,
+                config: None,
+            }),
+        );
+        self.sync(&terminal, true)
+    }
+
+    fn add_addresses(&mut self, terminal: &TerminalId, addrs: &[Ipv4Addr]) -> Result<(), DriverError> {
+        let before = self.addresses(terminal);
+        self.policy.add_addresses(terminal, addrs)?;
+        let changed = self.addresses(terminal) != before;
+        self.sync(terminal, changed)
+    }
+
+    fn remove_addresses(&mut self, terminal: &TerminalId, addrs: &[Ipv4Addr]) -> Result<(), DriverError> {
+        let before = self.addresses(terminal);
+        self.policy.remove_addresses(terminal, addrs)?;
+        let changed = self.addresses(terminal) != before;
+        self.sync(terminal, changed)
+    }
+
+    fn teardown(&mut self, terminal: &TerminalId) -> Result<(), DriverError> {
+        if let Some(t) = self.tunnels.remove(terminal) {
+            // Forget the peer first: its "closed" event is not news (the
+            // policy driver reports the teardown).
+            self.set_peer(t.router_ip, None);
+            if t.connected {
+                self.drv.request_detached(Request::Disconnect(t.router_ip))?;
+            }
+        }
+        self.policy.teardown(terminal)
+    }
+
+    fn tunnels(&self) -> Vec<TunnelInfo> {
+        self.policy
+            .tunnels()
+            .into_iter()
+            .map(|mut t| {
+                t.status = if self.drv.is_up(t.router_ip) {
+                    TunnelStatus::Up
+                } else {
+                    TunnelStatus::Connecting
+                };
+                t
+            })
+            .collect()
+    }
+
+    fn reconcile(&mut self) -> Result<(), DriverError> {
+        self.policy.reconcile()
+    }
+}
+
+/// Maps the IKE driver's tunnel up/down to gatewayd's events; retries a
+/// tunnel that went down on its own.
+async fn forward_ike_events(
+    mut rx: UnboundedReceiver<IkeEvent>,
+    events: UnboundedSender<DriverEvent>,
+    peers: Peers,
+    drv: DriverHandle,
+) {
+    while let Some(ev) = rx.recv().await {
+        let (peer, status, detail, retry) = match ev {
+            IkeEvent::TunnelUp { peer, nat } => {
+                let detail = if nat {
+                    "IKE up (NAT detected, ESP in UDP)"
+                } else {
+                    "IKE up"
+                };
+                (peer, TunnelStatus::Up, detail.to_owned(), false)
+            }
+            IkeEvent::TunnelDown { peer, reason } => {
+                let retry = reason != DownReason::Closed;
+                (peer, TunnelStatus::Down, format!("IKE down: {reason:?}"), retry)
+            }
+            IkeEvent::Rejected { from, error } => {
+                log::warn!("IKE from {from} rejected: {error}");
+                continue;
+            }
+            IkeEvent::KernelError { sa, error } => {
+                log::warn!("kernel refused SA {sa:?}: {error}");
+                continue;
+            }
+            IkeEvent::RekeyFailed { peer, child } => {
+                log::warn!("rekey with {peer} failed (child {child:?})");
+                continue;
+            }
+            IkeEvent::ChildSaInstalled { .. } | IkeEvent::ChildSaRemoved { .. } => continue,
+        };
+        let Some(p) = peers.lock().ok().and_then(|m| m.get(&peer).cloned()) else {
+            continue;
+        };
+        log::info!("tunnel to {} ({peer}) slot {}: {detail}", p.terminal_id, p.slot);
+        // The receiver lives as long as gatewayd.
+        let _ = events.send(DriverEvent {
+            terminal_id: p.terminal_id.clone(),
+            slot: p.slot,
+            status,
+            detail,
+        });
+        if retry && p.config.is_some() {
+            let peers = peers.clone();
+            let drv = drv.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY_AFTER).await;
+                // Only if the tunnel is still wanted, with whatever
+                // configuration is current then.
+                let cfg = peers
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&peer).and_then(|p| p.config.clone()));
+                if let Some(cfg) = cfg {
+                    if !drv.is_up(peer) {
+                        log::info!("retrying IKE with {peer}");
+                        let _ = drv.request_detached(Request::Connect(cfg));
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use super::*;
+use std::net::UdpSocket;
+
+use tokio::sync::mpsc::unbounded_channel;
+use vpnnat_datapath::RecordingDatapath;
+use vpnnat_ike_driver::{DriverConfig, IkeDriver, Ports, RecordingInstaller, SaOp};
+
+const GW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const RT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+fn tid(s: &str) -> TerminalId {
+    TerminalId::new(s).unwrap()
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn nets() -> Vec<Ipv4Cidr> {
+    vec!["172.16.0.0/24".parse().unwrap()]
+}
+
+#[test]
+fn selector_bookkeeping() {
+    assert_eq!(next_action(false, 0, true), IkeAction::Nothing);
+    assert_eq!(next_action(false, 1, true), IkeAction::Connect);
+    assert_eq!(next_action(false, 2, false), IkeAction::Connect);
+    assert_eq!(next_action(true, 2, true), IkeAction::SetSelectors);
+    assert_eq!(next_action(true, 2, false), IkeAction::Nothing);
+    assert_eq!(next_action(true, 0, true), IkeAction::Disconnect);
+    assert_eq!(
+        center_selectors(&nets()),
+        vec![TrafficSelector::subnet(ip("172.16.0.0"), 24)]
+    );
+    assert_eq!(
+        address_selectors(&[ip("10.64.0.1"), ip("10.64.0.2")]),
+        vec![
+            TrafficSelector::host(ip("10.64.0.1")),
+            TrafficSelector::host(ip("10.64.0.2"))
+        ]
+    );
+}
+
+fn free_ports() -> Ports {
+    let a = UdpSocket::bind((GW, 0)).unwrap();
+    let b = UdpSocket::bind((GW, 0)).unwrap();
+    Ports {
+        ike: a.local_addr().unwrap().port(),
+        natt: b.local_addr().unwrap().port(),
+    }
+}
+
+async fn start(
+    local: Ipv4Addr,
+    ports: Ports,
+) -> Option<(DriverHandle, UnboundedReceiver<IkeEvent>, RecordingInstaller)> {
+    let mut cfg = DriverConfig::new(local);
+    cfg.ports = ports;
+    cfg.kernel_events = false;
+    cfg.shutdown_grace = Duration::from_secs(1);
+    let rec = RecordingInstaller::new();
+    let (h, ev) = IkeDriver::start(cfg, Box::new(rec.clone())).await.ok()?;
+    Some((h, ev, rec))
+}
+
+async fn wait<T: std::fmt::Debug>(rx: &mut UnboundedReceiver<T>, what: &str, f: impl Fn(&T) -> bool) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) if f(&e) => return e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("channel closed waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+fn router_cfg(addrs: &[Ipv4Addr], reqid: u32) -> TunnelConfig {
+    TunnelConfig {
+        peer: GW,
+        psk: Secret::from_slice(&[7; 32]),
+        local_ts: address_selectors(addrs),
+        remote_ts: center_selectors(&nets()),
+        reqid,
+        remote_id: None,
+    }
+}
+
+#[tokio::test]
+async fn connects_on_first_grant_rekeys_on_changes_and_closes() {
+    let mut sides = None;
+    for _ in 0..20 {
+        let ports = free_ports();
+        if let (Some(g), Some(r)) = (start(GW, ports).await, start(RT, ports).await) {
+            sides = Some((g, r));
+            break;
+        }
+    }
+    let ((gh, gev, grec), (rh, mut rev, _rrec)) = sides.expect("no free ports on loopback");
+    let reqid = REQID_BASE + 4;
+    let a1 = ip("10.64.0.1");
+    let a2 = ip("10.64.0.2");
+    rh.accept(router_cfg(&[a1, a2], reqid)).await.unwrap();
+
+    let (tx, mut rx) = unbounded_channel();
+    let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
+    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let t = tid("router-1");
+    d.setup(TunnelSpec {
+        terminal_id: t.clone(),
+        slot: 4,
+        router_ip: RT,
+        psk: Psk::from_array([7; 32]),
+    })
+    .unwrap();
+    // Nothing to negotiate before the first address.
+    wait(&mut rx, "connecting", |e| e.status == TunnelStatus::Connecting).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!gh.is_up(RT));
+    assert_eq!(d.tunnels()[0].status, TunnelStatus::Connecting);
+
+    d.add_addresses(&t, &[a1]).unwrap();
+    let up = wait(&mut rx, "up", |e| e.status == TunnelStatus::Up).await;
+    assert_eq!((up.terminal_id.clone(), up.slot), (t.clone(), 4));
+    assert_eq!(d.tunnels()[0].status, TunnelStatus::Up);
+    assert!(grec.installed().iter().all(|sa| sa.reqid == reqid));
+    assert_eq!(grec.installed().len(), 2);
+
+    // A second address: one CHILD rekey, the tunnel stays up.
+    wait(&mut rev, "first child", |e| {
+        matches!(e, IkeEvent::ChildSaInstalled { .. })
+    })
+    .await;
+    d.add_addresses(&t, &[a2]).unwrap();
+    wait(&mut rev, "rekeyed child", |e| {
+        matches!(e, IkeEvent::ChildSaInstalled { .. })
+    })
+    .await;
+    // Let the gateway finish the rekey (its new pair installed) before
+    // closing: the driver drops a tunnel closed mid-rekey without a DELETE
+    // reaching the router.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while grec.ops().iter().filter(|o| matches!(o, SaOp::Add(_))).count() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway never installed the rekeyed pair"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gh.is_up(RT));
+
+    // Teardown closes IKE; the policy driver reports the teardown.
+    d.teardown(&t).unwrap();
+    wait(&mut rev, "router down", |e| matches!(e, IkeEvent::TunnelDown { .. })).await;
+    let down = wait(&mut rx, "down", |e| e.status == TunnelStatus::Down).await;
+    assert_eq!(down.detail, "torn down on command");
+    assert!(d.tunnels().is_empty());
+    gh.shutdown().await;
+    rh.shutdown().await;
+}
