@@ -3,10 +3,9 @@
 //! [`TunnelDriver`] is what gatewayd calls; today's implementation,
 //! [`PolicyDriver`], programs the XFRM policies of each tunnel through the
 //! datapath library and reports every tunnel as *connecting* ("IKE
-//! pending"): there is no IKE driver yet, and a tunnel is never reported up
-//! unless something actually brought it up. A later IKE driver (the
-//! `vpnnat-ike` initiator over UDP) implements the same trait, keeps the
-//! policies the same way, installs the SAs it negotiates, and sends
+//! pending"): alone it never reports a tunnel up. The IKE driver
+//! ([`super::ike::IkeTunnelDriver`], gatewayd's `ike = true`) wraps it,
+//! negotiates and installs the SAs with the same reqid, and sends
 //! [`DriverEvent`]s for up/down (including dead-peer detection).
 //!
 //! Policies per VPNNAT /32 `v` of a router's tunnel, for each center network

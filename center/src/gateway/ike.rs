@@ -9,7 +9,8 @@
 //! selectors. A new router address or PSK closes the IKE SA and starts a
 //! new one. Tunnel up/down from the driver become [`DriverEvent`]s for
 //! centerd; a tunnel that went down on its own (dead peer, refused) is
-//! retried after [`RETRY_AFTER`].
+//! retried after [`RETRY_AFTER`], one we closed while it is still wanted
+//! (new PSK) at once.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -321,11 +322,18 @@ async fn forward_ike_events(
                 } else {
                     "IKE up"
                 };
-                (peer, TunnelStatus::Up, detail.to_owned(), false)
+                (peer, TunnelStatus::Up, detail.to_owned(), None)
             }
             IkeEvent::TunnelDown { peer, reason } => {
-                let retry = reason != DownReason::Closed;
-                (peer, TunnelStatus::Down, format!("IKE down: {reason:?}"), retry)
+                // Closed by us: for a new PSK (or a grant right after the
+                // last removal) the driver kept the old settings, so
+                // connect again at once with the current ones.
+                let delay = if reason == DownReason::Closed {
+                    Duration::ZERO
+                } else {
+                    RETRY_AFTER
+                };
+                (peer, TunnelStatus::Down, format!("IKE down: {reason:?}"), Some(delay))
             }
             IkeEvent::Rejected { from, error } => {
                 log::warn!("IKE from {from} rejected: {error}");
@@ -352,11 +360,13 @@ async fn forward_ike_events(
             status,
             detail,
         });
-        if retry && p.config.is_some() {
+        // Retry only a tunnel that is still wanted (teardown and the last
+        // address's removal clear its configuration first).
+        if let (Some(delay), true) = (retry, p.config.is_some()) {
             let peers = peers.clone();
             let drv = drv.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(RETRY_AFTER).await;
+                tokio::time::sleep(delay).await;
                 // Only if the tunnel is still wanted, with whatever
                 // configuration is current then.
                 let cfg = peers

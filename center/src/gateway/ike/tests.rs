@@ -150,6 +150,16 @@ async fn connects_on_first_grant_rekeys_on_changes_and_closes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(gh.is_up(RT));
 
+    // No address left: IKE closes; the next grant connects again (also
+    // right away, while the DELETE may still be in flight).
+    d.remove_addresses(&t, &[a1, a2]).unwrap();
+    d.add_addresses(&t, &[a1]).unwrap();
+    // (The driver may replace the closing IKE SA without reporting it
+    // down first.)
+    wait(&mut rx, "up again", |e| e.status == TunnelStatus::Up).await;
+    assert!(gh.is_up(RT));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     // Teardown closes IKE; the policy driver reports the teardown.
     d.teardown(&t).unwrap();
     wait(&mut rev, "router down", |e| matches!(e, IkeEvent::TunnelDown { .. })).await;
