@@ -143,6 +143,7 @@ pub struct PolicyDriver<D> {
     priority: u32,
     tunnels: BTreeMap<TerminalId, Tunnel>,
     events: UnboundedSender<DriverEvent>,
+    connecting_detail: &'static str,
 }
 
 /// Shown with every "connecting" event until an IKE driver exists.
@@ -163,7 +164,14 @@ impl<D: PolicyDatapath> PolicyDriver<D> {
             priority,
             tunnels: BTreeMap::new(),
             events,
+            connecting_detail: IKE_PENDING,
         }
+    }
+
+    /// The detail of the "connecting" event `setup` sends (default
+    /// [`IKE_PENDING`]; a wrapping IKE driver says what it does instead).
+    pub fn set_connecting_detail(&mut self, detail: &'static str) {
+        self.connecting_detail = detail;
     }
 
     pub fn datapath(&self) -> &D {
@@ -299,12 +307,13 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
             }
         }
         log::info!(
-            "tunnel to {} ({}) slot {}: connecting ({IKE_PENDING})",
+            "tunnel to {} ({}) slot {}: connecting ({})",
             spec.terminal_id,
             spec.router_ip,
-            spec.slot
+            spec.slot,
+            self.connecting_detail
         );
-        self.emit(&spec, TunnelStatus::Connecting, IKE_PENDING);
+        self.emit(&spec, TunnelStatus::Connecting, self.connecting_detail);
         Ok(())
     }
 

@@ -31,6 +31,9 @@ use super::driver::{DriverError, DriverEvent, PolicyDatapath, PolicyDriver, Tunn
 /// How long after a tunnel went down on its own IKE is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
+/// The detail of the "connecting" event at setup.
+pub const CONNECTING: &str = "policies installed; IKE connects with the first granted address";
+
 /// What one change of a tunnel's granted addresses asks of IKE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IkeAction {
@@ -118,12 +121,13 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
     /// started IKE driver with its event stream. Must be called inside a
     /// tokio runtime (spawns the event task).
     pub fn new(
-        policy: PolicyDriver<D>,
+        mut policy: PolicyDriver<D>,
         center_networks: &[Ipv4Cidr],
         drv: DriverHandle,
         ike_events: UnboundedReceiver<IkeEvent>,
         events: UnboundedSender<DriverEvent>,
     ) -> Self {
+        policy.set_connecting_detail(CONNECTING);
         let peers: Peers = Arc::new(Mutex::new(BTreeMap::new()));
         let task = tokio::spawn(forward_ike_events(ike_events, events, peers.clone(), drv.clone()));
         IkeTunnelDriver {

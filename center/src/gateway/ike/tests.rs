@@ -114,7 +114,8 @@ async fn connects_on_first_grant_rekeys_on_changes_and_closes() {
     })
     .unwrap();
     // Nothing to negotiate before the first address.
-    wait(&mut rx, "connecting", |e| e.status == TunnelStatus::Connecting).await;
+    let c = wait(&mut rx, "connecting", |e| e.status == TunnelStatus::Connecting).await;
+    assert_eq!(c.detail, CONNECTING);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!gh.is_up(RT));
     assert_eq!(d.tunnels()[0].status, TunnelStatus::Connecting);
