@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::SystemRandom;
 use thiserror::Error;
@@ -22,11 +22,12 @@ use vpnnat_proto::types::FailureCode;
 use vpnnat_proto::Outgoing;
 
 use crate::config::{ButtonPreset, Config};
+use crate::health::{CenterHealth, HealthSettings, HelperBoard, HelperView, Notifier, Problem};
 use crate::core::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
 use crate::http::{self, Backoff, HttpError};
 use crate::ike::IkeResponder;
 use crate::resolve::{parse_leases, NoDns, Resolver, SystemDns};
-use crate::state::{RouterState, StateError, StateStore};
+use crate::state::{RequestState, RouterState, StateError, StateStore};
 use crate::view::{self, HostView, StatusView};
 
 #[derive(Debug, Error)]
@@ -88,8 +89,8 @@ pub struct Parts {
     pub datapath: Box<dyn Datapath + Send>,
     pub ike: Box<dyn IkeResponder>,
     pub retry_initial: Duration,
-    /// How often the failure watch looks (30 s in production).
-    pub watch_period: Duration,
+    /// The failure watch's period and thresholds.
+    pub health: HealthSettings,
 }
 
 /// The daemon's shared core.
@@ -98,7 +99,11 @@ pub struct Router {
     id: Identity,
     rng: SystemRandom,
     retry_initial: Duration,
-    watch_period: Duration,
+    health: HealthSettings,
+    /// Router -> center exchanges that failed in a row.
+    center_health: std::sync::Mutex<CenterHealth>,
+    /// The supervised helpers (empty unless a supervisor runs).
+    pub helpers: HelperBoard,
     inner: Mutex<Inner>,
     /// Set when the operator asked for a reboot (maintenance interface).
     stop: tokio::sync::watch::Sender<bool>,
@@ -124,7 +129,9 @@ impl Router {
             cfg,
             rng: SystemRandom::new(),
             retry_initial: parts.retry_initial,
-            watch_period: parts.watch_period,
+            health: parts.health,
+            center_health: std::sync::Mutex::new(CenterHealth::default()),
+            helpers: HelperBoard::default(),
             inner: Mutex::new(Inner {
                 state,
                 store,
@@ -188,13 +195,27 @@ impl Router {
     }
 
     async fn send(&self, out: &Outgoing) -> Result<CenterReply, HttpError> {
-        http::send_to_center(
+        let r = http::send_to_center(
             &self.cfg.center_url.authority(),
             &self.cfg.center_url.prefix,
             out,
             self.cfg.center_timeout,
         )
-        .await
+        .await;
+        // Unreachable, timed out or failing (5xx) counts against the
+        // center's health; any other answer means it is there.
+        if let Ok(mut h) = self.center_health.lock() {
+            match &r {
+                Ok(reply) if reply.status < 500 => h.success(),
+                Ok(reply) => h.failure(&format!("{} answered {}", out.path, reply.status), Instant::now()),
+                Err(e) => h.failure(&format!("{}: {e}", out.path), Instant::now()),
+            }
+        }
+        r
+    }
+
+    pub fn health_settings(&self) -> &HealthSettings {
+        &self.health
     }
 
     pub async fn state(&self) -> RouterState {
@@ -271,8 +292,22 @@ impl Router {
         }
         log::warn!("failure notice sent ({code:?})");
         if let Some(b) = &self.cfg.button {
-            if let Err(e) = self.maintenance(preset_input(b)).await {
-                log::error!("preset maintenance request after a failure: {e}");
+            // One open request is enough for the operator to come and look:
+            // a second failure must not pile up requests.
+            let open = self
+                .state()
+                .await
+                .requests
+                .iter()
+                .find(|(_, r)| r.state == RequestState::Waiting)
+                .map(|(n, _)| *n);
+            match open {
+                Some(n) => log::info!("preset maintenance request skipped: request {n} is still open"),
+                None => {
+                    if let Err(e) = self.maintenance(preset_input(b)).await {
+                        log::error!("preset maintenance request after a failure: {e}");
+                    }
+                }
             }
         }
         Ok(())
@@ -562,7 +597,7 @@ pub async fn serve(
     {
         let r = router.clone();
         let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move { r.watch_failures(r.watch_period, stop).await });
+        tasks.spawn(async move { r.watch_failures(stop).await });
     }
     tokio::select! {
         _ = shutdown => {}
@@ -574,39 +609,70 @@ pub async fn serve(
 }
 
 impl Router {
-    /// Every `period`: retries the kernel reconcile if it failed, and turns
-    /// a persistent datapath or IKE failure into one failure notice (and the
-    /// preset maintenance request), not one per tick.
-    pub async fn watch_failures(&self, period: Duration, shutdown: impl Future<Output = ()>) {
+    /// Every failing condition now (see [`crate::health`]).
+    pub async fn problems(&self) -> Vec<Problem> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        if let Some(p) = self.center_health.lock().ok().and_then(|c| c.problem(&self.health, now)) {
+            out.push(p);
+        }
+        {
+            let inner = self.inner.lock().await;
+            if let Some(e) = &inner.datapath_error {
+                out.push(Problem {
+                    key: "datapath".into(),
+                    code: FailureCode::Vpnnat,
+                    detail: format!("datapath apply failed: {e}"),
+                });
+            }
+            if let crate::ike::IkeStatus::Failed(why) = inner.ike.status() {
+                out.push(Problem {
+                    key: "ike".into(),
+                    code: FailureCode::Ipsec,
+                    detail: format!("IKE responder down: {why}"),
+                });
+            }
+        }
+        out.extend(self.helpers.problems(now, &self.health));
+        out
+    }
+
+    /// The supervised helpers as the operator sees them.
+    pub fn helper_views(&self) -> Vec<HelperView> {
+        self.helpers.views(Instant::now(), &self.health)
+    }
+
+    /// Every period: retries the kernel reconcile (a full one, which also
+    /// repairs what someone changed by hand), collects the failing
+    /// conditions and sends a failure notice (then the preset maintenance
+    /// request) for the one [`Notifier`] says is due: one per episode of a
+    /// condition, rate-limited against flapping.
+    pub async fn watch_failures(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        // Keyed by code: the detail of a persistent failure changes with
-        // what the failing change was, and that is not a new failure.
-        let mut reported: Option<FailureCode> = None;
+        let mut notifier = Notifier::default();
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(self.health.period) => {}
             }
-            let problem = {
+            {
                 let mut inner = self.inner.lock().await;
-                // A full reconcile on every tick: retries a failed apply and
-                // repairs what someone changed in the kernel by hand.
                 inner.applied = None;
                 self.sync(&mut inner);
-                let ike = inner.ike.status();
-                match (&inner.datapath_error, ike) {
-                    (Some(e), _) => Some((FailureCode::Vpnnat, e.clone())),
-                    (None, crate::ike::IkeStatus::Failed(why)) => Some((FailureCode::Ipsec, why)),
-                    _ => None,
-                }
+            }
+            let problems = self.problems().await;
+            let now = Instant::now();
+            let Some(p) = notifier.due(&problems, now, &self.health) else {
+                continue;
             };
-            match problem {
-                None => reported = None,
-                Some((code, detail)) if reported != Some(code) => match self.report_failure(code, &detail).await {
-                    Ok(()) => reported = Some(code),
-                    Err(e) => log::warn!("failure notice not sent: {e}"),
-                },
-                Some(_) => {}
+            if self.inner.lock().await.state.installation.is_none() {
+                // No Secret(ID2) yet: nothing to sign a notice with.
+                continue;
+            }
+            notifier.attempted(now);
+            match self.report_failure(p.code, &p.detail).await {
+                Ok(()) => notifier.sent(&p.key, now),
+                Err(e) => log::warn!("failure notice ({}) not sent: {e}", p.key),
             }
         }
     }

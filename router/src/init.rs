@@ -165,17 +165,30 @@ pub fn power_off() -> ! {
     std::process::exit(1)
 }
 
-/// Reaps every child (orphans included) on SIGCHLD and hands exit statuses
-/// to whoever registered the pid, so statuses are never stolen from the
-/// supervisor. The one other waiter in the process is the datapath, which
-/// runs `nft` and waits for it; the reaper therefore reaps only while
-/// holding the router's state lock, under which every datapath call (spawn
-/// and wait included) runs, so it can never reap an `nft` child.
+/// Reaps children on SIGCHLD and hands exit statuses to whoever registered
+/// the pid, so statuses are never stolen from the supervisor.
+///
+/// As PID 1 (`reap_all`) it reaps every child, orphans included. The one
+/// other waiter in the process is the datapath, which runs `nft` and waits
+/// for it; the reaper therefore reaps only while holding the router's state
+/// lock, under which every datapath call (spawn and wait included) runs, so
+/// it can never reap an `nft` child. As an ordinary process (tests) it
+/// waits for the registered pids only.
 #[derive(Debug, Default)]
 struct Reaper {
+    reap_all: bool,
     waiting: HashMap<i32, oneshot::Sender<i32>>,
     /// Exits seen before their pid was registered.
     early: HashMap<i32, i32>,
+}
+
+/// `waitpid(pid, WNOHANG)`: the status if `pid` (or, with -1, any child)
+/// has exited.
+fn try_wait(pid: i32) -> Option<(i32, i32)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (got > 0).then_some((got, status))
 }
 
 impl Reaper {
@@ -187,19 +200,33 @@ impl Reaper {
             }
             None => {
                 self.waiting.insert(pid, tx);
+                // It may have exited before it was registered, its SIGCHLD
+                // already handled.
+                if !self.reap_all {
+                    if let Some((_, status)) = try_wait(pid) {
+                        if let Some(tx) = self.waiting.remove(&pid) {
+                            let _ = tx.send(status);
+                        }
+                    }
+                }
             }
         }
         rx
     }
 
     fn reap(&mut self) {
-        loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return;
+        if !self.reap_all {
+            let pids: Vec<i32> = self.waiting.keys().copied().collect();
+            for pid in pids {
+                if let Some((_, status)) = try_wait(pid) {
+                    if let Some(tx) = self.waiting.remove(&pid) {
+                        let _ = tx.send(status);
+                    }
+                }
             }
+            return;
+        }
+        while let Some((pid, status)) = try_wait(-1) {
             match self.waiting.remove(&pid) {
                 Some(tx) => {
                     let _ = tx.send(status);
@@ -215,23 +242,41 @@ impl Reaper {
     }
 }
 
-/// Starts helpers and restarts them with back-off when they exit.
+/// A wait status for people: `exit N` or `signal N`.
+fn describe(status: Option<i32>) -> String {
+    match status {
+        Some(s) if libc::WIFEXITED(s) => format!("exit {}", libc::WEXITSTATUS(s)),
+        Some(s) if libc::WIFSIGNALED(s) => format!("signal {}", libc::WTERMSIG(s)),
+        Some(s) => format!("status {s}"),
+        None => "did not start".into(),
+    }
+}
+
+/// Starts helpers and restarts them with back-off when they exit (or at
+/// once when the operator asks, [`crate::health::HelperBoard::request_restart`]).
+/// What it sees goes to the router's [`crate::health::HelperBoard`].
 #[derive(Debug)]
 pub struct Supervisor {
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
-    pids: Arc<Mutex<HashMap<String, i32>>>,
+    router: Arc<crate::daemon::Router>,
+    names: Vec<String>,
 }
 
 impl Supervisor {
-    /// Must be called inside the tokio runtime.
-    pub fn start(helpers: &[Helper], router: Arc<crate::daemon::Router>) -> Supervisor {
-        let reaper = Arc::new(Mutex::new(Reaper::default()));
+    /// Must be called inside the tokio runtime. `reap_all`: reap every
+    /// child (PID 1); otherwise only the helpers.
+    pub fn start(helpers: &[Helper], router: Arc<crate::daemon::Router>, reap_all: bool) -> Supervisor {
+        let reaper = Arc::new(Mutex::new(Reaper {
+            reap_all,
+            ..Reaper::default()
+        }));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         {
             let reaper = reaper.clone();
             let mut stop_rx = stop_rx.clone();
+            let router = router.clone();
             tasks.spawn(async move {
                 let mut chld = match signal(SignalKind::child()) {
                     Ok(s) => s,
@@ -256,20 +301,31 @@ impl Supervisor {
                 }
             });
         }
-        let pids = Arc::new(Mutex::new(HashMap::new()));
         for h in helpers {
-            tasks.spawn(supervise(h.clone(), reaper.clone(), pids.clone(), stop_rx.clone()));
+            let restart = router.helpers.register(&h.name);
+            tasks.spawn(supervise(
+                h.clone(),
+                reaper.clone(),
+                router.clone(),
+                restart,
+                stop_rx.clone(),
+            ));
         }
-        Supervisor { stop, tasks, pids }
+        Supervisor {
+            stop,
+            tasks,
+            router,
+            names: helpers.iter().map(|h| h.name.clone()).collect(),
+        }
     }
 
     /// SIGTERM to every helper, then waits for the supervision tasks.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        if let Ok(p) = self.pids.lock() {
-            for pid in p.values() {
+        for name in &self.names {
+            if let Some(pid) = self.router.helpers.pid(name) {
                 // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(*pid, libc::SIGTERM) };
+                unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -282,32 +338,47 @@ impl Supervisor {
 async fn supervise(
     h: Helper,
     reaper: Arc<Mutex<Reaper>>,
-    pids: Arc<Mutex<HashMap<String, i32>>>,
+    router: Arc<crate::daemon::Router>,
+    restart: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let settings = router.health_settings().clone();
+    let (first, longest) = settings.helper_backoff;
+    let mut backoff = Backoff::new(first, longest);
+    let Some((program, args)) = h.command.split_first() else {
+        return;
+    };
     loop {
-        let (program, args) = match h.command.split_first() {
-            Some(x) => x,
-            None => return,
-        };
         let started = tokio::time::Instant::now();
+        let mut asked = false;
         // std's Command, not tokio's: the reaper owns waitpid, and the Child
         // is dropped without waiting (dropping does not kill it).
         let exit = match std::process::Command::new(program).args(args).spawn() {
             Ok(child) => {
                 let pid = i32::try_from(child.id()).unwrap_or(0);
                 log::info!("helper {} started (pid {pid})", h.name);
-                let rx = match reaper.lock() {
+                let mut rx = match reaper.lock() {
                     Ok(mut r) => r.register(pid),
                     Err(_) => return,
                 };
-                if let Ok(mut p) = pids.lock() {
-                    p.insert(h.name.clone(), pid);
-                }
+                router.helpers.started(&h.name, pid);
                 drop(child);
                 tokio::select! {
-                    s = rx => s.ok(),
+                    s = &mut rx => s.ok(),
+                    _ = restart.notified() => {
+                        asked = true;
+                        log::warn!("helper {} restarted by the operator", h.name);
+                        // SAFETY: kill has no memory preconditions.
+                        unsafe { libc::kill(pid, libc::SIGTERM) };
+                        match tokio::time::timeout(Duration::from_secs(5), &mut rx).await {
+                            Ok(s) => s.ok(),
+                            Err(_) => {
+                                // SAFETY: as above.
+                                unsafe { libc::kill(pid, libc::SIGKILL) };
+                                rx.await.ok()
+                            }
+                        }
+                    }
                     _ = stop.changed() => return,
                 }
             }
@@ -316,17 +387,36 @@ async fn supervise(
                 None
             }
         };
-        log::warn!("helper {} exited (status {exit:?})", h.name);
-        // A helper that ran for a while gets a fresh back-off.
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let text = describe(exit);
+        router
+            .helpers
+            .exited(&h.name, &text, !asked, std::time::Instant::now(), &settings);
+        // A helper that ran for a while, or one the operator restarted,
+        // gets a fresh back-off.
+        if asked || started.elapsed() > longest {
+            backoff = Backoff::new(first, longest);
         }
+        if asked {
+            continue;
+        }
+        log::warn!("helper {} exited ({text})", h.name);
         let d = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
+            _ = restart.notified() => backoff = Backoff::new(first, longest),
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Reboots instead of the kernel panicking when PID 1 panics (the firmware
+/// profile aborts on panic): the message goes to the console first.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("routerd: {info}; rebooting");
+        want_reboot();
+        power_off();
+    }));
 }
 
 #[cfg(test)]
@@ -335,7 +425,10 @@ mod tests {
 
     #[test]
     fn reaper_delivers_early_and_late_exits() {
-        let mut r = Reaper::default();
+        let mut r = Reaper {
+            reap_all: true,
+            ..Reaper::default()
+        };
         r.early.insert(42, 7);
         let mut rx = r.register(42);
         assert_eq!(rx.try_recv().unwrap(), 7);

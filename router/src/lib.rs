@@ -12,10 +12,12 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod health;
 pub mod http;
 pub mod ike;
 pub mod ike_driver;
 pub mod init;
+pub mod logring;
 pub mod resolve;
 pub mod secret;
 #[cfg(test)]

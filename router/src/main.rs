@@ -13,6 +13,7 @@ use vpnnat_datapath::{Datapath, KernelDatapath, RecordingDatapath};
 use vpnnat_router::cli::{daemon_addr, Cli, Command, EXIT_CONFIG, EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK};
 use vpnnat_router::config::Config;
 use vpnnat_router::daemon::{self, Parts, Router};
+use vpnnat_router::health::HealthSettings;
 use vpnnat_router::http::{self, HttpError};
 use vpnnat_router::ike::{IkeResponder, StaticResponder};
 use vpnnat_router::ike_driver::IkeDriverResponder;
@@ -34,7 +35,11 @@ impl<E: Into<anyhow::Error>> From<E> for Fail {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let pid1 = std::process::id() == 1;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // stderr as before, plus the ring the maintenance interface shows.
+    vpnnat_router::logring::install("info");
+    if pid1 {
+        init::install_panic_hook();
+    }
     match dispatch(cli, pid1) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(Fail(code, e)) => {
@@ -233,7 +238,7 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
                 datapath,
                 ike,
                 retry_initial: Duration::from_secs(1),
-                watch_period: Duration::from_secs(30),
+                health: HealthSettings::default(),
             },
         )
         .await?;
@@ -251,7 +256,7 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
             cfg.server_part_listen
         );
         let helpers = if pid1 {
-            Some(init::Supervisor::start(&cfg.helpers, router.clone()))
+            Some(init::Supervisor::start(&cfg.helpers, router.clone(), true))
         } else {
             None
         };

@@ -89,7 +89,10 @@ impl Running {
                 datapath: Box::new(dp),
                 ike: Box::new(StaticResponder::default()),
                 retry_initial: Duration::from_millis(20),
-                watch_period,
+                health: crate::health::HealthSettings {
+                    period: watch_period,
+                    ..crate::health::HealthSettings::default()
+                },
             },
         )
         .await

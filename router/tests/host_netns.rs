@@ -120,7 +120,7 @@ async fn restart(cfg: &Arc<Config>) -> Arc<Router> {
             datapath: Box::new(kernel()),
             ike: Box::new(StaticResponder::default()),
             retry_initial: Duration::from_millis(10),
-            watch_period: Duration::from_secs(30),
+            health: vpnnat_router::health::HealthSettings::default(),
         },
     )
     .await

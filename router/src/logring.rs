@@ -1,0 +1,202 @@
+//! The router's recent log, kept in memory for the operator's maintenance
+//! interface ([0180]): a bounded ring of the last [`CAPACITY`] lines, each
+//! cut at [`MAX_LINE`] bytes, so it costs at most ~100 KiB however long
+//! the router runs.
+//!
+//! [`install`] puts a [`log::Log`] in front of env_logger: every record
+//! env_logger would print (same `RUST_LOG` filter) also lands in the ring.
+//! Secrets are never logged by the daemon (the proto key types print as
+//! `<redacted>`); as a second line of defence every run of 32 or more hex
+//! digits (a PSK, Secret(ID), Secret(ID2) in hex) is masked on the way in.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+
+/// Lines kept.
+pub const CAPACITY: usize = 256;
+/// Bytes kept of one line.
+pub const MAX_LINE: usize = 400;
+
+/// A bounded ring of log lines.
+#[derive(Debug)]
+pub struct LogRing {
+    lines: Mutex<VecDeque<String>>,
+    capacity: usize,
+}
+
+impl LogRing {
+    pub fn new(capacity: usize) -> Self {
+        LogRing {
+            lines: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    /// Appends one line (masked and cut), dropping the oldest beyond the
+    /// capacity.
+    pub fn push(&self, line: &str) {
+        let line = mask_hex_runs(line);
+        let line = cut(&line, MAX_LINE);
+        if let Ok(mut l) = self.lines.lock() {
+            while l.len() >= self.capacity.max(1) {
+                l.pop_front();
+            }
+            l.push_back(line);
+        }
+    }
+
+    /// The lines, oldest first.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The process's ring (what [`install`]'s logger fills).
+pub fn global() -> &'static LogRing {
+    static RING: OnceLock<LogRing> = OnceLock::new();
+    RING.get_or_init(|| LogRing::new(CAPACITY))
+}
+
+/// `line` with every run of 32+ hex digits replaced by `<hex redacted>`.
+fn mask_hex_runs(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 32 {
+            out.push_str("<hex redacted>");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in line.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// At most `max` bytes of `s`, on a character boundary, `…` marking a cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (UTC, proleptic Gregorian).
+pub fn utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// env_logger for stderr, and the ring.
+struct Tee {
+    inner: env_logger::Logger,
+}
+
+impl log::Log for Tee {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(m)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.inner.matches(record) {
+            return;
+        }
+        self.inner.log(record);
+        global().push(&format_record(record));
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+fn format_record(record: &log::Record<'_>) -> String {
+    let mut line = String::new();
+    let _ = write!(
+        line,
+        "{} {:<5} {}: {}",
+        utc(crate::daemon::unix_now()),
+        record.level(),
+        record.target(),
+        record.args()
+    );
+    line
+}
+
+/// Installs the logger (env_logger's `RUST_LOG`, default `default_level`)
+/// that also fills [`global`]. A second call does nothing.
+pub fn install(default_level: &str) {
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_keeps_the_newest() {
+        let r = LogRing::new(3);
+        for i in 0..10 {
+            r.push(&format!("line {i}"));
+        }
+        assert_eq!(r.snapshot(), ["line 7", "line 8", "line 9"]);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_hex_secrets_masked() {
+        let r = LogRing::new(4);
+        r.push(&"é".repeat(MAX_LINE));
+        let l = &r.snapshot()[0];
+        assert!(l.len() <= MAX_LINE + '…'.len_utf8() && l.ends_with('…'), "{}", l.len());
+        r.push(&format!("psk {} end, id abc123", "ab".repeat(32)));
+        assert_eq!(r.snapshot()[1], "psk <hex redacted> end, id abc123");
+    }
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_800_000_000), "2027-01-15T08:00:00Z");
+    }
+}
