@@ -22,8 +22,8 @@ use vpnnat_proto::types::FailureCode;
 use vpnnat_proto::Outgoing;
 
 use crate::config::{ButtonPreset, Config};
-use crate::health::{CenterHealth, HealthSettings, HelperBoard, HelperView, Notifier, Problem};
 use crate::core::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
+use crate::health::{CenterHealth, HealthSettings, HelperBoard, HelperView, Notifier, Problem};
 use crate::http::{self, Backoff, HttpError};
 use crate::ike::IkeResponder;
 use crate::resolve::{parse_leases, NoDns, Resolver, SystemDns};
@@ -613,7 +613,12 @@ impl Router {
     pub async fn problems(&self) -> Vec<Problem> {
         let now = Instant::now();
         let mut out = Vec::new();
-        if let Some(p) = self.center_health.lock().ok().and_then(|c| c.problem(&self.health, now)) {
+        if let Some(p) = self
+            .center_health
+            .lock()
+            .ok()
+            .and_then(|c| c.problem(&self.health, now))
+        {
             out.push(p);
         }
         {

@@ -236,7 +236,12 @@ impl HelperBoard {
     /// Asks the helper's supervisor to restart it now. False: no such
     /// helper is supervised.
     pub fn request_restart(&self, name: &str) -> bool {
-        match self.helpers.lock().ok().and_then(|h| h.get(name).map(|e| e.restart.clone())) {
+        match self
+            .helpers
+            .lock()
+            .ok()
+            .and_then(|h| h.get(name).map(|e| e.restart.clone()))
+        {
             Some(n) => {
                 n.notify_one();
                 true
@@ -350,7 +355,10 @@ mod tests {
             let problems = if i % 2 == 0 { vec![] } else { vec![p("ike")] };
             sent += usize::from(tick(&mut n, &problems, at(2100 + i * 30), &s).is_some());
         }
-        assert_eq!(sent, 1, "the first return after 600 s of the last notice is reported, then quiet");
+        assert_eq!(
+            sent, 1,
+            "the first return after 600 s of the last notice is reported, then quiet"
+        );
     }
 
     #[test]
@@ -393,7 +401,10 @@ mod tests {
         assert!(n.due(&[p("ike")], t0, &s).is_some());
         n.attempted(t0);
         assert!(n.due(&[p("ike")], t0 + Duration::from_secs(10), &s).is_none());
-        assert!(n.due(&[p("ike")], t0 + Duration::from_secs(60), &s).is_some(), "retried");
+        assert!(
+            n.due(&[p("ike")], t0 + Duration::from_secs(60), &s).is_some(),
+            "retried"
+        );
     }
 
     #[test]
@@ -431,7 +442,10 @@ mod tests {
         b.exited("dnsmasq", "exit 1", true, t0, &s);
         b.exited("dnsmasq", "exit 1", true, t0 + Duration::from_secs(50), &s);
         b.exited("dnsmasq", "exit 1", true, t0 + Duration::from_secs(61), &s);
-        assert!(b.problems(t0 + Duration::from_secs(61), &s).is_empty(), "the first is out of the window");
+        assert!(
+            b.problems(t0 + Duration::from_secs(61), &s).is_empty(),
+            "the first is out of the window"
+        );
         b.exited("dnsmasq", "exit 1", true, t0 + Duration::from_secs(62), &s);
         let pr = b.problems(t0 + Duration::from_secs(62), &s);
         assert_eq!(pr.len(), 1);

@@ -93,6 +93,8 @@ pub struct StaticResponder {
     pub settings: Option<ResponderSettings>,
     /// How many times `configure` was called.
     pub configured: usize,
+    /// When set (shared with a test), the responder reports `failed`.
+    pub fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl IkeResponder for StaticResponder {
@@ -102,6 +104,9 @@ impl IkeResponder for StaticResponder {
     }
 
     fn status(&self) -> IkeStatus {
+        if let Some(why) = self.fault.lock().ok().and_then(|f| f.clone()) {
+            return IkeStatus::Failed(why);
+        }
         match self.settings {
             None => IkeStatus::Unconfigured,
             Some(_) => IkeStatus::Listening,

@@ -259,8 +259,7 @@ fn describe(status: Option<i32>) -> String {
 pub struct Supervisor {
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
-    router: Arc<crate::daemon::Router>,
-    names: Vec<String>,
+    reaper: tokio::task::JoinHandle<()>,
 }
 
 impl Supervisor {
@@ -273,11 +272,12 @@ impl Supervisor {
         }));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        {
+        // Runs until the helpers' tasks are done (their last exits must be
+        // reaped), then is aborted.
+        let reaper_task = {
             let reaper = reaper.clone();
-            let mut stop_rx = stop_rx.clone();
             let router = router.clone();
-            tasks.spawn(async move {
+            tokio::spawn(async move {
                 let mut chld = match signal(SignalKind::child()) {
                     Ok(s) => s,
                     Err(e) => {
@@ -285,22 +285,17 @@ impl Supervisor {
                         return;
                     }
                 };
-                loop {
-                    tokio::select! {
-                        _ = chld.recv() => {
-                            router
-                                .with_datapath(|_| {
-                                    if let Ok(mut r) = reaper.lock() {
-                                        r.reap();
-                                    }
-                                })
-                                .await;
-                        }
-                        _ = stop_rx.changed() => return,
-                    }
+                while chld.recv().await.is_some() {
+                    router
+                        .with_datapath(|_| {
+                            if let Ok(mut r) = reaper.lock() {
+                                r.reap();
+                            }
+                        })
+                        .await;
                 }
-            });
-        }
+            })
+        };
         for h in helpers {
             let restart = router.helpers.register(&h.name);
             tasks.spawn(supervise(
@@ -314,24 +309,18 @@ impl Supervisor {
         Supervisor {
             stop,
             tasks,
-            router,
-            names: helpers.iter().map(|h| h.name.clone()).collect(),
+            reaper: reaper_task,
         }
     }
 
-    /// SIGTERM to every helper, then waits for the supervision tasks.
+    /// Every helper gets SIGTERM (SIGKILL after 5 s) and is waited for.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        for name in &self.names {
-            if let Some(pid) = self.router.helpers.pid(name) {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
+        self.reaper.abort();
     }
 }
 
@@ -368,18 +357,14 @@ async fn supervise(
                     _ = restart.notified() => {
                         asked = true;
                         log::warn!("helper {} restarted by the operator", h.name);
-                        // SAFETY: kill has no memory preconditions.
-                        unsafe { libc::kill(pid, libc::SIGTERM) };
-                        match tokio::time::timeout(Duration::from_secs(5), &mut rx).await {
-                            Ok(s) => s.ok(),
-                            Err(_) => {
-                                // SAFETY: as above.
-                                unsafe { libc::kill(pid, libc::SIGKILL) };
-                                rx.await.ok()
-                            }
-                        }
+                        terminate(pid, &mut rx).await
                     }
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => {
+                        let s = terminate(pid, &mut rx).await;
+                        log::info!("helper {} stopped ({})", h.name, describe(s));
+                        router.helpers.exited(&h.name, &describe(s), false, std::time::Instant::now(), &settings);
+                        return;
+                    }
                 }
             }
             Err(e) => {
@@ -405,6 +390,23 @@ async fn supervise(
             _ = tokio::time::sleep(d) => {}
             _ = restart.notified() => backoff = Backoff::new(first, longest),
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s; the exit status.
+async fn terminate(pid: i32, rx: &mut oneshot::Receiver<i32>) -> Option<i32> {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    match tokio::time::timeout(Duration::from_secs(5), &mut *rx).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            tokio::time::timeout(Duration::from_secs(2), rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
         }
     }
 }

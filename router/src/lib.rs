@@ -8,6 +8,8 @@
 //! ([`ike_driver`] its implementation on the real driver);
 //! [`http`], [`daemon`] and [`init`] are the I/O shell.
 
+#[cfg(test)]
+mod browser_tests;
 pub mod cli;
 pub mod config;
 pub mod core;

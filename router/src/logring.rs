@@ -48,7 +48,10 @@ impl LogRing {
 
     /// The lines, oldest first.
     pub fn snapshot(&self) -> Vec<String> {
-        self.lines.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+        self.lines
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -167,6 +170,18 @@ pub fn install(default_level: &str) {
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
         log::set_max_level(max);
+    }
+}
+
+/// The same logger for the unit tests (output captured by the harness).
+#[cfg(test)]
+pub fn install_for_tests() {
+    let inner = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .is_test(true)
+        .build();
+    if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
     }
 }
 

@@ -17,6 +17,7 @@ use vpnnat_proto::{decode_response, Outgoing};
 use crate::config::tests::SECRET_HEX;
 use crate::config::Config;
 use crate::daemon::{serve, unix_now, Parts, Router};
+use crate::health::HealthSettings;
 use crate::http::{self, auth_headers};
 use crate::ike::StaticResponder;
 use crate::state::RequestState;
@@ -24,7 +25,7 @@ use crate::testing::{CenterSim, FakeCenter};
 use crate::view::StatusView;
 use crate::web::{ApiAccepted, ApiError, ApiRequest};
 
-fn config(center: std::net::SocketAddr, dir: &std::path::Path) -> Arc<Config> {
+pub(crate) fn config(center: std::net::SocketAddr, dir: &std::path::Path) -> Arc<Config> {
     let text = format!(
         r#"
 terminal_id = "router-1"
@@ -62,37 +63,47 @@ terminals = ["printer"]
     Arc::new(Config::parse(&text, std::path::Path::new("test.toml")).unwrap())
 }
 
-fn tmpdir(tag: &str) -> PathBuf {
+pub(crate) fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("routerd-shell-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
-struct Running {
-    router: Arc<Router>,
-    lan: String,
+pub(crate) struct Running {
+    pub(crate) router: Arc<Router>,
+    pub(crate) lan: String,
     center_port: String,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn start(cfg: Arc<Config>) -> Running {
+    pub(crate) async fn start(cfg: Arc<Config>) -> Running {
         Self::start_with(cfg, RecordingDatapath::new(), Duration::from_secs(30)).await
     }
 
     async fn start_with(cfg: Arc<Config>, dp: RecordingDatapath, watch_period: Duration) -> Running {
+        let health = HealthSettings {
+            period: watch_period,
+            ..HealthSettings::default()
+        };
+        Self::start_full(cfg, dp, StaticResponder::default(), health).await
+    }
+
+    async fn start_full(
+        cfg: Arc<Config>,
+        dp: RecordingDatapath,
+        ike: StaticResponder,
+        health: HealthSettings,
+    ) -> Running {
         let router = Router::new(
             cfg,
             Parts {
                 datapath: Box::new(dp),
-                ike: Box::new(StaticResponder::default()),
+                ike: Box::new(ike),
                 retry_initial: Duration::from_millis(20),
-                health: crate::health::HealthSettings {
-                    period: watch_period,
-                    ..crate::health::HealthSettings::default()
-                },
+                health,
             },
         )
         .await
@@ -114,7 +125,7 @@ impl Running {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
@@ -154,7 +165,7 @@ impl Running {
         }
     }
 
-    async fn wait_installed(&self) {
+    pub(crate) async fn wait_installed(&self) {
         for _ in 0..200 {
             if self.status().await.installed {
                 return;
@@ -166,7 +177,7 @@ impl Running {
 
     /// Sends a center command to the server part; returns status and the
     /// raw answer.
-    async fn command(&self, out: &Outgoing) -> (u16, hyper::HeaderMap, Vec<u8>) {
+    pub(crate) async fn command(&self, out: &Outgoing) -> (u16, hyper::HeaderMap, Vec<u8>) {
         http::request(
             &self.center_port,
             Method::POST,
@@ -179,14 +190,14 @@ impl Running {
         .unwrap()
     }
 
-    async fn mappings(&self) -> usize {
+    pub(crate) async fn mappings(&self) -> usize {
         self.router
             .with_datapath(|dp| dp.observe().unwrap().nat.map_or(0, |n| n.mappings.len()))
             .await
     }
 }
 
-async fn start_center(cfg_secret: vpnnat_proto::keys::SecretId, listener: TcpListener) -> Arc<CenterSim> {
+pub(crate) async fn start_center(cfg_secret: vpnnat_proto::keys::SecretId, listener: TcpListener) -> Arc<CenterSim> {
     let mut c = FakeCenter::new("router-1", cfg_secret);
     c.now = unix_now();
     let sim = Arc::new(CenterSim(std::sync::Mutex::new(c)));
@@ -272,7 +283,8 @@ async fn whole_flow_over_http() {
     let page = String::from_utf8(page).unwrap();
     assert_eq!(s, 200);
     assert!(
-        page.contains("<td>101</td><td>waiting</td>") && page.contains("value=\"printer\""),
+        page.contains("<td class=\"number\">101</td><td class=\"state\">waiting</td>")
+            && page.contains("value=\"printer\""),
         "{page}"
     );
 
@@ -514,5 +526,257 @@ async fn maintenance_interface_needs_the_password_and_reboots() {
         .await
         .unwrap()
         .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `Authorization: Basic` with the fake center's maintenance password.
+fn maintenance_auth() -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("op:maintenance-pw")
+    )
+}
+
+impl Running {
+    async fn maintenance(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        extra: &[(&str, &str)],
+    ) -> (u16, Vec<u8>) {
+        let auth = maintenance_auth();
+        let mut h = vec![("authorization", auth.as_str())];
+        h.extend_from_slice(extra);
+        let (s, _, b) = http::request(
+            &self.center_port,
+            method,
+            path,
+            &h,
+            body.map(<[u8]>::to_vec),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        (s, b)
+    }
+
+    async fn maintenance_api(&self) -> serde_json::Value {
+        let (s, b) = self.maintenance(Method::GET, "/maintenance/api", None, &[]).await;
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    /// Polls the maintenance API until `f` holds (10 s at most).
+    async fn wait_api(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let start = std::time::Instant::now();
+        loop {
+            let v = self.maintenance_api().await;
+            if f(&v) {
+                return v;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn wait_center(center: &CenterSim, what: &str, f: impl Fn(&FakeCenter) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        {
+            let c = center.0.lock().unwrap();
+            if f(&c) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}: {:?}", c.seen);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn helper(name: &str, command: &[&str]) -> crate::config::Helper {
+    crate::config::Helper {
+        name: name.into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_interface_shows_log_grants_failures_and_restarts_a_helper() {
+    crate::logring::install_for_tests();
+    let dir = tmpdir("maint-log");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    let (s, b) = rt.post("/api/request", api_request(&["pc1"]), None).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let sup = crate::init::Supervisor::start(&[helper("sleeper", &["/bin/sleep", "1000"])], rt.router.clone(), false);
+
+    let v = rt.wait_api("helper running", |v| v["helpers"][0]["pid"].is_i64()).await;
+    // Grants: pc1 with its VPNNAT address and request number.
+    assert_eq!(v["grants"][0]["name"], "pc1");
+    assert_eq!(v["grants"][0]["real"], "192.168.1.10");
+    assert_eq!(v["grants"][0]["requests"][0], 101);
+    // No failure now, none reported.
+    assert_eq!(v["failures"], serde_json::json!([]));
+    assert!(v["last_failure"].is_null());
+    // The log: what the daemon logged, no secret.
+    let log: Vec<String> = serde_json::from_value(v["log"].clone()).unwrap();
+    let all = log.join("\n");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("INFO") && l.contains("maintenance request 101 accepted")),
+        "{all}"
+    );
+    for secret in ["maintenance-pw", &"33".repeat(32), &"22".repeat(32), SECRET_HEX] {
+        assert!(!all.contains(secret), "secret in the log view");
+    }
+    // The page shows the same.
+    let (s, page) = rt.maintenance(Method::GET, "/maintenance", None, &[]).await;
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(s, 200);
+    assert!(page.contains("<pre id=\"log\">") && page.contains("maintenance request 101 accepted"));
+    assert!(page.contains("10.64.0.19") || page.contains("pc1"), "{page}");
+    assert!(page.contains("value=\"sleeper\""), "restart button: {page}");
+
+    // Restart the helper: a new process, and it is not counted as a crash.
+    let old = v["helpers"][0]["pid"].as_i64().unwrap();
+    let (s, b) = rt
+        .maintenance(
+            Method::POST,
+            "/maintenance/restart-helper",
+            Some(b"helper=sleeper"),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 202, "{}", String::from_utf8_lossy(&b));
+    let v = rt
+        .wait_api("restarted", |v| {
+            v["helpers"][0]["pid"].as_i64().is_some_and(|p| p != old) && v["helpers"][0]["starts"] == 2
+        })
+        .await;
+    assert_eq!(v["helpers"][0]["recent_exits"], 0);
+    assert_eq!(v["helpers"][0]["last_exit"], "signal 15");
+    // SAFETY: kill(pid, 0) only checks for existence. The old one was reaped.
+    assert_eq!(unsafe { libc::kill(old as i32, 0) }, -1);
+    // Unknown helper, wrong method, cross-site: refused.
+    let (s, _) = rt
+        .maintenance(Method::POST, "/maintenance/restart-helper", Some(b"helper=nope"), &[])
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = rt
+        .maintenance(Method::GET, "/maintenance/restart-helper", None, &[])
+        .await;
+    assert_eq!(s, 405);
+    let (s, _) = rt
+        .maintenance(
+            Method::POST,
+            "/maintenance/restart-helper",
+            Some(b"helper=sleeper"),
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(s, 403);
+    assert_eq!(rt.maintenance_api().await["helpers"][0]["starts"], 2);
+    let last = rt.router.helpers.pid("sleeper").unwrap();
+    sup.stop().await;
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(last, 0) },
+        -1,
+        "the supervisor stopped and reaped its helper"
+    );
+    assert_eq!(rt.router.helper_views()[0].last_exit.as_deref(), Some("signal 15"));
+    assert_eq!(rt.router.helper_views()[0].pid, None);
+    assert!(center.0.lock().unwrap().failures.is_empty());
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_watch_reports_a_crash_looping_helper_the_ike_responder_and_the_center_once_each() {
+    let dir = tmpdir("health");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    let ike = StaticResponder::default();
+    let ike_fault = ike.fault.clone();
+    let health = HealthSettings {
+        period: Duration::from_millis(30),
+        center_failures: 3,
+        crash_loop_exits: 3,
+        crash_loop_window: Duration::from_secs(60),
+        repeat_after: Duration::from_secs(3600),
+        min_gap: Duration::ZERO,
+        helper_backoff: (Duration::from_millis(5), Duration::from_millis(20)),
+    };
+    let rt = Running::start_full(cfg, RecordingDatapath::new(), ike, health).await;
+    rt.wait_installed().await;
+
+    // A helper that exits at once, again and again.
+    let sup = crate::init::Supervisor::start(&[helper("flaky", &["/bin/false"])], rt.router.clone(), false);
+    wait_center(&center, "helper notice and the preset request", |c| {
+        c.seen.iter().any(|p| p == "/v1/router/maintenance")
+    })
+    .await;
+    {
+        let c = center.0.lock().unwrap();
+        assert_eq!(c.failures.len(), 1);
+        assert_eq!(c.failures[0].code, vpnnat_proto::types::FailureCode::Other);
+        assert!(c.failures[0].detail.as_str().contains("helper flaky crash-looping"));
+    }
+    // The preset request's grants are committed after the center answered.
+    let v = rt
+        .wait_api("preset request", |v| v["grants"][0]["name"] == "printer")
+        .await;
+    assert_eq!(v["status"]["requests"][0]["claimant_name"], "Preset");
+    // It keeps crash-looping through many more watch periods (its starts
+    // counter shows the supervisor at work): still one notice.
+    let starts = |v: &serde_json::Value| v["helpers"][0]["starts"].as_u64().unwrap_or(0);
+    let now = starts(&rt.maintenance_api().await);
+    let v = rt.wait_api("more restarts", |v| starts(v) >= now + 15).await;
+    assert_eq!(v["helpers"][0]["crash_looping"], true);
+    assert!(v["failures"][0]["detail"].as_str().unwrap().contains("flaky"));
+    sup.stop().await;
+
+    // The IKE responder goes down: one notice (Ipsec); the preset request
+    // is not repeated while request 101 is open.
+    *ike_fault.lock().unwrap() = Some("socket closed".into());
+    wait_center(&center, "IKE notice", |c| c.failures.len() == 2).await;
+    {
+        let c = center.0.lock().unwrap();
+        assert_eq!(c.failures[1].code, vpnnat_proto::types::FailureCode::Ipsec);
+        assert!(c.failures[1].detail.as_str().contains("socket closed"));
+        assert_eq!(c.seen.iter().filter(|p| *p == "/v1/router/maintenance").count(), 1);
+    }
+    *ike_fault.lock().unwrap() = None;
+
+    // The center fails three exchanges in a row (503): "unreachable". The
+    // notice gets through once the center answers again.
+    center.0.lock().unwrap().refuse = Some((503, "overloaded".into()));
+    for _ in 0..3 {
+        let (s, _) = rt.post("/api/request", api_request(&["pc1"]), None).await;
+        assert_eq!(s, 502);
+    }
+    rt.wait_api("center condition", |v| {
+        v["failures"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|p| p["key"] == "center"))
+    })
+    .await;
+    center.0.lock().unwrap().refuse = None;
+    wait_center(&center, "center notice", |c| c.failures.len() == 3).await;
+    let third = center.0.lock().unwrap().failures[2].clone();
+    assert_eq!(third.code, vpnnat_proto::types::FailureCode::Wan);
+    let detail = third.detail.as_str();
+    assert!(
+        detail.contains("center unreachable") && detail.contains("503"),
+        "{detail}"
+    );
+    rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

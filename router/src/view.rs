@@ -127,6 +127,38 @@ pub fn hosts(known: &BTreeMap<String, (Ipv4Addr, Source)>, state: &RouterState) 
     out.into_values().collect()
 }
 
+/// One row of the host table (a granted extension terminal), for the
+/// operator.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GrantView {
+    pub name: String,
+    pub real: Ipv4Addr,
+    pub vpnnat: Ipv4Addr,
+    pub requests: Vec<u64>,
+}
+
+pub fn grants(state: &RouterState) -> Vec<GrantView> {
+    state
+        .hosts
+        .iter()
+        .map(|(n, h)| GrantView {
+            name: n.to_string(),
+            real: h.real,
+            vpnnat: h.vpnnat,
+            requests: h.requests.iter().copied().collect(),
+        })
+        .collect()
+}
+
+pub fn grants_text(grants: &[GrantView]) -> String {
+    let mut s = format!("{:<24} {:<16} {:<16} {}\n", "NAME", "REAL", "VPNNAT", "REQUESTS");
+    for g in grants {
+        let reqs: Vec<String> = g.requests.iter().map(u64::to_string).collect();
+        let _ = writeln!(s, "{:<24} {:<16} {:<16} {}", g.name, g.real, g.vpnnat, reqs.join(","));
+    }
+    s
+}
+
 pub fn hosts_text(hosts: &[HostView]) -> String {
     let mut s = format!("{:<24} {:<16} {:<8} {}\n", "NAME", "REAL", "SOURCE", "VPNNAT");
     for h in hosts {

@@ -196,16 +196,16 @@ impl LanPage {
             );
         }
         b.push_str("</fieldset>");
-        b.push_str("<label for=\"urgency\">Urgency</label><select id=\"urgency\" name=\"urgency\"><option>low</option><option selected>normal</option><option>high</option><option>emergency</option></select>");
+        b.push_str("<label for=\"urgency\">Urgency</label><select id=\"urgency\" name=\"urgency\"><option value=\"low\">low</option><option value=\"normal\" selected>normal</option><option value=\"high\">high</option><option value=\"emergency\">emergency</option></select>");
         b.push_str("<label for=\"phone\">Phone</label><input type=\"text\" id=\"phone\" name=\"phone\" required maxlength=\"32\">");
         b.push_str("<label for=\"content\">What is wrong?</label><textarea id=\"content\" name=\"content\" rows=\"4\" required maxlength=\"4096\"></textarea>");
-        b.push_str("<p><button type=\"submit\">Send request</button></p></form>");
+        b.push_str("<p><button type=\"submit\" id=\"send\">Send request</button></p></form>");
         b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th></tr>");
         for r in &status.requests {
+            let n = r.acceptance_number;
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                r.acceptance_number,
+                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td></tr>",
                 r.state,
                 escape(&r.claimant_name),
                 escape(&r.terminals.join(", "))
@@ -240,6 +240,17 @@ fn api_result(r: Result<Accepted, (u16, String)>) -> Reply {
     }
 }
 
+/// A POST whose `Origin` is not this very server: refused.
+fn cross_site_origin(req: &Incoming1) -> Option<Reply> {
+    if req.method != Method::POST {
+        return None;
+    }
+    let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+    let origin = header("origin")?;
+    let host = header("host").unwrap_or_default();
+    (origin != format!("http://{host}")).then(|| text(403, "cross-site request refused"))
+}
+
 /// Refuses cross-site POSTs: a web page on the Internet that a LAN user
 /// visits must not be able to make the user's browser ask for maintenance
 /// (which opens a LAN device to the center). Browsers send `Origin` on
@@ -250,13 +261,10 @@ fn cross_site(req: &Incoming1) -> Option<Reply> {
     if req.method != Method::POST {
         return None;
     }
-    let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
-    if let Some(origin) = header("origin") {
-        let host = header("host").unwrap_or_default();
-        if origin != format!("http://{host}") {
-            return Some(text(403, "cross-site request refused"));
-        }
+    if let Some(r) = cross_site_origin(req) {
+        return Some(r);
     }
+    let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
     if req.path.starts_with("/api/") && !header("content-type").is_some_and(|c| c.starts_with("application/json")) {
         return Some(text(415, "the API takes application/json"));
     }
@@ -337,43 +345,124 @@ impl CenterPort {
             );
             return r;
         }
+        // Basic credentials ride along on cross-site requests too: an
+        // action must come from this very interface.
+        if let Some(r) = cross_site_origin(req) {
+            return r;
+        }
         match (&req.method, req.path.as_str()) {
-            (&Method::GET, "/maintenance") => html(200, self.maintenance_page().await),
+            (&Method::GET, "/maintenance") => html(200, self.maintenance_page(None).await),
             (&Method::GET, "/maintenance/api") => json(200, &self.maintenance_view().await),
             (&Method::POST, "/maintenance/reboot") => {
                 log::warn!("reboot requested through the maintenance interface by {}", req.peer);
                 self.router.request_reboot();
                 text(202, "rebooting")
             }
+            (&Method::POST, "/maintenance/restart-helper") => {
+                let form = parse_form(&req.body);
+                let name = form
+                    .iter()
+                    .find(|(k, _)| k == "helper")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                let wants_html = req
+                    .headers
+                    .get("accept")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("text/html"));
+                let (status, msg) = if self.router.helpers.request_restart(name) {
+                    log::warn!("helper {name} restart requested by {}", req.peer);
+                    (202, format!("restarting helper {name}"))
+                } else {
+                    (404, format!("no supervised helper named {name:?}"))
+                };
+                if wants_html {
+                    html(status, self.maintenance_page(Some((status == 202, msg))).await)
+                } else {
+                    text(status, msg)
+                }
+            }
+            (_, "/maintenance" | "/maintenance/api" | "/maintenance/reboot" | "/maintenance/restart-helper") => {
+                text(405, "method not allowed")
+            }
             _ => text(404, "not found"),
         }
     }
 
     async fn maintenance_view(&self) -> serde_json::Value {
+        let state = self.router.state().await;
         serde_json::json!({
             "status": self.router.status().await,
             "config": crate::view::ConfigView::new(&self.router.cfg),
             "hosts": self.router.hosts().await,
+            "grants": crate::view::grants(&state),
             "datapath_error": self.router.datapath_error().await,
+            "failures": self.router.problems().await,
+            "last_failure": state.last_failure,
+            "helpers": self.router.helper_views(),
+            "log": crate::logring::global().snapshot(),
         })
     }
 
-    async fn maintenance_page(&self) -> String {
+    async fn maintenance_page(&self, message: Option<(bool, String)>) -> String {
         let status = self.router.status().await;
         let hosts = self.router.hosts().await;
+        let state = self.router.state().await;
         let cfg = crate::view::ConfigView::new(&self.router.cfg);
         let mut b = String::new();
-        let _ = write!(b, "<h2>Status</h2><pre>{}</pre>", escape(&status.to_text()));
-        if let Some(e) = self.router.datapath_error().await {
-            let _ = write!(b, "<p class=\"err\">Datapath: {}</p>", escape(&e));
+        if let Some((ok, m)) = message {
+            let _ = write!(
+                b,
+                "<p id=\"result\" class=\"{}\">{}</p>",
+                if ok { "ok" } else { "err" },
+                escape(&m)
+            );
         }
+        let _ = write!(
+            b,
+            "<h2>Status</h2><pre id=\"status\">{}</pre>",
+            escape(&status.to_text())
+        );
+        b.push_str("<h2>Failures</h2><ul id=\"failures\">");
+        let problems = self.router.problems().await;
+        if problems.is_empty() {
+            b.push_str("<li>none now</li>");
+        }
+        for p in &problems {
+            let _ = write!(b, "<li class=\"err\">{:?}: {}</li>", p.code, escape(&p.detail));
+        }
+        b.push_str("</ul>");
+        let _ = write!(
+            b,
+            "<h2>Grants</h2><pre id=\"grants\">{}</pre>",
+            escape(&crate::view::grants_text(&crate::view::grants(&state)))
+        );
         let _ = write!(
             b,
             "<h2>Host table</h2><pre>{}</pre>",
             escape(&crate::view::hosts_text(&hosts))
         );
+        b.push_str("<h2>Helpers</h2><table id=\"helpers\"><tr><th>Name</th><th>PID</th><th>Starts</th><th>Recent exits</th><th>Last exit</th><th></th></tr>");
+        for h in self.router.helper_views() {
+            let n = escape(&h.name);
+            let _ = write!(
+                b,
+                "<tr><td>{n}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td><form method=\"post\" action=\"/maintenance/restart-helper\"><input type=\"hidden\" name=\"helper\" value=\"{n}\"><button>Restart</button></form></td></tr>",
+                h.pid.map_or("-".to_string(), |p| p.to_string()),
+                h.starts,
+                h.recent_exits,
+                if h.crash_looping { " (crash-looping)" } else { "" },
+                escape(h.last_exit.as_deref().unwrap_or("-"))
+            );
+        }
+        b.push_str("</table>");
         let cfg_text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
         let _ = write!(b, "<h2>Configuration</h2><pre>{}</pre>", escape(&cfg_text));
+        let _ = write!(
+            b,
+            "<h2>Log</h2><pre id=\"log\">{}</pre>",
+            escape(&crate::logring::global().snapshot().join("\n"))
+        );
         b.push_str("<form method=\"post\" action=\"/maintenance/reboot\"><button>Reboot the router</button></form>");
         page(&format!("Maintenance of {}", status.terminal_id), &b)
     }
