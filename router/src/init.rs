@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +17,10 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
-use vpnnat_datapath::route::Route;
-use vpnnat_datapath::{DatapathError, Ipv4Cidr};
 
 use crate::config::{Config, Helper};
 use crate::http::Backoff;
+use crate::rtnl::{Rtnl, RtnlError};
 
 #[derive(Debug, Error)]
 pub enum InitError {
@@ -33,7 +31,7 @@ pub enum InitError {
         source: std::io::Error,
     },
     #[error("network setup: {0}")]
-    Net(#[from] DatapathError),
+    Net(#[from] RtnlError),
 }
 
 /// Set when the shutdown signal asked for a reboot rather than power-off.
@@ -67,16 +65,7 @@ pub fn boot(cfg: &Config) -> Result<(), InitError> {
             Err(e) => log::warn!("cannot run /sbin/modprobe: {e}"),
         }
     }
-    let mut rt = Route::open()?;
-    rt.set_up("lo", true)?;
-    for iface in [&cfg.wan, &cfg.lan] {
-        rt.set_up(&iface.name, true)?;
-        ignore_exists(rt.add_address(&iface.name, iface.address, iface.prefix_len))?;
-    }
-    if let Some(gw) = cfg.wan.gateway {
-        let default = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).map_err(DatapathError::from)?;
-        ignore_exists(rt.add_route(default, Some(gw), Some(&cfg.wan.name)))?;
-    }
+    network(cfg)?;
     // The LAN hosts must be able to reach the center through us.
     if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
         log::warn!("cannot enable IPv4 forwarding: {e}");
@@ -84,9 +73,24 @@ pub fn boot(cfg: &Config) -> Result<(), InitError> {
     Ok(())
 }
 
+/// lo, WAN and LAN up with their addresses, and the default route (done
+/// again by a restarted routerd: what exists already is fine).
+pub fn network(cfg: &Config) -> Result<(), RtnlError> {
+    let mut rt = Rtnl::open()?;
+    rt.set_up("lo", true)?;
+    for iface in [&cfg.wan, &cfg.lan] {
+        rt.set_up(&iface.name, true)?;
+        ignore_exists(rt.add_address(&iface.name, iface.address, iface.prefix_len))?;
+    }
+    if let Some(gw) = cfg.wan.gateway {
+        ignore_exists(rt.add_default_route(gw, &cfg.wan.name))?;
+    }
+    Ok(())
+}
+
 /// A second boot (restart of routerd under a supervisor) finds everything
 /// in place already.
-fn ignore_exists(r: Result<(), DatapathError>) -> Result<(), DatapathError> {
+fn ignore_exists(r: Result<(), RtnlError>) -> Result<(), RtnlError> {
     match r {
         Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
         other => other,

@@ -21,6 +21,7 @@ pub mod ike_driver;
 pub mod init;
 pub mod logring;
 pub mod resolve;
+pub mod rtnl;
 pub mod secret;
 #[cfg(test)]
 mod shell_tests;

@@ -229,3 +229,72 @@ fn state_saved_before_the_crash_is_not_lost() {
     assert_kernel_is(&mut dp, &desired_state(&id, &s, vec![]));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What `ip -j` says, as JSON.
+fn ip_json(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("ip").arg("-j").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn boot_network_brings_up_links_addresses_and_the_default_route_twice() {
+    fresh_netns();
+    // A veth pair stands in for the two NICs (no dummy module needed).
+    let st = std::process::Command::new("ip")
+        .args(["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dir = tmpdir("boot-net");
+    let text = format!(
+        r#"
+terminal_id = "router-1"
+center_url = "http://127.0.0.1:9"
+factory_secret = "{}"
+state_dir = "{}"
+[wan]
+interface = "eth0"
+address = "198.51.100.101/24"
+gateway = "198.51.100.1"
+[lan]
+interface = "eth1"
+address = "192.168.1.1/24"
+"#,
+        "01".repeat(32),
+        dir.display()
+    );
+    let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
+    // A restarted routerd finds it all in place: no error the second time.
+    for _ in 0..2 {
+        vpnnat_router::init::network(&cfg).unwrap();
+    }
+    for (dev, addr) in [("lo", "127.0.0.1"), ("eth0", "198.51.100.101"), ("eth1", "192.168.1.1")] {
+        let v = ip_json(&["addr", "show", "dev", dev]);
+        let flags = v[0]["flags"].as_array().unwrap();
+        assert!(flags.iter().any(|f| f == "UP"), "{dev}: {v}");
+        let addrs: Vec<&str> = v[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .map(|a| a["local"].as_str().unwrap())
+            .collect();
+        assert_eq!(addrs, [addr], "{dev}");
+    }
+    let eth1 = ip_json(&["addr", "show", "dev", "eth1"]);
+    assert_eq!(eth1[0]["addr_info"][0]["prefixlen"], 24);
+    let routes = ip_json(&["route", "show", "default"]);
+    assert_eq!(routes[0]["gateway"], "198.51.100.1", "{routes}");
+    assert_eq!(routes[0]["dev"], "eth0");
+    // A missing interface is an error that names it.
+    let mut bad = cfg;
+    bad.lan.name = "eth9".into();
+    let e = vpnnat_router::init::network(&bad).unwrap_err();
+    assert!(e.to_string().contains("eth9"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
