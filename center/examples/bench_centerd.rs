@@ -96,16 +96,27 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn report(phase: &str, mut lat: Vec<Duration>, wall: Duration) {
+/// CPU time (user + system) of the whole process so far: with other jobs
+/// on the machine, ops per CPU-second says more than ops per wall second.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn report(phase: &str, mut lat: Vec<Duration>, wall: Duration, cpu: Duration) {
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
-        "{phase:<22} {:>6} ops  {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+        "{phase:<22} {:>6} ops  {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  cpu {:>5.3} ms/op",
         lat.len(),
         lat.len() as f64 / wall.as_secs_f64(),
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e3 / lat.len() as f64,
     );
 }
 
@@ -182,6 +193,7 @@ async fn main() {
         "end (operator)",
     ] {
         let start = Instant::now();
+        let cpu0 = cpu_time();
         let mut tasks = Vec::with_capacity(n);
         for r in &routers {
             let r = r.clone();
@@ -264,13 +276,18 @@ async fn main() {
             lat.push(t.await.unwrap());
         }
         total_ops += lat.len();
-        report(phase, lat, start.elapsed());
+        report(phase, lat, start.elapsed(), cpu_time().saturating_sub(cpu0));
     }
     let wall = all.elapsed();
+    let cpu = cpu_time();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "all phases             {total_ops:>6} ops  {:>8.0} ops/s overall  rss {} KiB",
+        "all phases             {total_ops:>6} ops  {:>8.0} ops/s overall  rss {} KiB  cpu {:.3} ms/op ({:.0} ops per CPU-second; {:.0}% of {cores} cores used)",
         total_ops as f64 / wall.as_secs_f64(),
-        rss_kib()
+        rss_kib(),
+        cpu.as_secs_f64() * 1e3 / total_ops as f64,
+        total_ops as f64 / cpu.as_secs_f64(),
+        cpu.as_secs_f64() / wall.as_secs_f64() * 100.0 / cores as f64,
     );
     let usage = center.store().unwrap().pool_usage().unwrap();
     println!(
