@@ -113,8 +113,12 @@ where
     };
     let now = unix_now();
     let result = match path.as_str() {
-        paths::center::INSTALL => center.install(&path, &headers, &body, now),
-        paths::center::FAILURE => center.failure(&path, &headers, &body, now),
+        paths::center::INSTALL => {
+            center.install_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings))
+        }
+        paths::center::FAILURE => {
+            center.failure_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings))
+        }
         paths::center::GATEWAY_ADDRESS => center.gateway_address(&path, &headers, &body, now).await,
         paths::center::MAINTENANCE => {
             let Some(ip) = router_ip(peer, &parts.headers, settings) else {

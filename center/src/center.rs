@@ -219,6 +219,36 @@ pub struct ReconcileOutcome {
     pub warnings: Vec<String>,
 }
 
+/// Who did something and from where, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `operator#N`, `router:ID`, `cli:USER`, `centerd`.
+    pub who: String,
+    /// The peer's address, or `local`.
+    pub peer: String,
+}
+
+impl Actor {
+    pub fn new(who: impl Into<String>, peer: impl Into<String>) -> Self {
+        Actor {
+            who: who.into(),
+            peer: peer.into(),
+        }
+    }
+
+    /// centerd itself (tests and internal callers).
+    pub fn centerd() -> Self {
+        Actor::new("centerd", "local")
+    }
+
+    fn router(tid: &str, peer: Option<Ipv4Addr>) -> Self {
+        Actor::new(
+            format!("router:{tid}"),
+            peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+        )
+    }
+}
+
 /// The center: storage, settings, command channels.
 #[derive(Debug)]
 pub struct Center<G, R> {
@@ -332,6 +362,32 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         &self.gateways
     }
 
+    /// Appends to the audit log. A failed write is logged, not returned:
+    /// the action it describes has already happened.
+    pub fn audit(
+        &self,
+        at: u64,
+        actor: &Actor,
+        action: &str,
+        terminal_id: Option<&str>,
+        acceptance_number: Option<u64>,
+        detail: &str,
+    ) {
+        let e = crate::storage::NewAudit {
+            at,
+            actor: &actor.who,
+            action,
+            terminal_id,
+            acceptance_number,
+            detail,
+            peer: &actor.peer,
+        };
+        let r = self.store().and_then(|mut st| Ok(st.append_audit(&e)?));
+        if let Err(err) = r {
+            log::error!("audit log: cannot record {action} by {}: {err}", actor.who);
+        }
+    }
+
     /// The storage, locked. Held only for short synchronous steps, never
     /// across an await.
     pub fn store(&self) -> Result<MutexGuard<'_, Storage>, CenterError> {
@@ -386,6 +442,19 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     // ---------------------------------------------------------------
 
     pub fn install(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, CenterError> {
+        self.install_from(path, headers, body, now, None)
+    }
+
+    /// [`Center::install`] from `peer` (the router's global address, for
+    /// the audit log).
+    pub fn install_from(
+        &self,
+        path: &str,
+        headers: &AuthHeaders,
+        body: &[u8],
+        now: u64,
+        peer: Option<Ipv4Addr>,
+    ) -> Result<Outgoing, CenterError> {
         let master = &self.settings.factory_master_key;
         let v = {
             let mut guard = ReplayGuard::new(LockedNonceStore(&self.store), self.settings.replay);
@@ -420,6 +489,17 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             row.server_part_vpnnat,
             row.router_part_vpnnat
         );
+        self.audit(
+            now,
+            &Actor::router(tid.as_str(), peer),
+            "install",
+            Some(tid.as_str()),
+            None,
+            &format!(
+                "server part {}, router part {}",
+                row.server_part_vpnnat, row.router_part_vpnnat
+            ),
+        );
         self.answer(&v, &resp, &SecretId::derive(master, &tid).mac_key(), now)
     }
 
@@ -428,6 +508,18 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     // ---------------------------------------------------------------
 
     pub fn failure(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, CenterError> {
+        self.failure_from(path, headers, body, now, None)
+    }
+
+    /// [`Center::failure`] from `peer` (for the audit log).
+    pub fn failure_from(
+        &self,
+        path: &str,
+        headers: &AuthHeaders,
+        body: &[u8],
+        now: u64,
+        peer: Option<Ipv4Addr>,
+    ) -> Result<Outgoing, CenterError> {
         let (v, _row, sid2) = self.verify_router::<FailureNotice>(path, headers, body, now)?;
         let n: &FailureNotice = v.command();
         let code = serde_json::to_value(n.code)
@@ -437,6 +529,14 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         self.store()?
             .add_failure(v.principal().as_str(), &code, n.detail.as_str(), now)?;
         log::warn!("failure notice from {}: {code}", v.principal());
+        self.audit(
+            now,
+            &Actor::router(v.principal().as_str(), peer),
+            "failure",
+            Some(v.principal().as_str()),
+            None,
+            &format!("{code}: {}", n.detail.as_str()),
+        );
         self.answer(&v, &Ack {}, &sid2.mac_key(), now)
     }
 
@@ -597,6 +697,14 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             // Nothing half-assigned: the request and the addresses it took go.
             log::warn!("{tid}: request {number} rolled back: {e}");
             self.store()?.abort_request(number)?;
+            self.audit(
+                now,
+                &Actor::router(tid.as_str(), Some(router_ip)),
+                "release",
+                Some(tid.as_str()),
+                Some(number),
+                &format!("request withdrawn, its grants taken back: gateway failed: {e}"),
+            );
             return Err(CenterError::Gateway(e));
         }
         let mut warnings = Vec::new();
@@ -625,6 +733,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         )
         .map_err(ProtoError::from)?;
         let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
+        // The grants are in the audit log already: written by
+        // `create_request` in the request's own transaction.
         let resp = grants.seal(&self.rng, &tid, &req.reply_key, n)?;
         log::info!(
             "{tid}: maintenance request {number} accepted ({} terminals)",
@@ -845,8 +955,21 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     // ---------------------------------------------------------------
 
     pub fn start(&self, number: u64, now: u64) -> Result<RequestRow, CenterError> {
+        self.start_by(number, now, &Actor::centerd())
+    }
+
+    /// [`Center::start`] by `actor` (recorded in the audit log).
+    pub fn start_by(&self, number: u64, now: u64, actor: &Actor) -> Result<RequestRow, CenterError> {
         let r = self.store()?.start_request(number, now)?;
-        log::info!("request {number} started by the operator");
+        log::info!("request {number} of {} started by {}", r.terminal_id, actor.who);
+        self.audit(
+            now,
+            actor,
+            "start",
+            Some(&r.terminal_id),
+            Some(number),
+            "waiting -> in progress",
+        );
         Ok(r)
     }
 
@@ -868,7 +991,14 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// (its tunnel may be gone): the pool must not leak because a router is
     /// offline; the failure is reported as a warning.
     pub async fn end(&self, number: u64, now: u64) -> Result<EndOutcome, CenterError> {
+        self.end_by(number, now, &Actor::centerd()).await
+    }
+
+    /// [`Center::end`] by `actor`: the end, every release and the VPN end
+    /// go to the audit log under that actor.
+    pub async fn end_by(&self, number: u64, now: u64, actor: &Actor) -> Result<EndOutcome, CenterError> {
         let row = self.store()?.end_request(number, now)?;
+        self.audit(now, actor, "end", Some(&row.terminal_id), Some(number), "request ended");
         let mut out = EndOutcome {
             acceptance_number: number,
             ..EndOutcome::default()
@@ -968,6 +1098,27 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 }
             }
             out.vpn_ended = true;
+        }
+        for (name, addr) in &out.released {
+            self.audit(
+                now,
+                actor,
+                "release",
+                Some(&tid_s),
+                Some(number),
+                &format!("{name} = {addr}"),
+            );
+        }
+        if out.vpn_ended {
+            let gw = slot.as_ref().map_or("", |s| s.gateway.as_str());
+            self.audit(
+                now,
+                actor,
+                "vpn_end",
+                Some(&tid_s),
+                Some(number),
+                &format!("gateway {gw}"),
+            );
         }
         for w in &out.warnings {
             log::warn!("request {number}: {w}");

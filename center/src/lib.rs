@@ -19,6 +19,7 @@ pub mod api;
 pub mod center;
 pub mod clients;
 pub mod config;
+pub mod dns;
 pub mod gateway;
 pub mod http;
 pub mod password;

@@ -88,7 +88,16 @@ impl std::fmt::Display for PasswordHash {
 /// True if `password` matches any of `hashes`. Every hash is tried, so the
 /// time does not tell which one (if any) matched.
 pub fn verify_any(hashes: &[PasswordHash], password: &str) -> bool {
-    hashes.iter().fold(false, |ok, h| h.verify(password) | ok)
+    matching(hashes, password).is_some()
+}
+
+/// Which of `hashes` (index) `password` matches, the first if several.
+/// Every hash is tried, as in [`verify_any`].
+pub fn matching(hashes: &[PasswordHash], password: &str) -> Option<usize> {
+    hashes.iter().enumerate().fold(
+        None,
+        |found, (i, h)| if h.verify(password) { found.or(Some(i)) } else { found },
+    )
 }
 
 #[cfg(test)]
@@ -108,6 +117,9 @@ mod tests {
         assert!(verify_any(std::slice::from_ref(&p), "correct horse"));
         assert!(!verify_any(&[p], "x"));
         assert!(!verify_any(&[], "x"));
+        let q = PasswordHash::create("other", 1000, &SystemRandom::new()).unwrap();
+        assert_eq!(matching(&[q.clone(), h.clone()], "correct horse"), Some(1));
+        assert_eq!(matching(&[q, h], "nope"), None);
     }
 
     #[test]

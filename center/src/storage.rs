@@ -172,6 +172,27 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 2: the audit log (append-only: triggers refuse UPDATE and DELETE) and
+    // which operator a session belongs to.
+    r#"
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        terminal_id TEXT,
+        acceptance_number INTEGER,
+        detail TEXT NOT NULL,
+        peer TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_terminal ON audit (terminal_id, id);
+    CREATE INDEX audit_by_action ON audit (action, id);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    ALTER TABLE sessions ADD COLUMN operator TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// State of a maintenance request (seed figure 29).
@@ -998,6 +1019,19 @@ impl Storage {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![number, req.terminal_id, name, ip_to_i64(addr), table_name])?;
+            // The audit row commits with the grant or not at all.
+            tx.prepare_cached(
+                "INSERT INTO audit (at, actor, action, terminal_id, acceptance_number, detail, peer)
+                 VALUES (?1, ?2, 'grant', ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                from_u64(req.now),
+                format!("router:{}", req.terminal_id),
+                req.terminal_id,
+                number,
+                format!("{name} = {addr}{}", if newly { "" } else { " (reused)" }),
+                req.router_ip.to_string()
+            ])?;
             grants.push(RequestGrant {
                 terminal_name: name.clone(),
                 vpnnat: addr,
@@ -1532,6 +1566,9 @@ impl NonceStore for DbNonceStore<'_> {
         Ok(())
     }
 }
+
+mod audit;
+pub use audit::{AuditFilter, AuditRow, NewAudit};
 
 #[cfg(test)]
 mod tests;

@@ -23,10 +23,10 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
 
-use crate::center::{Center, CenterError, GatewayCommands, RouterCommands};
+use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
 use crate::http::{read_body, serve, text, unix_now, Body};
-use crate::password::{verify_any, PasswordHash};
-use crate::storage::RequestState;
+use crate::password::{matching, PasswordHash};
+use crate::storage::{AuditFilter, AuditRow, RequestState};
 
 const COOKIE_NAME: &str = "vpnnat_session";
 /// Seconds between automatic reloads of the dashboard.
@@ -37,6 +37,9 @@ const REFRESH_SECS: u32 = 3;
 pub struct UiSettings {
     pub operator_hashes: Vec<PasswordHash>,
     pub session_ttl: Duration,
+    /// centerd's DNS zone (`dns.domain`): the UI shows each grant's name
+    /// `HOSTNAME.TERMINALID.<domain>` next to its address. None: no DNS.
+    pub dns_domain: Option<String>,
 }
 
 struct Ui<G, R> {
@@ -223,15 +226,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
-    fn logged_in(&self, headers: &hyper::HeaderMap) -> bool {
-        let Some(tok) = session_cookie(headers) else {
-            return false;
-        };
-        self.center
+    /// The operator of the request's session (None: not logged in).
+    fn operator(&self, headers: &hyper::HeaderMap) -> Option<String> {
+        let tok = session_cookie(headers)?;
+        let op = self
+            .center
             .store()
             .ok()
-            .and_then(|st| st.session_valid(&token_hash(&tok), unix_now()).ok())
-            .unwrap_or(false)
+            .and_then(|st| st.session_operator(&token_hash(&tok), unix_now()).ok())??;
+        // Sessions from before the audit log carry no operator label.
+        Some(if op.is_empty() { "operator".to_owned() } else { op })
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -244,13 +248,14 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             (&Method::GET, "/healthz") => return text(200, "ok"),
             _ => {}
         }
-        if !self.logged_in(req.headers()) {
+        let Some(operator) = self.operator(req.headers()) else {
             return if method == Method::GET && path == "/" {
                 redirect("/login")
             } else {
                 text(401, "log in first")
             };
-        }
+        };
+        let actor = Actor::new(operator, peer.ip().to_string());
         match (&method, path.as_str()) {
             (&Method::GET, "/") => match self.dashboard(&query) {
                 Ok(b) => html(200, b),
@@ -260,8 +265,14 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 Ok(b) => json(b),
                 Err(e) => text(500, format!("cannot read the database: {e}")),
             },
-            (&Method::POST, "/logout") => self.logout(req.headers()),
-            (&Method::POST, p) if p.starts_with("/requests/") => self.action(p).await,
+            (&Method::GET, "/audit") => match self.audit_page(&query) {
+                Ok(b) => html(200, b),
+                Err(e) => text(500, format!("cannot read the database: {e}")),
+            },
+            (&Method::GET, "/audit.csv") => self.audit_export(&query, false),
+            (&Method::GET, "/audit.jsonl") => self.audit_export(&query, true),
+            (&Method::POST, "/logout") => self.logout(req.headers(), &actor),
+            (&Method::POST, p) if p.starts_with("/requests/") => self.action(p, &actor).await,
             _ => text(404, "no such page"),
         }
     }
@@ -272,12 +283,19 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             Err(r) => return r,
         };
         let password = zeroize::Zeroizing::new(form_field(&body, "password").unwrap_or_default());
-        if !verify_any(&self.settings.operator_hashes, &password) {
+        let now = unix_now();
+        let Some(index) = matching(&self.settings.operator_hashes, &password) else {
             // No detail about which part was wrong; the peer is logged for
             // the administrator, the password never.
             log::warn!("failed operator login from {peer}");
+            let who = Actor::new("operator?", peer.ip().to_string());
+            self.center
+                .audit(now, &who, "login_failed", None, None, "wrong password");
             return html(401, login_page("Wrong password."));
-        }
+        };
+        // Operators are told apart by which configured password hash they
+        // used (1-based, in config order).
+        let operator = format!("operator#{}", index.saturating_add(1));
         let mut raw = [0u8; 32];
         if self.rng.fill(&mut raw).is_err() {
             return text(500, "random number generator failed");
@@ -285,14 +303,16 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let token = hex::encode(raw);
         let expires = unix_now().saturating_add(self.settings.session_ttl.as_secs());
         let stored = self.center.store().and_then(|mut st| {
-            st.purge_sessions(unix_now())?;
-            st.add_session(&token_hash(&token), expires)?;
+            st.purge_sessions(now)?;
+            st.add_operator_session(&token_hash(&token), expires, &operator)?;
             Ok(())
         });
         if let Err(e) = stored {
             return text(500, format!("cannot store the session: {e}"));
         }
-        log::info!("operator logged in from {peer}");
+        log::info!("{operator} logged in from {peer}");
+        let who = Actor::new(operator, peer.ip().to_string());
+        self.center.audit(now, &who, "login", None, None, "session started");
         let mut r = redirect("/");
         let cookie = format!(
             "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -304,7 +324,9 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         r
     }
 
-    fn logout(&self, headers: &hyper::HeaderMap) -> Response<Body> {
+    fn logout(&self, headers: &hyper::HeaderMap, actor: &Actor) -> Response<Body> {
+        self.center
+            .audit(unix_now(), actor, "logout", None, None, "session ended");
         if let Some(tok) = session_cookie(headers) {
             if let Ok(mut st) = self.center.store() {
                 if let Err(e) = st.delete_session(&token_hash(&tok)) {
@@ -320,7 +342,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         r
     }
 
-    async fn action(&self, path: &str) -> Response<Body> {
+    async fn action(&self, path: &str, actor: &Actor) -> Response<Body> {
         let rest = path.trim_start_matches("/requests/");
         let Some((n, what)) = rest.split_once('/') else {
             return text(404, "no such page");
@@ -330,11 +352,11 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         };
         let now = unix_now();
         let msg = match what {
-            "start" => match self.center.start(n, now) {
+            "start" => match self.center.start_by(n, now, actor) {
                 Ok(_) => format!("Request {n} started."),
                 Err(e) => return self.action_error(e),
             },
-            "end" => match self.center.end(n, now).await {
+            "end" => match self.center.end_by(n, now, actor).await {
                 Ok(o) => {
                     let mut m = format!("Request {n} ended; {} address(es) released", o.released.len());
                     if o.vpn_ended {
@@ -368,7 +390,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         }
         drop(st);
         let mut b = String::new();
-        b.push_str("<h1>Maintenance center</h1><form method=\"post\" action=\"/logout\" class=\"inline\"><button id=\"logout\">Log out</button></form>");
+        b.push_str("<h1>Maintenance center</h1><form method=\"post\" action=\"/logout\" class=\"inline\"><button id=\"logout\">Log out</button></form> <a href=\"/audit\" id=\"audit-link\">Audit log</a>");
         if let Some(m) = query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
@@ -379,10 +401,19 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         }
         b.push_str("<h2>Maintenance requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>Terminal ID</th><th>Global IP</th><th>Claimant</th><th>Level</th><th>Phone</th><th>Urgency</th><th>Content</th><th>Received</th><th>VPNNAT address</th><th>Table name</th><th>State</th><th></th></tr>");
         for r in &requests {
+            let live = r.state != RequestState::Ended;
             let addrs: Vec<String> = r
                 .grants
                 .iter()
-                .map(|g| format!("{} = {}", esc(&g.terminal_name), g.vpnnat))
+                .map(|g| match (&self.settings.dns_domain, live) {
+                    (Some(d), true) => format!(
+                        "{} = {} <span class=\"dns\">{}</span>",
+                        esc(&g.terminal_name),
+                        g.vpnnat,
+                        esc(&crate::dns::name_of(&g.terminal_name, &r.terminal_id, d))
+                    ),
+                    _ => format!("{} = {}", esc(&g.terminal_name), g.vpnnat),
+                })
                 .collect();
             let mut tables: Vec<&str> = r.grants.iter().map(|g| g.table_name.as_str()).collect();
             tables.dedup();
@@ -474,6 +505,117 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             "pool": st.pool_usage()?,
         });
         Ok(v.to_string())
+    }
+}
+
+/// The audit filter of a query string: `actor`, `action`, `terminal`,
+/// `number`, `since`, `until` (Unix seconds), `limit`.
+fn audit_filter(query: &str, default_limit: u32) -> AuditFilter {
+    let get = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| form_decode(v))
+            .filter(|v| !v.is_empty())
+    };
+    AuditFilter {
+        actor: get("actor"),
+        action: get("action"),
+        terminal_id: get("terminal"),
+        acceptance_number: get("number").and_then(|v| v.parse().ok()),
+        since: get("since").and_then(|v| v.parse().ok()),
+        until: get("until").and_then(|v| v.parse().ok()),
+        limit: get("limit").and_then(|v| v.parse().ok()).unwrap_or(default_limit),
+    }
+}
+
+impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
+    fn audit_rows(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, CenterError> {
+        Ok(self.center.store()?.audit_log(f)?)
+    }
+
+    fn audit_page(&self, query: &str) -> Result<String, CenterError> {
+        let f = audit_filter(query, 500);
+        let rows = self.audit_rows(&f)?;
+        let v = |o: &Option<String>| esc(o.as_deref().unwrap_or(""));
+        let mut b = String::from("<h1>Audit log</h1><p><a href=\"/\">Back</a></p>");
+        let _ = write!(
+            b,
+            "<form method=\"get\" action=\"/audit\" id=\"audit-filter\">\
+             <label>Actor <input name=\"actor\" value=\"{}\"></label> \
+             <label>Action <input name=\"action\" value=\"{}\"></label> \
+             <label>Terminal ID <input name=\"terminal\" value=\"{}\"></label> \
+             <label>Acceptance number <input name=\"number\" value=\"{}\"></label> \
+             <button type=\"submit\" id=\"filter\">Filter</button></form>",
+            v(&f.actor),
+            v(&f.action),
+            v(&f.terminal_id),
+            f.acceptance_number.map(|n| n.to_string()).unwrap_or_default(),
+        );
+        let q = esc(query);
+        let _ = write!(
+            b,
+            "<p>Export: <a href=\"/audit.csv?{q}\" id=\"export-csv\">CSV</a> \
+             <a href=\"/audit.jsonl?{q}\" id=\"export-jsonl\">JSON lines</a></p>\
+             <table id=\"audit\"><tr><th>#</th><th>Time</th><th>Actor</th><th>Action</th><th>Terminal ID</th>\
+             <th>Acceptance number</th><th>Detail</th><th>From</th></tr>"
+        );
+        for r in &rows {
+            let _ = write!(
+                b,
+                "<tr class=\"audit-row\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r.id,
+                fmt_time(r.at),
+                esc(&r.actor),
+                esc(&r.action),
+                esc(r.terminal_id.as_deref().unwrap_or("")),
+                r.acceptance_number.map(|n| n.to_string()).unwrap_or_default(),
+                esc(&r.detail),
+                esc(&r.peer)
+            );
+        }
+        b.push_str("</table>");
+        Ok(page("vpnnat center: audit log", false, &b))
+    }
+
+    fn audit_export(&self, query: &str, jsonl: bool) -> Response<Body> {
+        let rows = match self.audit_rows(&audit_filter(query, 1_000_000)) {
+            Ok(r) => r,
+            Err(e) => return text(500, format!("cannot read the database: {e}")),
+        };
+        let mut out = String::new();
+        if jsonl {
+            for r in &rows {
+                match serde_json::to_string(r) {
+                    Ok(l) => {
+                        out.push_str(&l);
+                        out.push('\n');
+                    }
+                    Err(e) => return text(500, format!("cannot encode: {e}")),
+                }
+            }
+        } else {
+            out.push_str(AuditRow::CSV_HEADER);
+            out.push_str("\r\n");
+            for r in &rows {
+                out.push_str(&r.csv_line());
+                out.push_str("\r\n");
+            }
+        }
+        let mut r = text(200, out);
+        let (ctype, name) = if jsonl {
+            ("application/x-ndjson", "audit.jsonl")
+        } else {
+            ("text/csv; charset=utf-8", "audit.csv")
+        };
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+            r.headers_mut().insert(hyper::header::CONTENT_DISPOSITION, v);
+        }
+        r
     }
 }
 

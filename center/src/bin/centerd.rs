@@ -61,6 +61,10 @@ enum Cmd {
         #[arg(long)]
         undo: bool,
     },
+    /// Print a router's factory Secret(ID) (hex) for its `routerd.toml`
+    /// `factory_secret`: HMAC-SHA256(factory master key, terminal ID). For
+    /// the factory that provisions routers; it is a secret.
+    FactorySecret { terminal_id: String },
     /// Read a password from standard input and print its hash for
     /// `operators.password_hashes`.
     HashPassword {
@@ -74,6 +78,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command.as_ref().unwrap_or(&Cmd::Run) {
         Cmd::HashPassword { iterations } => hash_password(*iterations),
+        Cmd::FactorySecret { terminal_id } => {
+            use vpnnat_proto::keys::SecretBytes as _;
+            let cfg = load(&cli.config)?;
+            let id = vpnnat_proto::types::TerminalId::new(terminal_id).context("terminal ID")?;
+            let secret = vpnnat_proto::keys::SecretId::derive(&cfg.settings.factory_master_key, &id);
+            println!("{}", secret.to_hex().as_str());
+            Ok(())
+        }
         Cmd::Run => {
             let cfg = load(&cli.config)?;
             runtime()?.block_on(run(cfg))
@@ -300,6 +312,7 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
     let ui_settings = ui::UiSettings {
         operator_hashes: cfg.operator_hashes.clone(),
         session_ttl: cfg.session_ttl,
+        dns_domain: None,
     };
     let reconcile_interval = cfg.reconcile_interval;
     let api_settings = api::ApiSettings {

@@ -52,6 +52,7 @@ async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
     let settings = UiSettings {
         operator_hashes: vec![PasswordHash::create("operator pass", 1000, &SystemRandom::new()).unwrap()],
         session_ttl: Duration::from_secs(600),
+        dns_domain: Some("vpn.example".into()),
     };
     tokio::spawn(run(
         l,
@@ -157,4 +158,121 @@ fn escaping_and_forms() {
     assert_eq!(fmt_time(0), "1970-01-01 00:00:00Z");
     assert_eq!(fmt_time(1_800_000_000), "2027-01-15 08:00:00Z");
     assert_eq!(fmt_time(951_782_400), "2000-02-29 00:00:00Z");
+}
+
+#[tokio::test]
+async fn audit_log_page_and_exports() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, grants) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+
+    // Exports need a session.
+    assert_eq!(req(addr, "GET", "/audit", None, None).await.status, 401);
+    assert_eq!(req(addr, "GET", "/audit.csv", None, None).await.status, 401);
+    assert_eq!(req(addr, "GET", "/audit.jsonl", None, None).await.status, 401);
+
+    assert_eq!(
+        req(addr, "POST", "/login", None, Some("password=wrong+one"))
+            .await
+            .status,
+        401
+    );
+    let r = req(addr, "POST", "/login", None, Some("password=operator+pass")).await;
+    let token = r
+        .cookie
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+
+    // The UI shows the grant's DNS name next to its address while live.
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(r.body.contains("pc1.router-1.vpn.example"), "{}", r.body);
+    assert!(r.body.contains("href=\"/audit\""));
+
+    req(addr, "POST", &format!("/requests/{n}/start"), Some(&token), None).await;
+    req(addr, "POST", &format!("/requests/{n}/end"), Some(&token), None).await;
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(!r.body.contains("pc1.router-1.vpn.example"));
+
+    let r = req(addr, "GET", "/audit.jsonl", Some(&token), None).await;
+    assert_eq!(r.status, 200);
+    let rows: Vec<serde_json::Value> = r.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seen: Vec<(String, String)> = rows
+        .iter()
+        .rev()
+        .map(|v| {
+            (
+                v["action"].as_str().unwrap().to_owned(),
+                v["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("install", "router:router-1"),
+        ("grant", "router:router-1"),
+        ("login_failed", "operator?"),
+        ("login", "operator#1"),
+        ("start", "operator#1"),
+        ("end", "operator#1"),
+        ("release", "operator#1"),
+        ("vpn_end", "operator#1"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+    let grant = rows.iter().find(|v| v["action"] == "grant").unwrap();
+    assert_eq!(grant["acceptance_number"], n);
+    assert!(grant["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&grants[0].vpnnat_addr.to_string()));
+    for v in &rows {
+        assert!(!v["peer"].as_str().unwrap().is_empty());
+    }
+    // Never a secret: neither password nor the session token.
+    for secret in ["operator pass", "operator+pass", "wrong one", token.as_str()] {
+        assert!(!r.body.contains(secret), "{secret}");
+    }
+
+    // Filters, and the CSV with the same rows.
+    let r = req(
+        addr,
+        "GET",
+        "/audit.csv?action=release&terminal=router-1",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert_eq!(lines[0], AuditRow::CSV_HEADER);
+    assert_eq!(lines.len(), 2, "{}", r.body);
+    assert!(lines[1].contains(",release,router-1,") && lines[1].contains(&grants[0].vpnnat_addr.to_string()));
+    let r = req(addr, "GET", "/audit?actor=operator%231", Some(&token), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.matches("class=\"audit-row\"").count(), 5, "{}", r.body);
+
+    // Logout is recorded too.
+    req(addr, "POST", "/logout", Some(&token), None).await;
+    let all = c
+        .store()
+        .unwrap()
+        .audit_log(&AuditFilter {
+            limit: 1,
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (all[0].action.as_str(), all[0].actor.as_str()),
+        ("logout", "operator#1")
+    );
 }
