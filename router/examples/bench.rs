@@ -1,12 +1,16 @@
 //! Size and memory benchmark of `routerd`:
 //!
-//!     cargo build --release -p vpnnat-router
-//!     cargo run --release -p vpnnat-router --features fake-center --example bench -- \
-//!         [--fake-datapath] [--cycles N] [--rounds N] PATH/TO/routerd
+//!     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile firmware \
+//!         --target x86_64-unknown-linux-gnu -p vpnnat-router --bin routerd
+//!     cargo run -p vpnnat-router --features fake-center --example bench -- \
+//!         [--fake-datapath] [--cycles N] [--rounds N] \
+//!         target/x86_64-unknown-linux-gnu/firmware/routerd
 //!
 //! Prints the binary's size, then runs it against an in-process fake center
 //! (real HTTP on loopback) and reports its RSS when idle and after each of
 //! each round (default 2) of N grant/release cycles (maintenance request, end, release).
+//! routerd logs at `info` (every cycle logs, so its in-memory log ring is
+//! full, as on a busy router) to a file that is removed afterwards.
 //! Without `--fake-datapath` it needs root: it moves itself into a new
 //! network namespace first, so routerd programs that namespace's kernel
 //! (nftables, XFRM policies) and nothing of the host.
@@ -28,10 +32,24 @@ fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("no {key}"))?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+/// `VmRSS` and its split: anonymous (heap, stacks) and file (the binary's
+/// pages touched so far).
+fn rss_kib(pid: u32) -> Result<String> {
+    Ok(format!(
+        "{} KiB (anon {}, file {})",
+        status_kib(pid, "VmRSS:")?,
+        status_kib(pid, "RssAnon:")?,
+        status_kib(pid, "RssFile:")?
+    ))
 }
 
 fn main() -> Result<()> {
@@ -65,9 +83,16 @@ fn main() -> Result<()> {
                 std::io::Error::last_os_error()
             );
         }
-        let st = Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
-        if !st.success() {
-            bail!("ip link set lo up failed");
+        // lo up, and the WAN address on it so that the IKE responder binds
+        // its ports as on the router.
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", "198.51.100.101/24", "dev", "lo"],
+        ] {
+            let st = Command::new("ip").args(args).status()?;
+            if !st.success() {
+                bail!("ip {} failed", args.join(" "));
+            }
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -118,11 +143,8 @@ pc1 = "192.168.1.10"
     if fake {
         cmd.arg("--fake-datapath");
     }
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let log = std::fs::File::create(dir.join("routerd.log"))?;
+    let mut child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn()?;
     let pid = child.id();
     let lan = format!("127.0.0.1:{web}");
     let srv = format!("127.0.0.1:{server}");
@@ -182,6 +204,11 @@ pc1 = "192.168.1.10"
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
+    let text = std::fs::read_to_string(dir.join("routerd.log")).unwrap_or_default();
+    println!("routerd logged {} lines", text.lines().count());
+    for l in text.lines().filter(|l| l.contains("ERROR")).take(5) {
+        println!("  {l}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

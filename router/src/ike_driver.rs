@@ -12,6 +12,7 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use vpnnat_datapath::{Ipv4Cidr, SaSpec};
 use vpnnat_ike::{Secret, TrafficSelector};
@@ -123,7 +124,18 @@ struct Shared<S> {
     /// Bumped by every start: a start that finishes after a newer one began
     /// is discarded.
     generation: u64,
+    /// After a failed start, no new attempt before this (back-off from
+    /// [`RETRY_FIRST`] doubling to [`RETRY_MAX`]): every state change calls
+    /// `configure`, and a driver that cannot bind must not be restarted
+    /// for each of them.
+    retry_at: Option<tokio::time::Instant>,
+    retry_delay: Duration,
 }
+
+/// First delay before a failed driver start is tried again.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest delay between attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// The IKE responder of routerd on the real driver.
 pub struct IkeDriverResponder<S: DriverSink = DriverHandle> {
@@ -175,6 +187,8 @@ impl<S: DriverSink> IkeDriverResponder<S> {
                 desired: None,
                 applied: None,
                 generation: 0,
+                retry_at: None,
+                retry_delay: Duration::ZERO,
             })),
             start,
         }
@@ -212,13 +226,20 @@ impl<S: DriverSink> IkeDriverResponder<S> {
             match res {
                 Ok(drv) => {
                     log::info!("IKE driver listening on {local}");
+                    sh.retry_at = None;
+                    sh.retry_delay = Duration::ZERO;
                     let desired = sh.desired.clone();
                     send(&drv, requests(None, desired.as_ref()));
                     sh.applied = desired;
                     sh.drv = Drv::Ready(local, drv);
                 }
                 Err(e) => {
-                    log::warn!("IKE driver on {local} not started: {e}");
+                    sh.retry_delay = (sh.retry_delay * 2).clamp(RETRY_FIRST, RETRY_MAX);
+                    sh.retry_at = Some(tokio::time::Instant::now() + sh.retry_delay);
+                    log::warn!(
+                        "IKE driver on {local} not started: {e}; next attempt in {} s",
+                        sh.retry_delay.as_secs()
+                    );
                     sh.drv = Drv::Failed(e.to_string());
                 }
             }
@@ -247,7 +268,8 @@ impl<S: DriverSink> IkeResponder for IkeDriverResponder<S> {
             return;
         };
         let restart = match &sh.drv {
-            Drv::Absent | Drv::Failed(_) => true,
+            Drv::Absent => true,
+            Drv::Failed(_) => sh.retry_at.is_none_or(|t| tokio::time::Instant::now() >= t),
             Drv::Starting(l) | Drv::Ready(l, _) => *l != local,
         };
         if restart {

@@ -181,8 +181,8 @@ async fn starts_lazily_and_applies_changes() {
     );
 }
 
-#[tokio::test]
-async fn a_failed_start_is_reported_and_retried() {
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_is_reported_and_retried_with_back_off() {
     let rec = Recorder::default();
     let starts = Arc::new(Mutex::new(Vec::new()));
     let mut r = responder(&rec, true, starts.clone());
@@ -190,9 +190,25 @@ async fn a_failed_start_is_reported_and_retried() {
     r.configure(Some(a.clone()));
     settle().await;
     assert!(matches!(r.status(), IkeStatus::Failed(_)));
-    r.configure(Some(a));
+    // Every state change calls configure: no new attempt inside the delay.
+    for _ in 0..5 {
+        r.configure(Some(a.clone()));
+        settle().await;
+    }
+    assert_eq!(starts.lock().unwrap().len(), 1);
+    tokio::time::advance(super::RETRY_FIRST).await;
+    r.configure(Some(a.clone()));
     settle().await;
     assert_eq!(starts.lock().unwrap().len(), 2);
+    // The delay doubles after a second failure.
+    tokio::time::advance(super::RETRY_FIRST).await;
+    r.configure(Some(a.clone()));
+    settle().await;
+    assert_eq!(starts.lock().unwrap().len(), 2);
+    tokio::time::advance(super::RETRY_FIRST).await;
+    r.configure(Some(a));
+    settle().await;
+    assert_eq!(starts.lock().unwrap().len(), 3);
     assert!(rec.log.lock().unwrap().is_empty());
     assert!(r.installed_sas().is_empty());
 }

@@ -199,6 +199,23 @@ fn call_daemon(cli: &Cli, addr: SocketAddr, path: &str, body: Option<Vec<u8>>) -
     Ok(())
 }
 
+/// `--fake-datapath`: the in-memory kernel without the test fake's record
+/// of every change (which would grow with every grant of a long run).
+#[derive(Debug)]
+struct SimulatedKernel(RecordingDatapath);
+
+impl Datapath for SimulatedKernel {
+    fn observe(&mut self) -> Result<vpnnat_datapath::ObservedState, vpnnat_datapath::DatapathError> {
+        self.0.observe()
+    }
+
+    fn apply(&mut self, changes: &[vpnnat_datapath::Change]) -> Result<(), vpnnat_datapath::DatapathError> {
+        let r = self.0.apply(changes);
+        self.0.log = Vec::new();
+        r
+    }
+}
+
 fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
     let cfg = Arc::new(load(cli)?);
     if pid1 {
@@ -206,7 +223,7 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
     }
     let datapath: Box<dyn Datapath + Send> = if fake_datapath {
         log::warn!("--fake-datapath: kernel state is only simulated");
-        Box::new(RecordingDatapath::new())
+        Box::new(SimulatedKernel(RecordingDatapath::new()))
     } else {
         Box::new(KernelDatapath::open(NatTable::default()).context("opening the kernel datapath (needs root)")?)
     };
