@@ -42,6 +42,11 @@ check "wrong peer address: no SA on the router" no_sa r1
 check "wrong peer address: no SA on the gateway" no_sa gw
 
 # --- the tunnel --------------------------------------------------------------
+# A wire tap on the path (the "internet" namespace) keeps the initiator's
+# IKE_SA_INIT and IKE_AUTH as sent, for the replay and truncation checks.
+nsx inet vpnnat-ike tool capture --iface i1 --src $GW --dst $R1 --dport 500 --count 2 \
+	--out /tmp/cap --timeout-secs 60 >/tmp/cap.out 2>&1 &
+check "wire tap ready" wait_for /tmp/cap.out '^READY' 5
 # CHILD SA soft lifetime 25 s: the kernel's soft expire drives a rekey.
 VPNNAT_IKE_PSK=$PSK "$IP" netns exec gw vpnnat-ike initiate --local $GW --peer $R1 \
 	--local-ts $CENTER --remote-ts $VPNNAT/32 --reqid $REQID --soft-secs 25 --hard-secs 300 \
@@ -59,6 +64,30 @@ check "TCP through the tunnel: operator reaches pc0 at $VPNNAT" reach
 OUT_SPI=$(sed -n 's/^CHILD_UP [^ ]* [^ ]* \(0x[0-9a-f]*\)$/\1/p' /tmp/gw.out | head -1)
 check "gateway's outbound SA counted packets" sh -c \
 	"$IP netns exec gw vpnnatctl sa get --dst $R1 --spi $OUT_SPI | grep -Eq ' packets [1-9]'"
+
+# --- replayed and truncated IKE from the gateway's address: rejected --------
+check "wire tap caught IKE_SA_INIT and IKE_AUTH" wait_for /tmp/cap.out '^CAPTURED 2 ' 5
+SAS_R1=$(spis r1)
+SAS_GW=$(spis gw)
+rejections() { grep -c "^REJECTED $GW " /tmp/r1.out; }
+# send_raw FILE [TRUNCATE]: the bytes from the gateway's address (any port).
+send_raw() { nsx gw vpnnat-ike tool udp-send --src $GW --dst $R1:500 --file "$1" ${2:+--truncate $2} >/dev/null; }
+n0=$(rejections)
+send_raw /tmp/cap.1
+check "replayed IKE_SA_INIT (tunnel up): rejected by the responder" wait_count /tmp/r1.out "^REJECTED $GW replayed IKE_SA_INIT" 1 5
+send_raw /tmp/cap.1 20
+check "truncated IKE_SA_INIT (20 bytes, shorter than a header): rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 1 5
+LEN2=$(wc -c </tmp/cap.2)
+send_raw /tmp/cap.2 $((LEN2 - 17))
+check "truncated IKE_AUTH ($((LEN2 - 17)) of $LEN2 bytes): rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 2 5
+send_raw /tmp/cap.1 $(($(wc -c </tmp/cap.1) - 1))
+check "IKE_SA_INIT short by one byte: rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 3 5
+check "4 rejections logged, nothing else" test "$(rejections)" -eq $((n0 + 4))
+check "after replay/truncation: no SA added or changed on the router" test "$(spis r1)" = "$SAS_R1"
+check "after replay/truncation: no SA added or changed on the gateway" test "$(spis gw)" = "$SAS_GW"
+check "after replay/truncation: one CHILD SA, one UP at the router" sh -c \
+	"grep -c '^CHILD_UP' /tmp/r1.out | grep -qx 1 && grep -c '^UP' /tmp/r1.out | grep -qx 1"
+check "TCP through the tunnel after the bogus packets" reach
 
 # --- CHILD SA rekey on the kernel's soft expire, with traffic running --------
 fails=0
@@ -79,6 +108,46 @@ check "after the rekey: still 2 SAs on each side" sh -c "test \$($IP netns exec 
 check "tunnel never went down" sh -c "! grep -q '^DOWN' /tmp/gw.out /tmp/r1.out"
 check "TCP through the rekeyed tunnel" reach
 
+# --- IKE SA rekeys (both ends) and a CHILD rekey during one TCP transfer ---
+nsx pc0 vpnnat-ike tool tcp-sink --listen 0.0.0.0:7001 --timeout-secs 120 >/tmp/sink.out 2>&1 &
+SINK=$!
+check "TCP sink listening on pc0" wait_for /tmp/sink.out '^LISTENING' 5
+IKE0=$(last_ike /tmp/gw.out)
+check "both ends agree on the IKE SA ($IKE0)" test -n "$IKE0" -a "$IKE0" = "$(last_ike /tmp/r1.out)"
+SAS0=$(spis gw)
+NCHILD=$(grep -c '^CHILD_UP' /tmp/gw.out)
+nsx ctr vpnnat-ike tool tcp-send --to $VPNNAT:7001 --secs 24 --rate-kbps 128 >/tmp/send.out 2>&1 &
+SEND=$!
+check "transfer running" wait_for /tmp/send.out '^PROGRESS 3s' 15
+kill -USR1 $INIT # the initiator rekeys the IKE SA
+check "IKE SA rekeyed by the initiator (new SPIs at the gateway)" wait_count /tmp/gw.out '^IKE_SA ' 2 10
+check "the router moved to the same new IKE SA" wait_count /tmp/r1.out '^IKE_SA ' 2 5
+IKE1=$(last_ike /tmp/gw.out)
+check "new IKE SA: both SPIs differ from the old ($IKE0 -> $IKE1)" sh -c \
+	"test '$IKE1' = '$(last_ike /tmp/r1.out)' && test '${IKE0% *}' != '${IKE1% *}' && test '${IKE0#* }' != '${IKE1#* }'"
+kill -USR2 $INIT # a CHILD SA rekey over the new IKE SA
+check "CHILD SA rekeyed over the new IKE SA" wait_count /tmp/gw.out '^CHILD_UP' $((NCHILD + 1)) 10
+kill -USR1 $RESP # the responder rekeys the IKE SA (it becomes the initiator of the new one)
+check "IKE SA rekeyed by the responder" wait_count /tmp/r1.out '^IKE_SA ' 3 10
+check "the gateway moved to the responder's new IKE SA" wait_count /tmp/gw.out '^IKE_SA ' 3 5
+IKE2=$(last_ike /tmp/r1.out)
+check "third IKE SA agreed ($IKE2)" sh -c "test '$IKE2' = '$(last_ike /tmp/gw.out)' && test '$IKE2' != '$IKE1'"
+wait $SEND
+RC=$?
+cat /tmp/send.out | tail -1
+check "transfer completed on one connection across the rekeys (exit $RC)" test $RC -eq 0
+SENT=$(sed -n 's/^SENT \([0-9]*\) RECEIVED [0-9]*$/\1/p' /tmp/send.out)
+RCVD=$(sed -n 's/^SENT [0-9]* RECEIVED \([0-9]*\)$/\1/p' /tmp/send.out)
+gone $SINK 5
+SUNK=$(sed -n 's/^RECEIVED \([0-9]*\) .*/\1/p' /tmp/sink.out)
+check "byte count: the sink got every byte sent (sent ${SENT:-?}, sink ${SUNK:-?})" \
+	test -n "$SENT" -a "${SENT:-0}" -gt 0 -a "$SENT" = "$RCVD" -a "$SENT" = "$SUNK"
+check "new CHILD SPIs: none of the SAs of before the transfer is left ($SAS0 -> $(spis gw))" disjoint "$SAS0" "$(spis gw)"
+check "after the rekeys: 2 SAs on the gateway" test "$(sa_count gw)" -eq 2
+check "after the rekeys: 2 SAs on the router" test "$(sa_count r1)" -eq 2
+check "tunnel never went down during the rekeys" sh -c "! grep -q '^DOWN' /tmp/gw.out /tmp/r1.out"
+check "TCP after the rekeys" reach
+
 # --- teardown: INFORMATIONAL DELETE ------------------------------------------
 kill -TERM $INIT
 check "initiator exits after DELETE" gone $INIT 10
@@ -88,6 +157,17 @@ check "router saw the DELETE" wait_for /tmp/r1.out '^DOWN 198.51.100.21 DeletedB
 check "gateway: no SA left" no_sa gw
 check "router: no SA left" no_sa r1
 check_not "pc0 unreachable without SAs" nsx ctr vpnnat-probe connect $VPNNAT:7000 --timeout-ms 1500
+# The responder still runs: the captured IKE_SA_INIT + IKE_AUTH replayed
+# from the gateway's address must not bring a tunnel back.
+n0=$(rejections)
+send_raw /tmp/cap.1
+sleep 0.5
+send_raw /tmp/cap.2
+check "replayed IKE_AUTH after the teardown: rejected" wait_count /tmp/r1.out "^REJECTED $GW " $((n0 + 1)) 5
+grep "^REJECTED $GW " /tmp/r1.out | tail -1
+sleep 1
+check "replay after the teardown: no SA on the router" no_sa r1
+check "replay after the teardown: no tunnel up again" sh -c "grep -c '^UP' /tmp/r1.out | grep -qx 1"
 kill -TERM $RESP
 check "responder exits on SIGTERM" gone $RESP 10
 check "router flush removes the policies" nsx r1 vpnnatctl flush

@@ -1,8 +1,9 @@
 //! The driver task: one per local address, serving every tunnel of it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ring::rand::SystemRandom;
@@ -10,14 +11,47 @@ use tokio::sync::{mpsc, oneshot};
 use vpnnat_datapath::{Encap, SaId, SaKey, SaSpec};
 use vpnnat_ike::event::{IKE_PORT, NAT_T_PORT};
 use vpnnat_ike::{
-    ChildSa, DownReason, Event, Initiator, InitiatorConfig, Output, Responder, ResponderConfig, SaConfig,
+    ChildSa, DownReason, Event, Initiator, InitiatorConfig, Output, Responder, ResponderConfig, SaConfig, SpiSource,
 };
 
-use crate::kernel::{spawn_expire_thread, spawn_kernel_thread, Expire, KernelOp, SaInstaller, SharedState};
+use crate::kernel::{
+    spawn_expire_thread, spawn_kernel_thread, with_shared, Expire, KernelOp, SaInstaller, SharedState, SpiAllocator,
+};
 use crate::net::{Ports, Sockets};
 use crate::{Cmd, DriverConfig, DriverError, DriverEvent, DriverHandle, TunnelConfig};
 
 const MAX_DATAGRAM: usize = 65_535;
+
+/// SPIs reserved in the kernel (larval SAs) and not installed yet, per peer.
+type Larval = Arc<Mutex<HashMap<Ipv4Addr, BTreeSet<u32>>>>;
+
+/// The core's [`SpiSource`] for one tunnel: the driver's allocator, with
+/// the tunnel's reqid; remembers each reservation until it is installed or
+/// released.
+#[derive(Debug)]
+struct TunnelSpis {
+    alloc: Arc<dyn SpiAllocator>,
+    reqid: u32,
+    peer: Ipv4Addr,
+    larval: Larval,
+}
+
+impl SpiSource for TunnelSpis {
+    fn inbound_spi(&self, local: IpAddr, remote: IpAddr) -> Result<u32, String> {
+        let (IpAddr::V4(local), IpAddr::V4(remote)) = (local, remote) else {
+            return Err("IPv4 only".into());
+        };
+        let spi = self
+            .alloc
+            .alloc_spi(remote, local, self.reqid)
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut l) = self.larval.lock() {
+            l.entry(self.peer).or_default().insert(spi);
+        }
+        log::debug!("reserved inbound SPI {spi:#010x} {remote} -> {local}");
+        Ok(spi)
+    }
+}
 
 #[derive(Debug)]
 enum Core {
@@ -126,6 +160,14 @@ struct Tunnel {
     next_ike_rekey: Option<Instant>,
     /// Went down while `forget_when_down`: removed after the drain.
     gone: bool,
+    /// `connect` arrived while our DELETE was in flight: start afresh with
+    /// this configuration once the old IKE SA is down.
+    reconnect: Option<(InitiatorConfig, u32)>,
+    /// The IKE SA went down and `reconnect` is set: restart after the drain.
+    restart: bool,
+    /// Our DELETE of the IKE SA is in flight (the core no longer counts
+    /// the SA as established, but its SAs are still in the kernel).
+    closing: bool,
 }
 
 struct Driver {
@@ -135,12 +177,16 @@ struct Driver {
     tunnels: HashMap<Ipv4Addr, Tunnel>,
     kernel: std_mpsc::Sender<KernelOp>,
     events: mpsc::UnboundedSender<DriverEvent>,
+    shared: SharedState,
+    spis: Option<Arc<dyn SpiAllocator>>,
+    larval: Larval,
     shutting_down: Option<(Instant, Vec<oneshot::Sender<()>>)>,
 }
 
 pub(crate) fn start(
     cfg: DriverConfig,
     installer: Box<dyn SaInstaller>,
+    spis: Option<Arc<dyn SpiAllocator>>,
 ) -> Result<(DriverHandle, mpsc::UnboundedReceiver<DriverEvent>), DriverError> {
     let socks = Sockets::bind(cfg.local, cfg.ports)?;
     let local = socks.ike.local_addr().map_err(DriverError::Io)?;
@@ -159,6 +205,9 @@ pub(crate) fn start(
         tunnels: HashMap::new(),
         kernel,
         events: ev_tx,
+        shared: shared.clone(),
+        spis,
+        larval: Larval::default(),
         shutting_down: None,
     };
     tokio::spawn(d.run(cmd_rx, exp_rx));
@@ -256,15 +305,20 @@ impl Driver {
         let src = self.cfg.ports.addr_to_core(src_wire);
         let dst = self.local_core(local_port);
         let Some(peer) = v4(src) else { return };
-        let Some(t) = self.tunnels.get_mut(&peer) else {
+        if !self.tunnels.contains_key(&peer) {
             log::warn!("IKE from {src_wire}: not a configured peer, dropped");
             let _ = self.events.send(DriverEvent::Rejected {
                 from: src.ip(),
                 error: vpnnat_ike::Error::PeerNotAllowed(src.ip()).to_string(),
             });
             return;
-        };
+        }
+        let reserved_before = self.larval_of(peer);
+        let Some(t) = self.tunnels.get_mut(&peer) else { return };
         if let Err(e) = t.core.handle(now, src, dst, payload, &self.rng) {
+            // SPIs reserved while handling a datagram that was rejected.
+            let fresh: Vec<u32> = self.larval_of(peer).difference(&reserved_before).copied().collect();
+            self.release_larval(peer, Some(&fresh));
             if e == vpnnat_ike::Error::NotIke {
                 log::debug!("non-IKE datagram on the NAT-T socket from {src_wire}");
             } else {
@@ -328,6 +382,14 @@ impl Driver {
         );
         sa.remote_id = t.remote_id.clone();
         sa.dpd_interval = self.cfg.dpd_interval;
+        sa.spi_source = self.spis.as_ref().map(|alloc| {
+            Arc::new(TunnelSpis {
+                alloc: alloc.clone(),
+                reqid: t.reqid,
+                peer: t.peer,
+                larval: self.larval.clone(),
+            }) as Arc<dyn SpiSource>
+        });
         sa
     }
 
@@ -349,8 +411,14 @@ impl Driver {
                     None => Err(DriverError::UnknownPeer(peer)),
                     Some(t) => {
                         t.forget_when_down = true;
-                        if t.core.is_established() {
-                            t.core.close(now, &self.rng).map_err(DriverError::from)
+                        t.reconnect = None;
+                        if t.closing {
+                            // The DELETE is in flight: its end forgets it.
+                            Ok(())
+                        } else if t.core.is_established() {
+                            let r = t.core.close(now, &self.rng).map_err(DriverError::from);
+                            t.closing = r.is_ok();
+                            r
                         } else {
                             // Nothing up (or only half-open): forget it now.
                             self.remove_tunnel(peer, None);
@@ -414,6 +482,14 @@ impl Driver {
                 let Core::Init(init) = &mut existing.core else {
                     return Err(DriverError::WrongRole(peer, existing.core.role()));
                 };
+                if existing.closing {
+                    // Our DELETE is in flight (disconnect, then connect
+                    // again): a new IKE SA once the old one is down.
+                    existing.forget_when_down = false;
+                    existing.reconnect = Some((icfg, t.reqid));
+                    log::info!("reconnecting to {peer} once the closing IKE SA is down");
+                    return Ok(());
+                }
                 existing.forget_when_down = false;
                 if !init.is_established() {
                     // Not up: take the new settings for the next attempt.
@@ -434,6 +510,9 @@ impl Driver {
                         forget_when_down: false,
                         next_ike_rekey: None,
                         gone: false,
+                        reconnect: None,
+                        restart: false,
+                        closing: false,
                     },
                 );
                 log::info!("initiating IKE with {peer} (reqid {:#x})", t.reqid);
@@ -479,6 +558,9 @@ impl Driver {
                         forget_when_down: false,
                         next_ike_rekey: None,
                         gone: false,
+                        reconnect: None,
+                        restart: false,
+                        closing: false,
                     },
                 );
                 log::info!("accepting IKE from {peer} (reqid {:#x})", t.reqid);
@@ -494,9 +576,11 @@ impl Driver {
         for peer in peers {
             if let Some(t) = self.tunnels.get_mut(&peer) {
                 t.forget_when_down = true;
+                t.reconnect = None;
                 if t.core.is_established() {
-                    if let Err(e) = t.core.close(now, &self.rng) {
-                        log::warn!("closing the tunnel with {peer}: {e}");
+                    match t.core.close(now, &self.rng) {
+                        Ok(()) => t.closing = true,
+                        Err(e) => log::warn!("closing the tunnel with {peer}: {e}"),
                     }
                 }
             }
@@ -525,6 +609,10 @@ impl Driver {
     /// Deletes the tunnel's SAs from the kernel and forgets it.
     fn remove_tunnel(&mut self, peer: Ipv4Addr, report: Option<DownReason>) {
         let Some(t) = self.tunnels.remove(&peer) else { return };
+        with_shared(&self.shared, |s| {
+            s.ike.remove(&peer);
+        });
+        self.release_larval(peer, None);
         let had_sas = !t.children.is_empty();
         for (_, c) in t.children {
             self.kernel_op(KernelOp::Delete(c.inbound));
@@ -535,6 +623,42 @@ impl Driver {
         if let (Some(reason), true) = (report, had_sas) {
             self.kernel_op(KernelOp::Notify(DriverEvent::TunnelDown { peer, reason }));
         }
+    }
+
+    fn larval_of(&self, peer: Ipv4Addr) -> BTreeSet<u32> {
+        self.larval
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&peer).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Deletes reserved, never installed SPIs of `peer` (`only` these, or
+    /// all of them).
+    fn release_larval(&self, peer: Ipv4Addr, only: Option<&[u32]>) {
+        let gone: Vec<u32> = match self.larval.lock() {
+            Ok(mut l) => match (l.get_mut(&peer), only) {
+                (None, _) => Vec::new(),
+                (Some(set), None) => std::mem::take(set).into_iter().collect(),
+                (Some(set), Some(these)) => these.iter().filter(|s| set.remove(s)).copied().collect(),
+            },
+            Err(_) => Vec::new(),
+        };
+        for spi in gone {
+            log::debug!("releasing unused inbound SPI {spi:#010x} from {peer}");
+            self.kernel_op(KernelOp::Delete(SaId {
+                dst: self.cfg.local,
+                spi,
+            }));
+        }
+    }
+
+    /// Whether this inbound SPI was reserved (then it is installed by
+    /// completing the larval SA).
+    fn take_larval(&self, peer: Ipv4Addr, spi: u32) -> bool {
+        self.larval
+            .lock()
+            .is_ok_and(|mut l| l.get_mut(&peer).is_some_and(|s| s.remove(&spi)))
     }
 
     fn kernel_op(&self, op: KernelOp) {
@@ -550,6 +674,21 @@ impl Driver {
             let Some(out) = t.core.poll_output() else {
                 if t.gone {
                     self.tunnels.remove(&peer);
+                    return;
+                }
+                if std::mem::take(&mut t.restart) {
+                    if let Some((icfg, reqid)) = t.reconnect.take() {
+                        let mut init = Initiator::new(icfg);
+                        match init.connect(Instant::now(), &self.rng) {
+                            Ok(()) => {
+                                log::info!("initiating IKE with {peer} again (reqid {reqid:#x})");
+                                t.core = Core::Init(init);
+                                t.reqid = reqid;
+                                continue;
+                            }
+                            Err(e) => log::warn!("reconnecting to {peer}: {e}"),
+                        }
+                    }
                 }
                 return;
             };
@@ -627,7 +766,11 @@ impl Driver {
             outbound: outbound.id(),
             pending_out: None,
         };
-        self.kernel_op(KernelOp::Add(Box::new(inbound)));
+        if self.take_larval(peer, c.inbound_spi) {
+            self.kernel_op(KernelOp::Update(Box::new(inbound)));
+        } else {
+            self.kernel_op(KernelOp::Add(Box::new(inbound)));
+        }
         let child = if c.outbound_deferred {
             Child {
                 pending_out: Some(Box::new(outbound)),
@@ -702,10 +845,16 @@ impl Driver {
                         t.next_ike_rekey = self.cfg.ike_rekey_interval.map(|i| Instant::now() + i);
                     }
                 }
+                with_shared(&self.shared, |s| {
+                    s.ike.insert(peer, ike_spis);
+                });
                 self.kernel_op(KernelOp::Notify(DriverEvent::TunnelUp { peer, nat }));
             }
             Event::IkeSaRekeyed { old, new } => {
                 log::info!("IKE SA with {peer} rekeyed: {:016x} -> {:016x}", old.0, new.0);
+                with_shared(&self.shared, |s| {
+                    s.ike.insert(peer, new);
+                });
                 if let Some(t) = self.tunnels.get_mut(&peer) {
                     if matches!(t.core, Core::Init(_)) {
                         t.next_ike_rekey = self.cfg.ike_rekey_interval.map(|i| Instant::now() + i);
@@ -714,6 +863,9 @@ impl Driver {
             }
             Event::RekeyFailed { child, error } => {
                 log::warn!("rekey with {peer} failed: {error}");
+                // The failed exchange's reserved SPI is not used (only one
+                // CHILD SA per tunnel: no other reservation is pending).
+                self.release_larval(peer, None);
                 self.kernel_op(KernelOp::Notify(DriverEvent::RekeyFailed { peer, child }));
             }
             Event::TunnelDown { reason, ike_spis } => {
@@ -722,6 +874,11 @@ impl Driver {
                     ike_spis.0,
                     ike_spis.1
                 );
+                with_shared(&self.shared, |s| {
+                    if s.ike.get(&peer) == Some(&ike_spis) {
+                        s.ike.remove(&peer);
+                    }
+                });
                 let (forget, left) = match self.tunnels.get_mut(&peer) {
                     Some(t) => {
                         t.next_ike_rekey = None;
@@ -738,9 +895,13 @@ impl Driver {
                         self.kernel_op(KernelOp::Delete(c.outbound));
                     }
                 }
-                if forget {
-                    if let Some(t) = self.tunnels.get_mut(&peer) {
+                self.release_larval(peer, None);
+                if let Some(t) = self.tunnels.get_mut(&peer) {
+                    t.closing = false;
+                    if forget {
                         t.gone = true;
+                    } else if t.reconnect.is_some() && !t.core.is_established() {
+                        t.restart = true;
                     }
                 }
                 self.kernel_op(KernelOp::Notify(DriverEvent::TunnelDown { peer, reason }));

@@ -1,6 +1,7 @@
 //! The kernel side of the driver: SA installation on a dedicated thread
 //! (netlink calls block) and the XFRM expire subscription.
 
+use std::net::Ipv4Addr;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -19,11 +20,94 @@ pub trait SaInstaller: Send + 'static {
     fn add_sa(&mut self, sa: &SaSpec) -> Result<(), DatapathError>;
     /// Deletes one SA.
     fn delete_sa(&mut self, id: SaId) -> Result<(), DatapathError>;
+    /// Completes an SA whose SPI was reserved by a [`SpiAllocator`] (the
+    /// kernel's larval SA becomes the real one). Default: `add_sa`.
+    fn update_sa(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
+        self.add_sa(sa)
+    }
+}
+
+/// Reserves inbound SPIs (XFRM ALLOCSPI: a larval SA `src -> dst` with a
+/// free SPI, completed later by [`SaInstaller::update_sa`] or removed by
+/// `delete_sa`; the kernel drops unused ones after
+/// `net.core.xfrm_acq_expires` seconds). Called from the driver task, so
+/// it must be quick.
+pub trait SpiAllocator: Send + Sync + std::fmt::Debug + 'static {
+    /// A free SPI for an SA `src -> dst` with this reqid.
+    fn alloc_spi(&self, src: Ipv4Addr, dst: Ipv4Addr, reqid: u32) -> Result<u32, DatapathError>;
+}
+
+/// [`SpiAllocator`] over its own XFRM netlink socket.
+#[derive(Debug)]
+pub struct KernelSpis(Mutex<Xfrm>);
+
+impl KernelSpis {
+    /// Opens the netlink socket (needs CAP_NET_ADMIN).
+    pub fn open() -> Result<Self, DatapathError> {
+        Ok(Self(Mutex::new(Xfrm::open()?)))
+    }
+}
+
+/// SPIs the kernel hands out: above the range small test SPIs use.
+const SPI_MIN: u32 = 0xc000_0000;
+const SPI_MAX: u32 = 0xcfff_ffff;
+
+impl SpiAllocator for KernelSpis {
+    fn alloc_spi(&self, src: Ipv4Addr, dst: Ipv4Addr, reqid: u32) -> Result<u32, DatapathError> {
+        let mut x = self.0.lock().map_err(|_| DatapathError::Socket {
+            family: "xfrm",
+            reason: std::io::Error::other("SPI allocator lock poisoned"),
+        })?;
+        x.alloc_spi(src, dst, reqid, SPI_MIN, SPI_MAX)
+    }
+}
+
+/// A fake [`SpiAllocator`] for tests: consecutive SPIs from a start value,
+/// each one remembered.
+#[derive(Debug, Clone)]
+pub struct CountingSpis {
+    next: Arc<Mutex<u32>>,
+    handed_out: Arc<Mutex<Vec<u32>>>,
+}
+
+impl CountingSpis {
+    /// SPIs `first`, `first + 1`, ...
+    pub fn new(first: u32) -> Self {
+        Self {
+            next: Arc::new(Mutex::new(first)),
+            handed_out: Arc::default(),
+        }
+    }
+    /// Every SPI handed out so far.
+    pub fn handed_out(&self) -> Vec<u32> {
+        self.handed_out.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl SpiAllocator for CountingSpis {
+    fn alloc_spi(&self, _src: Ipv4Addr, _dst: Ipv4Addr, _reqid: u32) -> Result<u32, DatapathError> {
+        let spi = {
+            let mut n = self.next.lock().map_err(|_| DatapathError::Socket {
+                family: "xfrm",
+                reason: std::io::Error::other("lock poisoned"),
+            })?;
+            let spi = *n;
+            *n = n.wrapping_add(1);
+            spi
+        };
+        if let Ok(mut v) = self.handed_out.lock() {
+            v.push(spi);
+        }
+        Ok(spi)
+    }
 }
 
 impl SaInstaller for Xfrm {
     fn add_sa(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
         Xfrm::add_sa(self, sa)
+    }
+    fn update_sa(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
+        Xfrm::update_sa(self, sa)
     }
     fn delete_sa(&mut self, id: SaId) -> Result<(), DatapathError> {
         Xfrm::delete_sa(self, id)
@@ -44,6 +128,7 @@ pub enum SaOp {
 #[derive(Debug, Clone, Default)]
 pub struct RecordingInstaller {
     ops: Arc<Mutex<Vec<SaOp>>>,
+    updated: Arc<Mutex<Vec<SaId>>>,
 }
 
 impl RecordingInstaller {
@@ -55,6 +140,12 @@ impl RecordingInstaller {
     /// All calls so far, in order.
     pub fn ops(&self) -> Vec<SaOp> {
         self.ops.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// The SAs that were installed with `update_sa` (their SPI came from
+    /// an [`SpiAllocator`]); `ops` lists them as `Add`.
+    pub fn updated(&self) -> Vec<SaId> {
+        self.updated.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
     /// The SAs added and not deleted since, in order of addition.
@@ -83,12 +174,20 @@ impl SaInstaller for RecordingInstaller {
         }
         Ok(())
     }
+    fn update_sa(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
+        if let Ok(mut u) = self.updated.lock() {
+            u.push(sa.id());
+        }
+        self.add_sa(sa)
+    }
 }
 
 /// Work for the kernel thread, executed strictly in order.
 #[derive(Debug)]
 pub(crate) enum KernelOp {
     Add(Box<SaSpec>),
+    /// Complete a larval SA (SPI from ALLOCSPI).
+    Update(Box<SaSpec>),
     Delete(SaId),
     /// Pass an event to the owner once everything before it was done (so
     /// `TunnelUp` is reported only after the SAs are in the kernel).
@@ -105,11 +204,14 @@ pub(crate) struct Shared {
     pub sas: Vec<SaSpec>,
     /// Peers whose tunnel is up.
     pub up: std::collections::BTreeSet<std::net::Ipv4Addr>,
+    /// SPIs (initiator's, responder's) of each peer's current IKE SA
+    /// (kept by the driver task).
+    pub ike: std::collections::BTreeMap<std::net::Ipv4Addr, (u64, u64)>,
 }
 
 pub(crate) type SharedState = Arc<Mutex<Shared>>;
 
-fn with_shared(s: &SharedState, f: impl FnOnce(&mut Shared)) {
+pub(crate) fn with_shared(s: &SharedState, f: impl FnOnce(&mut Shared)) {
     if let Ok(mut g) = s.lock() {
         f(&mut g);
     }
@@ -125,19 +227,32 @@ pub(crate) fn spawn_kernel_thread(
     thread::Builder::new().name("ike-xfrm".into()).spawn(move || {
         while let Ok(op) = rx.recv() {
             match op {
-                KernelOp::Add(sa) => match installer.add_sa(&sa) {
-                    Ok(()) => {
-                        log::debug!("installed SA {} (reqid {:#x}, encap {:?})", sa.id(), sa.reqid, sa.encap);
-                        with_shared(&shared, |s| s.sas.push(*sa));
+                op @ (KernelOp::Add(_) | KernelOp::Update(_)) => {
+                    let (sa, r) = match op {
+                        KernelOp::Update(sa) => {
+                            let r = installer.update_sa(&sa);
+                            (sa, r)
+                        }
+                        KernelOp::Add(sa) => {
+                            let r = installer.add_sa(&sa);
+                            (sa, r)
+                        }
+                        _ => continue,
+                    };
+                    match r {
+                        Ok(()) => {
+                            log::debug!("installed SA {} (reqid {:#x}, encap {:?})", sa.id(), sa.reqid, sa.encap);
+                            with_shared(&shared, |s| s.sas.push(*sa));
+                        }
+                        Err(e) => {
+                            log::error!("installing SA {}: {e}", sa.id());
+                            let _ = events.send(DriverEvent::KernelError {
+                                sa: sa.id(),
+                                error: e.to_string(),
+                            });
+                        }
                     }
-                    Err(e) => {
-                        log::error!("installing SA {}: {e}", sa.id());
-                        let _ = events.send(DriverEvent::KernelError {
-                            sa: sa.id(),
-                            error: e.to_string(),
-                        });
-                    }
-                },
+                }
                 KernelOp::Delete(id) => {
                     match installer.delete_sa(id) {
                         Ok(()) => log::debug!("deleted SA {id}"),

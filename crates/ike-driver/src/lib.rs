@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 use vpnnat_datapath::{DatapathError, Lifetime, SaId, SaSpec};
 use vpnnat_ike::{DownReason, Identity, Secret, TrafficSelector};
 
-pub use kernel::{Expire, RecordingInstaller, SaInstaller, SaOp};
+pub use kernel::{CountingSpis, Expire, KernelSpis, RecordingInstaller, SaInstaller, SaOp, SpiAllocator};
 pub use net::Ports;
 
 /// Errors of the driver and its API.
@@ -257,7 +257,8 @@ impl IkeDriver {
         config: DriverConfig,
     ) -> Result<(DriverHandle, mpsc::UnboundedReceiver<DriverEvent>), DriverError> {
         let xfrm = vpnnat_datapath::xfrm::Xfrm::open().map_err(DriverError::Kernel)?;
-        Self::start(config, Box::new(xfrm)).await
+        let spis = kernel::KernelSpis::open().map_err(DriverError::Kernel)?;
+        driver::start(config, Box::new(xfrm), Some(std::sync::Arc::new(spis)))
     }
 
     /// Binds the sockets and starts the driver task with this SA installer
@@ -266,7 +267,18 @@ impl IkeDriver {
         config: DriverConfig,
         installer: Box<dyn SaInstaller>,
     ) -> Result<(DriverHandle, mpsc::UnboundedReceiver<DriverEvent>), DriverError> {
-        driver::start(config, installer)
+        driver::start(config, installer, None)
+    }
+
+    /// Like [`IkeDriver::start`], with inbound SPIs from `spis` (the kernel
+    /// uses [`kernel::KernelSpis`]; otherwise SPIs are random) installed
+    /// with [`SaInstaller::update_sa`].
+    pub async fn start_with_spis(
+        config: DriverConfig,
+        installer: Box<dyn SaInstaller>,
+        spis: std::sync::Arc<dyn SpiAllocator>,
+    ) -> Result<(DriverHandle, mpsc::UnboundedReceiver<DriverEvent>), DriverError> {
+        driver::start(config, installer, Some(spis))
     }
 }
 
@@ -296,6 +308,12 @@ impl DriverHandle {
     /// Whether the tunnel with `peer` is up (its SAs are in the kernel).
     pub fn is_up(&self, peer: Ipv4Addr) -> bool {
         self.shared.lock().is_ok_and(|s| s.up.contains(&peer))
+    }
+
+    /// SPIs (initiator's, responder's) of the current IKE SA with `peer`,
+    /// if one is established (they change with each IKE SA rekey).
+    pub fn ike_spis(&self, peer: Ipv4Addr) -> Option<(u64, u64)> {
+        self.shared.lock().ok().and_then(|s| s.ike.get(&peer).copied())
     }
 
     /// Sends a request without waiting for its answer, for synchronous

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use vpnnat_ike::{DownReason, Secret, TrafficSelector};
 use vpnnat_ike_driver::{
-    DriverConfig, DriverEvent, DriverHandle, Expire, IkeDriver, Ports, RecordingInstaller, Request, SaOp, TunnelConfig,
+    CountingSpis, DriverConfig, DriverError, DriverEvent, DriverHandle, Expire, IkeDriver, Ports, RecordingInstaller,
+    Request, SaOp, TunnelConfig,
 };
 
 const GW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -53,12 +54,21 @@ fn free_port_pair() -> Ports {
 }
 
 async fn side(local: Ipv4Addr, ports: Ports) -> Option<Side> {
+    side_with(local, ports, None).await
+}
+
+async fn side_with(local: Ipv4Addr, ports: Ports, spis: Option<CountingSpis>) -> Option<Side> {
     let mut cfg = DriverConfig::new(local);
     cfg.ports = ports;
     cfg.kernel_events = false;
     cfg.shutdown_grace = Duration::from_secs(2);
     let rec = RecordingInstaller::new();
-    let (h, ev) = IkeDriver::start(cfg, Box::new(rec.clone())).await.ok()?;
+    let (h, ev) = match spis {
+        None => IkeDriver::start(cfg, Box::new(rec.clone())).await.ok()?,
+        Some(s) => IkeDriver::start_with_spis(cfg, Box::new(rec.clone()), std::sync::Arc::new(s))
+            .await
+            .ok()?,
+    };
     Some(Side {
         h,
         ev,
@@ -339,4 +349,213 @@ async fn detached_requests_for_synchronous_owners() {
     r.wait("rt down", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
     assert!(r.h.installed_sas().is_empty());
     assert!(g.h.installed_sas().is_empty());
+}
+
+fn is_down(e: &DriverEvent) -> bool {
+    matches!(e, DriverEvent::TunnelDown { .. })
+}
+
+fn spis(r: &RecordingInstaller) -> Vec<u32> {
+    let mut v: Vec<u32> = r.installed().iter().map(|s| s.spi).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Lets late datagrams and kernel operations settle.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn disconnect_racing_our_child_rekey_leaves_no_sa() {
+    let (mut g, mut r) = up_pair().await;
+    // The rekey request is in flight (no answer can have come back) when
+    // the disconnect arrives.
+    let (a, b) = tokio::join!(g.h.rekey_child(RT), g.h.disconnect(RT));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(
+        g.wait("gw down", is_down).await,
+        DriverEvent::TunnelDown {
+            peer: RT,
+            reason: DownReason::Closed
+        }
+    );
+    assert_eq!(
+        r.wait("rt down", is_down).await,
+        DriverEvent::TunnelDown {
+            peer: GW,
+            reason: DownReason::DeletedByPeer
+        }
+    );
+    settle().await;
+    assert!(g.rec.installed().is_empty(), "gateway kept {:?}", g.rec.installed());
+    assert!(r.rec.installed().is_empty(), "router kept {:?}", r.rec.installed());
+    assert!(!g.h.is_up(RT));
+    assert!(!r.h.is_up(GW));
+    assert!(g.h.installed_sas().is_empty());
+    // The peer is forgotten.
+    assert!(matches!(g.h.disconnect(RT).await, Err(DriverError::UnknownPeer(RT))));
+}
+
+#[tokio::test]
+async fn disconnect_racing_the_peers_child_rekey_leaves_no_sa() {
+    let (mut g, mut r) = up_pair().await;
+    // The router's CREATE_CHILD_SA and the gateway's DELETE cross.
+    let (a, b) = tokio::join!(r.h.rekey_child(GW), g.h.disconnect(RT));
+    a.unwrap();
+    b.unwrap();
+    g.wait("gw down", is_down).await;
+    r.wait("rt down", is_down).await;
+    settle().await;
+    assert!(g.rec.installed().is_empty(), "gateway kept {:?}", g.rec.installed());
+    assert!(r.rec.installed().is_empty(), "router kept {:?}", r.rec.installed());
+    assert!(!g.h.is_up(RT));
+    assert!(!r.h.is_up(GW));
+}
+
+#[tokio::test]
+async fn connect_right_after_disconnect_brings_a_new_tunnel_up() {
+    let (mut g, mut r) = up_pair().await;
+    let (old_g, old_r) = (spis(&g.rec), spis(&r.rec));
+    let old_ike = g.h.ike_spis(RT).expect("IKE SA up");
+    assert_eq!(r.h.ike_spis(GW), Some(old_ike));
+    // No TunnelDown in between: the DELETE is still in flight.
+    g.h.disconnect(RT).await.unwrap();
+    g.h.connect(gw_tunnel(b"the right key")).await.unwrap();
+    assert_eq!(
+        g.wait("gw down", is_down).await,
+        DriverEvent::TunnelDown {
+            peer: RT,
+            reason: DownReason::Closed
+        }
+    );
+    g.wait("gw up again", is_up).await;
+    r.wait("rt down", is_down).await;
+    r.wait("rt up again", is_up).await;
+    settle().await;
+    let (new_g, new_r) = (spis(&g.rec), spis(&r.rec));
+    assert_eq!(new_g.len(), 2, "{new_g:?}");
+    assert_eq!(new_r.len(), 2, "{new_r:?}");
+    assert!(new_g.iter().all(|s| !old_g.contains(s)), "{old_g:?} -> {new_g:?}");
+    assert!(new_r.iter().all(|s| !old_r.contains(s)), "{old_r:?} -> {new_r:?}");
+    assert!(g.h.is_up(RT));
+    let new_ike = g.h.ike_spis(RT).expect("new IKE SA");
+    assert_ne!(new_ike, old_ike);
+    assert_eq!(r.h.ike_spis(GW), Some(new_ike));
+}
+
+#[tokio::test]
+async fn disconnect_connect_disconnect_ends_down_and_forgotten() {
+    let (mut g, mut r) = up_pair().await;
+    g.h.disconnect(RT).await.unwrap();
+    g.h.connect(gw_tunnel(b"the right key")).await.unwrap();
+    g.h.disconnect(RT).await.unwrap();
+    g.wait("gw down", is_down).await;
+    r.wait("rt down", is_down).await;
+    settle().await;
+    assert!(g.rec.installed().is_empty(), "{:?}", g.rec.installed());
+    assert!(r.rec.installed().is_empty(), "{:?}", r.rec.installed());
+    assert!(!g.seen.iter().skip_while(|e| !is_down(e)).any(is_up), "{:?}", g.seen);
+    assert!(matches!(g.h.disconnect(RT).await, Err(DriverError::UnknownPeer(RT))));
+}
+
+#[tokio::test]
+async fn ike_spis_follow_the_ike_sa() {
+    let (mut g, r) = up_pair().await;
+    let before = g.h.ike_spis(RT).expect("IKE SA up");
+    assert_eq!(r.h.ike_spis(GW), Some(before));
+    g.h.rekey_ike(RT).await.unwrap();
+    // The rekey is done when both ends show the same, new SPIs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, b) = (g.h.ike_spis(RT), r.h.ike_spis(GW));
+        if a.is_some() && a == b && a != Some(before) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{before:?} -> {a:?} / {b:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    g.h.disconnect(RT).await.unwrap();
+    g.wait("gw down", is_down).await;
+    assert_eq!(g.h.ike_spis(RT), None);
+}
+
+/// A pair whose drivers take inbound SPIs from allocators (as from the
+/// kernel's ALLOCSPI).
+async fn pair_with_spis() -> (Side, Side, CountingSpis, CountingSpis) {
+    let (gs, rs) = (CountingSpis::new(0xc000_0100), CountingSpis::new(0xc100_0100));
+    for _ in 0..20 {
+        let ports = free_port_pair();
+        if let (Some(g), Some(r)) = (
+            side_with(GW, ports, Some(gs.clone())).await,
+            side_with(RT, ports, Some(rs.clone())).await,
+        ) {
+            return (g, r, gs, rs);
+        }
+    }
+    panic!("no free port pair on loopback");
+}
+
+#[tokio::test]
+async fn reserved_inbound_spis_are_completed_not_added() {
+    let (mut g, mut r, gs, rs) = pair_with_spis().await;
+    r.h.accept(rt_tunnel(b"the right key")).await.unwrap();
+    g.h.connect(gw_tunnel(b"the right key")).await.unwrap();
+    g.wait("gw up", is_up).await;
+    r.wait("rt up", is_up).await;
+    settle().await;
+    // Each side's inbound SA has the SPI its allocator reserved, and was
+    // installed by completing the reservation.
+    let (gi, ri) = (g.rec.installed(), r.rec.installed());
+    assert_eq!(gs.handed_out(), vec![0xc000_0100]);
+    assert_eq!(rs.handed_out(), vec![0xc100_0100]);
+    assert_eq!((gi[0].dst, gi[0].spi), (GW, 0xc000_0100));
+    assert_eq!((ri[0].dst, ri[0].spi), (RT, 0xc100_0100));
+    assert_eq!(g.rec.updated(), vec![gi[0].id()]);
+    assert_eq!(r.rec.updated(), vec![ri[0].id()]);
+    // Outbound SAs use the peer's reservation, added normally.
+    assert_eq!(gi[1].spi, 0xc100_0100);
+    assert_eq!(ri[1].spi, 0xc000_0100);
+    // A rekey reserves a new SPI on the side that answers and the side
+    // that asks.
+    g.h.rekey_child(RT).await.unwrap();
+    g.wait("old pair removed", |e| matches!(e, DriverEvent::ChildSaRemoved { .. }))
+        .await;
+    settle().await;
+    assert_eq!(gs.handed_out(), vec![0xc000_0100, 0xc000_0101]);
+    assert_eq!(rs.handed_out(), vec![0xc100_0100, 0xc100_0101]);
+    let gi = g.rec.installed();
+    assert_eq!(gi.len(), 2, "{gi:?}");
+    assert!(g.rec.updated().contains(&gi[0].id()), "{gi:?}");
+    assert_eq!(gi[0].spi, 0xc000_0101);
+}
+
+#[tokio::test]
+async fn reserved_spi_of_a_failed_auth_is_released() {
+    let (mut g, mut r, gs, _rs) = pair_with_spis().await;
+    r.h.accept(rt_tunnel(b"the right key")).await.unwrap();
+    g.h.connect(gw_tunnel(b"a wrong key")).await.unwrap();
+    g.wait("gw down", is_down).await;
+    r.wait("rt rejected", |e| matches!(e, DriverEvent::Rejected { .. }))
+        .await;
+    settle().await;
+    // The gateway reserved one SPI for its IKE_AUTH; it is deleted again.
+    let reserved = gs.handed_out();
+    assert_eq!(reserved.len(), 1);
+    assert_eq!(
+        g.rec.ops(),
+        vec![SaOp::Delete(vpnnat_datapath::SaId {
+            dst: GW,
+            spi: reserved[0]
+        })]
+    );
+    assert!(g.rec.updated().is_empty());
+    // The router installed nothing; whatever it reserved is released too.
+    assert!(r.rec.installed().is_empty(), "{:?}", r.rec.ops());
+    assert!(
+        r.rec.ops().iter().all(|o| matches!(o, SaOp::Delete(_))),
+        "{:?}",
+        r.rec.ops()
+    );
 }

@@ -102,6 +102,9 @@ pub enum Error {
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
+    /// No inbound SPI could be reserved (the kernel refused ALLOCSPI).
+    #[error("no inbound SPI: {0}")]
+    SpiAllocation(String),
     /// Message IDs are exhausted; the SA must be rekeyed.
     #[error("message ids exhausted")]
     MessageIdsExhausted,

@@ -11,7 +11,7 @@
 //! rejected message leaves the SA exactly as it was.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,14 @@ type Result<T> = std::result::Result<T, Error>;
 
 /// Nonce length we send (RFC 7296 2.10: at least half the PRF key size).
 const NONCE_LEN: usize = 32;
+
+/// Where inbound ESP SPIs come from. The driver asks the kernel (XFRM
+/// ALLOCSPI, which reserves the SPI with a larval SA that the CHILD SA
+/// install then completes); without one, SPIs are random.
+pub trait SpiSource: Send + Sync + std::fmt::Debug {
+    /// A free SPI for an inbound SA `remote -> local`, or why not.
+    fn inbound_spi(&self, local: IpAddr, remote: IpAddr) -> std::result::Result<u32, String>;
+}
 
 /// Configuration shared by both roles.
 #[derive(Debug, Clone)]
@@ -68,6 +76,8 @@ pub struct SaConfig {
     /// When we are behind a NAT, send a NAT-T keepalive after this long
     /// without sending anything (RFC 3948 4).
     pub nat_keepalive: Option<Duration>,
+    /// Source of our inbound ESP SPIs (`None`: random).
+    pub spi_source: Option<Arc<dyn SpiSource>>,
 }
 
 impl SaConfig {
@@ -91,6 +101,7 @@ impl SaConfig {
             child_pfs: false,
             half_open_timeout: Duration::from_secs(30),
             nat_keepalive: Some(Duration::from_secs(20)),
+            spi_source: None,
         }
     }
 }
@@ -737,7 +748,7 @@ impl IkeSa {
         let id = self.cfg.local_id.clone();
         let signed = signed_octets(&self.msg1, &self.nr, keys.sk_pi.expose(), &id.body_bytes());
         let auth = psk_auth(self.cfg.psk.expose(), &signed);
-        let inbound_spi = random_esp_spi(rng)?;
+        let inbound_spi = self.new_inbound_spi(rng)?;
         let mut payloads = vec![
             Payload::IdI(id),
             Payload::Auth(Auth {
@@ -905,6 +916,7 @@ impl IkeSa {
             encap: self.nat.then_some((self.local.port(), self.remote.port())),
             replaces,
         })));
+        child.installed = true;
         self.children.push(child);
         Ok(())
     }
@@ -1084,6 +1096,16 @@ impl IkeSa {
         result
     }
 
+    /// A fresh inbound ESP SPI (from the configured source, else random).
+    fn new_inbound_spi(&self, rng: &dyn SecureRandom) -> Result<u32> {
+        match &self.cfg.spi_source {
+            Some(src) => src
+                .inbound_spi(self.local.ip(), self.remote.ip())
+                .map_err(Error::SpiAllocation),
+            None => Ok(random_esp_spi(rng)?),
+        }
+    }
+
     /// Picks an ESP proposal and narrows the traffic selectors of a request
     /// (IKE_AUTH or CREATE_CHILD_SA). Returns the child (with a fresh
     /// inbound SPI) and the proposal number, or the notify to answer with.
@@ -1104,7 +1126,7 @@ impl IkeSa {
         if remote_ts.is_empty() || local_ts.is_empty() {
             return Err((nt::TS_UNACCEPTABLE, Error::TsUnacceptable));
         }
-        let inbound_spi = random_esp_spi(rng).map_err(|e| (nt::TEMPORARY_FAILURE, e.into()))?;
+        let inbound_spi = self.new_inbound_spi(rng).map_err(|e| (nt::TEMPORARY_FAILURE, e))?;
         Ok((
             Child {
                 inbound_spi,
@@ -1612,6 +1634,11 @@ impl IkeSa {
 
     /// Queues a request and sends it when the window allows.
     pub(crate) fn start(&mut self, now: Instant, what: Queued, rng: &dyn SecureRandom, out: &mut Out) -> Result<()> {
+        if self.state == SaState::Deleting && what != Queued::DeleteIke {
+            // Closing (e.g. a rekey answered after our close): the IKE
+            // SA's DELETE takes every CHILD SA with it; just let it go out.
+            return self.pump(now, rng, out);
+        }
         if !matches!(self.state, SaState::Established) {
             return Err(Error::NotEstablished);
         }
@@ -1673,7 +1700,7 @@ impl IkeSa {
                     let Some(child) = self.children.iter().find(|c| c.inbound_spi == spi).cloned() else {
                         continue;
                     };
-                    let new_inbound = random_esp_spi(rng)?;
+                    let new_inbound = self.new_inbound_spi(rng)?;
                     let ni = random_bytes(rng, NONCE_LEN)?;
                     let pfs = self.cfg.child_pfs.then_some(self.suite.dh);
                     let mut p = vec![

@@ -577,3 +577,85 @@ fn crossed_ike_rekey_seen_by_one_side_only() {
     assert!(ge.is_empty() && re.is_empty(), "{ge:?} {re:?}");
     assert!(net.gw.is_established() && net.rt.is_established());
 }
+
+/// Every pair reported up is reported down again (installed SAs balance).
+fn balanced(ev: &[Event]) -> bool {
+    let mut up: Vec<u32> = Vec::new();
+    for e in ev {
+        match e {
+            Event::ChildSaUp(c) => up.push(c.inbound_spi),
+            Event::ChildSaDown { inbound_spi, .. } => up.retain(|s| s != inbound_spi),
+            _ => {}
+        }
+    }
+    up.is_empty()
+}
+
+#[test]
+fn close_while_our_child_rekey_is_in_flight() {
+    let mut net = Net::default_pair();
+    let (g, _r) = established(&mut net);
+    let _ = net.take_events();
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.gw.close(net.now, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(tunnel_down(&ge), Some(DownReason::Closed), "{ge:?}");
+    assert_eq!(tunnel_down(&re), Some(DownReason::DeletedByPeer), "{re:?}");
+    // The pair set up by the rekey (if any) went down with the old one.
+    let before = vec![Event::ChildSaUp(g.clone())];
+    assert!(balanced(&[before, ge.clone()].concat()), "{ge:?}");
+    assert!(net.gw.child_sas().is_empty() && net.rt.child_sas().is_empty());
+    assert!(!net.gw.is_established() && !net.rt.is_established());
+}
+
+#[test]
+fn close_while_the_peers_child_rekey_is_in_flight() {
+    let mut net = Net::default_pair();
+    let (g, r) = established(&mut net);
+    let _ = net.take_events();
+    net.rt.rekey_child(net.now, r.inbound_spi, &net.rng).unwrap();
+    net.gw.close(net.now, &net.rng).unwrap();
+    net.run();
+    let (ge, re) = net.take_events();
+    assert_eq!(tunnel_down(&ge), Some(DownReason::Closed), "{ge:?}");
+    assert_eq!(tunnel_down(&re), Some(DownReason::DeletedByPeer), "{re:?}");
+    assert!(
+        balanced(&[vec![Event::ChildSaUp(g.clone())], ge.clone()].concat()),
+        "{ge:?}"
+    );
+    assert!(
+        balanced(&[vec![Event::ChildSaUp(r.clone())], re.clone()].concat()),
+        "{re:?}"
+    );
+    assert!(net.gw.child_sas().is_empty() && net.rt.child_sas().is_empty());
+}
+
+#[test]
+fn pair_made_by_our_rekey_is_reported_down_when_rekeyed_again() {
+    let mut net = Net::default_pair();
+    let (g, _r) = established(&mut net);
+    net.gw.rekey_child(net.now, g.inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, _) = net.take_events();
+    let second = child_ups(&ge);
+    assert_eq!(second.len(), 1, "{ge:?}");
+    assert_eq!(downs(&ge), vec![(g.inbound_spi, g.outbound_spi)]);
+    // Rekeying the pair our own rekey made must remove it too.
+    net.gw.rekey_child(net.now, second[0].inbound_spi, &net.rng).unwrap();
+    net.run();
+    let (ge, _) = net.take_events();
+    assert_eq!(child_ups(&ge).len(), 1, "{ge:?}");
+    assert_eq!(
+        downs(&ge),
+        vec![(second[0].inbound_spi, second[0].outbound_spi)],
+        "{ge:?}"
+    );
+    assert_eq!(net.gw.child_sas().len(), 1);
+    // And closing reports the current pair down.
+    let third = child_ups(&ge)[0].clone();
+    net.gw.close(net.now, &net.rng).unwrap();
+    net.run();
+    let (ge, _) = net.take_events();
+    assert_eq!(downs(&ge), vec![(third.inbound_spi, third.outbound_spi)], "{ge:?}");
+}

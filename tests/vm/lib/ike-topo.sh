@@ -70,6 +70,29 @@ wait_for() {
 	cat "$1" 2>/dev/null
 	return 1
 }
+# wait_count FILE PATTERN N SECS: until at least N lines of FILE match.
+wait_count() {
+	i=0
+	while [ $i -lt $(($4 * 10)) ]; do
+		[ "$(grep -c "$2" "$1" 2>/dev/null)" -ge "$3" ] && return 0
+		sleep 0.1
+		i=$((i + 1))
+	done
+	echo "fewer than $3 lines '$2' in $1 after $4 s:"
+	cat "$1" 2>/dev/null
+	return 1
+}
+# last_ike FILE: "<spi-i> <spi-r>" of the last IKE_SA line of a vpnnat-ike output.
+last_ike() { sed -n 's/^IKE_SA [^ ]* //p' "$1" | tail -1; }
+# spis NS: the SPIs of the namespace's SAs, sorted, on one line.
+spis() { nsx "$1" "$IP" xfrm state | sed -n 's/.* spi \(0x[0-9a-f]*\) .*/\1/p' | sort | tr '\n' ' '; }
+# disjoint "A B .." "C D ..": no word in both lists.
+disjoint() {
+	for a in $1; do
+		for b in $2; do [ "$a" = "$b" ] && return 1; done
+	done
+	return 0
+}
 # gone PID SECS: until the process has exited.
 gone() {
 	i=0

@@ -4,8 +4,13 @@
 //!
 //! Prints one line per event on stdout (`UP <peer> nat=<0|1>`,
 //! `CHILD_UP <peer> <in-spi> <out-spi>`, `CHILD_DOWN ..`, `DOWN <peer>
-//! <reason>`, `REJECTED <from> <error>`), runs until SIGTERM/SIGINT and
-//! then deletes the tunnel (INFORMATIONAL DELETE) and its SAs.
+//! <reason>`, `REJECTED <from> <error>`, `IKE_SA <peer> <spi-i> <spi-r>`
+//! whenever the IKE SA is new), runs until SIGTERM/SIGINT and then deletes
+//! the tunnel (INFORMATIONAL DELETE) and its SAs. SIGUSR1 rekeys the IKE
+//! SA, SIGUSR2 the CHILD SA. `vpnnat-ike tool ...`: test helpers
+//! (tools.rs).
+
+mod tools;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -52,6 +57,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         count: usize,
     },
+    /// Test helpers (raw UDP, capture, TCP transfer, SA observer).
+    #[command(subcommand)]
+    Tool(tools::Tool),
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +139,7 @@ async fn main() -> Result<()> {
         Cmd::Initiate { t, exit_on_down } => (t, true, exit_on_down, None),
         Cmd::Respond { t } => (t, false, false, None),
         Cmd::Bench { t, count } => (t, true, true, Some(count)),
+        Cmd::Tool(t) => return tools::run(t),
     };
     let psk = read_psk()?;
     let mut cfg = DriverConfig::new(t.local);
@@ -158,6 +167,7 @@ async fn main() -> Result<()> {
     if let Some(count) = bench {
         return run_bench(&drv, &mut events, tunnel, count).await;
     }
+    let peer = tunnel.peer;
     if initiator {
         drv.connect(tunnel).await?;
     } else {
@@ -165,11 +175,26 @@ async fn main() -> Result<()> {
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ike_sa = None;
     let mut status = 0;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr1.recv() => {
+                if let Err(e) = drv.rekey_ike(peer).await {
+                    say(&format!("REKEY_REFUSED ike {e}"));
+                }
+            }
+            _ = usr2.recv() => {
+                if let Err(e) = drv.rekey_child(peer).await {
+                    say(&format!("REKEY_REFUSED child {e}"));
+                }
+            }
+            _ = tick.tick() => {}
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 if !print_event(ev) && exit_on_down {
@@ -177,6 +202,13 @@ async fn main() -> Result<()> {
                     break;
                 }
             }
+        }
+        let now = drv.ike_spis(peer);
+        if now != ike_sa {
+            if let Some((i, r)) = now {
+                say(&format!("IKE_SA {peer} {i:016x} {r:016x}"));
+            }
+            ike_sa = now;
         }
     }
     drv.shutdown().await;

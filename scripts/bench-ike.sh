@@ -1,0 +1,25 @@
+#!/bin/bash
+# scripts/bench-ike.sh — IKEv2 set-up time, ours vs strongSwan, in the test
+# VM with real ESP: from the initiate command until both ESP SAs of the
+# CHILD SA are in the initiator's kernel (seen through XFRM netlink events),
+# median of 20 each (IKE_BENCH_N), ours -> ours and charon -> charon, the same
+# measurement for both (tests/vm/strongswan/bench.sh). Prints the figures and
+# the ratio; writes docs/bench/ike.txt. Asserts nothing about time.
+# Run as root from anywhere; builds the VM binaries unless VPNNAT_VM_NO_BUILD=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $(id -u) -eq 0 ]] || { echo "bench-ike: run as root" >&2; exit 2; }
+for p in strongswan-charon strongswan-swanctl; do
+	dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$p" >/dev/null; }
+done
+eval "$(tests/vm/strongswan/extra.sh)"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+scripts/vm-test tests/vm/strongswan/bench.sh | tee "$out"
+mkdir -p docs/bench
+{
+	echo "# $(date -u +%Y-%m-%dT%H:%MZ), scripts/bench-ike.sh: QEMU TCG VM (Debian 6.1 kernel) on $(nproc) host cores,"
+	echo "# $(/usr/lib/ipsec/charon --version 2>/dev/null | head -1 || echo 'charon') vs vpnnat-ike $(git rev-parse --short HEAD)"
+	grep '^bench:' "$out"
+} >docs/bench/ike.txt
+cat docs/bench/ike.txt
