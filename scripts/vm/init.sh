@@ -66,6 +66,20 @@ fi
 
 /usr/sbin/ip link set lo up
 
+# The browser disk (scripts/vm/browser-root.sh), if vm-test attached one:
+# a read-only root with Chromium for `vpnnat-operator --chroot`.
+if [ -b /dev/vda ]; then
+	mkdir -p /opt/browser
+	if mount -o ro /dev/vda /opt/browser 2>/dev/console; then
+		mount -t proc proc /opt/browser/proc
+		mount --rbind /dev /opt/browser/dev
+		mount -t tmpfs -o mode=1777 tmpfs /opt/browser/tmp
+		mount -t tmpfs -o mode=0755 tmpfs /opt/browser/run
+	else
+		say "could not mount the browser disk /dev/vda"
+	fi
+fi
+
 VMTEST_NONCE=none
 VMTEST_SCRIPT=
 # shellcheck source=/dev/null

@@ -39,6 +39,16 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// Connect to every ADDR at the same time (one thread each) and keep
+    /// every connection open until all have answered or failed, so the
+    /// answers prove simultaneous reachability. Prints one line per ADDR:
+    /// `ADDR TOKEN ...` or `ADDR NONE <why>`, then `OPEN_AT_ONCE n`. Exit
+    /// status 0 whatever was reached (the caller judges the lines).
+    Multi {
+        addrs: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,5 +103,48 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} CLIENT_PEER {peer}", line.trim_end());
             Ok(())
         }
+        Cmd::Multi { addrs, timeout_ms } => {
+            let t = Duration::from_millis(timeout_ms);
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(addrs.len()));
+            let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let workers: Vec<_> = addrs
+                .iter()
+                .map(|&addr| {
+                    let barrier = barrier.clone();
+                    let open = open.clone();
+                    std::thread::spawn(move || {
+                        let res = reach(addr, t);
+                        if let Ok((_, Some(_))) = &res {
+                            open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        // Hold the connection until every other one is done.
+                        barrier.wait();
+                        match res {
+                            Ok((line, _stream)) => format!("{addr} {line}"),
+                            Err(e) => format!("{addr} NONE {e:#}"),
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let line = w.join().map_err(|_| anyhow::anyhow!("worker thread panicked"))?;
+                println!("{line}");
+            }
+            println!("OPEN_AT_ONCE {}", open.load(std::sync::atomic::Ordering::SeqCst));
+            Ok(())
+        }
     }
+}
+
+/// Connects, reads the server's line and returns it with the still-open
+/// stream (a server that already closed gives `None`).
+fn reach(addr: SocketAddr, t: Duration) -> Result<(String, Option<TcpStream>)> {
+    let s = TcpStream::connect_timeout(&addr, t).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(t))?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .with_context(|| format!("read from {addr}"))?;
+    anyhow::ensure!(!line.is_empty(), "{addr} closed without answering");
+    Ok((line.trim_end().to_owned(), Some(s)))
 }
