@@ -7,13 +7,52 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use vpnnat_proto::paths;
 use vpnnat_proto::types::Ipv4Cidr;
 
 use crate::center::{Center, CenterError, GatewayCommands, RouterCommands};
-use crate::http::{auth_headers, read_body, serve, signed, text, unix_now, Body};
+use crate::http::{auth_headers, read_body, serve, signed, text, unix_now, Body, Route};
+
+/// Every route of the router/gateway API: the dispatcher matches requests
+/// against this table and the OpenAPI check reads it, so the document and
+/// the server cannot drift apart.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        path: paths::center::INSTALL,
+        name: "install",
+    },
+    Route {
+        method: "POST",
+        path: paths::center::FAILURE,
+        name: "failure",
+    },
+    Route {
+        method: "POST",
+        path: paths::center::GATEWAY_ADDRESS,
+        name: "gateway_address",
+    },
+    Route {
+        method: "POST",
+        path: paths::center::MAINTENANCE,
+        name: "maintenance",
+    },
+    Route {
+        method: "POST",
+        path: paths::center::GATEWAY_EVENT,
+        name: "gateway_event",
+    },
+    Route {
+        method: "GET",
+        path: "/healthz",
+        name: "healthz",
+    },
+];
+
+/// The command labels of the latency metrics (the POST routes).
+pub const COMMANDS: &[&str] = &["install", "failure", "gateway_address", "maintenance", "gateway_event"];
 
 /// Largest body read from the network; proto enforces each command's own
 /// (smaller) limit after that.
@@ -51,7 +90,16 @@ pub async fn run_with<G, R>(
     serve(listener, shutdown, move |req, peer| {
         let c = center.clone();
         let s = settings.clone();
-        async move { handle(c, &s, req, peer).await }
+        async move {
+            let started = std::time::Instant::now();
+            let name = Route::find(ROUTES, req.uri().path()).map_or(crate::metrics::OTHER, |r| r.name);
+            let resp = handle(c.clone(), &s, req, peer).await;
+            if name != "healthz" {
+                c.command_metrics()
+                    .observe(name, resp.status().as_u16(), started.elapsed());
+            }
+            resp
+        }
     })
     .await
 }
@@ -91,17 +139,14 @@ where
     R: RouterCommands + 'static,
 {
     let path = req.uri().path().to_owned();
-    if req.method() == Method::GET && path == "/healthz" {
+    let Some(route) = Route::find(ROUTES, &path) else {
+        return text(404, "no such endpoint");
+    };
+    if req.method().as_str() != route.method {
+        return text(405, format!("use {}", route.method));
+    }
+    if route.method == "GET" {
         return text(200, "ok");
-    }
-    if !paths::ALL.contains(&path.as_str()) || path.starts_with("/v1/center/") || path.starts_with("/v1/tunnel/") {
-        return text(404, "no such endpoint");
-    }
-    if path == paths::gateway::STATE {
-        return text(404, "no such endpoint");
-    }
-    if req.method() != Method::POST {
-        return text(405, "use POST");
     }
     let (parts, body) = match read_body(req, MAX_BODY).await {
         Ok(x) => x,
@@ -112,21 +157,17 @@ where
         Err(e) => return err(e.into()),
     };
     let now = unix_now();
-    let result = match path.as_str() {
-        paths::center::INSTALL => {
-            center.install_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings))
-        }
-        paths::center::FAILURE => {
-            center.failure_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings))
-        }
-        paths::center::GATEWAY_ADDRESS => center.gateway_address(&path, &headers, &body, now).await,
-        paths::center::MAINTENANCE => {
+    let result = match route.name {
+        "install" => center.install_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings)),
+        "failure" => center.failure_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings)),
+        "gateway_address" => center.gateway_address(&path, &headers, &body, now).await,
+        "maintenance" => {
             let Some(ip) = router_ip(peer, &parts.headers, settings) else {
                 return text(400, "the router's IPv4 address is unknown");
             };
             center.maintenance(&path, &headers, &body, ip, now).await
         }
-        paths::center::GATEWAY_EVENT => center.tunnel_event(&path, &headers, &body, now),
+        "gateway_event" => center.tunnel_event(&path, &headers, &body, now),
         _ => return text(404, "no such endpoint"),
     };
     match result {

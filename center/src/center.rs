@@ -33,7 +33,7 @@ use vpnnat_proto::{decode_request, encode_response, Command, KeyKind, Outgoing, 
 
 use crate::routes::RouteProgrammer;
 use crate::storage::{
-    is_router_own_part, NewRequest, RequestRow, SlotRow, Storage, StorageError, TerminalRow, TunnelState,
+    is_router_own_part, NewRequest, RequestRow, RequestState, SlotRow, Storage, StorageError, TerminalRow, TunnelState,
 };
 
 /// Extra slot-claim attempts beyond one per gateway (each failed attempt
@@ -262,6 +262,8 @@ pub struct Center<G, R> {
     /// Host routes toward the gateways (None: the operator's routing is
     /// someone else's job).
     routes: Option<Box<dyn RouteProgrammer>>,
+    /// Latency and outcome of the router/gateway API commands.
+    metrics: crate::metrics::CommandMetrics,
 }
 
 /// The database's nonce store, locking the storage only for each nonce
@@ -331,6 +333,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             rng: SystemRandom::new(),
             tunnel_events: Notify::new(),
             routes: None,
+            metrics: crate::metrics::CommandMetrics::new(crate::api::COMMANDS),
         })
     }
 
@@ -360,6 +363,88 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 
     pub fn gateways(&self) -> &G {
         &self.gateways
+    }
+
+    /// Latency and outcome of the API commands (recorded by `api`).
+    pub fn command_metrics(&self) -> &crate::metrics::CommandMetrics {
+        &self.metrics
+    }
+
+    /// The Prometheus exposition: requests by state, pool used/free, slots
+    /// used/free and tunnels up per gateway, draining gateways, command
+    /// latency histograms. Read from the database (shared by every centerd)
+    /// at scrape time; the command metrics are this process's.
+    pub fn render_metrics(&self) -> Result<String, CenterError> {
+        use crate::metrics::family;
+        let (counts, pool, gws) = {
+            let st = self.store()?;
+            (st.request_counts()?, st.pool_usage()?, st.gateway_usage()?)
+        };
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^53
+        let f = |v: u64| v as f64;
+        let mut out = String::new();
+        let states = [RequestState::Waiting, RequestState::InProgress, RequestState::Ended];
+        family(
+            &mut out,
+            "vpnnat_center_requests",
+            "gauge",
+            "Maintenance requests by state.",
+            &states
+                .iter()
+                .map(|st| {
+                    let n = counts.iter().find(|(s, _)| s == st).map_or(0, |(_, n)| *n);
+                    (vec![("state", st.as_str().to_owned())], f(n))
+                })
+                .collect::<Vec<_>>(),
+        );
+        family(
+            &mut out,
+            "vpnnat_center_pool_addresses",
+            "gauge",
+            "VPNNAT pool addresses by state.",
+            &[
+                (vec![("state", "used".to_owned())], f(pool.allocated)),
+                (vec![("state", "free".to_owned())], f(pool.free)),
+            ],
+        );
+        let mut slots = Vec::new();
+        let mut up = Vec::new();
+        let mut draining = Vec::new();
+        for g in &gws {
+            slots.push((
+                vec![("gateway", g.name.clone()), ("state", "used".to_owned())],
+                f(g.used),
+            ));
+            slots.push((
+                vec![("gateway", g.name.clone()), ("state", "free".to_owned())],
+                f(g.free),
+            ));
+            up.push((vec![("gateway", g.name.clone())], f(g.up)));
+            draining.push((vec![("gateway", g.name.clone())], if g.draining { 1.0 } else { 0.0 }));
+        }
+        family(
+            &mut out,
+            "vpnnat_center_gateway_slots",
+            "gauge",
+            "Tunnel slots per gateway by state.",
+            &slots,
+        );
+        family(
+            &mut out,
+            "vpnnat_center_tunnels_up",
+            "gauge",
+            "Tunnels up per gateway (as last reported by the gateway).",
+            &up,
+        );
+        family(
+            &mut out,
+            "vpnnat_center_gateway_draining",
+            "gauge",
+            "1 if the gateway takes no new tunnels.",
+            &draining,
+        );
+        self.metrics.render("vpnnat_center", "router/gateway API", &mut out);
+        Ok(out)
     }
 
     /// Appends to the audit log. A failed write is logged, not returned:

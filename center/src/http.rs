@@ -71,6 +71,22 @@ where
     }
 }
 
+/// One route of a server's table (method, exact path, a short name used as
+/// the metrics label and the OpenAPI `operationId`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub name: &'static str,
+}
+
+impl Route {
+    /// The route for `path` (paths are exact; one method per path).
+    pub fn find(table: &'static [Route], path: &str) -> Option<&'static Route> {
+        table.iter().find(|r| r.path == path)
+    }
+}
+
 /// A plain-text response.
 pub fn text(status: u16, body: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));

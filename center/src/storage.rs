@@ -1070,6 +1070,20 @@ impl Storage {
         Ok(())
     }
 
+    /// How many requests are in each state (states with none are left out).
+    pub fn request_counts(&self) -> Result<Vec<(RequestState, u64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM requests GROUP BY state")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, n) = row?;
+            out.push((RequestState::parse(&state)?, to_u64(n)?));
+        }
+        Ok(out)
+    }
+
     /// Operator "start": waiting -> in progress.
     pub fn start_request(&mut self, number: u64, now: u64) -> Result<RequestRow> {
         self.transition(number, now, RequestState::InProgress)

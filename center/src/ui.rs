@@ -246,6 +246,19 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             (&Method::GET, "/login") => return html(200, login_page("")),
             (&Method::POST, "/login") => return self.login(req, peer).await,
             (&Method::GET, "/healthz") => return text(200, "ok"),
+            // For Prometheus on the operator network: no session (a scraper
+            // cannot log in); counts only, no names or addresses.
+            (&Method::GET, "/metrics") => {
+                return match self.center.render_metrics() {
+                    Ok(m) => {
+                        let mut r = text(200, m);
+                        r.headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+                        r
+                    }
+                    Err(e) => text(500, format!("cannot read the database: {e}")),
+                }
+            }
             _ => {}
         }
         let Some(operator) = self.operator(req.headers()) else {

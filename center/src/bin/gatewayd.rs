@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use vpnnat_center::gateway::config::{DatapathKind, GatewaydConfig};
 use vpnnat_center::gateway::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
 use vpnnat_center::gateway::ike::IkeTunnelDriver;
-use vpnnat_center::gateway::{forward_events, run, Gatewayd};
+use vpnnat_center::gateway::{forward_events_counted, run, Gatewayd};
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::{KernelDatapath, RecordingDatapath};
 use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstaller};
@@ -100,12 +100,13 @@ async fn serve(cfg: GatewaydConfig) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     log::info!("gatewayd {}: API on {}", cfg.name, listener.local_addr()?);
-    let events = tokio::spawn(forward_events(
+    let events = tokio::spawn(forward_events_counted(
         rx,
         cfg.center.clone(),
         cfg.name.clone(),
         cfg.api_key.clone(),
         cfg.event_timeout,
+        gw.event_counters(),
     ));
     run(listener, shutdown(), gw).await;
     if let Some(h) = ike {

@@ -7,12 +7,12 @@ pub mod config;
 pub mod driver;
 pub mod ike;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::Method;
 use ring::rand::SystemRandom;
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -26,7 +26,8 @@ use vpnnat_proto::types::{BoundedSet, FailureDetail, GatewayName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError, Verified};
 
 use crate::config::HttpEndpoint;
-use crate::http::{auth_headers, call, read_body, serve, signed, text, unix_now};
+use crate::http::{auth_headers, call, read_body, serve, signed, text, unix_now, Route};
+use crate::metrics::CommandMetrics;
 use driver::{DriverError, DriverEvent, TunnelDriver, TunnelSpec};
 
 #[derive(Debug, Error)]
@@ -55,6 +56,98 @@ impl GatewayError {
     }
 }
 
+/// Every route of gatewayd's API (the dispatcher and the OpenAPI check
+/// both read this table).
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        path: paths::gateway::SETUP_TUNNEL,
+        name: "setup",
+    },
+    Route {
+        method: "POST",
+        path: paths::gateway::ADD_ADDRESSES,
+        name: "add_addresses",
+    },
+    Route {
+        method: "POST",
+        path: paths::gateway::REMOVE_ADDRESSES,
+        name: "remove_addresses",
+    },
+    Route {
+        method: "POST",
+        path: paths::gateway::TEAR_DOWN,
+        name: "teardown",
+    },
+    Route {
+        method: "POST",
+        path: paths::gateway::STATE,
+        name: "state",
+    },
+    Route {
+        method: "GET",
+        path: "/healthz",
+        name: "healthz",
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+        name: "metrics",
+    },
+];
+
+/// The command labels of gatewayd's latency metrics.
+pub const COMMANDS: &[&str] = &["setup", "add_addresses", "remove_addresses", "teardown", "state"];
+
+/// Tunnel events forwarded to centerd, and IKE failures by reason (from
+/// the IKE driver's "IKE down: <reason>" events; our own close is not a
+/// failure).
+#[derive(Debug, Default)]
+pub struct EventCounters {
+    by_status: Mutex<BTreeMap<&'static str, u64>>,
+    ike_failures: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The IKE down reason of an event detail, as a metric label (`peer_dead`).
+fn ike_failure_reason(detail: &str) -> Option<String> {
+    let reason = detail.strip_prefix("IKE down: ")?;
+    let mut out = String::new();
+    for (i, c) in reason
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .take(40)
+        .enumerate()
+    {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    (!out.is_empty() && out != "closed").then_some(out)
+}
+
+impl EventCounters {
+    pub fn record(&self, ev: &DriverEvent) {
+        let status = match ev.status {
+            vpnnat_proto::messages::TunnelStatus::Up => "up",
+            vpnnat_proto::messages::TunnelStatus::Connecting => "connecting",
+            vpnnat_proto::messages::TunnelStatus::Down => "down",
+        };
+        if let Ok(mut m) = self.by_status.lock() {
+            let e = m.entry(status).or_insert(0);
+            *e = e.saturating_add(1);
+        }
+        if ev.status == vpnnat_proto::messages::TunnelStatus::Down {
+            if let Some(r) = ike_failure_reason(&ev.detail) {
+                if let Ok(mut m) = self.ike_failures.lock() {
+                    let e = m.entry(r).or_insert(0);
+                    *e = e.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
 /// gatewayd's command side.
 pub struct Gatewayd {
     name: GatewayName,
@@ -63,6 +156,8 @@ pub struct Gatewayd {
     driver: Mutex<Box<dyn TunnelDriver>>,
     replay: Mutex<ReplayGuard<MemoryNonceStore>>,
     rng: SystemRandom,
+    metrics: CommandMetrics,
+    events: Arc<EventCounters>,
 }
 
 impl std::fmt::Debug for Gatewayd {
@@ -84,7 +179,85 @@ impl Gatewayd {
             // One gatewayd per gateway: its nonces can live in memory.
             replay: Mutex::new(ReplayGuard::new(MemoryNonceStore::default(), ReplayConfig::default())),
             rng: SystemRandom::new(),
+            metrics: CommandMetrics::new(COMMANDS),
+            events: Arc::new(EventCounters::default()),
         })
+    }
+
+    /// Counters of the events [`forward_events_counted`] forwards.
+    pub fn event_counters(&self) -> Arc<EventCounters> {
+        self.events.clone()
+    }
+
+    /// The Prometheus exposition: tunnels by state, addresses routed,
+    /// tunnel events, IKE failures by reason, command latency.
+    pub fn render_metrics(&self) -> Result<String, GatewayError> {
+        use crate::metrics::family;
+        let tunnels = self.driver()?.tunnels();
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^53
+        let f = |v: usize| v as f64;
+        let count = |st: vpnnat_proto::messages::TunnelStatus| tunnels.iter().filter(|t| t.status == st).count();
+        let mut out = String::new();
+        use vpnnat_proto::messages::TunnelStatus as S;
+        family(
+            &mut out,
+            "vpnnat_gateway_tunnels",
+            "gauge",
+            "Tunnels by state.",
+            &[
+                (vec![("state", "up".to_owned())], f(count(S::Up))),
+                (vec![("state", "connecting".to_owned())], f(count(S::Connecting))),
+                (vec![("state", "down".to_owned())], f(count(S::Down))),
+            ],
+        );
+        family(
+            &mut out,
+            "vpnnat_gateway_tunnels_up",
+            "gauge",
+            "Tunnels up.",
+            &[(vec![], f(count(S::Up)))],
+        );
+        family(
+            &mut out,
+            "vpnnat_gateway_addresses",
+            "gauge",
+            "VPNNAT addresses routed into tunnels.",
+            &[(vec![], f(tunnels.iter().map(|t| t.addresses.len()).sum()))],
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let by_status: Vec<_> = self
+            .events
+            .by_status
+            .lock()
+            .map_err(|_| GatewayError::Poisoned)?
+            .iter()
+            .map(|(k, v)| (vec![("status", (*k).to_owned())], *v as f64))
+            .collect();
+        family(
+            &mut out,
+            "vpnnat_gateway_tunnel_events_total",
+            "counter",
+            "Tunnel events forwarded to centerd, by status.",
+            &by_status,
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let ike: Vec<_> = self
+            .events
+            .ike_failures
+            .lock()
+            .map_err(|_| GatewayError::Poisoned)?
+            .iter()
+            .map(|(k, v)| (vec![("reason", k.clone())], *v as f64))
+            .collect();
+        family(
+            &mut out,
+            "vpnnat_gateway_ike_failures_total",
+            "counter",
+            "IKE SAs that went down other than by our own close, by reason.",
+            &ike,
+        );
+        self.metrics.render("vpnnat_gateway", "centerd", &mut out);
+        Ok(out)
     }
 
     fn driver(&self) -> Result<std::sync::MutexGuard<'_, Box<dyn TunnelDriver>>, GatewayError> {
@@ -193,11 +366,48 @@ pub async fn run(listener: tokio::net::TcpListener, shutdown: impl Future<Output
     serve(listener, shutdown, move |req, peer| {
         let gw = gw.clone();
         async move {
-            if req.method() == Method::GET && req.uri().path() == "/healthz" {
-                return text(200, "ok");
+            let started = std::time::Instant::now();
+            let route = Route::find(ROUTES, req.uri().path());
+            let resp = handle_http(&gw, route, req, peer).await;
+            if let Some(r) = route.filter(|r| r.method == "POST") {
+                gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
             }
-            if req.method() != Method::POST {
-                return text(405, "use POST");
+            resp
+        }
+    })
+    .await
+}
+
+async fn handle_http(
+    gw: &Gatewayd,
+    route: Option<&'static Route>,
+    req: hyper::Request<hyper::body::Incoming>,
+    peer: std::net::SocketAddr,
+) -> hyper::Response<crate::http::Body> {
+    {
+        {
+            let Some(route) = route else {
+                return text(404, "no such endpoint");
+            };
+            if req.method().as_str() != route.method {
+                return text(405, format!("use {}", route.method));
+            }
+            match route.name {
+                "healthz" => return text(200, "ok"),
+                "metrics" => {
+                    return match gw.render_metrics() {
+                        Ok(m) => {
+                            let mut r = text(200, m);
+                            r.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                            );
+                            r
+                        }
+                        Err(e) => text(500, e.to_string()),
+                    }
+                }
+                _ => {}
             }
             let path = req.uri().path().to_owned();
             let (parts, body) = match read_body(req, 64 * 1024).await {
@@ -222,21 +432,34 @@ pub async fn run(listener: tokio::net::TcpListener, shutdown: impl Future<Output
                 }
             }
         }
-    })
-    .await
+    }
 }
 
 /// Pushes driver events to centerd, in order, each retried a few times
 /// (centerd may be restarting). Ends when the driver side closes.
 pub async fn forward_events(
-    mut rx: UnboundedReceiver<DriverEvent>,
+    rx: UnboundedReceiver<DriverEvent>,
     center: HttpEndpoint,
     name: GatewayName,
     key: GatewayApiKey,
     timeout: Duration,
 ) {
+    forward_events_counted(rx, center, name, key, timeout, Arc::new(EventCounters::default())).await
+}
+
+/// [`forward_events`], counting each event in `counters` (gatewayd's
+/// metrics).
+pub async fn forward_events_counted(
+    mut rx: UnboundedReceiver<DriverEvent>,
+    center: HttpEndpoint,
+    name: GatewayName,
+    key: GatewayApiKey,
+    timeout: Duration,
+    counters: Arc<EventCounters>,
+) {
     let rng = SystemRandom::new();
     while let Some(ev) = rx.recv().await {
+        counters.record(&ev);
         let clean: String = ev
             .detail
             .chars()

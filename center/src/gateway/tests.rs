@@ -273,3 +273,100 @@ async fn events_reach_centerd() {
     let s = c.store().unwrap().slot_of("router-1").unwrap().unwrap();
     assert_eq!(s.tunnel_state, crate::storage::TunnelState::Up);
 }
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "gw")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_and_parse() {
+    use crate::metrics::{parse, value};
+    let (gw, _rx) = gatewayd();
+    let addr = serve_gatewayd(gw.clone()).await;
+    let client = HttpGateways::new(
+        vec![(GatewayName::new("gw1").unwrap(), addr.to_string(), gw_key(1))],
+        Duration::from_secs(5),
+    );
+    let r1 = tid("router-1");
+    client
+        .setup_tunnel("gw1", &r1, ip("203.0.113.5"), 2, &Psk::from_array([9; 32]))
+        .await
+        .unwrap();
+    client
+        .add_addresses("gw1", &r1, &[ip("10.64.0.1"), ip("10.64.0.2")])
+        .await
+        .unwrap();
+    // A refused command is counted with its status.
+    let bad = HttpGateways::new(
+        vec![(GatewayName::new("gw1").unwrap(), addr.to_string(), gw_key(2))],
+        Duration::from_secs(5),
+    );
+    bad.tear_down("gw1", &r1).await.unwrap_err();
+    // Events as the IKE driver reports them.
+    let counters = gw.event_counters();
+    for (status, detail) in [
+        (TunnelStatus::Up, ""),
+        (TunnelStatus::Down, "IKE down: PeerDead"),
+        (TunnelStatus::Down, "IKE down: AuthenticationFailed"),
+        (TunnelStatus::Down, "IKE down: PeerDead"),
+        (TunnelStatus::Down, "IKE down: Closed"),
+    ] {
+        counters.record(&DriverEvent {
+            terminal_id: r1.clone(),
+            slot: 2,
+            status,
+            detail: detail.into(),
+        });
+    }
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let s = parse(&body).unwrap();
+    let v = |name: &str, labels: &[(&str, &str)]| value(&s, name, labels);
+    assert_eq!(v("vpnnat_gateway_tunnels", &[("state", "connecting")]), Some(1.0));
+    assert_eq!(v("vpnnat_gateway_tunnels_up", &[]), Some(0.0));
+    assert_eq!(v("vpnnat_gateway_addresses", &[]), Some(2.0));
+    assert_eq!(
+        v("vpnnat_gateway_ike_failures_total", &[("reason", "peer_dead")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        v(
+            "vpnnat_gateway_ike_failures_total",
+            &[("reason", "authentication_failed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(v("vpnnat_gateway_ike_failures_total", &[("reason", "closed")]), None);
+    assert_eq!(
+        v("vpnnat_gateway_tunnel_events_total", &[("status", "down")]),
+        Some(4.0)
+    );
+    assert_eq!(
+        v("vpnnat_gateway_command_duration_seconds_count", &[("command", "setup")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(
+            "vpnnat_gateway_commands_total",
+            &[("command", "teardown"), ("status", "401")]
+        ),
+        Some(1.0)
+    );
+    // Unknown paths and wrong methods.
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    assert_eq!(get(addr, paths::gateway::STATE).await.0, 405);
+}

@@ -276,3 +276,78 @@ async fn audit_log_page_and_exports() {
         ("logout", "operator#1")
     );
 }
+
+#[tokio::test]
+async fn metrics_are_scraped_and_parse() {
+    use crate::metrics::{parse, value};
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2, 3]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, _) = router.maintenance(&c, &["pc1", "pc2"]).await.unwrap();
+    let mut r2 = TestRouter::new("router-2");
+    r2.install(&c);
+    let (n2, _) = r2.maintenance(&c, &["pc1"]).await.unwrap();
+    c.start(n2, 1).unwrap();
+    c.end(n, 2).await.unwrap();
+    c.command_metrics()
+        .observe("maintenance", 200, Duration::from_millis(3));
+    let (addr, _stop) = start(c.clone()).await;
+    // No session needed (a scraper cannot log in).
+    let r = req(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(r.status, 200);
+    let s = parse(&r.body).unwrap();
+    let v = |name: &str, labels: &[(&str, &str)]| value(&s, name, labels);
+    assert_eq!(v("vpnnat_center_requests", &[("state", "waiting")]), Some(0.0));
+    assert_eq!(v("vpnnat_center_requests", &[("state", "in_progress")]), Some(1.0));
+    assert_eq!(v("vpnnat_center_requests", &[("state", "ended")]), Some(1.0));
+    let used = c.store().unwrap().pool_usage().unwrap();
+    assert_eq!(
+        v("vpnnat_center_pool_addresses", &[("state", "used")]),
+        Some(used.allocated as f64)
+    );
+    assert_eq!(
+        v("vpnnat_center_pool_addresses", &[("state", "free")]),
+        Some(used.free as f64)
+    );
+    let usage = c.store().unwrap().gateway_usage().unwrap();
+    let total_used: f64 = usage
+        .iter()
+        .map(|g| {
+            v(
+                "vpnnat_center_gateway_slots",
+                &[("gateway", &g.name), ("state", "used")],
+            )
+            .unwrap()
+        })
+        .sum();
+    assert_eq!(total_used, 1.0, "router-2 still holds its slot");
+    for g in &usage {
+        assert_eq!(
+            v(
+                "vpnnat_center_gateway_slots",
+                &[("gateway", &g.name), ("state", "free")]
+            ),
+            Some(g.free as f64)
+        );
+        assert_eq!(
+            v("vpnnat_center_tunnels_up", &[("gateway", &g.name)]),
+            Some(g.up as f64)
+        );
+        assert_eq!(v("vpnnat_center_gateway_draining", &[("gateway", &g.name)]), Some(0.0));
+    }
+    assert_eq!(
+        v(
+            "vpnnat_center_command_duration_seconds_bucket",
+            &[("command", "maintenance"), ("le", "0.005")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(
+            "vpnnat_center_commands_total",
+            &[("command", "maintenance"), ("status", "200")]
+        ),
+        Some(1.0)
+    );
+}
