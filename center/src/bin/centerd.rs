@@ -1,5 +1,11 @@
 //! centerd: the maintenance server (PROTOCOL.md): HTTP API for routers,
 //! operator web UI, the databases, commands to the gateways.
+//!
+//! The tool subcommands work on the database a running centerd uses (SQLite
+//! serializes them with it) and are meant for scripts: `--json` prints one
+//! JSON document on stdout, errors go to stderr, and the exit status is 0
+//! (done), 1 (failed: e.g. no such router or request, a database error) or
+//! 2 (usage or configuration error).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -9,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use vpnnat_center::center::Center;
+use vpnnat_center::center::{Actor, Center};
 use vpnnat_center::clients::{HttpGateways, HttpRouters};
 use vpnnat_center::config::CenterdConfig;
 use vpnnat_center::password::{PasswordHash, DEFAULT_ITERATIONS};
@@ -21,7 +27,8 @@ use vpnnat_center::{api, http, ui};
 #[command(
     name = "centerd",
     version,
-    about = "vpnnat maintenance server: router API, operator UI, databases, gateway commands"
+    about = "vpnnat maintenance server: router API, operator UI, databases, gateway commands",
+    after_help = "Exit status: 0 done, 1 failed, 2 usage or configuration error."
 )]
 struct Cli {
     /// Configuration file (TOML).
@@ -44,6 +51,12 @@ enum Cmd {
     ListRequests {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only requests in this state.
+        #[arg(long, value_parser = ["waiting", "in_progress", "ended"])]
+        state: Option<String>,
+        /// Only requests of this router.
+        #[arg(long)]
+        terminal: Option<String>,
     },
     /// Show one router: addresses, gateway slot, requests, failures.
     ShowRouter { terminal_id: String },
@@ -57,9 +70,25 @@ enum Cmd {
     /// Stop giving new tunnels to a gateway (existing ones stay).
     DrainGateway {
         name: String,
-        /// Accept new tunnels again.
+        /// Accept new tunnels again (same as undrain-gateway).
         #[arg(long)]
         undo: bool,
+    },
+    /// Let a drained gateway take new tunnels again.
+    UndrainGateway { name: String },
+    /// Print the audit log, newest first (filters combine).
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        terminal: Option<String>,
+        /// Only events at or after this Unix time.
+        #[arg(long)]
+        since: Option<u64>,
     },
     /// Print a router's factory Secret(ID) (hex) for its `routerd.toml`
     /// `factory_secret`: HMAC-SHA256(factory master key, terminal ID). For
@@ -73,9 +102,76 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    // The tools log warnings only (their output is the answer); the server
+    // logs from info up. RUST_LOG overrides both.
+    let level = if matches!(cli.command, None | Some(Cmd::Run)) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    match real_main(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("centerd: {e:#}");
+            if is_config_error(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// A configuration that cannot be read or does not fit the database.
+fn is_config_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<vpnnat_center::config::ConfigError>()
+            || matches!(
+                c.downcast_ref::<vpnnat_center::storage::StorageError>(),
+                Some(
+                    vpnnat_center::storage::StorageError::PoolMismatch { .. }
+                        | vpnnat_center::storage::StorageError::SchemaTooNew { .. }
+                )
+            )
+    })
+}
+
+/// Who runs a tool subcommand, for the audit log.
+fn cli_actor() -> Actor {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid{}", uid_from_proc()));
+    Actor::new(format!("cli:{user}"), "local")
+}
+
+/// The real user ID from /proc (no libc call needed).
+fn uid_from_proc() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn real_main(cli: &Cli) -> Result<()> {
     match cli.command.as_ref().unwrap_or(&Cmd::Run) {
         Cmd::HashPassword { iterations } => hash_password(*iterations),
         Cmd::FactorySecret { terminal_id } => {
@@ -120,9 +216,19 @@ fn main() -> Result<()> {
                 },
             )
         }
-        Cmd::ListRequests { limit } => {
+        Cmd::ListRequests { limit, state, terminal } => {
             let cfg = load(&cli.config)?;
-            let rows = open_store(&cfg)?.list_requests(*limit)?;
+            let rows: Vec<_> = open_store(&cfg)?
+                .list_requests(if state.is_some() || terminal.is_some() {
+                    u32::MAX
+                } else {
+                    *limit
+                })?
+                .into_iter()
+                .filter(|r| state.as_deref().is_none_or(|s| r.state.as_str() == s))
+                .filter(|r| terminal.as_deref().is_none_or(|t| r.terminal_id == t))
+                .take(usize::try_from(*limit).unwrap_or(usize::MAX))
+                .collect();
             output(cli.json, &rows, || {
                 let mut s = String::from("no.  terminal  state        received    claimant  terminals\n");
                 for r in &rows {
@@ -169,7 +275,19 @@ fn main() -> Result<()> {
         }
         Cmd::StartRequest { acceptance_number } => {
             let cfg = load(&cli.config)?;
-            let row = open_store(&cfg)?.start_request(*acceptance_number, http::unix_now())?;
+            let n = *acceptance_number;
+            let mut st = open_store(&cfg)?;
+            let row = st.start_request(n, http::unix_now())?;
+            let actor = cli_actor();
+            st.append_audit(&vpnnat_center::storage::NewAudit {
+                at: http::unix_now(),
+                actor: &actor.who,
+                action: "start",
+                terminal_id: Some(&row.terminal_id),
+                acceptance_number: Some(n),
+                detail: "waiting -> in progress",
+                peer: &actor.peer,
+            })?;
             output(cli.json, &row, || {
                 format!("request {} is {}", row.acceptance_number, row.state)
             })
@@ -179,7 +297,7 @@ fn main() -> Result<()> {
             let n = *acceptance_number;
             runtime()?.block_on(async move {
                 let center = build_center(cfg)?;
-                let o = center.end(n, http::unix_now()).await?;
+                let o = center.end_by(n, http::unix_now(), &cli_actor()).await?;
                 output(cli.json, &o, || {
                     format!(
                         "request {n} ended: released {:?}, kept {:?}, VPN ended: {}{}",
@@ -216,16 +334,58 @@ fn main() -> Result<()> {
                 })
             })
         }
-        Cmd::DrainGateway { name, undo } => {
+        Cmd::DrainGateway { name, undo } => drain(cli, name, !undo),
+        Cmd::UndrainGateway { name } => drain(cli, name, false),
+        Cmd::Audit {
+            limit,
+            action,
+            actor,
+            terminal,
+            since,
+        } => {
             let cfg = load(&cli.config)?;
-            open_store(&cfg)?.set_draining(name, !undo)?;
-            output(
-                cli.json,
-                &serde_json::json!({"gateway": name, "draining": !undo}),
-                || format!("gateway {name}: draining {}", !undo),
-            )
+            let rows = open_store(&cfg)?.audit_log(&vpnnat_center::storage::AuditFilter {
+                actor: actor.clone(),
+                action: action.clone(),
+                terminal_id: terminal.clone(),
+                acceptance_number: None,
+                since: *since,
+                until: None,
+                limit: *limit,
+            })?;
+            output(cli.json, &rows, || {
+                let mut s = String::from(vpnnat_center::storage::AuditRow::CSV_HEADER);
+                s.push('\n');
+                for r in &rows {
+                    s.push_str(&r.csv_line());
+                    s.push('\n');
+                }
+                s
+            })
         }
     }
+}
+
+/// Drains (or undrains) a gateway; the change goes to the audit log.
+fn drain(cli: &Cli, name: &str, draining: bool) -> Result<()> {
+    let cfg = load(&cli.config)?;
+    let mut st = open_store(&cfg)?;
+    st.set_draining(name, draining)?;
+    let actor = cli_actor();
+    st.append_audit(&vpnnat_center::storage::NewAudit {
+        at: http::unix_now(),
+        actor: &actor.who,
+        action: if draining { "drain" } else { "undrain" },
+        terminal_id: None,
+        acceptance_number: None,
+        detail: &format!("gateway {name}"),
+        peer: &actor.peer,
+    })?;
+    output(
+        cli.json,
+        &serde_json::json!({"gateway": name, "draining": draining}),
+        || format!("gateway {name}: draining {draining}"),
+    )
 }
 
 fn output<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -> Result<()> {

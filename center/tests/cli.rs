@@ -1,0 +1,246 @@
+//! `centerd`'s tool subcommands, run as the built binary against a database
+//! in a temporary directory (the file a running centerd would share):
+//! exit codes (0 done, 1 failed, 2 usage/configuration), `--json` output,
+//! and what each command changes, including its audit log rows.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use vpnnat_center::storage::{AuditFilter, GatewaySpec, InstallRecord, NewRequest, Storage};
+
+const EXAMPLE: &str = include_str!("../../buildroot-overlay/center/etc/centerd.toml");
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The example configuration with the database, listeners and the
+/// maintenance password file moved into a fresh directory; the gateways'
+/// APIs point at a closed port (the tools must cope with that).
+fn setup(tag: &str) -> (Dir, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("vpnnat-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("vpnnat")).unwrap();
+    std::fs::write(dir.join("vpnnat/maintenance-password"), "maint-pass-1\n").unwrap();
+    let cfg = EXAMPLE
+        .replace(
+            "/var/lib/vpnnat/center.db",
+            &dir.join("center.db").display().to_string(),
+        )
+        .replace("0.0.0.0:8080", "127.0.0.1:0")
+        .replace("172.16.0.10:8443", "127.0.0.2:0")
+        .replace("http://172.16.0.21:9000", "http://127.0.0.1:1")
+        .replace("http://172.16.0.22:9000", "http://127.0.0.1:1")
+        .replace("command_timeout_ms = 5000", "command_timeout_ms = 500");
+    let path = dir.join("centerd.toml");
+    std::fs::write(&path, cfg).unwrap();
+    (Dir(dir), path)
+}
+
+fn centerd(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_centerd"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("USER", "alice")
+        .env_remove("SUDO_USER")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+fn json(o: &Output) -> Value {
+    assert_eq!(code(o), 0, "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// A router with one request naming `pc1`, written through the library as
+/// centerd would.
+fn seed(db: &Path) -> u64 {
+    let mut st = Storage::open(db).unwrap();
+    // What `centerd run` does at start with the configured gateways.
+    st.sync_gateways(&[
+        GatewaySpec {
+            name: "gw1".into(),
+            global_ip: Ipv4Addr::new(198, 51, 100, 21),
+            slots: 4,
+        },
+        GatewaySpec {
+            name: "gw2".into(),
+            global_ip: Ipv4Addr::new(198, 51, 100, 22),
+            slots: 4,
+        },
+    ])
+    .unwrap();
+    st.install_terminal(&InstallRecord {
+        terminal_id: "router-7",
+        psk_hex: &"11".repeat(32),
+        secret_id2_hex: &"22".repeat(32),
+        maintenance_password_hash: "x",
+        now: 100,
+    })
+    .unwrap();
+    let names = vec!["pc1".to_owned()];
+    let (n, _) = st
+        .create_request(
+            &NewRequest {
+                terminal_id: "router-7",
+                router_ip: Ipv4Addr::new(203, 0, 113, 7),
+                claimant_name: "Carol",
+                claimant_level: "general",
+                phone: "0312345678",
+                urgency: "high",
+                content: "printer",
+                terminal_names: &names,
+                now: 200,
+            },
+            Some("gw1"),
+        )
+        .unwrap();
+    n
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2() {
+    let (dir, cfg) = setup("usage");
+    let o = centerd(&cfg, &["no-such-command"]);
+    assert_eq!(code(&o), 2);
+    let o = centerd(&cfg, &["end-request", "not-a-number"]);
+    assert_eq!(code(&o), 2);
+    let o = centerd(&cfg, &["--help"]);
+    assert_eq!(code(&o), 0);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for sub in [
+        "list-requests",
+        "show-router",
+        "end-request",
+        "drain-gateway",
+        "undrain-gateway",
+        "check-config",
+        "audit",
+    ] {
+        assert!(help.contains(sub), "{sub} missing from --help");
+    }
+    assert!(help.contains("Exit status"));
+    // A missing file, an unknown key, a bad value: configuration errors.
+    let o = centerd(&dir.0.join("nope.toml"), &["check-config"]);
+    assert_eq!(code(&o), 2);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}\n[extra]\nkey = 1\n")).unwrap();
+    assert_eq!(code(&centerd(&cfg, &["check-config"])), 2);
+    std::fs::write(&cfg, text.replace("cidr = \"10.64.0.0/16\"", "cidr = \"10.64.0.0/33\"")).unwrap();
+    let o = centerd(&cfg, &["check-config"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pool"),
+        "the error names the key"
+    );
+}
+
+#[test]
+fn check_config_creates_nothing_and_reports_json() {
+    let (dir, cfg) = setup("check");
+    let v = json(&centerd(&cfg, &["--json", "check-config"]));
+    assert_eq!(v["pool"]["cidr"], "10.64.0.0/16");
+    assert_eq!(v["gateways"], serde_json::json!(["gw1", "gw2"]));
+    assert!(
+        !dir.0.join("center.db").exists(),
+        "check-config must not create the database"
+    );
+    // A database holding another pool does not fit this configuration.
+    let mut st = Storage::open(&dir.0.join("center.db")).unwrap();
+    st.init_pool(&"10.65.0.0/16".parse().unwrap()).unwrap();
+    drop(st);
+    assert_eq!(code(&centerd(&cfg, &["check-config"])), 2);
+}
+
+#[test]
+fn list_show_drain_end_and_audit() {
+    let (dir, cfg) = setup("tools");
+    // Creates and migrates the database, as `centerd run` would.
+    let v = json(&centerd(&cfg, &["--json", "list-requests"]));
+    assert_eq!(v, serde_json::json!([]));
+    let n = seed(&dir.0.join("center.db"));
+
+    let v = json(&centerd(&cfg, &["--json", "list-requests"]));
+    assert_eq!(v[0]["acceptance_number"], n);
+    assert_eq!(v[0]["state"], "waiting");
+    assert_eq!(v[0]["grants"][0]["terminal_name"], "pc1");
+    let v = json(&centerd(&cfg, &["--json", "list-requests", "--state", "ended"]));
+    assert_eq!(v, serde_json::json!([]));
+    let v = json(&centerd(&cfg, &["--json", "list-requests", "--terminal", "router-7"]));
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let o = centerd(&cfg, &["list-requests"]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("router-7"));
+
+    let v = json(&centerd(&cfg, &["--json", "show-router", "router-7"]));
+    assert_eq!(v["terminal_id"], "router-7");
+    assert_eq!(v["slot"]["gateway"], "gw1");
+    assert_eq!(v["requests"][0]["acceptance_number"], n);
+    let shown = serde_json::to_string(&v).unwrap();
+    assert!(
+        !shown.contains(&"11".repeat(32)) && !shown.contains(&"22".repeat(32)),
+        "no secrets"
+    );
+    let o = centerd(&cfg, &["show-router", "router-404"]);
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("router-404"));
+
+    // Drain and undrain.
+    let v = json(&centerd(&cfg, &["--json", "drain-gateway", "gw2"]));
+    assert_eq!(v, serde_json::json!({"gateway": "gw2", "draining": true}));
+    let usage = Storage::open(&dir.0.join("center.db"))
+        .unwrap()
+        .gateway_usage()
+        .unwrap();
+    assert!(usage.iter().any(|g| g.name == "gw2" && g.draining));
+    json(&centerd(&cfg, &["--json", "undrain-gateway", "gw2"]));
+    let usage = Storage::open(&dir.0.join("center.db"))
+        .unwrap()
+        .gateway_usage()
+        .unwrap();
+    assert!(usage.iter().all(|g| !g.draining));
+    assert_eq!(code(&centerd(&cfg, &["drain-gateway", "gw9"])), 1);
+
+    // End: the gateways do not answer, the center's state is freed anyway.
+    let v = json(&centerd(&cfg, &["--json", "end-request", &n.to_string()]));
+    assert_eq!(v["acceptance_number"], n);
+    assert_eq!(v["vpn_ended"], true);
+    assert_eq!(v["released"][0][0], "pc1");
+    assert!(!v["warnings"].as_array().unwrap().is_empty());
+    let v = json(&centerd(&cfg, &["--json", "list-requests", "--state", "ended"]));
+    assert_eq!(v[0]["acceptance_number"], n);
+    // Ending twice fails.
+    assert_eq!(code(&centerd(&cfg, &["end-request", &n.to_string()])), 1);
+    assert_eq!(code(&centerd(&cfg, &["end-request", "999"])), 1);
+
+    // The audit log names the CLI user.
+    let st = Storage::open(&dir.0.join("center.db")).unwrap();
+    let rows = st
+        .audit_log(&AuditFilter {
+            actor: Some("cli:alice".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    let actions: Vec<&str> = rows.iter().rev().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["drain", "undrain", "end", "release", "vpn_end"]);
+    let v = json(&centerd(&cfg, &["--json", "audit", "--action", "grant"]));
+    assert_eq!(v[0]["actor"], "router:router-7");
+    let o = centerd(&cfg, &["audit", "--actor", "cli:alice"]);
+    assert_eq!(code(&o), 0);
+    let csv = String::from_utf8_lossy(&o.stdout);
+    assert!(csv.starts_with("id,at,actor"));
+    assert_eq!(csv.lines().count(), 6);
+}
