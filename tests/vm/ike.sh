@@ -6,6 +6,10 @@
 #        center LAN       |  IKE + ESP      |
 #                  198.51.100.21     203.0.113.101
 #
+# Also: replayed and truncated IKE (from a wire tap) rejected with no SA
+# change; IKE SA rekeys by each end and a CHILD rekey during one TCP transfer
+# (byte count, new SPIs); inbound SPIs from the kernel's ALLOCSPI.
+#
 # SAs come only from the IKE driver (vpnnat-ike, i.e. crates/ike-driver over
 # the datapath library); policies and the router's 1:1 NAT are programmed
 # with vpnnatctl as gatewayd/routerd would. iproute2 only reads state back.
@@ -59,35 +63,13 @@ check "gateway: 2 SAs (ip xfrm state)" test "$(sa_count gw)" -eq 2
 check "router: 2 SAs (ip xfrm state)" test "$(sa_count r1)" -eq 2
 check "SAs are AES-GCM tunnel mode with the policies' reqid" sh -c \
 	"$IP netns exec gw $IP xfrm state | grep -c 'reqid 1448083457 mode tunnel' | grep -qx 2 && $IP netns exec gw $IP xfrm state | grep -q 'rfc4106(gcm(aes))'"
+check "inbound SPIs reserved by the kernel (ALLOCSPI range 0xc0000000-0xcfffffff)" sh -c \
+	"grep -h '^CHILD_UP' /tmp/gw.out /tmp/r1.out | awk '{ print \$3 }' | grep -c '^0xc[0-9a-f]\{7\}\$' | grep -qx 2"
 check "gateway's outbound SA goes $GW -> $R1" sh -c "$IP netns exec gw $IP xfrm state | grep -q '^src $GW dst $R1'"
 check "TCP through the tunnel: operator reaches pc0 at $VPNNAT" reach
 OUT_SPI=$(sed -n 's/^CHILD_UP [^ ]* [^ ]* \(0x[0-9a-f]*\)$/\1/p' /tmp/gw.out | head -1)
 check "gateway's outbound SA counted packets" sh -c \
 	"$IP netns exec gw vpnnatctl sa get --dst $R1 --spi $OUT_SPI | grep -Eq ' packets [1-9]'"
-
-# --- replayed and truncated IKE from the gateway's address: rejected --------
-check "wire tap caught IKE_SA_INIT and IKE_AUTH" wait_for /tmp/cap.out '^CAPTURED 2 ' 5
-SAS_R1=$(spis r1)
-SAS_GW=$(spis gw)
-rejections() { grep -c "^REJECTED $GW " /tmp/r1.out; }
-# send_raw FILE [TRUNCATE]: the bytes from the gateway's address (any port).
-send_raw() { nsx gw vpnnat-ike tool udp-send --src $GW --dst $R1:500 --file "$1" ${2:+--truncate $2} >/dev/null; }
-n0=$(rejections)
-send_raw /tmp/cap.1
-check "replayed IKE_SA_INIT (tunnel up): rejected by the responder" wait_count /tmp/r1.out "^REJECTED $GW replayed IKE_SA_INIT" 1 5
-send_raw /tmp/cap.1 20
-check "truncated IKE_SA_INIT (20 bytes, shorter than a header): rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 1 5
-LEN2=$(wc -c </tmp/cap.2)
-send_raw /tmp/cap.2 $((LEN2 - 17))
-check "truncated IKE_AUTH ($((LEN2 - 17)) of $LEN2 bytes): rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 2 5
-send_raw /tmp/cap.1 $(($(wc -c </tmp/cap.1) - 1))
-check "IKE_SA_INIT short by one byte: rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 3 5
-check "4 rejections logged, nothing else" test "$(rejections)" -eq $((n0 + 4))
-check "after replay/truncation: no SA added or changed on the router" test "$(spis r1)" = "$SAS_R1"
-check "after replay/truncation: no SA added or changed on the gateway" test "$(spis gw)" = "$SAS_GW"
-check "after replay/truncation: one CHILD SA, one UP at the router" sh -c \
-	"grep -c '^CHILD_UP' /tmp/r1.out | grep -qx 1 && grep -c '^UP' /tmp/r1.out | grep -qx 1"
-check "TCP through the tunnel after the bogus packets" reach
 
 # --- CHILD SA rekey on the kernel's soft expire, with traffic running --------
 fails=0
@@ -107,6 +89,32 @@ check "no connection lost across the rekey ($n connections, $fails failed)" test
 check "after the rekey: still 2 SAs on each side" sh -c "test \$($IP netns exec gw $IP xfrm state | grep -c '^src') -eq 2 && test \$($IP netns exec r1 $IP xfrm state | grep -c '^src') -eq 2"
 check "tunnel never went down" sh -c "! grep -q '^DOWN' /tmp/gw.out /tmp/r1.out"
 check "TCP through the rekeyed tunnel" reach
+
+# --- replayed and truncated IKE from the gateway's address: rejected --------
+# (right after a rekey, so that no soft expire falls into this section)
+check "wire tap caught IKE_SA_INIT and IKE_AUTH" wait_for /tmp/cap.out '^CAPTURED 2 ' 5
+SAS_R1=$(spis r1)
+SAS_GW=$(spis gw)
+NUP_R1=$(grep -c '^CHILD_UP' /tmp/r1.out)
+rejections() { grep -c "^REJECTED $GW " /tmp/r1.out; }
+# send_raw FILE [TRUNCATE]: the bytes from the gateway's address (any port).
+send_raw() { nsx gw vpnnat-ike tool udp-send --src $GW --dst $R1:500 --file "$1" ${2:+--truncate $2} >/dev/null; }
+n0=$(rejections)
+send_raw /tmp/cap.1
+check "replayed IKE_SA_INIT (tunnel up): rejected by the responder" wait_count /tmp/r1.out "^REJECTED $GW replayed IKE_SA_INIT" 1 5
+send_raw /tmp/cap.1 20
+check "truncated IKE_SA_INIT (20 bytes, shorter than a header): rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 1 5
+LEN2=$(wc -c </tmp/cap.2)
+send_raw /tmp/cap.2 $((LEN2 - 17))
+check "truncated IKE_AUTH ($((LEN2 - 17)) of $LEN2 bytes): rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 2 5
+send_raw /tmp/cap.1 $(($(wc -c </tmp/cap.1) - 1))
+check "IKE_SA_INIT short by one byte: rejected as malformed" wait_count /tmp/r1.out "^REJECTED $GW malformed message" 3 5
+check "4 rejections logged, nothing else" test "$(rejections)" -eq $((n0 + 4))
+check "after replay/truncation: no SA added or changed on the router" test "$(spis r1)" = "$SAS_R1"
+check "after replay/truncation: no SA added or changed on the gateway" test "$(spis gw)" = "$SAS_GW"
+check "after replay/truncation: no new CHILD SA, still one UP at the router" sh -c \
+	"grep -c '^CHILD_UP' /tmp/r1.out | grep -qx $NUP_R1 && grep -c '^UP' /tmp/r1.out | grep -qx 1"
+check "TCP through the tunnel after the bogus packets" reach
 
 # --- IKE SA rekeys (both ends) and a CHILD rekey during one TCP transfer ---
 nsx pc0 vpnnat-ike tool tcp-sink --listen 0.0.0.0:7001 --timeout-secs 120 >/tmp/sink.out 2>&1 &

@@ -139,8 +139,8 @@ pub fn run(t: Tool) -> Result<()> {
     }
 }
 
-/// An AF_PACKET socket receiving the IPv4 packets of one interface
-/// (link header removed).
+/// An AF_PACKET socket receiving the packets of one interface, both
+/// directions (link header removed).
 struct PacketSocket(std::os::fd::OwnedFd);
 
 impl PacketSocket {
@@ -153,7 +153,9 @@ impl PacketSocket {
         if index == 0 {
             bail!("no interface {iface}");
         }
-        let proto = (libc::ETH_P_IP as u16).to_be();
+        // ETH_P_ALL: only such taps see the packets the host transmits
+        // (forwarded ones included); non-IPv4 is filtered afterwards.
+        let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: as above.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(proto)) };
         if fd < 0 {
@@ -333,5 +335,41 @@ fn sa_wait(local: Ipv4Addr, peer: Ipv4Addr, timeout_secs: u64) -> Result<()> {
             say(&format!("INSTALLED {} in={i:#010x} out={o:#010x}", epoch_us()));
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(src: [u8; 4], dst: [u8; 4], proto: u8, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let total = 20 + 8 + payload.len();
+        let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, proto, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[0x01, 0xf4]);
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn udp_payload_matches_only_the_asked_flow() {
+        let (a, b) = (Ipv4Addr::new(198, 51, 100, 21), Ipv4Addr::new(203, 0, 113, 101));
+        let p = packet(a.octets(), b.octets(), 17, 500, b"ike bytes");
+        assert_eq!(udp_payload(&p, a, b, 500), Some(&b"ike bytes"[..]));
+        assert_eq!(udp_payload(&p, b, a, 500), None);
+        assert_eq!(udp_payload(&p, a, b, 4500), None);
+        let esp = packet(a.octets(), b.octets(), 50, 500, b"x");
+        assert_eq!(udp_payload(&esp, a, b, 500), None);
+        // Trailing link padding is not payload; a cut packet is no match.
+        let mut padded = p.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert_eq!(udp_payload(&padded, a, b, 500), Some(&b"ike bytes"[..]));
+        assert_eq!(udp_payload(p.get(..30).unwrap_or_default(), a, b, 500), None);
+        assert_eq!(udp_payload(&[], a, b, 500), None);
+        assert_eq!(udp_payload(&[0x60; 40], a, b, 500), None);
     }
 }
