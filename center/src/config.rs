@@ -81,6 +81,15 @@ struct Raw {
     center: RawCenter,
     #[serde(default)]
     gateways: Vec<RawGateway>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: String,
+    domain: String,
+    ttl_secs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +206,15 @@ pub struct CenterdConfig {
     /// API endpoint of each gateway, in the order of `settings.gateways`.
     pub gateway_endpoints: Vec<(GatewayName, HttpEndpoint)>,
     pub settings: CenterSettings,
+    /// centerd's DNS zone (`[dns]`; None: no DNS server).
+    pub dns: Option<DnsConfig>,
+}
+
+/// `[dns]`: where centerd answers DNS queries and for which zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub listen: SocketAddr,
+    pub zone: crate::dns::Zone,
 }
 
 impl CenterdConfig {
@@ -366,7 +384,18 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     )
     .map_err(|e| invalid("routers.maintenance_password_file", e))?
     .to_string();
+    let dns = match raw.dns {
+        None => None,
+        Some(d) => Some(DnsConfig {
+            listen: d
+                .listen
+                .parse()
+                .map_err(|_| invalid("dns.listen", "not an address:port"))?,
+            zone: crate::dns::Zone::new(&d.domain, d.ttl_secs.unwrap_or(5)).map_err(|e| invalid("dns.domain", e))?,
+        }),
+    };
     Ok(CenterdConfig {
+        dns,
         router_listen,
         ui_listen,
         trusted_proxies,
@@ -474,6 +503,12 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert!(err_of(&EXAMPLE.replace("pbkdf2-sha256$1000", "md5$1000")).contains("operators.password_hashes[0]"));
         assert!(err_of(&EXAMPLE.replace("[database]\npath = \"center.db\"", "")).contains("database"));
         assert!(err_of(&EXAMPLE.replace("slots = 4", "slots = 4\nnext_hop = \"gw\"")).contains("gateways[0].next_hop"));
+        let dns = "\n[dns]\nlisten = \"127.0.0.1:5353\"\ndomain = \"vpn.example\"\n";
+        let c = parse(&format!("{EXAMPLE}{dns}")).unwrap();
+        assert_eq!(c.dns.as_ref().map(|d| d.zone.domain.as_str()), Some("vpn.example"));
+        assert_eq!(c.dns.map(|d| d.listen.port()), Some(5353));
+        assert!(err_of(&format!("{EXAMPLE}{}", dns.replace("vpn.example", "a..b"))).contains("dns.domain"));
+        assert!(err_of(&format!("{EXAMPLE}{}", dns.replace("127.0.0.1:5353", "x"))).contains("dns.listen"));
     }
 
     #[test]
@@ -481,6 +516,7 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/centerd.toml");
         let c = CenterdConfig::load(&p).unwrap();
         assert_eq!(c.settings.gateways.len(), 2);
+        assert!(c.dns.is_some(), "the example shows the [dns] keys");
         assert_eq!(c.pool.to_string(), "10.64.0.0/16");
         let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
         let g = crate::gateway::config::GatewaydConfig::load(&g).unwrap();

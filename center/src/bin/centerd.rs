@@ -472,8 +472,9 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
     let ui_settings = ui::UiSettings {
         operator_hashes: cfg.operator_hashes.clone(),
         session_ttl: cfg.session_ttl,
-        dns_domain: None,
+        dns_domain: cfg.dns.as_ref().map(|d| d.zone.domain.clone()),
     };
+    let dns = cfg.dns.clone();
     let reconcile_interval = cfg.reconcile_interval;
     let api_settings = api::ApiSettings {
         trusted_proxies: cfg.trusted_proxies.clone(),
@@ -494,6 +495,26 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let dns_task = match dns {
+        // DNS is a convenience: when its port cannot be bound the router
+        // API and the UI still run (and the error says why names fail).
+        Some(d) => match tokio::net::UdpSocket::bind(d.listen).await {
+            Ok(sock) => {
+                log::info!("centerd: DNS for {} on {}", d.zone.domain, sock.local_addr()?);
+                Some(tokio::spawn(vpnnat_center::dns::serve(
+                    sock,
+                    stopped(rx.clone()),
+                    center.clone(),
+                    d.zone,
+                )))
+            }
+            Err(e) => {
+                log::error!("centerd: no DNS: cannot bind dns.listen {}: {e}", d.listen);
+                None
+            }
+        },
+        None => None,
+    };
     let servers = tokio::spawn({
         let c = center.clone();
         let (r1, r2) = (rx.clone(), rx);
@@ -510,6 +531,9 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
     reconciler.abort();
     let _ = tx.send(true);
     servers.await?;
+    if let Some(t) = dns_task {
+        t.await?;
+    }
     Ok(())
 }
 

@@ -178,6 +178,52 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// The VPNNAT address of `terminal_name` of `terminal_id` while an open
+    /// (not ended) request names it — what `HOSTNAME.TERMINALID.<domain>`
+    /// resolves to. Both compare case-insensitively (DNS names do).
+    pub fn live_grant_address(&self, terminal_id: &str, terminal_name: &str) -> Result<Option<std::net::Ipv4Addr>> {
+        use rusqlite::OptionalExtension as _;
+        const LIVE: &str = "AND EXISTS (SELECT 1 FROM request_terminals rt JOIN requests r
+                     ON r.acceptance_number = rt.acceptance_number
+                     WHERE rt.terminal_id = p.terminal_id AND rt.terminal_name = p.terminal_name
+                       AND r.state != 'ended') LIMIT 1";
+        // The exact spelling first (the unique index), then any case.
+        for cmp in ["", " COLLATE NOCASE"] {
+            let sql = format!(
+                "SELECT p.addr FROM pool_allocated p
+                 WHERE p.terminal_id = ?1{cmp} AND p.terminal_name = ?2{cmp} {LIVE}"
+            );
+            let a: Option<i64> = self
+                .conn
+                .prepare_cached(&sql)?
+                .query_row(params![terminal_id, terminal_name], |r| r.get(0))
+                .optional()?;
+            if let Some(a) = a {
+                return Ok(Some(super::i64_to_ip(a)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The router's server-part address while it has an open request
+    /// (`router.TERMINALID.<domain>`).
+    pub fn live_router_address(&self, terminal_id: &str) -> Result<Option<std::net::Ipv4Addr>> {
+        use rusqlite::OptionalExtension as _;
+        let a: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT t.server_part_vpnnat FROM terminals t
+                 WHERE t.terminal_id = ?1 COLLATE NOCASE
+                   AND EXISTS (SELECT 1 FROM requests r WHERE r.terminal_id = t.terminal_id AND r.state != 'ended')
+                 LIMIT 1",
+            )?
+            .query_row(params![terminal_id], |r| r.get(0))
+            .optional()?;
+        a.map(super::i64_to_ip).transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

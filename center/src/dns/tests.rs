@@ -1,0 +1,327 @@
+use super::*;
+
+use std::time::Duration;
+
+use crate::center::tests::{center_with, TestRouter};
+
+fn zone() -> Zone {
+    Zone::new("VPN.Center.Example.", 5).unwrap()
+}
+
+/// A query as a stub resolver sends it, written out byte by byte here
+/// (independently of the server's encoder).
+fn query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+    let mut m = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(edns),
+    ];
+    for l in name.split('.') {
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    if edns {
+        // OPT: root name, type 41, UDP size 1232, no options.
+        m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    }
+    m
+}
+
+/// What a client reads from an answer: (id, flags, answer A addresses,
+/// authority count).
+fn read(m: &[u8]) -> (u16, u16, Vec<Ipv4Addr>, u16) {
+    let id = u16::from_be_bytes([m[0], m[1]]);
+    let flags = u16::from_be_bytes([m[2], m[3]]);
+    let qd = u16::from_be_bytes([m[4], m[5]]);
+    let an = u16::from_be_bytes([m[6], m[7]]);
+    let ns = u16::from_be_bytes([m[8], m[9]]);
+    let mut p = 12;
+    for _ in 0..qd {
+        while m[p] != 0 {
+            p += 1 + m[p] as usize;
+        }
+        p += 5;
+    }
+    let mut addrs = Vec::new();
+    for _ in 0..an {
+        assert_eq!(&m[p..p + 2], &[0xc0, 0x0c], "answer names the question");
+        let ty = u16::from_be_bytes([m[p + 2], m[p + 3]]);
+        let len = u16::from_be_bytes([m[p + 10], m[p + 11]]) as usize;
+        if ty == TYPE_A {
+            assert_eq!(len, 4);
+            addrs.push(Ipv4Addr::new(m[p + 12], m[p + 13], m[p + 14], m[p + 15]));
+        }
+        p += 12 + len;
+    }
+    (id, flags, addrs, ns)
+}
+
+fn rcode(flags: u16) -> u8 {
+    (flags & 0x0f) as u8
+}
+
+fn fixed(name: ZoneName<'_>) -> Lookup {
+    match name {
+        ZoneName::Grant {
+            terminal_name: "pc1",
+            terminal_id: "router-1",
+        } => Lookup::Address(Ipv4Addr::new(10, 64, 0, 9)),
+        ZoneName::Router {
+            terminal_id: "router-1",
+        } => Lookup::Address(Ipv4Addr::new(10, 64, 0, 1)),
+        ZoneName::Grant {
+            terminal_name: "broken",
+            ..
+        } => Lookup::Failed,
+        _ => Lookup::NoSuchName,
+    }
+}
+
+#[test]
+fn answers_a_records_case_insensitively_with_edns() {
+    let z = zone();
+    for (name, edns) in [
+        ("pc1.router-1.vpn.center.example", false),
+        ("PC1.Router-1.VPN.center.EXAMPLE", true),
+    ] {
+        let a = respond(&query(0x1234, name, TYPE_A, edns), &z, fixed).unwrap();
+        let (id, flags, addrs, _) = read(&a);
+        assert_eq!(id, 0x1234);
+        assert_eq!(flags & 0x8000, 0x8000, "QR");
+        assert_eq!(flags & 0x0400, 0x0400, "AA");
+        assert_eq!(flags & 0x0100, 0x0100, "RD echoed");
+        assert_eq!(rcode(flags), RCODE_NOERROR);
+        assert_eq!(addrs, vec![Ipv4Addr::new(10, 64, 0, 9)]);
+        // The question is echoed as sent (0x20 case randomisation).
+        assert!(a.windows(3).any(|w| w == b"PC1") == name.starts_with("PC1"));
+    }
+    let a = respond(
+        &query(1, "router.router-1.vpn.center.example", TYPE_A, false),
+        &z,
+        fixed,
+    )
+    .unwrap();
+    assert_eq!(read(&a).2, vec![Ipv4Addr::new(10, 64, 0, 1)]);
+}
+
+#[test]
+fn negative_answers_refusals_and_errors() {
+    let z = zone();
+    // No such grant: NXDOMAIN with the SOA for negative caching.
+    let (_, f, addrs, ns) =
+        read(&respond(&query(2, "pc9.router-1.vpn.center.example", TYPE_A, false), &z, fixed).unwrap());
+    assert_eq!((rcode(f), addrs.len(), ns), (RCODE_NXDOMAIN, 0, 1));
+    // The name exists, not as AAAA: NOERROR, no answer.
+    let (_, f, addrs, ns) = read(&respond(&query(3, "pc1.router-1.vpn.center.example", 28, false), &z, fixed).unwrap());
+    assert_eq!((rcode(f), addrs.len(), ns), (RCODE_NOERROR, 0, 1));
+    // Outside the zone: not a recursive resolver.
+    let (_, f, _, ns) = read(&respond(&query(4, "example.com", TYPE_A, false), &z, fixed).unwrap());
+    assert_eq!((rcode(f), ns, f & 0x0400), (RCODE_REFUSED, 0, 0));
+    let (_, f, _, _) = read(&respond(&query(4, "xvpn.center.example", TYPE_A, false), &z, fixed).unwrap());
+    assert_eq!(rcode(f), RCODE_REFUSED, "a suffix match must be on a label boundary");
+    // Database trouble: SERVFAIL.
+    let (_, f, _, _) = read(
+        &respond(
+            &query(5, "broken.router-1.vpn.center.example", TYPE_A, false),
+            &z,
+            fixed,
+        )
+        .unwrap(),
+    );
+    assert_eq!(rcode(f), RCODE_SERVFAIL);
+    // The apex has an SOA and an NS.
+    let (_, f, _, _) = read(&respond(&query(6, "vpn.center.example", TYPE_SOA, false), &z, fixed).unwrap());
+    assert_eq!(rcode(f), RCODE_NOERROR);
+    let soa = respond(&query(6, "vpn.center.example", TYPE_SOA, false), &z, fixed).unwrap();
+    assert_eq!(u16::from_be_bytes([soa[6], soa[7]]), 1);
+    // Deeper or shallower names do not exist.
+    for n in ["router-1.vpn.center.example", "a.pc1.router-1.vpn.center.example"] {
+        let (_, f, _, _) = read(&respond(&query(7, n, TYPE_A, false), &z, fixed).unwrap());
+        assert_eq!(rcode(f), RCODE_NXDOMAIN, "{n}");
+    }
+    // A response, or fewer than 12 bytes: no answer at all.
+    let mut resp = query(8, "pc1.router-1.vpn.center.example", TYPE_A, false);
+    resp[2] |= 0x80;
+    assert_eq!(respond(&resp, &z, fixed), None);
+    assert_eq!(respond(&[0x12, 0x34, 0, 0], &z, fixed), None);
+    // Malformed questions: FORMERR with the ID; another opcode: NOTIMP.
+    let mut two = query(9, "a.b", TYPE_A, false);
+    two[5] = 2;
+    let mut ptr = query(9, "a.b", TYPE_A, false);
+    ptr[12] = 0xc0;
+    let long_label = query(9, &"x".repeat(64), TYPE_A, false);
+    let long_name = query(9, &vec!["abcdefghi"; 30].join("."), TYPE_A, false);
+    let mut cut = query(9, "pc1.router-1.vpn.center.example", TYPE_A, false);
+    cut.truncate(cut.len() - 3);
+    for bad in [two, ptr, long_label, long_name, cut] {
+        let (id, f, _, _) = read(&respond(&bad, &z, fixed).unwrap());
+        assert_eq!((id, rcode(f)), (9, RCODE_FORMERR));
+    }
+    let mut notify = query(10, "vpn.center.example", TYPE_SOA, false);
+    notify[2] = 0x20; // opcode 4
+    let (_, f, _, _) = read(&respond(&notify, &z, fixed).unwrap());
+    assert_eq!(rcode(f), RCODE_NOTIMP);
+}
+
+#[test]
+fn zone_domain_is_validated() {
+    assert_eq!(Zone::new("Vpn.Example.", 5).unwrap().domain, "vpn.example");
+    for bad in ["", ".", "a..b", "a b.example", &"x".repeat(64)] {
+        assert!(Zone::new(bad, 5).is_err(), "{bad:?}");
+    }
+}
+
+/// The fuzz target's property, run deterministically under `cargo test`:
+/// random bytes and mutations of valid queries never panic, and every
+/// answer carries the query's ID, has QR set and fits 512 bytes.
+#[test]
+fn arbitrary_input_never_panics() {
+    let z = zone();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let seeds = [
+        query(1, "pc1.router-1.vpn.center.example", TYPE_A, true),
+        query(2, "router.router-1.vpn.center.example", TYPE_ANY, false),
+        query(3, "vpn.center.example", TYPE_NS, false),
+    ];
+    for i in 0..20_000u32 {
+        let mut m = if i % 4 == 0 {
+            (0..(next() % 80)).map(|_| next() as u8).collect::<Vec<u8>>()
+        } else {
+            seeds[(i as usize) % seeds.len()].clone()
+        };
+        for _ in 0..(next() % 4) {
+            if m.is_empty() {
+                break;
+            }
+            let at = (next() as usize) % m.len();
+            match next() % 3 {
+                0 => m[at] = next() as u8,
+                1 => m.truncate(at),
+                _ => m.insert(at, next() as u8),
+            }
+        }
+        if let Some(a) = respond(&m, &z, fixed) {
+            assert!(a.len() <= 512);
+            assert_eq!(&a[..2], &m[..2]);
+            assert_eq!(a[2] & 0x80, 0x80);
+        }
+    }
+}
+
+async fn dns_server(c: Arc<crate::center::tests::TestCenter>) -> std::net::SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(serve(sock, std::future::pending(), c, zone()));
+    addr
+}
+
+async fn ask(server: std::net::SocketAddr, name: &str) -> (u8, Vec<Ipv4Addr>) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.send_to(&query(0xbeef, name, TYPE_A, true), server).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let (id, f, addrs, _) = read(&buf[..n]);
+    assert_eq!(id, 0xbeef);
+    (rcode(f), addrs)
+}
+
+/// `dig` from Debian's bind9-dnsutils, when installed: a resolver that is
+/// not ours parses the answers. Without it this prints SKIPPED unless
+/// VPNNAT_REQUIRE_DIG=1.
+fn dig(server: std::net::SocketAddr, name: &str) -> Option<(String, Vec<String>)> {
+    let out = std::process::Command::new("dig")
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            "+tries=1",
+            "+time=5",
+            "+noall",
+            "+answer",
+            "+comments",
+            name,
+            "A",
+        ])
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            assert!(std::env::var_os("VPNNAT_REQUIRE_DIG").is_none(), "dig required: {e}");
+            eprintln!("SKIPPED: dig not found ({e}); install bind9-dnsutils");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("?")
+        .to_owned();
+    let addrs = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && l.contains("\tA\t"))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect();
+    Some((status, addrs))
+}
+
+#[tokio::test]
+async fn resolves_live_grants_from_the_database() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("Router-1");
+    let secrets = router.install(&c);
+    let (n, grants) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let pc1 = grants[0].vpnnat_addr.get();
+    let server = dns_server(c.clone()).await;
+
+    assert_eq!(
+        ask(server, "pc1.router-1.vpn.center.example").await,
+        (RCODE_NOERROR, vec![pc1])
+    );
+    assert_eq!(
+        ask(server, "router.ROUTER-1.vpn.center.example").await,
+        (RCODE_NOERROR, vec![secrets.server_part_vpnnat().get()])
+    );
+    assert_eq!(ask(server, "pc2.router-1.vpn.center.example").await.0, RCODE_NXDOMAIN);
+    assert_eq!(ask(server, "pc1.router-2.vpn.center.example").await.0, RCODE_NXDOMAIN);
+    let blocking = |name: &'static str| tokio::task::spawn_blocking(move || dig(server, name));
+    if let Some((status, addrs)) = blocking("pc1.router-1.vpn.center.example").await.unwrap() {
+        assert_eq!((status.as_str(), addrs), ("NOERROR", vec![pc1.to_string()]));
+        let (status, _) = blocking("nothing.router-1.vpn.center.example").await.unwrap().unwrap();
+        assert_eq!(status, "NXDOMAIN");
+    }
+
+    // The grant ends: the names go away.
+    c.end(n, 1).await.unwrap();
+    assert_eq!(ask(server, "pc1.router-1.vpn.center.example").await.0, RCODE_NXDOMAIN);
+    assert_eq!(
+        ask(server, "router.router-1.vpn.center.example").await.0,
+        RCODE_NXDOMAIN
+    );
+    if let Some((status, addrs)) = blocking("pc1.router-1.vpn.center.example").await.unwrap() {
+        assert_eq!((status.as_str(), addrs.len()), ("NXDOMAIN", 0));
+    }
+}
