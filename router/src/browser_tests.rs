@@ -36,7 +36,8 @@ fn browser() -> Result<(String, String), String> {
     let driver = std::env::var("VPNNAT_CHROMEDRIVER")
         .ok()
         .or_else(|| find_on_path("chromedriver"))
-        .ok_or("no chromedriver on PATH")?;
+        .filter(|p| std::path::Path::new(p).exists())
+        .ok_or("no chromedriver (PATH or VPNNAT_CHROMEDRIVER)")?;
     let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|b| std::path::Path::new(b).exists())
