@@ -284,13 +284,16 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
     Ok(out)
 }
 
+/// A series' labels other than `le`.
+type Labels = Vec<(String, String)>;
+
 fn check_histograms(samples: &[Sample], types: &BTreeMap<String, String>) -> Result<(), ParseError> {
     let err = |reason: String| ParseError::Bad { line: 0, reason };
     for (family, _) in types.iter().filter(|(_, k)| *k == "histogram") {
         let bucket = format!("{family}_bucket");
         let count = format!("{family}_count");
         // Group buckets by their labels other than `le`.
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for s in samples.iter().filter(|s| s.name == bucket) {
             let le = s.labels.get("le").ok_or_else(|| err(format!("{bucket} without le")))?;
             let le: f64 = if le == "+Inf" {

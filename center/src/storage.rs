@@ -436,13 +436,11 @@ impl Checkpointer {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || loop {
-                match rx.recv_timeout(CHECKPOINT_INTERVAL) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => break,
-                }
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    log::debug!("WAL checkpoint: {e}");
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_INTERVAL) {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        log::debug!("WAL checkpoint: {e}");
+                    }
                 }
             })
             .map_err(StorageError::Checkpointer)?;

@@ -4,6 +4,8 @@
 //! documented message schemas have exactly the fields the protocol types
 //! serialize.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 
 use serde_json::Value;
