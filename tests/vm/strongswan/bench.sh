@@ -50,7 +50,7 @@ export RUST_LOG=warn
 
 setup_topology
 
-now_us() { echo "$EPOCHREALTIME" | tr -d .; }
+# t0 in µs without a fork (bash is /bin/sh in the VM)
 # until_no_sa NS...: waits (max 10 s) until the namespaces hold no SA.
 until_no_sa() {
 	i=0
@@ -70,11 +70,13 @@ observe() {
 	W=$!
 	wait_for /tmp/w.out '^READY' 10 >/dev/null
 }
-# elapsed T0: waits for the observer; prints t1 - T0 in µs (empty on failure).
-elapsed() {
+# record T0 FILE: waits for the observer (in this shell: it is our child);
+# appends t1 - T0 in µs to FILE; returns 1 if the observer saw nothing.
+record() {
 	wait $W
 	t1=$(sed -n 's/^INSTALLED \([0-9]*\) .*/\1/p' /tmp/w.out)
-	[ -n "$t1" ] && echo $((t1 - $1))
+	[ -n "$t1" ] || return 1
+	echo $((t1 - $1)) >>"$2"
 }
 
 : >/tmp/ours.us
@@ -90,20 +92,19 @@ ours_round() { # COUNT FILE
 	sleep 0.5
 	for i in $(seq "$1"); do
 		observe
-		t0=$(now_us)
+		t0=${EPOCHREALTIME/./}
 		VPNNAT_IKE_PSK=$PSK "$IP" netns exec gw vpnnat-ike initiate --local $GW --peer $R1 \
 			--local-ts $CENTER --remote-ts $VPNNAT/32 --reqid $REQID >/tmp/gw.out 2>/tmp/gw.log &
 		INIT=$!
-		dt=$(elapsed "$t0")
-		if [ -n "$dt" ]; then echo "$dt" >>"$2"; else FAILS_OURS=$((FAILS_OURS + 1)); cat /tmp/w.out /tmp/gw.out; fi
+		record "$t0" "$2" || { FAILS_OURS=$((FAILS_OURS + 1)); cat /tmp/w.out /tmp/gw.out; }
 		kill -TERM $INIT
 		gone $INIT 10
 		until_no_sa gw r1 || FAILS_OURS=$((FAILS_OURS + 1))
 	done
 	kill -TERM $RESP
 	gone $RESP 10
-	nsx gw vpnnatctl flush
-	nsx r1 vpnnatctl flush
+	nsx gw vpnnatctl flush >/dev/null
+	nsx r1 vpnnatctl flush >/dev/null
 }
 
 start_charon() { # NS CONF
@@ -126,12 +127,11 @@ ss_round() { # COUNT FILE
 	C_GW=$CPID
 	for i in $(seq "$1"); do
 		observe
-		t0=$(now_us)
+		t0=${EPOCHREALTIME/./}
 		STRONGSWAN_CONF=/tmp/strongswan-gw.conf "$IP" netns exec gw swanctl --initiate --child vpnnat \
 			--timeout 20 --uri unix:///tmp/charon-gw.vici >/tmp/ss-init.out 2>&1 &
 		SI=$!
-		dt=$(elapsed "$t0")
-		if [ -n "$dt" ]; then echo "$dt" >>"$2"; else FAILS_SS=$((FAILS_SS + 1)); cat /tmp/w.out /tmp/ss-init.out; fi
+		record "$t0" "$2" || { FAILS_SS=$((FAILS_SS + 1)); cat /tmp/w.out /tmp/ss-init.out; }
 		wait $SI
 		STRONGSWAN_CONF=/tmp/strongswan-gw.conf nsx gw swanctl --terminate --ike r1 --timeout 10 \
 			--uri unix:///tmp/charon-gw.vici >/dev/null 2>&1
