@@ -20,6 +20,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+/// chromedriver's log (inside the chroot when there is one).
+const CHROMEDRIVER_LOG: &str = "/tmp/vpnnat-chromedriver.log";
+
 /// The W3C WebDriver element reference key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -192,8 +195,12 @@ impl Browser {
             }
             None => Command::new(&cli.chromedriver),
         };
+        // Chromium writes its profile, crash reports and font cache under
+        // $HOME: a tmpfs, since the browser root is read-only.
         let child = cmd
             .arg(format!("--port={}", cli.port))
+            .arg(format!("--log-path={CHROMEDRIVER_LOG}"))
+            .env("HOME", "/tmp")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -217,6 +224,7 @@ impl Browser {
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                "--user-data-dir=/tmp/vpnnat-operator-profile",
             ],
         });
         let v = wd(
@@ -224,7 +232,21 @@ impl Browser {
             "POST",
             "/session",
             Some(json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": opts}}})),
-        )?;
+        )
+        .map_err(|e| {
+            let log_file = match &cli.chroot {
+                Some(root) => root.join(CHROMEDRIVER_LOG.trim_start_matches('/')),
+                None => PathBuf::from(CHROMEDRIVER_LOG),
+            };
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(format!(
+                "chromedriver log ({}):\n{}",
+                log_file.display(),
+                tail.join("\n")
+            ))
+        })?;
         b.session = v["value"]["sessionId"]
             .as_str()
             .ok_or_else(|| anyhow!("chromedriver gave no session: {v}"))?
@@ -242,8 +264,19 @@ impl Browser {
     }
 
     fn find(&self, css: &str) -> Result<Option<String>> {
-        let v = self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})))?;
-        Ok(v["value"][ELEMENT].as_str().map(str::to_owned))
+        let body = json!({"using": "css selector", "value": css});
+        let (status, v) = wd_raw(
+            self.port,
+            "POST",
+            &format!("/session/{}/element", self.session),
+            Some(body),
+        )?;
+        match status {
+            200 => Ok(v["value"][ELEMENT].as_str().map(str::to_owned)),
+            // "no such element": not there (yet)
+            404 => Ok(None),
+            _ => bail!("WebDriver find {css}: {status} {v}"),
+        }
     }
 
     /// Waits (through the page's own reloads) until `css` exists.
@@ -298,9 +331,18 @@ impl Browser {
     }
 }
 
-/// One WebDriver command over HTTP/1.1 (one connection each; chromedriver
-/// answers with Content-Length).
+/// One WebDriver command; anything but 200 is an error.
 fn wd(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    let (status, v) = wd_raw(port, method, path, body)?;
+    if status != 200 {
+        bail!("WebDriver {method} {path}: {status} {v}");
+    }
+    Ok(v)
+}
+
+/// One WebDriver command over HTTP/1.1 (one connection each; chromedriver
+/// answers with Content-Length): the status code and the JSON answer.
+fn wd_raw(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).context("connecting to chromedriver")?;
     s.set_read_timeout(Some(Duration::from_secs(300)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -339,8 +381,10 @@ fn wd(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<Value>
         }
     }
     let v: Value = serde_json::from_slice(&buf).unwrap_or(Value::Null);
-    if !status.contains(" 200 ") {
-        bail!("WebDriver {method} {path}: {} {v}", status.trim());
-    }
-    Ok(v)
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("chromedriver sent no status line: {status:?}"))?;
+    Ok((code, v))
 }
