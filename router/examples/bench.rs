@@ -28,6 +28,16 @@ use vpnnat_router::daemon::unix_now;
 use vpnnat_router::http;
 use vpnnat_router::testing::{CenterSim, FakeCenter};
 
+/// routerd, killed and reaped however the benchmark ends (an error too).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -144,8 +154,8 @@ pc1 = "192.168.1.10"
         cmd.arg("--fake-datapath");
     }
     let log = std::fs::File::create(dir.join("routerd.log"))?;
-    let mut child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn()?;
-    let pid = child.id();
+    let mut child = Reap(cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn()?);
+    let pid = child.0.id();
     let lan = format!("127.0.0.1:{web}");
     let srv = format!("127.0.0.1:{server}");
     let t = Duration::from_secs(10);
@@ -158,7 +168,6 @@ pc1 = "192.168.1.10"
             }
         }
         if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
             bail!("routerd did not install");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -203,7 +212,7 @@ pc1 = "192.168.1.10"
     }
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    let _ = child.0.wait();
     let text = std::fs::read_to_string(dir.join("routerd.log")).unwrap_or_default();
     println!("routerd logged {} lines", text.lines().count());
     for l in text.lines().filter(|l| l.contains("ERROR")).take(5) {
