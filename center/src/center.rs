@@ -552,13 +552,18 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let tid = v.principal().clone();
         let psk = Psk::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
         let sid2 = SecretId2::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
-        let row = st.install_terminal(&crate::storage::InstallRecord {
-            terminal_id: tid.as_str(),
-            psk_hex: &psk.to_hex(),
-            secret_id2_hex: &sid2.to_hex(),
-            maintenance_password_hash: &self.settings.maintenance_password_hash,
-            now,
-        })?;
+        // The audit row commits with the installation.
+        let who = Actor::router(tid.as_str(), peer);
+        let row = st.install_terminal_from(
+            &crate::storage::InstallRecord {
+                terminal_id: tid.as_str(),
+                psk_hex: &psk.to_hex(),
+                secret_id2_hex: &sid2.to_hex(),
+                maintenance_password_hash: &self.settings.maintenance_password_hash,
+                now,
+            },
+            Some(&who.peer),
+        )?;
         drop(st);
         let secrets = InstallSecrets::new(
             psk,
@@ -573,17 +578,6 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             "installed {tid}: server part {}, router part {}",
             row.server_part_vpnnat,
             row.router_part_vpnnat
-        );
-        self.audit(
-            now,
-            &Actor::router(tid.as_str(), peer),
-            "install",
-            Some(tid.as_str()),
-            None,
-            &format!(
-                "server part {}, router part {}",
-                row.server_part_vpnnat, row.router_part_vpnnat
-            ),
         );
         self.answer(&v, &resp, &SecretId::derive(master, &tid).mac_key(), now)
     }
@@ -1045,16 +1039,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 
     /// [`Center::start`] by `actor` (recorded in the audit log).
     pub fn start_by(&self, number: u64, now: u64, actor: &Actor) -> Result<RequestRow, CenterError> {
-        let r = self.store()?.start_request(number, now)?;
+        let r = self.store()?.start_request_by(number, now, &actor.who, &actor.peer)?;
         log::info!("request {number} of {} started by {}", r.terminal_id, actor.who);
-        self.audit(
-            now,
-            actor,
-            "start",
-            Some(&r.terminal_id),
-            Some(number),
-            "waiting -> in progress",
-        );
         Ok(r)
     }
 
@@ -1082,8 +1068,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// [`Center::end`] by `actor`: the end, every release and the VPN end
     /// go to the audit log under that actor.
     pub async fn end_by(&self, number: u64, now: u64, actor: &Actor) -> Result<EndOutcome, CenterError> {
-        let row = self.store()?.end_request(number, now)?;
-        self.audit(now, actor, "end", Some(&row.terminal_id), Some(number), "request ended");
+        // The "end" audit row commits with the state change.
+        let row = self.store()?.end_request_by(number, now, &actor.who, &actor.peer)?;
         let mut out = EndOutcome {
             acceptance_number: number,
             ..EndOutcome::default()
@@ -1184,26 +1170,30 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             }
             out.vpn_ended = true;
         }
-        for (name, addr) in &out.released {
-            self.audit(
-                now,
-                actor,
-                "release",
-                Some(&tid_s),
-                Some(number),
-                &format!("{name} = {addr}"),
-            );
-        }
-        if out.vpn_ended {
-            let gw = slot.as_ref().map_or("", |s| s.gateway.as_str());
-            self.audit(
-                now,
-                actor,
-                "vpn_end",
-                Some(&tid_s),
-                Some(number),
-                &format!("gateway {gw}"),
-            );
+        // Releases and the VPN end: one transaction for all their rows.
+        let details: Vec<(&str, String)> = out
+            .released
+            .iter()
+            .map(|(name, addr)| ("release", format!("{name} = {addr}")))
+            .chain(out.vpn_ended.then(|| {
+                let gw = slot.as_ref().map_or("", |s| s.gateway.as_str());
+                ("vpn_end", format!("gateway {gw}"))
+            }))
+            .collect();
+        let rows: Vec<crate::storage::NewAudit<'_>> = details
+            .iter()
+            .map(|(action, detail)| crate::storage::NewAudit {
+                at: now,
+                actor: &actor.who,
+                action,
+                terminal_id: Some(&tid_s),
+                acceptance_number: Some(number),
+                detail,
+                peer: &actor.peer,
+            })
+            .collect();
+        if let Err(e) = self.store().and_then(|mut st| Ok(st.append_audits(&rows)?)) {
+            log::error!("audit log: cannot record the releases of request {number}: {e}");
         }
         for w in &out.warnings {
             log::warn!("request {number}: {w}");

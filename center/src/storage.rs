@@ -186,7 +186,6 @@ const MIGRATIONS: &[&str] = &[
         peer TEXT NOT NULL
     );
     CREATE INDEX audit_by_terminal ON audit (terminal_id, id);
-    CREATE INDEX audit_by_action ON audit (action, id);
     CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
@@ -672,6 +671,12 @@ impl Storage {
     /// holds its two VPNNAT addresses (reused on reinstallation: they stay
     /// with the router). One transaction: either all of it or nothing.
     pub fn install_terminal(&mut self, rec: &InstallRecord<'_>) -> Result<TerminalRow> {
+        self.install_terminal_from(rec, None)
+    }
+
+    /// [`Storage::install_terminal`] with its audit row (`install` by
+    /// `router:ID` from `peer`) in the same transaction.
+    pub fn install_terminal_from(&mut self, rec: &InstallRecord<'_>, peer: Option<&str>) -> Result<TerminalRow> {
         let tx = self.tx()?;
         let (server, _) = assign_or_reuse(&tx, rec.terminal_id, SERVER_PART_NAME, rec.now)?;
         let (router, _) = assign_or_reuse(&tx, rec.terminal_id, ROUTER_PART_NAME, rec.now)?;
@@ -696,6 +701,20 @@ impl Storage {
             ip_to_i64(router),
             from_u64(rec.now)
         ])?;
+        if let Some(peer) = peer {
+            audit::insert_in(
+                &tx,
+                &NewAudit {
+                    at: rec.now,
+                    actor: &format!("router:{}", rec.terminal_id),
+                    action: "install",
+                    terminal_id: Some(rec.terminal_id),
+                    acceptance_number: None,
+                    detail: &format!("server part {server}, router part {router}"),
+                    peer,
+                },
+            )?;
+        }
         tx.commit()?;
         Ok(TerminalRow {
             terminal_id: rec.terminal_id.to_owned(),
@@ -1084,15 +1103,32 @@ impl Storage {
 
     /// Operator "start": waiting -> in progress.
     pub fn start_request(&mut self, number: u64, now: u64) -> Result<RequestRow> {
-        self.transition(number, now, RequestState::InProgress)
+        self.transition(number, now, RequestState::InProgress, None)
+    }
+
+    /// [`Storage::start_request`] with its audit row (`start` by `actor`
+    /// from `peer`) in the same transaction.
+    pub fn start_request_by(&mut self, number: u64, now: u64, actor: &str, peer: &str) -> Result<RequestRow> {
+        self.transition(number, now, RequestState::InProgress, Some((actor, peer)))
+    }
+
+    /// [`Storage::end_request`] with its audit row (`end`).
+    pub fn end_request_by(&mut self, number: u64, now: u64, actor: &str, peer: &str) -> Result<RequestRow> {
+        self.transition(number, now, RequestState::Ended, Some((actor, peer)))
     }
 
     /// Operator "end": waiting or in progress -> ended.
     pub fn end_request(&mut self, number: u64, now: u64) -> Result<RequestRow> {
-        self.transition(number, now, RequestState::Ended)
+        self.transition(number, now, RequestState::Ended, None)
     }
 
-    fn transition(&mut self, number: u64, now: u64, to: RequestState) -> Result<RequestRow> {
+    fn transition(
+        &mut self,
+        number: u64,
+        now: u64,
+        to: RequestState,
+        audit_by: Option<(&str, &str)>,
+    ) -> Result<RequestRow> {
         let tx = self.tx()?;
         let cur = request_in(&tx, number)?.ok_or(StorageError::NotFound {
             what: "request",
@@ -1115,6 +1151,24 @@ impl Storage {
             params![from_u64(number), to.as_str(), from_u64(now)],
         )?;
         let row = request_in(&tx, number)?.ok_or(StorageError::Corrupt("request vanished".into()))?;
+        if let Some((actor, peer)) = audit_by {
+            let (verb, detail) = match to {
+                RequestState::InProgress => ("start", "waiting -> in progress"),
+                _ => ("end", "request ended"),
+            };
+            audit::insert_in(
+                &tx,
+                &NewAudit {
+                    at: now,
+                    actor,
+                    action: verb,
+                    terminal_id: Some(&row.terminal_id),
+                    acceptance_number: Some(number),
+                    detail,
+                    peer,
+                },
+            )?;
+        }
         tx.commit()?;
         Ok(row)
     }

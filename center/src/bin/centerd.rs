@@ -276,18 +276,8 @@ fn real_main(cli: &Cli) -> Result<()> {
         Cmd::StartRequest { acceptance_number } => {
             let cfg = load(&cli.config)?;
             let n = *acceptance_number;
-            let mut st = open_store(&cfg)?;
-            let row = st.start_request(n, http::unix_now())?;
             let actor = cli_actor();
-            st.append_audit(&vpnnat_center::storage::NewAudit {
-                at: http::unix_now(),
-                actor: &actor.who,
-                action: "start",
-                terminal_id: Some(&row.terminal_id),
-                acceptance_number: Some(n),
-                detail: "waiting -> in progress",
-                peer: &actor.peer,
-            })?;
+            let row = open_store(&cfg)?.start_request_by(n, http::unix_now(), &actor.who, &actor.peer)?;
             output(cli.json, &row, || {
                 format!("request {} is {}", row.acceptance_number, row.state)
             })

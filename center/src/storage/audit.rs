@@ -90,24 +90,39 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// Inserts one row on `conn` (inside the caller's transaction, so the
+/// event commits with what it records).
+pub(super) fn insert_in(conn: &rusqlite::Connection, e: &NewAudit<'_>) -> Result<u64> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, actor, action, terminal_id, acceptance_number, detail, peer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        from_u64(e.at),
+        e.actor,
+        e.action,
+        e.terminal_id,
+        e.acceptance_number.map(from_u64),
+        e.detail,
+        e.peer
+    ])?;
+    to_u64(conn.last_insert_rowid())
+}
+
 impl Storage {
     /// Appends one event; returns its id.
     pub fn append_audit(&mut self, e: &NewAudit<'_>) -> Result<u64> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit (at, actor, action, terminal_id, acceptance_number, detail, peer)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                from_u64(e.at),
-                e.actor,
-                e.action,
-                e.terminal_id,
-                e.acceptance_number.map(from_u64),
-                e.detail,
-                e.peer
-            ])?;
-        to_u64(self.conn.last_insert_rowid())
+        insert_in(&self.conn, e)
+    }
+
+    /// Appends several events in one transaction.
+    pub fn append_audits(&mut self, events: &[NewAudit<'_>]) -> Result<()> {
+        let tx = self.tx()?;
+        for e in events {
+            insert_in(&tx, e)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Events matching `f`, newest first.
