@@ -1,7 +1,8 @@
 //! The local LAN page in a real headless Chromium, driven over WebDriver
 //! (Debian's `chromium` + `chromedriver`), against the daemon with a fake
 //! center and the in-memory datapath: a LAN user fills in the form and sees
-//! the acceptance number and the state as the center reports it; a device
+//! the acceptance number and the state as the center reports it (the open
+//! page follows the center's end command by itself); a device
 //! that vanished between loading the page and sending it is a clear error
 //! on the page, and nothing is half-installed.
 //!
@@ -179,6 +180,19 @@ impl Driver {
         v["value"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Waits until the text of `css` is `want` (the page updates itself).
+    async fn wait_text(&self, css: &str, want: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.text(css).await;
+            if got == want {
+                return;
+            }
+            assert!(start.elapsed() < T, "{css} reads {got:?}, never {want:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn attr(&self, css: &str, name: &str) -> String {
         let e = self.wait_for(css).await;
         let v = self.cmd("GET", &format!("/element/{e}/attribute/{name}"), None).await;
@@ -284,12 +298,11 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
     assert_eq!(r.claimant_level, vpnnat_proto::types::ClaimantLevel::Administrator);
     assert_eq!(r.urgency, vpnnat_proto::types::Urgency::High);
 
-    // The center ends the maintenance: the page shows it.
+    // The center ends the maintenance: the open page follows by itself.
     let end = center.0.lock().unwrap().end(101);
     let (s, _, _) = rt.command(&end).await;
     assert_eq!(s, 200);
-    b.goto(&base).await;
-    assert_eq!(b.text("#request-101 .state").await, "ended");
+    b.wait_text("#request-101 .state", "ended").await;
 
     // The lease of "laptop" runs out between loading the page and sending
     // it: a clear error on the page, no request to the center, nothing

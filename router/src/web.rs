@@ -148,6 +148,12 @@ label{display:block;margin:.6em 0 .2em}input[type=text],textarea,select{width:10
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.2em .4em;text-align:left}\
 .err{color:#a00}.ok{color:#060}";
 
+/// Every 2 s: the requests' states from `/api/status` into the table.
+const STATE_POLL: &str = "<script>setInterval(async()=>{try{const r=await fetch('/api/status');\
+if(!r.ok)return;const s=await r.json();for(const q of s.requests){\
+const c=document.querySelector('#request-'+q.acceptance_number+' .state');\
+if(c&&c.textContent!==q.state)c.textContent=q.state;}}catch(e){}},2000);</script>";
+
 fn page(title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -212,6 +218,9 @@ impl LanPage {
             );
         }
         b.push_str("</table>");
+        // The states follow the center (end command) without a reload that
+        // would wipe a half-filled form.
+        b.push_str(STATE_POLL);
         page("Remote maintenance", &b)
     }
 
