@@ -55,8 +55,6 @@ pub const NONCE_PRINCIPAL_LIMIT: u64 = 10_000;
 pub enum StorageError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("cannot start the WAL checkpoint thread: {0}")]
-    Checkpointer(std::io::Error),
     #[error("the VPNNAT pool {pool} is exhausted")]
     PoolExhausted { pool: String },
     #[error("the database holds pool {stored} but the configuration says {configured}; migrate the database first")]
@@ -408,43 +406,6 @@ pub struct Storage {
     conn: Connection,
     /// When expired nonces were last purged (Unix seconds).
     last_nonce_purge: std::cell::Cell<u64>,
-    /// The WAL checkpointer of a file database (stops when dropped).
-    _checkpointer: Option<Checkpointer>,
-}
-
-/// How often the background checkpointer copies the WAL into the database.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Copies committed WAL frames into the database file on its own thread and
-/// connection (`PRAGMA wal_checkpoint(PASSIVE)`), so the request path never
-/// runs a checkpoint: SQLite's automatic checkpoint runs inside whichever
-/// commit crosses 1,000 WAL pages, with that commit's locks held and two
-/// fsyncs in it, which stalled every request behind it (the p99 of the
-/// benchmark). PASSIVE never blocks readers or writers; a process crash
-/// loses nothing (committed frames are in the WAL and are replayed on open).
-#[derive(Debug)]
-struct Checkpointer {
-    /// Dropping it wakes the thread, which then ends.
-    _stop: std::sync::mpsc::Sender<()>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_INTERVAL) {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        log::debug!("WAL checkpoint: {e}");
-                    }
-                }
-            })
-            .map_err(StorageError::Checkpointer)?;
-        Ok(Checkpointer { _stop: tx })
-    }
 }
 
 fn ip_to_i64(ip: Ipv4Addr) -> i64 {
@@ -490,11 +451,7 @@ impl Storage {
     /// Opens (creating if needed) the database file and migrates it.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
-        let mut s = Self::init(conn, true)?;
-        // Checkpoints move to a thread of their own (see [`Checkpointer`]).
-        s.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        s._checkpointer = Some(Checkpointer::start(path)?);
-        Ok(s)
+        Self::init(conn, true)
     }
 
     /// A private in-memory database (tests, `check-config`).
@@ -524,7 +481,6 @@ impl Storage {
         let mut s = Storage {
             conn,
             last_nonce_purge: std::cell::Cell::new(0),
-            _checkpointer: None,
         };
         s.migrate()?;
         Ok(s)

@@ -422,3 +422,34 @@ fn two_connections_share_one_pool() {
     a.check_pool().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A steady stream of commits keeps the WAL bounded: SQLite's automatic
+/// checkpoint copies it back and the next writer restarts it. (A background
+/// `PASSIVE` checkpointer with the automatic one off was tried for the
+/// benchmark: under steady writes the WAL is never fully copied when a
+/// writer starts, so it never restarts; it grew to 2 GB in 30 s.)
+#[test]
+fn wal_stays_bounded_under_steady_writes() {
+    let dir = std::env::temp_dir().join(format!("vpnnat-wal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.db");
+    let mut writer = Storage::open(&path).unwrap();
+    writer.init_pool(&cidr("10.0.0.0/8")).unwrap();
+    // A reader on another connection, as another centerd would be.
+    let other = Storage::open(&path).unwrap();
+    let wal = dir.join("w.db-wal");
+    let mut largest = 0u64;
+    for i in 0..6000u32 {
+        writer.assign_address("r", &format!("t{i}"), 1).unwrap();
+        writer.add_failure("r", "wan", &"x".repeat(2000), 1).unwrap();
+        if i % 100 == 0 {
+            assert_eq!(other.pool_usage().unwrap().allocated, u64::from(i) + 1);
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+    }
+    // Unbounded, 12,000 commits of 2-4 pages each would be 100-200 MB.
+    assert!(largest < 16 * 1024 * 1024, "the WAL grew to {largest} bytes");
+    drop((writer, other));
+    let _ = std::fs::remove_dir_all(&dir);
+}
