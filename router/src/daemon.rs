@@ -93,6 +93,10 @@ pub struct Parts {
     pub health: HealthSettings,
 }
 
+/// How long the tunnel outlives a VPN-end command, so that the answer
+/// reaches the center through it.
+pub const VPN_END_GRACE: Duration = Duration::from_millis(1500);
+
 /// The daemon's shared core.
 pub struct Router {
     pub cfg: Arc<Config>,
@@ -421,7 +425,7 @@ impl Router {
     /// Handles one center command; returns the HTTP status, the response
     /// (headers and body) to send.
     pub async fn center_command(
-        &self,
+        self: &Arc<Self>,
         path: &str,
         headers: Option<AuthHeaders>,
         body: &[u8],
@@ -445,6 +449,27 @@ impl Router {
             &self.rng,
         );
         match outcome {
+            Ok(o) if path == vpnnat_proto::paths::router::VPN_END => {
+                // Durable before the center hears "done", but the kernel
+                // keeps the tunnel a moment longer: the answer itself
+                // travels back through it (SNAT to the server part's
+                // VPNNAT address, then the tunnel's policy), so closing
+                // the IKE SA and the policies now would lose the answer
+                // and leave the center waiting for its timeout.
+                if let Err(e) = inner.store.save(&o.next) {
+                    log::error!("center command not applied: {e}");
+                    return (503, None, "state could not be saved".into());
+                }
+                inner.state = o.next;
+                log::info!("center command: {} (tunnel closes in {:?})", o.summary, VPN_END_GRACE);
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(VPN_END_GRACE).await;
+                    let mut inner = me.inner.lock().await;
+                    me.sync(&mut inner);
+                });
+                (200, Some(o.response), String::new())
+            }
             Ok(o) => {
                 // Durable before the center hears "done".
                 if let Err(e) = self.commit(&mut inner, o.next) {

@@ -329,6 +329,10 @@ async fn whole_flow_over_http() {
     let cmd = center.0.lock().unwrap().vpn_end();
     let (s, _, _) = rt2.command(&cmd).await;
     assert_eq!(s, 200);
+    // The answer travels back through the tunnel: the kernel keeps it
+    // until VPN_END_GRACE has passed.
+    assert_eq!(rt2.mappings().await, 3, "tunnel kept while the answer goes out");
+    tokio::time::sleep(crate::daemon::VPN_END_GRACE + std::time::Duration::from_millis(700)).await;
     assert_eq!(rt2.mappings().await, 2);
     let policies = rt2
         .router
