@@ -862,6 +862,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             if up {
                 return Ok(true);
             }
+            // Past the deadline (e.g. a zero timeout): answer now rather
+            // than through a timer that fires on the driver's next tick.
+            if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                return Ok(false);
+            }
             // A timeout too large to represent means "wait without limit".
             let woke = match deadline {
                 Some(d) => tokio::time::timeout_at(d, notified).await.is_ok(),
