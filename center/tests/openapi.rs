@@ -134,3 +134,30 @@ fn documented_schemas_have_the_protocol_fields() {
         assert_eq!(serde_json::to_value(parsed).unwrap(), Value::String(code.clone()));
     }
 }
+
+#[test]
+fn router_commands_document_matches_what_centerd_sends() {
+    use vpnnat_proto::messages::{EndCommand, ReleaseCommand, VpnEndCommand};
+    use vpnnat_proto::types::{AcceptanceNumber, TerminalName};
+    use vpnnat_proto::Command as _;
+    let doc: Value = serde_json::from_str(include_str!("../openapi/router-commands.json")).unwrap();
+    check_refs(&doc, &doc);
+    let want: BTreeSet<(String, String, String)> = [
+        (EndCommand::PATH, "end"),
+        (ReleaseCommand::PATH, "release"),
+        (VpnEndCommand::PATH, "vpn_end"),
+    ]
+    .iter()
+    .map(|(p, n)| ("POST".to_owned(), (*p).to_owned(), (*n).to_owned()))
+    .collect();
+    assert_eq!(operations(&doc), want);
+    let end = EndCommand {
+        acceptance_number: AcceptanceNumber::new(7).unwrap(),
+    };
+    assert_eq!(keys(&end), fields(&doc, "EndCommand"));
+    let rel = ReleaseCommand {
+        terminal_name: TerminalName::new("pc1").unwrap(),
+    };
+    assert_eq!(keys(&rel), fields(&doc, "ReleaseCommand"));
+    assert_eq!(keys(&VpnEndCommand {}), fields(&doc, "VpnEndCommand"));
+}
