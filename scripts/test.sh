@@ -75,6 +75,13 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=dnsmasq run "VM: routerd as PID 1" scripts/
 VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 our initiator <-> our responder (real ESP, rekey, NAT-T)" scripts/vm-test tests/vm/ike.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 with strongSwan both ways" \
 	bash -c 'eval "$(tests/vm/strongswan/extra.sh)" && exec scripts/vm-test tests/vm/ike-strongswan.sh'
+# The mission's proof: the real daemons in the TESTBED topology (operator
+# steps in Chromium inside the VM), with the defaults and with fewer slots
+# than routers.
+VPNNAT_VM_NO_BUILD=1 run "VM: end to end (defaults: ROUTERS=2 GATEWAYS=2 SLOTS_PER_GATEWAY=4)" \
+	scripts/vm-test tests/vm/e2e.sh
+VPNNAT_VM_NO_BUILD=1 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2 \
+	run "VM: end to end (ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2)" scripts/vm-test tests/vm/e2e.sh
 # Buildroot checks run when BUILDROOT_DIR names a Buildroot checkout (say so
 # when skipped); the offline images reuse the VM binaries built above.
 run "images: check-package and Kconfig (BUILDROOT_DIR)" scripts/check-images.sh

@@ -64,7 +64,14 @@ enum Step {
     /// list shows, log out.
     Login,
     /// Log in and press "start" on request N; wait for "in progress".
-    Start { acceptance_number: u64 },
+    Start {
+        acceptance_number: u64,
+        /// Then, in the same browser session, wait until this file exists
+        /// and press "end" on request N (Chromium starts slowly under
+        /// emulation: one session for both steps).
+        #[arg(long)]
+        end_when: Option<PathBuf>,
+    },
     /// Log in and press "end" on request N; wait for "ended".
     End { acceptance_number: u64 },
 }
@@ -106,7 +113,10 @@ fn run(cli: &Cli) -> Result<bool> {
             let back = b.wait_for("#login").is_ok();
             report.check("UI logs the operator out", back, "no login form after logout");
         }
-        Step::Start { acceptance_number: n } => {
+        Step::Start {
+            acceptance_number: n,
+            end_when,
+        } => {
             login(&b, &password, &mut report)?;
             let row = format!("#request-{n}");
             b.wait_for(&row)?;
@@ -119,23 +129,37 @@ fn run(cli: &Cli) -> Result<bool> {
                 got.is_ok(),
                 &format!("{got:?}"),
             );
+            if let Some(go) = end_when {
+                // Flushed so that a caller waiting for the start line sees it.
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                while !go.exists() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                end(&b, *n, &mut report)?;
+            }
         }
         Step::End { acceptance_number: n } => {
             login(&b, &password, &mut report)?;
-            let row = format!("#request-{n}");
-            b.click(&format!("#end-{n}"))?;
-            let got = b.wait_text(&format!("{row} .state"), "ended");
-            report.check(
-                &format!("UI end button ends request {n}"),
-                got.is_ok(),
-                &format!("{got:?}"),
-            );
-            let msg = b.text("#message").unwrap_or_default();
-            println!("# browser: UI message after end: {msg}");
+            end(&b, *n, &mut report)?;
         }
     }
     drop(b);
     Ok(report.failed == 0)
+}
+
+fn end(b: &Browser, n: u64, report: &mut Report) -> Result<()> {
+    let row = format!("#request-{n}");
+    b.click(&format!("#end-{n}"))?;
+    let got = b.wait_text(&format!("{row} .state"), "ended");
+    report.check(
+        &format!("UI end button ends request {n}"),
+        got.is_ok(),
+        &format!("{got:?}"),
+    );
+    let msg = b.text("#message").unwrap_or_default();
+    println!("# browser: UI message after end: {msg}");
+    Ok(())
 }
 
 fn login(b: &Browser, password: &str, report: &mut Report) -> Result<()> {
@@ -294,9 +318,19 @@ impl Browser {
     }
 
     fn text(&self, css: &str) -> Result<String> {
-        let e = self.wait_for(css)?;
-        let v = self.cmd("GET", &format!("/element/{e}/text"), None)?;
-        Ok(v["value"].as_str().unwrap_or_default().to_owned())
+        let start = Instant::now();
+        loop {
+            let e = self.wait_for(css)?;
+            let path = format!("/session/{}/element/{e}/text", self.session);
+            let (status, v) = wd_raw(self.port, "GET", &path, None)?;
+            if status == 200 {
+                return Ok(v["value"].as_str().unwrap_or_default().to_owned());
+            }
+            let stale = v["value"]["error"].as_str() == Some("stale element reference");
+            if !stale || start.elapsed() > self.timeout {
+                bail!("WebDriver text of {css}: {status} {v}");
+            }
+        }
     }
 
     /// Waits until the text of `css` is `want` (the page reloads itself;
@@ -319,15 +353,29 @@ impl Browser {
     }
 
     fn click(&self, css: &str) -> Result<()> {
-        let e = self.wait_for(css)?;
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))?;
-        Ok(())
+        self.on_element(css, "click", json!({}))
     }
 
     fn type_into(&self, css: &str, text: &str) -> Result<()> {
-        let e = self.wait_for(css)?;
-        self.cmd("POST", &format!("/element/{e}/value"), Some(json!({ "text": text })))?;
-        Ok(())
+        self.on_element(css, "value", json!({ "text": text }))
+    }
+
+    /// Finds `css` and sends it `action`; the UI reloads itself every few
+    /// seconds, so an element can go stale between the two: find it again.
+    fn on_element(&self, css: &str, action: &str, body: Value) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let e = self.wait_for(css)?;
+            let path = format!("/session/{}/element/{e}/{action}", self.session);
+            let (status, v) = wd_raw(self.port, "POST", &path, Some(body.clone()))?;
+            if status == 200 {
+                return Ok(());
+            }
+            let stale = v["value"]["error"].as_str() == Some("stale element reference");
+            if !stale || start.elapsed() > self.timeout {
+                bail!("WebDriver {action} on {css}: {status} {v}");
+            }
+        }
     }
 }
 
