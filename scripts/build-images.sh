@@ -25,7 +25,9 @@
 #                 from QEMU start to that line
 #
 # Environment: CARGO_TARGET_DIR [REPO/target], VPNNAT_IMAGES_PROFILE
-# (cargo profile) [release; "vmtest" reuses what scripts/vm-test built],
+# (cargo profile) [firmware: opt-level z, fat LTO, panic abort, stripped,
+# as on the board; "vmtest" reuses what scripts/vm-test built, "release"
+# builds quicker], CARGO_BUILD_JOBS (cargo's own),
 # VPNNAT_VM_CACHE [/var/cache/vpnnat-vm], VPNNAT_IMAGES_OUT [REPO/out/images].
 set -euo pipefail
 
@@ -38,7 +40,7 @@ OUT=${VPNNAT_IMAGES_OUT:-$REPO/out/images}
 TRIPLE=x86_64-unknown-linux-gnu
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO/$TARGET_DIR
-PROFILE=${VPNNAT_IMAGES_PROFILE:-release}
+PROFILE=${VPNNAT_IMAGES_PROFILE:-firmware}
 BIN_DIR=$TARGET_DIR/$TRIPLE/$PROFILE
 export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 export LC_ALL=C
@@ -77,6 +79,8 @@ done
 eval "$VM_SRC"
 # shellcheck disable=SC2034 # used by the functions read from vm-test
 APT_UPDATED=
+# shellcheck disable=SC2034 # ensure_tools: no browser disk for the images
+BROWSER=
 
 # The base, cached under a name vm-test's pruning does not touch.
 ensure_images_base() {
@@ -100,13 +104,48 @@ ensure_images_base() {
 }
 
 # ---------------------------------------------------------------- steps
+# Progress of cargo on a pipe (no progress bar there): one line per
+# workspace crate, every 25th dependency, and a heartbeat every 30 s while
+# nothing is printed (the fat-LTO link of the firmware profile is one long
+# silent step).
+cargo_progress() {
+	local t0=$SECONDS n=0 line last=$SECONDS
+	while true; do
+		if IFS= read -r -t 30 line; then
+			case $line in
+			*Compiling\ vpnnat*)
+				n=$((n + 1))
+				log "  $((SECONDS - t0)) s: ${line#"${line%%Compiling*}"}"
+				;;
+			*Compiling\ *)
+				n=$((n + 1))
+				((n % 25)) || log "  $((SECONDS - t0)) s: $n crates compiled"
+				;;
+			*warning:* | *error* | *-\>* | *\|*) printf '%s\n' "$line" >&2 ;;
+			esac
+			last=$SECONDS
+		elif (($? > 128)); then
+			log "  $((SECONDS - t0)) s: still building ($n crates compiled; $((SECONDS - last)) s in the current step)"
+		else
+			break
+		fi
+	done
+	log "  cargo done after $((SECONDS - t0)) s"
+}
+
 build_bins() {
 	[[ -n $NO_BUILD ]] && return 0
 	command -v cargo >/dev/null || die "cargo not found (--no-build uses what is built)"
-	log "building routerd, centerd, gatewayd (static, $TRIPLE, profile $PROFILE)..."
+	log "building routerd, centerd, gatewayd (static, $TRIPLE, profile $PROFILE, target dir $TARGET_DIR)..."
+	local rc=0
 	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-		cargo build --quiet --profile "$PROFILE" --target "$TRIPLE" -p vpnnat-router -p vpnnat-center --bins) >&2 ||
-		die "cargo build failed"
+		cargo build --color never --profile "$PROFILE" --target "$TRIPLE" -p vpnnat-router -p vpnnat-center --bins) 2>&1 |
+		cargo_progress || rc=$?
+	[[ $rc == 0 ]] || die "cargo build failed (pipefail: cargo's status)"
+	local b
+	for b in routerd centerd gatewayd; do
+		log "  $b: $(du -k "$BIN_DIR/$b" | cut -f1) KiB"
+	done
 }
 
 need_bin() {

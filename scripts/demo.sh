@@ -1,5 +1,5 @@
 #!/bin/bash
-# scripts/demo.sh [--no-build] [--ui-port PORT] [--routers N] [--smoke]
+# scripts/demo.sh [--no-build] [--ui-port PORT] [--routers N] [--scenario] [--smoke]
 #
 # The main job (INTERFACES.md): boots the center image and N [2] router
 # images (out/images/, made by scripts/build-images.sh, which this script
@@ -30,9 +30,25 @@
 #   --no-build     do not run cargo (scripts/build-images.sh --no-build)
 #   --ui-port P    operator UI on 127.0.0.1:P [8443, or the next free one]
 #   --routers N    number of router VMs [2]
+#   --scenario     once everything is up, play the maintenance scenario
+#                  (below) before handing over to you
 #   --smoke        non-interactive: boot everything, check that each
 #                  routerd starts, the UI answers and every router is
-#                  installed with the center, then stop (exit 0/1)
+#                  installed with the center, play the scenario, then stop
+#                  (exit 0 when every check passed, else 1)
+#
+# The scenario, one line per check: every router VM runs `routerd request
+# ... pc1` in its shell; the tunnels come up (gatewayd's IKEv2 to each
+# routerd); the center VM (operator LAN address 172.16.0.10) fetches
+# http://<VPNNAT>/ of pc1 in every home at the same time and gets each
+# home's own page, though pc1 is 192.168.1.10 everywhere; headless
+# Chromium on the host logs in to the forwarded UI, sees every request,
+# saves out/demo/operator-ui.png (and operator-ui-ended.png), presses
+# start and end on r1's request; the center CLI ends the others; the
+# center frees every tunnel slot, no SA is left on the routers and the
+# VPNNAT addresses reach nothing any more. Helpers: scripts/images/
+# vm-shell.py (a command in a VM's serial shell), scripts/images/
+# operator-ui.py (WebDriver).
 #
 # Environment: VPNNAT_DEMO_PASSWORD [demo], VPNNAT_DEMO_MEM (MB per VM)
 # [384], VPNNAT_DEMO_TIMEOUT (s to wait for each VM) [180], and those of
@@ -59,6 +75,7 @@ BUILD_ARGS=()
 UI_PORT=
 ROUTERS=2
 SMOKE=
+SCENARIO=
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--no-build) BUILD_ARGS+=(--no-build) ;;
@@ -71,6 +88,7 @@ while [[ $# -gt 0 ]]; do
 		shift
 		;;
 	--smoke) SMOKE=1 ;;
+	--scenario) SCENARIO=1 ;;
 	-h | --help)
 		usage
 		exit 0
@@ -170,8 +188,13 @@ layer_center() {
 	awk -v h="$hash" '
 		/^password_hashes = \[/ { print "password_hashes = [\"" h "\"]"; skip = 1; next }
 		skip && /^\]/ { skip = 0; next }
-		!skip { print }' "$CENTER_TOML" >"$root/etc/centerd.toml"
+		!skip { print }' "$CENTER_TOML" |
+		# TCG is slow: IKE takes seconds; routerd waits 30 s for the answer
+		sed -e 's/^tunnel_up_timeout_ms = .*/tunnel_up_timeout_ms = 25000/' \
+			-e 's/^command_timeout_ms = .*/command_timeout_ms = 15000/' >"$root/etc/centerd.toml"
 	chmod 0600 "$root/etc/centerd.toml"
+	printf '%s\n' "$PASSWORD" >"$RUN/operator-password"
+	chmod 0600 "$RUN/operator-password"
 	mkcpio "$root" >"$RUN/center.layer.cpio"
 	cat "$IMAGES/center/initrd" "$RUN/center.layer.cpio" >"$RUN/center.initrd"
 }
@@ -320,6 +343,127 @@ for ((i = 1; i <= ROUTERS; i++)); do
 		failed=1
 	fi
 done
+
+# ---------------------------------------------------------------- scenario
+# The real thing: every router asks for maintenance of pc1 (the same LAN
+# address in every home), the tunnels come up, the operator side (the
+# center VM: it carries the operator LAN address 172.16.0.10 and gateway
+# gw1) reaches pc1 of every home at the same time through a different
+# VPNNAT address each and gets that home's own page; the operator UI in
+# Chromium on the host shows every request (screenshot), starts and ends
+# one; the center's CLI ends the others; the tunnels go away.
+VMSH=$REPO/scripts/images/vm-shell.py
+check() { # check NAME OK [DETAIL]: one line per check
+	if [[ $2 == 0 ]]; then
+		log "ok   - $1"
+	else
+		log "FAIL - $1"
+		[[ -z ${3:-} ]] || printf '%s\n' "$3" | tail -n 15 | sed 's/^/         | /' >&2
+		failed=1
+	fi
+}
+# on_vm NAME TIMEOUT COMMAND: run COMMAND in r<N>'s shell or the center's
+# console, print its output, return its status
+on_vm() {
+	local sock=$RUN/$1.shell
+	[[ $1 == center ]] && sock=$RUN/center.console
+	python3 "$VMSH" "$sock" "$2" "$3"
+}
+CENTERD_CLI="centerd --config /etc/centerd.toml"
+# poll SECONDS VM COMMAND: until COMMAND succeeds on VM
+poll() {
+	local end=$((SECONDS + $1))
+	until on_vm "$2" 30 "$3" >/dev/null 2>&1; do
+		((SECONDS < end)) || return 1
+		sleep 1
+	done
+}
+scenario() {
+	local i out rc acc vpn t0 fetch want
+	local -a ACC VPN
+	log "scenario: every router requests maintenance of pc1 (192.168.1.10)..."
+	t0=$EPOCHREALTIME
+	for ((i = 1; i <= ROUTERS; i++)); do
+		on_vm "r$i" 120 "routerd request --name 'Owner of router-$i' --urgency high --phone '+81 3 0000 000$i' --content 'demo: the printer does not print' pc1" \
+			>"$RUN/r$i.request.out" 2>&1 &
+		eval "REQ_$i=\$!"
+	done
+	for ((i = 1; i <= ROUTERS; i++)); do
+		rc=0
+		eval "wait \$REQ_$i" || rc=$?
+		out=$(cat "$RUN/r$i.request.out")
+		acc=$(sed -n 's/^acceptance number \([0-9]*\).*/\1/p' <<<"$out" | head -n1)
+		vpn=$(sed -n 's/^ *pc1 [0-9.]* -> VPNNAT \([0-9.]*\).*/\1/p' <<<"$out" | head -n1)
+		ACC[i]=${acc:-0}
+		VPN[i]=${vpn:-0.0.0.0}
+		check "r$i: routerd request pc1 accepted (acceptance number ${acc:-none}, VPNNAT ${vpn:-none}, $(elapsed "$t0") s)" \
+			"$([[ $rc == 0 && -n $acc && -n $vpn ]] && echo 0 || echo 1)" "$out"
+	done
+	for ((i = 1; i <= ROUTERS; i++)); do
+		rc=0
+		poll "$WAIT" center "$CENTERD_CLI show-router router-$i | tr -d ' \n' | grep -q '\"tunnel_state\":\"up\"'" || rc=$?
+		check "r$i: tunnel up (gatewayd reported it to centerd, $(elapsed "$t0") s after the requests)" "$rc"
+	done
+	for ((i = 1; i <= ROUTERS; i++)); do
+		out=$(on_vm "r$i" 30 "ip xfrm state | grep -c '^src'" 2>&1) || true
+		check "r$i: the router's kernel holds the ESP SA pair (${out//$'\n'/} SAs)" \
+			"$([[ $out =~ ^[0-9]+ && ${out%%[!0-9]*} -ge 2 ]] && echo 0 || echo 1)" "$out"
+	done
+	# every home's pc1 at once from the center VM, each its own page
+	# (bash's /dev/tcp: the static busybox's wget crashes in glibc's
+	# resolver code)
+	fetch="get() { busybox timeout 15 bash -c 'exec 3<>/dev/tcp/\$0/80 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3' \"\$1\" | tail -n 1; }; ("
+	for ((i = 1; i <= ROUTERS; i++)); do
+		fetch+="get ${VPN[i]} >/tmp/w$i 2>&1 & "
+	done
+	fetch+="wait); "
+	for ((i = 1; i <= ROUTERS; i++)); do fetch+="echo \"w$i \$(cat /tmp/w$i)\"; "; done
+	out=$(on_vm center 60 "$fetch" 2>&1) || true
+	for ((i = 1; i <= ROUTERS; i++)); do
+		want="pc1 (192.168.1.10) in the home of router-$i"
+		check "center reaches pc1 of r$i at ${VPN[i]} (all homes at the same time): \"$(sed -n "s/^w$i //p" <<<"$out" | head -n1)\"" \
+			"$(grep -qxF "w$i $want" <<<"$out" && echo 0 || echo 1)" "$out"
+	done
+	if ((ROUTERS >= 2)); then
+		check "every home got a different VPNNAT address for the same LAN address" \
+			"$([[ $(printf '%s\n' "${VPN[@]:1}" | sort -u | wc -l) == "$ROUTERS" ]] && echo 0 || echo 1)"
+	fi
+	# the operator UI in Chromium on the host
+	local list shot=$RUN/operator-ui.png first=1
+	list=$(
+		IFS=,
+		echo "${ACC[*]:1}"
+	)
+	if [[ -x /usr/bin/chromedriver ]]; then
+		log "scenario: the operator UI in headless Chromium (http://127.0.0.1:$UI_PORT/)..."
+		out=$(python3 "$REPO/scripts/images/operator-ui.py" --ui "http://127.0.0.1:$UI_PORT" \
+			--password-file "$RUN/operator-password" --shot "$shot" --show "$list" --start-end "${ACC[1]}" 2>&1) &&
+			rc=0 || rc=$?
+		while IFS= read -r line; do log "  $line"; done <<<"$out"
+		check "operator UI in Chromium: login, every request listed, screenshot, start and end of request ${ACC[1]}" "$rc"
+		[[ $rc != 0 ]] || first=2
+	else
+		check "chromedriver installed (/usr/bin/chromedriver) for the operator UI check" 1
+	fi
+	for ((i = first; i <= ROUTERS; i++)); do
+		out=$(on_vm center 60 "$CENTERD_CLI end-request ${ACC[i]}" 2>&1) && rc=0 || rc=$?
+		check "center CLI ends request ${ACC[i]} of r$i" "$rc" "$out"
+	done
+	t0=$EPOCHREALTIME
+	for ((i = 1; i <= ROUTERS; i++)); do
+		rc=0
+		poll "$WAIT" center "$CENTERD_CLI show-router router-$i | tr -d ' \n' | grep -q '\"slot\":null'" || rc=$?
+		check "r$i: tunnel slot released by the center ($(elapsed "$t0") s)" "$rc"
+		rc=0
+		poll "$WAIT" "r$i" "test -z \"\$(ip xfrm state)\"" || rc=$?
+		check "r$i: no SA left on the router ($(elapsed "$t0") s)" "$rc"
+	done
+	out=$(on_vm center 60 "for v in ${VPN[*]:1}; do busybox timeout 5 bash -c 'exec 3<>/dev/tcp/\$0/80' \$v && echo \"reached \$v\"; done; true" 2>&1) || true
+	check "the VPNNAT addresses reach nothing any more" "$(grep -q 'reached\|home of' <<<"$out" && echo 1 || echo 0)" "$out"
+}
+if [[ -n $SMOKE || -n $SCENARIO ]] && [[ $failed == 0 ]]; then
+	scenario
+fi
 
 if [[ -n $SMOKE ]]; then
 	if [[ $failed == 0 ]]; then
