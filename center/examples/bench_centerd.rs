@@ -158,7 +158,13 @@ async fn main() {
         replay: ReplayConfig::default(),
         tunnel_up_timeout: Duration::ZERO,
     };
-    let center = Arc::new(Center::new(st, settings, InstantGateways, InstantRouters).unwrap());
+    // As centerd: a second connection for reads (`--reader 0`: one
+    // connection for everything, to compare).
+    let mut center = Center::new(st, settings, InstantGateways, InstantRouters).unwrap();
+    if arg("--reader", 1) == 1 {
+        center = center.with_reader(Storage::open(&db).unwrap());
+    }
+    let center = Arc::new(center);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let api = ApiSettings {

@@ -253,6 +253,10 @@ impl Actor {
 #[derive(Debug)]
 pub struct Center<G, R> {
     store: Mutex<Storage>,
+    /// A second connection to the same file for reads (WAL readers do not
+    /// wait for the writer): MAC key lookups, slot reads, the UI, DNS and
+    /// metrics stop queueing behind the write lock. None: reads use `store`.
+    reader: Option<Mutex<Storage>>,
     settings: CenterSettings,
     gateways: G,
     routers: R,
@@ -327,6 +331,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         store.sync_gateways(&specs)?;
         Ok(Center {
             store: Mutex::new(store),
+            reader: None,
             settings,
             gateways,
             routers,
@@ -335,6 +340,23 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             routes: None,
             metrics: crate::metrics::CommandMetrics::new(crate::api::COMMANDS),
         })
+    }
+
+    /// Reads go through `reader`, a second connection to the same database
+    /// file (a committed write is visible to every read that starts after
+    /// it, so read-your-writes holds).
+    pub fn with_reader(mut self, reader: Storage) -> Self {
+        self.reader = Some(Mutex::new(reader));
+        self
+    }
+
+    /// The connection for reads (see [`Center::with_reader`]). Held only
+    /// for short synchronous steps, never across an await.
+    pub fn reads(&self) -> Result<MutexGuard<'_, Storage>, CenterError> {
+        match &self.reader {
+            Some(r) => r.lock().map_err(|_| CenterError::Poisoned),
+            None => self.store(),
+        }
     }
 
     /// Has centerd program a host route per VPNNAT address via the gateway
@@ -377,7 +399,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     pub fn render_metrics(&self) -> Result<String, CenterError> {
         use crate::metrics::family;
         let (counts, pool, gws) = {
-            let st = self.store()?;
+            let st = self.reads()?;
             (st.request_counts()?, st.pool_usage()?, st.gateway_usage()?)
         };
         #[allow(clippy::cast_precision_loss)] // counts far below 2^53
@@ -492,7 +514,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         // is then verified without holding the database, so routers'
         // crypto runs on every core. Only the nonce insert locks again.
         let row = match TerminalId::new(headers.principal.as_str()) {
-            Ok(t) => self.store()?.terminal(t.as_str())?,
+            Ok(t) => self.reads()?.terminal(t.as_str())?,
             Err(_) => None,
         };
         let key = row
@@ -654,7 +676,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// moves only when its gateway stops answering. A new slot is the first
     /// free one scanning from the head, skipping gateways that do not answer.
     async fn ensure_slot(&self, tid: &TerminalId, now: u64) -> Result<SlotRow, CenterError> {
-        let held = self.store()?.slot_of(tid.as_str())?;
+        let held = self.reads()?.slot_of(tid.as_str())?;
         let mut skip = Vec::new();
         if let Some(h) = held {
             if h.tunnel_state == TunnelState::Up || self.gateways.probe(&h.gateway).await {
@@ -671,7 +693,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             let (gw, _) = self.choose_slot(&mut skip).await?;
             if self.store()?.claim_slot_on(&gw, tid.as_str(), now)?.is_some() {
                 return self
-                    .store()?
+                    .reads()?
                     .slot_of(tid.as_str())?
                     .ok_or(CenterError::NoGatewayCapacity);
             }
@@ -686,7 +708,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// First free slot from the head among gateways that answer.
     async fn choose_slot(&self, skip: &mut Vec<String>) -> Result<(String, u16), CenterError> {
         loop {
-            let cand = self.store()?.first_free_slot(skip)?;
+            let cand = self.reads()?.first_free_slot(skip)?;
             let Some((gw, slot)) = cand else {
                 return Err(CenterError::NoGatewayCapacity);
             };
@@ -739,7 +761,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         };
         // A router that skipped exchange 3 gets a slot here, claimed in the
         // same transaction as the addresses and the request.
-        let held = self.store()?.slot_of(tid.as_str())?;
+        let held = self.reads()?.slot_of(tid.as_str())?;
         let mut skip = Vec::new();
         let (number, grants) = match held {
             Some(_) => self.store()?.create_request(&new, None)?,
@@ -761,7 +783,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             }
         };
         let slot = self
-            .store()?
+            .reads()?
             .slot_of(tid.as_str())?
             .ok_or(CenterError::NoGatewayCapacity)?;
         // The router's own parts ride in every tunnel: the center reaches
@@ -856,7 +878,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             // the wait is not lost.
             notified.as_mut().enable();
             let up = self
-                .store()?
+                .reads()?
                 .slot_of(tid.as_str())?
                 .is_some_and(|s| s.tunnel_state == TunnelState::Up);
             if up {

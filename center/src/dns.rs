@@ -399,7 +399,7 @@ where
 }
 
 fn lookup<G: GatewayCommands, R: RouterCommands>(center: &Center<G, R>, name: ZoneName<'_>) -> Lookup {
-    let found = center.store().map_err(|e| e.to_string()).and_then(|st| {
+    let found = center.reads().map_err(|e| e.to_string()).and_then(|st| {
         match name {
             ZoneName::Grant {
                 terminal_name,

@@ -231,7 +231,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let tok = session_cookie(headers)?;
         let op = self
             .center
-            .store()
+            .reads()
             .ok()
             .and_then(|st| st.session_operator(&token_hash(&tok), unix_now()).ok())??;
         // Sessions from before the audit log carry no operator label.
@@ -392,7 +392,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     }
 
     fn dashboard(&self, query: &str) -> Result<String, CenterError> {
-        let st = self.center.store()?;
+        let st = self.center.reads()?;
         let requests = st.list_requests(200)?;
         let failures = st.failures(None, 50)?;
         let gateways = st.gateway_usage()?;
@@ -510,7 +510,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     }
 
     fn state_json(&self) -> Result<String, CenterError> {
-        let st = self.center.store()?;
+        let st = self.center.reads()?;
         let v = serde_json::json!({
             "requests": st.list_requests(200)?,
             "failures": st.failures(None, 50)?,
@@ -545,7 +545,7 @@ fn audit_filter(query: &str, default_limit: u32) -> AuditFilter {
 
 impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     fn audit_rows(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, CenterError> {
-        Ok(self.center.store()?.audit_log(f)?)
+        Ok(self.center.reads()?.audit_log(f)?)
     }
 
     fn audit_page(&self, query: &str) -> Result<String, CenterError> {

@@ -448,7 +448,10 @@ fn build_center(cfg: CenterdConfig) -> Result<RealCenter> {
     let gws = HttpGateways::new(clients, cfg.command_timeout);
     let routers = HttpRouters::new(cfg.router_command_port, cfg.command_timeout);
     let host_routes = cfg.host_routes;
-    let center = Center::new(store, cfg.settings, gws, routers)?;
+    // A second connection for reads (see Center::with_reader).
+    let reader =
+        Storage::open(&cfg.database_path).with_context(|| format!("database {}", cfg.database_path.display()))?;
+    let center = Center::new(store, cfg.settings, gws, routers)?.with_reader(reader);
     if host_routes {
         let r = KernelRoutes::open().context("opening rtnetlink for host routes")?;
         return Ok(center.with_routes(Box::new(r)));

@@ -1047,3 +1047,50 @@ async fn concurrent_gateway_requests_fill_every_slot_exactly_once() {
     let usage = c.store().unwrap().gateway_usage().unwrap();
     assert!(usage.iter().all(|g| g.used == 10 && g.free == 0), "{usage:?}");
 }
+
+/// With a second connection for reads (as centerd runs), every read that
+/// follows a commit sees it: the MAC key right after installation, the
+/// slot right after the claim, the request's state right after the end.
+#[tokio::test]
+async fn reads_on_a_second_connection_see_every_commit() {
+    let dir = std::env::temp_dir().join(format!("vpnnat-reader-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("c.db");
+    let mut st = Storage::open(&db).unwrap();
+    st.init_pool(&"10.64.0.0/24".parse().unwrap()).unwrap();
+    let g = Arc::new(FakeGateways::default());
+    let r = Arc::new(FakeRouters::default());
+    let c: TestCenter = Center::new(st, settings(&[2]), g, r)
+        .unwrap()
+        .with_reader(Storage::open(&db).unwrap());
+    for i in 0..20 {
+        let mut router = TestRouter::new(&format!("router-{i}"));
+        router.install(&c);
+        if i < 2 {
+            router.gateway_address(&c).await.unwrap();
+        }
+        let res = router.maintenance(&c, &["pc1"]).await;
+        if i < 2 {
+            let (n, grants) = res.unwrap();
+            assert_eq!(
+                c.reads().unwrap().request(n).unwrap().unwrap().grants[0].vpnnat,
+                grants[0].vpnnat_addr.get()
+            );
+            c.end(n, NOW).await.unwrap();
+            assert_eq!(
+                c.reads().unwrap().request(n).unwrap().unwrap().state,
+                crate::storage::RequestState::Ended
+            );
+        } else {
+            // Two slots: the third concurrent router would not fit, but the
+            // first two ended, so every router gets one in turn.
+            let (n, _) = res.unwrap();
+            c.end(n, NOW).await.unwrap();
+        }
+    }
+    assert_eq!(c.reads().unwrap().count_terminals().unwrap(), 20);
+    c.store().unwrap().check_pool().unwrap();
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
