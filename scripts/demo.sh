@@ -193,6 +193,18 @@ layer_center() {
 		sed -e 's/^tunnel_up_timeout_ms = .*/tunnel_up_timeout_ms = 25000/' \
 			-e 's/^command_timeout_ms = .*/command_timeout_ms = 15000/' >"$root/etc/centerd.toml"
 	chmod 0600 "$root/etc/centerd.toml"
+	# demo only: an HTTP GET for the center's shell (the static busybox's
+	# wget crashes in glibc's resolver code, even on an IP address)
+	mkdir -p "$root/usr/bin"
+	cat >"$root/usr/bin/http-get" <<-'EOF'
+		#!/bin/bash
+		# http-get ADDR [PORT] [PATH]: print the body of http://ADDR:PORT/PATH
+		exec 3<>"/dev/tcp/$1/${2:-80}" || exit 1
+		printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "${3:-/}" "$1" >&3
+		while IFS= read -r l && [ -n "${l%$'\r'}" ]; do :; done <&3
+		exec cat <&3
+	EOF
+	chmod 0755 "$root/usr/bin/http-get"
 	printf '%s\n' "$PASSWORD" >"$RUN/operator-password"
 	chmod 0600 "$RUN/operator-password"
 	mkcpio "$root" >"$RUN/center.layer.cpio"
@@ -410,11 +422,9 @@ scenario() {
 			"$([[ $out =~ ^[0-9]+ && ${out%%[!0-9]*} -ge 2 ]] && echo 0 || echo 1)" "$out"
 	done
 	# every home's pc1 at once from the center VM, each its own page
-	# (bash's /dev/tcp: the static busybox's wget crashes in glibc's
-	# resolver code)
-	fetch="get() { busybox timeout 15 bash -c 'exec 3<>/dev/tcp/\$0/80 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3' \"\$1\" | tail -n 1; }; ("
+	fetch="("
 	for ((i = 1; i <= ROUTERS; i++)); do
-		fetch+="get ${VPN[i]} >/tmp/w$i 2>&1 & "
+		fetch+="busybox timeout 15 http-get ${VPN[i]} >/tmp/w$i 2>&1 & "
 	done
 	fetch+="wait); "
 	for ((i = 1; i <= ROUTERS; i++)); do fetch+="echo \"w$i \$(cat /tmp/w$i)\"; "; done
@@ -483,8 +493,13 @@ cat <<EOF
 
   Try this: in r1's shell run
       routerd request --name Alice --phone 0123 --content 'printer broken' pc1
-  then start the request in the UI and, in the center shell,
-      wget -qO- http://<pc1's VPNNAT address>/
+  (it prints pc1's VPNNAT address), start the request in the UI, and in
+  the center shell run
+      http-get <pc1's VPNNAT address>
+  (pc1 of r2 has the same LAN address 192.168.1.10: request it too and
+  both answer at once, each through its own VPNNAT address). End the
+  request in the UI, or: centerd --config /etc/centerd.toml end-request N
+  (scripts/demo.sh --scenario plays all of this for you first.)
 
   Ctrl-C stops every VM.
 EOF
