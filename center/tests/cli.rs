@@ -246,3 +246,123 @@ fn list_show_drain_end_and_audit() {
     assert!(csv.starts_with("id,at,actor"));
     assert_eq!(csv.lines().count(), 6);
 }
+
+/// A free TCP or UDP port on 127.0.0.1 (bound, then released).
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `centerd run` with the example configuration (DNS on): the UI's
+/// /metrics and /audit.csv, DNS, and the tools on its live database.
+#[test]
+fn tools_against_a_running_centerd() {
+    let (dir, cfg) = setup("running");
+    let (api, ui, dns) = (free_port(false), free_port(false), free_port(true));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{api}"), 1)
+        .replace("127.0.0.2:0", &format!("127.0.0.1:{ui}"))
+        .replace("172.16.0.10:53", &format!("127.0.0.1:{dns}"))
+        .replace("reconcile_interval_secs = 30", "reconcile_interval_secs = 0");
+    std::fs::write(&cfg, text).unwrap();
+    let _server = Running(
+        Command::new(env!("CARGO_BIN_EXE_centerd"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut up = None;
+    for _ in 0..100 {
+        up = http_get(ui, "/healthz");
+        if up.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(up.map(|u| u.0), Some(200), "centerd did not come up");
+    assert_eq!(http_get(api, "/healthz").map(|u| u.0), Some(200));
+    let n = seed(&dir.0.join("center.db"));
+
+    // Metrics see what the tools and the seed wrote to the shared file.
+    let (status, body) = http_get(ui, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let m = vpnnat_center::metrics::parse(&body).unwrap();
+    assert_eq!(
+        vpnnat_center::metrics::value(&m, "vpnnat_center_requests", &[("state", "waiting")]),
+        Some(1.0)
+    );
+    // The audit export needs a session.
+    assert_eq!(http_get(ui, "/audit.csv").map(|u| u.0), Some(401));
+
+    // DNS answers from the live database (a byte-level query).
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut q = vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in "pc1.router-7.vpn.center.example".split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, ("127.0.0.1", dns)).unwrap();
+    let mut buf = [0u8; 512];
+    let len = sock.recv(&mut buf).unwrap();
+    let a = &buf[..len];
+    assert_eq!((&a[..2], a[3] & 0x0f, a[7]), (&[0xab, 0xcd][..], 0, 1), "{a:?}");
+    let shown = json(&centerd(&cfg, &["--json", "list-requests"]));
+    let addr = shown[0]["grants"][0]["vpnnat"].as_str().unwrap().to_owned();
+    let got: Vec<String> = a[len - 4..].iter().map(|b| b.to_string()).collect();
+    assert_eq!(got.join("."), addr);
+
+    // The tools work on the running centerd's database.
+    let v = json(&centerd(&cfg, &["--json", "end-request", &n.to_string()]));
+    assert_eq!(v["vpn_ended"], true);
+    let (_, body) = http_get(ui, "/metrics").unwrap();
+    let m = vpnnat_center::metrics::parse(&body).unwrap();
+    assert_eq!(
+        vpnnat_center::metrics::value(&m, "vpnnat_center_requests", &[("state", "ended")]),
+        Some(1.0)
+    );
+    sock.send_to(&q, ("127.0.0.1", dns)).unwrap();
+    let len = sock.recv(&mut buf).unwrap();
+    assert_eq!(buf[3] & 0x0f, 3, "NXDOMAIN once the grant ended ({len} bytes)");
+}
