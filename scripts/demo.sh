@@ -464,9 +464,10 @@ scenario() {
 		rc=0
 		poll "$WAIT" center "$CENTERD_CLI show-router router-$i | tr -d ' \n' | grep -q '\"slot\":null'" || rc=$?
 		check "r$i: tunnel slot released by the center ($(elapsed "$t0") s)" "$rc"
+		out=$(on_vm "r$i" 30 "ip xfrm state | grep -c '^src'" 2>&1) || true
 		rc=0
 		poll "$WAIT" "r$i" "test -z \"\$(ip xfrm state)\"" || rc=$?
-		check "r$i: no SA left on the router ($(elapsed "$t0") s)" "$rc"
+		check "r$i: no SA left on the router ($(elapsed "$t0") s; ${out//$'\n'/} at the first look)" "$rc"
 	done
 	out=$(on_vm center 60 "for v in ${VPN[*]:1}; do busybox timeout 5 bash -c 'exec 3<>/dev/tcp/\$0/80' \$v && echo \"reached \$v\"; done; true" 2>&1) || true
 	check "the VPNNAT addresses reach nothing any more" "$(grep -q 'reached\|home of' <<<"$out" && echo 1 || echo 0)" "$out"
