@@ -82,6 +82,13 @@ struct Raw {
     #[serde(default)]
     gateways: Vec<RawGateway>,
     dns: Option<RawDns>,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +215,8 @@ pub struct CenterdConfig {
     pub settings: CenterSettings,
     /// centerd's DNS zone (`[dns]`; None: no DNS server).
     pub dns: Option<DnsConfig>,
+    /// `[log] level` (an env_logger filter; `RUST_LOG` overrides it).
+    pub log_level: Option<String>,
 }
 
 /// `[dns]`: where centerd answers DNS queries and for which zone.
@@ -394,7 +403,15 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             zone: crate::dns::Zone::new(&d.domain, d.ttl_secs.unwrap_or(5)).map_err(|e| invalid("dns.domain", e))?,
         }),
     };
+    let log_level = match raw.log {
+        None => None,
+        Some(l) => {
+            crate::logging::check_filter(&l.level).map_err(|e| invalid("log.level", e))?;
+            Some(l.level)
+        }
+    };
     Ok(CenterdConfig {
+        log_level,
         dns,
         router_listen,
         ui_listen,
@@ -509,6 +526,12 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert_eq!(c.dns.map(|d| d.listen.port()), Some(5353));
         assert!(err_of(&format!("{EXAMPLE}{}", dns.replace("vpn.example", "a..b"))).contains("dns.domain"));
         assert!(err_of(&format!("{EXAMPLE}{}", dns.replace("127.0.0.1:5353", "x"))).contains("dns.listen"));
+        let c = parse(&format!(
+            "{EXAMPLE}\n[log]\nlevel = \"warn,vpnnat_center::dns=debug\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.log_level.as_deref(), Some("warn,vpnnat_center::dns=debug"));
+        assert!(err_of(&format!("{EXAMPLE}\n[log]\nlevel = \"chatty\"\n")).contains("log.level"));
     }
 
     #[test]
@@ -517,6 +540,7 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         let c = CenterdConfig::load(&p).unwrap();
         assert_eq!(c.settings.gateways.len(), 2);
         assert!(c.dns.is_some(), "the example shows the [dns] keys");
+        assert_eq!(c.log_level.as_deref(), Some("info"), "and the [log] key");
         assert_eq!(c.pool.to_string(), "10.64.0.0/16");
         let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
         let g = crate::gateway::config::GatewaydConfig::load(&g).unwrap();

@@ -22,6 +22,7 @@ pub mod config;
 pub mod dns;
 pub mod gateway;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod password;
 pub mod routes;

@@ -366,3 +366,21 @@ fn tools_against_a_running_centerd() {
     let len = sock.recv(&mut buf).unwrap();
     assert_eq!(buf[3] & 0x0f, 3, "NXDOMAIN once the grant ended ({len} bytes)");
 }
+
+#[test]
+fn gatewayd_exit_status() {
+    let gw = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gatewayd"))
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .code()
+            .unwrap()
+    };
+    assert_eq!(gw(&["--help"]), 0);
+    assert_eq!(gw(&["frobnicate"]), 2);
+    assert_eq!(gw(&["--config", "/nonexistent/gatewayd.toml", "check-config"]), 2);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
+    assert_eq!(gw(&["--config", example.to_str().unwrap(), "check-config"]), 0);
+}

@@ -117,13 +117,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     // The tools log warnings only (their output is the answer); the server
-    // logs from info up. RUST_LOG overrides both.
-    let level = if matches!(cli.command, None | Some(Cmd::Run)) {
-        "info"
-    } else {
-        "warn"
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    // logs from info up, or as `[log] level` says (installed once the
+    // configuration is read). RUST_LOG overrides both.
+    if !matches!(cli.command, None | Some(Cmd::Run)) {
+        vpnnat_center::logging::init("warn", None);
+    }
     match real_main(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -184,6 +182,7 @@ fn real_main(cli: &Cli) -> Result<()> {
         }
         Cmd::Run => {
             let cfg = load(&cli.config)?;
+            vpnnat_center::logging::init("info", cfg.log_level.as_deref());
             runtime()?.block_on(run(cfg))
         }
         Cmd::CheckConfig => {

@@ -41,10 +41,39 @@ enum Cmd {
     CheckConfig,
 }
 
-fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    let cfg = load(&cli.config)?;
+/// Exit status: 0 done, 1 failed, 2 usage or configuration error (the
+/// systemd unit does not restart on 2).
+fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    vpnnat_center::logging::init("info", None);
+    let cfg = match load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatewayd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match real_main(cli, cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatewayd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli, cfg: GatewaydConfig) -> Result<()> {
     match cli.command.unwrap_or(Cmd::Run) {
         Cmd::CheckConfig => {
             println!("configuration OK: gateway {} on {}", cfg.name, cfg.listen);
