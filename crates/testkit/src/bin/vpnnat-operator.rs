@@ -352,8 +352,24 @@ impl Browser {
         }
     }
 
+    /// Presses the button `css`. Found and clicked inside the page in one
+    /// step: the UI reloads itself every few seconds and, with Chromium
+    /// slowed down by emulation, a reload between a WebDriver "find" and
+    /// "click" leaves a stale element.
     fn click(&self, css: &str) -> Result<()> {
-        self.on_element(css, "click", json!({}))
+        let start = Instant::now();
+        let script = "const e = document.querySelector(arguments[0]); if (!e) return false; e.click(); return true;";
+        loop {
+            let path = format!("/session/{}/execute/sync", self.session);
+            let (status, v) = wd_raw(self.port, "POST", &path, Some(json!({"script": script, "args": [css]})))?;
+            if status == 200 && v["value"] == json!(true) {
+                return Ok(());
+            }
+            if start.elapsed() > self.timeout {
+                bail!("could not press {css}: {status} {v}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     fn type_into(&self, css: &str, text: &str) -> Result<()> {
