@@ -3,9 +3,11 @@
 # until the CHILD SA is installed in the initiator's kernel, for our
 # initiator -> our responder and for strongSwan -> strongSwan (charon +
 # swanctl in both roles), measured the same way for both:
-#   t0 = just before the shell starts the initiate command
-#        (ours: `vpnnat-ike initiate`, a fresh process; strongSwan:
-#        `swanctl --initiate` to a running charon);
+#   t0 = just before the shell starts the initiate command, a process run
+#        through `ip netns exec gw` in every case: strongSwan: `swanctl
+#        --initiate` to a running charon; ours warm (like for like): `busybox
+#        kill -HUP` to a running `vpnnat-ike initiate --connect-on-hup`;
+#        ours cold: `vpnnat-ike initiate` itself (daemon start included);
 #   t1 = when an observer subscribed to the kernel's XFRM SA events in the
 #        gateway namespace (`vpnnat-ike tool sa-wait`) has seen both ESP SAs
 #        (inbound and outbound) of the pair added (NEWSA/UPDSA).
@@ -83,11 +85,12 @@ record() {
 }
 
 : >/tmp/ours.us
+: >/tmp/warm.us
 : >/tmp/ss.us
 FAILS_OURS=0
 FAILS_SS=0
 
-ours_round() { # COUNT FILE
+ours_round() { # COUNT FILE [warm]
 	setup_policies $GW
 	VPNNAT_IKE_PSK=$PSK "$IP" netns exec r1 vpnnat-ike respond --local $R1 --peer $GW \
 		--local-ts 10.64.0.0/16 --remote-ts $CENTER --reqid $REQID >/tmp/r1.out 2>/tmp/r1.log &
@@ -97,11 +100,24 @@ ours_round() { # COUNT FILE
 	tries=0
 	while [ $got -lt "$1" ] && [ $tries -lt $(($1 + 3)) ]; do
 		tries=$((tries + 1))
-		observe || { FAILS_OURS=$((FAILS_OURS + 1)); echo "observer not ready"; continue; }
-		t0=${EPOCHREALTIME/./}
-		VPNNAT_IKE_PSK=$PSK "$IP" netns exec gw vpnnat-ike initiate --local $GW --peer $R1 \
-			--local-ts $CENTER --remote-ts $VPNNAT/32 --reqid $REQID >/tmp/gw.out 2>/tmp/gw.log &
-		INIT=$!
+		if [ "${3:-}" = warm ]; then
+			# The daemon runs (sockets bound, netlink open) like charon;
+			# the initiate command is a process asking it to connect.
+			VPNNAT_IKE_PSK=$PSK "$IP" netns exec gw vpnnat-ike initiate --connect-on-hup --local $GW --peer $R1 \
+				--local-ts $CENTER --remote-ts $VPNNAT/32 --reqid $REQID >/tmp/gw.out 2>/tmp/gw.log &
+			INIT=$!
+			wait_for /tmp/gw.out '^READY' 20 >/dev/null || { FAILS_OURS=$((FAILS_OURS + 1)); kill -TERM $INIT; continue; }
+			observe || { FAILS_OURS=$((FAILS_OURS + 1)); echo "observer not ready"; kill -TERM $INIT; continue; }
+			t0=${EPOCHREALTIME/./}
+			"$IP" netns exec gw busybox kill -HUP $INIT
+		else
+			# Cold: the initiate command starts our daemon.
+			observe || { FAILS_OURS=$((FAILS_OURS + 1)); echo "observer not ready"; continue; }
+			t0=${EPOCHREALTIME/./}
+			VPNNAT_IKE_PSK=$PSK "$IP" netns exec gw vpnnat-ike initiate --local $GW --peer $R1 \
+				--local-ts $CENTER --remote-ts $VPNNAT/32 --reqid $REQID >/tmp/gw.out 2>/tmp/gw.log &
+			INIT=$!
+		fi
 		if record "$t0" "$2"; then got=$((got + 1)); else FAILS_OURS=$((FAILS_OURS + 1)); cat /tmp/w.out /tmp/gw.out; fi
 		kill -TERM $INIT
 		gone $INIT 10
@@ -153,13 +169,15 @@ ss_round() { # COUNT FILE
 }
 
 # warm-up (page cache, module and crypto init), not counted
-ours_round $WARMUP /tmp/warm.us
-ss_round $WARMUP /tmp/warm.us
+ours_round $WARMUP /tmp/warmup.us
+ours_round $WARMUP /tmp/warmup.us warm
+ss_round $WARMUP /tmp/warmup.us
 done_n=0
 while [ $done_n -lt "$N" ]; do
 	k=$((N - done_n < ROUND_N ? N - done_n : ROUND_N))
 	ours_round $k /tmp/ours.us
 	ss_round $k /tmp/ss.us
+	ours_round $k /tmp/warm.us warm
 	done_n=$((done_n + k))
 done
 
@@ -170,15 +188,19 @@ stats() { # FILE
 }
 # A failed attempt (SA never seen, teardown incomplete) is retried, at most
 # 3 times per round, and reported.
-check "ours: $N samples ($FAILS_OURS failed attempts retried)" test "$(wc -l </tmp/ours.us)" -eq "$N"
+check "ours: $N samples each way ($FAILS_OURS failed attempts retried)" test "$(wc -l </tmp/ours.us)" -eq "$N" -a "$(wc -l </tmp/warm.us)" -eq "$N"
 check "strongSwan: $N samples ($FAILS_SS failed attempts retried)" test "$(wc -l </tmp/ss.us)" -eq "$N"
 M_OURS=$(median /tmp/ours.us)
+M_WARM=$(median /tmp/warm.us)
 M_SS=$(median /tmp/ss.us)
 echo "bench: initiate -> CHILD SA installed (both ESP SAs in the initiator's kernel, XFRM events), $N runs each, rounds of $ROUND_N alternating"
-echo "bench: ours (vpnnat-ike -> vpnnat-ike)      $(stats /tmp/ours.us), failed attempts $FAILS_OURS"
-echo "bench: strongSwan (charon -> charon 5.9)   $(stats /tmp/ss.us), failed attempts $FAILS_SS"
-echo "bench: ratio ours/strongSwan (medians) = $(awk "BEGIN { printf \"%.2f\", ${M_OURS:-0} / (${M_SS:-0} > 0 ? $M_SS : 1) }")"
-echo "bench: samples ours (us): $(tr '\n' ' ' </tmp/ours.us)"
+echo "bench: strongSwan (charon -> charon 5.9; daemons running, initiate = swanctl --initiate)   $(stats /tmp/ss.us), failed attempts $FAILS_SS"
+echo "bench: ours warm (vpnnat-ike -> vpnnat-ike; daemons running, initiate = kill -HUP)     $(stats /tmp/warm.us)"
+echo "bench: ours cold (initiate = starting the vpnnat-ike initiator process)               $(stats /tmp/ours.us), failed attempts (both ways) $FAILS_OURS"
+echo "bench: ratio ours warm/strongSwan (medians, like for like) = $(awk "BEGIN { printf \"%.2f\", ${M_WARM:-0} / (${M_SS:-0} > 0 ? $M_SS : 1) }")"
+echo "bench: ratio ours cold/strongSwan (medians) = $(awk "BEGIN { printf \"%.2f\", ${M_OURS:-0} / (${M_SS:-0} > 0 ? $M_SS : 1) }")"
+echo "bench: samples ours warm (us): $(tr '\n' ' ' </tmp/warm.us)"
+echo "bench: samples ours cold (us): $(tr '\n' ' ' </tmp/ours.us)"
 echo "bench: samples strongSwan (us): $(tr '\n' ' ' </tmp/ss.us)"
 kill $PROBE 2>/dev/null
 for ns in ctr gw inet r1 pc0; do "$IP" netns del $ns; done

@@ -43,6 +43,10 @@ enum Cmd {
         /// than our own shutdown.
         #[arg(long)]
         exit_on_down: bool,
+        /// Start the driver, print `READY`, and connect only on SIGHUP
+        /// (each SIGHUP connects; the benchmark's "initiate command").
+        #[arg(long)]
+        connect_on_hup: bool,
     },
     /// Router role: accept the tunnel from --peer only.
     Respond {
@@ -135,10 +139,14 @@ fn say(line: &str) {
 async fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let (t, initiator, exit_on_down, bench) = match cli.cmd {
-        Cmd::Initiate { t, exit_on_down } => (t, true, exit_on_down, None),
-        Cmd::Respond { t } => (t, false, false, None),
-        Cmd::Bench { t, count } => (t, true, true, Some(count)),
+    let (t, initiator, exit_on_down, bench, on_hup) = match cli.cmd {
+        Cmd::Initiate {
+            t,
+            exit_on_down,
+            connect_on_hup,
+        } => (t, true, exit_on_down, None, connect_on_hup),
+        Cmd::Respond { t } => (t, false, false, None, false),
+        Cmd::Bench { t, count } => (t, true, true, Some(count), false),
         Cmd::Tool(t) => return tools::run(t),
     };
     let psk = read_psk()?;
@@ -168,10 +176,13 @@ async fn main() -> Result<()> {
         return run_bench(&drv, &mut events, tunnel, count).await;
     }
     let peer = tunnel.peer;
-    if initiator {
-        drv.connect(tunnel).await?;
+    let mut hup = signal(SignalKind::hangup())?;
+    if on_hup {
+        say("READY");
+    } else if initiator {
+        drv.connect(tunnel.clone()).await?;
     } else {
-        drv.accept(tunnel).await?;
+        drv.accept(tunnel.clone()).await?;
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -192,6 +203,11 @@ async fn main() -> Result<()> {
             _ = usr2.recv() => {
                 if let Err(e) = drv.rekey_child(peer).await {
                     say(&format!("REKEY_REFUSED child {e}"));
+                }
+            }
+            _ = hup.recv(), if on_hup => {
+                if let Err(e) = drv.connect(tunnel.clone()).await {
+                    say(&format!("CONNECT_REFUSED {e}"));
                 }
             }
             _ = tick.tick() => {}
