@@ -13,13 +13,15 @@ for p in strongswan-charon strongswan-swanctl; do
 	dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$p" >/dev/null; }
 done
 eval "$(tests/vm/strongswan/extra.sh)"
+others=$(pgrep -c qemu-system || true)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 scripts/vm-test tests/vm/strongswan/bench.sh | tee "$out"
 mkdir -p docs/bench
 {
 	echo "# $(date -u +%Y-%m-%dT%H:%MZ), scripts/bench-ike.sh: QEMU TCG VM (Debian 6.1 kernel) on $(nproc) host cores,"
-	echo "# $(/usr/lib/ipsec/charon --version 2>/dev/null | head -1 || echo 'charon') vs vpnnat-ike $(git rev-parse --short HEAD)"
+	echo "# $(/usr/lib/ipsec/charon --version 2>/dev/null | head -1 || echo 'charon') vs vpnnat-ike $(git rev-parse --short HEAD);"
+	echo "# other QEMU VMs running on the host when it started: ${others:-0} (they share the CPU: figures are noisy)"
 	grep '^bench:' "$out"
 } >docs/bench/ike.txt
 cat docs/bench/ike.txt
