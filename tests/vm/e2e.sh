@@ -564,7 +564,7 @@ fi
 # The operator starts home 1's request in the web UI (Chromium); the end
 # comes later through the same UI.
 say "8. the operator logs in and starts request $(word 1 "$ACC1") in headless Chromium"
-OPERATOR_UI="vpnnat-operator --ui http://172.16.0.10:8443 --password-file $W/center/operator-password --chroot /opt/browser"
+OPERATOR_UI="vpnnat-operator --ui http://172.16.0.10:8443 --password-file $W/center/operator-password --chroot /opt/browser --timeout-secs 300"
 # One browser session for both steps (Chromium starts slowly under TCG):
 # it starts the request now and ends it when $W/browser-go-end appears.
 BROWSER_PID=""
@@ -710,10 +710,17 @@ for k in $(seq 1 $((SERVED + FILLERS))); do
 done
 # clean_ns NS: no SA, no policy; a router keeps only its own two mappings
 clean_ns() {
-	[ -z "$(nsx $1 "$IP" xfrm state)" ] && [ -z "$(nsx $1 "$IP" xfrm policy | grep -v '^$')" ] || return 1
+	[ -z "$(nsx $1 "$IP" xfrm state)" ] && [ -z "$(nsx $1 "$IP" xfrm policy | grep -v '^$')" ] || {
+		nsx $1 "$IP" xfrm state | grep '^src'
+		nsx $1 "$IP" xfrm policy | grep '^src'
+		return 1
+	}
 	case $1 in r*)
-		[ "$(nsx $1 nft list map ip vpnnat dnat4 | grep -o '[0-9.]* : [0-9.]*' | wc -l)" -le 2 ] &&
-			[ "$(nsx $1 nft list set ip vpnnat granted | grep -o '[0-9]*\.[0-9]*\.[0-9]*\.[0-9]*' | wc -l)" -le 2 ] ;;
+		[ "$(nsx $1 nft list map ip vpnnat dnat4 | grep -oE '[0-9]+(\.[0-9]+){3} : [0-9]+(\.[0-9]+){3}' | wc -l)" -eq 2 ] &&
+			[ "$(nsx $1 nft list set ip vpnnat granted | grep -oE '[0-9]+(\.[0-9]+){3}' | wc -l)" -eq 2 ] || {
+			nsx $1 nft list table ip vpnnat
+			return 1
+		} ;;
 	esac
 }
 for ns in $(gws) $(homes); do
