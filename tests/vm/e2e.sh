@@ -253,6 +253,11 @@ tunnel_up_timeout_ms = 60000
 replay_window_secs = 300
 reconcile_interval_secs = 30
 host_routes = true
+
+[dns]
+listen = "172.16.0.10:53"
+domain = "vpnnat.test"
+ttl_secs = 5
 EOF
 	for g in $(seq 1 "$GATEWAYS"); do
 		key=$(printf '%064x' $((g + 4096)))
@@ -481,6 +486,14 @@ reach_all() {
 	echo "$out" | grep -q "^OPEN_AT_ONCE $SERVED\$"
 }
 check "the operator reaches pc1 of all $SERVED homes at once, each through its own VPNNAT address with its own token" reach_all
+# names, not only numbers: centerd's DNS zone answers for the live grants
+dns_is() { # NAME ADDRESS
+	nsx operator busybox nslookup "$1" 172.16.0.10 2>&1 | grep -q "Address:* *$2\$"
+}
+for k in $(seq 1 "$SERVED"); do
+	check "DNS: pc1.$(tid $k).vpnnat.test is $(word $k "$VPN1") (centerd's zone)" \
+		dns_is "pc1.$(tid $k).vpnnat.test" "$(word $k "$VPN1")"
+done
 # the LAN host sees the operator's real address (no NAT on the center side)
 check "pc1 of $(tid 1) saw the operator's real address" sh -c \
 	"ip netns exec operator vpnnat-probe connect $(word 1 "$VPN1"):$PORT | grep -q 'PEER 172.16.0.100:'"
@@ -675,9 +688,9 @@ say "6. a failure notice from $(tid 1)"
 reqs_before=$(list_requests | grep -c ' home-1 ')
 # A real fault: the router's NAT table is replaced by one whose map has the
 # wrong type, so the router's next apply fails; its health watch notices.
-nsx r1 nft delete table ip vpnnat
-nsx r1 nft add table ip vpnnat
-nsx r1 nft add map ip vpnnat dnat4 '{ type ipv4_addr : inet_service; }'
+# (one nft transaction: routerd's own reconcile must not slip in between)
+printf '%s\n' 'delete table ip vpnnat' 'add table ip vpnnat' \
+	'add map ip vpnnat dnat4 { type ipv4_addr : inet_service; }' | nsx r1 nft -f -
 failure_seen() { show_router "$(tid 1)" | tr -d ' \n' | grep -q '"failures":\[{'; }
 preset_request() {
 	[ "$(list_requests | grep -c ' home-1 ')" -gt "$reqs_before" ] &&
@@ -728,6 +741,14 @@ for ns in $(gws) $(homes); do
 done
 check "the operator reaches no LAN host any more" sh -c "
 	out=\$(ip netns exec operator vpnnat-probe multi --timeout-ms 2000 $CANDIDATES); ! echo \"\$out\" | grep ' TOKEN home-[0-9]*/pc'"
+check_not "DNS: pc1.$(tid 1).vpnnat.test is gone with its grant (NXDOMAIN)" \
+	dns_is "pc1.$(tid 1).vpnnat.test" "$(word 1 "$VPN1")"
+# the audit log holds who did what: installations, grants, the operator's
+# login (and the refused one), start and end, releases, VPN end, failures
+audit_has() { nsx server $CENTERD --json audit --limit 10000 --action "$1" | grep -q '"action": *"'"$1"'"'; }
+for a in install grant login login_failed start end release vpn_end failure; do
+	check "audit log has $a events" audit_has $a
+done
 check "no host route into the pool left on the center's router" sh -c \
 	"[ -z \"\$(ip netns exec server ip route | grep '^${POOL_CIDR%%.*}\.')\" ]"
 
