@@ -53,7 +53,8 @@ run() {
 step "install test dependencies"
 need=()
 # chromium + chromium-driver: the operator UI is tested in a real browser.
-for p in nftables iproute2 bc strace chromium chromium-driver strongswan-charon strongswan-swanctl; do
+# bind9-dnsutils: dig queries centerd's DNS zone in the center tests.
+for p in nftables iproute2 bc strace chromium chromium-driver strongswan-charon strongswan-swanctl bind9-dnsutils e2fsprogs; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -64,8 +65,8 @@ echo "ok"
 
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-# The browser test must run here, never skip.
-VPNNAT_REQUIRE_BROWSER=1 run "unit and host-namespace tests" cargo test --workspace --locked
+# The browser and dig tests must run here, never skip.
+VPNNAT_REQUIRE_BROWSER=1 VPNNAT_REQUIRE_DIG=1 run "unit and host-namespace tests" cargo test --workspace --locked
 run "IKE interop with strongSwan's charon (host namespace, IKE only: the host has no ESP)" \
 	sh crates/ike/testdata/interop-strongswan.sh
 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
@@ -78,9 +79,9 @@ VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 with strongSwan both ways" \
 # The mission's proof: the real daemons in the TESTBED topology (operator
 # steps in Chromium inside the VM), with the defaults and with fewer slots
 # than routers.
-VPNNAT_VM_NO_BUILD=1 run "VM: end to end (defaults: ROUTERS=2 GATEWAYS=2 SLOTS_PER_GATEWAY=4)" \
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 run "VM: end to end (defaults: ROUTERS=2 GATEWAYS=2 SLOTS_PER_GATEWAY=4)" \
 	scripts/vm-test tests/vm/e2e.sh
-VPNNAT_VM_NO_BUILD=1 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2 \
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2 \
 	run "VM: end to end (ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2)" scripts/vm-test tests/vm/e2e.sh
 # Buildroot checks run when BUILDROOT_DIR names a Buildroot checkout (say so
 # when skipped); the offline images reuse the VM binaries built above.
