@@ -168,8 +168,91 @@ pub fn hosts_text(hosts: &[HostView]) -> String {
     s
 }
 
+/// The router's small Prometheus text endpoint (`GET /metrics` on the LAN
+/// page): installation, tunnel, grants, requests by state, current problems.
+/// Label values are the terminal ID only (escaped); never a secret.
+pub fn metrics_text(status: &StatusView, datapath_error: bool, problems: usize) -> String {
+    let id = status
+        .terminal_id
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    let mut s = String::new();
+    let mut gauge = |name: &str, help: &str, value: usize| {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} gauge");
+        let _ = writeln!(s, "{name}{{terminal_id=\"{id}\"}} {value}");
+    };
+    gauge(
+        "vpnnat_router_installed",
+        "1 once the installation notice was answered",
+        usize::from(status.installed),
+    );
+    gauge(
+        "vpnnat_router_tunnel_up",
+        "1 while the IKE responder has an established tunnel",
+        usize::from(status.ike == "established"),
+    );
+    gauge(
+        "vpnnat_router_grants",
+        "extension terminals mapped to VPNNAT addresses",
+        status.granted,
+    );
+    gauge(
+        "vpnnat_router_datapath_error",
+        "1 while the last kernel apply failed",
+        usize::from(datapath_error),
+    );
+    gauge("vpnnat_router_problems", "failing health conditions now", problems);
+    let _ = writeln!(s, "# HELP vpnnat_router_requests maintenance requests by state");
+    let _ = writeln!(s, "# TYPE vpnnat_router_requests gauge");
+    for state in ["waiting", "ended"] {
+        let n = status.requests.iter().filter(|r| r.state == state).count();
+        let _ = writeln!(
+            s,
+            "vpnnat_router_requests{{terminal_id=\"{id}\",state=\"{state}\"}} {n}"
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metrics_text_is_prometheus_exposition() {
+        let st = super::StatusView {
+            terminal_id: "home-\"1".into(),
+            installed: true,
+            server_part_vpnnat: None,
+            router_part_vpnnat: None,
+            gateway: None,
+            ike: "established".into(),
+            granted: 3,
+            requests: vec![super::RequestView {
+                acceptance_number: 7,
+                state: "waiting",
+                claimant_name: "x".into(),
+                terminals: vec![],
+                accepted_at: 0,
+            }],
+            last_failure: None,
+        };
+        let t = super::metrics_text(&st, false, 2);
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(series.starts_with("vpnnat_router_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert!(
+            t.contains("vpnnat_router_tunnel_up{terminal_id=\"home-\\\"1\"} 1"),
+            "{t}"
+        );
+        assert!(t.contains("vpnnat_router_grants{terminal_id=\"home-\\\"1\"} 3"));
+        assert!(t.contains("state=\"waiting\"} 1"));
+        assert!(t.contains("state=\"ended\"} 0"));
+        assert!(t.contains("vpnnat_router_problems{terminal_id=\"home-\\\"1\"} 2"));
+    }
+
     use super::*;
     use crate::state::tests::installed;
     use crate::state::HostGrant;

@@ -299,6 +299,12 @@ impl Handler for LanPage {
                 Err(e) => html(status_of(&e), self.index(Some((false, e.to_string()))).await),
             },
             (&Method::GET, "/api/status") => json(200, &self.router.status().await),
+            (&Method::GET, "/metrics") => {
+                let status = self.router.status().await;
+                let dp = self.router.datapath_error().await.is_some();
+                let problems = self.router.problems().await.len();
+                text(200, crate::view::metrics_text(&status, dp, problems))
+            }
             (&Method::GET, "/api/hosts") => json(200, &self.router.hosts().await),
             (&Method::POST, "/api/request") => match serde_json::from_slice::<ApiRequest>(&req.body) {
                 Ok(r) => api_result(self.submit(r).await),

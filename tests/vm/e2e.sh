@@ -431,6 +431,15 @@ if [ -n "${E2E_BENCH:-}" ]; then
 	. "$(dirname "$0")/lib/e2e-bench.sh"
 fi
 
+# metrics: routerd's on its LAN page, centerd's on the UI listener
+router_metrics() {
+	nsx r1 timeout 10 bash -c "exec 3<>/dev/tcp/$LAN_GW/80; printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3; exec cat <&3" |
+		grep -q '^vpnnat_router_installed{terminal_id="home-1"} 1'
+}
+check "routerd's /metrics (LAN side) says home-1 is installed" router_metrics
+check "centerd's /metrics counts the routers' addresses in use" sh -c \
+	"ip netns exec operator timeout 10 bash -c \"exec 3<>/dev/tcp/172.16.0.10/8443; printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3; exec cat <&3\" | grep -E '^vpnnat_[a-z_]*pool[a-z_]*' | grep -q ' $((2 * HOMES))\$'"
+
 # ---------------------------------------------------------------- 3. one host per home
 say "3. every served home asks maintenance for pc1"
 ACC1=""   # acceptance number of home k's first request (word k)
