@@ -87,7 +87,8 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWA
 # when skipped); the offline images reuse the VM binaries built above.
 run "images: check-package and Kconfig (BUILDROOT_DIR)" scripts/check-images.sh
 VPNNAT_IMAGES_PROFILE=vmtest run "images: offline router image boots routerd" scripts/build-images.sh --no-build --boot-check
-VPNNAT_IMAGES_PROFILE=vmtest run "demo: center + 2 routers, UI, installation" scripts/demo.sh --no-build --smoke
+VPNNAT_IMAGES_PROFILE=vmtest run "demo: center + 2 routers, tunnels, both homes at once, operator UI in Chromium" \
+	scripts/demo-test.sh --no-build
 
 echo
 if ((${#FAILED_STEPS[@]})); then
