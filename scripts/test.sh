@@ -66,7 +66,7 @@ echo "ok"
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The browser and dig tests must run here, never skip.
-VPNNAT_REQUIRE_BROWSER=1 VPNNAT_REQUIRE_DIG=1 run "unit and host-namespace tests" cargo test --workspace --locked
+VPNNAT_REQUIRE_BROWSER=1 VPNNAT_REQUIRE_DIG=1 run "unit and host-namespace tests" cargo test --workspace --locked --no-fail-fast
 run "IKE interop with strongSwan's charon (host namespace, IKE only: the host has no ESP)" \
 	sh crates/ike/testdata/interop-strongswan.sh
 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh

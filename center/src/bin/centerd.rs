@@ -32,7 +32,7 @@ use vpnnat_center::{api, http, ui};
 )]
 struct Cli {
     /// Configuration file (TOML).
-    #[arg(long, global = true, default_value = "/etc/centerd.toml")]
+    #[arg(long, global = true, default_value = "/etc/vpnnat/centerd.toml")]
     config: PathBuf,
     /// Machine-readable output (JSON) for the tool subcommands.
     #[arg(long, global = true)]

@@ -27,7 +27,7 @@ use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstalle
 )]
 struct Cli {
     /// Configuration file (TOML).
-    #[arg(long, global = true, default_value = "/etc/gatewayd.toml")]
+    #[arg(long, global = true, default_value = "/etc/vpnnat/gatewayd.toml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Cmd>,

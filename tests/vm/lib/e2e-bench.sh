@@ -3,7 +3,7 @@
 # and the operator polls pc1's VPNNAT address until a TCP connect succeeds;
 # then the request is ended and the tunnel is gone before the next run.
 # Times come from the kernel's own event streams in the namespaces
-# (`ip monitor xfrm`, `nft monitor`), each line stamped on arrival with
+# (`ip xfrm monitor`, `nft monitor`), each line stamped on arrival with
 # bash's $EPOCHREALTIME, so the split needs no daemon logging:
 #   t0    the router's `routerd request` starts (the button, in effect)
 #   tpol  the first XFRM policy added on any gateway  (centerd chose the
@@ -29,10 +29,10 @@ start_monitors() {
 	: >$W/mon.rx
 	: >$W/mon.nft
 	for g in $(gws); do
-		nsx "$g" "$IP" monitor xfrm | stamp >>$W/mon.gw &
+		nsx "$g" "$IP" xfrm monitor | stamp >>$W/mon.gw &
 		MON="$MON $!"
 	done
-	nsx r1 "$IP" monitor xfrm | stamp >>$W/mon.rx &
+	nsx r1 "$IP" xfrm monitor | stamp >>$W/mon.rx &
 	MON="$MON $!"
 	nsx r1 nft monitor | stamp >>$W/mon.nft &
 	MON="$MON $!"
@@ -42,14 +42,17 @@ stop_monitors() {
 	# shellcheck disable=SC2086
 	kill $MON 2>/dev/null
 	# the pipelines' readers end with their writers
-	pkill -f 'monitor xfrm' 2>/dev/null
+	pkill -f 'xfrm monitor' 2>/dev/null
 	pkill -f 'nft monitor' 2>/dev/null
 	MON=""
 }
 # first_after FILE T0 REGEX [NTH]: stamp of the NTH line after T0 matching
+# (the regex sees the line without its stamp; "Updated src ..." is an SA
+# completed from a kernel-allocated SPI)
 first_after() {
-	awk -v t0="$2" -v re="$3" -v nth="${4:-1}" \
-		'$1 + 0 >= t0 + 0 && $0 ~ re && !/Deleted/ { if (++n == nth) { print $1; exit } }' "$1"
+	awk -v t0="$2" -v re="$3" -v nth="${4:-1}" '
+		{ l = $0; sub(/^[^ ]+ /, "", l) }
+		$1 + 0 >= t0 + 0 && l ~ re && l !~ /^Deleted/ { if (++n == nth) { print $1; exit } }' "$1"
 }
 : >$W/bench.center
 : >$W/bench.tunnel
@@ -82,7 +85,7 @@ for run in $(seq 1 "$N"); do
 	sleep 0.3
 	stop_monitors
 	tpol=$(first_after $W/mon.gw "$t0" '^src 172\.16\.0\.0/24 dst ')
-	tsa=$(first_after $W/mon.rx "$t0" '^src .* dst .*' 2)
+	tsa=$(first_after $W/mon.rx "$t0" '^(Updated )?src .* dst ' 2)
 	tnat=$(first_after $W/mon.nft "$t0" "add element ip vpnnat dnat4 .*${v:-none} ")
 	if [ -n "$tok" ] && [ -n "$tpol" ] && [ -n "$tsa" ] && [ -n "$tnat" ]; then
 		a=$(us "$t0")
