@@ -104,7 +104,11 @@ impl GatewayCommands for HttpGateways {
             .lock()
             .ok()
             .and_then(|p| p.get(gateway).copied())
-            .filter(|(at, _)| at.elapsed() < PROBE_TTL);
+            // Only a recent "answers" is trusted: a gateway that did not
+            // answer (e.g. refused while it was still starting, right when
+            // centerd's first reconcile ran) is asked again rather than
+            // skipped for the whole TTL.
+            .filter(|(at, ok)| *ok && at.elapsed() < PROBE_TTL);
         if let Some((_, ok)) = cached {
             return ok;
         }
