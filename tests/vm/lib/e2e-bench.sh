@@ -84,7 +84,7 @@ for run in $(seq 1 "$N"); do
 	acc=$(sed -n 's/^acceptance number //p' $W/bench.req)
 	sleep 0.3
 	stop_monitors
-	tpol=$(first_after $W/mon.gw "$t0" '^src 172\.16\.0\.0/24 dst ')
+	tpol=$(first_after $W/mon.gw "$t0" '^(Updated )?src 172\.16\.0\.0/24 dst ')
 	tsa=$(first_after $W/mon.rx "$t0" '^(Updated )?src .* dst ' 2)
 	tnat=$(first_after $W/mon.nft "$t0" "add element ip vpnnat dnat4 .*${v:-none} ")
 	if [ -n "$tok" ] && [ -n "$tpol" ] && [ -n "$tsa" ] && [ -n "$tnat" ]; then
