@@ -111,12 +111,17 @@ ms() { awk "BEGIN { printf \"%.1f\", $1 / 1000 }"; }
 check "benchmark: $N complete runs ($fails incomplete)" test "$fails" -eq 0
 M_TOTAL=$(median $W/bench.total)
 M_TUNNEL=$(median $W/bench.tunnel)
+# The gateway's policy events are stamped by a reader in another namespace
+# and can arrive after the router's SA events (seen: "tunnel" phases below
+# zero), so center processing and tunnel setup are reported together.
+paste -d' ' $W/bench.center $W/bench.tunnel | awk '{print $1 + $2}' >$W/bench.center_tunnel
+M_CT=$(median $W/bench.center_tunnel)
 echo "bench: maintenance request -> operator's first TCP connect to the granted host, median of $(wc -l <$W/bench.total) runs"
-echo "bench:   total                                        $(ms "$M_TOTAL") ms"
-echo "bench:   center processing (request -> gateway policy) $(ms "$(median $W/bench.center)") ms"
-echo "bench:   tunnel setup (IKEv2 -> both SAs at the router) $(ms "$M_TUNNEL") ms"
-echo "bench:   router NAT install (tunnel up -> dnat element) $(ms "$(median $W/bench.nat)") ms"
-echo "bench:   first connect (NAT in place -> TCP answer)     $(ms "$(median $W/bench.connect)") ms"
+echo "bench:   total                                                   $(ms "$M_TOTAL") ms"
+echo "bench:   center processing + tunnel setup (request -> both SAs at the router) $(ms "$M_CT") ms"
+echo "bench:   router NAT install (tunnel up -> dnat element)         $(ms "$(median $W/bench.nat)") ms"
+echo "bench:   first connect (NAT in place -> TCP answer)             $(ms "$(median $W/bench.connect)") ms"
+M_TUNNEL=$M_CT
 
 # strongSwan in the same VM: tear our scenario down, run the IKE benchmark
 if command -v charon >/dev/null 2>&1; then
@@ -128,7 +133,7 @@ if command -v charon >/dev/null 2>&1; then
 	grep '^bench:' $W/ss.out
 	M_SS=$(sed -n 's/^bench: strongSwan.*median \([0-9.]*\) ms.*/\1/p' $W/ss.out)
 	if [ -n "$M_SS" ]; then
-		echo "bench: tunnel setup in the full system vs strongSwan charon -> charon (same VM): $(ms "$M_TUNNEL") ms / $M_SS ms = $(awk "BEGIN { printf \"%.2f\", $M_TUNNEL / 1000 / $M_SS }")"
+		echo "bench: center processing + tunnel setup in the full system vs strongSwan's tunnel setup alone (same VM): $(ms "$M_TUNNEL") ms / $M_SS ms = $(awk "BEGIN { printf \"%.2f\", $M_TUNNEL / 1000 / $M_SS }")"
 	else
 		echo "bench: strongSwan benchmark gave no median:"
 		tail -20 $W/ss.out
