@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod center;
+pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod dns;

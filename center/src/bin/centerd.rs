@@ -104,17 +104,9 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     use std::process::ExitCode;
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match vpnnat_center::cli::parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            // --help and --version are not errors.
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     // The tools log warnings only (their output is the answer); the server
     // logs from info up, or as `[log] level` says (installed once the

@@ -45,16 +45,9 @@ enum Cmd {
 /// systemd unit does not restart on 2).
 fn main() -> std::process::ExitCode {
     use std::process::ExitCode;
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match vpnnat_center::cli::parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     vpnnat_center::logging::init("info", None);
     let cfg = match load(&cli.config) {
