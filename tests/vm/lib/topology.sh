@@ -1,0 +1,402 @@
+#!/bin/bash
+# tests/vm/lib/topology.sh — the TESTBED topology with the real daemons,
+# sourced by the scenarios that need it (e2e.sh, and the reliability
+# scenarios). Reads the INTERFACES.md variables (ROUTERS, GATEWAYS,
+# SLOTS_PER_GATEWAY, LAN_CIDR, POOL_CIDR, HOSTS_PER_LAN) and:
+#   TOPO_SERVED_ONLY=1  only the homes the gateways can serve (no filler
+#                       homes, no refused home)
+# and leaves behind: namespaces inet clan server operator gwN rK rKhI,
+# configs under $W, centerd/gatewayd/routerd running (PIDS, CENTERD_PID),
+# and the helpers below (nsx from check.sh, wait_for, http_get, tcp_open,
+# ROUTERD, status_of, installed, field, request, list_requests,
+# show_router, vpn_gone, tid, wan_ip, host_ip, kind, hosts_of, gws, homes).
+# The caller sources lib/check.sh first.
+
+ROUTERS=${ROUTERS:-2}
+GATEWAYS=${GATEWAYS:-2}
+SLOTS_PER_GATEWAY=${SLOTS_PER_GATEWAY:-4}
+LAN_CIDR=${LAN_CIDR:-192.168.1.0/24}
+POOL_CIDR=${POOL_CIDR:-10.64.0.0/16}
+HOSTS_PER_LAN=${HOSTS_PER_LAN:-2}
+E2E_WAIT=${E2E_WAIT:-90} # s to wait for any one asynchronous outcome
+
+W=${TOPO_DIR:-/run/e2e}
+mkdir -p $W
+PORT=7000 # every probe service
+T0=$(date +%s)
+say() { echo "# [$(($(date +%s) - T0))s] $*"; }
+
+# ---------------------------------------------------------------- arithmetic
+ip2int() {
+	local IFS=.
+	# shellcheck disable=SC2086
+	set -- $1
+	echo $((($1 << 24) + ($2 << 16) + ($3 << 8) + $4))
+}
+int2ip() { echo "$((($1 >> 24) & 255)).$((($1 >> 16) & 255)).$((($1 >> 8) & 255)).$(($1 & 255))"; }
+cidr_ok() { echo "$1" | grep -Eq '^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$'; }
+
+for v in ROUTERS GATEWAYS SLOTS_PER_GATEWAY HOSTS_PER_LAN; do
+	eval "x=\$$v"
+	# shellcheck disable=SC2154
+	echo "$x" | grep -Eq '^[0-9]+$' || {
+		echo "topology: $v must be a number, not '$x'"
+		exit 2
+	}
+done
+cidr_ok "$LAN_CIDR" || {
+	echo "topology: LAN_CIDR must be a.b.c.d/len"
+	exit 2
+}
+cidr_ok "$POOL_CIDR" || {
+	echo "topology: POOL_CIDR must be a.b.c.d/len"
+	exit 2
+}
+LAN_LEN=${LAN_CIDR#*/}
+LAN_NET=$(($(ip2int "${LAN_CIDR%/*}") & ~((1 << (32 - LAN_LEN)) - 1) & 0xffffffff))
+LAN_SIZE=$((1 << (32 - LAN_LEN)))
+# router .1, hosts from .10 (or .2 in a small LAN)
+FIRST_HOST=10
+[ $((FIRST_HOST + HOSTS_PER_LAN + 1)) -le "$LAN_SIZE" ] || FIRST_HOST=2
+[ "$ROUTERS" -ge 1 ] && [ "$ROUTERS" -le 60 ] || {
+	echo "topology: ROUTERS must be 1..60"
+	exit 2
+}
+[ "$GATEWAYS" -ge 1 ] && [ "$GATEWAYS" -le 9 ] || {
+	echo "topology: GATEWAYS must be 1..9"
+	exit 2
+}
+[ "$SLOTS_PER_GATEWAY" -ge 1 ] || {
+	echo "topology: SLOTS_PER_GATEWAY must be >= 1"
+	exit 2
+}
+[ "$HOSTS_PER_LAN" -ge 1 ] && [ $((FIRST_HOST + HOSTS_PER_LAN + 1)) -le "$LAN_SIZE" ] || {
+	echo "topology: HOSTS_PER_LAN must be >= 1 and fit in LAN_CIDR"
+	exit 2
+}
+LAN_GW=$(int2ip $((LAN_NET + 1)))
+host_ip() { int2ip $((LAN_NET + FIRST_HOST + $1 - 1)); } # host_ip I (1-based)
+
+CAP=$((GATEWAYS * SLOTS_PER_GATEWAY))
+if [ "$ROUTERS" -le "$CAP" ]; then
+	SERVED=$ROUTERS
+	FILLERS=$((CAP - ROUTERS))
+	HOMES=$((CAP + 1)) # the last one is refused
+else
+	SERVED=$CAP
+	FILLERS=0
+	HOMES=$ROUTERS
+fi
+if [ -n "${E2E_BENCH:-}" ] || [ -n "${TOPO_SERVED_ONLY:-}" ]; then
+	# the benchmark and the reliability scenarios need only the served homes
+	FILLERS=0
+	HOMES=$SERVED
+fi
+[ "$HOMES" -le 120 ] || {
+	echo "topology: GATEWAYS x SLOTS_PER_GATEWAY too large for one VM (at most 119)"
+	exit 2
+}
+say "ROUTERS=$ROUTERS GATEWAYS=$GATEWAYS SLOTS_PER_GATEWAY=$SLOTS_PER_GATEWAY LAN_CIDR=$LAN_CIDR POOL_CIDR=$POOL_CIDR HOSTS_PER_LAN=$HOSTS_PER_LAN"
+say "capacity $CAP tunnels: $SERVED homes served, $FILLERS filler homes, $((HOMES - SERVED - FILLERS)) refused"
+
+# kind K: real (1..SERVED), filler, refused
+kind() {
+	if [ "$1" -le "$SERVED" ]; then
+		echo real
+	elif [ "$1" -le $((SERVED + FILLERS)) ]; then
+		echo filler
+	elif [ "$1" -le "$ROUTERS" ]; then
+		echo refused
+	else
+		echo extra-refused
+	fi
+}
+hosts_of() { case $(kind "$1") in real | refused) echo "$HOSTS_PER_LAN" ;; *) echo 1 ;; esac }
+wan_ip() { echo "198.51.100.$((100 + $1))"; }
+tid() { echo "home-$1"; }
+
+PIDS=""
+cleanup() {
+	# shellcheck disable=SC2086
+	[ -n "$PIDS" ] && kill $PIDS 2>/dev/null
+	return 0
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- topology
+say "building the topology ($HOMES homes, $GATEWAYS gateways)"
+for ns in inet clan server operator; do must "$IP" netns add $ns; done
+must nsx inet "$IP" link add br0 type bridge
+must nsx clan "$IP" link add br0 type bridge
+for ns in inet clan server operator; do must nsx $ns "$IP" link set lo up; done
+must nsx inet "$IP" link set br0 up
+must nsx clan "$IP" link set br0 up
+# plug NS DEV BRIDGE_NS PORT ADDR: a veth from NS into a bridge
+plug() {
+	must veth "$1" "$2" "$3" "$4"
+	must nsx "$3" "$IP" link set "$4" master br0 up
+	must nsx "$1" "$IP" link set "$2" up
+	[ -n "${5:-}" ] && must nsx "$1" "$IP" addr add "$5" dev "$2"
+	return 0
+}
+# the internet: 198.51.100.1 is a host out there, with a service of its own
+must "$IP" link add i-host netns inet type veth peer name i-host-p netns inet
+must nsx inet "$IP" link set i-host-p master br0 up
+must nsx inet "$IP" link set i-host up
+must nsx inet "$IP" addr add 198.51.100.1/24 dev i-host
+
+plug server eth0 inet i-server 198.51.100.10/24
+plug server eth1 clan c-server 172.16.0.10/24
+plug operator eth0 clan c-op 172.16.0.100/24
+must nsx operator "$IP" route add "$POOL_CIDR" via 172.16.0.10
+must nsx server sysctl -qw net.ipv4.ip_forward=1
+for g in $(seq 1 "$GATEWAYS"); do
+	ns=gw$g
+	must "$IP" netns add $ns
+	must nsx $ns "$IP" link set lo up
+	plug $ns eth0 clan c-gw$g "172.16.0.$((20 + g))/24"
+	plug $ns eth1 inet i-gw$g "198.51.100.$((20 + g))/24"
+	must nsx $ns sysctl -qw net.ipv4.ip_forward=1
+	# the pool needs *some* route before the XFRM output policy is looked
+	# at (TESTBED.md gotcha); the per-/32 policies pick the tunnel
+	must nsx $ns "$IP" route add "$POOL_CIDR" dev eth1
+done
+gws() { for g in $(seq 1 "$GATEWAYS"); do echo gw$g; done; }
+homes() { for k in $(seq 1 "$HOMES"); do echo r$k; done; }
+for ns in server $(gws); do
+	nsx $ns sysctl -qw net.ipv4.conf.all.rp_filter=0 2>/dev/null
+done
+
+for k in $(seq 1 "$HOMES"); do
+	r=r$k
+	must "$IP" netns add $r
+	must nsx $r "$IP" link set lo up
+	plug $r eth0 inet i-r$k "$(wan_ip $k)/24"
+	must nsx $r "$IP" route add default via 198.51.100.1
+	must nsx $r "$IP" link add br0 type bridge
+	must nsx $r "$IP" addr add "$LAN_GW/$LAN_LEN" dev br0
+	must nsx $r "$IP" link set br0 up
+	must nsx $r sysctl -qw net.ipv4.ip_forward=1
+	for i in $(seq 1 "$(hosts_of $k)"); do
+		h=r${k}h$i
+		must "$IP" netns add $h
+		must nsx $h "$IP" link set lo up
+		must veth $h eth0 $r l$i
+		must nsx $r "$IP" link set l$i master br0 up
+		must nsx $h "$IP" link set eth0 up
+		must nsx $h "$IP" addr add "$(host_ip $i)/$LAN_LEN" dev eth0
+		must nsx $h "$IP" route add default via "$LAN_GW"
+		nsx $h vpnnat-probe serve --listen "0.0.0.0:$PORT" --token "$(tid $k)/pc$i" --lifetime-secs 3000 &
+		PIDS="$PIDS $!"
+	done
+	# the router part (VPNNAT -> the router's WAN address) answers too
+	nsx $r vpnnat-probe serve --listen "$(wan_ip $k):$PORT" --token "$(tid $k)/router" --lifetime-secs 3000 &
+	PIDS="$PIDS $!"
+done
+# something beyond the LAN that must stay out of reach
+nsx inet vpnnat-probe serve --listen "198.51.100.1:$PORT" --token internet --lifetime-secs 3000 &
+PIDS="$PIDS $!"
+
+# ---------------------------------------------------------------- configs
+say "writing configurations"
+mkdir -p $W/center
+MASTER=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+OPERATOR_PASSWORD=operator-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MAINT_PASSWORD=maint-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "$OPERATOR_PASSWORD" >$W/center/operator-password
+echo "$MAINT_PASSWORD" >$W/center/maintenance-password
+chmod 600 $W/center/operator-password $W/center/maintenance-password
+# hash with few PBKDF2 rounds: TCG is slow and this is a test password
+HASH=$(echo "$OPERATOR_PASSWORD" | centerd hash-password --iterations 2000) || {
+	echo "topology: centerd hash-password failed"
+	exit 1
+}
+{
+	cat <<EOF
+[server]
+router_listen = "0.0.0.0:8080"
+ui_listen = "172.16.0.10:8443"
+trusted_proxies = []
+
+[database]
+path = "$W/center/center.db"
+
+[factory]
+master_key = "$MASTER"
+
+[routers]
+maintenance_password_file = "maintenance-password"
+command_port = 8080
+command_timeout_ms = 10000
+
+[operators]
+password_hashes = ["$HASH"]
+session_ttl_secs = 3600
+
+[pool]
+cidr = "$POOL_CIDR"
+
+[center]
+networks = ["172.16.0.0/24"]
+tunnel_up_timeout_ms = 60000
+replay_window_secs = 300
+reconcile_interval_secs = 30
+host_routes = true
+
+[dns]
+listen = "172.16.0.10:53"
+domain = "vpnnat.test"
+ttl_secs = 5
+EOF
+	for g in $(seq 1 "$GATEWAYS"); do
+		key=$(printf '%064x' $((g + 4096)))
+		cat <<EOF
+
+[[gateways]]
+name = "gw$g"
+api_url = "http://172.16.0.$((20 + g)):9000"
+global_ip = "198.51.100.$((20 + g))"
+ike_id = "gw$g.center.example"
+slots = $SLOTS_PER_GATEWAY
+next_hop = "172.16.0.$((20 + g))"
+api_key = "$key"
+EOF
+		mkdir -p $W/gw$g
+		cat >$W/gw$g/gatewayd.toml <<EOF
+name = "gw$g"
+listen = "172.16.0.$((20 + g)):9000"
+api_key = "$key"
+global_ip = "198.51.100.$((20 + g))"
+center_networks = ["172.16.0.0/24"]
+center_url = "http://172.16.0.10:8080"
+policy_priority = 1000
+datapath = "kernel"
+event_timeout_ms = 10000
+ike = true
+EOF
+	done
+} >$W/center/centerd.toml
+CENTERD="centerd --config $W/center/centerd.toml"
+check "centerd accepts the generated configuration" nsx server $CENTERD check-config
+
+for k in $(seq 1 "$HOMES"); do
+	d=$W/r$k
+	mkdir -p $d/state
+	secret=$($CENTERD factory-secret "$(tid $k)") || {
+		echo "topology: centerd factory-secret failed"
+		exit 1
+	}
+	{
+		cat <<EOF
+terminal_id = "$(tid $k)"
+center_url = "http://198.51.100.10:8080"
+factory_secret = "$secret"
+state_dir = "$d/state"
+lease_file = "$d/dnsmasq.leases"
+dns = false
+center_timeout_secs = 120
+retry_max_secs = 5
+
+[wan]
+interface = "eth0"
+address = "$(wan_ip $k)/24"
+gateway = "198.51.100.1"
+
+[lan]
+interface = "br0"
+address = "$LAN_GW/$LAN_LEN"
+
+[web_ui]
+listen = "$LAN_GW:80"
+
+[server_part]
+listen = "$LAN_GW:8080"
+
+[hosts]
+EOF
+		for i in $(seq 1 "$(hosts_of $k)"); do echo "pc$i = \"$(host_ip $i)\""; done
+		cat <<EOF
+
+[button]
+claimant_name = "Owner of $(tid $k)"
+claimant_level = "general"
+urgency = "high"
+phone = "+81 3 0000 $(printf %04d $k)"
+content = "preset request of $(tid $k)"
+terminals = ["pc1"]
+EOF
+	} >$d/routerd.toml
+	chmod 600 $d/routerd.toml
+done
+
+# ---------------------------------------------------------------- 1. start
+say "1. starting centerd, $GATEWAYS gatewayd, $HOMES routerd"
+nsx server env RUST_LOG=info $CENTERD run >$W/center/log 2>&1 &
+PIDS="$PIDS $!"
+CENTERD_PID=$!
+for g in $(seq 1 "$GATEWAYS"); do
+	nsx gw$g env RUST_LOG=info gatewayd --config $W/gw$g/gatewayd.toml >$W/gw$g/log 2>&1 &
+	PIDS="$PIDS $!"
+done
+# wait_for SECONDS CMD...: retry CMD until it succeeds or SECONDS passed
+wait_for() {
+	local end=$(($(date +%s) + $1))
+	shift
+	while [ "$(date +%s)" -lt $end ]; do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.3
+	done
+	"$@"
+}
+# http_get HOST PORT PATH [USER:PASSWORD]: a GET from the operator's
+# namespace (busybox wget cannot do Basic auth here), status line + body
+http_get() {
+	local auth=""
+	[ -n "${4:-}" ] && auth="Authorization: Basic $(printf %s "$4" | base64 | tr -d '\n')\r\n"
+	ip netns exec operator timeout 15 bash -c \
+		"exec 3<>/dev/tcp/$1/$2; printf 'GET $3 HTTP/1.1\r\nHost: $1\r\n${auth}Connection: close\r\n\r\n' >&3; exec cat <&3"
+}
+export -f http_get
+# maint_api ADDR USER:PASS TERMINAL: the maintenance API answers 200 and
+# names the router
+maint_api() {
+	local out
+	out=$(http_get "$1" 8080 /maintenance/api "$2")
+	echo "$out" | head -1 | grep -q ' 200 ' && echo "$out" | grep -q "\"$3\"" && return 0
+	echo "$out" | head -c 600
+	return 1
+}
+tcp_open() { nsx "$1" timeout 2 bash -c "exec 3<>/dev/tcp/$2/$3"; }
+check "centerd serves the router API" wait_for 30 tcp_open operator 172.16.0.10 8080
+check "centerd serves the operator UI" wait_for 30 tcp_open operator 172.16.0.10 8443
+for g in $(seq 1 "$GATEWAYS"); do
+	check "gatewayd gw$g serves its command API" wait_for 30 tcp_open server "172.16.0.$((20 + g))" 9000
+done
+for k in $(seq 1 "$HOMES"); do
+	nsx r$k env RUST_LOG=info routerd --config $W/r$k/routerd.toml run >$W/r$k/log 2>&1 &
+	PIDS="$PIDS $!"
+done
+ROUTERD() { local k=$1; shift; nsx r$k routerd --config $W/r$k/routerd.toml "$@"; }
+status_of() { ROUTERD "$1" status 2>/dev/null; }
+installed() { status_of "$1" | grep -q '^installed: *yes'; }
+field() { status_of "$1" | sed -n "s/^$2: *//p"; }
+request() { # request K NAME... -> prints routerd's answer
+	local k=$1
+	shift
+	ROUTERD "$k" request --name "Owner of $(tid $k)" --level general --urgency high \
+		--phone "+81 3 0000 $(printf %04d "$k")" --content "e2e request" "$@"
+}
+list_requests() { nsx server $CENTERD list-requests --limit 1000; }
+show_router() { nsx server $CENTERD show-router "$1"; }
+# vpn_gone K: the center freed K's slot, and neither K nor any gateway
+# keeps an SA or policy for it
+vpn_gone() {
+	local g
+	show_router "$(tid $1)" | tr -d ' \n' | grep -q '"slot":null' || return 1
+	[ -z "$(nsx r$1 "$IP" xfrm state)" ] && [ -z "$(nsx r$1 "$IP" xfrm policy | grep -v '^$')" ] || return 1
+	for g in $(gws); do
+		nsx $g "$IP" xfrm state | grep -q "$(wan_ip $1)" && return 1
+	done
+	return 0
+}
+
