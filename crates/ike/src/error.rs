@@ -90,6 +90,10 @@ pub enum Error {
     /// valid cookie; a COOKIE was sent back.
     #[error("cookie required")]
     CookieRequired,
+    /// An IKE_SA_INIT request while the half-open cap is reached; dropped
+    /// without state or answer.
+    #[error("too many half-open IKE SAs ({0}); IKE_SA_INIT dropped")]
+    TooManyHalfOpen(usize),
     /// The peer answered with an error notify.
     #[error("peer sent error notify {0}")]
     PeerError(u16),

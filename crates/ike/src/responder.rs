@@ -28,17 +28,25 @@ pub struct ResponderConfig {
     pub sa: SaConfig,
     /// Demand cookies once this many SAs are half-open.
     pub cookie_threshold: usize,
+    /// Refuse new IKE_SA_INIT requests, cookie or not, while this many SAs
+    /// are half-open: a peer that does return cookies (it sees our answers)
+    /// must not be able to grow the table without bound. Half-open SAs time
+    /// out (`SaConfig::half_open_timeout`), so the service comes back.
+    pub max_half_open: usize,
     /// Rotate the cookie secret this often (the previous one stays valid).
     pub cookie_secret_lifetime: Duration,
 }
 
 impl ResponderConfig {
-    /// Defaults: cookies from 8 half-open SAs, secret rotated every 5 min.
+    /// Defaults: cookies from 8 half-open SAs, at most 64 half-open (one
+    /// gateway talks to a router: a handful is already unusual), secret
+    /// rotated every 5 min.
     pub fn new(allowed_peer: IpAddr, sa: SaConfig) -> Self {
         Self {
             allowed_peer,
             sa,
             cookie_threshold: 8,
+            max_half_open: 64,
             cookie_secret_lifetime: Duration::from_secs(300),
         }
     }
@@ -118,6 +126,7 @@ pub struct Responder {
     cfg: Arc<SaConfig>,
     allowed_peer: IpAddr,
     cookie_threshold: usize,
+    max_half_open: usize,
     cookies: CookieJar,
     pub(crate) table: SaTable,
 }
@@ -131,6 +140,7 @@ impl Responder {
             cfg: Arc::new(config.sa),
             allowed_peer: config.allowed_peer,
             cookie_threshold: config.cookie_threshold,
+            max_half_open: config.max_half_open,
             table: SaTable::default(),
         })
     }
@@ -234,6 +244,11 @@ impl Responder {
                 }));
                 return Err(Error::CookieRequired);
             }
+        }
+        if half_open >= self.max_half_open {
+            // After the cookie check, so a spoofed flood is answered with
+            // cookies and only a peer that returns them is counted here.
+            return Err(Error::TooManyHalfOpen(half_open));
         }
         let sa = IkeSa::respond_init(self.cfg.clone(), now, src, dst, ike, msg, rng, &mut self.table.out)?;
         self.table.sas.push(sa);
