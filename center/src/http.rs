@@ -33,14 +33,60 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Per-listener limits against floods and slow clients: a cap on open
+/// connections (the one past it gets a 503 and is closed at once, so a
+/// flood costs a socket for microseconds, not a task and buffers), and how
+/// long a client may take to send a request head. Body reads have their
+/// own time-out in [`read_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 512 connections (far above what the routers and operators of one
+    /// centerd hold open at once; ~1 MB of state at most), 10 s for a head.
+    fn default() -> Self {
+        Limits {
+            max_connections: 512,
+            header_timeout: HEADER_TIMEOUT,
+        }
+    }
+}
+
+/// How long a client may take to send a request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request body once the head is in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a client past the connection cap reads before the server closes.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 35\r\n\r\ntoo many connections; retry shortly";
+
 /// Serves HTTP/1 connections from `listener` with `handler` until
-/// `shutdown` completes. Connections in flight finish on their own tasks.
+/// `shutdown` completes, with the default [`Limits`]. Connections in flight
+/// finish on their own tasks.
 pub async fn serve<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_limited(listener, shutdown, Limits::default(), handler).await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_limited<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    limits: Limits,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     let handler = Arc::new(handler);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -55,13 +101,29 @@ where
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // One non-blocking write into the empty socket buffer, then
+            // close: never wait on a client of a flood.
+            let _ = stream.try_write(BUSY);
+            refused = refused.saturating_add(1);
+            if refused.is_power_of_two() {
+                log::warn!(
+                    "connection cap ({}) reached: refused {refused} connection(s) so far (latest from {peer})",
+                    limits.max_connections
+                );
+            }
+            continue;
+        };
         let h = handler.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let h = h.clone();
                 async move { Ok::<_, Infallible>(h(req, peer).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -109,15 +171,27 @@ pub fn signed(out: Outgoing) -> Response<Body> {
     r
 }
 
-/// Reads at most `max` bytes of body; a longer one is refused with 413.
+/// Reads at most `max` bytes of body within [`BODY_TIMEOUT`]; a longer one
+/// is refused with 413 (before reading it when `Content-Length` says so),
+/// a slower one with 408.
 pub async fn read_body(
     req: Request<Incoming>,
     max: usize,
 ) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
     let (parts, body) = req.into_parts();
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok((parts, c.to_bytes())),
-        Err(_) => Err(text(413, format!("body too large or unreadable (limit {max} bytes)"))),
+    let too_large = || text(413, format!("body too large or unreadable (limit {max} bytes)"));
+    let announced = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max).collect()).await {
+        Ok(Ok(c)) => Ok((parts, c.to_bytes())),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(text(408, format!("body not received within {BODY_TIMEOUT:?}"))),
     }
 }
 

@@ -5,10 +5,16 @@
 //! failures, gateways with used/free slots, and pool usage. Server-rendered
 //! HTML that reloads itself every few seconds; JSON at `/api/state`.
 //!
-//! Routes: `GET /login`, `POST /login`, `POST /logout`, `GET /`,
-//! `POST /requests/{n}/start`, `POST /requests/{n}/end`, `GET /api/state`.
-//! The cookie is `HttpOnly; SameSite=Strict`, so another site cannot make
-//! the operator's browser press a button.
+//! Routes: the table [`ROUTES`]; every route but the login form, the
+//! health check and the metrics needs a session (401, or 303 to the login
+//! page for `GET /`). Against cross-site requests, three independent
+//! layers: the cookie is `HttpOnly; SameSite=Strict`; every POST whose
+//! `Origin` is not this server, or whose `Sec-Fetch-Site` says another
+//! site, is refused; and every POST with a session must carry the
+//! session's CSRF token (a form field, derived from the session token,
+//! compared in constant time). Wrong passwords are throttled per source
+//! address and overall ([`vpnnat_proto::throttle`]); lock-outs go to the
+//! audit log.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -27,8 +33,147 @@ use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands}
 use crate::http::{read_body, serve, text, unix_now, Body};
 use crate::password::{matching, PasswordHash};
 use crate::storage::{AuditFilter, AuditRow, RequestState};
+use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 
 const COOKIE_NAME: &str = "vpnnat_session";
+/// The form field that carries the session's CSRF token.
+const CSRF_FIELD: &str = "csrf";
+/// Largest form the UI reads (a password or a CSRF token).
+const MAX_FORM: usize = 4096;
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (login form, health check, metrics with counts only).
+    Public,
+    /// A logged-in operator.
+    Session,
+}
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Page {
+    LoginForm,
+    Login,
+    Health,
+    Metrics,
+    Dashboard,
+    State,
+    Audit,
+    AuditCsv,
+    AuditJsonl,
+    Logout,
+    Start,
+    End,
+}
+
+/// One route of the operator UI. `{n}` in a path stands for an acceptance
+/// number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UiRoute {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    page: Page,
+}
+
+impl UiRoute {
+    /// Whether the route changes state (and so needs the CSRF checks).
+    pub fn is_post(&self) -> bool {
+        self.method == "POST"
+    }
+}
+
+const fn route(method: &'static str, path: &'static str, access: Access, page: Page) -> UiRoute {
+    UiRoute {
+        method,
+        path,
+        access,
+        page,
+    }
+}
+
+/// Every route of the operator UI; the dispatcher serves exactly these.
+pub const ROUTES: &[UiRoute] = &[
+    route("GET", "/login", Access::Public, Page::LoginForm),
+    route("POST", "/login", Access::Public, Page::Login),
+    route("GET", "/healthz", Access::Public, Page::Health),
+    // For Prometheus on the operator network: no session (a scraper
+    // cannot log in); counts only, no names or addresses.
+    route("GET", "/metrics", Access::Public, Page::Metrics),
+    route("GET", "/", Access::Session, Page::Dashboard),
+    route("GET", "/api/state", Access::Session, Page::State),
+    route("GET", "/audit", Access::Session, Page::Audit),
+    route("GET", "/audit.csv", Access::Session, Page::AuditCsv),
+    route("GET", "/audit.jsonl", Access::Session, Page::AuditJsonl),
+    route("POST", "/logout", Access::Session, Page::Logout),
+    route("POST", "/requests/{n}/start", Access::Session, Page::Start),
+    route("POST", "/requests/{n}/end", Access::Session, Page::End),
+];
+
+/// Whether `path` fits `pattern`, and the `{n}` it carries.
+fn path_matches(pattern: &str, path: &str) -> Option<Option<u64>> {
+    let mut n = None;
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return Some(n),
+            (Some("{n}"), Some(g)) => n = Some(g.parse::<u64>().ok()?),
+            (Some(w), Some(g)) if w == g => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The route serving `method path`, with the `{n}` of its path.
+fn find_route(method: &Method, path: &str) -> Option<(&'static UiRoute, Option<u64>)> {
+    ROUTES
+        .iter()
+        .filter(|r| r.method == method.as_str())
+        .find_map(|r| path_matches(r.path, path).map(|n| (r, n)))
+}
+
+/// The CSRF token of a session: derived from the session token (which only
+/// the operator's browser holds, in an HttpOnly cookie), so every centerd
+/// sharing the database agrees on it without storing it.
+fn csrf_token(session: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"vpnnat-csrf\0");
+    ctx.update(session.as_bytes());
+    hex::encode(ctx.finish())
+}
+
+/// Constant-time check of a presented CSRF token (HMACs of both under a
+/// fresh key compared by ring in constant time: no early exit on the first
+/// differing byte).
+fn csrf_ok(session: &str, presented: &str) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, session.as_bytes());
+    let want = ring::hmac::sign(&key, csrf_token(session).as_bytes());
+    ring::hmac::verify(&key, presented.as_bytes(), want.as_ref()).is_ok()
+}
+
+/// A POST from another site: `Sec-Fetch-Site` says so, or `Origin` names
+/// another host than this request's `Host`. (Non-browser clients send
+/// neither; they have no ambient cookie to abuse.)
+fn cross_site(headers: &hyper::HeaderMap) -> Option<&'static str> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(site) = h("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return Some("cross-site request refused (Sec-Fetch-Site)");
+        }
+    }
+    if let Some(origin) = h("origin") {
+        let host = h("host").unwrap_or_default();
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if host.is_empty() || origin_host != Some(host) {
+            return Some("cross-site request refused (Origin)");
+        }
+    }
+    None
+}
 /// Seconds between automatic reloads of the dashboard.
 const REFRESH_SECS: u32 = 3;
 
@@ -40,12 +185,15 @@ pub struct UiSettings {
     /// centerd's DNS zone (`dns.domain`): the UI shows each grant's name
     /// `HOSTNAME.TERMINALID.<domain>` next to its address. None: no DNS.
     pub dns_domain: Option<String>,
+    /// Wrong-password brakes.
+    pub throttle: ThrottleConfig,
 }
 
 struct Ui<G, R> {
     center: Arc<Center<G, R>>,
     settings: UiSettings,
     rng: SystemRandom,
+    throttle: std::sync::Mutex<LoginThrottle>,
 }
 
 /// Serves the operator UI on `listener` until `shutdown`.
@@ -60,6 +208,7 @@ pub async fn run<G, R>(
 {
     let ui = Arc::new(Ui {
         center,
+        throttle: std::sync::Mutex::new(LoginThrottle::new(settings.throttle)),
         settings,
         rng: SystemRandom::new(),
     });
@@ -242,13 +391,40 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
-        match (&method, path.as_str()) {
-            (&Method::GET, "/login") => return html(200, login_page("")),
-            (&Method::POST, "/login") => return self.login(req, peer).await,
-            (&Method::GET, "/healthz") => return text(200, "ok"),
-            // For Prometheus on the operator network: no session (a scraper
-            // cannot log in); counts only, no names or addresses.
-            (&Method::GET, "/metrics") => {
+        let found = find_route(&method, &path);
+        if found.is_some_and(|(r, _)| r.is_post()) {
+            if let Some(why) = cross_site(req.headers()) {
+                log::warn!("operator UI: {method} {path} from {peer}: {why}");
+                return text(403, why);
+            }
+        }
+        let session = self.session(req.headers());
+        let (route, n) = match (found, &session) {
+            (Some((r, n)), _) if r.access == Access::Public => (r, n),
+            (Some((r, n)), Some(_)) => (r, n),
+            // No session: nothing but the public routes, and no hint which
+            // other paths exist.
+            (_, None) => {
+                return if method == Method::GET && path == "/" {
+                    redirect("/login")
+                } else {
+                    text(401, "log in first")
+                };
+            }
+            (None, Some(_)) => {
+                let known = ROUTES.iter().any(|r| path_matches(r.path, &path).is_some());
+                return if known {
+                    text(405, "method not allowed")
+                } else {
+                    text(404, "no such page")
+                };
+            }
+        };
+        match route.page {
+            Page::LoginForm => return html(200, login_page("")),
+            Page::Login => return self.login(req, peer).await,
+            Page::Health => return text(200, "ok"),
+            Page::Metrics => {
                 return match self.center.render_metrics() {
                     Ok(m) => {
                         let mut r = text(200, m);
@@ -261,51 +437,92 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             }
             _ => {}
         }
-        let Some(operator) = self.operator(req.headers()) else {
-            return if method == Method::GET && path == "/" {
-                redirect("/login")
-            } else {
-                text(401, "log in first")
-            };
+        let Some((token, operator)) = session else {
+            return text(401, "log in first");
         };
         let actor = Actor::new(operator, peer.ip().to_string());
-        match (&method, path.as_str()) {
-            (&Method::GET, "/") => match self.dashboard(&query) {
+        if route.is_post() {
+            let headers = req.headers().clone();
+            let (_, body) = match read_body(req, MAX_FORM).await {
+                Ok(x) => x,
+                Err(r) => return r,
+            };
+            let presented = form_field(&body, CSRF_FIELD).unwrap_or_default();
+            if !csrf_ok(&token, &presented) {
+                log::warn!("operator UI: {method} {path} from {peer} without a valid CSRF token: refused");
+                return text(403, "missing or wrong CSRF token: reload the page and try again");
+            }
+            return match (route.page, n) {
+                (Page::Logout, _) => self.logout(&headers, &actor),
+                (Page::Start, Some(n)) => self.action(n, "start", &actor).await,
+                (Page::End, Some(n)) => self.action(n, "end", &actor).await,
+                _ => text(404, "no such action"),
+            };
+        }
+        match route.page {
+            Page::Dashboard => match self.dashboard(&query, &csrf_token(&token)) {
                 Ok(b) => html(200, b),
                 Err(e) => text(500, format!("cannot read the database: {e}")),
             },
-            (&Method::GET, "/api/state") => match self.state_json() {
+            Page::State => match self.state_json() {
                 Ok(b) => json(b),
                 Err(e) => text(500, format!("cannot read the database: {e}")),
             },
-            (&Method::GET, "/audit") => match self.audit_page(&query) {
+            Page::Audit => match self.audit_page(&query) {
                 Ok(b) => html(200, b),
                 Err(e) => text(500, format!("cannot read the database: {e}")),
             },
-            (&Method::GET, "/audit.csv") => self.audit_export(&query, false),
-            (&Method::GET, "/audit.jsonl") => self.audit_export(&query, true),
-            (&Method::POST, "/logout") => self.logout(req.headers(), &actor),
-            (&Method::POST, p) if p.starts_with("/requests/") => self.action(p, &actor).await,
+            Page::AuditCsv => self.audit_export(&query, false),
+            Page::AuditJsonl => self.audit_export(&query, true),
             _ => text(404, "no such page"),
         }
     }
 
+    /// The session token and operator of the request, if it has a live one.
+    fn session(&self, headers: &hyper::HeaderMap) -> Option<(String, String)> {
+        let tok = session_cookie(headers)?;
+        let op = self.operator(headers)?;
+        Some((tok, op))
+    }
+
     async fn login(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let (_, body) = match read_body(req, 4096).await {
+        let (_, body) = match read_body(req, MAX_FORM).await {
             Ok(x) => x,
             Err(r) => return r,
         };
         let password = zeroize::Zeroizing::new(form_field(&body, "password").unwrap_or_default());
         let now = unix_now();
+        let who = Actor::new("operator?", peer.ip().to_string());
+        // Checked before the password is hashed: a locked-out guesser costs
+        // no PBKDF2 time.
+        let locked = self.throttle.lock().map(|t| t.check(peer.ip(), now));
+        if let Ok(Err(t)) = locked {
+            log::warn!("operator login from {peer} refused: {t}");
+            self.center
+                .audit(now, &who, "login_throttled", None, None, &t.to_string());
+            let mut r = html(429, login_page(&format!("Login refused: {t}.")));
+            if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
+                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+            return r;
+        }
         let Some(index) = matching(&self.settings.operator_hashes, &password) else {
             // No detail about which part was wrong; the peer is logged for
             // the administrator, the password never.
             log::warn!("failed operator login from {peer}");
-            let who = Actor::new("operator?", peer.ip().to_string());
             self.center
                 .audit(now, &who, "login_failed", None, None, "wrong password");
+            let lock = self.throttle.lock().ok().and_then(|mut t| t.failed(peer.ip(), now));
+            if let Some(t) = lock {
+                log::warn!("operator logins locked: {t}");
+                self.center.audit(now, &who, "login_locked", None, None, &t.to_string());
+                return html(401, login_page(&format!("Wrong password. Login refused: {t}.")));
+            }
             return html(401, login_page("Wrong password."));
         };
+        if let Ok(mut t) = self.throttle.lock() {
+            t.succeeded(peer.ip());
+        }
         // Operators are told apart by which configured password hash they
         // used (1-based, in config order).
         let operator = format!("operator#{}", index.saturating_add(1));
@@ -355,14 +572,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         r
     }
 
-    async fn action(&self, path: &str, actor: &Actor) -> Response<Body> {
-        let rest = path.trim_start_matches("/requests/");
-        let Some((n, what)) = rest.split_once('/') else {
-            return text(404, "no such page");
-        };
-        let Ok(n) = n.parse::<u64>() else {
-            return text(404, "no such request");
-        };
+    async fn action(&self, n: u64, what: &str, actor: &Actor) -> Response<Body> {
         let now = unix_now();
         let msg = match what {
             "start" => match self.center.start_by(n, now, actor) {
@@ -391,7 +601,9 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         redirect(&format!("/?msg={}", url_encode(&e.to_string())))
     }
 
-    fn dashboard(&self, query: &str) -> Result<String, CenterError> {
+    fn dashboard(&self, query: &str, csrf: &str) -> Result<String, CenterError> {
+        // Every form carries the session's CSRF token.
+        let csrf_input = format!("<input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{}\">", esc(csrf));
         let st = self.center.reads()?;
         let requests = st.list_requests(200)?;
         let failures = st.failures(None, 50)?;
@@ -403,7 +615,10 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         }
         drop(st);
         let mut b = String::new();
-        b.push_str("<h1>Maintenance center</h1><form method=\"post\" action=\"/logout\" class=\"inline\"><button id=\"logout\">Log out</button></form> <a href=\"/audit\" id=\"audit-link\">Audit log</a>");
+        let _ = write!(
+            b,
+            "<h1>Maintenance center</h1><form method=\"post\" action=\"/logout\" class=\"inline\">{csrf_input}<button id=\"logout\">Log out</button></form> <a href=\"/audit\" id=\"audit-link\">Audit log</a>"
+        );
         if let Some(m) = query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
@@ -432,12 +647,12 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             tables.dedup();
             let buttons = match r.state {
                 RequestState::Waiting => format!(
-                    "<form method=\"post\" action=\"/requests/{n}/start\" class=\"inline\"><button id=\"start-{n}\">start</button></form>\
-                     <form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\"><button id=\"end-{n}\">end</button></form>",
+                    "<form method=\"post\" action=\"/requests/{n}/start\" class=\"inline\">{csrf_input}<button id=\"start-{n}\">start</button></form>\
+                     <form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\">{csrf_input}<button id=\"end-{n}\">end</button></form>",
                     n = r.acceptance_number
                 ),
                 RequestState::InProgress => format!(
-                    "<form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\"><button id=\"end-{n}\">end</button></form>",
+                    "<form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\">{csrf_input}<button id=\"end-{n}\">end</button></form>",
                     n = r.acceptance_number
                 ),
                 RequestState::Ended => String::new(),

@@ -277,6 +277,7 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         operator_hashes: vec![PasswordHash::create("operator pass", 1000, &SystemRandom::new()).unwrap()],
         session_ttl: Duration::from_secs(600),
         dns_domain: None,
+        throttle: Default::default(),
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
 

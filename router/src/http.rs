@@ -28,6 +28,15 @@ use crate::core::CenterReply;
 pub const MAX_RESPONSE: usize = 256 * 1024;
 /// Largest request body the servers read (commands are far smaller).
 pub const MAX_REQUEST: usize = 64 * 1024;
+/// Connections one listener holds open at once; the next one gets a 503
+/// and is closed at once (a home router's pages have a handful of users).
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request head, then its body.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a client past the connection cap reads before the server closes.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 35\r\n\r\ntoo many connections; retry shortly";
 
 #[derive(Debug, Error)]
 pub enum HttpError {
@@ -171,9 +180,18 @@ pub trait Handler: Send + Sync + 'static {
 
 async fn read(req: Request<Incoming>, peer: SocketAddr) -> Result<Incoming1, Reply> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_REQUEST).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => return Err(text(413, "request body too large")),
+    let announced = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > MAX_REQUEST) {
+        return Err(text(413, "request body too large"));
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_REQUEST).collect()).await {
+        Ok(Ok(b)) => b.to_bytes().to_vec(),
+        Ok(Err(_)) => return Err(text(413, "request body too large")),
+        Err(_) => return Err(text(408, "request body not received in time")),
     };
     Ok(Incoming1 {
         method: parts.method,
@@ -190,6 +208,8 @@ async fn read(req: Request<Incoming>, peer: SocketAddr) -> Result<Incoming1, Rep
 pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -204,9 +224,20 @@ pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: i
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // One non-blocking write into the empty socket buffer,
+                    // then close: never wait on a client of a flood.
+                    let _ = stream.try_write(BUSY);
+                    refused = refused.saturating_add(1);
+                    if refused.is_power_of_two() {
+                        log::warn!("connection cap ({MAX_CONNECTIONS}) reached: refused {refused} so far (latest from {peer})");
+                    }
+                    continue;
+                };
                 let h = handler.clone();
                 let mut stop = stop_rx.clone();
                 conns.spawn(async move {
+                    let _slot = slot;
                     let svc = service_fn(move |req| {
                         let h = h.clone();
                         async move {
@@ -218,7 +249,7 @@ pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: i
                         }
                     });
                     let conn = http1::Builder::new()
-                        .header_read_timeout(Duration::from_secs(10))
+                        .header_read_timeout(HEADER_TIMEOUT)
                         .timer(hyper_util::rt::TokioTimer::new())
                         .serve_connection(TokioIo::new(stream), svc);
                     tokio::pin!(conn);

@@ -457,6 +457,7 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
         operator_hashes: cfg.operator_hashes.clone(),
         session_ttl: cfg.session_ttl,
         dns_domain: cfg.dns.as_ref().map(|d| d.zone.domain.clone()),
+        throttle: Default::default(),
     };
     let dns = cfg.dns.clone();
     let reconcile_interval = cfg.reconcile_interval;

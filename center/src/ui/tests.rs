@@ -14,11 +14,36 @@ struct Resp {
     body: String,
 }
 
+/// A request as the operator's browser sends it: POSTs with a session
+/// carry the session's CSRF token as the page's forms do.
 async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Resp {
+    let with_token;
+    let form = match (method, cookie, form) {
+        ("POST", Some(c), None) => {
+            with_token = format!("{CSRF_FIELD}={}", csrf_token(c));
+            Some(with_token.as_str())
+        }
+        _ => form,
+    };
+    send(addr, method, path, cookie, form, &[]).await
+}
+
+/// Exactly this request.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Resp {
     let s = TcpStream::connect(addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
     tokio::spawn(conn);
     let mut b = Request::builder().method(method).uri(path).header("host", "ui");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
     if let Some(c) = cookie {
         b = b.header("cookie", format!("other=1; {COOKIE_NAME}={c}"));
     }
@@ -53,6 +78,7 @@ async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
         operator_hashes: vec![PasswordHash::create("operator pass", 1000, &SystemRandom::new()).unwrap()],
         session_ttl: Duration::from_secs(600),
         dns_domain: Some("vpn.example".into()),
+        throttle: Default::default(),
     };
     tokio::spawn(run(
         l,
@@ -350,4 +376,219 @@ async fn metrics_are_scraped_and_parse() {
         ),
         Some(1.0)
     );
+}
+
+/// A forged POST: what is wrong, its form, its extra headers.
+type ForgedPost<'a> = (&'a str, Option<String>, Vec<(&'a str, &'a str)>);
+
+/// Logs in; the session token.
+async fn login(addr: SocketAddr) -> String {
+    let r = req(addr, "POST", "/login", None, Some("password=operator+pass")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let set = r.cookie.unwrap();
+    set.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
+}
+
+/// The concrete path of a route (`{n}` -> an existing request number).
+fn concrete(r: &UiRoute, n: u64) -> String {
+    r.path.replace("{n}", &n.to_string())
+}
+
+#[tokio::test]
+async fn every_route_needs_a_session_except_the_public_ones() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, _) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+    let before = c.store().unwrap().dump(&[]).unwrap();
+
+    // The public set is exactly these; everything else is the table's.
+    let public: Vec<(&str, &str)> = ROUTES
+        .iter()
+        .filter(|r| r.access == Access::Public)
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(
+        public,
+        [
+            ("GET", "/login"),
+            ("POST", "/login"),
+            ("GET", "/healthz"),
+            ("GET", "/metrics")
+        ]
+    );
+    let mut refused = 0;
+    for r in ROUTES.iter().filter(|r| r.access == Access::Session) {
+        let path = concrete(r, n);
+        // No cookie, a forged one, an expired-looking one.
+        for cookie in [None, Some("forged"), Some(&"00".repeat(32)[..])] {
+            let got = send(addr, r.method, &path, cookie, None, &[]).await;
+            match (r.method, r.path) {
+                ("GET", "/") => {
+                    assert_eq!((got.status, got.location.as_deref()), (303, Some("/login")), "{path}")
+                }
+                _ => assert_eq!(got.status, 401, "{} {path} {cookie:?}: {}", r.method, got.body),
+            }
+            refused += 1;
+        }
+    }
+    // Paths outside the table say nothing either.
+    for p in ["/admin", "/requests/1/delete", "/api/state/../state", "/%2e%2e/"] {
+        assert_eq!(send(addr, "GET", p, None, None, &[]).await.status, 401, "{p}");
+        assert_eq!(send(addr, "POST", p, None, None, &[]).await.status, 401, "{p}");
+    }
+    assert_eq!(c.store().unwrap().dump(&[]).unwrap(), before, "no state change");
+    // And with a session, each of them answers.
+    let token = login(addr).await;
+    for r in ROUTES.iter().filter(|r| r.access == Access::Session && !r.is_post()) {
+        let got = req(addr, r.method, &concrete(r, n), Some(&token), None).await;
+        assert_eq!(got.status, 200, "{} {}", r.method, r.path);
+    }
+    println!(
+        "ui access: {} routes ({} public), {refused} requests without a valid session refused",
+        ROUTES.len(),
+        public.len()
+    );
+}
+
+#[tokio::test]
+async fn cross_site_posts_are_refused_and_change_nothing() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, _) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+    let token = login(addr).await;
+    let other = login(addr).await;
+    let page = req(addr, "GET", "/", Some(&token), None).await.body;
+    let good = csrf_token(&token);
+    assert!(
+        page.contains(&format!("name=\"csrf\" value=\"{good}\"")),
+        "the forms carry the token"
+    );
+    let before = c.store().unwrap().dump(&[]).unwrap();
+    let mut wrong = good.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let good_form = format!("csrf={good}");
+    let cases: Vec<ForgedPost> = vec![
+        ("no token", None, vec![]),
+        ("empty token", Some("csrf=".into()), vec![]),
+        ("wrong token (1 char)", Some(format!("csrf={wrong}")), vec![]),
+        (
+            "another session's token",
+            Some(format!("csrf={}", csrf_token(&other))),
+            vec![],
+        ),
+        (
+            "Origin of another site",
+            Some(good_form.clone()),
+            vec![("origin", "http://evil.example")],
+        ),
+        ("Origin null", Some(good_form.clone()), vec![("origin", "null")]),
+        (
+            "Sec-Fetch-Site cross-site",
+            Some(good_form.clone()),
+            vec![("sec-fetch-site", "cross-site")],
+        ),
+        (
+            "Sec-Fetch-Site same-site",
+            Some(good_form.clone()),
+            vec![("sec-fetch-site", "same-site")],
+        ),
+    ];
+    for path in [
+        format!("/requests/{n}/start"),
+        format!("/requests/{n}/end"),
+        "/logout".to_owned(),
+    ] {
+        for (what, form, headers) in &cases {
+            let r = send(
+                addr,
+                "POST",
+                &path,
+                Some(&token),
+                Some(form.as_deref().unwrap_or("")),
+                headers,
+            )
+            .await;
+            assert_eq!(r.status, 403, "{path} {what}: {}", r.body);
+            assert!(r.body.contains("refused") || r.body.contains("CSRF"), "{}", r.body);
+        }
+    }
+    // A cross-site login (login CSRF) is refused before the password counts.
+    let r = send(
+        addr,
+        "POST",
+        "/login",
+        None,
+        Some("password=operator+pass"),
+        &[("origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.cookie.is_none());
+    assert_eq!(c.store().unwrap().dump(&[]).unwrap(), before, "no state change");
+    // The same-origin form with the right token works (and the session
+    // is still valid: the refused logouts did not end it).
+    let r = send(
+        addr,
+        "POST",
+        &format!("/requests/{n}/start"),
+        Some(&token),
+        Some(&good_form),
+        &[("origin", "http://ui"), ("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        c.store().unwrap().request(n).unwrap().unwrap().state,
+        RequestState::InProgress
+    );
+    println!(
+        "ui csrf: {} cross-site/forged POSTs refused (403), state unchanged",
+        cases.len() * 3 + 1
+    );
+}
+
+#[tokio::test]
+async fn wrong_passwords_lock_the_source_out_with_a_clear_message_and_an_audit_row() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let (addr, _stop) = start(c.clone()).await;
+    let limit = ThrottleConfig::default().per_source;
+    for i in 1..=limit {
+        let r = req(addr, "POST", "/login", None, Some("password=guess")).await;
+        assert_eq!(r.status, 401, "attempt {i}");
+    }
+    // Now even the right password is refused, with the reason and when.
+    let r = req(addr, "POST", "/login", None, Some("password=operator+pass")).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.cookie.is_none());
+    assert!(
+        r.body
+            .contains("too many wrong passwords from this address; try again in"),
+        "{}",
+        r.body
+    );
+    let rows = c
+        .store()
+        .unwrap()
+        .audit_log(&AuditFilter {
+            limit: 1000,
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    let count = |a: &str| rows.iter().filter(|r| r.action == a).count();
+    assert_eq!(count("login_failed"), usize::try_from(limit).unwrap());
+    assert_eq!(count("login_locked"), 1);
+    assert_eq!(count("login_throttled"), 1);
+    assert_eq!(count("login"), 0);
+    for r in &rows {
+        assert!(!r.detail.contains("operator pass") && !r.detail.contains("guess"));
+    }
+    println!("ui login throttle: {limit} wrong passwords -> source locked out, right password then refused with 429");
 }

@@ -17,6 +17,7 @@
 //! - [`decode`]: one entry point per endpoint that checks size, MAC,
 //!   freshness and replay in the order that leaks least.
 //! - [`error`]: [`ProtoError`] and its HTTP status mapping.
+//! - [`throttle`]: the wrong-password brakes of the two password pages.
 //!
 //! The wire format (paths, headers, MAC encoding, sealing, JSON bodies) is
 //! described in `crates/proto/README.md`.
@@ -74,6 +75,7 @@ pub mod keys;
 pub mod messages;
 pub mod paths;
 pub mod seal;
+pub mod throttle;
 pub mod types;
 
 pub use decode::{
