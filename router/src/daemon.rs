@@ -607,7 +607,7 @@ pub async fn serve(
     ));
     tasks.spawn(http::run(
         center,
-        Arc::new(crate::web::CenterPort { router: router.clone() }),
+        Arc::new(crate::web::CenterPort::new(router.clone())),
         stopped(stop_rx.clone()),
     ));
     if router.state().await.installation.is_none() {

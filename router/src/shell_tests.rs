@@ -784,3 +784,55 @@ async fn failure_watch_reports_a_crash_looping_helper_the_ike_responder_and_the_
     rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_password_guessing_is_locked_out() {
+    use base64::Engine as _;
+    let dir = tmpdir("maint-lock");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let _center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    let get = |password: &str| {
+        let addr = rt.center_port.clone();
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("op:{password}"))
+        );
+        async move {
+            http::request(
+                &addr,
+                Method::GET,
+                "/maintenance/api",
+                &[("authorization", auth.as_str())],
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let limit = vpnnat_proto::throttle::ThrottleConfig::default().per_source;
+    for i in 0..limit {
+        assert_eq!(get(&format!("guess-{i}")).await.0, 401);
+    }
+    // Locked out: even the right password, with the reason and when.
+    let (s, h, body) = get("maintenance-pw").await;
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(s, 429, "{body}");
+    assert!(h.contains_key("retry-after"));
+    assert!(
+        body.contains("too many wrong passwords from this address; try again in"),
+        "{body}"
+    );
+    // The router's log (shown on the maintenance page) records it, and no
+    // password reaches it.
+    let log = crate::logring::global().snapshot();
+    let text = serde_json::to_string(&log).unwrap();
+    assert!(text.contains("wrong maintenance password from 127.0.0.1"), "{text}");
+    assert!(text.contains("maintenance logins locked"), "{text}");
+    assert!(!text.contains("maintenance-pw") && !text.contains("guess-0"));
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

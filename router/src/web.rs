@@ -25,6 +25,7 @@ use std::sync::Arc;
 use hyper::header::HeaderValue;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
+use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::{ClaimantName, Phone, RequestContent, TerminalName};
 
 use crate::config::{parse_level, parse_urgency};
@@ -255,6 +256,10 @@ fn cross_site_origin(req: &Incoming1) -> Option<Reply> {
         return None;
     }
     let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+    // Browsers that send Sec-Fetch-Site say outright where a POST came from.
+    if header("sec-fetch-site").is_some_and(|s| !matches!(s, "same-origin" | "none")) {
+        return Some(text(403, "cross-site request refused (Sec-Fetch-Site)"));
+    }
     let origin = header("origin")?;
     let host = header("host").unwrap_or_default();
     (origin != format!("http://{host}")).then(|| text(403, "cross-site request refused"))
@@ -336,9 +341,18 @@ impl Handler for LanPage {
 #[derive(Debug)]
 pub struct CenterPort {
     pub router: Arc<Router>,
+    /// Wrong maintenance passwords, per source address and overall.
+    throttle: std::sync::Mutex<LoginThrottle>,
 }
 
 impl CenterPort {
+    pub fn new(router: Arc<Router>) -> Self {
+        CenterPort {
+            router,
+            throttle: std::sync::Mutex::new(LoginThrottle::new(ThrottleConfig::default())),
+        }
+    }
+
     async fn maintenance(&self, req: &Incoming1) -> Reply {
         if !self.router.is_center_peer(req.peer.ip()).await {
             return text(403, "the maintenance interface is reachable through the tunnel only");
@@ -347,11 +361,38 @@ impl CenterPort {
             .headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(basic_password);
-        let authorized = match password {
-            Some(p) => self.router.check_maintenance_password(&p).await,
+            .and_then(basic_password)
+            .map(zeroize::Zeroizing::new);
+        let now = crate::daemon::unix_now();
+        let peer = req.peer.ip();
+        if password.is_some() {
+            // Before the password is looked at: a locked-out guesser learns
+            // nothing, not even from timing.
+            if let Ok(Err(t)) = self.throttle.lock().map(|th| th.check(peer, now)) {
+                log::warn!("maintenance login from {peer} refused: {t}");
+                let mut r = text(429, format!("maintenance login refused: {t}"));
+                if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
+                    r.headers_mut().insert("retry-after", v);
+                }
+                return r;
+            }
+        }
+        let authorized = match &password {
+            Some(p) => self.router.check_maintenance_password(p).await,
             None => false,
         };
+        if password.is_some() {
+            if let Ok(mut th) = self.throttle.lock() {
+                if authorized {
+                    th.succeeded(peer);
+                } else {
+                    log::warn!("wrong maintenance password from {peer}");
+                    if let Some(t) = th.failed(peer, now) {
+                        log::warn!("maintenance logins locked: {t}");
+                    }
+                }
+            }
+        }
         if !authorized {
             let mut r = text(401, "maintenance password required");
             r.headers_mut().insert(
