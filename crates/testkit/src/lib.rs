@@ -1,4 +1,6 @@
-//! Test helpers shared by the VM scenarios.
+//! Test helpers shared by the VM scenarios and the browser tests.
+//!
+//! [`webdriver`] drives headless Chromium. The rest is the probe protocol.
 //!
 //! The probe protocol is one line each way, so a test can check exactly who
 //! talked to whom through the NAT:
@@ -8,6 +10,8 @@
 //!   address the client believes it talked to).
 
 use std::net::SocketAddr;
+
+pub mod webdriver;
 
 /// The server's answer line for one connection.
 pub fn answer_line(token: &str, peer: SocketAddr, local: SocketAddr) -> String {
