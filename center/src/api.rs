@@ -13,7 +13,7 @@ use vpnnat_proto::paths;
 use vpnnat_proto::types::Ipv4Cidr;
 
 use crate::center::{Center, CenterError, GatewayCommands, RouterCommands};
-use crate::http::{auth_headers, read_body, serve, signed, text, unix_now, Body, Route};
+use crate::http::{auth_headers, read_body, signed, text, unix_now, Body, Route};
 
 /// Every route of the router/gateway API: the dispatcher matches requests
 /// against this table and the OpenAPI check reads it, so the document and
@@ -86,8 +86,14 @@ pub async fn run_with<G, R>(
     G: GatewayCommands + 'static,
     R: RouterCommands + 'static,
 {
+    // Behind a proxy every router arrives from the proxy's address: the
+    // per-address cap would throttle them all together.
+    let mut limits = crate::http::Limits::default();
+    if !settings.trusted_proxies.is_empty() {
+        limits.max_per_source = limits.max_connections;
+    }
     let settings = Arc::new(settings);
-    serve(listener, shutdown, move |req, peer| {
+    crate::http::serve_limited(listener, shutdown, limits, move |req, peer| {
         let c = center.clone();
         let s = settings.clone();
         async move {

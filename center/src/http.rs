@@ -18,6 +18,7 @@ use ring::rand::SystemRandom;
 use tokio::net::{TcpListener, TcpStream};
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::keys::MacKey;
+use vpnnat_proto::throttle::ConnectionGate;
 use vpnnat_proto::{decode_response, encode_request, Command, Outgoing, ProtoError};
 
 use crate::center::CommandError;
@@ -34,22 +35,26 @@ pub fn unix_now() -> u64 {
 }
 
 /// Per-listener limits against floods and slow clients: a cap on open
-/// connections (the one past it gets a 503 and is closed at once, so a
-/// flood costs a socket for microseconds, not a task and buffers), and how
-/// long a client may take to send a request head. Body reads have their
-/// own time-out in [`read_body`].
+/// connections, overall and per source address (the one past it gets a
+/// 503 and is closed at once, so a flood costs a socket for microseconds,
+/// not a task and buffers; and one flooding address cannot take the
+/// places of the others), and how long a client may take to send a
+/// request head. Body reads have their own time-out in [`read_body`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_per_source: usize,
     pub header_timeout: Duration,
 }
 
 impl Default for Limits {
     /// 512 connections (far above what the routers and operators of one
-    /// centerd hold open at once; ~1 MB of state at most), 10 s for a head.
+    /// centerd hold open at once; a few MB of state at most), 64 from one
+    /// address, 10 s for a head.
     fn default() -> Self {
         Limits {
             max_connections: 512,
+            max_per_source: 64,
             header_timeout: HEADER_TIMEOUT,
         }
     }
@@ -85,7 +90,7 @@ pub async fn serve_limited<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let gate = ConnectionGate::new(limits.max_connections, limits.max_per_source);
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -101,18 +106,18 @@ pub async fn serve_limited<F, Fut>(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // One non-blocking write into the empty socket buffer, then
-            // close: never wait on a client of a flood.
-            let _ = stream.try_write(BUSY);
-            refused = refused.saturating_add(1);
-            if refused.is_power_of_two() {
-                log::warn!(
-                    "connection cap ({}) reached: refused {refused} connection(s) so far (latest from {peer})",
-                    limits.max_connections
-                );
+        let slot = match gate.admit(peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                // One non-blocking write into the empty socket buffer, then
+                // close: never wait on a client of a flood.
+                let _ = stream.try_write(BUSY);
+                refused = refused.saturating_add(1);
+                if refused.is_power_of_two() {
+                    log::warn!("refused {refused} connection(s) so far; latest from {peer}: {why}");
+                }
+                continue;
             }
-            continue;
         };
         let h = handler.clone();
         tokio::spawn(async move {

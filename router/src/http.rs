@@ -28,9 +28,11 @@ use crate::core::CenterReply;
 pub const MAX_RESPONSE: usize = 256 * 1024;
 /// Largest request body the servers read (commands are far smaller).
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// Connections one listener holds open at once; the next one gets a 503
-/// and is closed at once (a home router's pages have a handful of users).
+/// Connections one listener holds open at once, and from one address; the
+/// next one gets a 503 and is closed at once (a home router's pages have a
+/// handful of users; the center reaches the router from one address).
 pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_PER_SOURCE: usize = 16;
 /// How long a client may take to send a request head, then its body.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -208,7 +210,7 @@ async fn read(req: Request<Incoming>, peer: SocketAddr) -> Result<Incoming1, Rep
 pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let gate = vpnnat_proto::throttle::ConnectionGate::new(MAX_CONNECTIONS, MAX_PER_SOURCE);
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -224,15 +226,18 @@ pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: i
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // One non-blocking write into the empty socket buffer,
-                    // then close: never wait on a client of a flood.
-                    let _ = stream.try_write(BUSY);
-                    refused = refused.saturating_add(1);
-                    if refused.is_power_of_two() {
-                        log::warn!("connection cap ({MAX_CONNECTIONS}) reached: refused {refused} so far (latest from {peer})");
+                let slot = match gate.admit(peer.ip()) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        // One non-blocking write into the empty socket
+                        // buffer, then close: never wait on a flood.
+                        let _ = stream.try_write(BUSY);
+                        refused = refused.saturating_add(1);
+                        if refused.is_power_of_two() {
+                            log::warn!("refused {refused} connection(s) so far; latest from {peer}: {why}");
+                        }
+                        continue;
                     }
-                    continue;
                 };
                 let h = handler.clone();
                 let mut stop = stop_rx.clone();

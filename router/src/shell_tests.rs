@@ -836,3 +836,55 @@ async fn maintenance_password_guessing_is_locked_out() {
     rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lan_page_and_maintenance_port_survive_a_flood() {
+    use base64::Engine as _;
+    use vpnnat_testkit::flood::{self, Flood};
+    let dir = tmpdir("flood");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let _center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    let auth = base64::engine::general_purpose::STANDARD.encode("op:maintenance-pw");
+    let listeners = [
+        (
+            "routerd LAN page",
+            rt.lan.clone(),
+            "GET /api/status HTTP/1.1\r\nHost: lan\r\nConnection: close\r\n\r\n".to_owned(),
+            "/api/request",
+        ),
+        (
+            "routerd maintenance port",
+            rt.center_port.clone(),
+            format!(
+                "GET /maintenance/api HTTP/1.1\r\nHost: m\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+            ),
+            "/maintenance/restart-helper",
+        ),
+    ];
+    for (name, addr, legit, big) in listeners {
+        let f = Flood {
+            target: addr.parse().unwrap(),
+            legit,
+            legit_status: 200,
+            legit_count: 10,
+            sources: 3,
+            idle_per_source: 60,
+            slow_per_source: 20,
+            oversized: 10,
+            oversized_path: big.to_owned(),
+            wait_for_close: http::HEADER_TIMEOUT + Duration::from_secs(5),
+        };
+        let r = flood::run(&f).await;
+        println!("flood {name}: {r}");
+        assert_eq!((r.legit_ok_before, r.legit_ok_during), (10, 10), "{r}");
+        assert!(r.held <= 3 * http::MAX_PER_SOURCE, "{r}");
+        assert_eq!(r.held + r.refused, r.attempted, "{r}");
+        assert_eq!(r.oversized_413, f.oversized, "{r}");
+        assert_eq!(r.closed_by_server, r.held, "{r}");
+    }
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -8,9 +8,14 @@
 //!
 //! Pure: the caller passes the time in (Unix seconds) and keeps the
 //! throttle behind its own lock. The per-address table is bounded.
+//!
+//! [`ConnectionGate`] is the servers' other brake: a cap on open
+//! connections per listener and per source address, so one flooding
+//! address cannot take every slot from the others.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -175,6 +180,89 @@ impl LoginThrottle {
     }
 }
 
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum GateFull {
+    #[error("too many connections ({0} open)")]
+    Listener(usize),
+    #[error("too many connections from this address ({0} open)")]
+    Source(usize),
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    open: usize,
+    per_source: HashMap<IpAddr, usize>,
+    refused: u64,
+}
+
+/// Counts open connections of one listener; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct ConnectionGate {
+    max_open: usize,
+    max_per_source: usize,
+    gate: Arc<Mutex<Gate>>,
+}
+
+/// An admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct Admitted {
+    source: IpAddr,
+    gate: Arc<Mutex<Gate>>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.gate.lock() {
+            g.open = g.open.saturating_sub(1);
+            if let Some(n) = g.per_source.get_mut(&self.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    g.per_source.remove(&self.source);
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionGate {
+    pub fn new(max_open: usize, max_per_source: usize) -> Self {
+        ConnectionGate {
+            max_open,
+            max_per_source,
+            gate: Arc::new(Mutex::new(Gate::default())),
+        }
+    }
+
+    /// Admits a connection from `source`, or says why not.
+    pub fn admit(&self, source: IpAddr) -> Result<Admitted, GateFull> {
+        let mut g = self.gate.lock().map_err(|_| GateFull::Listener(self.max_open))?;
+        let from_source = g.per_source.get(&source).copied().unwrap_or(0);
+        let refusal = if g.open >= self.max_open {
+            Some(GateFull::Listener(g.open))
+        } else if from_source >= self.max_per_source {
+            Some(GateFull::Source(from_source))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            g.refused = g.refused.saturating_add(1);
+            return Err(r);
+        }
+        g.open = g.open.saturating_add(1);
+        g.per_source.insert(source, from_source.saturating_add(1));
+        Ok(Admitted {
+            source,
+            gate: self.gate.clone(),
+        })
+    }
+
+    /// (open connections, connections refused so far).
+    pub fn counts(&self) -> (usize, u64) {
+        self.gate.lock().map(|g| (g.open, g.refused)).unwrap_or((0, 0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +316,22 @@ mod tests {
         let e = t.check(ip("198.51.100.7"), 11).unwrap_err();
         assert_eq!(e.scope, Scope::Everyone);
         assert_eq!(t.check(ip("198.51.100.7"), 70), Ok(()));
+    }
+
+    #[test]
+    fn connection_gate_caps_per_source_and_overall() {
+        let gate = ConnectionGate::new(4, 2);
+        let a = ip("192.0.2.1");
+        let b = ip("192.0.2.2");
+        let a1 = gate.admit(a).unwrap();
+        let _a2 = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).unwrap_err(), GateFull::Source(2));
+        let _b1 = gate.admit(b).unwrap();
+        let _b2 = gate.admit(b).unwrap();
+        assert_eq!(gate.admit(ip("192.0.2.3")).unwrap_err(), GateFull::Listener(4));
+        drop(a1);
+        let _a3 = gate.admit(a).unwrap();
+        assert_eq!(gate.counts(), (4, 2));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 
+pub mod flood;
 pub mod webdriver;
 
 /// The server's answer line for one connection.
