@@ -88,7 +88,7 @@ pub async fn run_with<G, R>(
 {
     // Behind a proxy every router arrives from the proxy's address: the
     // per-address cap would throttle them all together.
-    let mut limits = crate::http::Limits::default();
+    let mut limits = crate::http::Limits::ROUTER_API;
     if !settings.trusted_proxies.is_empty() {
         limits.max_per_source = limits.max_connections;
     }

@@ -47,16 +47,34 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
+impl Limits {
+    /// The operator UI: 512 connections (a few MB of state at most), 64
+    /// from one address.
+    pub const UI: Limits = Limits {
+        max_connections: 512,
+        max_per_source: 64,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    /// The router API: thousands of routers may call at once (each call is
+    /// a fresh connection); 64 from one address, unless behind a trusted
+    /// proxy (see `api::run_with`).
+    pub const ROUTER_API: Limits = Limits {
+        max_connections: 4096,
+        max_per_source: 64,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    /// gatewayd's API: its one client, centerd, calls from one address
+    /// with as many commands at once as routers ask; no per-address cap.
+    pub const GATEWAY_API: Limits = Limits {
+        max_connections: 4096,
+        max_per_source: 4096,
+        header_timeout: HEADER_TIMEOUT,
+    };
+}
+
 impl Default for Limits {
-    /// 512 connections (far above what the routers and operators of one
-    /// centerd hold open at once; a few MB of state at most), 64 from one
-    /// address, 10 s for a head.
     fn default() -> Self {
-        Limits {
-            max_connections: 512,
-            max_per_source: 64,
-            header_timeout: HEADER_TIMEOUT,
-        }
+        Limits::UI
     }
 }
 

@@ -60,8 +60,13 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: limits\r\nConnection: close\r\n\r\n")
 }
 
-async fn flood_and_check(name: &str, target: std::net::SocketAddr, legit: String, oversized_path: &str) {
-    let limits = Limits::default();
+async fn flood_and_check(
+    name: &str,
+    target: std::net::SocketAddr,
+    limits: Limits,
+    legit: String,
+    oversized_path: &str,
+) {
     let f = Flood {
         target,
         legit,
@@ -84,6 +89,7 @@ async fn flood_and_check(name: &str, target: std::net::SocketAddr, legit: String
     );
     // At most the per-address cap held from each flood address.
     assert!(r.held <= usize::from(f.sources) * limits.max_per_source, "{r}");
+    assert!(r.held <= limits.max_connections, "{r}");
     assert_eq!(r.held + r.refused, r.attempted, "{r}");
     assert_eq!(r.oversized_413, f.oversized, "{r}");
     // Idle and slow clients are let go by the header time-out.
@@ -127,7 +133,21 @@ async fn every_listener_survives_a_flood_and_serves_the_legitimate_client() {
     );
     tokio::spawn(gateway::run(gw_l, std::future::pending(), gwd));
     // One after the other: the figures of one listener are its own.
-    flood_and_check("centerd operator UI", ui_a, get("/login"), "/login").await;
-    flood_and_check("centerd router API", api_a, get("/healthz"), paths::center::INSTALL).await;
-    flood_and_check("gatewayd API", gw_a, get("/healthz"), paths::gateway::STATE).await;
+    flood_and_check("centerd operator UI", ui_a, Limits::UI, get("/login"), "/login").await;
+    flood_and_check(
+        "centerd router API",
+        api_a,
+        Limits::ROUTER_API,
+        get("/healthz"),
+        paths::center::INSTALL,
+    )
+    .await;
+    flood_and_check(
+        "gatewayd API",
+        gw_a,
+        Limits::GATEWAY_API,
+        get("/healthz"),
+        paths::gateway::STATE,
+    )
+    .await;
 }

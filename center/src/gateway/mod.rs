@@ -26,7 +26,7 @@ use vpnnat_proto::types::{BoundedSet, FailureDetail, GatewayName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError, Verified};
 
 use crate::config::HttpEndpoint;
-use crate::http::{auth_headers, call, read_body, serve, signed, text, unix_now, Route};
+use crate::http::{auth_headers, call, read_body, signed, text, unix_now, Route};
 use crate::metrics::CommandMetrics;
 use driver::{DriverError, DriverEvent, TunnelDriver, TunnelSpec};
 
@@ -363,18 +363,23 @@ impl Gatewayd {
 
 /// Serves gatewayd's API on `listener` until `shutdown`.
 pub async fn run(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>, gw: Arc<Gatewayd>) {
-    serve(listener, shutdown, move |req, peer| {
-        let gw = gw.clone();
-        async move {
-            let started = std::time::Instant::now();
-            let route = Route::find(ROUTES, req.uri().path());
-            let resp = handle_http(&gw, route, req, peer).await;
-            if let Some(r) = route.filter(|r| r.method == "POST") {
-                gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
+    crate::http::serve_limited(
+        listener,
+        shutdown,
+        crate::http::Limits::GATEWAY_API,
+        move |req, peer| {
+            let gw = gw.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let route = Route::find(ROUTES, req.uri().path());
+                let resp = handle_http(&gw, route, req, peer).await;
+                if let Some(r) = route.filter(|r| r.method == "POST") {
+                    gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
+                }
+                resp
             }
-            resp
-        }
-    })
+        },
+    )
     .await
 }
 
