@@ -13,7 +13,8 @@
 #     sets must be in the resulting .config with the same value (Kconfig
 #     drops unknown symbols and unmet dependencies silently);
 #   - every package .mk evaluates (make printvars of its variables) and
-#     names the cargo infrastructure's SUBDIR and vendoring hook;
+#     names the cargo infrastructure's SUBDIR and vendoring hook, and
+#     builds and installs with cargo --profile firmware (not --release);
 #   - every kernel fragment has the options of IMAGES.md.
 # Needs python3 with python-magic, flake8, shellcheck, make and a C
 # compiler (Kconfig is built from source); missing Debian packages are
@@ -181,11 +182,37 @@ check_package_vars() {
 	fi
 }
 
+# The packages build and install with the workspace's firmware profile
+# (the cargo infrastructure alone would build --release, and cargo install
+# would build a second time with the release profile).
+check_package_profile() {
+	local name=$1 pkg=$2 out cmds
+	out=$TMP/$name
+	[[ -f $out/.config ]] || return 0
+	if ! cmds=$(make -s -C "$BR" BR2_EXTERNAL="$EXT" O="$out" \
+		VARS="${pkg}_BUILD_CMDS ${pkg}_INSTALL_TARGET_CMDS" printvars 2>"$TMP/$name.cmds.log"); then
+		fail "make printvars of ${pkg}_BUILD_CMDS ($name)"
+		sed 's/^/      /' "$TMP/$name.cmds.log" | tail -n 20
+		return
+	fi
+	if grep -q '^\[profile\.firmware\]' "$REPO/Cargo.toml" &&
+		grep -q "^${pkg}_BUILD_CMDS=.*cargo build .*--profile firmware" <<<"$cmds" &&
+		grep -q "^${pkg}_INSTALL_TARGET_CMDS=.*cargo install .*--profile firmware" <<<"$cmds" &&
+		! grep -q -- '--release' <<<"$cmds"; then
+		pass "$pkg builds and installs with cargo --profile firmware (Cargo.toml [profile.firmware]), not --release"
+	else
+		fail "$pkg cargo profile (want --profile firmware in build and install, no --release)"
+		printf '%s\n' "$cmds" | sed 's/^/      /'
+	fi
+}
+
 for def in "$EXT"/configs/*_defconfig; do
 	check_defconfig "$def"
 done
 check_package_vars nanopi_r2s ROUTERD router
 check_package_vars qemu_x86_64 VPNNAT_CENTER center
+check_package_profile nanopi_r2s ROUTERD
+check_package_profile qemu_x86_64 VPNNAT_CENTER
 
 # ---------------------------------------------------------------- kernel
 # The options IMAGES.md lists for the datapath, in every fragment.

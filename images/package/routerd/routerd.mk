@@ -42,4 +42,27 @@ endef
 ROUTERD_TARGET_FINALIZE_HOOKS += ROUTERD_INSTALL_AS_INIT
 endif
 
+# The workspace's firmware profile ([profile.firmware] in Cargo.toml:
+# opt-level z, fat LTO, one codegen unit, panic=abort, stripped), not
+# --release. The cargo infrastructure's build step hard-codes --release
+# (which cargo refuses together with --profile), so the build step is
+# its own, otherwise the same; cargo install takes --profile and reuses
+# what the build step compiled. Buildroot's CARGO_PROFILE_RELEASE_*
+# settings (opt-level, LTO, codegen units) only reach what the firmware
+# profile does not set itself. BR2_ENABLE_DEBUG builds the dev profile.
+ROUTERD_CARGO_PROFILE = $(if $(BR2_ENABLE_DEBUG),dev,firmware)
+define ROUTERD_BUILD_CMDS
+	cd $(ROUTERD_SRCDIR) && \
+	$(TARGET_MAKE_ENV) \
+		$(TARGET_CONFIGURE_OPTS) \
+		$(PKG_CARGO_ENV) \
+		$(ROUTERD_CARGO_ENV) \
+		cargo build \
+			--offline \
+			--profile $(ROUTERD_CARGO_PROFILE) \
+			--manifest-path Cargo.toml \
+			--locked
+endef
+ROUTERD_CARGO_INSTALL_OPTS = --profile $(ROUTERD_CARGO_PROFILE)
+
 $(eval $(cargo-package))

@@ -35,4 +35,27 @@ define VPNNAT_CENTER_INSTALL_INIT_SYSV
 		$(TARGET_DIR)/etc/init.d/S61gatewayd
 endef
 
+# The workspace's firmware profile ([profile.firmware] in Cargo.toml:
+# opt-level z, fat LTO, one codegen unit, panic=abort, stripped), not
+# --release. The cargo infrastructure's build step hard-codes --release
+# (which cargo refuses together with --profile), so the build step is
+# its own, otherwise the same; cargo install takes --profile and reuses
+# what the build step compiled. Buildroot's CARGO_PROFILE_RELEASE_*
+# settings (opt-level, LTO, codegen units) only reach what the firmware
+# profile does not set itself. BR2_ENABLE_DEBUG builds the dev profile.
+VPNNAT_CENTER_CARGO_PROFILE = $(if $(BR2_ENABLE_DEBUG),dev,firmware)
+define VPNNAT_CENTER_BUILD_CMDS
+	cd $(VPNNAT_CENTER_SRCDIR) && \
+	$(TARGET_MAKE_ENV) \
+		$(TARGET_CONFIGURE_OPTS) \
+		$(PKG_CARGO_ENV) \
+		$(VPNNAT_CENTER_CARGO_ENV) \
+		cargo build \
+			--offline \
+			--profile $(VPNNAT_CENTER_CARGO_PROFILE) \
+			--manifest-path Cargo.toml \
+			--locked
+endef
+VPNNAT_CENTER_CARGO_INSTALL_OPTS = --profile $(VPNNAT_CENTER_CARGO_PROFILE)
+
 $(eval $(cargo-package))
