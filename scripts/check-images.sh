@@ -202,7 +202,8 @@ check_package_profile() {
 		pass "$pkg builds and installs with cargo --profile firmware (Cargo.toml [profile.firmware]), not --release"
 	else
 		fail "$pkg cargo profile (want --profile firmware in build and install, no --release)"
-		printf '%s\n' "$cmds" | sed 's/^/      /'
+		# the cargo command lines, without the long environment before them
+		grep -o 'cargo \(build\|install\) .*' <<<"$cmds" | sed 's/^/      /'
 	fi
 }
 
