@@ -888,3 +888,259 @@ async fn lan_page_and_maintenance_port_survive_a_flood() {
     rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A request to one of routerd's listeners, exactly as given.
+async fn raw(addr: &str, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, String) {
+    match http::request(addr, method, path, headers, Some(body), Duration::from_secs(10)).await {
+        Ok((s, _, b)) => (s, String::from_utf8_lossy(&b).into_owned()),
+        // The server answered 413 and closed before taking the whole body.
+        Err(e) => (413, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_to_routerd_are_refused_and_change_nothing() {
+    use base64::Engine as _;
+    use std::collections::BTreeMap;
+    use vpnnat_proto::auth::{sign_request, Direction};
+    let dir = tmpdir("hostile");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    let (s, b) = rt
+        .post("/api/request", api_request(&["pc1"]), Some("application/json"))
+        .await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    // One accepted center command, to replay later.
+    let legit = center.0.lock().unwrap().release("pc1");
+    assert_eq!(rt.command(&legit).await.0, 200);
+    let snapshot = || async { (format!("{:?}", rt.router.state().await), rt.mappings().await) };
+    let before = snapshot().await;
+    let mut table: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut refused = |endpoint: &'static str, kind: &'static str, (s, body): (u16, String)| {
+        assert!((400..500).contains(&s), "{endpoint} {kind}: {s} {body}");
+        assert!(!body.is_empty(), "{endpoint} {kind}: a clear status text");
+        *table.entry((endpoint, kind)).or_default() += 1;
+    };
+
+    // The center's commands (through the tunnel): MAC, freshness, replay.
+    let (sid2, tid) = {
+        let c = center.0.lock().unwrap();
+        (c.secret_id2.clone(), c.terminal_id.clone())
+    };
+    let port = rt.center_port.clone();
+    let send = |out: Outgoing| {
+        let port = port.clone();
+        async move { raw(&port, Method::POST, out.path, &out.headers.pairs(), out.body.clone()).await }
+    };
+    let sign = |path: &'static str, body: &[u8], now: u64| Outgoing {
+        path,
+        headers: sign_request(
+            &sid2.mac_key(),
+            Direction::CenterToRouter,
+            tid.as_str(),
+            path,
+            body,
+            now,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap(),
+        body: body.to_vec(),
+    };
+    for path in [
+        vpnnat_proto::paths::router::END,
+        vpnnat_proto::paths::router::RELEASE,
+        vpnnat_proto::paths::router::VPN_END,
+    ] {
+        let body = br#"{"acceptance_number":101,"terminal_name":"pc1"}"#;
+        let fresh = sign(path, body, unix_now());
+        let mut mac = fresh.clone();
+        mac.headers.mac = format!(
+            "{}{}",
+            if mac.headers.mac.starts_with('0') { "1" } else { "0" },
+            &mac.headers.mac[1..]
+        );
+        refused("center commands", "tampered", send(mac).await);
+        let mut flipped = fresh.clone();
+        flipped.body[5] ^= 1;
+        refused("center commands", "tampered", send(flipped).await);
+        refused(
+            "center commands",
+            "stale",
+            send(sign(path, body, unix_now() - 3600)).await,
+        );
+        refused(
+            "center commands",
+            "oversized",
+            send(sign(path, &vec![b' '; 1 << 20], unix_now())).await,
+        );
+        refused(
+            "center commands",
+            "malformed",
+            send(sign(path, b"{]", unix_now())).await,
+        );
+        refused(
+            "center commands",
+            "malformed",
+            raw(&port, Method::POST, path, &[("x-vpnnat-mac", "zz")], body.to_vec()).await,
+        );
+    }
+    refused("center commands", "replayed", send(legit.clone()).await);
+
+    // The LAN page: cross-site forms (its "tampering"), sizes, garbage.
+    let lan = rt.lan.clone();
+    let own_origin = format!("http://{lan}");
+    for (path, ct) in [
+        ("/request", "application/x-www-form-urlencoded"),
+        ("/button", "application/x-www-form-urlencoded"),
+        ("/api/request", "application/json"),
+        ("/api/button", "application/json"),
+        ("/api/install", "application/json"),
+    ] {
+        let body = api_request(&["pc2"]);
+        for h in [("origin", "http://evil.example"), ("sec-fetch-site", "cross-site")] {
+            refused(
+                "LAN page",
+                "tampered",
+                raw(&lan, Method::POST, path, &[h, ("content-type", ct)], body.clone()).await,
+            );
+        }
+        refused(
+            "LAN page",
+            "oversized",
+            raw(&lan, Method::POST, path, &[("content-type", ct)], vec![b'{'; 1 << 20]).await,
+        );
+    }
+    for (path, ct, body) in [
+        ("/api/request", "application/json", b"{\"claimant_name\": 7".to_vec()),
+        ("/api/request", "text/plain", api_request(&["pc2"])),
+        (
+            "/api/request",
+            "application/json",
+            br#"{"terminals":["../../etc"]}"#.to_vec(),
+        ),
+        (
+            "/request",
+            "application/x-www-form-urlencoded",
+            b"%ff%fe=&&==%".to_vec(),
+        ),
+    ] {
+        refused(
+            "LAN page",
+            "malformed",
+            raw(
+                &lan,
+                Method::POST,
+                path,
+                &[("content-type", ct), ("origin", &own_origin)],
+                body,
+            )
+            .await,
+        );
+    }
+
+    // The maintenance page: wrong or garbled credentials, a cross-site
+    // reboot with the right password, an oversized form.
+    let basic = |p: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("op:{p}"))
+        )
+    };
+    let right = basic("maintenance-pw");
+    for auth in [basic("maintenance-pX"), basic("")] {
+        refused(
+            "maintenance page",
+            "tampered",
+            raw(
+                &port,
+                Method::POST,
+                "/maintenance/reboot",
+                &[("authorization", &auth)],
+                vec![],
+            )
+            .await,
+        );
+    }
+    refused(
+        "maintenance page",
+        "tampered",
+        raw(
+            &port,
+            Method::POST,
+            "/maintenance/reboot",
+            &[("authorization", &right), ("origin", "http://evil.example")],
+            vec![],
+        )
+        .await,
+    );
+    for auth in ["Basic !!!", "Bearer maintenance-pw", "Basic "] {
+        refused(
+            "maintenance page",
+            "malformed",
+            raw(
+                &port,
+                Method::GET,
+                "/maintenance/api",
+                &[("authorization", auth)],
+                vec![],
+            )
+            .await,
+        );
+    }
+    refused(
+        "maintenance page",
+        "oversized",
+        raw(
+            &port,
+            Method::POST,
+            "/maintenance/restart-helper",
+            &[("authorization", &right)],
+            vec![b'a'; 1 << 20],
+        )
+        .await,
+    );
+
+    assert_eq!(snapshot().await, before, "no state change");
+    assert!(!rt.task.is_finished(), "no reboot");
+    // Nothing secret in the router's log.
+    let log = serde_json::to_string(&crate::logring::global().snapshot()).unwrap();
+    for s in [
+        "maintenance-pw".to_owned(),
+        hex::encode(sid2.expose_secret()),
+        SECRET_HEX.to_owned(),
+    ] {
+        assert!(!log.contains(&s), "a secret reached the log");
+    }
+    let kinds = ["tampered", "replayed", "stale", "oversized", "malformed"];
+    println!(
+        "{:<18} {:>9} {:>9} {:>6} {:>10} {:>10}",
+        "rejected", kinds[0], kinds[1], kinds[2], kinds[3], kinds[4]
+    );
+    for e in ["center commands", "LAN page", "maintenance page"] {
+        let c: Vec<String> = kinds
+            .iter()
+            .map(|k| table.get(&(e, *k)).copied().unwrap_or(0).to_string())
+            .collect();
+        println!("{e:<18} {:>9} {:>9} {:>6} {:>10} {:>10}", c[0], c[1], c[2], c[3], c[4]);
+    }
+    let total = |k: &str| {
+        table
+            .iter()
+            .filter(|((_, kk), _)| *kk == k)
+            .map(|(_, v)| v)
+            .sum::<usize>()
+    };
+    println!(
+        "rejected (routerd): tampered {}, replayed {}, stale {}, oversized {}, malformed {} (no state change, no secret in the log)",
+        total("tampered"),
+        total("replayed"),
+        total("stale"),
+        total("oversized"),
+        total("malformed")
+    );
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
