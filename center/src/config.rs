@@ -217,6 +217,9 @@ pub struct CenterdConfig {
     pub dns: Option<DnsConfig>,
     /// `[log] level` (an env_logger filter; `RUST_LOG` overrides it).
     pub log_level: Option<String>,
+    /// Where the maintenance password was read from (a secrets file: its
+    /// mode is checked at start).
+    pub maintenance_password_file: PathBuf,
 }
 
 /// `[dns]`: where centerd answers DNS queries and for which zone.
@@ -412,6 +415,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     };
     Ok(CenterdConfig {
         log_level,
+        maintenance_password_file: pw_path.clone(),
         dns,
         router_listen,
         ui_listen,

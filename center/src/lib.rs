@@ -27,5 +27,6 @@ pub mod logging;
 pub mod metrics;
 pub mod password;
 pub mod routes;
+pub mod secrets;
 pub mod storage;
 pub mod ui;

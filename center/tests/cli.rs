@@ -384,3 +384,27 @@ fn gatewayd_exit_status() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
     assert_eq!(gw(&["--config", example.to_str().unwrap(), "check-config"]), 0);
 }
+
+#[test]
+fn secrets_files_readable_by_others_are_reported_loudly() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, cfg) = setup("modes");
+    let pw = dir.0.join("vpnnat/maintenance-password");
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(&cfg, 0o644);
+    mode(&pw, 0o640);
+    let o = centerd(&cfg, &["check-config"]);
+    assert_eq!(code(&o), 0);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    for (p, m) in [(&cfg, "0644"), (&pw, "0640")] {
+        assert!(
+            err.contains(&format!("mode {m}")) && err.contains(&format!("chmod 600 {}", p.display())),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("maint-pass-1"), "the secret itself is never printed");
+    mode(&cfg, 0o600);
+    mode(&pw, 0o600);
+    let o = centerd(&cfg, &["check-config"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("SECURITY"));
+}

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
 }
 
 fn load(cli: &Cli) -> Result<Config, Fail> {
-    Config::load(&cli.config).map_err(|e| Fail(EXIT_CONFIG, e.into()))
+    let cfg = Config::load(&cli.config).map_err(|e| Fail(EXIT_CONFIG, e.into()))?;
+    vpnnat_router::secret::warn_if_exposed("configuration (factory secret)", &cfg.path);
+    vpnnat_router::secret::warn_if_exposed("state (Secret(ID2), PSK, maintenance password)", &cfg.state_file());
+    Ok(cfg)
 }
 
 fn dispatch(cli: Cli, pid1: bool) -> Result<(), Fail> {

@@ -39,3 +39,22 @@ impl<'de> Deserialize<'de> for SecretString {
         Ok(SecretString(Zeroizing::new(String::deserialize(d)?)))
     }
 }
+
+/// If group or others may access `path` (a file holding secrets: the
+/// configuration with the factory secret, the state with Secret(ID2), the
+/// PSK and the maintenance password), logs an error naming the file, its
+/// mode and the fix, and returns the mode. routerd still starts: the
+/// administrator is told, the service stays up.
+pub fn warn_if_exposed(what: &str, path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    log::error!(
+        "routerd: SECURITY: {what} {} holds secrets but has mode {mode:04o} (group/others can access it); run: chmod 600 {}",
+        path.display(),
+        path.display()
+    );
+    Some(mode)
+}

@@ -228,3 +228,20 @@ fn daemon_runs_answers_and_stops_on_sigterm() {
     assert!(!err.contains(&"01".repeat(32)), "secret in the log");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn secrets_files_readable_by_others_are_reported_loudly() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tmpdir("modes");
+    let p = write_config(&dir, 1, 2, 3);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = routerd(&["check-config", "-c", p.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("SECURITY") && err.contains("mode 0644"), "{err}");
+    assert!(err.contains(&format!("chmod 600 {}", p.display())), "{err}");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = routerd(&["check-config", "-c", p.to_str().unwrap()]);
+    assert!(!stderr(&o).contains("SECURITY"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -175,10 +175,12 @@ fn real_main(cli: &Cli) -> Result<()> {
         Cmd::Run => {
             let cfg = load(&cli.config)?;
             vpnnat_center::logging::init("info", cfg.log_level.as_deref());
+            check_secret_files(&cli.config, &cfg);
             runtime()?.block_on(run(cfg))
         }
         Cmd::CheckConfig => {
             let cfg = load(&cli.config)?;
+            check_secret_files(&cli.config, &cfg);
             // Never create anything here: a database that does not exist
             // yet is checked as an empty one.
             let store = if cfg.database_path.exists() {
@@ -390,6 +392,18 @@ fn hash_password(iterations: u32) -> Result<()> {
     let h = PasswordHash::create(pw, iterations, &ring::rand::SystemRandom::new())?;
     println!("{h}");
     Ok(())
+}
+
+/// Says loudly when a file holding secrets is readable by others.
+fn check_secret_files(config: &Path, cfg: &CenterdConfig) {
+    vpnnat_center::secrets::warn_exposed(
+        "centerd",
+        &[
+            ("configuration (factory master key, gateway API keys)", config),
+            ("maintenance password file", &cfg.maintenance_password_file),
+            ("database (PSKs, Secret(ID2)s)", &cfg.database_path),
+        ],
+    );
 }
 
 fn load(path: &Path) -> Result<CenterdConfig> {

@@ -67,6 +67,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main(cli: Cli, cfg: GatewaydConfig) -> Result<()> {
+    vpnnat_center::secrets::warn_exposed("gatewayd", &[("configuration (API key)", cli.config.as_path())]);
     match cli.command.unwrap_or(Cmd::Run) {
         Cmd::CheckConfig => {
             println!("configuration OK: gateway {} on {}", cfg.name, cfg.listen);
