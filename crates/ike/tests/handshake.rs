@@ -541,3 +541,30 @@ fn ike_sa_init_request_matches_independent_encoding() {
     assert_eq!((d.src, d.dst), (addr(GW), addr(RT)));
     assert_eq!(hex::encode(&d.payload), expected.trim());
 }
+
+/// The gateway binds a router's identity to its address and its own PSK:
+/// the gateway's configuration for router B (B's PSK, B's identity)
+/// reaching router A fails, and so does A's key presented as B.
+#[test]
+fn another_routers_identity_is_rejected() {
+    const PSK_B: &[u8] = b"router-18 pre-shared key, 32 by!";
+    // The gateway's tunnel for router B, sent to router A's address.
+    let mut for_b = gw_sa(PSK_B);
+    for_b.remote_id = Some(Identity::key_id(b"router-18"));
+    let mut net = Net::new(for_b, ResponderConfig::new(addr(GW).ip(), rt_sa(PSK)));
+    net.connect();
+    assert_eq!(net.rt_errors, vec![Error::AuthenticationFailed]);
+    assert!(!net.rt.is_established() && !net.gw.is_established());
+    assert_eq!(net.rt.sa_count(), 0);
+    assert!(child_ups(&net.take_events().1).is_empty());
+
+    // Router A answering with its own (right) key but B's identity: the
+    // gateway, expecting A, refuses.
+    let mut a_as_b = rt_sa(PSK);
+    a_as_b.local_id = Identity::key_id(b"router-18");
+    let mut net = Net::new(gw_sa(PSK), ResponderConfig::new(addr(GW).ip(), a_as_b));
+    net.connect();
+    assert!(net.gw_errors.contains(&Error::IdentityMismatch), "{:?}", net.gw_errors);
+    assert!(!net.gw.is_established());
+    assert!(child_ups(&net.take_events().0).is_empty());
+}
