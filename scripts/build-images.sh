@@ -45,7 +45,11 @@ BIN_DIR=$TARGET_DIR/$TRIPLE/$PROFILE
 export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 export LC_ALL=C
 
-log() { printf '%s: %s\n' "$prog" "$*" >&2; }
+# progress lines "[+12.3s] build-images: what" on stderr (scripts/lib/
+# progress.sh; under scripts/demo.sh the clock is the demo's)
+# shellcheck source=scripts/lib/progress.sh
+. "$REPO/scripts/lib/progress.sh"
+log() { PROGRESS_PREFIX=$prog progress "$*"; }
 die() {
 	printf '%s: error: %s\n' "$prog" "$*" >&2
 	exit 1
@@ -224,15 +228,29 @@ build_center() {
 assemble() {
 	local name=$1 work dst=$OUT/$1
 	work=$(mktemp -d "${TMPDIR:-/tmp}/build-images.XXXXXX")
+	log "assembling the $name image..."
 	"build_$name" "$work/root"
 	mkcpio "$work/root" >"$work/layer.cpio"
 	mkdir -p "$dst"
 	cat "$BASE" "$work/layer.cpio" >"$dst/initrd.tmp"
 	mv "$dst/initrd.tmp" "$dst/initrd"
 	install -m 0644 "$KDIR/boot/vmlinuz-$KVER" "$dst/vmlinuz"
-	echo "console=ttyS0 quiet panic=-1 cryptomgr.notests" >"$dst/cmdline"
+	# no_timer_check: skip the IO-APIC timer test, which is timing-sensitive
+	# under TCG on a busy host (it failed with "MP-BIOS bug: 8254 timer
+	# not connected" in a boot measured at load 11) and costs boot time
+	echo "console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check" >"$dst/cmdline"
 	rm -rf "$work"
 	log "$name image: $dst/vmlinuz + $dst/initrd ($(du -m "$dst/initrd" | cut -f1) MB), kernel command line in $dst/cmdline"
+}
+
+# The firmware QEMU boots the kernel with: qboot (Debian's qemu-system-data
+# ships it) instead of SeaBIOS when it is there: it only sets up PCI and
+# jumps to the kernel, 0.2 s less per boot under TCG (measured, README).
+# scripts/demo.sh reads this function too.
+qemu_bios() {
+	local rom=${VPNNAT_QEMU_BIOS-/usr/share/qemu/qboot.rom}
+	[[ -n $rom && -r $rom ]] && printf -- '-bios %s\n' "$rom"
+	return 0
 }
 
 # Boots the router image with two isolated NICs (eth0 WAN, eth1 LAN) and
@@ -242,8 +260,9 @@ boot_check() {
 	log "boot check: router image under QEMU/TCG (up to $timeout s)..."
 	log=$(mktemp "${TMPDIR:-/tmp}/build-images-boot.XXXXXX")
 	start=$EPOCHREALTIME
+	# shellcheck disable=SC2046 # qemu_bios prints nothing or two words
 	qemu-system-x86_64 -accel tcg -cpu max -m 512 -smp 1 -nodefaults -no-user-config \
-		-display none -no-reboot -kernel "$dir/vmlinuz" -initrd "$dir/initrd" \
+		-display none -no-reboot $(qemu_bios) -kernel "$dir/vmlinuz" -initrd "$dir/initrd" \
 		-append "$(cat "$dir/cmdline")" -serial "file:$log" \
 		-netdev user,id=wan,restrict=on -device virtio-net-pci,netdev=wan,mac=52:54:00:00:03:01 \
 		-netdev user,id=lan,restrict=on -device virtio-net-pci,netdev=lan,mac=52:54:00:00:03:02 \

@@ -20,6 +20,9 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 LOG=$(mktemp "${TMPDIR:-/tmp}/demo-test.XXXXXX")
 trap 'rm -f "$LOG"' EXIT
+# shellcheck source=scripts/lib/progress.sh
+. "$REPO/scripts/lib/progress.sh"
+PROGRESS_PREFIX=demo-test progress "running scripts/demo.sh --smoke $* (builds what is missing, boots 3 VMs, plays the scenario)"
 
 "$REPO/scripts/demo.sh" --smoke "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
@@ -36,14 +39,16 @@ t() { # t NAME STATUS
 		FAIL=$((FAIL + 1))
 	fi
 }
-has() { grep -qE "^demo: ok   - $1" "$LOG"; }
+# demo.sh's lines: "[+12.3s] demo: what" (scripts/lib/progress.sh)
+D='^\[\+[0-9.]+s\] demo: '
+has() { grep -qE "${D}ok   - $1" "$LOG"; }
 echo
 echo "# demo-test: the report of scripts/demo.sh --smoke"
 t "demo.sh --smoke exits 0 (exit status $rc)" "$([[ $rc == 0 ]] && echo 0 || echo 1)"
-t "no check line failed" "$(grep -q '^demo: FAIL' "$LOG" && echo 1 || echo 0)"
+t "no check line failed" "$(grep -qE "${D}FAIL" "$LOG" && echo 1 || echo 0)"
 for ((i = 1; i <= ROUTERS; i++)); do
-	t "r$i: routerd started" "$(grep -q "^demo: r$i: routerd serving" "$LOG" && echo 0 || echo 1)"
-	t "r$i: installed with the center" "$(grep -q "^demo: r$i: installed: server part" "$LOG" && echo 0 || echo 1)"
+	t "r$i: routerd started" "$(grep -qE "${D}r$i: routerd serving" "$LOG" && echo 0 || echo 1)"
+	t "r$i: installed with the center" "$(grep -qE "${D}r$i: installed: server part" "$LOG" && echo 0 || echo 1)"
 	t "r$i: request accepted" "$(has "r$i: routerd request pc1 accepted" && echo 0 || echo 1)"
 	t "r$i: tunnel up" "$(has "r$i: tunnel up" && echo 0 || echo 1)"
 	t "r$i: SA pair on the router" "$(has "r$i: the router's kernel holds the ESP SA pair" && echo 0 || echo 1)"
@@ -71,7 +76,7 @@ for f in operator-ui.png operator-ui-ended.png; do
 done
 
 echo "# figures (measured, not asserted):"
-grep -E '^demo: (r[0-9]+: routerd serving|center: operator UI answers|ok   - r[0-9]+: (routerd request|tunnel up|tunnel slot released|no SA left))' "$LOG" |
-	sed 's/^demo: /#   /'
+grep -E "${D}(r[0-9]+: routerd serving|center: operator UI answers|ok   - r[0-9]+: (routerd request|tunnel up|tunnel slot released|no SA left))" "$LOG" |
+	sed -E "s/${D}/#   /"
 echo "$PASS passed, $FAIL failed"
 [[ $FAIL == 0 ]]

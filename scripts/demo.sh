@@ -64,7 +64,11 @@ WAIT=${VPNNAT_DEMO_TIMEOUT:-180}
 export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 export LC_ALL=C
 
-log() { printf '%s: %s\n' "$prog" "$*" >&2; }
+# progress lines "[+12.3s] demo: what" on stderr (scripts/lib/progress.sh,
+# one clock shared with build-images.sh, which this script runs)
+# shellcheck source=scripts/lib/progress.sh
+. "$REPO/scripts/lib/progress.sh"
+log() { PROGRESS_PREFIX=$prog progress "$*"; }
 die() {
 	printf '%s: error: %s\n' "$prog" "$*" >&2
 	exit 1
@@ -257,16 +261,22 @@ layer_router() {
 		    \$ip link add "v-\$name" type veth peer name eth0 netns \$pid
 		    \$ip link set "v-\$name" master eth1 up
 		}
-		lan_host pc1 192.168.1.10
-		lan_host nas 192.168.1.11
+		# the bridge must exist before routerd configures eth1; the hosts
+		# on it are set up while routerd starts (they are the demo's home
+		# devices, not part of the router)
+		(lan_host pc1 192.168.1.10; lan_host nas 192.168.1.11) &
 	EOF
 	mkcpio "$root" >"$RUN/r$n.layer.cpio"
 	cat "$IMAGES/router/initrd" "$RUN/r$n.layer.cpio" >"$RUN/r$n.initrd"
 }
 
 # ---------------------------------------------------------------- boot
+# qboot instead of SeaBIOS when installed, like scripts/build-images.sh's
+# boot check (its qemu_bios(), read from there)
+eval "$(sed -n '/^qemu_bios() {$/,/^}$/p' "$REPO/scripts/build-images.sh")"
+# shellcheck disable=SC2207 # nothing or "-bios PATH", no spaces in it
 QEMU_COMMON=(-accel tcg -cpu max -m "$MEM" -smp 1 -nodefaults -no-user-config
-	-display none -no-reboot)
+	-display none -no-reboot $(qemu_bios))
 
 # $1 name, $2 image dir, $3 initrd, then extra QEMU arguments
 boot() {
