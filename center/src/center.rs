@@ -491,7 +491,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         };
         let r = self.store().and_then(|mut st| Ok(st.append_audit(&e)?));
         if let Err(err) = r {
-            log::error!("audit log: cannot record {action} by {}: {err}", actor.who);
+            let subject = match (terminal_id, acceptance_number) {
+                (Some(t), n) => format!("{} ", crate::logging::kv(&t, n)),
+                (None, _) => String::new(),
+            };
+            log::error!("{subject}audit log: cannot record {action} by {}: {err}", actor.who);
         }
     }
 
@@ -597,7 +601,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         .map_err(|e| CenterError::Proto(e.into()))?;
         let resp = secrets.seal(&self.rng, &tid, &v.command().reply_key)?;
         log::info!(
-            "installed {tid}: server part {}, router part {}",
+            "terminal={tid} installed: server part {}, router part {}",
             row.server_part_vpnnat,
             row.router_part_vpnnat
         );
@@ -629,7 +633,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             .unwrap_or_else(|| "other".into());
         self.store()?
             .add_failure(v.principal().as_str(), &code, n.detail.as_str(), now)?;
-        log::warn!("failure notice from {}: {code}", v.principal());
+        log::warn!("terminal={} failure notice: {code}", v.principal());
         self.audit(
             now,
             &Actor::router(v.principal().as_str(), peer),
@@ -666,7 +670,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             center_networks: self.settings.center_networks.clone(),
         };
         let resp = info.seal(&self.rng, &tid, &v.command().reply_key)?;
-        log::info!("{tid}: VPN gateway {} slot {}", slot.gateway, slot.slot);
+        log::info!("terminal={tid} VPN gateway {} slot {}", slot.gateway, slot.slot);
         self.answer(&v, &resp, &sid2.mac_key(), now)
     }
 
@@ -682,7 +686,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             if h.tunnel_state == TunnelState::Up || self.gateways.probe(&h.gateway).await {
                 return Ok(h);
             }
-            log::warn!("{tid}: gateway {} does not answer, choosing another", h.gateway);
+            log::warn!("terminal={tid} gateway {} does not answer, choosing another", h.gateway);
             skip.push(h.gateway.clone());
         }
         // The claim takes the lowest free slot of the chosen gateway in one
@@ -786,6 +790,13 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             .reads()?
             .slot_of(tid.as_str())?
             .ok_or(CenterError::NoGatewayCapacity)?;
+        let subject = crate::logging::kv(&tid, Some(number));
+        log::info!(
+            "{subject} maintenance request stored ({} grant(s)), gateway {} slot {}",
+            grants.len(),
+            slot.gateway,
+            slot.slot
+        );
         // The router's own parts ride in every tunnel: the center reaches
         // the server part through it for end/release/VPN end.
         let mut addrs = vec![row.server_part_vpnnat, row.router_part_vpnnat];
@@ -796,7 +807,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         }
         if let Err(e) = self.program_gateway(&slot, &tid, &row, router_ip, &addrs).await {
             // Nothing half-assigned: the request and the addresses it took go.
-            log::warn!("{tid}: request {number} rolled back: {e}");
+            log::warn!("{subject} request rolled back: {e}");
             self.store()?.abort_request(number)?;
             self.audit(
                 now,
@@ -808,14 +819,20 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             );
             return Err(CenterError::Gateway(e));
         }
+        log::info!(
+            "{subject} gateway {} commanded: tunnel slot {}, {} address(es)",
+            slot.gateway,
+            slot.slot,
+            addrs.len()
+        );
         let mut warnings = Vec::new();
         self.route(true, &slot.gateway, &addrs, &mut warnings);
         for w in warnings {
-            log::warn!("{tid}: {w}");
+            log::warn!("{subject} {w}");
         }
         if !self.wait_tunnel_up(&tid, self.settings.tunnel_up_timeout).await? {
             log::warn!(
-                "{tid}: tunnel at {} slot {} not up after {:?}; answering request {number} anyway",
+                "{subject} tunnel at {} slot {} not up after {:?}; answering the request anyway",
                 slot.gateway,
                 slot.slot,
                 self.settings.tunnel_up_timeout
@@ -837,10 +854,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         // The grants are in the audit log already: written by
         // `create_request` in the request's own transaction.
         let resp = grants.seal(&self.rng, &tid, &req.reply_key, n)?;
-        log::info!(
-            "{tid}: maintenance request {number} accepted ({} terminals)",
-            names.len()
-        );
+        log::info!("{subject} maintenance request accepted ({} terminals)", names.len());
         self.answer(&v, &resp, &sid2.mac_key(), now)
     }
 
@@ -934,17 +948,17 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 .set_tunnel_state(v.principal().as_str(), ev.slot, ev.terminal_id.as_str(), state, now)?;
         if matched {
             log::info!(
-                "gateway {}: tunnel of {} (slot {}) is {}",
-                v.principal(),
+                "terminal={} gateway {}: tunnel (slot {}) is {}",
                 ev.terminal_id,
+                v.principal(),
                 ev.slot,
                 state.as_str()
             );
         } else {
             log::warn!(
-                "gateway {}: event for {} slot {} which it does not hold; ignored",
-                v.principal(),
+                "terminal={} gateway {}: event for slot {} which it does not hold; ignored",
                 ev.terminal_id,
+                v.principal(),
                 ev.slot
             );
         }
@@ -1067,7 +1081,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// [`Center::start`] by `actor` (recorded in the audit log).
     pub fn start_by(&self, number: u64, now: u64, actor: &Actor) -> Result<RequestRow, CenterError> {
         let r = self.store()?.start_request_by(number, now, &actor.who, &actor.peer)?;
-        log::info!("request {number} of {} started by {}", r.terminal_id, actor.who);
+        log::info!(
+            "{} request started by {}",
+            crate::logging::kv(&r.terminal_id, Some(number)),
+            actor.who
+        );
         Ok(r)
     }
 
@@ -1219,14 +1237,15 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 peer: &actor.peer,
             })
             .collect();
+        let subject = crate::logging::kv(&tid_s, Some(number));
         if let Err(e) = self.store().and_then(|mut st| Ok(st.append_audits(&rows)?)) {
-            log::error!("audit log: cannot record the releases of request {number}: {e}");
+            log::error!("{subject} audit log: cannot record the releases: {e}");
         }
         for w in &out.warnings {
-            log::warn!("request {number}: {w}");
+            log::warn!("{subject} {w}");
         }
         log::info!(
-            "request {number} ended: {} released, vpn ended: {}",
+            "{subject} request ended: {} released, vpn ended: {}",
             out.released.len(),
             out.vpn_ended
         );

@@ -82,13 +82,7 @@ struct Raw {
     #[serde(default)]
     gateways: Vec<RawGateway>,
     dns: Option<RawDns>,
-    log: Option<RawLog>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    level: String,
+    log: Option<crate::logging::RawLog>,
 }
 
 #[derive(Deserialize)]
@@ -215,8 +209,9 @@ pub struct CenterdConfig {
     pub settings: CenterSettings,
     /// centerd's DNS zone (`[dns]`; None: no DNS server).
     pub dns: Option<DnsConfig>,
-    /// `[log] level` (an env_logger filter; `RUST_LOG` overrides it).
-    pub log_level: Option<String>,
+    /// `[log]`: level (an env_logger filter; `RUST_LOG` overrides it) and
+    /// format (plain or syslog; `VPNNAT_LOG_FORMAT` overrides it).
+    pub log: crate::logging::LogConfig,
     /// Where the maintenance password was read from (a secrets file: its
     /// mode is checked at start).
     pub maintenance_password_file: PathBuf,
@@ -406,15 +401,9 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             zone: crate::dns::Zone::new(&d.domain, d.ttl_secs.unwrap_or(5)).map_err(|e| invalid("dns.domain", e))?,
         }),
     };
-    let log_level = match raw.log {
-        None => None,
-        Some(l) => {
-            crate::logging::check_filter(&l.level).map_err(|e| invalid("log.level", e))?;
-            Some(l.level)
-        }
-    };
+    let log = crate::logging::LogConfig::from_raw(raw.log).map_err(|(key, e)| invalid(key, e))?;
     Ok(CenterdConfig {
-        log_level,
+        log,
         maintenance_password_file: pw_path.clone(),
         dns,
         router_listen,
@@ -534,8 +523,10 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
             "{EXAMPLE}\n[log]\nlevel = \"warn,vpnnat_center::dns=debug\"\n"
         ))
         .unwrap();
-        assert_eq!(c.log_level.as_deref(), Some("warn,vpnnat_center::dns=debug"));
+        assert_eq!(c.log.level.as_deref(), Some("warn,vpnnat_center::dns=debug"));
         assert!(err_of(&format!("{EXAMPLE}\n[log]\nlevel = \"chatty\"\n")).contains("log.level"));
+        assert!(err_of(&format!("{EXAMPLE}\n[log]\nformat = \"json\"\n")).contains("log.format"));
+        assert!(err_of(&format!("{EXAMPLE}\n[log]\nlevels = \"info\"\n")).contains("levels"));
     }
 
     #[test]
@@ -544,11 +535,17 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         let c = CenterdConfig::load(&p).unwrap();
         assert_eq!(c.settings.gateways.len(), 2);
         assert!(c.dns.is_some(), "the example shows the [dns] keys");
-        assert_eq!(c.log_level.as_deref(), Some("info"), "and the [log] key");
+        assert_eq!(c.log.level.as_deref(), Some("info"), "and the [log] keys");
+        assert_eq!(c.log.format, Some(crate::logging::Format::Syslog));
         assert_eq!(c.pool.to_string(), "10.64.0.0/16");
         let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
         let g = crate::gateway::config::GatewaydConfig::load(&g).unwrap();
         assert_eq!(g.name.as_str(), "gw1");
+        assert_eq!(
+            g.log.format,
+            Some(crate::logging::Format::Syslog),
+            "gatewayd's [log] too"
+        );
         // The pair agrees: same key, same networks.
         assert_eq!(
             c.settings.gateways[0].api_key.expose_secret(),

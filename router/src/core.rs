@@ -184,6 +184,9 @@ pub struct CommandOutcome {
     pub next: RouterState,
     /// What it did, for the log.
     pub summary: String,
+    /// The request it concerns, if one (an end; a release or the VPN end
+    /// concerns hosts and the tunnel).
+    pub acceptance: Option<u64>,
 }
 
 /// The static facts the logic needs from the configuration.
@@ -559,7 +562,8 @@ pub fn handle_center_command<S: NonceStore>(
             Ok(CommandOutcome {
                 response,
                 next,
-                summary: format!("maintenance request {n} ended"),
+                summary: "maintenance request ended".into(),
+                acceptance: Some(n),
             })
         }
         p::RELEASE => {
@@ -575,6 +579,7 @@ pub fn handle_center_command<S: NonceStore>(
                 response,
                 next,
                 summary: format!("released {name} ({} <-> {})", h.vpnnat, h.real),
+                acceptance: None,
             })
         }
         p::VPN_END => {
@@ -593,6 +598,7 @@ pub fn handle_center_command<S: NonceStore>(
                 response,
                 next,
                 summary: format!("VPN end: released {released} terminal(s)"),
+                acceptance: None,
             })
         }
         other => Err(CommandError::Proto(ProtoError::UnknownPath {

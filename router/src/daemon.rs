@@ -248,7 +248,8 @@ impl Router {
         self.commit(&mut inner, next)?;
         if let Some(i) = &inner.state.installation {
             log::info!(
-                "installed: server part {} router part {}",
+                "terminal={} installed: server part {} router part {}",
+                self.id.terminal_id,
                 i.server_part_vpnnat,
                 i.router_part_vpnnat
             );
@@ -267,7 +268,11 @@ impl Router {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     let d = backoff.next_delay();
-                    log::warn!("installation notice: {e}; retrying in {}s", d.as_secs_f32());
+                    log::warn!(
+                        "terminal={} installation notice: {e}; retrying in {}s",
+                        self.id.terminal_id,
+                        d.as_secs_f32()
+                    );
                     tokio::select! {
                         _ = &mut shutdown => return Err(e),
                         _ = tokio::time::sleep(d) => {}
@@ -294,7 +299,7 @@ impl Router {
             let next = core::finish_failure(&inner.state, p, &reply)?;
             self.commit(&mut inner, next)?;
         }
-        log::warn!("failure notice sent ({code:?})");
+        log::warn!("terminal={} failure notice sent ({code:?})", self.id.terminal_id);
         if let Some(b) = &self.cfg.button {
             // One open request is enough for the operator to come and look:
             // a second failure must not pile up requests.
@@ -306,10 +311,16 @@ impl Router {
                 .find(|(_, r)| r.state == RequestState::Waiting)
                 .map(|(n, _)| *n);
             match open {
-                Some(n) => log::info!("preset maintenance request skipped: request {n} is still open"),
+                Some(n) => log::info!(
+                    "{} preset maintenance request skipped: the request is still open",
+                    vpnnat_log::kv(&self.id.terminal_id, Some(n))
+                ),
                 None => {
                     if let Err(e) = self.maintenance(preset_input(b)).await {
-                        log::error!("preset maintenance request after a failure: {e}");
+                        log::error!(
+                            "terminal={} preset maintenance request after a failure: {e}",
+                            self.id.terminal_id
+                        );
                     }
                 }
             }
@@ -387,16 +398,24 @@ impl Router {
         let (next, acc) = match core::finish_maintenance(&self.id, &inner.state, p, &reply, &r, unix_now()) {
             Ok(x) => x,
             Err(e) => {
-                log::error!("maintenance request: {e}");
+                log::error!("terminal={} maintenance request: {e}", self.id.terminal_id);
                 return Err(e.into());
             }
         };
         self.commit(&mut inner, next)?;
-        log::info!(
-            "maintenance request {} accepted, {} terminal(s) granted",
-            acc.acceptance_number,
-            acc.grants.len()
-        );
+        // Logged after the commit applied the NAT: the moment the e2e
+        // benchmark's "router NAT install" phase ends.
+        let subject = vpnnat_log::kv(&self.id.terminal_id, Some(acc.acceptance_number.get()));
+        match &inner.datapath_error {
+            None => log::info!(
+                "{subject} maintenance request accepted, {} terminal(s) granted, NAT installed",
+                acc.grants.len()
+            ),
+            Some(e) => log::warn!(
+                "{subject} maintenance request accepted, {} terminal(s) granted, NAT not installed: {e}",
+                acc.grants.len()
+            ),
+        }
         Ok(acc)
     }
 
@@ -461,7 +480,12 @@ impl Router {
                     return (503, None, "state could not be saved".into());
                 }
                 inner.state = o.next;
-                log::info!("center command: {} (tunnel closes in {:?})", o.summary, VPN_END_GRACE);
+                log::info!(
+                    "{} center command: {} (tunnel closes in {:?})",
+                    vpnnat_log::kv(&self.id.terminal_id, o.acceptance),
+                    o.summary,
+                    VPN_END_GRACE
+                );
                 let me = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(VPN_END_GRACE).await;
@@ -476,11 +500,15 @@ impl Router {
                     log::error!("center command not applied: {e}");
                     return (503, None, "state could not be saved".into());
                 }
-                log::info!("center command: {}", o.summary);
+                log::info!(
+                    "{} center command: {}",
+                    vpnnat_log::kv(&self.id.terminal_id, o.acceptance),
+                    o.summary
+                );
                 (200, Some(o.response), String::new())
             }
             Err(e) => {
-                log::warn!("center command on {path} refused: {e}");
+                log::warn!("terminal={} center command on {path} refused: {e}", self.id.terminal_id);
                 let status = e.http_status();
                 // Same text for unknown terminal and bad MAC (proto's rule).
                 let text = match &e {

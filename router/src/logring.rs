@@ -3,14 +3,13 @@
 //! cut at [`MAX_LINE`] bytes, so it costs at most ~100 KiB however long
 //! the router runs.
 //!
-//! [`install`] puts a [`log::Log`] in front of env_logger: every record
-//! env_logger would print (same `RUST_LOG` filter) also lands in the ring.
+//! [`install`] installs the project's logger ([`vpnnat_log`]) with the
+//! ring as a sink: every line printed on stderr also lands in the ring.
 //! Secrets are never logged by the daemon (the proto key types print as
 //! `<redacted>`); as a second line of defence every run of 32 or more hex
 //! digits (a PSK, Secret(ID), Secret(ID2) in hex) is masked on the way in.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 
 /// Lines kept.
@@ -127,62 +126,33 @@ pub fn utc(secs: u64) -> String {
     )
 }
 
-/// env_logger for stderr, and the ring.
-struct Tee {
-    inner: env_logger::Logger,
+/// Installs the logger (the project's line, [`vpnnat_log`]: UTC RFC 3339
+/// stamps with milliseconds, `terminal=ID acceptance=N` for events about a
+/// request) on stderr and into [`global`]. The filter is `RUST_LOG`, else
+/// `default_level`; the format `VPNNAT_LOG_FORMAT`, else syslog-style
+/// (`<N>` priority first) when routerd is PID 1 (the image: stderr is the
+/// console, read by whoever collects it) or under systemd, else plain. The
+/// ring always gets the plain line. A second call does nothing.
+pub fn install(default_level: &str, pid1: bool) {
+    let config_format = pid1.then_some(vpnnat_log::Format::Syslog);
+    vpnnat_log::init(vpnnat_log::Settings {
+        filter: vpnnat_log::resolve_filter(default_level, None),
+        format: vpnnat_log::resolve_format(config_format),
+        stderr: true,
+        sinks: vec![Box::new(|line: &str| global().push(line))],
+    });
 }
 
-impl log::Log for Tee {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        self.inner.enabled(m)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.inner.matches(record) {
-            return;
-        }
-        self.inner.log(record);
-        global().push(&format_record(record));
-    }
-
-    fn flush(&self) {
-        self.inner.flush();
-    }
-}
-
-fn format_record(record: &log::Record<'_>) -> String {
-    let mut line = String::new();
-    let _ = write!(
-        line,
-        "{} {:<5} {}: {}",
-        utc(crate::daemon::unix_now()),
-        record.level(),
-        record.target(),
-        record.args()
-    );
-    line
-}
-
-/// Installs the logger (env_logger's `RUST_LOG`, default `default_level`)
-/// that also fills [`global`]. A second call does nothing.
-pub fn install(default_level: &str) {
-    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).build();
-    let max = inner.filter();
-    if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
-        log::set_max_level(max);
-    }
-}
-
-/// The same logger for the unit tests (output captured by the harness).
+/// The same logger for the unit tests: the ring only (the harness does not
+/// capture stderr written directly).
 #[cfg(test)]
 pub fn install_for_tests() {
-    let inner = env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .is_test(true)
-        .build();
-    if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
+    vpnnat_log::init(vpnnat_log::Settings {
+        filter: "info".into(),
+        format: vpnnat_log::Format::Plain,
+        stderr: false,
+        sinks: vec![Box::new(|line: &str| global().push(line))],
+    });
 }
 
 #[cfg(test)]

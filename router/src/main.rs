@@ -35,8 +35,8 @@ impl<E: Into<anyhow::Error>> From<E> for Fail {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let pid1 = std::process::id() == 1;
-    // stderr as before, plus the ring the maintenance interface shows.
-    vpnnat_router::logring::install("info");
+    // stderr, plus the ring the maintenance interface shows.
+    vpnnat_router::logring::install("info", pid1);
     if pid1 {
         init::install_panic_hook();
     }

@@ -633,7 +633,7 @@ async fn maintenance_interface_shows_log_grants_failures_and_restarts_a_helper()
     let all = log.join("\n");
     assert!(
         log.iter()
-            .any(|l| l.contains("INFO") && l.contains("maintenance request 101 accepted")),
+            .any(|l| l.contains("INFO") && l.contains("terminal=router-1 acceptance=101 maintenance request accepted")),
         "{all}"
     );
     for secret in ["maintenance-pw", &"33".repeat(32), &"22".repeat(32), SECRET_HEX] {
@@ -643,7 +643,10 @@ async fn maintenance_interface_shows_log_grants_failures_and_restarts_a_helper()
     let (s, page) = rt.maintenance(Method::GET, "/maintenance", None, &[]).await;
     let page = String::from_utf8(page).unwrap();
     assert_eq!(s, 200);
-    assert!(page.contains("<pre id=\"log\">") && page.contains("maintenance request 101 accepted"));
+    assert!(
+        page.contains("<pre id=\"log\">")
+            && page.contains("terminal=router-1 acceptance=101 maintenance request accepted")
+    );
     assert!(page.contains("10.64.0.19") || page.contains("pc1"), "{page}");
     assert!(page.contains("value=\"sleeper\""), "restart button: {page}");
 

@@ -112,7 +112,7 @@ fn main() -> std::process::ExitCode {
     // logs from info up, or as `[log] level` says (installed once the
     // configuration is read). RUST_LOG overrides both.
     if !matches!(cli.command, None | Some(Cmd::Run)) {
-        vpnnat_center::logging::init("warn", None);
+        vpnnat_center::logging::init("warn", &Default::default());
     }
     match real_main(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,7 +174,7 @@ fn real_main(cli: &Cli) -> Result<()> {
         }
         Cmd::Run => {
             let cfg = load(&cli.config)?;
-            vpnnat_center::logging::init("info", cfg.log_level.as_deref());
+            vpnnat_center::logging::init("info", &cfg.log);
             check_secret_files(&cli.config, &cfg);
             runtime()?.block_on(run(cfg))
         }

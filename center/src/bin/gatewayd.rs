@@ -49,7 +49,6 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    vpnnat_center::logging::init("info", None);
     let cfg = match load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -57,6 +56,9 @@ fn main() -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
+    // From info up, or as `[log]` says; RUST_LOG and VPNNAT_LOG_FORMAT
+    // override it.
+    vpnnat_center::logging::init("info", &cfg.log);
     match real_main(cli, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

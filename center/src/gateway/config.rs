@@ -33,6 +33,7 @@ struct Raw {
     datapath: Option<DatapathKind>,
     event_timeout_ms: Option<u64>,
     ike: Option<bool>,
+    log: Option<crate::logging::RawLog>,
 }
 
 /// gatewayd's validated configuration.
@@ -51,6 +52,9 @@ pub struct GatewaydConfig {
     /// Negotiate the tunnels' SAs with IKEv2 from `global_ip` (UDP 500 and
     /// 4500); `false`: policies only, every tunnel stays "connecting".
     pub ike: bool,
+    /// `[log]`: level and format (`RUST_LOG`, `VPNNAT_LOG_FORMAT` override
+    /// them).
+    pub log: crate::logging::LogConfig,
 }
 
 fn invalid(key: &str, reason: impl ToString) -> ConfigError {
@@ -108,6 +112,7 @@ impl GatewaydConfig {
             datapath: raw.datapath.unwrap_or(DatapathKind::Kernel),
             event_timeout: Duration::from_millis(raw.event_timeout_ms.unwrap_or(5000)),
             ike: raw.ike.unwrap_or(false),
+            log: crate::logging::LogConfig::from_raw(raw.log).map_err(|(key, e)| invalid(key, e))?,
         })
     }
 }
@@ -141,5 +146,16 @@ center_url = "http://127.0.0.1:8080"
         assert!(err(EXAMPLE.replace("http://127.0.0.1:8080", "127.0.0.1")).contains("center_url"));
         assert!(err(format!("{EXAMPLE}\ndatapath = \"magic\"")).contains("datapath"));
         assert!(err(format!("{EXAMPLE}\nike = \"yes\"")).contains("ike"));
+        assert_eq!(c.log, crate::logging::LogConfig::default());
+        let l = GatewaydConfig::parse(
+            &format!("{EXAMPLE}\n[log]\nlevel = \"debug\"\nformat = \"syslog\""),
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        assert_eq!(l.log.level.as_deref(), Some("debug"));
+        assert_eq!(l.log.format, Some(crate::logging::Format::Syslog));
+        assert!(err(format!("{EXAMPLE}\n[log]\nlevel = \"chatty\"")).contains("log.level"));
+        assert!(err(format!("{EXAMPLE}\n[log]\nformat = \"json\"")).contains("log.format"));
+        assert!(err(format!("{EXAMPLE}\n[log]\ncolour = true")).contains("colour"));
     }
 }

@@ -307,7 +307,7 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
             }
         }
         log::info!(
-            "tunnel to {} ({}) slot {}: connecting ({})",
+            "terminal={} tunnel ({}) slot {}: connecting ({})",
             spec.terminal_id,
             spec.router_ip,
             spec.slot,
@@ -372,7 +372,7 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
         }
         self.dp.apply(&changes)?;
         if let Some(t) = self.tunnels.remove(terminal) {
-            log::info!("tunnel to {} slot {}: torn down", terminal, t.spec.slot);
+            log::info!("terminal={} tunnel slot {}: torn down", terminal, t.spec.slot);
             self.emit(&t.spec, TunnelStatus::Down, "torn down on command");
         }
         Ok(())

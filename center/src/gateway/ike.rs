@@ -195,7 +195,7 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
                 };
                 self.drv.request_detached(Request::Connect(cfg.clone()))?;
                 self.set_peer_config(router_ip, Some(cfg));
-                log::info!("tunnel to {terminal} ({router_ip}): IKE connecting");
+                log::info!("terminal={terminal} tunnel ({router_ip}): IKE connecting");
                 if let Some(t) = self.tunnels.get_mut(terminal) {
                     t.connected = true;
                 }
@@ -216,7 +216,7 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
             IkeAction::Disconnect => {
                 self.drv.request_detached(Request::Disconnect(router_ip))?;
                 self.set_peer_config(router_ip, None);
-                log::info!("tunnel to {terminal} ({router_ip}): no address left, IKE closed");
+                log::info!("terminal={terminal} tunnel ({router_ip}): no address left, IKE closed");
                 if let Some(t) = self.tunnels.get_mut(terminal) {
                     t.connected = false;
                 }
@@ -240,7 +240,7 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
             let old_ip = old.router_ip;
             if old.connected {
                 self.drv.request_detached(Request::Disconnect(old_ip))?;
-                log::info!("tunnel to {terminal}: router address, slot or PSK changed; IKE restarts");
+                log::info!("terminal={terminal} tunnel: router address, slot or PSK changed; IKE restarts");
             }
             self.set_peer(old_ip, None);
         }
@@ -351,12 +351,28 @@ async fn forward_ike_events(
                 log::warn!("rekey with {peer} failed (child {child:?})");
                 continue;
             }
-            IkeEvent::ChildSaInstalled { .. } | IkeEvent::ChildSaRemoved { .. } => continue,
+            IkeEvent::ChildSaInstalled {
+                peer,
+                inbound_spi,
+                outbound_spi,
+            } => {
+                // The moment the gateway's end of the tunnel is in the
+                // kernel (the e2e benchmark's "tunnel setup" ends here).
+                if let Some(p) = peers.lock().ok().and_then(|m| m.get(&peer).cloned()) {
+                    log::info!(
+                        "terminal={} tunnel ({peer}) slot {}: CHILD SA installed (in {inbound_spi:#010x}, out {outbound_spi:#010x})",
+                        p.terminal_id,
+                        p.slot
+                    );
+                }
+                continue;
+            }
+            IkeEvent::ChildSaRemoved { .. } => continue,
         };
         let Some(p) = peers.lock().ok().and_then(|m| m.get(&peer).cloned()) else {
             continue;
         };
-        log::info!("tunnel to {} ({peer}) slot {}: {detail}", p.terminal_id, p.slot);
+        log::info!("terminal={} tunnel ({peer}) slot {}: {detail}", p.terminal_id, p.slot);
         // The receiver lives as long as gatewayd.
         let _ = events.send(DriverEvent {
             terminal_id: p.terminal_id.clone(),
@@ -373,13 +389,13 @@ async fn forward_ike_events(
                 tokio::time::sleep(delay).await;
                 // Only if the tunnel is still wanted, with whatever
                 // configuration is current then.
-                let cfg = peers
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(&peer).and_then(|p| p.config.clone()));
-                if let Some(cfg) = cfg {
+                let cfg = peers.lock().ok().and_then(|m| {
+                    m.get(&peer)
+                        .and_then(|p| Some((p.config.clone()?, p.terminal_id.clone())))
+                });
+                if let Some((cfg, terminal)) = cfg {
                     if !drv.is_up(peer) {
-                        log::info!("retrying IKE with {peer}");
+                        log::info!("terminal={terminal} tunnel ({peer}): retrying IKE");
                         let _ = drv.request_detached(Request::Connect(cfg));
                     }
                 }

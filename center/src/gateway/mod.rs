@@ -472,7 +472,7 @@ pub async fn forward_events_counted(
             .take(vpnnat_proto::types::MAX_DETAIL_CHARS)
             .collect();
         let Ok(detail) = FailureDetail::new(clean).or_else(|_| FailureDetail::new("")) else {
-            log::warn!("tunnel event for {}: detail not sendable; dropped", ev.terminal_id);
+            log::warn!("terminal={} tunnel event: detail not sendable; dropped", ev.terminal_id);
             continue;
         };
         let msg = TunnelEvent {
@@ -486,7 +486,7 @@ pub async fn forward_events_counted(
             match call(&center.authority, &name, &key.mac_key(), &msg, timeout, &rng).await {
                 Ok(_) => break,
                 Err(e) => {
-                    log::warn!("tunnel event for {} (attempt {attempt}): {e}", ev.terminal_id);
+                    log::warn!("terminal={} tunnel event (attempt {attempt}): {e}", ev.terminal_id);
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2);
                 }

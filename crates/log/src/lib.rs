@@ -1,0 +1,281 @@
+//! The log line shared by centerd, gatewayd and routerd (issue 9).
+//!
+//! Every event is one line, whatever the message holds (line breaks are
+//! escaped), stamped in UTC with milliseconds (RFC 3339), so that lines of
+//! several daemons on one machine sort and subtract in one clock (the
+//! end-to-end benchmark splits its phases that way):
+//!
+//! ```text
+//! plain:   2026-11-25T07:01:02.123Z INFO  vpnnat_center::center: terminal=home-1 acceptance=17 ...
+//! syslog:  <6>2026-11-25T07:01:02.123Z INFO  vpnnat_center::center: terminal=home-1 acceptance=17 ...
+//! ```
+//!
+//! The syslog form puts the RFC 5424 severity in front, as sd-daemon(3)
+//! and syslog readers of a daemon's stderr expect; journald strips it and
+//! keeps the rest. Events about a router carry `terminal=ID`, events about a
+//! maintenance request also `acceptance=N` ([`kv`] writes the pair), so one
+//! grep finds a request's whole story across the three daemons.
+//!
+//! The filter is env_logger's syntax (`info`, `warn,vpnnat_center::dns=debug`):
+//! `RUST_LOG` wins over the configuration, which wins over the daemon's
+//! default; the format is `VPNNAT_LOG_FORMAT` (`plain` or `syslog`), else the
+//! configuration, else syslog under systemd (`JOURNAL_STREAM` set), else
+//! plain.
+
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `STAMP LEVEL target: message`.
+    Plain,
+    /// `<PRI>STAMP LEVEL target: message`.
+    Syslog,
+}
+
+impl Format {
+    /// `"plain"` or `"syslog"`.
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "plain" => Ok(Format::Plain),
+            "syslog" => Ok(Format::Syslog),
+            other => Err(format!("{other:?}: the format must be \"plain\" or \"syslog\"")),
+        }
+    }
+}
+
+/// The syslog priority of a level (RFC 5424 severities, facility 0: the
+/// reader adds its own facility).
+pub fn priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of a time (UTC; times before 1970 print as
+/// the epoch).
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// One event's line (no trailing newline).
+pub fn line(format: Format, t: SystemTime, level: log::Level, target: &str, message: &str) -> String {
+    let msg = message.replace('\r', "\\r").replace('\n', "\\n");
+    let stamp = rfc3339_millis(t);
+    match format {
+        Format::Plain => format!("{stamp} {level:<5} {target}: {msg}"),
+        Format::Syslog => format!("<{}>{stamp} {level:<5} {target}: {msg}", priority(level)),
+    }
+}
+
+/// The project's key=value convention for the subject of an event:
+/// `terminal=ID`, and ` acceptance=N` when a request is concerned.
+pub fn kv(terminal: &dyn std::fmt::Display, acceptance: Option<u64>) -> String {
+    match acceptance {
+        Some(n) => format!("terminal={terminal} acceptance={n}"),
+        None => format!("terminal={terminal}"),
+    }
+}
+
+/// Checks an env_logger filter (`info`, `warn,vpnnat_center::dns=debug`):
+/// each comma-separated item is a level or `module=level`.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for item in filter.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let level = item.rsplit_once('=').map_or(item, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("{item:?}: the level must be one of {}", LEVELS.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// The filter in force: `RUST_LOG` if set, else the configuration's, else
+/// `default`.
+pub fn resolve_filter(default: &str, config: Option<&str>) -> String {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| config.map(str::to_owned))
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// The format in force (see the module doc). An unknown
+/// `VPNNAT_LOG_FORMAT` is ignored rather than fatal: logging must start.
+pub fn resolve_format(config: Option<Format>) -> Format {
+    if let Some(f) = std::env::var("VPNNAT_LOG_FORMAT")
+        .ok()
+        .and_then(|v| Format::parse(&v).ok())
+    {
+        return f;
+    }
+    if let Some(f) = config {
+        return f;
+    }
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        Format::Syslog
+    } else {
+        Format::Plain
+    }
+}
+
+/// Where lines go besides stderr (routerd's ring for its maintenance page,
+/// tests capturing every line).
+pub type Sink = Box<dyn Fn(&str) + Send + Sync>;
+
+/// What [`init`] installs.
+pub struct Settings {
+    /// An env_logger filter.
+    pub filter: String,
+    pub format: Format,
+    /// Write lines to stderr (false: sinks only).
+    pub stderr: bool,
+    /// Each gets every line (plain format, whatever `format` says).
+    pub sinks: Vec<Sink>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("filter", &self.filter)
+            .field("format", &self.format)
+            .field("stderr", &self.stderr)
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+struct Logger {
+    /// Used for its filter only; lines are ours.
+    filter: env_logger::Logger,
+    format: Format,
+    stderr: bool,
+    sinks: Vec<Sink>,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        self.filter.enabled(m)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        let now = SystemTime::now();
+        let msg = record.args().to_string();
+        if self.stderr {
+            let mut l = line(self.format, now, record.level(), record.target(), &msg);
+            l.push('\n');
+            // One write per line, so lines of several threads never mix.
+            let _ = std::io::stderr().lock().write_all(l.as_bytes());
+        }
+        if !self.sinks.is_empty() {
+            let l = line(Format::Plain, now, record.level(), record.target(), &msg);
+            for s in &self.sinks {
+                s(&l);
+            }
+        }
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Installs the process's logger; false if one was installed already
+/// (then nothing changes).
+pub fn init(settings: Settings) -> bool {
+    let filter = env_logger::Builder::new().parse_filters(&settings.filter).build();
+    let max = filter.filter();
+    let logger = Logger {
+        filter,
+        format: settings.format,
+        stderr: settings.stderr,
+        sinks: settings.sinks,
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(max);
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stamps_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_590_062_123);
+        assert_eq!(rfc3339_millis(t), "2026-11-25T07:01:02.123Z");
+        // a leap day
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400) + Duration::from_micros(999_999);
+        assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.999Z");
+    }
+
+    #[test]
+    fn lines_are_one_per_event_with_priority_in_syslog_form() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_590_062_123);
+        assert_eq!(
+            line(
+                Format::Plain,
+                t,
+                log::Level::Info,
+                "vpnnat_center::center",
+                "terminal=home-1 x"
+            ),
+            "2026-11-25T07:01:02.123Z INFO  vpnnat_center::center: terminal=home-1 x"
+        );
+        assert_eq!(
+            line(Format::Syslog, t, log::Level::Warn, "routerd", "a\nb\rc"),
+            "<4>2026-11-25T07:01:02.123Z WARN  routerd: a\\nb\\rc"
+        );
+        assert_eq!(priority(log::Level::Error), 3);
+        assert_eq!(priority(log::Level::Trace), 7);
+    }
+
+    #[test]
+    fn subject_convention() {
+        assert_eq!(kv(&"home-1", Some(17)), "terminal=home-1 acceptance=17");
+        assert_eq!(kv(&"home-1", None), "terminal=home-1");
+    }
+
+    #[test]
+    fn filters_and_formats_are_checked() {
+        assert!(check_filter("info").is_ok());
+        assert!(check_filter("warn, vpnnat_center::dns=DEBUG").is_ok());
+        assert!(check_filter("loud").is_err());
+        assert!(check_filter("vpnnat_center=verbose").is_err());
+        assert_eq!(Format::parse("syslog"), Ok(Format::Syslog));
+        assert_eq!(Format::parse("plain"), Ok(Format::Plain));
+        assert!(Format::parse("json").is_err());
+    }
+}
