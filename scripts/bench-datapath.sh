@@ -7,19 +7,25 @@
 # about time. Report: docs/bench/datapath.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/progress.sh
+. scripts/lib/progress.sh
 SIZES=${1:-1000,10000,100000}
 SAMPLE=${2:-1000}
 [[ $(id -u) -eq 0 ]] || { echo "bench-datapath: run as root" >&2; exit 2; }
 for p in nftables iproute2; do
-	dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$p" >/dev/null; }
+	# shellcheck disable=SC2016 # $1 is bash -c's argument
+	dpkg -s "$p" >/dev/null 2>&1 || progress_run "installing $p (apt-get)" \
+		bash -c 'apt-get update -qq && apt-get install -y -qq "$1" >/dev/null' _ "$p"
 done
-echo "bench-datapath: building vpnnatctl (release)..." >&2
-cargo build --release --locked -p vpnnat-datapath --bin vpnnatctl >&2
+progress_run "building vpnnatctl (release)" cargo build --release --locked -p vpnnat-datapath --bin vpnnatctl >&2
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
 ns=vpnnat-bench-$$
 ip netns add "$ns"
 trap 'ip netns del "$ns" 2>/dev/null' EXIT
 mkdir -p docs/bench
 {
 	echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -r), $(nproc) cores, $(nft --version), $(ip -V)"
-	ip netns exec "$ns" target/release/vpnnatctl bench --sizes "$SIZES" --sample "$SAMPLE"
+	progress_run "benchmark: sizes $SIZES, sample $SAMPLE (minutes for 100000)" \
+		ip netns exec "$ns" "$TARGET_DIR/release/vpnnatctl" bench --sizes "$SIZES" --sample "$SAMPLE"
 } | tee docs/bench/datapath.txt
+progress "wrote docs/bench/datapath.txt"

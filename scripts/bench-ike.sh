@@ -8,15 +8,21 @@
 # Run as root from anywhere; builds the VM binaries unless VPNNAT_VM_NO_BUILD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/progress.sh
+. scripts/lib/progress.sh
 [[ $(id -u) -eq 0 ]] || { echo "bench-ike: run as root" >&2; exit 2; }
 for p in strongswan-charon strongswan-swanctl; do
-	dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$p" >/dev/null; }
+	# shellcheck disable=SC2016 # $1 is bash -c's argument
+	dpkg -s "$p" >/dev/null 2>&1 || progress_run "installing $p (apt-get)" \
+		bash -c 'apt-get update -qq && apt-get install -y -qq "$1" >/dev/null' _ "$p"
 done
 eval "$(tests/vm/strongswan/extra.sh)"
 others=$(pgrep -c qemu-system || true)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
+progress "${IKE_BENCH_N:-20} set-ups each, ours and strongSwan's, in the test VM (several minutes)"
 scripts/vm-test tests/vm/strongswan/bench.sh | tee "$out"
+progress "writing docs/bench/ike.txt"
 mkdir -p docs/bench
 {
 	echo "# $(date -u +%Y-%m-%dT%H:%MZ), scripts/bench-ike.sh: QEMU TCG VM (Debian 6.1 kernel) on $(nproc) host cores,"

@@ -13,6 +13,8 @@ if [[ $(id -u) -ne 0 ]]; then
 	exit 2
 fi
 
+# shellcheck source=scripts/lib/progress.sh
+. scripts/lib/progress.sh
 PASSED=0
 FAILED=0
 FAILED_STEPS=()
@@ -37,7 +39,10 @@ run() {
 	shift
 	step "$name"
 	local log=$LOG/$(echo "$name" | tr -c 'a-zA-Z0-9' _).log
-	if "$@" 2>&1 | tee "$log"; then
+	# "[+12.3s] test.sh: NAME..." and "NAME: done (N s)" around the step
+	# (scripts/lib/progress.sh); cargo is silent while it compiles: a line
+	# every minute says the step still runs
+	if PROGRESS_EVERY=60 progress_run "$name" "$@" 2>&1 | tee "$log"; then
 		if ! grep -qE '^test result: |^[0-9]+ passed, [0-9]+ failed' "$log"; then
 			PASSED=$((PASSED + 1))
 		fi
