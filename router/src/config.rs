@@ -69,6 +69,16 @@ pub struct RawConfig {
     /// Kernel modules PID 1 loads before setting up the network.
     #[serde(default)]
     pub modules: Vec<String>,
+    pub log: Option<RawLog>,
+}
+
+/// `[log]`: what routerd logs and how (`RUST_LOG` and `VPNNAT_LOG_FORMAT`
+/// override it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
 }
 
 impl fmt::Debug for RawConfig {
@@ -213,6 +223,11 @@ pub struct Helper {
 /// The validated configuration.
 pub struct Config {
     pub path: PathBuf,
+    /// `[log] level` (an env_logger filter; `RUST_LOG` overrides it).
+    pub log_level: Option<String>,
+    /// `[log] format` (`VPNNAT_LOG_FORMAT` overrides it; default syslog as
+    /// PID 1, else plain).
+    pub log_format: Option<vpnnat_log::Format>,
     pub terminal_id: TerminalId,
     pub center_url: CenterUrl,
     pub factory_secret: SecretId,
@@ -381,8 +396,25 @@ impl Config {
                 n => Ok(Duration::from_secs(n)),
             }
         };
+        let (log_level, log_format) = match &raw.log {
+            None => (None, None),
+            Some(l) => {
+                if let Some(level) = &l.level {
+                    vpnnat_log::check_filter(level).map_err(|r| bad("log.level", r))?;
+                }
+                let format = l
+                    .format
+                    .as_deref()
+                    .map(vpnnat_log::Format::parse)
+                    .transpose()
+                    .map_err(|r| bad("log.format", r))?;
+                (l.level.clone(), format)
+            }
+        };
         Ok(Config {
             path: path.to_path_buf(),
+            log_level,
+            log_format,
             terminal_id,
             center_url,
             factory_secret,
@@ -537,6 +569,22 @@ command = ["/usr/sbin/dnsmasq", "-k"]
 
     fn err(text: &str) -> String {
         Config::parse(text, Path::new("t.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn log_section_is_checked() {
+        let c = sample_config();
+        assert_eq!((c.log_level, c.log_format), (None, None));
+        let c = Config::parse(
+            &format!("{}\n[log]\nlevel = \"warn\"\nformat = \"syslog\"\n", sample()),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.log_level.as_deref(), Some("warn"));
+        assert_eq!(c.log_format, Some(vpnnat_log::Format::Syslog));
+        assert!(err(&format!("{}\n[log]\nlevel = \"loud\"\n", sample())).contains("log.level"));
+        assert!(err(&format!("{}\n[log]\nformat = \"json\"\n", sample())).contains("log.format"));
+        assert!(err(&format!("{}\n[log]\ncolour = 1\n", sample())).contains("colour"));
     }
 
     #[test]

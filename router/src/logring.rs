@@ -143,6 +143,17 @@ pub fn install(default_level: &str, pid1: bool) {
     });
 }
 
+/// Applies the configuration's `[log]` once it is read (the logger runs
+/// from the start, so that early failures are logged); `RUST_LOG` and
+/// `VPNNAT_LOG_FORMAT` still win.
+pub fn configure(level: Option<&str>, format: Option<vpnnat_log::Format>, pid1: bool) {
+    let format = format.or(pid1.then_some(vpnnat_log::Format::Syslog));
+    vpnnat_log::reconfigure(
+        &vpnnat_log::resolve_filter("info", level),
+        vpnnat_log::resolve_format(format),
+    );
+}
+
 /// The same logger for the unit tests: the ring only (the harness does not
 /// capture stderr written directly).
 #[cfg(test)]

@@ -221,6 +221,7 @@ impl Datapath for SimulatedKernel {
 
 fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
     let cfg = Arc::new(load(cli)?);
+    vpnnat_router::logring::configure(cfg.log_level.as_deref(), cfg.log_format, pid1);
     if pid1 {
         init::boot(&cfg).context("init duties")?;
     }

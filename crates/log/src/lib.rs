@@ -23,6 +23,7 @@
 //! plain.
 
 use std::io::Write as _;
+use std::sync::{OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How lines are written.
@@ -169,27 +170,35 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-struct Logger {
+/// What [`reconfigure`] can change once the logger runs.
+struct Active {
     /// Used for its filter only; lines are ours.
     filter: env_logger::Logger,
     format: Format,
+}
+
+struct Logger {
+    active: RwLock<Active>,
     stderr: bool,
     sinks: Vec<Sink>,
 }
 
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        self.filter.enabled(m)
+        self.active.read().is_ok_and(|a| a.filter.enabled(m))
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if !self.filter.matches(record) {
-            return;
-        }
+        let format = match self.active.read() {
+            Ok(a) if a.filter.matches(record) => a.format,
+            _ => return,
+        };
         let now = SystemTime::now();
         let msg = record.args().to_string();
         if self.stderr {
-            let mut l = line(self.format, now, record.level(), record.target(), &msg);
+            let mut l = line(format, now, record.level(), record.target(), &msg);
             l.push('\n');
             // One write per line, so lines of several threads never mix.
             let _ = std::io::stderr().lock().write_all(l.as_bytes());
@@ -212,17 +221,42 @@ impl log::Log for Logger {
 pub fn init(settings: Settings) -> bool {
     let filter = env_logger::Builder::new().parse_filters(&settings.filter).build();
     let max = filter.filter();
-    let logger = Logger {
-        filter,
-        format: settings.format,
-        stderr: settings.stderr,
-        sinks: settings.sinks,
-    };
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+    let mut fresh = false;
+    let logger = LOGGER.get_or_init(|| {
+        fresh = true;
+        Logger {
+            active: RwLock::new(Active {
+                filter,
+                format: settings.format,
+            }),
+            stderr: settings.stderr,
+            sinks: settings.sinks,
+        }
+    });
+    if fresh && log::set_logger(logger).is_ok() {
         log::set_max_level(max);
         true
     } else {
         false
+    }
+}
+
+/// Changes the filter and format of the running logger (routerd installs
+/// it before it has read its configuration, whose `[log]` then applies);
+/// false if [`init`] has not run.
+pub fn reconfigure(filter: &str, format: Format) -> bool {
+    let Some(logger) = LOGGER.get() else {
+        return false;
+    };
+    let filter = env_logger::Builder::new().parse_filters(filter).build();
+    let max = filter.filter();
+    match logger.active.write() {
+        Ok(mut a) => {
+            *a = Active { filter, format };
+            log::set_max_level(max);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -266,6 +300,46 @@ mod tests {
     fn subject_convention() {
         assert_eq!(kv(&"home-1", Some(17)), "terminal=home-1 acceptance=17");
         assert_eq!(kv(&"home-1", None), "terminal=home-1");
+    }
+
+    /// The only test that installs the process's logger.
+    #[test]
+    fn the_running_logger_filters_and_can_be_reconfigured() {
+        use std::sync::Mutex;
+        static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        assert!(
+            !reconfigure("info", Format::Plain),
+            "nothing to reconfigure before init"
+        );
+        assert!(init(Settings {
+            filter: "info".into(),
+            format: Format::Syslog,
+            stderr: false,
+            sinks: vec![Box::new(|l: &str| SEEN
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(l.to_owned()))],
+        }));
+        log::info!(target: "t", "one");
+        log::debug!(target: "t", "hidden");
+        assert!(reconfigure("warn", Format::Plain));
+        log::info!(target: "t", "dropped now");
+        log::warn!(target: "t", "two");
+        let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        // sinks get the plain line, whatever stderr's format
+        assert!(
+            seen[0].ends_with(" INFO  t: one") && seen[0].as_bytes()[23] == b'Z',
+            "{}",
+            seen[0]
+        );
+        assert!(seen[1].ends_with(" WARN  t: two"), "{}", seen[1]);
+        assert!(!init(Settings {
+            filter: "trace".into(),
+            format: Format::Plain,
+            stderr: false,
+            sinks: Vec::new(),
+        }));
     }
 
     #[test]
