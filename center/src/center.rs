@@ -432,7 +432,9 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let mut slots = Vec::new();
         let mut up = Vec::new();
         let mut draining = Vec::new();
+        let mut alive = Vec::new();
         for g in &gws {
+            alive.push((vec![("gateway", g.name.clone())], if g.alive { 1.0 } else { 0.0 }));
             slots.push((
                 vec![("gateway", g.name.clone()), ("state", "used".to_owned())],
                 f(g.used),
@@ -464,6 +466,13 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             "gauge",
             "1 if the gateway takes no new tunnels.",
             &draining,
+        );
+        family(
+            &mut out,
+            "vpnnat_center_gateway_up",
+            "gauge",
+            "1 if the gateway answers centerd's heartbeat, 0 if it was marked down.",
+            &alive,
         );
         self.metrics.render("vpnnat_center", "router/gateway API", &mut out);
         Ok(out)
@@ -683,7 +692,10 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let held = self.reads()?.slot_of(tid.as_str())?;
         let mut skip = Vec::new();
         if let Some(h) = held {
-            if h.tunnel_state == TunnelState::Up || self.gateways.probe(&h.gateway).await {
+            // A gateway the heartbeat marked down has no tunnel up (its
+            // slots were marked down with it) and is not probed again here.
+            let alive = self.reads()?.gateway_alive(&h.gateway)?;
+            if h.tunnel_state == TunnelState::Up || (alive && self.gateways.probe(&h.gateway).await) {
                 return Ok(h);
             }
             log::warn!("terminal={tid} gateway {} does not answer, choosing another", h.gateway);
@@ -767,6 +779,19 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         // same transaction as the addresses and the request.
         let held = self.reads()?.slot_of(tid.as_str())?;
         let mut skip = Vec::new();
+        if let Some(h) = &held {
+            // The router is bound to this gateway (its address and IKE
+            // identity came with exchange 3), so it cannot be moved from
+            // here: refuse at once instead of waiting for the command to
+            // time out. The router asks for a gateway again after its VPN
+            // ends; the operator view shows the gateway down.
+            if !self.reads()?.gateway_alive(&h.gateway)? {
+                return Err(CenterError::Gateway(CommandError::Unreachable {
+                    target: h.gateway.clone(),
+                    reason: "the gateway is down (no heartbeat answer)".into(),
+                }));
+            }
+        }
         let (number, grants) = match held {
             Some(_) => self.store()?.create_request(&new, None)?,
             None => {
@@ -1071,6 +1096,69 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     }
 
     // ---------------------------------------------------------------
+    // Gateway liveness (crate::liveness decides, this acts)
+    // ---------------------------------------------------------------
+
+    /// The heartbeat marked `gateway` down: the database stops giving it
+    /// slots and records its tunnels down and a `gateway_lost` failure for
+    /// every router with an open request on it; an audit row and the log
+    /// say so; waiters for tunnel events re-read. `now_ms` (Unix ms) is
+    /// the moment of detection, kept for the operator. Returns the routers
+    /// that lost their tunnel (None: it was down already).
+    pub fn gateway_down(
+        &self,
+        gateway: &str,
+        now_ms: u64,
+        silent_for: Option<Duration>,
+    ) -> Result<Option<Vec<crate::storage::LostTunnel>>, CenterError> {
+        let now = now_ms / 1000;
+        let Some(lost) = self.store()?.mark_gateway_down(gateway, now, now_ms)? else {
+            return Ok(None);
+        };
+        let open: usize = lost.iter().map(|l| l.open_requests.len()).sum();
+        let silent = silent_for.map_or_else(|| "since centerd started".to_owned(), |d| format!("for {d:?}"));
+        let detail = format!(
+            "gateway {gateway} down: no heartbeat answer {silent}; {} tunnel(s) lost, {open} open request(s) marked",
+            lost.len()
+        );
+        log::warn!("{detail}");
+        self.audit(now, &Actor::centerd(), "gateway_down", None, None, &detail);
+        self.tunnel_events.notify_waiters();
+        Ok(Some(lost))
+    }
+
+    /// The heartbeat got an answer from a gateway that was down: it takes
+    /// new slots again and is reconciled with the database at once (a
+    /// restarted gatewayd has no tunnels: those of the routers still
+    /// holding its slots are set up again; tunnels the database no longer
+    /// gives it are torn down). None if it was up already.
+    pub async fn gateway_back(&self, gateway: &str, now_ms: u64) -> Result<Option<ReconcileOutcome>, CenterError> {
+        let now = now_ms / 1000;
+        if !self.store()?.mark_gateway_up(gateway, now_ms)? {
+            return Ok(None);
+        }
+        log::info!("gateway {gateway} answers again; reconciling");
+        let out = self.reconcile_gateway(gateway, now).await;
+        let detail = match &out {
+            Ok(o) => format!(
+                "gateway {gateway} back: reconciled, {} tunnel(s) set up, {} address(es) added, {} removed, {} torn down{}",
+                o.set_up.len(),
+                o.added,
+                o.removed,
+                o.torn_down.len(),
+                if o.warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warning(s)", o.warnings.len())
+                }
+            ),
+            Err(e) => format!("gateway {gateway} back: reconciliation failed: {e}"),
+        };
+        self.audit(now, &Actor::centerd(), "gateway_up", None, None, &detail);
+        out.map(Some)
+    }
+
+    // ---------------------------------------------------------------
     // 5. Operator start, 6.-8. end, judgments, release, VPN end
     // ---------------------------------------------------------------
 
@@ -1127,6 +1215,17 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         // that is up they cannot arrive, so they are skipped (and said so)
         // instead of each waiting for a timeout while the operator waits.
         let tunnel_up = slot.as_ref().is_some_and(|s| s.tunnel_state == TunnelState::Up);
+        // A gateway marked down is not sent commands that would each wait
+        // for a time-out: when it answers again, reconciliation removes
+        // what the database no longer gives it.
+        let gateway_alive = match &slot {
+            Some(s) => self.reads()?.gateway_alive(&s.gateway)?,
+            None => false,
+        };
+        if slot.is_some() && !gateway_alive {
+            out.warnings
+                .push("gateway down: its tunnel and routes are removed when it answers again".into());
+        }
         let router = match &target {
             Some(t) if tunnel_up => Some(t),
             Some(_) => {
@@ -1168,7 +1267,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 if let Some(s) = &slot {
                     self.route(false, &s.gateway, &[addr], &mut out.warnings);
                 }
-                if let (Some(s), Some(t)) = (&slot, &target) {
+                if let (Some(s), Some(t), true) = (&slot, &target, gateway_alive) {
                     if let Err(e) = self
                         .gateways
                         .remove_addresses(&s.gateway, &t.terminal_id, &[addr])
@@ -1202,7 +1301,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 }
                 self.route(false, &s.gateway, &gone, &mut out.warnings);
             }
-            if let (Some(s), Some(t)) = (slot, &target) {
+            if let (Some(s), Some(t), true) = (slot, &target, gateway_alive) {
                 let addrs: Vec<Ipv4Addr> = freed.iter().map(|f| f.vpnnat).collect();
                 for chunk in addrs.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
                     if let Err(e) = self.gateways.remove_addresses(&s.gateway, &t.terminal_id, chunk).await {

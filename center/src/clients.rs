@@ -79,6 +79,25 @@ impl HttpGateways {
         r
     }
 
+    /// centerd's heartbeat: one authenticated `ReportState` (MAC'd with
+    /// the gateway's API key, answer verified) bounded by `timeout`, which
+    /// is shorter than the command time-out so a silent gateway is noticed
+    /// in seconds. Ok means the gateway answers and is ours.
+    pub async fn heartbeat(&self, name: &str, timeout: Duration) -> Result<(), CommandError> {
+        let g = self.get(name)?;
+        let r = call(
+            &g.authority,
+            &g.name,
+            &g.key.mac_key(),
+            &ReportState {},
+            timeout,
+            &self.rng,
+        )
+        .await;
+        self.remember(name, r.is_ok());
+        r.map(|_| ())
+    }
+
     /// The gateway's whole state (reconciliation, `centerd` tools).
     pub async fn state(&self, name: &str) -> Result<StateReport, CommandError> {
         self.send(name, &ReportState {}).await

@@ -141,6 +141,8 @@ struct RawCenter {
     tunnel_up_timeout_ms: Option<u64>,
     replay_window_secs: Option<u64>,
     reconcile_interval_secs: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_misses: Option<u32>,
     host_routes: Option<bool>,
 }
 
@@ -204,6 +206,9 @@ pub struct CenterdConfig {
     /// How often every gateway is reconciled with the database (None: only
     /// at start).
     pub reconcile_interval: Option<Duration>,
+    /// Gateway heartbeat (None: `heartbeat_interval_ms = 0`, no liveness
+    /// watch; dead gateways are then only skipped when a probe fails).
+    pub heartbeat: Option<crate::liveness::HeartbeatConfig>,
     /// API endpoint of each gateway, in the order of `settings.gateways`.
     pub gateway_endpoints: Vec<(GatewayName, HttpEndpoint)>,
     pub settings: CenterSettings,
@@ -296,6 +301,20 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
         return Err(invalid("routers.command_port", "must be 1-65535"));
     }
     let command_timeout = Duration::from_millis(raw.routers.command_timeout_ms.unwrap_or(5000));
+    let hb_default = crate::liveness::HeartbeatConfig::default();
+    let heartbeat = match raw.center.heartbeat_interval_ms {
+        Some(0) => None,
+        ms => {
+            let misses = raw.center.heartbeat_misses.unwrap_or(hb_default.misses);
+            if misses == 0 {
+                return Err(invalid("center.heartbeat_misses", "must be at least 1"));
+            }
+            Some(crate::liveness::HeartbeatConfig {
+                interval: ms.map_or(hb_default.interval, Duration::from_millis),
+                misses,
+            })
+        }
+    };
     if raw.operators.password_hashes.is_empty() {
         return Err(invalid(
             "operators.password_hashes",
@@ -420,6 +439,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             0 => None,
             n => Some(Duration::from_secs(n)),
         },
+        heartbeat,
         gateway_endpoints: endpoints,
         settings: CenterSettings {
             factory_master_key,

@@ -9,6 +9,7 @@
 //! - [`api`]: centerd's HTTP server for routers and gateway events.
 //! - [`ui`]: the operator web UI.
 //! - [`clients`]: centerd's HTTP command channels to gateways and routers.
+//! - [`liveness`]: the gateway heartbeat's up/down state machine.
 //! - [`gateway`]: gatewayd: config, the `TunnelDriver` seam, HTTP API.
 
 // Peer input must not panic the servers: no unchecked indexing or
@@ -23,6 +24,7 @@ pub mod config;
 pub mod dns;
 pub mod gateway;
 pub mod http;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod password;

@@ -190,6 +190,13 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     ALTER TABLE sessions ADD COLUMN operator TEXT NOT NULL DEFAULT '';
     "#,
+    // 3: gateway liveness from centerd's heartbeat (a down gateway gets no
+    // new slots; when it changed, in ms, for the operator and the tests'
+    // detection time).
+    r#"
+    ALTER TABLE gateways ADD COLUMN alive INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE gateways ADD COLUMN alive_changed_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// State of a maintenance request (seed figure 29).
@@ -381,6 +388,19 @@ pub struct GatewayUsage {
     pub used: u64,
     pub free: u64,
     pub up: u64,
+    /// Whether the gateway answers centerd's heartbeat.
+    pub alive: bool,
+    /// When `alive` last changed (Unix ms; 0: never).
+    pub alive_changed_ms: u64,
+}
+
+/// A router whose tunnel was on a gateway that went down.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LostTunnel {
+    pub terminal_id: String,
+    pub slot: u16,
+    /// Its requests that were not ended (waiting or in progress).
+    pub open_requests: Vec<u64>,
 }
 
 /// How full the pool is.
@@ -813,13 +833,96 @@ impl Storage {
         Ok(())
     }
 
+    /// Whether the gateway answers centerd's heartbeat (an unknown name
+    /// is not alive).
+    pub fn gateway_alive(&self, gateway: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT alive FROM gateways WHERE name = ?1")?
+            .query_row([gateway], |r| r.get::<_, bool>(0))
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// Marks a gateway down after it stopped answering: no new slots go to
+    /// it, the tunnels of the slots it holds are recorded down, and every
+    /// router among them with an open request gets a `gateway_lost`
+    /// failure row (the operator's view) naming those requests; one
+    /// transaction. The slots stay held: the routers are bound to this
+    /// gateway's address and identity, so their tunnels come back when it
+    /// does (reconciliation), or the operator ends the requests. `None`
+    /// if it was down already.
+    pub fn mark_gateway_down(&mut self, gateway: &str, now: u64, now_ms: u64) -> Result<Option<Vec<LostTunnel>>> {
+        let tx = self.tx()?;
+        let n = tx
+            .prepare_cached("UPDATE gateways SET alive = 0, alive_changed_ms = ?2 WHERE name = ?1 AND alive = 1")?
+            .execute(params![gateway, from_u64(now_ms)])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let held: Vec<(String, u16)> = {
+            let mut st = tx.prepare_cached(
+                "SELECT terminal_id, slot FROM gateway_slots
+                 WHERE gateway = ?1 AND terminal_id IS NOT NULL ORDER BY slot",
+            )?;
+            let rows = st.query_map([gateway], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.prepare_cached(
+            "UPDATE gateway_slots SET tunnel_state = 'down', changed_at = ?2
+             WHERE gateway = ?1 AND terminal_id IS NOT NULL AND tunnel_state != 'down'",
+        )?
+        .execute(params![gateway, from_u64(now)])?;
+        let mut lost = Vec::with_capacity(held.len());
+        for (terminal_id, slot) in held {
+            let open: Vec<u64> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT acceptance_number FROM requests
+                     WHERE terminal_id = ?1 AND state != 'ended' ORDER BY acceptance_number",
+                )?;
+                let rows = st.query_map([&terminal_id], |r| r.get::<_, i64>(0))?;
+                rows.map(|n| to_u64(n?)).collect::<Result<_>>()?
+            };
+            if !open.is_empty() {
+                let numbers: Vec<String> = open.iter().map(u64::to_string).collect();
+                tx.prepare_cached(
+                    "INSERT INTO failures (terminal_id, code, detail, received_at) VALUES (?1, 'gateway_lost', ?2, ?3)",
+                )?
+                .execute(params![
+                    terminal_id,
+                    format!(
+                        "gateway {gateway} stopped answering; tunnel down; open request(s) {}",
+                        numbers.join(", ")
+                    ),
+                    from_u64(now)
+                ])?;
+            }
+            lost.push(LostTunnel {
+                terminal_id,
+                slot,
+                open_requests: open,
+            });
+        }
+        tx.commit()?;
+        Ok(Some(lost))
+    }
+
+    /// Marks a gateway alive again; false if it was alive already.
+    pub fn mark_gateway_up(&mut self, gateway: &str, now_ms: u64) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached("UPDATE gateways SET alive = 1, alive_changed_ms = ?2 WHERE name = ?1 AND alive = 0")?
+            .execute(params![gateway, from_u64(now_ms)])?;
+        Ok(n > 0)
+    }
+
     /// The slot a router holds, if any.
     pub fn slot_of(&self, terminal_id: &str) -> Result<Option<SlotRow>> {
         slot_of_in(&self.conn, terminal_id)
     }
 
     /// The first free slot scanning from the head (gateway order, then slot
-    /// number), skipping `skip` gateways and draining ones.
+    /// number), skipping `skip` gateways, draining ones and ones that are down.
     pub fn first_free_slot(&self, skip: &[String]) -> Result<Option<(String, u16)>> {
         // Per gateway (few), the lowest free slot from the partial index of
         // free slots: O(gateways x log slots), not a scan of every slot.
@@ -828,7 +931,7 @@ impl Storage {
                              WHERE s.gateway = g.name AND s.terminal_id IS NULL
                              ORDER BY s.slot LIMIT 1) AS free
              FROM gateways g
-             WHERE g.draining = 0 AND g.name NOT IN (SELECT value FROM json_each(?1)) AND free IS NOT NULL
+             WHERE g.draining = 0 AND g.alive = 1 AND g.name NOT IN (SELECT value FROM json_each(?1)) AND free IS NOT NULL
              ORDER BY g.position LIMIT 1",
         )?;
         let skip_json = serde_json::to_string(skip).map_err(|e| StorageError::Corrupt(e.to_string()))?;
@@ -902,23 +1005,27 @@ impl Storage {
             "SELECT g.name, g.global_ip, g.draining,
                     COUNT(s.terminal_id),
                     SUM(CASE WHEN s.slot IS NOT NULL AND s.terminal_id IS NULL THEN 1 ELSE 0 END),
-                    SUM(CASE WHEN s.tunnel_state = 'up' AND s.terminal_id IS NOT NULL THEN 1 ELSE 0 END)
+                    SUM(CASE WHEN s.tunnel_state = 'up' AND s.terminal_id IS NOT NULL THEN 1 ELSE 0 END),
+                    g.alive, g.alive_changed_ms
              FROM gateways g LEFT JOIN gateway_slots s ON s.gateway = g.name
              GROUP BY g.name ORDER BY g.position",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, bool>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Option<i64>>(5)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ),
+                (r.get::<_, bool>(6)?, r.get::<_, i64>(7)?),
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, ip, draining, used, free, up) = row?;
+            let ((name, ip, draining, used, free, up), (alive, alive_changed)) = row?;
             out.push(GatewayUsage {
                 name,
                 global_ip: ip,
@@ -926,6 +1033,8 @@ impl Storage {
                 used: to_u64(used)?,
                 free: to_u64(free.unwrap_or(0))?,
                 up: to_u64(up.unwrap_or(0))?,
+                alive,
+                alive_changed_ms: to_u64(alive_changed)?,
             });
         }
         Ok(out)

@@ -675,17 +675,26 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 cls = r.state.as_str(),
             );
         }
-        b.push_str("</table><h2>Gateways</h2><table id=\"gateways\"><tr><th>Name</th><th>Global IP</th><th>Used slots</th><th>Free slots</th><th>Tunnels up</th><th>Draining</th></tr>");
+        b.push_str("</table><h2>Gateways</h2><table id=\"gateways\"><tr><th>Name</th><th>Global IP</th><th>Used slots</th><th>Free slots</th><th>Tunnels up</th><th>Draining</th><th>State</th></tr>");
         for g in &gateways {
+            // A gateway the heartbeat marked down, with when: its routers'
+            // open requests carry a gateway_lost failure below.
+            let state = if g.alive {
+                "up".to_owned()
+            } else {
+                format!("DOWN since {}", fmt_time(g.alive_changed_ms / 1000))
+            };
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr class=\"gw-{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if g.alive { "up" } else { "down" },
                 esc(&g.name),
                 esc(&g.global_ip),
                 g.used,
                 g.free,
                 g.up,
-                if g.draining { "yes" } else { "no" }
+                if g.draining { "yes" } else { "no" },
+                esc(&state)
             );
         }
         b.push_str("</table><h2>Tunnels</h2><table id=\"tunnels\"><tr><th>Gateway</th><th>Slot</th><th>Terminal ID</th><th>State</th><th>Since</th></tr>");

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use vpnnat_center::center::{Actor, Center};
 use vpnnat_center::clients::{HttpGateways, HttpRouters};
 use vpnnat_center::config::CenterdConfig;
+use vpnnat_center::liveness::{GatewayWatch, HeartbeatConfig, Transition};
 use vpnnat_center::password::{PasswordHash, DEFAULT_ITERATIONS};
 use vpnnat_center::routes::KernelRoutes;
 use vpnnat_center::storage::Storage;
@@ -67,6 +68,9 @@ enum Cmd {
     EndRequest { acceptance_number: u64 },
     /// Reconcile every gateway (or one) with the database now.
     Reconcile { gateway: Option<String> },
+    /// List the gateways: heartbeat state (up/down, since when), slots,
+    /// tunnels up, draining.
+    Gateways,
     /// Stop giving new tunnels to a gateway (existing ones stay).
     DrainGateway {
         name: String,
@@ -317,6 +321,26 @@ fn real_main(cli: &Cli) -> Result<()> {
                 })
             })
         }
+        Cmd::Gateways => {
+            let cfg = load(&cli.config)?;
+            let rows = open_store(&cfg)?.gateway_usage()?;
+            output(cli.json, &rows, || {
+                let mut s = String::from("gateway  state  since(ms)      used  free  tunnels_up  draining\n");
+                for g in &rows {
+                    s.push_str(&format!(
+                        "{:<8} {:<6} {:<14} {:<5} {:<5} {:<11} {}\n",
+                        g.name,
+                        if g.alive { "up" } else { "down" },
+                        g.alive_changed_ms,
+                        g.used,
+                        g.free,
+                        g.up,
+                        g.draining
+                    ));
+                }
+                s
+            })
+        }
         Cmd::DrainGateway { name, undo } => drain(cli, name, !undo),
         Cmd::UndrainGateway { name } => drain(cli, name, false),
         Cmd::Audit {
@@ -475,6 +499,7 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
     };
     let dns = cfg.dns.clone();
     let reconcile_interval = cfg.reconcile_interval;
+    let heartbeat = cfg.heartbeat;
     let api_settings = api::ApiSettings {
         trusted_proxies: cfg.trusted_proxies.clone(),
     };
@@ -525,9 +550,21 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
         }
     });
     let reconciler = tokio::spawn(reconcile_loop(center.clone(), reconcile_interval));
+    let watchers: Vec<_> = match heartbeat {
+        Some(hb) => center
+            .settings()
+            .gateways
+            .iter()
+            .map(|g| tokio::spawn(heartbeat_loop(center.clone(), g.name.to_string(), hb)))
+            .collect(),
+        None => Vec::new(),
+    };
     wait_for_signal().await?;
     log::info!("centerd: shutting down");
     reconciler.abort();
+    for w in &watchers {
+        w.abort();
+    }
     let _ = tx.send(true);
     servers.await?;
     if let Some(t) = dns_task {
@@ -552,6 +589,50 @@ async fn reconcile_loop(center: Arc<RealCenter>, interval: Option<std::time::Dur
             None => return,
         }
     }
+}
+
+/// One gateway's liveness watch: an authenticated heartbeat every
+/// `hb.interval` (each bounded by the interval, so they never pile up),
+/// fed to [`GatewayWatch`]; a transition goes to the database, the audit
+/// log and, on "back", a reconciliation. One task per gateway, so a silent
+/// gateway's time-outs do not delay another's heartbeat.
+async fn heartbeat_loop(center: Arc<RealCenter>, name: String, hb: HeartbeatConfig) {
+    let alive = match center.reads().and_then(|st| Ok(st.gateway_alive(&name)?)) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("heartbeat {name}: cannot read its state, not watching it: {e}");
+            return;
+        }
+    };
+    let mut watch = GatewayWatch::new(hb, alive);
+    let mut tick = tokio::time::interval(hb.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answered = center.gateways().heartbeat(&name, hb.interval).await;
+        if let Err(e) = &answered {
+            log::debug!("heartbeat {name}: {e}");
+        }
+        let now_ms = unix_now_ms();
+        match watch.observe(answered.is_ok(), std::time::Instant::now()) {
+            None => {}
+            Some(Transition::Down { silent_for }) => {
+                if let Err(e) = center.gateway_down(&name, now_ms, silent_for) {
+                    log::error!("gateway {name} is down but cannot be marked: {e}");
+                }
+            }
+            Some(Transition::Up) => match center.gateway_back(&name, now_ms).await {
+                Ok(_) => {}
+                Err(e) => log::error!("gateway {name} is back but not reconciled: {e}"),
+            },
+        }
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn wait_for_signal() -> Result<()> {

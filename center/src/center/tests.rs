@@ -1094,3 +1094,121 @@ async fn reads_on_a_second_connection_see_every_commit() {
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn gateway_down_marks_requests_skips_it_and_reconciles_when_back() {
+    let (c, g, rt) = center_with("10.64.0.0/24", &[2, 2]);
+    let mut r1 = TestRouter::new("router-1");
+    let mut r2 = TestRouter::new("router-2");
+    r1.install(&c);
+    r2.install(&c);
+    r1.gateway_address(&c).await.unwrap();
+    let (n1, _) = r1.maintenance(&c, &["pc1"]).await.unwrap();
+    tunnel_up(&c, "router-1");
+    let key = ("gw1".to_string(), "router-1".to_string());
+    let carried = g.tunnels.lock().unwrap()[&key].2.clone();
+    let pool_before = c.store().unwrap().pool_usage().unwrap();
+    let audits_before = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .len();
+
+    // gw1 dies (its process and kernel state are gone).
+    g.dead.lock().unwrap().insert("gw1".into());
+    g.tunnels.lock().unwrap().clear();
+    let lost = c
+        .gateway_down("gw1", NOW * 1000 + 250, Some(Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].terminal_id, "router-1");
+    assert_eq!(lost[0].open_requests, vec![n1]);
+    assert!(
+        c.gateway_down("gw1", NOW * 1000 + 999, None).unwrap().is_none(),
+        "only once"
+    );
+    {
+        let st = c.store().unwrap();
+        let gw1 = &st.gateway_usage().unwrap()[0];
+        assert!(!gw1.alive);
+        assert_eq!(gw1.alive_changed_ms, NOW * 1000 + 250);
+        assert_eq!(gw1.used, 1, "the router stays bound to gw1");
+        let slot = st.slot_of("router-1").unwrap().unwrap();
+        assert_eq!(slot.tunnel_state, TunnelState::Down);
+        let f = st.failures(Some("router-1"), 10).unwrap();
+        assert_eq!(f[0].code, "gateway_lost");
+        assert!(f[0].detail.contains(&n1.to_string()), "{}", f[0].detail);
+        assert_eq!(st.pool_usage().unwrap(), pool_before, "no address taken or freed");
+        let audit = st
+            .audit_log(&crate::storage::AuditFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(audit.len(), audits_before + 1);
+        assert_eq!(audit[0].action, "gateway_down");
+    }
+    let metrics = c.render_metrics().unwrap();
+    assert!(
+        metrics.contains("vpnnat_center_gateway_up{gateway=\"gw1\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vpnnat_center_gateway_up{gateway=\"gw2\"} 1"),
+        "{metrics}"
+    );
+
+    // A new router goes to gw2 although gw1 has a free slot (and the
+    // fake's probe would now say gw1 answers: the database decides).
+    g.dead.lock().unwrap().clear();
+    let info = r2.gateway_address(&c).await.unwrap();
+    assert_eq!(info.gateway_ip.get(), Ipv4Addr::new(198, 51, 100, 12));
+    // router-1, bound to gw1, is refused at once with no state change.
+    g.take();
+    let e = r1.maintenance(&c, &["pc2"]).await.unwrap_err();
+    assert_eq!(status(&e), 502);
+    assert!(e.to_string().contains("down"), "{e}");
+    assert!(g.take().is_empty(), "nothing sent to a gateway marked down");
+    assert_eq!(c.store().unwrap().pool_usage().unwrap(), pool_before);
+
+    // gw1 answers again: marked up, its router's tunnel set up again with
+    // every address it carried.
+    let o = c.gateway_back("gw1", NOW * 1000 + 5000).await.unwrap().unwrap();
+    assert_eq!(o.set_up, vec!["router-1".to_string()]);
+    assert_eq!(g.tunnels.lock().unwrap()[&key].2, carried);
+    assert!(c.store().unwrap().gateway_alive("gw1").unwrap());
+    assert!(c.gateway_back("gw1", NOW * 1000 + 6000).await.unwrap().is_none());
+    let audit = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audit[0].action, "gateway_up");
+    assert!(audit[0].detail.contains("1 tunnel(s) set up"), "{}", audit[0].detail);
+
+    // Ending a request while its gateway is down frees the center's side
+    // without waiting on the gateway; reconciliation tears the tunnel down.
+    c.gateway_down("gw1", NOW * 1000 + 7000, None).unwrap();
+    g.take();
+    rt.take();
+    let o = c.end(n1, NOW).await.unwrap();
+    assert!(o.vpn_ended);
+    assert!(
+        o.warnings.iter().any(|w| w.contains("gateway down")),
+        "{:?}",
+        o.warnings
+    );
+    assert!(g.take().is_empty(), "no command to a gateway marked down");
+    assert_eq!(c.store().unwrap().gateway_usage().unwrap()[0].used, 0);
+    let o = c.gateway_back("gw1", NOW * 1000 + 8000).await.unwrap().unwrap();
+    assert_eq!(o.torn_down, vec!["router-1".to_string()]);
+    assert!(g.tunnels.lock().unwrap().is_empty());
+}
