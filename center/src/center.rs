@@ -268,6 +268,27 @@ pub struct Center<G, R> {
     routes: Option<Box<dyn RouteProgrammer>>,
     /// Latency and outcome of the router/gateway API commands.
     metrics: crate::metrics::CommandMetrics,
+    /// One lock per router: its maintenance request, its end and the
+    /// reconciliation of its tunnel each send several gateway commands;
+    /// interleaved, a reconcile working from a state report taken before a
+    /// VPN end would set the ended tunnel up again in a slot already given
+    /// to another router (seen under load). One entry per router that ever
+    /// did one of these: bounded by the terminals table.
+    /// The value: when an exchange last finished its gateway commands for
+    /// the router, so a reconcile can tell its state report is older.
+    terminal_locks: Mutex<std::collections::HashMap<String, TerminalLock>>,
+}
+
+type TerminalLock = std::sync::Arc<tokio::sync::Mutex<Option<std::time::Instant>>>;
+
+/// A router's lock held by an exchange; on release it records when the
+/// exchange's gateway commands were done (also on an early error return).
+struct TerminalWork(tokio::sync::OwnedMutexGuard<Option<std::time::Instant>>);
+
+impl Drop for TerminalWork {
+    fn drop(&mut self) {
+        *self.0 = Some(std::time::Instant::now());
+    }
 }
 
 /// The database's nonce store, locking the storage only for each nonce
@@ -339,6 +360,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             tunnel_events: Notify::new(),
             routes: None,
             metrics: crate::metrics::CommandMetrics::new(crate::api::COMMANDS),
+            terminal_locks: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -506,6 +528,25 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             };
             log::error!("{subject}audit log: cannot record {action} by {}: {err}", actor.who);
         }
+    }
+
+    /// The router's own lock (see `terminal_locks`), held across the
+    /// gateway commands of one exchange.
+    async fn lock_terminal(&self, terminal_id: &str) -> tokio::sync::OwnedMutexGuard<Option<std::time::Instant>> {
+        let m = {
+            let mut map = self
+                .terminal_locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(terminal_id.to_owned()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    /// [`Center::lock_terminal`] for an exchange that changes the router's
+    /// gateway state.
+    async fn work_on_terminal(&self, terminal_id: &str) -> TerminalWork {
+        TerminalWork(self.lock_terminal(terminal_id).await)
     }
 
     /// The storage, locked. Held only for short synchronous steps, never
@@ -775,6 +816,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             terminal_names: &names,
             now,
         };
+        let serial = self.work_on_terminal(tid.as_str()).await;
         // A router that skipped exchange 3 gets a slot here, claimed in the
         // same transaction as the addresses and the request.
         let held = self.reads()?.slot_of(tid.as_str())?;
@@ -852,6 +894,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         );
         let mut warnings = Vec::new();
         self.route(true, &slot.gateway, &addrs, &mut warnings);
+        drop(serial); // the wait below sends nothing
         for w in warnings {
             log::warn!("{subject} {w}");
         }
@@ -1003,6 +1046,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// recorded. Run at start and periodically, so a gatewayd that
     /// restarted (and wiped its kernel state) gets everything back.
     pub async fn reconcile_gateway(&self, gateway: &str, now: u64) -> Result<ReconcileOutcome, CenterError> {
+        let report_at = std::time::Instant::now();
         let report = self.gateways.report(gateway).await.map_err(CenterError::Gateway)?;
         let mut out = ReconcileOutcome {
             gateway: gateway.to_owned(),
@@ -1013,6 +1057,14 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             let Some(tid_s) = slot.terminal_id.clone() else {
                 continue;
             };
+            // Under the router's lock, and only if no request or end worked
+            // on its tunnel since the report was taken and its slot is the
+            // one scanned: otherwise the report is stale for it (the next
+            // round looks again).
+            let serial = self.lock_terminal(&tid_s).await;
+            if serial.is_some_and(|t| t >= report_at) || self.store()?.slot_of(&tid_s)?.as_ref() != Some(slot) {
+                continue;
+            }
             let (row, router_ip, addrs) = {
                 let st = self.store()?;
                 let Some(row) = st.terminal(&tid_s)? else {
@@ -1074,6 +1126,15 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 .iter()
                 .any(|s| s.terminal_id.as_deref() == Some(t.terminal_id.as_str()) && s.slot == t.slot);
             if !ours {
+                let serial = self.lock_terminal(t.terminal_id.as_str()).await;
+                // Worked on since the report, or given this slot since the
+                // scan: not known to be a stray.
+                let now_held = self.store()?.slot_of(t.terminal_id.as_str())?;
+                if serial.is_some_and(|w| w >= report_at)
+                    || now_held.is_some_and(|s| s.gateway == gateway && s.slot == t.slot)
+                {
+                    continue;
+                }
                 match self.gateways.tear_down(gateway, &t.terminal_id).await {
                     Ok(()) => out.torn_down.push(t.terminal_id.to_string()),
                     Err(e) => out.warnings.push(format!("tear down {}: {e}", t.terminal_id)),
@@ -1127,18 +1188,24 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         Ok(Some(lost))
     }
 
-    /// The heartbeat got an answer from a gateway that was down: it takes
-    /// new slots again and is reconciled with the database at once (a
-    /// restarted gatewayd has no tunnels: those of the routers still
-    /// holding its slots are set up again; tunnels the database no longer
-    /// gives it are torn down). None if it was up already.
+    /// The heartbeat got an answer from a gateway that was down: it is
+    /// reconciled with the database (a restarted gatewayd has no tunnels:
+    /// those of the routers still holding its slots are set up again; a
+    /// gatewayd that was only cut off still has the tunnels of requests
+    /// ended meanwhile: they are torn down), and only then takes new slots
+    /// again, so no new tunnel meets a stale one in its slot. A failed
+    /// reconciliation leaves it down (the next answer retries). None if it
+    /// was up already.
     pub async fn gateway_back(&self, gateway: &str, now_ms: u64) -> Result<Option<ReconcileOutcome>, CenterError> {
         let now = now_ms / 1000;
-        if !self.store()?.mark_gateway_up(gateway, now_ms)? {
+        if self.reads()?.gateway_alive(gateway)? {
             return Ok(None);
         }
         log::info!("gateway {gateway} answers again; reconciling");
         let out = self.reconcile_gateway(gateway, now).await;
+        if out.is_ok() && !self.store()?.mark_gateway_up(gateway, now_ms)? {
+            return Ok(None); // another centerd marked it up meanwhile
+        }
         let detail = match &out {
             Ok(o) => format!(
                 "gateway {gateway} back: reconciled, {} tunnel(s) set up, {} address(es) added, {} removed, {} torn down{}",
@@ -1203,6 +1270,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     pub async fn end_by(&self, number: u64, now: u64, actor: &Actor) -> Result<EndOutcome, CenterError> {
         // The "end" audit row commits with the state change.
         let row = self.store()?.end_request_by(number, now, &actor.who, &actor.peer)?;
+        let _serial = self.work_on_terminal(&row.terminal_id).await;
         let mut out = EndOutcome {
             acceptance_number: number,
             ..EndOutcome::default()
@@ -1261,9 +1329,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                     Err(e) => out.warnings.push(format!("release {}: {e}", g.terminal_name)),
                 }
             }
-            let freed = self.store()?.release_address(&tid_s, &g.terminal_name)?;
-            if let Some(addr) = freed {
-                out.released.push((g.terminal_name.clone(), addr));
+            // The gateway stops routing the address (and the host route
+            // goes) *before* the pool frees it: freed first, it could be
+            // granted to another router whose tunnel would then meet it
+            // still routed into this one (seen under load as a 409).
+            let held = self.store()?.address_of(&tid_s, &g.terminal_name)?;
+            if let Some(addr) = held {
                 if let Some(s) = &slot {
                     self.route(false, &s.gateway, &[addr], &mut out.warnings);
                 }
@@ -1277,6 +1348,10 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                     }
                 }
             }
+            let freed = self.store()?.release_address(&tid_s, &g.terminal_name)?;
+            if let Some(addr) = freed {
+                out.released.push((g.terminal_name.clone(), addr));
+            }
         }
         // Judgment 3: all requests of this router ended -> 8. VPN end.
         if self.store()?.all_ended_for_terminal(&tid_s)? {
@@ -1285,12 +1360,18 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                     out.warnings.push(format!("VPN end command: {e}"));
                 }
             }
-            let (freed, slot) = self.store()?.end_vpn(&tid_s, now)?;
-            for f in &freed {
-                out.released.push((f.terminal_name.clone(), f.vpnnat));
-            }
+            // As for the releases above: the host routes go and the
+            // gateway drops the tunnel and its addresses before the pool
+            // and the slot are freed for other routers.
             if let Some(s) = &slot {
-                let mut gone: Vec<Ipv4Addr> = freed.iter().map(|f| f.vpnnat).collect();
+                let addrs: Vec<Ipv4Addr> = self
+                    .store()?
+                    .addresses_of_terminal(&tid_s)?
+                    .into_iter()
+                    .filter(|(name, _)| !is_router_own_part(name))
+                    .map(|(_, a)| a)
+                    .collect();
+                let mut gone = addrs.clone();
                 if let Some(t) = &target {
                     // The router's own parts were reachable only through
                     // the tunnel that ends now.
@@ -1300,17 +1381,20 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                     }
                 }
                 self.route(false, &s.gateway, &gone, &mut out.warnings);
-            }
-            if let (Some(s), Some(t), true) = (slot, &target, gateway_alive) {
-                let addrs: Vec<Ipv4Addr> = freed.iter().map(|f| f.vpnnat).collect();
-                for chunk in addrs.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
-                    if let Err(e) = self.gateways.remove_addresses(&s.gateway, &t.terminal_id, chunk).await {
-                        out.warnings.push(format!("gateway remove: {e}"));
+                if let (Some(t), true) = (&target, gateway_alive) {
+                    for chunk in addrs.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
+                        if let Err(e) = self.gateways.remove_addresses(&s.gateway, &t.terminal_id, chunk).await {
+                            out.warnings.push(format!("gateway remove: {e}"));
+                        }
+                    }
+                    if let Err(e) = self.gateways.tear_down(&s.gateway, &t.terminal_id).await {
+                        out.warnings.push(format!("gateway tear down: {e}"));
                     }
                 }
-                if let Err(e) = self.gateways.tear_down(&s.gateway, &t.terminal_id).await {
-                    out.warnings.push(format!("gateway tear down: {e}"));
-                }
+            }
+            let (freed, _) = self.store()?.end_vpn(&tid_s, now)?;
+            for f in &freed {
+                out.released.push((f.terminal_name.clone(), f.vpnnat));
             }
             out.vpn_ended = true;
         }

@@ -37,6 +37,9 @@ pub struct HttpGateways {
     timeout: Duration,
     rng: SystemRandom,
     probes: Mutex<HashMap<String, (Instant, bool)>>,
+    /// When each gateway last answered any command (authenticated: a
+    /// refusal is an answer too, a time-out or a refused connection not).
+    answered: Mutex<HashMap<String, Instant>>,
 }
 
 impl HttpGateways {
@@ -50,6 +53,7 @@ impl HttpGateways {
             timeout,
             rng: SystemRandom::new(),
             probes: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
         }
     }
 
@@ -63,9 +67,23 @@ impl HttpGateways {
     }
 
     fn remember(&self, name: &str, ok: bool) {
+        let now = Instant::now();
         if let Ok(mut p) = self.probes.lock() {
-            p.insert(name.to_owned(), (Instant::now(), ok));
+            p.insert(name.to_owned(), (now, ok));
         }
+        if ok {
+            if let Ok(mut a) = self.answered.lock() {
+                a.insert(name.to_owned(), now);
+            }
+        }
+    }
+
+    fn answered_since(&self, name: &str, since: Instant) -> bool {
+        self.answered
+            .lock()
+            .ok()
+            .and_then(|a| a.get(name).copied())
+            .is_some_and(|at| at >= since)
     }
 
     async fn send<C>(&self, name: &str, cmd: &C) -> Result<C::Response, CommandError>
@@ -82,9 +100,13 @@ impl HttpGateways {
     /// centerd's heartbeat: one authenticated `ReportState` (MAC'd with
     /// the gateway's API key, answer verified) bounded by `timeout`, which
     /// is shorter than the command time-out so a silent gateway is noticed
-    /// in seconds. Ok means the gateway answers and is ours.
+    /// in seconds. Ok means the gateway answers and is ours. A heartbeat
+    /// that timed out while other commands to the same gateway got answers
+    /// counts as answered: under load the one state report can queue behind
+    /// the tunnel commands, and a gateway busy serving them is not dead.
     pub async fn heartbeat(&self, name: &str, timeout: Duration) -> Result<(), CommandError> {
         let g = self.get(name)?;
+        let sent = Instant::now();
         let r = call(
             &g.authority,
             &g.name,
@@ -94,7 +116,13 @@ impl HttpGateways {
             &self.rng,
         )
         .await;
-        self.remember(name, r.is_ok());
+        if r.is_ok() {
+            self.remember(name, true);
+            return Ok(());
+        }
+        if self.answered_since(name, sent) {
+            return Ok(());
+        }
         r.map(|_| ())
     }
 

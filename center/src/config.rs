@@ -143,6 +143,7 @@ struct RawCenter {
     reconcile_interval_secs: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     heartbeat_misses: Option<u32>,
+    heartbeat_timeout_ms: Option<u64>,
     host_routes: Option<bool>,
 }
 
@@ -309,8 +310,16 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             if misses == 0 {
                 return Err(invalid("center.heartbeat_misses", "must be at least 1"));
             }
+            let timeout = raw
+                .center
+                .heartbeat_timeout_ms
+                .map_or(hb_default.timeout, Duration::from_millis);
+            if timeout.is_zero() {
+                return Err(invalid("center.heartbeat_timeout_ms", "must be at least 1"));
+            }
             Some(crate::liveness::HeartbeatConfig {
                 interval: ms.map_or(hb_default.interval, Duration::from_millis),
+                timeout,
                 misses,
             })
         }
@@ -547,6 +556,26 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert!(err_of(&format!("{EXAMPLE}\n[log]\nlevel = \"chatty\"\n")).contains("log.level"));
         assert!(err_of(&format!("{EXAMPLE}\n[log]\nformat = \"json\"\n")).contains("log.format"));
         assert!(err_of(&format!("{EXAMPLE}\n[log]\nlevels = \"info\"\n")).contains("levels"));
+    }
+
+    #[test]
+    fn heartbeat_defaults_settings_and_off() {
+        let hb = parse(EXAMPLE).unwrap().heartbeat.unwrap();
+        assert_eq!(hb, crate::liveness::HeartbeatConfig::default());
+        let with = |extra: &str| EXAMPLE.replace("[center]\n", &format!("[center]\n{extra}\n"));
+        let hb = parse(&with(
+            "heartbeat_interval_ms = 500\nheartbeat_timeout_ms = 700\nheartbeat_misses = 5",
+        ))
+        .unwrap()
+        .heartbeat
+        .unwrap();
+        assert_eq!(
+            (hb.interval, hb.timeout, hb.misses),
+            (Duration::from_millis(500), Duration::from_millis(700), 5)
+        );
+        assert!(parse(&with("heartbeat_interval_ms = 0")).unwrap().heartbeat.is_none());
+        assert!(err_of(&with("heartbeat_misses = 0")).contains("center.heartbeat_misses"));
+        assert!(err_of(&with("heartbeat_timeout_ms = 0")).contains("center.heartbeat_timeout_ms"));
     }
 
     #[test]

@@ -14,21 +14,27 @@ use std::time::{Duration, Instant};
 /// Heartbeat settings (`[center] heartbeat_interval_ms`, `heartbeat_misses`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatConfig {
-    /// Time between heartbeats; also each heartbeat's time-out, so at most
-    /// one is in flight per gateway.
+    /// Time between heartbeats (each is sent on time, whether the previous
+    /// one answered yet or not).
     pub interval: Duration,
+    /// How long one heartbeat may take. Longer than the interval, so a
+    /// gateway slowed down by load (its answers late but coming) is not
+    /// taken for a dead one; a silent gateway is marked down after
+    /// `timeout + (misses - 1) x interval`.
+    pub timeout: Duration,
     /// Consecutive failed heartbeats that mean "down" (at least 1).
     pub misses: u32,
 }
 
 impl Default for HeartbeatConfig {
-    /// One heartbeat a second, down after three misses: a dead gateway is
-    /// noticed within about 3 s (2-3 s when its port refuses, 3-4 s when it
-    /// stopped answering altogether), while one lost packet or a gateway
-    /// busy for a second does not flap.
+    /// One heartbeat a second, 2 s to answer, down after three misses in a
+    /// row: a gateway whose port refuses is noticed in 2-3 s, one that went
+    /// silent in about 4 s, while one lost packet or a gateway busy for a
+    /// second does not flap.
     fn default() -> Self {
         HeartbeatConfig {
             interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
             misses: 3,
         }
     }
@@ -69,6 +75,12 @@ impl GatewayWatch {
         self.up
     }
 
+    /// Back to "down" without a transition: acting on `Up` failed (the
+    /// gateway could not be reconciled), so the next answer retries it.
+    pub fn revert_to_down(&mut self) {
+        self.up = false;
+    }
+
     /// Feeds one heartbeat outcome observed at `now`.
     pub fn observe(&mut self, answered: bool, now: Instant) -> Option<Transition> {
         if answered {
@@ -98,6 +110,7 @@ mod tests {
     fn cfg(misses: u32) -> HeartbeatConfig {
         HeartbeatConfig {
             interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
             misses,
         }
     }
@@ -162,6 +175,15 @@ mod tests {
         let mut w = GatewayWatch::new(cfg(3), false);
         assert!(!w.is_up());
         assert_eq!(w.observe(false, t0), None);
+        assert_eq!(w.observe(true, t0 + Duration::from_secs(1)), Some(Transition::Up));
+    }
+
+    #[test]
+    fn a_failed_comeback_is_retried_on_the_next_answer() {
+        let t0 = Instant::now();
+        let mut w = GatewayWatch::new(cfg(3), false);
+        assert_eq!(w.observe(true, t0), Some(Transition::Up));
+        w.revert_to_down();
         assert_eq!(w.observe(true, t0 + Duration::from_secs(1)), Some(Transition::Up));
     }
 

@@ -592,10 +592,12 @@ async fn reconcile_loop(center: Arc<RealCenter>, interval: Option<std::time::Dur
 }
 
 /// One gateway's liveness watch: an authenticated heartbeat every
-/// `hb.interval` (each bounded by the interval, so they never pile up),
-/// fed to [`GatewayWatch`]; a transition goes to the database, the audit
-/// log and, on "back", a reconciliation. One task per gateway, so a silent
-/// gateway's time-outs do not delay another's heartbeat.
+/// `hb.interval`, each bounded by `hb.timeout` and sent on time even while
+/// earlier ones are still out (so a slow answer does not delay the next
+/// probe), their outcomes fed to [`GatewayWatch`] as they come back; a
+/// transition goes to the database, the audit log and, on "back", a
+/// reconciliation. One task per gateway, so a silent gateway's time-outs do
+/// not delay another's heartbeat.
 async fn heartbeat_loop(center: Arc<RealCenter>, name: String, hb: HeartbeatConfig) {
     let alive = match center.reads().and_then(|st| Ok(st.gateway_alive(&name)?)) {
         Ok(a) => a,
@@ -607,24 +609,40 @@ async fn heartbeat_loop(center: Arc<RealCenter>, name: String, hb: HeartbeatConf
     let mut watch = GatewayWatch::new(hb, alive);
     let mut tick = tokio::time::interval(hb.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inflight = tokio::task::JoinSet::new();
     loop {
-        tick.tick().await;
-        let answered = center.gateways().heartbeat(&name, hb.interval).await;
-        if let Err(e) = &answered {
-            log::debug!("heartbeat {name}: {e}");
-        }
+        let answered = tokio::select! {
+            _ = tick.tick() => {
+                let (c, n, t) = (center.clone(), name.clone(), hb.timeout);
+                inflight.spawn(async move { c.gateways().heartbeat(&n, t).await });
+                continue;
+            }
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => match done {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    log::debug!("heartbeat {name}: {e}");
+                    false
+                }
+                Err(e) => {
+                    log::warn!("heartbeat {name}: task failed: {e}");
+                    false
+                }
+            },
+        };
         let now_ms = unix_now_ms();
-        match watch.observe(answered.is_ok(), std::time::Instant::now()) {
+        match watch.observe(answered, std::time::Instant::now()) {
             None => {}
             Some(Transition::Down { silent_for }) => {
                 if let Err(e) = center.gateway_down(&name, now_ms, silent_for) {
                     log::error!("gateway {name} is down but cannot be marked: {e}");
                 }
             }
-            Some(Transition::Up) => match center.gateway_back(&name, now_ms).await {
-                Ok(_) => {}
-                Err(e) => log::error!("gateway {name} is back but not reconciled: {e}"),
-            },
+            Some(Transition::Up) => {
+                if let Err(e) = center.gateway_back(&name, now_ms).await {
+                    log::error!("gateway {name} answers but is not reconciled, kept down: {e}");
+                    watch.revert_to_down();
+                }
+            }
         }
     }
 }
