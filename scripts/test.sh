@@ -72,6 +72,8 @@ run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The browser and dig tests must run here, never skip.
 VPNNAT_REQUIRE_BROWSER=1 VPNNAT_REQUIRE_DIG=1 run "unit and host-namespace tests" cargo test --workspace --locked --no-fail-fast
+VPNNAT_LOAD_PROFILE=dev run "load: 100 simulated routers x 2 rounds against real centerd + gatewayd (scripts/bench-load.sh; 1,000 x 3 is the benchmark)" \
+	scripts/bench-load.sh --routers 100 --rounds 2
 run "IKE interop with strongSwan's charon (host namespace, IKE only: the host has no ESP)" \
 	sh crates/ike/testdata/interop-strongswan.sh
 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
