@@ -30,7 +30,8 @@
 //!     target/release/examples/load_routers --routers 1000 --rounds 3
 //!
 //! Options: --routers N [1000] --rounds R [3] --gateways G [2]
-//! --concurrency C [N: every router at once] --bin-dir DIR [next to this
+//! --concurrency C [N: every router at once; the operator's UI clicks are
+//! 32 at a time, below the UI's 64 connections per address] --bin-dir DIR [next to this
 //! example: ../centerd, ../gatewayd]. Exit status 0 only if there was no
 //! error and everything was free at the end.
 
@@ -159,12 +160,33 @@ async fn ui_login(port: u16, password: &str) -> String {
         .unwrap_or_else(|| panic!("operator login failed: HTTP {status}"))
 }
 
+/// The session's CSRF token, from the hidden field of the operator's page
+/// (every state-changing form must carry it).
+async fn ui_csrf(port: u16, cookie: &str) -> String {
+    let (status, _, body) = http(
+        port,
+        format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let at = body
+        .find(marker)
+        .unwrap_or_else(|| panic!("no CSRF field on the operator's page (HTTP {status})"));
+    let rest = &body[at + marker.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
 /// The operator presses start or end on request `n`; Ok if the UI says so.
-async fn ui_action(port: u16, cookie: &str, n: u64, what: &str) -> Result<(), String> {
+async fn ui_action(port: u16, session: &UiSession, n: u64, what: &str) -> Result<(), String> {
+    let _click = session.inflight.acquire().await.map_err(|e| e.to_string())?;
+    let body = format!("csrf={}", session.csrf);
     let (status, head, _) = http(
         port,
         format!(
-            "POST /requests/{n}/{what} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST /requests/{n}/{what} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            session.cookie,
+            body.len()
         ),
     )
     .await?;
@@ -183,6 +205,15 @@ async fn ui_action(port: u16, cookie: &str, n: u64, what: &str) -> Result<(), St
         return Ok(());
     }
     Err(format!("{what} {n}: HTTP {status} {loc}"))
+}
+
+/// The operator's logged-in session.
+struct UiSession {
+    cookie: String,
+    csrf: String,
+    /// The UI serves at most 64 connections per client address (one
+    /// operator); the load's operator keeps 32 clicks in flight.
+    inflight: Semaphore,
 }
 
 struct Router {
@@ -315,6 +346,15 @@ ike = false
     }
     let center_cfg = dir.join("centerd.toml");
     std::fs::write(&center_cfg, &center).unwrap();
+    // Files holding secrets are owner-only (the daemons warn otherwise).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut secret_files = vec![center_cfg.clone(), dir.join("maintenance-password")];
+        secret_files.extend(gw_cfgs.iter().map(|(_, cfg, _)| cfg.clone()));
+        for f in secret_files {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
 
     // ---- start the daemons
     let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
@@ -345,7 +385,13 @@ ike = false
     }
     wait_port(api_port).await;
     wait_port(ui_port).await;
-    let cookie = Arc::new(ui_login(ui_port, operator_password).await);
+    let cookie = ui_login(ui_port, operator_password).await;
+    let csrf = ui_csrf(ui_port, &cookie).await;
+    let cookie = Arc::new(UiSession {
+        cookie,
+        csrf,
+        inflight: Semaphore::new(32),
+    });
     let names: Vec<String> = d.children.iter().map(|(n, _)| n.clone()).collect();
     println!(
         "load: {n} simulated routers x {rounds} rounds against centerd + {gws} gatewayd (recording datapath, no IKE), concurrency {conc}, {slots} slots per gateway, pool {POOL}; logs in {}",
@@ -476,7 +522,13 @@ ike = false
 }
 
 /// One full cycle of one router (installation on its first cycle).
-async fn cycle(r: &mut Router, api: &str, ui_port: u16, cookie: &str, master: &FactoryMasterKey) -> Result<(), String> {
+async fn cycle(
+    r: &mut Router,
+    api: &str,
+    ui_port: u16,
+    cookie: &UiSession,
+    master: &FactoryMasterKey,
+) -> Result<(), String> {
     let rng = SystemRandom::new();
     let t = Duration::from_secs(60);
     let xff = [("x-forwarded-for", r.xff.as_str())];
