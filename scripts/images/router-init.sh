@@ -3,8 +3,9 @@
 # /init of the offline router image (scripts/build-images.sh). Debian's
 # cloud kernel has the datapath as modules while the Buildroot kernel has
 # it built in and starts routerd directly as /sbin/init; this stage only
-# loads the modules, runs the optional /etc/vpnnat/preinit.d/*.sh (e.g. the
-# demo's LAN hosts) and then execs routerd, which stays PID 1 and does
+# loads the modules routerd needs to serve (the others in the background),
+# runs the optional /etc/vpnnat/preinit.d/*.sh (e.g. the demo's LAN) and
+# then execs routerd, which stays PID 1 and does
 # every other init duty itself (mounts, links, dnsmasq, reaping, reboot).
 # busybox sh runs its applets before PATH: iproute2 by full path.
 
