@@ -630,6 +630,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let sid2 = SecretId2::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
         // The audit row commits with the installation.
         let who = Actor::router(tid.as_str(), peer);
+        vpnnat_crashpoint::hit("center.install.before_commit");
         let row = st.install_terminal_from(
             &crate::storage::InstallRecord {
                 terminal_id: tid.as_str(),
@@ -641,6 +642,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             Some(&who.peer),
         )?;
         drop(st);
+        vpnnat_crashpoint::hit("center.install.after_commit");
         let secrets = InstallSecrets::new(
             psk,
             sid2,
@@ -853,6 +855,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 result.ok_or(CenterError::NoGatewayCapacity)?
             }
         };
+        vpnnat_crashpoint::hit("center.grant.after_commit");
         let slot = self
             .reads()?
             .slot_of(tid.as_str())?
@@ -892,6 +895,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             slot.slot,
             addrs.len()
         );
+        vpnnat_crashpoint::hit("center.grant.after_gateway");
         let mut warnings = Vec::new();
         self.route(true, &slot.gateway, &addrs, &mut warnings);
         drop(serial); // the wait below sends nothing
@@ -942,6 +946,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             self.gateways
                 .setup_tunnel(&slot.gateway, tid, router_ip, slot.slot, &psk)
                 .await?;
+            vpnnat_crashpoint::hit("center.grant.after_tunnel_setup");
         }
         for chunk in addrs.chunks(vpnnat_proto::messages::MAX_ADDRESSES_PER_COMMAND) {
             self.gateways.add_addresses(&slot.gateway, tid, chunk).await?;
@@ -1270,14 +1275,77 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     pub async fn end_by(&self, number: u64, now: u64, actor: &Actor) -> Result<EndOutcome, CenterError> {
         // The "end" audit row commits with the state change.
         let row = self.store()?.end_request_by(number, now, &actor.who, &actor.peer)?;
-        let _serial = self.work_on_terminal(&row.terminal_id).await;
+        vpnnat_crashpoint::hit("center.end.after_commit");
+        let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
+        let names: Vec<String> = row.grants.iter().map(|g| g.terminal_name.clone()).collect();
+        self.finish_end(&row.terminal_id, number, Some(n), &names, now, actor)
+            .await
+    }
+
+    /// Ends that a crash interrupted: the request is "ended" in the
+    /// database (that commit comes first) but some of its addresses, or
+    /// the router's slot, were never given back. Runs the rest of the end
+    /// for each such router (judgments 1-3, releases, VPN end; commands to
+    /// router and gateway are idempotent), so no address or slot stays
+    /// lost. Called once at start, before the first gateway reconcile.
+    pub async fn resume_ends(&self, now: u64) -> Result<Vec<EndOutcome>, CenterError> {
+        let tids = self.reads()?.terminals_with_ended_holdings()?;
+        let actor = Actor::new("centerd", "resume");
+        let mut out = Vec::new();
+        for tid_s in tids {
+            let names: Vec<String> = self
+                .reads()?
+                .addresses_of_terminal(&tid_s)?
+                .into_iter()
+                .map(|(name, _)| name)
+                .filter(|name| !is_router_own_part(name))
+                .collect();
+            let open_names = {
+                let st = self.reads()?;
+                let mut v = Vec::new();
+                for name in &names {
+                    if st.all_ended_for_name(&tid_s, name)? {
+                        v.push(name.clone());
+                    }
+                }
+                v
+            };
+            let vpn_due = self.reads()?.all_ended_for_terminal(&tid_s)?;
+            if open_names.is_empty() && !vpn_due {
+                continue;
+            }
+            log::warn!(
+                "{} resuming an interrupted end ({} address(es) to release, VPN end {})",
+                crate::logging::kv(&tid_s, None),
+                open_names.len(),
+                if vpn_due { "due" } else { "not due" }
+            );
+            let o = self.finish_end(&tid_s, 0, None, &open_names, now, &actor).await?;
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// Everything of an end after the request's own commit: the end
+    /// command (when `end` is given), judgment 1 and 2 and the release of
+    /// each of `names`, judgment 3 and the VPN end. `number` 0 means "no
+    /// single request" (a resumed end).
+    async fn finish_end(
+        &self,
+        tid_s: &str,
+        number: u64,
+        end: Option<AcceptanceNumber>,
+        names: &[String],
+        now: u64,
+        actor: &Actor,
+    ) -> Result<EndOutcome, CenterError> {
+        let _serial = self.work_on_terminal(tid_s).await;
         let mut out = EndOutcome {
             acceptance_number: number,
             ..EndOutcome::default()
         };
-        let tid_s = row.terminal_id.clone();
+        let tid_s = tid_s.to_owned();
         let target = self.target(&tid_s)?;
-        let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
         let slot = self.store()?.slot_of(&tid_s)?;
         // Commands to the router travel through its tunnel; without a tunnel
         // that is up they cannot arrive, so they are skipped (and said so)
@@ -1303,37 +1371,38 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             }
             None => None,
         };
-        if let Some(t) = router {
+        if let (Some(t), Some(n)) = (router, end) {
             if let Err(e) = self.routers.end(t, n).await {
                 out.warnings.push(format!("end command: {e}"));
             }
         }
-        for g in &row.grants {
+        for name_s in names {
             // Judgment 1: another request still names this terminal.
-            if !self.store()?.all_ended_for_name(&tid_s, &g.terminal_name)? {
-                out.kept.push(g.terminal_name.clone());
+            if !self.store()?.all_ended_for_name(&tid_s, name_s)? {
+                out.kept.push(name_s.clone());
                 continue;
             }
             // Judgment 2: the router's own parts keep their addresses.
-            if is_router_own_part(&g.terminal_name) {
+            if is_router_own_part(name_s) {
                 continue;
             }
             // 7. VPNNAT release.
             if let Some(t) = router {
-                match TerminalName::new(g.terminal_name.clone()) {
+                match TerminalName::new(name_s.clone()) {
                     Ok(name) => {
                         if let Err(e) = self.routers.release(t, &name).await {
-                            out.warnings.push(format!("release {}: {e}", g.terminal_name));
+                            out.warnings.push(format!("release {name_s}: {e}"));
                         }
                     }
-                    Err(e) => out.warnings.push(format!("release {}: {e}", g.terminal_name)),
+                    Err(e) => out.warnings.push(format!("release {name_s}: {e}")),
                 }
             }
+            vpnnat_crashpoint::hit("center.release.after_router");
             // The gateway stops routing the address (and the host route
             // goes) *before* the pool frees it: freed first, it could be
             // granted to another router whose tunnel would then meet it
             // still routed into this one (seen under load as a 409).
-            let held = self.store()?.address_of(&tid_s, &g.terminal_name)?;
+            let held = self.store()?.address_of(&tid_s, name_s)?;
             if let Some(addr) = held {
                 if let Some(s) = &slot {
                     self.route(false, &s.gateway, &[addr], &mut out.warnings);
@@ -1348,9 +1417,10 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                     }
                 }
             }
-            let freed = self.store()?.release_address(&tid_s, &g.terminal_name)?;
+            let freed = self.store()?.release_address(&tid_s, name_s)?;
+            vpnnat_crashpoint::hit("center.release.after_db");
             if let Some(addr) = freed {
-                out.released.push((g.terminal_name.clone(), addr));
+                out.released.push((name_s.clone(), addr));
             }
         }
         // Judgment 3: all requests of this router ended -> 8. VPN end.
@@ -1360,6 +1430,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                     out.warnings.push(format!("VPN end command: {e}"));
                 }
             }
+            vpnnat_crashpoint::hit("center.vpn_end.after_router");
             // As for the releases above: the host routes go and the
             // gateway drops the tunnel and its addresses before the pool
             // and the slot are freed for other routers.
@@ -1393,6 +1464,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 }
             }
             let (freed, _) = self.store()?.end_vpn(&tid_s, now)?;
+            vpnnat_crashpoint::hit("center.vpn_end.after_db");
             for f in &freed {
                 out.released.push((f.terminal_name.clone(), f.vpnnat));
             }
@@ -1415,12 +1487,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 actor: &actor.who,
                 action,
                 terminal_id: Some(&tid_s),
-                acceptance_number: Some(number),
+                acceptance_number: (number > 0).then_some(number),
                 detail,
                 peer: &actor.peer,
             })
             .collect();
-        let subject = crate::logging::kv(&tid_s, Some(number));
+        let subject = crate::logging::kv(&tid_s, (number > 0).then_some(number));
         if let Err(e) = self.store().and_then(|mut st| Ok(st.append_audits(&rows)?)) {
             log::error!("{subject} audit log: cannot record the releases: {e}");
         }

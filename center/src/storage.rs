@@ -1277,6 +1277,24 @@ impl Storage {
         .transpose()
     }
 
+    /// Routers with an ended request that still hold a slot or an address
+    /// other than their own two parts: candidates for
+    /// `Center::resume_ends` (an end interrupted by a crash). The caller
+    /// applies judgments 1 and 3 to each.
+    pub fn terminals_with_ended_holdings(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT DISTINCT r.terminal_id FROM requests r
+             WHERE r.state = 'ended'
+               AND (EXISTS (SELECT 1 FROM gateway_slots s WHERE s.terminal_id = r.terminal_id)
+                    OR EXISTS (SELECT 1 FROM pool_allocated p
+                               WHERE p.terminal_id = r.terminal_id
+                                 AND p.terminal_name NOT IN (?1, ?2)))
+             ORDER BY r.terminal_id",
+        )?;
+        let rows = st.query_map([SERVER_PART_NAME, ROUTER_PART_NAME], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     /// Judgment 1: are all requests for this extension terminal ended?
     pub fn all_ended_for_name(&self, terminal_id: &str, terminal_name: &str) -> Result<bool> {
         Ok(open_requests_for_name(&self.conn, terminal_id, terminal_name)? == 0)

@@ -191,8 +191,10 @@ impl Router {
     }
 
     /// Makes `next` durable, adopts it, and syncs kernel and IKE.
-    fn commit(&self, inner: &mut Inner, next: RouterState) -> Result<(), StateError> {
+    /// `after_save` names the crash point between the save and the kernel.
+    fn commit(&self, inner: &mut Inner, next: RouterState, after_save: &'static str) -> Result<(), StateError> {
         inner.store.save(&next)?;
+        vpnnat_crashpoint::hit(after_save);
         inner.state = next;
         self.sync(inner);
         Ok(())
@@ -243,9 +245,10 @@ impl Router {
         let _x = self.exchange.lock().await;
         let p = core::begin_install(&self.id, &self.cfg.factory_secret, &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
+        vpnnat_crashpoint::hit("router.install.after_reply");
         let mut inner = self.inner.lock().await;
         let next = core::finish_install(&self.id, &self.cfg.factory_secret, &inner.state, p, &reply)?;
-        self.commit(&mut inner, next)?;
+        self.commit(&mut inner, next, "router.install.after_save")?;
         if let Some(i) = &inner.state.installation {
             log::info!(
                 "terminal={} installed: server part {} router part {}",
@@ -297,7 +300,7 @@ impl Router {
             let reply = self.send(&p.outgoing).await?;
             let mut inner = self.inner.lock().await;
             let next = core::finish_failure(&inner.state, p, &reply)?;
-            self.commit(&mut inner, next)?;
+            self.commit(&mut inner, next, "router.failure.after_save")?;
         }
         log::warn!("terminal={} failure notice sent ({code:?})", self.id.terminal_id);
         if let Some(b) = &self.cfg.button {
@@ -334,9 +337,10 @@ impl Router {
         let state = self.state().await;
         let p = core::begin_gateway(&self.id, &state, &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
+        vpnnat_crashpoint::hit("router.gateway.after_reply");
         let mut inner = self.inner.lock().await;
         let next = core::finish_gateway(&self.id, &inner.state, p, &reply)?;
-        self.commit(&mut inner, next)?;
+        self.commit(&mut inner, next, "router.gateway.after_save")?;
         Ok(())
     }
 
@@ -390,6 +394,7 @@ impl Router {
         let state = self.state().await;
         let p = core::begin_maintenance(&self.id, &state, &input, &self.fixed(&before), &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
+        vpnnat_crashpoint::hit("router.grant.after_reply");
         // Resolved again now that the grants are here (PROTOCOL.md 4): a
         // host that vanished meanwhile must not be mapped.
         let after = self.resolve_all(&input.terminals).await?;
@@ -402,7 +407,8 @@ impl Router {
                 return Err(e.into());
             }
         };
-        self.commit(&mut inner, next)?;
+        self.commit(&mut inner, next, "router.grant.after_save")?;
+        vpnnat_crashpoint::hit("router.grant.after_kernel");
         // Logged after the commit applied the NAT: the moment the e2e
         // benchmark's "router NAT install" phase ends.
         let subject = vpnnat_log::kv(&self.id.terminal_id, Some(acc.acceptance_number.get()));
@@ -479,6 +485,7 @@ impl Router {
                     log::error!("center command not applied: {e}");
                     return (503, None, "state could not be saved".into());
                 }
+                vpnnat_crashpoint::hit("router.vpn_end.after_save");
                 inner.state = o.next;
                 log::info!(
                     "{} center command: {} (tunnel closes in {:?})",
@@ -496,10 +503,11 @@ impl Router {
             }
             Ok(o) => {
                 // Durable before the center hears "done".
-                if let Err(e) = self.commit(&mut inner, o.next) {
+                if let Err(e) = self.commit(&mut inner, o.next, "router.command.after_save") {
                     log::error!("center command not applied: {e}");
                     return (503, None, "state could not be saved".into());
                 }
+                vpnnat_crashpoint::hit("router.command.after_kernel");
                 log::info!(
                     "{} center command: {}",
                     vpnnat_log::kv(&self.id.terminal_id, o.acceptance),

@@ -34,6 +34,11 @@ impl<E: Into<anyhow::Error>> From<E> for Fail {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A crash point for the reliability trials; a typo must not pass silently.
+    if let Err(e) = vpnnat_crashpoint::check_env() {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     let pid1 = std::process::id() == 1;
     // stderr, plus the ring the maintenance interface shows.
     vpnnat_router::logring::install("info", pid1);

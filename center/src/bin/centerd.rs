@@ -112,6 +112,11 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A crash point for the reliability trials; a typo must not pass silently.
+    if let Err(e) = vpnnat_crashpoint::check_env() {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     // The tools log warnings only (their output is the answer); the server
     // logs from info up, or as `[log] level` says (installed once the
     // configuration is read). RUST_LOG overrides both.
@@ -577,6 +582,13 @@ async fn run(cfg: CenterdConfig) -> Result<()> {
 /// drift (a restarted gatewayd, a lost command); tunnel state changes arrive
 /// as events.
 async fn reconcile_loop(center: Arc<RealCenter>, interval: Option<std::time::Duration>) {
+    // First the ends a crash interrupted, so that the reconcile below
+    // gives the gateways what the finished ends leave.
+    match center.resume_ends(http::unix_now()).await {
+        Ok(v) if !v.is_empty() => log::warn!("resumed {} interrupted end(s)", v.len()),
+        Ok(_) => {}
+        Err(e) => log::error!("resuming interrupted ends: {e}"),
+    }
     loop {
         let names: Vec<String> = center.settings().gateways.iter().map(|g| g.name.to_string()).collect();
         for n in names {

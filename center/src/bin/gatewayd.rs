@@ -49,6 +49,11 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A crash point for the reliability trials; a typo must not pass silently.
+    if let Err(e) = vpnnat_crashpoint::check_env() {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     let cfg = match load(&cli.config) {
         Ok(c) => c,
         Err(e) => {

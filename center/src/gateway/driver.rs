@@ -340,6 +340,7 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
             changes.extend(self.policies(&t.spec, *a)?.into_iter().map(Change::AddPolicy));
         }
         self.dp.apply(&changes)?;
+        vpnnat_crashpoint::hit("gateway.add.after_policies");
         if let Some(t) = self.tunnels.get_mut(terminal) {
             t.addresses.extend(new);
         }
@@ -354,6 +355,7 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
             changes.extend(self.policies(&t.spec, *a)?.into_iter().map(|p| Change::DelPolicy(p.id)));
         }
         self.dp.apply(&changes)?;
+        vpnnat_crashpoint::hit("gateway.remove.after_policies");
         if let Some(t) = self.tunnels.get_mut(terminal) {
             for a in &gone {
                 t.addresses.remove(a);
@@ -371,6 +373,7 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
             changes.extend(self.policies(&t.spec, *a)?.into_iter().map(|p| Change::DelPolicy(p.id)));
         }
         self.dp.apply(&changes)?;
+        vpnnat_crashpoint::hit("gateway.teardown.after_policies");
         if let Some(t) = self.tunnels.remove(terminal) {
             log::info!("terminal={} tunnel slot {}: torn down", terminal, t.spec.slot);
             self.emit(&t.spec, TunnelStatus::Down, "torn down on command");

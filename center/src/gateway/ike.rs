@@ -229,6 +229,7 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
 impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
     fn setup(&mut self, spec: TunnelSpec) -> Result<(), DriverError> {
         self.policy.setup(spec.clone())?;
+        vpnnat_crashpoint::hit("gateway.setup.before_ike");
         let terminal = spec.terminal_id.clone();
         if let Some(old) = self.tunnels.get(&terminal) {
             let same = old.router_ip == spec.router_ip

@@ -243,6 +243,8 @@ pub(crate) fn spawn_kernel_thread(
                         Ok(()) => {
                             log::debug!("installed SA {} (reqid {:#x}, encap {:?})", sa.id(), sa.reqid, sa.encap);
                             with_shared(&shared, |s| s.sas.push(*sa));
+                            // One SA of the pair in the kernel, the other not yet.
+                            vpnnat_crashpoint::hit("ike.after_sa_install");
                         }
                         Err(e) => {
                             log::error!("installing SA {}: {e}", sa.id());
