@@ -640,6 +640,34 @@ pub fn mappings(id: &Identity, state: &RouterState) -> BTreeSet<Mapping> {
     out
 }
 
+/// The state a restart settles to after a crash cut a center exchange
+/// short: the center ends a request with "end", then releases each host
+/// (judgment 1: no open request names it) and ends the VPN (judgment 3: no
+/// open request). A crash after "end" was saved but before the release or
+/// VPN end arrived would keep those hosts mapped and the gateway
+/// configured, although the center, which does not retry through a tunnel
+/// it has ended, has freed them. The router applies the same two judgments
+/// to its own requests. Also covers a crash between the gateway address
+/// (exchange 3) and the maintenance request: the next request asks for the
+/// gateway again (the center gives back the slot it holds for us).
+/// Returns None when there is nothing to settle.
+pub fn settle(state: &RouterState) -> Option<RouterState> {
+    let open: Vec<&TerminalName> = state
+        .requests
+        .values()
+        .filter(|r| r.state == RequestState::Waiting)
+        .flat_map(|r| r.terminals.iter())
+        .collect();
+    let mut next = state.clone();
+    next.hosts.retain(|name, _| open.contains(&name));
+    if !state.requests.values().any(|r| r.state == RequestState::Waiting) {
+        next.gateway = None;
+    }
+    // RouterState holds secrets and has no PartialEq; only these two change.
+    let changed = next.hosts != state.hosts || next.gateway != state.gateway;
+    changed.then_some(next)
+}
+
 /// The kernel state the router wants: its NAT table (always, so the tunnel
 /// reaches nothing before installation), and with a gateway the tunnel
 /// policies per granted VPNNAT /32 and center network. `sas` are the SAs the

@@ -481,3 +481,71 @@ fn planning_against_the_assumed_state_matches_a_read_back() {
     dp.apply(&incremental).unwrap();
     assert!(dp.reconcile(&after).unwrap().is_empty());
 }
+
+// -- settle: a restart after an end a crash cut short ---------------------
+
+fn settle_state(requests: &[(u64, &str, RequestState)], hosts: &[&str]) -> RouterState {
+    let mut s = crate::state::tests::installed();
+    s.gateway = Some(crate::state::Gateway {
+        ip: Ipv4Addr::new(198, 51, 100, 21),
+        ike_id: "gw1.center.example".into(),
+        center_networks: Vec::new(),
+    });
+    for (i, h) in hosts.iter().enumerate() {
+        s.hosts.insert(
+            n(h),
+            crate::state::HostGrant {
+                real: Ipv4Addr::new(192, 168, 1, 10 + i as u8),
+                vpnnat: Ipv4Addr::new(10, 64, 0, 10 + i as u8),
+                requests: [1].into(),
+            },
+        );
+    }
+    for (num, names, st) in requests {
+        s.requests.insert(
+            *num,
+            crate::state::RequestRecord {
+                claimant_name: "A".into(),
+                claimant_level: ClaimantLevel::General,
+                urgency: Urgency::High,
+                terminals: names.split(' ').map(n).collect(),
+                accepted_at: 1,
+                state: *st,
+            },
+        );
+    }
+    s
+}
+
+#[test]
+fn settle_keeps_a_consistent_state() {
+    let s = settle_state(&[(1, "pc1 pc2", RequestState::Waiting)], &["pc1", "pc2"]);
+    assert!(settle(&s).is_none());
+    assert!(settle(&crate::state::tests::installed()).is_none());
+}
+
+#[test]
+fn settle_releases_hosts_of_ended_requests_only() {
+    // request 1 (pc1, pc2) ended, its releases lost; request 2 keeps pc2
+    let s = settle_state(
+        &[(1, "pc1 pc2", RequestState::Ended), (2, "pc2", RequestState::Waiting)],
+        &["pc1", "pc2"],
+    );
+    let next = settle(&s).unwrap();
+    assert_eq!(next.hosts.keys().map(|k| k.to_string()).collect::<Vec<_>>(), ["pc2"]);
+    assert!(next.gateway.is_some(), "an open request keeps the VPN");
+}
+
+#[test]
+fn settle_ends_the_vpn_when_no_request_is_open() {
+    // "end" saved, then a crash: release and VPN end never arrived
+    let s = settle_state(&[(1, "pc1", RequestState::Ended)], &["pc1"]);
+    let next = settle(&s).unwrap();
+    assert!(next.hosts.is_empty());
+    assert!(next.gateway.is_none());
+    assert_eq!(next.installation.is_some(), s.installation.is_some());
+    assert!(settle(&next).is_none(), "settling is idempotent");
+    // a gateway from exchange 3 without the request that should follow
+    let s = settle_state(&[], &[]);
+    assert!(settle(&s).unwrap().gateway.is_none());
+}

@@ -127,7 +127,20 @@ impl Router {
     /// logged and remembered, not fatal: the LAN page must come up anyway).
     pub async fn new(cfg: Arc<Config>, parts: Parts) -> Result<Arc<Router>, StateError> {
         let store = StateStore::new(cfg.state_file());
-        let state = store.load()?;
+        let mut state = store.load()?;
+        if let Some(next) = core::settle(&state) {
+            log::warn!(
+                "state: {} host(s) without an open request and {} released after an interrupted end",
+                state.hosts.len().saturating_sub(next.hosts.len()),
+                if state.gateway.is_some() && next.gateway.is_none() {
+                    "the gateway"
+                } else {
+                    "no gateway"
+                }
+            );
+            store.save(&next)?;
+            state = next;
+        }
         let r = Arc::new(Router {
             id: Identity::from_config(&cfg),
             cfg,

@@ -16,12 +16,12 @@ use std::time::Duration;
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::{plan, Datapath, DesiredState, KernelDatapath, PolicyId};
 use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId2};
-use vpnnat_proto::types::TerminalName;
+use vpnnat_proto::types::{ClaimantLevel, TerminalName, Urgency};
 use vpnnat_router::config::Config;
 use vpnnat_router::core::{desired_state, Identity};
 use vpnnat_router::daemon::{Parts, Router};
 use vpnnat_router::ike::StaticResponder;
-use vpnnat_router::state::{Gateway, HostGrant, Installation, RouterState, StateStore};
+use vpnnat_router::state::{Gateway, HostGrant, Installation, RequestRecord, RequestState, RouterState, StateStore};
 
 fn fresh_netns() {
     // SAFETY: unshare has no memory-safety preconditions; it only changes
@@ -90,6 +90,17 @@ fn with_grant(mut s: RouterState, name: &str, real: u8, vpnnat: u8) -> RouterSta
             requests: BTreeSet::from([1]),
         },
     );
+    // The open request that granted it (a host without one is settled
+    // away at start: see `core::settle`).
+    let r = s.requests.entry(1).or_insert_with(|| RequestRecord {
+        claimant_name: "A".into(),
+        claimant_level: ClaimantLevel::General,
+        urgency: Urgency::High,
+        terminals: Vec::new(),
+        accepted_at: 1,
+        state: RequestState::Waiting,
+    });
+    r.terminals.push(TerminalName::new(name).unwrap());
     s
 }
 

@@ -931,6 +931,46 @@ async fn end_frees_the_center_even_if_the_router_is_offline() {
 }
 
 #[tokio::test]
+async fn resume_ends_finishes_an_end_a_crash_interrupted() {
+    let (c, g, rt) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let (n1, _) = r.maintenance(&c, &["pc1", "printer"]).await.unwrap();
+    let (n2, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    tunnel_up(&c, "router-1");
+    // Nothing interrupted: nothing to resume.
+    assert!(c.resume_ends(NOW).await.unwrap().is_empty());
+    // Request 1's end committed, then centerd died (crash point
+    // center.end.after_commit): printer still held, no command sent.
+    c.store().unwrap().end_request(n1, NOW).unwrap();
+    g.take();
+    rt.take();
+    let o = c.resume_ends(NOW).await.unwrap();
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].released.len(), 1, "printer released");
+    assert_eq!(o[0].released[0].0, "printer");
+    assert!(!o[0].vpn_ended, "request 2 is open: judgment 3 keeps the VPN");
+    assert_eq!(rt.take(), vec!["release router-1 printer".to_string()]);
+    assert!(c.store().unwrap().address_of("router-1", "pc1").unwrap().is_some());
+    // Resuming again finds nothing.
+    assert!(c.resume_ends(NOW).await.unwrap().is_empty());
+    // Request 2's end committed, pc1 released at the router and in the
+    // database, then a crash before the VPN end: resumed as the VPN end.
+    c.store().unwrap().end_request(n2, NOW).unwrap();
+    c.store().unwrap().release_address("router-1", "pc1").unwrap();
+    rt.take();
+    let o = c.resume_ends(NOW).await.unwrap();
+    assert_eq!(o.len(), 1);
+    assert!(o[0].vpn_ended);
+    assert_eq!(rt.take(), vec!["vpn-end router-1".to_string()]);
+    assert_eq!(g.take().last().unwrap(), "teardown gw1 router-1");
+    assert!(c.store().unwrap().slot_of("router-1").unwrap().is_none());
+    assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
+    c.store().unwrap().check_pool().unwrap();
+    assert!(c.resume_ends(NOW).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn reconcile_restores_a_restarted_gateway_and_removes_strays() {
     let (c, g, _) = center_with("10.64.0.0/24", &[2, 2]);
     let mut r = TestRouter::new("router-1");
