@@ -91,7 +91,7 @@ random_cut() { # N
 		say "trial $TRIALS: power cut ${ms} ms into a request"
 		request_bg $k pc1
 	else
-		check "trial $TRIALS setup: $(tid $k) granted pc1" request_ok $k pc1
+		check_here "trial $TRIALS setup: $(tid $k) granted pc1" request_ok $k pc1
 		say "trial $TRIALS: power cut ${ms} ms into an end"
 		nsx server $CENTERD end-request "$ACC" >>$W/end.out 2>&1 &
 		REQ_PID=$!
@@ -104,12 +104,12 @@ random_cut() { # N
 	check "trial $TRIALS: unmount and mount after the cut" sh -c "umount $STATE && mount -t ext4 $LOOPDEV $STATE"
 	check "trial $TRIALS: the state file parses after the power cut" state_sound
 	start_router $k
-	wait "$REQ_PID" 2>/dev/null
+	wait_bounded "$REQ_PID" "$E2E_WAIT"
 	REQ_PID=""
 	check "trial $TRIALS: kernel state = state file and database in every namespace, nothing double-used" \
 		wait_for "$E2E_WAIT" consistent
 	end_all
-	check "trial $TRIALS: $(tid $k)'s next request completes" request_ok $k pc1
+	check_here "trial $TRIALS: $(tid $k)'s next request completes" request_ok $k pc1
 	end_all
 	check "trial $TRIALS: after ending every request nothing is left and no address or slot is lost" \
 		wait_for "$E2E_WAIT" baseline

@@ -14,7 +14,39 @@ done
 # ---------------------------------------------------------------- daemons
 # The topology started every daemon; each is found once by its exact
 # command line, then restarted by this script, which keeps its PID.
-pid_of() { pgrep -f "$1" | head -1; }
+pid_of() { # the process whose command line starts with $1 (no pgrep in the VM)
+	local p
+	for p in /proc/[0-9]*; do
+		case "$(tr '\0' ' ' <$p/cmdline 2>/dev/null)" in "$1"*)
+			echo "${p#/proc/}"
+			return 0
+			;;
+		esac
+	done
+}
+# check_here NAME CMD...: as check, but CMD runs in this shell (it may set
+# variables or wait for this shell's children)
+check_here() {
+	local name=$1
+	shift
+	if "$@" >$W/check.out 2>&1; then
+		PASSED=$((PASSED + 1))
+		echo "ok   - $name"
+	else
+		FAILED=$((FAILED + 1))
+		echo "FAIL - $name"
+		sed 's/^/       | /' $W/check.out
+	fi
+}
+# wait_bounded PID SECONDS: reap a child, killing it after SECONDS
+wait_bounded() {
+	local end=$(($(date +%s) + $2))
+	[ -n "$1" ] || return 0
+	while kill -0 "$1" 2>/dev/null && [ "$(date +%s)" -lt $end ]; do sleep 0.2; done
+	kill "$1" 2>/dev/null
+	wait "$1" 2>/dev/null
+	return 0
+}
 CPID=$(pid_of "centerd --config $W/center/centerd.toml run")
 for g in $(seq 1 "$GATEWAYS"); do eval "GPID_$g=\$(pid_of 'gatewayd --config $W/gw$g/gatewayd.toml')"; done
 for k in $(seq 1 "$HOMES"); do eval "RPID_$k=\$(pid_of 'routerd --config $W/r$k/routerd.toml run')"; done
@@ -120,6 +152,8 @@ router_consistent() {
 	echo "r$k state: maps {$want} policies {$want_pol}; kernel: dnat4 {$dnat} snat4 {$snat} out policies {$pol}"
 	return 1
 }
+# addrs_in JSON: the addresses of show-router's "addresses" ([[name, addr], ...])
+addrs_in() { echo "$1" | grep -oE '"addresses":\[(\["[^"]*","[0-9.]+"\],?)*\]' | grep -oE "$ipre"; }
 # db_addrs_on G: the addresses the database gives gateway G's tunnels
 db_addrs_on() {
 	local k out
@@ -128,7 +162,7 @@ db_addrs_on() {
 		echo "$out" | grep -q "\"slot\":{[^}]*\"gateway\":\"$1\"" || continue
 		# no request ever: no router address known, no tunnel due
 		echo "$out" | grep -q '"requests":\[\]' && continue
-		echo "$out" | sed 's/.*"addresses":\[\(.*\)\],"slot".*/\1/' | grep -oE "$ipre"
+		addrs_in "$out"
 	done
 }
 # gateway_consistent G: its tunnel policies and the center's host routes
@@ -157,7 +191,7 @@ no_double_use() {
 		echo "address(es) routed by two gateways: $dup"
 		return 1
 	}
-	held=$(for k in $(seq 1 "$HOMES"); do show_router "$(tid $k)" | tr -d ' \n' | sed 's/.*"addresses":\[\(.*\)\],"slot".*/\1/' | grep -oE "$ipre"; done | sort -u | wc -l)
+	held=$(for k in $(seq 1 "$HOMES"); do addrs_in "$(show_router "$(tid $k)" | tr -d ' \n')"; done | sort -u | wc -l)
 	alloc=$(nsx server $CENTERD --json check-config | tr -d ' \n' | grep -oE '"allocated":[0-9]+' | grep -oE '[0-9]+$')
 	[ "$held" = "$alloc" ] || {
 		echo "pool says $alloc allocated, the routers hold $held"
@@ -292,7 +326,7 @@ trial() {
 		request_bg $k pc1
 		;;
 	end-ui | end)
-		check "trial $TRIALS setup: $(tid $k) granted pc1" request_ok $k pc1
+		check_here "trial $TRIALS setup: $(tid $k) granted pc1" request_ok $k pc1
 		case $d in gw*)
 			check "trial $TRIALS setup: $(tid $k)'s tunnel is on $d" sh -c \
 				"ip netns exec server $CENTERD show-router $(tid $k) | tr -d ' \n' | grep -q '\"gateway\":\"$d\"'" ;;
@@ -306,22 +340,23 @@ trial() {
 		REQ_PID=$!
 		;;
 	esac
-	check "trial $TRIALS: $d died by SIGKILL at $spec" died_at $d $point
+	check_here "trial $TRIALS: $d died by SIGKILL at $spec" died_at $d $point
 	if declare -F on_death >/dev/null; then on_death "$d"; fi
-	# restart without the crash point; the request's client gives up
+	# restart without the crash point (an armed daemon that never reached
+	# its point is stopped first)
+	stop "$(daemon_pid $d)"
 	case $d in
 	center) start_center ;;
 	gw*) start_gw "${d#gw}" ;;
 	r*) start_router "${d#r}" ;;
 	esac
-	[ -n "${REQ_PID:-}" ] && {
-		wait "$REQ_PID" 2>/dev/null
-		REQ_PID=""
-	}
 	# recovery: a restarted gatewayd starts empty; centerd's reconcile
 	# gives it back what the database says (centerd does this every
 	# reconcile_interval; here at once)
 	case $d in gw*) nsx server $CENTERD reconcile >/dev/null 2>&1 ;; esac
+	# the client of the interrupted step (its answer does not matter)
+	wait_bounded "${REQ_PID:-}" "$E2E_WAIT"
+	REQ_PID=""
 	check "trial $TRIALS: $(tid $k) installed after the restart" wait_for "$E2E_WAIT" installed $k
 	check "trial $TRIALS: kernel state = state file and database in every namespace, nothing double-used" \
 		wait_for "$E2E_WAIT" consistent
@@ -341,7 +376,7 @@ trial() {
 	end_all
 	# the home's next request (the user asks again) completes: nothing is
 	# wedged, a slot held for the home is given back to it
-	check "trial $TRIALS: $(tid $k)'s next request completes" request_ok $k pc1
+	check_here "trial $TRIALS: $(tid $k)'s next request completes" request_ok $k pc1
 	end_all
 	check "trial $TRIALS: after ending every request nothing is left and no address or slot is lost" \
 		wait_for "$E2E_WAIT" baseline
