@@ -94,7 +94,7 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWA
 # power cuts of a router's state disk (README "Reliability").
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 run "VM: crash consistency (kill -9 at 26 points of the lifecycle)" \
 	scripts/vm-test tests/vm/crash.sh
-VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 VPNNAT_VM_EXTRA=mkfs.ext4 run "VM: power loss (ext4 shutdown of a router's state disk)" \
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 VPNNAT_VM_EXTRA="mkfs.ext4 mount" run "VM: power loss (ext4 shutdown of a router's state disk)" \
 	scripts/vm-test tests/vm/powerloss.sh
 # Buildroot checks run when BUILDROOT_DIR names a Buildroot checkout (say so
 # when skipped); the offline images reuse the VM binaries built above.
