@@ -326,12 +326,14 @@ trial() {
 		request_bg $k pc1
 		;;
 	end-ui | end)
+		# armed before the request: a restart of routerd or gatewayd
+		# under a live tunnel would break it (see README, "Reliability")
+		restart $d VPNNAT_CRASH_AT=$spec
 		check_here "trial $TRIALS setup: $(tid $k) granted pc1" request_ok $k pc1
 		case $d in gw*)
 			check "trial $TRIALS setup: $(tid $k)'s tunnel is on $d" sh -c \
 				"ip netns exec server $CENTERD show-router $(tid $k) | tr -d ' \n' | grep -q '\"gateway\":\"$d\"'" ;;
 		esac
-		restart $d VPNNAT_CRASH_AT=$spec
 		if [ $phase = end-ui ]; then
 			ui_end "$ACC" &
 		else
