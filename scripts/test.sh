@@ -91,7 +91,7 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 run "VM: end to end (defaults: ROUTER
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2 \
 	run "VM: end to end (ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2)" scripts/vm-test tests/vm/e2e.sh
 # Reliability (issue 8): kill -9 at crash points, and power cuts of a
-# router's state disk (README "Reliability"). Here the trials that pass
+# router's state disk (README "Reliability: crashes and power loss"). Here the trials that pass
 # (~80 s each under TCG); all 26 points: `scripts/vm-test tests/vm/crash.sh`
 # (about 35 minutes; routerd's points fail, README says why).
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 \
