@@ -45,6 +45,26 @@ check "wrong peer address (right PSK): responder drops it" wait_for /tmp/r1.out 
 check "wrong peer address: no SA on the router" no_sa r1
 check "wrong peer address: no SA on the gateway" no_sa gw
 
+# Another router's identity: a router's identity is its address plus its
+# own PSK (gatewayd looks the tunnel up by the router's address, each with
+# its per-router PSK). The gateway's tunnel for router B - B's PSK, and the
+# gateway's ID as configured for B - aimed at router A's address fails; A's
+# responder answers nothing it could use.
+n0=$(grep -c '^REJECTED 198.51.100.21 ' /tmp/r1.out)
+VPNNAT_IKE_PSK='router B: its own per-router key' "$IP" netns exec gw vpnnat-ike initiate --local $GW --peer $R1 \
+	--local-ts $CENTER --remote-ts $VPNNAT/32 --reqid $REQID --id gw1-for-router-b.center.example \
+	--exit-on-down >/tmp/gw-b.out 2>/tmp/gw-b.log &
+OTHER=$!
+check "another router's identity (router B's PSK at router A): AUTHENTICATION_FAILED" \
+	wait_for /tmp/gw-b.out '^DOWN 203.0.113.101 AuthenticationFailed' 20
+check "another router's identity: responder logged the rejection" \
+	wait_count /tmp/r1.out '^REJECTED 198.51.100.21 ' $((n0 + 1)) 5
+gone $OTHER 5
+check "another router's identity: no SA on the gateway" no_sa gw
+check "another router's identity: no SA on the router" no_sa r1
+check "another router's identity: no key in any log or output" sh -c \
+	"! grep -q 'its own per-router key\|per-router secret' /tmp/gw-b.out /tmp/gw-b.log /tmp/r1.out /tmp/r1.log"
+
 # --- the tunnel --------------------------------------------------------------
 # A wire tap on the path (the "internet" namespace) keeps the initiator's
 # IKE_SA_INIT and IKE_AUTH as sent, for the replay and truncation checks.
