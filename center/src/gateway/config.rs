@@ -76,7 +76,7 @@ impl GatewaydConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from(origin),
-            message: e.to_string(),
+            message: crate::config::toml_error_message(text, &e),
         })?;
         let name = GatewayName::new(raw.name.as_str()).map_err(|e| invalid("name", e))?;
         let listen = raw
@@ -143,6 +143,9 @@ center_url = "http://127.0.0.1:8080"
         assert!(err(EXAMPLE.replace("172.16.0.0/24", "172.16.0.1/24")).contains("center_networks[0]"));
         assert!(err(EXAMPLE.replace("\"4141", "\"zz41")).contains("api_key"));
         assert!(err(format!("{EXAMPLE}\nextra = 1")).contains("extra"));
+        // A syntax error on the key's line must not quote it (fuzz finding).
+        let e = err(EXAMPLE.replace("api_key = ", "api_key \0= "));
+        assert!(e.contains("line 4") && !e.contains("414141"), "{e}");
         assert!(err(EXAMPLE.replace("http://127.0.0.1:8080", "127.0.0.1")).contains("center_url"));
         assert!(err(format!("{EXAMPLE}\ndatapath = \"magic\"")).contains("datapath"));
         assert!(err(format!("{EXAMPLE}\nike = \"yes\"")).contains("ike"));
