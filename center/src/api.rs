@@ -111,7 +111,7 @@ pub async fn run_with<G, R>(
 }
 
 /// The router's global address: the peer, or what a trusted proxy says.
-fn router_ip(peer: SocketAddr, headers: &hyper::HeaderMap, s: &ApiSettings) -> Option<Ipv4Addr> {
+pub fn router_ip(peer: SocketAddr, headers: &hyper::HeaderMap, s: &ApiSettings) -> Option<Ipv4Addr> {
     let p = peer_v4(peer)?;
     if s.trusted_proxies.iter().any(|c| c.contains(p)) {
         if let Some(v) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {

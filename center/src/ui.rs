@@ -236,7 +236,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Decodes one `application/x-www-form-urlencoded` value.
-fn form_decode(s: &str) -> String {
+pub fn form_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0usize;
@@ -263,7 +263,8 @@ fn form_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn form_field(body: &[u8], name: &str) -> Option<String> {
+/// The first value of `name` in an urlencoded body (the login form).
+pub fn form_field(body: &[u8], name: &str) -> Option<String> {
     let s = std::str::from_utf8(body).ok()?;
     s.split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -275,7 +276,8 @@ fn token_hash(token: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, token.as_bytes()))
 }
 
-fn session_cookie(headers: &hyper::HeaderMap) -> Option<String> {
+/// The session token of the request's `Cookie` headers.
+pub fn session_cookie(headers: &hyper::HeaderMap) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -747,7 +749,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
 
 /// The audit filter of a query string: `actor`, `action`, `terminal`,
 /// `number`, `since`, `until` (Unix seconds), `limit`.
-fn audit_filter(query: &str, default_limit: u32) -> AuditFilter {
+pub fn audit_filter(query: &str, default_limit: u32) -> AuditFilter {
     let get = |name: &str| {
         query
             .split('&')
@@ -856,7 +858,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     }
 }
 
-fn url_encode(s: &str) -> String {
+/// Percent-encodes all but the unreserved characters (a redirect's `?msg=`).
+pub fn url_encode(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -103,7 +103,8 @@ impl ApiRequest {
         })
     }
 
-    fn from_form(body: &[u8]) -> ApiRequest {
+    /// The LAN page's urlencoded form (`POST /request`) as an API request.
+    pub fn from_form(body: &[u8]) -> ApiRequest {
         let form = parse_form(body);
         let one = |k: &str| {
             form.iter()
@@ -271,7 +272,7 @@ fn cross_site_origin(req: &Incoming1) -> Option<Reply> {
 /// every cross-origin POST; it must name this very page. The JSON API also
 /// demands `application/json`, which a cross-site form cannot send without
 /// a CORS preflight that this server never grants.
-fn cross_site(req: &Incoming1) -> Option<Reply> {
+pub fn cross_site(req: &Incoming1) -> Option<Reply> {
     if req.method != Method::POST {
         return None;
     }
@@ -525,7 +526,7 @@ impl CenterPort {
 }
 
 /// The password of an `Authorization: Basic` header.
-fn basic_password(h: &str) -> Option<String> {
+pub fn basic_password(h: &str) -> Option<String> {
     use base64::Engine as _;
     let b64 = h.strip_prefix("Basic ")?.trim();
     let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;

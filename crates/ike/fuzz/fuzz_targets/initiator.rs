@@ -1,0 +1,4 @@
+//! See `vpnnat_ike_fuzz::initiator` (crates/ike/fuzz/src/lib.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vpnnat_ike_fuzz::initiator(data));

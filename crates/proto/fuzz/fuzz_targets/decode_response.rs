@@ -1,0 +1,4 @@
+//! See `vpnnat_proto_fuzz::decode_response` (crates/proto/fuzz/src/lib.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vpnnat_proto_fuzz::decode_response(data));

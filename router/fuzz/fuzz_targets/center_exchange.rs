@@ -1,0 +1,4 @@
+//! See `vpnnat_router_fuzz::center_exchange` (router/fuzz/src/lib.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vpnnat_router_fuzz::center_exchange(data));
