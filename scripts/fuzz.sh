@@ -170,11 +170,20 @@ if [[ ${FUZZ_UPDATE_CORPUS:-0} == 1 ]]; then
 		tdir=${TPL//%s/$crate}
 		min=$OUT/min/$name
 		rm -rf "$min" && mkdir -p "$min"
-		# -merge=1 keeps the smallest set of inputs with the same coverage.
-		(cd "$dir" && nice -n 10 "${CARGO[@]}" fuzz cmin --target-dir "$tdir" "$name" "$ROOT/$dir/corpus/$name" -- \
-			"$OUT/corpus/$name") >"$OUT/cmin-$name.log" 2>&1 || true
-		echo "corpus $name: $(find "$ROOT/$dir/corpus/$name" -type f | wc -l) files," \
-			"$(du -sk "$ROOT/$dir/corpus/$name" | cut -f1) KiB"
+		# -merge=1 keeps the smallest set of inputs that covers what the
+		# checked-in corpus and the run's finds cover; -use_counters=0
+		# counts edges, not hit counts, which keeps a corpus to a few
+		# hundred files.
+		if nice -n 10 "$tdir/$TRIPLE/release/$name" -merge=1 -use_counters=0 \
+			"$min" "$dir/corpus/$name" "$OUT/corpus/$name" >"$OUT/merge-$name.log" 2>&1 &&
+			[[ -n $(ls -A "$min") ]]; then
+			rm -rf "${dir:?}/corpus/$name"
+			mv "$min" "$dir/corpus/$name"
+		else
+			echo "fuzz.sh: minimising $name failed, corpus left as it was (log $OUT/merge-$name.log)" >&2
+		fi
+		echo "corpus $name: $(find "$dir/corpus/$name" -type f | wc -l) files," \
+			"$(du -sb "$dir/corpus/$name" | cut -f1) bytes"
 	done
 fi
 
