@@ -21,6 +21,8 @@
 #   FUZZ_UPDATE_CORPUS=1  afterwards, minimise (libFuzzer -merge=1) the
 #                         checked-in corpus together with what the run found
 #                         and replace the checked-in corpus with the result
+#                         (then `git add -A -f` the corpus directories: they
+#                         are in .gitignore so that ad-hoc runs add nothing)
 #
 # The checked-in corpora (*/fuzz/corpus/<target>/) are only read; what a run
 # finds goes to $FUZZ_OUT/corpus/<target>/. `cargo test` replays every
