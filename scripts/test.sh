@@ -95,8 +95,8 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWA
 # (~80 s each under TCG); all 26 points: `scripts/vm-test tests/vm/crash.sh`
 # (about 35 minutes; routerd's points fail, README says why).
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 \
-	CRASH_ONLY="center.install.after_commit gateway.add.after_policies center.grant.after_gateway center.end.after_commit" \
-	run "VM: crash consistency (kill -9 of centerd and gatewayd at 4 points)" scripts/vm-test tests/vm/crash.sh
+	CRASH_ONLY="center.install.after_commit gateway.add.after_policies center.grant.after_gateway center.end.after_commit router.command.after_save" \
+	run "VM: crash consistency (kill -9 of centerd, gatewayd, routerd at 5 points)" scripts/vm-test tests/vm/crash.sh
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 VPNNAT_VM_EXTRA="mkfs.ext4 mount" POWER_ONLY=none PL_RUNS=2 \
 	run "VM: power loss (random cuts of a router's ext4 state disk, control)" scripts/vm-test tests/vm/powerloss.sh
 # Buildroot checks run when BUILDROOT_DIR names a Buildroot checkout (say so

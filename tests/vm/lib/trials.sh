@@ -279,13 +279,21 @@ ui_post() { # PATH BODY [COOKIE]
 		exec cat <&3" 2>/dev/null
 }
 ui_end() { # N
-	local cookie
+	local cookie csrf
 	cookie=$(ui_post /login "password=$OPERATOR_PASSWORD" | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -1)
 	[ -n "$cookie" ] || {
 		echo "operator login failed"
 		return 1
 	}
-	ui_post "/requests/$1/end" "" "$cookie" >/dev/null
+	# the form's CSRF token, from the dashboard
+	csrf=$(nsx operator timeout 30 bash -c "exec 3<>/dev/tcp/172.16.0.10/8443
+		printf 'GET / HTTP/1.1\r\nHost: 172.16.0.10:8443\r\nCookie: $cookie\r\nConnection: close\r\n\r\n' >&3
+		exec cat <&3" 2>/dev/null | grep -o 'name="csrf" value="[^"]*"' | head -1 | sed 's/.*value="//; s/"$//')
+	[ -n "$csrf" ] || {
+		echo "no CSRF token on the dashboard"
+		return 1
+	}
+	ui_post "/requests/$1/end" "csrf=$csrf" "$cookie" >/dev/null
 }
 end_all() {
 	local n
