@@ -70,6 +70,11 @@ start_gw() {
 	PIDS="$PIDS $!"
 }
 dump_logs() {
+	echo "---- home-1 in centerd:"
+	show_router home-1 | tr -d ' \n' | grep -o '"slot":{[^}]*}'
+	echo "---- xfrm state of r1 and gw1:"
+	nsx r1 "$IP" xfrm state | grep -E '^src|spi'
+	nsx gw1 "$IP" xfrm state | grep -E '^src|spi'
 	for f in $W/center/log $W/gw1/log $W/r1/log; do
 		echo "---- tail of $f"
 		tail -n "${GWF_LOG_LINES:-40}" "$f"

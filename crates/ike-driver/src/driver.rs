@@ -874,6 +874,18 @@ impl Driver {
                     ike_spis.0,
                     ike_spis.1
                 );
+                // An IKE SA the peer already replaced by a newer one (e.g. a
+                // restarted gateway initiating afresh) takes nothing with it:
+                // the peer's CHILD SAs now belong to the newer IKE SA, and
+                // the tunnel is up.
+                let mut stale = false;
+                with_shared(&self.shared, |s| {
+                    stale = s.ike.get(&peer).is_some_and(|cur| *cur != ike_spis);
+                });
+                if stale {
+                    log::info!("tunnel with {peer} stays up: the IKE SA that went down was already replaced");
+                    return;
+                }
                 with_shared(&self.shared, |s| {
                     if s.ike.get(&peer) == Some(&ike_spis) {
                         s.ike.remove(&peer);
