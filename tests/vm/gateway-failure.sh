@@ -131,8 +131,12 @@ kernel_matches_db() {
 # reconciled: a reconcile now finds nothing to change on gw1 (gatewayd's
 # state = the database's)
 reconciled() {
-	nsx server $CENTERD --json reconcile gw1 | tr -d ' \n' |
-		grep -q '"set_up":\[\],"added":0,"removed":0,"torn_down":\[\],"warnings":\[\]'
+	local out
+	out=$(nsx server $CENTERD --json reconcile gw1 2>&1 | tr -d ' \n')
+	echo "$out" | grep -q '"set_up":\[\],"added":0,"removed":0,"torn_down":\[\]' || {
+		echo "$out"
+		return 1
+	}
 }
 
 DETECT="" # detection times (ms), all trials
