@@ -235,32 +235,10 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-/// Decodes one `application/x-www-form-urlencoded` value.
+/// Decodes one `application/x-www-form-urlencoded` value (the decoder the
+/// router's pages use too).
 pub fn form_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0usize;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b.get(i.saturating_add(1)..i.saturating_add(3));
-                match hex
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(v) => {
-                        out.push(v);
-                        i = i.saturating_add(2);
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i = i.saturating_add(1);
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    vpnnat_proto::form::decode(s.as_bytes())
 }
 
 /// The first value of `name` in an urlencoded body (the login form).

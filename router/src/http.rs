@@ -287,32 +287,9 @@ pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
             let mut it = pair.splitn(2, |b| *b == b'=');
             let k = it.next().unwrap_or_default();
             let v = it.next().unwrap_or_default();
-            (percent_decode(k), percent_decode(v))
+            (vpnnat_proto::form::decode(k), vpnnat_proto::form::decode(v))
         })
         .collect()
-}
-
-fn percent_decode(s: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(&b) = s.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = s.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Escapes text for HTML element content and quoted attribute values.

@@ -71,6 +71,7 @@ pub mod auth;
 mod b64;
 pub mod decode;
 pub mod error;
+pub mod form;
 pub mod keys;
 pub mod messages;
 pub mod paths;
