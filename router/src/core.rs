@@ -745,6 +745,7 @@ pub fn ike_settings(id: &Identity, state: &RouterState) -> Option<ResponderSetti
         local_ts: mappings(id, state).iter().map(|m| Ipv4Cidr::host(m.vpnnat)).collect(),
         remote_ts: gw.center_networks.iter().filter_map(to_datapath_cidr).collect(),
         reqid: TUNNEL_REQID,
+        terminal_id: id.terminal_id.to_string(),
     })
 }
 

@@ -34,6 +34,8 @@ pub struct ResponderSettings {
     /// The reqid the driver must give every SA it installs, so that the
     /// router's policies (same reqid) use them and reconciliation keeps them.
     pub reqid: u32,
+    /// This router's terminal ID, for the IKE driver's log lines.
+    pub terminal_id: String,
 }
 
 impl fmt::Debug for ResponderSettings {

@@ -75,6 +75,7 @@ pub fn tunnel_config(s: &ResponderSettings) -> TunnelConfig {
         // gatewayd presents the default ID_IPV4_ADDR identity; the peer's
         // address is already the only one accepted.
         remote_id: None,
+        log_label: format!("terminal={}", s.terminal_id),
     }
 }
 

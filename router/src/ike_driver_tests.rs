@@ -21,6 +21,7 @@ fn settings(peer: &str, psk: u8, hosts: &[&str]) -> ResponderSettings {
         local_ts: hosts.iter().map(|h| Ipv4Cidr::host(ip(h))).collect(),
         remote_ts: vec![Ipv4Cidr::new(ip("10.64.0.0"), 16).unwrap()],
         reqid: 0x5650_0100,
+        terminal_id: "home-1".into(),
     }
 }
 

@@ -192,6 +192,7 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
                     remote_ts: address_selectors(&addrs),
                     reqid: REQID_BASE.saturating_add(u32::from(t.slot)),
                     remote_id: None,
+                    log_label: format!("terminal={terminal}"),
                 };
                 self.drv.request_detached(Request::Connect(cfg.clone()))?;
                 self.set_peer_config(router_ip, Some(cfg));

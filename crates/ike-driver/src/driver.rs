@@ -170,11 +170,31 @@ struct Tunnel {
     closing: bool,
 }
 
+/// What goes in front of a log line about `peer`'s tunnel: the owner's
+/// label (e.g. `terminal=home-1`, the daemons' greppable convention) and a
+/// space, or nothing for a peer without one.
+struct Tag<'a>(Option<&'a String>);
+
+impl std::fmt::Display for Tag<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(l) if !l.is_empty() => write!(f, "{l} "),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn tag(labels: &HashMap<Ipv4Addr, String>, peer: Ipv4Addr) -> Tag<'_> {
+    Tag(labels.get(&peer))
+}
+
 struct Driver {
     cfg: DriverConfig,
     socks: Sockets,
     rng: SystemRandom,
     tunnels: HashMap<Ipv4Addr, Tunnel>,
+    /// `TunnelConfig::log_label` of each peer, for the log lines.
+    labels: HashMap<Ipv4Addr, String>,
     kernel: std_mpsc::Sender<KernelOp>,
     events: mpsc::UnboundedSender<DriverEvent>,
     shared: SharedState,
@@ -203,6 +223,7 @@ pub(crate) fn start(
         socks,
         rng: SystemRandom::new(),
         tunnels: HashMap::new(),
+        labels: HashMap::new(),
         kernel,
         events: ev_tx,
         shared: shared.clone(),
@@ -322,7 +343,7 @@ impl Driver {
             if e == vpnnat_ike::Error::NotIke {
                 log::debug!("non-IKE datagram on the NAT-T socket from {src_wire}");
             } else {
-                log::warn!("IKE from {src_wire} rejected: {e}");
+                log::warn!("{}IKE from {src_wire} rejected: {e}", tag(&self.labels, peer));
                 let _ = self.events.send(DriverEvent::Rejected {
                     from: src.ip(),
                     error: e.to_string(),
@@ -343,7 +364,7 @@ impl Driver {
             if t.next_ike_rekey.is_some_and(|d| d <= now) {
                 t.next_ike_rekey = self.cfg.ike_rekey_interval.map(|i| now + i);
                 if let Err(e) = t.core.rekey_ike(now, &self.rng) {
-                    log::warn!("IKE SA rekey with {peer}: {e}");
+                    log::warn!("{}IKE SA rekey with {peer}: {e}", tag(&self.labels, peer));
                 }
             }
             self.drain(peer).await;
@@ -361,10 +382,18 @@ impl Driver {
         let Some((peer, spi)) = found else { return };
         let Some(t) = self.tunnels.get_mut(&peer) else { return };
         let r = if e.hard {
-            log::info!("{} hard-expired: deleting the CHILD SA with {peer}", e.id);
+            log::info!(
+                "{}{} hard-expired: deleting the CHILD SA with {peer}",
+                tag(&self.labels, peer),
+                e.id
+            );
             t.core.delete_child(now, spi, &self.rng)
         } else {
-            log::info!("{} soft-expired: rekeying the CHILD SA with {peer}", e.id);
+            log::info!(
+                "{}{} soft-expired: rekeying the CHILD SA with {peer}",
+                tag(&self.labels, peer),
+                e.id
+            );
             t.core.rekey_child(now, spi, &self.rng)
         };
         if let Err(err) = r {
@@ -474,6 +503,7 @@ impl Driver {
 
     fn connect(&mut self, now: Instant, t: TunnelConfig) -> Result<(), DriverError> {
         let peer = t.peer;
+        self.labels.insert(peer, t.log_label.clone());
         let sa = self.sa_config(&t);
         sa.validate()?;
         let icfg = self.initiator_config(peer, sa);
@@ -487,7 +517,10 @@ impl Driver {
                     // again): a new IKE SA once the old one is down.
                     existing.forget_when_down = false;
                     existing.reconnect = Some((icfg, t.reqid));
-                    log::info!("reconnecting to {peer} once the closing IKE SA is down");
+                    log::info!(
+                        "{}reconnecting to {peer} once the closing IKE SA is down",
+                        tag(&self.labels, peer)
+                    );
                     return Ok(());
                 }
                 existing.forget_when_down = false;
@@ -515,7 +548,11 @@ impl Driver {
                         closing: false,
                     },
                 );
-                log::info!("initiating IKE with {peer} (reqid {:#x})", t.reqid);
+                log::info!(
+                    "{}initiating IKE with {peer} (reqid {:#x})",
+                    tag(&self.labels, peer),
+                    t.reqid
+                );
                 Ok(())
             }
         }
@@ -531,6 +568,7 @@ impl Driver {
 
     fn accept(&mut self, now: Instant, t: TunnelConfig) -> Result<(), DriverError> {
         let peer = t.peer;
+        self.labels.insert(peer, t.log_label.clone());
         let sa = self.sa_config(&t);
         sa.validate()?;
         match self.tunnels.get_mut(&peer) {
@@ -563,7 +601,11 @@ impl Driver {
                         closing: false,
                     },
                 );
-                log::info!("accepting IKE from {peer} (reqid {:#x})", t.reqid);
+                log::info!(
+                    "{}accepting IKE from {peer} (reqid {:#x})",
+                    tag(&self.labels, peer),
+                    t.reqid
+                );
                 Ok(())
             }
         }
@@ -580,7 +622,7 @@ impl Driver {
                 if t.core.is_established() {
                     match t.core.close(now, &self.rng) {
                         Ok(()) => t.closing = true,
-                        Err(e) => log::warn!("closing the tunnel with {peer}: {e}"),
+                        Err(e) => log::warn!("{}closing the tunnel with {peer}: {e}", tag(&self.labels, peer)),
                     }
                 }
             }
@@ -645,7 +687,10 @@ impl Driver {
             Err(_) => Vec::new(),
         };
         for spi in gone {
-            log::debug!("releasing unused inbound SPI {spi:#010x} from {peer}");
+            log::debug!(
+                "{}releasing unused inbound SPI {spi:#010x} from {peer}",
+                tag(&self.labels, peer)
+            );
             self.kernel_op(KernelOp::Delete(SaId {
                 dst: self.cfg.local,
                 spi,
@@ -681,12 +726,15 @@ impl Driver {
                         let mut init = Initiator::new(icfg);
                         match init.connect(Instant::now(), &self.rng) {
                             Ok(()) => {
-                                log::info!("initiating IKE with {peer} again (reqid {reqid:#x})");
+                                log::info!(
+                                    "{}initiating IKE with {peer} again (reqid {reqid:#x})",
+                                    tag(&self.labels, peer)
+                                );
                                 t.core = Core::Init(init);
                                 t.reqid = reqid;
                                 continue;
                             }
-                            Err(e) => log::warn!("reconnecting to {peer}: {e}"),
+                            Err(e) => log::warn!("{}reconnecting to {peer}: {e}", tag(&self.labels, peer)),
                         }
                     }
                 }
@@ -742,7 +790,7 @@ impl Driver {
             return;
         };
         let (Some(local), Some(remote)) = (v4(c.local), v4(c.remote)) else {
-            log::error!("CHILD SA with {peer}: not IPv4");
+            log::error!("{}CHILD SA with {peer}: not IPv4", tag(&self.labels, peer));
             return;
         };
         let ports: Ports = self.cfg.ports;
@@ -794,7 +842,8 @@ impl Driver {
         match ev {
             Event::ChildSaUp(c) => {
                 log::info!(
-                    "CHILD SA with {peer}: in {:#010x} out {:#010x} {} encap {:?}{}",
+                    "{}CHILD SA with {peer}: in {:#010x} out {:#010x} {} encap {:?}{}",
+                    tag(&self.labels, peer),
                     c.inbound_spi,
                     c.outbound_spi,
                     c.xfrm_name(),
@@ -835,7 +884,8 @@ impl Driver {
             }
             Event::TunnelUp { nat, ike_spis, .. } => {
                 log::info!(
-                    "tunnel with {peer} up (IKE SA {:016x}/{:016x}{})",
+                    "{}tunnel with {peer} up (IKE SA {:016x}/{:016x}{})",
+                    tag(&self.labels, peer),
                     ike_spis.0,
                     ike_spis.1,
                     if nat { ", NAT: ESP-in-UDP" } else { "" }
@@ -851,7 +901,12 @@ impl Driver {
                 self.kernel_op(KernelOp::Notify(DriverEvent::TunnelUp { peer, nat }));
             }
             Event::IkeSaRekeyed { old, new } => {
-                log::info!("IKE SA with {peer} rekeyed: {:016x} -> {:016x}", old.0, new.0);
+                log::info!(
+                    "{}IKE SA with {peer} rekeyed: {:016x} -> {:016x}",
+                    tag(&self.labels, peer),
+                    old.0,
+                    new.0
+                );
                 with_shared(&self.shared, |s| {
                     s.ike.insert(peer, new);
                 });
@@ -862,7 +917,7 @@ impl Driver {
                 }
             }
             Event::RekeyFailed { child, error } => {
-                log::warn!("rekey with {peer} failed: {error}");
+                log::warn!("{}rekey with {peer} failed: {error}", tag(&self.labels, peer));
                 // The failed exchange's reserved SPI is not used (only one
                 // CHILD SA per tunnel: no other reservation is pending).
                 self.release_larval(peer, None);
@@ -870,7 +925,8 @@ impl Driver {
             }
             Event::TunnelDown { reason, ike_spis } => {
                 log::info!(
-                    "tunnel with {peer} down ({reason:?}, IKE SA {:016x}/{:016x})",
+                    "{}tunnel with {peer} down ({reason:?}, IKE SA {:016x}/{:016x})",
+                    tag(&self.labels, peer),
                     ike_spis.0,
                     ike_spis.1
                 );
@@ -883,7 +939,10 @@ impl Driver {
                     stale = s.ike.get(&peer).is_some_and(|cur| *cur != ike_spis);
                 });
                 if stale {
-                    log::info!("tunnel with {peer} stays up: the IKE SA that went down was already replaced");
+                    log::info!(
+                        "{}tunnel with {peer} stays up: the IKE SA that went down was already replaced",
+                        tag(&self.labels, peer)
+                    );
                     return;
                 }
                 with_shared(&self.shared, |s| {
@@ -919,5 +978,23 @@ impl Driver {
                 self.kernel_op(KernelOp::Notify(DriverEvent::TunnelDown { peer, reason }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_about_a_tunnel_start_with_its_owners_label() {
+        let mut labels = HashMap::new();
+        let home = Ipv4Addr::new(198, 51, 100, 101);
+        let bare = Ipv4Addr::new(198, 51, 100, 102);
+        labels.insert(home, "terminal=home-1".to_owned());
+        labels.insert(bare, String::new());
+        let line = |peer: Ipv4Addr| format!("{}tunnel with {peer} up", tag(&labels, peer));
+        assert_eq!(line(home), "terminal=home-1 tunnel with 198.51.100.101 up");
+        assert_eq!(line(bare), "tunnel with 198.51.100.102 up");
+        assert_eq!(line(Ipv4Addr::new(192, 0, 2, 1)), "tunnel with 192.0.2.1 up");
     }
 }

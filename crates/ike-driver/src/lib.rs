@@ -31,6 +31,7 @@
 //!     remote_ts: vec![TrafficSelector::host("10.64.0.5".parse().unwrap())],
 //!     reqid: 0x5650_0001,
 //!     remote_id: None,
+//!     log_label: "terminal=home-1".into(),
 //! }).await?;
 //! while let Some(ev) = events.recv().await {
 //!     if let DriverEvent::TunnelUp { peer, .. } = ev { println!("{peer} up"); }
@@ -145,6 +146,9 @@ pub struct TunnelConfig {
     pub reqid: u32,
     /// The identity the peer must present (`None`: any).
     pub remote_id: Option<Identity>,
+    /// Put in front of the driver's log lines about this tunnel, e.g.
+    /// `terminal=home-1` (the daemons' convention); empty: none.
+    pub log_label: String,
 }
 
 /// What the driver reports to its owner.

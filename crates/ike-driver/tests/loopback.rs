@@ -99,6 +99,7 @@ fn gw_tunnel(psk: &[u8]) -> TunnelConfig {
         remote_ts: vec![ts("10.64.0.5", 32)],
         reqid: REQID,
         remote_id: None,
+        log_label: "terminal=gw-side".into(),
     }
 }
 
@@ -110,6 +111,7 @@ fn rt_tunnel(psk: &[u8]) -> TunnelConfig {
         remote_ts: vec![ts("172.16.0.0", 24)],
         reqid: REQID + 1,
         remote_id: None,
+        log_label: String::new(),
     }
 }
 

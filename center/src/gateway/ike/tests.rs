@@ -83,6 +83,7 @@ fn router_cfg(addrs: &[Ipv4Addr], reqid: u32) -> TunnelConfig {
         remote_ts: center_selectors(&nets()),
         reqid,
         remote_id: None,
+        log_label: "terminal=router-side".into(),
     }
 }
 

@@ -170,6 +170,7 @@ async fn main() -> Result<()> {
         remote_ts: t.remote_ts.iter().map(|s| parse_ts(s)).collect::<Result<_>>()?,
         reqid: t.reqid,
         remote_id: None,
+        log_label: String::new(),
     };
     let (drv, mut events) = IkeDriver::start_kernel(cfg).await.context("starting the IKE driver")?;
     if let Some(count) = bench {
