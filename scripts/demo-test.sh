@@ -22,8 +22,10 @@ LOG=$(mktemp "${TMPDIR:-/tmp}/demo-test.XXXXXX")
 trap 'rm -f "$LOG"' EXIT
 # shellcheck source=scripts/lib/progress.sh
 . "$REPO/scripts/lib/progress.sh"
-PROGRESS_PREFIX=demo-test progress "running scripts/demo.sh --smoke $* (builds what is missing, boots 3 VMs, plays the scenario)"
+PROGRESS_PREFIX=demo-test progress "running scripts/demo.sh --smoke $* (builds what is missing, boots the center and the routers, plays the scenario)"
 
+# Screenshots of an earlier run must not pass for this one's.
+rm -f "$REPO/out/demo/operator-ui.png" "$REPO/out/demo/operator-ui-ended.png"
 "$REPO/scripts/demo.sh" --smoke "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 cp "$LOG" "$REPO/out/demo/demo-test.log" 2>/dev/null || true
