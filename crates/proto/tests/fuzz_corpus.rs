@@ -1,62 +1,41 @@
 //! Replays every checked-in fuzz corpus file (crates/proto/fuzz/corpus/<target>/)
-//! through the same harness the cargo-fuzz target runs, so that `cargo
+//! through the same harness the cargo-fuzz target runs
+//! (`vpnnat_testkit::fuzz_corpus`), so that `cargo
 //! test` catches a regression on any input a fuzz run once found
 //! interesting. No nightly, no sanitizer: the harness's assertions are the
 //! checks. `scripts/fuzz.sh` runs the real fuzzing.
+
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../fuzz/src/lib.rs"]
 mod harness;
 
-fn replay(target: &str, run: fn(&[u8])) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        let r = std::panic::catch_unwind(|| run(&data));
-        assert!(r.is_ok(), "{target}: {} fails", path.display());
-        n += 1;
-    }
-    assert!(n > 0, "{target}: empty corpus in {}", dir.display());
-    println!("{target}: {n} corpus files replayed");
-}
+use vpnnat_testkit::fuzz_corpus::{replay, replay_seeds, Harness};
+
+const TARGETS: &[(&str, Harness)] = &[
+    ("decode_request", harness::decode_request),
+    ("payloads", harness::payloads),
+    ("decode_response", harness::decode_response),
+];
 
 #[test]
 fn decode_request_corpus() {
-    replay("decode_request", harness::decode_request);
+    replay(env!("CARGO_MANIFEST_DIR"), "decode_request", harness::decode_request);
 }
 
 #[test]
 fn payloads_corpus() {
-    replay("payloads", harness::payloads);
+    replay(env!("CARGO_MANIFEST_DIR"), "payloads", harness::payloads);
 }
 
 #[test]
 fn decode_response_corpus() {
-    replay("decode_response", harness::decode_response);
+    replay(env!("CARGO_MANIFEST_DIR"), "decode_response", harness::decode_response);
 }
 
 /// The seeds made of real messages go through the harnesses too; with
 /// VPNNAT_WRITE_FUZZ_SEEDS=1 they are (re)written to the corpus.
 #[test]
 fn seeds_pass_and_can_be_written() {
-    let write = std::env::var_os("VPNNAT_WRITE_FUZZ_SEEDS").is_some();
-    for (target, name, data) in harness::seeds() {
-        match target {
-            "decode_request" => harness::decode_request(&data),
-            "payloads" => harness::payloads(&data),
-            "decode_response" => harness::decode_response(&data),
-            other => panic!("seed for unknown target {other}"),
-        }
-        if write {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("fuzz/corpus")
-                .join(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(name), &data).unwrap();
-        }
-    }
+    replay_seeds(env!("CARGO_MANIFEST_DIR"), TARGETS, harness::seeds());
 }

@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 
 pub mod flood;
+pub mod fuzz_corpus;
 pub mod webdriver;
 
 /// The server's answer line for one connection.
