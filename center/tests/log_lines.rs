@@ -10,45 +10,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{Stack, T};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ring::rand::SystemRandom;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc::unbounded_channel;
-use vpnnat_center::api::ApiSettings;
-use vpnnat_center::center::{Center, CenterSettings, GatewayEntry};
-use vpnnat_center::clients::{HttpGateways, HttpRouters};
-use vpnnat_center::config::HttpEndpoint;
-use vpnnat_center::gateway::driver::PolicyDriver;
-use vpnnat_center::gateway::{self, Gatewayd};
 use vpnnat_center::http::{call, call_with};
-use vpnnat_center::storage::Storage;
-use vpnnat_datapath::RecordingDatapath;
-use vpnnat_proto::auth::ReplayConfig;
-use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MaintenancePassword, SecretBytes, SecretId};
-use vpnnat_proto::messages::{
-    FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceDetails, MaintenanceRequest,
-};
+use vpnnat_proto::keys::{SecretBytes, SecretId};
+use vpnnat_proto::messages::{FailureNotice, MaintenanceDetails, MaintenanceRequest};
 use vpnnat_proto::seal::ReplyKeyPair;
 use vpnnat_proto::types::{
-    BoundedSet, ClaimantLevel, ClaimantName, FailureCode, FailureDetail, GatewayName, IkeIdentity, Phone,
-    RequestContent, TerminalId, TerminalName, TerminalNames, UnicastAddr, Urgency,
+    ClaimantLevel, ClaimantName, FailureCode, FailureDetail, Phone, RequestContent, TerminalId, TerminalName,
+    TerminalNames, Urgency,
 };
-
-const T: Duration = Duration::from_secs(5);
 
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn lines() -> Vec<String> {
     LINES.lock().unwrap().clone()
-}
-
-async fn bind() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap().to_string();
-    (l, a)
 }
 
 /// `2026-11-25T07:01:02.123Z ` at the start.
@@ -77,100 +58,20 @@ async fn a_request_s_lines_carry_terminal_and_acceptance_and_no_secret() {
         sinks: vec![Box::new(|l: &str| LINES.lock().unwrap().push(l.to_owned()))],
     }));
 
-    let master = FactoryMasterKey::from_array([3; 32]);
-    let gw_key = GatewayApiKey::from_array([4; 32]);
-    let gw_name = GatewayName::new("gw1").unwrap();
-    let (center_l, center_addr) = bind().await;
-    let (gw_l, gw_addr) = bind().await;
-
-    // gatewayd, pushing events to centerd.
-    let (tx, rx) = unbounded_channel();
-    let driver = PolicyDriver::new(
-        RecordingDatapath::new(),
-        Ipv4Addr::new(198, 51, 100, 21),
-        vec!["172.16.0.0/24".parse().unwrap()],
-        1000,
-        tx,
-    );
-    let gwd = Arc::new(Gatewayd::new(gw_name.clone(), gw_key.clone(), Box::new(driver)).unwrap());
-    tokio::spawn(gateway::run(gw_l, std::future::pending(), gwd.clone()));
-    tokio::spawn(gateway::forward_events(
-        rx,
-        HttpEndpoint::parse(&format!("http://{center_addr}")).unwrap(),
-        gw_name.clone(),
-        gw_key.clone(),
-        T,
-    ));
-
-    // centerd.
-    let mut st = Storage::open_in_memory().unwrap();
-    st.init_pool(&"10.64.0.0/16".parse().unwrap()).unwrap();
-    let settings = CenterSettings {
-        factory_master_key: master.clone(),
-        maintenance_password: MaintenancePassword::new("maint-pass-1").unwrap(),
-        maintenance_password_hash: "x".into(),
-        center_networks: BoundedSet::new(vec!["172.16.0.0/24".parse().unwrap()]).unwrap(),
-        gateways: vec![GatewayEntry {
-            name: gw_name.clone(),
-            global_ip: UnicastAddr::new(Ipv4Addr::new(198, 51, 100, 21)).unwrap(),
-            ike_id: IkeIdentity::new("gw1.center.example").unwrap(),
-            api_key: gw_key.clone(),
-            slots: 4,
-            next_hop: None,
-        }],
-        replay: ReplayConfig::default(),
-        tunnel_up_timeout: Duration::from_millis(200),
-    };
-    let gws = HttpGateways::new(vec![(gw_name.clone(), gw_addr.clone(), gw_key.clone())], T);
-    let center = Arc::new(Center::new(st, settings, gws, HttpRouters::new(8080, T)).unwrap());
-    // Loopback stands in for a proxy: the router's address comes from
-    // X-Forwarded-For (a loopback address cannot be a tunnel endpoint).
-    let api = ApiSettings {
-        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
-    };
-    tokio::spawn(vpnnat_center::api::run_with(
-        center_l,
-        std::future::pending(),
-        center.clone(),
-        api,
-    ));
+    let stack = Stack::start().await;
 
     // The router.
     let rng = SystemRandom::new();
     let id = TerminalId::new("home-7").unwrap();
-    let kp = ReplyKeyPair::generate(&rng).unwrap();
-    let sid = SecretId::derive(&master, &id).mac_key();
-    let secrets = call(
-        &center_addr,
-        &id,
-        &sid,
-        &InstallRequest {
-            reply_key: kp.public_key(),
-        },
-        T,
-        &rng,
-    )
-    .await
-    .unwrap()
-    .open(kp, &id)
-    .unwrap();
+    let (secrets, _) = stack.install(&id, &rng).await;
     let sid2 = secrets.secret_id2().clone();
-    let kp = ReplyKeyPair::generate(&rng).unwrap();
-    let info = call(
-        &center_addr,
-        &id,
-        &sid2.mac_key(),
-        &GatewayAddressRequest {
-            reply_key: kp.public_key(),
-        },
-        T,
-        &rng,
-    )
-    .await
-    .unwrap()
-    .open(kp, &id)
-    .unwrap();
-    assert_eq!(info.gateway_ip.get(), Ipv4Addr::new(198, 51, 100, 21));
+    let Stack {
+        center,
+        center_addr,
+        gw_key,
+        master,
+        ..
+    } = stack;
 
     // A failure notice (the router's own event, no request yet).
     let notice = FailureNotice {
