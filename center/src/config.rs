@@ -253,32 +253,10 @@ impl CenterdConfig {
     }
 }
 
-/// A TOML error as "line L, column C: what", without the quoted source
-/// line that the error's Display shows: that line may hold a secret (the factory master key, an API key),
-/// and config errors end up in logs. Found by the config fuzz target.
+/// A TOML error without the quoted source line (it may hold a secret):
+/// [`vpnnat_log::config_error_message`].
 pub(crate) fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
-    let at = e.span().map(|span| {
-        let before = text.get(..span.start).unwrap_or(text);
-        let line = before.matches('\n').count().saturating_add(1);
-        let line_start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
-        let column = before.len().saturating_sub(line_start).saturating_add(1);
-        // The key of a bad value, if it looks like a key name (short, so
-        // that a secret written where a key belongs is never shown).
-        let key = text
-            .get(line_start..)
-            .and_then(|l| l.lines().next())
-            .and_then(|l| l.split_once('='))
-            .map(|(k, _)| k.trim())
-            .filter(|k| {
-                (1..=32).contains(&k.len())
-                    && k.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            })
-            .map(|k| format!(" (`{k}`)"))
-            .unwrap_or_default();
-        format!("line {line}, column {column}{key}: ")
-    });
-    format!("{}{}", at.unwrap_or_default(), e.message().trim_end())
+    vpnnat_log::config_error_message(text, e.span(), e.message())
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {

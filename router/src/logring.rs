@@ -104,28 +104,6 @@ fn cut(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (UTC, proleptic Gregorian).
-pub fn utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// Installs the logger (the project's line, [`vpnnat_log`]: UTC RFC 3339
 /// stamps with milliseconds, `terminal=ID acceptance=N` for events about a
 /// request) on stderr and into [`global`]. The filter is `RUST_LOG`, else
@@ -187,12 +165,5 @@ mod tests {
         assert!(l.len() <= MAX_LINE + '…'.len_utf8() && l.ends_with('…'), "{}", l.len());
         r.push(&format!("psk {} end, id abc123", "ab".repeat(32)));
         assert_eq!(r.snapshot()[1], "psk <hex redacted> end, id abc123");
-    }
-
-    #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(1_800_000_000), "2027-01-15T08:00:00Z");
     }
 }

@@ -83,6 +83,36 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
     )
 }
 
+/// A config parse error as "line L, column C (`key`): what", without the
+/// quoted source line a TOML error's Display shows: that line may hold a
+/// secret (a factory secret, the master key, an API key), and config
+/// errors end up in logs (found by the config fuzz targets). `span` is the
+/// error's byte range in `text`, `message` its message alone.
+pub fn config_error_message(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> String {
+    let at = span.map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count().saturating_add(1);
+        let line_start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
+        let column = before.len().saturating_sub(line_start).saturating_add(1);
+        // The key of a bad value, if it looks like a key name (short, so
+        // that a secret written where a key belongs is never shown).
+        let key = text
+            .get(line_start..)
+            .and_then(|l| l.lines().next())
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim())
+            .filter(|k| {
+                (1..=32).contains(&k.len())
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            })
+            .map(|k| format!(" (`{k}`)"))
+            .unwrap_or_default();
+        format!("line {line}, column {column}{key}: ")
+    });
+    format!("{}{}", at.unwrap_or_default(), message.trim_end())
+}
+
 /// One event's line (no trailing newline).
 pub fn line(format: Format, t: SystemTime, level: log::Level, target: &str, message: &str) -> String {
     let msg = message.replace('\r', "\\r").replace('\n', "\\n");
@@ -273,6 +303,8 @@ mod tests {
         // a leap day
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400) + Duration::from_micros(999_999);
         assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.999Z");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        assert_eq!(rfc3339_millis(t), "2027-01-15T08:00:00.000Z");
     }
 
     #[test]
