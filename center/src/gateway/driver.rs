@@ -20,7 +20,7 @@ use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use vpnnat_datapath::{
     is_owned_reqid, Change, Datapath, DatapathError, Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec,
-    RecordingDatapath, REQID_BASE, REQID_RANGE,
+    RecordingDatapath, SaId, REQID_BASE, REQID_RANGE,
 };
 use vpnnat_proto::keys::Psk;
 use vpnnat_proto::messages::TunnelStatus;
@@ -87,16 +87,33 @@ pub trait TunnelDriver: Send {
     /// Every tunnel.
     fn tunnels(&self) -> Vec<TunnelInfo>;
     /// Brings the kernel to exactly what the driver's state says: removes
-    /// leftovers (e.g. of a previous run), re-adds what is missing.
+    /// leftovers (e.g. of a previous run: policies and ESP SAs), re-adds
+    /// what is missing. gatewayd calls it at start, before any tunnel is
+    /// set up.
     fn reconcile(&mut self) -> Result<(), DriverError>;
 }
 
-/// The part of the datapath the gateway needs: owned policies and apply.
-/// Reading only the XFRM policy database keeps gatewayd independent of
+/// The part of the datapath the gateway needs: owned policies and SAs, and
+/// apply. Reading only the XFRM databases keeps gatewayd independent of
 /// nftables (the gateway has no NAT table).
 pub trait PolicyDatapath: Send {
     fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError>;
+    /// The ESP SAs with a reqid of the project's range.
+    fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError>;
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError>;
+}
+
+/// The deletions that leave only `keep` of the `observed` owned SAs. A
+/// gatewayd killed with live tunnels leaves its SAs in the kernel (nobody
+/// ran its shutdown); the next one negotiates new SAs with the same reqid,
+/// and a tear-down removes only those, so without this the old pair stayed
+/// for the SAs' whole hard lifetime (an hour).
+pub fn stray_sa_deletions(observed: &[SaId], keep: &[SaId]) -> Vec<Change> {
+    observed
+        .iter()
+        .filter(|o| !keep.contains(o))
+        .map(|o| Change::DelSa(*o))
+        .collect()
 }
 
 impl PolicyDatapath for KernelDatapath {
@@ -109,6 +126,18 @@ impl PolicyDatapath for KernelDatapath {
             .collect())
     }
 
+    fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError> {
+        // SPI 0: the kernel's own larval "acquire" states, which cannot be
+        // deleted by SPI and expire by themselves.
+        Ok(self
+            .xfrm
+            .list_sas()?
+            .into_iter()
+            .filter(|s| is_owned_reqid(s.reqid) && s.id.spi != 0)
+            .map(|s| s.id)
+            .collect())
+    }
+
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
         Datapath::apply(self, changes)
     }
@@ -117,6 +146,16 @@ impl PolicyDatapath for KernelDatapath {
 impl PolicyDatapath for RecordingDatapath {
     fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError> {
         Ok(self.state.policies.clone())
+    }
+
+    fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError> {
+        Ok(self
+            .state
+            .sas
+            .iter()
+            .filter(|s| is_owned_reqid(s.reqid))
+            .map(|s| s.id)
+            .collect())
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
@@ -395,6 +434,27 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
     }
 
     fn reconcile(&mut self) -> Result<(), DriverError> {
+        // This driver installs no SA: every owned one is a leftover.
+        self.reconcile_keeping(&[])
+    }
+}
+
+impl<D: PolicyDatapath> PolicyDriver<D> {
+    /// [`TunnelDriver::reconcile`], keeping the owned SAs in `keep` (those
+    /// a wrapping IKE driver installed) and deleting every other one.
+    pub fn reconcile_keeping(&mut self, keep: &[SaId]) -> Result<(), DriverError> {
+        let stray = stray_sa_deletions(&self.dp.owned_sas()?, keep);
+        if !stray.is_empty() {
+            log::info!("reconcile: removing {} leftover ESP SA(s)", stray.len());
+        }
+        for c in &stray {
+            match self.dp.apply(std::slice::from_ref(c)) {
+                // Expired (hard lifetime) between the listing and now: gone
+                // all the same.
+                Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                r => r?,
+            }
+        }
         let desired = self.desired()?;
         let observed = self.dp.owned_policies()?;
         let mut changes: Vec<Change> = observed

@@ -308,7 +308,11 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
     }
 
     fn reconcile(&mut self) -> Result<(), DriverError> {
-        self.policy.reconcile()
+        // Keep what our IKE driver installed; a previous gatewayd's SAs go.
+        // (A negotiation in flight would also hold reserved inbound SPIs the
+        // driver does not list: gatewayd reconciles at start, before any.)
+        let keep: Vec<_> = self.drv.installed_sas().iter().map(|s| s.id()).collect();
+        self.policy.reconcile_keeping(&keep)
     }
 }
 

@@ -162,6 +162,64 @@ fn reconcile_removes_leftovers_and_restores_missing() {
     assert!(p.contains(&gone));
 }
 
+fn sa(src: &str, dst: &str, spi: u32, reqid: u32) -> vpnnat_datapath::SaSpec {
+    vpnnat_datapath::SaSpec {
+        src: ip(src),
+        dst: ip(dst),
+        spi,
+        reqid,
+        key: vpnnat_datapath::SaKey::new(vec![1; 20]).unwrap(),
+        replay_window: 64,
+        encap: None,
+        lifetime: vpnnat_datapath::Lifetime::default(),
+    }
+}
+
+#[test]
+fn stray_sas_are_every_observed_one_not_kept() {
+    let id = |spi| vpnnat_datapath::SaId {
+        dst: ip("198.51.100.11"),
+        spi,
+    };
+    assert_eq!(
+        driver::stray_sa_deletions(&[id(1), id(2), id(3)], &[id(2), id(9)]),
+        vec![Change::DelSa(id(1)), Change::DelSa(id(3))]
+    );
+    assert!(driver::stray_sa_deletions(&[id(1)], &[id(1)]).is_empty());
+    assert!(driver::stray_sa_deletions(&[], &[id(1)]).is_empty());
+}
+
+/// A gatewayd killed with a live tunnel leaves its SA pair in the kernel;
+/// the next one's start-up reconcile removes it (it would otherwise outlive
+/// the tunnel's tear-down by the SAs' hard lifetime), and keeps the SAs a
+/// wrapping IKE driver says it installed.
+#[test]
+fn reconcile_removes_a_previous_runs_sas_and_keeps_the_given_ones() {
+    let (mut d, _rx) = driver();
+    let old_in = sa("203.0.113.5", "198.51.100.11", 0xc000_0001, REQID_BASE);
+    let old_out = sa("198.51.100.11", "203.0.113.5", 0xc000_0002, REQID_BASE);
+    let live_in = sa("203.0.113.5", "198.51.100.11", 0xc000_0003, REQID_BASE);
+    // Another IKE daemon's SA (reqid outside the project's range).
+    let foreign = sa("203.0.113.9", "198.51.100.11", 0xc000_0004, 1);
+    PolicyDatapath::apply(
+        d.datapath_mut(),
+        &[
+            Change::AddSa(old_in),
+            Change::AddSa(old_out),
+            Change::AddSa(live_in.clone()),
+            Change::AddSa(foreign.clone()),
+        ],
+    )
+    .unwrap();
+    d.reconcile_keeping(&[live_in.id()]).unwrap();
+    let ids: Vec<_> = d.datapath().state.sas.iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![live_in.id(), foreign.id()]);
+    // The policy driver alone installs no SA: all owned ones go.
+    d.reconcile().unwrap();
+    let ids: Vec<_> = d.datapath().state.sas.iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![foreign.id()]);
+}
+
 fn gatewayd() -> (Arc<Gatewayd>, tokio::sync::mpsc::UnboundedReceiver<DriverEvent>) {
     let (tx, rx) = unbounded_channel();
     let d = PolicyDriver::new(RecordingDatapath::new(), ip("198.51.100.11"), nets(), 1000, tx);

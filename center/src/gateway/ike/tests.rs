@@ -2,7 +2,7 @@ use super::*;
 use std::net::UdpSocket;
 
 use tokio::sync::mpsc::unbounded_channel;
-use vpnnat_datapath::RecordingDatapath;
+use vpnnat_datapath::{Change, RecordingDatapath};
 use vpnnat_ike_driver::{DriverConfig, IkeDriver, Ports, RecordingInstaller, SaOp};
 
 const GW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -168,6 +168,57 @@ async fn connects_on_first_grant_rekeys_on_changes_and_closes() {
     let down = wait(&mut rx, "down", |e| e.status == TunnelStatus::Down).await;
     assert_eq!(down.detail, "torn down on command");
     assert!(d.tunnels().is_empty());
+    gh.shutdown().await;
+    rh.shutdown().await;
+}
+
+/// gatewayd's start-up reconcile with a live IKE driver: the SAs the driver
+/// installed stay, an owned SA it does not know (a killed gatewayd's) goes.
+#[tokio::test]
+async fn reconcile_keeps_the_drivers_sas_and_removes_a_previous_runs() {
+    let mut sides = None;
+    for _ in 0..20 {
+        let ports = free_ports();
+        if let (Some(g), Some(r)) = (start(GW, ports).await, start(RT, ports).await) {
+            sides = Some((g, r));
+            break;
+        }
+    }
+    let ((gh, gev, grec), (rh, _rev, _rrec)) = sides.expect("no free ports on loopback");
+    let reqid = REQID_BASE + 1;
+    let a1 = ip("10.64.0.1");
+    rh.accept(router_cfg(&[a1], reqid)).await.unwrap();
+    let (tx, mut rx) = unbounded_channel();
+    let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
+    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let t = tid("router-1");
+    d.setup(TunnelSpec {
+        terminal_id: t.clone(),
+        slot: 1,
+        router_ip: RT,
+        psk: Psk::from_array([7; 32]),
+    })
+    .unwrap();
+    d.add_addresses(&t, &[a1]).unwrap();
+    wait(&mut rx, "up", |e| e.status == TunnelStatus::Up).await;
+    let live = grec.installed();
+    assert_eq!(live.len(), 2);
+    // The kernel as the recording datapath shows it: the live pair and the
+    // pair a killed gatewayd left with the same reqid.
+    let mut stale_in = live[0].clone();
+    stale_in.spi = 0xc0de_0001;
+    let mut stale_out = live[1].clone();
+    stale_out.spi = 0xc0de_0002;
+    let mut adds: Vec<Change> = live.iter().cloned().map(Change::AddSa).collect();
+    adds.push(Change::AddSa(stale_in));
+    adds.push(Change::AddSa(stale_out));
+    PolicyDatapath::apply(d.policy.datapath_mut(), &adds).unwrap();
+    d.reconcile().unwrap();
+    let mut left: Vec<_> = d.policy.datapath().state.sas.iter().map(|s| s.id).collect();
+    let mut want: Vec<_> = live.iter().map(|s| s.id()).collect();
+    left.sort_by_key(|i| i.spi);
+    want.sort_by_key(|i| i.spi);
+    assert_eq!(left, want);
     gh.shutdown().await;
     rh.shutdown().await;
 }
