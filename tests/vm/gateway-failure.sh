@@ -110,9 +110,11 @@ if [ "$FAILED" -gt 0 ]; then
 fi
 
 # kernel_matches_db: for every gateway, the routers whose SAs its kernel
-# holds are exactly the routers the database gives it a slot (and a tunnel)
+# holds are exactly the routers the database gives it a slot (and a tunnel),
+# with one SA pair each: a pair left by a killed gatewayd would outlive the
+# tunnel's tear-down
 kernel_matches_db() {
-	local g k want have
+	local g k want have n
 	for g in $(gws); do
 		want=""
 		for k in $(homes); do
@@ -125,18 +127,30 @@ kernel_matches_db() {
 			echo "$g: database gives [$want], kernel has SAs for [$have]"
 			return 1
 		}
+		n=$(nsx $g "$IP" xfrm state | grep -c '^src')
+		[ "$n" -eq $((2 * $(echo $want | wc -w))) ] || {
+			echo "$g: $n SAs for [$want], not one pair per router:"
+			nsx $g "$IP" xfrm state | grep -E '^src|spi'
+			return 1
+		}
 	done
 }
 
 # reconciled: a reconcile now finds nothing to change on gw1 (gatewayd's
 # state = the database's)
 reconciled() {
-	local out
+	local out want
 	out=$(nsx server $CENTERD --json reconcile gw1 2>&1 | tr -d ' \n')
-	echo "$out" | grep -q '"set_up":\[\],"added":0,"removed":0,"torn_down":\[\]' || {
-		echo "$out"
-		return 1
-	}
+	# one object per gateway, its keys in any order (serde_json sorts them)
+	for want in '"gateway":"gw1"' '"set_up":[]' '"added":0' '"removed":0' '"torn_down":[]'; do
+		case $out in
+		*"$want"*) ;;
+		*)
+			echo "no $want in: $out"
+			return 1
+			;;
+		esac
+	done
 }
 
 DETECT="" # detection times (ms), all trials
@@ -266,7 +280,13 @@ check "every request is ended" sh -c "
 check "the pool is back to the routers' own $((2 * HOMES)) addresses" sh -c "
 	ip netns exec server $CENTERD --json check-config | grep -q '\"allocated\": $((2 * HOMES))'"
 check "every gateway slot is free" sh -c "ip netns exec server $CENTERD --json gateways | tr -d ' \n' | grep -o '\"used\":[0-9]*' | grep -qv '\"used\":0\$' && exit 1 || true"
-no_sa() { [ -z "$(nsx "$1" "$IP" xfrm state)" ] && [ -z "$(nsx "$1" "$IP" xfrm policy | grep -v '^$')" ]; }
+no_sa() {
+	[ -z "$(nsx "$1" "$IP" xfrm state)" ] && [ -z "$(nsx "$1" "$IP" xfrm policy | grep -v '^$')" ] || {
+		nsx "$1" "$IP" xfrm state | grep -E '^src|spi'
+		nsx "$1" "$IP" xfrm policy | grep -E '^src|tmpl'
+		return 1
+	}
+}
 for ns in $(gws) $(homes); do
 	check "$ns: no SA and no policy left" wait_for "$E2E_WAIT" no_sa $ns
 done
