@@ -99,6 +99,12 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 \
 	run "VM: crash consistency (kill -9 of centerd, gatewayd, routerd at 5 points)" scripts/vm-test tests/vm/crash.sh
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 VPNNAT_VM_EXTRA="mkfs.ext4 mount" POWER_ONLY=none PL_RUNS=2 \
 	run "VM: power loss (random cuts of a router's ext4 state disk, control)" scripts/vm-test tests/vm/powerloss.sh
+# Gateway failure (README "Reliability: a gateway fails"): gw1 killed -9
+# once and its cables pulled once (~2.5 min under TCG); the full 3 + 2
+# trials: `scripts/vm-test tests/vm/gateway-failure.sh`.
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 KILL_TRIALS=1 LINK_TRIALS=1 \
+	run "VM: gateway failure (gw1 killed -9 once, cables pulled once: detection, failover, reconcile)" \
+	scripts/vm-test tests/vm/gateway-failure.sh
 # Buildroot checks run when BUILDROOT_DIR names a Buildroot checkout (say so
 # when skipped); the offline images reuse the VM binaries built above.
 run "images: check-package and Kconfig (BUILDROOT_DIR)" scripts/check-images.sh
