@@ -458,6 +458,12 @@ impl Driver {
                 let _ = reply.send(r);
                 self.drain(peer).await;
             }
+            Cmd::Restart(t, reply) => {
+                let peer = t.peer;
+                let r = self.restart(now, t);
+                let _ = reply.send(r);
+                self.drain(peer).await;
+            }
             Cmd::SetTs(peer, l, r, reply) => {
                 let res = self.with_tunnel(peer, |t, rng| {
                     t.core.set_ts(l, r);
@@ -556,6 +562,26 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+
+    /// [`DriverHandle::restart`]: forget the tunnel (its SAs leave the
+    /// kernel, no DELETE is sent), then connect afresh.
+    fn restart(&mut self, now: Instant, t: TunnelConfig) -> Result<(), DriverError> {
+        let peer = t.peer;
+        if let Some(existing) = self.tunnels.get(&peer) {
+            if let Core::Resp(_) = existing.core {
+                return Err(DriverError::WrongRole(peer, existing.core.role()));
+            }
+            // Validated before anything is dropped: a bad configuration
+            // must not cost the peer the tunnel it has.
+            self.sa_config(&t).validate()?;
+            log::info!(
+                "{}{peer} lost its IKE state: dropping our IKE SA without DELETE, starting afresh",
+                tag(&self.labels, peer)
+            );
+            self.remove_tunnel(peer, Some(DownReason::Restarted));
+        }
+        self.connect(now, t)
     }
 
     fn initiator_config(&self, peer: Ipv4Addr, sa: SaConfig) -> InitiatorConfig {

@@ -219,6 +219,7 @@ pub(crate) enum Cmd {
     Connect(TunnelConfig, Reply),
     Accept(TunnelConfig, Reply),
     Disconnect(Ipv4Addr, Reply),
+    Restart(TunnelConfig, Reply),
     SetTs(Ipv4Addr, Vec<TrafficSelector>, Vec<TrafficSelector>, Reply),
     RekeyChild(Ipv4Addr, Reply),
     RekeyIke(Ipv4Addr, Reply),
@@ -235,6 +236,8 @@ pub enum Request {
     Accept(TunnelConfig),
     /// [`DriverHandle::disconnect`].
     Disconnect(Ipv4Addr),
+    /// [`DriverHandle::restart`].
+    Restart(TunnelConfig),
     /// [`DriverHandle::set_traffic_selectors`].
     SetTrafficSelectors(Ipv4Addr, Vec<TrafficSelector>, Vec<TrafficSelector>),
 }
@@ -245,6 +248,7 @@ impl Request {
             Request::Connect(t) => format!("connect to {}", t.peer),
             Request::Accept(t) => format!("accept from {}", t.peer),
             Request::Disconnect(p) => format!("disconnect from {p}"),
+            Request::Restart(t) => format!("restart with {}", t.peer),
             Request::SetTrafficSelectors(p, ..) => format!("new traffic selectors with {p}"),
         }
     }
@@ -330,6 +334,7 @@ impl DriverHandle {
             Request::Connect(t) => Cmd::Connect(t, tx),
             Request::Accept(t) => Cmd::Accept(t, tx),
             Request::Disconnect(p) => Cmd::Disconnect(p, tx),
+            Request::Restart(t) => Cmd::Restart(t, tx),
             Request::SetTrafficSelectors(p, l, r) => Cmd::SetTs(p, l, r, tx),
         };
         self.tx.send(cmd).map_err(|_| DriverError::Stopped)?;
@@ -370,6 +375,17 @@ impl DriverHandle {
     /// forgets the peer.
     pub async fn disconnect(&self, peer: Ipv4Addr) -> Result<(), DriverError> {
         self.call(|r| Cmd::Disconnect(peer, r)).await
+    }
+
+    /// Initiator, for a peer that lost its state (it restarted; it will
+    /// not recognise our IKE SA, and dead-peer detection would notice only
+    /// after its retransmissions): drops the IKE SA and CHILD SAs with
+    /// `t.peer` without a DELETE exchange (reported as `TunnelDown {
+    /// reason: Restarted }` if SAs were installed) and starts a fresh
+    /// IKE_SA_INIT with `t` at once; its IKE_AUTH announces INITIAL_CONTACT.
+    /// For a peer not configured yet it is [`connect`](Self::connect).
+    pub async fn restart(&self, t: TunnelConfig) -> Result<(), DriverError> {
+        self.call(|r| Cmd::Restart(t, r)).await
     }
 
     /// Changes the tunnel's traffic selectors and rekeys its CHILD SA so

@@ -561,3 +561,88 @@ async fn reserved_spi_of_a_failed_auth_is_released() {
         r.rec.ops()
     );
 }
+
+/// A router side on its own runtime, so that dropping the runtime is a
+/// crash: its tasks stop at once, no DELETE leaves, the sockets close.
+fn crashable_side(ports: Ports) -> Option<(tokio::runtime::Runtime, Side)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = rt.block_on(side(RT, ports))?;
+        Some((rt, s))
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn restart_rebuilds_the_tunnel_with_a_peer_that_lost_its_state() {
+    let mut found = None;
+    for _ in 0..20 {
+        let ports = free_port_pair();
+        if let Some(g) = side(GW, ports).await {
+            if let Some(r) = crashable_side(ports) {
+                found = Some((g, r, ports));
+                break;
+            }
+        }
+    }
+    let (mut g, (rt, mut r), ports) = found.expect("no free port pair on loopback");
+    r.h.accept(rt_tunnel(b"the right key")).await.unwrap();
+    g.h.connect(gw_tunnel(b"the right key")).await.unwrap();
+    g.wait("gw up", is_up).await;
+    r.wait("rt up", is_up).await;
+    let old = g.rec.installed();
+    assert_eq!(old.len(), 2, "{old:?}");
+
+    // The router crashes: nothing tells the gateway, which keeps its SAs.
+    // (Its handle lives on: dropping the last handle is a graceful stop,
+    // which would send a DELETE if the dying runtime still ran it.)
+    rt.shutdown_background();
+    let _crashed = r;
+    let mut restarted = None;
+    for _ in 0..50 {
+        if let Some(s) = side(RT, ports).await {
+            restarted = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut r2 = restarted.expect("the crashed router's ports were not freed");
+    r2.h.accept(rt_tunnel(b"the right key")).await.unwrap();
+    assert!(g.h.is_up(RT), "the gateway cannot know yet");
+    assert_eq!(g.rec.installed(), old);
+
+    g.h.restart(gw_tunnel(b"the right key")).await.unwrap();
+    let down = g.wait("gw drops the old", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    assert_eq!(
+        down,
+        DriverEvent::TunnelDown {
+            peer: RT,
+            reason: DownReason::Restarted
+        }
+    );
+    g.wait("gw up again", is_up).await;
+    r2.wait("restarted router up", is_up).await;
+    let gs = g.rec.installed();
+    let rs = r2.rec.installed();
+    assert_eq!(gs.len(), 2, "{:?}", g.rec.ops());
+    assert!(gs.iter().all(|s| !old.contains(s)), "the old SAs are gone: {:?}", g.rec.ops());
+    // The new pair matches the restarted router's.
+    assert_eq!((gs[1].spi, &gs[1].key), (rs[0].spi, &rs[0].key));
+    assert_eq!((gs[0].spi, &gs[0].key), (rs[1].spi, &rs[1].key));
+    assert!(g.h.is_up(RT) && r2.h.is_up(GW));
+}
+
+#[tokio::test]
+async fn restart_of_a_responders_peer_is_refused_and_keeps_the_tunnel() {
+    let (g, r) = up_pair().await;
+    let before = r.rec.installed();
+    let e = r.h.restart(rt_tunnel(b"the right key")).await.unwrap_err();
+    assert!(matches!(e, DriverError::WrongRole(p, "responder") if p == GW), "{e:?}");
+    assert_eq!(r.rec.installed(), before);
+    assert!(g.h.is_up(RT) && r.h.is_up(GW));
+}

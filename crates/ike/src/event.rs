@@ -103,6 +103,9 @@ pub enum DownReason {
     Closed,
     /// A newer IKE SA from the same peer announced INITIAL_CONTACT.
     Replaced,
+    /// We dropped the IKE SA without a DELETE to negotiate a fresh one:
+    /// the peer lost its state (it restarted), so it could not answer.
+    Restarted,
     /// Authentication failed (either side).
     AuthenticationFailed,
     /// No acceptable proposal.

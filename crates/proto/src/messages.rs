@@ -271,6 +271,50 @@ impl GatewayAddressResponse {
 }
 
 // ---------------------------------------------------------------------------
+// Tunnel lost (beyond the seed)
+// ---------------------------------------------------------------------------
+
+/// Router -> center, MAC with Secret(ID2): the router restarted (crash,
+/// power cut, reboot) while it held a gateway, so its IKE responder lost
+/// the IKE SA the gateway still holds. Without this the gateway notices
+/// only by dead-peer detection, a minute or more later; with it the center
+/// has the gateway start a fresh IKE SA at once. Carries nothing but the
+/// authenticated principal: the center knows the router's gateway and
+/// tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelLostNotice {}
+
+impl Command for TunnelLostNotice {
+    const PATH: &'static str = paths::center::TUNNEL_LOST;
+    const DIRECTION: Direction = Direction::RouterToCenter;
+    const KEY: KeyKind = KeyKind::SecretId2;
+    type Principal = TerminalId;
+    type Response = TunnelLostAnswer;
+}
+
+/// What the center did about a [`TunnelLostNotice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelRebuild {
+    /// The gateway built the tunnel afresh and it is up.
+    Up,
+    /// The gateway was told to build it afresh; not up yet when answered
+    /// (its tunnel-up event follows as usual).
+    Connecting,
+    /// The router holds no gateway slot, or its tunnel carries nothing:
+    /// there is no tunnel to rebuild.
+    NotDue,
+}
+
+/// Answer to [`TunnelLostNotice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelLostAnswer {
+    pub tunnel: TunnelRebuild,
+}
+
+// ---------------------------------------------------------------------------
 // 4. Maintenance request
 // ---------------------------------------------------------------------------
 
@@ -566,6 +610,26 @@ pub struct TearDown {
 
 impl Command for TearDown {
     const PATH: &'static str = paths::gateway::TEAR_DOWN;
+    const DIRECTION: Direction = Direction::CenterToGateway;
+    const KEY: KeyKind = KeyKind::GatewayApiKey;
+    type Principal = GatewayName;
+    type Response = Ack;
+}
+
+/// The router lost its end of the tunnel (it restarted): drop the IKE SA
+/// and CHILD SAs with it without a DELETE exchange (the router would not
+/// recognise it) and negotiate a fresh IKE SA at once, announcing
+/// INITIAL_CONTACT. Nothing to do if the tunnel is not negotiated (no
+/// address granted). Answer: [`Ack`]; the tunnel coming up is reported
+/// with a [`TunnelEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartTunnel {
+    pub terminal_id: TerminalId,
+}
+
+impl Command for RestartTunnel {
+    const PATH: &'static str = paths::gateway::RESTART_TUNNEL;
     const DIRECTION: Direction = Direction::CenterToGateway;
     const KEY: KeyKind = KeyKind::GatewayApiKey;
     type Principal = GatewayName;

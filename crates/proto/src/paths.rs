@@ -12,6 +12,9 @@ pub mod center {
     pub const GATEWAY_ADDRESS: &str = "/v1/router/gateway-address";
     /// 4. Maintenance request.
     pub const MAINTENANCE: &str = "/v1/router/maintenance";
+    /// Tunnel lost (beyond the seed): the router restarted and lost its
+    /// IKE state; the center has the gateway build the tunnel afresh.
+    pub const TUNNEL_LOST: &str = "/v1/router/tunnel-lost";
     /// gatewayd -> centerd: tunnel up/down event.
     pub const GATEWAY_EVENT: &str = "/v1/gateway/event";
 }
@@ -33,6 +36,7 @@ pub mod gateway {
     pub const ADD_ADDRESSES: &str = "/v1/tunnel/add-addresses";
     pub const REMOVE_ADDRESSES: &str = "/v1/tunnel/remove-addresses";
     pub const TEAR_DOWN: &str = "/v1/tunnel/teardown";
+    pub const RESTART_TUNNEL: &str = "/v1/tunnel/restart";
     pub const STATE: &str = "/v1/state";
 }
 
@@ -42,6 +46,7 @@ pub const ALL: &[&str] = &[
     center::FAILURE,
     center::GATEWAY_ADDRESS,
     center::MAINTENANCE,
+    center::TUNNEL_LOST,
     center::GATEWAY_EVENT,
     router::END,
     router::RELEASE,
@@ -50,6 +55,7 @@ pub const ALL: &[&str] = &[
     gateway::ADD_ADDRESSES,
     gateway::REMOVE_ADDRESSES,
     gateway::TEAR_DOWN,
+    gateway::RESTART_TUNNEL,
     gateway::STATE,
 ];
 

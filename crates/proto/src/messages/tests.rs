@@ -165,6 +165,24 @@ fn gateway_address_exchange() {
 }
 
 #[test]
+fn tunnel_lost_exchange() {
+    let key = SecretId2::from_array([2; 32]).mac_key();
+    for answer in [TunnelRebuild::Up, TunnelRebuild::Connecting, TunnelRebuild::NotDue] {
+        let (_, resp) = exchange(&TunnelLostNotice {}, &tid(), &key, |_| TunnelLostAnswer { tunnel: answer });
+        assert_eq!(resp.tunnel, answer);
+    }
+    assert_eq!(
+        serde_json::to_string(&TunnelLostAnswer {
+            tunnel: TunnelRebuild::NotDue
+        })
+        .unwrap(),
+        r#"{"tunnel":"not_due"}"#
+    );
+    assert!(serde_json::from_str::<TunnelLostAnswer>(r#"{"tunnel":"maybe"}"#).is_err());
+    assert!(serde_json::from_str::<TunnelLostNotice>(r#"{"why":"restart"}"#).is_err());
+}
+
+#[test]
 fn gateway_info_rules() {
     let j = r#"{"gateway_ip":"198.51.100.10","gateway_ike_id":"gw","center_networks":[]}"#;
     assert!(serde_json::from_str::<GatewayInfo>(j).is_err());
@@ -383,6 +401,7 @@ fn every_command_has_a_distinct_listed_path() {
         FailureNotice::PATH,
         GatewayAddressRequest::PATH,
         MaintenanceRequest::PATH,
+        TunnelLostNotice::PATH,
         EndCommand::PATH,
         ReleaseCommand::PATH,
         VpnEndCommand::PATH,
@@ -390,6 +409,7 @@ fn every_command_has_a_distinct_listed_path() {
         AddAddresses::PATH,
         RemoveAddresses::PATH,
         TearDown::PATH,
+        RestartTunnel::PATH,
         ReportState::PATH,
         TunnelEvent::PATH,
     ];
