@@ -55,6 +55,9 @@ impl GatewayCommands for InstantGateways {
     async fn tear_down(&self, _: &str, _: &TerminalId) -> Result<(), CommandError> {
         Ok(())
     }
+    async fn restart_tunnel(&self, _: &str, _: &TerminalId) -> Result<(), CommandError> {
+        Ok(())
+    }
     async fn report(&self, _: &str) -> Result<StateReport, CommandError> {
         Ok(StateReport::new(vec![]).unwrap())
     }

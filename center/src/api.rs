@@ -41,6 +41,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "POST",
+        path: paths::center::TUNNEL_LOST,
+        name: "tunnel_lost",
+    },
+    Route {
+        method: "POST",
         path: paths::center::GATEWAY_EVENT,
         name: "gateway_event",
     },
@@ -52,7 +57,14 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// The command labels of the latency metrics (the POST routes).
-pub const COMMANDS: &[&str] = &["install", "failure", "gateway_address", "maintenance", "gateway_event"];
+pub const COMMANDS: &[&str] = &[
+    "install",
+    "failure",
+    "gateway_address",
+    "maintenance",
+    "tunnel_lost",
+    "gateway_event",
+];
 
 /// Largest body read from the network; proto enforces each command's own
 /// (smaller) limit after that.
@@ -172,6 +184,11 @@ where
                 return text(400, "the router's IPv4 address is unknown");
             };
             center.maintenance(&path, &headers, &body, ip, now).await
+        }
+        "tunnel_lost" => {
+            center
+                .tunnel_lost(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings))
+                .await
         }
         "gateway_event" => center.tunnel_event(&path, &headers, &body, now),
         _ => return text(404, "no such endpoint"),

@@ -10,7 +10,7 @@ use ring::rand::SystemRandom;
 use vpnnat_proto::keys::{GatewayApiKey, Psk, SecretBytes};
 use vpnnat_proto::messages::{
     AddAddresses, AddressSet, EndCommand, ReleaseCommand, RemoveAddresses, ReportState, SetupTunnel, StateReport,
-    TearDown, VpnEndCommand,
+    RestartTunnel, TearDown, VpnEndCommand,
 };
 use vpnnat_proto::seal::FieldKey;
 use vpnnat_proto::types::{AcceptanceNumber, GatewayName, TerminalId, TerminalName, UnicastAddr};
@@ -199,6 +199,13 @@ impl GatewayCommands for HttpGateways {
 
     async fn tear_down(&self, gateway: &str, terminal: &TerminalId) -> Result<(), CommandError> {
         let cmd = TearDown {
+            terminal_id: terminal.clone(),
+        };
+        self.send(gateway, &cmd).await.map(|_| ())
+    }
+
+    async fn restart_tunnel(&self, gateway: &str, terminal: &TerminalId) -> Result<(), CommandError> {
+        let cmd = RestartTunnel {
             terminal_id: terminal.clone(),
         };
         self.send(gateway, &cmd).await.map(|_| ())

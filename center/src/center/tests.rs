@@ -99,6 +99,9 @@ impl GatewayCommands for Arc<FakeGateways> {
             .remove(&(gateway.to_owned(), terminal.to_string()));
         Ok(())
     }
+    async fn restart_tunnel(&self, gateway: &str, terminal: &TerminalId) -> Result<(), CommandError> {
+        self.push(format!("restart {gateway} {terminal}"))
+    }
     async fn report(&self, gateway: &str) -> Result<StateReport, CommandError> {
         if self.dead.lock().unwrap().contains(gateway) {
             return Err(CommandError::Unreachable {
@@ -198,11 +201,18 @@ pub(crate) fn settings(slots: &[u16]) -> CenterSettings {
 }
 
 pub(crate) fn center_with(pool: &str, slots: &[u16]) -> (TestCenter, Arc<FakeGateways>, Arc<FakeRouters>) {
+    center_with_settings(pool, settings(slots))
+}
+
+pub(crate) fn center_with_settings(
+    pool: &str,
+    settings: CenterSettings,
+) -> (TestCenter, Arc<FakeGateways>, Arc<FakeRouters>) {
     let mut st = Storage::open_in_memory().unwrap();
     st.init_pool(&pool.parse().unwrap()).unwrap();
     let g = Arc::new(FakeGateways::default());
     let r = Arc::new(FakeRouters::default());
-    let c = Center::new(st, settings(slots), g.clone(), r.clone()).unwrap();
+    let c = Center::new(st, settings, g.clone(), r.clone()).unwrap();
     (c, g, r)
 }
 
@@ -296,6 +306,16 @@ impl TestRouter {
             decode_response::<MaintenanceRequest>(&out, &self.key(), &resp.headers, &resp.body).unwrap();
         let grants = r.open(kp, &self.id).unwrap();
         Ok((r.acceptance_number.get(), grants.as_slice().to_vec()))
+    }
+
+    pub async fn tunnel_lost(&self, c: &TestCenter) -> Result<TunnelRebuild, CenterError> {
+        let out = self.sign(&TunnelLostNotice {}, NOW);
+        let resp = c
+            .tunnel_lost(out.path, &out.headers, &out.body, NOW, Some(Ipv4Addr::new(203, 0, 113, 5)))
+            .await?;
+        let a: TunnelLostAnswer =
+            decode_response::<TunnelLostNotice>(&out, &self.key(), &resp.headers, &resp.body).unwrap();
+        Ok(a.tunnel)
     }
 
     pub async fn gateway_address(&self, c: &TestCenter) -> Result<GatewayInfo, CenterError> {
@@ -875,6 +895,127 @@ fn tunnel_up(c: &TestCenter, id: &str) {
         .unwrap()
         .set_tunnel_state(&s.gateway, s.slot, id, TunnelState::Up, NOW)
         .unwrap();
+}
+
+fn gw1_event(c: &TestCenter, id: &str, status: TunnelStatus) {
+    let slot = c.store().unwrap().slot_of(id).unwrap().unwrap().slot;
+    let ev = TunnelEvent {
+        terminal_id: tid(id),
+        slot,
+        status,
+        detail: FailureDetail::new("").unwrap(),
+    };
+    let key = gw_key(1).mac_key();
+    let out = encode_request(&ev, &GatewayName::new("gw1").unwrap(), &key, NOW, &rng()).unwrap();
+    c.tunnel_event(out.path, &out.headers, &out.body, NOW).unwrap();
+}
+
+fn tunnel_state_of(c: &TestCenter, id: &str) -> TunnelState {
+    c.store().unwrap().slot_of(id).unwrap().unwrap().tunnel_state
+}
+
+#[tokio::test]
+async fn tunnel_lost_has_the_gateway_rebuild_a_due_tunnel() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    // No slot, then a slot but no request (no router address): no tunnel
+    // is due, the gateway is not bothered.
+    assert_eq!(r.tunnel_lost(&c).await.unwrap(), TunnelRebuild::NotDue);
+    r.gateway_address(&c).await.unwrap();
+    g.take();
+    assert_eq!(r.tunnel_lost(&c).await.unwrap(), TunnelRebuild::NotDue);
+    assert!(g.take().is_empty());
+
+    r.maintenance(&c, &["pc1"]).await.unwrap();
+    tunnel_up(&c, "router-1");
+    g.take();
+    // The gateway is told to rebuild; the stale "up" is gone, so without
+    // a new event the answer says "connecting" after the bounded wait.
+    assert_eq!(r.tunnel_lost(&c).await.unwrap(), TunnelRebuild::Connecting);
+    assert_eq!(g.take(), vec!["restart gw1 router-1".to_owned()]);
+    assert_eq!(tunnel_state_of(&c, "router-1"), TunnelState::Connecting);
+    let audit = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            action: Some("tunnel_restart".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].terminal_id.as_deref(), Some("router-1"));
+    assert!(audit[0].actor.contains("router-1"), "{audit:?}");
+
+    // With the gateway's events (down, then up) the answer is "up".
+    let mut settings = settings(&[2]);
+    settings.tunnel_up_timeout = Duration::from_secs(10);
+    let (c, g, _) = center_with_settings("10.64.0.0/24", settings);
+    let c = Arc::new(c);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    // Up before the request, so that it does not wait for an event.
+    r.gateway_address(&c).await.unwrap();
+    tunnel_up(&c, "router-1");
+    r.maintenance(&c, &["pc1"]).await.unwrap();
+    g.take();
+    let c2 = c.clone();
+    let lost = tokio::spawn(async move { r.tunnel_lost(&c2).await });
+    while g.take().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw1_event(&c, "router-1", TunnelStatus::Down);
+    assert!(!lost.is_finished());
+    gw1_event(&c, "router-1", TunnelStatus::Up);
+    assert_eq!(lost.await.unwrap().unwrap(), TunnelRebuild::Up);
+}
+
+#[tokio::test]
+async fn tunnel_lost_rejections_and_a_dead_gateway_change_nothing() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.maintenance(&c, &["pc1"]).await.unwrap();
+    tunnel_up(&c, "router-1");
+    g.take();
+    // Replayed: refused, the gateway hears nothing, the tunnel stays up.
+    let out = r.sign(&TunnelLostNotice {}, NOW);
+    let ip = Some(Ipv4Addr::new(203, 0, 113, 5));
+    c.tunnel_lost(out.path, &out.headers, &out.body, NOW, ip).await.unwrap();
+    g.take();
+    tunnel_up(&c, "router-1");
+    let before = snapshot(&c);
+    let e = c.tunnel_lost(out.path, &out.headers, &out.body, NOW, ip).await.unwrap_err();
+    assert_eq!(status(&e), 409, "{e}");
+    assert_eq!(snapshot(&c), before);
+    assert!(g.take().is_empty());
+    assert_eq!(tunnel_state_of(&c, "router-1"), TunnelState::Up);
+    // Signed with the wrong key (another router's Secret(ID2)).
+    let mut other = TestRouter::new("router-2");
+    other.install(&c);
+    let before = snapshot(&c);
+    let forged = encode_request(&TunnelLostNotice {}, &r.id, &other.key(), NOW, &rng()).unwrap();
+    let e = c
+        .tunnel_lost(forged.path, &forged.headers, &forged.body, NOW, ip)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), 401, "{e}");
+    // Stale.
+    let stale = r.sign(&TunnelLostNotice {}, NOW - 3600);
+    let e = c
+        .tunnel_lost(stale.path, &stale.headers, &stale.body, NOW, ip)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), 401, "{e}");
+    assert_eq!(snapshot(&c), before);
+    assert!(g.take().is_empty());
+    assert_eq!(tunnel_state_of(&c, "router-1"), TunnelState::Up);
+    // The gateway refuses the command: an error (the router retries).
+    *g.fail.lock().unwrap() = true;
+    let e = r.tunnel_lost(&c).await.unwrap_err();
+    assert_eq!(status(&e), 502, "{e}");
 }
 
 #[tokio::test]

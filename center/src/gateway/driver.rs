@@ -84,6 +84,10 @@ pub trait TunnelDriver: Send {
     fn remove_addresses(&mut self, terminal: &TerminalId, addrs: &[Ipv4Addr]) -> Result<(), DriverError>;
     /// Removes every route of the tunnel and the tunnel (idempotent).
     fn teardown(&mut self, terminal: &TerminalId) -> Result<(), DriverError>;
+    /// The router lost its end of the tunnel (it restarted): negotiate the
+    /// tunnel afresh at once instead of waiting for dead-peer detection.
+    /// Nothing to do for a tunnel not negotiated (no address yet).
+    fn restart(&mut self, terminal: &TerminalId) -> Result<(), DriverError>;
     /// Every tunnel.
     fn tunnels(&self) -> Vec<TunnelInfo>;
     /// Brings the kernel to exactly what the driver's state says: removes
@@ -401,6 +405,16 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
             }
         }
         Ok(())
+    }
+
+    fn restart(&mut self, terminal: &TerminalId) -> Result<(), DriverError> {
+        // Policies only: no IKE SA to rebuild (the kernel keeps the
+        // policies, which is all this driver owns).
+        if self.tunnels.contains_key(terminal) {
+            Ok(())
+        } else {
+            Err(DriverError::UnknownTunnel(terminal.to_string()))
+        }
     }
 
     fn teardown(&mut self, terminal: &TerminalId) -> Result<(), DriverError> {

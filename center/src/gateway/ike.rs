@@ -292,6 +292,29 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
         self.policy.teardown(terminal)
     }
 
+    fn restart(&mut self, terminal: &TerminalId) -> Result<(), DriverError> {
+        let t = self
+            .tunnels
+            .get(terminal)
+            .ok_or_else(|| DriverError::UnknownTunnel(terminal.to_string()))?;
+        let router_ip = t.router_ip;
+        let cfg = self
+            .peers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&router_ip).and_then(|p| p.config.clone()));
+        match (t.connected, cfg) {
+            (true, Some(cfg)) => {
+                self.drv.request_detached(Request::Restart(cfg))?;
+                log::info!("terminal={terminal} tunnel ({router_ip}): the router lost its IKE state; IKE restarts");
+            }
+            // Not negotiated (no address granted yet): the first grant
+            // connects with the router's current state anyway.
+            _ => log::info!("terminal={terminal} tunnel ({router_ip}): restart asked, nothing negotiated"),
+        }
+        Ok(())
+    }
+
     fn tunnels(&self) -> Vec<TunnelInfo> {
         self.policy
             .tunnels()

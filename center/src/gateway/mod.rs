@@ -19,7 +19,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuard};
 use vpnnat_proto::keys::{GatewayApiKey, SecretBytes};
 use vpnnat_proto::messages::{
-    Ack, AddAddresses, RemoveAddresses, ReportState, SetupTunnel, StateReport, TearDown, TunnelEvent, TunnelState,
+    Ack, AddAddresses, RemoveAddresses, ReportState, RestartTunnel, SetupTunnel, StateReport, TearDown, TunnelEvent,
+    TunnelState,
 };
 use vpnnat_proto::seal::FieldKey;
 use vpnnat_proto::types::{BoundedSet, FailureDetail, GatewayName, UnicastAddr};
@@ -81,6 +82,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "POST",
+        path: paths::gateway::RESTART_TUNNEL,
+        name: "restart_tunnel",
+    },
+    Route {
+        method: "POST",
         path: paths::gateway::STATE,
         name: "state",
     },
@@ -97,7 +103,14 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// The command labels of gatewayd's latency metrics.
-pub const COMMANDS: &[&str] = &["setup", "add_addresses", "remove_addresses", "teardown", "state"];
+pub const COMMANDS: &[&str] = &[
+    "setup",
+    "add_addresses",
+    "remove_addresses",
+    "teardown",
+    "restart_tunnel",
+    "state",
+];
 
 /// Tunnel events forwarded to centerd, and IKE failures by reason (from
 /// the IKE driver's "IKE down: <reason>" events; our own close is not a
@@ -324,6 +337,11 @@ impl Gatewayd {
             paths::gateway::TEAR_DOWN => {
                 let v = self.verify::<TearDown>(path, headers, body, now)?;
                 self.driver()?.teardown(&v.command().terminal_id)?;
+                self.answer(&v, &Ack {}, now)
+            }
+            paths::gateway::RESTART_TUNNEL => {
+                let v = self.verify::<RestartTunnel>(path, headers, body, now)?;
+                self.driver()?.restart(&v.command().terminal_id)?;
                 self.answer(&v, &Ack {}, now)
             }
             paths::gateway::STATE => {

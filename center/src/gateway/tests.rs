@@ -261,6 +261,11 @@ async fn centerd_client_drives_gatewayd_over_http() {
     assert_eq!(st.tunnels()[0].addresses.len(), 2);
     assert_eq!(st.tunnels()[0].status, TunnelStatus::Connecting);
     client.remove_addresses("gw1", &r1, &[ip("10.64.0.2")]).await.unwrap();
+    // A restart of a known tunnel is taken (no IKE here: nothing to
+    // renegotiate); of an unknown one refused with 404.
+    client.restart_tunnel("gw1", &r1).await.unwrap();
+    let e = client.restart_tunnel("gw1", &tid("router-9")).await.unwrap_err();
+    assert!(matches!(e, CommandError::Refused { status: 404, .. }), "{e}");
     // A conflicting command is refused with the reason.
     let e = client
         .setup_tunnel("gw1", &tid("router-2"), ip("203.0.113.6"), 2, &Psk::from_array([9; 32]))

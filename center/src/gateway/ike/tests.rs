@@ -222,3 +222,51 @@ async fn reconcile_keeps_the_drivers_sas_and_removes_a_previous_runs() {
     gh.shutdown().await;
     rh.shutdown().await;
 }
+
+#[tokio::test]
+async fn restart_negotiates_a_fresh_ike_sa_at_once() {
+    let mut sides = None;
+    for _ in 0..20 {
+        let ports = free_ports();
+        if let (Some(g), Some(r)) = (start(GW, ports).await, start(RT, ports).await) {
+            sides = Some((g, r));
+            break;
+        }
+    }
+    let ((gh, gev, grec), (rh, _rev, _rrec)) = sides.expect("no free ports on loopback");
+    let reqid = REQID_BASE + 2;
+    let a1 = ip("10.64.0.1");
+    rh.accept(router_cfg(&[a1], reqid)).await.unwrap();
+    let (tx, mut rx) = unbounded_channel();
+    let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
+    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let t = tid("router-1");
+    assert!(matches!(d.restart(&t), Err(DriverError::UnknownTunnel(_))));
+    d.setup(TunnelSpec {
+        terminal_id: t.clone(),
+        slot: 2,
+        router_ip: RT,
+        psk: Psk::from_array([7; 32]),
+    })
+    .unwrap();
+    // Nothing negotiated yet: nothing to restart, nothing happens.
+    d.restart(&t).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(grec.ops().is_empty());
+
+    d.add_addresses(&t, &[a1]).unwrap();
+    wait(&mut rx, "up", |e| e.status == TunnelStatus::Up).await;
+    let old = grec.installed();
+    let old_ike = gh.ike_spis(RT).unwrap();
+    d.restart(&t).unwrap();
+    let down = wait(&mut rx, "down", |e| e.status == TunnelStatus::Down).await;
+    assert_eq!(down.detail, "IKE down: Restarted");
+    wait(&mut rx, "up again", |e| e.status == TunnelStatus::Up).await;
+    let new = grec.installed();
+    assert_eq!(new.len(), 2);
+    assert!(new.iter().all(|sa| !old.contains(sa) && sa.reqid == reqid));
+    assert_ne!(gh.ike_spis(RT).unwrap(), old_ike);
+    d.teardown(&t).unwrap();
+    gh.shutdown().await;
+    rh.shutdown().await;
+}
