@@ -1058,7 +1058,10 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             "tunnel_restart",
             Some(tid.as_str()),
             None,
-            &format!("router restarted; gateway {} negotiates its tunnel afresh", slot.gateway),
+            &format!(
+                "router restarted; gateway {} negotiates its tunnel afresh",
+                slot.gateway
+            ),
         );
         drop(serial); // the wait below sends nothing
         let up = self.wait_tunnel_up(&tid, self.settings.tunnel_up_timeout).await?;
@@ -1071,7 +1074,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             );
         }
         let answer = TunnelLostAnswer {
-            tunnel: if up { TunnelRebuild::Up } else { TunnelRebuild::Connecting },
+            tunnel: if up {
+                TunnelRebuild::Up
+            } else {
+                TunnelRebuild::Connecting
+            },
         };
         self.answer(&v, &answer, &sid2.mac_key(), now)
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use ring::rand::SystemRandom;
 use vpnnat_proto::keys::{GatewayApiKey, Psk, SecretBytes};
 use vpnnat_proto::messages::{
-    AddAddresses, AddressSet, EndCommand, ReleaseCommand, RemoveAddresses, ReportState, SetupTunnel, StateReport,
-    RestartTunnel, TearDown, VpnEndCommand,
+    AddAddresses, AddressSet, EndCommand, ReleaseCommand, RemoveAddresses, ReportState, RestartTunnel, SetupTunnel,
+    StateReport, TearDown, VpnEndCommand,
 };
 use vpnnat_proto::seal::FieldKey;
 use vpnnat_proto::types::{AcceptanceNumber, GatewayName, TerminalId, TerminalName, UnicastAddr};

@@ -326,11 +326,12 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     let stale = unix_now() - 3600;
 
     // Router -> center: every endpoint.
-    let router_paths: [(&'static str, bool); 4] = [
+    let router_paths: [(&'static str, bool); 5] = [
         (paths::center::INSTALL, true),
         (paths::center::FAILURE, false),
         (paths::center::GATEWAY_ADDRESS, false),
         (paths::center::MAINTENANCE, false),
+        (paths::center::TUNNEL_LOST, false),
     ];
     for (path, with_sid) in router_paths {
         let key = if with_sid { sid.mac_key() } else { sid2.mac_key() };
@@ -502,6 +503,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         paths::gateway::ADD_ADDRESSES,
         paths::gateway::REMOVE_ADDRESSES,
         paths::gateway::TEAR_DOWN,
+        paths::gateway::RESTART_TUNNEL,
         paths::gateway::STATE,
     ] {
         let k = gw_key.mac_key();

@@ -25,7 +25,7 @@ use vpnnat_proto::auth::{AuthHeaders, NonceStore, ReplayGuard};
 use vpnnat_proto::keys::{KeyError, SecretBytes, SecretId};
 use vpnnat_proto::messages::{
     Ack, EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceDetails, MaintenanceRequest,
-    ReleaseCommand, VpnEndCommand,
+    ReleaseCommand, TunnelLostAnswer, TunnelLostNotice, TunnelRebuild, VpnEndCommand,
 };
 use vpnnat_proto::seal::ReplyKeyPair;
 use vpnnat_proto::types::{
@@ -365,6 +365,51 @@ pub fn finish_gateway(
         center_networks,
     });
     Ok(next)
+}
+
+// ---------------------------------------------------------------------------
+// Tunnel lost (beyond the seed)
+// ---------------------------------------------------------------------------
+
+/// Whether a starting routerd must send the tunnel-lost notice: it holds a
+/// gateway (from exchange 3 until VPN end), so the gateway may hold an IKE
+/// SA that this new process knows nothing of.
+pub fn tunnel_may_be_lost(state: &RouterState) -> bool {
+    state.installation.is_some() && state.gateway.is_some()
+}
+
+pub fn begin_tunnel_lost(
+    id: &Identity,
+    state: &RouterState,
+    rng: &dyn SecureRandom,
+    now: u64,
+) -> Result<Pending<()>, ExchangeError> {
+    let inst = installation(state)?;
+    let outgoing = encode_request(
+        &TunnelLostNotice {},
+        &id.terminal_id,
+        &inst.secret_id2.mac_key(),
+        now,
+        rng,
+    )
+    .map_err(ExchangeError::Build)?;
+    Ok(Pending {
+        outgoing,
+        reply_key: None,
+        extra: (),
+    })
+}
+
+/// What the center did; the router's state does not change (the tunnel
+/// comes up through the IKE responder as usual).
+pub fn finish_tunnel_lost(
+    state: &RouterState,
+    p: Pending<()>,
+    reply: &CenterReply,
+) -> Result<TunnelRebuild, ExchangeError> {
+    let inst = installation(state)?;
+    let a: TunnelLostAnswer = reply.verified::<TunnelLostNotice>(&p.outgoing, &inst.secret_id2.mac_key())?;
+    Ok(a.tunnel)
 }
 
 // ---------------------------------------------------------------------------

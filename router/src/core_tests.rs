@@ -323,6 +323,39 @@ fn vpn_end_clears_hosts_and_gateway_but_keeps_own_parts() {
 }
 
 #[test]
+fn tunnel_lost_is_due_from_gateway_to_vpn_end() {
+    let mut w = World::new();
+    assert!(!tunnel_may_be_lost(&w.state));
+    assert!(matches!(
+        begin_tunnel_lost(&w.id, &w.state, &w.rng, NOW),
+        Err(ExchangeError::NotInstalled)
+    ));
+    w.install();
+    assert!(!tunnel_may_be_lost(&w.state), "no gateway: no tunnel to lose");
+    w.gateway();
+    assert!(tunnel_may_be_lost(&w.state));
+    for answer in [TunnelRebuild::Up, TunnelRebuild::Connecting, TunnelRebuild::NotDue] {
+        w.center.tunnel_lost_answer = answer;
+        let p = begin_tunnel_lost(&w.id, &w.state, &w.rng, NOW).unwrap();
+        let reply = w.center.answer(&p.outgoing);
+        assert_eq!(finish_tunnel_lost(&w.state, p, &reply).unwrap(), answer);
+    }
+    // An answer that does not verify (another request's) is refused.
+    let p1 = begin_tunnel_lost(&w.id, &w.state, &w.rng, NOW).unwrap();
+    let p2 = begin_tunnel_lost(&w.id, &w.state, &w.rng, NOW).unwrap();
+    let reply2 = w.center.answer(&p2.outgoing);
+    assert!(finish_tunnel_lost(&w.state, p1, &reply2).is_err());
+    w.request(&["pc1"]).unwrap();
+    let mut g = guard();
+    let o = w.command(&mut g, &w.center.vpn_end()).unwrap();
+    w.state = o.next;
+    assert!(
+        !tunnel_may_be_lost(&w.state),
+        "after VPN end the gateway holds nothing of ours"
+    );
+}
+
+#[test]
 fn rejected_commands_change_nothing() {
     let mut w = World::ready();
     w.request(&["pc1"]).unwrap();

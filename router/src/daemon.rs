@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use vpnnat_datapath::Datapath;
 use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuard};
+use vpnnat_proto::messages::TunnelRebuild;
 use vpnnat_proto::types::FailureCode;
 use vpnnat_proto::Outgoing;
 
@@ -286,6 +287,53 @@ impl Router {
                     let d = backoff.next_delay();
                     log::warn!(
                         "terminal={} installation notice: {e}; retrying in {}s",
+                        self.id.terminal_id,
+                        d.as_secs_f32()
+                    );
+                    tokio::select! {
+                        _ = &mut shutdown => return Err(e),
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    // -- tunnel lost (beyond the seed) -----------------------------------
+
+    /// One tunnel-lost notice: this process has no IKE state, so an IKE SA
+    /// the gateway still holds with us is stale; the center has the
+    /// gateway negotiate afresh now instead of after dead-peer detection.
+    pub async fn tunnel_lost(&self) -> Result<TunnelRebuild, DaemonError> {
+        let _x = self.exchange.lock().await;
+        let state = self.state().await;
+        let p = core::begin_tunnel_lost(&self.id, &state, &self.rng, unix_now())?;
+        let reply = self.send(&p.outgoing).await?;
+        Ok(core::finish_tunnel_lost(&state, p, &reply)?)
+    }
+
+    /// The tunnel-lost notice, retried with back-off while the center (or
+    /// the gateway behind it) is unreachable or failing, until it is
+    /// answered, refused for good, or `shutdown` completes.
+    pub async fn tunnel_lost_with_retry(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let mut backoff = Backoff::new(self.retry_initial, self.cfg.retry_max);
+        tokio::pin!(shutdown);
+        loop {
+            match self.tunnel_lost().await {
+                Ok(r) => {
+                    let what = match r {
+                        TunnelRebuild::Up => "the gateway rebuilt the tunnel, it is up",
+                        TunnelRebuild::Connecting => "the gateway is rebuilding the tunnel",
+                        TunnelRebuild::NotDue => "no tunnel is due",
+                    };
+                    log::info!("terminal={} tunnel-lost notice: {what}", self.id.terminal_id);
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => {
+                    let d = backoff.next_delay();
+                    log::warn!(
+                        "terminal={} tunnel-lost notice: {e}; retrying in {}s",
                         self.id.terminal_id,
                         d.as_secs_f32()
                     );
@@ -665,6 +713,15 @@ pub async fn serve(
         tasks.spawn(async move {
             if let Err(e) = r.install_with_retry(stop).await {
                 log::error!("installation notice failed: {e}");
+            }
+        });
+    }
+    if core::tunnel_may_be_lost(&router.state().await) {
+        let r = router.clone();
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = r.tunnel_lost_with_retry(stop).await {
+                log::error!("tunnel-lost notice failed: {e}");
             }
         });
     }

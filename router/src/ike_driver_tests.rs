@@ -31,6 +31,7 @@ fn describe(r: &Request) -> String {
         Request::Accept(t) => format!("accept {} ts={} reqid={:#x}", t.peer, t.local_ts.len(), t.reqid),
         Request::Connect(t) => format!("connect {}", t.peer),
         Request::Disconnect(p) => format!("disconnect {p}"),
+        Request::Restart(t) => format!("restart {}", t.peer),
         Request::SetTrafficSelectors(p, l, _) => format!("set-ts {p} ts={}", l.len()),
     }
 }

@@ -319,11 +319,16 @@ async fn whole_flow_over_http() {
     let (s, _, _) = rt.command(&cmd).await;
     assert_eq!(s, 404, "second release: not granted");
 
-    // Restart: the state survives, a fresh kernel is reconciled to it.
+    // Restart: the state survives, a fresh kernel is reconciled to it,
+    // and the center hears that the tunnel's IKE state is gone.
     rt.stop().await;
     let rt2 = Running::start(cfg.clone()).await;
     assert_eq!(rt2.mappings().await, 3);
     assert!(rt2.router.state().await.hosts.contains_key(&"printer".parse().unwrap()));
+    wait_center(&center, "tunnel-lost notice", |c| {
+        c.seen.last().map(String::as_str) == Some("/v1/router/tunnel-lost")
+    })
+    .await;
 
     // 8. VPN end: own parts stay, everything else goes.
     let cmd = center.0.lock().unwrap().vpn_end();
@@ -339,7 +344,13 @@ async fn whole_flow_over_http() {
         .with_datapath(|dp| dp.observe().unwrap().policies.len())
         .await;
     assert_eq!(policies, 0, "no gateway, no policies");
+    // After VPN end a restart owes the center no tunnel-lost notice.
     rt2.stop().await;
+    let seen = center.0.lock().unwrap().seen.len();
+    let rt3 = Running::start(cfg.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(center.0.lock().unwrap().seen.len(), seen, "nothing sent");
+    rt3.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -12,7 +12,7 @@ use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuar
 use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId, SecretId2};
 use vpnnat_proto::messages::{
     Ack, EndCommand, FailureNotice, GatewayAddressRequest, GatewayInfo, Grant, Grants, InstallRequest, InstallSecrets,
-    MaintenanceRequest, ReleaseCommand, VpnEndCommand,
+    MaintenanceRequest, ReleaseCommand, TunnelLostAnswer, TunnelLostNotice, TunnelRebuild, VpnEndCommand,
 };
 use vpnnat_proto::types::{AcceptanceNumber, BoundedSet, IkeIdentity, Ipv4Cidr, TerminalId, TerminalName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError};
@@ -39,6 +39,8 @@ pub struct FakeCenter {
     pub grant_extra: Option<TerminalName>,
     /// The center's clock (Unix seconds).
     pub now: u64,
+    /// What a tunnel-lost notice is answered with.
+    pub tunnel_lost_answer: TunnelRebuild,
 }
 
 impl FakeCenter {
@@ -56,6 +58,7 @@ impl FakeCenter {
             refuse: None,
             grant_extra: None,
             now: NOW,
+            tunnel_lost_answer: TunnelRebuild::Up,
         }
     }
 
@@ -157,6 +160,15 @@ impl FakeCenter {
                     };
                     let resp = info.seal(&self.rng, &self.terminal_id, &v.command().reply_key).unwrap();
                     self.ok(&v, &resp)
+                }
+                Err(e) => Self::err(e),
+            },
+            paths::center::TUNNEL_LOST => match self.verify::<TunnelLostNotice>(path, headers, body) {
+                Ok(v) => {
+                    let answer = TunnelLostAnswer {
+                        tunnel: self.tunnel_lost_answer,
+                    };
+                    self.ok(&v, &answer)
                 }
                 Err(e) => Self::err(e),
             },

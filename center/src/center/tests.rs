@@ -311,7 +311,13 @@ impl TestRouter {
     pub async fn tunnel_lost(&self, c: &TestCenter) -> Result<TunnelRebuild, CenterError> {
         let out = self.sign(&TunnelLostNotice {}, NOW);
         let resp = c
-            .tunnel_lost(out.path, &out.headers, &out.body, NOW, Some(Ipv4Addr::new(203, 0, 113, 5)))
+            .tunnel_lost(
+                out.path,
+                &out.headers,
+                &out.body,
+                NOW,
+                Some(Ipv4Addr::new(203, 0, 113, 5)),
+            )
             .await?;
         let a: TunnelLostAnswer =
             decode_response::<TunnelLostNotice>(&out, &self.key(), &resp.headers, &resp.body).unwrap();
@@ -987,7 +993,10 @@ async fn tunnel_lost_rejections_and_a_dead_gateway_change_nothing() {
     g.take();
     tunnel_up(&c, "router-1");
     let before = snapshot(&c);
-    let e = c.tunnel_lost(out.path, &out.headers, &out.body, NOW, ip).await.unwrap_err();
+    let e = c
+        .tunnel_lost(out.path, &out.headers, &out.body, NOW, ip)
+        .await
+        .unwrap_err();
     assert_eq!(status(&e), 409, "{e}");
     assert_eq!(snapshot(&c), before);
     assert!(g.take().is_empty());

@@ -617,7 +617,9 @@ async fn restart_rebuilds_the_tunnel_with_a_peer_that_lost_its_state() {
     assert_eq!(g.rec.installed(), old);
 
     g.h.restart(gw_tunnel(b"the right key")).await.unwrap();
-    let down = g.wait("gw drops the old", |e| matches!(e, DriverEvent::TunnelDown { .. })).await;
+    let down = g
+        .wait("gw drops the old", |e| matches!(e, DriverEvent::TunnelDown { .. }))
+        .await;
     assert_eq!(
         down,
         DriverEvent::TunnelDown {
@@ -630,7 +632,11 @@ async fn restart_rebuilds_the_tunnel_with_a_peer_that_lost_its_state() {
     let gs = g.rec.installed();
     let rs = r2.rec.installed();
     assert_eq!(gs.len(), 2, "{:?}", g.rec.ops());
-    assert!(gs.iter().all(|s| !old.contains(s)), "the old SAs are gone: {:?}", g.rec.ops());
+    assert!(
+        gs.iter().all(|s| !old.contains(s)),
+        "the old SAs are gone: {:?}",
+        g.rec.ops()
+    );
     // The new pair matches the restarted router's.
     assert_eq!((gs[1].spi, &gs[1].key), (rs[0].spi, &rs[0].key));
     assert_eq!((gs[0].spi, &gs[0].key), (rs[1].spi, &rs[1].key));

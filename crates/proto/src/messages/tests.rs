@@ -168,7 +168,9 @@ fn gateway_address_exchange() {
 fn tunnel_lost_exchange() {
     let key = SecretId2::from_array([2; 32]).mac_key();
     for answer in [TunnelRebuild::Up, TunnelRebuild::Connecting, TunnelRebuild::NotDue] {
-        let (_, resp) = exchange(&TunnelLostNotice {}, &tid(), &key, |_| TunnelLostAnswer { tunnel: answer });
+        let (_, resp) = exchange(&TunnelLostNotice {}, &tid(), &key, |_| TunnelLostAnswer {
+            tunnel: answer,
+        });
         assert_eq!(resp.tunnel, answer);
     }
     assert_eq!(
