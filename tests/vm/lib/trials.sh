@@ -355,6 +355,8 @@ trial() {
 	# restart without the crash point (an armed daemon that never reached
 	# its point is stopped first)
 	stop "$(daemon_pid $d)"
+	local restarted_ms
+	restarted_ms=$(date +%s%3N)
 	case $d in
 	center) start_center ;;
 	gw*) start_gw "${d#gw}" ;;
@@ -377,6 +379,9 @@ trial() {
 		outcome="completed"
 		check "trial $TRIALS: request $acc_now completed: the operator reaches pc1 at ${VPN:-?}" \
 			wait_for "$E2E_WAIT" reaches $k "${VPN:-0.0.0.0}" pc1
+		# how long the restart kept the operator out (a restarted routerd
+		# has its gateway rebuild the tunnel: the tunnel-lost notice)
+		say "trial $TRIALS: the operator reaches pc1 $(($(date +%s%3N) - restarted_ms)) ms after $d restarted"
 	elif [ -n "$acc_now" ]; then
 		outcome="failed cleanly (router does not hold request $acc_now; ended at the center)"
 	else
