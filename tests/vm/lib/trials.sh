@@ -308,6 +308,12 @@ factory_reset() {
 	rm -f $W/r$1/state/*
 }
 
+# bash's clock in ms (busybox date has no %N)
+now_ms() {
+	local us=${EPOCHREALTIME/./}
+	echo $((us / 1000))
+}
+
 TRIALS=0
 TRIALS_OK=0
 # trial PHASE DAEMON POINT[:N] [HOME]: one crash trial
@@ -356,7 +362,7 @@ trial() {
 	# its point is stopped first)
 	stop "$(daemon_pid $d)"
 	local restarted_ms
-	restarted_ms=$(date +%s%3N)
+	restarted_ms=$(now_ms)
 	case $d in
 	center) start_center ;;
 	gw*) start_gw "${d#gw}" ;;
@@ -381,7 +387,7 @@ trial() {
 			wait_for "$E2E_WAIT" reaches $k "${VPN:-0.0.0.0}" pc1
 		# how long the restart kept the operator out (a restarted routerd
 		# has its gateway rebuild the tunnel: the tunnel-lost notice)
-		say "trial $TRIALS: the operator reaches pc1 $(($(date +%s%3N) - restarted_ms)) ms after $d restarted"
+		say "trial $TRIALS: the operator reaches pc1 $(($(now_ms) - restarted_ms)) ms after $d restarted"
 	elif [ -n "$acc_now" ]; then
 		outcome="failed cleanly (router does not hold request $acc_now; ended at the center)"
 	else
