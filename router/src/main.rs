@@ -234,7 +234,16 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
         log::warn!("--fake-datapath: kernel state is only simulated");
         Box::new(SimulatedKernel(RecordingDatapath::new()))
     } else {
-        Box::new(KernelDatapath::open(NatTable::default()).context("opening the kernel datapath (needs root)")?)
+        let dp = KernelDatapath::open(NatTable::default()).context("opening the kernel datapath (needs root)")?;
+        // A home router's firewall: nothing from the WAN reaches the LAN or
+        // the router's LAN-side pages unless it came out of the tunnel.
+        dp.guard_wan(&cfg.wan.name)
+            .with_context(|| format!("installing the WAN guard on {}", cfg.wan.name))?;
+        log::info!(
+            "WAN guard on {}: only the tunnel, IKE, DHCP, ICMP and replies get in",
+            cfg.wan.name
+        );
+        Box::new(dp)
     };
     // glibc gives every thread that allocates its own malloc arena, which
     // the blocking pool's short-lived threads (DNS lookups) would keep

@@ -197,6 +197,33 @@ else
 	check "set up the forced-tunnel probe" sh -c "echo '$out'; false"
 fi
 
+# From the internet: a host out there that routes the LAN and the pool at a
+# router's WAN address (any neighbour on its segment can) reaches nothing
+# behind it, neither a LAN host at its real address nor at a VPNNAT
+# address, nor the router's LAN-side pages: those only answer what came
+# out of the tunnel (or the LAN). TCP connects, all at once, 2 s each.
+from_internet() {
+	local k c bad=0
+	for k in $(seq 1 "$SERVED"); do
+		nsx inet "$IP" route replace "$LAN_CIDR" via "$(wan_ip $k)"
+		nsx inet "$IP" route replace "$POOL_CIDR" via "$(wan_ip $k)"
+		for c in ${CANDIDATES% *} $LAN_GW:80 $LAN_GW:8080; do
+			nsx inet timeout 2 bash -c "exec 3<>/dev/tcp/${c%:*}/${c#*:}" 2>/dev/null &&
+				echo "the internet reached $c behind $(tid $k)" >$W/inet.$k.${c//[:.]/_} &
+		done
+		wait
+	done
+	nsx inet "$IP" route del "$LAN_CIDR" 2>/dev/null
+	nsx inet "$IP" route del "$POOL_CIDR" 2>/dev/null
+	if ls $W/inet.* >/dev/null 2>&1; then
+		cat $W/inet.*
+		rm -f $W/inet.*
+		bad=1
+	fi
+	return $bad
+}
+check "from the internet (LAN and pool routed at each router's WAN): no LAN host, VPNNAT address or LAN-side page of any home answers" from_internet
+
 # ---------------------------------------------------------------- 8 (start). the browser
 # The operator starts home 1's request in the web UI (Chromium); the end
 # comes later through the same UI.

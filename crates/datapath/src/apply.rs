@@ -51,6 +51,14 @@ impl KernelDatapath {
             nft: Nft::new(table),
         })
     }
+
+    /// Installs (or replaces) the home router's WAN guard for interface
+    /// `wan` ([`crate::nft::guard`]): from the WAN only the tunnel, IKE,
+    /// DHCP, ICMP and replies get in.
+    pub fn guard_wan(&self, wan: &str) -> Result<(), DatapathError> {
+        self.nft
+            .apply("WAN guard", &crate::nft::guard::WanGuard::new(wan).create())
+    }
 }
 
 impl Datapath for KernelDatapath {

@@ -214,3 +214,35 @@ fn rtnetlink_link_address_route() {
     let err = r.add_address("nosuchdev0", Ipv4Addr::new(10, 1, 1, 1), 24).unwrap_err();
     assert!(matches!(err, DatapathError::Route { .. }), "{err}");
 }
+
+/// Whether a TCP connect to `addr` succeeds within 300 ms.
+fn connects(addr: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok()
+}
+
+#[test]
+fn wan_guard_drops_new_connections_from_the_wan_and_goes_cleanly() {
+    use vpnnat_datapath::nft::guard::WanGuard;
+    fresh_netns();
+    // lo plays the WAN: a connection to a local listener arrives on it.
+    std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    assert!(connects(addr), "no guard: the listener answers");
+    let nft = Nft::new(NatTable::default());
+    let g = WanGuard::new("lo");
+    nft.apply("guard", &g.create()).unwrap();
+    assert!(!connects(addr), "guarded: a new connection from the WAN is dropped");
+    // Re-creating is atomic and idempotent; a guard on another interface
+    // leaves this one alone.
+    nft.apply("guard again", &g.create()).unwrap();
+    assert!(!connects(addr));
+    nft.apply("other wan", &WanGuard::new("wan9").create()).unwrap();
+    assert!(connects(addr));
+    nft.apply("destroy", &g.destroy()).unwrap();
+    nft.apply("destroy twice", &g.destroy()).unwrap();
+    assert!(ruleset_is_empty());
+}
