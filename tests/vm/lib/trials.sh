@@ -314,6 +314,24 @@ now_ms() {
 	echo $((us / 1000))
 }
 
+# stamp_ms LINE: the ms of the day of a log line's RFC 3339 stamp
+stamp_ms() {
+	local t=${1#*T}
+	t=${t%%Z*}
+	local h=${t%%:*} rest=${t#*:}
+	local m=${rest%%:*} sec=${rest#*:}
+	echo $(((10#$h * 3600 + 10#$m * 60 + 10#${sec%.*}) * 1000 + 10#${sec#*.}))
+}
+# rebuilt_after LOG: from routerd's last start to the center's answer to
+# its tunnel-lost notice (the gateway rebuilt the tunnel), from its log
+rebuilt_after() {
+	local start answer
+	start=$(grep 'WAN guard on' "$1" | tail -1)
+	answer=$(grep 'tunnel-lost notice:' "$1" | tail -1)
+	[ -n "$start" ] && [ -n "$answer" ] || return 0
+	say "trial $TRIALS: routerd start -> tunnel-lost answered ('${answer##*notice: }'): $(($(stamp_ms "$answer") - $(stamp_ms "$start"))) ms"
+}
+
 TRIALS=0
 TRIALS_OK=0
 # trial PHASE DAEMON POINT[:N] [HOME]: one crash trial
@@ -387,7 +405,8 @@ trial() {
 			wait_for "$E2E_WAIT" reaches $k "${VPN:-0.0.0.0}" pc1
 		# how long the restart kept the operator out (a restarted routerd
 		# has its gateway rebuild the tunnel: the tunnel-lost notice)
-		say "trial $TRIALS: the operator reaches pc1 $(($(now_ms) - restarted_ms)) ms after $d restarted"
+		say "trial $TRIALS: the operator reaches pc1 $(($(now_ms) - restarted_ms)) ms after $d restarted (checks included)"
+		case $d in r*) rebuilt_after "$(log_of $d)" ;; esac
 	elif [ -n "$acc_now" ]; then
 		outcome="failed cleanly (router does not hold request $acc_now; ended at the center)"
 	else
