@@ -8,19 +8,9 @@ use std::thread;
 
 use tokio::sync::mpsc;
 use vpnnat_datapath::xfrm::{Xfrm, XfrmEvent, XfrmEvents};
-use vpnnat_datapath::{is_owned_reqid, DatapathError, ObservedSa, SaId, SaSpec};
+use vpnnat_datapath::{DatapathError, SaId, SaSpec};
 
 use crate::DriverEvent;
-
-/// The SAs of `sas` a driver starting on `local` must remove: those with
-/// `local` as an end and a reqid of the project's range (any other SA
-/// belongs to someone else and is left alone).
-pub fn orphans(local: Ipv4Addr, sas: &[ObservedSa]) -> Vec<SaId> {
-    sas.iter()
-        .filter(|sa| is_owned_reqid(sa.reqid) && (sa.src == local || sa.id.dst == local))
-        .map(|sa| sa.id)
-        .collect()
-}
 
 /// What the driver needs from the kernel: adding and deleting ESP SAs.
 /// Implemented by the datapath library's [`Xfrm`]; tests use
@@ -330,40 +320,4 @@ pub(crate) fn spawn_expire_thread(tx: mpsc::UnboundedSender<Expire>) -> Result<(
         })
         .map_err(crate::DriverError::Io)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vpnnat_datapath::{SaCounters, REQID_BASE};
-
-    fn sa(src: [u8; 4], dst: [u8; 4], spi: u32, reqid: u32) -> ObservedSa {
-        ObservedSa {
-            id: SaId {
-                dst: Ipv4Addr::from(dst),
-                spi,
-            },
-            src: Ipv4Addr::from(src),
-            reqid,
-            encap: None,
-            counters: SaCounters::default(),
-        }
-    }
-
-    #[test]
-    fn orphans_are_ours_with_our_address_as_an_end() {
-        let local = Ipv4Addr::new(198, 51, 100, 21);
-        let sas = [
-            // a pair of ours with a router: both go
-            sa([198, 51, 100, 101], [198, 51, 100, 21], 1, REQID_BASE),
-            sa([198, 51, 100, 21], [198, 51, 100, 101], 2, REQID_BASE + 7),
-            // another program's SA on our address (reqid outside our range)
-            sa([198, 51, 100, 101], [198, 51, 100, 21], 3, 42),
-            // ours, but another local address (another driver's)
-            sa([198, 51, 100, 101], [198, 51, 100, 22], 4, REQID_BASE),
-        ];
-        let got: Vec<u32> = orphans(local, &sas).iter().map(|id| id.spi).collect();
-        assert_eq!(got, vec![1, 2]);
-        assert!(orphans(local, &[]).is_empty());
-    }
 }

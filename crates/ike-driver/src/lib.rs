@@ -264,17 +264,7 @@ impl IkeDriver {
     pub async fn start_kernel(
         config: DriverConfig,
     ) -> Result<(DriverHandle, mpsc::UnboundedReceiver<DriverEvent>), DriverError> {
-        let mut xfrm = vpnnat_datapath::xfrm::Xfrm::open().map_err(DriverError::Kernel)?;
-        // A new driver holds no IKE SA, so an SA of ours already in the
-        // kernel (a previous process killed before it could remove it) can
-        // never be rekeyed or deleted by anyone: it goes now.
-        let sas = xfrm.list_sas().map_err(DriverError::Kernel)?;
-        for id in kernel::orphans(config.local, &sas) {
-            match xfrm.delete_sa(id) {
-                Ok(()) => log::info!("removed SA {:#010x} to {} left by an earlier process", id.spi, id.dst),
-                Err(e) => log::warn!("removing SA {:#010x} left by an earlier process: {e}", id.spi),
-            }
-        }
+        let xfrm = vpnnat_datapath::xfrm::Xfrm::open().map_err(DriverError::Kernel)?;
         let spis = kernel::KernelSpis::open().map_err(DriverError::Kernel)?;
         driver::start(config, Box::new(xfrm), Some(std::sync::Arc::new(spis)))
     }
