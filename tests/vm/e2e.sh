@@ -223,6 +223,27 @@ from_internet() {
 	return $bad
 }
 check "from the internet (LAN and pool routed at each router's WAN): no LAN host, VPNNAT address or LAN-side page of any home answers" from_internet
+# Control: with each router's WAN guard bypassed (an accept inserted first
+# in both its chains) the same probe does reach something, so the check
+# above can fail; then the guard is whole again.
+guard_bypass() { # add | del
+	local k c h
+	for k in $(seq 1 "$SERVED"); do
+		for c in input forward; do
+			if [ "$1" = add ]; then
+				nsx r$k "$NFT" insert rule ip vpnnat_wan $c iifname eth0 accept
+			else
+				for h in $(nsx r$k "$NFT" -a list chain ip vpnnat_wan $c | sed -n 's/.*iifname "eth0" accept # handle \([0-9]*\)$/\1/p'); do
+					nsx r$k "$NFT" delete rule ip vpnnat_wan $c handle "$h"
+				done
+			fi
+		done
+	done
+}
+guard_bypass add
+check_not "control: with the WAN guards bypassed the internet reaches LAN hosts or LAN-side pages (the check above can fail)" from_internet
+guard_bypass del
+check "the WAN guards are whole again: nothing from the internet" from_internet
 
 # ---------------------------------------------------------------- 8 (start). the browser
 # The operator starts home 1's request in the web UI (Chromium); the end
