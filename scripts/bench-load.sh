@@ -1,26 +1,55 @@
 #!/bin/bash
 # scripts/bench-load.sh [--routers N] [--rounds R] [--gateways G] [--concurrency C]
+# scripts/bench-load.sh --vm [--routers N] [--rounds R] [--gateways G]
 #
 # The 1,000-router load (issue 8): N simulated routers (real protocol
 # messages, each with its own factory secret) do full maintenance cycles
 # concurrently — installation, gateway address, maintenance request,
 # operator start and end in the UI — against one real centerd and G real
-# gatewayd processes on loopback, R rounds. Prints cycles/s, errors and the
-# daemons' peak RSS per round, and checks that the pool and the gateway
-# slots are all free at the end. Defaults: 1000 routers, 3 rounds, 2
-# gateways, every router at once. What is simulated and why: see the header
-# of center/examples/load_routers.rs (no ESP on the host: gatewayd runs with
-# its recording datapath and without IKE, so tunnels stay "connecting").
+# gatewayd processes, R rounds. Prints cycles/s, errors and the daemons'
+# peak RSS per round, and checks that the pool and the gateway slots are
+# all free at the end. The tool is crates/load (vpnnat-load).
 #
-# VPNNAT_LOAD_PROFILE=dev|release [release] picks the cargo profile
-# (scripts/test.sh runs a small load with dev binaries, already built).
+# Host mode (default: 1000 routers, 3 rounds, 2 gateways, every router at
+# once): on loopback; no ESP on the host, so gatewayd runs with its
+# recording datapath and without IKE and tunnels stay "connecting" (see
+# crates/load/src/host.rs).
+#
+# --vm: the same cycles through real tunnels in the test VM
+# (tests/vm/load-tunnels.sh, crates/load/src/tunnels.rs): gatewayd with the
+# kernel datapath and IKE, every simulated router with its own WAN address,
+# IKE responder, kernel SAs and policies, and the center's end, release and
+# VPN end through ESP. Defaults there: 1000 routers, 3 rounds, 2 gateways;
+# VPNNAT_VM_MEM [3072] and VPNNAT_VM_TIMEOUT [1800] are passed to vm-test.
+#
+# VPNNAT_LOAD_PROFILE=dev|release [release] picks the cargo profile of the
+# host mode (scripts/test.sh runs a small load with dev binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--vm" ]; then
+	shift
+	LOAD_ROUTERS=1000 LOAD_ROUNDS=3 LOAD_GATEWAYS=2
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--routers) LOAD_ROUTERS=$2 ;;
+		--rounds) LOAD_ROUNDS=$2 ;;
+		--gateways) LOAD_GATEWAYS=$2 ;;
+		*)
+			echo "bench-load --vm: unknown option $1" >&2
+			exit 2
+			;;
+		esac
+		shift 2
+	done
+	export LOAD_ROUTERS LOAD_ROUNDS LOAD_GATEWAYS
+	export VPNNAT_VM_MEM=${VPNNAT_VM_MEM:-3072} VPNNAT_VM_TIMEOUT=${VPNNAT_VM_TIMEOUT:-1800}
+	exec scripts/vm-test tests/vm/load-tunnels.sh
+fi
 PROFILE=${VPNNAT_LOAD_PROFILE:-release}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 case $PROFILE in
 dev) DIR=$TARGET/debug ;;
 *) DIR=$TARGET/$PROFILE ;;
 esac
-cargo build --quiet --locked --profile "$PROFILE" -p vpnnat-center --bins --example load_routers
-exec "$DIR/examples/load_routers" --bin-dir "$DIR" "$@"
+cargo build --quiet --locked --profile "$PROFILE" -p vpnnat-center -p vpnnat-load --bins
+exec "$DIR/vpnnat-load" --bin-dir "$DIR" "$@"

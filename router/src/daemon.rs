@@ -92,6 +92,11 @@ pub struct Parts {
     pub retry_initial: Duration,
     /// The failure watch's period and thresholds.
     pub health: HealthSettings,
+    /// The local address of connections to the center (`None`: the
+    /// kernel's choice, right for a router with one WAN address). Many
+    /// simulated routers in one namespace (the tunnel load test) each
+    /// set their own, since the center knows a router by that address.
+    pub center_source: Option<std::net::Ipv4Addr>,
 }
 
 /// How long the tunnel outlives a VPN-end command, so that the answer
@@ -105,6 +110,7 @@ pub struct Router {
     rng: SystemRandom,
     retry_initial: Duration,
     health: HealthSettings,
+    center_source: Option<std::net::Ipv4Addr>,
     /// Router -> center exchanges that failed in a row.
     center_health: std::sync::Mutex<CenterHealth>,
     /// The supervised helpers (empty unless a supervisor runs).
@@ -148,6 +154,7 @@ impl Router {
             rng: SystemRandom::new(),
             retry_initial: parts.retry_initial,
             health: parts.health,
+            center_source: parts.center_source,
             center_health: std::sync::Mutex::new(CenterHealth::default()),
             helpers: HelperBoard::default(),
             inner: Mutex::new(Inner {
@@ -216,6 +223,7 @@ impl Router {
 
     async fn send(&self, out: &Outgoing) -> Result<CenterReply, HttpError> {
         let r = http::send_to_center(
+            self.center_source,
             &self.cfg.center_url.authority(),
             &self.cfg.center_url.prefix,
             out,

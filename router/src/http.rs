@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::Outgoing;
@@ -63,8 +63,42 @@ pub async fn request(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), HttpError> {
+    request_from(None, authority, method, path, headers, body, timeout).await
+}
+
+/// A connection to `authority` from `source` (`None`: the kernel picks the
+/// address, as on a router with one WAN address).
+async fn connect_from(source: Option<Ipv4Addr>, authority: &str) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(authority).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host(authority).await? {
+        if !addr.is_ipv4() {
+            continue;
+        }
+        let sock = TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::from((source, 0)))?;
+        match sock.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no IPv4 address")))
+}
+
+/// [`request`] from the local address `source` (`None`: any).
+pub async fn request_from(
+    source: Option<Ipv4Addr>,
+    authority: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), HttpError> {
     let exchange = async {
-        let stream = TcpStream::connect(authority)
+        let stream = connect_from(source, authority)
             .await
             .map_err(|source| HttpError::Connect {
                 addr: authority.to_string(),
@@ -115,15 +149,18 @@ pub fn auth_headers(h: &hyper::HeaderMap) -> Option<AuthHeaders> {
     AuthHeaders::from_lookup(|name| h.get(name).and_then(|v| v.to_str().ok())).ok()
 }
 
-/// Sends a signed command to the center.
+/// Sends a signed command to the center, from the local address `source`
+/// (`None`: the kernel's choice).
 pub async fn send_to_center(
+    source: Option<Ipv4Addr>,
     authority: &str,
     prefix: &str,
     out: &Outgoing,
     timeout: Duration,
 ) -> Result<CenterReply, HttpError> {
     let path = format!("{prefix}{}", out.path);
-    let (status, headers, body) = request(
+    let (status, headers, body) = request_from(
+        source,
         authority,
         Method::POST,
         &path,

@@ -274,6 +274,7 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
                 ike,
                 retry_initial: Duration::from_secs(1),
                 health: HealthSettings::default(),
+                center_source: None,
             },
         )
         .await?;

@@ -104,6 +104,7 @@ impl Running {
                 ike: Box::new(ike),
                 retry_initial: Duration::from_millis(20),
                 health,
+                center_source: None,
             },
         )
         .await

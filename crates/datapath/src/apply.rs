@@ -85,49 +85,135 @@ impl Datapath for KernelDatapath {
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
         let t = self.nft.table.clone();
-        let mut i = 0;
-        while let Some(c) = changes.get(i) {
-            // Runs of policy adds or deletes go down in one pipelined batch.
-            if let Change::AddPolicy(_) = c {
-                let run: Vec<PolicySpec> = changes[i..]
-                    .iter()
-                    .map_while(|c| match c {
-                        Change::AddPolicy(p) => Some(*p),
-                        _ => None,
-                    })
-                    .collect();
-                self.xfrm.add_policies(&run)?;
-                i += run.len();
-                continue;
-            }
-            if let Change::DelPolicy(_) = c {
-                let run: Vec<PolicyId> = changes[i..]
-                    .iter()
-                    .map_while(|c| match c {
-                        Change::DelPolicy(p) => Some(*p),
-                        _ => None,
-                    })
-                    .collect();
-                self.xfrm.delete_policies(&run)?;
-                i += run.len();
-                continue;
-            }
-            match c {
-                Change::AddSa(sa) => self.xfrm.add_sa(sa)?,
-                Change::DelSa(id) => self.xfrm.delete_sa(*id)?,
-                Change::UpdatePolicy(p) => self.xfrm.update_policy(p)?,
-                Change::CreateNat { center, mappings } => {
-                    self.nft.apply("create table", &t.create(center, mappings))?
-                }
-                Change::SetCenter(center) => self.nft.apply("set center networks", &t.set_center(center))?,
-                Change::AddMappings(m) => self.nft.apply("add mappings", &t.add_mappings(m))?,
-                Change::DelMappings(m) => self.nft.apply("delete mappings", &t.remove_mappings(m))?,
-                Change::DestroyNat => self.nft.apply("destroy table", &t.destroy())?,
-                Change::AddPolicy(_) | Change::DelPolicy(_) => {}
-            }
-            i += 1;
+        let nft = &mut self.nft;
+        apply_changes(&mut self.xfrm, changes, |c| match c {
+            Change::CreateNat { center, mappings } => nft.apply("create table", &t.create(center, mappings)),
+            Change::SetCenter(center) => nft.apply("set center networks", &t.set_center(center)),
+            Change::AddMappings(m) => nft.apply("add mappings", &t.add_mappings(m)),
+            Change::DelMappings(m) => nft.apply("delete mappings", &t.remove_mappings(m)),
+            Change::DestroyNat => nft.apply("destroy table", &t.destroy()),
+            _ => Ok(()),
+        })
+    }
+}
+
+/// Applies `changes` in order: XFRM ones on `xfrm` (runs of policy adds
+/// or deletes in one pipelined batch), NAT ones through `nat`.
+fn apply_changes(
+    xfrm: &mut Xfrm,
+    changes: &[Change],
+    mut nat: impl FnMut(&Change) -> Result<(), DatapathError>,
+) -> Result<(), DatapathError> {
+    let mut i = 0;
+    while let Some(c) = changes.get(i) {
+        if let Change::AddPolicy(_) = c {
+            let run: Vec<PolicySpec> = changes[i..]
+                .iter()
+                .map_while(|c| match c {
+                    Change::AddPolicy(p) => Some(*p),
+                    _ => None,
+                })
+                .collect();
+            xfrm.add_policies(&run)?;
+            i += run.len();
+            continue;
         }
-        Ok(())
+        if let Change::DelPolicy(_) = c {
+            let run: Vec<PolicyId> = changes[i..]
+                .iter()
+                .map_while(|c| match c {
+                    Change::DelPolicy(p) => Some(*p),
+                    _ => None,
+                })
+                .collect();
+            xfrm.delete_policies(&run)?;
+            i += run.len();
+            continue;
+        }
+        match c {
+            Change::AddSa(sa) => xfrm.add_sa(sa)?,
+            Change::DelSa(id) => xfrm.delete_sa(*id)?,
+            Change::UpdatePolicy(p) => xfrm.update_policy(p)?,
+            Change::AddPolicy(_) | Change::DelPolicy(_) => {}
+            other => nat(other)?,
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Only the project's objects of one tunnel endpoint: the SAs from or to
+/// `endpoint` and the policies whose template starts or ends there; no
+/// NAT table. Pure, for [`EndpointDatapath`].
+pub fn scope_to_endpoint(observed: ObservedState, endpoint: std::net::Ipv4Addr) -> ObservedState {
+    ObservedState {
+        sas: observed
+            .sas
+            .into_iter()
+            .filter(|s| s.src == endpoint || s.id.dst == endpoint)
+            .collect(),
+        policies: observed
+            .policies
+            .into_iter()
+            .filter(|p| p.tmpl_src == endpoint || p.tmpl_dst == endpoint)
+            .collect(),
+        nat: None,
+    }
+}
+
+/// The XFRM SAs and policies of one tunnel endpoint address, and no NAT
+/// table: what one of many simulated routers sharing a network namespace
+/// owns (the tunnel load test, `crates/load`). Each sees and changes only
+/// the objects of its own WAN address ([`scope_to_endpoint`]), so one
+/// router's reconciliation never removes another's tunnel; NAT changes
+/// are not applied (the simulated routers have no LAN behind them).
+#[derive(Debug)]
+pub struct EndpointDatapath {
+    pub xfrm: Xfrm,
+    pub endpoint: std::net::Ipv4Addr,
+}
+
+impl EndpointDatapath {
+    pub fn open(endpoint: std::net::Ipv4Addr) -> Result<Self, DatapathError> {
+        Ok(Self {
+            xfrm: Xfrm::open()?,
+            endpoint,
+        })
+    }
+}
+
+impl Datapath for EndpointDatapath {
+    fn observe(&mut self) -> Result<ObservedState, DatapathError> {
+        let all = ObservedState {
+            sas: self
+                .xfrm
+                .list_sas()?
+                .into_iter()
+                .filter(|s| is_owned_reqid(s.reqid) && s.id.spi != 0)
+                .collect(),
+            policies: self
+                .xfrm
+                .list_policies()?
+                .into_iter()
+                .filter(|p| is_owned_reqid(p.reqid))
+                .collect(),
+            nat: None,
+        };
+        Ok(scope_to_endpoint(all, self.endpoint))
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
+        apply_changes(&mut self.xfrm, changes, |_| Ok(()))
+    }
+
+    fn reconcile(&mut self, desired: &DesiredState) -> Result<Vec<Change>, DatapathError> {
+        let desired = DesiredState {
+            nat: None,
+            ..desired.clone()
+        };
+        let changes = plan(&desired, &self.observe()?);
+        self.apply(&changes)?;
+        Ok(changes)
     }
 }
 
@@ -312,6 +398,49 @@ mod tests {
                 mappings: maps,
             }),
         }
+    }
+
+    #[test]
+    fn endpoint_scope_keeps_only_that_endpoints_tunnel() {
+        // Two routers' tunnels in one namespace: each sees only its own.
+        let mine = desired(2);
+        let mut other = desired(1);
+        let b: std::net::Ipv4Addr = [198, 18, 0, 2].into();
+        other.sas[0].dst = b;
+        other.sas[0].spi = 0x2000;
+        other.policies[0].tmpl_src = b;
+        // VPNNAT addresses are center-unique: B's policy has its own.
+        other.policies[0].id.src = Ipv4Cidr::host([10, 64, 1, 0].into());
+        if let Some(n) = other.nat.as_mut() {
+            n.mappings = BTreeSet::new();
+        }
+        let observed = |d: &DesiredState| -> ObservedState {
+            let mut dp = RecordingDatapath::new();
+            dp.reconcile(d).unwrap();
+            dp.state
+        };
+        let (m, o) = (observed(&mine), observed(&other));
+        let both = ObservedState {
+            sas: m.sas.iter().chain(&o.sas).cloned().collect(),
+            policies: m.policies.iter().chain(&o.policies).cloned().collect(),
+            nat: m.nat.clone(),
+        };
+        let a = scope_to_endpoint(both.clone(), [198, 51, 100, 101].into());
+        assert_eq!((a.sas, a.policies, a.nat), (m.sas.clone(), m.policies.clone(), None));
+        let scoped_b = scope_to_endpoint(both.clone(), b);
+        assert_eq!((scoped_b.sas, scoped_b.policies), (o.sas.clone(), o.policies.clone()));
+        // Planned against its own scope, router A's wish to drop its
+        // tunnel touches nothing of B's.
+        let gone = plan(
+            &DesiredState::default(),
+            &scope_to_endpoint(both, [198, 51, 100, 101].into()),
+        );
+        assert_eq!(gone.len(), 2 + 1, "{gone:?}");
+        assert!(gone.iter().all(|c| match c {
+            Change::DelSa(id) => id.dst != b,
+            Change::DelPolicy(p) => m.policies.iter().any(|x| x.id == *p),
+            _ => false,
+        }));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod plan;
 pub mod route;
 pub mod xfrm;
 
-pub use apply::{Datapath, KernelDatapath, RecordingDatapath};
+pub use apply::{scope_to_endpoint, Datapath, EndpointDatapath, KernelDatapath, RecordingDatapath};
 pub use error::DatapathError;
 pub use model::*;
 pub use plan::{plan, Change, DesiredState, ObservedState};

@@ -1,6 +1,6 @@
-//! Load test of the center (issue 8, "Load"): N simulated routers do full
+//! The host mode (issue 8, "Load"): N simulated routers do full
 //! maintenance cycles concurrently against a real `centerd` process and
-//! real `gatewayd` processes on loopback, for several rounds, and the tool
+//! real `gatewayd` processes on loopback, for several rounds; the tool
 //! prints cycles/s, errors and the daemons' peak RSS per round, then checks
 //! that the VPNNAT pool and the gateway slots are all free again.
 //!
@@ -24,29 +24,27 @@
 //! (end, release, VPN end) are skipped, as centerd does for any router whose
 //! tunnel is not up, and centerd's `tunnel_up_timeout_ms` is 0 so a request
 //! is answered without waiting for a tunnel. The tunnel path itself is
-//! measured in the VM (scripts/bench-e2e.sh, tests/vm/gateway-failure.sh).
+//! measured by the tunnel mode in the VM ([`crate::tunnels`],
+//! `scripts/bench-load.sh --vm`).
 //!
-//!     cargo build --release -p vpnnat-center --bins --examples
-//!     target/release/examples/load_routers --routers 1000 --rounds 3
+//!     cargo build --release -p vpnnat-center --bins && cargo build --release -p vpnnat-load
+//!     target/release/vpnnat-load --routers 1000 --rounds 3
 //!
 //! Options: --routers N [1000] --rounds R [3] --gateways G [2]
 //! --concurrency C [N: every router at once; the operator's UI clicks are
-//! 32 at a time, below the UI's 64 connections per address] --bin-dir DIR [next to this
-//! example: ../centerd, ../gatewayd]. Exit status 0 only if there was no
-//! error and everything was free at the end.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! 32 at a time, below the UI's 64 connections per address] --bin-dir DIR
+//! [the directory of this program: centerd, gatewayd]. Exit status 0 only
+//! if there was no error and everything was free at the end.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use vpnnat_center::http::call_with;
@@ -57,41 +55,12 @@ use vpnnat_proto::types::{
     ClaimantLevel, ClaimantName, Phone, RequestContent, TerminalId, TerminalName, TerminalNames, Urgency,
 };
 
-const POOL: &str = "10.64.0.0/16";
+use crate::common::{arg, reset_peak, rss_of, run_tool, ui_action, ui_csrf, ui_login, Counters, UiSession};
 
-fn arg<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
+const POOL: &str = "10.64.0.0/16";
 
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// (VmRSS, VmHWM) in KiB.
-fn rss_of(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (get("VmRSS:"), get("VmHWM:"))
-}
-
-/// Resets the process's peak RSS (VmHWM) so each round reports its own.
-fn reset_peak(pid: u32) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/clear_refs"))
-    {
-        let _ = f.write_all(b"5");
-    }
 }
 
 struct Daemons {
@@ -123,136 +92,21 @@ async fn wait_port(port: u16) {
     panic!("nothing listens on 127.0.0.1:{port}");
 }
 
-/// One HTTP/1.1 request on its own connection; (status, head, body).
-async fn http(port: u16, req: String) -> Result<(u16, String, String), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| "UI answer timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, head.to_owned(), body.to_owned()))
-}
-
-async fn ui_login(port: u16, password: &str) -> String {
-    let body = format!("password={password}");
-    let (status, head, _) = http(
-        port,
-        format!(
-            "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .await
-    .unwrap();
-    head.lines()
-        .find_map(|l| {
-            let l = l.to_ascii_lowercase();
-            l.strip_prefix("set-cookie: ")
-                .and_then(|c| c.split(';').next().map(str::to_owned))
-        })
-        .unwrap_or_else(|| panic!("operator login failed: HTTP {status}"))
-}
-
-/// The session's CSRF token, from the hidden field of the operator's page
-/// (every state-changing form must carry it).
-async fn ui_csrf(port: u16, cookie: &str) -> String {
-    let (status, _, body) = http(
-        port,
-        format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-    .unwrap();
-    let marker = "name=\"csrf\" value=\"";
-    let at = body
-        .find(marker)
-        .unwrap_or_else(|| panic!("no CSRF field on the operator's page (HTTP {status})"));
-    let rest = &body[at + marker.len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
-}
-
-/// The operator presses start or end on request `n`; Ok if the UI says so.
-async fn ui_action(port: u16, session: &UiSession, n: u64, what: &str) -> Result<(), String> {
-    let _click = session.inflight.acquire().await.map_err(|e| e.to_string())?;
-    let body = format!("csrf={}", session.csrf);
-    let (status, head, _) = http(
-        port,
-        format!(
-            "POST /requests/{n}/{what} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            session.cookie,
-            body.len()
-        ),
-    )
-    .await?;
-    let loc = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("location:"))
-        .unwrap_or("")
-        .replace("%20", " ")
-        .replace('+', " ");
-    let done = if what == "start" {
-        format!("Request {n} started")
-    } else {
-        format!("Request {n} ended")
-    };
-    if (status == 303 || status == 302) && loc.contains(&done) && (what == "start" || loc.contains("VPN ended")) {
-        return Ok(());
-    }
-    Err(format!("{what} {n}: HTTP {status} {loc}"))
-}
-
-/// The operator's logged-in session.
-struct UiSession {
-    cookie: String,
-    csrf: String,
-    /// The UI serves at most 64 connections per client address (one
-    /// operator); the load's operator keeps 32 clicks in flight.
-    inflight: Semaphore,
-}
-
 struct Router {
     id: TerminalId,
     xff: String,
     sid2: Option<SecretId2>,
 }
 
-#[derive(Default)]
-struct Counters {
-    errors: AtomicU64,
-    cycles: AtomicU64,
-}
-
-fn run_tool(bin: &Path, config: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(bin.join("centerd"))
-        .arg("--config")
-        .arg(config)
-        .arg("--json")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "centerd {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-#[tokio::main]
-async fn main() {
+/// Runs the host mode; exits 1 unless everything passed.
+pub async fn run() {
     let n: usize = arg("--routers").unwrap_or(1000);
     let rounds: usize = arg("--rounds").unwrap_or(3);
     let gws: usize = arg("--gateways").unwrap_or(2);
     let conc: usize = arg("--concurrency").unwrap_or(n);
     let bin: PathBuf = arg("--bin-dir").unwrap_or_else(|| {
         let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().to_path_buf()
+        exe.parent().unwrap().to_path_buf()
     });
     let dir = std::env::temp_dir().join(format!("vpnnat-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -385,8 +239,9 @@ ike = false
     }
     wait_port(api_port).await;
     wait_port(ui_port).await;
-    let cookie = ui_login(ui_port, operator_password).await;
-    let csrf = ui_csrf(ui_port, &cookie).await;
+    let ui = format!("127.0.0.1:{ui_port}");
+    let cookie = ui_login(&ui, operator_password).await;
+    let csrf = ui_csrf(&ui, &cookie).await;
     let cookie = Arc::new(UiSession {
         cookie,
         csrf,
@@ -431,10 +286,11 @@ ike = false
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(n);
         for r in &routers {
-            let (r, sem, api, master, cookie, counters) = (
+            let (r, sem, api, ui, master, cookie, counters) = (
                 r.clone(),
                 sem.clone(),
                 api.clone(),
+                ui.clone(),
                 master.clone(),
                 cookie.clone(),
                 counters.clone(),
@@ -442,7 +298,7 @@ ike = false
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await.unwrap();
                 let mut r = r.lock().await;
-                match cycle(&mut r, &api, ui_port, &cookie, &master).await {
+                match cycle(&mut r, &api, &ui, &cookie, &master).await {
                     Ok(()) => {
                         counters.cycles.fetch_add(1, Ordering::Relaxed);
                     }
@@ -525,7 +381,7 @@ ike = false
 async fn cycle(
     r: &mut Router,
     api: &str,
-    ui_port: u16,
+    ui: &str,
     cookie: &UiSession,
     master: &FactoryMasterKey,
 ) -> Result<(), String> {
@@ -590,7 +446,7 @@ async fn cycle(
         return Err(format!("{} grants for one terminal", grants.as_slice().len()));
     }
     let number = resp.acceptance_number.get();
-    ui_action(ui_port, cookie, number, "start").await?;
-    ui_action(ui_port, cookie, number, "end").await?;
+    ui_action(ui, cookie, number, "start").await?;
+    ui_action(ui, cookie, number, "end").await?;
     Ok(())
 }
