@@ -90,6 +90,10 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 run "VM: end to end (defaults: ROUTER
 	scripts/vm-test tests/vm/e2e.sh
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2 \
 	run "VM: end to end (ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2)" scripts/vm-test tests/vm/e2e.sh
+# Load through real tunnels (issue 8): a small run of the tunnel load
+# (`scripts/bench-load.sh --vm` is the 1,000-router benchmark).
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 VPNNAT_VM_MEM=2048 LOAD_ROUTERS=20 LOAD_ROUNDS=2 \
+	run "VM: load through real tunnels (20 simulated routers x 2 rounds, real IKE + ESP)" scripts/vm-test tests/vm/load-tunnels.sh
 # Reliability (issue 8): kill -9 at crash points, and power cuts of a
 # router's state disk (README "Reliability: crashes and power loss"). Here the trials that pass
 # (~80 s each under TCG); all 26 points: `scripts/vm-test tests/vm/crash.sh`

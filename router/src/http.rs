@@ -390,6 +390,36 @@ mod tests {
         );
     }
 
+    /// The center knows a router by the address it connects from: with a
+    /// source set, the connection leaves from it (and not from another
+    /// local address of the same namespace).
+    #[tokio::test]
+    async fn the_client_connects_from_the_given_source() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let mut peers = Vec::new();
+            for _ in 0..2 {
+                let (mut s, peer) = l.accept().await.unwrap();
+                peers.push(peer.ip());
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                tokio::io::AsyncWriteExt::write_all(&mut s, ok).await.unwrap();
+            }
+            peers
+        });
+        let t = Duration::from_secs(5);
+        let source = Ipv4Addr::new(127, 0, 0, 7);
+        let (status, _, _) = request_from(Some(source), &addr, Method::GET, "/", &[], None, t)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        request_from(None, &addr, Method::GET, "/", &[], None, t).await.unwrap();
+        let peers = server.await.unwrap();
+        assert_eq!(peers, [std::net::IpAddr::V4(source), "127.0.0.1".parse().unwrap()]);
+    }
+
     #[test]
     fn backoff_doubles_to_the_cap() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));

@@ -132,6 +132,7 @@ async fn restart(cfg: &Arc<Config>) -> Arc<Router> {
             ike: Box::new(StaticResponder::default()),
             retry_initial: Duration::from_millis(10),
             health: vpnnat_router::health::HealthSettings::default(),
+            center_source: None,
         },
     )
     .await

@@ -16,11 +16,13 @@
 # crates/load/src/tunnels.rs). Then: no error, every request ended, pool
 # and slots free, no SA or policy in any namespace, no host route left.
 #
-# LOAD_ROUTERS [20], LOAD_ROUNDS [2], LOAD_GATEWAYS [2], LOAD_TEARDOWN_SECS
-# [120]; LOAD_DEBUG=1 prints the daemons' logs at the end.
+# LOAD_ROUTERS [20], LOAD_ROUNDS [2], LOAD_GATEWAYS [2], LOAD_CONCURRENCY
+# [LOAD_ROUTERS: every router at once] (cycles in flight at a time),
+# LOAD_TEARDOWN_SECS [120]; LOAD_DEBUG=1 prints the daemons' logs at the end.
 set -u
 N=${LOAD_ROUTERS:-20}
 ROUNDS=${LOAD_ROUNDS:-2}
+CONC=${LOAD_CONCURRENCY:-$N}
 GATEWAYS=${LOAD_GATEWAYS:-2}
 POOL_CIDR=10.64.0.0/16
 W=/run/load
@@ -191,7 +193,7 @@ say "vpnnat-load --tunnels"
 # sockets, the server-part listener, connections in flight
 ulimit -n 65536
 ip netns exec homes env RUST_LOG="${LOAD_LOG:-error}" vpnnat-load --tunnels \
-	--routers "$N" --rounds "$ROUNDS" \
+	--routers "$N" --rounds "$ROUNDS" --concurrency "$CONC" \
 	--center-url http://198.51.100.10:8080 --ui 172.16.0.10:8443 \
 	--password-file $W/center/operator-password --master-key-file $W/center/master-key \
 	--center-config $W/center/centerd.toml --state-dir $W/homes \
