@@ -104,6 +104,8 @@ mod request {
             10 => run::<TearDown>(signed, rest),
             11 => run::<ReportState>(signed, rest),
             12 => run::<TunnelEvent>(signed, rest),
+            13 => run::<TunnelLostNotice>(signed, rest),
+            14 => run::<RestartTunnel>(signed, rest),
             _ => {}
         }
     }
@@ -349,6 +351,8 @@ mod response {
             10 => run::<TearDown>(signed, rest),
             11 => run::<ReportState>(signed, rest),
             12 => run::<TunnelEvent>(signed, rest),
+            13 => run::<TunnelLostNotice>(signed, rest),
+            14 => run::<RestartTunnel>(signed, rest),
             _ => {}
         }
     }
