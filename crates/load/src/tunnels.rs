@@ -34,6 +34,8 @@
 //! and VPN end must have reached the router (request ended, host released,
 //! gateway dropped). A round ends when every cycle is done and no SA or
 //! policy is left in this namespace nor in any gateway's (`--gateway-ns`).
+//! A router whose cycle failed is retired (its error counted, its kernel
+//! leftovers removed, no further cycles: [`retire`]).
 //!
 //! Options: --routers N [1000] --rounds R [3] --concurrency C [N]
 //! --center-url URL --ui ADDR:PORT --password-file F --master-key-file F
@@ -70,6 +72,27 @@ struct Sim {
     router: Arc<Router>,
     /// The server part listens (set up after the installation).
     serving: tokio::sync::Mutex<bool>,
+    /// A cycle of this router failed: it does no more cycles (see
+    /// [`retire`]).
+    retired: std::sync::atomic::AtomicBool,
+}
+
+/// Takes a router whose cycle failed out of the run. Whatever the failure
+/// left in its kernel state (a grant the center has ended, its policies)
+/// would stay in its own home in reality; here all routers share one
+/// namespace, so its policy for a VPNNAT address the center has freed and
+/// grants to another router would make that router's policy add fail
+/// ("File exists") and its cycle fail too. So its SAs and policies go, and
+/// it does no further cycles; the error is counted all the same.
+async fn retire(sim: &Sim) {
+    sim.retired.store(true, Ordering::Relaxed);
+    let r = sim
+        .router
+        .with_datapath(|dp| dp.reconcile(&vpnnat_datapath::DesiredState::default()))
+        .await;
+    if let Err(e) = r {
+        eprintln!("retiring terminal={}: {e}", sim.router.cfg.terminal_id);
+    }
 }
 
 struct Settings {
@@ -276,6 +299,7 @@ pub async fn run() {
         sims.push(Arc::new(Sim {
             router: start_router(cfg, wan).await,
             serving: tokio::sync::Mutex::new(false),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }));
     }
     println!(
@@ -324,7 +348,7 @@ pub async fn run() {
         let counters = Arc::new(Counters::default());
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(n);
-        for sim in &sims {
+        for sim in sims.iter().filter(|s| !s.retired.load(Ordering::Relaxed)) {
             let (sim, sem, s, session, input, counters) = (
                 sim.clone(),
                 sem.clone(),
@@ -343,6 +367,7 @@ pub async fn run() {
                         if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
                             eprintln!("round {round}: terminal={}: {e}", sim.router.cfg.terminal_id);
                         }
+                        retire(&sim).await;
                     }
                 }
             }));
@@ -377,13 +402,14 @@ pub async fn run() {
                 .map(|p| rss_of(p).1)
                 .collect(),
         );
+        let retired = sims.iter().filter(|s| s.retired.load(Ordering::Relaxed)).count();
         let left_text: Vec<String> = namespaces
             .iter()
             .zip(&left)
             .map(|(ns, (sa, pol))| format!("{} {sa} SA/{pol} policies", ns.unwrap_or("homes")))
             .collect();
         println!(
-            "round {round}: {cycles} cycles in {:.2} s (last cycle done at {:.2} s, tunnels gone {:.2} s later) = {rate:.1} cycles/s, {errors} errors; left: {}; {}",
+            "round {round}: {cycles} cycles in {:.2} s (last cycle done at {:.2} s, tunnels gone {:.2} s later) = {rate:.1} cycles/s, {errors} errors ({retired} routers retired so far); left: {}; {}",
             wall.as_secs_f64(),
             cycles_done.as_secs_f64(),
             (wall - cycles_done).as_secs_f64(),
