@@ -84,8 +84,8 @@ pub fn tunnel_config(s: &ResponderSettings) -> TunnelConfig {
 ///
 /// A new peer, PSK or reqid needs the old tunnel deleted first (the driver
 /// keeps a live tunnel's PSK on `accept`); new traffic selectors alone are
-/// an `accept` (for a tunnel not up yet) plus a CHILD SA rekey so a live
-/// tunnel uses them now.
+/// an `accept` (for a tunnel not up yet) plus, when they grow, a CHILD SA
+/// rekey so a live tunnel uses them now (a shrink waits for the gateway's).
 pub fn requests(old: Option<&ResponderSettings>, new: Option<&ResponderSettings>) -> Vec<Request> {
     match (old, new) {
         (None, None) => Vec::new(),
@@ -97,7 +97,20 @@ pub fn requests(old: Option<&ResponderSettings>, new: Option<&ResponderSettings>
             } else if o.local_ts != n.local_ts || o.remote_ts != n.remote_ts {
                 let t = tunnel_config(n);
                 let (l, r) = (t.local_ts.clone(), t.remote_ts.clone());
-                vec![Request::Accept(t), Request::SetTrafficSelectors(n.peer, l, r)]
+                // Only a grant needs our rekey now (the gateway's rekey came
+                // before the router knew the new address, so it was narrowed
+                // to the old set). A release is narrowed by the gateway's own
+                // rekey when the center removes the address there; ours at
+                // the same moment would collide with it (TEMPORARY_FAILURE,
+                // CHILD_SA_NOT_FOUND) and cost the commands that follow
+                // through the tunnel their answers. Until then the NAT table
+                // already refuses the released address.
+                let grows = n.local_ts.iter().any(|c| !o.local_ts.contains(c)) || o.remote_ts != n.remote_ts;
+                if grows {
+                    vec![Request::Accept(t), Request::SetTrafficSelectors(n.peer, l, r)]
+                } else {
+                    vec![Request::Accept(t)]
+                }
             } else {
                 // peer_id and local are not the driver's business here
                 // (another local address means another driver).

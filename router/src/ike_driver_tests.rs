@@ -69,6 +69,20 @@ fn requests_follow_the_settings() {
             "set-ts 203.0.113.101 ts=2"
         ]
     );
+    // A release: the gateway narrows the selectors with its own rekey.
+    assert_eq!(
+        texts(&requests(Some(&granted), Some(&a))),
+        ["accept 203.0.113.101 ts=1 reqid=0x56500100"]
+    );
+    // One address for another: it grows, so we rekey.
+    let swapped = settings("203.0.113.101", 1, &["100.64.0.2"]);
+    assert_eq!(
+        texts(&requests(Some(&a), Some(&swapped))),
+        [
+            "accept 203.0.113.101 ts=1 reqid=0x56500100",
+            "set-ts 203.0.113.101 ts=1"
+        ]
+    );
     let mut renamed = a.clone();
     renamed.peer_id = "gw".into();
     assert!(requests(Some(&a), Some(&renamed)).is_empty());
