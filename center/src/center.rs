@@ -270,6 +270,8 @@ pub struct Center<G, R> {
     rng: SystemRandom,
     /// Woken on every tunnel event; waiters re-read their slot.
     tunnel_events: Notify,
+    /// Which tunnel events and state reports are news (late events are not).
+    event_order: Mutex<crate::event_order::EventOrder>,
     /// Host routes toward the gateways (None: the operator's routing is
     /// someone else's job).
     routes: Option<Box<dyn RouteProgrammer>>,
@@ -365,6 +367,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             routers,
             rng: SystemRandom::new(),
             tunnel_events: Notify::new(),
+            event_order: Mutex::new(crate::event_order::EventOrder::default()),
             routes: None,
             metrics: crate::metrics::CommandMetrics::new(crate::api::COMMANDS),
             terminal_locks: Mutex::new(std::collections::HashMap::new()),
@@ -1109,6 +1112,21 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let key = key.ok_or(CenterError::Proto(ProtoError::UnknownTerminal))?;
         let ev: &TunnelEvent = v.command();
         let state = tunnel_state(ev.status);
+        let news = self
+            .event_order
+            .lock()
+            .map_err(|_| CenterError::Poisoned)?
+            .event_is_news(v.principal().as_str(), ev.terminal_id.as_str(), ev.seq);
+        if !news {
+            log::info!(
+                "terminal={} gateway {}: tunnel event {} ({}) is older than what was applied; ignored",
+                ev.terminal_id,
+                v.principal(),
+                ev.seq,
+                state.as_str()
+            );
+            return self.answer(&v, &Ack {}, &key, now);
+        }
         let matched =
             self.store()?
                 .set_tunnel_state(v.principal().as_str(), ev.slot, ev.terminal_id.as_str(), state, now)?;
@@ -1180,7 +1198,13 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             let current: Vec<Ipv4Addr> = match have {
                 Some(t) if t.slot == slot.slot && t.router_ip.get() == router_ip => {
                     let st = tunnel_state(t.status);
-                    if st != slot.tunnel_state {
+                    // Not if an event newer than the report was applied.
+                    let news = self
+                        .event_order
+                        .lock()
+                        .map_err(|_| CenterError::Poisoned)?
+                        .report_is_news(gateway, &tid_s, report.seq());
+                    if news && st != slot.tunnel_state {
                         self.store()?.set_tunnel_state(gateway, slot.slot, &tid_s, st, now)?;
                         self.tunnel_events.notify_waiters();
                     }

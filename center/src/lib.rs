@@ -22,6 +22,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod dns;
+pub mod event_order;
 pub mod gateway;
 pub mod http;
 pub mod liveness;

@@ -111,6 +111,7 @@ fn documented_schemas_have_the_protocol_fields() {
         slot: 1,
         status: TunnelStatus::Up,
         detail: FailureDetail::new("").unwrap(),
+        seq: 0,
     };
     assert_eq!(keys(&ev), fields(&center, "TunnelEvent"));
     let add = AddAddresses {

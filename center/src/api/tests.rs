@@ -147,6 +147,7 @@ async fn every_router_exchange_over_real_http() {
         slot: 0,
         status: TunnelStatus::Up,
         detail: FailureDetail::new("").unwrap(),
+        seq: 0,
     };
     call(
         &authority,

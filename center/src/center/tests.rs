@@ -668,6 +668,7 @@ async fn maintenance_waits_for_the_tunnel_up_event() {
         slot: 0,
         status: TunnelStatus::Up,
         detail: FailureDetail::new("").unwrap(),
+        seq: 0,
     };
     let out = encode_request(
         &ev,
@@ -692,6 +693,7 @@ async fn tunnel_event_rejections() {
         slot: 0,
         status: TunnelStatus::Up,
         detail: FailureDetail::new("").unwrap(),
+        seq: 0,
     };
     // Unknown gateway.
     let out = encode_request(
@@ -904,12 +906,17 @@ fn tunnel_up(c: &TestCenter, id: &str) {
 }
 
 fn gw1_event(c: &TestCenter, id: &str, status: TunnelStatus) {
+    gw1_event_numbered(c, id, status, 0);
+}
+
+fn gw1_event_numbered(c: &TestCenter, id: &str, status: TunnelStatus, seq: u64) {
     let slot = c.store().unwrap().slot_of(id).unwrap().unwrap().slot;
     let ev = TunnelEvent {
         terminal_id: tid(id),
         slot,
         status,
         detail: FailureDetail::new("").unwrap(),
+        seq,
     };
     let key = gw_key(1).mac_key();
     let out = encode_request(&ev, &GatewayName::new("gw1").unwrap(), &key, NOW, &rng()).unwrap();
@@ -918,6 +925,22 @@ fn gw1_event(c: &TestCenter, id: &str, status: TunnelStatus) {
 
 fn tunnel_state_of(c: &TestCenter, id: &str) -> TunnelState {
     c.store().unwrap().slot_of(id).unwrap().unwrap().tunnel_state
+}
+
+#[tokio::test]
+async fn a_late_tunnel_event_does_not_undo_a_newer_one() {
+    let (c, _g, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    gw1_event_numbered(&c, "router-1", TunnelStatus::Up, 11);
+    assert_eq!(tunnel_state_of(&c, "router-1"), TunnelState::Up);
+    // "connecting" happened before "up" but arrives after it.
+    gw1_event_numbered(&c, "router-1", TunnelStatus::Connecting, 10);
+    assert_eq!(tunnel_state_of(&c, "router-1"), TunnelState::Up);
+    // A later change is applied.
+    gw1_event_numbered(&c, "router-1", TunnelStatus::Down, 12);
+    assert_eq!(tunnel_state_of(&c, "router-1"), TunnelState::Down);
 }
 
 #[tokio::test]

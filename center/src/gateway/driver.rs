@@ -71,6 +71,38 @@ pub struct DriverEvent {
     pub slot: u16,
     pub status: TunnelStatus,
     pub detail: String,
+    /// Its place in gatewayd's event order ([`next_event_seq`]).
+    pub seq: u64,
+}
+
+/// gatewayd's event order: events are numbered when they happen, and a
+/// state report carries the number reached when it was taken
+/// ([`event_seq_now`]), so centerd can tell an event that arrives after a
+/// newer report (the forwarder sends one at a time; under load they lag)
+/// from a newer one. It starts at the wall clock in µs, so a restarted
+/// gatewayd continues above the numbers of the one before.
+static EVENT_SEQ: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
+
+fn event_counter() -> &'static std::sync::atomic::AtomicU64 {
+    EVENT_SEQ.get_or_init(|| {
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        std::sync::atomic::AtomicU64::new(us)
+    })
+}
+
+/// The number of a new event.
+pub fn next_event_seq() -> u64 {
+    event_counter()
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        .saturating_add(1)
+}
+
+/// The number of the last event so far (taken before a state report is
+/// read, so the report reflects every event up to it).
+pub fn event_seq_now() -> u64 {
+    event_counter().load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Everything gatewayd needs from a tunnel implementation.
@@ -286,6 +318,7 @@ impl<D: PolicyDatapath> PolicyDriver<D> {
             slot: spec.slot,
             status,
             detail: detail.to_owned(),
+            seq: next_event_seq(),
         });
     }
 

@@ -408,6 +408,7 @@ async fn forward_ike_events(
             slot: p.slot,
             status,
             detail,
+            seq: super::driver::next_event_seq(),
         });
         // Retry only a tunnel that is still wanted (teardown and the last
         // address's removal clear its configuration first).

@@ -358,6 +358,9 @@ impl Gatewayd {
 
     /// The driver's tunnels as a [`StateReport`].
     pub fn state(&self) -> Result<StateReport, GatewayError> {
+        // Taken first: every event numbered up to it happened before the
+        // tunnels are read below, so the report reflects it.
+        let seq = driver::event_seq_now();
         let tunnels = self.driver()?.tunnels();
         let mut out = Vec::with_capacity(tunnels.len());
         for t in tunnels {
@@ -375,7 +378,7 @@ impl Gatewayd {
                 addresses: BoundedSet::new(addrs).map_err(ProtoError::from)?,
             });
         }
-        Ok(StateReport::new(out).map_err(ProtoError::from)?)
+        Ok(StateReport::new(out).map_err(ProtoError::from)?.with_seq(seq))
     }
 }
 
@@ -498,6 +501,7 @@ pub async fn forward_events_counted(
             slot: ev.slot,
             status: ev.status,
             detail,
+            seq: ev.seq,
         };
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=5u32 {

@@ -321,6 +321,7 @@ async fn events_reach_centerd() {
         slot: 0,
         status: TunnelStatus::Connecting,
         detail: "IKE\u{7} pending".into(),
+        seq: crate::gateway::driver::next_event_seq(),
     })
     .unwrap();
     tx.send(DriverEvent {
@@ -328,6 +329,7 @@ async fn events_reach_centerd() {
         slot: 0,
         status: TunnelStatus::Up,
         detail: String::new(),
+        seq: crate::gateway::driver::next_event_seq(),
     })
     .unwrap();
     assert!(waiter.await.unwrap().unwrap(), "the up event woke the waiting request");
@@ -393,6 +395,7 @@ async fn metrics_are_scraped_and_parse() {
             slot: 2,
             status,
             detail: detail.into(),
+            seq: 0,
         });
     }
     let (status, body) = get(addr, "/metrics").await;

@@ -679,18 +679,24 @@ pub struct TunnelState {
 #[serde(try_from = "StateReportWire")]
 pub struct StateReport {
     tunnels: Vec<TunnelState>,
+    /// The gateway's last event order number when the report was taken:
+    /// the report already reflects every event up to it.
+    #[serde(default)]
+    seq: u64,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateReportWire {
     tunnels: Vec<TunnelState>,
+    #[serde(default)]
+    seq: u64,
 }
 
 impl TryFrom<StateReportWire> for StateReport {
     type Error = ValidationError;
     fn try_from(w: StateReportWire) -> Result<Self, Self::Error> {
-        StateReport::new(w.tunnels)
+        Ok(StateReport::new(w.tunnels)?.with_seq(w.seq))
     }
 }
 
@@ -710,11 +716,22 @@ impl StateReport {
                 return Err(ValidationError::new(WHAT, "a slot appears twice"));
             }
         }
-        Ok(StateReport { tunnels })
+        Ok(StateReport { tunnels, seq: 0 })
+    }
+
+    /// The report with the gateway's event order number at its taking.
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
     }
 
     pub fn tunnels(&self) -> &[TunnelState] {
         &self.tunnels
+    }
+
+    /// Every event numbered up to this is reflected in the report.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 }
 
@@ -728,6 +745,11 @@ pub struct TunnelEvent {
     pub status: TunnelStatus,
     /// Why it changed (may be empty).
     pub detail: FailureDetail,
+    /// The gateway's event order (see [`StateReport::seq`]): events arrive
+    /// one after another but late under load, and one older than a state
+    /// report the center already applied is stale. 0: unordered.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Command for TunnelEvent {

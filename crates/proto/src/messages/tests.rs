@@ -376,6 +376,19 @@ fn gateway_address_commands_and_state() {
 }
 
 #[test]
+fn state_report_carries_the_event_order() {
+    let r = StateReport::new(vec![]).unwrap().with_seq(42);
+    let j = serde_json::to_string(&r).unwrap();
+    assert_eq!(j, r#"{"tunnels":[],"seq":42}"#);
+    assert_eq!(serde_json::from_str::<StateReport>(&j).unwrap().seq(), 42);
+    assert_eq!(
+        serde_json::from_str::<StateReport>(r#"{"tunnels":[]}"#).unwrap().seq(),
+        0
+    );
+    assert!(serde_json::from_str::<StateReport>(r#"{"tunnels":[],"seq":-1}"#).is_err());
+}
+
+#[test]
 fn tunnel_event_from_gateway() {
     let gw = GatewayName::new("gw-a").unwrap();
     let key = GatewayApiKey::from_array([5; 32]).mac_key();
@@ -384,12 +397,17 @@ fn tunnel_event_from_gateway() {
         slot: 2,
         status: TunnelStatus::Up,
         detail: FailureDetail::new("").unwrap(),
+        seq: 0,
     };
     assert_eq!(exchange(&ev, &gw, &key, |_| Ack {}).0.command(), &ev);
     assert_eq!(
         serde_json::to_string(&ev).unwrap(),
-        r#"{"terminal_id":"router-1","slot":2,"status":"up","detail":""}"#
+        r#"{"terminal_id":"router-1","slot":2,"status":"up","detail":"","seq":0}"#
     );
+    // A gateway that does not number its events: seq 0 (unordered).
+    let old: TunnelEvent =
+        serde_json::from_str(r#"{"terminal_id":"router-1","slot":2,"status":"up","detail":""}"#).unwrap();
+    assert_eq!(old, ev);
     assert!(serde_json::from_str::<TunnelEvent>(
         r#"{"terminal_id":"router-1","slot":2,"status":"sideways","detail":""}"#
     )
