@@ -9,35 +9,56 @@
 
 use std::collections::HashMap;
 
-/// Per gateway and router: the newest event or report applied.
+/// Per gateway and router: the newest event and the newest report applied.
 #[derive(Debug, Default)]
 pub struct EventOrder {
-    applied: HashMap<(String, String), u64>,
+    applied: HashMap<(String, String), Applied>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Applied {
+    event: u64,
+    report: u64,
 }
 
 impl EventOrder {
+    fn entry(&mut self, gateway: &str, terminal: &str) -> &mut Applied {
+        self.applied
+            .entry((gateway.to_owned(), terminal.to_owned()))
+            .or_default()
+    }
+
     /// Whether an event numbered `seq` for `terminal` on `gateway` is news
-    /// (and if so, remember it). 0 is a gateway that does not number its
-    /// events: always news.
+    /// (and if so, remember it): newer than every event and report applied.
+    /// 0 is a gateway that does not number its events: always news.
     pub fn event_is_news(&mut self, gateway: &str, terminal: &str, seq: u64) -> bool {
         if seq == 0 {
             return true;
         }
-        let last = self
-            .applied
-            .entry((gateway.to_owned(), terminal.to_owned()))
-            .or_insert(0);
-        if seq <= *last {
+        let a = self.entry(gateway, terminal);
+        if seq <= a.event.max(a.report) {
             return false;
         }
-        *last = seq;
+        a.event = seq;
         true
     }
 
     /// Whether a report numbered `seq` may set `terminal`'s state on
-    /// `gateway` (no newer event was applied since; if so, remember it).
+    /// `gateway` (and if so, remember it). A report reflects every event up
+    /// to and including its number, so it is news unless an event after it
+    /// was applied; one equal to the last event is news too (the state may
+    /// have been changed meanwhile by something that is not an event, such
+    /// as the heartbeat marking the gateway down).
     pub fn report_is_news(&mut self, gateway: &str, terminal: &str, seq: u64) -> bool {
-        self.event_is_news(gateway, terminal, seq)
+        if seq == 0 {
+            return true;
+        }
+        let a = self.entry(gateway, terminal);
+        if seq < a.event || seq < a.report {
+            return false;
+        }
+        a.report = seq;
+        true
     }
 }
 
@@ -57,6 +78,18 @@ mod tests {
         // A report taken before that change does not undo it.
         assert!(!o.report_is_news("gw1", "r1", 6));
         assert!(o.report_is_news("gw1", "r1", 9));
+    }
+
+    #[test]
+    fn a_report_at_the_last_event_is_news() {
+        // The heartbeat marked the gateway down (not an event); when it is
+        // back its report, with no event since, must set the state again.
+        let mut o = EventOrder::default();
+        assert!(o.event_is_news("gw1", "r1", 6));
+        assert!(o.report_is_news("gw1", "r1", 6));
+        assert!(o.report_is_news("gw1", "r1", 6), "the same report again");
+        assert!(!o.event_is_news("gw1", "r1", 6));
+        assert!(!o.report_is_news("gw1", "r1", 5));
     }
 
     #[test]
