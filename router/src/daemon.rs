@@ -286,15 +286,27 @@ impl Router {
     /// center is unreachable or temporarily failing, until it succeeds, is
     /// refused for good, or `shutdown` completes.
     pub async fn install_with_retry(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        self.with_retry("installation notice", || self.install(), shutdown)
+            .await
+    }
+
+    /// Runs `exchange` until it succeeds, fails for good, or `shutdown`
+    /// completes; a transient failure (center unreachable or failing) is
+    /// retried with exponential back-off. `what` names it in the log.
+    async fn with_retry<T, F: Future<Output = Result<T, DaemonError>>>(
+        &self,
+        what: &str,
+        exchange: impl Fn() -> F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<T, DaemonError> {
         let mut backoff = Backoff::new(self.retry_initial, self.cfg.retry_max);
         tokio::pin!(shutdown);
         loop {
-            match self.install().await {
-                Ok(()) => return Ok(()),
+            match exchange().await {
                 Err(e) if e.is_transient() => {
                     let d = backoff.next_delay();
                     log::warn!(
-                        "terminal={} installation notice: {e}; retrying in {}s",
+                        "terminal={} {what}: {e}; retrying in {}s",
                         self.id.terminal_id,
                         d.as_secs_f32()
                     );
@@ -303,7 +315,7 @@ impl Router {
                         _ = tokio::time::sleep(d) => {}
                     }
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }
@@ -325,34 +337,16 @@ impl Router {
     /// the gateway behind it) is unreachable or failing, until it is
     /// answered, refused for good, or `shutdown` completes.
     pub async fn tunnel_lost_with_retry(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-        let mut backoff = Backoff::new(self.retry_initial, self.cfg.retry_max);
-        tokio::pin!(shutdown);
-        loop {
-            match self.tunnel_lost().await {
-                Ok(r) => {
-                    let what = match r {
-                        TunnelRebuild::Up => "the gateway rebuilt the tunnel, it is up",
-                        TunnelRebuild::Connecting => "the gateway is rebuilding the tunnel",
-                        TunnelRebuild::NotDue => "no tunnel is due",
-                    };
-                    log::info!("terminal={} tunnel-lost notice: {what}", self.id.terminal_id);
-                    return Ok(());
-                }
-                Err(e) if e.is_transient() => {
-                    let d = backoff.next_delay();
-                    log::warn!(
-                        "terminal={} tunnel-lost notice: {e}; retrying in {}s",
-                        self.id.terminal_id,
-                        d.as_secs_f32()
-                    );
-                    tokio::select! {
-                        _ = &mut shutdown => return Err(e),
-                        _ = tokio::time::sleep(d) => {}
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let what = match self
+            .with_retry("tunnel-lost notice", || self.tunnel_lost(), shutdown)
+            .await?
+        {
+            TunnelRebuild::Up => "the gateway rebuilt the tunnel, it is up",
+            TunnelRebuild::Connecting => "the gateway is rebuilding the tunnel",
+            TunnelRebuild::NotDue => "no tunnel is due",
+        };
+        log::info!("terminal={} tunnel-lost notice: {what}", self.id.terminal_id);
+        Ok(())
     }
 
     // -- 2. failure notice -----------------------------------------------
