@@ -59,7 +59,7 @@ step "install test dependencies"
 need=()
 # chromium + chromium-driver: the operator UI is tested in a real browser.
 # bind9-dnsutils: dig queries centerd's DNS zone in the center tests.
-for p in nftables iproute2 bc strace chromium chromium-driver strongswan-charon strongswan-swanctl bind9-dnsutils e2fsprogs; do
+for p in nftables iproute2 bc strace dnsmasq chromium chromium-driver strongswan-charon strongswan-swanctl bind9-dnsutils e2fsprogs; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
