@@ -4,7 +4,8 @@
 #
 # Usage: BUILDROOT_DIR=/path/to/buildroot scripts/check-images.sh
 #
-# Without BUILDROOT_DIR it says that it is skipped and exits 0. With it:
+# Without BUILDROOT_DIR it says that it is skipped and exits 77 (the
+# automake convention for "skipped"; scripts/test.sh counts it so). With it:
 #   - utils/check-package -b on every file of images/ that check-package
 #     knows (Config.in, .mk, defconfigs, S?? init scripts, shell scripts):
 #     one check per file, passed when it gives no warning;
@@ -45,8 +46,7 @@ summary() {
 
 if [[ -z ${BUILDROOT_DIR:-} ]]; then
 	echo "$prog: skipped: BUILDROOT_DIR is not set (set it to a Buildroot checkout, e.g. BUILDROOT_DIR=/work/buildroot, to run check-package and the Kconfig checks)"
-	summary
-	exit 0
+	exit 77
 fi
 BR=$(cd "$BUILDROOT_DIR" 2>/dev/null && pwd -P) || {
 	echo "$prog: BUILDROOT_DIR=$BUILDROOT_DIR is not a directory" >&2

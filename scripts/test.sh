@@ -4,7 +4,9 @@
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings
 #   3. unit tests and host-namespace kernel tests (cargo test, needs root)
 #   4. the VM tests with real ESP (scripts/vm-test tests/vm/*.sh)
-# Ends with one line "N passed, N failed" adding up every test run.
+# Ends with one line "N passed, N failed, N skipped" adding up every test
+# run; a step that exits with status 77 did not run (it says why) and is
+# counted as skipped, never as passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,9 @@ fi
 . scripts/lib/progress.sh
 PASSED=0
 FAILED=0
+SKIPPED=0
 FAILED_STEPS=()
+SKIPPED_STEPS=()
 LOG=$(mktemp -d /tmp/vpnnat-test.XXXXXX)
 step() { printf '\n=== %s\n' "$*"; }
 
@@ -29,6 +33,9 @@ count() {
 	local sp sf
 	sp=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | sed -E 's/^([0-9]+) passed.*/\1/' | paste -sd+ | bc 2>/dev/null)
 	sf=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/' | paste -sd+ | bc 2>/dev/null)
+	local sk
+	sk=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$1" | sed -E 's/^.* ([0-9]+) skipped.*/\1/' | paste -sd+ | bc 2>/dev/null)
+	SKIPPED=$((SKIPPED + ${sk:-0}))
 	PASSED=$((PASSED + ${p:-0} + ${sp:-0}))
 	FAILED=$((FAILED + ${f:-0} + ${sf:-0}))
 }
@@ -42,7 +49,15 @@ run() {
 	# "[+12.3s] test.sh: NAME..." and "NAME: done (N s)" around the step
 	# (scripts/lib/progress.sh); cargo is silent while it compiles: a line
 	# every minute says the step still runs
-	if PROGRESS_EVERY=60 progress_run "$name" "$@" 2>&1 | tee "$log"; then
+	PROGRESS_EVERY=60 progress_run "$name" "$@" 2>&1 | tee "$log"
+	local rc=${PIPESTATUS[0]}
+	if [[ $rc == 77 ]]; then
+		# exit status 77: the step says it did not run (and why, above)
+		SKIPPED=$((SKIPPED + 1))
+		SKIPPED_STEPS+=("$name")
+		return 0
+	fi
+	if [[ $rc == 0 ]]; then
 		if ! grep -qE '^test result: |^[0-9]+ passed, [0-9]+ failed' "$log"; then
 			PASSED=$((PASSED + 1))
 		fi
@@ -55,18 +70,101 @@ run() {
 	count "$log"
 }
 
+# What the VM steps copy from the host into the VM (VPNNAT_VM_EXTRA): named
+# once here, for the steps and for the pre-flight below.
+EXTRA_PID1=dnsmasq
+EXTRA_POWERLOSS="mkfs.ext4 mount"
+
+# Every host program a step uses, with the Debian package that brings it:
+# "program package" (a path where the program is not on PATH).
+HOST_TOOLS="
+nft nftables
+ip iproute2
+tc iproute2
+bridge iproute2
+bc bc
+strace strace
+dnsmasq dnsmasq
+mkfs.ext4 e2fsprogs
+mount mount
+/usr/lib/chromium/chromium chromium
+chromedriver chromium-driver
+/usr/lib/ipsec/charon strongswan-charon
+swanctl strongswan-swanctl
+dig bind9-dnsutils
+qemu-system-x86_64 qemu-system-x86
+busybox busybox-static
+cpio cpio
+depmod kmod
+modprobe kmod
+socat socat
+openssl openssl
+curl curl
+perl perl-base
+flock util-linux
+"
+
 step "install test dependencies"
+# The VM kernel is whatever Debian's archive serves now (vm-test asks
+# apt-cache for it): fresh package lists first, also when nothing is
+# missing. Offline, the cached kernel is used (vm-test says so).
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get update -qq >/dev/null 2>&1; then
+	echo "test.sh: warning: apt-get update failed; using the package lists as they are"
+fi
 need=()
-# chromium + chromium-driver: the operator UI is tested in a real browser.
-# bind9-dnsutils: dig queries centerd's DNS zone in the center tests.
-for p in nftables iproute2 bc strace dnsmasq chromium chromium-driver strongswan-charon strongswan-swanctl bind9-dnsutils e2fsprogs; do
+for p in $(echo "$HOST_TOOLS" | awk 'NF == 2 { print $2 }' | sort -u); do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
-if ((${#need[@]})); then
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
-		{ echo "test.sh: apt-get install ${need[*]} failed" >&2; exit 1; }
+# the browser, strongSwan and dnsmasq with their recommended packages (fonts
+# for the screenshots among them), the VM's tools without (as vm-test does)
+lean=" qemu-system-x86 busybox-static cpio kmod socat openssl curl "
+full=()
+bare=()
+for p in "${need[@]}"; do
+	if [[ $lean == *" $p "* ]]; then bare+=("$p"); else full+=("$p"); fi
+done
+if ((${#full[@]})); then
+	echo "installing ${full[*]}"
+	apt-get install -y -qq "${full[@]}" >/dev/null ||
+		{ echo "test.sh: apt-get install ${full[*]} failed" >&2; exit 1; }
 fi
-echo "ok"
+if ((${#bare[@]})); then
+	echo "installing ${bare[*]} (without recommended packages)"
+	apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null ||
+		{ echo "test.sh: apt-get install ${bare[*]} failed" >&2; exit 1; }
+fi
+
+# Pre-flight: every program any step uses (and every one a VM step copies
+# into the VM, also those of a VPNNAT_VM_EXTRA given by the caller) is
+# here, or the run stops now with the list -- not one step later.
+step "pre-flight: host programs"
+missing=()
+have() { [[ $1 == /* ]] && [[ -x $1 ]] || command -v "$1" >/dev/null 2>&1; }
+while read -r prog pkg; do
+	[[ -n $prog ]] || continue
+	have "$prog" || missing+=("$prog (Debian package $pkg)")
+done <<<"$HOST_TOOLS"
+# busybox goes into the VM's initramfs: it must be the static one
+if have busybox && ldd "$(command -v busybox)" >/dev/null 2>&1; then
+	missing+=("a statically linked busybox (Debian package busybox-static)")
+fi
+for prog in $EXTRA_PID1 $EXTRA_POWERLOSS ${VPNNAT_VM_EXTRA:-}; do
+	have "$prog" || missing+=("$prog (VPNNAT_VM_EXTRA: copied into the VM)")
+done
+for p in random nonce openssl kdf kernel-netlink socket-default vici; do
+	[[ -f /usr/lib/ipsec/plugins/libstrongswan-$p.so ]] ||
+		missing+=("/usr/lib/ipsec/plugins/libstrongswan-$p.so (strongSwan plugin for the VM; Debian package strongswan-charon or libstrongswan)")
+done
+for prog in cargo rustfmt cargo-clippy; do
+	have "$prog" || missing+=("$prog (rustup; the toolchain of rust-toolchain.toml)")
+done
+if ((${#missing[@]})); then
+	echo "test.sh: missing on this host, nothing was run:"
+	printf '  %s\n' "${missing[@]}"
+	exit 2
+fi
+echo "ok: $(echo "$HOST_TOOLS" | awk 'NF == 2' | wc -l) host programs and the VM extras are here"
 
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -79,7 +177,7 @@ run "IKE interop with strongSwan's charon (host namespace, IKE only: the host ha
 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: XFRM operations and kernel events" scripts/vm-test tests/vm/xfrm_ops.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh
-VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=dnsmasq run "VM: routerd as PID 1" scripts/vm-test router/tests/vm/pid1.sh
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=$EXTRA_PID1 run "VM: routerd as PID 1" scripts/vm-test router/tests/vm/pid1.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 our initiator <-> our responder (real ESP, rekey, NAT-T)" scripts/vm-test tests/vm/ike.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 with strongSwan both ways" \
 	bash -c 'eval "$(tests/vm/strongswan/extra.sh)" && exec scripts/vm-test tests/vm/ike-strongswan.sh'
@@ -103,7 +201,7 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 VPNNAT_VM_MEM=2048 LOAD_ROUTERS=20 LO
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 \
 	CRASH_ONLY="center.end.after_commit gateway.add.after_policies router.grant.after_kernel" \
 	run "VM: crash consistency (kill -9 of centerd, gatewayd, routerd: one point each)" scripts/vm-test tests/vm/crash.sh
-VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 VPNNAT_VM_EXTRA="mkfs.ext4 mount" POWER_ONLY=router.grant.after_save PL_RUNS=1 \
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 VPNNAT_VM_EXTRA=$EXTRA_POWERLOSS POWER_ONLY=router.grant.after_save PL_RUNS=1 \
 	run "VM: power loss (a router's ext4 state disk cut after a saved grant and at a random moment, control)" scripts/vm-test tests/vm/powerloss.sh
 # Gateway failure (README "Reliability: a gateway fails"): gw1 killed -9
 # once and its cables pulled once (~2.5 min under TCG); the full 3 + 2
@@ -122,6 +220,11 @@ echo
 if ((${#FAILED_STEPS[@]})); then
 	echo "failed steps: ${FAILED_STEPS[*]}"
 fi
+if ((${#SKIPPED_STEPS[@]})); then
+	printf 'skipped steps (not counted as passed):'
+	printf ' "%s"' "${SKIPPED_STEPS[@]}"
+	echo
+fi
 echo "logs: $LOG"
-echo "$PASSED passed, $FAILED failed"
+echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
 [[ $FAILED -eq 0 && ${#FAILED_STEPS[@]} -eq 0 ]]

@@ -16,7 +16,8 @@
 #
 # Variables (INTERFACES.md): ROUTERS [2], GATEWAYS [2], SLOTS_PER_GATEWAY
 # [4], LAN_CIDR [192.168.1.0/24], POOL_CIDR [10.64.0.0/16], HOSTS_PER_LAN
-# [2]. Homes beyond the gateways' capacity (ROUTERS > GATEWAYS x SLOTS) are
+# [2]; E2E_REACH_REPEAT [0] repeats the reach-all step. When the pool is too
+# small to fill every slot, the capacity checks are skipped (said why). Homes beyond the gateways' capacity (ROUTERS > GATEWAYS x SLOTS) are
 # the ones that must get "no capacity"; when capacity exceeds ROUTERS,
 # "filler" homes (same routerd, no hosts) take the free slots so that one
 # more home can be refused. One line per check, then "N passed, N failed".
@@ -110,6 +111,11 @@ reach_all() {
 	echo "$out" | grep -q "^OPEN_AT_ONCE $SERVED\$"
 }
 check "the operator reaches pc1 of all $SERVED homes at once, each through its own VPNNAT address with its own token" reach_all
+# E2E_REACH_REPEAT=N: the same again N times (a stress knob: the kernel
+# soft lockup of issue 15 showed in this step)
+for n in $(seq 1 "${E2E_REACH_REPEAT:-0}"); do
+	check "reach all at once, repeat $n" reach_all
+done
 # names, not only numbers: centerd's DNS zone answers for the live grants
 dns_is() { # NAME ADDRESS
 	nsx operator busybox nslookup "$1" 172.16.0.10 2>&1 | grep -q "Address:* *$2\$"
@@ -136,10 +142,11 @@ done
 
 # Only what was asked. The candidates: every pool address handed out so far
 # and the next ones, the hosts' real addresses and an internet host.
-POOL_BASE=$(($(ip2int "${POOL_CIDR%/*}") & ~((1 << (32 - ${POOL_CIDR#*/})) - 1) & 0xffffffff))
 CANDIDATES=""
-for n in $(seq 1 $((2 * HOMES + SERVED * HOSTS_PER_LAN + 8))); do
-	CANDIDATES="$CANDIDATES $(int2ip $((POOL_BASE + n))):$PORT"
+n_cand=$((2 * HOMES + SERVED * HOSTS_PER_LAN + 8))
+[ "$n_cand" -le "$POOL_USABLE" ] || n_cand=$POOL_USABLE
+for n in $(seq 1 "$n_cand"); do
+	CANDIDATES="$CANDIDATES $(int2ip $((POOL_NET + n))):$PORT"
 done
 for i in $(seq 1 "$HOSTS_PER_LAN"); do CANDIDATES="$CANDIDATES $(host_ip $i):$PORT"; done
 CANDIDATES="$CANDIDATES 198.51.100.1:$PORT"
@@ -271,38 +278,42 @@ check "request $(word 1 "$ACC1") is in progress in the database" sh -c \
 # ---------------------------------------------------------------- 4. capacity
 say "4. gateway choice and capacity"
 slot_gateway() { show_router "$(tid $1)" | tr -d ' \n' | sed -n 's/.*"slot":{[^}]*"gateway":"\([^"]*\)".*/\1/p'; }
-if [ "$FILLERS" -gt 0 ]; then
-	for k in $(seq $((SERVED + 1)) $((SERVED + FILLERS))); do
-		request $k pc1 >$W/r$k/req1.out 2>&1 &
-		eval "REQ_PID_$k=$!"
+if [ -z "$CAPACITY_SKIP" ]; then
+	if [ "$FILLERS" -gt 0 ]; then
+		for k in $(seq $((SERVED + 1)) $((SERVED + FILLERS))); do
+			request $k pc1 >$W/r$k/req1.out 2>&1 &
+			eval "REQ_PID_$k=$!"
+		done
+		for k in $(seq $((SERVED + 1)) $((SERVED + FILLERS))); do
+			eval "wait \$REQ_PID_$k"
+			check "filler $(tid $k) holds a tunnel slot" sh -c "grep -q '^acceptance number' $W/r$k/req1.out || { cat $W/r$k/req1.out; exit 1; }"
+		done
+	fi
+	used=""
+	for k in $(seq 1 $((SERVED + FILLERS))); do used="$used $(slot_gateway $k)"; done
+	check "every tunnel slot is in use ($CAP)" sh -c "[ $(echo $used | wc -w) -eq $CAP ]"
+	for g in $(seq 1 "$GATEWAYS"); do
+		check "gw$g carries $SLOTS_PER_GATEWAY tunnels" sh -c "[ $(echo $used | tr ' ' '\n' | grep -cx gw$g) -eq $SLOTS_PER_GATEWAY ]"
 	done
-	for k in $(seq $((SERVED + 1)) $((SERVED + FILLERS))); do
-		eval "wait \$REQ_PID_$k"
-		check "filler $(tid $k) holds a tunnel slot" sh -c "grep -q '^acceptance number' $W/r$k/req1.out || { cat $W/r$k/req1.out; exit 1; }"
+	pool_before=$(nsx server $CENTERD --json check-config | sed -n 's/.*"allocated": \([0-9]*\).*/\1/p')
+	requests_before=$(list_requests | wc -l)
+	for k in $(seq $((SERVED + FILLERS + 1)) "$HOMES"); do
+		request $k pc1 >$W/r$k/req1.out 2>&1
+		rc=$?
+		check "$(tid $k) (beyond capacity) gets a clear \"no capacity\" answer" sh -c \
+			"[ $rc != 0 ] && grep -qi 'no VPN gateway capacity' $W/r$k/req1.out || { cat $W/r$k/req1.out; exit 1; }"
+		check "$(tid $k): nothing half-assigned (no slot, no SA, no grant)" sh -c "
+			ip netns exec server $CENTERD show-router $(tid $k) | tr -d ' \n' | grep -q '\"slot\":null' &&
+			[ -z \"\$(ip netns exec r$k ip xfrm state)\" ] &&
+			ip netns exec r$k routerd --config $W/r$k/routerd.toml hosts | awk 'NR > 1 && \$4 != \"-\" { print; bad = 1 } END { exit bad }'"
 	done
+	check "the refused requests took no VPNNAT address and left no request" sh -c "
+		[ \"\$(ip netns exec server $CENTERD --json check-config | sed -n 's/.*\"allocated\": \([0-9]*\).*/\1/p')\" = '$pool_before' ] &&
+		[ \$(ip netns exec server $CENTERD list-requests --limit 1000 | wc -l) -eq $requests_before ]"
+	check "with every slot in use, all served homes are still reached at once" reach_all
+else
+	skip "every tunnel slot in use, one more home refused with \"no capacity\", nothing half-assigned" "$CAPACITY_SKIP"
 fi
-used=""
-for k in $(seq 1 $((SERVED + FILLERS))); do used="$used $(slot_gateway $k)"; done
-check "every tunnel slot is in use ($CAP)" sh -c "[ $(echo $used | wc -w) -eq $CAP ]"
-for g in $(seq 1 "$GATEWAYS"); do
-	check "gw$g carries $SLOTS_PER_GATEWAY tunnels" sh -c "[ $(echo $used | tr ' ' '\n' | grep -cx gw$g) -eq $SLOTS_PER_GATEWAY ]"
-done
-pool_before=$(nsx server $CENTERD --json check-config | sed -n 's/.*"allocated": \([0-9]*\).*/\1/p')
-requests_before=$(list_requests | wc -l)
-for k in $(seq $((SERVED + FILLERS + 1)) "$HOMES"); do
-	request $k pc1 >$W/r$k/req1.out 2>&1
-	rc=$?
-	check "$(tid $k) (beyond capacity) gets a clear \"no capacity\" answer" sh -c \
-		"[ $rc != 0 ] && grep -qi 'no VPN gateway capacity' $W/r$k/req1.out || { cat $W/r$k/req1.out; exit 1; }"
-	check "$(tid $k): nothing half-assigned (no slot, no SA, no grant)" sh -c "
-		ip netns exec server $CENTERD show-router $(tid $k) | tr -d ' \n' | grep -q '\"slot\":null' &&
-		[ -z \"\$(ip netns exec r$k ip xfrm state)\" ] &&
-		! ip netns exec r$k routerd --config $W/r$k/routerd.toml hosts | grep -E '^pc[0-9]+ .* 10\.'"
-done
-check "the refused requests took no VPNNAT address and left no request" sh -c "
-	[ \"\$(ip netns exec server $CENTERD --json check-config | sed -n 's/.*\"allocated\": \([0-9]*\).*/\1/p')\" = '$pool_before' ] &&
-	[ \$(ip netns exec server $CENTERD list-requests --limit 1000 | wc -l) -eq $requests_before ]"
-check "with every slot in use, all served homes are still reached at once" reach_all
 
 # ---------------------------------------------------------------- 5. second host, judgments
 if [ "$HOSTS_PER_LAN" -ge 2 ]; then
@@ -421,8 +432,15 @@ audit_has() { nsx server $CENTERD --json audit --limit 10000 --action "$1" | gre
 for a in install grant login start end release vpn_end failure; do
 	check "audit log has $a events" audit_has $a
 done
-check "no host route into the pool left on the center's router" sh -c \
-	"[ -z \"\$(ip netns exec server ip route | grep '^${POOL_CIDR%%.*}\.')\" ]"
+# pool_routes: the server's routes whose destination lies in the pool
+pool_routes() {
+	nsx server "$IP" -4 route show | while read -r dst _; do
+		case $dst in default | "") continue ;; esac
+		in_pool "${dst%/*}" && echo "$dst"
+	done
+}
+no_pool_routes() { [ -z "$(pool_routes)" ] || { pool_routes; return 1; }; }
+check "no host route into the pool left on the center's router" no_pool_routes
 
 say "done"
 for f in $W/center/log $(for g in $(gws); do echo $W/$g/log; done) $W/r1/log; do

@@ -1,5 +1,6 @@
 # Shared helpers for the VM scenarios (POSIX sh; sourced).
-# One line per check; `finish` prints "N passed, N failed" and sets the status.
+# One line per check; `finish` prints "N passed, N failed, N skipped" and
+# sets the status.
 
 IP=/usr/sbin/ip
 [ -x "$IP" ] || IP=/sbin/ip
@@ -7,6 +8,7 @@ NFT=/usr/sbin/nft
 [ -x "$NFT" ] || NFT=$(command -v nft)
 PASSED=0
 FAILED=0
+SKIPPED=0
 
 # check NAME CMD...: run CMD, count the result.
 check() {
@@ -36,6 +38,13 @@ check_not() {
 	fi
 }
 
+# skip NAME WHY: a check these variables cannot exercise; counted as
+# skipped (never as passed), with the reason.
+skip() {
+	SKIPPED=$((SKIPPED + 1))
+	echo "skip - $1 ($2)"
+}
+
 # nsx NS CMD...: run CMD inside namespace NS.
 nsx() {
 	ns=$1
@@ -59,7 +68,7 @@ veth() {
 }
 
 finish() {
-	echo "$PASSED passed, $FAILED failed"
+	echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
 	[ "$FAILED" -eq 0 ] && exit 0
 	exit 1
 }
