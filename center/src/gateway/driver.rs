@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use vpnnat_datapath::{
-    is_owned_reqid, Change, Datapath, DatapathError, Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec,
+    Change, Datapath, DatapathError, Dir, Ipv4Cidr, KernelDatapath, ObservedSa, PolicyId, PolicySpec,
     RecordingDatapath, SaId, REQID_BASE, REQID_RANGE,
 };
 use vpnnat_proto::keys::Psk;
@@ -134,7 +134,7 @@ pub trait TunnelDriver: Send {
 /// nftables (the gateway has no NAT table).
 pub trait PolicyDatapath: Send {
     fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError>;
-    /// The ESP SAs with a reqid of the project's range.
+    /// The project's ESP SAs ([`ObservedSa::is_ours`]).
     fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError>;
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError>;
 }
@@ -158,18 +158,16 @@ impl PolicyDatapath for KernelDatapath {
             .xfrm
             .list_policies()?
             .into_iter()
-            .filter(|p| is_owned_reqid(p.reqid))
+            .filter(PolicySpec::is_ours)
             .collect())
     }
 
     fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError> {
-        // SPI 0: the kernel's own larval "acquire" states, which cannot be
-        // deleted by SPI and expire by themselves.
         Ok(self
             .xfrm
             .list_sas()?
             .into_iter()
-            .filter(|s| is_owned_reqid(s.reqid) && s.id.spi != 0)
+            .filter(ObservedSa::is_ours)
             .map(|s| s.id)
             .collect())
     }
@@ -181,17 +179,11 @@ impl PolicyDatapath for KernelDatapath {
 
 impl PolicyDatapath for RecordingDatapath {
     fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError> {
-        Ok(self.state.policies.clone())
+        Ok(self.state.policies.iter().filter(|p| p.is_ours()).copied().collect())
     }
 
     fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError> {
-        Ok(self
-            .state
-            .sas
-            .iter()
-            .filter(|s| is_owned_reqid(s.reqid))
-            .map(|s| s.id)
-            .collect())
+        Ok(self.state.sas.iter().filter(|s| s.is_ours()).map(|s| s.id).collect())
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {

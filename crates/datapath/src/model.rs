@@ -316,6 +316,15 @@ pub struct PolicySpec {
     pub reqid: u32,
 }
 
+impl PolicySpec {
+    /// True if the policy is the project's to manage: its reqid is in the
+    /// project's range. With [`ObservedSa::is_ours`], the one rule for which
+    /// kernel objects the project touches.
+    pub fn is_ours(&self) -> bool {
+        is_owned_reqid(self.reqid)
+    }
+}
+
 /// SA usage counters read from the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SaCounters {
@@ -333,6 +342,16 @@ pub struct ObservedSa {
     pub reqid: u32,
     pub encap: Option<Encap>,
     pub counters: SaCounters,
+}
+
+impl ObservedSa {
+    /// True if the SA is the project's to manage: its reqid is in the
+    /// project's range, and it is not one of the kernel's own larval
+    /// "acquire" states (SPI 0), which cannot be deleted by SPI and expire
+    /// by themselves (`net.core.xfrm_acq_expires`).
+    pub fn is_ours(&self) -> bool {
+        is_owned_reqid(self.reqid) && self.id.spi != 0
+    }
 }
 
 #[cfg(test)]
@@ -377,5 +396,38 @@ mod tests {
         assert!(is_owned_reqid(REQID_BASE + REQID_RANGE - 1));
         assert!(!is_owned_reqid(REQID_BASE + REQID_RANGE));
         assert!(!is_owned_reqid(1));
+    }
+
+    fn observed_sa(spi: u32, reqid: u32) -> ObservedSa {
+        ObservedSa {
+            id: SaId {
+                dst: Ipv4Addr::new(198, 51, 100, 1),
+                spi,
+            },
+            src: Ipv4Addr::new(198, 51, 100, 2),
+            reqid,
+            encap: None,
+            counters: SaCounters::default(),
+        }
+    }
+
+    #[test]
+    fn ours_is_the_reqid_range_without_larval_sas() {
+        assert!(observed_sa(0xc000_0001, REQID_BASE).is_ours());
+        assert!(!observed_sa(0xc000_0001, 7).is_ours(), "another IKE daemon's");
+        assert!(!observed_sa(0, REQID_BASE).is_ours(), "the kernel's acquire state");
+        let p = PolicySpec {
+            id: PolicyId {
+                src: Ipv4Cidr::host(Ipv4Addr::new(10, 64, 0, 5)),
+                dst: "172.16.0.0/24".parse().unwrap(),
+                dir: Dir::Out,
+            },
+            priority: 1000,
+            tmpl_src: Ipv4Addr::new(198, 51, 100, 2),
+            tmpl_dst: Ipv4Addr::new(198, 51, 100, 1),
+            reqid: REQID_BASE + REQID_RANGE,
+        };
+        assert!(!p.is_ours());
+        assert!(PolicySpec { reqid: REQID_BASE, ..p }.is_ours());
     }
 }

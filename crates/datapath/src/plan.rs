@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{is_owned_reqid, Ipv4Cidr, Mapping, ObservedSa, PolicyId, PolicySpec, SaId, SaSpec};
+use crate::model::{Ipv4Cidr, Mapping, ObservedSa, PolicyId, PolicySpec, SaId, SaSpec};
 use crate::nft::NatObserved;
 
 /// The NAT table the router wants.
@@ -35,6 +35,18 @@ pub struct ObservedState {
     pub sas: Vec<ObservedSa>,
     pub policies: Vec<PolicySpec>,
     pub nat: Option<NatObserved>,
+}
+
+impl ObservedState {
+    /// What the kernel listed, reduced to the project's own objects
+    /// ([`ObservedSa::is_ours`], [`PolicySpec::is_ours`]).
+    pub fn ours(sas: Vec<ObservedSa>, policies: Vec<PolicySpec>, nat: Option<NatObserved>) -> Self {
+        Self {
+            sas: sas.into_iter().filter(ObservedSa::is_ours).collect(),
+            policies: policies.into_iter().filter(PolicySpec::is_ours).collect(),
+            nat,
+        }
+    }
 }
 
 /// One kernel change.
@@ -80,8 +92,8 @@ impl Change {
     }
 }
 
-/// Computes the changes that bring `observed` to `desired`. Objects with a
-/// reqid outside the project's range are never touched.
+/// Computes the changes that bring `observed` to `desired`. Objects that
+/// are not the project's ([`ObservedState::ours`]) are never touched.
 pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Vec<Change> {
     let mut out = Vec::new();
 
@@ -89,16 +101,11 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Vec<Change> {
     let have_pol: BTreeMap<PolicyId, &PolicySpec> = observed
         .policies
         .iter()
-        .filter(|p| is_owned_reqid(p.reqid))
+        .filter(|p| p.is_ours())
         .map(|p| (p.id, p))
         .collect();
     let want_sa: BTreeMap<SaId, &SaSpec> = desired.sas.iter().map(|s| (s.id(), s)).collect();
-    let have_sa: BTreeSet<SaId> = observed
-        .sas
-        .iter()
-        .filter(|s| is_owned_reqid(s.reqid))
-        .map(|s| s.id)
-        .collect();
+    let have_sa: BTreeSet<SaId> = observed.sas.iter().filter(|s| s.is_ours()).map(|s| s.id).collect();
 
     // 1. policies that must go
     for id in have_pol.keys() {
@@ -384,5 +391,19 @@ mod tests {
             plan(&desired, &observed),
             vec![Change::SetCenter(vec![cidr("172.16.0.0/24")])]
         );
+    }
+
+    #[test]
+    fn larval_sas_are_not_ours() {
+        let observed = ObservedState::ours(vec![observed_sa(&sa(0)), observed_sa(&sa(5))], vec![], None);
+        assert_eq!(observed.sas, vec![observed_sa(&sa(5))]);
+        assert!(plan(
+            &DesiredState::default(),
+            &ObservedState {
+                sas: vec![observed_sa(&sa(0))],
+                ..Default::default()
+            }
+        )
+        .is_empty());
     }
 }
