@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use vpnnat_datapath::{
-    Change, Datapath, DatapathError, Dir, Ipv4Cidr, KernelDatapath, ObservedSa, PolicyId, PolicySpec,
+    tunnel_policies, Change, Datapath, DatapathError, Ipv4Cidr, KernelDatapath, ObservedSa, PolicySpec,
     RecordingDatapath, SaId, REQID_BASE, REQID_RANGE,
 };
 use vpnnat_proto::keys::Psk;
@@ -264,30 +264,14 @@ impl<D: PolicyDatapath> PolicyDriver<D> {
         let host = Ipv4Cidr::host(addr);
         let mut out = Vec::with_capacity(self.center_networks.len().saturating_mul(3));
         for c in &self.center_networks {
-            out.push(PolicySpec {
-                id: PolicyId {
-                    src: *c,
-                    dst: host,
-                    dir: Dir::Out,
-                },
-                priority: self.priority,
-                tmpl_src: self.local_ip,
-                tmpl_dst: t.router_ip,
+            out.extend(tunnel_policies(
+                *c,
+                host,
+                self.local_ip,
+                t.router_ip,
+                self.priority,
                 reqid,
-            });
-            for dir in [Dir::In, Dir::Fwd] {
-                out.push(PolicySpec {
-                    id: PolicyId {
-                        src: host,
-                        dst: *c,
-                        dir,
-                    },
-                    priority: self.priority,
-                    tmpl_src: t.router_ip,
-                    tmpl_dst: self.local_ip,
-                    reqid,
-                });
-            }
+            ));
         }
         Ok(out)
     }
