@@ -743,6 +743,7 @@ pub fn desired_state(id: &Identity, state: &RouterState, sas: Vec<SaSpec>) -> De
         sas,
         policies,
         nat: Some(NatDesired { center, mappings: maps }),
+        keep_sas: BTreeSet::new(),
     }
 }
 

@@ -370,6 +370,7 @@ mod tests {
                 center: ["172.16.0.0/24".parse().unwrap()].into(),
                 mappings: maps,
             }),
+            ..Default::default()
         }
     }
 

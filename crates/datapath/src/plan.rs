@@ -27,6 +27,11 @@ pub struct DesiredState {
     pub policies: Vec<PolicySpec>,
     /// `None`: the namespace has no VPNNAT table (e.g. a gateway).
     pub nat: Option<NatDesired>,
+    /// SAs another component installed and answers for (gatewayd's IKE
+    /// driver), known by id only: kept if present, never added. Re-adding
+    /// a vanished one with its old key would restart its sequence numbers,
+    /// and AES-GCM must never see an IV twice under one key.
+    pub keep_sas: BTreeSet<SaId>,
 }
 
 /// What the kernel holds (only the project's own objects matter).
@@ -157,7 +162,7 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Vec<Change> {
 
     // 5. old SAs
     for id in &have_sa {
-        if !want_sa.contains_key(id) {
+        if !want_sa.contains_key(id) && !desired.keep_sas.contains(id) {
             out.push(Change::DelSa(*id));
         }
     }
@@ -231,6 +236,7 @@ mod tests {
                 center: [cidr("172.16.0.0/24")].into(),
                 mappings: [m("10.64.0.5", "192.168.1.10")].into(),
             }),
+            ..Default::default()
         };
         let changes = plan(&desired, &ObservedState::default());
         assert!(matches!(changes[0], Change::CreateNat { .. }));
@@ -251,6 +257,7 @@ mod tests {
             sas: vec![s.clone()],
             policies: vec![p],
             nat: Some(nat.clone()),
+            ..Default::default()
         };
         let observed = ObservedState {
             sas: vec![observed_sa(&s)],
@@ -277,6 +284,7 @@ mod tests {
                 center: BTreeSet::new(),
                 mappings: [keep].into(),
             }),
+            ..Default::default()
         };
         let observed = ObservedState {
             sas: vec![],
@@ -323,6 +331,7 @@ mod tests {
             sas: vec![new.clone()],
             policies: vec![p],
             nat: None,
+            ..Default::default()
         };
         assert_eq!(
             plan(&desired, &observed),
@@ -391,6 +400,26 @@ mod tests {
             plan(&desired, &observed),
             vec![Change::SetCenter(vec![cidr("172.16.0.0/24")])]
         );
+    }
+
+    #[test]
+    fn kept_sas_stay_and_every_other_owned_one_goes() {
+        // A gatewayd killed with live tunnels leaves its SAs in the kernel;
+        // the next one keeps only those its IKE driver installed.
+        let observed = |spis: &[u32]| ObservedState {
+            sas: spis.iter().map(|s| observed_sa(&sa(*s))).collect(),
+            ..Default::default()
+        };
+        let keeping = |spis: &[u32]| DesiredState {
+            keep_sas: spis.iter().map(|s| sa(*s).id()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&keeping(&[2, 9]), &observed(&[1, 2, 3])),
+            vec![Change::DelSa(sa(1).id()), Change::DelSa(sa(3).id())]
+        );
+        assert!(plan(&keeping(&[1]), &observed(&[1])).is_empty());
+        assert!(plan(&keeping(&[1]), &observed(&[])).is_empty(), "never added");
     }
 
     #[test]
