@@ -11,7 +11,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use vpnnat_center::gateway::driver::{PolicyDriver, TunnelDriver, TunnelSpec};
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::xfrm::Xfrm;
-use vpnnat_datapath::{is_owned_reqid, Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec, REQID_BASE};
+use vpnnat_datapath::{Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec, REQID_BASE};
 use vpnnat_proto::keys::{Psk, SecretBytes};
 use vpnnat_proto::types::TerminalId;
 
@@ -35,7 +35,7 @@ fn owned(x: &mut Xfrm) -> Vec<PolicySpec> {
     x.list_policies()
         .unwrap()
         .into_iter()
-        .filter(|p| is_owned_reqid(p.reqid))
+        .filter(PolicySpec::is_ours)
         .collect()
 }
 

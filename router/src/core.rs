@@ -18,8 +18,7 @@ use thiserror::Error;
 use vpnnat_datapath::nft::NatObserved;
 use vpnnat_datapath::plan::NatDesired;
 use vpnnat_datapath::{
-    DesiredState, Dir, Ipv4Cidr, Mapping, ObservedSa, ObservedState, PolicyId, PolicySpec, SaCounters, SaSpec,
-    REQID_BASE,
+    tunnel_policies, DesiredState, Ipv4Cidr, Mapping, ObservedSa, ObservedState, SaCounters, SaSpec, REQID_BASE,
 };
 use vpnnat_proto::auth::{AuthHeaders, NonceStore, ReplayGuard};
 use vpnnat_proto::keys::{KeyError, SecretBytes, SecretId};
@@ -729,19 +728,14 @@ pub fn desired_state(id: &Identity, state: &RouterState, sas: Vec<SaSpec>) -> De
         for m in &maps {
             let host = Ipv4Cidr::host(m.vpnnat);
             for net in &center {
-                for (dir, src, dst, tsrc, tdst) in [
-                    (Dir::Out, host, *net, id.wan_address, gw.ip),
-                    (Dir::In, *net, host, gw.ip, id.wan_address),
-                    (Dir::Fwd, *net, host, gw.ip, id.wan_address),
-                ] {
-                    policies.push(PolicySpec {
-                        id: PolicyId { src, dst, dir },
-                        priority: POLICY_PRIORITY,
-                        tmpl_src: tsrc,
-                        tmpl_dst: tdst,
-                        reqid: TUNNEL_REQID,
-                    });
-                }
+                policies.extend(tunnel_policies(
+                    host,
+                    *net,
+                    id.wan_address,
+                    gw.ip,
+                    POLICY_PRIORITY,
+                    TUNNEL_REQID,
+                ));
             }
         }
     }
@@ -749,6 +743,7 @@ pub fn desired_state(id: &Identity, state: &RouterState, sas: Vec<SaSpec>) -> De
         sas,
         policies,
         nat: Some(NatDesired { center, mappings: maps }),
+        keep_sas: BTreeSet::new(),
     }
 }
 

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use ring::rand::SystemRandom;
-use vpnnat_datapath::{Datapath, RecordingDatapath};
+use vpnnat_datapath::{Datapath, Dir, RecordingDatapath};
 use vpnnat_proto::auth::{MemoryNonceStore, ReplayConfig};
 use vpnnat_proto::keys::{SecretBytes, SecretId2};
 use vpnnat_proto::types::{ClaimantLevel, ClaimantName, Phone, RequestContent, Urgency};

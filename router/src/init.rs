@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, Helper};
 use crate::http::Backoff;
-use crate::rtnl::{Rtnl, RtnlError};
+use vpnnat_datapath::rtnl::{Rtnl, RtnlError};
 
 #[derive(Debug, Error)]
 pub enum InitError {

@@ -21,7 +21,6 @@ pub mod ike_driver;
 pub mod init;
 pub mod logring;
 pub mod resolve;
-pub mod rtnl;
 pub mod secret;
 #[cfg(test)]
 mod shell_tests;

@@ -19,8 +19,8 @@ use std::net::Ipv4Addr;
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use vpnnat_datapath::{
-    is_owned_reqid, Change, Datapath, DatapathError, Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec,
-    RecordingDatapath, SaId, REQID_BASE, REQID_RANGE,
+    plan, tunnel_policies, Change, Datapath, DatapathError, DesiredState, Ipv4Cidr, KernelDatapath, ObservedState,
+    PolicySpec, RecordingDatapath, SaId, REQID_BASE, REQID_RANGE,
 };
 use vpnnat_proto::keys::Psk;
 use vpnnat_proto::messages::TunnelStatus;
@@ -129,49 +129,22 @@ pub trait TunnelDriver: Send {
     fn reconcile(&mut self) -> Result<(), DriverError>;
 }
 
-/// The part of the datapath the gateway needs: owned policies and SAs, and
-/// apply. Reading only the XFRM databases keeps gatewayd independent of
-/// nftables (the gateway has no NAT table).
+/// The part of the datapath the gateway needs: the project's XFRM objects,
+/// and apply. Reading only the XFRM databases keeps gatewayd independent
+/// of nftables (the gateway has no NAT table).
 pub trait PolicyDatapath: Send {
-    fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError>;
-    /// The ESP SAs with a reqid of the project's range.
-    fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError>;
+    /// The project's SAs and policies ([`ObservedState::ours`]); no NAT table.
+    fn observe_xfrm(&mut self) -> Result<ObservedState, DatapathError>;
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError>;
 }
 
-/// The deletions that leave only `keep` of the `observed` owned SAs. A
-/// gatewayd killed with live tunnels leaves its SAs in the kernel (nobody
-/// ran its shutdown); the next one negotiates new SAs with the same reqid,
-/// and a tear-down removes only those, so without this the old pair stayed
-/// for the SAs' whole hard lifetime (an hour).
-pub fn stray_sa_deletions(observed: &[SaId], keep: &[SaId]) -> Vec<Change> {
-    observed
-        .iter()
-        .filter(|o| !keep.contains(o))
-        .map(|o| Change::DelSa(*o))
-        .collect()
-}
-
 impl PolicyDatapath for KernelDatapath {
-    fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError> {
-        Ok(self
-            .xfrm
-            .list_policies()?
-            .into_iter()
-            .filter(|p| is_owned_reqid(p.reqid))
-            .collect())
-    }
-
-    fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError> {
-        // SPI 0: the kernel's own larval "acquire" states, which cannot be
-        // deleted by SPI and expire by themselves.
-        Ok(self
-            .xfrm
-            .list_sas()?
-            .into_iter()
-            .filter(|s| is_owned_reqid(s.reqid) && s.id.spi != 0)
-            .map(|s| s.id)
-            .collect())
+    fn observe_xfrm(&mut self) -> Result<ObservedState, DatapathError> {
+        Ok(ObservedState::ours(
+            self.xfrm.list_sas()?,
+            self.xfrm.list_policies()?,
+            None,
+        ))
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
@@ -180,18 +153,12 @@ impl PolicyDatapath for KernelDatapath {
 }
 
 impl PolicyDatapath for RecordingDatapath {
-    fn owned_policies(&mut self) -> Result<Vec<PolicySpec>, DatapathError> {
-        Ok(self.state.policies.clone())
-    }
-
-    fn owned_sas(&mut self) -> Result<Vec<SaId>, DatapathError> {
-        Ok(self
-            .state
-            .sas
-            .iter()
-            .filter(|s| is_owned_reqid(s.reqid))
-            .map(|s| s.id)
-            .collect())
+    fn observe_xfrm(&mut self) -> Result<ObservedState, DatapathError> {
+        Ok(ObservedState::ours(
+            self.state.sas.clone(),
+            self.state.policies.clone(),
+            None,
+        ))
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
@@ -272,30 +239,14 @@ impl<D: PolicyDatapath> PolicyDriver<D> {
         let host = Ipv4Cidr::host(addr);
         let mut out = Vec::with_capacity(self.center_networks.len().saturating_mul(3));
         for c in &self.center_networks {
-            out.push(PolicySpec {
-                id: PolicyId {
-                    src: *c,
-                    dst: host,
-                    dir: Dir::Out,
-                },
-                priority: self.priority,
-                tmpl_src: self.local_ip,
-                tmpl_dst: t.router_ip,
+            out.extend(tunnel_policies(
+                *c,
+                host,
+                self.local_ip,
+                t.router_ip,
+                self.priority,
                 reqid,
-            });
-            for dir in [Dir::In, Dir::Fwd] {
-                out.push(PolicySpec {
-                    id: PolicyId {
-                        src: host,
-                        dst: *c,
-                        dir,
-                    },
-                    priority: self.priority,
-                    tmpl_src: t.router_ip,
-                    tmpl_dst: self.local_ip,
-                    reqid,
-                });
-            }
+            ));
         }
         Ok(out)
     }
@@ -488,9 +439,27 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
 
 impl<D: PolicyDatapath> PolicyDriver<D> {
     /// [`TunnelDriver::reconcile`], keeping the owned SAs in `keep` (those
-    /// a wrapping IKE driver installed) and deleting every other one.
+    /// a wrapping IKE driver installed) and deleting every other one: a
+    /// gatewayd killed with live tunnels leaves its SAs in the kernel
+    /// (nobody ran its shutdown); the next one negotiates new SAs with the
+    /// same reqid, and a tear-down removes only those, so without this the
+    /// old pair stayed for the SAs' whole hard lifetime (an hour).
     pub fn reconcile_keeping(&mut self, keep: &[SaId]) -> Result<(), DriverError> {
-        let stray = stray_sa_deletions(&self.dp.owned_sas()?, keep);
+        // The policies of every tunnel's addresses; no SA of its own (the
+        // IKE driver's are kept by id) and no NAT table.
+        let desired = DesiredState {
+            policies: self.desired()?,
+            keep_sas: keep.iter().copied().collect(),
+            ..DesiredState::default()
+        };
+        let changes = plan(&desired, &self.dp.observe_xfrm()?);
+        // The planner puts old SAs last, once no policy points at them.
+        let (stray, policies): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(|c| matches!(c, Change::DelSa(_)));
+        if !policies.is_empty() {
+            log::info!("reconcile: {} policy change(s)", policies.len());
+        }
+        self.dp.apply(&policies)?;
         if !stray.is_empty() {
             log::info!("reconcile: removing {} leftover ESP SA(s)", stray.len());
         }
@@ -502,23 +471,6 @@ impl<D: PolicyDatapath> PolicyDriver<D> {
                 r => r?,
             }
         }
-        let desired = self.desired()?;
-        let observed = self.dp.owned_policies()?;
-        let mut changes: Vec<Change> = observed
-            .iter()
-            .filter(|o| !desired.iter().any(|d| d == *o))
-            .map(|o| Change::DelPolicy(o.id))
-            .collect();
-        changes.extend(
-            desired
-                .iter()
-                .filter(|d| !observed.iter().any(|o| o == *d))
-                .map(|d| Change::AddPolicy(*d)),
-        );
-        if !changes.is_empty() {
-            log::info!("reconcile: {} policy change(s)", changes.len());
-        }
-        self.dp.apply(&changes)?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use log::debug;
 
 use crate::error::DatapathError;
-use crate::model::{is_owned_reqid, ObservedSa, PolicyId, PolicySpec, SaCounters, SaId};
+use crate::model::{ObservedSa, PolicyId, PolicySpec, SaCounters, SaId};
 use crate::nft::{NatObserved, NatTable, Nft};
 use crate::plan::{plan, Change, DesiredState, ObservedState};
 use crate::xfrm::Xfrm;
@@ -63,24 +63,11 @@ impl KernelDatapath {
 
 impl Datapath for KernelDatapath {
     fn observe(&mut self) -> Result<ObservedState, DatapathError> {
-        Ok(ObservedState {
-            // SPI 0 marks the kernel's own larval "acquire" states: they
-            // cannot be deleted by SPI and expire by themselves
-            // (net.core.xfrm_acq_expires), so they are not ours to manage.
-            sas: self
-                .xfrm
-                .list_sas()?
-                .into_iter()
-                .filter(|s| is_owned_reqid(s.reqid) && s.id.spi != 0)
-                .collect(),
-            policies: self
-                .xfrm
-                .list_policies()?
-                .into_iter()
-                .filter(|p| is_owned_reqid(p.reqid))
-                .collect(),
-            nat: self.nft.observe()?,
-        })
+        Ok(ObservedState::ours(
+            self.xfrm.list_sas()?,
+            self.xfrm.list_policies()?,
+            self.nft.observe()?,
+        ))
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
@@ -184,21 +171,7 @@ impl EndpointDatapath {
 
 impl Datapath for EndpointDatapath {
     fn observe(&mut self) -> Result<ObservedState, DatapathError> {
-        let all = ObservedState {
-            sas: self
-                .xfrm
-                .list_sas()?
-                .into_iter()
-                .filter(|s| is_owned_reqid(s.reqid) && s.id.spi != 0)
-                .collect(),
-            policies: self
-                .xfrm
-                .list_policies()?
-                .into_iter()
-                .filter(|p| is_owned_reqid(p.reqid))
-                .collect(),
-            nat: None,
-        };
+        let all = ObservedState::ours(self.xfrm.list_sas()?, self.xfrm.list_policies()?, None);
         Ok(scope_to_endpoint(all, self.endpoint))
     }
 
@@ -397,6 +370,7 @@ mod tests {
                 center: ["172.16.0.0/24".parse().unwrap()].into(),
                 mappings: maps,
             }),
+            ..Default::default()
         }
     }
 

@@ -4,10 +4,13 @@
 //! Layers, from pure to effectful:
 //! - [`model`]: what the project owns (SAs, policies, 1:1 mappings).
 //! - [`plan`]: desired vs observed state -> ordered list of [`plan::Change`]s.
-//! - [`xfrm::msg`], [`nft::ruleset`], [`route::msg`]: pure message builders.
+//! - [`xfrm::msg`], [`nft::ruleset`], [`route::msg`], [`rtnl::msg`]: pure
+//!   message builders.
 //! - [`apply`]: the [`apply::Datapath`] trait, with the kernel implementation
 //!   and a recording fake for unit tests of router and center logic.
-//! - [`netlink`], [`xfrm`], [`nft`], [`route`]: the thin I/O layer.
+//! - [`netlink`], [`xfrm`], [`nft`], [`route`], [`rtnl`]: the thin I/O layer
+//!   ([`rtnl`] is routerd's boot-time links/addresses/default route, small
+//!   enough for the firmware; [`route`] is the general one).
 
 pub mod apply;
 pub mod error;
@@ -16,6 +19,7 @@ pub mod netlink;
 pub mod nft;
 pub mod plan;
 pub mod route;
+pub mod rtnl;
 pub mod xfrm;
 
 pub use apply::{scope_to_endpoint, Datapath, EndpointDatapath, KernelDatapath, RecordingDatapath};

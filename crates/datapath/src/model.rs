@@ -316,6 +316,58 @@ pub struct PolicySpec {
     pub reqid: u32,
 }
 
+impl PolicySpec {
+    /// True if the policy is the project's to manage: its reqid is in the
+    /// project's range. With [`ObservedSa::is_ours`], the one rule for which
+    /// kernel objects the project touches.
+    pub fn is_ours(&self) -> bool {
+        is_owned_reqid(self.reqid)
+    }
+}
+
+/// The tunnel-mode policy triple that sends `local_net -> remote_net`
+/// into the tunnel `local -> remote` and lets the reverse traffic in:
+/// - out: `local_net -> remote_net`, template `local -> remote`,
+/// - in and fwd: `remote_net -> local_net`, template `remote -> local`
+///   (fwd: the decrypted packets are forwarded to a LAN host, not
+///   delivered locally, and the kernel checks those against fwd policies).
+///
+/// The router calls it with its VPNNAT /32 and a center network, the
+/// gateway with a center network and the router's VPNNAT /32: the two
+/// ends' triples mirror each other.
+pub fn tunnel_policies(
+    local_net: Ipv4Cidr,
+    remote_net: Ipv4Cidr,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    priority: u32,
+    reqid: u32,
+) -> [PolicySpec; 3] {
+    let out = PolicySpec {
+        id: PolicyId {
+            src: local_net,
+            dst: remote_net,
+            dir: Dir::Out,
+        },
+        priority,
+        tmpl_src: local,
+        tmpl_dst: remote,
+        reqid,
+    };
+    let inbound = |dir| PolicySpec {
+        id: PolicyId {
+            src: remote_net,
+            dst: local_net,
+            dir,
+        },
+        priority,
+        tmpl_src: remote,
+        tmpl_dst: local,
+        reqid,
+    };
+    [out, inbound(Dir::In), inbound(Dir::Fwd)]
+}
+
 /// SA usage counters read from the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SaCounters {
@@ -333,6 +385,16 @@ pub struct ObservedSa {
     pub reqid: u32,
     pub encap: Option<Encap>,
     pub counters: SaCounters,
+}
+
+impl ObservedSa {
+    /// True if the SA is the project's to manage: its reqid is in the
+    /// project's range, and it is not one of the kernel's own larval
+    /// "acquire" states (SPI 0), which cannot be deleted by SPI and expire
+    /// by themselves (`net.core.xfrm_acq_expires`).
+    pub fn is_ours(&self) -> bool {
+        is_owned_reqid(self.reqid) && self.id.spi != 0
+    }
 }
 
 #[cfg(test)]
@@ -377,5 +439,76 @@ mod tests {
         assert!(is_owned_reqid(REQID_BASE + REQID_RANGE - 1));
         assert!(!is_owned_reqid(REQID_BASE + REQID_RANGE));
         assert!(!is_owned_reqid(1));
+    }
+
+    fn observed_sa(spi: u32, reqid: u32) -> ObservedSa {
+        ObservedSa {
+            id: SaId {
+                dst: Ipv4Addr::new(198, 51, 100, 1),
+                spi,
+            },
+            src: Ipv4Addr::new(198, 51, 100, 2),
+            reqid,
+            encap: None,
+            counters: SaCounters::default(),
+        }
+    }
+
+    #[test]
+    fn ours_is_the_reqid_range_without_larval_sas() {
+        assert!(observed_sa(0xc000_0001, REQID_BASE).is_ours());
+        assert!(!observed_sa(0xc000_0001, 7).is_ours(), "another IKE daemon's");
+        assert!(!observed_sa(0, REQID_BASE).is_ours(), "the kernel's acquire state");
+        let [p, ..] = tunnel_policies(
+            Ipv4Cidr::host(Ipv4Addr::new(10, 64, 0, 5)),
+            "172.16.0.0/24".parse().unwrap(),
+            Ipv4Addr::new(198, 51, 100, 2),
+            Ipv4Addr::new(198, 51, 100, 1),
+            1000,
+            REQID_BASE + REQID_RANGE,
+        );
+        assert!(!p.is_ours());
+        assert!(PolicySpec { reqid: REQID_BASE, ..p }.is_ours());
+    }
+
+    #[test]
+    fn tunnel_policies_mirror_each_other_at_the_two_ends() {
+        let host = Ipv4Cidr::host(Ipv4Addr::new(10, 64, 0, 5));
+        let center: Ipv4Cidr = "172.16.0.0/24".parse().unwrap();
+        let (wan, gw) = (Ipv4Addr::new(198, 51, 100, 2), Ipv4Addr::new(198, 51, 100, 1));
+        let router = tunnel_policies(host, center, wan, gw, 1000, REQID_BASE + 1);
+        let pol = |src, dst, dir, tmpl_src, tmpl_dst| PolicySpec {
+            id: PolicyId { src, dst, dir },
+            priority: 1000,
+            tmpl_src,
+            tmpl_dst,
+            reqid: REQID_BASE + 1,
+        };
+        assert_eq!(
+            router,
+            [
+                pol(host, center, Dir::Out, wan, gw),
+                pol(center, host, Dir::In, gw, wan),
+                pol(center, host, Dir::Fwd, gw, wan),
+            ]
+        );
+        // The gateway's out is the router's in, and the other way round.
+        let gateway = tunnel_policies(center, host, gw, wan, 1000, REQID_BASE + 1);
+        assert_eq!(
+            (gateway[0].id.src, gateway[0].id.dst),
+            (router[1].id.src, router[1].id.dst)
+        );
+        assert_eq!(
+            (gateway[0].tmpl_src, gateway[0].tmpl_dst),
+            (router[1].tmpl_src, router[1].tmpl_dst)
+        );
+        assert_eq!(
+            (gateway[1].id.src, gateway[1].id.dst),
+            (router[0].id.src, router[0].id.dst)
+        );
+        assert_eq!(
+            (gateway[1].tmpl_src, gateway[1].tmpl_dst),
+            (router[0].tmpl_src, router[0].tmpl_dst)
+        );
     }
 }

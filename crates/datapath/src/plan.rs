@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{is_owned_reqid, Ipv4Cidr, Mapping, ObservedSa, PolicyId, PolicySpec, SaId, SaSpec};
+use crate::model::{Ipv4Cidr, Mapping, ObservedSa, PolicyId, PolicySpec, SaId, SaSpec};
 use crate::nft::NatObserved;
 
 /// The NAT table the router wants.
@@ -27,6 +27,11 @@ pub struct DesiredState {
     pub policies: Vec<PolicySpec>,
     /// `None`: the namespace has no VPNNAT table (e.g. a gateway).
     pub nat: Option<NatDesired>,
+    /// SAs another component installed and answers for (gatewayd's IKE
+    /// driver), known by id only: kept if present, never added. Re-adding
+    /// a vanished one with its old key would restart its sequence numbers,
+    /// and AES-GCM must never see an IV twice under one key.
+    pub keep_sas: BTreeSet<SaId>,
 }
 
 /// What the kernel holds (only the project's own objects matter).
@@ -35,6 +40,18 @@ pub struct ObservedState {
     pub sas: Vec<ObservedSa>,
     pub policies: Vec<PolicySpec>,
     pub nat: Option<NatObserved>,
+}
+
+impl ObservedState {
+    /// What the kernel listed, reduced to the project's own objects
+    /// ([`ObservedSa::is_ours`], [`PolicySpec::is_ours`]).
+    pub fn ours(sas: Vec<ObservedSa>, policies: Vec<PolicySpec>, nat: Option<NatObserved>) -> Self {
+        Self {
+            sas: sas.into_iter().filter(ObservedSa::is_ours).collect(),
+            policies: policies.into_iter().filter(PolicySpec::is_ours).collect(),
+            nat,
+        }
+    }
 }
 
 /// One kernel change.
@@ -80,8 +97,8 @@ impl Change {
     }
 }
 
-/// Computes the changes that bring `observed` to `desired`. Objects with a
-/// reqid outside the project's range are never touched.
+/// Computes the changes that bring `observed` to `desired`. Objects that
+/// are not the project's ([`ObservedState::ours`]) are never touched.
 pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Vec<Change> {
     let mut out = Vec::new();
 
@@ -89,16 +106,11 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Vec<Change> {
     let have_pol: BTreeMap<PolicyId, &PolicySpec> = observed
         .policies
         .iter()
-        .filter(|p| is_owned_reqid(p.reqid))
+        .filter(|p| p.is_ours())
         .map(|p| (p.id, p))
         .collect();
     let want_sa: BTreeMap<SaId, &SaSpec> = desired.sas.iter().map(|s| (s.id(), s)).collect();
-    let have_sa: BTreeSet<SaId> = observed
-        .sas
-        .iter()
-        .filter(|s| is_owned_reqid(s.reqid))
-        .map(|s| s.id)
-        .collect();
+    let have_sa: BTreeSet<SaId> = observed.sas.iter().filter(|s| s.is_ours()).map(|s| s.id).collect();
 
     // 1. policies that must go
     for id in have_pol.keys() {
@@ -150,7 +162,7 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Vec<Change> {
 
     // 5. old SAs
     for id in &have_sa {
-        if !want_sa.contains_key(id) {
+        if !want_sa.contains_key(id) && !desired.keep_sas.contains(id) {
             out.push(Change::DelSa(*id));
         }
     }
@@ -224,6 +236,7 @@ mod tests {
                 center: [cidr("172.16.0.0/24")].into(),
                 mappings: [m("10.64.0.5", "192.168.1.10")].into(),
             }),
+            ..Default::default()
         };
         let changes = plan(&desired, &ObservedState::default());
         assert!(matches!(changes[0], Change::CreateNat { .. }));
@@ -244,6 +257,7 @@ mod tests {
             sas: vec![s.clone()],
             policies: vec![p],
             nat: Some(nat.clone()),
+            ..Default::default()
         };
         let observed = ObservedState {
             sas: vec![observed_sa(&s)],
@@ -270,6 +284,7 @@ mod tests {
                 center: BTreeSet::new(),
                 mappings: [keep].into(),
             }),
+            ..Default::default()
         };
         let observed = ObservedState {
             sas: vec![],
@@ -316,6 +331,7 @@ mod tests {
             sas: vec![new.clone()],
             policies: vec![p],
             nat: None,
+            ..Default::default()
         };
         assert_eq!(
             plan(&desired, &observed),
@@ -384,5 +400,39 @@ mod tests {
             plan(&desired, &observed),
             vec![Change::SetCenter(vec![cidr("172.16.0.0/24")])]
         );
+    }
+
+    #[test]
+    fn kept_sas_stay_and_every_other_owned_one_goes() {
+        // A gatewayd killed with live tunnels leaves its SAs in the kernel;
+        // the next one keeps only those its IKE driver installed.
+        let observed = |spis: &[u32]| ObservedState {
+            sas: spis.iter().map(|s| observed_sa(&sa(*s))).collect(),
+            ..Default::default()
+        };
+        let keeping = |spis: &[u32]| DesiredState {
+            keep_sas: spis.iter().map(|s| sa(*s).id()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&keeping(&[2, 9]), &observed(&[1, 2, 3])),
+            vec![Change::DelSa(sa(1).id()), Change::DelSa(sa(3).id())]
+        );
+        assert!(plan(&keeping(&[1]), &observed(&[1])).is_empty());
+        assert!(plan(&keeping(&[1]), &observed(&[])).is_empty(), "never added");
+    }
+
+    #[test]
+    fn larval_sas_are_not_ours() {
+        let observed = ObservedState::ours(vec![observed_sa(&sa(0)), observed_sa(&sa(5))], vec![], None);
+        assert_eq!(observed.sas, vec![observed_sa(&sa(5))]);
+        assert!(plan(
+            &DesiredState::default(),
+            &ObservedState {
+                sas: vec![observed_sa(&sa(0))],
+                ..Default::default()
+            }
+        )
+        .is_empty());
     }
 }

@@ -170,6 +170,7 @@ fn reconcile_in_kernel_converges_and_spares_foreign_policies() {
             center: [center()].into(),
             mappings: (1..=n).map(m).collect(),
         }),
+        ..Default::default()
     };
     let first = dp.reconcile(&desired(5)).unwrap();
     assert_eq!(first.len(), 1 + 10);
