@@ -291,16 +291,26 @@ impl Browser {
             .to_owned())
     }
 
-    /// Waits until the text of `css` is `want`.
+    /// Waits until the text of `css` is `want`. Each look finds the element
+    /// and reads its text inside the page in one script call (as
+    /// [`Browser::press`] does): with the page reloading itself every few
+    /// seconds and Chromium slowed down by emulation, a WebDriver "find"
+    /// then "get text" pair kept landing on a page mid-reload and read ""
+    /// for minutes although the page showed `want` in between.
     pub fn wait_text(&self, css: &str, want: &str) -> Result<()> {
         let start = Instant::now();
+        let script = "const e = document.querySelector(arguments[0]); return e ? e.textContent.trim() : null;";
         let mut last = String::new();
         loop {
-            if let Ok(t) = self.text(css) {
-                if t == want {
-                    return Ok(());
+            let body = json!({"script": script, "args": [css]});
+            let (status, v) = wd_raw(self.port, "POST", &self.path("/execute/sync"), Some(body))?;
+            if status == 200 {
+                if let Some(t) = v["value"].as_str() {
+                    if t == want {
+                        return Ok(());
+                    }
+                    t.clone_into(&mut last);
                 }
-                last = t;
             }
             if start.elapsed() > self.timeout {
                 return Err(WebDriverError::Timeout(format!("{css} reads {last:?}, never {want:?}")));
