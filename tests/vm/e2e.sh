@@ -210,23 +210,20 @@ fi
 # address, nor the router's LAN-side pages: those only answer what came
 # out of the tunnel (or the LAN). TCP connects, all at once, 2 s each.
 from_internet() {
-	local k c bad=0
+	local k out bad=0
 	for k in $(seq 1 "$SERVED"); do
 		nsx inet "$IP" route replace "$LAN_CIDR" via "$(wan_ip $k)"
 		nsx inet "$IP" route replace "$POOL_CIDR" via "$(wan_ip $k)"
-		for c in ${CANDIDATES% *} $LAN_GW:80 $LAN_GW:8080; do
-			nsx inet timeout 2 bash -c "exec 3<>/dev/tcp/${c%:*}/${c#*:}" 2>/dev/null &&
-				echo "the internet reached $c behind $(tid $k)" >$W/inet.$k.${c//[:.]/_} &
-		done
-		wait
+		# one process, a thread per address (vpnnat-probe multi)
+		# shellcheck disable=SC2086
+		out=$(nsx inet vpnnat-probe multi --connect-only --timeout-ms 3000 ${CANDIDATES% *} $LAN_GW:80 $LAN_GW:8080)
+		if echo "$out" | grep -q ' CONNECTED$'; then
+			echo "$out" | grep ' CONNECTED$' | sed "s/ CONNECTED\$/ answered the internet behind $(tid $k)/"
+			bad=1
+		fi
 	done
 	nsx inet "$IP" route del "$LAN_CIDR" 2>/dev/null
 	nsx inet "$IP" route del "$POOL_CIDR" 2>/dev/null
-	if ls $W/inet.* >/dev/null 2>&1; then
-		cat $W/inet.*
-		rm -f $W/inet.*
-		bad=1
-	fi
 	return $bad
 }
 check "from the internet (LAN and pool routed at each router's WAN): no LAN host, VPNNAT address or LAN-side page of any home answers" from_internet

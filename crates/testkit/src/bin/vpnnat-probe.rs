@@ -48,6 +48,12 @@ enum Cmd {
         addrs: Vec<SocketAddr>,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// A TCP connect is enough (`ADDR CONNECTED`): for services that
+        /// say nothing first (HTTP), and to ask "does anything answer here"
+        /// from one process instead of one shell per address (a loaded
+        /// emulated VM starts dozens of shells slower than a timeout).
+        #[arg(long)]
+        connect_only: bool,
     },
 }
 
@@ -103,7 +109,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} CLIENT_PEER {peer}", line.trim_end());
             Ok(())
         }
-        Cmd::Multi { addrs, timeout_ms } => {
+        Cmd::Multi {
+            addrs,
+            timeout_ms,
+            connect_only,
+        } => {
             let t = Duration::from_millis(timeout_ms);
             let barrier = std::sync::Arc::new(std::sync::Barrier::new(addrs.len()));
             let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -113,7 +123,13 @@ fn run(cli: Cli) -> Result<()> {
                     let barrier = barrier.clone();
                     let open = open.clone();
                     std::thread::spawn(move || {
-                        let res = reach(addr, t);
+                        let res = if connect_only {
+                            TcpStream::connect_timeout(&addr, t)
+                                .map(|s| ("CONNECTED".to_owned(), Some(s)))
+                                .with_context(|| format!("connect {addr}"))
+                        } else {
+                            reach(addr, t)
+                        };
                         if let Ok((_, Some(_))) = &res {
                             open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
