@@ -320,5 +320,4 @@ impl<S: DriverSink> IkeResponder for IkeDriverResponder<S> {
 }
 
 #[cfg(test)]
-#[path = "ike_driver_tests.rs"]
 mod tests;
