@@ -8,6 +8,10 @@
 //! ([`ike_driver`] its implementation on the real driver);
 //! [`http`], [`daemon`] and [`init`] are the I/O shell.
 
+// Hostile input (peer messages, kernel replies) must not panic the daemon:
+// no unchecked indexing or arithmetic outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
 pub mod cli;
 pub mod config;
 pub mod core;
