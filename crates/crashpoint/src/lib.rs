@@ -168,6 +168,27 @@ pub fn hit(point: &'static str) {
     }
 }
 
+/// A crash point's name as a value, for a function that hits the point its
+/// caller names: the name itself with crash points, `""` without (where
+/// [`hit`] ignores it), so that a release binary keeps no name even when it
+/// is passed around rather than given to [`hit`] directly.
+#[cfg(feature = "enabled")]
+#[macro_export]
+macro_rules! name {
+    ($point:literal) => {
+        $point
+    };
+}
+
+/// See the `enabled` version: without crash points, no name.
+#[cfg(not(feature = "enabled"))]
+#[macro_export]
+macro_rules! name {
+    ($point:literal) => {
+        ""
+    };
+}
+
 /// A crash point in a build without them: nothing, inlined away with its
 /// name.
 #[cfg(not(feature = "enabled"))]
