@@ -102,8 +102,9 @@ fn rss_kib() -> u64 {
 /// CPU time (user + system) of the whole process so far: with other jobs
 /// on the machine, ops per CPU-second says more than ops per wall second.
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes into the struct we pass.
+    // SAFETY: rusage is plain integers and timevals: all zeros is a valid value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid, writable rusage for the whole call.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
     tv(u.ru_utime) + tv(u.ru_stime)

@@ -12,6 +12,8 @@
 //! - [`liveness`]: the gateway heartbeat's up/down state machine.
 //! - [`gateway`]: gatewayd: config, the `TunnelDriver` seam, HTTP API.
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
 // Peer input must not panic the servers: no unchecked indexing or
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]

@@ -15,18 +15,6 @@ use vpnnat_datapath::{Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec, REQID
 use vpnnat_proto::keys::{Psk, SecretBytes};
 use vpnnat_proto::types::TerminalId;
 
-fn fresh_netns() {
-    // SAFETY: unshare has no memory-safety preconditions; it only changes
-    // the namespace of the calling thread.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET) failed (this test needs root): {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
@@ -41,7 +29,7 @@ fn owned(x: &mut Xfrm) -> Vec<PolicySpec> {
 
 #[test]
 fn kernel_policies_appear_and_disappear() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let center: Ipv4Cidr = "172.16.0.0/24".parse().unwrap();
     let mut x = Xfrm::open().unwrap();
     // Leftovers of an earlier run (ours) and another daemon's policy.
@@ -110,7 +98,7 @@ fn kernel_policies_appear_and_disappear() {
 #[test]
 fn host_routes_appear_and_disappear() {
     use vpnnat_center::routes::{KernelRoutes, RouteProgrammer};
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let ip_cmd = |args: &[&str]| {
         let out = std::process::Command::new("ip").args(args).output().unwrap();
         assert!(

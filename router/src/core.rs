@@ -799,5 +799,4 @@ pub fn host_table(state: &RouterState) -> BTreeMap<String, (Ipv4Addr, Ipv4Addr)>
 }
 
 #[cfg(test)]
-#[path = "core_tests.rs"]
 mod tests;

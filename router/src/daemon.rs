@@ -212,7 +212,8 @@ impl Router {
     }
 
     /// Makes `next` durable, adopts it, and syncs kernel and IKE.
-    /// `after_save` names the crash point between the save and the kernel.
+    /// `after_save` names the crash point between the save and the kernel
+    /// (given with `vpnnat_crashpoint::name!`, so a release build has no name).
     fn commit(&self, inner: &mut Inner, next: RouterState, after_save: &'static str) -> Result<(), StateError> {
         inner.store.save(&next)?;
         vpnnat_crashpoint::hit(after_save);
@@ -270,7 +271,7 @@ impl Router {
         vpnnat_crashpoint::hit("router.install.after_reply");
         let mut inner = self.inner.lock().await;
         let next = core::finish_install(&self.id, &self.cfg.factory_secret, &inner.state, p, &reply)?;
-        self.commit(&mut inner, next, "router.install.after_save")?;
+        self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.install.after_save"))?;
         if let Some(i) = &inner.state.installation {
             log::info!(
                 "terminal={} installed: server part {} router part {}",
@@ -363,7 +364,7 @@ impl Router {
             let reply = self.send(&p.outgoing).await?;
             let mut inner = self.inner.lock().await;
             let next = core::finish_failure(&inner.state, p, &reply)?;
-            self.commit(&mut inner, next, "router.failure.after_save")?;
+            self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.failure.after_save"))?;
         }
         log::warn!("terminal={} failure notice sent ({code:?})", self.id.terminal_id);
         if let Some(b) = &self.cfg.button {
@@ -403,7 +404,7 @@ impl Router {
         vpnnat_crashpoint::hit("router.gateway.after_reply");
         let mut inner = self.inner.lock().await;
         let next = core::finish_gateway(&self.id, &inner.state, p, &reply)?;
-        self.commit(&mut inner, next, "router.gateway.after_save")?;
+        self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.gateway.after_save"))?;
         Ok(())
     }
 
@@ -470,7 +471,7 @@ impl Router {
                 return Err(e.into());
             }
         };
-        self.commit(&mut inner, next, "router.grant.after_save")?;
+        self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.grant.after_save"))?;
         vpnnat_crashpoint::hit("router.grant.after_kernel");
         // Logged after the commit applied the NAT: the moment the e2e
         // benchmark's "router NAT install" phase ends.
@@ -566,7 +567,11 @@ impl Router {
             }
             Ok(o) => {
                 // Durable before the center hears "done".
-                if let Err(e) = self.commit(&mut inner, o.next, "router.command.after_save") {
+                if let Err(e) = self.commit(
+                    &mut inner,
+                    o.next,
+                    vpnnat_crashpoint::name!("router.command.after_save"),
+                ) {
                     log::error!("center command not applied: {e}");
                     return (503, None, "state could not be saved".into());
                 }

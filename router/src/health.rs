@@ -212,7 +212,7 @@ impl HelperBoard {
     pub fn started(&self, name: &str, pid: i32) {
         self.with(name, |e| {
             e.pid = Some(pid);
-            e.starts += 1;
+            e.starts = e.starts.saturating_add(1);
         });
     }
 

@@ -101,7 +101,7 @@ pub struct StaticResponder {
 
 impl IkeResponder for StaticResponder {
     fn configure(&mut self, settings: Option<ResponderSettings>) {
-        self.configured += 1;
+        self.configured = self.configured.saturating_add(1);
         self.settings = settings;
     }
 

@@ -248,8 +248,11 @@ impl<S: DriverSink> IkeDriverResponder<S> {
                     sh.drv = Drv::Ready(local, drv);
                 }
                 Err(e) => {
-                    sh.retry_delay = (sh.retry_delay * 2).clamp(RETRY_FIRST, RETRY_MAX);
-                    sh.retry_at = Some(tokio::time::Instant::now() + sh.retry_delay);
+                    sh.retry_delay = sh.retry_delay.saturating_mul(2).clamp(RETRY_FIRST, RETRY_MAX);
+                    // At most RETRY_MAX ahead, which cannot overflow; were it
+                    // to, retrying at once beats never retrying.
+                    let now = tokio::time::Instant::now();
+                    sh.retry_at = Some(now.checked_add(sh.retry_delay).unwrap_or(now));
                     log::warn!(
                         "IKE driver on {local} not started: {e}; next attempt in {} s",
                         sh.retry_delay.as_secs()
@@ -320,5 +323,4 @@ impl<S: DriverSink> IkeResponder for IkeDriverResponder<S> {
 }
 
 #[cfg(test)]
-#[path = "ike_driver_tests.rs"]
 mod tests;

@@ -8,8 +8,10 @@
 //! ([`ike_driver`] its implementation on the real driver);
 //! [`http`], [`daemon`] and [`init`] are the I/O shell.
 
-#[cfg(test)]
-mod browser_tests;
+// Hostile input (peer messages, kernel replies) must not panic the daemon:
+// no unchecked indexing or arithmetic outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
 pub mod cli;
 pub mod config;
 pub mod core;
@@ -22,10 +24,10 @@ pub mod init;
 pub mod logring;
 pub mod resolve;
 pub mod secret;
-#[cfg(test)]
-mod shell_tests;
 pub mod state;
 #[cfg(any(test, feature = "fake-center"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 pub mod view;
 pub mod web;

@@ -99,7 +99,8 @@ fn cut(s: &str, max: usize) -> String {
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
-        end -= 1;
+        // Stops at 0 at the latest: always a boundary.
+        end = end.saturating_sub(1);
     }
     format!("{}…", &s[..end])
 }

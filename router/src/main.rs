@@ -1,5 +1,9 @@
 //! `routerd`: see `routerd --help` and the library's docs.
 
+// Hostile input (peer messages, kernel replies) must not panic the daemon:
+// no unchecked indexing or arithmetic outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,9 +1,10 @@
 //! Host-kernel tests of the router's NAT/filter and policy programming and
 //! of reconciliation after a crash at any point of a grant or a release.
 //! Each test moves its own thread into a fresh network namespace (needs
-//! root) and runs a single-threaded runtime on it: the datapath's netlink
-//! sockets and the `nft` processes it spawns must all live in that
-//! namespace, never the host's.
+//! root; vpnnat_testkit::netns says what happens without) and runs a
+//! single-threaded runtime on it: the datapath's netlink sockets and the
+//! `nft` processes it spawns must all live in that namespace, never the
+//! host's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,18 +23,6 @@ use vpnnat_router::core::{desired_state, Identity};
 use vpnnat_router::daemon::{Parts, Router};
 use vpnnat_router::ike::StaticResponder;
 use vpnnat_router::state::{Gateway, HostGrant, Installation, RequestRecord, RequestState, RouterState, StateStore};
-
-fn fresh_netns() {
-    // SAFETY: unshare has no memory-safety preconditions; it only changes
-    // the namespace of the calling thread.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET) (needs root): {}",
-        std::io::Error::last_os_error()
-    );
-}
 
 fn config(dir: &Path) -> Arc<Config> {
     let text = format!(
@@ -148,7 +137,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn grants_program_nat_filter_and_policies() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let dir = tmpdir("program");
     let cfg = config(&dir);
     let id = Identity::from_config(&cfg);
@@ -177,7 +166,7 @@ fn grants_program_nat_filter_and_policies() {
 /// A crash ("kill -9") after the state file was written and after any
 /// prefix of the kernel changes: the restart converges to the state file.
 fn crash_at_every_point(tag: &str, before: RouterState, after: RouterState) {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let dir = tmpdir(tag);
     let cfg = config(&dir);
     let id = Identity::from_config(&cfg);
@@ -228,7 +217,7 @@ fn crash_during_vpn_end_converges() {
 fn state_saved_before_the_crash_is_not_lost() {
     // Crash *before* the state file was written: the kernel keeps what the
     // old file says, nothing more (the center never got its answer either).
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let dir = tmpdir("before-save");
     let cfg = config(&dir);
     let id = Identity::from_config(&cfg);
@@ -255,7 +244,7 @@ fn ip_json(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn boot_network_brings_up_links_addresses_and_the_default_route_twice() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     // A veth pair stands in for the two NICs (no dummy module needed).
     let st = std::process::Command::new("ip")
         .args(["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])

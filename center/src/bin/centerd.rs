@@ -7,6 +7,9 @@
 //! (done), 1 (failed: e.g. no such router or request, a database error) or
 //! 2 (usage or configuration error).
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,6 +3,9 @@
 //! library behind the `TunnelDriver` seam, and pushes tunnel up/down events
 //! to centerd.
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -9,11 +9,19 @@
 //! The environment is read once; unset, a point costs one load of an
 //! initialised `OnceLock` and a branch.
 //!
-//! Every point of every daemon is listed in [`POINTS`], so a trial script
+//! Every point of every daemon is listed in `POINTS`, so a trial script
 //! can ask for the list (and a typo in `VPNNAT_CRASH_AT` is refused at
 //! start by [`check_env`] instead of silently never firing).
+//!
+//! The points exist only with the cargo feature `enabled` (the VM test
+//! build, scripts/vm-test, turns it on). Without it — the shipped daemons —
+//! [`hit`] is an empty inline function, no point name is in the binary, and
+//! [`check_env`] refuses a set `VPNNAT_CRASH_AT` rather than let a trial
+//! believe it armed a point that cannot fire.
 
+#[cfg(any(test, feature = "enabled"))]
 use std::sync::atomic::{AtomicU32, Ordering};
+#[cfg(feature = "enabled")]
 use std::sync::OnceLock;
 
 use thiserror::Error;
@@ -24,6 +32,7 @@ pub const ENV: &str = "VPNNAT_CRASH_AT";
 /// Every crash point, by daemon and lifecycle step. The names are what
 /// [`hit`] is called with; keep this list and the call sites in step
 /// (a unit test of each daemon checks its own names are listed).
+#[cfg(any(test, feature = "enabled"))]
 pub const POINTS: &[&str] = &[
     // centerd
     "center.install.before_commit",
@@ -64,9 +73,12 @@ pub enum CrashSpecError {
     UnknownPoint(String),
     #[error("{ENV}: the count after ':' must be a number from 1, not {0:?}")]
     BadCount(String),
+    #[error("{ENV} is set, but this build has no crash points (cargo feature vpnnat-crashpoint/enabled)")]
+    NotBuiltIn,
 }
 
 /// An armed point: its name, which hit fires, and the hits so far.
+#[cfg(any(test, feature = "enabled"))]
 #[derive(Debug)]
 struct Armed {
     point: String,
@@ -74,9 +86,8 @@ struct Armed {
     hits: AtomicU32,
 }
 
-static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
-
 /// Parses `<point>[:<nth>]` (pure; `nth` from 1).
+#[cfg(any(test, feature = "enabled"))]
 pub fn parse(spec: &str) -> Result<(String, u32), CrashSpecError> {
     let (point, nth) = match spec.rsplit_once(':') {
         Some((p, n)) => {
@@ -94,7 +105,9 @@ pub fn parse(spec: &str) -> Result<(String, u32), CrashSpecError> {
     Ok((point.to_owned(), nth))
 }
 
+#[cfg(feature = "enabled")]
 fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED
         .get_or_init(|| {
             let spec = std::env::var(ENV).ok()?;
@@ -110,6 +123,7 @@ fn armed() -> Option<&'static Armed> {
 
 /// Checks `VPNNAT_CRASH_AT` at start (daemons call this first, so a typo
 /// fails loudly) and arms it. Ok when unset.
+#[cfg(feature = "enabled")]
 pub fn check_env() -> Result<(), CrashSpecError> {
     if let Ok(spec) = std::env::var(ENV) {
         parse(&spec)?;
@@ -120,12 +134,24 @@ pub fn check_env() -> Result<(), CrashSpecError> {
     Ok(())
 }
 
+/// Without crash points: Ok when `VPNNAT_CRASH_AT` is unset, an error
+/// when it is set (the trial asked for a point this build cannot hit).
+#[cfg(not(feature = "enabled"))]
+pub fn check_env() -> Result<(), CrashSpecError> {
+    match std::env::var_os(ENV) {
+        Some(_) => Err(CrashSpecError::NotBuiltIn),
+        None => Ok(()),
+    }
+}
+
 /// Whether this call of `point` is the armed one (counts the hit).
+#[cfg(any(test, feature = "enabled"))]
 fn fires(a: &Armed, point: &str) -> bool {
     a.point == point && a.hits.fetch_add(1, Ordering::SeqCst).saturating_add(1) == a.nth
 }
 
 /// A crash point: when it is the armed one, dies here by SIGKILL.
+#[cfg(feature = "enabled")]
 pub fn hit(point: &'static str) {
     debug_assert!(POINTS.contains(&point), "crash point {point} not in POINTS");
     let Some(a) = armed() else { return };
@@ -141,6 +167,33 @@ pub fn hit(point: &'static str) {
         std::process::abort();
     }
 }
+
+/// A crash point's name as a value, for a function that hits the point its
+/// caller names: the name itself with crash points, `""` without (where
+/// [`hit`] ignores it), so that a release binary keeps no name even when it
+/// is passed around rather than given to [`hit`] directly.
+#[cfg(feature = "enabled")]
+#[macro_export]
+macro_rules! name {
+    ($point:literal) => {
+        $point
+    };
+}
+
+/// See the `enabled` version: without crash points, no name.
+#[cfg(not(feature = "enabled"))]
+#[macro_export]
+macro_rules! name {
+    ($point:literal) => {
+        ""
+    };
+}
+
+/// A crash point in a build without them: nothing, inlined away with its
+/// name.
+#[cfg(not(feature = "enabled"))]
+#[inline(always)]
+pub fn hit(_point: &'static str) {}
 
 #[cfg(test)]
 mod tests {

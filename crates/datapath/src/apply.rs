@@ -91,10 +91,11 @@ fn apply_changes(
     changes: &[Change],
     mut nat: impl FnMut(&Change) -> Result<(), DatapathError>,
 ) -> Result<(), DatapathError> {
-    let mut i = 0;
-    while let Some(c) = changes.get(i) {
+    // What is left to apply; a run or one change comes off its front.
+    let mut rest = changes;
+    while let Some(c) = rest.first() {
         if let Change::AddPolicy(_) = c {
-            let run: Vec<PolicySpec> = changes[i..]
+            let run: Vec<PolicySpec> = rest
                 .iter()
                 .map_while(|c| match c {
                     Change::AddPolicy(p) => Some(*p),
@@ -102,11 +103,11 @@ fn apply_changes(
                 })
                 .collect();
             xfrm.add_policies(&run)?;
-            i += run.len();
+            rest = rest.get(run.len()..).unwrap_or_default();
             continue;
         }
         if let Change::DelPolicy(_) = c {
-            let run: Vec<PolicyId> = changes[i..]
+            let run: Vec<PolicyId> = rest
                 .iter()
                 .map_while(|c| match c {
                     Change::DelPolicy(p) => Some(*p),
@@ -114,7 +115,7 @@ fn apply_changes(
                 })
                 .collect();
             xfrm.delete_policies(&run)?;
-            i += run.len();
+            rest = rest.get(run.len()..).unwrap_or_default();
             continue;
         }
         match c {
@@ -124,7 +125,7 @@ fn apply_changes(
             Change::AddPolicy(_) | Change::DelPolicy(_) => {}
             other => nat(other)?,
         }
-        i += 1;
+        rest = rest.get(1..).unwrap_or_default();
     }
     Ok(())
 }

@@ -12,6 +12,10 @@
 //!   ([`rtnl`] is routerd's boot-time links/addresses/default route, small
 //!   enough for the firmware; [`route`] is the general one).
 
+// Hostile input (peer messages, kernel replies) must not panic the daemon:
+// no unchecked indexing or arithmetic outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+
 pub mod apply;
 pub mod error;
 pub mod model;

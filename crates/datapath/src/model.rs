@@ -77,11 +77,11 @@ impl Ipv4Cidr {
     }
 
     fn mask(&self) -> u32 {
-        if self.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.len))
-        }
+        // len is at most 32 (checked in `new`); /0 shifts by 32, which
+        // checked_shl refuses: no bits.
+        u32::MAX
+            .checked_shl(32_u32.saturating_sub(u32::from(self.len)))
+            .unwrap_or(0)
     }
 
     /// The network address (host bits cleared).

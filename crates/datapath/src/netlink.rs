@@ -176,7 +176,7 @@ impl NlSocket {
                 let seq = self.next_seq();
                 out.extend_from_slice(&encode(payload, flags | NLM_F_ACK, seq));
                 sent.push_back((seq, index));
-                index += 1;
+                index = index.saturating_add(1);
             }
             if !out.is_empty() {
                 self.sock
@@ -208,7 +208,7 @@ impl NlSocket {
                                     error: e.to_io(),
                                 });
                             } else {
-                                acked += 1;
+                                acked = acked.saturating_add(1);
                             }
                         }
                     }
@@ -241,7 +241,7 @@ impl NlSocket {
                 if len == 0 {
                     return;
                 }
-                off += (len + 3) & !3;
+                off = off.saturating_add(len.saturating_add(3) & !3);
                 sent.retain(|(s, _)| *s != seq);
             }
         }
@@ -277,7 +277,7 @@ fn split<M: NetlinkDeserializable>(data: &[u8]) -> io::Result<Vec<NetlinkMessage
             return Err(invalid("zero-length netlink message".to_string()));
         }
         // Messages are 4-byte aligned within a datagram.
-        off = off.saturating_add((len + 3) & !3);
+        off = off.saturating_add(len.saturating_add(3) & !3);
         out.push(msg);
     }
     Ok(out)

@@ -1,6 +1,7 @@
 //! Host-kernel tests (no ESP needed): each test moves its own thread into a
 //! fresh network namespace and drives the real kernel's nftables, XFRM
-//! policy database and rtnetlink through the library. Needs root.
+//! policy database and rtnetlink through the library. Needs root: skipped
+//! without it, failed instead under VPNNAT_REQUIRE_ROOT=1 (vpnnat_testkit::netns).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,20 +16,6 @@ use vpnnat_datapath::{
     Change, Datapath, DatapathError, DesiredState, Dir, Ipv4Cidr, KernelDatapath, Mapping, PolicyId, PolicySpec,
     REQID_BASE,
 };
-
-/// Moves the calling thread (and the processes it spawns) into a new,
-/// empty network namespace that disappears with the thread.
-fn fresh_netns() {
-    // SAFETY: unshare has no memory-safety preconditions; it only changes
-    // the namespace of the calling thread.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET) failed (these tests need root): {}",
-        std::io::Error::last_os_error()
-    );
-}
 
 fn m(i: u32) -> Mapping {
     Mapping {
@@ -67,7 +54,7 @@ fn ruleset_is_empty() -> bool {
 
 #[test]
 fn nat_table_elements_round_trip_and_leave_nothing() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let t = NatTable::default();
     let nft = Nft::new(t.clone());
     assert_eq!(nft.observe().unwrap(), None);
@@ -94,7 +81,7 @@ fn nat_table_elements_round_trip_and_leave_nothing() {
 
 #[test]
 fn failed_nat_transaction_changes_nothing() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let t = NatTable::default();
     let nft = Nft::new(t.clone());
     nft.apply("create", &t.create(&[center()], &[m(1)])).unwrap();
@@ -114,7 +101,7 @@ fn failed_nat_transaction_changes_nothing() {
 
 #[test]
 fn xfrm_policies_batch_add_list_delete() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let mut x = Xfrm::open().unwrap();
     x.set_hash_thresholds(24, 24).unwrap();
     let ps: Vec<PolicySpec> = (1..=500)
@@ -150,7 +137,7 @@ fn xfrm_policies_batch_add_list_delete() {
 
 #[test]
 fn reconcile_in_kernel_converges_and_spares_foreign_policies() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let mut dp = KernelDatapath::open(NatTable::default()).unwrap();
     // A policy of some other IKE daemon on the same box.
     let foreign = policy(Ipv4Addr::new(10, 99, 0, 1), Dir::Out, 42);
@@ -196,7 +183,7 @@ fn reconcile_in_kernel_converges_and_spares_foreign_policies() {
 
 #[test]
 fn rtnetlink_link_address_route() {
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     let mut r = Route::open().unwrap();
     assert!(!r.link("lo").unwrap().up);
     r.set_up("lo", true).unwrap();
@@ -224,7 +211,7 @@ fn connects(addr: std::net::SocketAddr) -> bool {
 #[test]
 fn wan_guard_drops_new_connections_from_the_wan_and_goes_cleanly() {
     use vpnnat_datapath::nft::guard::WanGuard;
-    fresh_netns();
+    vpnnat_testkit::fresh_netns_or_skip!();
     // lo plays the WAN: a connection to a local listener arrives on it.
     std::process::Command::new("ip")
         .args(["link", "set", "lo", "up"])

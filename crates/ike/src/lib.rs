@@ -99,4 +99,4 @@ pub use session::{SaConfig, SaState, SpiSource};
 pub use timers::RetransmitConfig;
 
 #[cfg(test)]
-mod garble_tests;
+mod tests;

@@ -16,6 +16,8 @@
 //!   XFRM SAs and policies, and its server part answering the center
 //!   through the real ESP tunnel (`scripts/bench-load.sh --vm`).
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
 // A test tool: a broken setup should stop it loudly at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -22,6 +22,9 @@
 //! configuration, else syslog under systemd (`JOURNAL_STREAM` set), else
 //! plain.
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::sync::{OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};

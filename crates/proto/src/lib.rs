@@ -63,6 +63,8 @@
 //! # }
 //! ```
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
 // Parsers of peer input must not panic: no unchecked indexing or arithmetic
 // outside tests (clippy.toml allows both in tests).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]

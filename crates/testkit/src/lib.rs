@@ -1,6 +1,8 @@
 //! Test helpers shared by the VM scenarios and the browser tests.
 //!
-//! [`webdriver`] drives headless Chromium. The rest is the probe protocol.
+//! [`webdriver`] drives headless Chromium; [`netns`] gives a kernel test its
+//! own network namespace (or skips it without root). The rest is the probe
+//! protocol.
 //!
 //! The probe protocol is one line each way, so a test can check exactly who
 //! talked to whom through the NAT:
@@ -13,6 +15,7 @@ use std::net::SocketAddr;
 
 pub mod flood;
 pub mod fuzz_corpus;
+pub mod netns;
 pub mod webdriver;
 
 /// The server's answer line for one connection.

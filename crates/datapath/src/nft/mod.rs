@@ -93,8 +93,9 @@ fn cidr_of(e: &Expression<'_>) -> Option<Ipv4Cidr> {
             let [lo, hi] = &r.range;
             let (lo, hi) = (u32::from(ip_of(lo)?), u32::from(ip_of(hi)?));
             let size = hi.checked_sub(lo)?.checked_add(1)?;
-            if size.is_power_of_two() && lo % size == 0 {
-                Ipv4Cidr::new(Ipv4Addr::from(lo), (32 - size.trailing_zeros()) as u8).ok()
+            if size.is_power_of_two() && lo.checked_rem(size)? == 0 {
+                let len = u8::try_from(32_u32.checked_sub(size.trailing_zeros())?).ok()?;
+                Ipv4Cidr::new(Ipv4Addr::from(lo), len).ok()
             } else {
                 None
             }

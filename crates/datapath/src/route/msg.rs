@@ -54,7 +54,7 @@ pub fn del_address(index: u32, host: Ipv4Addr, prefix_len: u8) -> Option<RouteNe
 fn mask(len: u8) -> Option<u32> {
     match len {
         0 => Some(0),
-        1..=32 => Some(u32::MAX << (32 - u32::from(len))),
+        1..=32 => u32::MAX.checked_shl(32_u32.saturating_sub(u32::from(len))),
         _ => None,
     }
 }

@@ -37,7 +37,7 @@ const AF_INET: u8 = 2;
 
 /// Appends one attribute (type, payload), padded to 4 bytes.
 fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = 4 + data.len();
+    let len = data.len().saturating_add(4);
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
     buf.extend_from_slice(data);
@@ -47,7 +47,7 @@ fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
 /// The message: header (with `NLM_F_REQUEST | NLM_F_ACK` and port id 0,
 /// the kernel fills in ours), then `body` (family header and attributes).
 fn message(ty: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + body.len();
+    let len = NLMSG_HDRLEN.saturating_add(body.len());
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
     m.extend_from_slice(&ty.to_ne_bytes());
@@ -102,11 +102,11 @@ pub fn add_default_route(seq: u32, gateway: Ipv4Addr, ifindex: u32) -> Vec<u8> {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    Some(u16::from_ne_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_ne_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 /// In a datagram of answers: the acknowledgement of `seq` (`Some(0)` done,
@@ -123,7 +123,8 @@ pub fn ack_of(mut b: &[u8], seq: u32) -> Result<Option<i32>, Malformed> {
             let code = u32_at(b, NLMSG_HDRLEN).ok_or(Malformed)? as i32;
             return Ok(Some(code));
         }
-        b = &b[len.next_multiple_of(4).min(b.len())..];
+        // The next message starts 4-byte aligned; past the end: none left.
+        b = b.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
     Ok(None)
 }

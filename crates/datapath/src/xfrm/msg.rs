@@ -99,7 +99,8 @@ pub fn new_sa(spec: &SaSpec, update: bool) -> XfrmMessage {
     }
     let mut nlas = vec![XfrmAttrs::EncryptionAlgAead(AlgAead {
         alg_name: name,
-        alg_key_len: (key.len() as u32) * 8,
+        // A validated AEAD key (16 or 32 bytes): the product is small.
+        alg_key_len: (key.len() as u32).saturating_mul(8),
         alg_icv_len: ICV_BITS,
         alg_key: key.to_vec(),
     })];

@@ -10,6 +10,9 @@
 //! per step, so a shell scenario can count them. Exit status 0 when every
 //! step passed.
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! it reached. Bounded in time: the client gives up after --timeout-ms, the
 //! server after --max-conns connections or --lifetime-secs.
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;

@@ -2,6 +2,9 @@
 //! a box, for the VM tests, and for the benchmark. Every kernel change goes
 //! through the library (netlink and the nftables crate), never through `ip`.
 
+// No unsafe code in this crate (checked by the compiler, not by review).
+#![forbid(unsafe_code)]
+
 mod bench;
 
 use std::net::Ipv4Addr;

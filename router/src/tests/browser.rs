@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use vpnnat_testkit::webdriver::{Browser, BrowserOptions, WebDriverError};
 
+use super::shell::{config, start_center, tmpdir, Running};
 use crate::daemon::unix_now;
-use crate::shell_tests::{config, start_center, tmpdir, Running};
 
 const T: Duration = Duration::from_secs(15);
 

@@ -1,0 +1,5 @@
+//! Tests of the crate as a whole (the daemon's shell over real sockets, the
+//! LAN page in a browser); each module's own tests sit next to it.
+
+mod browser;
+mod shell;
