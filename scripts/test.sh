@@ -169,12 +169,20 @@ echo "ok: $(echo "$HOST_TOOLS" | awk 'NF == 2' | wc -l) host programs and the VM
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The browser and dig tests must run here, never skip.
-VPNNAT_REQUIRE_BROWSER=1 VPNNAT_REQUIRE_DIG=1 run "unit and host-namespace tests" cargo test --workspace --locked --no-fail-fast
+# (and the host-namespace kernel tests must run: as root they do)
+VPNNAT_REQUIRE_ROOT=1 VPNNAT_REQUIRE_BROWSER=1 VPNNAT_REQUIRE_DIG=1 run "unit and host-namespace tests" cargo test --workspace --locked --no-fail-fast
 VPNNAT_LOAD_PROFILE=dev run "load: 100 simulated routers x 2 rounds against real centerd + gatewayd (scripts/bench-load.sh; 1,000 x 3 is the benchmark)" \
 	scripts/bench-load.sh --routers 100 --rounds 2
 run "IKE interop with strongSwan's charon (host namespace, IKE only: the host has no ESP)" \
 	sh crates/ike/testdata/interop-strongswan.sh
 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
+# cargo-deny and cargo-machete (scripts/check-deps.sh, run at the end) are
+# built from crates.io on a fresh machine: in the background, at low
+# priority, while the VM steps below leave a core idle
+# (after the smoke step, which builds the VM binaries)
+DEPS_LOG=$LOG/check-deps-install.log
+nice -n 15 scripts/check-deps.sh --install-only >"$DEPS_LOG" 2>&1 &
+DEPS_PID=$!
 VPNNAT_VM_NO_BUILD=1 run "VM: XFRM operations and kernel events" scripts/vm-test tests/vm/xfrm_ops.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=$EXTRA_PID1 run "VM: routerd as PID 1" scripts/vm-test router/tests/vm/pid1.sh
@@ -215,6 +223,14 @@ run "images: check-package and Kconfig (BUILDROOT_DIR)" scripts/check-images.sh
 VPNNAT_IMAGES_PROFILE=vmtest run "images: offline router image boots routerd" scripts/build-images.sh --no-build --boot-check
 VPNNAT_IMAGES_PROFILE=vmtest run "demo: center + 2 routers, tunnels, both homes at once, operator UI in Chromium" \
 	scripts/demo-test.sh --no-build
+
+wait "$DEPS_PID"
+DEPS_RC=$?
+wait_deps() {
+	[[ $DEPS_RC == 0 ]] || { cat "$DEPS_LOG"; return 1; }
+	scripts/check-deps.sh
+}
+run "dependencies: cargo deny (licences, bans, sources) and cargo machete (scripts/check-deps.sh)" wait_deps
 
 echo
 if ((${#FAILED_STEPS[@]})); then
