@@ -271,6 +271,11 @@ else
 fi
 check "request $(word 1 "$ACC1") is in progress in the database" sh -c \
 	"ip netns exec server $CENTERD list-requests | grep -E '^$(word 1 "$ACC1") +home-1 +in progress'"
+# If the browser failed (counted above), the CLI does the operator's part so
+# that the rest of the scenario still checks what it is there for.
+if ! list_requests | grep -qE "^$(word 1 "$ACC1") +home-1 +in progress"; then
+	nsx server $CENTERD start-request "$(word 1 "$ACC1")" >/dev/null 2>&1
+fi
 
 # ---------------------------------------------------------------- 4. capacity
 say "4. gateway choice and capacity"
@@ -354,6 +359,10 @@ if [ -n "$BROWSER_PID" ]; then
 	check "the operator ended request $FIRST in the web UI" \
 		sh -c "grep -q '^ok   - UI end button' $W/browser.out && ! grep -q '^FAIL' $W/browser.out"
 else
+	nsx server $CENTERD end-request "$FIRST" >/dev/null 2>&1
+fi
+if [ -n "$BROWSER_PID" ] && ! list_requests | grep -qE "^$FIRST +home-1 +ended"; then
+	# the browser failed (counted above): the CLI ends it instead
 	nsx server $CENTERD end-request "$FIRST" >/dev/null 2>&1
 fi
 check "request $FIRST is ended in the database" sh -c \

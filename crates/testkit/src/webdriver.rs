@@ -203,7 +203,24 @@ impl Browser {
             opts["binary"] = json!(c);
         }
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": opts}}});
-        let v = wd(port, "POST", "/session", Some(caps)).map_err(|e| match &o.log {
+        // Chromium's first start reads its ~500 MB from a cold disk; under
+        // emulation on a loaded host that can outlast chromedriver's own
+        // wait ("session not created ... chrome not reachable"). A second
+        // start finds the files in the page cache: retry a few times
+        // within the caller's timeout.
+        let mut attempt = 1;
+        let created = loop {
+            match wd(port, "POST", "/session", Some(caps.clone())) {
+                Err(WebDriverError::Protocol(m))
+                    if m.contains("session not created") && attempt < 3 && start.elapsed() < o.timeout =>
+                {
+                    eprintln!("# browser: session not created on attempt {attempt} ({:.1} s), retrying", start.elapsed().as_secs_f64());
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        let v = created.map_err(|e| match &o.log {
             Some(log) => {
                 let file = match &o.chroot {
                     Some(root) => root.join(log.strip_prefix("/").unwrap_or(log)),
