@@ -1,5 +1,5 @@
 //! The running daemon: state behind one lock, the center client around the
-//! pure exchanges of [`crate::core`], and the glue that makes every state
+//! pure exchanges of [`crate::logic`], and the glue that makes every state
 //! change durable *before* the kernel and the IKE responder follow it.
 //!
 //! Order on every change: compute the next state (pure), save it
@@ -23,10 +23,10 @@ use vpnnat_proto::types::FailureCode;
 use vpnnat_proto::Outgoing;
 
 use crate::config::{ButtonPreset, Config};
-use crate::core::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
 use crate::health::{CenterHealth, HealthSettings, HelperBoard, HelperView, Notifier, Problem};
 use crate::http::{self, Backoff, HttpError};
-use crate::ike::IkeResponder;
+use crate::ike_responder::IkeResponder;
+use crate::logic::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
 use crate::resolve::{parse_leases, NoDns, Resolver, SystemDns};
 use crate::state::{RequestState, RouterState, StateError, StateStore};
 use crate::view::{self, HostView, StatusView};
@@ -135,7 +135,7 @@ impl Router {
     pub async fn new(cfg: Arc<Config>, parts: Parts) -> Result<Arc<Router>, StateError> {
         let store = StateStore::new(cfg.state_file());
         let mut state = store.load()?;
-        if let Some(next) = core::settle(&state) {
+        if let Some(next) = logic::settle(&state) {
             log::warn!(
                 "state: {} host(s) without an open request and {} released after an interrupted end",
                 state.hosts.len().saturating_sub(next.hosts.len()),
@@ -186,12 +186,12 @@ impl Router {
     /// start and every failure-watch tick do a full reconcile instead, which
     /// also repairs anything changed behind our back.
     fn sync(&self, inner: &mut Inner) {
-        inner.ike.configure(core::ike_settings(&self.id, &inner.state));
+        inner.ike.configure(logic::ike_settings(&self.id, &inner.state));
         let sas = inner.ike.installed_sas();
-        let desired = core::desired_state(&self.id, &inner.state, sas.clone());
+        let desired = logic::desired_state(&self.id, &inner.state, sas.clone());
         let result = match inner.applied.take() {
             Some(prev) => {
-                let changes = vpnnat_datapath::plan(&desired, &core::assumed_observed(&prev, &sas));
+                let changes = vpnnat_datapath::plan(&desired, &logic::assumed_observed(&prev, &sas));
                 inner.datapath.apply(&changes).map(|()| changes)
             }
             None => inner.datapath.reconcile(&desired),
@@ -266,11 +266,11 @@ impl Router {
     /// One installation notice.
     pub async fn install(&self) -> Result<(), DaemonError> {
         let _x = self.exchange.lock().await;
-        let p = core::begin_install(&self.id, &self.cfg.factory_secret, &self.rng, unix_now())?;
+        let p = logic::begin_install(&self.id, &self.cfg.factory_secret, &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
         vpnnat_crashpoint::hit("router.install.after_reply");
         let mut inner = self.inner.lock().await;
-        let next = core::finish_install(&self.id, &self.cfg.factory_secret, &inner.state, p, &reply)?;
+        let next = logic::finish_install(&self.id, &self.cfg.factory_secret, &inner.state, p, &reply)?;
         self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.install.after_save"))?;
         if let Some(i) = &inner.state.installation {
             log::info!(
@@ -329,9 +329,9 @@ impl Router {
     pub async fn tunnel_lost(&self) -> Result<TunnelRebuild, DaemonError> {
         let _x = self.exchange.lock().await;
         let state = self.state().await;
-        let p = core::begin_tunnel_lost(&self.id, &state, &self.rng, unix_now())?;
+        let p = logic::begin_tunnel_lost(&self.id, &state, &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
-        Ok(core::finish_tunnel_lost(&state, p, &reply)?)
+        Ok(logic::finish_tunnel_lost(&state, p, &reply)?)
     }
 
     /// The tunnel-lost notice, retried with back-off while the center (or
@@ -360,10 +360,10 @@ impl Router {
         {
             let _x = self.exchange.lock().await;
             let state = self.state().await;
-            let p = core::begin_failure(&self.id, &state, code, detail, &self.rng, unix_now())?;
+            let p = logic::begin_failure(&self.id, &state, code, detail, &self.rng, unix_now())?;
             let reply = self.send(&p.outgoing).await?;
             let mut inner = self.inner.lock().await;
-            let next = core::finish_failure(&inner.state, p, &reply)?;
+            let next = logic::finish_failure(&inner.state, p, &reply)?;
             self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.failure.after_save"))?;
         }
         log::warn!("terminal={} failure notice sent ({code:?})", self.id.terminal_id);
@@ -399,11 +399,11 @@ impl Router {
 
     async fn gateway_locked(&self) -> Result<(), DaemonError> {
         let state = self.state().await;
-        let p = core::begin_gateway(&self.id, &state, &self.rng, unix_now())?;
+        let p = logic::begin_gateway(&self.id, &state, &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
         vpnnat_crashpoint::hit("router.gateway.after_reply");
         let mut inner = self.inner.lock().await;
-        let next = core::finish_gateway(&self.id, &inner.state, p, &reply)?;
+        let next = logic::finish_gateway(&self.id, &inner.state, p, &reply)?;
         self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.gateway.after_save"))?;
         Ok(())
     }
@@ -456,7 +456,7 @@ impl Router {
             self.gateway_locked().await?;
         }
         let state = self.state().await;
-        let p = core::begin_maintenance(&self.id, &state, &input, &self.fixed(&before), &self.rng, unix_now())?;
+        let p = logic::begin_maintenance(&self.id, &state, &input, &self.fixed(&before), &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
         vpnnat_crashpoint::hit("router.grant.after_reply");
         // Resolved again now that the grants are here (PROTOCOL.md 4): a
@@ -464,7 +464,7 @@ impl Router {
         let after = self.resolve_all(&input.terminals).await?;
         let mut inner = self.inner.lock().await;
         let r = self.fixed(&after);
-        let (next, acc) = match core::finish_maintenance(&self.id, &inner.state, p, &reply, &r, unix_now()) {
+        let (next, acc) = match logic::finish_maintenance(&self.id, &inner.state, p, &reply, &r, unix_now()) {
             Ok(x) => x,
             Err(e) => {
                 log::error!("terminal={} maintenance request: {e}", self.id.terminal_id);
@@ -525,11 +525,11 @@ impl Router {
         };
         let mut inner = self.inner.lock().await;
         let Inner { state, guard, .. } = &mut *inner;
-        let outcome = core::handle_center_command(
+        let outcome = logic::handle_center_command(
             &self.id,
             state,
             guard,
-            core::IncomingCommand {
+            logic::IncomingCommand {
                 path,
                 headers: &headers,
                 body,
@@ -723,7 +723,7 @@ pub async fn serve(
             }
         });
     }
-    if core::tunnel_may_be_lost(&router.state().await) {
+    if logic::tunnel_may_be_lost(&router.state().await) {
         let r = router.clone();
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
@@ -768,7 +768,7 @@ impl Router {
                     detail: format!("datapath apply failed: {e}"),
                 });
             }
-            if let crate::ike::IkeStatus::Failed(why) = inner.ike.status() {
+            if let crate::ike_responder::IkeStatus::Failed(why) = inner.ike.status() {
                 out.push(Problem {
                     key: "ike".into(),
                     code: FailureCode::Ipsec,

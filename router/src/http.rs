@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::Outgoing;
 
-use crate::core::CenterReply;
+use crate::logic::CenterReply;
 
 /// Largest response body the client reads.
 pub const MAX_RESPONSE: usize = 256 * 1024;

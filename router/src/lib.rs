@@ -3,9 +3,9 @@
 //! page for LAN users, the server part that takes the center's commands
 //! through the tunnel, durable state, and (on the image) init duties.
 //!
-//! Layers: [`config`], [`state`] and [`resolve`] are data; [`core`] is the
-//! pure protocol logic (no I/O); [`ike`] is the seam to the IKE responder
-//! ([`ike_driver`] its implementation on the real driver);
+//! Layers: [`config`], [`state`] and [`resolve`] are data; [`logic`] is the
+//! pure protocol logic (no I/O); [`ike_responder`] is the seam to the IKE
+//! responder ([`driver_responder`] its implementation on the real driver);
 //! [`http`], [`daemon`] and [`init`] are the I/O shell.
 
 // Hostile input (peer messages, kernel replies) must not panic the daemon:
@@ -14,13 +14,13 @@
 
 pub mod cli;
 pub mod config;
-pub mod core;
 pub mod daemon;
+pub mod driver_responder;
 pub mod health;
 pub mod http;
-pub mod ike;
-pub mod ike_driver;
+pub mod ike_responder;
 pub mod init;
+pub mod logic;
 pub mod logring;
 pub mod resolve;
 pub mod secret;

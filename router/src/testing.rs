@@ -17,7 +17,7 @@ use vpnnat_proto::messages::{
 use vpnnat_proto::types::{AcceptanceNumber, BoundedSet, IkeIdentity, Ipv4Cidr, TerminalId, TerminalName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError};
 
-use crate::core::CenterReply;
+use crate::logic::CenterReply;
 
 pub const NOW: u64 = 1_800_000_000;
 

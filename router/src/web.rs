@@ -29,9 +29,9 @@ use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::{ClaimantName, Phone, RequestContent, TerminalName};
 
 use crate::config::{parse_level, parse_urgency};
-use crate::core::{Accepted, MaintenanceInput};
 use crate::daemon::{DaemonError, Router};
 use crate::http::{self, escape, html, json, parse_form, text, Handler, Incoming1, Reply};
+use crate::logic::{Accepted, MaintenanceInput};
 
 /// A maintenance request in the JSON API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl ApiRequest {
 /// HTTP status for a failed request: the user's fault (400), the center's
 /// refusal or unreachability (502), or ours (500).
 fn status_of(e: &DaemonError) -> u16 {
-    use crate::core::ExchangeError as X;
+    use crate::logic::ExchangeError as X;
     match e {
         DaemonError::Exchange(X::Resolve(_)) | DaemonError::NoButton => 400,
         DaemonError::NotInstalled | DaemonError::Exchange(X::NotInstalled) => 409,

@@ -19,9 +19,9 @@ use vpnnat_datapath::{plan, Datapath, DesiredState, KernelDatapath, PolicyId};
 use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId2};
 use vpnnat_proto::types::{ClaimantLevel, TerminalName, Urgency};
 use vpnnat_router::config::Config;
-use vpnnat_router::core::{desired_state, Identity};
 use vpnnat_router::daemon::{Parts, Router};
-use vpnnat_router::ike::StaticResponder;
+use vpnnat_router::ike_responder::StaticResponder;
+use vpnnat_router::logic::{desired_state, Identity};
 use vpnnat_router::state::{Gateway, HostGrant, Installation, RequestRecord, RequestState, RouterState, StateStore};
 
 fn config(dir: &Path) -> Arc<Config> {
@@ -80,7 +80,7 @@ fn with_grant(mut s: RouterState, name: &str, real: u8, vpnnat: u8) -> RouterSta
         },
     );
     // The open request that granted it (a host without one is settled
-    // away at start: see `core::settle`).
+    // away at start: see `logic::settle`).
     let r = s.requests.entry(1).or_insert_with(|| RequestRecord {
         claimant_name: "A".into(),
         claimant_level: ClaimantLevel::General,

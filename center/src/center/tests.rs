@@ -2,9 +2,16 @@ use super::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use vpnnat_proto::messages::{GatewayAddressResponse, InstallResponse, MaintenanceDetails, MaintenanceResponse};
+use vpnnat_proto::keys::SecretId;
+use vpnnat_proto::messages::{
+    FailureNotice, GatewayAddressRequest, GatewayAddressResponse, GatewayInfo, Grant, InstallRequest, InstallResponse,
+    InstallSecrets, MaintenanceDetails, MaintenanceRequest, MaintenanceResponse, TunnelEvent, TunnelLostAnswer,
+    TunnelLostNotice, TunnelRebuild,
+};
 use vpnnat_proto::seal::ReplyKeyPair;
-use vpnnat_proto::types::{ClaimantName, FailureCode, FailureDetail, Phone, RequestContent, TerminalNames};
+use vpnnat_proto::types::{
+    ClaimantLevel, ClaimantName, FailureCode, FailureDetail, Phone, RequestContent, TerminalNames, Urgency,
+};
 use vpnnat_proto::{decode_response, encode_request};
 
 use crate::storage::{PoolUsage, RequestState, ROUTER_PART_NAME, SERVER_PART_NAME};

@@ -1,5 +1,6 @@
 use super::*;
-use vpnnat_proto::auth::Nonce;
+use vpnnat_proto::auth::{Nonce, NonceStore};
+use vpnnat_proto::types::Ipv4Cidr;
 
 fn cidr(s: &str) -> Ipv4Cidr {
     s.parse().unwrap()

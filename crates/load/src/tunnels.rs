@@ -4,7 +4,7 @@
 //! `tests/vm/load-tunnels.sh` started in their namespaces.
 //!
 //! Each simulated router is routerd's own core and daemon
-//! ([`vpnnat_router::daemon::Router`]: the exchanges of `router::core`, the
+//! ([`vpnnat_router::daemon::Router`]: the exchanges of `router::logic`, the
 //! state store, the reply keys, the replay guard) with:
 //! - its own WAN address (`--first-address` + i, added by the script in
 //!   this "homes" namespace); its connections to the center leave from it
@@ -58,10 +58,10 @@ use vpnnat_ike_driver::{DriverConfig, IkeDriver};
 use vpnnat_proto::keys::{FactoryMasterKey, SecretBytes, SecretId};
 use vpnnat_proto::types::{ClaimantLevel, ClaimantName, Phone, RequestContent, TerminalId, TerminalName, Urgency};
 use vpnnat_router::config::Config;
-use vpnnat_router::core::MaintenanceInput;
 use vpnnat_router::daemon::{Parts, Router};
+use vpnnat_router::driver_responder::IkeDriverResponder;
 use vpnnat_router::health::HealthSettings;
-use vpnnat_router::ike_driver::IkeDriverResponder;
+use vpnnat_router::logic::MaintenanceInput;
 use vpnnat_router::state::RequestState;
 use vpnnat_router::web::CenterPort;
 

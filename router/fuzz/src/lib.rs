@@ -34,8 +34,8 @@ use vpnnat_proto::types::{
 };
 use vpnnat_proto::{Command, Outgoing};
 use vpnnat_router::config::Config;
-use vpnnat_router::core::{self, CenterReply, CommandError, Identity, IncomingCommand, MaintenanceInput};
 use vpnnat_router::http::{parse_form, Incoming1};
+use vpnnat_router::logic::{self, CenterReply, CommandError, Identity, IncomingCommand, MaintenanceInput};
 use vpnnat_router::resolve::{parse_leases, NoDns, Resolver};
 use vpnnat_router::state::RouterState;
 use vpnnat_router::web::{basic_password, cross_site, ApiRequest};
@@ -236,7 +236,7 @@ fn fixture() -> &'static Fixture {
         let secret_id = SecretId::from_array([1; 32]);
         let rng = SystemRandom::new();
         let empty = RouterState::default();
-        let p = core::begin_install(&id, &secret_id, &rng, NOW).unwrap();
+        let p = logic::begin_install(&id, &secret_id, &rng, NOW).unwrap();
         let reply_key = serde_json::from_slice::<InstallRequest>(&p.outgoing.body)
             .unwrap()
             .reply_key;
@@ -251,9 +251,9 @@ fn fixture() -> &'static Fixture {
         let resp = secrets.seal(&rng, &id.terminal_id, &reply_key).unwrap();
         let reply =
             signed_reply::<InstallRequest>(&p.outgoing, &secret_id.mac_key(), serde_json::to_vec(&resp).unwrap());
-        let installed = core::finish_install(&id, &secret_id, &empty, p, &reply).unwrap();
+        let installed = logic::finish_install(&id, &secret_id, &empty, p, &reply).unwrap();
         // Then the gateway address, as a router does before maintenance.
-        let p = core::begin_gateway(&id, &installed, &rng, NOW).unwrap();
+        let p = logic::begin_gateway(&id, &installed, &rng, NOW).unwrap();
         let reply_key = serde_json::from_slice::<GatewayAddressRequest>(&p.outgoing.body)
             .unwrap()
             .reply_key;
@@ -265,7 +265,7 @@ fn fixture() -> &'static Fixture {
         let resp = info.seal(&rng, &id.terminal_id, &reply_key).unwrap();
         let key = installed.installation.as_ref().unwrap().secret_id2.mac_key();
         let reply = signed_reply::<GatewayAddressRequest>(&p.outgoing, &key, serde_json::to_vec(&resp).unwrap());
-        let installed = core::finish_gateway(&id, &installed, p, &reply).unwrap();
+        let installed = logic::finish_gateway(&id, &installed, p, &reply).unwrap();
         Fixture {
             config,
             id,
@@ -365,7 +365,7 @@ pub fn center_exchange(data: &[u8]) {
     let before = format!("{:?}", f.installed);
     match sel & 3 {
         0 => {
-            let p = core::begin_install(&f.id, &f.secret_id, &rng, NOW).unwrap();
+            let p = logic::begin_install(&f.id, &f.secret_id, &rng, NOW).unwrap();
             let Some(reply) = reply_for::<InstallRequest>(
                 &shape,
                 &p.outgoing,
@@ -376,7 +376,7 @@ pub fn center_exchange(data: &[u8]) {
             ) else {
                 return;
             };
-            let r = core::finish_install(&f.id, &f.secret_id, &f.installed, p, &reply);
+            let r = logic::finish_install(&f.id, &f.secret_id, &f.installed, p, &reply);
             if let Ok(next) = r {
                 assert!(!matches!(shape, Shape::Raw), "unsigned answer accepted");
                 let inst = next.installation.as_ref().expect("installed");
@@ -384,7 +384,7 @@ pub fn center_exchange(data: &[u8]) {
             }
         }
         1 => {
-            let p = core::begin_gateway(&f.id, &f.installed, &rng, NOW).unwrap();
+            let p = logic::begin_gateway(&f.id, &f.installed, &rng, NOW).unwrap();
             let key = f.installed.installation.as_ref().unwrap().secret_id2.mac_key();
             let Some(reply) = reply_for::<GatewayAddressRequest>(
                 &shape,
@@ -396,7 +396,7 @@ pub fn center_exchange(data: &[u8]) {
             ) else {
                 return;
             };
-            if let Ok(next) = core::finish_gateway(&f.id, &f.installed, p, &reply) {
+            if let Ok(next) = logic::finish_gateway(&f.id, &f.installed, p, &reply) {
                 assert!(!matches!(shape, Shape::Raw), "unsigned answer accepted");
                 let gw = next.gateway.as_ref().expect("gateway recorded");
                 assert!(!gw.center_networks.is_empty());
@@ -418,7 +418,7 @@ pub fn center_exchange(data: &[u8]) {
                 dns: NoDns,
                 lan: &f.config.lan,
             };
-            let p = core::begin_maintenance(&f.id, &f.installed, &input, &resolver, &rng, NOW).unwrap();
+            let p = logic::begin_maintenance(&f.id, &f.installed, &input, &resolver, &rng, NOW).unwrap();
             let key = f.installed.installation.as_ref().unwrap().secret_id2.mac_key();
             // The acceptance number rides outside the sealed box: take it
             // from the first 8 bytes in the sealed shape.
@@ -449,7 +449,7 @@ pub fn center_exchange(data: &[u8]) {
             ) else {
                 return;
             };
-            if let Ok((next, accepted)) = core::finish_maintenance(&f.id, &f.installed, p, &reply, &resolver, NOW) {
+            if let Ok((next, accepted)) = logic::finish_maintenance(&f.id, &f.installed, p, &reply, &resolver, NOW) {
                 assert!(!matches!(shape, Shape::Raw), "unsigned answer accepted");
                 for (name, real, vpnnat) in &accepted.grants {
                     let h = next.hosts.get(name).expect("granted host in the table");
@@ -499,7 +499,7 @@ fn center_command(shape: &Shape, data: &[u8]) {
         headers: &headers,
         body: &body,
     };
-    match core::handle_center_command(&f.id, &f.installed, &mut guard, cmd, NOW, &rng) {
+    match logic::handle_center_command(&f.id, &f.installed, &mut guard, cmd, NOW, &rng) {
         Ok(out) => {
             assert!(!matches!(shape, Shape::Raw), "unsigned command accepted");
             assert_eq!(guard.store().len(), 1);

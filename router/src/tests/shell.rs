@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::daemon::{serve, unix_now, Parts, Router};
 use crate::health::HealthSettings;
 use crate::http::{self, auth_headers};
-use crate::ike::StaticResponder;
+use crate::ike_responder::StaticResponder;
 use crate::state::RequestState;
 use crate::testing::{CenterSim, FakeCenter};
 use crate::view::StatusView;

@@ -7,7 +7,7 @@
 //! grants) and to read back its health and the SAs it installed (so that
 //! reconciliation keeps them). [`IkeResponder`] is that contract;
 //! [`StaticResponder`] stands in for tests and `--fake-datapath`;
-//! `crate::ike_driver` implements it on the real driver.
+//! `crate::driver_responder` implements it on the real driver.
 
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -34,7 +34,7 @@ use vpnnat_proto::types::{
 use vpnnat_proto::{decode_request, decode_response, encode_request, encode_response, Command, Outgoing, ProtoError};
 
 use crate::config::Interface;
-use crate::ike::ResponderSettings;
+use crate::ike_responder::ResponderSettings;
 use crate::resolve::{DnsLookup, ResolveError, Resolver};
 use crate::state::{FailureRecord, Gateway, HostGrant, Installation, RequestRecord, RequestState, RouterState};
 

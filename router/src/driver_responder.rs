@@ -19,7 +19,7 @@ use vpnnat_ike::{Secret, TrafficSelector};
 use vpnnat_ike_driver::{DriverConfig, DriverError, DriverEvent, DriverHandle, IkeDriver, Request, TunnelConfig};
 use vpnnat_proto::keys::SecretBytes;
 
-use crate::ike::{IkeResponder, IkeStatus, ResponderSettings};
+use crate::ike_responder::{IkeResponder, IkeStatus, ResponderSettings};
 
 /// What the responder needs of a running driver; implemented by
 /// [`DriverHandle`] and by a recorder in tests.
