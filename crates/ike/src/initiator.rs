@@ -10,7 +10,7 @@ use ring::rand::SecureRandom;
 use crate::codec::{Message, TrafficSelector};
 use crate::error::Error;
 use crate::event::Output;
-use crate::session::{IkeSa, Queued, SaConfig};
+use crate::session::{IkeSa, Queued, Received, SaConfig};
 use crate::table::{strip_marker, SaTable};
 
 /// Configuration of an [`Initiator`].
@@ -78,7 +78,14 @@ impl Initiator {
             return Err(Error::PeerNotAllowed(src.ip()));
         }
         let msg = Message::parse(ike)?;
-        self.table.dispatch(now, src, dst, ike, &msg, rng).map(|_| ())
+        let rx = Received {
+            now,
+            src,
+            dst,
+            raw: ike,
+            msg: &msg,
+        };
+        self.table.dispatch(&rx, rng).map(|_| ())
     }
 
     /// Runs retransmissions, liveness checks and time-outs.

@@ -14,7 +14,7 @@ use crate::codec::{
 use crate::crypto::{random_bytes, CryptoError, Secret};
 use crate::error::Error;
 use crate::event::{Datagram, Output};
-use crate::session::{IkeSa, Queued, SaConfig, SaState};
+use crate::session::{IkeSa, Queued, Received, SaConfig, SaState};
 use crate::table::{strip_marker, SaTable};
 
 /// Configuration of a [`Responder`].
@@ -171,7 +171,14 @@ impl Responder {
         if h.exchange == ExchangeType::IkeSaInit && !h.is_response() && h.spi_r == 0 {
             return self.handle_init(now, src, dst, ike, &msg, rng);
         }
-        let fx = self.table.dispatch(now, src, dst, ike, &msg, rng)?;
+        let rx = Received {
+            now,
+            src,
+            dst,
+            raw: ike,
+            msg: &msg,
+        };
+        let fx = self.table.dispatch(&rx, rng)?;
         if fx.initial_contact {
             // The gateway restarted: SAs it had with us before are stale.
             let keep = (h.spi_i, h.spi_r);
@@ -250,7 +257,14 @@ impl Responder {
             // cookies and only a peer that returns them is counted here.
             return Err(Error::TooManyHalfOpen(half_open));
         }
-        let sa = IkeSa::respond_init(self.cfg.clone(), now, src, dst, ike, msg, rng, &mut self.table.out)?;
+        let rx = Received {
+            now,
+            src,
+            dst,
+            raw: ike,
+            msg,
+        };
+        let sa = IkeSa::respond_init(self.cfg.clone(), &rx, rng, &mut self.table.out)?;
         self.table.sas.push(sa);
         Ok(())
     }
