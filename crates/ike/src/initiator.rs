@@ -8,9 +8,10 @@ use std::time::Instant;
 use ring::rand::SecureRandom;
 
 use crate::codec::{Message, TrafficSelector};
+use crate::endpoint::endpoint_api;
 use crate::error::Error;
 use crate::event::Output;
-use crate::session::{IkeSa, Queued, SaConfig};
+use crate::session::{IkeSa, Queued, Received, SaConfig};
 use crate::table::{strip_marker, SaTable};
 
 /// Configuration of an [`Initiator`].
@@ -78,83 +79,15 @@ impl Initiator {
             return Err(Error::PeerNotAllowed(src.ip()));
         }
         let msg = Message::parse(ike)?;
-        self.table.dispatch(now, src, dst, ike, &msg, rng).map(|_| ())
+        let rx = Received {
+            now,
+            src,
+            dst,
+            raw: ike,
+            msg: &msg,
+        };
+        self.table.dispatch(&rx, rng).map(|_| ())
     }
 
-    /// Runs retransmissions, liveness checks and time-outs.
-    pub fn poll_timers(&mut self, now: Instant) {
-        self.table.poll_timers(now);
-    }
-
-    /// When [`Initiator::poll_timers`] should be called next.
-    pub fn next_timeout(&self) -> Option<Instant> {
-        self.table.next_timeout()
-    }
-
-    /// Next datagram to send or event to act on, in order.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.table.poll_output()
-    }
-
-    /// Whether an IKE SA is established.
-    pub fn is_established(&self) -> bool {
-        self.table.current_ref().is_some()
-    }
-
-    /// SPIs of the current IKE SA.
-    pub fn ike_spis(&self) -> Option<(u64, u64)> {
-        self.table.current_ref().map(IkeSa::spis)
-    }
-
-    /// `(inbound, outbound)` SPIs of the current CHILD SAs.
-    pub fn child_sas(&self) -> Vec<(u32, u32)> {
-        self.table.current_ref().map(IkeSa::child_spis).unwrap_or_default()
-    }
-
-    /// Changes the traffic selectors (e.g. after a VPNNAT address was
-    /// granted or released). Existing CHILD SAs keep theirs; the change
-    /// takes effect with the next [`Self::rekey_child`], which negotiates
-    /// the selectors afresh.
-    pub fn set_traffic_selectors(&mut self, local_ts: Vec<TrafficSelector>, remote_ts: Vec<TrafficSelector>) {
-        let mut c = (*self.cfg).clone();
-        c.local_ts = local_ts;
-        c.remote_ts = remote_ts;
-        self.cfg = Arc::new(c);
-        self.table.set_config(&self.cfg);
-    }
-
-    /// The current configuration.
-    pub fn config(&self) -> &SaConfig {
-        &self.cfg
-    }
-
-    /// Rekeys the CHILD SA with this inbound SPI (e.g. on a kernel soft
-    /// expire).
-    pub fn rekey_child(&mut self, now: Instant, inbound_spi: u32, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::RekeyChild(inbound_spi), rng)
-    }
-
-    /// Rekeys the IKE SA.
-    pub fn rekey_ike(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::RekeyIke, rng)
-    }
-
-    /// Deletes one CHILD SA.
-    pub fn delete_child(&mut self, now: Instant, inbound_spi: u32, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::DeleteChild(inbound_spi), rng)
-    }
-
-    /// Sends a liveness check now.
-    pub fn check_liveness(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::Dpd, rng)
-    }
-
-    /// Deletes the IKE SA and its CHILD SAs.
-    pub fn close(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::DeleteIke, rng)
-    }
-
-    fn op(&mut self, now: Instant, what: Queued, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.table.op(now, what, rng)
-    }
+    endpoint_api!();
 }

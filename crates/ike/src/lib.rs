@@ -79,6 +79,7 @@
 
 pub mod codec;
 pub mod crypto;
+mod endpoint;
 pub mod error;
 pub mod event;
 pub mod initiator;

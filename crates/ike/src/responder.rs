@@ -12,9 +12,10 @@ use crate::codec::{
     self, encode_message, notify_type as nt, ExchangeType, Header, Message, Notify, Payload, TrafficSelector,
 };
 use crate::crypto::{random_bytes, CryptoError, Secret};
+use crate::endpoint::endpoint_api;
 use crate::error::Error;
 use crate::event::{Datagram, Output};
-use crate::session::{IkeSa, Queued, SaConfig, SaState};
+use crate::session::{IkeSa, Queued, Received, SaConfig, SaState};
 use crate::table::{strip_marker, SaTable};
 
 /// Configuration of a [`Responder`].
@@ -171,7 +172,14 @@ impl Responder {
         if h.exchange == ExchangeType::IkeSaInit && !h.is_response() && h.spi_r == 0 {
             return self.handle_init(now, src, dst, ike, &msg, rng);
         }
-        let fx = self.table.dispatch(now, src, dst, ike, &msg, rng)?;
+        let rx = Received {
+            now,
+            src,
+            dst,
+            raw: ike,
+            msg: &msg,
+        };
+        let fx = self.table.dispatch(&rx, rng)?;
         if fx.initial_contact {
             // The gateway restarted: SAs it had with us before are stale.
             let keep = (h.spi_i, h.spi_r);
@@ -250,7 +258,14 @@ impl Responder {
             // cookies and only a peer that returns them is counted here.
             return Err(Error::TooManyHalfOpen(half_open));
         }
-        let sa = IkeSa::respond_init(self.cfg.clone(), now, src, dst, ike, msg, rng, &mut self.table.out)?;
+        let rx = Received {
+            now,
+            src,
+            dst,
+            raw: ike,
+            msg,
+        };
+        let sa = IkeSa::respond_init(self.cfg.clone(), &rx, rng, &mut self.table.out)?;
         self.table.sas.push(sa);
         Ok(())
     }
@@ -267,26 +282,6 @@ impl Responder {
         Ok(self.cookies.rotate(now, rng)?)
     }
 
-    /// Runs retransmissions, liveness checks and time-outs.
-    pub fn poll_timers(&mut self, now: Instant) {
-        self.table.poll_timers(now);
-    }
-
-    /// When [`Responder::poll_timers`] should be called next.
-    pub fn next_timeout(&self) -> Option<Instant> {
-        self.table.next_timeout()
-    }
-
-    /// Next datagram to send or event to act on, in order.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.table.poll_output()
-    }
-
-    /// Whether an IKE SA is established.
-    pub fn is_established(&self) -> bool {
-        self.table.current_ref().is_some()
-    }
-
     /// Number of half-open IKE SAs.
     pub fn half_open(&self) -> usize {
         self.table.sas.iter().filter(|s| s.state == SaState::HalfOpen).count()
@@ -297,59 +292,5 @@ impl Responder {
         self.table.sas.len()
     }
 
-    /// SPIs of the current IKE SA.
-    pub fn ike_spis(&self) -> Option<(u64, u64)> {
-        self.table.current_ref().map(IkeSa::spis)
-    }
-
-    /// `(inbound, outbound)` SPIs of the current CHILD SAs.
-    pub fn child_sas(&self) -> Vec<(u32, u32)> {
-        self.table.current_ref().map(IkeSa::child_spis).unwrap_or_default()
-    }
-
-    /// Changes the traffic selectors (e.g. after a VPNNAT address was
-    /// granted or released). Existing CHILD SAs keep theirs; the change
-    /// takes effect with the next [`Self::rekey_child`], which negotiates
-    /// the selectors afresh.
-    pub fn set_traffic_selectors(&mut self, local_ts: Vec<TrafficSelector>, remote_ts: Vec<TrafficSelector>) {
-        let mut c = (*self.cfg).clone();
-        c.local_ts = local_ts;
-        c.remote_ts = remote_ts;
-        self.cfg = Arc::new(c);
-        self.table.set_config(&self.cfg);
-    }
-
-    /// The current configuration.
-    pub fn config(&self) -> &SaConfig {
-        &self.cfg
-    }
-
-    /// Rekeys the CHILD SA with this inbound SPI.
-    pub fn rekey_child(&mut self, now: Instant, inbound_spi: u32, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::RekeyChild(inbound_spi), rng)
-    }
-
-    /// Rekeys the IKE SA (we become the original initiator of the new one).
-    pub fn rekey_ike(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::RekeyIke, rng)
-    }
-
-    /// Deletes one CHILD SA.
-    pub fn delete_child(&mut self, now: Instant, inbound_spi: u32, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::DeleteChild(inbound_spi), rng)
-    }
-
-    /// Sends a liveness check now.
-    pub fn check_liveness(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::Dpd, rng)
-    }
-
-    /// Deletes the IKE SA and its CHILD SAs.
-    pub fn close(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.op(now, Queued::DeleteIke, rng)
-    }
-
-    fn op(&mut self, now: Instant, what: Queued, rng: &dyn SecureRandom) -> Result<(), Error> {
-        self.table.op(now, what, rng)
-    }
+    endpoint_api!();
 }

@@ -11,10 +11,9 @@ use std::time::Instant;
 
 use ring::rand::SecureRandom;
 
-use crate::codec::Message;
 use crate::error::Error;
 use crate::event::{Output, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER};
-use crate::session::{Effects, IkeSa, Out, Queued, SaConfig, SaState};
+use crate::session::{Effects, IkeSa, Out, Queued, Received, SaConfig, SaState};
 
 /// Strips the non-ESP marker of datagrams received on port 4500.
 /// `Ok(None)` is a NAT-T keepalive (nothing to do); ESP is not for us.
@@ -39,22 +38,14 @@ pub(crate) struct SaTable {
 
 impl SaTable {
     /// Routes a parsed message to its SA.
-    #[allow(clippy::too_many_arguments)]
-    pub fn dispatch(
-        &mut self,
-        now: Instant,
-        src: SocketAddr,
-        dst: SocketAddr,
-        raw: &[u8],
-        msg: &Message,
-        rng: &dyn SecureRandom,
-    ) -> Result<Effects, Error> {
+    pub fn dispatch(&mut self, rx: &Received<'_>, rng: &dyn SecureRandom) -> Result<Effects, Error> {
+        let Received { now, msg, .. } = *rx;
         let h = &msg.header;
         let sa = self.sas.iter_mut().find(|s| s.matches(h)).ok_or(Error::UnknownSa {
             spi_i: h.spi_i,
             spi_r: h.spi_r,
         })?;
-        let r = sa.handle(now, src, dst, raw, msg, rng, &mut self.out);
+        let r = sa.handle(rx, rng, &mut self.out);
         let fx = match r {
             Ok(mut fx) => {
                 if let Some(mut new) = fx.new_sa.take() {

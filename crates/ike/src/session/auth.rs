@@ -11,8 +11,8 @@ use crate::event::{DownReason, Event, Output};
 use crate::keys::{accept_esp, esp_proposals, select_esp};
 
 use super::{
-    all_within, down_reason_for, find_notify, first_error_notify, narrow, spi_bytes_u32, Child, Effects, IkeSa, Out,
-    PendingKind, Queued, Result, SaState,
+    all_within, down_reason_for, find_notify, first_error_notify, narrow, spi_bytes_u32, Child, ChildKeying, Effects,
+    IkeSa, Out, PendingKind, Queued, Result, SaState,
 };
 
 impl IkeSa {
@@ -119,7 +119,13 @@ impl IkeSa {
         };
         let ni = self.ni.clone();
         let nr = self.nr.clone();
-        self.install_child(child, None, &ni, &nr, true, None, out)?;
+        let keying = ChildKeying {
+            gir: None,
+            ni: &ni,
+            nr: &nr,
+            exchange_initiator: true,
+        };
+        self.install_child(child, keying, None, out)?;
         out.push_back(Output::Event(Event::TunnelUp {
             ike_spis: self.spis(),
             local: self.local,
@@ -190,7 +196,13 @@ impl IkeSa {
                 resp.push(Payload::TsR(child.local_ts.clone()));
                 // Install before answering, so the initiator's first ESP
                 // packets find the inbound SA.
-                self.install_child(child, None, &ni, &nr, false, None, out)?;
+                let keying = ChildKeying {
+                    gir: None,
+                    ni: &ni,
+                    nr: &nr,
+                    exchange_initiator: false,
+                };
+                self.install_child(child, keying, None, out)?;
                 out.push_back(Output::Event(Event::TunnelUp {
                     ike_spis: self.spis(),
                     local: self.local,

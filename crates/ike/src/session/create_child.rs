@@ -6,31 +6,33 @@ use std::time::Instant;
 use ring::rand::SecureRandom;
 
 use crate::codec::{notify_type as nt, protocol_id, ExchangeType, KeyExchange, Notify, Payload};
-use crate::crypto::{random_bytes, random_esp_spi, random_u64_nonzero, DhGroup, DhPrivate, Secret};
+use crate::crypto::{random_bytes, random_esp_spi, random_u64_nonzero, DhGroup, DhPrivate};
 use crate::error::Error;
 use crate::event::{ChildSa, Event, Mode, Output};
 use crate::keys::{accept_esp, accept_ike, child_keymat, select_ike, skeyseed_rekey, IkeSaKeys, IkeSuite};
 
 use super::{
-    all_within, find_notify, first_error_notify, spi_bytes_u32, Child, Collision, Effects, IkeCollision, IkeSa, Out,
-    PendingKind, Queued, Result, SaState, NONCE_LEN,
+    all_within, find_notify, first_error_notify, spi_bytes_u32, Child, ChildKeying, ChildRekey, Collision, Effects,
+    IkeCollision, IkeRekey, IkeSa, Out, PendingKind, Queued, Result, SaState, NONCE_LEN,
 };
 
 impl IkeSa {
     /// Derives the keys of a CHILD SA, records it and emits `ChildSaUp`.
     /// `exchange_initiator`: whether we started the exchange creating it
     /// (KEYMAT's first half protects initiator -> responder traffic).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn install_child(
         &mut self,
         child: Child,
-        gir: Option<&Secret>,
-        ni: &[u8],
-        nr: &[u8],
-        exchange_initiator: bool,
+        keying: ChildKeying<'_>,
         replaces: Option<(u32, u32)>,
         out: &mut Out,
     ) -> Result<()> {
+        let ChildKeying {
+            gir,
+            ni,
+            nr,
+            exchange_initiator,
+        } = keying;
         let mut child = child;
         let keys = self.keys()?;
         let (i2r, r2i) = child_keymat(&keys.sk_d, child.suite.encr, gir, ni, nr)?;
@@ -97,10 +99,7 @@ impl IkeSa {
             .iter()
             .any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol_id::IKE)));
         if is_ike {
-            let crossed = matches!(
-                self.pending.as_ref().map(|p| &p.kind),
-                Some(PendingKind::RekeyIke { .. })
-            );
+            let crossed = self.ike_rekey_in_flight();
             if !crossed && self.busy_with_ike() {
                 // We are closing it: refuse; the peer may retry later.
                 self.send_response(
@@ -113,7 +112,7 @@ impl IkeSa {
             }
             // Both sides rekeying: answer as usual, the nonces pick the
             // survivor when ours completes (RFC 7296 2.25.2).
-            return self.respond_rekey_ike(now, mid, payloads, crossed, rng, out, fx);
+            return self.respond_rekey_ike(now, mid, payloads, rng, out, fx);
         }
         let reply_error = |sa: &mut Self, ty: u16, out: &mut Out| {
             sa.send_response(
@@ -139,7 +138,7 @@ impl IkeSa {
         // nonces pick the survivor when ours completes (RFC 7296 2.25.1).
         let crossed = matches!(
             self.pending.as_ref().map(|p| &p.kind),
-            Some(PendingKind::RekeyChild { old_inbound, .. }) if *old_inbound == old.inbound_spi
+            Some(PendingKind::RekeyChild(r)) if r.old_inbound == old.inbound_spi
         );
         if !crossed && self.busy_with_child(old.inbound_spi) {
             // We are deleting it: refuse; the peer may retry later.
@@ -208,29 +207,27 @@ impl IkeSa {
                 peer_child: child.inbound_spi,
             });
         }
-        self.install_child(
-            child,
-            gir.as_ref(),
-            &ni,
-            &nr,
-            false,
-            Some((old.inbound_spi, old.outbound_spi)),
-            out,
-        )?;
+        let keying = ChildKeying {
+            gir: gir.as_ref(),
+            ni: &ni,
+            nr: &nr,
+            exchange_initiator: false,
+        };
+        self.install_child(child, keying, Some((old.inbound_spi, old.outbound_spi)), out)?;
         self.send_response(ExchangeType::CreateChildSa, mid, &resp, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn respond_rekey_ike(
         &mut self,
         now: Instant,
         mid: u32,
         payloads: &[Payload],
-        crossed: bool,
         rng: &dyn SecureRandom,
         out: &mut Out,
         fx: &mut Effects,
     ) -> Result<()> {
+        // Both sides rekeying the IKE SA at once (RFC 7296 2.25.2).
+        let crossed = self.ike_rekey_in_flight();
         let sa = find_payload!(payloads, Sa, "SA")?;
         let ni = find_payload!(payloads, Nonce, "Nonce")?.clone();
         let ke = find_payload!(payloads, Ke, "KE")?;
@@ -320,18 +317,21 @@ impl IkeSa {
         new
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn finish_rekey_child_inner(
         &mut self,
         payloads: &[Payload],
-        old_inbound: u32,
-        new_inbound: u32,
-        ni: &[u8],
-        dh: Option<DhPrivate>,
+        rekey: ChildRekey,
         now: Instant,
         rng: &dyn SecureRandom,
         out: &mut Out,
     ) -> Result<()> {
+        let ChildRekey {
+            old_inbound,
+            new_inbound,
+            ni,
+            dh,
+        } = rekey;
+        let ni = ni.as_slice();
         if let Some(ty) = first_error_notify(payloads) {
             return Err(Error::PeerError(ty));
         }
@@ -386,31 +386,28 @@ impl IkeSa {
                 p.outbound_waits_for = None;
             }
         }
-        self.install_child(
-            child,
-            gir.as_ref(),
+        let keying = ChildKeying {
+            gir: gir.as_ref(),
             ni,
-            &nr,
-            true,
-            Some((old.inbound_spi, old.outbound_spi)),
-            out,
-        )?;
+            nr: &nr,
+            exchange_initiator: true,
+        };
+        self.install_child(child, keying, Some((old.inbound_spi, old.outbound_spi)), out)?;
         // The old pair goes once the new one is in place (RFC 7296 2.8).
         self.start(now, Queued::DeleteChild(old_inbound), rng, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn finish_rekey_ike_inner(
         &mut self,
         payloads: &[Payload],
-        new_spi_i: u64,
-        ni: &[u8],
-        dh: Option<DhPrivate>,
+        rekey: IkeRekey,
         now: Instant,
         rng: &dyn SecureRandom,
         out: &mut Out,
         fx: &mut Effects,
     ) -> Result<()> {
+        let IkeRekey { new_spi_i, ni, dh } = rekey;
+        let ni = ni.as_slice();
         if let Some(ty) = first_error_notify(payloads) {
             return Err(Error::PeerError(ty));
         }
@@ -467,19 +464,16 @@ impl IkeSa {
 
     /// Completes our CHILD SA rekey; a failure is reported as an event too,
     /// since the driver that asked for it is not the caller here.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_rekey_child(
         &mut self,
         payloads: &[Payload],
-        old_inbound: u32,
-        new_inbound: u32,
-        ni: &[u8],
-        dh: Option<DhPrivate>,
+        rekey: ChildRekey,
         now: Instant,
         rng: &dyn SecureRandom,
         out: &mut Out,
     ) -> Result<()> {
-        let r = self.finish_rekey_child_inner(payloads, old_inbound, new_inbound, ni, dh, now, rng, out);
+        let old_inbound = rekey.old_inbound;
+        let r = self.finish_rekey_child_inner(payloads, rekey, now, rng, out);
         if let Err(e) = &r {
             out.push_back(Output::Event(Event::RekeyFailed {
                 child: Some(old_inbound),
@@ -490,19 +484,16 @@ impl IkeSa {
     }
 
     /// Completes our IKE SA rekey, reporting failures as events.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_rekey_ike(
         &mut self,
         payloads: &[Payload],
-        new_spi_i: u64,
-        ni: &[u8],
-        dh: Option<DhPrivate>,
+        rekey: IkeRekey,
         now: Instant,
         rng: &dyn SecureRandom,
         out: &mut Out,
         fx: &mut Effects,
     ) -> Result<()> {
-        let r = self.finish_rekey_ike_inner(payloads, new_spi_i, ni, dh, now, rng, out, fx);
+        let r = self.finish_rekey_ike_inner(payloads, rekey, now, rng, out, fx);
         if let Err(e) = &r {
             out.push_back(Output::Event(Event::RekeyFailed {
                 child: None,

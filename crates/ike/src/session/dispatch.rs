@@ -2,16 +2,15 @@
 //! outstanding request, requests from the peer.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use ring::rand::SecureRandom;
 
-use crate::codec::{ExchangeType, Message};
+use crate::codec::ExchangeType;
 use crate::error::Error;
 use crate::event::{Datagram, DownReason, NAT_T_PORT};
 use crate::timers::Retransmitter;
 
-use super::{Effects, IkeSa, Out, Pending, PendingKind, Result, SaState};
+use super::{Effects, IkeSa, Out, Pending, PendingKind, Received, Result, SaState};
 
 fn pending_restore(message_id: u32, datagram: Datagram, timer: Retransmitter, inbound_spi: u32) -> Pending {
     Pending {
@@ -23,19 +22,10 @@ fn pending_restore(message_id: u32, datagram: Datagram, timer: Retransmitter, in
 }
 
 impl IkeSa {
-    /// Handles a message for this SA. `raw` is the IKE message without the
+    /// Handles a message for this SA. `rx.raw` is the IKE message without the
     /// non-ESP marker.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn handle(
-        &mut self,
-        now: Instant,
-        src: SocketAddr,
-        dst: SocketAddr,
-        raw: &[u8],
-        msg: &Message,
-        rng: &dyn SecureRandom,
-        out: &mut Out,
-    ) -> Result<Effects> {
+    pub(crate) fn handle(&mut self, rx: &Received<'_>, rng: &dyn SecureRandom, out: &mut Out) -> Result<Effects> {
+        let Received { now, msg, .. } = *rx;
         // A message from the original initiator carries the I flag.
         if msg.header.from_initiator() == self.initiator {
             return Err(Error::BadFlags);
@@ -48,27 +38,29 @@ impl IkeSa {
         }
         let mut fx = Effects::default();
         if msg.header.is_response() {
-            self.handle_response(now, src, dst, raw, msg, rng, out, &mut fx)?;
+            self.handle_response(rx, rng, out, &mut fx)?;
         } else {
-            self.handle_request(now, src, dst, raw, msg, rng, out, &mut fx)?;
+            self.handle_request(rx, rng, out, &mut fx)?;
             self.last_tx = now;
         }
         self.pump(now, rng, out)?;
         Ok(fx)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn handle_response(
         &mut self,
-        now: Instant,
-        src: SocketAddr,
-        dst: SocketAddr,
-        raw: &[u8],
-        msg: &Message,
+        rx: &Received<'_>,
         rng: &dyn SecureRandom,
         out: &mut Out,
         fx: &mut Effects,
     ) -> Result<()> {
+        let Received {
+            now,
+            src,
+            dst,
+            raw,
+            msg,
+        } = *rx;
         let expected = self.pending.as_ref().map(|p| p.message_id);
         if expected != Some(msg.header.message_id) {
             return Err(Error::UnexpectedMessageId {
@@ -79,7 +71,7 @@ impl IkeSa {
         let exchange_ok = match self.pending.as_ref().map(|p| &p.kind) {
             Some(PendingKind::Init) => msg.header.exchange == ExchangeType::IkeSaInit,
             Some(PendingKind::Auth { .. }) => msg.header.exchange == ExchangeType::IkeAuth,
-            Some(PendingKind::RekeyChild { .. } | PendingKind::RekeyIke { .. }) => {
+            Some(PendingKind::RekeyChild(_) | PendingKind::RekeyIke(_)) => {
                 msg.header.exchange == ExchangeType::CreateChildSa
             }
             Some(_) => msg.header.exchange == ExchangeType::Informational,
@@ -93,7 +85,7 @@ impl IkeSa {
             });
         }
         if matches!(self.pending.as_ref().map(|p| &p.kind), Some(PendingKind::Init)) {
-            return self.handle_init_response(now, src, dst, raw, msg, rng, out);
+            return self.handle_init_response(rx, rng, out);
         }
         let payloads = self.open(raw, msg)?;
         let Some(pending) = self.pending.take() else {
@@ -126,15 +118,8 @@ impl IkeSa {
                 self.die(DownReason::Closed, out);
                 Ok(())
             }
-            PendingKind::RekeyChild {
-                old_inbound,
-                new_inbound,
-                ni,
-                dh,
-            } => self.finish_rekey_child(&payloads, old_inbound, new_inbound, &ni, dh, now, rng, out),
-            PendingKind::RekeyIke { new_spi_i, ni, dh } => {
-                self.finish_rekey_ike(&payloads, new_spi_i, &ni, dh, now, rng, out, fx)
-            }
+            PendingKind::RekeyChild(rekey) => self.finish_rekey_child(&payloads, rekey, now, rng, out),
+            PendingKind::RekeyIke(rekey) => self.finish_rekey_ike(&payloads, rekey, now, rng, out, fx),
         }
     }
 
@@ -147,18 +132,20 @@ impl IkeSa {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn handle_request(
         &mut self,
-        now: Instant,
-        src: SocketAddr,
-        dst: SocketAddr,
-        raw: &[u8],
-        msg: &Message,
+        rx: &Received<'_>,
         rng: &dyn SecureRandom,
         out: &mut Out,
         fx: &mut Effects,
     ) -> Result<()> {
+        let Received {
+            now,
+            src,
+            dst,
+            raw,
+            msg,
+        } = *rx;
         let mid = msg.header.message_id;
         let is_retransmit =
             matches!(&self.last_response, Some((m, _)) if *m == mid) && mid.wrapping_add(1) == self.expected_mid;

@@ -190,25 +190,29 @@ pub(crate) enum Queued {
 #[derive(Debug)]
 enum PendingKind {
     Init,
-    Auth {
-        inbound_spi: u32,
-    },
+    Auth { inbound_spi: u32 },
     Dpd,
-    DeleteChild {
-        inbound_spi: u32,
-    },
+    DeleteChild { inbound_spi: u32 },
     DeleteIke,
-    RekeyChild {
-        old_inbound: u32,
-        new_inbound: u32,
-        ni: Vec<u8>,
-        dh: Option<DhPrivate>,
-    },
-    RekeyIke {
-        new_spi_i: u64,
-        ni: Vec<u8>,
-        dh: Option<DhPrivate>,
-    },
+    RekeyChild(ChildRekey),
+    RekeyIke(IkeRekey),
+}
+
+/// Our CHILD SA rekey in flight: what its answer is checked and keyed with.
+#[derive(Debug)]
+struct ChildRekey {
+    old_inbound: u32,
+    new_inbound: u32,
+    ni: Vec<u8>,
+    dh: Option<DhPrivate>,
+}
+
+/// Our IKE SA rekey in flight, likewise.
+#[derive(Debug)]
+struct IkeRekey {
+    new_spi_i: u64,
+    ni: Vec<u8>,
+    dh: Option<DhPrivate>,
 }
 
 #[derive(Debug)]
@@ -243,6 +247,30 @@ struct IkeCollision {
 
 /// Pushes output items.
 pub(crate) type Out = VecDeque<Output>;
+
+/// A received IKE message with when, from where and to where it came:
+/// what every handler of an inbound message starts from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received<'a> {
+    pub now: Instant,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// The IKE message as received, without the non-ESP marker.
+    pub raw: &'a [u8],
+    /// `raw`, parsed.
+    pub msg: &'a Message,
+}
+
+/// What a CHILD SA's keys are derived from (RFC 7296 2.17): the nonces of
+/// the exchange that created it, its Diffie-Hellman secret if any, and
+/// which side started that exchange.
+#[derive(Debug, Clone, Copy)]
+struct ChildKeying<'a> {
+    gir: Option<&'a Secret>,
+    ni: &'a [u8],
+    nr: &'a [u8],
+    exchange_initiator: bool,
+}
 
 /// One IKE SA.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use crate::crypto::{random_bytes, random_u64_nonzero, DhPrivate};
 use crate::error::Error;
 use crate::keys::{esp_proposals, ike_proposals};
 
-use super::{IkeSa, Out, PendingKind, Queued, Result, SaState, NONCE_LEN};
+use super::{ChildRekey, IkeRekey, IkeSa, Out, PendingKind, Queued, Result, SaState, NONCE_LEN};
 
 impl IkeSa {
     /// Queues a request and sends it when the window allows.
@@ -108,12 +108,12 @@ impl IkeSa {
                     // selectors: the peer narrows it again.
                     p.push(Payload::TsI(self.cfg.local_ts.clone()));
                     p.push(Payload::TsR(self.cfg.remote_ts.clone()));
-                    let kind = PendingKind::RekeyChild {
+                    let kind = PendingKind::RekeyChild(ChildRekey {
                         old_inbound: spi,
                         new_inbound,
                         ni,
                         dh,
-                    };
+                    });
                     self.send_request(now, ExchangeType::CreateChildSa, &p, kind, out)?;
                 }
                 Queued::RekeyIke => {
@@ -128,11 +128,11 @@ impl IkeSa {
                             data: dh.public().to_vec(),
                         }),
                     ];
-                    let kind = PendingKind::RekeyIke {
+                    let kind = PendingKind::RekeyIke(IkeRekey {
                         new_spi_i,
                         ni,
                         dh: Some(dh),
-                    };
+                    });
                     self.send_request(now, ExchangeType::CreateChildSa, &p, kind, out)?;
                 }
             }
@@ -155,8 +155,13 @@ impl IkeSa {
     pub(super) fn busy_with_ike(&self) -> bool {
         matches!(
             self.pending.as_ref().map(|p| &p.kind),
-            Some(PendingKind::RekeyIke { .. } | PendingKind::DeleteIke)
+            Some(PendingKind::RekeyIke(_) | PendingKind::DeleteIke)
         ) || self.state == SaState::Deleting
+    }
+
+    /// Whether our IKE SA rekey is outstanding (a peer's rekey crosses it).
+    pub(super) fn ike_rekey_in_flight(&self) -> bool {
+        matches!(self.pending.as_ref().map(|p| &p.kind), Some(PendingKind::RekeyIke(_)))
     }
 
     /// API: queue an operation on an established SA.

@@ -8,14 +8,15 @@ use std::time::Instant;
 use ring::rand::SecureRandom;
 
 use crate::codec;
-use crate::codec::{encode_message, notify_type as nt, ExchangeType, Header, KeyExchange, Message, Notify, Payload};
+use crate::codec::{encode_message, notify_type as nt, ExchangeType, Header, KeyExchange, Notify, Payload};
 use crate::crypto::{nat_detection_hash, random_bytes, random_u64_nonzero, DhGroup, DhPrivate};
 use crate::error::Error;
 use crate::event::{Datagram, Output, NAT_T_PORT};
 use crate::keys::{accept_ike, ike_proposals, select_ike, skeyseed, IkeSaKeys};
 
 use super::{
-    down_reason_for, find_notify, first_error_notify, IkeSa, Out, PendingKind, Result, SaConfig, SaState, NONCE_LEN,
+    down_reason_for, find_notify, first_error_notify, IkeSa, Out, PendingKind, Received, Result, SaConfig, SaState,
+    NONCE_LEN,
 };
 
 /// NAT detection (RFC 7296 2.23): a NAT is between us if the hash of the
@@ -103,17 +104,19 @@ impl IkeSa {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_init_response(
         &mut self,
-        now: Instant,
-        src: SocketAddr,
-        dst: SocketAddr,
-        raw: &[u8],
-        msg: &Message,
+        rx: &Received<'_>,
         rng: &dyn SecureRandom,
         out: &mut Out,
     ) -> Result<()> {
+        let Received {
+            now,
+            src,
+            dst,
+            raw,
+            msg,
+        } = *rx;
         let p = &msg.payloads;
         // IKE_SA_INIT responses are not authenticated; a malformed or
         // unacceptable one leaves the state alone and the retransmission
@@ -187,17 +190,19 @@ impl IkeSa {
 
     /// Answers an IKE_SA_INIT request, creating a half-open SA. On error
     /// nothing is created; an error notify may have been queued.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn respond_init(
         cfg: Arc<SaConfig>,
-        now: Instant,
-        src: SocketAddr,
-        dst: SocketAddr,
-        raw: &[u8],
-        msg: &Message,
+        rx: &Received<'_>,
         rng: &dyn SecureRandom,
         out: &mut Out,
     ) -> Result<Self> {
+        let Received {
+            now,
+            src,
+            dst,
+            raw,
+            msg,
+        } = *rx;
         let p = &msg.payloads;
         let h = &msg.header;
         let stateless = |ty: u16, data: Vec<u8>, out: &mut Out| -> Result<()> {
