@@ -214,7 +214,10 @@ impl Browser {
                 Err(WebDriverError::Protocol(m))
                     if m.contains("session not created") && attempt < 3 && start.elapsed() < o.timeout =>
                 {
-                    eprintln!("# browser: session not created on attempt {attempt} ({:.1} s), retrying", start.elapsed().as_secs_f64());
+                    eprintln!(
+                        "# browser: session not created on attempt {attempt} ({:.1} s), retrying",
+                        start.elapsed().as_secs_f64()
+                    );
                     attempt += 1;
                 }
                 other => break other,
