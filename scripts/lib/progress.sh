@@ -82,6 +82,9 @@ progress_run() {
 	local d=$((($(_progress_now_us) - start) / 100000))
 	if ((rc == 0)); then
 		progress "$what: done ($((d / 10)).$((d % 10)) s)"
+	elif ((rc == 77)); then
+		# 77: the command says it did not run (automake's "skipped")
+		progress "$what: skipped (status 77)"
 	else
 		progress "$what: failed (status $rc, $((d / 10)).$((d % 10)) s)"
 	fi
