@@ -25,7 +25,8 @@ for i in $(seq 1 "$N"); do
 	VPNNAT_VM_CONSOLE=$OUT/console.$i.log scripts/vm-test "$SCRIPT" >"$OUT/run.$i.log" 2>&1
 	rc=$?
 	counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/run.$i.log" | tail -n1)
-	kernel=$(grep -aE 'soft lockup|rcu_[a-z]+ (self-)?detected stall|kthread starved|BUG: |Oops: |Kernel panic' "$OUT/console.$i.log" 2>/dev/null | head -n1 | tr -d '\r')
+	# vm-test's kernel watch says so when it stopped the run (status 125)
+	kernel=$(sed -n "s/^vm-test: error: the VM's kernel is in trouble after //p" "$OUT/run.$i.log" | head -n1)
 	if [[ $rc == 0 && -z $kernel ]]; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
 	printf 'run %d: exit %d, %s, %d s, kernel: %s\n' "$i" "$rc" "${counts:-no summary}" "$(($(date +%s) - t0))" "${kernel:-quiet}"
 done

@@ -70,11 +70,6 @@ run() {
 	count "$log"
 }
 
-# What the VM steps copy from the host into the VM (VPNNAT_VM_EXTRA): named
-# once here, for the steps and for the pre-flight below.
-EXTRA_PID1=dnsmasq
-EXTRA_POWERLOSS="mkfs.ext4 mount"
-
 # Every host program a step uses, with the Debian package that brings it:
 # "program package" (a path where the program is not on PATH).
 HOST_TOOLS="
@@ -149,7 +144,9 @@ done <<<"$HOST_TOOLS"
 if have busybox && ldd "$(command -v busybox)" >/dev/null 2>&1; then
 	missing+=("a statically linked busybox (Debian package busybox-static)")
 fi
-for prog in $EXTRA_PID1 $EXTRA_POWERLOSS ${VPNNAT_VM_EXTRA:-}; do
+# what the VM steps copy in, read from their own lines below (one place)
+step_extras=$(grep -oE '^[^#]*VPNNAT_VM_EXTRA=("[^"]*"|[^ "$]+)' "$0" | sed -E 's/.*VPNNAT_VM_EXTRA=//; s/"//g')
+for prog in $step_extras ${VPNNAT_VM_EXTRA:-}; do
 	have "$prog" || missing+=("$prog (VPNNAT_VM_EXTRA: copied into the VM)")
 done
 for p in random nonce openssl kdf kernel-netlink socket-default vici; do
@@ -198,7 +195,7 @@ kernel_watch() {
 }
 run "VM: the kernel watch stops a run whose kernel reports trouble (exit 125, report printed)" kernel_watch
 VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/vm-test tests/vm/datapath.sh
-VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=$EXTRA_PID1 run "VM: routerd as PID 1" scripts/vm-test router/tests/vm/pid1.sh
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_EXTRA=dnsmasq run "VM: routerd as PID 1" scripts/vm-test router/tests/vm/pid1.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 our initiator <-> our responder (real ESP, rekey, NAT-T)" scripts/vm-test tests/vm/ike.sh
 VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 with strongSwan both ways" \
 	bash -c 'eval "$(tests/vm/strongswan/extra.sh)" && exec scripts/vm-test tests/vm/ike-strongswan.sh'
@@ -222,7 +219,7 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 VPNNAT_VM_MEM=2048 LOAD_ROUTERS=20 LO
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 \
 	CRASH_ONLY="center.end.after_commit gateway.add.after_policies router.grant.after_kernel" \
 	run "VM: crash consistency (kill -9 of centerd, gatewayd, routerd: one point each)" scripts/vm-test tests/vm/crash.sh
-VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 VPNNAT_VM_EXTRA=$EXTRA_POWERLOSS POWER_ONLY=router.grant.after_save PL_RUNS=1 \
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 VPNNAT_VM_EXTRA="mkfs.ext4 mount" POWER_ONLY=router.grant.after_save PL_RUNS=1 \
 	run "VM: power loss (a router's ext4 state disk cut after a saved grant and at a random moment, control)" scripts/vm-test tests/vm/powerloss.sh
 # Gateway failure (README "Reliability: a gateway fails"): gw1 killed -9
 # once and its cables pulled once (~2.5 min under TCG); the full 3 + 2
