@@ -200,7 +200,7 @@ VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 our initiator <-> our responder (real ESP, r
 VPNNAT_VM_NO_BUILD=1 run "VM: IKEv2 with strongSwan both ways" \
 	bash -c 'eval "$(tests/vm/strongswan/extra.sh)" && exec scripts/vm-test tests/vm/ike-strongswan.sh'
 # The mission's proof: the real daemons in the TESTBED topology (operator
-# steps in Chromium inside the VM), with the defaults and with fewer slots
+# steps in the host's Chromium, forwarded into the VM by vm-test), with the defaults and with fewer slots
 # than routers.
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 run "VM: end to end (defaults: ROUTERS=2 GATEWAYS=2 SLOTS_PER_GATEWAY=4)" \
 	scripts/vm-test tests/vm/e2e.sh

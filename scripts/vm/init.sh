@@ -66,19 +66,14 @@ fi
 
 /usr/sbin/ip link set lo up
 
-# The browser disk (scripts/vm/browser-root.sh), if vm-test attached one:
-# a read-only root with Chromium for `vpnnat-operator --chroot`.
-if [ -b /dev/vda ]; then
-	mkdir -p /opt/browser
-	if mount -o ro /dev/vda /opt/browser 2>/dev/console; then
-		mount -t proc proc /opt/browser/proc
-		mount --rbind /dev /opt/browser/dev
-		mount -t tmpfs -o mode=1777 tmpfs /opt/browser/tmp
-		mount -t tmpfs -o mode=0755 tmpfs /opt/browser/run
-	else
-		say "could not mount the browser disk /dev/vda"
+# The browser NIC of scripts/vm-test (QEMU user network, MAC fixed there)
+# is named browser0, so that it never takes a name a scenario creates
+# (the topologies make veths called eth0 before moving them).
+for d in /sys/class/net/*; do
+	if [ "$(cat "$d/address" 2>/dev/null)" = 52:54:00:b0:00:01 ]; then
+		/usr/sbin/ip link set "${d##*/}" name browser0
 	fi
-fi
+done
 
 VMTEST_NONCE=none
 VMTEST_SCRIPT=

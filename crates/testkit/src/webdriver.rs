@@ -3,9 +3,11 @@
 //! operator UI test (center), the LAN page test (router) and
 //! `vpnnat-operator` inside the test VM.
 //!
-//! It starts chromedriver itself (optionally inside a chroot that carries
-//! Chromium, see scripts/vm/browser-root.sh) and talks W3C WebDriver over
-//! plain HTTP/1.1 on 127.0.0.1, one connection per command. The pages under
+//! It starts chromedriver itself ([`Browser::start`]) or attaches to one
+//! that already runs ([`Browser::attach`]: the host's, which `scripts/vm-test`
+//! forwards into the test VM, so that Chromium runs at native speed rather
+//! than under emulation) and talks W3C WebDriver over plain HTTP/1.1, one
+//! connection per command. The pages under
 //! test reload themselves every few seconds, and Chromium under emulation is
 //! slow, so every element lookup is retried until `timeout` and a stale
 //! element is looked up again instead of failing the step.
@@ -14,7 +16,7 @@
 //! it through `tokio::task::block_in_place`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,8 +122,9 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 /// Chromium), then stops chromedriver.
 #[derive(Debug)]
 pub struct Browser {
-    child: Child,
-    port: u16,
+    /// The chromedriver we started; `None` when attached to a running one.
+    child: Option<Child>,
+    driver: SocketAddr,
     session: String,
     timeout: Duration,
 }
@@ -129,10 +132,12 @@ pub struct Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = wd(self.port, "DELETE", &format!("/session/{}", self.session), None);
+            let _ = wd(self.driver, "DELETE", &format!("/session/{}", self.session), None);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -169,13 +174,13 @@ impl Browser {
             .spawn()
             .map_err(io(format!("starting {}", o.chromedriver.display())))?;
         let mut b = Browser {
-            child,
-            port,
+            child: Some(child),
+            driver: SocketAddr::from(([127, 0, 0, 1], port)),
             session: String::new(),
             timeout: o.timeout,
         };
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(b.driver).is_err() {
             if start.elapsed() > o.timeout {
                 return Err(WebDriverError::Timeout(format!(
                     "chromedriver did not listen on 127.0.0.1:{port}"
@@ -183,6 +188,27 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        b.open_session(o, start)?;
+        Ok(b)
+    }
+
+    /// Opens a headless Chromium session on a chromedriver that already
+    /// runs at `driver` (`o.chromedriver`, `o.chroot` and `o.port` are not
+    /// used; `o.chromium` is a path on the driver's machine).
+    pub fn attach(driver: SocketAddr, o: &BrowserOptions) -> Result<Browser> {
+        let mut b = Browser {
+            child: None,
+            driver,
+            session: String::new(),
+            timeout: o.timeout,
+        };
+        b.open_session(o, Instant::now())?;
+        Ok(b)
+    }
+
+    /// Creates the WebDriver session (retried while chromedriver says
+    /// "session not created" and `start + o.timeout` is not reached).
+    fn open_session(&mut self, o: &BrowserOptions, start: Instant) -> Result<()> {
         let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
@@ -210,7 +236,7 @@ impl Browser {
         // within the caller's timeout.
         let mut attempt = 1;
         let created = loop {
-            match wd(port, "POST", "/session", Some(caps.clone())) {
+            match wd(self.driver, "POST", "/session", Some(caps.clone())) {
                 Err(WebDriverError::Protocol(m))
                     if m.contains("session not created") && attempt < 3 && start.elapsed() < o.timeout =>
                 {
@@ -240,11 +266,11 @@ impl Browser {
             }
             None => e,
         })?;
-        b.session = v["value"]["sessionId"]
+        self.session = v["value"]["sessionId"]
             .as_str()
             .ok_or_else(|| WebDriverError::Protocol(format!("chromedriver gave no session: {v}")))?
             .to_owned();
-        Ok(b)
+        Ok(())
     }
 
     fn path(&self, rest: &str) -> String {
@@ -252,14 +278,14 @@ impl Browser {
     }
 
     pub fn goto(&self, url: &str) -> Result<()> {
-        wd(self.port, "POST", &self.path("/url"), Some(json!({ "url": url })))?;
+        wd(self.driver, "POST", &self.path("/url"), Some(json!({ "url": url })))?;
         Ok(())
     }
 
     /// The element `css` if it is there now.
     pub fn find(&self, css: &str) -> Result<Option<String>> {
         let body = json!({"using": "css selector", "value": css});
-        match wd_raw(self.port, "POST", &self.path("/element"), Some(body))? {
+        match wd_raw(self.driver, "POST", &self.path("/element"), Some(body))? {
             (200, v) => Ok(v["value"][ELEMENT].as_str().map(str::to_owned)),
             // "no such element": not there (yet)
             (404, _) => Ok(None),
@@ -287,7 +313,7 @@ impl Browser {
         let start = Instant::now();
         loop {
             let e = self.wait_for(css)?;
-            let (status, v) = wd_raw(self.port, "GET", &self.path(&format!("/element/{e}/{what}")), None)?;
+            let (status, v) = wd_raw(self.driver, "GET", &self.path(&format!("/element/{e}/{what}")), None)?;
             if status == 200 {
                 return Ok(v["value"].clone());
             }
@@ -323,7 +349,7 @@ impl Browser {
         let mut last = String::new();
         loop {
             let body = json!({"script": script, "args": [css]});
-            let (status, v) = wd_raw(self.port, "POST", &self.path("/execute/sync"), Some(body))?;
+            let (status, v) = wd_raw(self.driver, "POST", &self.path("/execute/sync"), Some(body))?;
             if status == 200 {
                 if let Some(t) = v["value"].as_str() {
                     if t == want {
@@ -354,7 +380,7 @@ impl Browser {
         let script = "const e = document.querySelector(arguments[0]); if (!e) return false; e.click(); return true;";
         loop {
             let body = json!({"script": script, "args": [css]});
-            let (status, v) = wd_raw(self.port, "POST", &self.path("/execute/sync"), Some(body))?;
+            let (status, v) = wd_raw(self.driver, "POST", &self.path("/execute/sync"), Some(body))?;
             if status == 200 && v["value"] == json!(true) {
                 return Ok(());
             }
@@ -377,7 +403,7 @@ impl Browser {
         loop {
             let e = self.wait_for(css)?;
             let path = self.path(&format!("/element/{e}/{action}"));
-            let (status, v) = wd_raw(self.port, "POST", &path, Some(body.clone()))?;
+            let (status, v) = wd_raw(self.driver, "POST", &path, Some(body.clone()))?;
             if status == 200 {
                 return Ok(());
             }
@@ -393,8 +419,8 @@ fn is_stale(v: &Value) -> bool {
 }
 
 /// One WebDriver command; anything but 200 is an error.
-fn wd(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-    match wd_raw(port, method, path, body)? {
+fn wd(driver: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    match wd_raw(driver, method, path, body)? {
         (200, v) => Ok(v),
         (status, v) => Err(WebDriverError::Protocol(format!("{method} {path}: {status} {v}"))),
     }
@@ -402,14 +428,19 @@ fn wd(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<Value>
 
 /// One WebDriver command over HTTP/1.1 (one connection each; chromedriver
 /// answers with Content-Length): the status code and the JSON answer.
-fn wd_raw(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(io("connecting to chromedriver"))?;
+fn wd_raw(driver: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    let mut s = TcpStream::connect(driver).map_err(io(format!("connecting to chromedriver at {driver}")))?;
     s.set_read_timeout(Some(Duration::from_secs(300)))
         .map_err(io("chromedriver socket"))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    // Host: localhost whatever address we dialled. chromedriver refuses any
+    // other Host (403, its guard against DNS rebinding), and a driver
+    // reached through a forward (the host's, from inside the test VM) is
+    // still a local one to itself.
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        driver.port(),
         body.len()
     )
     .map_err(io("writing to chromedriver"))?;
@@ -471,6 +502,28 @@ mod tests {
             Err(WebDriverError::Timeout(m)) => assert!(m.contains("did not listen"), "{m}"),
             Err(e) => panic!("unexpected error: {e}"),
             Ok(_) => panic!("a browser from /bin/sleep"),
+        }
+    }
+
+    #[test]
+    fn attaching_to_an_address_without_a_chromedriver_names_the_address() {
+        // A port that was free a moment ago: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let o = BrowserOptions {
+            chromedriver: PathBuf::from("/nonexistent"),
+            chromium: None,
+            chroot: None,
+            port: None,
+            profile: None,
+            log: None,
+            timeout: Duration::from_millis(300),
+        };
+        match Browser::attach(addr, &o) {
+            Err(WebDriverError::Io { what, .. }) => assert!(what.contains(&addr.to_string()), "{what}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a session without a chromedriver"),
         }
     }
 }

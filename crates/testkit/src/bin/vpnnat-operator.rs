@@ -4,9 +4,11 @@
 //! request is started and ended the way a person would: log in, find the
 //! request's row, press the button, watch the state change.
 //!
-//! It starts chromedriver itself (optionally inside a chroot that carries
-//! Chromium, see scripts/vm/browser-root.sh), talks WebDriver over plain
-//! HTTP/1.1 on 127.0.0.1, and prints one `ok   - ...` / `FAIL - ...` line
+//! It starts chromedriver itself (optionally inside a chroot), or with
+//! `--webdriver ADDR` uses one that already runs: in the test VM that is the
+//! host's chromedriver, which `scripts/vm-test` forwards in, so Chromium runs
+//! at the host's speed instead of under emulation. It talks WebDriver over
+//! plain HTTP/1.1 and prints one `ok   - ...` / `FAIL - ...` line
 //! per step, so a shell scenario can count them. Exit status 0 when every
 //! step passed.
 
@@ -46,6 +48,11 @@ struct Cli {
     /// Run chromedriver (and so Chromium) chrooted into this directory.
     #[arg(long)]
     chroot: Option<PathBuf>,
+    /// Use the chromedriver that already listens at this address (e.g.
+    /// the host's, forwarded into the test VM by scripts/vm-test) instead
+    /// of starting one; --chromium is then a path on that machine.
+    #[arg(long, conflicts_with = "chroot")]
+    webdriver: Option<std::net::SocketAddr>,
     /// TCP port for chromedriver on 127.0.0.1.
     #[arg(long, default_value_t = 9515)]
     port: u16,
@@ -92,7 +99,7 @@ fn run(cli: &Cli) -> Result<bool> {
     let password = password.lines().next().unwrap_or_default().to_owned();
     let timeout = Duration::from_secs(cli.timeout_secs);
     let started = Instant::now();
-    let b = Browser::start(&BrowserOptions {
+    let mut options = BrowserOptions {
         chromedriver: PathBuf::from(&cli.chromedriver),
         chromium: Some(PathBuf::from(&cli.chromium)),
         chroot: cli.chroot.clone(),
@@ -100,7 +107,16 @@ fn run(cli: &Cli) -> Result<bool> {
         profile: Some(PathBuf::from("/tmp/vpnnat-operator-profile")),
         log: Some(PathBuf::from(CHROMEDRIVER_LOG)),
         timeout,
-    })?;
+    };
+    let b = match cli.webdriver {
+        Some(driver) => {
+            // A fixed profile path on a shared driver would collide with a
+            // second session: the driver's own temporary profile instead.
+            options.profile = None;
+            Browser::attach(driver, &options)?
+        }
+        None => Browser::start(&options)?,
+    };
     println!(
         "# browser: chromium session up in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -1,5 +1,5 @@
-//! `vpnnat-probe serve|connect`: a tiny TCP service and client for the VM
-//! tests. The server tells each client who it saw; the client reports whom
+//! `vpnnat-probe serve|connect|multi|forward`: a tiny TCP service, client
+//! and relay for the VM tests. The server tells each client who it saw; the client reports whom
 //! it reached. Bounded in time: the client gives up after --timeout-ms, the
 //! server after --max-conns connections or --lifetime-secs.
 
@@ -57,6 +57,16 @@ enum Cmd {
         /// emulated VM starts dozens of shells slower than a timeout).
         #[arg(long)]
         connect_only: bool,
+    },
+    /// Relay every TCP connection accepted on LISTEN to TO (a thread per
+    /// direction), until --lifetime-secs. The end-to-end scenario runs it in
+    /// the operator's namespace so that the host's Chromium (through QEMU's
+    /// port forward) reaches the operator UI from the operator's address.
+    Forward {
+        listen: SocketAddr,
+        to: SocketAddr,
+        #[arg(long, default_value_t = 3600)]
+        lifetime_secs: u64,
     },
 }
 
@@ -152,7 +162,53 @@ fn run(cli: Cli) -> Result<()> {
             println!("OPEN_AT_ONCE {}", open.load(std::sync::atomic::Ordering::SeqCst));
             Ok(())
         }
+        Cmd::Forward {
+            listen,
+            to,
+            lifetime_secs,
+        } => forward(listen, to, Duration::from_secs(lifetime_secs)),
     }
+}
+
+/// Accepts on `listen` and relays each connection to `to` until `lifetime`
+/// has passed (connections still open then are cut with the process).
+fn forward(listen: SocketAddr, to: SocketAddr, lifetime: Duration) -> Result<()> {
+    let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    l.set_nonblocking(true)?;
+    let end = Instant::now() + lifetime;
+    while Instant::now() < end {
+        match l.accept() {
+            Ok((client, peer)) => {
+                client.set_nonblocking(false)?;
+                std::thread::spawn(move || {
+                    if let Err(e) = relay(client, to) {
+                        eprintln!("vpnnat-probe forward: {peer} -> {to}: {e:#}");
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e).context("accept"),
+        }
+    }
+    Ok(())
+}
+
+/// Copies both directions between `client` and a new connection to `to`;
+/// each side's end of stream is passed on as a half close.
+fn relay(client: TcpStream, to: SocketAddr) -> Result<()> {
+    let server = TcpStream::connect_timeout(&to, Duration::from_secs(10)).with_context(|| format!("connect {to}"))?;
+    let (mut c_read, mut s_write) = (client.try_clone()?, server.try_clone()?);
+    let upstream = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut s_write);
+        let _ = s_write.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut s_read, mut c_write) = (server, client);
+    let _ = std::io::copy(&mut s_read, &mut c_write);
+    let _ = c_write.shutdown(std::net::Shutdown::Write);
+    upstream.join().map_err(|_| anyhow::anyhow!("relay thread panicked"))?;
+    Ok(())
 }
 
 /// Connects, reads the server's line and returns it with the still-open
