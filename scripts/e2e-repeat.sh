@@ -7,6 +7,8 @@
 # BUG/Oops/panic: vm-test stops such a run at once with status 125).
 # The variables of the scenario (ROUTERS, LAN_CIDR, ... E2E_REACH_REPEAT)
 # pass through. Ends with "N passed, N failed" over the runs.
+# VPNNAT_VM_LOCK=FILE: each run holds flock FILE, so that runs of other
+# work on the same machine can take turns with these (one VM at a time).
 # Usage (as root, from the repository root):
 #   scripts/e2e-repeat.sh 10
 #   LAN_CIDR=10.64.7.0/24 POOL_CIDR=10.64.0.0/16 scripts/e2e-repeat.sh 2
@@ -22,7 +24,7 @@ fail=0
 for i in $(seq 1 "$N"); do
 	t0=$(date +%s)
 	if [[ $i -gt 1 ]]; then export VPNNAT_VM_NO_BUILD=1; fi
-	VPNNAT_VM_CONSOLE=$OUT/console.$i.log scripts/vm-test "$SCRIPT" >"$OUT/run.$i.log" 2>&1
+	VPNNAT_VM_CONSOLE=$OUT/console.$i.log flock "${VPNNAT_VM_LOCK:-$OUT}" scripts/vm-test "$SCRIPT" >"$OUT/run.$i.log" 2>&1
 	rc=$?
 	counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/run.$i.log" | tail -n1)
 	# vm-test's kernel watch says so when it stopped the run (status 125)
