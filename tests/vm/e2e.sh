@@ -399,6 +399,11 @@ preset_request() {
 		show_router "$(tid 1)" | grep -q 'preset request of home-1'
 }
 check "the failure notice of $(tid 1) reaches the center" wait_for "$E2E_WAIT" failure_seen
+if ! failure_seen; then
+	# what routerd did instead: its reconciles, notices and their answers
+	echo "       | r1's routerd log (last 25 lines):"
+	tail -n 25 $W/r1/log | sed 's/^/       | /'
+fi
 check "the operator sees the failure (UI data)" sh -c \
 	"ip netns exec server $CENTERD show-router $(tid 1) | grep -q '\"code\"'"
 check "the failure leads to a maintenance request with the preset data" wait_for "$E2E_WAIT" preset_request
