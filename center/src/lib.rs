@@ -19,10 +19,12 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
 pub mod api;
+pub mod admin;
 pub mod center;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod daemon;
 pub mod dns;
 pub mod event_order;
 pub mod gateway;
