@@ -1,30 +1,11 @@
-//! centerd's command line, and what `centerd` and `gatewayd` share on
-//! theirs.
+//! centerd's command line.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
-
 use clap::{Parser, Subcommand};
 
 use crate::password::DEFAULT_ITERATIONS;
 
-/// Exit status for usage and configuration errors (the systemd units do not
-/// restart on it).
-pub const EXIT_USAGE: u8 = 2;
-
-/// Parses the command line; on `--help`/`--version` or a usage error prints
-/// clap's text and returns the exit code to end with (0 for help and
-/// version, [`EXIT_USAGE`] for an error).
-pub fn parse<C: clap::Parser>() -> Result<C, ExitCode> {
-    C::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            ExitCode::from(EXIT_USAGE)
-        } else {
-            ExitCode::SUCCESS
-        }
-    })
-}
+pub use vpnnat_service::cli::{parse, EXIT_USAGE};
 
 /// `centerd [--config FILE] [--json] [SUBCOMMAND]`.
 #[derive(Debug, Parser)]

@@ -14,10 +14,10 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::mpsc::UnboundedSender;
-use vpnnat_center::gateway::config::{DatapathKind, GatewaydConfig};
-use vpnnat_center::gateway::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
-use vpnnat_center::gateway::ike::IkeTunnelDriver;
-use vpnnat_center::gateway::{forward_events_counted, run, Gatewayd};
+use vpnnat_gatewayd::config::{DatapathKind, GatewaydConfig};
+use vpnnat_gatewayd::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
+use vpnnat_gatewayd::ike::IkeTunnelDriver;
+use vpnnat_gatewayd::{forward_events_counted, run, Gatewayd};
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::{KernelDatapath, RecordingDatapath};
 use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstaller};
@@ -48,7 +48,7 @@ enum Cmd {
 /// systemd unit does not restart on 2).
 fn main() -> std::process::ExitCode {
     use std::process::ExitCode;
-    let cli: Cli = match vpnnat_center::cli::parse() {
+    let cli: Cli = match vpnnat_service::cli::parse() {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -66,7 +66,7 @@ fn main() -> std::process::ExitCode {
     };
     // From info up, or as `[log]` says; RUST_LOG and VPNNAT_LOG_FORMAT
     // override it.
-    vpnnat_center::logging::init("info", &cfg.log);
+    vpnnat_service::logging::init("info", &cfg.log);
     match real_main(cli, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -77,7 +77,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main(cli: Cli, cfg: GatewaydConfig) -> Result<()> {
-    vpnnat_center::secrets::warn_exposed("gatewayd", &[("configuration (API key)", cli.config.as_path())]);
+    vpnnat_service::secrets::warn_exposed("gatewayd", &[("configuration (API key)", cli.config.as_path())]);
     match cli.command.unwrap_or(Cmd::Run) {
         Cmd::CheckConfig => {
             println!("configuration OK: gateway {} on {}", cfg.name, cfg.listen);
