@@ -54,5 +54,5 @@ case $PROFILE in
 dev) DIR=$TARGET/debug ;;
 *) DIR=$TARGET/$PROFILE ;;
 esac
-cargo build --quiet --locked --profile "$PROFILE" -p vpnnat-center -p vpnnat-load --bins
+cargo build --quiet --locked --profile "$PROFILE" -p vpnnat-center -p vpnnat-gatewayd -p vpnnat-load --bins
 exec "$DIR/vpnnat-load" --bin-dir "$DIR" "$@"

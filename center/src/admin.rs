@@ -43,7 +43,9 @@ impl AdminError {
     pub fn is_config(&self) -> bool {
         match self {
             AdminError::Daemon(d) => d.is_config(),
-            AdminError::Storage(s) => matches!(s, StorageError::PoolMismatch { .. } | StorageError::SchemaTooNew { .. }),
+            AdminError::Storage(s) => {
+                matches!(s, StorageError::PoolMismatch { .. } | StorageError::SchemaTooNew { .. })
+            }
             _ => false,
         }
     }
@@ -230,7 +232,9 @@ pub async fn reconcile(cfg: CenterdConfig, gateway: Option<String>) -> Result<Re
             Err(e) => all.push(serde_json::json!({"gateway": n, "error": e.to_string()})),
         }
     }
-    Report::new(&all, || all.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n"))
+    Report::new(&all, || {
+        all.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+    })
 }
 
 /// `gateways`: heartbeat state, slots, tunnels up, draining.

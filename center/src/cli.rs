@@ -1,7 +1,7 @@
 //! centerd's command line.
 
-use std::path::PathBuf;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 use crate::password::DEFAULT_ITERATIONS;
 

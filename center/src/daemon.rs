@@ -24,6 +24,10 @@ use crate::routes::KernelRoutes;
 use crate::storage::{Storage, StorageError};
 use crate::{api, ui};
 
+/// The log target of the daemon's own lines: the binary's name, as when
+/// this wiring lived in it (log filters and readers keep working).
+pub(crate) const LOG_TARGET: &str = "centerd";
+
 /// The center with its real command channels (HTTP to gateways and routers).
 pub type RealCenter = Center<HttpGateways, HttpRouters>;
 
@@ -115,7 +119,7 @@ impl Listeners {
             Some(d) => match UdpSocket::bind(d.listen).await {
                 Ok(sock) => Some(sock),
                 Err(e) => {
-                    log::error!("centerd: no DNS: cannot bind dns.listen {}: {e}", d.listen);
+                    log::error!(target: LOG_TARGET, "centerd: no DNS: cannot bind dns.listen {}: {e}", d.listen);
                     None
                 }
             },
@@ -154,12 +158,10 @@ pub fn open_store(cfg: &CenterdConfig) -> Result<Storage, DaemonError> {
     if !existed {
         // The database holds PSKs and Secret(ID2)s: owner only.
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-            DaemonError::File {
-                what: "chmod 600",
-                path: path.clone(),
-                source,
-            }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| DaemonError::File {
+            what: "chmod 600",
+            path: path.clone(),
+            source,
         })?;
     }
     st.init_pool(&cfg.pool)?;
@@ -219,7 +221,7 @@ pub async fn serve(
     };
     let center = Arc::new(build_center(cfg)?);
     let Listeners { router_api, ui, dns } = listeners;
-    log::info!(
+    log::info!(target: LOG_TARGET,
         "centerd: router API on {}, operator UI on http://{}/",
         local(&router_api.local_addr()),
         local(&ui.local_addr())
@@ -230,7 +232,7 @@ pub async fn serve(
     };
     let dns_task = match (dns, zone) {
         (Some(sock), Some(zone)) => {
-            log::info!("centerd: DNS for {} on {}", zone.domain, local(&sock.local_addr()));
+            log::info!(target: LOG_TARGET, "centerd: DNS for {} on {}", zone.domain, local(&sock.local_addr()));
             Some(tokio::spawn(crate::dns::serve(
                 sock,
                 stopped(rx.clone()),
@@ -261,7 +263,7 @@ pub async fn serve(
         None => Vec::new(),
     };
     shutdown.await;
-    log::info!("centerd: shutting down");
+    log::info!(target: LOG_TARGET, "centerd: shutting down");
     reconciler.abort();
     for w in &watchers {
         w.abort();

@@ -22,8 +22,8 @@
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
-pub mod api;
 pub mod admin;
+pub mod api;
 pub mod center;
 pub mod cli;
 pub mod clients;

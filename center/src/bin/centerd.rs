@@ -15,9 +15,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use vpnnat_center::admin::{self, AdminError, Report};
+use vpnnat_center::cli::{Cli, Cmd};
 use vpnnat_center::config::CenterdConfig;
 use vpnnat_center::daemon::{self, Listeners};
-use vpnnat_center::cli::{Cli, Cmd};
 use vpnnat_center::storage::AuditFilter;
 
 fn main() -> ExitCode {
@@ -77,7 +77,13 @@ fn real_main(cli: &Cli) -> Result<()> {
         Cmd::Gateways => admin::gateways(&cfg)?,
         Cmd::DrainGateway { name, undo } => admin::drain(&cfg, name, !undo)?,
         Cmd::UndrainGateway { name } => admin::drain(&cfg, name, false)?,
-        Cmd::Audit { limit, action, actor, terminal, since } => {
+        Cmd::Audit {
+            limit,
+            action,
+            actor,
+            terminal,
+            since,
+        } => {
             let filter = AuditFilter {
                 actor: actor.clone(),
                 action: action.clone(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::RealCenter;
+use super::{RealCenter, LOG_TARGET};
 use crate::liveness::{GatewayWatch, HeartbeatConfig, Transition};
 
 /// An authenticated heartbeat every `hb.interval`, each bounded by
@@ -16,7 +16,7 @@ pub(super) async fn run(center: Arc<RealCenter>, name: String, hb: HeartbeatConf
     let alive = match center.reads().and_then(|st| Ok(st.gateway_alive(&name)?)) {
         Ok(a) => a,
         Err(e) => {
-            log::error!("heartbeat {name}: cannot read its state, not watching it: {e}");
+            log::error!(target: LOG_TARGET, "heartbeat {name}: cannot read its state, not watching it: {e}");
             return;
         }
     };
@@ -34,11 +34,11 @@ pub(super) async fn run(center: Arc<RealCenter>, name: String, hb: HeartbeatConf
             Some(done) = inflight.join_next(), if !inflight.is_empty() => match done {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
-                    log::debug!("heartbeat {name}: {e}");
+                    log::debug!(target: LOG_TARGET, "heartbeat {name}: {e}");
                     false
                 }
                 Err(e) => {
-                    log::warn!("heartbeat {name}: task failed: {e}");
+                    log::warn!(target: LOG_TARGET, "heartbeat {name}: task failed: {e}");
                     false
                 }
             },
@@ -48,12 +48,12 @@ pub(super) async fn run(center: Arc<RealCenter>, name: String, hb: HeartbeatConf
             None => {}
             Some(Transition::Down { silent_for }) => {
                 if let Err(e) = center.gateway_down(&name, now_ms, silent_for) {
-                    log::error!("gateway {name} is down but cannot be marked: {e}");
+                    log::error!(target: LOG_TARGET, "gateway {name} is down but cannot be marked: {e}");
                 }
             }
             Some(Transition::Up) => {
                 if let Err(e) = center.gateway_back(&name, now_ms).await {
-                    log::error!("gateway {name} answers but is not reconciled, kept down: {e}");
+                    log::error!(target: LOG_TARGET, "gateway {name} answers but is not reconciled, kept down: {e}");
                     watch.revert_to_down();
                 }
             }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::RealCenter;
+use super::{RealCenter, LOG_TARGET};
 use crate::http::unix_now;
 
 /// Reconciles every gateway at start, then every `interval`. Only repairs
@@ -14,15 +14,15 @@ pub(super) async fn run(center: Arc<RealCenter>, interval: Option<Duration>) {
     // First the ends a crash interrupted, so that the reconcile below
     // gives the gateways what the finished ends leave.
     match center.resume_ends(unix_now()).await {
-        Ok(v) if !v.is_empty() => log::warn!("resumed {} interrupted end(s)", v.len()),
+        Ok(v) if !v.is_empty() => log::warn!(target: LOG_TARGET, "resumed {} interrupted end(s)", v.len()),
         Ok(_) => {}
-        Err(e) => log::error!("resuming interrupted ends: {e}"),
+        Err(e) => log::error!(target: LOG_TARGET, "resuming interrupted ends: {e}"),
     }
     loop {
         let names: Vec<String> = center.settings().gateways.iter().map(|g| g.name.to_string()).collect();
         for n in names {
             if let Err(e) = center.reconcile_gateway(&n, unix_now()).await {
-                log::warn!("reconcile {n}: {e}");
+                log::warn!(target: LOG_TARGET, "reconcile {n}: {e}");
             }
         }
         match interval {

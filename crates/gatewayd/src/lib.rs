@@ -26,10 +26,10 @@ use vpnnat_proto::seal::FieldKey;
 use vpnnat_proto::types::{BoundedSet, FailureDetail, GatewayName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError, Verified};
 
+use driver::{DriverError, DriverEvent, TunnelDriver, TunnelSpec};
 use vpnnat_service::config::HttpEndpoint;
 use vpnnat_service::http::{auth_headers, call, read_body, signed, text, unix_now, Route};
 use vpnnat_service::metrics::CommandMetrics;
-use driver::{DriverError, DriverEvent, TunnelDriver, TunnelSpec};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {

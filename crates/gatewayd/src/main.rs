@@ -14,12 +14,12 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::mpsc::UnboundedSender;
+use vpnnat_datapath::nft::NatTable;
+use vpnnat_datapath::{KernelDatapath, RecordingDatapath};
 use vpnnat_gatewayd::config::{DatapathKind, GatewaydConfig};
 use vpnnat_gatewayd::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
 use vpnnat_gatewayd::ike::IkeTunnelDriver;
 use vpnnat_gatewayd::{forward_events_counted, run, Gatewayd};
-use vpnnat_datapath::nft::NatTable;
-use vpnnat_datapath::{KernelDatapath, RecordingDatapath};
 use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstaller};
 
 #[derive(Debug, Parser)]

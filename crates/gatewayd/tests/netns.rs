@@ -8,10 +8,10 @@
 use std::net::Ipv4Addr;
 
 use tokio::sync::mpsc::unbounded_channel;
-use vpnnat_gatewayd::driver::{PolicyDriver, TunnelDriver, TunnelSpec};
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::xfrm::Xfrm;
 use vpnnat_datapath::{Dir, Ipv4Cidr, KernelDatapath, PolicyId, PolicySpec, REQID_BASE};
+use vpnnat_gatewayd::driver::{PolicyDriver, TunnelDriver, TunnelSpec};
 use vpnnat_proto::keys::{Psk, SecretBytes};
 use vpnnat_proto::types::TerminalId;
 

@@ -21,7 +21,6 @@ use vpnnat_proto::keys::MacKey;
 use vpnnat_proto::throttle::ConnectionGate;
 use vpnnat_proto::{decode_response, encode_request, Command, Outgoing, ProtoError};
 
-
 pub type Body = Full<Bytes>;
 
 /// A call to a gateway, a router or centerd failed.
