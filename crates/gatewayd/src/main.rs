@@ -1,26 +1,17 @@
 //! gatewayd: the VPN gateway agent. Takes authenticated commands from
 //! centerd, programs each router's tunnel policies through the datapath
 //! library behind the `TunnelDriver` seam, and pushes tunnel up/down events
-//! to centerd.
+//! to centerd. The wiring is `vpnnat_gatewayd::daemon`.
 
 // No unsafe code in this crate (checked by the compiler, not by review).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc::unbounded_channel;
-use tokio::sync::mpsc::UnboundedSender;
-use vpnnat_datapath::nft::NatTable;
-use vpnnat_datapath::{KernelDatapath, RecordingDatapath};
-use vpnnat_gatewayd::config::{DatapathKind, GatewaydConfig};
-use vpnnat_gatewayd::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
-use vpnnat_gatewayd::ike::IkeTunnelDriver;
-use vpnnat_gatewayd::{forward_events_counted, run, Gatewayd};
-use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstaller};
+use vpnnat_gatewayd::config::GatewaydConfig;
+use vpnnat_gatewayd::daemon;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,86 +85,11 @@ fn load(path: &Path) -> Result<GatewaydConfig> {
     GatewaydConfig::load(path).with_context(|| format!("configuration {}", path.display()))
 }
 
+/// Binds the API, then serves until SIGTERM or Ctrl-C.
 async fn serve(cfg: GatewaydConfig) -> Result<()> {
-    let (tx, rx) = unbounded_channel();
-    let (driver, ike) = match cfg.datapath {
-        DatapathKind::Kernel => {
-            let mut dp = KernelDatapath::open(NatTable::default()).context("opening the kernel datapath")?;
-            // Hash the per-/32 policies instead of scanning them: every
-            // policy pairs a center network with a /32, so thresholds at the
-            // shortest center prefix cover all of them.
-            let bits = cfg.center_networks.iter().map(|c| c.prefix_len()).min().unwrap_or(32);
-            dp.xfrm
-                .set_hash_thresholds(bits, bits)
-                .context("setting the XFRM policy hash thresholds")?;
-            let policy = PolicyDriver::new(
-                dp,
-                cfg.global_ip,
-                cfg.center_networks.clone(),
-                cfg.policy_priority,
-                tx.clone(),
-            );
-            with_ike(policy, &cfg, tx, true).await?
-        }
-        DatapathKind::Recording => {
-            let policy = PolicyDriver::new(
-                RecordingDatapath::new(),
-                cfg.global_ip,
-                cfg.center_networks.clone(),
-                cfg.policy_priority,
-                tx.clone(),
-            );
-            with_ike(policy, &cfg, tx, false).await?
-        }
-    };
-    let gw = Arc::new(Gatewayd::new(cfg.name.clone(), cfg.api_key.clone(), driver)?);
-    // Nothing from a previous run survives: centerd re-sends what it wants.
-    gw.reconcile().context("reconciling the kernel at start")?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
-    log::info!("gatewayd {}: API on {}", cfg.name, listener.local_addr()?);
-    let events = tokio::spawn(forward_events_counted(
-        rx,
-        cfg.center.clone(),
-        cfg.name.clone(),
-        cfg.api_key.clone(),
-        cfg.event_timeout,
-        gw.event_counters(),
-    ));
-    run(listener, shutdown(), gw).await;
-    if let Some(h) = ike {
-        // DELETE every tunnel and remove the SAs the driver installed.
-        h.shutdown().await;
-    }
-    events.abort();
-    log::info!("gatewayd: stopped");
+    let listener = daemon::bind(&cfg).await?;
+    daemon::serve(cfg, listener, shutdown()).await?;
     Ok(())
-}
-
-/// The policy driver alone, or wrapped with the IKE driver bound to the
-/// global address (`kernel`: SAs into the kernel's XFRM; otherwise into a
-/// recorder, for demos without root).
-async fn with_ike<D: PolicyDatapath + 'static>(
-    policy: PolicyDriver<D>,
-    cfg: &GatewaydConfig,
-    events: UnboundedSender<DriverEvent>,
-    kernel: bool,
-) -> Result<(Box<dyn TunnelDriver>, Option<DriverHandle>)> {
-    if !cfg.ike {
-        return Ok((Box::new(policy), None));
-    }
-    let mut dcfg = DriverConfig::new(cfg.global_ip);
-    let started = if kernel {
-        IkeDriver::start_kernel(dcfg).await
-    } else {
-        dcfg.kernel_events = false;
-        IkeDriver::start(dcfg, Box::new(RecordingInstaller::new())).await
-    };
-    let (h, ike_events) = started.with_context(|| format!("starting IKE on {}", cfg.global_ip))?;
-    log::info!("gatewayd {}: IKE on {}", cfg.name, h.local_addr());
-    let driver = IkeTunnelDriver::new(policy, &cfg.center_networks, h.clone(), ike_events, events);
-    Ok((Box::new(driver), Some(h)))
 }
 
 async fn shutdown() {
