@@ -17,7 +17,7 @@ for p in nftables iproute2; do
 	dpkg -s "$p" >/dev/null 2>&1 || progress_run "installing $p (apt-get)" \
 		bash -c 'apt-get update -qq && apt-get install -y -qq "$1" >/dev/null' _ "$p"
 done
-progress_run "building vpnnatctl (release)" cargo build --release --locked -p vpnnat-datapath --bin vpnnatctl >&2
+progress_run "building vpnnatctl (release)" cargo build --release --locked -p vpnnatctl --bin vpnnatctl >&2
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 ns=vpnnat-bench-$$
 ip netns add "$ns"

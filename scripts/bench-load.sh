@@ -8,15 +8,15 @@
 # operator start and end in the UI — against one real centerd and G real
 # gatewayd processes, R rounds. Prints cycles/s, errors and the daemons'
 # peak RSS per round, and checks that the pool and the gateway slots are
-# all free at the end. The tool is crates/load (vpnnat-load).
+# all free at the end. The tool is tests/load (vpnnat-load).
 #
 # Host mode (default: 1000 routers, 3 rounds, 2 gateways, every router at
 # once): on loopback; no ESP on the host, so gatewayd runs with its
 # recording datapath and without IKE and tunnels stay "connecting" (see
-# crates/load/src/host.rs).
+# tests/load/src/host.rs).
 #
 # --vm: the same cycles through real tunnels in the test VM
-# (tests/vm/load-tunnels.sh, crates/load/src/tunnels.rs): gatewayd with the
+# (tests/vm/load-tunnels.sh, tests/load/src/tunnels.rs): gatewayd with the
 # kernel datapath and IKE, every simulated router with its own WAN address,
 # IKE responder, kernel SAs and policies, and the center's end, release and
 # VPN end through ESP. Defaults there: 1000 routers, 3 rounds, 2 gateways,
@@ -54,5 +54,5 @@ case $PROFILE in
 dev) DIR=$TARGET/debug ;;
 *) DIR=$TARGET/$PROFILE ;;
 esac
-cargo build --quiet --locked --profile "$PROFILE" -p vpnnat-center -p vpnnat-load --bins
+cargo build --quiet --locked --profile "$PROFILE" -p vpnnat-center -p vpnnat-gatewayd -p vpnnat-load --bins
 exec "$DIR/vpnnat-load" --bin-dir "$DIR" "$@"

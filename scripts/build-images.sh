@@ -143,7 +143,7 @@ build_bins() {
 	log "building routerd, centerd, gatewayd (static, $TRIPLE, profile $PROFILE, target dir $TARGET_DIR)..."
 	local rc=0
 	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-		cargo build --color never --profile "$PROFILE" --target "$TRIPLE" -p vpnnat-router -p vpnnat-center --bins) 2>&1 |
+		cargo build --color never --profile "$PROFILE" --target "$TRIPLE" -p vpnnat-router -p vpnnat-center -p vpnnat-gatewayd --bins) 2>&1 |
 		cargo_progress || rc=$?
 	[[ $rc == 0 ]] || die "cargo build failed (pipefail: cargo's status)"
 	local b

@@ -1,21 +1,92 @@
-//! What `centerd` and `gatewayd` share on their command line.
+//! centerd's command line.
 
-use std::process::ExitCode;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
-/// Exit status for usage and configuration errors (the systemd units do not
-/// restart on it).
-pub const EXIT_USAGE: u8 = 2;
+use crate::password::DEFAULT_ITERATIONS;
 
-/// Parses the command line; on `--help`/`--version` or a usage error prints
-/// clap's text and returns the exit code to end with (0 for help and
-/// version, [`EXIT_USAGE`] for an error).
-pub fn parse<C: clap::Parser>() -> Result<C, ExitCode> {
-    C::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            ExitCode::from(EXIT_USAGE)
-        } else {
-            ExitCode::SUCCESS
-        }
-    })
+pub use vpnnat_service::cli::{parse, EXIT_USAGE};
+
+/// `centerd [--config FILE] [--json] [SUBCOMMAND]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "centerd",
+    version,
+    about = "vpnnat maintenance server: router API, operator UI, databases, gateway commands",
+    after_help = "Exit status: 0 done, 1 failed, 2 usage or configuration error."
+)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/vpnnat/centerd.toml")]
+    pub config: PathBuf,
+    /// Machine-readable output (JSON) for the tool subcommands.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+/// centerd's subcommands: the server and the tools (see [`crate::admin`]).
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Serve the router API and the operator UI (the default).
+    Run,
+    /// Validate the configuration and the database, then exit.
+    CheckConfig,
+    /// List maintenance requests, newest first.
+    ListRequests {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only requests in this state.
+        #[arg(long, value_parser = ["waiting", "in_progress", "ended"])]
+        state: Option<String>,
+        /// Only requests of this router.
+        #[arg(long)]
+        terminal: Option<String>,
+    },
+    /// Show one router: addresses, gateway slot, requests, failures.
+    ShowRouter { terminal_id: String },
+    /// Mark a request "in progress" (the UI's start button).
+    StartRequest { acceptance_number: u64 },
+    /// End a request (the UI's end button): router end command, the three
+    /// judgments, VPNNAT release, VPN end.
+    EndRequest { acceptance_number: u64 },
+    /// Reconcile every gateway (or one) with the database now.
+    Reconcile { gateway: Option<String> },
+    /// List the gateways: heartbeat state (up/down, since when), slots,
+    /// tunnels up, draining.
+    Gateways,
+    /// Stop giving new tunnels to a gateway (existing ones stay).
+    DrainGateway {
+        name: String,
+        /// Accept new tunnels again (same as undrain-gateway).
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Let a drained gateway take new tunnels again.
+    UndrainGateway { name: String },
+    /// Print the audit log, newest first (filters combine).
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        terminal: Option<String>,
+        /// Only events at or after this Unix time.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+    /// Print a router's factory Secret(ID) (hex) for its `routerd.toml`
+    /// `factory_secret`: HMAC-SHA256(factory master key, terminal ID). For
+    /// the factory that provisions routers; it is a secret.
+    FactorySecret { terminal_id: String },
+    /// Read a password from standard input and print its hash for
+    /// `operators.password_hashes`.
+    HashPassword {
+        #[arg(long, default_value_t = DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
 }

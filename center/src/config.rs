@@ -13,28 +13,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
 use vpnnat_proto::auth::ReplayConfig;
 use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MaintenancePassword, SecretBytes};
 use vpnnat_proto::types::{BoundedSet, GatewayName, IkeIdentity, Ipv4Cidr, UnicastAddr};
 use zeroize::Zeroizing;
 
+pub use vpnnat_service::config::{toml_error_message, ConfigError, HttpEndpoint};
+
 use crate::center::{CenterSettings, GatewayEntry};
 use crate::password::PasswordHash;
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
-}
 
 fn invalid(key: impl Into<String>, reason: impl ToString) -> ConfigError {
     ConfigError::Invalid {
@@ -163,31 +150,6 @@ struct RawGateway {
 // Validated.
 // ---------------------------------------------------------------------------
 
-/// A gateway's HTTP API endpoint: `http://host:port` (center LAN, plain
-/// HTTP: the commands are authenticated and the PSK inside is encrypted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpEndpoint {
-    /// `host:port`, for connecting and for the Host header.
-    pub authority: String,
-}
-
-impl HttpEndpoint {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let rest = s.strip_prefix("http://").ok_or("must start with http://")?;
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
-            return Err("must be http://host:port with no path".into());
-        }
-        let (host, port) = authority.rsplit_once(':').ok_or("needs an explicit :port")?;
-        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err("needs a host and a port 1-65535".into());
-        }
-        Ok(HttpEndpoint {
-            authority: authority.to_owned(),
-        })
-    }
-}
-
 /// centerd's validated configuration.
 #[derive(Debug)]
 pub struct CenterdConfig {
@@ -255,10 +217,6 @@ impl CenterdConfig {
 
 /// A TOML error without the quoted source line (it may hold a secret):
 /// [`vpnnat_log::config_error_message`].
-pub(crate) fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
-    vpnnat_log::config_error_message(text, e.span(), e.message())
-}
-
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
@@ -609,7 +567,7 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert_eq!(c.log.format, Some(crate::logging::Format::Syslog));
         assert_eq!(c.pool.to_string(), "10.64.0.0/16");
         let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
-        let g = crate::gateway::config::GatewaydConfig::load(&g).unwrap();
+        let g = vpnnat_gatewayd::config::GatewaydConfig::load(&g).unwrap();
         assert_eq!(g.name.as_str(), "gw1");
         assert_eq!(
             g.log.format,

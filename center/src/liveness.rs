@@ -71,6 +71,8 @@ impl GatewayWatch {
         }
     }
 
+    /// The state the tests check after each observation.
+    #[cfg(test)]
     pub fn is_up(&self) -> bool {
         self.up
     }

@@ -368,24 +368,6 @@ fn tools_against_a_running_centerd() {
 }
 
 #[test]
-fn gatewayd_exit_status() {
-    let gw = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_gatewayd"))
-            .args(args)
-            .output()
-            .unwrap()
-            .status
-            .code()
-            .unwrap()
-    };
-    assert_eq!(gw(&["--help"]), 0);
-    assert_eq!(gw(&["frobnicate"]), 2);
-    assert_eq!(gw(&["--config", "/nonexistent/gatewayd.toml", "check-config"]), 2);
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
-    assert_eq!(gw(&["--config", example.to_str().unwrap(), "check-config"]), 0);
-}
-
-#[test]
 fn secrets_files_readable_by_others_are_reported_loudly() {
     use std::os::unix::fs::PermissionsExt as _;
     let (dir, cfg) = setup("modes");

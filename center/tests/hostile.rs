@@ -24,13 +24,13 @@ use tokio::sync::mpsc::unbounded_channel;
 use vpnnat_center::api::ApiSettings;
 use vpnnat_center::center::{Center, CenterSettings, GatewayEntry};
 use vpnnat_center::clients::{HttpGateways, HttpRouters};
-use vpnnat_center::gateway::driver::PolicyDriver;
-use vpnnat_center::gateway::{self, Gatewayd};
 use vpnnat_center::http::{call_with, unix_now};
 use vpnnat_center::password::PasswordHash;
 use vpnnat_center::storage::Storage;
 use vpnnat_center::ui::{self, UiSettings};
 use vpnnat_datapath::RecordingDatapath;
+use vpnnat_gatewayd::driver::PolicyDriver;
+use vpnnat_gatewayd::{self as gateway, Gatewayd};
 use vpnnat_proto::auth::{sign_request, Direction, ReplayConfig};
 use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MacKey, MaintenancePassword, SecretBytes, SecretId};
 use vpnnat_proto::messages::{

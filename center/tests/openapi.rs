@@ -85,10 +85,10 @@ fn centerd_routes_match_the_document() {
 #[test]
 fn gatewayd_routes_match_the_document() {
     let doc: Value = serde_json::from_str(GATEWAYD).unwrap();
-    assert_eq!(operations(&doc), routes(vpnnat_center::gateway::ROUTES));
+    assert_eq!(operations(&doc), routes(vpnnat_gatewayd::ROUTES));
     check_refs(&doc, &doc);
-    for r in vpnnat_center::gateway::ROUTES.iter().filter(|r| r.method == "POST") {
-        assert!(vpnnat_center::gateway::COMMANDS.contains(&r.name), "{}", r.name);
+    for r in vpnnat_gatewayd::ROUTES.iter().filter(|r| r.method == "POST") {
+        assert!(vpnnat_gatewayd::COMMANDS.contains(&r.name), "{}", r.name);
     }
 }
 

@@ -13,7 +13,7 @@
 # (installation, gateway address, maintenance request -> tunnel up, the
 # operator's start and end in the UI, end/release/VPN end through the
 # tunnel, tunnel torn down) concurrently, LOAD_ROUNDS rounds (see
-# crates/load/src/tunnels.rs). Then: no error, every request ended, pool
+# tests/load/src/tunnels.rs). Then: no error, every request ended, pool
 # and slots free, no SA or policy in any namespace, no host route left.
 #
 # LOAD_ROUTERS [20], LOAD_ROUNDS [2], LOAD_GATEWAYS [2], LOAD_CONCURRENCY

@@ -19,8 +19,8 @@ use hyper::HeaderMap;
 use vpnnat_center::api::{router_ip, ApiSettings};
 use vpnnat_center::config::CenterdConfig;
 use vpnnat_center::dns::{respond, Lookup, Zone, ZoneName};
-use vpnnat_center::gateway::config::GatewaydConfig;
 use vpnnat_center::ui::{audit_filter, esc, form_decode, form_field, session_cookie, url_encode};
+use vpnnat_gatewayd::config::GatewaydConfig;
 
 /// centerd's DNS server on arbitrary datagrams: parsing and answering must
 /// never panic, and every answer carries the query's ID, has QR set and

@@ -38,18 +38,7 @@ mod start_end;
 mod tunnel_events;
 mod tunnel_lost;
 
-/// A call to a gateway or a router failed.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum CommandError {
-    #[error("{target} did not answer: {reason}")]
-    Unreachable { target: String, reason: String },
-    #[error("{target} refused the command: HTTP {status} {text}")]
-    Refused { target: String, status: u16, text: String },
-    #[error("{target} answered badly: {reason}")]
-    BadAnswer { target: String, reason: String },
-    #[error("{target} is not configured")]
-    Unknown { target: String },
-}
+pub use vpnnat_service::http::CommandError;
 
 /// Why the center refused or failed an exchange.
 #[derive(Debug, Error)]

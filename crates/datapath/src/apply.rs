@@ -151,7 +151,7 @@ pub fn scope_to_endpoint(observed: ObservedState, endpoint: std::net::Ipv4Addr) 
 
 /// The XFRM SAs and policies of one tunnel endpoint address, and no NAT
 /// table: what one of many simulated routers sharing a network namespace
-/// owns (the tunnel load test, `crates/load`). Each sees and changes only
+/// owns (the tunnel load test, `tests/load`). Each sees and changes only
 /// the objects of its own WAN address ([`scope_to_endpoint`]), so one
 /// router's reconciliation never removes another's tunnel; NAT changes
 /// are not applied (the simulated routers have no LAN behind them).

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 pub mod flood;
 pub mod fuzz_corpus;
 pub mod netns;
+pub mod systemd;
 pub mod webdriver;
 
 /// The server's answer line for one connection.

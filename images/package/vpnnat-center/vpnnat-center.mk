@@ -9,7 +9,8 @@ VPNNAT_CENTER_VERSION = 0.1.0
 VPNNAT_CENTER_SITE = $(realpath $(BR2_EXTERNAL_VPNNAT_PATH)/..)
 VPNNAT_CENTER_SITE_METHOD = local
 VPNNAT_CENTER_LICENSE = MIT or Apache-2.0
-# The workspace member with centerd and gatewayd.
+# The workspace member with centerd; gatewayd is its own member
+# (crates/gatewayd), built and installed alongside (see below).
 VPNNAT_CENTER_SUBDIR = center
 
 VPNNAT_CENTER_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
@@ -54,8 +55,18 @@ define VPNNAT_CENTER_BUILD_CMDS
 			--offline \
 			--profile $(VPNNAT_CENTER_CARGO_PROFILE) \
 			--manifest-path Cargo.toml \
+			--package vpnnat-center \
+			--package vpnnat-gatewayd \
 			--locked
 endef
 VPNNAT_CENTER_CARGO_INSTALL_OPTS = --profile $(VPNNAT_CENTER_CARGO_PROFILE)
+
+# The cargo infrastructure installs the binaries of SUBDIR (centerd);
+# gatewayd's crate gets the very same cargo install, run from its own
+# directory.
+define VPNNAT_CENTER_INSTALL_GATEWAYD
+	$(subst cd $(VPNNAT_CENTER_SRCDIR),cd $(@D)/crates/gatewayd,$(VPNNAT_CENTER_INSTALL_TARGET_CMDS))
+endef
+VPNNAT_CENTER_POST_INSTALL_TARGET_HOOKS += VPNNAT_CENTER_INSTALL_GATEWAYD
 
 $(eval $(cargo-package))

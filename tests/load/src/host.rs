@@ -27,7 +27,7 @@
 //! measured by the tunnel mode in the VM ([`crate::tunnels`],
 //! `scripts/bench-load.sh --vm`).
 //!
-//!     cargo build --release -p vpnnat-center --bins && cargo build --release -p vpnnat-load
+//!     cargo build --release -p vpnnat-center -p vpnnat-gatewayd --bins && cargo build --release -p vpnnat-load
 //!     target/release/vpnnat-load --routers 1000 --rounds 3
 //!
 //! Options: --routers N [1000] --rounds R [3] --gateways G [2]

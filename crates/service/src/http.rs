@@ -21,9 +21,20 @@ use vpnnat_proto::keys::MacKey;
 use vpnnat_proto::throttle::ConnectionGate;
 use vpnnat_proto::{decode_response, encode_request, Command, Outgoing, ProtoError};
 
-use crate::center::CommandError;
-
 pub type Body = Full<Bytes>;
+
+/// A call to a gateway, a router or centerd failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("{target} did not answer: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error("{target} refused the command: HTTP {status} {text}")]
+    Refused { target: String, status: u16, text: String },
+    #[error("{target} answered badly: {reason}")]
+    BadAnswer { target: String, reason: String },
+    #[error("{target} is not configured")]
+    Unknown { target: String },
+}
 
 /// Unix time in seconds (0 if the clock is before 1970, which then fails
 /// every freshness check rather than panicking).

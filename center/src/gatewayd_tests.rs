@@ -1,17 +1,25 @@
-use super::*;
+//! centerd's side against a real gatewayd in-process: the gateway client
+//! (`clients::HttpGateways`) driving gatewayd's API, gatewayd's events
+//! reaching centerd's API, and gatewayd's metrics after those commands.
+
+use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
-use vpnnat_datapath::{Change, Dir, RecordingDatapath, REQID_BASE};
-use vpnnat_proto::keys::Psk;
+use vpnnat_datapath::RecordingDatapath;
+use vpnnat_gatewayd::driver::{next_event_seq, DriverEvent, PolicyDriver};
+use vpnnat_gatewayd::{forward_events, run, Gatewayd};
+use vpnnat_proto::keys::{Psk, SecretBytes as _};
 use vpnnat_proto::messages::TunnelStatus;
-use vpnnat_proto::types::TerminalId;
+use vpnnat_proto::paths;
+use vpnnat_proto::types::{GatewayName, TerminalId};
 
 use crate::center::tests::{center_with, gw_key, TestRouter};
 use crate::center::{CommandError, GatewayCommands};
 use crate::clients::HttpGateways;
-use driver::{PolicyDatapath, PolicyDriver, IKE_PENDING};
+use crate::config::HttpEndpoint;
 
 fn tid(s: &str) -> TerminalId {
     TerminalId::new(s).unwrap()
@@ -21,212 +29,15 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-fn nets() -> Vec<vpnnat_datapath::Ipv4Cidr> {
-    vec!["172.16.0.0/24".parse().unwrap(), "172.16.1.0/24".parse().unwrap()]
-}
-
-fn spec(id: &str, slot: u16, router: &str) -> TunnelSpec {
-    TunnelSpec {
-        terminal_id: tid(id),
-        slot,
-        router_ip: ip(router),
-        psk: Psk::from_array([7; 32]),
-    }
-}
-
-fn driver() -> (
-    PolicyDriver<RecordingDatapath>,
-    tokio::sync::mpsc::UnboundedReceiver<DriverEvent>,
-) {
-    let (tx, rx) = unbounded_channel();
-    (
-        PolicyDriver::new(RecordingDatapath::new(), ip("198.51.100.11"), nets(), 1000, tx),
-        rx,
-    )
-}
-
-#[test]
-fn policies_per_address_and_network_with_slot_reqid() {
-    let (mut d, mut rx) = driver();
-    d.setup(spec("router-1", 3, "203.0.113.5")).unwrap();
-    let ev = rx.try_recv().unwrap();
-    assert_eq!(
-        (ev.status, ev.slot, ev.detail.as_str()),
-        (TunnelStatus::Connecting, 3, IKE_PENDING)
-    );
-    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1"), ip("10.64.0.2")])
-        .unwrap();
-    let p = &d.datapath().state.policies;
-    assert_eq!(p.len(), 2 * 2 * 3, "2 addresses x 2 center networks x out/in/fwd");
-    assert!(p.iter().all(|p| p.reqid == REQID_BASE + 3 && p.priority == 1000));
-    let out = p
-        .iter()
-        .find(|p| p.id.dir == Dir::Out && p.id.dst.addr() == ip("10.64.0.1") && p.id.src == nets()[0])
-        .unwrap();
-    assert_eq!((out.tmpl_src, out.tmpl_dst), (ip("198.51.100.11"), ip("203.0.113.5")));
-    assert_eq!(out.id.dst.prefix_len(), 32);
-    let inp = p
-        .iter()
-        .find(|p| p.id.dir == Dir::In && p.id.src.addr() == ip("10.64.0.1") && p.id.dst == nets()[1])
-        .unwrap();
-    assert_eq!((inp.tmpl_src, inp.tmpl_dst), (ip("203.0.113.5"), ip("198.51.100.11")));
-    assert!(p.iter().any(|p| p.id.dir == Dir::Fwd));
-    // Idempotent add; remove one; the state says so.
-    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
-    assert_eq!(d.datapath().state.policies.len(), 12);
-    d.remove_addresses(&tid("router-1"), &[ip("10.64.0.2"), ip("10.64.0.99")])
-        .unwrap();
-    assert_eq!(d.datapath().state.policies.len(), 6);
-    let t = d.tunnels();
-    assert_eq!(t[0].addresses, vec![ip("10.64.0.1")]);
-    assert_eq!(t[0].status, TunnelStatus::Connecting, "never reported up without IKE");
-    // Teardown: nothing left, a down event.
-    d.teardown(&tid("router-1")).unwrap();
-    assert!(d.datapath().state.policies.is_empty());
-    assert!(d.tunnels().is_empty());
-    assert_eq!(rx.try_recv().unwrap().status, TunnelStatus::Down);
-    d.teardown(&tid("router-1")).unwrap();
-    assert!(rx.try_recv().is_err());
-}
-
-#[test]
-fn conflicts_are_refused_without_changes() {
-    let (mut d, _rx) = driver();
-    d.setup(spec("router-1", 0, "203.0.113.5")).unwrap();
-    d.setup(spec("router-1", 0, "203.0.113.5")).unwrap();
-    assert!(matches!(
-        d.setup(spec("router-2", 0, "203.0.113.6")),
-        Err(DriverError::SlotInUse { slot: 0, .. })
-    ));
-    d.setup(spec("router-2", 1, "203.0.113.6")).unwrap();
-    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
-    let before = d.datapath().state.policies.len();
-    assert!(matches!(
-        d.add_addresses(&tid("router-2"), &[ip("10.64.0.5"), ip("10.64.0.1")]),
-        Err(DriverError::AddressInUse { .. })
-    ));
-    assert!(matches!(
-        d.add_addresses(&tid("router-9"), &[ip("10.64.0.5")]),
-        Err(DriverError::UnknownTunnel(_))
-    ));
-    assert_eq!(d.datapath().state.policies.len(), before);
-}
-
-#[test]
-fn router_moving_repoints_its_policies() {
-    let (mut d, mut rx) = driver();
-    d.setup(spec("router-1", 0, "203.0.113.5")).unwrap();
-    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
-    let _ = rx.try_recv();
-    d.setup(spec("router-1", 0, "203.0.113.50")).unwrap();
-    let p = &d.datapath().state.policies;
-    assert_eq!(p.len(), 6);
-    assert!(p
-        .iter()
-        .all(|p| p.tmpl_dst == ip("203.0.113.50") || p.tmpl_src == ip("203.0.113.50")));
-    assert_eq!(rx.try_recv().unwrap().status, TunnelStatus::Connecting);
-}
-
-#[test]
-fn datapath_failure_leaves_state_unchanged() {
-    let (mut d, _rx) = driver();
-    d.setup(spec("router-1", 0, "203.0.113.5")).unwrap();
-    d.datapath_mut().fail_at = Some(0);
-    assert!(matches!(
-        d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]),
-        Err(DriverError::Datapath(_))
-    ));
-    assert!(d.tunnels()[0].addresses.is_empty());
-}
-
-#[test]
-fn reconcile_removes_leftovers_and_restores_missing() {
-    let (mut d, _rx) = driver();
-    d.setup(spec("router-1", 0, "203.0.113.5")).unwrap();
-    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
-    // A leftover of an earlier run, and one of ours deleted behind our back.
-    let mut stray = d.datapath().state.policies[0];
-    stray.id.dst = vpnnat_datapath::Ipv4Cidr::host(ip("10.64.9.9"));
-    stray.id.src = nets()[0];
-    stray.id.dir = Dir::Out;
-    let gone = d.datapath().state.policies[1];
-    PolicyDatapath::apply(
-        d.datapath_mut(),
-        &[Change::AddPolicy(stray), Change::DelPolicy(gone.id)],
-    )
-    .unwrap();
-    d.reconcile().unwrap();
-    let p = &d.datapath().state.policies;
-    assert_eq!(p.len(), 6);
-    assert!(!p.contains(&stray));
-    assert!(p.contains(&gone));
-}
-
-/// A policy of ours whose template points elsewhere (say, at the router's
-/// previous address) is put back as the driver's state says.
-#[test]
-fn reconcile_repoints_a_policy_with_a_stale_template() {
-    let (mut d, _rx) = driver();
-    d.setup(spec("router-1", 0, "203.0.113.5")).unwrap();
-    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
-    let want = d.datapath().state.policies.clone();
-    let mut stale = want[0];
-    stale.tmpl_dst = ip("203.0.113.99");
-    PolicyDatapath::apply(d.datapath_mut(), &[Change::UpdatePolicy(stale)]).unwrap();
-    d.reconcile().unwrap();
-    let p = &d.datapath().state.policies;
-    assert_eq!(p.len(), want.len());
-    assert!(want.iter().all(|w| p.contains(w)));
-    assert!(!p.contains(&stale));
-}
-
-fn sa(src: &str, dst: &str, spi: u32, reqid: u32) -> vpnnat_datapath::SaSpec {
-    vpnnat_datapath::SaSpec {
-        src: ip(src),
-        dst: ip(dst),
-        spi,
-        reqid,
-        key: vpnnat_datapath::SaKey::new(vec![1; 20]).unwrap(),
-        replay_window: 64,
-        encap: None,
-        lifetime: vpnnat_datapath::Lifetime::default(),
-    }
-}
-
-/// A gatewayd killed with a live tunnel leaves its SA pair in the kernel;
-/// the next one's start-up reconcile removes it (it would otherwise outlive
-/// the tunnel's tear-down by the SAs' hard lifetime), and keeps the SAs a
-/// wrapping IKE driver says it installed.
-#[test]
-fn reconcile_removes_a_previous_runs_sas_and_keeps_the_given_ones() {
-    let (mut d, _rx) = driver();
-    let old_in = sa("203.0.113.5", "198.51.100.11", 0xc000_0001, REQID_BASE);
-    let old_out = sa("198.51.100.11", "203.0.113.5", 0xc000_0002, REQID_BASE);
-    let live_in = sa("203.0.113.5", "198.51.100.11", 0xc000_0003, REQID_BASE);
-    // Another IKE daemon's SA (reqid outside the project's range).
-    let foreign = sa("203.0.113.9", "198.51.100.11", 0xc000_0004, 1);
-    PolicyDatapath::apply(
-        d.datapath_mut(),
-        &[
-            Change::AddSa(old_in),
-            Change::AddSa(old_out),
-            Change::AddSa(live_in.clone()),
-            Change::AddSa(foreign.clone()),
-        ],
-    )
-    .unwrap();
-    d.reconcile_keeping(&[live_in.id()]).unwrap();
-    let ids: Vec<_> = d.datapath().state.sas.iter().map(|s| s.id).collect();
-    assert_eq!(ids, vec![live_in.id(), foreign.id()]);
-    // The policy driver alone installs no SA: all owned ones go.
-    d.reconcile().unwrap();
-    let ids: Vec<_> = d.datapath().state.sas.iter().map(|s| s.id).collect();
-    assert_eq!(ids, vec![foreign.id()]);
-}
-
 fn gatewayd() -> (Arc<Gatewayd>, tokio::sync::mpsc::UnboundedReceiver<DriverEvent>) {
     let (tx, rx) = unbounded_channel();
-    let d = PolicyDriver::new(RecordingDatapath::new(), ip("198.51.100.11"), nets(), 1000, tx);
+    let d = PolicyDriver::new(
+        RecordingDatapath::new(),
+        ip("198.51.100.11"),
+        vec!["172.16.0.0/24".parse().unwrap(), "172.16.1.0/24".parse().unwrap()],
+        1000,
+        tx,
+    );
     (
         Arc::new(Gatewayd::new(GatewayName::new("gw1").unwrap(), gw_key(1), Box::new(d)).unwrap()),
         rx,
@@ -325,7 +136,7 @@ async fn events_reach_centerd() {
         slot: 0,
         status: TunnelStatus::Connecting,
         detail: "IKE\u{7} pending".into(),
-        seq: crate::gateway::driver::next_event_seq(),
+        seq: next_event_seq(),
     })
     .unwrap();
     tx.send(DriverEvent {
@@ -333,7 +144,7 @@ async fn events_reach_centerd() {
         slot: 0,
         status: TunnelStatus::Up,
         detail: String::new(),
-        seq: crate::gateway::driver::next_event_seq(),
+        seq: next_event_seq(),
     })
     .unwrap();
     assert!(waiter.await.unwrap().unwrap(), "the up event woke the waiting request");

@@ -4,6 +4,7 @@
 //! tunnel up/down events to centerd as they happen (no polling).
 
 pub mod config;
+pub mod daemon;
 pub mod driver;
 pub mod ike;
 
@@ -26,10 +27,10 @@ use vpnnat_proto::seal::FieldKey;
 use vpnnat_proto::types::{BoundedSet, FailureDetail, GatewayName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError, Verified};
 
-use crate::config::HttpEndpoint;
-use crate::http::{auth_headers, call, read_body, signed, text, unix_now, Route};
-use crate::metrics::CommandMetrics;
 use driver::{DriverError, DriverEvent, TunnelDriver, TunnelSpec};
+use vpnnat_service::config::HttpEndpoint;
+use vpnnat_service::http::{auth_headers, call, read_body, signed, text, unix_now, Route};
+use vpnnat_service::metrics::CommandMetrics;
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -205,7 +206,7 @@ impl Gatewayd {
     /// The Prometheus exposition: tunnels by state, addresses routed,
     /// tunnel events, IKE failures by reason, command latency.
     pub fn render_metrics(&self) -> Result<String, GatewayError> {
-        use crate::metrics::family;
+        use vpnnat_service::metrics::family;
         let tunnels = self.driver()?.tunnels();
         #[allow(clippy::cast_precision_loss)] // counts far below 2^53
         let f = |v: usize| v as f64;
@@ -384,10 +385,10 @@ impl Gatewayd {
 
 /// Serves gatewayd's API on `listener` until `shutdown`.
 pub async fn run(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>, gw: Arc<Gatewayd>) {
-    crate::http::serve_limited(
+    vpnnat_service::http::serve_limited(
         listener,
         shutdown,
-        crate::http::Limits::GATEWAY_API,
+        vpnnat_service::http::Limits::GATEWAY_API,
         move |req, peer| {
             let gw = gw.clone();
             async move {
@@ -409,7 +410,7 @@ async fn handle_http(
     route: Option<&'static Route>,
     req: hyper::Request<hyper::body::Incoming>,
     peer: std::net::SocketAddr,
-) -> hyper::Response<crate::http::Body> {
+) -> hyper::Response<vpnnat_service::http::Body> {
     {
         {
             let Some(route) = route else {
@@ -426,7 +427,7 @@ async fn handle_http(
                             let mut r = text(200, m);
                             r.headers_mut().insert(
                                 hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                                hyper::header::HeaderValue::from_static(vpnnat_service::metrics::CONTENT_TYPE),
                             );
                             r
                         }

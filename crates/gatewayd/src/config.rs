@@ -8,7 +8,7 @@ use serde::Deserialize;
 use vpnnat_proto::keys::{GatewayApiKey, SecretBytes};
 use vpnnat_proto::types::{GatewayName, Ipv4Cidr, UnicastAddr};
 
-use crate::config::{ConfigError, HttpEndpoint};
+use vpnnat_service::config::{ConfigError, HttpEndpoint};
 
 /// Which datapath programs the policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -33,7 +33,7 @@ struct Raw {
     datapath: Option<DatapathKind>,
     event_timeout_ms: Option<u64>,
     ike: Option<bool>,
-    log: Option<crate::logging::RawLog>,
+    log: Option<vpnnat_service::logging::RawLog>,
 }
 
 /// gatewayd's validated configuration.
@@ -54,7 +54,7 @@ pub struct GatewaydConfig {
     pub ike: bool,
     /// `[log]`: level and format (`RUST_LOG`, `VPNNAT_LOG_FORMAT` override
     /// them).
-    pub log: crate::logging::LogConfig,
+    pub log: vpnnat_service::logging::LogConfig,
 }
 
 fn invalid(key: &str, reason: impl ToString) -> ConfigError {
@@ -76,7 +76,7 @@ impl GatewaydConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from(origin),
-            message: crate::config::toml_error_message(text, &e),
+            message: vpnnat_service::config::toml_error_message(text, &e),
         })?;
         let name = GatewayName::new(raw.name.as_str()).map_err(|e| invalid("name", e))?;
         let listen = raw
@@ -112,7 +112,7 @@ impl GatewaydConfig {
             datapath: raw.datapath.unwrap_or(DatapathKind::Kernel),
             event_timeout: Duration::from_millis(raw.event_timeout_ms.unwrap_or(5000)),
             ike: raw.ike.unwrap_or(false),
-            log: crate::logging::LogConfig::from_raw(raw.log).map_err(|(key, e)| invalid(key, e))?,
+            log: vpnnat_service::logging::LogConfig::from_raw(raw.log).map_err(|(key, e)| invalid(key, e))?,
         })
     }
 }
@@ -149,14 +149,14 @@ center_url = "http://127.0.0.1:8080"
         assert!(err(EXAMPLE.replace("http://127.0.0.1:8080", "127.0.0.1")).contains("center_url"));
         assert!(err(format!("{EXAMPLE}\ndatapath = \"magic\"")).contains("datapath"));
         assert!(err(format!("{EXAMPLE}\nike = \"yes\"")).contains("ike"));
-        assert_eq!(c.log, crate::logging::LogConfig::default());
+        assert_eq!(c.log, vpnnat_service::logging::LogConfig::default());
         let l = GatewaydConfig::parse(
             &format!("{EXAMPLE}\n[log]\nlevel = \"debug\"\nformat = \"syslog\""),
             Path::new("g.toml"),
         )
         .unwrap();
         assert_eq!(l.log.level.as_deref(), Some("debug"));
-        assert_eq!(l.log.format, Some(crate::logging::Format::Syslog));
+        assert_eq!(l.log.format, Some(vpnnat_service::logging::Format::Syslog));
         assert!(err(format!("{EXAMPLE}\n[log]\nlevel = \"chatty\"")).contains("log.level"));
         assert!(err(format!("{EXAMPLE}\n[log]\nformat = \"json\"")).contains("log.format"));
         assert!(err(format!("{EXAMPLE}\n[log]\ncolour = true")).contains("colour"));
