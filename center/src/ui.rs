@@ -408,8 +408,10 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 return match self.center.render_metrics() {
                     Ok(m) => {
                         let mut r = text(200, m);
-                        r.headers_mut()
-                            .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+                        r.headers_mut().insert(
+                            CONTENT_TYPE,
+                            HeaderValue::from_static(crate::metrics::OPENMETRICS_CONTENT_TYPE),
+                        );
                         r
                     }
                     Err(e) => text(500, format!("cannot read the database: {e}")),
