@@ -241,13 +241,10 @@ pub fn form_decode(s: &str) -> String {
     vpnnat_proto::form::decode(s.as_bytes())
 }
 
-/// The first value of `name` in an urlencoded body (the login form).
+/// The first value of `name` in an urlencoded body (the login form) or
+/// query string.
 pub fn form_field(body: &[u8], name: &str) -> Option<String> {
-    let s = std::str::from_utf8(body).ok()?;
-    s.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| form_decode(v))
+    vpnnat_proto::form::first(body, name)
 }
 
 fn token_hash(token: &str) -> String {
@@ -601,12 +598,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             b,
             "<h1>Maintenance center</h1><form method=\"post\" action=\"/logout\" class=\"inline\">{csrf_input}<button id=\"logout\">Log out</button></form> <a href=\"/audit\" id=\"audit-link\">Audit log</a>"
         );
-        if let Some(m) = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "msg")
-            .map(|(_, v)| form_decode(v))
-        {
+        if let Some(m) = form_field(query.as_bytes(), "msg") {
             let _ = write!(b, "<p id=\"message\">{}</p>", esc(&m));
         }
         b.push_str("<h2>Maintenance requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>Terminal ID</th><th>Global IP</th><th>Claimant</th><th>Level</th><th>Phone</th><th>Urgency</th><th>Content</th><th>Received</th><th>VPNNAT address</th><th>Table name</th><th>State</th><th></th></tr>");
@@ -730,14 +722,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
 /// The audit filter of a query string: `actor`, `action`, `terminal`,
 /// `number`, `since`, `until` (Unix seconds), `limit`.
 pub fn audit_filter(query: &str, default_limit: u32) -> AuditFilter {
-    let get = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| form_decode(v))
-            .filter(|v| !v.is_empty())
-    };
+    let get = |name: &str| form_field(query.as_bytes(), name).filter(|v| !v.is_empty());
     AuditFilter {
         actor: get("actor"),
         action: get("action"),
@@ -840,15 +825,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
 
 /// Percent-encodes all but the unreserved characters (a redirect's `?msg=`).
 pub fn url_encode(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            o.push(char::from(b));
-        } else {
-            let _ = write!(o, "%{b:02X}");
-        }
-    }
-    o
+    vpnnat_proto::form::encode(s)
 }
 
 #[cfg(test)]
