@@ -6,6 +6,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::center::tests::{center_with, TestCenter, TestRouter};
+use crate::storage::RequestState;
 
 struct Resp {
     status: u16,
