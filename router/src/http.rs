@@ -321,6 +321,22 @@ pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
     vpnnat_proto::form::pairs(body)
 }
 
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Exponential back-off: `initial`, doubling, capped at `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -356,6 +372,14 @@ mod tests {
         assert_eq!(f[3].1, "a&b=あ");
         assert_eq!(f[4].1, "%zz");
         assert_eq!(f[5].1, "");
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 
     /// The center knows a router by the address it connects from: with a

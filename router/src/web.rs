@@ -18,19 +18,19 @@
 //! | LAN | POST | `/api/button`, `/api/install` | preset request; installation notice now |
 //! | center | POST | `/v1/center/end`, `/release`, `/vpn-end` | PROTOCOL.md 6-8 |
 
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hyper::header::HeaderValue;
 use hyper::Method;
-use maud::{html, Markup, PreEscaped};
 use serde::{Deserialize, Serialize};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::{ClaimantName, Phone, RequestContent, TerminalName};
 
 use crate::config::{parse_level, parse_urgency};
 use crate::daemon::{DaemonError, Router};
-use crate::http::{self, html, json, parse_form, text, Handler, Incoming1, Reply};
+use crate::http::{self, escape, html, json, parse_form, text, Handler, Incoming1, Reply};
 use crate::logic::{Accepted, MaintenanceInput};
 
 /// A maintenance request in the JSON API.
@@ -156,94 +156,74 @@ if(!r.ok)return;const s=await r.json();for(const q of s.requests){\
 const c=document.querySelector('#request-'+q.acceptance_number+' .state');\
 if(c&&c.textContent!==q.state)c.textContent=q.state;}}catch(e){}},2000);</script>";
 
-/// A whole page: `maud` escapes every interpolated value (only the style
-/// sheet and the polling script are `PreEscaped`).
-fn page(title: &str, body: Markup) -> String {
-    html! {
-        (PreEscaped("<!doctype html>"))
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width";
-                title { (title) }
-                style { (PreEscaped(STYLE)) }
-            }
-            body {
-                h1 { (title) }
-                (body)
-            }
-        }
-    }
-    .into_string()
-}
-
-/// The result line of a form (`#result`, class ok or err).
-fn result(message: Option<(bool, String)>) -> Markup {
-    html! {
-        @if let Some((ok, m)) = message {
-            p id="result" class=(if ok { "ok" } else { "err" }) { (m) }
-        }
-    }
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title><style>{STYLE}</style></head>\
+<body><h1>{t}</h1>{body}</body></html>",
+        t = escape(title)
+    )
 }
 
 impl LanPage {
     async fn index(&self, message: Option<(bool, String)>) -> String {
         let status = self.router.status().await;
         let hosts = self.router.hosts().await;
-        let body = html! {
-            (result(message))
-            p {
-                "Router " b { (status.terminal_id) } " — "
-                (if status.installed { "installed" } else { "not installed yet" })
+        let mut b = String::new();
+        if let Some((ok, m)) = message {
+            let _ = write!(
+                b,
+                "<p id=\"result\" class=\"{}\">{}</p>",
+                if ok { "ok" } else { "err" },
+                escape(&m)
+            );
+        }
+        let _ = write!(
+            b,
+            "<p>Router <b>{}</b> — {}</p>",
+            escape(&status.terminal_id),
+            if status.installed {
+                "installed"
+            } else {
+                "not installed yet"
             }
-            h2 { "Ask for maintenance" }
-            form method="post" action="/request" {
-                label for="claimant_name" { "Your name" }
-                input type="text" id="claimant_name" name="claimant_name" required maxlength="128";
-                label for="claimant_level" { "You are" }
-                select id="claimant_level" name="claimant_level" {
-                    option value="general" { "a general user" }
-                    option value="administrator" { "the administrator" }
-                }
-                fieldset {
-                    legend { "Devices to maintain" }
-                    @if hosts.is_empty() {
-                        p { "No devices known yet." }
-                    }
-                    @for h in &hosts {
-                        label { input type="checkbox" name="terminal" value=(h.name); " " (h.name) " (" (h.real) ")" }
-                    }
-                }
-                label for="urgency" { "Urgency" }
-                select id="urgency" name="urgency" {
-                    option value="low" { "low" }
-                    option value="normal" selected { "normal" }
-                    option value="high" { "high" }
-                    option value="emergency" { "emergency" }
-                }
-                label for="phone" { "Phone" }
-                input type="text" id="phone" name="phone" required maxlength="32";
-                label for="content" { "What is wrong?" }
-                textarea id="content" name="content" rows="4" required maxlength="4096" {}
-                p { button type="submit" id="send" { "Send request" } }
-            }
-            h2 { "Requests" }
-            table id="requests" {
-                tr { th { "Acceptance number" } th { "State" } th { "Name" } th { "Devices" } }
-                @for r in &status.requests {
-                    tr id={ "request-" (r.acceptance_number) } {
-                        td.number { (r.acceptance_number) }
-                        td.state { (r.state) }
-                        td { (r.claimant_name) }
-                        td { (r.terminals.join(", ")) }
-                    }
-                }
-            }
-            // The states follow the center (end command) without a reload
-            // that would wipe a half-filled form.
-            (PreEscaped(STATE_POLL))
-        };
-        page("Remote maintenance", body)
+        );
+        b.push_str("<h2>Ask for maintenance</h2><form method=\"post\" action=\"/request\">");
+        b.push_str("<label for=\"claimant_name\">Your name</label><input type=\"text\" id=\"claimant_name\" name=\"claimant_name\" required maxlength=\"128\">");
+        b.push_str("<label for=\"claimant_level\">You are</label><select id=\"claimant_level\" name=\"claimant_level\"><option value=\"general\">a general user</option><option value=\"administrator\">the administrator</option></select>");
+        b.push_str("<fieldset><legend>Devices to maintain</legend>");
+        if hosts.is_empty() {
+            b.push_str("<p>No devices known yet.</p>");
+        }
+        for h in &hosts {
+            let n = escape(&h.name);
+            let _ = write!(
+                b,
+                "<label><input type=\"checkbox\" name=\"terminal\" value=\"{n}\"> {n} ({})</label>",
+                h.real
+            );
+        }
+        b.push_str("</fieldset>");
+        b.push_str("<label for=\"urgency\">Urgency</label><select id=\"urgency\" name=\"urgency\"><option value=\"low\">low</option><option value=\"normal\" selected>normal</option><option value=\"high\">high</option><option value=\"emergency\">emergency</option></select>");
+        b.push_str("<label for=\"phone\">Phone</label><input type=\"text\" id=\"phone\" name=\"phone\" required maxlength=\"32\">");
+        b.push_str("<label for=\"content\">What is wrong?</label><textarea id=\"content\" name=\"content\" rows=\"4\" required maxlength=\"4096\"></textarea>");
+        b.push_str("<p><button type=\"submit\" id=\"send\">Send request</button></p></form>");
+        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th></tr>");
+        for r in &status.requests {
+            let n = r.acceptance_number;
+            let _ = write!(
+                b,
+                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td></tr>",
+                r.state,
+                escape(&r.claimant_name),
+                escape(&r.terminals.join(", "))
+            );
+        }
+        b.push_str("</table>");
+        // The states follow the center (end command) without a reload that
+        // would wipe a half-filled form.
+        b.push_str(STATE_POLL);
+        page("Remote maintenance", &b)
     }
 
     async fn submit(&self, req: ApiRequest) -> Result<Accepted, (u16, String)> {
@@ -486,51 +466,62 @@ impl CenterPort {
         let hosts = self.router.hosts().await;
         let state = self.router.state().await;
         let cfg = crate::view::ConfigView::new(&self.router.cfg);
+        let mut b = String::new();
+        if let Some((ok, m)) = message {
+            let _ = write!(
+                b,
+                "<p id=\"result\" class=\"{}\">{}</p>",
+                if ok { "ok" } else { "err" },
+                escape(&m)
+            );
+        }
+        let _ = write!(
+            b,
+            "<h2>Status</h2><pre id=\"status\">{}</pre>",
+            escape(&status.to_text())
+        );
+        b.push_str("<h2>Failures</h2><ul id=\"failures\">");
         let problems = self.router.problems().await;
+        if problems.is_empty() {
+            b.push_str("<li>none now</li>");
+        }
+        for p in &problems {
+            let _ = write!(b, "<li class=\"err\">{:?}: {}</li>", p.code, escape(&p.detail));
+        }
+        b.push_str("</ul>");
+        let _ = write!(
+            b,
+            "<h2>Grants</h2><pre id=\"grants\">{}</pre>",
+            escape(&crate::view::grants_text(&crate::view::grants(&state)))
+        );
+        let _ = write!(
+            b,
+            "<h2>Host table</h2><pre>{}</pre>",
+            escape(&crate::view::hosts_text(&hosts))
+        );
+        b.push_str("<h2>Helpers</h2><table id=\"helpers\"><tr><th>Name</th><th>PID</th><th>Starts</th><th>Recent exits</th><th>Last exit</th><th></th></tr>");
+        for h in self.router.helper_views() {
+            let n = escape(&h.name);
+            let _ = write!(
+                b,
+                "<tr><td>{n}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td><form method=\"post\" action=\"/maintenance/restart-helper\"><input type=\"hidden\" name=\"helper\" value=\"{n}\"><button>Restart</button></form></td></tr>",
+                h.pid.map_or("-".to_string(), |p| p.to_string()),
+                h.starts,
+                h.recent_exits,
+                if h.crash_looping { " (crash-looping)" } else { "" },
+                escape(h.last_exit.as_deref().unwrap_or("-"))
+            );
+        }
+        b.push_str("</table>");
         let cfg_text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
-        let body = html! {
-            (result(message))
-            h2 { "Status" }
-            pre id="status" { (status.to_text()) }
-            h2 { "Failures" }
-            ul id="failures" {
-                @if problems.is_empty() {
-                    li { "none now" }
-                }
-                @for p in &problems {
-                    li.err { (format!("{:?}", p.code)) ": " (p.detail) }
-                }
-            }
-            h2 { "Grants" }
-            pre id="grants" { (crate::view::grants_text(&crate::view::grants(&state))) }
-            h2 { "Host table" }
-            pre { (crate::view::hosts_text(&hosts)) }
-            h2 { "Helpers" }
-            table id="helpers" {
-                tr { th { "Name" } th { "PID" } th { "Starts" } th { "Recent exits" } th { "Last exit" } th {} }
-                @for h in self.router.helper_views() {
-                    tr {
-                        td { (h.name) }
-                        td { (h.pid.map_or("-".to_string(), |p| p.to_string())) }
-                        td { (h.starts) }
-                        td { (h.recent_exits) (if h.crash_looping { " (crash-looping)" } else { "" }) }
-                        td { (h.last_exit.as_deref().unwrap_or("-")) }
-                        td {
-                            form method="post" action="/maintenance/restart-helper" {
-                                input type="hidden" name="helper" value=(h.name);
-                                button { "Restart" }
-                            }
-                        }
-                    }
-                }
-            }
-            h2 { "Configuration" }
-            pre { (cfg_text) }
-            h2 { "Log" }
-            pre id="log" { (crate::logring::global().snapshot().join("\n")) }
-            form method="post" action="/maintenance/reboot" { button { "Reboot the router" } }
-        };
-        page(&format!("Maintenance of {}", status.terminal_id), body)
+        let _ = write!(b, "<h2>Configuration</h2><pre>{}</pre>", escape(&cfg_text));
+        let _ = write!(
+            b,
+            "<h2>Log</h2><pre id=\"log\">{}</pre>",
+            escape(&crate::logring::global().snapshot().join("\n"))
+        );
+        b.push_str("<form method=\"post\" action=\"/maintenance/reboot\"><button>Reboot the router</button></form>");
+        page(&format!("Maintenance of {}", status.terminal_id), &b)
     }
 }
 
@@ -579,24 +570,5 @@ mod tests {
         );
         assert_eq!(super::basic_password("Bearer x"), None);
         assert_eq!(super::basic_password("Basic !!!"), None);
-    }
-
-    /// Text goes into the pages escaped, without a call to ask for it.
-    #[test]
-    fn pages_escape_by_default() {
-        let m = super::result(Some((false, "<a href=\"x\">'&'</a>".into()))).into_string();
-        assert_eq!(
-            m,
-            "<p id=\"result\" class=\"err\">&lt;a href=&quot;x&quot;&gt;'&amp;'&lt;/a&gt;</p>"
-        );
-        let p = super::page("a<b", maud::html! { p { "x" } });
-        assert!(
-            p.starts_with("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"),
-            "{p}"
-        );
-        assert!(
-            p.contains("<title>a&lt;b</title>") && p.contains("<h1>a&lt;b</h1><p>x</p>"),
-            "{p}"
-        );
     }
 }
