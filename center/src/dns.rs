@@ -10,20 +10,32 @@
 //! - `<domain>` SOA and NS (`ns.<domain>`), so resolvers can cache
 //!   negative answers (the SOA minimum is the TTL).
 //! - Names outside the zone: REFUSED (not a recursive resolver). Other
-//!   record types of an existing name: NOERROR with no answer.
+//!   record types of an existing name: NOERROR with no answer. Opcodes
+//!   other than QUERY: NOTIMP; messages that do not decode, or do not hold
+//!   exactly one question: FORMERR.
 //!
-//! Messages are parsed by hand (RFC 1035 section 4): the header, then the
-//! one question (labels of 1-63 bytes, at most 255 bytes in all, no
-//! compression pointers in a question); additional records (EDNS OPT from
-//! dig) are ignored. Nothing here panics on input: the fuzz target
-//! `center/fuzz` feeds arbitrary bytes to [`respond`].
+//! The wire format is `hickory-proto`'s (RFC 1035 with name compression,
+//! EDNS(0) of RFC 6891): a query with an OPT record gets one back (our UDP
+//! payload size, version 0; BADVERS for a version above 0), and a UDP
+//! answer larger than the client's payload size (512 bytes without EDNS)
+//! goes out truncated with TC set, so the client retries over TCP, which
+//! [`serve`] answers on the same address (two-byte length prefix, RFC
+//! 1035 section 4.2.2; RFC 7766). [`respond`] is pure (bytes in, bytes
+//! out); nothing in it panics on input: the fuzz target `center/fuzz`
+//! feeds it arbitrary bytes.
 
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use thiserror::Error;
-use tokio::net::UdpSocket;
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, NS, SOA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::center::{Center, GatewayCommands, RouterCommands};
 
@@ -41,133 +53,26 @@ pub fn name_of(terminal_name: &str, terminal_id: &str, domain: &str) -> String {
 /// The label of the router's own server part.
 pub const ROUTER_LABEL: &str = "router";
 
-pub const TYPE_A: u16 = 1;
-pub const TYPE_NS: u16 = 2;
-pub const TYPE_SOA: u16 = 6;
-pub const TYPE_ANY: u16 = 255;
-pub const CLASS_IN: u16 = 1;
-
-pub const RCODE_NOERROR: u8 = 0;
-pub const RCODE_FORMERR: u8 = 1;
-pub const RCODE_SERVFAIL: u8 = 2;
-pub const RCODE_NXDOMAIN: u8 = 3;
-pub const RCODE_NOTIMP: u8 = 4;
-pub const RCODE_REFUSED: u8 = 5;
-
-const HEADER_LEN: usize = 12;
-const MAX_NAME_LEN: usize = 255;
 const MAX_LABEL_LEN: usize = 63;
-/// Answers stay within the classic 512-byte UDP limit (one A record).
-const MAX_UDP_ANSWER: usize = 512;
+/// The classic UDP limit, for clients without EDNS (RFC 1035 2.3.4).
+const CLASSIC_UDP: usize = 512;
+/// The UDP payload size we announce and accept at most: the DNS flag
+/// day 2020 value, which avoids IP fragmentation on common paths.
+const OUR_UDP_PAYLOAD: u16 = 1232;
+/// A TCP client gets this long for each message (RFC 7766 6.2.3: servers
+/// may close idle connections).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// At most this many TCP connections at once; more wait in the backlog.
+const TCP_CONNECTIONS: usize = 64;
 
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum DnsError {
-    #[error("message shorter than a DNS header")]
-    Short,
-    #[error("not a query (QR set)")]
-    NotQuery,
-    #[error("malformed question: {0}")]
-    Malformed(&'static str),
-    #[error("opcode {0} not implemented")]
-    Opcode(u8),
-}
-
-/// A parsed query (the one question).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Query {
-    pub id: u16,
-    /// The flags word as received (RD and opcode are echoed).
-    pub flags: u16,
-    /// The question's labels as sent (case kept, for the echo).
-    pub labels: Vec<Vec<u8>>,
-    pub qtype: u16,
-    pub qclass: u16,
-    /// The question section's bytes (name, type, class) as received.
-    pub question: Vec<u8>,
-}
-
-impl Query {
-    /// The name in lower case, dot-separated, no trailing dot (labels with
-    /// bytes outside printable ASCII or a dot never match a zone name).
-    pub fn name_lower(&self) -> Option<String> {
-        let mut out = String::new();
-        for l in &self.labels {
-            if l.iter().any(|b| !b.is_ascii_graphic() || *b == b'.') {
-                return None;
-            }
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&String::from_utf8_lossy(l).to_ascii_lowercase());
-        }
-        Some(out)
-    }
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    let hi = *b.get(at)?;
-    let lo = *b.get(at.checked_add(1)?)?;
-    Some(u16::from_be_bytes([hi, lo]))
-}
-
-/// Parses a query's header and its single question.
-pub fn parse_query(msg: &[u8]) -> Result<Query, DnsError> {
-    let id = be16(msg, 0).ok_or(DnsError::Short)?;
-    let flags = be16(msg, 2).ok_or(DnsError::Short)?;
-    let qdcount = be16(msg, 4).ok_or(DnsError::Short)?;
-    if msg.len() < HEADER_LEN {
-        return Err(DnsError::Short);
-    }
-    if flags & 0x8000 != 0 {
-        return Err(DnsError::NotQuery);
-    }
-    let opcode = u8::try_from((flags >> 11) & 0x0f).unwrap_or(15);
-    if opcode != 0 {
-        return Err(DnsError::Opcode(opcode));
-    }
-    if qdcount != 1 {
-        return Err(DnsError::Malformed("exactly one question expected"));
-    }
-    let mut pos = HEADER_LEN;
-    let mut labels = Vec::new();
-    let mut name_len = 0usize;
-    loop {
-        let len = usize::from(*msg.get(pos).ok_or(DnsError::Malformed("name runs past the end"))?);
-        if len & 0xc0 != 0 {
-            return Err(DnsError::Malformed("compression or extended label in a question"));
-        }
-        name_len = name_len.saturating_add(len).saturating_add(1);
-        if name_len > MAX_NAME_LEN {
-            return Err(DnsError::Malformed("name longer than 255 bytes"));
-        }
-        pos = pos.saturating_add(1);
-        if len == 0 {
-            break;
-        }
-        if len > MAX_LABEL_LEN {
-            return Err(DnsError::Malformed("label longer than 63 bytes"));
-        }
-        let end = pos.saturating_add(len);
-        let label = msg
-            .get(pos..end)
-            .ok_or(DnsError::Malformed("label runs past the end"))?;
-        labels.push(label.to_vec());
-        pos = end;
-    }
-    let qtype = be16(msg, pos).ok_or(DnsError::Malformed("no question type"))?;
-    let qclass = be16(msg, pos.saturating_add(2)).ok_or(DnsError::Malformed("no question class"))?;
-    let question = msg
-        .get(HEADER_LEN..pos.saturating_add(4))
-        .ok_or(DnsError::Malformed("question runs past the end"))?
-        .to_vec();
-    Ok(Query {
-        id,
-        flags,
-        labels,
-        qtype,
-        qclass,
-        question,
-    })
+/// Which transport a message came on: it decides the answer's size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// At most the client's EDNS payload size (512 without EDNS), else
+    /// truncated with TC set.
+    Udp,
+    /// Up to 65,535 bytes (the length prefix).
+    Tcp,
 }
 
 /// What the zone holds for a name inside it.
@@ -217,6 +122,31 @@ impl Zone {
         let head = name.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
         Some(head.split('.').collect())
     }
+
+    /// `prefix.<domain>.` as a wire name (the domain is validated, so
+    /// this only fails for a prefix that is not a label).
+    fn name(&self, prefix: Option<&str>) -> Option<Name> {
+        let text = match prefix {
+            Some(p) => format!("{p}.{}.", self.domain),
+            None => format!("{}.", self.domain),
+        };
+        Name::from_ascii(text).ok()
+    }
+
+    /// The zone's SOA record (its minimum, the negative-caching TTL, is
+    /// the zone's TTL: RFC 2308).
+    fn soa(&self) -> Option<Record> {
+        let rdata = SOA::new(
+            self.name(Some("ns"))?,
+            self.name(Some("hostmaster"))?,
+            1,
+            3600,
+            600,
+            86_400,
+            self.ttl,
+        );
+        Some(Record::from_rdata(self.name(None)?, self.ttl, RData::SOA(rdata)))
+    }
 }
 
 /// A name of the zone asked about.
@@ -231,89 +161,101 @@ pub enum ZoneName<'a> {
     Router { terminal_id: &'a str },
 }
 
-fn push_name(out: &mut Vec<u8>, name: &str) {
-    for l in name.split('.').filter(|l| !l.is_empty()) {
-        let b = l.as_bytes();
-        let b = b.get(..MAX_LABEL_LEN).unwrap_or(b);
-        out.push(u8::try_from(b.len()).unwrap_or(0));
-        out.extend_from_slice(b);
+/// A name in lower case, dot-separated, no trailing dot; `None` when a
+/// label holds bytes outside printable ASCII or a dot (it never matches a
+/// zone name).
+fn name_lower(name: &Name) -> Option<String> {
+    let mut out = String::new();
+    for l in name.iter() {
+        if l.iter().any(|b| !b.is_ascii_graphic() || *b == b'.') {
+            return None;
+        }
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&String::from_utf8_lossy(l).to_ascii_lowercase());
     }
-    out.push(0);
+    Some(out)
 }
 
-/// The zone's SOA; `owner_is_question`: the owner is written as a pointer
-/// to the question's name (an answer at the apex).
-fn soa_record(zone: &Zone, owner_is_question: bool, out: &mut Vec<u8>) {
-    if owner_is_question {
-        out.extend_from_slice(&[0xc0, 0x0c]);
-    } else {
-        push_name(out, &zone.domain);
-    }
-    out.extend_from_slice(&TYPE_SOA.to_be_bytes());
-    out.extend_from_slice(&CLASS_IN.to_be_bytes());
-    out.extend_from_slice(&zone.ttl.to_be_bytes());
-    let mut rdata = Vec::new();
-    push_name(&mut rdata, &format!("ns.{}", zone.domain));
-    push_name(&mut rdata, &format!("hostmaster.{}", zone.domain));
-    // serial, refresh, retry, expire, minimum (negative-caching TTL)
-    for v in [1u32, 3600, 600, 86_400, zone.ttl] {
-        rdata.extend_from_slice(&v.to_be_bytes());
-    }
-    out.extend_from_slice(&u16::try_from(rdata.len()).unwrap_or(0).to_be_bytes());
-    out.extend_from_slice(&rdata);
+/// A response with only a header: the query's ID, opcode and RD.
+fn header_only(query: &Header, rcode: ResponseCode) -> Message {
+    let mut m = Message::error_msg(query.id(), query.op_code(), rcode);
+    m.set_recursion_desired(query.recursion_desired());
+    m
 }
 
 /// The answer to one message: `None` for what gets no answer at all (too
-/// short to carry an ID, or itself a response); otherwise a response with
-/// the query's ID. `lookup` resolves names inside the zone.
-pub fn respond(msg: &[u8], zone: &Zone, lookup: impl FnOnce(ZoneName<'_>) -> Lookup) -> Option<Vec<u8>> {
-    let q = match parse_query(msg) {
-        Ok(q) => q,
-        Err(DnsError::Short | DnsError::NotQuery) => return None,
-        Err(e) => {
-            // Header only, no question echoed.
-            let id = be16(msg, 0)?;
-            let flags = be16(msg, 2)?;
-            let rcode = if matches!(e, DnsError::Opcode(_)) {
-                RCODE_NOTIMP
-            } else {
-                RCODE_FORMERR
-            };
-            let mut out = Vec::with_capacity(HEADER_LEN);
-            out.extend_from_slice(&id.to_be_bytes());
-            out.extend_from_slice(&(0x8000 | (flags & 0x7900) | u16::from(rcode)).to_be_bytes());
-            out.extend_from_slice(&[0; 8]);
-            return Some(out);
-        }
+/// short to carry a header, or itself a response); otherwise a response
+/// with the query's ID, encoded and fitted to `transport`. `lookup`
+/// resolves names inside the zone.
+pub fn respond(
+    msg: &[u8],
+    zone: &Zone,
+    transport: Transport,
+    lookup: impl FnOnce(ZoneName<'_>) -> Lookup,
+) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(msg)).ok()?;
+    if header.message_type() == MessageType::Response {
+        return None;
+    }
+    let (response, limit) = answer(msg, &header, zone, lookup);
+    encode(&response, transport, limit)
+}
+
+/// The response message and the client's UDP payload size.
+fn answer(msg: &[u8], header: &Header, zone: &Zone, lookup: impl FnOnce(ZoneName<'_>) -> Lookup) -> (Message, usize) {
+    if header.op_code() != OpCode::Query {
+        return (header_only(header, ResponseCode::NotImp), CLASSIC_UDP);
+    }
+    // Checked before decoding: the decoder reserves room for the count.
+    if header.query_count() != 1 {
+        return (header_only(header, ResponseCode::FormErr), CLASSIC_UDP);
+    }
+    let query = match Message::from_vec(msg) {
+        Ok(m) => m,
+        Err(_) => return (header_only(header, ResponseCode::FormErr), CLASSIC_UDP),
     };
-    let name = q.name_lower();
-    let rel = name.as_deref().and_then(|n| zone.relative(n));
-    let (rcode, answer, authoritative): (u8, Option<Vec<u8>>, bool) = match (&rel, q.qclass) {
-        (None, _) => (RCODE_REFUSED, None, false),
-        (Some(_), c) if c != CLASS_IN && c != TYPE_ANY => (RCODE_REFUSED, None, false),
-        (Some(parts), _) => match parts.as_slice() {
-            [] => {
-                // The apex: SOA and NS.
-                let mut rec = Vec::new();
-                match q.qtype {
-                    TYPE_SOA => {
-                        soa_record(zone, true, &mut rec);
-                        (RCODE_NOERROR, Some(rec), true)
-                    }
-                    TYPE_NS => {
-                        rec.extend_from_slice(&[0xc0, 0x0c]);
-                        rec.extend_from_slice(&TYPE_NS.to_be_bytes());
-                        rec.extend_from_slice(&CLASS_IN.to_be_bytes());
-                        rec.extend_from_slice(&zone.ttl.to_be_bytes());
-                        let mut rd = Vec::new();
-                        push_name(&mut rd, &format!("ns.{}", zone.domain));
-                        rec.extend_from_slice(&u16::try_from(rd.len()).unwrap_or(0).to_be_bytes());
-                        rec.extend_from_slice(&rd);
-                        (RCODE_NOERROR, Some(rec), true)
-                    }
-                    _ => (RCODE_NOERROR, None, true),
-                }
+    let Some(q) = query.query() else {
+        return (header_only(header, ResponseCode::FormErr), CLASSIC_UDP);
+    };
+    let mut r = Message::new();
+    r.set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(query.recursion_desired())
+        .add_query(q.clone());
+    let limit = match query.extensions() {
+        Some(edns) => {
+            let mut ours = Edns::new();
+            ours.set_max_payload(OUR_UDP_PAYLOAD).set_version(0);
+            r.set_edns(ours);
+            if edns.version() > 0 {
+                r.set_response_code(ResponseCode::BADVERS);
+                return (r, CLASSIC_UDP);
             }
+            usize::from(query.max_payload().min(OUR_UDP_PAYLOAD))
+        }
+        None => CLASSIC_UDP,
+    };
+    let name = name_lower(q.name());
+    let rel = name.as_deref().and_then(|n| zone.relative(n));
+    let class_ok = matches!(q.query_class(), DNSClass::IN | DNSClass::ANY);
+    let (rcode, answer, authoritative) = match rel {
+        None => (ResponseCode::Refused, None, false),
+        Some(_) if !class_ok => (ResponseCode::Refused, None, false),
+        Some(parts) => match parts.as_slice() {
+            // The apex: SOA and NS.
+            [] => match q.query_type() {
+                RecordType::SOA => (ResponseCode::NoError, zone.soa(), true),
+                RecordType::NS => {
+                    let ns = zone
+                        .name(Some("ns"))
+                        .map(|n| Record::from_rdata(q.name().clone(), zone.ttl, RData::NS(NS(n))));
+                    (ResponseCode::NoError, ns, true)
+                }
+                _ => (ResponseCode::NoError, None, true),
+            },
             [host, tid] => {
                 let which = if *host == ROUTER_LABEL {
                     ZoneName::Router { terminal_id: tid }
@@ -324,77 +266,171 @@ pub fn respond(msg: &[u8], zone: &Zone, lookup: impl FnOnce(ZoneName<'_>) -> Loo
                     }
                 };
                 match lookup(which) {
-                    Lookup::Failed => (RCODE_SERVFAIL, None, false),
-                    Lookup::NoSuchName => (RCODE_NXDOMAIN, None, true),
-                    Lookup::Address(a) if matches!(q.qtype, TYPE_A | TYPE_ANY) => {
-                        let mut rec = vec![0xc0, 0x0c];
-                        rec.extend_from_slice(&TYPE_A.to_be_bytes());
-                        rec.extend_from_slice(&CLASS_IN.to_be_bytes());
-                        rec.extend_from_slice(&zone.ttl.to_be_bytes());
-                        rec.extend_from_slice(&4u16.to_be_bytes());
-                        rec.extend_from_slice(&a.octets());
-                        (RCODE_NOERROR, Some(rec), true)
+                    Lookup::Failed => (ResponseCode::ServFail, None, false),
+                    Lookup::NoSuchName => (ResponseCode::NXDomain, None, true),
+                    Lookup::Address(a) if matches!(q.query_type(), RecordType::A | RecordType::ANY) => {
+                        // Owned by the question's name as sent (0x20 case
+                        // randomisation): it compresses to a pointer.
+                        let rec = Record::from_rdata(q.name().clone(), zone.ttl, RData::A(A(a)));
+                        (ResponseCode::NoError, Some(rec), true)
                     }
                     // The name exists, not with this type.
-                    Lookup::Address(_) => (RCODE_NOERROR, None, true),
+                    Lookup::Address(_) => (ResponseCode::NoError, None, true),
                 }
             }
             // `TERMINALID.<domain>` (an empty non-terminal when the router
             // has grants) and deeper names: no records.
-            _ => (RCODE_NXDOMAIN, None, true),
+            _ => (ResponseCode::NXDomain, None, true),
         },
     };
-    // Negative answers from the zone carry its SOA (RFC 2308).
-    let mut authority = Vec::new();
-    if authoritative && answer.is_none() {
-        soa_record(zone, false, &mut authority);
+    r.set_response_code(rcode).set_authoritative(authoritative);
+    match answer {
+        // At the apex the SOA answer is owned by the question's name.
+        Some(mut rec) => {
+            if rec.record_type() == RecordType::SOA {
+                rec.set_name(q.name().clone());
+            }
+            r.add_answer(rec);
+        }
+        // Negative answers from the zone carry its SOA (RFC 2308).
+        None if authoritative => {
+            if let Some(soa) = zone.soa() {
+                r.add_name_server(soa);
+            }
+        }
+        None => {}
     }
-    let mut flags = 0x8000 | (q.flags & 0x7900) | u16::from(rcode);
-    if authoritative {
-        flags |= 0x0400;
-    }
-    let mut out = Vec::with_capacity(MAX_UDP_ANSWER);
-    out.extend_from_slice(&q.id.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&u16::from(answer.is_some()).to_be_bytes());
-    out.extend_from_slice(&u16::from(!authority.is_empty()).to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&q.question);
-    if let Some(a) = answer {
-        out.extend_from_slice(&a);
-    }
-    out.extend_from_slice(&authority);
-    Some(out)
+    (r, limit)
 }
 
-/// Answers DNS queries on `socket` from the center's database until
-/// `shutdown`.
+/// Encodes a response; over UDP one larger than `udp_limit` goes out as
+/// header, question and OPT only, with TC set (RFC 2181 9: the client
+/// retries over TCP).
+fn encode(response: &Message, transport: Transport, udp_limit: usize) -> Option<Vec<u8>> {
+    let bytes = response.to_vec().ok()?;
+    match transport {
+        Transport::Tcp if bytes.len() > usize::from(u16::MAX) => response.truncate().to_vec().ok(),
+        Transport::Udp if bytes.len() > udp_limit => response.truncate().to_vec().ok(),
+        _ => Some(bytes),
+    }
+}
+
+/// Answers DNS queries from the center's database until `shutdown`: on
+/// UDP `socket`, and on TCP at the same address (bound here, so that the
+/// daemon's wiring hands over one socket; when that port is taken over
+/// TCP, UDP still answers and the error is logged).
 pub async fn serve<G, R>(socket: UdpSocket, shutdown: impl Future<Output = ()>, center: Arc<Center<G, R>>, zone: Zone)
 where
     G: GatewayCommands + 'static,
     R: RouterCommands + 'static,
 {
-    let mut buf = vec![0u8; 4096];
+    let zone = Arc::new(zone);
+    let tcp = match socket.local_addr() {
+        Ok(a) => TcpListener::bind(a).await.map_err(|e| format!("binding TCP {a}: {e}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let tcp = match tcp {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!("dns: UDP only: {e}");
+            None
+        }
+    };
     tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = serve_udp(&socket, &center, &zone) => {}
+        _ = serve_tcp(tcp, &center, &zone) => {}
+    }
+}
+
+async fn serve_udp<G, R>(socket: &UdpSocket, center: &Arc<Center<G, R>>, zone: &Zone)
+where
+    G: GatewayCommands + 'static,
+    R: RouterCommands + 'static,
+{
+    // Larger than any payload size we accept; a longer datagram is cut
+    // and then fails to decode (FORMERR).
+    let mut buf = vec![0u8; 4096];
     loop {
-        let (n, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    log::debug!("dns: {e}");
-                    continue;
-                }
-            },
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                log::debug!("dns: {e}");
+                continue;
+            }
         };
         let msg = buf.get(..n).unwrap_or_default();
-        let answer = respond(msg, &zone, |name| lookup(&center, name));
+        let answer = respond(msg, zone, Transport::Udp, |name| lookup(center, name));
         if let Some(a) = answer {
             if let Err(e) = socket.send_to(&a, peer).await {
                 log::debug!("dns answer to {peer}: {e}");
             }
         }
+    }
+}
+
+async fn serve_tcp<G, R>(listener: Option<TcpListener>, center: &Arc<Center<G, R>>, zone: &Arc<Zone>)
+where
+    G: GatewayCommands + 'static,
+    R: RouterCommands + 'static,
+{
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    let slots = Arc::new(Semaphore::new(TCP_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::debug!("dns tcp: {e}");
+                continue;
+            }
+        };
+        let (center, zone) = (center.clone(), zone.clone());
+        conns.spawn(async move {
+            if let Err(e) = tcp_connection(stream, &center, &zone).await {
+                log::debug!("dns tcp {peer}: {e}");
+            }
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+/// One TCP connection: length-prefixed queries answered in order until
+/// the client closes or idles past [`TCP_IDLE`].
+async fn tcp_connection<G, R>(mut stream: TcpStream, center: &Center<G, R>, zone: &Zone) -> std::io::Result<()>
+where
+    G: GatewayCommands,
+    R: RouterCommands,
+{
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut msg)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        let Some(answer) = respond(&msg, zone, Transport::Tcp, |name| lookup(center, name)) else {
+            continue;
+        };
+        let n = u16::try_from(answer.len()).map_err(std::io::Error::other)?;
+        let mut out = Vec::with_capacity(answer.len().saturating_add(2));
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(&answer);
+        stream.write_all(&out).await?;
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
 use crate::http::{read_body, serve, text, unix_now, Body};
 use crate::password::{matching, PasswordHash};
-use crate::storage::{AuditFilter, AuditRow, RequestState};
+use crate::storage::{AuditFilter, AuditRow};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 
 const COOKIE_NAME: &str = "vpnnat_session";
@@ -241,13 +241,10 @@ pub fn form_decode(s: &str) -> String {
     vpnnat_proto::form::decode(s.as_bytes())
 }
 
-/// The first value of `name` in an urlencoded body (the login form).
+/// The first value of `name` in an urlencoded body (the login form) or
+/// query string.
 pub fn form_field(body: &[u8], name: &str) -> Option<String> {
-    let s = std::str::from_utf8(body).ok()?;
-    s.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| form_decode(v))
+    vpnnat_proto::form::first(body, name)
 }
 
 fn token_hash(token: &str) -> String {
@@ -293,37 +290,8 @@ fn json(body: String) -> Response<Body> {
     r
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}\
-td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
-.waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
-
-fn page(title: &str, refresh: bool, body: &str) -> String {
-    let meta = if refresh {
-        format!("<meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">")
-    } else {
-        String::new()
-    };
-    format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">{meta}<title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>",
-        esc(title)
-    )
-}
-
 fn login_page(message: &str) -> String {
-    let msg = if message.is_empty() {
-        String::new()
-    } else {
-        format!("<p id=\"message\">{}</p>", esc(message))
-    };
-    page(
-        "vpnnat center: login",
-        false,
-        &format!(
-            "<h1>Maintenance center</h1>{msg}<form method=\"post\" action=\"/login\">\
-             <label>Maintenance password <input type=\"password\" name=\"password\" id=\"password\" autofocus></label> \
-             <button type=\"submit\" id=\"login\">Log in</button></form>"
-        ),
-    )
+    pages::login(message)
 }
 
 fn fmt_time(t: u64) -> String {
@@ -408,8 +376,10 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 return match self.center.render_metrics() {
                     Ok(m) => {
                         let mut r = text(200, m);
-                        r.headers_mut()
-                            .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+                        r.headers_mut().insert(
+                            CONTENT_TYPE,
+                            HeaderValue::from_static(crate::metrics::OPENMETRICS_CONTENT_TYPE),
+                        );
                         r
                     }
                     Err(e) => text(500, format!("cannot read the database: {e}")),
@@ -582,8 +552,6 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     }
 
     fn dashboard(&self, query: &str, csrf: &str) -> Result<String, CenterError> {
-        // Every form carries the session's CSRF token.
-        let csrf_input = format!("<input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{}\">", esc(csrf));
         let st = self.center.reads()?;
         let requests = st.list_requests(200)?;
         let failures = st.failures(None, 50)?;
@@ -594,123 +562,19 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             slots.extend(st.slots_of_gateway(&g.name)?);
         }
         drop(st);
-        let mut b = String::new();
-        let _ = write!(
-            b,
-            "<h1>Maintenance center</h1><form method=\"post\" action=\"/logout\" class=\"inline\">{csrf_input}<button id=\"logout\">Log out</button></form> <a href=\"/audit\" id=\"audit-link\">Audit log</a>"
-        );
-        if let Some(m) = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "msg")
-            .map(|(_, v)| form_decode(v))
-        {
-            let _ = write!(b, "<p id=\"message\">{}</p>", esc(&m));
-        }
-        b.push_str("<h2>Maintenance requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>Terminal ID</th><th>Global IP</th><th>Claimant</th><th>Level</th><th>Phone</th><th>Urgency</th><th>Content</th><th>Received</th><th>VPNNAT address</th><th>Table name</th><th>State</th><th></th></tr>");
-        for r in &requests {
-            let live = r.state != RequestState::Ended;
-            let addrs: Vec<String> = r
-                .grants
-                .iter()
-                .map(|g| match (&self.settings.dns_domain, live) {
-                    (Some(d), true) => format!(
-                        "{} = {} <span class=\"dns\">{}</span>",
-                        esc(&g.terminal_name),
-                        g.vpnnat,
-                        esc(&crate::dns::name_of(&g.terminal_name, &r.terminal_id, d))
-                    ),
-                    _ => format!("{} = {}", esc(&g.terminal_name), g.vpnnat),
-                })
-                .collect();
-            let mut tables: Vec<&str> = r.grants.iter().map(|g| g.table_name.as_str()).collect();
-            tables.dedup();
-            let buttons = match r.state {
-                RequestState::Waiting => format!(
-                    "<form method=\"post\" action=\"/requests/{n}/start\" class=\"inline\">{csrf_input}<button id=\"start-{n}\">start</button></form>\
-                     <form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\">{csrf_input}<button id=\"end-{n}\">end</button></form>",
-                    n = r.acceptance_number
-                ),
-                RequestState::InProgress => format!(
-                    "<form method=\"post\" action=\"/requests/{n}/end\" class=\"inline\">{csrf_input}<button id=\"end-{n}\">end</button></form>",
-                    n = r.acceptance_number
-                ),
-                RequestState::Ended => String::new(),
-            };
-            let _ = write!(
-                b,
-                "<tr id=\"request-{n}\" class=\"{cls}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{buttons}</td></tr>",
-                esc(&r.terminal_id),
-                esc(&r.router_ip),
-                esc(&r.claimant_name),
-                esc(&r.claimant_level),
-                esc(&r.phone),
-                esc(&r.urgency),
-                esc(&r.content),
-                fmt_time(r.received_at),
-                addrs.join("<br>"),
-                esc(&tables.join(", ")),
-                esc(&r.state.to_string()),
-                n = r.acceptance_number,
-                cls = r.state.as_str(),
-            );
-        }
-        b.push_str("</table><h2>Gateways</h2><table id=\"gateways\"><tr><th>Name</th><th>Global IP</th><th>Used slots</th><th>Free slots</th><th>Tunnels up</th><th>Draining</th><th>State</th></tr>");
-        for g in &gateways {
-            // A gateway the heartbeat marked down, with when: its routers'
-            // open requests carry a gateway_lost failure below.
-            let state = if g.alive {
-                "up".to_owned()
-            } else {
-                format!("DOWN since {}", fmt_time(g.alive_changed_ms / 1000))
-            };
-            let _ = write!(
-                b,
-                "<tr class=\"gw-{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                if g.alive { "up" } else { "down" },
-                esc(&g.name),
-                esc(&g.global_ip),
-                g.used,
-                g.free,
-                g.up,
-                if g.draining { "yes" } else { "no" },
-                esc(&state)
-            );
-        }
-        b.push_str("</table><h2>Tunnels</h2><table id=\"tunnels\"><tr><th>Gateway</th><th>Slot</th><th>Terminal ID</th><th>State</th><th>Since</th></tr>");
-        for s in &slots {
-            let _ = write!(
-                b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&s.gateway),
-                s.slot,
-                esc(s.terminal_id.as_deref().unwrap_or("")),
-                s.tunnel_state.as_str(),
-                fmt_time(s.changed_at)
-            );
-        }
-        let _ = write!(
-            b,
-            "</table><h2>VPNNAT pool</h2><p id=\"pool\">{}: <span id=\"pool-allocated\">{}</span> of {} addresses in use, <span id=\"pool-free\">{}</span> free ({} free ranges)</p>",
-            esc(&pool.cidr),
-            pool.allocated,
-            pool.size,
-            pool.free,
-            pool.free_ranges
-        );
-        b.push_str("<h2>Failures</h2><table id=\"failures\"><tr><th>Time</th><th>Terminal ID</th><th>Code</th><th>Detail</th></tr>");
-        for f in &failures {
-            let _ = write!(
-                b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                fmt_time(f.received_at),
-                esc(&f.terminal_id),
-                esc(&f.code),
-                esc(&f.detail)
-            );
-        }
-        b.push_str("</table>");
-        Ok(page("vpnnat center", true, &b))
+        let d = pages::Dashboard {
+            requests: &requests,
+            failures: &failures,
+            gateways: &gateways,
+            slots: &slots,
+            pool: &pool,
+            dns_domain: self.settings.dns_domain.as_deref(),
+        };
+        Ok(pages::dashboard(
+            &d,
+            csrf,
+            form_field(query.as_bytes(), "msg").as_deref(),
+        ))
     }
 
     fn state_json(&self) -> Result<String, CenterError> {
@@ -728,14 +592,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
 /// The audit filter of a query string: `actor`, `action`, `terminal`,
 /// `number`, `since`, `until` (Unix seconds), `limit`.
 pub fn audit_filter(query: &str, default_limit: u32) -> AuditFilter {
-    let get = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| form_decode(v))
-            .filter(|v| !v.is_empty())
-    };
+    let get = |name: &str| form_field(query.as_bytes(), name).filter(|v| !v.is_empty());
     AuditFilter {
         actor: get("actor"),
         action: get("action"),
@@ -755,45 +612,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     fn audit_page(&self, query: &str) -> Result<String, CenterError> {
         let f = audit_filter(query, 500);
         let rows = self.audit_rows(&f)?;
-        let v = |o: &Option<String>| esc(o.as_deref().unwrap_or(""));
-        let mut b = String::from("<h1>Audit log</h1><p><a href=\"/\">Back</a></p>");
-        let _ = write!(
-            b,
-            "<form method=\"get\" action=\"/audit\" id=\"audit-filter\">\
-             <label>Actor <input name=\"actor\" value=\"{}\"></label> \
-             <label>Action <input name=\"action\" value=\"{}\"></label> \
-             <label>Terminal ID <input name=\"terminal\" value=\"{}\"></label> \
-             <label>Acceptance number <input name=\"number\" value=\"{}\"></label> \
-             <button type=\"submit\" id=\"filter\">Filter</button></form>",
-            v(&f.actor),
-            v(&f.action),
-            v(&f.terminal_id),
-            f.acceptance_number.map(|n| n.to_string()).unwrap_or_default(),
-        );
-        let q = esc(query);
-        let _ = write!(
-            b,
-            "<p>Export: <a href=\"/audit.csv?{q}\" id=\"export-csv\">CSV</a> \
-             <a href=\"/audit.jsonl?{q}\" id=\"export-jsonl\">JSON lines</a></p>\
-             <table id=\"audit\"><tr><th>#</th><th>Time</th><th>Actor</th><th>Action</th><th>Terminal ID</th>\
-             <th>Acceptance number</th><th>Detail</th><th>From</th></tr>"
-        );
-        for r in &rows {
-            let _ = write!(
-                b,
-                "<tr class=\"audit-row\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                r.id,
-                fmt_time(r.at),
-                esc(&r.actor),
-                esc(&r.action),
-                esc(r.terminal_id.as_deref().unwrap_or("")),
-                r.acceptance_number.map(|n| n.to_string()).unwrap_or_default(),
-                esc(&r.detail),
-                esc(&r.peer)
-            );
-        }
-        b.push_str("</table>");
-        Ok(page("vpnnat center: audit log", false, &b))
+        Ok(pages::audit(&f, query, &rows))
     }
 
     fn audit_export(&self, query: &str, jsonl: bool) -> Response<Body> {
@@ -838,16 +657,10 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
 
 /// Percent-encodes all but the unreserved characters (a redirect's `?msg=`).
 pub fn url_encode(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            o.push(char::from(b));
-        } else {
-            let _ = write!(o, "%{b:02X}");
-        }
-    }
-    o
+    vpnnat_proto::form::encode(s)
 }
+
+mod pages;
 
 #[cfg(test)]
 mod tests;

@@ -318,15 +318,7 @@ pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: i
 /// Decodes `application/x-www-form-urlencoded`; repeated keys keep every
 /// value in order.
 pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
-    body.split(|b| *b == b'&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let mut it = pair.splitn(2, |b| *b == b'=');
-            let k = it.next().unwrap_or_default();
-            let v = it.next().unwrap_or_default();
-            (vpnnat_proto::form::decode(k), vpnnat_proto::form::decode(v))
-        })
-        .collect()
+    vpnnat_proto::form::pairs(body)
 }
 
 /// Escapes text for HTML element content and quoted attribute values.

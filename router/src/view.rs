@@ -169,8 +169,14 @@ pub fn hosts_text(hosts: &[HostView]) -> String {
 }
 
 /// The router's small Prometheus text endpoint (`GET /metrics` on the LAN
-/// page): installation, tunnel, grants, requests by state, current problems.
-/// Label values are the terminal ID only (escaped); never a secret.
+/// page): build, installation, tunnel, grants, requests by state, current
+/// problems. Label values are the terminal ID and the version only
+/// (escaped); never a secret.
+///
+/// Written by hand, unlike centerd's (`prometheus-client`): routerd's
+/// static binary has a 4,000,000-byte budget (router/README.md,
+/// "Benchmark") and sits at its edge, and these seven gauge families need
+/// no registry, histograms or OpenMetrics negotiation.
 pub fn metrics_text(status: &StatusView, datapath_error: bool, problems: usize) -> String {
     let id = status
         .terminal_id
@@ -178,6 +184,13 @@ pub fn metrics_text(status: &StatusView, datapath_error: bool, problems: usize) 
         .replace('"', "\\\"")
         .replace('\n', "\\n");
     let mut s = String::new();
+    let _ = writeln!(s, "# HELP vpnnat_router_build_info the routerd build: its version");
+    let _ = writeln!(s, "# TYPE vpnnat_router_build_info gauge");
+    let _ = writeln!(
+        s,
+        "vpnnat_router_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     let mut gauge = |name: &str, help: &str, value: usize| {
         let _ = writeln!(s, "# HELP {name} {help}");
         let _ = writeln!(s, "# TYPE {name} gauge");
@@ -251,6 +264,10 @@ mod tests {
         assert!(t.contains("state=\"waiting\"} 1"));
         assert!(t.contains("state=\"ended\"} 0"));
         assert!(t.contains("vpnnat_router_problems{terminal_id=\"home-\\\"1\"} 2"));
+        assert!(t.contains(&format!(
+            "vpnnat_router_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 
     use super::*;

@@ -18,38 +18,68 @@ use hyper::header::{HeaderValue, COOKIE};
 use hyper::HeaderMap;
 use vpnnat_center::api::{router_ip, ApiSettings};
 use vpnnat_center::config::CenterdConfig;
-use vpnnat_center::dns::{respond, Lookup, Zone, ZoneName};
+use vpnnat_center::dns::{respond, Lookup, Transport, Zone, ZoneName};
 use vpnnat_center::ui::{audit_filter, esc, form_decode, form_field, session_cookie, url_encode};
 use vpnnat_gatewayd::config::GatewaydConfig;
 
-/// centerd's DNS server on arbitrary datagrams: parsing and answering must
-/// never panic, and every answer carries the query's ID, has QR set and
-/// fits in 512 bytes.
+/// centerd's DNS server on arbitrary messages, as a UDP datagram and as
+/// a TCP message: decoding and answering must never panic, and every
+/// answer carries the query's ID, has QR set and, over UDP, fits in our
+/// EDNS payload size (1232 bytes; 512 for a client without EDNS).
 pub fn dns_message(data: &[u8]) {
     let Ok(zone) = Zone::new("vpn.center.example", 5) else {
         return;
     };
-    let _ = vpnnat_center::dns::parse_query(data);
-    let answer = respond(data, &zone, |n| match n {
+    let lookup = |n: ZoneName<'_>| match n {
         ZoneName::Grant { terminal_name, .. } if terminal_name.len() % 2 == 0 => {
             Lookup::Address(Ipv4Addr::new(10, 0, 0, 1))
         }
         ZoneName::Router { .. } => Lookup::Failed,
         _ => Lookup::NoSuchName,
-    });
-    if let Some(a) = answer {
-        assert!(a.len() <= 512);
-        assert_eq!(a.get(..2), data.get(..2));
-        assert_eq!(a.get(2).map(|f| f & 0x80), Some(0x80));
+    };
+    for transport in [Transport::Udp, Transport::Tcp] {
+        if let Some(a) = respond(data, &zone, transport, lookup) {
+            if transport == Transport::Udp {
+                assert!(a.len() <= 1232, "{}", a.len());
+            }
+            assert_eq!(a.get(..2), data.get(..2));
+            assert_eq!(a.get(2).map(|f| f & 0x80), Some(0x80));
+        }
     }
 }
 
-/// The `name=value` pairs of an urlencoded string, decoded.
-fn pairs(s: &str) -> Vec<(&str, String)> {
-    s.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k, form_decode(v)))
+/// The `name=value` pairs of an urlencoded string, names and values
+/// decoded (a model of the WHATWG parser: empty pieces skipped, a piece
+/// without `=` is a name with an empty value).
+fn pairs(s: &[u8]) -> Vec<(String, String)> {
+    s.split(|b| *b == b'&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.iter().position(|b| *b == b'=') {
+            Some(i) => (form_decode_bytes(&kv[..i]), form_decode_bytes(&kv[i + 1..])),
+            None => (form_decode_bytes(kv), String::new()),
+        })
         .collect()
+}
+
+/// An independent model of one value's decoding: `+` is a space, `%XY`
+/// (two hex digits) a byte, anything else itself, then UTF-8 with U+FFFD
+/// for what does not decode.
+fn form_decode_bytes(s: &[u8]) -> String {
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(&c) = s.get(i) {
+        match (c, hex(s.get(i + 1)), hex(s.get(i + 2))) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 2;
+            }
+            (c, _, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What the operator UI and the router API read from a request. Byte 0
@@ -65,13 +95,12 @@ pub fn ui_input(data: &[u8]) {
     match sel % 5 {
         0 => {
             let got = form_field(rest, "password");
-            let want = std::str::from_utf8(rest)
-                .ok()
-                .and_then(|s| pairs(s).into_iter().find(|(k, _)| *k == "password").map(|(_, v)| v));
+            let want = pairs(rest).into_iter().find(|(k, _)| k == "password").map(|(_, v)| v);
             assert_eq!(got, want);
             if let Some(v) = got {
                 // What the UI encodes, it decodes to the same text.
                 assert_eq!(form_decode(&url_encode(&v)), v);
+                assert_eq!(form_decode_bytes(url_encode(&v).as_bytes()), v);
                 let body = format!("user=x&password={}", url_encode(&v));
                 assert_eq!(form_field(body.as_bytes(), "password").as_deref(), Some(v.as_str()));
             }
@@ -96,7 +125,7 @@ pub fn ui_input(data: &[u8]) {
         2 => {
             let Ok(q) = std::str::from_utf8(rest) else { return };
             let f = audit_filter(q, 500);
-            let p = pairs(q);
+            let p = pairs(q.as_bytes());
             let first = |k: &str| p.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
             if first("limit").is_none() {
                 assert_eq!(f.limit, 500);

@@ -4,6 +4,22 @@ use std::time::Duration;
 
 use crate::center::tests::{center_with, TestRouter};
 
+// The wire values the tests write and read by hand.
+const TYPE_A: u16 = 1;
+const TYPE_NS: u16 = 2;
+const TYPE_SOA: u16 = 6;
+const TYPE_ANY: u16 = 255;
+const RCODE_NOERROR: u8 = 0;
+const RCODE_FORMERR: u8 = 1;
+const RCODE_SERVFAIL: u8 = 2;
+const RCODE_NXDOMAIN: u8 = 3;
+const RCODE_NOTIMP: u8 = 4;
+const RCODE_REFUSED: u8 = 5;
+
+fn respond(msg: &[u8], zone: &Zone, lookup: impl FnOnce(ZoneName<'_>) -> Lookup) -> Option<Vec<u8>> {
+    super::respond(msg, zone, Transport::Udp, lookup)
+}
+
 fn zone() -> Zone {
     Zone::new("VPN.Center.Example.", 5).unwrap()
 }
@@ -42,6 +58,13 @@ fn query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
 /// What a client reads from an answer: (id, flags, answer A addresses,
 /// authority count).
 fn read(m: &[u8]) -> (u16, u16, Vec<Ipv4Addr>, u16) {
+    let (id, flags, addrs, ns, _) = read_all(m);
+    (id, flags, addrs, ns)
+}
+
+/// [`read`] plus the OPT record of the additional section, if any: (its
+/// UDP payload size, its extended-rcode byte).
+fn read_all(m: &[u8]) -> (u16, u16, Vec<Ipv4Addr>, u16, Option<(u16, u8)>) {
     let id = u16::from_be_bytes([m[0], m[1]]);
     let flags = u16::from_be_bytes([m[2], m[3]]);
     let qd = u16::from_be_bytes([m[4], m[5]]);
@@ -65,7 +88,30 @@ fn read(m: &[u8]) -> (u16, u16, Vec<Ipv4Addr>, u16) {
         }
         p += 12 + len;
     }
-    (id, flags, addrs, ns)
+    let ar = u16::from_be_bytes([m[10], m[11]]);
+    // Authority records: skip (owner name, possibly compressed).
+    let skip_name = |mut p: usize| loop {
+        match m[p] {
+            0 => return p + 1,
+            l if l & 0xc0 == 0xc0 => return p + 2,
+            l => p += 1 + l as usize,
+        }
+    };
+    for _ in 0..ns {
+        p = skip_name(p);
+        p += 10 + u16::from_be_bytes([m[p + 8], m[p + 9]]) as usize;
+    }
+    let mut opt = None;
+    for _ in 0..ar {
+        p = skip_name(p);
+        let ty = u16::from_be_bytes([m[p], m[p + 1]]);
+        if ty == 41 {
+            opt = Some((u16::from_be_bytes([m[p + 2], m[p + 3]]), m[p + 4]));
+        }
+        p += 10 + u16::from_be_bytes([m[p + 8], m[p + 9]]) as usize;
+    }
+    assert_eq!(p, m.len(), "no bytes after the records");
+    (id, flags, addrs, ns, opt)
 }
 
 fn rcode(flags: u16) -> u8 {
@@ -176,6 +222,60 @@ fn negative_answers_refusals_and_errors() {
 }
 
 #[test]
+fn edns_is_echoed_with_our_payload_size_and_version_checked() {
+    let z = zone();
+    let a = respond(&query(1, "pc1.router-1.vpn.center.example", TYPE_A, true), &z, fixed).unwrap();
+    let (_, f, addrs, _, opt) = read_all(&a);
+    assert_eq!((rcode(f), addrs.len(), opt), (RCODE_NOERROR, 1, Some((1232, 0))));
+    // Without OPT in the query, none in the answer (RFC 6891 7).
+    let a = respond(&query(1, "pc1.router-1.vpn.center.example", TYPE_A, false), &z, fixed).unwrap();
+    assert_eq!(read_all(&a).4, None);
+    // A negative answer keeps both the SOA and the OPT.
+    let a = respond(&query(1, "pc9.router-1.vpn.center.example", TYPE_A, true), &z, fixed).unwrap();
+    let (_, f, _, ns, opt) = read_all(&a);
+    assert_eq!((rcode(f), ns, opt), (RCODE_NXDOMAIN, 1, Some((1232, 0))));
+    // EDNS version 1: BADVERS (16 = extended rcode 1 in the OPT, 0 in the
+    // header).
+    let mut v1 = query(2, "pc1.router-1.vpn.center.example", TYPE_A, true);
+    let at = v1.len() - 5; // the OPT TTL's version byte
+    v1[at] = 1;
+    let (_, f, addrs, _, opt) = read_all(&respond(&v1, &z, fixed).unwrap());
+    assert_eq!((rcode(f), addrs.len(), opt), (0, 0, Some((1232, 1))));
+}
+
+/// An answer larger than the client's UDP size goes out as header,
+/// question and OPT with TC set; over TCP it goes out whole.
+#[test]
+fn oversized_udp_answers_are_truncated() {
+    let z = zone();
+    let q = query(7, "pc1.router-1.vpn.center.example", TYPE_A, true);
+    let header = Header::read(&mut BinDecoder::new(&q)).unwrap();
+    let (mut big, limit) = answer(&q, &header, &z, fixed);
+    assert_eq!(limit, 1232, "the client's 1232, within ours");
+    let rec = big.answers()[0].clone();
+    // 100 A records of ~16 bytes: larger than 1232 bytes.
+    for _ in 0..100 {
+        big.add_answer(rec.clone());
+    }
+    let whole = encode(&big, Transport::Tcp, limit).unwrap();
+    assert!(whole.len() > 1232, "{}", whole.len());
+    let (_, f, addrs, _) = read(&whole);
+    assert_eq!((f & 0x0200, addrs.len()), (0, 101));
+    let cut = encode(&big, Transport::Udp, limit).unwrap();
+    let (id, f, addrs, ns, opt) = read_all(&cut);
+    assert_eq!((id, f & 0x0200, addrs.len(), ns), (7, 0x0200, 0, 0));
+    assert_eq!(opt, Some((1232, 0)));
+    assert_eq!(rcode(f), RCODE_NOERROR);
+    // A client without EDNS gets 512 bytes.
+    let q = query(7, "pc1.router-1.vpn.center.example", TYPE_A, false);
+    let header = Header::read(&mut BinDecoder::new(&q)).unwrap();
+    assert_eq!(answer(&q, &header, &z, fixed).1, 512);
+    // The small answers of this zone fit as they are.
+    let a = respond(&q, &z, fixed).unwrap();
+    assert_eq!(read(&a).1 & 0x0200, 0);
+}
+
+#[test]
 fn zone_domain_is_validated() {
     assert_eq!(Zone::new("Vpn.Example.", 5).unwrap().domain, "vpn.example");
     for bad in ["", ".", "a..b", "a b.example", &"x".repeat(64)] {
@@ -185,7 +285,8 @@ fn zone_domain_is_validated() {
 
 /// The fuzz target's property, run deterministically under `cargo test`:
 /// random bytes and mutations of valid queries never panic, and every
-/// answer carries the query's ID, has QR set and fits 512 bytes.
+/// answer carries the query's ID, has QR set and fits 512 bytes (the
+/// queries here have no EDNS), and the TCP answer is the same one.
 #[test]
 fn arbitrary_input_never_panics() {
     let z = zone();
@@ -218,7 +319,9 @@ fn arbitrary_input_never_panics() {
                 _ => m.insert(at, next() as u8),
             }
         }
+        let tcp = super::respond(&m, &z, Transport::Tcp, fixed);
         if let Some(a) = respond(&m, &z, fixed) {
+            assert_eq!(Some(&a), tcp.as_ref());
             assert!(a.len() <= 512);
             assert_eq!(&a[..2], &m[..2]);
             assert_eq!(a[2] & 0x80, 0x80);
@@ -231,6 +334,31 @@ async fn dns_server(c: Arc<crate::center::tests::TestCenter>) -> std::net::Socke
     let addr = sock.local_addr().unwrap();
     tokio::spawn(serve(sock, std::future::pending(), c, zone()));
     addr
+}
+
+/// The same question over TCP (length-prefixed), twice on one connection.
+async fn ask_tcp(server: std::net::SocketAddr, name: &str) -> (u8, Vec<Ipv4Addr>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut answers = Vec::new();
+    for id in [0xbee0, 0xbee1] {
+        let q = query(id, name, TYPE_A, false);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        s.write_all(&framed).await.unwrap();
+        let mut len = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut len))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut m = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut m).await.unwrap();
+        let (got, f, addrs, _) = read(&m);
+        assert_eq!(got, id);
+        answers.push((rcode(f), addrs));
+    }
+    assert_eq!(answers[0], answers[1]);
+    answers.remove(0)
 }
 
 async fn ask(server: std::net::SocketAddr, name: &str) -> (u8, Vec<Ipv4Addr>) {
@@ -249,8 +377,9 @@ async fn ask(server: std::net::SocketAddr, name: &str) -> (u8, Vec<Ipv4Addr>) {
 /// `dig` from Debian's bind9-dnsutils, when installed: a resolver that is
 /// not ours parses the answers. Without it this prints SKIPPED unless
 /// VPNNAT_REQUIRE_DIG=1.
-fn dig(server: std::net::SocketAddr, name: &str) -> Option<(String, Vec<String>)> {
+fn dig(server: std::net::SocketAddr, name: &str, tcp: bool) -> Option<(String, Vec<String>)> {
     let out = std::process::Command::new("dig")
+        .arg(if tcp { "+tcp" } else { "+notcp" })
         .args([
             &format!("@{}", server.ip()),
             "-p",
@@ -307,11 +436,28 @@ async fn resolves_live_grants_from_the_database() {
     );
     assert_eq!(ask(server, "pc2.router-1.vpn.center.example").await.0, RCODE_NXDOMAIN);
     assert_eq!(ask(server, "pc1.router-2.vpn.center.example").await.0, RCODE_NXDOMAIN);
-    let blocking = |name: &'static str| tokio::task::spawn_blocking(move || dig(server, name));
-    if let Some((status, addrs)) = blocking("pc1.router-1.vpn.center.example").await.unwrap() {
-        assert_eq!((status.as_str(), addrs), ("NOERROR", vec![pc1.to_string()]));
-        let (status, _) = blocking("nothing.router-1.vpn.center.example").await.unwrap().unwrap();
-        assert_eq!(status, "NXDOMAIN");
+    assert_eq!(
+        ask_tcp(server, "pc1.router-1.vpn.center.example").await,
+        (RCODE_NOERROR, vec![pc1])
+    );
+    assert_eq!(
+        ask_tcp(server, "pc2.router-1.vpn.center.example").await.0,
+        RCODE_NXDOMAIN
+    );
+    let blocking = |name: &'static str, tcp| tokio::task::spawn_blocking(move || dig(server, name, tcp));
+    for tcp in [false, true] {
+        if let Some((status, addrs)) = blocking("pc1.router-1.vpn.center.example", tcp).await.unwrap() {
+            assert_eq!(
+                (status.as_str(), addrs),
+                ("NOERROR", vec![pc1.to_string()]),
+                "tcp {tcp}"
+            );
+            let (status, _) = blocking("nothing.router-1.vpn.center.example", tcp)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(status, "NXDOMAIN", "tcp {tcp}");
+        }
     }
 
     // The grant ends: the names go away.
@@ -321,7 +467,11 @@ async fn resolves_live_grants_from_the_database() {
         ask(server, "router.router-1.vpn.center.example").await.0,
         RCODE_NXDOMAIN
     );
-    if let Some((status, addrs)) = blocking("pc1.router-1.vpn.center.example").await.unwrap() {
+    assert_eq!(
+        ask_tcp(server, "pc1.router-1.vpn.center.example").await.0,
+        RCODE_NXDOMAIN
+    );
+    if let Some((status, addrs)) = blocking("pc1.router-1.vpn.center.example", true).await.unwrap() {
         assert_eq!((status.as_str(), addrs.len()), ("NXDOMAIN", 0));
     }
 }

@@ -6,11 +6,13 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::center::tests::{center_with, TestCenter, TestRouter};
+use crate::storage::RequestState;
 
 struct Resp {
     status: u16,
     location: Option<String>,
     cookie: Option<String>,
+    content_type: Option<String>,
     body: String,
 }
 
@@ -61,11 +63,13 @@ async fn send(
     };
     let location = h(LOCATION);
     let cookie = h(SET_COOKIE);
+    let content_type = h(hyper::header::CONTENT_TYPE);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Resp {
         status,
         location,
         cookie,
+        content_type,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
@@ -376,6 +380,22 @@ async fn metrics_are_scraped_and_parse() {
         ),
         Some(1.0)
     );
+    // OpenMetrics text from prometheus-client: its content type, `# EOF`
+    // last, the build and the process families.
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
+    assert_eq!(
+        v("vpnnat_center_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        Some(1.0)
+    );
+    let rss = v("process_resident_memory_bytes", &[]).unwrap();
+    assert!(rss > 1e6, "{rss}");
+    assert!(v("process_open_fds", &[]).unwrap() >= 3.0);
+    assert!(v("process_cpu_seconds_total", &[]).unwrap() >= 0.0);
+    assert!(v("process_start_time_seconds", &[]).unwrap() > 1.6e9);
 }
 
 /// A forged POST: what is wrong, its form, its extra headers.

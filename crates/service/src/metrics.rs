@@ -1,121 +1,110 @@
-//! Prometheus text exposition (format 0.0.4) for centerd and gatewayd:
-//! lock-free latency histograms per command, counters per (command,
-//! status), gauges written at scrape time, and a strict parser of the
-//! format that the tests (and anyone scripting a scrape) use.
+//! Prometheus metrics of centerd (and, until it moves to its own crate,
+//! gatewayd): command latency histograms and status counters on
+//! `prometheus-client` (OpenMetrics text), the process collector
+//! ([`process`]), the hand-written gauge writer gatewayd still uses, and a
+//! strict parser of the text format that the tests (and anyone scripting
+//! a scrape) use.
+//!
+//! routerd does not use this: it writes its few gauges by hand
+//! (router/src/metrics.rs) because its binary has a 4 MB budget.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use thiserror::Error;
+
+mod process;
+
+pub use process::ProcessCollector;
 
 /// Upper bounds of the latency buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A latency histogram (cumulative buckets are computed when rendered).
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    /// Observations above the last bound.
-    over: AtomicU64,
-    sum_nanos: AtomicU64,
-}
+/// A metric's labels: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
 
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        match LATENCY_BUCKETS.iter().position(|b| s <= *b) {
-            Some(i) => {
-                if let Some(b) = self.buckets.get(i) {
-                    b.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            None => {
-                self.over.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(n, Ordering::Relaxed);
-    }
+/// The histograms' constructor (a fn pointer, so the family is `Clone`).
+type NewHistogram = fn() -> Histogram;
 
-    fn render(&self, name: &str, labels: &str, out: &mut String) {
-        let mut cum = 0u64;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (b, c) in LATENCY_BUCKETS.iter().zip(self.buckets.iter()) {
-            cum = cum.saturating_add(c.load(Ordering::Relaxed));
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
-        }
-        cum = cum.saturating_add(self.over.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        #[allow(clippy::cast_precision_loss)] // a sum of latencies; f64 is Prometheus' type
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = |l: &str| {
-            if l.is_empty() {
-                String::new()
-            } else {
-                format!("{{{l}}}")
-            }
-        };
-        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
-        let _ = writeln!(out, "{name}_count{} {cum}", braces(labels));
-    }
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// Latency and outcome of every command a server handles, by command.
+/// Cloning shares the counts (the families are reference-counted), which
+/// is how they are registered in a scrape's registry.
 #[derive(Debug)]
 pub struct CommandMetrics {
     names: &'static [&'static str],
-    latency: Vec<Histogram>,
-    statuses: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    latency: Family<Labels, Histogram, NewHistogram>,
+    statuses: Family<Labels, Counter>,
 }
 
 /// The label of commands not in the list (unknown paths).
 pub const OTHER: &str = "other";
 
 impl CommandMetrics {
-    /// `names`: every command label, in output order.
+    /// `names`: every command label; each has a histogram from the start
+    /// (zero observations are a value too).
     pub fn new(names: &'static [&'static str]) -> Self {
+        let latency = Family::new_with_constructor(latency_histogram as NewHistogram);
+        for n in names {
+            let _ = latency.get_or_create(&vec![("command", (*n).to_owned())]);
+        }
         CommandMetrics {
             names,
-            latency: names.iter().map(|_| Histogram::default()).collect(),
-            statuses: Mutex::new(BTreeMap::new()),
+            latency,
+            statuses: Family::default(),
         }
     }
 
     /// Records one handled command (`command` not in the list counts as
     /// [`OTHER`] for the status counter and has no histogram).
     pub fn observe(&self, command: &str, status: u16, took: Duration) {
-        let idx = self.names.iter().position(|n| *n == command);
-        let label = idx.and_then(|i| self.names.get(i)).copied().unwrap_or(OTHER);
-        if let Some(h) = idx.and_then(|i| self.latency.get(i)) {
-            h.observe(took);
+        let known = self.names.iter().find(|n| **n == command);
+        if let Some(n) = known {
+            self.latency
+                .get_or_create(&vec![("command", (*n).to_owned())])
+                .observe(took.as_secs_f64());
         }
-        if let Ok(mut m) = self.statuses.lock() {
-            let e = m.entry((label, status)).or_insert(0);
-            *e = e.saturating_add(1);
-        }
+        let label = known.copied().unwrap_or(OTHER);
+        self.statuses
+            .get_or_create(&vec![("command", label.to_owned()), ("status", status.to_string())])
+            .inc();
     }
 
-    /// `<prefix>_command_duration_seconds` (histogram by command) and
-    /// `<prefix>_commands_total` (counter by command and HTTP status).
+    /// Registers `command_duration_seconds` (histogram by command) and
+    /// `commands` (counter by command and HTTP status, `_total` in the
+    /// text) in `registry` (whose prefix names the daemon).
+    pub fn register(&self, registry: &mut Registry, what: &str) {
+        registry.register(
+            "command_duration_seconds",
+            format!("Time to handle one {what} command, by command."),
+            self.latency.clone(),
+        );
+        registry.register(
+            "commands",
+            format!("{what} commands handled, by command and HTTP status."),
+            self.statuses.clone(),
+        );
+    }
+
+    /// `<prefix>_command_duration_seconds` and `<prefix>_commands_total`
+    /// appended to a hand-written exposition (gatewayd's, until it moves
+    /// onto a registry of its own).
     pub fn render(&self, prefix: &str, what: &str, out: &mut String) {
-        let h = format!("{prefix}_command_duration_seconds");
-        let _ = writeln!(out, "# HELP {h} Time to handle one {what} command, by command.");
-        let _ = writeln!(out, "# TYPE {h} histogram");
-        for (n, hist) in self.names.iter().zip(self.latency.iter()) {
-            hist.render(&h, &format!("command=\"{}\"", escape(n)), out);
-        }
-        let c = format!("{prefix}_commands_total");
-        let _ = writeln!(out, "# HELP {c} {what} commands handled, by command and HTTP status.");
-        let _ = writeln!(out, "# TYPE {c} counter");
-        if let Ok(m) = self.statuses.lock() {
-            for ((cmd, status), v) in m.iter() {
-                let _ = writeln!(out, "{c}{{command=\"{}\",status=\"{status}\"}} {v}", escape(cmd));
-            }
+        let mut registry = Registry::with_prefix(prefix);
+        self.register(&mut registry, what);
+        if encode_registry(out, &registry).is_err() {
+            log::warn!("metrics: cannot encode the command metrics");
         }
     }
 }
@@ -125,8 +114,9 @@ pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Writes a metric family of gauges (or counters): HELP, TYPE, then one
-/// sample per `(labels, value)`; labels are `(name, value)` pairs.
+/// Writes a metric family of gauges (or counters) by hand: HELP, TYPE,
+/// then one sample per `(labels, value)`. gatewayd's; centerd registers
+/// `prometheus-client` families instead.
 pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Vec<(&str, String)>, f64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -140,8 +130,12 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
     }
 }
 
-/// The content type of the exposition.
+/// The content type of gatewayd's exposition (text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The content type of centerd's exposition (`prometheus-client` writes
+/// OpenMetrics text, ending in `# EOF`).
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// One parsed sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,7 +181,19 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
                     if !valid_name(name) {
                         return Err(bad("bad metric name in TYPE"));
                     }
-                    if !matches!(kind, "counter" | "gauge" | "histogram" | "summary" | "untyped") {
+                    // The 0.0.4 types and OpenMetrics' (info, stateset, ...).
+                    if !matches!(
+                        kind,
+                        "counter"
+                            | "gauge"
+                            | "histogram"
+                            | "summary"
+                            | "untyped"
+                            | "unknown"
+                            | "info"
+                            | "stateset"
+                            | "gaugehistogram"
+                    ) {
                         return Err(bad("unknown type"));
                     }
                     if types.insert(name.to_owned(), kind.to_owned()).is_some() {
@@ -285,7 +291,7 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
 }
 
 /// A series' labels other than `le`.
-type Labels = Vec<(String, String)>;
+type SeriesKey = Vec<(String, String)>;
 
 fn check_histograms(samples: &[Sample], types: &BTreeMap<String, String>) -> Result<(), ParseError> {
     let err = |reason: String| ParseError::Bad { line: 0, reason };
@@ -293,7 +299,7 @@ fn check_histograms(samples: &[Sample], types: &BTreeMap<String, String>) -> Res
         let bucket = format!("{family}_bucket");
         let count = format!("{family}_count");
         // Group buckets by their labels other than `le`.
-        let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<SeriesKey, Vec<(f64, f64)>> = BTreeMap::new();
         for s in samples.iter().filter(|s| s.name == bucket) {
             let le = s.labels.get("le").ok_or_else(|| err(format!("{bucket} without le")))?;
             let le: f64 = if le == "+Inf" {
@@ -377,7 +383,7 @@ mod tests {
         assert_eq!(b("0.0005"), Some(1.0));
         assert_eq!(b("0.025"), Some(1.0));
         assert_eq!(b("0.05"), Some(2.0));
-        assert_eq!(b("10"), Some(2.0));
+        assert_eq!(b("10.0"), Some(2.0));
         assert_eq!(b("+Inf"), Some(3.0));
         assert_eq!(
             value(&s, "x_command_duration_seconds_count", &[("command", "b")]),

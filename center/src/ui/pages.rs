@@ -1,0 +1,248 @@
+//! The operator UI's HTML: `maud` templates, which escape every
+//! interpolated value unless it is marked `PreEscaped` (only the style
+//! sheet and the doctype are). Element ids and classes are what the
+//! browser tests (center/tests/ui_browser.rs) and the operator tool
+//! (crates/testkit, vpnnat-operator) find things by.
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use crate::storage::{AuditFilter, AuditRow, FailureRow, GatewayUsage, PoolUsage, RequestRow, RequestState, SlotRow};
+
+use super::{fmt_time, CSRF_FIELD, REFRESH_SECS};
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}\
+td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
+.waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
+
+/// A whole page; `refresh`: reload every [`REFRESH_SECS`].
+fn page(title: &str, refresh: bool, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html {
+            head {
+                meta charset="utf-8";
+                @if refresh {
+                    meta http-equiv="refresh" content=(REFRESH_SECS);
+                }
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body { (body) }
+        }
+    }
+    .into_string()
+}
+
+/// The message line (`#message`), when there is one.
+fn message(text: Option<&str>) -> Markup {
+    html! {
+        @if let Some(m) = text.filter(|m| !m.is_empty()) {
+            p id="message" { (m) }
+        }
+    }
+}
+
+pub fn login(text: &str) -> String {
+    page(
+        "vpnnat center: login",
+        false,
+        html! {
+            h1 { "Maintenance center" }
+            (message(Some(text)))
+            form method="post" action="/login" {
+                label { "Maintenance password " input type="password" name="password" id="password" autofocus; }
+                " "
+                button type="submit" id="login" { "Log in" }
+            }
+        },
+    )
+}
+
+/// What the dashboard shows, read from the database in one go.
+#[derive(Debug)]
+pub struct Dashboard<'a> {
+    pub requests: &'a [RequestRow],
+    pub failures: &'a [FailureRow],
+    pub gateways: &'a [GatewayUsage],
+    pub slots: &'a [SlotRow],
+    pub pool: &'a PoolUsage,
+    /// The DNS zone, when centerd serves one: live grants show their name.
+    pub dns_domain: Option<&'a str>,
+}
+
+/// A POST button in a form of its own (every form carries the session's
+/// CSRF token).
+fn action(csrf: &str, n: u64, what: &str) -> Markup {
+    html! {
+        form method="post" action={ "/requests/" (n) "/" (what) } class="inline" {
+            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+            button id={ (what) "-" (n) } { (what) }
+        }
+    }
+}
+
+fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
+    let n = r.acceptance_number;
+    let live = r.state != RequestState::Ended;
+    let mut tables: Vec<&str> = r.grants.iter().map(|g| g.table_name.as_str()).collect();
+    tables.dedup();
+    html! {
+        tr id={ "request-" (n) } class=(r.state.as_str()) {
+            td { (n) }
+            td { (r.terminal_id) }
+            td { (r.router_ip) }
+            td { (r.claimant_name) }
+            td { (r.claimant_level) }
+            td { (r.phone) }
+            td { (r.urgency) }
+            td { (r.content) }
+            td { (fmt_time(r.received_at)) }
+            td {
+                @for (i, g) in r.grants.iter().enumerate() {
+                    @if i > 0 { br; }
+                    (g.terminal_name) " = " (g.vpnnat)
+                    @if let (Some(d), true) = (dns_domain, live) {
+                        " " span.dns { (crate::dns::name_of(&g.terminal_name, &r.terminal_id, d)) }
+                    }
+                }
+            }
+            td { (tables.join(", ")) }
+            td.state { (r.state) }
+            td {
+                @match r.state {
+                    RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
+                    RequestState::InProgress => { (action(csrf, n, "end")) }
+                    RequestState::Ended => {}
+                }
+            }
+        }
+    }
+}
+
+fn gateway_row(g: &GatewayUsage) -> Markup {
+    html! {
+        tr class={ "gw-" (if g.alive { "up" } else { "down" }) } {
+            td { (g.name) }
+            td { (g.global_ip) }
+            td { (g.used) }
+            td { (g.free) }
+            td { (g.up) }
+            td { (if g.draining { "yes" } else { "no" }) }
+            // A gateway the heartbeat marked down, with when: its routers'
+            // open requests carry a gateway_lost failure below.
+            td {
+                @if g.alive { "up" } @else { "DOWN since " (fmt_time(g.alive_changed_ms / 1000)) }
+            }
+        }
+    }
+}
+
+pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
+    let pool = d.pool;
+    let body = html! {
+        h1 { "Maintenance center" }
+        form method="post" action="/logout" class="inline" {
+            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+            button id="logout" { "Log out" }
+        }
+        " "
+        a href="/audit" id="audit-link" { "Audit log" }
+        (message(msg))
+        h2 { "Maintenance requests" }
+        table id="requests" {
+            tr {
+                @for h in ["Acceptance number", "Terminal ID", "Global IP", "Claimant", "Level", "Phone", "Urgency", "Content", "Received", "VPNNAT address", "Table name", "State", ""] {
+                    th { (h) }
+                }
+            }
+            @for r in d.requests { (request_row(r, csrf, d.dns_domain)) }
+        }
+        h2 { "Gateways" }
+        table id="gateways" {
+            tr {
+                @for h in ["Name", "Global IP", "Used slots", "Free slots", "Tunnels up", "Draining", "State"] {
+                    th { (h) }
+                }
+            }
+            @for g in d.gateways { (gateway_row(g)) }
+        }
+        h2 { "Tunnels" }
+        table id="tunnels" {
+            tr {
+                @for h in ["Gateway", "Slot", "Terminal ID", "State", "Since"] { th { (h) } }
+            }
+            @for s in d.slots {
+                tr {
+                    td { (s.gateway) }
+                    td { (s.slot) }
+                    td { (s.terminal_id.as_deref().unwrap_or("")) }
+                    td { (s.tunnel_state.as_str()) }
+                    td { (fmt_time(s.changed_at)) }
+                }
+            }
+        }
+        h2 { "VPNNAT pool" }
+        p id="pool" {
+            (pool.cidr) ": " span id="pool-allocated" { (pool.allocated) } " of " (pool.size)
+            " addresses in use, " span id="pool-free" { (pool.free) } " free (" (pool.free_ranges) " free ranges)"
+        }
+        h2 { "Failures" }
+        table id="failures" {
+            tr {
+                @for h in ["Time", "Terminal ID", "Code", "Detail"] { th { (h) } }
+            }
+            @for f in d.failures {
+                tr {
+                    td { (fmt_time(f.received_at)) }
+                    td { (f.terminal_id) }
+                    td { (f.code) }
+                    td { (f.detail) }
+                }
+            }
+        }
+    };
+    page("vpnnat center", true, body)
+}
+
+/// The audit log: the filter form (filled with `f`), the export links
+/// (same query), the rows.
+pub fn audit(f: &AuditFilter, query: &str, rows: &[AuditRow]) -> String {
+    let v = |o: &Option<String>| o.clone().unwrap_or_default();
+    let body = html! {
+        h1 { "Audit log" }
+        p { a href="/" { "Back" } }
+        form method="get" action="/audit" id="audit-filter" {
+            label { "Actor " input name="actor" value=(v(&f.actor)); } " "
+            label { "Action " input name="action" value=(v(&f.action)); } " "
+            label { "Terminal ID " input name="terminal" value=(v(&f.terminal_id)); } " "
+            label { "Acceptance number " input name="number" value=(f.acceptance_number.map(|n| n.to_string()).unwrap_or_default()); } " "
+            button type="submit" id="filter" { "Filter" }
+        }
+        p {
+            "Export: "
+            a href={ "/audit.csv?" (query) } id="export-csv" { "CSV" }
+            " "
+            a href={ "/audit.jsonl?" (query) } id="export-jsonl" { "JSON lines" }
+        }
+        table id="audit" {
+            tr {
+                @for h in ["#", "Time", "Actor", "Action", "Terminal ID", "Acceptance number", "Detail", "From"] {
+                    th { (h) }
+                }
+            }
+            @for r in rows {
+                tr.audit-row {
+                    td { (r.id) }
+                    td { (fmt_time(r.at)) }
+                    td { (r.actor) }
+                    td { (r.action) }
+                    td { (r.terminal_id.as_deref().unwrap_or("")) }
+                    td { (r.acceptance_number.map(|n| n.to_string()).unwrap_or_default()) }
+                    td { (r.detail) }
+                    td { (r.peer) }
+                }
+            }
+        }
+    };
+    page("vpnnat center: audit log", false, body)
+}
