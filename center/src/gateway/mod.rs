@@ -39,6 +39,9 @@ pub enum GatewayError {
     Driver(#[from] DriverError),
     #[error("internal state lock poisoned")]
     Poisoned,
+    /// A command this gateway cannot carry out (yet): nothing was changed.
+    #[error("not supported by this gateway: {0}")]
+    Unsupported(&'static str),
 }
 
 impl GatewayError {
@@ -53,6 +56,7 @@ impl GatewayError {
                 | DriverError::TooManyAddresses(_),
             ) => 409,
             GatewayError::Driver(DriverError::Datapath(_) | DriverError::Ike(_)) | GatewayError::Poisoned => 500,
+            GatewayError::Unsupported(_) => 501,
         }
     }
 }
@@ -311,6 +315,13 @@ impl Gatewayd {
             paths::gateway::SETUP_TUNNEL => {
                 let v = self.verify::<SetupTunnel>(path, headers, body, now)?;
                 let c = v.command();
+                if c.initiation == vpnnat_proto::initiation::InitiationMode::Router {
+                    // Issue 17: the responder side is not wired into this
+                    // gateway yet. Refusing keeps the center from waiting
+                    // for a tunnel that would never come (it rolls the
+                    // request back and says why).
+                    return Err(GatewayError::Unsupported("router-initiated tunnels"));
+                }
                 let psk = c.open_psk(&self.field_key)?;
                 self.driver()?.setup(TunnelSpec {
                     terminal_id: c.terminal_id.clone(),
