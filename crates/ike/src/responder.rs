@@ -39,6 +39,12 @@ pub struct ResponderConfig {
 }
 
 impl ResponderConfig {
+    /// A responder for many peers, each known by its IKE identity through
+    /// `sa.peer_lookup` (which must be set); any source address.
+    pub fn by_identity(sa: SaConfig) -> Self {
+        Self::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), sa)
+    }
+
     /// Defaults: cookies from 8 half-open SAs, at most 64 half-open (one
     /// gateway talks to a router: a handful is already unusual), secret
     /// rotated every 5 min.
@@ -164,7 +170,10 @@ impl Responder {
         let Some(ike) = strip_marker(dst, payload)? else {
             return Ok(()); // NAT-T keepalive
         };
-        if src.ip() != self.allowed_peer {
+        // A responder that picks each SA's configuration by the peer's
+        // identity serves peers wherever they are (behind NATs that share
+        // and change addresses): the address decides nothing there.
+        if self.cfg.peer_lookup.is_none() && src.ip() != self.allowed_peer {
             return Err(Error::PeerNotAllowed(src.ip()));
         }
         let msg = Message::parse(ike)?;
@@ -181,10 +190,25 @@ impl Responder {
         };
         let fx = self.table.dispatch(&rx, rng)?;
         if fx.initial_contact {
-            // The gateway restarted: SAs it had with us before are stale.
+            // The peer restarted: SAs it had with us before are stale. With
+            // a peer lookup "the peer" is an identity (several routers
+            // behind one NAT share the address: one's restart must not
+            // take the others' SAs); otherwise it is the address.
             let keep = (h.spi_i, h.spi_r);
+            let by_id = self.cfg.peer_lookup.is_some();
+            let who = self
+                .table
+                .sas
+                .iter()
+                .find(|sa| sa.spis() == keep)
+                .and_then(|sa| sa.peer_id().cloned());
             for sa in &mut self.table.sas {
-                if sa.spis() != keep && sa.remote.ip() == src.ip() && sa.state != SaState::HalfOpen {
+                let same_peer = if by_id {
+                    who.is_some() && sa.peer_id() == who.as_ref()
+                } else {
+                    sa.remote.ip() == src.ip()
+                };
+                if sa.spis() != keep && same_peer && sa.state != SaState::HalfOpen {
                     sa.replaced(&mut self.table.out);
                 }
             }
