@@ -4,6 +4,7 @@
 //! tunnel up/down events to centerd as they happen (no polling).
 
 pub mod config;
+pub mod dial_in;
 pub mod driver;
 pub mod ike;
 

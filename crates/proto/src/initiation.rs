@@ -133,6 +133,27 @@ impl fmt::Display for InitiationReason {
     }
 }
 
+/// In `router` mode the router authenticates as ID_KEY_ID with this
+/// prefix and its terminal ID: its addresses say nothing (several routers
+/// share one behind a carrier NAT, many use the same private WAN address
+/// behind their home NATs), its terminal ID is unique.
+pub const ROUTER_KEY_ID_PREFIX: &[u8] = b"vpnnat-router:";
+
+/// The ID_KEY_ID body a router presents in `router` mode.
+pub fn router_key_id(terminal_id: &crate::types::TerminalId) -> Vec<u8> {
+    let mut v = ROUTER_KEY_ID_PREFIX.to_vec();
+    v.extend_from_slice(terminal_id.as_str().as_bytes());
+    v
+}
+
+/// The terminal ID in a router's ID_KEY_ID body, if it is one (a valid
+/// terminal ID after the prefix).
+pub fn terminal_of_key_id(body: &[u8]) -> Option<crate::types::TerminalId> {
+    let rest = body.strip_prefix(ROUTER_KEY_ID_PREFIX)?;
+    let s = std::str::from_utf8(rest).ok()?;
+    crate::types::TerminalId::new(s).ok()
+}
+
 /// The center's choice for one request: `seen` is the request's source
 /// address (`None` if unknown, e.g. an IPv6 source), `wan` what the router
 /// reports. Pure: the same inputs always give the same answer.
@@ -233,6 +254,23 @@ mod tests {
             decide(InitiationPreference::Router, public.0, public.1),
             (InitiationMode::Router, InitiationReason::Configured)
         );
+    }
+
+    #[test]
+    fn router_key_ids_round_trip_and_nothing_else_parses() {
+        let tid = crate::types::TerminalId::new("router-7").unwrap();
+        let body = router_key_id(&tid);
+        assert_eq!(body, b"vpnnat-router:router-7");
+        assert_eq!(terminal_of_key_id(&body), Some(tid));
+        for bad in [
+            &b"router-7"[..],
+            b"vpnnat-router:",
+            b"vpnnat-router:../x",
+            b"VPNNAT-ROUTER:router-7",
+            b"vpnnat-router:\xff",
+        ] {
+            assert_eq!(terminal_of_key_id(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
