@@ -397,6 +397,9 @@ async fn forward_ike_events(
                 continue;
             }
             IkeEvent::ChildSaRemoved { .. } => continue,
+            // Issue 17: no listener is set here yet (router mode is
+            // refused at SetupTunnel), so these do not occur.
+            IkeEvent::DialInUp { .. } | IkeEvent::DialInDown { .. } => continue,
         };
         let Some(p) = peers.lock().ok().and_then(|m| m.get(&peer).cloned()) else {
             continue;

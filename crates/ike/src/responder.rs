@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ring::hmac;
 use ring::rand::SecureRandom;
 
+use crate::codec::Identity;
 use crate::codec::{
     self, encode_message, notify_type as nt, ExchangeType, Header, Message, Notify, Payload, TrafficSelector,
 };
@@ -304,6 +305,70 @@ impl Responder {
     /// cookies are in use and the lifetime has passed).
     pub fn rotate_cookie_secret(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
         Ok(self.cookies.rotate(now, rng)?)
+    }
+
+    /// With a peer lookup: the identity whose IKE SA holds the CHILD SA
+    /// with this inbound SPI.
+    pub fn peer_of_child(&self, inbound_spi: u32) -> Option<Identity> {
+        self.table
+            .sas
+            .iter()
+            .find(|sa| sa.child_spis().iter().any(|(i, _)| *i == inbound_spi))
+            .and_then(|sa| sa.peer_id().cloned())
+    }
+
+    /// With a peer lookup: the identity of the IKE SA with these SPIs.
+    pub fn peer_of_ike(&self, spis: (u64, u64)) -> Option<Identity> {
+        self.table
+            .sas
+            .iter()
+            .find(|sa| sa.spis() == spis)
+            .and_then(|sa| sa.peer_id().cloned())
+    }
+
+    /// With a peer lookup: deletes every established IKE SA of `peer` (an
+    /// INFORMATIONAL DELETE each; their CHILD SAs go with them). The other
+    /// peers' SAs are not touched, unlike [`Responder::close`].
+    pub fn close_peer(&mut self, peer: &Identity, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
+        let mut found = false;
+        for sa in &mut self.table.sas {
+            if sa.peer_id() == Some(peer) && sa.state == SaState::Established {
+                found = true;
+                sa.request(now, Queued::DeleteIke, rng, &mut self.table.out)?;
+            }
+        }
+        self.table.reap();
+        if found {
+            Ok(())
+        } else {
+            Err(Error::NotEstablished)
+        }
+    }
+
+    /// With a peer lookup: acts on the CHILD SA with this inbound SPI in
+    /// whichever peer's IKE SA holds it (a kernel expire): rekey (`hard`
+    /// false) or delete.
+    pub fn expire_child(
+        &mut self,
+        inbound_spi: u32,
+        hard: bool,
+        now: Instant,
+        rng: &dyn SecureRandom,
+    ) -> Result<(), Error> {
+        let sa = self
+            .table
+            .sas
+            .iter_mut()
+            .find(|sa| sa.state == SaState::Established && sa.child_spis().iter().any(|(i, _)| *i == inbound_spi))
+            .ok_or(Error::UnknownChild(inbound_spi))?;
+        let what = if hard {
+            Queued::DeleteChild(inbound_spi)
+        } else {
+            Queued::RekeyChild(inbound_spi)
+        };
+        let r = sa.request(now, what, rng, &mut self.table.out);
+        self.table.reap();
+        r
     }
 
     /// Number of half-open IKE SAs.
