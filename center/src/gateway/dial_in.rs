@@ -111,6 +111,17 @@ impl DialInTable {
         self.routers.lock().is_ok_and(|mut m| m.remove(tid).is_some())
     }
 
+    /// The terminal and slot of an identity that may dial in now.
+    pub fn slot_for(&self, idi: &Identity) -> Option<(TerminalId, u16)> {
+        let m = self.routers.lock().ok()?;
+        authorize(&m, idi).ok().map(|(t, d)| (t.clone(), d.slot))
+    }
+
+    /// The slot of an admitted router (granted or not).
+    pub fn slot_of(&self, tid: &TerminalId) -> Option<u16> {
+        self.routers.lock().ok()?.get(tid).map(|d| d.slot)
+    }
+
     /// Whether `tid` is admitted.
     pub fn contains(&self, tid: &TerminalId) -> bool {
         self.routers.lock().is_ok_and(|m| m.contains_key(tid))

@@ -9,10 +9,12 @@ pub mod driver;
 pub mod ike;
 
 use std::collections::BTreeMap;
+
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vpnnat_proto::initiation::InitiationMode;
 
 use ring::rand::SystemRandom;
 use thiserror::Error;
@@ -40,9 +42,6 @@ pub enum GatewayError {
     Driver(#[from] DriverError),
     #[error("internal state lock poisoned")]
     Poisoned,
-    /// A command this gateway cannot carry out (yet): nothing was changed.
-    #[error("not supported by this gateway: {0}")]
-    Unsupported(&'static str),
 }
 
 impl GatewayError {
@@ -57,7 +56,6 @@ impl GatewayError {
                 | DriverError::TooManyAddresses(_),
             ) => 409,
             GatewayError::Driver(DriverError::Datapath(_) | DriverError::Ike(_)) | GatewayError::Poisoned => 500,
-            GatewayError::Unsupported(_) => 501,
         }
     }
 }
@@ -316,20 +314,19 @@ impl Gatewayd {
             paths::gateway::SETUP_TUNNEL => {
                 let v = self.verify::<SetupTunnel>(path, headers, body, now)?;
                 let c = v.command();
-                if c.initiation == vpnnat_proto::initiation::InitiationMode::Router {
-                    // Issue 17: the responder side is not wired into this
-                    // gateway yet. Refusing keeps the center from waiting
-                    // for a tunnel that would never come (it rolls the
-                    // request back and says why).
-                    return Err(GatewayError::Unsupported("router-initiated tunnels"));
-                }
                 let psk = c.open_psk(&self.field_key)?;
-                self.driver()?.setup(TunnelSpec {
+                let spec = TunnelSpec {
                     terminal_id: c.terminal_id.clone(),
                     slot: c.slot,
                     router_ip: c.router_ip.get(),
                     psk,
-                })?;
+                };
+                match c.initiation {
+                    InitiationMode::Gateway => self.driver()?.setup(spec)?,
+                    // Issue 17: the router dials in; it is admitted by
+                    // its identity and PSK, not connected to.
+                    InitiationMode::Router => self.driver()?.setup_dial_in(spec)?,
+                }
                 self.answer(&v, &Ack {}, now)
             }
             paths::gateway::ADD_ADDRESSES => {

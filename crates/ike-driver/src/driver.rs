@@ -511,6 +511,10 @@ impl Driver {
             Cmd::Listen(c, reply) => {
                 let _ = reply.send(self.listen(now, c));
             }
+            Cmd::Refresh(id, reply) => {
+                let r = self.refresh(&id).await;
+                let _ = reply.send(r);
+            }
             Cmd::HangUp(id, reply) => {
                 let r = self.hang_up(&id).await;
                 let _ = reply.send(r);

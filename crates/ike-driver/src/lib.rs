@@ -248,6 +248,7 @@ pub(crate) enum Cmd {
     Shutdown(oneshot::Sender<()>),
     Listen(DialInConfig, Reply),
     HangUp(Identity, Reply),
+    Refresh(Identity, Reply),
 }
 
 /// A request for [`DriverHandle::request_detached`].
@@ -263,6 +264,10 @@ pub enum Request {
     Restart(TunnelConfig),
     /// [`DriverHandle::set_traffic_selectors`].
     SetTrafficSelectors(Ipv4Addr, Vec<TrafficSelector>, Vec<TrafficSelector>),
+    /// [`DriverHandle::hang_up`].
+    HangUp(Identity),
+    /// [`DriverHandle::refresh_dial_in`].
+    RefreshDialIn(Identity),
 }
 
 impl Request {
@@ -273,6 +278,8 @@ impl Request {
             Request::Disconnect(p) => format!("disconnect from {p}"),
             Request::Restart(t) => format!("restart with {}", t.peer),
             Request::SetTrafficSelectors(p, ..) => format!("new traffic selectors with {p}"),
+            Request::HangUp(i) => format!("hang up on {}", String::from_utf8_lossy(&i.data)),
+            Request::RefreshDialIn(i) => format!("refresh {}", String::from_utf8_lossy(&i.data)),
         }
     }
 }
@@ -359,6 +366,8 @@ impl DriverHandle {
             Request::Disconnect(p) => Cmd::Disconnect(p, tx),
             Request::Restart(t) => Cmd::Restart(t, tx),
             Request::SetTrafficSelectors(p, l, r) => Cmd::SetTs(p, l, r, tx),
+            Request::HangUp(i) => Cmd::HangUp(i, tx),
+            Request::RefreshDialIn(i) => Cmd::Refresh(i, tx),
         };
         self.tx.send(cmd).map_err(|_| DriverError::Stopped)?;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -435,6 +444,12 @@ impl DriverHandle {
     /// Deletes the IKE SAs of a router that dialed in (its VPN ended).
     pub async fn hang_up(&self, identity: Identity) -> Result<(), DriverError> {
         self.call(|r| Cmd::HangUp(identity, r)).await
+    }
+
+    /// A dialed-in router's grants changed: its live IKE SAs take the
+    /// lookup's current answer (refused now: hung up on).
+    pub async fn refresh_dial_in(&self, identity: Identity) -> Result<(), DriverError> {
+        self.call(|r| Cmd::Refresh(identity, r)).await
     }
 
     /// Rekeys the tunnel's CHILD SAs now.

@@ -345,6 +345,17 @@ impl Responder {
         }
     }
 
+    /// With a peer lookup: gives `peer`'s IKE SAs a new configuration (its
+    /// grants changed), used from their next exchange (e.g. the router's
+    /// CHILD SA rekey with the new selectors).
+    pub fn update_peer(&mut self, peer: &Identity, cfg: Arc<SaConfig>) {
+        for sa in &mut self.table.sas {
+            if sa.peer_id() == Some(peer) {
+                sa.set_config(cfg.clone());
+            }
+        }
+    }
+
     /// With a peer lookup: acts on the CHILD SA with this inbound SPI in
     /// whichever peer's IKE SA holds it (a kernel expire): rekey (`hard`
     /// false) or delete.

@@ -33,6 +33,7 @@ fn describe(r: &Request) -> String {
         Request::Disconnect(p) => format!("disconnect {p}"),
         Request::Restart(t) => format!("restart {}", t.peer),
         Request::SetTrafficSelectors(p, l, _) => format!("set-ts {p} ts={}", l.len()),
+        Request::HangUp(i) | Request::RefreshDialIn(i) => format!("dial-in {}", String::from_utf8_lossy(&i.data)),
     }
 }
 

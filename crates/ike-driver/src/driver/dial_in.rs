@@ -43,6 +43,7 @@ impl std::fmt::Debug for DialInConfig {
 
 pub(super) struct Listener {
     core: Responder,
+    lookup: Arc<dyn PeerLookup>,
     reqid_of: ReqidOf,
     /// Installed CHILD SAs by inbound SPI, with their identity.
     children: HashMap<u32, (Identity, Child)>,
@@ -83,16 +84,18 @@ impl Driver {
             c.local_ts,
         );
         template.dpd_interval = self.cfg.dpd_interval;
-        template.peer_lookup = Some(Arc::new(WithDriverSettings {
+        let lookup: Arc<dyn PeerLookup> = Arc::new(WithDriverSettings {
             inner: c.lookup,
             dpd: self.cfg.dpd_interval,
-        }));
+        });
+        template.peer_lookup = Some(lookup.clone());
         let core = Responder::new(ResponderConfig::by_identity(template), now, &self.rng)?;
         if self.listener.is_some() {
             log::info!("dial-in listener replaced");
         }
         self.listener = Some(Listener {
             core,
+            lookup,
             reqid_of: c.reqid_of,
             children: HashMap::new(),
             ike: HashMap::new(),
@@ -109,6 +112,21 @@ impl Driver {
         let r = l.core.close_peer(id, now, &self.rng).map_err(DriverError::from);
         self.drain_listener().await;
         r
+    }
+
+    /// Asks the lookup again for `id` and gives its live SAs the answer
+    /// (its grants changed); a router no longer admitted is hung up on.
+    pub(super) async fn refresh(&mut self, id: &Identity) -> Result<(), DriverError> {
+        let now = Instant::now();
+        let l = self.listener.as_mut().ok_or(DriverError::NotListening)?;
+        match l.lookup.config_for(id) {
+            Some(cfg) => l.core.update_peer(id, cfg),
+            None => {
+                let _ = l.core.close_peer(id, now, &self.rng);
+            }
+        }
+        self.drain_listener().await;
+        Ok(())
     }
 
     pub(super) async fn on_dial_in(&mut self, src_wire: SocketAddr, src: SocketAddr, dst: SocketAddr, p: &[u8]) {
