@@ -804,6 +804,7 @@ pub fn ike_settings(id: &Identity, state: &RouterState) -> Option<ResponderSetti
         remote_ts: gw.center_networks.iter().filter_map(to_datapath_cidr).collect(),
         reqid: TUNNEL_REQID,
         terminal_id: id.terminal_id.to_string(),
+        dial_out: gw.initiation == vpnnat_proto::initiation::InitiationMode::Router,
     })
 }
 

@@ -22,6 +22,7 @@ fn settings(peer: &str, psk: u8, hosts: &[&str]) -> ResponderSettings {
         remote_ts: vec![Ipv4Cidr::new(ip("10.64.0.0"), 16).unwrap()],
         reqid: 0x5650_0100,
         terminal_id: "home-1".into(),
+        dial_out: false,
     }
 }
 
