@@ -585,6 +585,23 @@ command = ["/usr/sbin/dnsmasq", "-k"]
     }
 
     #[test]
+    fn tunnel_initiation_is_read_and_checked() {
+        use vpnnat_proto::initiation::InitiationPreference;
+        assert_eq!(sample_config().tunnel_initiation, InitiationPreference::Auto);
+        for (word, want) in [
+            ("auto", InitiationPreference::Auto),
+            ("gateway", InitiationPreference::Gateway),
+            ("router", InitiationPreference::Router),
+        ] {
+            let text = format!("tunnel_initiation = \"{word}\"\n{}", sample());
+            let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+            assert_eq!(c.tunnel_initiation, want);
+        }
+        let e = err(&format!("tunnel_initiation = \"sometimes\"\n{}", sample()));
+        assert!(e.contains("sometimes") || e.contains("tunnel_initiation"), "{e}");
+    }
+
+    #[test]
     fn log_section_is_checked() {
         let c = sample_config();
         assert_eq!((c.log_level, c.log_format), (None, None));
