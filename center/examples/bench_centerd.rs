@@ -244,6 +244,8 @@ async fn main() {
                         let key = r.sid2.as_ref().unwrap().mac_key();
                         let cmd = GatewayAddressRequest {
                             reply_key: kp.public_key(),
+                            initiation: Default::default(),
+                            wan: None,
                         };
                         let resp = call_with(&addr, &r.id, &key, &cmd, t, &rng, &xff).await.unwrap();
                         resp.open(kp, &r.id).unwrap();

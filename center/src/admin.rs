@@ -183,6 +183,7 @@ pub fn show_router(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, Adm
         "router_part_vpnnat": t.router_part_vpnnat,
         "addresses": st.addresses_of_terminal(terminal_id)?,
         "slot": st.slot_of(terminal_id)?,
+        "initiation": st.initiation_of(terminal_id)?,
         "requests": requests,
         "failures": st.failures(Some(terminal_id), 50)?,
     });

@@ -178,7 +178,11 @@ where
     let result = match route.name {
         "install" => center.install_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings)),
         "failure" => center.failure_from(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings)),
-        "gateway_address" => center.gateway_address(&path, &headers, &body, now).await,
+        "gateway_address" => {
+            center
+                .gateway_address(&path, &headers, &body, now, router_ip(peer, &parts.headers, settings))
+                .await
+        }
         "maintenance" => {
             let Some(ip) = router_ip(peer, &parts.headers, settings) else {
                 return text(400, "the router's IPv4 address is unknown");

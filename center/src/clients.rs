@@ -181,6 +181,28 @@ impl GatewayCommands for HttpGateways {
         self.send(gateway, &cmd).await.map(|_| ())
     }
 
+    async fn setup_tunnel_as(
+        &self,
+        gateway: &str,
+        terminal: &TerminalId,
+        router_ip: Ipv4Addr,
+        slot: u16,
+        psk: &Psk,
+        mode: vpnnat_proto::initiation::InitiationMode,
+    ) -> Result<(), CommandError> {
+        let g = self.get(gateway)?;
+        let bad = |reason: String| CommandError::BadAnswer {
+            target: gateway.to_owned(),
+            reason,
+        };
+        let fk = FieldKey::for_gateway(&g.key, &g.name).map_err(|e| bad(e.to_string()))?;
+        let ip = UnicastAddr::new(router_ip).map_err(|e| bad(format!("router address: {e}")))?;
+        let mut cmd =
+            SetupTunnel::new(&self.rng, &fk, terminal.clone(), ip, slot, psk).map_err(|e| bad(e.to_string()))?;
+        cmd.initiation = mode;
+        self.send(gateway, &cmd).await.map(|_| ())
+    }
+
     async fn add_addresses(&self, gateway: &str, terminal: &TerminalId, a: &[Ipv4Addr]) -> Result<(), CommandError> {
         let cmd = AddAddresses {
             terminal_id: terminal.clone(),

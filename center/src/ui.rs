@@ -584,6 +584,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             "failures": st.failures(None, 50)?,
             "gateways": st.gateway_usage()?,
             "pool": st.pool_usage()?,
+            "initiation": st.initiations()?,
         });
         Ok(v.to_string())
     }

@@ -92,6 +92,15 @@ fn seed(db: &Path) -> u64 {
         now: 100,
     })
     .unwrap();
+    // Issue 17: as a gateway address request from behind a NAT decides.
+    st.set_initiation(
+        "router-7",
+        vpnnat_proto::initiation::InitiationMode::Router,
+        "behind NAT: request from 203.0.113.7, router's WAN address 192.0.2.2",
+        Some(Ipv4Addr::new(203, 0, 113, 7)),
+        100,
+    )
+    .unwrap();
     let names = vec!["pc1".to_owned()];
     let (n, _) = st
         .create_request(
@@ -189,6 +198,8 @@ fn list_show_drain_end_and_audit() {
     let v = json(&centerd(&cfg, &["--json", "show-router", "router-7"]));
     assert_eq!(v["terminal_id"], "router-7");
     assert_eq!(v["slot"]["gateway"], "gw1");
+    assert_eq!(v["initiation"]["mode"], "router");
+    assert!(v["initiation"]["reason"].as_str().unwrap().starts_with("behind NAT"));
     assert_eq!(v["requests"][0]["acceptance_number"], n);
     let shown = serde_json::to_string(&v).unwrap();
     assert!(

@@ -256,6 +256,8 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         &sid2.mac_key(),
         &GatewayAddressRequest {
             reply_key: kp.public_key(),
+            initiation: Default::default(),
+            wan: None,
         },
         T,
         &rng,

@@ -70,6 +70,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub modules: Vec<String>,
     pub log: Option<RawLog>,
+    /// Who starts the tunnel: `gateway`, `router` or `auto` (default: the
+    /// center decides; issue 17).
+    pub tunnel_initiation: Option<vpnnat_proto::initiation::InitiationPreference>,
 }
 
 /// `[log]`: what routerd logs and how (`RUST_LOG` and `VPNNAT_LOG_FORMAT`
@@ -246,6 +249,9 @@ pub struct Config {
     pub button: Option<ButtonPreset>,
     pub helpers: Vec<Helper>,
     pub modules: Vec<String>,
+    /// `tunnel_initiation`: asked of the center with each gateway address
+    /// request, with the WAN address.
+    pub tunnel_initiation: vpnnat_proto::initiation::InitiationPreference,
 }
 
 impl fmt::Debug for Config {
@@ -432,6 +438,7 @@ impl Config {
             button,
             helpers,
             modules: raw.modules.clone(),
+            tunnel_initiation: raw.tunnel_initiation.unwrap_or_default(),
         })
     }
 
@@ -575,6 +582,23 @@ command = ["/usr/sbin/dnsmasq", "-k"]
 
     fn err(text: &str) -> String {
         Config::parse(text, Path::new("t.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn tunnel_initiation_is_read_and_checked() {
+        use vpnnat_proto::initiation::InitiationPreference;
+        assert_eq!(sample_config().tunnel_initiation, InitiationPreference::Auto);
+        for (word, want) in [
+            ("auto", InitiationPreference::Auto),
+            ("gateway", InitiationPreference::Gateway),
+            ("router", InitiationPreference::Router),
+        ] {
+            let text = format!("tunnel_initiation = \"{word}\"\n{}", sample());
+            let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+            assert_eq!(c.tunnel_initiation, want);
+        }
+        let e = err(&format!("tunnel_initiation = \"sometimes\"\n{}", sample()));
+        assert!(e.contains("sometimes") || e.contains("tunnel_initiation"), "{e}");
     }
 
     #[test]

@@ -399,7 +399,8 @@ impl Router {
 
     async fn gateway_locked(&self) -> Result<(), DaemonError> {
         let state = self.state().await;
-        let p = logic::begin_gateway(&self.id, &state, &self.rng, unix_now())?;
+        let wan = Some(vpnnat_proto::initiation::WanAddress::Ipv4(self.cfg.wan.address));
+        let p = logic::begin_gateway_as(&self.id, &state, &self.rng, unix_now(), self.cfg.tunnel_initiation, wan)?;
         let reply = self.send(&p.outgoing).await?;
         vpnnat_crashpoint::hit("router.gateway.after_reply");
         let mut inner = self.inner.lock().await;

@@ -87,6 +87,9 @@ pub fn tunnel_config(s: &ResponderSettings) -> TunnelConfig {
 /// an `accept` (for a tunnel not up yet) plus, when they grow, a CHILD SA
 /// rekey so a live tunnel uses them now (a shrink waits for the gateway's).
 pub fn requests(old: Option<&ResponderSettings>, new: Option<&ResponderSettings>) -> Vec<Request> {
+    if old.is_some_and(|o| o.dial_out) || new.is_some_and(|n| n.dial_out) {
+        return crate::dial_out::requests(old, new);
+    }
     match (old, new) {
         (None, None) => Vec::new(),
         (Some(o), None) => vec![Request::Disconnect(o.peer)],
@@ -163,19 +166,31 @@ impl<S: DriverSink> std::fmt::Debug for IkeDriverResponder<S> {
     }
 }
 
-impl IkeDriverResponder<DriverHandle> {
+impl IkeDriverResponder<crate::dial_out::DialOutSink> {
     /// On the kernel: ports 500/4500, XFRM SAs (needs root). Driver events
-    /// are logged.
-    pub fn kernel() -> Self {
-        Self::with_starter(Box::new(|local| {
+    /// are logged; a tunnel the router dialed that went down on its own is
+    /// dialed again (issue 17). The router presents `terminal_id`'s
+    /// identity in both modes.
+    pub fn kernel(terminal_id: &vpnnat_proto::types::TerminalId) -> Self {
+        let identity = crate::dial_out::identity(terminal_id);
+        Self::with_starter(Box::new(move |local| {
+            let identity = identity.clone();
             Box::pin(async move {
-                let (drv, mut events) = IkeDriver::start_kernel(DriverConfig::new(local)).await?;
+                let mut cfg = DriverConfig::new(local);
+                cfg.identity = identity;
+                let (drv, mut events) = IkeDriver::start_kernel(cfg).await?;
+                let sink = crate::dial_out::DialOutSink {
+                    drv,
+                    wanted: Arc::default(),
+                };
+                let watcher = sink.clone();
                 tokio::spawn(async move {
                     while let Some(ev) = events.recv().await {
                         log_event(&ev);
+                        crate::dial_out::redial_on(&ev, &watcher);
                     }
                 });
-                Ok(drv)
+                Ok(sink)
             })
         }))
     }

@@ -36,6 +36,8 @@ pub struct ResponderSettings {
     pub reqid: u32,
     /// This router's terminal ID, for the IKE driver's log lines.
     pub terminal_id: String,
+    /// The router initiates (issue 17, `router` mode) instead of waiting.
+    pub dial_out: bool,
 }
 
 impl fmt::Debug for ResponderSettings {

@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dial_out;
 pub mod driver_responder;
 pub mod health;
 pub mod http;

@@ -21,6 +21,7 @@ use vpnnat_datapath::{
     tunnel_policies, DesiredState, Ipv4Cidr, Mapping, ObservedSa, ObservedState, SaCounters, SaSpec, REQID_BASE,
 };
 use vpnnat_proto::auth::{AuthHeaders, NonceStore, ReplayGuard};
+use vpnnat_proto::initiation::{InitiationPreference, WanAddress};
 use vpnnat_proto::keys::{KeyError, SecretBytes, SecretId};
 use vpnnat_proto::messages::{
     Ack, EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceDetails, MaintenanceRequest,
@@ -330,10 +331,26 @@ pub fn begin_gateway(
     rng: &dyn SecureRandom,
     now: u64,
 ) -> Result<Pending<()>, ExchangeError> {
+    begin_gateway_as(id, state, rng, now, InitiationPreference::Auto, None)
+}
+
+/// [`begin_gateway`] saying which initiation mode the router wants and
+/// what its WAN looks like, so the center can tell whether it sits behind
+/// a NAT (issue 17).
+pub fn begin_gateway_as(
+    id: &Identity,
+    state: &RouterState,
+    rng: &dyn SecureRandom,
+    now: u64,
+    initiation: InitiationPreference,
+    wan: Option<WanAddress>,
+) -> Result<Pending<()>, ExchangeError> {
     let inst = installation(state)?;
     let reply = reply_key(rng)?;
     let req = GatewayAddressRequest {
         reply_key: reply.public_key(),
+        initiation,
+        wan,
     };
     let outgoing =
         encode_request(&req, &id.terminal_id, &inst.secret_id2.mac_key(), now, rng).map_err(ExchangeError::Build)?;
@@ -362,6 +379,7 @@ pub fn finish_gateway(
         ip: info.gateway_ip.get(),
         ike_id: info.gateway_ike_id.to_string(),
         center_networks,
+        initiation: info.initiation,
     });
     Ok(next)
 }
@@ -786,6 +804,7 @@ pub fn ike_settings(id: &Identity, state: &RouterState) -> Option<ResponderSetti
         remote_ts: gw.center_networks.iter().filter_map(to_datapath_cidr).collect(),
         reqid: TUNNEL_REQID,
         terminal_id: id.terminal_id.to_string(),
+        dial_out: gw.initiation == vpnnat_proto::initiation::InitiationMode::Router,
     })
 }
 

@@ -269,7 +269,7 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
         let ike: Box<dyn IkeResponder> = if fake_datapath {
             Box::new(StaticResponder::default())
         } else {
-            Box::new(IkeDriverResponder::kernel())
+            Box::new(IkeDriverResponder::kernel(&cfg.terminal_id))
         };
         let router = Router::new(
             cfg.clone(),

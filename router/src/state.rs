@@ -66,6 +66,13 @@ pub struct Gateway {
     pub ip: Ipv4Addr,
     pub ike_id: String,
     pub center_networks: Vec<Ipv4Cidr>,
+    /// Who starts the tunnel, as the center answered (absent in state
+    /// files from before issue 17: the seed's gateway).
+    #[serde(
+        default,
+        skip_serializing_if = "vpnnat_proto::initiation::InitiationMode::is_gateway"
+    )]
+    pub initiation: vpnnat_proto::initiation::InitiationMode,
 }
 
 /// One row of the host table: an extension terminal with a granted VPNNAT

@@ -41,6 +41,9 @@ pub struct FakeCenter {
     pub now: u64,
     /// What a tunnel-lost notice is answered with.
     pub tunnel_lost_answer: TunnelRebuild,
+    /// The source address the center sees the router's requests from
+    /// (decides the tunnel initiation mode with what the router reports).
+    pub source: Option<Ipv4Addr>,
 }
 
 impl FakeCenter {
@@ -59,6 +62,7 @@ impl FakeCenter {
             grant_extra: None,
             now: NOW,
             tunnel_lost_answer: TunnelRebuild::Up,
+            source: None,
         }
     }
 
@@ -157,6 +161,12 @@ impl FakeCenter {
                         gateway_ip: UnicastAddr::new(Self::gateway_ip()).unwrap(),
                         gateway_ike_id: IkeIdentity::new("gw1.center.example").unwrap(),
                         center_networks: BoundedSet::new(vec!["172.16.0.0/24".parse::<Ipv4Cidr>().unwrap()]).unwrap(),
+                        initiation: vpnnat_proto::initiation::decide(
+                            v.command().initiation,
+                            self.source,
+                            v.command().wan,
+                        )
+                        .0,
                     };
                     let resp = info.seal(&self.rng, &self.terminal_id, &v.command().reply_key).unwrap();
                     self.ok(&v, &resp)

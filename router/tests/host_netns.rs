@@ -65,6 +65,7 @@ fn installed() -> RouterState {
             ip: Ipv4Addr::new(198, 51, 100, 21),
             ike_id: "gw1".into(),
             center_networks: vec!["172.16.0.0/24".parse().unwrap()],
+            initiation: Default::default(),
         }),
         ..RouterState::default()
     }

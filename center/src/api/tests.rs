@@ -118,6 +118,8 @@ async fn every_router_exchange_over_real_http() {
         &r.key(),
         &GatewayAddressRequest {
             reply_key: kp.public_key(),
+            initiation: Default::default(),
+            wan: None,
         },
         t(),
         &rng,

@@ -1,5 +1,7 @@
 //! 3. VPN gateway address request
 
+use std::net::Ipv4Addr;
+
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::keys::SecretBytes;
 use vpnnat_proto::messages::{GatewayAddressRequest, GatewayInfo};
@@ -21,10 +23,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         headers: &AuthHeaders,
         body: &[u8],
         now: u64,
+        seen: Option<Ipv4Addr>,
     ) -> Result<Outgoing, CenterError> {
         let (v, _row, sid2) = self.verify_router::<GatewayAddressRequest>(path, headers, body, now)?;
         let tid = v.principal().clone();
         let slot = self.ensure_slot(&tid, now).await?;
+        let initiation = self.decide_initiation(&tid, v.command(), seen, now)?;
         let gw = self.settings.gateway(&slot.gateway).ok_or_else(|| {
             CenterError::Gateway(CommandError::Unknown {
                 target: slot.gateway.clone(),
@@ -34,9 +38,14 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             gateway_ip: gw.global_ip,
             gateway_ike_id: gw.ike_id.clone(),
             center_networks: self.settings.center_networks.clone(),
+            initiation,
         };
         let resp = info.seal(&self.rng, &tid, &v.command().reply_key)?;
-        log::info!("terminal={tid} VPN gateway {} slot {}", slot.gateway, slot.slot);
+        log::info!(
+            "terminal={tid} VPN gateway {} slot {}, {initiation}-initiated",
+            slot.gateway,
+            slot.slot
+        );
         self.answer(&v, &resp, &sid2.mac_key(), now)
     }
 

@@ -174,8 +174,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 target: slot.gateway.clone(),
                 reason: e.to_string(),
             })?;
+            let mode = self.initiation_of(tid.as_str()).map_err(|e| CommandError::BadAnswer {
+                target: slot.gateway.clone(),
+                reason: e.to_string(),
+            })?;
             self.gateways
-                .setup_tunnel(&slot.gateway, tid, router_ip, slot.slot, &psk)
+                .setup_tunnel_as(&slot.gateway, tid, router_ip, slot.slot, &psk, mode)
                 .await?;
             vpnnat_crashpoint::hit("center.grant.after_tunnel_setup");
         }

@@ -18,6 +18,7 @@ use ring::rand::SystemRandom;
 use thiserror::Error;
 use tokio::sync::Notify;
 use vpnnat_proto::auth::{AuthHeaders, Nonce, NonceStore, NonceStoreError, ReplayConfig, ReplayGuard};
+use vpnnat_proto::initiation::InitiationMode;
 use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MacKey, MaintenancePassword, Psk, SecretBytes, SecretId2};
 use vpnnat_proto::messages::{StateReport, TunnelStatus};
 use vpnnat_proto::types::{
@@ -29,6 +30,7 @@ use crate::routes::RouteProgrammer;
 use crate::storage::{Storage, StorageError, TerminalRow, TunnelState};
 
 mod gateway_address;
+mod initiation;
 mod installation;
 mod liveness;
 mod maintenance;
@@ -110,6 +112,29 @@ pub trait GatewayCommands: Send + Sync {
         slot: u16,
         psk: &Psk,
     ) -> impl Future<Output = Result<(), CommandError>> + Send;
+    /// [`GatewayCommands::setup_tunnel`] in a given initiation mode: in
+    /// `router` mode the gateway does not initiate but accepts the router's
+    /// IKE SA by its identity and PSK (issue 17). Gateways that only know
+    /// the seed's mode refuse `router`.
+    fn setup_tunnel_as(
+        &self,
+        gateway: &str,
+        terminal: &TerminalId,
+        router_ip: Ipv4Addr,
+        slot: u16,
+        psk: &Psk,
+        mode: InitiationMode,
+    ) -> impl Future<Output = Result<(), CommandError>> + Send {
+        async move {
+            match mode {
+                InitiationMode::Gateway => self.setup_tunnel(gateway, terminal, router_ip, slot, psk).await,
+                InitiationMode::Router => Err(CommandError::BadAnswer {
+                    target: gateway.to_owned(),
+                    reason: "router-initiated tunnels are not supported by this gateway client".into(),
+                }),
+            }
+        }
+    }
     fn add_addresses(
         &self,
         gateway: &str,

@@ -66,9 +66,10 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 }
                 _ => {
                     let psk = psk_of(&row)?;
+                    let mode = self.initiation_of(&tid_s)?;
                     if let Err(e) = self
                         .gateways
-                        .setup_tunnel(gateway, &tid, router_ip, slot.slot, &psk)
+                        .setup_tunnel_as(gateway, &tid, router_ip, slot.slot, &psk, mode)
                         .await
                     {
                         out.warnings.push(format!("setup {tid_s}: {e}"));

@@ -2,6 +2,7 @@ use super::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
+use vpnnat_proto::initiation::{InitiationPreference, WanAddress};
 use vpnnat_proto::keys::SecretId;
 use vpnnat_proto::messages::{
     FailureNotice, GatewayAddressRequest, GatewayAddressResponse, GatewayInfo, Grant, InstallRequest, InstallResponse,
@@ -71,6 +72,21 @@ impl GatewayCommands for Arc<FakeGateways> {
         e.0 = slot;
         e.1 = router_ip;
         Ok(())
+    }
+    async fn setup_tunnel_as(
+        &self,
+        gateway: &str,
+        terminal: &TerminalId,
+        router_ip: Ipv4Addr,
+        slot: u16,
+        psk: &Psk,
+        mode: InitiationMode,
+    ) -> Result<(), CommandError> {
+        if mode == InitiationMode::Router {
+            // Logged apart so the tests see which mode was commanded.
+            self.push(format!("await {gateway} {terminal}"))?;
+        }
+        self.setup_tunnel(gateway, terminal, router_ip, slot, psk).await
     }
     async fn add_addresses(&self, gateway: &str, terminal: &TerminalId, a: &[Ipv4Addr]) -> Result<(), CommandError> {
         self.push(format!("add {gateway} {terminal} {a:?}"))?;
@@ -236,6 +252,12 @@ pub(crate) struct TestRouter {
     pub id: TerminalId,
     pub sid2: Option<SecretId2>,
     pub secrets: Option<InstallSecrets>,
+    /// The source address its gateway address requests come from (issue
+    /// 17; `None`: unknown, as before).
+    pub seen: Option<Ipv4Addr>,
+    /// What it reports about its WAN and wants.
+    pub wan: Option<WanAddress>,
+    pub initiation: InitiationPreference,
 }
 
 impl TestRouter {
@@ -244,6 +266,9 @@ impl TestRouter {
             id: tid(id),
             sid2: None,
             secrets: None,
+            seen: None,
+            wan: None,
+            initiation: InitiationPreference::Auto,
         }
     }
 
@@ -336,10 +361,14 @@ impl TestRouter {
         let out = self.sign(
             &GatewayAddressRequest {
                 reply_key: kp.public_key(),
+                initiation: self.initiation,
+                wan: self.wan,
             },
             NOW,
         );
-        let resp = c.gateway_address(out.path, &out.headers, &out.body, NOW).await?;
+        let resp = c
+            .gateway_address(out.path, &out.headers, &out.body, NOW, self.seen)
+            .await?;
         let r: GatewayAddressResponse =
             decode_response::<GatewayAddressRequest>(&out, &self.key(), &resp.headers, &resp.body).unwrap();
         Ok(r.open(kp, &self.id).unwrap())
@@ -787,9 +816,8 @@ async fn maintenance_rejections_change_nothing() {
     // Details encrypted under another Secret(ID2): the MAC is right but they do not open.
     let (mut req, _) = r.maintenance_request(&["pc1"], ClaimantLevel::General);
     let other = TestRouter {
-        id: r.id.clone(),
         sid2: Some(SecretId2::from_array([3; 32])),
-        secrets: None,
+        ..TestRouter::new(r.id.as_str())
     };
     req.details = other.maintenance_request(&["pc1"], ClaimantLevel::General).0.details;
     let out = r.sign(&req, NOW);
@@ -815,9 +843,8 @@ async fn maintenance_rejections_change_nothing() {
         401
     );
     let stranger = TestRouter {
-        id: tid("router-9"),
         sid2: r.sid2.clone(),
-        secrets: None,
+        ..TestRouter::new("router-9")
     };
     let out = stranger.sign(&req, NOW);
     assert_eq!(
@@ -1431,4 +1458,82 @@ async fn gateway_down_marks_requests_skips_it_and_reconciles_when_back() {
     let o = c.gateway_back("gw1", NOW * 1000 + 8000).await.unwrap().unwrap();
     assert_eq!(o.torn_down, vec!["router-1".to_string()]);
     assert!(g.tunnels.lock().unwrap().is_empty());
+}
+
+/// Issue 17: the center decides who initiates each router's tunnel from
+/// what it sees, answers with it, remembers it for the gateway command,
+/// and audits each change with its reason.
+#[tokio::test]
+async fn initiation_mode_is_decided_answered_remembered_and_audited() {
+    let (c, g, _) = center_with("10.64.0.0/24", &[3]);
+    let initiation_audit = |c: &TestCenter| {
+        c.store()
+            .unwrap()
+            .audit_log(&crate::storage::AuditFilter {
+                action: Some("initiation".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    // A router with a public address: the seed's mode.
+    let mut public = TestRouter::new("router-1");
+    public.install(&c);
+    public.seen = Some(Ipv4Addr::new(203, 0, 113, 5));
+    public.wan = Some(WanAddress::Ipv4(Ipv4Addr::new(203, 0, 113, 5)));
+    assert_eq!(
+        public.gateway_address(&c).await.unwrap().initiation,
+        InitiationMode::Gateway
+    );
+    // Behind a NAT: its WAN address is not where its request came from.
+    let mut natted = TestRouter::new("router-2");
+    natted.install(&c);
+    natted.seen = Some(Ipv4Addr::new(203, 0, 113, 9));
+    natted.wan = Some(WanAddress::Ipv4(Ipv4Addr::new(192, 0, 2, 2)));
+    assert_eq!(
+        natted.gateway_address(&c).await.unwrap().initiation,
+        InitiationMode::Router
+    );
+    let row = c.store().unwrap().initiation_of("router-2").unwrap().unwrap();
+    assert_eq!(row.mode(), InitiationMode::Router);
+    assert!(row.reason.contains("behind NAT"), "{row:?}");
+    assert_eq!(row.seen_ip.as_deref(), Some("203.0.113.9"));
+    let audit = initiation_audit(&c);
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(audit[0].terminal_id.as_deref(), Some("router-2"));
+    assert!(
+        audit[0].detail.starts_with("router-initiated tunnel: behind NAT"),
+        "{audit:?}"
+    );
+    assert_eq!(audit[0].peer, "203.0.113.9");
+    assert!(
+        audit[1].detail.starts_with("gateway-initiated tunnel: public address"),
+        "{audit:?}"
+    );
+    // The same decision again is not audited again.
+    natted.gateway_address(&c).await.unwrap();
+    assert_eq!(initiation_audit(&c).len(), 2);
+    // The gateway is commanded in the decided mode.
+    g.take();
+    public.maintenance(&c, &["pc1"]).await.unwrap();
+    assert!(g.take().iter().all(|l| !l.starts_with("await")));
+    natted.maintenance(&c, &["pc1"]).await.unwrap();
+    assert_eq!(g.take()[0], "await gw1 router-2");
+    // A configured mode wins, and its change is audited.
+    natted.initiation = InitiationPreference::Gateway;
+    assert_eq!(
+        natted.gateway_address(&c).await.unwrap().initiation,
+        InitiationMode::Gateway
+    );
+    let audit = initiation_audit(&c);
+    assert_eq!(audit.len(), 3);
+    assert_eq!(audit[0].detail, "gateway-initiated tunnel: configured on the router");
+    // An old router (reports nothing) keeps the seed's mode.
+    let mut old = TestRouter::new("router-3");
+    old.install(&c);
+    old.seen = Some(Ipv4Addr::new(203, 0, 113, 9));
+    assert_eq!(
+        old.gateway_address(&c).await.unwrap().initiation,
+        InitiationMode::Gateway
+    );
 }

@@ -36,6 +36,7 @@ use thiserror::Error;
 
 mod audit;
 mod gateways;
+mod initiation;
 mod nonces;
 mod pool;
 mod requests;
@@ -44,6 +45,7 @@ mod terminals;
 
 pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use gateways::{GatewaySpec, GatewayUsage, LostTunnel, SlotRow, TunnelState};
+pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
 pub use pool::{pool_bounds, PoolUsage};
 pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
@@ -205,6 +207,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE gateways ADD COLUMN alive INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE gateways ADD COLUMN alive_changed_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 4: each router's tunnel initiation mode as last decided, with why
+    // (issue 17: routers behind NAT dial out).
+    r#"
+    CREATE TABLE tunnel_initiation (
+        terminal_id TEXT PRIMARY KEY,
+        mode TEXT NOT NULL CHECK (mode IN ('gateway', 'router')),
+        reason TEXT NOT NULL,
+        seen_ip TEXT,
+        decided_at INTEGER NOT NULL
+    );
     "#,
 ];
 

@@ -167,6 +167,8 @@ async fn login_list_start_end_logout() {
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["requests"][0]["state"], "ended");
     assert_eq!(v["pool"]["allocated"], 2);
+    // Issue 17: each router's tunnel initiation mode and why (none decided here).
+    assert_eq!(v["initiation"], serde_json::json!([]));
 
     // Ending again: a message, not a crash.
     let r = req(addr, "POST", &format!("/requests/{n}/end"), Some(&token), None).await;

@@ -137,6 +137,8 @@ impl Stack {
         let kp = ReplyKeyPair::generate(rng).unwrap();
         let request = GatewayAddressRequest {
             reply_key: kp.public_key(),
+            initiation: Default::default(),
+            wan: None,
         };
         let info = call(&self.center_addr, id, &secrets.secret_id2().mac_key(), &request, T, rng)
             .await

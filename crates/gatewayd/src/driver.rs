@@ -120,6 +120,15 @@ pub trait TunnelDriver: Send {
     /// tunnel afresh at once instead of waiting for dead-peer detection.
     /// Nothing to do for a tunnel not negotiated (no address yet).
     fn restart(&mut self, terminal: &TerminalId) -> Result<(), DriverError>;
+    /// Like [`TunnelDriver::setup`] for a router that dials in (issue 17):
+    /// the policies as usual, then the router is admitted by its IKE
+    /// identity instead of being connected to. Drivers without IKE refuse.
+    fn setup_dial_in(&mut self, spec: TunnelSpec) -> Result<(), DriverError> {
+        Err(DriverError::UnknownTunnel(format!(
+            "{} (router-initiated tunnels need gatewayd's IKE driver)",
+            spec.terminal_id
+        )))
+    }
     /// Every tunnel.
     fn tunnels(&self) -> Vec<TunnelInfo>;
     /// Brings the kernel to exactly what the driver's state says: removes

@@ -26,7 +26,11 @@ use vpnnat_proto::keys::{Psk, SecretBytes};
 use vpnnat_proto::messages::TunnelStatus;
 use vpnnat_proto::types::TerminalId;
 
+use super::dial_in::DialInTable;
 use super::driver::{DriverError, DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver, TunnelInfo, TunnelSpec};
+
+mod dial_in;
+use dial_in::{dial_in_event, start_listening, DialInUp};
 
 /// How long after a tunnel went down on its own IKE is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -77,6 +81,8 @@ struct IkeTunnel {
     slot: u16,
     psk: Psk,
     connected: bool,
+    /// The router dials in (issue 17): admitted, never connected to.
+    dial_in: bool,
 }
 
 /// What the event task knows of a router (by its address).
@@ -99,6 +105,9 @@ pub struct IkeTunnelDriver<D> {
     tunnels: BTreeMap<TerminalId, IkeTunnel>,
     peers: Peers,
     task: JoinHandle<()>,
+    /// Routers admitted to dial in, and which of them are up.
+    dial_in: Arc<DialInTable>,
+    dial_in_up: DialInUp,
 }
 
 impl<D> std::fmt::Debug for IkeTunnelDriver<D> {
@@ -129,14 +138,25 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
     ) -> Self {
         policy.set_connecting_detail(CONNECTING);
         let peers: Peers = Arc::new(Mutex::new(BTreeMap::new()));
-        let task = tokio::spawn(forward_ike_events(ike_events, events, peers.clone(), drv.clone()));
+        let center_ts = center_selectors(center_networks);
+        let (dial_in, dial_in_up) = start_listening(&drv, &center_ts);
+        let task = tokio::spawn(forward_ike_events(
+            ike_events,
+            events,
+            peers.clone(),
+            drv.clone(),
+            dial_in.clone(),
+            dial_in_up.clone(),
+        ));
         IkeTunnelDriver {
             policy,
             drv,
-            center_ts: center_selectors(center_networks),
+            center_ts,
             tunnels: BTreeMap::new(),
             peers,
             task,
+            dial_in,
+            dial_in_up,
         }
     }
 
@@ -182,6 +202,10 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
             return Ok(());
         };
         let router_ip = t.router_ip;
+        if t.dial_in {
+            self.sync_dial_in(terminal, addrs, changed);
+            return Ok(());
+        }
         match next_action(t.connected, addrs.len(), changed) {
             IkeAction::Nothing => {}
             IkeAction::Connect => {
@@ -246,6 +270,7 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
             }
             self.set_peer(old_ip, None);
         }
+        self.leave_dial_in(&terminal);
         self.tunnels.insert(
             terminal.clone(),
             IkeTunnel {
@@ -253,6 +278,7 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
                 slot: spec.slot,
                 psk: spec.psk,
                 connected: false,
+                dial_in: false,
             },
         );
         self.set_peer(
@@ -280,7 +306,12 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
         self.sync(terminal, changed)
     }
 
+    fn setup_dial_in(&mut self, spec: TunnelSpec) -> Result<(), DriverError> {
+        self.setup_dial_in_tunnel(spec)
+    }
+
     fn teardown(&mut self, terminal: &TerminalId) -> Result<(), DriverError> {
+        self.leave_dial_in(terminal);
         if let Some(t) = self.tunnels.remove(terminal) {
             // Forget the peer first: its "closed" event is not news (the
             // policy driver reports the teardown).
@@ -297,6 +328,12 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
             .tunnels
             .get(terminal)
             .ok_or_else(|| DriverError::UnknownTunnel(terminal.to_string()))?;
+        if t.dial_in {
+            // The router dials in again by itself (it lost its IKE SA);
+            // its new IKE SA replaces the old one here (INITIAL_CONTACT).
+            log::info!("terminal={terminal} tunnel: restart asked; the router dials in again");
+            return Ok(());
+        }
         let router_ip = t.router_ip;
         let cfg = self
             .peers
@@ -320,7 +357,8 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
             .tunnels()
             .into_iter()
             .map(|mut t| {
-                t.status = if self.drv.is_up(t.router_ip) {
+                let dialed_in = self.dial_in_up.lock().is_ok_and(|u| u.contains(&t.terminal_id));
+                t.status = if dialed_in || self.drv.is_up(t.router_ip) {
                     TunnelStatus::Up
                 } else {
                     TunnelStatus::Connecting
@@ -346,6 +384,8 @@ async fn forward_ike_events(
     events: UnboundedSender<DriverEvent>,
     peers: Peers,
     drv: DriverHandle,
+    dial_in: Arc<DialInTable>,
+    dial_in_up: DialInUp,
 ) {
     while let Some(ev) = rx.recv().await {
         let (peer, status, detail, retry) = match ev {
@@ -397,6 +437,32 @@ async fn forward_ike_events(
                 continue;
             }
             IkeEvent::ChildSaRemoved { .. } => continue,
+            IkeEvent::DialInUp { identity, remote, nat } => {
+                dial_in_event(
+                    &events,
+                    &dial_in,
+                    &dial_in_up,
+                    &identity,
+                    true,
+                    &format!(
+                        "IKE up: the router dialed in from {remote}{}",
+                        if nat { " (NAT detected, ESP in UDP)" } else { "" }
+                    ),
+                );
+                continue;
+            }
+            IkeEvent::DialInDown { identity, reason } => {
+                // Not retried from here: the router dials in again.
+                dial_in_event(
+                    &events,
+                    &dial_in,
+                    &dial_in_up,
+                    &identity,
+                    false,
+                    &format!("IKE down: {reason:?}"),
+                );
+                continue;
+            }
         };
         let Some(p) = peers.lock().ok().and_then(|m| m.get(&peer).cloned()) else {
             continue;

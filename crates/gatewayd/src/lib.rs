@@ -5,14 +5,17 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dial_in;
 pub mod driver;
 pub mod ike;
 
 use std::collections::BTreeMap;
+
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vpnnat_proto::initiation::InitiationMode;
 
 use ring::rand::SystemRandom;
 use thiserror::Error;
@@ -313,12 +316,18 @@ impl Gatewayd {
                 let v = self.verify::<SetupTunnel>(path, headers, body, now)?;
                 let c = v.command();
                 let psk = c.open_psk(&self.field_key)?;
-                self.driver()?.setup(TunnelSpec {
+                let spec = TunnelSpec {
                     terminal_id: c.terminal_id.clone(),
                     slot: c.slot,
                     router_ip: c.router_ip.get(),
                     psk,
-                })?;
+                };
+                match c.initiation {
+                    InitiationMode::Gateway => self.driver()?.setup(spec)?,
+                    // Issue 17: the router dials in; it is admitted by
+                    // its identity and PSK, not connected to.
+                    InitiationMode::Router => self.driver()?.setup_dial_in(spec)?,
+                }
                 self.answer(&v, &Ack {}, now)
             }
             paths::gateway::ADD_ADDRESSES => {

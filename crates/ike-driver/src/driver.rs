@@ -20,6 +20,9 @@ use crate::kernel::{
 use crate::net::{Ports, Sockets};
 use crate::{Cmd, DriverConfig, DriverError, DriverEvent, DriverHandle, TunnelConfig};
 
+mod dial_in;
+pub use dial_in::{DialInConfig, ReqidOf};
+
 const MAX_DATAGRAM: usize = 65_535;
 
 /// SPIs reserved in the kernel (larval SAs) and not installed yet, per peer.
@@ -201,6 +204,8 @@ struct Driver {
     spis: Option<Arc<dyn SpiAllocator>>,
     larval: Larval,
     shutting_down: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    /// Routers that dial in, by identity (issue 17).
+    listener: Option<dial_in::Listener>,
 }
 
 pub(crate) fn start(
@@ -230,6 +235,7 @@ pub(crate) fn start(
         spis,
         larval: Larval::default(),
         shutting_down: None,
+        listener: None,
     };
     tokio::spawn(d.run(cmd_rx, exp_rx));
     Ok((
@@ -298,7 +304,8 @@ impl Driver {
                 let idle = self
                     .tunnels
                     .values()
-                    .all(|t| t.children.is_empty() && !t.core.is_established());
+                    .all(|t| t.children.is_empty() && !t.core.is_established())
+                    && self.listener.as_ref().is_none_or(|l| l.idle());
                 if idle || Instant::now() >= *until {
                     self.finish_shutdown().await;
                     return;
@@ -309,6 +316,9 @@ impl Driver {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut d = self.shutting_down.as_ref().map(|(u, _)| *u);
+        if let Some(x) = self.listener.as_ref().and_then(|l| l.next_timeout()) {
+            d = Some(d.map_or(x, |d| d.min(x)));
+        }
         for t in self.tunnels.values() {
             for x in [t.core.next_timeout(), t.next_ike_rekey].into_iter().flatten() {
                 d = Some(d.map_or(x, |d| d.min(x)));
@@ -326,6 +336,10 @@ impl Driver {
         let src = self.cfg.ports.addr_to_core(src_wire);
         let dst = self.local_core(local_port);
         let Some(peer) = v4(src) else { return };
+        if !self.tunnels.contains_key(&peer) && self.listener.is_some() {
+            self.on_dial_in(src_wire, src, dst, payload).await;
+            return;
+        }
         if !self.tunnels.contains_key(&peer) {
             log::warn!("IKE from {src_wire}: not a configured peer, dropped");
             let _ = self.events.send(DriverEvent::Rejected {
@@ -369,9 +383,13 @@ impl Driver {
             }
             self.drain(peer).await;
         }
+        self.listener_timers().await;
     }
 
     async fn on_expire(&mut self, e: Expire) {
+        if self.listener_expire(&e).await {
+            return;
+        }
         let now = Instant::now();
         let found = self.tunnels.iter_mut().find_map(|(peer, t)| {
             t.children
@@ -489,6 +507,17 @@ impl Driver {
                 let res = self.with_tunnel(peer, |t, rng| Ok(t.core.rekey_ike(now, rng)?));
                 let _ = reply.send(res);
                 self.drain(peer).await;
+            }
+            Cmd::Listen(c, reply) => {
+                let _ = reply.send(self.listen(now, c));
+            }
+            Cmd::Refresh(id, reply) => {
+                let r = self.refresh(&id).await;
+                let _ = reply.send(r);
+            }
+            Cmd::HangUp(id, reply) => {
+                let r = self.hang_up(&id).await;
+                let _ = reply.send(r);
             }
             Cmd::Expired(e) => self.on_expire(e).await,
             Cmd::Shutdown(done) => match &mut self.shutting_down {
@@ -640,6 +669,8 @@ impl Driver {
     async fn begin_shutdown(&mut self, waiters: Vec<oneshot::Sender<()>>) {
         let now = Instant::now();
         self.shutting_down = Some((now + self.cfg.shutdown_grace, waiters));
+        self.close_listener(now);
+        self.drain_listener().await;
         let peers: Vec<Ipv4Addr> = self.tunnels.keys().copied().collect();
         for peer in peers {
             if let Some(t) = self.tunnels.get_mut(&peer) {
@@ -663,6 +694,7 @@ impl Driver {
         for peer in peers {
             self.remove_tunnel(peer, Some(DownReason::Closed));
         }
+        self.remove_listener();
         let (tx, rx) = oneshot::channel();
         self.kernel_op(KernelOp::Barrier(tx));
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
@@ -767,19 +799,56 @@ impl Driver {
                 return;
             };
             match out {
-                Output::Send(d) => {
-                    let sock = if d.src.port() == NAT_T_PORT {
-                        &self.socks.natt
-                    } else {
-                        &self.socks.ike
-                    };
-                    let dst = self.cfg.ports.addr_to_wire(d.dst);
-                    if let Err(e) = sock.send_to(&d.payload, dst).await {
-                        log::warn!("sending IKE to {dst}: {e}");
-                    }
-                }
+                Output::Send(d) => self.send(d).await,
                 Output::Event(ev) => self.on_event(peer, ev),
             }
+        }
+    }
+
+    async fn send(&self, d: vpnnat_ike::Datagram) {
+        let sock = if d.src.port() == NAT_T_PORT {
+            &self.socks.natt
+        } else {
+            &self.socks.ike
+        };
+        let dst = self.cfg.ports.addr_to_wire(d.dst);
+        if let Err(e) = sock.send_to(&d.payload, dst).await {
+            log::warn!("sending IKE to {dst}: {e}");
+        }
+    }
+
+    /// Puts a CHILD SA pair into the kernel (the outbound one later if the
+    /// core defers it) with `reqid`; what was installed.
+    fn install_child(&mut self, reqid: u32, c: &ChildSa) -> Option<Child> {
+        let (Some(local), Some(remote)) = (v4(c.local), v4(c.remote)) else {
+            log::error!("CHILD SA {:#010x}: not IPv4", c.inbound_spi);
+            return None;
+        };
+        let ports: Ports = self.cfg.ports;
+        let out_encap = c.encap.map(|(s, d)| Encap {
+            sport: ports.to_wire(s),
+            dport: ports.to_wire(d),
+        });
+        let in_encap = out_encap.map(|e| Encap {
+            sport: e.dport,
+            dport: e.sport,
+        });
+        let inbound = self.sa_spec(reqid, remote, local, c.inbound_spi, c.inbound_key.expose(), in_encap)?;
+        let outbound = self.sa_spec(reqid, local, remote, c.outbound_spi, c.outbound_key.expose(), out_encap)?;
+        let child = Child {
+            inbound: inbound.id(),
+            outbound: outbound.id(),
+            pending_out: None,
+        };
+        self.kernel_op(KernelOp::Add(Box::new(inbound)));
+        if c.outbound_deferred {
+            Some(Child {
+                pending_out: Some(Box::new(outbound)),
+                ..child
+            })
+        } else {
+            self.kernel_op(KernelOp::Add(Box::new(outbound)));
+            Some(child)
         }
     }
 

@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 use vpnnat_datapath::{DatapathError, Lifetime, SaId, SaSpec};
 use vpnnat_ike::{DownReason, Identity, Secret, TrafficSelector};
 
+pub use driver::{DialInConfig, ReqidOf};
 pub use kernel::{CountingSpis, Expire, KernelSpis, RecordingInstaller, SaInstaller, SaOp, SpiAllocator};
 pub use net::Ports;
 
@@ -82,6 +83,9 @@ pub enum DriverError {
     /// The driver task has stopped.
     #[error("the IKE driver has stopped")]
     Stopped,
+    /// No dial-in listener is set ([`DriverHandle::listen`]).
+    #[error("not accepting dial-in IKE")]
+    NotListening,
 }
 
 /// Settings of one driver (one local address).
@@ -203,6 +207,23 @@ pub enum DriverEvent {
         /// Why.
         error: String,
     },
+    /// A router that dialed in (issue 17) has its tunnel: its first CHILD
+    /// SA pair is in the kernel.
+    DialInUp {
+        /// The identity it authenticated as.
+        identity: Identity,
+        /// Where its IKE came from (its NAT's public address and port).
+        remote: SocketAddr,
+        /// A NAT was detected (ESP-in-UDP in use).
+        nat: bool,
+    },
+    /// A dialed-in router's tunnel is gone; its SAs were removed.
+    DialInDown {
+        /// Its identity.
+        identity: Identity,
+        /// Why.
+        reason: DownReason,
+    },
     /// The kernel refused an SA.
     KernelError {
         /// The SA.
@@ -225,6 +246,9 @@ pub(crate) enum Cmd {
     RekeyIke(Ipv4Addr, Reply),
     Expired(Expire),
     Shutdown(oneshot::Sender<()>),
+    Listen(DialInConfig, Reply),
+    HangUp(Identity, Reply),
+    Refresh(Identity, Reply),
 }
 
 /// A request for [`DriverHandle::request_detached`].
@@ -240,6 +264,10 @@ pub enum Request {
     Restart(TunnelConfig),
     /// [`DriverHandle::set_traffic_selectors`].
     SetTrafficSelectors(Ipv4Addr, Vec<TrafficSelector>, Vec<TrafficSelector>),
+    /// [`DriverHandle::hang_up`].
+    HangUp(Identity),
+    /// [`DriverHandle::refresh_dial_in`].
+    RefreshDialIn(Identity),
 }
 
 impl Request {
@@ -250,6 +278,8 @@ impl Request {
             Request::Disconnect(p) => format!("disconnect from {p}"),
             Request::Restart(t) => format!("restart with {}", t.peer),
             Request::SetTrafficSelectors(p, ..) => format!("new traffic selectors with {p}"),
+            Request::HangUp(i) => format!("hang up on {}", String::from_utf8_lossy(&i.data)),
+            Request::RefreshDialIn(i) => format!("refresh {}", String::from_utf8_lossy(&i.data)),
         }
     }
 }
@@ -336,6 +366,8 @@ impl DriverHandle {
             Request::Disconnect(p) => Cmd::Disconnect(p, tx),
             Request::Restart(t) => Cmd::Restart(t, tx),
             Request::SetTrafficSelectors(p, l, r) => Cmd::SetTs(p, l, r, tx),
+            Request::HangUp(i) => Cmd::HangUp(i, tx),
+            Request::RefreshDialIn(i) => Cmd::Refresh(i, tx),
         };
         self.tx.send(cmd).map_err(|_| DriverError::Stopped)?;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -398,6 +430,26 @@ impl DriverHandle {
         remote_ts: Vec<TrafficSelector>,
     ) -> Result<(), DriverError> {
         self.call(|r| Cmd::SetTs(peer, local_ts, remote_ts, r)).await
+    }
+
+    /// Accepts IKE from routers that dial in (issue 17), from any address
+    /// that is not a configured peer: `c.lookup` admits each by its
+    /// identity with its own PSK and selectors; its SAs get
+    /// `c.reqid_of(identity)`. Reported as [`DriverEvent::DialInUp`] /
+    /// [`DriverEvent::DialInDown`]. Replaces an earlier listener.
+    pub async fn listen(&self, c: DialInConfig) -> Result<(), DriverError> {
+        self.call(|r| Cmd::Listen(c, r)).await
+    }
+
+    /// Deletes the IKE SAs of a router that dialed in (its VPN ended).
+    pub async fn hang_up(&self, identity: Identity) -> Result<(), DriverError> {
+        self.call(|r| Cmd::HangUp(identity, r)).await
+    }
+
+    /// A dialed-in router's grants changed: its live IKE SAs take the
+    /// lookup's current answer (refused now: hung up on).
+    pub async fn refresh_dial_in(&self, identity: Identity) -> Result<(), DriverError> {
+        self.call(|r| Cmd::Refresh(identity, r)).await
     }
 
     /// Rekeys the tunnel's CHILD SAs now.

@@ -83,6 +83,10 @@ pub enum Error {
     /// The peer's identity is not the configured one.
     #[error("peer identity does not match")]
     IdentityMismatch,
+    /// A responder with a [`crate::session::PeerLookup`] knows no peer by
+    /// the presented identity (or refuses it).
+    #[error("unknown peer identity")]
+    UnknownIdentity,
     /// The traffic selectors are not acceptable.
     #[error("traffic selectors unacceptable")]
     TsUnacceptable,

@@ -96,7 +96,7 @@ pub use event::{ChildSa, Datagram, DownReason, Event, Mode, Output};
 pub use initiator::{Initiator, InitiatorConfig};
 pub use keys::{EncrAlg, EspSuite, IkeSuite};
 pub use responder::{Responder, ResponderConfig};
-pub use session::{SaConfig, SaState, SpiSource};
+pub use session::{PeerLookup, SaConfig, SaState, SpiSource};
 pub use timers::RetransmitConfig;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ring::hmac;
 use ring::rand::SecureRandom;
 
+use crate::codec::Identity;
 use crate::codec::{
     self, encode_message, notify_type as nt, ExchangeType, Header, Message, Notify, Payload, TrafficSelector,
 };
@@ -39,6 +40,12 @@ pub struct ResponderConfig {
 }
 
 impl ResponderConfig {
+    /// A responder for many peers, each known by its IKE identity through
+    /// `sa.peer_lookup` (which must be set); any source address.
+    pub fn by_identity(sa: SaConfig) -> Self {
+        Self::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), sa)
+    }
+
     /// Defaults: cookies from 8 half-open SAs, at most 64 half-open (one
     /// gateway talks to a router: a handful is already unusual), secret
     /// rotated every 5 min.
@@ -164,7 +171,10 @@ impl Responder {
         let Some(ike) = strip_marker(dst, payload)? else {
             return Ok(()); // NAT-T keepalive
         };
-        if src.ip() != self.allowed_peer {
+        // A responder that picks each SA's configuration by the peer's
+        // identity serves peers wherever they are (behind NATs that share
+        // and change addresses): the address decides nothing there.
+        if self.cfg.peer_lookup.is_none() && src.ip() != self.allowed_peer {
             return Err(Error::PeerNotAllowed(src.ip()));
         }
         let msg = Message::parse(ike)?;
@@ -181,10 +191,25 @@ impl Responder {
         };
         let fx = self.table.dispatch(&rx, rng)?;
         if fx.initial_contact {
-            // The gateway restarted: SAs it had with us before are stale.
+            // The peer restarted: SAs it had with us before are stale. With
+            // a peer lookup "the peer" is an identity (several routers
+            // behind one NAT share the address: one's restart must not
+            // take the others' SAs); otherwise it is the address.
             let keep = (h.spi_i, h.spi_r);
+            let by_id = self.cfg.peer_lookup.is_some();
+            let who = self
+                .table
+                .sas
+                .iter()
+                .find(|sa| sa.spis() == keep)
+                .and_then(|sa| sa.peer_id().cloned());
             for sa in &mut self.table.sas {
-                if sa.spis() != keep && sa.remote.ip() == src.ip() && sa.state != SaState::HalfOpen {
+                let same_peer = if by_id {
+                    who.is_some() && sa.peer_id() == who.as_ref()
+                } else {
+                    sa.remote.ip() == src.ip()
+                };
+                if sa.spis() != keep && same_peer && sa.state != SaState::HalfOpen {
                     sa.replaced(&mut self.table.out);
                 }
             }
@@ -280,6 +305,81 @@ impl Responder {
     /// cookies are in use and the lifetime has passed).
     pub fn rotate_cookie_secret(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
         Ok(self.cookies.rotate(now, rng)?)
+    }
+
+    /// With a peer lookup: the identity whose IKE SA holds the CHILD SA
+    /// with this inbound SPI.
+    pub fn peer_of_child(&self, inbound_spi: u32) -> Option<Identity> {
+        self.table
+            .sas
+            .iter()
+            .find(|sa| sa.child_spis().iter().any(|(i, _)| *i == inbound_spi))
+            .and_then(|sa| sa.peer_id().cloned())
+    }
+
+    /// With a peer lookup: the identity of the IKE SA with these SPIs.
+    pub fn peer_of_ike(&self, spis: (u64, u64)) -> Option<Identity> {
+        self.table
+            .sas
+            .iter()
+            .find(|sa| sa.spis() == spis)
+            .and_then(|sa| sa.peer_id().cloned())
+    }
+
+    /// With a peer lookup: deletes every established IKE SA of `peer` (an
+    /// INFORMATIONAL DELETE each; their CHILD SAs go with them). The other
+    /// peers' SAs are not touched, unlike [`Responder::close`].
+    pub fn close_peer(&mut self, peer: &Identity, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
+        let mut found = false;
+        for sa in &mut self.table.sas {
+            if sa.peer_id() == Some(peer) && sa.state == SaState::Established {
+                found = true;
+                sa.request(now, Queued::DeleteIke, rng, &mut self.table.out)?;
+            }
+        }
+        self.table.reap();
+        if found {
+            Ok(())
+        } else {
+            Err(Error::NotEstablished)
+        }
+    }
+
+    /// With a peer lookup: gives `peer`'s IKE SAs a new configuration (its
+    /// grants changed), used from their next exchange (e.g. the router's
+    /// CHILD SA rekey with the new selectors).
+    pub fn update_peer(&mut self, peer: &Identity, cfg: Arc<SaConfig>) {
+        for sa in &mut self.table.sas {
+            if sa.peer_id() == Some(peer) {
+                sa.set_config(cfg.clone());
+            }
+        }
+    }
+
+    /// With a peer lookup: acts on the CHILD SA with this inbound SPI in
+    /// whichever peer's IKE SA holds it (a kernel expire): rekey (`hard`
+    /// false) or delete.
+    pub fn expire_child(
+        &mut self,
+        inbound_spi: u32,
+        hard: bool,
+        now: Instant,
+        rng: &dyn SecureRandom,
+    ) -> Result<(), Error> {
+        let sa = self
+            .table
+            .sas
+            .iter_mut()
+            .find(|sa| sa.state == SaState::Established && sa.child_spis().iter().any(|(i, _)| *i == inbound_spi))
+            .ok_or(Error::UnknownChild(inbound_spi))?;
+        let what = if hard {
+            Queued::DeleteChild(inbound_spi)
+        } else {
+            Queued::RekeyChild(inbound_spi)
+        };
+        let r = sa.request(now, what, rng, &mut self.table.out);
+        self.table.reap();
+        r
     }
 
     /// Number of half-open IKE SAs.

@@ -74,6 +74,7 @@ mod b64;
 pub mod decode;
 pub mod error;
 pub mod form;
+pub mod initiation;
 pub mod keys;
 pub mod messages;
 pub mod paths;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::auth::Direction;
 use crate::decode::{Command, KeyKind};
 use crate::error::ProtoError;
+use crate::initiation::{InitiationMode, InitiationPreference, WanAddress};
 use crate::keys::{sealed_serde, MaintenancePassword, Psk, SecretBytes, SecretId2};
 use crate::paths;
 use crate::seal::{self, EncryptedField, FieldKey, FieldPurpose, ReplyKeyPair, ReplyPublicKey, SealPurpose, SealedBox};
@@ -220,6 +221,13 @@ impl Command for FailureNotice {
 #[serde(deny_unknown_fields)]
 pub struct GatewayAddressRequest {
     pub reply_key: ReplyPublicKey,
+    /// The router's configured tunnel initiation mode (absent: `auto`).
+    #[serde(default, skip_serializing_if = "InitiationPreference::is_auto")]
+    pub initiation: InitiationPreference,
+    /// The router's WAN IPv4 address, or that it has none (absent: not
+    /// reported, as from routers before issue 17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan: Option<WanAddress>,
 }
 
 impl Command for GatewayAddressRequest {
@@ -250,6 +258,10 @@ pub struct GatewayInfo {
     pub gateway_ike_id: IkeIdentity,
     /// Center-side networks the tunnel carries (the remote traffic selector).
     pub center_networks: BoundedSet<Ipv4Cidr, 1, MAX_CENTER_NETWORKS>,
+    /// Who initiates the tunnel. Absent (the seed's `gateway`) is not
+    /// written, so older routers still read answers in that mode.
+    #[serde(default, skip_serializing_if = "InitiationMode::is_gateway")]
+    pub initiation: InitiationMode,
 }
 
 impl GatewayInfo {
@@ -530,6 +542,11 @@ pub struct SetupTunnel {
     /// The tunnel slot number in the center's gateway-tunnel table.
     pub slot: u16,
     pub psk: EncryptedField,
+    /// `router`: do not initiate; accept the router's IKE SA, identified
+    /// by its IKE identity and this PSK (`router_ip` is then only where the
+    /// center last saw it). Absent: the seed's `gateway`.
+    #[serde(default, skip_serializing_if = "InitiationMode::is_gateway")]
+    pub initiation: InitiationMode,
 }
 
 impl Command for SetupTunnel {
@@ -556,6 +573,7 @@ impl SetupTunnel {
             router_ip,
             slot,
             psk,
+            initiation: InitiationMode::Gateway,
         })
     }
 

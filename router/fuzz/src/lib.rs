@@ -261,6 +261,7 @@ fn fixture() -> &'static Fixture {
             gateway_ip: UnicastAddr::new(Ipv4Addr::new(198, 51, 100, 10)).unwrap(),
             gateway_ike_id: IkeIdentity::new("gw-a.center.example").unwrap(),
             center_networks: BoundedSet::new(vec!["172.16.0.0/24".parse().unwrap()]).unwrap(),
+            initiation: Default::default(),
         };
         let resp = info.seal(&rng, &id.terminal_id, &reply_key).unwrap();
         let key = installed.installation.as_ref().unwrap().secret_id2.mac_key();
@@ -546,6 +547,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         gateway_ip: UnicastAddr::new(Ipv4Addr::new(198, 51, 100, 10)).unwrap(),
         gateway_ike_id: IkeIdentity::new("gw-a.center.example").unwrap(),
         center_networks: BoundedSet::new(vec!["172.16.0.0/24".parse().unwrap()]).unwrap(),
+        initiation: Default::default(),
     };
     let grants = Grants::new(vec![Grant {
         terminal_name: TerminalName::new("pc1").unwrap(),

@@ -22,6 +22,7 @@ fn settings(peer: &str, psk: u8, hosts: &[&str]) -> ResponderSettings {
         remote_ts: vec![Ipv4Cidr::new(ip("10.64.0.0"), 16).unwrap()],
         reqid: 0x5650_0100,
         terminal_id: "home-1".into(),
+        dial_out: false,
     }
 }
 
@@ -33,6 +34,7 @@ fn describe(r: &Request) -> String {
         Request::Disconnect(p) => format!("disconnect {p}"),
         Request::Restart(t) => format!("restart {}", t.peer),
         Request::SetTrafficSelectors(p, l, _) => format!("set-ts {p} ts={}", l.len()),
+        Request::HangUp(i) | Request::RefreshDialIn(i) => format!("dial-in {}", String::from_utf8_lossy(&i.data)),
     }
 }
 

@@ -523,6 +523,7 @@ fn settle_state(requests: &[(u64, &str, RequestState)], hosts: &[&str]) -> Route
         ip: Ipv4Addr::new(198, 51, 100, 21),
         ike_id: "gw1.center.example".into(),
         center_networks: Vec::new(),
+        initiation: Default::default(),
     });
     for (i, h) in hosts.iter().enumerate() {
         s.hosts.insert(
@@ -581,4 +582,43 @@ fn settle_ends_the_vpn_when_no_request_is_open() {
     // a gateway from exchange 3 without the request that should follow
     let s = settle_state(&[], &[]);
     assert!(settle(&s).unwrap().gateway.is_none());
+}
+
+/// Issue 17: the router tells the center what it wants and what its WAN
+/// address is, and keeps the mode the center answered.
+#[test]
+fn gateway_request_reports_the_wan_and_keeps_the_answered_mode() {
+    use vpnnat_proto::initiation::{InitiationMode, InitiationPreference, WanAddress};
+    let mut w = World::new();
+    w.install();
+    let wan = WanAddress::Ipv4(Ipv4Addr::new(192, 0, 2, 2));
+    for (source, pref, want) in [
+        (
+            Ipv4Addr::new(203, 0, 113, 9),
+            InitiationPreference::Auto,
+            InitiationMode::Router,
+        ),
+        (
+            Ipv4Addr::new(192, 0, 2, 2),
+            InitiationPreference::Auto,
+            InitiationMode::Gateway,
+        ),
+        (
+            Ipv4Addr::new(203, 0, 113, 9),
+            InitiationPreference::Gateway,
+            InitiationMode::Gateway,
+        ),
+    ] {
+        w.center.source = Some(source);
+        let p = begin_gateway_as(&w.id, &w.state, &w.rng, NOW, pref, Some(wan)).unwrap();
+        let sent: GatewayAddressRequest = serde_json::from_slice(&p.outgoing.body).unwrap();
+        assert_eq!((sent.initiation, sent.wan), (pref, Some(wan)));
+        let reply = w.center.answer(&p.outgoing);
+        w.state = finish_gateway(&w.id, &w.state, p, &reply).unwrap();
+        assert_eq!(w.state.gateway.as_ref().unwrap().initiation, want, "{source} {pref:?}");
+    }
+    // The seed's mode is not written to the state file (older routerd
+    // versions read it back after a downgrade).
+    let json = serde_json::to_string(w.state.gateway.as_ref().unwrap()).unwrap();
+    assert!(!json.contains("initiation"), "{json}");
 }

@@ -415,6 +415,8 @@ async fn cycle(
     let kp = ReplyKeyPair::generate(&rng).map_err(|e| e.to_string())?;
     let cmd = GatewayAddressRequest {
         reply_key: kp.public_key(),
+        initiation: Default::default(),
+        wan: None,
     };
     let resp = call_with(api, &r.id, &sid2.mac_key(), &cmd, t, &rng, &xff)
         .await

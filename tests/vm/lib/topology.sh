@@ -2,14 +2,21 @@
 # tests/vm/lib/topology.sh — the TESTBED topology with the real daemons,
 # sourced by the scenarios that need it (e2e.sh, and the reliability
 # scenarios). Reads the INTERFACES.md variables (ROUTERS, GATEWAYS,
-# SLOTS_PER_GATEWAY, LAN_CIDR, POOL_CIDR, HOSTS_PER_LAN) and:
+# SLOTS_PER_GATEWAY, LAN_CIDR, POOL_CIDR, HOSTS_PER_LAN, HOME_NAT, CGNAT)
+# and:
 #   TOPO_SERVED_ONLY=1  only the homes the gateways can serve (no filler
 #                       homes, no refused home)
+# HOME_NAT=N puts homes 1..N behind a masquerading NAT of their own
+# (namespace hnK between the router's WAN and the internet, or the carrier
+# NAT); CGNAT=N puts homes 1..N behind one shared carrier NAT (namespace
+# cgn, one public address for all). The NATs' inside segments are planned
+# clear of LAN_CIDR, POOL_CIDR and the center's and internet's networks.
 # and leaves behind: namespaces inet clan server operator gwN rK rKhI,
 # configs under $W, centerd/gatewayd/routerd running (PIDS, CENTERD_PID),
 # and the helpers below (nsx from check.sh, wait_for, http_get, tcp_open,
 # ROUTERD, status_of, installed, field, request, list_requests,
-# show_router, vpn_gone, tid, wan_ip, host_ip, kind, hosts_of, gws, homes).
+# show_router, vpn_gone, tid, wan_ip, router_wan, public_ip, nated, host_ip,
+# kind, hosts_of, gws, homes).
 # The caller sources lib/check.sh first.
 
 ROUTERS=${ROUTERS:-2}
@@ -18,6 +25,8 @@ SLOTS_PER_GATEWAY=${SLOTS_PER_GATEWAY:-4}
 LAN_CIDR=${LAN_CIDR:-192.168.1.0/24}
 POOL_CIDR=${POOL_CIDR:-10.64.0.0/16}
 HOSTS_PER_LAN=${HOSTS_PER_LAN:-2}
+HOME_NAT=${HOME_NAT:-0}
+CGNAT=${CGNAT:-0}
 E2E_WAIT=${E2E_WAIT:-90} # s to wait for any one asynchronous outcome
 
 W=${TOPO_DIR:-/run/e2e}
@@ -36,7 +45,7 @@ ip2int() {
 int2ip() { echo "$((($1 >> 24) & 255)).$((($1 >> 16) & 255)).$((($1 >> 8) & 255)).$(($1 & 255))"; }
 cidr_ok() { echo "$1" | grep -Eq '^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$'; }
 
-for v in ROUTERS GATEWAYS SLOTS_PER_GATEWAY HOSTS_PER_LAN; do
+for v in ROUTERS GATEWAYS SLOTS_PER_GATEWAY HOSTS_PER_LAN HOME_NAT CGNAT; do
 	eval "x=\$$v"
 	# shellcheck disable=SC2154
 	echo "$x" | grep -Eq '^[0-9]+$' || {
@@ -144,6 +153,95 @@ hosts_of() { case $(kind "$1") in real | refused) echo "$HOSTS_PER_LAN" ;; *) ec
 wan_ip() { echo "198.51.100.$((100 + $1))"; }
 tid() { echo "home-$1"; }
 
+# ---------------------------------------------------------------- NATs
+# net_overlaps A/LA B/LB: the two networks share an address
+net_overlaps() {
+	local a=${1%/*} la=${1#*/} b=${2%/*} lb=${2#*/} l m
+	l=$la
+	[ "$lb" -lt "$l" ] && l=$lb
+	m=$(((0xffffffff << (32 - l)) & 0xffffffff))
+	[ $(($(ip2int "$a") & m)) -eq $(($(ip2int "$b") & m)) ]
+}
+# pick_net: the first /24 candidate clear of every network in use
+TAKEN="$LAN_CIDR $POOL_CIDR 172.16.0.0/24 198.51.100.0/24"
+pick_net() {
+	local c t ok
+	for c in 100.64.0.0/24 100.65.0.0/24 192.0.2.0/24 203.0.113.0/24 10.255.254.0/24 172.31.254.0/24 192.168.254.0/24; do
+		ok=1
+		for t in $TAKEN; do net_overlaps "$c" "$t" && ok=0; done
+		[ $ok = 1 ] && {
+			echo "$c"
+			return 0
+		}
+	done
+	return 1
+}
+CG_NET="" HN_NET=""
+if [ "$CGNAT" -gt 0 ]; then
+	CG_NET=$(pick_net) || {
+		echo "topology: no free /24 for the carrier NAT's inside"
+		exit 2
+	}
+	TAKEN="$TAKEN $CG_NET"
+fi
+if [ "$HOME_NAT" -gt 0 ]; then
+	HN_NET=$(pick_net) || {
+		echo "topology: no free /24 for the home NATs' insides"
+		exit 2
+	}
+	TAKEN="$TAKEN $HN_NET"
+fi
+[ "$HOME_NAT" -le 60 ] && [ "$CGNAT" -le 200 ] || {
+	echo "topology: HOME_NAT must be at most 60 and CGNAT at most 200"
+	exit 2
+}
+CG_PUBLIC=198.51.100.2 # the carrier NAT's one public address
+# nated K: home K sits behind some NAT
+nated() { [ "$1" -le "$HOME_NAT" ] || [ "$1" -le "$CGNAT" ]; }
+behind_cgnat() { [ "$1" -le "$CGNAT" ]; }
+behind_home_nat() { [ "$1" -le "$HOME_NAT" ]; }
+# the carrier NAT's inside address of home K (its home NAT's or its own)
+cg_inside() { int2ip $(($(ip2int "${CG_NET%/*}") + 10 + $1)); }
+# router_wan K: the address on the router's own WAN; router_wan_gw K: its
+# next hop; router_wan_len K: the prefix length
+router_wan() {
+	if behind_home_nat "$1"; then
+		int2ip $(($(ip2int "${HN_NET%/*}") + 4 * ($1 - 1) + 2))
+	elif behind_cgnat "$1"; then
+		cg_inside "$1"
+	else
+		wan_ip "$1"
+	fi
+}
+router_wan_gw() {
+	if behind_home_nat "$1"; then
+		int2ip $(($(ip2int "${HN_NET%/*}") + 4 * ($1 - 1) + 1))
+	elif behind_cgnat "$1"; then
+		int2ip $(($(ip2int "${CG_NET%/*}") + 1))
+	else
+		echo 198.51.100.1
+	fi
+}
+router_wan_len() {
+	if behind_home_nat "$1"; then echo 30; elif behind_cgnat "$1"; then echo 24; else echo 24; fi
+}
+# public_ip K: where the internet (the center, the gateways) sees home K
+public_ip() { if behind_cgnat "$1"; then echo "$CG_PUBLIC"; else wan_ip "$1"; fi; }
+# masquerade NS OUT_IF: a NAT without port forwards: what leaves by OUT_IF
+# is masqueraded, what comes in by it passes only as an answer
+masquerade() {
+	must nsx "$1" sysctl -qw net.ipv4.ip_forward=1
+	printf '%s\n' "table ip topo_nat {" \
+		"  chain post { type nat hook postrouting priority srcnat; oifname \"$2\" masquerade; }" \
+		"  chain fwd { type filter hook forward priority filter; policy accept;" \
+		"    iifname \"$2\" ct state established,related accept; iifname \"$2\" drop; }" \
+		"  chain inp { type filter hook input priority filter; policy accept;" \
+		"    iifname \"$2\" ct state established,related accept; iifname \"$2\" drop; }" \
+		"}" | must nsx "$1" "$NFT" -f -
+}
+[ "$HOME_NAT$CGNAT" = 00 ] ||
+	say "NATs: HOME_NAT=$HOME_NAT${HN_NET:+ (insides in $HN_NET)} CGNAT=$CGNAT${CG_NET:+ (inside $CG_NET, public $CG_PUBLIC)}"
+
 PIDS=""
 cleanup() {
 	# shellcheck disable=SC2086
@@ -196,12 +294,49 @@ for ns in server $(gws); do
 	nsx $ns sysctl -qw net.ipv4.conf.all.rp_filter=0 2>/dev/null
 done
 
+if [ "$CGNAT" -gt 0 ]; then
+	# the carrier NAT: inside bridge br0, outside on the internet
+	must "$IP" netns add cgn
+	must nsx cgn "$IP" link set lo up
+	plug cgn eth0 inet i-cgn "$CG_PUBLIC/24"
+	must nsx cgn "$IP" route add default via 198.51.100.1
+	must nsx cgn "$IP" link add br0 type bridge
+	must nsx cgn "$IP" addr add "$(int2ip $(($(ip2int "${CG_NET%/*}") + 1)))/24" dev br0
+	must nsx cgn "$IP" link set br0 up
+	masquerade cgn eth0
+fi
+# uplink NS DEV K ADDR/LEN GW: NS's way out for home K (the internet, or
+# the carrier NAT's inside for a home behind it)
+uplink() {
+	if behind_cgnat "$3"; then
+		plug "$1" "$2" cgn "c-$1" "$(cg_inside "$3")/24"
+		must nsx "$1" "$IP" route add default via "$(int2ip $(($(ip2int "${CG_NET%/*}") + 1)))"
+	else
+		plug "$1" "$2" inet "i-$1" "$(wan_ip "$3")/24"
+		must nsx "$1" "$IP" route add default via 198.51.100.1
+	fi
+}
+
 for k in $(seq 1 "$HOMES"); do
 	r=r$k
 	must "$IP" netns add $r
 	must nsx $r "$IP" link set lo up
-	plug $r eth0 inet i-r$k "$(wan_ip $k)/24"
-	must nsx $r "$IP" route add default via 198.51.100.1
+	if behind_home_nat $k; then
+		# the home's own NAT between the router's WAN and the uplink
+		n=hn$k
+		must "$IP" netns add $n
+		must nsx $n "$IP" link set lo up
+		uplink $n eth0 $k
+		must veth $r eth0 $n in0
+		must nsx $n "$IP" addr add "$(router_wan_gw $k)/30" dev in0
+		must nsx $n "$IP" link set in0 up
+		must nsx $r "$IP" addr add "$(router_wan $k)/30" dev eth0
+		must nsx $r "$IP" link set eth0 up
+		must nsx $r "$IP" route add default via "$(router_wan_gw $k)"
+		masquerade $n eth0
+	else
+		uplink $r eth0 $k
+	fi
 	must nsx $r "$IP" link add br0 type bridge
 	must nsx $r "$IP" addr add "$LAN_GW/$LAN_LEN" dev br0
 	must nsx $r "$IP" link set br0 up
@@ -219,7 +354,7 @@ for k in $(seq 1 "$HOMES"); do
 		PIDS="$PIDS $!"
 	done
 	# the router part (VPNNAT -> the router's WAN address) answers too
-	nsx $r vpnnat-probe serve --listen "$(wan_ip $k):$PORT" --token "$(tid $k)/router" --lifetime-secs 3000 &
+	nsx $r vpnnat-probe serve --listen "$(router_wan $k):$PORT" --token "$(tid $k)/router" --lifetime-secs 3000 &
 	PIDS="$PIDS $!"
 done
 # something beyond the LAN that must stay out of reach
@@ -328,8 +463,8 @@ retry_max_secs = 5
 
 [wan]
 interface = "eth0"
-address = "$(wan_ip $k)/24"
-gateway = "198.51.100.1"
+address = "$(router_wan $k)/$(router_wan_len $k)"
+gateway = "$(router_wan_gw $k)"
 
 [lan]
 interface = "br0"
@@ -423,8 +558,11 @@ vpn_gone() {
 	local g
 	show_router "$(tid $1)" | tr -d ' \n' | grep -q '"slot":null' || return 1
 	[ -z "$(nsx r$1 "$IP" xfrm state)" ] && [ -z "$(nsx r$1 "$IP" xfrm policy | grep -v '^$')" ] || return 1
+	# (behind the carrier NAT the gateways' SAs of every such home share
+	# one address: the end of the scenario checks that none is left)
+	behind_cgnat "$1" && return 0
 	for g in $(gws); do
-		nsx $g "$IP" xfrm state | grep -q "$(wan_ip $1)" && return 1
+		nsx $g "$IP" xfrm state | grep -q "$(public_ip $1)" && return 1
 	done
 	return 0
 }

@@ -263,6 +263,17 @@ fn print_event(ev: DriverEvent) -> bool {
         DriverEvent::RekeyFailed { peer, child } => say(&format!("REKEY_FAILED {peer} {child:?}")),
         DriverEvent::Rejected { from, error } => say(&format!("REJECTED {from} {error}")),
         DriverEvent::KernelError { sa, error } => say(&format!("KERNEL_ERROR {sa} {error}")),
+        DriverEvent::DialInUp { identity, remote, nat } => say(&format!(
+            "DIAL_IN_UP {} {remote} nat={}",
+            String::from_utf8_lossy(&identity.data),
+            u8::from(nat)
+        )),
+        DriverEvent::DialInDown { identity, reason } => {
+            say(&format!(
+                "DIAL_IN_DOWN {} {reason:?}",
+                String::from_utf8_lossy(&identity.data)
+            ));
+        }
     }
     true
 }

@@ -270,3 +270,79 @@ async fn restart_negotiates_a_fresh_ike_sa_at_once() {
     gh.shutdown().await;
     rh.shutdown().await;
 }
+
+/// Issue 17: in router mode the gateway admits the router by identity and
+/// PSK once it holds a slot with a grant; a second grant is carried after
+/// the router's rekey; teardown hangs up on it and leaves no SA.
+#[tokio::test]
+async fn a_router_mode_tunnel_is_admitted_by_identity_and_torn_down() {
+    let mut sides = None;
+    for _ in 0..20 {
+        let ports = free_ports();
+        let g = start(GW, ports).await;
+        let mut cfg = DriverConfig::new(RT);
+        cfg.ports = ports;
+        cfg.kernel_events = false;
+        cfg.shutdown_grace = Duration::from_secs(1);
+        cfg.identity = super::super::dial_in::router_identity(&tid("router-1"));
+        let r = IkeDriver::start(cfg, Box::new(RecordingInstaller::new())).await.ok();
+        if let (Some(g), Some(r)) = (g, r) {
+            sides = Some((g, r));
+            break;
+        }
+    }
+    let ((gh, gev, grec), (rh, mut rev)) = sides.expect("no free ports on loopback");
+    let (tx, mut rx) = unbounded_channel();
+    let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
+    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let t = tid("router-1");
+    let a1 = ip("10.64.0.1");
+    let a2 = ip("10.64.0.2");
+    // Before any slot: refused, nothing installed.
+    rh.connect(router_cfg(&[a1], 0x77)).await.unwrap();
+    wait(&mut rev, "refused", |e| matches!(e, IkeEvent::TunnelDown { .. })).await;
+    assert!(grec.ops().is_empty());
+    rh.disconnect(GW).await.ok();
+
+    d.setup_dial_in(TunnelSpec {
+        terminal_id: t.clone(),
+        slot: 4,
+        router_ip: RT,
+        psk: Psk::from_array([7; 32]),
+    })
+    .unwrap();
+    d.add_addresses(&t, &[a1]).unwrap();
+    // The gateway does not initiate: it waits for the router.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(grec.ops().is_empty());
+    rh.connect(router_cfg(&[a1], 0x77)).await.unwrap();
+    let up = wait(&mut rx, "up", |e| e.status == TunnelStatus::Up).await;
+    assert_eq!((up.terminal_id.clone(), up.slot), (t.clone(), 4));
+    assert!(up.detail.contains("dialed in"), "{}", up.detail);
+    assert_eq!(d.tunnels()[0].status, TunnelStatus::Up);
+    let sas = grec.installed();
+    assert_eq!(sas.len(), 2);
+    assert!(sas.iter().all(|sa| sa.reqid == REQID_BASE + 4), "the slot's reqid");
+
+    // A second grant: the gateway takes it, the router rekeys with it.
+    d.add_addresses(&t, &[a2]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rh.set_traffic_selectors(GW, address_selectors(&[a1, a2]), center_selectors(&nets()))
+        .await
+        .unwrap();
+    wait(&mut rev, "rekeyed child", |e| {
+        matches!(e, IkeEvent::ChildSaInstalled { .. })
+    })
+    .await;
+    wait(&mut rev, "rekeyed child", |e| {
+        matches!(e, IkeEvent::ChildSaInstalled { .. })
+    })
+    .await;
+
+    // VPN end: teardown hangs up; the router's tunnel goes, no SA stays.
+    d.teardown(&t).unwrap();
+    wait(&mut rev, "router down", |e| matches!(e, IkeEvent::TunnelDown { .. })).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(grec.installed().is_empty(), "{:?}", grec.installed());
+    assert!(d.tunnels().is_empty());
+}

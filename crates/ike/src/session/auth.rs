@@ -153,6 +153,22 @@ impl IkeSa {
     ) -> Result<()> {
         let idi = find_payload!(payloads, IdI, "IDi")?;
         let auth = find_payload!(payloads, Auth, "AUTH")?;
+        if let Some(lookup) = self.cfg.peer_lookup.clone() {
+            // A gateway routers dial into: who this is decides the PSK,
+            // the traffic selectors and everything else of this SA. An
+            // unknown identity gets the same answer as a wrong PSK, so a
+            // prober learns nothing about which identities exist.
+            match lookup.config_for(idi) {
+                Some(cfg) if cfg.peer_lookup.is_none() => self.set_config(cfg),
+                _ => {
+                    let notify = [Payload::Notify(Notify::new(nt::AUTHENTICATION_FAILED, Vec::new()))];
+                    self.send_response(ExchangeType::IkeAuth, mid, &notify, out)?;
+                    self.state = SaState::Dead;
+                    self.down_reported = true;
+                    return Err(Error::UnknownIdentity);
+                }
+            }
+        }
         let keys = self.keys()?;
         let signed = signed_octets(&self.msg1, &self.nr, keys.sk_pi.expose(), &idi.body_bytes());
         let id_ok = self.cfg.remote_id.as_ref().is_none_or(|r| r == idi);

@@ -37,6 +37,18 @@ pub trait SpiSource: Send + Sync + std::fmt::Debug {
     fn inbound_spi(&self, local: IpAddr, remote: IpAddr) -> std::result::Result<u32, String>;
 }
 
+/// Responder that serves many peers (a gateway that routers dial into,
+/// issue 17): picks the configuration of an IKE SA by the identity the
+/// initiator presents in IKE_AUTH (IDi) -- never by its address, which
+/// several routers behind one carrier NAT share.
+pub trait PeerLookup: Send + Sync + std::fmt::Debug {
+    /// The configuration (PSK, traffic selectors, SPI source...) for the
+    /// peer presenting `idi`, or `None` to refuse it with
+    /// AUTHENTICATION_FAILED. Its `remote_id` should be `idi`: it tells
+    /// the SAs of different peers apart (e.g. for INITIAL_CONTACT).
+    fn config_for(&self, idi: &Identity) -> Option<Arc<SaConfig>>;
+}
+
 /// Configuration shared by both roles.
 #[derive(Debug, Clone)]
 pub struct SaConfig {
@@ -69,6 +81,10 @@ pub struct SaConfig {
     pub nat_keepalive: Option<Duration>,
     /// Source of our inbound ESP SPIs (`None`: random).
     pub spi_source: Option<Arc<dyn SpiSource>>,
+    /// Responder only: take the configuration of each IKE SA from here by
+    /// the initiator's identity (this one then only serves IKE_SA_INIT:
+    /// suites, our identity). `None`: this configuration for every SA.
+    pub peer_lookup: Option<Arc<dyn PeerLookup>>,
 }
 
 impl SaConfig {
@@ -93,6 +109,7 @@ impl SaConfig {
             half_open_timeout: Duration::from_secs(30),
             nat_keepalive: Some(Duration::from_secs(20)),
             spi_source: None,
+            peer_lookup: None,
         }
     }
 }
@@ -450,6 +467,12 @@ impl IkeSa {
     /// SA, ...). Takes effect for the next exchanges.
     pub(crate) fn set_config(&mut self, cfg: Arc<SaConfig>) {
         self.cfg = cfg;
+    }
+
+    /// The identity this SA's configuration is for (`remote_id`), e.g. the
+    /// router a peer lookup chose.
+    pub fn peer_id(&self) -> Option<&Identity> {
+        self.cfg.remote_id.as_ref()
     }
 
     /// Whether a NAT was detected.

@@ -384,6 +384,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         gateway_ip: UnicastAddr::new(std::net::Ipv4Addr::new(198, 51, 100, 10)).unwrap(),
         gateway_ike_id: IkeIdentity::new("gw-a.center.example").unwrap(),
         center_networks: BoundedSet::new(vec!["10.64.0.0/16".parse().unwrap()]).unwrap(),
+        initiation: Default::default(),
     };
     let grants = Grants::new(vec![
         Grant {

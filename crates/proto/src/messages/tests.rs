@@ -143,6 +143,7 @@ fn gateway_info() -> GatewayInfo {
         gateway_ike_id: IkeIdentity::new("gw-a.center.example").unwrap(),
         center_networks: BoundedSet::new(vec!["10.64.0.0/16".parse().unwrap(), "172.30.0.0/24".parse().unwrap()])
             .unwrap(),
+        initiation: InitiationMode::Gateway,
     }
 }
 
@@ -153,6 +154,8 @@ fn gateway_address_exchange() {
     let kp = ReplyKeyPair::generate(&rng).unwrap();
     let req = GatewayAddressRequest {
         reply_key: kp.public_key(),
+        initiation: InitiationPreference::Auto,
+        wan: None,
     };
     let (_, resp) = exchange(&req, &tid(), &key, |v| {
         gateway_info()
@@ -182,6 +185,68 @@ fn tunnel_lost_exchange() {
     );
     assert!(serde_json::from_str::<TunnelLostAnswer>(r#"{"tunnel":"maybe"}"#).is_err());
     assert!(serde_json::from_str::<TunnelLostNotice>(r#"{"why":"restart"}"#).is_err());
+}
+
+#[test]
+fn gateway_address_exchange_in_router_mode() {
+    let rng = SystemRandom::new();
+    let key = SecretId2::from_array([2; 32]).mac_key();
+    let kp = ReplyKeyPair::generate(&rng).unwrap();
+    let wan = WanAddress::Ipv4(Ipv4Addr::new(192, 0, 2, 2));
+    let req = GatewayAddressRequest {
+        reply_key: kp.public_key(),
+        initiation: InitiationPreference::Router,
+        wan: Some(wan),
+    };
+    let (v, resp) = exchange(&req, &tid(), &key, |v| {
+        GatewayInfo {
+            initiation: InitiationMode::Router,
+            ..gateway_info()
+        }
+        .seal(&SystemRandom::new(), v.principal(), &v.command().reply_key)
+        .unwrap()
+    });
+    assert_eq!(v.command().wan, Some(wan));
+    assert_eq!(v.command().initiation, InitiationPreference::Router);
+    assert_eq!(resp.open(kp, &tid()).unwrap().initiation, InitiationMode::Router);
+}
+
+/// Routers and centers from before issue 17 keep working: their messages
+/// decode with the seed's meaning, and answers in the seed's mode carry
+/// nothing they would refuse (every message denies unknown fields).
+#[test]
+fn initiation_fields_are_optional_on_the_wire() {
+    let old_info = r#"{"gateway_ip":"198.51.100.10","gateway_ike_id":"gw-a.center.example","center_networks":["10.64.0.0/16","172.30.0.0/24"]}"#;
+    let info: GatewayInfo = serde_json::from_str(old_info).unwrap();
+    assert_eq!(info, gateway_info());
+    assert_eq!(serde_json::to_string(&gateway_info()).unwrap(), old_info);
+    let router = GatewayInfo {
+        initiation: InitiationMode::Router,
+        ..gateway_info()
+    };
+    let wire = serde_json::to_string(&router).unwrap();
+    assert!(wire.ends_with(r#","initiation":"router"}"#), "{wire}");
+    assert_eq!(serde_json::from_str::<GatewayInfo>(&wire).unwrap(), router);
+
+    let rng = SystemRandom::new();
+    let kp = ReplyKeyPair::generate(&rng).unwrap();
+    let bare = GatewayAddressRequest {
+        reply_key: kp.public_key(),
+        initiation: InitiationPreference::Auto,
+        wan: None,
+    };
+    let wire = serde_json::to_string(&bare).unwrap();
+    assert!(!wire.contains("initiation") && !wire.contains("wan"), "{wire}");
+    let full = GatewayAddressRequest {
+        initiation: InitiationPreference::Gateway,
+        wan: Some(WanAddress::NoIpv4),
+        ..bare.clone()
+    };
+    let wire = serde_json::to_string(&full).unwrap();
+    assert!(wire.contains(r#""initiation":"gateway","wan":"no_ipv4""#), "{wire}");
+    assert_eq!(serde_json::from_str::<GatewayAddressRequest>(&wire).unwrap(), full);
+    let wrong = wire.replace("no_ipv4", "none");
+    assert!(serde_json::from_str::<GatewayAddressRequest>(&wrong).is_err());
 }
 
 #[test]
@@ -334,6 +399,16 @@ fn gateway_setup_tunnel_carries_psk_encrypted() {
     // Another gateway cannot read it.
     let other = FieldKey::for_gateway(&api, &GatewayName::new("gw-b").unwrap()).unwrap();
     assert!(cmd.open_psk(&other).is_err());
+    // The seed's mode is not written (older gateways deny unknown fields);
+    // router mode is, and round-trips.
+    assert!(!serde_json::to_string(&cmd).unwrap().contains("initiation"));
+    let dial_in = SetupTunnel {
+        initiation: InitiationMode::Router,
+        ..cmd
+    };
+    let wire = serde_json::to_string(&dial_in).unwrap();
+    assert!(wire.contains(r#""initiation":"router""#), "{wire}");
+    assert_eq!(serde_json::from_str::<SetupTunnel>(&wire).unwrap(), dial_in);
 }
 
 #[test]
