@@ -233,9 +233,9 @@ masquerade() {
 	must nsx "$1" sysctl -qw net.ipv4.ip_forward=1
 	printf '%s\n' "table ip topo_nat {" \
 		"  chain post { type nat hook postrouting priority srcnat; oifname \"$2\" masquerade; }" \
-		"  chain fwd { type filter hook forward priority filter; policy accept;" \
+		"  chain forward { type filter hook forward priority filter; policy accept;" \
 		"    iifname \"$2\" ct state established,related accept; iifname \"$2\" drop; }" \
-		"  chain inp { type filter hook input priority filter; policy accept;" \
+		"  chain input { type filter hook input priority filter; policy accept;" \
 		"    iifname \"$2\" ct state established,related accept; iifname \"$2\" drop; }" \
 		"}" | must nsx "$1" "$NFT" -f -
 }
