@@ -54,14 +54,17 @@ impl AdminError {
 /// What a tool prints: the JSON document for `--json`, else the text.
 #[derive(Debug)]
 pub struct Report {
-    pub json: serde_json::Value,
+    /// Pretty JSON, rendered from the value itself: through a
+    /// `serde_json::Value` the keys would come out sorted, not in the
+    /// struct's order that scripts read (`{"name":"gw1",...}`).
+    pub json: String,
     pub text: String,
 }
 
 impl Report {
     fn new<T: serde::Serialize>(v: &T, text: impl FnOnce() -> String) -> Result<Self, AdminError> {
         Ok(Report {
-            json: serde_json::to_value(v)?,
+            json: serde_json::to_string_pretty(v)?,
             text: text(),
         })
     }
@@ -69,7 +72,7 @@ impl Report {
     /// The output for `--json` (pretty JSON) or without it (the text).
     pub fn render(&self, json: bool) -> Result<String, AdminError> {
         Ok(if json {
-            serde_json::to_string_pretty(&self.json)?
+            self.json.clone()
         } else {
             self.text.trim_end().to_owned()
         })
@@ -188,7 +191,10 @@ pub fn show_router(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, Adm
         "failures": st.failures(Some(terminal_id), 50)?,
     });
     let text = serde_json::to_string_pretty(&v)?;
-    Ok(Report { json: v, text })
+    Ok(Report {
+        json: serde_json::to_string_pretty(&v)?,
+        text,
+    })
 }
 
 /// `start-request`: the UI's start button.
