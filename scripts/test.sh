@@ -162,6 +162,19 @@ if ((${#missing[@]})); then
 	exit 2
 fi
 echo "ok: $(echo "$HOST_TOOLS" | awk 'NF == 2' | wc -l) host programs and the VM extras are here"
+# Disk: a run from a clean clone writes ~9 GB under the target directory
+# (the debug, check and vmtest builds) and a few hundred MB under /tmp.
+# With less free, the VM build stopped half-way with "No space left on
+# device" and every VM step failed after it: say so now instead.
+NEED_GB=${VPNNAT_TEST_NEED_GB:-12}
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_gb=$(df -P -k "$target_dir" | awk 'NR == 2 { print int($4 / 1048576) }')
+if ((free_gb < NEED_GB)); then
+	echo "test.sh: only $free_gb GB free on the file system of $target_dir; a run needs about $NEED_GB GB (VPNNAT_TEST_NEED_GB) -- free some space, nothing was run"
+	exit 2
+fi
+echo "ok: $free_gb GB free for $target_dir (a run needs about $NEED_GB GB)"
 
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
