@@ -176,6 +176,14 @@ if ((free_gb < NEED_GB)); then
 fi
 echo "ok: $free_gb GB free for $target_dir (a run needs about $NEED_GB GB)"
 
+# The VM's kernel, base image and binaries (the longest build of the run):
+# in the background from now on, at the lowest priority, so that it takes
+# the CPU time the host steps leave idle (test binaries that wait, the
+# single-threaded tails of their builds); "VM: smoke" waits for it.
+PREP_LOG=$LOG/vm-prepare.log
+nice -n 19 scripts/vm-test --prepare >"$PREP_LOG" 2>&1 &
+PREP_PID=$!
+
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The browser and dig tests must run here, never skip.
@@ -185,11 +193,18 @@ VPNNAT_LOAD_PROFILE=dev run "load: 100 simulated routers x 2 rounds against real
 	scripts/bench-load.sh --routers 100 --rounds 2
 run "IKE interop with strongSwan's charon (host namespace, IKE only: the host has no ESP)" \
 	sh crates/ike/testdata/interop-strongswan.sh
-VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
+wait "$PREP_PID"
+PREP_RC=$?
+vm_prepared() {
+	cat "$PREP_LOG"
+	return "$PREP_RC"
+}
+run "VM: kernel, base image and binaries (scripts/vm-test --prepare, in the background since the start)" vm_prepared
+VPNNAT_VM_NO_BUILD=1 VMTEST_PROBE=passed-in run "VM: smoke" scripts/vm-test tests/vm/smoke.sh
 # cargo-deny and cargo-machete (scripts/check-deps.sh, run at the end) are
 # built from crates.io on a fresh machine: in the background, at low
 # priority, while the VM steps below leave a core idle
-# (after the smoke step, which builds the VM binaries)
+# (after the VM binaries are built)
 DEPS_LOG=$LOG/check-deps-install.log
 nice -n 15 scripts/check-deps.sh --install-only >"$DEPS_LOG" 2>&1 &
 DEPS_PID=$!
