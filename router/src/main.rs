@@ -154,7 +154,7 @@ fn dispatch(cli: Cli, pid1: bool) -> Result<(), Fail> {
             call_daemon(
                 &cli,
                 daemon_addr(cfg.web_ui_listen, *daemon),
-                "/api/install",
+                vpnnat_router::web::INSTALL_PATH,
                 Some(Vec::new()),
             )
         }
