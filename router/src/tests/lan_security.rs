@@ -72,7 +72,8 @@ async fn lan_page_refuses_a_rebound_host_and_changes_nothing() {
     // What a rebound page would do: read the host table, file requests,
     // press the button, ask for installation; with its own name as Host
     // (and as Origin, so the origin check alone would pass).
-    let cases: [(&str, &str, &[(&str, &str)]); 7] = [
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, &str, Headers); 7] = [
         ("GET", "/", &[]),
         ("GET", "/api/hosts", &[]),
         ("GET", "/api/status", &[]),
