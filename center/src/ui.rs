@@ -278,7 +278,20 @@ fn html(status: u16, body: String) -> Response<Body> {
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // No framing (a framed dashboard's Start/End buttons could be
+    // clickjacked), no sniffing, nothing but the page's own style sheet.
+    for (name, value) in vpnnat_proto::page_headers::html_headers(page_policy()) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
     r
+}
+
+/// The pages' content policy: their one inline style sheet, no script.
+fn page_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| vpnnat_proto::page_headers::content_security_policy(&[pages::STYLE], &[]))
 }
 
 fn json(body: String) -> Response<Body> {

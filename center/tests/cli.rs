@@ -331,6 +331,14 @@ fn tools_against_a_running_centerd() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(up.map(|u| u.0), Some(200), "centerd did not come up");
+    // Its memory holds keys: no core dump (issue 18, item 13).
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", _server.0.id())).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
     assert_eq!(http_get(api, "/healthz").map(|u| u.0), Some(200));
     let n = seed(&dir.0.join("center.db"));
 

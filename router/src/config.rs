@@ -58,7 +58,7 @@ pub struct RawConfig {
     pub retry_max_secs: Option<u64>,
     pub wan: RawInterface,
     pub lan: RawInterface,
-    pub web_ui: Option<RawListen>,
+    pub web_ui: Option<RawWebUi>,
     pub server_part: Option<RawListen>,
     pub router_part_address: Option<String>,
     #[serde(default)]
@@ -108,6 +108,17 @@ pub struct RawInterface {
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub listen: String,
+}
+
+/// `[web_ui]`: the LAN page's address and the names it answers to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebUi {
+    pub listen: Option<String>,
+    /// DNS names of the router on its LAN (e.g. `router.lan`) that the
+    /// page accepts as `Host`, besides the router's addresses.
+    #[serde(default)]
+    pub host_names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +253,8 @@ pub struct Config {
     pub wan: Interface,
     pub lan: Interface,
     pub web_ui_listen: SocketAddr,
+    /// `web_ui.host_names`: checked, lower case, no trailing dot.
+    pub web_ui_host_names: Vec<String>,
     pub server_part_listen: SocketAddr,
     /// Real address behind the router-part VPNNAT address.
     pub router_part_address: Ipv4Addr,
@@ -269,6 +282,7 @@ impl fmt::Debug for Config {
             .field("wan", &self.wan)
             .field("lan", &self.lan)
             .field("web_ui_listen", &self.web_ui_listen)
+            .field("web_ui_host_names", &self.web_ui_host_names)
             .field("server_part_listen", &self.server_part_listen)
             .field("router_part_address", &self.router_part_address)
             .field("hosts", &self.hosts)
@@ -324,7 +338,19 @@ impl Config {
                     .map_err(|_| bad(key, format!("{:?} is not an address:port", l.listen))),
             }
         };
-        let web_ui_listen = listen("web_ui.listen", &raw.web_ui, 80)?;
+        let web_ui_listen = listen(
+            "web_ui.listen",
+            &raw.web_ui
+                .as_ref()
+                .and_then(|w| w.listen.clone())
+                .map(|listen| RawListen { listen }),
+            80,
+        )?;
+        let mut web_ui_host_names = Vec::new();
+        for (i, n) in raw.web_ui.iter().flat_map(|w| w.host_names.iter()).enumerate() {
+            web_ui_host_names
+                .push(crate::lan_host::check_host_name(n).map_err(|r| bad(&format!("web_ui.host_names[{i}]"), r))?);
+        }
         let server_part_listen = listen("server_part.listen", &raw.server_part, 8080)?;
         if web_ui_listen == server_part_listen {
             return Err(bad(
@@ -356,6 +382,12 @@ impl Config {
                     &key,
                     format!("{ip} is not on the LAN {}/{}", lan.address, lan.prefix_len),
                 ));
+            }
+            if let Some(what) = crate::resolve::not_a_device(&lan, ip) {
+                return Err(bad(&key, format!("{ip} is {what}, not a LAN device")));
+            }
+            if crate::resolve::is_ip_literal(name) {
+                return Err(bad(&key, "an IP address is not an extension terminal name".into()));
             }
             hosts.insert(n, ip);
         }
@@ -432,6 +464,7 @@ impl Config {
             wan,
             lan,
             web_ui_listen,
+            web_ui_host_names,
             server_part_listen,
             router_part_address,
             hosts,
@@ -667,6 +700,9 @@ command = ["/usr/sbin/dnsmasq", "-k"]
             ("\"high\"", "\"now\"", "button.urgency"),
             ("\"router-1\"", "\"-bad\"", "terminal_id"),
             ("\"/usr/sbin/dnsmasq\"", "\"dnsmasq\"", "helper[0].command"),
+            ("\"192.168.1.20\"", "\"192.168.1.255\"", "hosts.printer"),
+            ("\"192.168.1.20\"", "\"192.168.1.1\"", "hosts.printer"),
+            ("printer = ", "\"10.0.0.7\" = ", "hosts.10.0.0.7"),
             ("state_dir = ", "modules = [\"x/y\"]\nstate_dir = ", "modules[0]"),
         ];
         for (from, to, key) in cases {
@@ -692,6 +728,23 @@ command = ["/usr/sbin/dnsmasq", "-k"]
         );
         assert!(CenterUrl::parse("http://:80").is_err());
         assert!(CenterUrl::parse("http://a:x").is_err());
+    }
+
+    #[test]
+    fn web_ui_host_names_are_read_and_checked() {
+        assert!(sample_config().web_ui_host_names.is_empty());
+        let with = |names: &str| format!("{}\n[web_ui]\nhost_names = {names}\n", sample());
+        let c = Config::parse(&with(r#"["Router.lan", "router"]"#), Path::new("t.toml")).unwrap();
+        assert_eq!(c.web_ui_host_names, ["router.lan", "router"]);
+        // The listen address keeps its default when only names are given.
+        assert_eq!(c.web_ui_listen, "192.168.1.1:80".parse().unwrap());
+        let e = err(&with(r#"["router.lan", "evil example"]"#));
+        assert!(e.contains("`web_ui.host_names[1]`"), "{e}");
+        let e = err(&with(r#"["192.168.1.1"]"#));
+        assert!(
+            e.contains("`web_ui.host_names[0]`") && e.contains("always accepted"),
+            "{e}"
+        );
     }
 
     #[test]

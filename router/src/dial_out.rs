@@ -45,6 +45,7 @@ pub fn requests(old: Option<&ResponderSettings>, new: Option<&ResponderSettings>
         (None, Some(n)) => vec![Request::Connect(tunnel_config(n))],
         (Some(o), Some(n)) => {
             let restart = o.peer != n.peer
+                || o.peer_id != n.peer_id
                 || o.psk.expose_secret() != n.psk.expose_secret()
                 || o.reqid != n.reqid
                 || o.dial_out != n.dial_out;
@@ -193,6 +194,26 @@ mod tests {
         assert_eq!(
             text(&crate::driver_responder::requests(Some(&a), Some(&waiting))),
             ["disconnect 198.51.100.21", "accept 198.51.100.21"]
+        );
+    }
+
+    /// Issue 18, item 12: the router dials out expecting the gateway
+    /// identity the center named, and starts over when it names another.
+    #[test]
+    fn the_gateway_must_be_who_the_center_says() {
+        let a = settings("198.51.100.21", &[1]);
+        let r = requests(None, Some(&a));
+        let [Request::Connect(t)] = r.as_slice() else {
+            panic!("one connect: {r:?}")
+        };
+        assert_eq!(t.remote_id, Some(vpnnat_ike::Identity::fqdn("gw1")));
+        let renamed = ResponderSettings {
+            peer_id: "gw1.center.example".into(),
+            ..a.clone()
+        };
+        assert_eq!(
+            text(&requests(Some(&a), Some(&renamed))),
+            ["disconnect 198.51.100.21", "connect 198.51.100.21 ts=1"]
         );
     }
 

@@ -72,11 +72,19 @@ pub fn tunnel_config(s: &ResponderSettings) -> TunnelConfig {
         local_ts: ts(&s.local_ts),
         remote_ts: ts(&s.remote_ts),
         reqid: s.reqid,
-        // gatewayd presents the default ID_IPV4_ADDR identity; the peer's
-        // address is already the only one accepted.
-        remote_id: None,
+        // The identity the center named for the gateway (issue 18, item
+        // 12): a peer at the gateway's address that authenticates as
+        // anything else fails the exchange (AUTHENTICATION_FAILED).
+        remote_id: Some(gateway_identity(&s.peer_id)),
         log_label: format!("terminal={}", s.terminal_id),
     }
+}
+
+/// The IKE identity the gateway must authenticate as: the center's
+/// `gateway_ike_id` read as gatewayd reads its `ike_id`
+/// ([`vpnnat_ike::Identity::from_text`]).
+pub fn gateway_identity(peer_id: &str) -> vpnnat_ike::Identity {
+    vpnnat_ike::Identity::from_text(peer_id)
 }
 
 /// The requests that take a driver configured with `old` to `new` (both
@@ -95,7 +103,11 @@ pub fn requests(old: Option<&ResponderSettings>, new: Option<&ResponderSettings>
         (Some(o), None) => vec![Request::Disconnect(o.peer)],
         (None, Some(n)) => vec![Request::Accept(tunnel_config(n))],
         (Some(o), Some(n)) => {
-            if o.peer != n.peer || o.psk.expose_secret() != n.psk.expose_secret() || o.reqid != n.reqid {
+            if o.peer != n.peer
+                || o.peer_id != n.peer_id
+                || o.psk.expose_secret() != n.psk.expose_secret()
+                || o.reqid != n.reqid
+            {
                 vec![Request::Disconnect(o.peer), Request::Accept(tunnel_config(n))]
             } else if o.local_ts != n.local_ts || o.remote_ts != n.remote_ts {
                 let t = tunnel_config(n);
@@ -115,8 +127,8 @@ pub fn requests(old: Option<&ResponderSettings>, new: Option<&ResponderSettings>
                     vec![Request::Accept(t)]
                 }
             } else {
-                // peer_id and local are not the driver's business here
-                // (another local address means another driver).
+                // local is not the driver's business here (another local
+                // address means another driver).
                 Vec::new()
             }
         }
@@ -200,6 +212,11 @@ fn log_event(ev: &DriverEvent) {
     match ev {
         DriverEvent::TunnelUp { peer, nat } => log::info!("IKE: tunnel with {peer} up (NAT: {nat})"),
         DriverEvent::TunnelDown { peer, reason } => log::info!("IKE: tunnel with {peer} down: {reason:?}"),
+        DriverEvent::Rejected { from, error } if *error == vpnnat_ike::Error::IdentityMismatch.to_string() => {
+            log::warn!(
+                "IKE: {from} did not authenticate as the gateway identity the center named: exchange refused ({error})"
+            )
+        }
         DriverEvent::Rejected { from, error } => log::debug!("IKE: rejected a datagram from {from}: {error}"),
         DriverEvent::KernelError { sa, error } => log::warn!("IKE: the kernel refused {sa:?}: {error}"),
         DriverEvent::RekeyFailed { peer, child } => log::warn!("IKE: rekey with {peer} failed ({child:?})"),

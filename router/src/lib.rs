@@ -21,6 +21,7 @@ pub mod health;
 pub mod http;
 pub mod ike_responder;
 pub mod init;
+pub mod lan_host;
 pub mod logic;
 pub mod logring;
 pub mod resolve;

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
+    // Keys live in this process's memory: no core file may carry them off.
+    if let Err(e) = vpnnat_crashpoint::core_dumps::disable() {
+        eprintln!("routerd: warning: core dumps stay possible: {e}");
+    }
     let pid1 = std::process::id() == 1;
     // stderr, plus the ring the maintenance interface shows.
     vpnnat_router::logring::install("info", pid1);
@@ -150,7 +154,7 @@ fn dispatch(cli: Cli, pid1: bool) -> Result<(), Fail> {
             call_daemon(
                 &cli,
                 daemon_addr(cfg.web_ui_listen, *daemon),
-                "/api/install",
+                vpnnat_router::web::INSTALL_PATH,
                 Some(Vec::new()),
             )
         }

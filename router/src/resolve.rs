@@ -1,7 +1,11 @@
 //! Extension terminal name -> real LAN address, in the order PROTOCOL.md
 //! gives: the static host table, then the DHCP leases (dnsmasq's lease
-//! file), then DNS. Only addresses on the LAN are accepted, whatever the
-//! source says: a VPNNAT mapping must never point the tunnel anywhere else.
+//! file), then DNS. Only addresses of LAN hosts are accepted, whatever the
+//! source says: a VPNNAT mapping must never point the tunnel anywhere else,
+//! nor at the LAN's network or broadcast address or at the router itself
+//! (issue 18, item 8). A name that is an IP literal (`192.168.1.255`, or
+//! any form `inet_aton` reads as one) is not a terminal name: the system
+//! resolver would hand the literal straight back.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -39,6 +43,50 @@ pub enum ResolveError {
         ip: Ipv4Addr,
         source_name: &'static str,
     },
+    #[error("extension terminal {name:?} resolves to {ip} ({source_name}), which is {what}, not a LAN device")]
+    NotADevice {
+        name: String,
+        ip: Ipv4Addr,
+        source_name: &'static str,
+        what: &'static str,
+    },
+    #[error("{0:?} is an IP address, not an extension terminal name: give the device's name")]
+    IpLiteral(String),
+}
+
+/// Why `ip`, although on the LAN, is no device there: the LAN's network
+/// or broadcast address (a /31 or /32 has neither), or the router's own.
+pub fn not_a_device(lan: &Interface, ip: Ipv4Addr) -> Option<&'static str> {
+    if ip == lan.address {
+        return Some("the router's own LAN address");
+    }
+    if lan.prefix_len <= 30 {
+        let host_bits = u32::MAX.checked_shr(u32::from(lan.prefix_len)).unwrap_or(0);
+        let host = u32::from(ip) & host_bits;
+        if host == 0 {
+            return Some("the LAN's network address");
+        }
+        if host == host_bits {
+            return Some("the LAN's broadcast address");
+        }
+    }
+    None
+}
+
+/// Whether `name` reads as an IPv4 address to `inet_aton` (and so to the
+/// system resolver): one to four dot-separated numbers, each decimal,
+/// octal (leading 0) or hexadecimal (`0x`).
+pub fn is_ip_literal(name: &str) -> bool {
+    let number = |l: &str| {
+        let hex = l.strip_prefix("0x").or_else(|| l.strip_prefix("0X"));
+        match hex {
+            Some(h) => h.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()),
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let labels: Vec<&str> = name.split('.').collect();
+    labels.len() <= 4 && labels.iter().all(|l| number(l))
 }
 
 /// One DHCP lease.
@@ -119,12 +167,23 @@ pub struct Resolver<'a, D: DnsLookup> {
 
 impl<D: DnsLookup> Resolver<'_, D> {
     pub fn resolve(&self, name: &TerminalName) -> Result<(Ipv4Addr, Source), ResolveError> {
+        if is_ip_literal(name.as_str()) {
+            return Err(ResolveError::IpLiteral(name.to_string()));
+        }
         let (ip, source) = self.find(name).ok_or_else(|| ResolveError::Unknown(name.to_string()))?;
-        if !self.lan.contains(ip) || ip == self.lan.address {
+        if !self.lan.contains(ip) {
             return Err(ResolveError::OffLan {
                 name: name.to_string(),
                 ip,
                 source_name: source.as_str(),
+            });
+        }
+        if let Some(what) = not_a_device(self.lan, ip) {
+            return Err(ResolveError::NotADevice {
+                name: name.to_string(),
+                ip,
+                source_name: source.as_str(),
+                what,
             });
         }
         Ok((ip, source))
@@ -150,13 +209,19 @@ impl<D: DnsLookup> Resolver<'_, D> {
     pub fn known(&self) -> BTreeMap<String, (Ipv4Addr, Source)> {
         let mut out = BTreeMap::new();
         for l in self.leases.iter().filter(|l| l.expires == 0 || l.expires > self.now) {
-            if TerminalName::new(l.hostname.clone()).is_ok() && self.lan.contains(l.ip) {
+            if TerminalName::new(l.hostname.clone()).is_ok()
+                && !is_ip_literal(&l.hostname)
+                && self.lan.contains(l.ip)
+                && not_a_device(self.lan, l.ip).is_none()
+            {
                 out.insert(l.hostname.to_ascii_lowercase(), (l.ip, Source::Lease));
             }
         }
         // Static entries win over leases, as in `resolve`.
         for (n, ip) in self.statics {
-            out.insert(n.to_string(), (*ip, Source::Static));
+            if not_a_device(self.lan, *ip).is_none() {
+                out.insert(n.to_string(), (*ip, Source::Static));
+            }
         }
         out
     }
@@ -240,5 +305,83 @@ garbage line
         assert!(e.contains("unknown extension terminal \"ghost\""), "{e}");
         let known = r.known();
         assert_eq!(known.keys().collect::<Vec<_>>(), ["laptop", "pc1"]);
+    }
+
+    /// Issue 18, item 8: `192.168.1.255` resolved (through the system
+    /// resolver, which returns a literal as is) to the broadcast address
+    /// and the router would have DNAT'ed to it.
+    #[test]
+    fn ip_literals_network_broadcast_and_the_router_are_refused() {
+        let statics = [(n("net"), Ipv4Addr::new(192, 168, 1, 0))].into();
+        let lan = lan();
+        // A resolver that, like getaddrinfo, reads literals.
+        struct Literal;
+        impl DnsLookup for Literal {
+            fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+                match name {
+                    "bcast" => Some(Ipv4Addr::new(192, 168, 1, 255)),
+                    "gw" => Some(Ipv4Addr::new(192, 168, 1, 1)),
+                    other => other.parse().ok(),
+                }
+            }
+        }
+        let r = Resolver {
+            statics: &statics,
+            leases: parse_leases(
+                "0 52:54:00:00:00:09 192.168.1.255 printer *\n0 52:54:00:00:00:0a 192.168.1.40 192.168.1.40 *\n",
+            ),
+            now: 1_800_000_000,
+            dns: Literal,
+            lan: &lan,
+        };
+        for literal in [
+            "192.168.1.255",
+            "192.168.1.40",
+            "3232236031",
+            "0xc0a801ff",
+            "192.168.511",
+            "192.168.1.255.",
+        ] {
+            assert_eq!(
+                r.resolve(&n(literal)),
+                Err(ResolveError::IpLiteral(literal.into())),
+                "{literal}"
+            );
+        }
+        let e = r.resolve(&n("192.168.1.255")).unwrap_err().to_string();
+        assert!(e.contains("is an IP address, not an extension terminal name"), "{e}");
+        for (name, what) in [
+            ("bcast", "the LAN's broadcast address"),
+            ("printer", "the LAN's broadcast address"),
+            ("net", "the LAN's network address"),
+            ("gw", "the router's own LAN address"),
+        ] {
+            let e = r.resolve(&n(name)).unwrap_err();
+            assert!(matches!(e, ResolveError::NotADevice { .. }), "{name}: {e:?}");
+            assert!(e.to_string().contains(what), "{name}: {e}");
+        }
+        // Names that merely contain digits are names.
+        for name in ["pc1", "1pc", "192-168-1-40", "10.lan", "0xg"] {
+            assert!(!is_ip_literal(name), "{name}");
+        }
+        // The page offers none of them.
+        assert!(r.known().is_empty(), "{:?}", r.known());
+    }
+
+    #[test]
+    fn a_point_to_point_lan_has_no_network_or_broadcast_address() {
+        let mut l = lan();
+        l.prefix_len = 31;
+        assert_eq!(not_a_device(&l, Ipv4Addr::new(192, 168, 1, 0)), None);
+        assert_eq!(
+            not_a_device(&l, Ipv4Addr::new(192, 168, 1, 1)),
+            Some("the router's own LAN address")
+        );
+        l.prefix_len = 30;
+        assert_eq!(
+            not_a_device(&l, Ipv4Addr::new(192, 168, 1, 3)),
+            Some("the LAN's broadcast address")
+        );
+        assert_eq!(not_a_device(&l, Ipv4Addr::new(192, 168, 1, 2)), None);
     }
 }

@@ -2,4 +2,5 @@
 //! LAN page in a browser); each module's own tests sit next to it.
 
 mod browser;
+mod lan_security;
 mod shell;

@@ -15,8 +15,15 @@
 //! | LAN | POST | `/button` | the preset request -> result page |
 //! | LAN | GET | `/api/status`, `/api/hosts` | JSON views |
 //! | LAN | POST | `/api/request` | JSON [`ApiRequest`] -> [`ApiAccepted`] or `{"error"}` |
-//! | LAN | POST | `/api/button`, `/api/install` | preset request; installation notice now |
+//! | LAN | POST | `/api/button` | the preset request |
+//! | LAN, from the router itself | POST | `/local/install` | installation notice now (`routerd install`) |
 //! | center | POST | `/v1/center/end`, `/release`, `/vpn-end` | PROTOCOL.md 6-8 |
+//!
+//! The LAN page answers only requests whose `Host` is the router's address
+//! or a configured name ([`crate::lan_host`]); everything else gets 421.
+//! Every answer of the LAN page and of the maintenance interface carries
+//! the framing, sniffing and content-policy headers
+//! ([`vpnnat_proto::page_headers`]).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -31,6 +38,7 @@ use vpnnat_proto::types::{ClaimantName, Phone, RequestContent, TerminalName};
 use crate::config::{parse_level, parse_urgency};
 use crate::daemon::{DaemonError, Router};
 use crate::http::{self, escape, html, json, parse_form, text, Handler, Incoming1, Reply};
+use crate::lan_host::{is_router_itself, AllowedHosts};
 use crate::logic::{Accepted, MaintenanceInput};
 
 /// A maintenance request in the JSON API.
@@ -139,6 +147,10 @@ fn status_of(e: &DaemonError) -> u16 {
     }
 }
 
+/// Where `routerd install` asks the running daemon for the installation
+/// notice: the LAN listener, from the router's own addresses only.
+pub const INSTALL_PATH: &str = "/local/install";
+
 /// The LAN page and its API.
 #[derive(Debug)]
 pub struct LanPage {
@@ -151,10 +163,28 @@ table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.2
 .err{color:#a00}.ok{color:#060}";
 
 /// Every 2 s: the requests' states from `/api/status` into the table.
-const STATE_POLL: &str = "<script>setInterval(async()=>{try{const r=await fetch('/api/status');\
+const STATE_POLL: &str = "setInterval(async()=>{try{const r=await fetch('/api/status');\
 if(!r.ok)return;const s=await r.json();for(const q of s.requests){\
 const c=document.querySelector('#request-'+q.acceptance_number+' .state');\
-if(c&&c.textContent!==q.state)c.textContent=q.state;}}catch(e){}},2000);</script>";
+if(c&&c.textContent!==q.state)c.textContent=q.state;}}catch(e){}},2000);";
+
+/// The pages' content policy: their one style sheet and one script, by
+/// hash; nothing else.
+fn page_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| vpnnat_proto::page_headers::content_security_policy(&[STYLE], &[STATE_POLL]))
+}
+
+/// Adds the framing, sniffing and content-policy headers (issue 18, item
+/// 9) to an answer of the LAN page or the maintenance interface.
+pub fn with_page_headers(mut reply: Reply) -> Reply {
+    for (name, value) in vpnnat_proto::page_headers::html_headers(page_policy()) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            reply.headers_mut().insert(name, v);
+        }
+    }
+    reply
+}
 
 fn page(title: &str, body: &str) -> String {
     format!(
@@ -222,7 +252,7 @@ impl LanPage {
         b.push_str("</table>");
         // The states follow the center (end command) without a reload that
         // would wipe a half-filled form.
-        b.push_str(STATE_POLL);
+        let _ = write!(b, "<script>{STATE_POLL}</script>");
         page("Remote maintenance", &b)
     }
 
@@ -288,10 +318,30 @@ pub fn cross_site(req: &Incoming1) -> Option<Reply> {
 
 impl Handler for LanPage {
     async fn handle(&self, req: Incoming1) -> Reply {
+        with_page_headers(self.route(req).await)
+    }
+}
+
+impl LanPage {
+    async fn route(&self, req: Incoming1) -> Reply {
+        // DNS rebinding: a foreign name is refused before anything else.
+        let host = req.headers.get(hyper::header::HOST).and_then(|v| v.to_str().ok());
+        if !AllowedHosts::for_config(&self.router.cfg).allows(host) {
+            log::debug!(
+                "LAN page: {} {} from {} for Host {host:?}: refused",
+                req.method,
+                req.path,
+                req.peer
+            );
+            return text(
+                421,
+                "this page answers only to the router's address or its names (web_ui.host_names)",
+            );
+        }
         if let Some(r) = cross_site(&req) {
             return r;
         }
-        let mut reply = match (&req.method, req.path.as_str()) {
+        match (&req.method, req.path.as_str()) {
             (&Method::GET, "/") => html(200, self.index(None).await),
             (&Method::POST, "/request") => {
                 let r = self.submit(ApiRequest::from_form(&req.body)).await;
@@ -319,22 +369,23 @@ impl Handler for LanPage {
             (&Method::POST, "/api/button") => {
                 api_result(self.router.button().await.map_err(|e| (status_of(&e), e.to_string())))
             }
-            (&Method::POST, "/api/install") => match self.router.install().await {
+            // The installation notice rotates the PSK and Secret(ID2): not
+            // for LAN devices, only for `routerd install` on the router.
+            (&Method::POST, INSTALL_PATH) if !is_router_itself(req.peer.ip(), &self.router.cfg) => text(
+                403,
+                "the installation notice is sent from the router itself only (routerd install)",
+            ),
+            (&Method::POST, INSTALL_PATH) => match self.router.install().await {
                 Ok(()) => json(200, &self.router.status().await),
                 Err(e) => json(status_of(&e), &ApiError { error: e.to_string() }),
             },
             (
                 _,
                 "/" | "/request" | "/button" | "/api/status" | "/api/hosts" | "/api/request" | "/api/button"
-                | "/api/install",
+                | INSTALL_PATH,
             ) => text(405, "method not allowed"),
             _ => text(404, "not found"),
-        };
-        // The page is for people on this LAN only: never framed elsewhere.
-        reply
-            .headers_mut()
-            .insert("x-frame-options", HeaderValue::from_static("DENY"));
-        reply
+        }
     }
 }
 
@@ -537,7 +588,7 @@ pub fn basic_password(h: &str) -> Option<String> {
 impl Handler for CenterPort {
     async fn handle(&self, req: Incoming1) -> Reply {
         if req.path == "/maintenance" || req.path.starts_with("/maintenance/") {
-            return self.maintenance(&req).await;
+            return with_page_headers(self.maintenance(&req).await);
         }
         if req.method != Method::POST {
             return text(405, "method not allowed");

@@ -57,6 +57,13 @@ pc1 = "192.168.1.10"
     p
 }
 
+/// A process's core size limit, soft and hard, as the kernel shows it.
+fn core_limit(pid: u32) -> Vec<String> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    line.split_whitespace().skip(4).take(2).map(str::to_owned).collect()
+}
+
 fn routerd(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
@@ -190,6 +197,8 @@ fn daemon_runs_answers_and_stops_on_sigterm() {
         assert!(start.elapsed() < Duration::from_secs(20), "daemon did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Its memory holds keys: no core dump (issue 18, item 13).
+    assert_eq!(core_limit(child.id()), ["0", "0"]);
     // The center is down: not installed, so a request fails with exit 1.
     let o = routerd(&[
         "request",

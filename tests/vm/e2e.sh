@@ -53,7 +53,7 @@ fi
 
 # metrics: routerd's on its LAN page, centerd's on the UI listener
 router_metrics() {
-	nsx r1 timeout 10 bash -c "exec 3<>/dev/tcp/$LAN_GW/80; printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3; exec cat <&3" |
+	nsx r1 timeout 10 bash -c "exec 3<>/dev/tcp/$LAN_GW/80; printf 'GET /metrics HTTP/1.1\r\nHost: $LAN_GW\r\nConnection: close\r\n\r\n' >&3; exec cat <&3" |
 		grep -q '^vpnnat_router_installed{terminal_id="home-1"} 1'
 }
 check "routerd's /metrics (LAN side) says home-1 is installed" router_metrics

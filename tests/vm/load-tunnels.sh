@@ -144,6 +144,7 @@ name = "gw$g"
 listen = "172.16.0.$((20 + g)):9000"
 api_key = "$key"
 global_ip = "198.51.100.$((20 + g))"
+ike_id = "gw$g.center.example"
 center_networks = ["172.16.0.0/24"]
 center_url = "http://172.16.0.10:8080"
 policy_priority = 1000

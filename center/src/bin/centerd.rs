@@ -30,6 +30,10 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
+    // Keys live in this process's memory: no core file may carry them off.
+    if let Err(e) = vpnnat_crashpoint::core_dumps::disable() {
+        eprintln!("centerd: warning: core dumps stay possible: {e}");
+    }
     // The tools log warnings only (their output is the answer); the server
     // logs from info up, or as `[log] level` says (installed once the
     // configuration is read). RUST_LOG overrides both.

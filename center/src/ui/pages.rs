@@ -10,7 +10,8 @@ use crate::storage::{AuditFilter, AuditRow, FailureRow, GatewayUsage, PoolUsage,
 
 use super::{fmt_time, CSRF_FIELD, REFRESH_SECS};
 
-const STYLE: &str = "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}\
+pub(super) const STYLE: &str =
+    "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}\
 td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
 .waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
 

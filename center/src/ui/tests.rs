@@ -13,6 +13,7 @@ struct Resp {
     location: Option<String>,
     cookie: Option<String>,
     content_type: Option<String>,
+    headers: hyper::HeaderMap,
     body: String,
 }
 
@@ -64,12 +65,14 @@ async fn send(
     let location = h(LOCATION);
     let cookie = h(SET_COOKIE);
     let content_type = h(hyper::header::CONTENT_TYPE);
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Resp {
         status,
         location,
         cookie,
         content_type,
+        headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
@@ -613,4 +616,63 @@ async fn wrong_passwords_lock_the_source_out_with_a_clear_message_and_an_audit_r
         assert!(!r.detail.contains("operator pass") && !r.detail.contains("guess"));
     }
     println!("ui login throttle: {limit} wrong passwords -> source locked out, right password then refused with 429");
+}
+
+/// Every HTML page of the UI (login, failed login, dashboard, audit log)
+/// forbids framing and sniffing, and its content policy names exactly the
+/// inline style sheet the page has (issue 18, item 9).
+#[tokio::test]
+async fn every_html_page_carries_the_framing_and_content_policy_headers() {
+    use vpnnat_proto::page_headers::{csp_hash, inline_elements};
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let (addr, _stop) = start(Arc::new(c)).await;
+    let r = req(addr, "POST", "/login", None, Some("password=operator+pass")).await;
+    let token = r
+        .cookie
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+    let mut pages = vec![
+        ("login form", req(addr, "GET", "/login", None, None).await),
+        (
+            "failed login",
+            req(addr, "POST", "/login", None, Some("password=nope")).await,
+        ),
+    ];
+    for path in ["/", "/audit"] {
+        pages.push((path, req(addr, "GET", path, Some(&token), None).await));
+    }
+    for (what, r) in pages {
+        assert!(
+            r.content_type.as_deref().is_some_and(|c| c.starts_with("text/html")),
+            "{what}"
+        );
+        let get = |n: &str| {
+            r.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(get("x-frame-options"), "DENY", "{what}");
+        assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
+        let csp = get("content-security-policy");
+        assert!(
+            csp.starts_with("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{what}: {csp}"
+        );
+        assert!(csp.contains("script-src 'none'"), "{what}: {csp}");
+        let styles = inline_elements(&r.body, "style");
+        assert!(!styles.is_empty(), "{what}");
+        for s in styles {
+            assert!(csp.contains(&csp_hash(s)), "{what}: its style sheet is not in {csp}");
+        }
+        assert!(inline_elements(&r.body, "script").is_empty(), "{what}");
+        assert!(!r.body.contains(" style=") && !r.body.contains(" onclick="), "{what}");
+    }
 }

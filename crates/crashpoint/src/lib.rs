@@ -19,6 +19,13 @@
 //! [`check_env`] refuses a set `VPNNAT_CRASH_AT` rather than let a trial
 //! believe it armed a point that cannot fire.
 
+//!
+//! [`core_dumps`] is the other half of what a crash leaves: nothing. The
+//! daemons' memory holds keys, so each of them disables core dumps at
+//! start (always, whatever the feature).
+
+pub mod core_dumps;
+
 #[cfg(any(test, feature = "enabled"))]
 use std::sync::atomic::{AtomicU32, Ordering};
 #[cfg(feature = "enabled")]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use vpnnat_proto::keys::{GatewayApiKey, SecretBytes};
-use vpnnat_proto::types::{GatewayName, Ipv4Cidr, UnicastAddr};
+use vpnnat_proto::types::{GatewayName, IkeIdentity, Ipv4Cidr, UnicastAddr};
 
 use vpnnat_service::config::{ConfigError, HttpEndpoint};
 
@@ -27,6 +27,7 @@ struct Raw {
     listen: String,
     api_key: String,
     global_ip: String,
+    ike_id: Option<String>,
     center_networks: Vec<String>,
     center_url: String,
     policy_priority: Option<u32>,
@@ -43,6 +44,10 @@ pub struct GatewaydConfig {
     pub listen: SocketAddr,
     pub api_key: GatewayApiKey,
     pub global_ip: Ipv4Addr,
+    /// The IKE identity gatewayd authenticates as: centerd's `ike_id` for
+    /// this gateway, which routers check (an IPv4 address is
+    /// ID_IPV4_ADDR, anything else ID_FQDN). Default: `global_ip`.
+    pub ike_id: IkeIdentity,
     pub center_networks: Vec<vpnnat_datapath::Ipv4Cidr>,
     /// centerd's router/gateway API, where tunnel events go.
     pub center: HttpEndpoint,
@@ -90,6 +95,10 @@ impl GatewaydConfig {
             .parse()
             .map_err(|_| invalid("global_ip", "not an IPv4 address"))?;
         let global_ip = UnicastAddr::new(ip).map_err(|e| invalid("global_ip", e))?.get();
+        let ike_id = match &raw.ike_id {
+            Some(id) => IkeIdentity::new(id.as_str()).map_err(|e| invalid("ike_id", e))?,
+            None => IkeIdentity::new(global_ip.to_string()).map_err(|e| invalid("global_ip", e))?,
+        };
         if raw.center_networks.is_empty() {
             return Err(invalid("center_networks", "at least one network is needed"));
         }
@@ -106,6 +115,7 @@ impl GatewaydConfig {
             listen,
             api_key,
             global_ip,
+            ike_id,
             center_networks,
             center,
             policy_priority: raw.policy_priority.unwrap_or(1000),
@@ -149,6 +159,15 @@ center_url = "http://127.0.0.1:8080"
         assert!(err(EXAMPLE.replace("http://127.0.0.1:8080", "127.0.0.1")).contains("center_url"));
         assert!(err(format!("{EXAMPLE}\ndatapath = \"magic\"")).contains("datapath"));
         assert!(err(format!("{EXAMPLE}\nike = \"yes\"")).contains("ike"));
+        // The IKE identity: the global address unless named.
+        assert_eq!(c.ike_id.as_str(), "198.51.100.11");
+        let named = GatewaydConfig::parse(
+            &format!("ike_id = \"gw1.center.example\"\n{EXAMPLE}"),
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        assert_eq!(named.ike_id.as_str(), "gw1.center.example");
+        assert!(err(format!("ike_id = \"gw 1\"\n{EXAMPLE}")).contains("ike_id"));
         assert_eq!(c.log, vpnnat_service::logging::LogConfig::default());
         let l = GatewaydConfig::parse(
             &format!("{EXAMPLE}\n[log]\nlevel = \"debug\"\nformat = \"syslog\""),

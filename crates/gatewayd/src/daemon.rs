@@ -146,6 +146,9 @@ async fn with_ike<D: PolicyDatapath + 'static>(
         return Ok((Box::new(policy), None));
     }
     let mut dcfg = DriverConfig::new(cfg.global_ip);
+    // What routers check (issue 18, item 12): the identity centerd names
+    // for this gateway.
+    dcfg.identity = vpnnat_ike::Identity::from_text(cfg.ike_id.as_str());
     let started = if kernel {
         IkeDriver::start_kernel(dcfg).await
     } else {
@@ -156,7 +159,14 @@ async fn with_ike<D: PolicyDatapath + 'static>(
         addr: cfg.global_ip,
         source,
     })?;
-    log::info!(target: LOG_TARGET, "gatewayd {}: IKE on {}", cfg.name, h.local_addr());
-    let driver = IkeTunnelDriver::new(policy, &cfg.center_networks, h.clone(), ike_events, events);
+    log::info!(
+        target: LOG_TARGET,
+        "gatewayd {}: IKE on {} as {}",
+        cfg.name,
+        h.local_addr(),
+        vpnnat_ike::Identity::from_text(cfg.ike_id.as_str()).describe()
+    );
+    let identity = vpnnat_ike::Identity::from_text(cfg.ike_id.as_str());
+    let driver = IkeTunnelDriver::new(policy, &cfg.center_networks, identity, h.clone(), ike_events, events);
     Ok((Box::new(driver), Some(h)))
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use vpnnat_datapath::{Ipv4Cidr, REQID_BASE};
-use vpnnat_ike::{DownReason, Secret, TrafficSelector};
+use vpnnat_ike::{DownReason, Identity, Secret, TrafficSelector};
 use vpnnat_ike_driver::{DriverEvent as IkeEvent, DriverHandle, Request, TunnelConfig};
 use vpnnat_proto::keys::{Psk, SecretBytes};
 use vpnnat_proto::messages::TunnelStatus;
@@ -127,11 +127,14 @@ impl<D> Drop for IkeTunnelDriver<D> {
 
 impl<D: PolicyDatapath> IkeTunnelDriver<D> {
     /// Wraps `policy` (built with the same event sender `events`) and a
-    /// started IKE driver with its event stream. Must be called inside a
+    /// started IKE driver with its event stream; `identity` is the
+    /// driver's own (`DriverConfig::identity`), for the routers that dial
+    /// in. Must be called inside a
     /// tokio runtime (spawns the event task).
     pub fn new(
         mut policy: PolicyDriver<D>,
         center_networks: &[Ipv4Cidr],
+        identity: Identity,
         drv: DriverHandle,
         ike_events: UnboundedReceiver<IkeEvent>,
         events: UnboundedSender<DriverEvent>,
@@ -139,7 +142,7 @@ impl<D: PolicyDatapath> IkeTunnelDriver<D> {
         policy.set_connecting_detail(CONNECTING);
         let peers: Peers = Arc::new(Mutex::new(BTreeMap::new()));
         let center_ts = center_selectors(center_networks);
-        let (dial_in, dial_in_up) = start_listening(&drv, &center_ts);
+        let (dial_in, dial_in_up) = start_listening(&drv, identity, &center_ts);
         let task = tokio::spawn(forward_ike_events(
             ike_events,
             events,

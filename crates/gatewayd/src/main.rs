@@ -48,6 +48,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
+    // Keys live in this process's memory: no core file may carry them off.
+    if let Err(e) = vpnnat_crashpoint::core_dumps::disable() {
+        eprintln!("gatewayd: warning: core dumps stay possible: {e}");
+    }
     let cfg = match load(&cli.config) {
         Ok(c) => c,
         Err(e) => {

@@ -23,3 +23,46 @@ fn gatewayd_exit_status() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../buildroot-overlay/center/etc/gatewayd.toml");
     assert_eq!(gw(&["--config", example.to_str().unwrap(), "check-config"]), 0);
 }
+
+/// A running gatewayd cannot dump core: its memory holds the API key and
+/// the routers' PSKs (issue 18, item 13).
+#[test]
+fn a_running_gatewayd_has_core_dumps_disabled() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("gatewayd-core-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gatewayd.toml");
+    let example = include_str!("../../../buildroot-overlay/center/etc/gatewayd.toml")
+        .replace("datapath = \"kernel\"", "datapath = \"recording\"")
+        .replace("ike = true", "ike = false")
+        .replace("172.16.0.21:9000", &format!("127.0.0.1:{port}"));
+    std::fs::write(&cfg, example).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatewayd"))
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "gatewayd did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+}

@@ -555,6 +555,28 @@ impl Identity {
             data: id.to_vec(),
         }
     }
+    /// The identity a configuration names in text (the center's
+    /// `gateway_ike_id`, gatewayd's `ike_id`), read the same way on every
+    /// side: an IPv4 address is ID_IPV4_ADDR, anything else ID_FQDN.
+    pub fn from_text(s: &str) -> Self {
+        match s.parse::<Ipv4Addr>() {
+            Ok(a) => Self::ipv4(a),
+            Err(_) => Self::fqdn(s),
+        }
+    }
+
+    /// For log lines: `ID_FQDN gw1.example`, `ID_IPV4_ADDR 192.0.2.1`,
+    /// `ID_KEY_ID 7665…` (hex), `ID type 9 (…)`.
+    pub fn describe(&self) -> String {
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        match (self.ty, <[u8; 4]>::try_from(self.data.as_slice())) {
+            (id_type::IPV4_ADDR, Ok(o)) => format!("ID_IPV4_ADDR {}", Ipv4Addr::from(o)),
+            (id_type::FQDN, _) => format!("ID_FQDN {}", String::from_utf8_lossy(&self.data).escape_debug()),
+            (id_type::KEY_ID, _) => format!("ID_KEY_ID {}", hex(&self.data)),
+            (t, _) => format!("ID type {t} ({})", hex(&self.data)),
+        }
+    }
+
     /// The body as used for the MACedID in AUTH computation:
     /// IDType | RESERVED | data (RFC 7296 2.15).
     pub fn body_bytes(&self) -> Vec<u8> {
@@ -1235,6 +1257,24 @@ pub fn encode_message(header: &Header, payloads: &[Payload]) -> Result<Vec<u8>> 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn identities_from_configuration_text() {
+        assert_eq!(
+            Identity::from_text("198.51.100.21"),
+            Identity::ipv4(Ipv4Addr::new(198, 51, 100, 21))
+        );
+        assert_eq!(
+            Identity::from_text("gw1.center.example"),
+            Identity::fqdn("gw1.center.example")
+        );
+        assert_eq!(
+            Identity::from_text("gw1.center.example").describe(),
+            "ID_FQDN gw1.center.example"
+        );
+        assert_eq!(Identity::from_text("192.0.2.1").describe(), "ID_IPV4_ADDR 192.0.2.1");
+        assert_eq!(Identity::key_id(b"ab").describe(), "ID_KEY_ID 6162");
+    }
     use super::*;
 
     fn hdr(ex: ExchangeType, flags: u8, mid: u32) -> Header {

@@ -18,6 +18,8 @@
 //!   freshness and replay in the order that leaks least.
 //! - [`error`]: [`ProtoError`] and its HTTP status mapping.
 //! - [`throttle`]: the wrong-password brakes of the two password pages.
+//! - [`page_headers`]: the framing, sniffing and content-policy headers of
+//!   every HTML page (the router's and the center's).
 //!
 //! The wire format (paths, headers, MAC encoding, sealing, JSON bodies) is
 //! described in `crates/proto/README.md`.
@@ -77,6 +79,7 @@ pub mod form;
 pub mod initiation;
 pub mod keys;
 pub mod messages;
+pub mod page_headers;
 pub mod paths;
 pub mod seal;
 pub mod throttle;

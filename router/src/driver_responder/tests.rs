@@ -85,9 +85,13 @@ fn requests_follow_the_settings() {
             "set-ts 203.0.113.101 ts=1"
         ]
     );
+    // Another gateway identity: the tunnel starts over, checked against it.
     let mut renamed = a.clone();
     renamed.peer_id = "gw".into();
-    assert!(requests(Some(&a), Some(&renamed)).is_empty());
+    assert_eq!(
+        texts(&requests(Some(&a), Some(&renamed))),
+        ["disconnect 203.0.113.101", "accept 203.0.113.101 ts=1 reqid=0x56500100"]
+    );
 }
 
 #[test]
@@ -100,7 +104,14 @@ fn tunnel_config_carries_psk_and_selectors() {
         t.remote_ts,
         vec![vpnnat_ike::TrafficSelector::subnet(ip("10.64.0.0"), 16)]
     );
-    assert_eq!(t.remote_id, None);
+    // The gateway must authenticate as the identity the center sent.
+    assert_eq!(t.remote_id, Some(vpnnat_ike::Identity::ipv4(ip("203.0.113.101"))));
+    let mut named = s.clone();
+    named.peer_id = "gw1.center.example".into();
+    assert_eq!(
+        tunnel_config(&named).remote_id,
+        Some(vpnnat_ike::Identity::fqdn("gw1.center.example"))
+    );
 }
 
 #[derive(Clone, Default)]

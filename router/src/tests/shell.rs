@@ -73,7 +73,7 @@ pub(crate) fn tmpdir(tag: &str) -> PathBuf {
 pub(crate) struct Running {
     pub(crate) router: Arc<Router>,
     pub(crate) lan: String,
-    center_port: String,
+    pub(crate) center_port: String,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -206,7 +206,7 @@ pub(crate) async fn start_center(cfg_secret: vpnnat_proto::keys::SecretId, liste
     sim
 }
 
-fn api_request(terminals: &[&str]) -> Vec<u8> {
+pub(crate) fn api_request(terminals: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&ApiRequest {
         claimant_name: "Taro".into(),
         claimant_level: "general".into(),
@@ -546,7 +546,7 @@ async fn maintenance_interface_needs_the_password_and_reboots() {
 }
 
 /// `Authorization: Basic` with the fake center's maintenance password.
-fn maintenance_auth() -> String {
+pub(crate) fn maintenance_auth() -> String {
     use base64::Engine as _;
     format!(
         "Basic {}",
@@ -867,7 +867,10 @@ async fn lan_page_and_maintenance_port_survive_a_flood() {
         (
             "routerd LAN page",
             rt.lan.clone(),
-            "GET /api/status HTTP/1.1\r\nHost: lan\r\nConnection: close\r\n\r\n".to_owned(),
+            format!(
+                "GET /api/status HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                rt.lan
+            ),
             "/api/request",
         ),
         (
@@ -1012,7 +1015,7 @@ async fn hostile_requests_to_routerd_are_refused_and_change_nothing() {
         ("/button", "application/x-www-form-urlencoded"),
         ("/api/request", "application/json"),
         ("/api/button", "application/json"),
-        ("/api/install", "application/json"),
+        (crate::web::INSTALL_PATH, "application/json"),
     ] {
         let body = api_request(&["pc2"]);
         for h in [("origin", "http://evil.example"), ("sec-fetch-site", "cross-site")] {
@@ -1027,6 +1030,26 @@ async fn hostile_requests_to_routerd_are_refused_and_change_nothing() {
             "oversized",
             raw(&lan, Method::POST, path, &[("content-type", ct)], vec![b'{'; 1 << 20]).await,
         );
+    }
+    // DNS rebinding: a foreign name as Host (and as Origin), issue 18.
+    for (method, path) in [
+        ("GET", "/api/hosts"),
+        ("POST", "/api/request"),
+        ("POST", crate::web::INSTALL_PATH),
+    ] {
+        let (s, _, b) = super::lan_security::with_host(
+            &lan,
+            method,
+            path,
+            "rebound.example",
+            &[
+                ("content-type", "application/json"),
+                ("origin", "http://rebound.example"),
+            ],
+            &api_request(&["pc2"]),
+        )
+        .await;
+        refused("LAN page", "tampered", (s, b));
     }
     for (path, ct, body) in [
         ("/api/request", "application/json", b"{\"claimant_name\": 7".to_vec()),

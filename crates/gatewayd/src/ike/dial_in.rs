@@ -3,7 +3,7 @@
 //! bookkeeping of which admitted router is up.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -22,16 +22,16 @@ use super::{IkeTunnel, IkeTunnelDriver};
 pub(super) type DialInUp = Arc<Mutex<BTreeSet<TerminalId>>>;
 
 /// Creates the table and sets it as the driver's dial-in lookup.
-pub(super) fn start_listening(drv: &DriverHandle, center_ts: &[TrafficSelector]) -> (Arc<DialInTable>, DialInUp) {
-    let local = match drv.local_addr().ip() {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-    };
-    // The driver's own identity (ID_IPV4_ADDR of its address), as in the
-    // gateway-initiated mode; routers do not pin it (the PSK is the proof).
+pub(super) fn start_listening(
+    drv: &DriverHandle,
+    identity: Identity,
+    center_ts: &[TrafficSelector],
+) -> (Arc<DialInTable>, DialInUp) {
+    // The driver's own identity, as in the gateway-initiated mode: routers
+    // check it against the one centerd named (issue 18, item 12).
     let template = SaConfig::new(
         Secret::from_slice(b"dial-in template: every SA takes its router's own key"),
-        Identity::ipv4(local),
+        identity,
         center_ts.to_vec(),
         center_ts.to_vec(),
     );

@@ -82,7 +82,9 @@ fn router_cfg(addrs: &[Ipv4Addr], reqid: u32) -> TunnelConfig {
         local_ts: address_selectors(addrs),
         remote_ts: center_selectors(&nets()),
         reqid,
-        remote_id: None,
+        // As routerd does: the gateway must be who the center says (here
+        // the driver's default identity, its address).
+        remote_id: Some(Identity::ipv4(GW)),
         log_label: "terminal=router-side".into(),
     }
 }
@@ -105,7 +107,7 @@ async fn connects_on_first_grant_rekeys_on_changes_and_closes() {
 
     let (tx, mut rx) = unbounded_channel();
     let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
-    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let mut d = IkeTunnelDriver::new(policy, &nets(), Identity::ipv4(GW), gh.clone(), gev, tx);
     let t = tid("router-1");
     d.setup(TunnelSpec {
         terminal_id: t.clone(),
@@ -190,7 +192,7 @@ async fn reconcile_keeps_the_drivers_sas_and_removes_a_previous_runs() {
     rh.accept(router_cfg(&[a1], reqid)).await.unwrap();
     let (tx, mut rx) = unbounded_channel();
     let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
-    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let mut d = IkeTunnelDriver::new(policy, &nets(), Identity::ipv4(GW), gh.clone(), gev, tx);
     let t = tid("router-1");
     d.setup(TunnelSpec {
         terminal_id: t.clone(),
@@ -239,7 +241,7 @@ async fn restart_negotiates_a_fresh_ike_sa_at_once() {
     rh.accept(router_cfg(&[a1], reqid)).await.unwrap();
     let (tx, mut rx) = unbounded_channel();
     let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
-    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let mut d = IkeTunnelDriver::new(policy, &nets(), Identity::ipv4(GW), gh.clone(), gev, tx);
     let t = tid("router-1");
     assert!(matches!(d.restart(&t), Err(DriverError::UnknownTunnel(_))));
     d.setup(TunnelSpec {
@@ -294,7 +296,7 @@ async fn a_router_mode_tunnel_is_admitted_by_identity_and_torn_down() {
     let ((gh, gev, grec), (rh, mut rev)) = sides.expect("no free ports on loopback");
     let (tx, mut rx) = unbounded_channel();
     let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
-    let mut d = IkeTunnelDriver::new(policy, &nets(), gh.clone(), gev, tx);
+    let mut d = IkeTunnelDriver::new(policy, &nets(), Identity::ipv4(GW), gh.clone(), gev, tx);
     let t = tid("router-1");
     let a1 = ip("10.64.0.1");
     let a2 = ip("10.64.0.2");
@@ -345,4 +347,62 @@ async fn a_router_mode_tunnel_is_admitted_by_identity_and_torn_down() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(grec.installed().is_empty(), "{:?}", grec.installed());
     assert!(d.tunnels().is_empty());
+}
+
+/// Issue 18, item 12: gatewayd authenticates as its configured `ike_id`
+/// and a router that expects that identity (read from the center's text
+/// the same way) brings the tunnel up; a router told another identity
+/// refuses the exchange, and nothing is installed on its side.
+#[tokio::test]
+async fn the_router_accepts_only_the_gateway_identity_the_center_named() {
+    let named = "gw1.center.example";
+    for (expected, comes_up) in [(named, true), ("gw9.center.example", false)] {
+        let mut sides = None;
+        for _ in 0..20 {
+            let ports = free_ports();
+            let mut cfg = DriverConfig::new(GW);
+            cfg.ports = ports;
+            cfg.kernel_events = false;
+            cfg.shutdown_grace = Duration::from_secs(1);
+            cfg.identity = Identity::from_text(named);
+            let grec = RecordingInstaller::new();
+            let g = IkeDriver::start(cfg, Box::new(grec.clone())).await.ok();
+            if let (Some((gh, gev)), Some(r)) = (g, start(RT, ports).await) {
+                sides = Some(((gh, gev, grec), r));
+                break;
+            }
+        }
+        let ((gh, gev, _grec), (rh, mut rev, rrec)) = sides.expect("no free ports on loopback");
+        let a1 = ip("10.64.0.1");
+        let mut rc = router_cfg(&[a1], REQID_BASE + 4);
+        rc.remote_id = Some(Identity::from_text(expected));
+        rh.accept(rc).await.unwrap();
+        let (tx, mut rx) = unbounded_channel();
+        let policy = PolicyDriver::new(RecordingDatapath::new(), GW, nets(), 1000, tx.clone());
+        let mut d = IkeTunnelDriver::new(policy, &nets(), Identity::from_text(named), gh.clone(), gev, tx);
+        let t = tid("router-1");
+        d.setup(TunnelSpec {
+            terminal_id: t.clone(),
+            slot: 4,
+            router_ip: RT,
+            psk: Psk::from_array([7; 32]),
+        })
+        .unwrap();
+        d.add_addresses(&t, &[a1]).unwrap();
+        if comes_up {
+            wait(&mut rx, "up", |e| e.status == TunnelStatus::Up).await;
+            assert_eq!(rrec.installed().len(), 2, "{expected}");
+        } else {
+            let e = wait(&mut rev, "rejected", |e| matches!(e, IkeEvent::Rejected { .. })).await;
+            let IkeEvent::Rejected { error, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(error, vpnnat_ike::Error::IdentityMismatch.to_string());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!rh.is_up(GW) && rrec.installed().is_empty(), "{expected}");
+        }
+        d.teardown(&t).unwrap();
+        gh.shutdown().await;
+        rh.shutdown().await;
+    }
 }
