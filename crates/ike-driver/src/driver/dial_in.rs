@@ -135,7 +135,7 @@ impl Driver {
         if let Err(e) = l.core.handle_datagram(now, src, dst, p, &self.rng) {
             if e != vpnnat_ike::Error::NotIke {
                 // No secrets here: the core's errors name no keys.
-                log::warn!("dial-in IKE from {src_wire} refused: {e}");
+                self.dropped(now, crate::drop_log::Sender::Peer, &format!("dial-in refused: {e}"), src_wire);
                 let _ = self.events.send(DriverEvent::Rejected {
                     from: src.ip(),
                     error: e.to_string(),
