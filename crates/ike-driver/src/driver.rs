@@ -349,7 +349,7 @@ impl Driver {
             return;
         }
         if !self.tunnels.contains_key(&peer) {
-            self.dropped(now, Sender::Unknown, "not a configured peer", src_wire);
+            self.dropped(now, Sender::Unknown, "not a configured peer", "", src_wire);
             let _ = self.events.send(DriverEvent::Rejected {
                 from: src.ip(),
                 error: vpnnat_ike::Error::PeerNotAllowed(src.ip()).to_string(),
@@ -363,10 +363,9 @@ impl Driver {
             let fresh: Vec<u32> = self.larval_of(peer).difference(&reserved_before).copied().collect();
             self.release_larval(peer, Some(&fresh));
             if e == vpnnat_ike::Error::NotIke {
-                self.dropped(now, Sender::Unknown, "non-IKE on the NAT-T port", src_wire);
+                self.dropped(now, Sender::Unknown, "non-IKE on the NAT-T port", "", src_wire);
             } else {
-                let reason = format!("{}rejected: {e}", tag(&self.labels, peer));
-                self.dropped(now, Sender::Peer, &reason, src_wire);
+                self.dropped(now, Sender::Peer, "rejected", crate::drop_log::kind(&e), src_wire);
                 let _ = self.events.send(DriverEvent::Rejected {
                     from: src.ip(),
                     error: e.to_string(),
@@ -377,8 +376,8 @@ impl Driver {
     }
 
     /// Counts a dropped datagram; writes the summary line when one is due.
-    fn dropped(&mut self, now: Instant, sender: Sender, reason: &str, from: SocketAddr) {
-        if let Some(line) = self.drops.record(now, sender, reason, from) {
+    fn dropped(&mut self, now: Instant, sender: Sender, what: &'static str, kind: &'static str, from: SocketAddr) {
+        if let Some(line) = self.drops.record(now, sender, what, kind, from) {
             log::log!(line.level, "{line}");
         }
     }
