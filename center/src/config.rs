@@ -209,7 +209,10 @@ fn operator_networks(raw: &[String], pool: &Ipv4Cidr) -> Result<Vec<Ipv4Cidr>, C
                 return Err(invalid(key, "trusts every address: name the operators' network"));
             }
             if n.contains(pool.addr()) || pool.contains(n.addr()) {
-                return Err(invalid(key, format!("overlaps the VPNNAT pool {pool} (router LANs are not operators)")));
+                return Err(invalid(
+                    key,
+                    format!("overlaps the VPNNAT pool {pool} (router LANs are not operators)"),
+                ));
             }
             Ok(n)
         })
@@ -528,7 +531,10 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
             ("\"192.168.7.1/24\"", "host bits"),
         ] {
             let e = err_of(&with(bad));
-            assert!(e.contains("operators.trusted_networks[0]") && e.contains(why), "{bad}: {e}");
+            assert!(
+                e.contains("operators.trusted_networks[0]") && e.contains(why),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -480,8 +480,12 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let slots = if trusted { &self.slots.1 } else { &self.slots.0 };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             log::warn!("operator login from {peer}: every password check slot is busy, refused");
-            let mut r = html(503, login_page("The server is busy checking passwords: try again in a moment."));
-            r.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let mut r = html(
+                503,
+                login_page("The server is busy checking passwords: try again in a moment."),
+            );
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
             return r;
         };
         // Counted before the password is hashed: concurrent guesses cannot

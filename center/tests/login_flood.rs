@@ -140,7 +140,13 @@ fn latency(addr: SocketAddr, n: u32) -> Latency {
 
 /// Posts wrong passwords from `src` until `stop`, one every 5 ms; counts
 /// the answers by status.
-async fn attacker(ui: SocketAddr, src: Ipv4Addr, stop: Arc<AtomicBool>, checked: Arc<AtomicU32>, other: Arc<AtomicU32>) {
+async fn attacker(
+    ui: SocketAddr,
+    src: Ipv4Addr,
+    stop: Arc<AtomicBool>,
+    checked: Arc<AtomicU32>,
+    other: Arc<AtomicU32>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = "password=guess";
     let req = format!(
@@ -181,7 +187,10 @@ fn router_api_latency_during_a_login_flood_is_not_held_up_by_password_checks() {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let cfg = CenterdConfig::load(&path).unwrap();
             let l = Listeners::bind(&cfg).await.unwrap();
@@ -208,7 +217,10 @@ fn router_api_latency_during_a_login_flood_is_not_held_up_by_password_checks() {
     let attackers = {
         let (stop, checked, other) = (stop.clone(), checked.clone(), other.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let tasks: Vec<_> = (2..=11u8)
                     .map(|i| {
@@ -244,7 +256,10 @@ fn router_api_latency_during_a_login_flood_is_not_held_up_by_password_checks() {
         checked.load(Ordering::Relaxed) + other.load(Ordering::Relaxed)
     );
     // The measurement ran while passwords were being checked.
-    assert!(checked_during >= 3, "only {checked_during} checks during the measurement");
+    assert!(
+        checked_during >= 3,
+        "only {checked_during} checks during the measurement"
+    );
     // The 2x of the issue is the figure printed above: on this shared
     // two-core machine (other builds beside) round trips of a millisecond
     // jitter by more than that, so it is a benchmark, not an assertion.
@@ -252,5 +267,8 @@ fn router_api_latency_during_a_login_flood_is_not_held_up_by_password_checks() {
     // workers (before), probes waited for whole checks (max ~0.9 s) and the
     // mean grew to a fifth of a check (16x the quiet mean, ~20 ms, here);
     // now it stays far below.
-    assert!(flood.mean < check / 10, "flood {flood} against quiet {quiet}: probes wait for password checks");
+    assert!(
+        flood.mean < check / 10,
+        "flood {flood} against quiet {quiet}: probes wait for password checks"
+    );
 }

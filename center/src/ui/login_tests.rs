@@ -162,6 +162,9 @@ async fn a_password_check_never_stalls_the_async_worker() {
     let worst = ticker.await.unwrap();
     assert_eq!(status, 401);
     assert!(took >= check / 2, "the login took {took:?}, a check {check:?}");
-    assert!(worst < check / 3, "the worker stood still for {worst:?} (a check takes {check:?})");
+    assert!(
+        worst < check / 3,
+        "the worker stood still for {worst:?} (a check takes {check:?})"
+    );
     println!("ui login off the worker: a check {check:?}, the login {took:?}, the 5 ms ticker's worst gap {worst:?}");
 }

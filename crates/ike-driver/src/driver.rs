@@ -14,10 +14,10 @@ use vpnnat_ike::{
     ChildSa, DownReason, Event, Initiator, InitiatorConfig, Output, Responder, ResponderConfig, SaConfig, SpiSource,
 };
 
+use crate::drop_log::{DropLog, Sender};
 use crate::kernel::{
     spawn_expire_thread, spawn_kernel_thread, with_shared, Expire, KernelOp, SaInstaller, SharedState, SpiAllocator,
 };
-use crate::drop_log::{DropLog, Sender};
 use crate::net::{Ports, Sockets};
 use crate::{Cmd, DriverConfig, DriverError, DriverEvent, DriverHandle, TunnelConfig};
 

@@ -265,6 +265,9 @@ mod tests {
         assert_eq!(s.reasons.len(), MAX_REASONS);
         assert_eq!(s.other, 1000 - 50 * MAX_REASONS as u64);
         assert_eq!(s.total, 1000);
-        assert!(s.to_string().ends_with(&format!("; {} for other reasons", s.other)), "{s}");
+        assert!(
+            s.to_string().ends_with(&format!("; {} for other reasons", s.other)),
+            "{s}"
+        );
     }
 }

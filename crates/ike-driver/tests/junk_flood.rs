@@ -151,8 +151,12 @@ async fn junk_flood_logs_a_bounded_number_of_lines_and_the_tunnel_keeps_answerin
         }
         panic!("no free port pair on loopback");
     };
-    r.h.accept(tunnel(GW, "10.64.0.0", "172.16.0.0", 0x5650_0008)).await.unwrap();
-    g.h.connect(tunnel(RT, "172.16.0.0", "10.64.0.0", 0x5650_0007)).await.unwrap();
+    r.h.accept(tunnel(GW, "10.64.0.0", "172.16.0.0", 0x5650_0008))
+        .await
+        .unwrap();
+    g.h.connect(tunnel(RT, "172.16.0.0", "10.64.0.0", 0x5650_0007))
+        .await
+        .unwrap();
     g.wait("gw up", |e| matches!(e, DriverEvent::TunnelUp { .. })).await;
     r.wait("rt up", |e| matches!(e, DriverEvent::TunnelUp { .. })).await;
 
@@ -179,9 +183,13 @@ async fn junk_flood_logs_a_bounded_number_of_lines_and_the_tunnel_keeps_answerin
     // router must answer (and DPD runs every 300 ms of silence).
     tokio::time::sleep(Duration::from_millis(200)).await;
     g.h.rekey_child(RT).await.unwrap();
-    g.wait("child rekey during the flood", |e| matches!(e, DriverEvent::ChildSaRemoved { .. }))
-        .await;
-    tokio::task::spawn_blocking(move || sender.join().unwrap()).await.unwrap();
+    g.wait("child rekey during the flood", |e| {
+        matches!(e, DriverEvent::ChildSaRemoved { .. })
+    })
+    .await;
+    tokio::task::spawn_blocking(move || sender.join().unwrap())
+        .await
+        .unwrap();
     let flood = t0.elapsed();
     // Quiet for a while: DPD exchanges go on, the last summary comes out.
     tokio::time::sleep(interval * 3).await;
@@ -228,16 +236,25 @@ async fn junk_flood_logs_a_bounded_number_of_lines_and_the_tunnel_keeps_answerin
     // The driver did see a flood (not just the kernel).
     assert!(seen >= (JUNK / 10) as u64, "only {seen} drops reported: {during:#?}");
     // Both kinds of sender were counted, at their levels.
-    assert!(summaries.iter().any(|l| l.contains("not a configured peer")), "{summaries:#?}");
+    assert!(
+        summaries.iter().any(|l| l.contains("not a configured peer")),
+        "{summaries:#?}"
+    );
     assert!(summaries.iter().any(|l| l.contains("rejected: ")), "{summaries:#?}");
     assert!(
-        summaries.iter().any(|l| l.starts_with("WARN ") && l.contains("rejected: ")),
+        summaries
+            .iter()
+            .any(|l| l.starts_with("WARN ") && l.contains("rejected: ")),
         "{summaries:#?}"
     );
     // One summary per interval at most, and a handful of other lines (the
     // rekey): bounded by time, not by the datagrams sent.
     let intervals = (elapsed.as_millis() / interval.as_millis()) as usize + 2;
-    assert!(summaries.len() <= intervals, "{} summaries in {elapsed:?}", summaries.len());
+    assert!(
+        summaries.len() <= intervals,
+        "{} summaries in {elapsed:?}",
+        summaries.len()
+    );
     assert!(during.len() <= intervals + 40, "{} lines: {during:#?}", during.len());
 }
 
@@ -258,7 +275,9 @@ async fn strangers_alone_are_summed_up_at_debug_level() {
     let Some(r) = side(RT, ports, |c| c.drop_log_interval = Duration::from_millis(200)).await else {
         return; // port taken meanwhile: nothing to test
     };
-    r.h.accept(tunnel(GW, "10.64.0.0", "172.16.0.0", 0x5650_0009)).await.unwrap();
+    r.h.accept(tunnel(GW, "10.64.0.0", "172.16.0.0", 0x5650_0009))
+        .await
+        .unwrap();
     let stranger = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 4), 0)).unwrap();
     for i in 0..100 {
         stranger.send_to(&junk(i), (RT, ports.ike)).unwrap();
@@ -277,7 +296,9 @@ async fn strangers_alone_are_summed_up_at_debug_level() {
     assert!(line.starts_with("DEBUG "), "{line}");
     assert!(line.contains(" not a configured peer (first from 127.0.0.4:"), "{line}");
     assert!(
-        !lines().iter().any(|l| l.contains("127.0.0.4") && !l.contains("IKE: dropped ")),
+        !lines()
+            .iter()
+            .any(|l| l.contains("127.0.0.4") && !l.contains("IKE: dropped ")),
         "a line per datagram: {:#?}",
         lines()
     );

@@ -431,7 +431,10 @@ mod tests {
         // A trusted source is not braked by what the others did.
         let a = t.begin(ip("192.168.7.2"), true, 11).unwrap();
         assert_eq!(a.locks, None);
-        assert_eq!(t.begin(ip("198.51.100.7"), false, 11).unwrap_err().scope, Scope::Untrusted);
+        assert_eq!(
+            t.begin(ip("198.51.100.7"), false, 11).unwrap_err().scope,
+            Scope::Untrusted
+        );
         assert_eq!(t.check(ip("198.51.100.7"), 70), Ok(()));
     }
 
@@ -451,7 +454,10 @@ mod tests {
             }
             let lock = lock.unwrap();
             assert_eq!(lock.scope, Scope::Source);
-            assert_eq!(t.begin(a, false, now).unwrap_err().retry_after_secs, lock.retry_after_secs);
+            assert_eq!(
+                t.begin(a, false, now).unwrap_err().retry_after_secs,
+                lock.retry_after_secs
+            );
             waits.push(lock.retry_after_secs);
             now += lock.retry_after_secs;
         }
@@ -478,10 +484,7 @@ mod tests {
         t.passed(admitted[admitted.len() - 1]);
         assert_eq!(t.check(a, 50), Ok(()));
         // A right password does not count towards the untrusted brake.
-        let cfg = ThrottleConfig {
-            global: 3,
-            ..cfg
-        };
+        let cfg = ThrottleConfig { global: 3, ..cfg };
         let mut t = LoginThrottle::new(cfg);
         for i in 0..10u8 {
             let x = t.begin(IpAddr::from([10, 0, 0, i]), false, 5).unwrap();
@@ -516,7 +519,9 @@ mod tests {
                 }
             }
             if sec % 60 == 30 {
-                let x = t.begin(operator, true, now).unwrap_or_else(|e| panic!("operator refused at {sec} s: {e}"));
+                let x = t
+                    .begin(operator, true, now)
+                    .unwrap_or_else(|e| panic!("operator refused at {sec} s: {e}"));
                 t.passed(x);
                 op_ok += 1;
                 match t.begin(outsider, false, now) {
@@ -530,7 +535,9 @@ mod tests {
         // The attacker got a bounded number of guesses: 5 per address per
         // back-off step, and the untrusted brake on top.
         assert!(guesses <= 10 * 5 * 6, "{guesses} guesses");
-        println!("login flood: 10 addresses x 600 s: {guesses} guesses admitted, {refused} refused; operator 10/10 logins");
+        println!(
+            "login flood: 10 addresses x 600 s: {guesses} guesses admitted, {refused} refused; operator 10/10 logins"
+        );
     }
 
     #[test]
