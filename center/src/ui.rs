@@ -475,11 +475,28 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 .to_ipv4_mapped()
                 .is_some_and(|a| self.settings.operator_networks.iter().any(|n| n.contains(a))),
         };
-        // A hashing slot first, without waiting: when all are busy the
-        // answer comes at once and nothing is counted (nothing was guessed).
+        let throttled = |t: vpnnat_proto::throttle::Throttled| {
+            log::warn!("operator login from {peer} refused: {t}");
+            self.center
+                .audit(now, &who, "login_throttled", None, None, &t.to_string());
+            let mut r = html(429, login_page(&format!("Login refused: {t}.")));
+            if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
+                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+            r
+        };
+        // A braked source goes no further: it takes no hashing slot.
+        match self.throttle.lock().map(|t| t.check_from(peer.ip(), trusted, now)) {
+            Ok(Ok(())) => {}
+            Ok(Err(t)) => return throttled(t),
+            Err(_) => return text(500, "login throttle unavailable"),
+        }
+        // A hashing slot, without waiting: when all are busy the answer
+        // comes at once and nothing is counted (nothing was guessed).
         let slots = if trusted { &self.slots.1 } else { &self.slots.0 };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            log::warn!("operator login from {peer}: every password check slot is busy, refused");
+            // Debug: a flood would write a line per request.
+            log::debug!("operator login from {peer}: every password check slot is busy, refused");
             let mut r = html(
                 503,
                 login_page("The server is busy checking passwords: try again in a moment."),
@@ -492,16 +509,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         // slip past the limit, and a refused one costs no PBKDF2 time.
         let attempt = match self.throttle.lock().map(|mut t| t.begin(peer.ip(), trusted, now)) {
             Ok(Ok(a)) => a,
-            Ok(Err(t)) => {
-                log::warn!("operator login from {peer} refused: {t}");
-                self.center
-                    .audit(now, &who, "login_throttled", None, None, &t.to_string());
-                let mut r = html(429, login_page(&format!("Login refused: {t}.")));
-                if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
-                    r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-                }
-                return r;
-            }
+            Ok(Err(t)) => return throttled(t),
             Err(_) => return text(500, "login throttle unavailable"),
         };
         // PBKDF2 off the async workers; the slot goes with the check, so a

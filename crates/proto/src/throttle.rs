@@ -183,7 +183,13 @@ impl LoginThrottle {
     /// Whether `source` (untrusted) may try a password now, counting
     /// nothing; see [`LoginThrottle::begin`] for the counting form.
     pub fn check(&self, source: IpAddr, now: u64) -> Result<(), Throttled> {
-        self.refusal(source, false, now).map_or(Ok(()), Err)
+        self.check_from(source, false, now)
+    }
+
+    /// Whether `source` (`trusted`: in the trusted operator network) may
+    /// try a password now, counting nothing.
+    pub fn check_from(&self, source: IpAddr, trusted: bool, now: u64) -> Result<(), Throttled> {
+        self.refusal(source, trusted, now).map_or(Ok(()), Err)
     }
 
     fn refusal(&self, source: IpAddr, trusted: bool, now: u64) -> Option<Throttled> {
