@@ -206,7 +206,10 @@ async fn junk_flood_logs_a_bounded_number_of_lines_and_the_tunnel_keeps_answerin
     let summaries: Vec<&String> = during.iter().filter(|l| l.contains("IKE: dropped ")).collect();
     let seen = dropped_in(&during);
 
-    // The informational DELETE after the flood is answered too.
+    // The informational DELETE after the flood is answered too, and at
+    // once: had a DPD of the gateway gone unanswered, the DELETE would wait
+    // behind its retransmission (1 s, the exchange window is one).
+    let t_delete = Instant::now();
     g.h.disconnect(RT).await.unwrap();
     assert_eq!(
         r.wait("rt down", is_down).await,
@@ -215,6 +218,8 @@ async fn junk_flood_logs_a_bounded_number_of_lines_and_the_tunnel_keeps_answerin
             reason: DownReason::DeletedByPeer
         }
     );
+    let delete = t_delete.elapsed();
+    assert!(delete < Duration::from_millis(900), "the DELETE took {delete:?}");
     assert_eq!(
         g.wait("gw down", is_down).await,
         DriverEvent::TunnelDown {
@@ -226,7 +231,8 @@ async fn junk_flood_logs_a_bounded_number_of_lines_and_the_tunnel_keeps_answerin
     let elapsed = t0.elapsed();
     println!(
         "junk flood: {JUNK} datagrams sent in {flood:?}, {seen} dropped by the driver (the rest by the kernel: \
-         socket buffer, ESP on the NAT-T port); {} log lines in {elapsed:?}, {} of them summaries:",
+         socket buffer, ESP on the NAT-T port); {} log lines in {elapsed:?}, {} of them summaries; the DELETE \
+         after it answered in {delete:?}:",
         during.len(),
         summaries.len()
     );
