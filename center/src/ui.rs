@@ -476,9 +476,21 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 .is_some_and(|a| self.settings.operator_networks.iter().any(|n| n.contains(a))),
         };
         let throttled = |t: vpnnat_proto::throttle::Throttled| {
-            log::warn!("operator login from {peer} refused: {t}");
-            self.center
-                .audit(now, &who, "login_throttled", None, None, &t.to_string());
+            // The first refusal of each wait per address is logged and
+            // audited; the repeats only at debug: a flood of guesses must
+            // not write a line, let alone an append-only row, each.
+            let first = self
+                .throttle
+                .lock()
+                .map(|mut th| th.refused(peer.ip(), &t, now))
+                .unwrap_or(true);
+            if first {
+                log::warn!("operator login from {peer} refused: {t}");
+                self.center
+                    .audit(now, &who, "login_throttled", None, None, &t.to_string());
+            } else {
+                log::debug!("operator login from {peer} refused again: {t}");
+            }
             let mut r = html(429, login_page(&format!("Login refused: {t}.")));
             if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
                 r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
@@ -486,10 +498,12 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             r
         };
         // A braked source goes no further: it takes no hashing slot.
-        match self.throttle.lock().map(|t| t.check_from(peer.ip(), trusted, now)) {
-            Ok(Ok(())) => {}
-            Ok(Err(t)) => return throttled(t),
-            Err(_) => return text(500, "login throttle unavailable"),
+        // (The verdict first: the lock must be free again for `throttled`.)
+        let verdict = self.throttle.lock().ok().map(|t| t.check_from(peer.ip(), trusted, now));
+        match verdict {
+            Some(Ok(())) => {}
+            Some(Err(t)) => return throttled(t),
+            None => return text(500, "login throttle unavailable"),
         }
         // A hashing slot, without waiting: when all are busy the answer
         // comes at once and nothing is counted (nothing was guessed).
@@ -507,10 +521,11 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         };
         // Counted before the password is hashed: concurrent guesses cannot
         // slip past the limit, and a refused one costs no PBKDF2 time.
-        let attempt = match self.throttle.lock().map(|mut t| t.begin(peer.ip(), trusted, now)) {
-            Ok(Ok(a)) => a,
-            Ok(Err(t)) => return throttled(t),
-            Err(_) => return text(500, "login throttle unavailable"),
+        let admitted = self.throttle.lock().ok().map(|mut t| t.begin(peer.ip(), trusted, now));
+        let attempt = match admitted {
+            Some(Ok(a)) => a,
+            Some(Err(t)) => return throttled(t),
+            None => return text(500, "login throttle unavailable"),
         };
         // PBKDF2 off the async workers; the slot goes with the check, so a
         // client that hangs up does not free it early.

@@ -72,9 +72,10 @@ async fn start(c: Arc<TestCenter>, hash: PasswordHash, hash_slots: usize) -> (So
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_from_ten_addresses_never_locks_out_the_trusted_operator() {
     let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
     let hash = PasswordHash::create("operator pass", 1000, &SystemRandom::new()).unwrap();
     // Enough slots for every guess (no 503): the brakes alone decide.
-    let (addr, _stop) = start(Arc::new(c), hash, 16).await;
+    let (addr, _stop) = start(c.clone(), hash, 16).await;
     let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
     for round in 0..12 {
         let guesses: Vec<_> = (1..=10)
@@ -91,7 +92,21 @@ async fn a_login_flood_from_ten_addresses_never_locks_out_the_trusted_operator()
     assert!(statuses.get(&429).copied().unwrap_or(0) > 0, "{statuses:?}");
     let (status, _) = login_from(addr, attacker(11), "operator+pass").await;
     assert_eq!(status, 429, "the brake on untrusted sources holds");
-    println!("ui login flood: attackers' answers {statuses:?}; operator 12/12 logins from the trusted network");
+    // One audit row per address and wait, not one per refused guess.
+    let rows = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .unwrap();
+    let throttled = rows.iter().filter(|r| r.action == "login_throttled").count();
+    assert!((1..=11).contains(&throttled), "{throttled} login_throttled rows");
+    println!(
+        "ui login flood: attackers' answers {statuses:?}; operator 12/12 logins from the trusted network; \
+         {throttled} login_throttled audit rows"
+    );
 }
 
 /// With the one untrusted hashing slot busy on a slow check, another

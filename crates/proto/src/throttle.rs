@@ -24,7 +24,7 @@
 //! connections per listener and per source address, so one flooding
 //! address cannot take every slot from the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -94,6 +94,8 @@ struct Source {
     strikes: u32,
     /// The last attempt (for forgiving and forgetting).
     last: u64,
+    /// The end of the wait whose first refusal was reported.
+    reported: u64,
 }
 
 impl Source {
@@ -143,11 +145,13 @@ impl Source {
 }
 
 /// The brake on untrusted addresses together.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Untrusted {
     started: u64,
     failures: u32,
     locked_until: u64,
+    /// Addresses whose first refusal of this wait was reported.
+    reported: HashSet<IpAddr>,
 }
 
 /// An admitted attempt (see [`LoginThrottle::begin`]); give it back to
@@ -232,6 +236,30 @@ impl LoginThrottle {
         }
     }
 
+    /// Notes that `source` was refused with `t` at `now`: true for its first
+    /// refusal of the current wait (worth a log line and an audit row),
+    /// false for the repeats, so that a flood of refused guesses writes
+    /// one row per address and wait, not one per guess.
+    pub fn refused(&mut self, source: IpAddr, t: &Throttled, now: u64) -> bool {
+        match t.scope {
+            Scope::Source => match self.sources.get_mut(&source) {
+                Some(s) if now < s.locked_until => {
+                    let first = s.reported != s.locked_until;
+                    s.reported = s.locked_until;
+                    first
+                }
+                _ => true,
+            },
+            Scope::Untrusted => {
+                let u = &mut self.untrusted;
+                if u.reported.len() >= self.cfg.max_sources {
+                    return false;
+                }
+                u.reported.insert(source)
+            }
+        }
+    }
+
     /// Records a wrong password from an untrusted `source` after the fact
     /// (the form without [`LoginThrottle::begin`]); returns the lock-out it
     /// started, if any.
@@ -264,6 +292,7 @@ impl LoginThrottle {
         u.failures = u.failures.saturating_add(1);
         if u.failures >= cfg.global.max(1) {
             u.locked_until = now.saturating_add(cfg.lockout_secs);
+            u.reported.clear();
             u.failures = 0;
             u.started = u.locked_until;
             locks = locks.or(Some(Throttled {
@@ -497,6 +526,44 @@ mod tests {
             assert_eq!(x.locks, None);
             t.passed(x);
         }
+    }
+
+    #[test]
+    fn only_the_first_refusal_of_a_wait_is_reported() {
+        let cfg = ThrottleConfig::default();
+        let mut t = LoginThrottle::new(cfg);
+        let a = ip("192.0.2.1");
+        for _ in 0..cfg.per_source {
+            let _ = t.begin(a, false, 10).unwrap();
+        }
+        let reports: Vec<bool> = (0..100)
+            .map(|i| {
+                let e = t.begin(a, false, 10 + i / 10).unwrap_err();
+                t.refused(a, &e, 10 + i / 10)
+            })
+            .collect();
+        assert_eq!(reports.iter().filter(|r| **r).count(), 1);
+        assert!(reports[0]);
+        // The next wait is reported again.
+        for _ in 0..cfg.per_source {
+            let _ = t.begin(a, false, 70).unwrap();
+        }
+        let e = t.begin(a, false, 71).unwrap_err();
+        assert_eq!(e.retry_after_secs, 119);
+        assert!(t.refused(a, &e, 71));
+        assert!(!t.refused(a, &e, 72));
+        // The untrusted brake: once per address and wait.
+        let cfg = ThrottleConfig { global: 3, ..cfg };
+        let mut t = LoginThrottle::new(cfg);
+        for i in 0..3u8 {
+            let _ = t.begin(IpAddr::from([10, 0, 0, i]), false, 5).unwrap();
+        }
+        let b = ip("198.51.100.7");
+        let e = t.begin(b, false, 6).unwrap_err();
+        assert_eq!(e.scope, Scope::Untrusted);
+        assert!(t.refused(b, &e, 6));
+        assert!(!t.refused(b, &e, 7));
+        assert!(t.refused(ip("198.51.100.8"), &e, 7));
     }
 
     /// Issue 18 item 4: an attacker floods wrong passwords from 10 addresses
