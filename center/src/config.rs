@@ -113,6 +113,7 @@ struct RawRouters {
 struct RawOperators {
     password_hashes: Vec<String>,
     session_ttl_secs: Option<u64>,
+    trusted_networks: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +162,9 @@ pub struct CenterdConfig {
     pub pool: Ipv4Cidr,
     pub operator_hashes: Vec<PasswordHash>,
     pub session_ttl: Duration,
+    /// `operators.trusted_networks`: logins from here are never braked by
+    /// wrong passwords from elsewhere (see `vpnnat_proto::throttle`).
+    pub operator_networks: Vec<Ipv4Cidr>,
     pub router_command_port: u16,
     pub command_timeout: Duration,
     /// Whether centerd programs a host route per VPNNAT address via the
@@ -190,6 +194,29 @@ pub struct CenterdConfig {
 pub struct DnsConfig {
     pub listen: SocketAddr,
     pub zone: crate::dns::Zone,
+}
+
+/// `operators.trusted_networks`: IPv4 networks, none of them everything
+/// (that would switch the brake on untrusted sources off) nor overlapping
+/// the VPNNAT pool (those sources are router LANs, coming through tunnels).
+fn operator_networks(raw: &[String], pool: &Ipv4Cidr) -> Result<Vec<Ipv4Cidr>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = format!("operators.trusted_networks[{i}]");
+            let n = c.parse::<Ipv4Cidr>().map_err(|e| invalid(key.clone(), e))?;
+            if n.prefix_len() == 0 {
+                return Err(invalid(key, "trusts every address: name the operators' network"));
+            }
+            if n.contains(pool.addr()) || pool.contains(n.addr()) {
+                return Err(invalid(
+                    key,
+                    format!("overlaps the VPNNAT pool {pool} (router LANs are not operators)"),
+                ));
+            }
+            Ok(n)
+        })
+        .collect()
 }
 
 impl CenterdConfig {
@@ -306,6 +333,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     if crate::storage::pool_bounds(&pool).is_none() {
         return Err(invalid("pool.cidr", "has no usable host address"));
     }
+    let operator_networks = operator_networks(raw.operators.trusted_networks.as_deref().unwrap_or_default(), &pool)?;
     let networks = raw
         .center
         .networks
@@ -401,6 +429,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
         router_listen,
         ui_listen,
         trusted_proxies,
+        operator_networks,
         database_path: resolve(base, &raw.database.path),
         pool,
         operator_hashes,
@@ -486,6 +515,27 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert!(!dbg.contains("0909090909"), "master key never printed");
         assert!(!dbg.contains("4141414141"), "api key never printed");
         assert!(!dbg.contains("maint-pass-1"));
+    }
+
+    #[test]
+    fn trusted_operator_networks_are_validated() {
+        assert!(parse(EXAMPLE).unwrap().operator_networks.is_empty());
+        let with = |nets: &str| EXAMPLE.replace("[pool]", &format!("trusted_networks = [{nets}]\n[pool]"));
+        let c = parse(&with("\"192.168.7.0/24\", \"172.16.0.5/32\"")).unwrap();
+        assert_eq!(c.operator_networks.len(), 2);
+        assert!(c.operator_networks[0].contains(Ipv4Addr::new(192, 168, 7, 20)));
+        for (bad, why) in [
+            ("\"0.0.0.0/0\"", "trusts every address"),
+            ("\"10.64.3.0/24\"", "overlaps the VPNNAT pool"),
+            ("\"10.0.0.0/8\"", "overlaps the VPNNAT pool"),
+            ("\"192.168.7.1/24\"", "host bits"),
+        ] {
+            let e = err_of(&with(bad));
+            assert!(
+                e.contains("operators.trusted_networks[0]") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     fn err_of(text: &str) -> String {

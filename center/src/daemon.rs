@@ -212,6 +212,8 @@ pub async fn serve(
         session_ttl: cfg.session_ttl,
         dns_domain: cfg.dns.as_ref().map(|d| d.zone.domain.clone()),
         throttle: Default::default(),
+        operator_networks: cfg.operator_networks.clone(),
+        hash_slots: ui::DEFAULT_HASH_SLOTS,
     };
     let zone = cfg.dns.as_ref().map(|d| d.zone.clone());
     let reconcile_interval = cfg.reconcile_interval;

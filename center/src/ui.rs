@@ -13,8 +13,13 @@
 //! site, is refused; and every POST with a session must carry the
 //! session's CSRF token (a form field, derived from the session token,
 //! compared in constant time). Wrong passwords are throttled per source
-//! address and overall ([`vpnnat_proto::throttle`]); lock-outs go to the
-//! audit log.
+//! address with a growing back-off, and overall for sources outside the
+//! trusted operator network only ([`vpnnat_proto::throttle`]), counted
+//! before the password is hashed; lock-outs go to the audit log. The
+//! PBKDF2 check runs on tokio's blocking threads, at most `hash_slots` at
+//! once for untrusted sources and as many again for trusted ones: a login
+//! flood neither stalls the async workers (which also serve the router API)
+//! nor queues without bound (a full set of slots answers 503 at once).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -34,6 +39,7 @@ use crate::http::{read_body, serve, text, unix_now, Body};
 use crate::password::{matching, PasswordHash};
 use crate::storage::{AuditFilter, AuditRow};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
+use vpnnat_proto::types::Ipv4Cidr;
 
 const COOKIE_NAME: &str = "vpnnat_session";
 /// The form field that carries the session's CSRF token.
@@ -187,13 +193,27 @@ pub struct UiSettings {
     pub dns_domain: Option<String>,
     /// Wrong-password brakes.
     pub throttle: ThrottleConfig,
+    /// `operators.trusted_networks`: never braked by other sources' wrong
+    /// passwords, and their own hashing slots.
+    pub operator_networks: Vec<Ipv4Cidr>,
+    /// Password checks (PBKDF2) running at once, per kind of source
+    /// (untrusted, trusted); 0 is taken as 1.
+    pub hash_slots: usize,
 }
+
+/// Password checks at once per kind of source: one core's worth each on a
+/// small center, the rest stays with the async workers.
+pub const DEFAULT_HASH_SLOTS: usize = 1;
 
 struct Ui<G, R> {
     center: Arc<Center<G, R>>,
     settings: UiSettings,
     rng: SystemRandom,
     throttle: std::sync::Mutex<LoginThrottle>,
+    /// The hashes, shared with the blocking checks.
+    hashes: Arc<[PasswordHash]>,
+    /// Hashing slots: (untrusted, trusted).
+    slots: (Arc<tokio::sync::Semaphore>, Arc<tokio::sync::Semaphore>),
 }
 
 /// Serves the operator UI on `listener` until `shutdown`.
@@ -206,9 +226,15 @@ pub async fn run<G, R>(
     G: GatewayCommands + 'static,
     R: RouterCommands + 'static,
 {
+    let slots = settings.hash_slots.max(1);
     let ui = Arc::new(Ui {
         center,
         throttle: std::sync::Mutex::new(LoginThrottle::new(settings.throttle)),
+        hashes: settings.operator_hashes.clone().into(),
+        slots: (
+            Arc::new(tokio::sync::Semaphore::new(slots)),
+            Arc::new(tokio::sync::Semaphore::new(slots)),
+        ),
         settings,
         rng: SystemRandom::new(),
     });
@@ -456,27 +482,83 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let password = zeroize::Zeroizing::new(form_field(&body, "password").unwrap_or_default());
         let now = unix_now();
         let who = Actor::new("operator?", peer.ip().to_string());
-        // Checked before the password is hashed: a locked-out guesser costs
-        // no PBKDF2 time.
-        let locked = self.throttle.lock().map(|t| t.check(peer.ip(), now));
-        if let Ok(Err(t)) = locked {
-            log::warn!("operator login from {peer} refused: {t}");
-            self.center
-                .audit(now, &who, "login_throttled", None, None, &t.to_string());
+        let trusted = match peer.ip() {
+            std::net::IpAddr::V4(a) => self.settings.operator_networks.iter().any(|n| n.contains(a)),
+            std::net::IpAddr::V6(a) => a
+                .to_ipv4_mapped()
+                .is_some_and(|a| self.settings.operator_networks.iter().any(|n| n.contains(a))),
+        };
+        let throttled = |t: vpnnat_proto::throttle::Throttled| {
+            // The first refusal of each wait per address is logged and
+            // audited; the repeats only at debug: a flood of guesses must
+            // not write a line, let alone an append-only row, each.
+            let first = self
+                .throttle
+                .lock()
+                .map(|mut th| th.refused(peer.ip(), &t, now))
+                .unwrap_or(true);
+            if first {
+                log::warn!("operator login from {peer} refused: {t}");
+                self.center
+                    .audit(now, &who, "login_throttled", None, None, &t.to_string());
+            } else {
+                log::debug!("operator login from {peer} refused again: {t}");
+            }
             let mut r = html(429, login_page(&format!("Login refused: {t}.")));
             if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
                 r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
             }
-            return r;
+            r
+        };
+        // A braked source goes no further: it takes no hashing slot.
+        // (The verdict first: the lock must be free again for `throttled`.)
+        let verdict = self.throttle.lock().ok().map(|t| t.check_from(peer.ip(), trusted, now));
+        match verdict {
+            Some(Ok(())) => {}
+            Some(Err(t)) => return throttled(t),
+            None => return text(500, "login throttle unavailable"),
         }
-        let Some(index) = matching(&self.settings.operator_hashes, &password) else {
+        // A hashing slot, without waiting: when all are busy the answer
+        // comes at once and nothing is counted (nothing was guessed).
+        let slots = if trusted { &self.slots.1 } else { &self.slots.0 };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Debug: a flood would write a line per request.
+            log::debug!("operator login from {peer}: every password check slot is busy, refused");
+            let mut r = html(
+                503,
+                login_page("The server is busy checking passwords: try again in a moment."),
+            );
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        };
+        // Counted before the password is hashed: concurrent guesses cannot
+        // slip past the limit, and a refused one costs no PBKDF2 time.
+        let admitted = self.throttle.lock().ok().map(|mut t| t.begin(peer.ip(), trusted, now));
+        let attempt = match admitted {
+            Some(Ok(a)) => a,
+            Some(Err(t)) => return throttled(t),
+            None => return text(500, "login throttle unavailable"),
+        };
+        // PBKDF2 off the async workers; the slot goes with the check, so a
+        // client that hangs up does not free it early.
+        let hashes = self.hashes.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            matching(&hashes, &password)
+        })
+        .await;
+        let index = match checked {
+            Ok(i) => i,
+            Err(e) => return text(500, format!("password check failed: {e}")),
+        };
+        let Some(index) = index else {
             // No detail about which part was wrong; the peer is logged for
             // the administrator, the password never.
             log::warn!("failed operator login from {peer}");
             self.center
                 .audit(now, &who, "login_failed", None, None, "wrong password");
-            let lock = self.throttle.lock().ok().and_then(|mut t| t.failed(peer.ip(), now));
-            if let Some(t) = lock {
+            if let Some(t) = attempt.locks {
                 log::warn!("operator logins locked: {t}");
                 self.center.audit(now, &who, "login_locked", None, None, &t.to_string());
                 return html(401, login_page(&format!("Wrong password. Login refused: {t}.")));
@@ -484,7 +566,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             return html(401, login_page("Wrong password."));
         };
         if let Ok(mut t) = self.throttle.lock() {
-            t.succeeded(peer.ip());
+            t.passed(attempt);
         }
         // Operators are told apart by which configured password hash they
         // used (1-based, in config order).
@@ -678,3 +760,6 @@ mod pages;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod login_tests;

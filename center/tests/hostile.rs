@@ -226,6 +226,8 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         session_ttl: Duration::from_secs(600),
         dns_domain: None,
         throttle: Default::default(),
+        operator_networks: Vec::new(),
+        hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
 

@@ -111,6 +111,8 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         session_ttl: Duration::from_secs(600),
         dns_domain: None,
         throttle: Default::default(),
+        operator_networks: Vec::new(),
+        hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
 

@@ -86,6 +86,8 @@ async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
         session_ttl: Duration::from_secs(600),
         dns_domain: Some("vpn.example".into()),
         throttle: Default::default(),
+        operator_networks: Vec::new(),
+        hash_slots: super::DEFAULT_HASH_SLOTS,
     };
     tokio::spawn(run(
         l,

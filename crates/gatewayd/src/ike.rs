@@ -412,7 +412,9 @@ async fn forward_ike_events(
                 (peer, TunnelStatus::Down, format!("IKE down: {reason:?}"), Some(delay))
             }
             IkeEvent::Rejected { from, error } => {
-                log::warn!("IKE from {from} rejected: {error}");
+                // One event per dropped datagram, which anyone can send: the
+                // driver logs them summed up per interval (drop_log).
+                log::debug!("IKE from {from} rejected: {error}");
                 continue;
             }
             IkeEvent::KernelError { sa, error } => {

@@ -14,6 +14,7 @@ use vpnnat_ike::{
     ChildSa, DownReason, Event, Initiator, InitiatorConfig, Output, Responder, ResponderConfig, SaConfig, SpiSource,
 };
 
+use crate::drop_log::{DropLog, Sender};
 use crate::kernel::{
     spawn_expire_thread, spawn_kernel_thread, with_shared, Expire, KernelOp, SaInstaller, SharedState, SpiAllocator,
 };
@@ -206,6 +207,8 @@ struct Driver {
     shutting_down: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     /// Routers that dial in, by identity (issue 17).
     listener: Option<dial_in::Listener>,
+    /// Dropped datagrams, logged as one line per interval.
+    drops: DropLog,
 }
 
 pub(crate) fn start(
@@ -223,6 +226,7 @@ pub(crate) fn start(
     if cfg.kernel_events {
         spawn_expire_thread(exp_tx)?;
     }
+    let drops = DropLog::new(cfg.drop_log_interval);
     let d = Driver {
         cfg,
         socks,
@@ -236,6 +240,7 @@ pub(crate) fn start(
         larval: Larval::default(),
         shutting_down: None,
         listener: None,
+        drops,
     };
     tokio::spawn(d.run(cmd_rx, exp_rx));
     Ok((
@@ -316,6 +321,9 @@ impl Driver {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut d = self.shutting_down.as_ref().map(|(u, _)| *u);
+        if let Some(x) = self.drops.next_deadline() {
+            d = Some(d.map_or(x, |d| d.min(x)));
+        }
         if let Some(x) = self.listener.as_ref().and_then(|l| l.next_timeout()) {
             d = Some(d.map_or(x, |d| d.min(x)));
         }
@@ -341,7 +349,7 @@ impl Driver {
             return;
         }
         if !self.tunnels.contains_key(&peer) {
-            log::warn!("IKE from {src_wire}: not a configured peer, dropped");
+            self.dropped(now, Sender::Unknown, "not a configured peer", "", src_wire);
             let _ = self.events.send(DriverEvent::Rejected {
                 from: src.ip(),
                 error: vpnnat_ike::Error::PeerNotAllowed(src.ip()).to_string(),
@@ -355,9 +363,9 @@ impl Driver {
             let fresh: Vec<u32> = self.larval_of(peer).difference(&reserved_before).copied().collect();
             self.release_larval(peer, Some(&fresh));
             if e == vpnnat_ike::Error::NotIke {
-                log::debug!("non-IKE datagram on the NAT-T socket from {src_wire}");
+                self.dropped(now, Sender::Unknown, "non-IKE on the NAT-T port", "", src_wire);
             } else {
-                log::warn!("{}IKE from {src_wire} rejected: {e}", tag(&self.labels, peer));
+                self.dropped(now, Sender::Peer, "rejected", crate::drop_log::kind(&e), src_wire);
                 let _ = self.events.send(DriverEvent::Rejected {
                     from: src.ip(),
                     error: e.to_string(),
@@ -367,8 +375,18 @@ impl Driver {
         self.drain(peer).await;
     }
 
+    /// Counts a dropped datagram; writes the summary line when one is due.
+    fn dropped(&mut self, now: Instant, sender: Sender, what: &'static str, kind: &'static str, from: SocketAddr) {
+        if let Some(line) = self.drops.record(now, sender, what, kind, from) {
+            log::log!(line.level, "{line}");
+        }
+    }
+
     async fn on_timers(&mut self) {
         let now = Instant::now();
+        if let Some(line) = self.drops.poll(now) {
+            log::log!(line.level, "{line}");
+        }
         let peers: Vec<Ipv4Addr> = self.tunnels.keys().copied().collect();
         for peer in peers {
             let Some(t) = self.tunnels.get_mut(&peer) else { continue };

@@ -40,6 +40,7 @@
 //! ```
 
 mod driver;
+pub mod drop_log;
 pub mod kernel;
 pub mod net;
 
@@ -110,12 +111,16 @@ pub struct DriverConfig {
     pub kernel_events: bool,
     /// How long [`DriverHandle::shutdown`] waits for DELETE answers.
     pub shutdown_grace: Duration,
+    /// Dropped datagrams are logged as one summary line per interval
+    /// ([`drop_log`]), never one line each.
+    pub drop_log_interval: Duration,
 }
 
 impl DriverConfig {
     /// Defaults: ports 500/4500, identity = `local`, CHILD SA soft/hard
     /// lifetime 50/60 minutes, IKE SA rekey every 4 hours, replay window
-    /// 64, DPD after 30 s, kernel expire events on.
+    /// 64, DPD after 30 s, kernel expire events on, dropped datagrams
+    /// summed up every 10 s.
     pub fn new(local: Ipv4Addr) -> Self {
         Self {
             local,
@@ -130,6 +135,7 @@ impl DriverConfig {
             dpd_interval: Some(Duration::from_secs(30)),
             kernel_events: true,
             shutdown_grace: Duration::from_secs(3),
+            drop_log_interval: Duration::from_secs(10),
         }
     }
 }

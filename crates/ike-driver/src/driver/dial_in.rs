@@ -135,7 +135,8 @@ impl Driver {
         if let Err(e) = l.core.handle_datagram(now, src, dst, p, &self.rng) {
             if e != vpnnat_ike::Error::NotIke {
                 // No secrets here: the core's errors name no keys.
-                log::warn!("dial-in IKE from {src_wire} refused: {e}");
+                let kind = crate::drop_log::kind(&e);
+                self.dropped(now, crate::drop_log::Sender::Peer, "dial-in refused", kind, src_wire);
                 let _ = self.events.send(DriverEvent::Rejected {
                     from: src.ip(),
                     error: e.to_string(),
