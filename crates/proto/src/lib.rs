@@ -18,6 +18,8 @@
 //!   freshness and replay in the order that leaks least.
 //! - [`error`]: [`ProtoError`] and its HTTP status mapping.
 //! - [`throttle`]: the wrong-password brakes of the two password pages.
+//! - [`strength`]: the one rule that refuses example, placeholder and
+//!   low-entropy keys in the three daemons' configuration files.
 //!
 //! The wire format (paths, headers, MAC encoding, sealing, JSON bodies) is
 //! described in `crates/proto/README.md`.
@@ -79,6 +81,7 @@ pub mod keys;
 pub mod messages;
 pub mod paths;
 pub mod seal;
+pub mod strength;
 pub mod throttle;
 pub mod types;
 
