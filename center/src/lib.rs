@@ -34,6 +34,7 @@ pub(crate) mod event_order;
 pub(crate) mod liveness;
 pub mod password;
 pub mod routes;
+pub mod keygen;
 pub mod storage;
 pub mod ui;
 

@@ -30,7 +30,11 @@ fn setup(tag: &str) -> (Dir, PathBuf) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("vpnnat")).unwrap();
     std::fs::write(dir.join("vpnnat/maintenance-password"), "maint-pass-1\n").unwrap();
-    let cfg = EXAMPLE
+    // The example's placeholders, filled as the image's first boot does.
+    let rng = ring::rand::SystemRandom::new();
+    let mut keys = std::collections::BTreeMap::new();
+    let filled = vpnnat_center::keygen::fill(&[EXAMPLE], &mut keys, || vpnnat_center::keygen::gen_secret(&rng)).unwrap();
+    let cfg = filled[0]
         .replace(
             "/var/lib/vpnnat/center.db",
             &dir.join("center.db").display().to_string(),

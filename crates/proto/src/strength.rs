@@ -33,6 +33,9 @@ pub const MIN_DISTINCT_BYTES: usize = 16;
 /// every file).
 pub const PLACEHOLDER_PREFIX: &str = "@SECRET:";
 
+/// How to make a key that passes, for centerd's and gatewayd's errors.
+pub const GENERATE_HINT: &str = "64 hex digits of a random key; generate one with `centerd gen-secret`";
+
 /// Maintenance passwords the examples and documentation have shipped.
 const EXAMPLE_PASSWORDS: &[&str] = &["change-me-maintenance", "change-me"];
 
