@@ -127,6 +127,7 @@ struct RawPool {
 struct RawCenter {
     networks: Vec<String>,
     tunnel_up_timeout_ms: Option<u64>,
+    max_open_requests: Option<u32>,
     replay_window_secs: Option<u64>,
     reconcile_interval_secs: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
@@ -330,6 +331,13 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     }
     let center_networks = BoundedSet::new(networks).map_err(|e| invalid("center.networks", e))?;
     let tunnel_up_timeout = Duration::from_millis(raw.center.tunnel_up_timeout_ms.unwrap_or(10_000));
+    let max_open_requests = raw
+        .center
+        .max_open_requests
+        .unwrap_or(crate::center::DEFAULT_MAX_OPEN_REQUESTS);
+    if max_open_requests == 0 {
+        return Err(invalid("center.max_open_requests", "must be at least 1"));
+    }
     let replay = ReplayConfig {
         max_skew_secs: raw
             .center
@@ -429,6 +437,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             gateways,
             replay,
             tunnel_up_timeout,
+            max_open_requests,
         },
     })
 }
@@ -551,6 +560,10 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
         assert!(err_of(&EXAMPLE.replace("10.64.0.0/16", "10.64.0.1/16")).contains("pool.cidr"));
         assert!(err_of(&EXAMPLE.replace("\"ca52", "\"zz52")).contains("factory.master_key"));
         assert!(err_of(&EXAMPLE.replace("slots = 4", "slots = 0")).contains("gateways[0].slots"));
+        let open = |v: &str| EXAMPLE.replace("[center]\n", &format!("[center]\nmax_open_requests = {v}\n"));
+        assert!(err_of(&open("0")).contains("center.max_open_requests"));
+        assert_eq!(parse(&open("9")).unwrap().settings.max_open_requests, 9);
+        assert_eq!(parse(EXAMPLE).unwrap().settings.max_open_requests, 4);
         assert!(err_of(&EXAMPLE.replace("http://172.16.0.11:9000", "ftp://x")).contains("gateways[0].api_url"));
         assert!(err_of(&EXAMPLE.replace("198.51.100.11", "224.0.0.1")).contains("gateways[0].global_ip"));
         assert!(err_of(&EXAMPLE.replace("127.0.0.1:8081", "127.0.0.1:8080")).contains("server.ui_listen"));

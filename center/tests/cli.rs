@@ -118,6 +118,7 @@ fn seed(db: &Path) -> u64 {
                 content: "printer",
                 terminal_names: &names,
                 now: 200,
+                max_open: None,
             },
             Some("gw1"),
         )

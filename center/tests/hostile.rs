@@ -210,6 +210,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         }],
         replay: ReplayConfig::default(),
         tunnel_up_timeout: Duration::from_millis(200),
+        max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
     };
     let gws = HttpGateways::new(vec![(gw_name.clone(), gw_a.to_string(), gw_key.clone())], T);
     let center = Arc::new(Center::new(st, settings, gws, HttpRouters::new(8080, T)).unwrap());

@@ -38,6 +38,7 @@ fn new_req<'a>(id: &'a str, names: &'a [String], level: &'a str) -> NewRequest<'
         content: "printer broken",
         terminal_names: names,
         now: 100,
+        max_open: None,
     }
 }
 
