@@ -542,7 +542,10 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
                 "{e}"
             );
             let e = err_of(&EXAMPLE.replace(api, &weak));
-            assert!(e.contains("gateways[0].api_key") && e.contains("centerd gen-secret"), "{e}");
+            assert!(
+                e.contains("gateways[0].api_key") && e.contains("centerd gen-secret"),
+                "{e}"
+            );
         }
         let d = dir_with_password();
         for pw in ["change-me-maintenance", "@SECRET:maintenance-password@"] {
@@ -550,7 +553,10 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
             let e = CenterdConfig::parse(&EXAMPLE.replace("maint.txt", "weak.txt"), Path::new("t.toml"), &d)
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("routers.maintenance_password_file") && !e.contains(pw), "{e}");
+            assert!(
+                e.contains("routers.maintenance_password_file") && !e.contains(pw),
+                "{e}"
+            );
         }
     }
 

@@ -147,7 +147,10 @@ mod tests {
         assert_eq!(out[0].as_str(), "a = \"K1\"\nb = \"K2\"\nc = \"K3\"");
         assert_eq!(out[1].as_str(), "api_key = \"K2\"");
         assert_eq!(out[2].as_str(), "K4\n");
-        assert_eq!(keys.keys().collect::<Vec<_>>(), ["gw1", "gw2", "maintenance-password", "master"]);
+        assert_eq!(
+            keys.keys().collect::<Vec<_>>(),
+            ["gw1", "gw2", "maintenance-password", "master"]
+        );
     }
 
     #[test]
@@ -182,7 +185,9 @@ mod tests {
             std::fs::copy(base.join(f), dir.join(f)).unwrap();
             std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let e = crate::config::CenterdConfig::load(&dir.join("centerd.toml")).unwrap_err().to_string();
+        let e = crate::config::CenterdConfig::load(&dir.join("centerd.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("factory.master_key") && e.contains("placeholder") && e.contains("centerd gen-secret"),
             "{e}"
@@ -195,12 +200,18 @@ mod tests {
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         let names = fill_files(&paths).unwrap();
         assert_eq!(names, ["gw1", "gw2", "maintenance-password", "master"]);
-        let mode = std::fs::metadata(dir.join("centerd.toml")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("centerd.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let c = crate::config::CenterdConfig::load(&dir.join("centerd.toml")).unwrap();
         let g = vpnnat_gatewayd::config::GatewaydConfig::load(&dir.join("gatewayd.toml")).unwrap();
         use vpnnat_proto::keys::SecretBytes as _;
-        assert_eq!(c.settings.gateways[0].api_key.expose_secret(), g.api_key.expose_secret());
+        assert_eq!(
+            c.settings.gateways[0].api_key.expose_secret(),
+            g.api_key.expose_secret()
+        );
         assert_ne!(
             c.settings.gateways[0].api_key.expose_secret(),
             c.settings.gateways[1].api_key.expose_secret()

@@ -31,10 +31,10 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub(crate) mod event_order;
+pub mod keygen;
 pub(crate) mod liveness;
 pub mod password;
 pub mod routes;
-pub mod keygen;
 pub mod storage;
 pub mod ui;
 

@@ -33,7 +33,8 @@ fn setup(tag: &str) -> (Dir, PathBuf) {
     // The example's placeholders, filled as the image's first boot does.
     let rng = ring::rand::SystemRandom::new();
     let mut keys = std::collections::BTreeMap::new();
-    let filled = vpnnat_center::keygen::fill(&[EXAMPLE], &mut keys, || vpnnat_center::keygen::gen_secret(&rng)).unwrap();
+    let filled =
+        vpnnat_center::keygen::fill(&[EXAMPLE], &mut keys, || vpnnat_center::keygen::gen_secret(&rng)).unwrap();
     let cfg = filled[0]
         .replace(
             "/var/lib/vpnnat/center.db",

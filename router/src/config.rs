@@ -735,7 +735,10 @@ command = ["/usr/sbin/dnsmasq", "-k"]
         let text = include_str!("../../buildroot-overlay/router/etc/routerd.toml");
         // the placeholder is refused, naming the key and where it comes from
         let e = err(text);
-        assert!(e.contains("`factory_secret`") && e.contains("centerd factory-secret"), "{e}");
+        assert!(
+            e.contains("`factory_secret`") && e.contains("centerd factory-secret"),
+            "{e}"
+        );
         let text = text.replace("@SECRET:factory-secret@", SECRET_HEX);
         let c = Config::parse(&text, Path::new("routerd.toml")).unwrap();
         assert!(c.button.is_some());

@@ -84,8 +84,12 @@ impl GatewaydConfig {
             .listen
             .parse()
             .map_err(|_| invalid("listen", "not an address:port"))?;
-        let api_key = key_from_config::<GatewayApiKey>(&raw.api_key)
-            .map_err(|e| invalid("api_key", format!("{e}: {GENERATE_HINT} (the same key as centerd's [[gateways]] api_key)")))?;
+        let api_key = key_from_config::<GatewayApiKey>(&raw.api_key).map_err(|e| {
+            invalid(
+                "api_key",
+                format!("{e}: {GENERATE_HINT} (the same key as centerd's [[gateways]] api_key)"),
+            )
+        })?;
         let ip: Ipv4Addr = raw
             .global_ip
             .parse()

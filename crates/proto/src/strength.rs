@@ -146,7 +146,10 @@ mod tests {
         assert_eq!(hex_key(&count).unwrap_err(), WeakSecret::Counting);
         let down: String = (0u8..32).map(|b| format!("{:02x}", 200u8 - 3 * b)).collect();
         assert_eq!(hex_key(&down).unwrap_err(), WeakSecret::Counting);
-        assert_eq!(check_key_bytes(&[7, 9, 7, 9, 7, 9]), Err(WeakSecret::FewDistinctBytes(2)));
+        assert_eq!(
+            check_key_bytes(&[7, 9, 7, 9, 7, 9]),
+            Err(WeakSecret::FewDistinctBytes(2))
+        );
     }
 
     #[test]
@@ -154,7 +157,10 @@ mod tests {
         assert_eq!(hex_key("@SECRET:master@").unwrap_err(), WeakSecret::Placeholder);
         assert_eq!(hex_key(" @SECRET:gw1@ ").unwrap_err(), WeakSecret::Placeholder);
         assert!(matches!(hex_key("zz").unwrap_err(), WeakSecret::Malformed(_)));
-        assert!(matches!(hex_key(&"ab".repeat(31)).unwrap_err(), WeakSecret::Malformed(_)));
+        assert!(matches!(
+            hex_key(&"ab".repeat(31)).unwrap_err(),
+            WeakSecret::Malformed(_)
+        ));
     }
 
     #[test]
@@ -173,7 +179,10 @@ mod tests {
 
     #[test]
     fn the_example_passwords_are_refused() {
-        assert_eq!(check_password("change-me-maintenance"), Err(WeakSecret::ExamplePassword));
+        assert_eq!(
+            check_password("change-me-maintenance"),
+            Err(WeakSecret::ExamplePassword)
+        );
         assert_eq!(check_password("CHANGE-ME"), Err(WeakSecret::ExamplePassword));
         assert_eq!(
             check_password("@SECRET:maintenance-password@"),
