@@ -253,7 +253,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let factory_master_key = key_from_config::<FactoryMasterKey>(&raw.factory.master_key)
-        .map_err(|e| invalid("factory.master_key", format!("{e}: {GENERATE_HINT}")))?;
+        .map_err(|e| invalid("factory.master_key", format!("{e}; {GENERATE_HINT}")))?;
     let pw_path = resolve(base, &raw.routers.maintenance_password_file);
     let pw_text = Zeroizing::new(std::fs::read_to_string(&pw_path).map_err(|e| {
         invalid(
@@ -266,7 +266,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     check_password(maintenance_password.expose_secret()).map_err(|e| {
         invalid(
             "routers.maintenance_password_file",
-            format!("the password {e}: write a random one, e.g. `centerd gen-secret`'s output"),
+            format!("the password {e}; write a random one (`centerd gen-secret` prints one)"),
         )
     })?;
     let router_command_port = raw.routers.command_port.unwrap_or(8080);
@@ -366,7 +366,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             return Err(invalid(key("slots"), "must be at least 1"));
         }
         let api_key = key_from_config::<GatewayApiKey>(&g.api_key)
-            .map_err(|e| invalid(key("api_key"), format!("{e}: {GENERATE_HINT}")))?;
+            .map_err(|e| invalid(key("api_key"), format!("{e}; {GENERATE_HINT}")))?;
         // Default next hop: the API address, when it is an IPv4 literal
         // (gatewayd listens on its center-LAN address).
         let next_hop = match &g.next_hop {

@@ -313,7 +313,7 @@ impl Config {
             bad(
                 "factory_secret",
                 format!(
-                    "{e}: write this router's Secret(ID), 64 hex digits \
+                    "{e}; write this router's Secret(ID), 64 hex digits \
                      (`centerd factory-secret TERMINAL_ID` on the center prints it)"
                 ),
             )

@@ -87,7 +87,7 @@ impl GatewaydConfig {
         let api_key = key_from_config::<GatewayApiKey>(&raw.api_key).map_err(|e| {
             invalid(
                 "api_key",
-                format!("{e}: {GENERATE_HINT} (the same key as centerd's [[gateways]] api_key)"),
+                format!("{e}; {GENERATE_HINT} (the same key as centerd's [[gateways]] api_key)"),
             )
         })?;
         let ip: Ipv4Addr = raw

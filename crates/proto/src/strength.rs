@@ -34,7 +34,7 @@ pub const MIN_DISTINCT_BYTES: usize = 16;
 pub const PLACEHOLDER_PREFIX: &str = "@SECRET:";
 
 /// How to make a key that passes, for centerd's and gatewayd's errors.
-pub const GENERATE_HINT: &str = "64 hex digits of a random key; generate one with `centerd gen-secret`";
+pub const GENERATE_HINT: &str = "write 64 hex digits of a random key (`centerd gen-secret` prints one)";
 
 /// Maintenance passwords the examples and documentation have shipped.
 const EXAMPLE_PASSWORDS: &[&str] = &["change-me-maintenance", "change-me"];
@@ -42,11 +42,11 @@ const EXAMPLE_PASSWORDS: &[&str] = &["change-me-maintenance", "change-me"];
 /// Why a configured secret is refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum WeakSecret {
-    #[error("is a placeholder, not a key")]
+    #[error("is a placeholder")]
     Placeholder,
     #[error("is not a key: {0}")]
     Malformed(KeyError),
-    #[error("has only {0} distinct byte values (a random key has about 30)")]
+    #[error("has only {0} distinct byte value(s) (a random key has about 30)")]
     FewDistinctBytes(usize),
     #[error("repeats a {0}-byte pattern")]
     Repeats(usize),
