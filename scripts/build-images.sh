@@ -7,8 +7,11 @@
 #   out/images/router/{vmlinuz,initrd}  routerd is PID 1 (after a stage
 #                                       that loads the kernel modules),
 #                                       /etc from buildroot-overlay/router
-#   out/images/center/{vmlinuz,initrd}  BusyBox init, rcS runs
-#                                       S60centerd and S61gatewayd (the
+#   out/images/center/{vmlinuz,initrd}  BusyBox init, rcS runs S05secrets
+#                                       (first boot: fills the secrets'
+#                                       placeholders, random root
+#                                       password), S60centerd and
+#                                       S61gatewayd (the
 #                                       scripts of images/package/
 #                                       vpnnat-center), /etc from
 #                                       buildroot-overlay/center
@@ -213,7 +216,10 @@ build_center() {
 	for f in rcS rcK S01modules S40network; do
 		install -m 0755 "$IMGDIR/$f" "$root/etc/init.d/$f"
 	done
-	# the init scripts the Buildroot package installs
+	# the init scripts the Buildroot package installs; S05secrets fills the
+	# configuration's @SECRET:<name>@ placeholders and sets a random root
+	# password at first boot
+	install -m 0755 "$REPO/images/package/vpnnat-center/S05secrets" "$root/etc/init.d/S05secrets"
 	install -m 0755 "$REPO/images/package/vpnnat-center/S60centerd" "$root/etc/init.d/S60centerd"
 	install -m 0755 "$REPO/images/package/vpnnat-center/S61gatewayd" "$root/etc/init.d/S61gatewayd"
 	mkdir -p "$root/etc/network"/{if-pre-up.d,if-up.d,if-down.d,if-post-down.d}
@@ -254,15 +260,26 @@ qemu_bios() {
 }
 
 # Boots the router image with two isolated NICs (eth0 WAN, eth1 LAN) and
-# waits for routerd's startup line.
+# waits for routerd's startup line. The image's routerd.toml carries a
+# placeholder factory secret that routerd refuses: like provisioning, a
+# layer gives it a random one (no center takes part in this check).
 boot_check() {
-	local dir=$OUT/router log timeout=${VPNNAT_BOOT_TIMEOUT:-60} start qpid line=
+	local dir=$OUT/router log timeout=${VPNNAT_BOOT_TIMEOUT:-60} start qpid line= prov
 	log "boot check: router image under QEMU/TCG (up to $timeout s)..."
 	log=$(mktemp "${TMPDIR:-/tmp}/build-images-boot.XXXXXX")
+	prov=$(mktemp -d "${TMPDIR:-/tmp}/build-images-prov.XXXXXX")
+	mkdir -p "$prov/root/etc"
+	sed "s|^factory_secret = .*|factory_secret = \"$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')\"|" \
+		"$REPO/buildroot-overlay/router/etc/routerd.toml" >"$prov/root/etc/routerd.toml"
+	chmod 0600 "$prov/root/etc/routerd.toml"
+	{
+		cat "$dir/initrd"
+		mkcpio "$prov/root"
+	} >"$prov/initrd"
 	start=$EPOCHREALTIME
 	# shellcheck disable=SC2046 # qemu_bios prints nothing or two words
 	qemu-system-x86_64 -accel tcg -cpu max -m 512 -smp 1 -nodefaults -no-user-config \
-		-display none -no-reboot $(qemu_bios) -kernel "$dir/vmlinuz" -initrd "$dir/initrd" \
+		-display none -no-reboot $(qemu_bios) -kernel "$dir/vmlinuz" -initrd "$prov/initrd" \
 		-append "$(cat "$dir/cmdline")" -serial "file:$log" \
 		-netdev user,id=wan,restrict=on -device virtio-net-pci,netdev=wan,mac=52:54:00:00:03:01 \
 		-netdev user,id=lan,restrict=on -device virtio-net-pci,netdev=lan,mac=52:54:00:00:03:02 \
@@ -278,6 +295,7 @@ boot_check() {
 	took=$(awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.1f", n - s }')
 	kill "$qpid" 2>/dev/null || true
 	wait "$qpid" 2>/dev/null || true
+	rm -rf "$prov"
 	if [[ -n $line ]]; then
 		log "boot check passed: routerd serving ${took} s after QEMU start"
 		log "  ${line//$'\r'/}"

@@ -174,8 +174,12 @@ mkcpio() { (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0
 # ---------------------------------------------------------------- center
 CENTER_TOML=$REPO/buildroot-overlay/center/etc/centerd.toml
 ROUTER_TOML=$REPO/buildroot-overlay/router/etc/routerd.toml
-MASTER_KEY=$(sed -n 's/^master_key = "\([0-9a-fA-F]\{64\}\)".*/\1/p' "$CENTER_TOML" | head -n1)
-[[ -n $MASTER_KEY ]] || die "no [factory] master_key in $CENTER_TOML"
+# The demo's own factory master key (the example's is a placeholder that
+# centerd refuses): the routers' Secret(ID)s derive from it. The other
+# placeholders (gateway API keys, maintenance password) are filled by the
+# center image's first boot (/etc/init.d/S05secrets).
+MASTER_KEY=$(openssl rand -hex 32)
+[[ $MASTER_KEY =~ ^[0-9a-f]{64}$ ]] || die "openssl rand -hex 32 failed"
 
 # The operator password's hash, written like `centerd hash-password` does
 # (fewer PBKDF2 rounds than the default: TCG is slow).
@@ -196,9 +200,13 @@ layer_center() {
 		skip && /^\]/ { skip = 0; next }
 		!skip { print }' "$CENTER_TOML" |
 		# TCG is slow: IKE takes seconds; routerd waits 30 s for the answer
-		sed -e 's/^tunnel_up_timeout_ms = .*/tunnel_up_timeout_ms = 25000/' \
+		sed -e "s/^master_key = .*/master_key = \"$MASTER_KEY\"/" \
+			-e 's/^tunnel_up_timeout_ms = .*/tunnel_up_timeout_ms = 25000/' \
 			-e 's/^command_timeout_ms = .*/command_timeout_ms = 15000/' >"$root/etc/centerd.toml"
 	chmod 0600 "$root/etc/centerd.toml"
+	# demo only: a root shell on the center's console, where the scenario
+	# runs its commands (the image itself asks for a login there)
+	sed 's|^ttyS0::respawn:.*|ttyS0::respawn:-/bin/sh|' "$REPO/scripts/images/center-inittab" >"$root/etc/inittab"
 	# demo only: an HTTP GET for the center's shell (the static busybox's
 	# wget crashes in glibc's resolver code, even on an IP address)
 	mkdir -p "$root/usr/bin"

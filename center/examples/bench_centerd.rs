@@ -161,6 +161,7 @@ async fn main() {
             .collect(),
         replay: ReplayConfig::default(),
         tunnel_up_timeout: Duration::ZERO,
+        max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
     };
     // As centerd: a second connection for reads (`--reader 0`: one
     // connection for everything, to compare).

@@ -83,6 +83,19 @@ pub enum Cmd {
     /// `factory_secret`: HMAC-SHA256(factory master key, terminal ID). For
     /// the factory that provisions routers; it is a secret.
     FactorySecret { terminal_id: String },
+    /// Print a fresh random 32-byte key (64 hex digits, from the system's
+    /// random generator) for `master_key` or an `api_key`. Needs no
+    /// configuration.
+    GenSecret,
+    /// Replace every placeholder `@SECRET:NAME@` in the files with a fresh
+    /// key, the same one for the same NAME in every file (the center image's
+    /// first boot runs it on centerd.toml, gatewayd.toml and the maintenance
+    /// password file). Prints the names filled, never the keys. Needs no
+    /// configuration.
+    FillSecrets {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Read a password from standard input and print its hash for
     /// `operators.password_hashes`.
     HashPassword {

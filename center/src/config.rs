@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use vpnnat_proto::auth::ReplayConfig;
-use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MaintenancePassword, SecretBytes};
+use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MaintenancePassword};
+use vpnnat_proto::strength::{check_password, key_from_config, GENERATE_HINT};
 use vpnnat_proto::types::{BoundedSet, GatewayName, IkeIdentity, Ipv4Cidr, UnicastAddr};
 use zeroize::Zeroizing;
 
@@ -127,6 +128,7 @@ struct RawPool {
 struct RawCenter {
     networks: Vec<String>,
     tunnel_up_timeout_ms: Option<u64>,
+    max_open_requests: Option<u32>,
     replay_window_secs: Option<u64>,
     reconcile_interval_secs: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
@@ -277,8 +279,8 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
                 .map_err(|e| invalid(format!("server.trusted_proxies[{i}]"), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let factory_master_key = FactoryMasterKey::from_hex(&raw.factory.master_key)
-        .map_err(|e| invalid("factory.master_key", format!("{e} (64 hex digits)")))?;
+    let factory_master_key = key_from_config::<FactoryMasterKey>(&raw.factory.master_key)
+        .map_err(|e| invalid("factory.master_key", format!("{e}; {GENERATE_HINT}")))?;
     let pw_path = resolve(base, &raw.routers.maintenance_password_file);
     let pw_text = Zeroizing::new(std::fs::read_to_string(&pw_path).map_err(|e| {
         invalid(
@@ -288,6 +290,12 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     })?);
     let maintenance_password = MaintenancePassword::new(pw_text.trim_end_matches(['\n', '\r']))
         .map_err(|e| invalid("routers.maintenance_password_file", e))?;
+    check_password(maintenance_password.expose_secret()).map_err(|e| {
+        invalid(
+            "routers.maintenance_password_file",
+            format!("the password {e}; write a random one (`centerd gen-secret` prints one)"),
+        )
+    })?;
     let router_command_port = raw.routers.command_port.unwrap_or(8080);
     if router_command_port == 0 {
         return Err(invalid("routers.command_port", "must be 1-65535"));
@@ -351,6 +359,13 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     }
     let center_networks = BoundedSet::new(networks).map_err(|e| invalid("center.networks", e))?;
     let tunnel_up_timeout = Duration::from_millis(raw.center.tunnel_up_timeout_ms.unwrap_or(10_000));
+    let max_open_requests = raw
+        .center
+        .max_open_requests
+        .unwrap_or(crate::center::DEFAULT_MAX_OPEN_REQUESTS);
+    if max_open_requests == 0 {
+        return Err(invalid("center.max_open_requests", "must be at least 1"));
+    }
     let replay = ReplayConfig {
         max_skew_secs: raw
             .center
@@ -378,8 +393,8 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
         if g.slots == 0 {
             return Err(invalid(key("slots"), "must be at least 1"));
         }
-        let api_key =
-            GatewayApiKey::from_hex(&g.api_key).map_err(|e| invalid(key("api_key"), format!("{e} (64 hex digits)")))?;
+        let api_key = key_from_config::<GatewayApiKey>(&g.api_key)
+            .map_err(|e| invalid(key("api_key"), format!("{e}; {GENERATE_HINT}")))?;
         // Default next hop: the API address, when it is an IPv4 literal
         // (gatewayd listens on its center-LAN address).
         let next_hop = match &g.next_hop {
@@ -451,6 +466,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             gateways,
             replay,
             tunnel_up_timeout,
+            max_open_requests,
         },
     })
 }
@@ -458,6 +474,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use vpnnat_proto::keys::SecretBytes;
 
     pub(crate) const EXAMPLE: &str = r#"
 [server]
@@ -466,7 +483,7 @@ ui_listen = "127.0.0.1:8081"
 [database]
 path = "center.db"
 [factory]
-master_key = "0909090909090909090909090909090909090909090909090909090909090909"
+master_key = "ca5297291ca2041dd165ad8b1046bc9b11b80238db9f1660f5814ea0431bb9cc"
 [routers]
 maintenance_password_file = "maint.txt"
 [operators]
@@ -481,7 +498,7 @@ api_url = "http://172.16.0.11:9000"
 global_ip = "198.51.100.11"
 ike_id = "gw1.center.example"
 slots = 4
-api_key = "4141414141414141414141414141414141414141414141414141414141414141"
+api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
 "#;
 
     pub(crate) fn dir_with_password() -> PathBuf {
@@ -512,8 +529,8 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         assert_eq!(c.settings.gateways[0].next_hop, Some(Ipv4Addr::new(172, 16, 0, 11)));
         assert!(!c.host_routes);
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("0909090909"), "master key never printed");
-        assert!(!dbg.contains("4141414141"), "api key never printed");
+        assert!(!dbg.contains("ca5297291c"), "master key never printed");
+        assert!(!dbg.contains("cac2a3e456"), "api key never printed");
         assert!(!dbg.contains("maint-pass-1"));
     }
 
@@ -554,15 +571,55 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
         );
         assert!(!e.contains(&key), "{e}");
         let e = err_of(&EXAMPLE.replace("master_key = ", "master_key \0= "));
-        assert!(!e.contains("0909090909"), "{e}");
+        assert!(!e.contains("ca5297291c"), "{e}");
+    }
+
+    #[test]
+    fn example_and_weak_secrets_are_refused_naming_the_key_and_the_fix() {
+        let master = "ca5297291ca2041dd165ad8b1046bc9b11b80238db9f1660f5814ea0431bb9cc";
+        let api = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f";
+        for weak in [
+            "0".repeat(64),
+            format!("{}01", "0".repeat(62)),
+            "1".repeat(64),
+            "2".repeat(64),
+            "deadbeef".repeat(8),
+            "@SECRET:master@".to_owned(),
+        ] {
+            let e = err_of(&EXAMPLE.replace(master, &weak));
+            assert!(
+                e.contains("factory.master_key") && e.contains("centerd gen-secret") && !e.contains(&weak),
+                "{e}"
+            );
+            let e = err_of(&EXAMPLE.replace(api, &weak));
+            assert!(
+                e.contains("gateways[0].api_key") && e.contains("centerd gen-secret"),
+                "{e}"
+            );
+        }
+        let d = dir_with_password();
+        for pw in ["change-me-maintenance", "@SECRET:maintenance-password@"] {
+            std::fs::write(d.join("weak.txt"), format!("{pw}\n")).unwrap();
+            let e = CenterdConfig::parse(&EXAMPLE.replace("maint.txt", "weak.txt"), Path::new("t.toml"), &d)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("routers.maintenance_password_file") && !e.contains(pw),
+                "{e}"
+            );
+        }
     }
 
     #[test]
     fn errors_name_the_key() {
         assert!(err_of(&EXAMPLE.replace("[pool]", "[pool]\nextra = 1")).contains("extra"));
         assert!(err_of(&EXAMPLE.replace("10.64.0.0/16", "10.64.0.1/16")).contains("pool.cidr"));
-        assert!(err_of(&EXAMPLE.replace("\"0909", "\"zz09")).contains("factory.master_key"));
+        assert!(err_of(&EXAMPLE.replace("\"ca52", "\"zz52")).contains("factory.master_key"));
         assert!(err_of(&EXAMPLE.replace("slots = 4", "slots = 0")).contains("gateways[0].slots"));
+        let open = |v: &str| EXAMPLE.replace("[center]\n", &format!("[center]\nmax_open_requests = {v}\n"));
+        assert!(err_of(&open("0")).contains("center.max_open_requests"));
+        assert_eq!(parse(&open("9")).unwrap().settings.max_open_requests, 9);
+        assert_eq!(parse(EXAMPLE).unwrap().settings.max_open_requests, 4);
         assert!(err_of(&EXAMPLE.replace("http://172.16.0.11:9000", "ftp://x")).contains("gateways[0].api_url"));
         assert!(err_of(&EXAMPLE.replace("198.51.100.11", "224.0.0.1")).contains("gateways[0].global_ip"));
         assert!(err_of(&EXAMPLE.replace("127.0.0.1:8081", "127.0.0.1:8080")).contains("server.ui_listen"));
@@ -608,16 +665,26 @@ api_key = "4141414141414141414141414141414141414141414141414141414141414141"
     }
 
     #[test]
-    fn shipped_example_parses() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/centerd.toml");
+    fn shipped_example_parses_once_its_secrets_are_filled() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc");
+        let text = std::fs::read_to_string(base.join("centerd.toml")).unwrap();
+        let gw_text = std::fs::read_to_string(base.join("gatewayd.toml")).unwrap();
+        let mut keys = std::collections::BTreeMap::new();
+        let rng = ring::rand::SystemRandom::new();
+        let filled = crate::keygen::fill(&[&text, &gw_text], &mut keys, || crate::keygen::gen_secret(&rng)).unwrap();
+        let dir = std::env::temp_dir().join(format!("vpnnat-example-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("vpnnat")).unwrap();
+        std::fs::write(dir.join("vpnnat/maintenance-password"), "maint-pass-1\n").unwrap();
+        let p = dir.join("centerd.toml");
+        std::fs::write(&p, filled[0].as_bytes()).unwrap();
         let c = CenterdConfig::load(&p).unwrap();
         assert_eq!(c.settings.gateways.len(), 2);
         assert!(c.dns.is_some(), "the example shows the [dns] keys");
         assert_eq!(c.log.level.as_deref(), Some("info"), "and the [log] keys");
         assert_eq!(c.log.format, Some(crate::logging::Format::Syslog));
         assert_eq!(c.pool.to_string(), "10.64.0.0/16");
-        let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("../buildroot-overlay/center/etc/gatewayd.toml");
-        let g = vpnnat_gatewayd::config::GatewaydConfig::load(&g).unwrap();
+        let g = vpnnat_gatewayd::config::GatewaydConfig::parse(&filled[1], Path::new("gatewayd.toml")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(g.name.as_str(), "gw1");
         assert_eq!(
             g.log.format,

@@ -31,6 +31,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub(crate) mod event_order;
+pub mod keygen;
 pub(crate) mod liveness;
 pub mod password;
 pub mod routes;

@@ -30,7 +30,12 @@ fn setup(tag: &str) -> (Dir, PathBuf) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("vpnnat")).unwrap();
     std::fs::write(dir.join("vpnnat/maintenance-password"), "maint-pass-1\n").unwrap();
-    let cfg = EXAMPLE
+    // The example's placeholders, filled as the image's first boot does.
+    let rng = ring::rand::SystemRandom::new();
+    let mut keys = std::collections::BTreeMap::new();
+    let filled =
+        vpnnat_center::keygen::fill(&[EXAMPLE], &mut keys, || vpnnat_center::keygen::gen_secret(&rng)).unwrap();
+    let cfg = filled[0]
         .replace(
             "/var/lib/vpnnat/center.db",
             &dir.join("center.db").display().to_string(),
@@ -114,6 +119,7 @@ fn seed(db: &Path) -> u64 {
                 content: "printer",
                 terminal_names: &names,
                 now: 200,
+                max_open: None,
             },
             Some("gw1"),
         )
@@ -156,6 +162,64 @@ fn usage_and_configuration_errors_exit_2() {
         String::from_utf8_lossy(&o.stderr).contains("pool"),
         "the error names the key"
     );
+}
+
+#[test]
+fn gen_secret_and_fill_secrets_make_the_example_acceptable() {
+    let dir = std::env::temp_dir().join(format!("vpnnat-cli-fill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("vpnnat")).unwrap();
+    let dir = Dir(dir);
+    // gen-secret needs no configuration
+    let nowhere = dir.0.join("nope.toml");
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let o = centerd(&nowhere, &["gen-secret"]);
+            assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8(o.stdout).unwrap().trim_end().to_owned()
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+    for k in &keys {
+        assert!(k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()), "{k}");
+        vpnnat_proto::strength::key_from_config::<vpnnat_proto::keys::FactoryMasterKey>(k).unwrap();
+    }
+    // the example as shipped (placeholders), on loopback: refused
+    let cfg = dir.0.join("centerd.toml");
+    let pw = dir.0.join("vpnnat/maintenance-password");
+    std::fs::write(
+        &cfg,
+        EXAMPLE
+            .replace(
+                "/var/lib/vpnnat/center.db",
+                &dir.0.join("center.db").display().to_string(),
+            )
+            .replace("0.0.0.0:8080", "127.0.0.1:0")
+            .replace("172.16.0.10:8443", "127.0.0.2:0"),
+    )
+    .unwrap();
+    std::fs::write(
+        &pw,
+        include_str!("../../buildroot-overlay/center/etc/vpnnat/maintenance-password"),
+    )
+    .unwrap();
+    let o = centerd(&cfg, &["check-config"]);
+    assert_eq!(code(&o), 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("factory.master_key") && err.contains("centerd gen-secret"),
+        "{err}"
+    );
+    // filled (as the image's first boot does): accepted
+    let o = centerd(&nowhere, &["fill-secrets", cfg.to_str().unwrap(), pw.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "gw1\ngw2\nmaintenance-password\nmaster\n"
+    );
+    let o = centerd(&cfg, &["check-config"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.0.join("center.db").exists(), "check-config creates nothing");
 }
 
 #[test]

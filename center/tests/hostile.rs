@@ -157,7 +157,7 @@ impl Table {
     }
 }
 
-const KINDS: [&str; 5] = ["tampered", "replayed", "stale", "oversized", "malformed"];
+const KINDS: [&str; 6] = ["tampered", "replayed", "stale", "oversized", "malformed", "over limit"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
@@ -210,6 +210,8 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         }],
         replay: ReplayConfig::default(),
         tunnel_up_timeout: Duration::from_millis(200),
+        // one open request per router: the legitimate one below fills it
+        max_open_requests: 1,
     };
     let gws = HttpGateways::new(vec![(gw_name.clone(), gw_a.to_string(), gw_key.clone())], T);
     let center = Arc::new(Center::new(st, settings, gws, HttpRouters::new(8080, T)).unwrap());
@@ -452,6 +454,22 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     }
     assert_eq!(snapshot(), before, "router API: no state change");
 
+    // Over the per-router cap on open requests (issue 18 item 10): fresh,
+    // correctly signed requests are refused with 429 and store nothing but
+    // their nonces (which keep them from being replayed).
+    let without_nonces = || center.store().unwrap().dump(&["nonces"]).unwrap();
+    let before_cap = without_nonces();
+    for _ in 0..2 {
+        let out = encode_request(&maintenance(&rng), &id, &sid2.mac_key(), unix_now(), &rng).unwrap();
+        let r = send_signed(center_a, &out, &[XFF]).await;
+        assert_eq!(r.status, 429, "over the cap: {}", r.body);
+        assert!(r.body.contains("too many open maintenance requests"), "{}", r.body);
+        table.add("router API", "over limit");
+    }
+    assert_eq!(without_nonces(), before_cap, "over the cap: no state change");
+    assert_eq!(snapshot().1, before.1, "over the cap: the gateway untouched");
+    let before = snapshot();
+
     // gatewayd -> centerd events (the router API's gateway endpoint).
     let ev_body = br#"{"terminal_id":"router-1","slot":0,"state":"up"}"#;
     let ev = |now: u64| {
@@ -664,8 +682,8 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     // The table.
     let endpoints = ["router API", "gateway events", "gateway API", "operator UI"];
     println!(
-        "{:<16} {:>9} {:>9} {:>6} {:>10} {:>10}",
-        "rejected", KINDS[0], KINDS[1], KINDS[2], KINDS[3], KINDS[4]
+        "{:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10}",
+        "rejected", KINDS[0], KINDS[1], KINDS[2], KINDS[3], KINDS[4], KINDS[5]
     );
     for e in endpoints {
         let c = |k: &str| {
@@ -676,12 +694,13 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
                 .unwrap_or(0)
         };
         println!(
-            "{e:<16} {:>9} {:>9} {:>6} {:>10} {:>10}",
+            "{e:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10}",
             c("tampered"),
             c("replayed"),
             c("stale"),
             c("oversized"),
-            c("malformed")
+            c("malformed"),
+            c("over limit")
         );
     }
     let total = |k: &str| {
@@ -693,12 +712,13 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
             .sum::<usize>()
     };
     println!(
-        "rejected: tampered {}, replayed {}, stale {}, oversized {}, malformed {} (no state change, {} log lines without a secret)",
+        "rejected: tampered {}, replayed {}, stale {}, oversized {}, malformed {}, over limit {} (no state change, {} log lines without a secret)",
         total("tampered"),
         total("replayed"),
         total("stale"),
         total("oversized"),
         total("malformed"),
+        total("over limit"),
         log.lines().count()
     );
 }

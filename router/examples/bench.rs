@@ -116,7 +116,7 @@ async fn run(bin: PathBuf, fake: bool, cycles: usize, rounds: usize) -> Result<(
     let center_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let center_addr = center_l.local_addr()?;
     let (web, server) = (free_port()?, free_port()?);
-    let secret = "01".repeat(32);
+    let secret = "b2436d14c46a90a3445701fb167d87cb767fdafcd2123262581902792a697545";
     let cfg = dir.join("routerd.toml");
     std::fs::write(
         &cfg,
@@ -143,7 +143,7 @@ pc1 = "192.168.1.10"
             d = dir.display()
         ),
     )?;
-    let mut fc = FakeCenter::new("router-1", vpnnat_proto::keys::SecretId::from_hex(&secret)?);
+    let mut fc = FakeCenter::new("router-1", vpnnat_proto::keys::SecretId::from_hex(secret)?);
     fc.now = unix_now();
     let sim = Arc::new(CenterSim(Mutex::new(fc)));
     tokio::spawn(http::run(center_l, sim.clone(), std::future::pending()));

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
-use vpnnat_proto::keys::{SecretBytes, SecretId};
+use vpnnat_proto::keys::SecretId;
+use vpnnat_proto::strength::key_from_config;
 use vpnnat_proto::types::{ClaimantLevel, ClaimantName, Phone, RequestContent, TerminalId, TerminalName, Urgency};
 use zeroize::Zeroizing;
 
@@ -322,8 +323,15 @@ impl Config {
         let terminal_id = TerminalId::new(raw.terminal_id.clone()).map_err(|e| bad("terminal_id", e.to_string()))?;
         let center_url = CenterUrl::parse(&raw.center_url).map_err(|r| bad("center_url", r))?;
         // Never echo the value: only what is wrong with it.
-        let factory_secret =
-            SecretId::from_hex(raw.factory_secret.expose()).map_err(|e| bad("factory_secret", e.to_string()))?;
+        let factory_secret = key_from_config::<SecretId>(raw.factory_secret.expose()).map_err(|e| {
+            bad(
+                "factory_secret",
+                format!(
+                    "{e}; write this router's Secret(ID), 64 hex digits \
+                     (`centerd factory-secret TERMINAL_ID` on the center prints it)"
+                ),
+            )
+        })?;
         let wan = interface(&raw.wan, "wan").map_err(|(k, r)| bad(&k, r))?;
         let lan = interface(&raw.lan, "lan").map_err(|(k, r)| bad(&k, r))?;
         if lan.gateway.is_some() {
@@ -576,7 +584,7 @@ pub fn parse_level(s: &str) -> Result<ClaimantLevel, String> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) const SECRET_HEX: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+    pub(crate) const SECRET_HEX: &str = "b2436d14c46a90a3445701fb167d87cb767fdafcd2123262581902792a697545";
 
     pub(crate) fn sample() -> String {
         format!(
@@ -668,9 +676,9 @@ command = ["/usr/sbin/dnsmasq", "-k"]
     fn debug_never_shows_the_secret() {
         let c = sample_config();
         let d = format!("{c:?}");
-        assert!(!d.contains(SECRET_HEX) && !d.contains("0101"), "{d}");
+        assert!(!d.contains(SECRET_HEX) && !d.contains("b2436d"), "{d}");
         let raw: RawConfig = toml::from_str(&sample()).unwrap();
-        assert!(!format!("{raw:?}").contains("0101"));
+        assert!(!format!("{raw:?}").contains("b2436d"));
     }
 
     #[test]
@@ -760,9 +768,32 @@ command = ["/usr/sbin/dnsmasq", "-k"]
     }
 
     #[test]
-    fn shipped_example_is_valid() {
+    fn example_and_weak_factory_secrets_are_refused() {
+        for weak in [
+            "0".repeat(64),
+            format!("{}01", "0".repeat(62)),
+            "01".repeat(32),
+            (0u8..32).map(|b| format!("{b:02x}")).collect::<String>(),
+        ] {
+            let e = err(&sample().replace(SECRET_HEX, &weak));
+            assert!(
+                e.contains("`factory_secret`") && e.contains("centerd factory-secret") && !e.contains(&weak),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_example_is_valid_once_provisioned() {
         let text = include_str!("../../buildroot-overlay/router/etc/routerd.toml");
-        let c = Config::parse(text, Path::new("routerd.toml")).unwrap();
+        // the placeholder is refused, naming the key and where it comes from
+        let e = err(text);
+        assert!(
+            e.contains("`factory_secret`") && e.contains("centerd factory-secret"),
+            "{e}"
+        );
+        let text = text.replace("@SECRET:factory-secret@", SECRET_HEX);
+        let c = Config::parse(&text, Path::new("routerd.toml")).unwrap();
         assert!(c.button.is_some());
     }
 }

@@ -17,6 +17,9 @@ fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
+/// A factory secret with the entropy routerd asks for.
+const SECRET_HEX: &str = "b2436d14c46a90a3445701fb167d87cb767fdafcd2123262581902792a697545";
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -48,7 +51,7 @@ listen = "127.0.0.1:{server}"
 [hosts]
 pc1 = "192.168.1.10"
 "#,
-            "01".repeat(32),
+            SECRET_HEX,
             dir = dir.display()
         ),
     )
@@ -108,9 +111,24 @@ fn check_config() {
         env!("CARGO_MANIFEST_DIR"),
         "/../buildroot-overlay/router/etc/routerd.toml"
     );
+    // the example's factory secret is a placeholder: refused, and said why
     let o = routerd(&["check-config", "--config", example]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("factory_secret"), "{}", stderr(&o));
+    // provisioned, it is valid
+    let dir = tmpdir("check-example");
+    let provisioned = dir.join("routerd.toml");
+    std::fs::write(
+        &provisioned,
+        std::fs::read_to_string(example)
+            .unwrap()
+            .replace("@SECRET:factory-secret@", SECRET_HEX),
+    )
+    .unwrap();
+    let provisioned = provisioned.to_str().unwrap();
+    let o = routerd(&["check-config", "--config", provisioned]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = routerd(&["--json", "check-config", "-c", example]);
+    let o = routerd(&["--json", "check-config", "-c", provisioned]);
     assert!(stdout(&o).contains("\"ok\":true"));
 
     let dir = tmpdir("check");
@@ -234,7 +252,7 @@ fn daemon_runs_answers_and_stops_on_sigterm() {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("shutting down"), "{err}");
-    assert!(!err.contains(&"01".repeat(32)), "secret in the log");
+    assert!(!err.contains(SECRET_HEX), "secret in the log");
     let _ = std::fs::remove_dir_all(dir);
 }
 

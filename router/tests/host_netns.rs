@@ -39,7 +39,7 @@ address = "198.51.100.101/24"
 interface = "eth1"
 address = "192.168.1.1/24"
 "#,
-        "01".repeat(32),
+        "b2436d14c46a90a3445701fb167d87cb767fdafcd2123262581902792a697545",
         dir.display()
     );
     Arc::new(Config::parse(&text, Path::new("t.toml")).unwrap())
@@ -267,7 +267,7 @@ gateway = "198.51.100.1"
 interface = "eth1"
 address = "192.168.1.1/24"
 "#,
-        "01".repeat(32),
+        "b2436d14c46a90a3445701fb167d87cb767fdafcd2123262581902792a697545",
         dir.display()
     );
     let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();

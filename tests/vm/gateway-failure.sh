@@ -256,6 +256,10 @@ during_first_outage() {
 	ACC3=$(sed -n 's/^acceptance number //p' $W/r2/req2.out)
 	V3=$(sed -n 's/^ *pc2 [0-9.]* -> VPNNAT //p' $W/r2/req2.out)
 	check "home-2's new request (pc2) accepted while gw1 is down (${ACC3:-none}, ${V3:-none})" sh -c "[ -n '$V3' ] || cat $W/r2/req2.out"
+	# the next trial ends this one (home-2's only open request: its VPN
+	# ends), not the first again: the open requests of home-2 must not pile
+	# up (centerd refuses more than [center] max_open_requests, default 4)
+	if [ -n "$ACC3" ]; then ACC2=$ACC3; fi
 	check "the new request went to gw2, the surviving gateway" sh -c "[ \"\$(ip netns exec server $CENTERD show-router home-2 | tr -d ' \n' | grep -o '\"gateway\":\"[^\"]*\"')\" = '\"gateway\":\"gw2\"' ]"
 	check "home-2's tunnel on gw2 is up" wait_for "$E2E_WAIT" tunnel_up 2
 	check "the operator reaches home-2's pc2 ($V3) through gw2" wait_for 20 reach 2 "$V3" pc2

@@ -126,7 +126,8 @@ reconcile_interval_secs = 30
 host_routes = true
 EOF
 	for g in $(seq 1 "$GATEWAYS"); do
-		key=$(printf '%064x' $((g + 4096)))
+		# a random key: centerd and gatewayd refuse low-entropy ones
+		key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 		cat <<EOF
 
 [[gateways]]

@@ -269,7 +269,7 @@ trusted_proxies = ["192.0.2.0/24"]
 [database]
 path = "center.db"
 [factory]
-master_key = "0909090909090909090909090909090909090909090909090909090909090909"
+master_key = "ca5297291ca2041dd165ad8b1046bc9b11b80238db9f1660f5814ea0431bb9cc"
 [routers]
 maintenance_password_file = "maint.txt"
 [operators]
@@ -287,12 +287,12 @@ api_url = "http://172.16.0.11:9000"
 global_ip = "198.51.100.11"
 ike_id = "gw1.center.example"
 slots = 4
-api_key = "4141414141414141414141414141414141414141414141414141414141414141"
+api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
 "#;
     let gw_example = r#"
 name = "gw1"
 listen = "127.0.0.1:9000"
-api_key = "4141414141414141414141414141414141414141414141414141414141414141"
+api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
 global_ip = "198.51.100.11"
 center_networks = ["172.16.0.0/24"]
 center_url = "http://127.0.0.1:8080"

@@ -18,6 +18,7 @@ use vpnnat_center::admin::{self, AdminError, Report};
 use vpnnat_center::cli::{Cli, Cmd};
 use vpnnat_center::config::CenterdConfig;
 use vpnnat_center::daemon::{self, Listeners};
+use vpnnat_center::keygen;
 use vpnnat_center::storage::AuditFilter;
 
 fn main() -> ExitCode {
@@ -56,6 +57,16 @@ fn real_main(cli: &Cli) -> Result<()> {
         println!("{}", admin::hash_password(&mut std::io::stdin(), *iterations)?);
         return Ok(());
     }
+    if let Cmd::GenSecret = cmd {
+        println!("{}", keygen::gen_secret(&ring::rand::SystemRandom::new())?.as_str());
+        return Ok(());
+    }
+    if let Cmd::FillSecrets { files } = cmd {
+        for name in keygen::fill_files(files)? {
+            println!("{name}");
+        }
+        return Ok(());
+    }
     let cfg = daemon::load_config(&cli.config).map_err(AdminError::from)?;
     if matches!(cmd, Cmd::Run | Cmd::CheckConfig) {
         if matches!(cmd, Cmd::Run) {
@@ -64,7 +75,7 @@ fn real_main(cli: &Cli) -> Result<()> {
         check_secret_files(cli, &cfg);
     }
     let report: Report = match cmd {
-        Cmd::HashPassword { .. } => unreachable!("handled above"),
+        Cmd::HashPassword { .. } | Cmd::GenSecret | Cmd::FillSecrets { .. } => unreachable!("handled above"),
         Cmd::Run => return runtime()?.block_on(run(cfg)),
         Cmd::FactorySecret { terminal_id } => {
             println!("{}", admin::factory_secret(&cfg, terminal_id)?);

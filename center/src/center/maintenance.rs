@@ -48,6 +48,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             content: details.content.as_str(),
             terminal_names: &names,
             now,
+            max_open: Some(self.settings.max_open_requests),
         };
         let serial = self.work_on_terminal(tid.as_str()).await;
         // A router that skipped exchange 3 gets a slot here, claimed in the

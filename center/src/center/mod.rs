@@ -51,6 +51,11 @@ pub enum CenterError {
     PoolExhausted,
     #[error("no VPN gateway capacity: every answering gateway's tunnel slots are in use")]
     NoGatewayCapacity,
+    #[error(
+        "too many open maintenance requests: this router already has {limit} waiting or in progress; \
+         wait until the center ends one (nothing was stored)"
+    )]
+    TooManyOpenRequests { limit: u32 },
     #[error("VPN gateway unavailable: {0}")]
     Gateway(CommandError),
     #[error("{0}")]
@@ -65,6 +70,7 @@ impl From<StorageError> for CenterError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::PoolExhausted { .. } => CenterError::PoolExhausted,
+            StorageError::TooManyOpen { limit, .. } => CenterError::TooManyOpenRequests { limit },
             other => CenterError::Storage(other),
         }
     }
@@ -77,6 +83,7 @@ impl CenterError {
             CenterError::Proto(p) => p.http_status(),
             CenterError::PoolExhausted | CenterError::NoGatewayCapacity => 503,
             CenterError::Gateway(_) => 502,
+            CenterError::TooManyOpenRequests { .. } => 429,
             CenterError::Storage(StorageError::NotFound { .. }) => 404,
             CenterError::Storage(StorageError::BadTransition { .. }) => 409,
             CenterError::Storage(_) | CenterError::BadStoredSecret { .. } | CenterError::Poisoned => 500,
@@ -203,6 +210,11 @@ pub struct CenterSettings {
     /// before answering anyway (the request stays "waiting" and the tunnel
     /// state is shown to the operator; nothing pretends it is up).
     pub tunnel_up_timeout: Duration,
+    /// Most open (waiting or in progress) requests one router may have; a
+    /// further request is refused with 429 and changes nothing, so one
+    /// customer can neither bury the others' requests nor grow the
+    /// database without bound.
+    pub max_open_requests: u32,
 }
 
 impl CenterSettings {
@@ -210,6 +222,10 @@ impl CenterSettings {
         self.gateways.iter().find(|g| g.name.as_str() == name)
     }
 }
+
+/// Default of `[center] max_open_requests`: a household has a few devices
+/// to repair at once, not dozens.
+pub const DEFAULT_MAX_OPEN_REQUESTS: u32 = 4;
 
 /// What "end" did, for the operator and the logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

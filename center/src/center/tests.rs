@@ -220,6 +220,7 @@ pub(crate) fn settings(slots: &[u16]) -> CenterSettings {
             .collect(),
         replay: ReplayConfig::default(),
         tunnel_up_timeout: Duration::from_millis(20),
+        max_open_requests: crate::center::DEFAULT_MAX_OPEN_REQUESTS,
     }
 }
 
@@ -684,6 +685,35 @@ async fn maintenance_without_prior_gateway_request_gets_a_slot() {
     let mut after = snapshot(&c);
     after.nonces -= 1;
     assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn open_requests_per_router_are_capped_with_429_and_nothing_stored() {
+    let mut st = settings(&[2]);
+    st.max_open_requests = 2;
+    let (c, _g, _) = center_with_settings("10.64.0.0/24", st);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    let (n1, _) = r.maintenance(&c, &["pc1"]).await.unwrap();
+    c.start(n1, NOW).unwrap(); // in progress counts as open too
+    r.maintenance(&c, &["nas"]).await.unwrap();
+    // The third open request: refused, and nothing changed but the nonce.
+    let before = snapshot(&c);
+    let e = r.maintenance(&c, &["printer"]).await.unwrap_err();
+    assert!(matches!(e, CenterError::TooManyOpenRequests { limit: 2 }), "{e:?}");
+    assert_eq!(status(&e), 429);
+    assert!(e.public_text().contains("too many open maintenance requests"), "{e}");
+    let mut after = snapshot(&c);
+    after.nonces -= 1;
+    assert_eq!(after, before);
+    // The cap is per router: another router is served.
+    let mut r2 = TestRouter::new("router-2");
+    r2.install(&c);
+    r2.maintenance(&c, &["pc1"]).await.unwrap();
+    // Once one of router-1's requests has ended, it may ask again.
+    c.end(n1, NOW).await.unwrap();
+    r.maintenance(&c, &["printer"]).await.unwrap();
 }
 
 #[tokio::test]

@@ -82,6 +82,8 @@ pub enum StorageError {
     },
     #[error("gateway {gateway} has no free tunnel slot")]
     GatewayFull { gateway: String },
+    #[error("router {terminal} already has {limit} open requests")]
+    TooManyOpen { terminal: String, limit: u32 },
     #[error("database content is inconsistent: {0}")]
     Corrupt(String),
     #[error("the database schema is version {found}, newer than this centerd knows ({known})")]

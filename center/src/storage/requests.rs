@@ -65,6 +65,11 @@ pub struct NewRequest<'a> {
     pub content: &'a str,
     pub terminal_names: &'a [String],
     pub now: u64,
+    /// Refuse the request ([`StorageError::TooManyOpen`], nothing written)
+    /// when the router already has this many open (not ended) requests;
+    /// `None`: no limit. Checked inside the transaction, so concurrent
+    /// requests (or several centerd processes) cannot slip past it.
+    pub max_open: Option<u32>,
 }
 
 /// One (terminal name, VPNNAT address) pair of a request.
@@ -202,6 +207,17 @@ impl Storage {
     /// up meanwhile leaves nothing.
     pub fn create_request(&mut self, req: &NewRequest<'_>, gateway: Option<&str>) -> Result<(u64, Vec<RequestGrant>)> {
         let tx = self.tx()?;
+        if let Some(limit) = req.max_open {
+            let open: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM requests WHERE terminal_id = ?1 AND state != 'ended'")?
+                .query_row(params![req.terminal_id], |r| r.get(0))?;
+            if open >= i64::from(limit) {
+                return Err(StorageError::TooManyOpen {
+                    terminal: req.terminal_id.to_owned(),
+                    limit,
+                });
+            }
+        }
         if let Some(gw) = gateway {
             if claim_first_free_in(&tx, gw, req.terminal_id, req.now)?.is_none() {
                 return Err(StorageError::GatewayFull { gateway: gw.to_owned() });

@@ -38,6 +38,7 @@ fn new_req<'a>(id: &'a str, names: &'a [String], level: &'a str) -> NewRequest<'
         content: "printer broken",
         terminal_names: names,
         now: 100,
+        max_open: None,
     }
 }
 
@@ -250,6 +251,40 @@ fn requests_table_names_and_transitions() {
     s.end_request(2, 14).unwrap();
     assert!(s.all_ended_for_name("r1", "pc1").unwrap());
     assert!(s.all_ended_for_terminal("r1").unwrap());
+}
+
+#[test]
+fn open_request_cap_counts_waiting_and_in_progress_per_router_and_writes_nothing() {
+    let mut s = db("10.64.0.0/24");
+    install(&mut s, "r1", 1);
+    install(&mut s, "r2", 1);
+    s.sync_gateways(&gws()).unwrap();
+    let n = names(&["pc1"]);
+    let capped = |id| NewRequest {
+        max_open: Some(2),
+        ..new_req(id, &n, "general")
+    };
+    s.create_request(&capped("r1"), None).unwrap();
+    s.start_request(1, 10).unwrap();
+    s.create_request(&capped("r1"), None).unwrap();
+    let before = s.dump(&[]).unwrap();
+    let e = s.create_request(&capped("r1"), None).unwrap_err();
+    assert!(
+        matches!(e, StorageError::TooManyOpen { ref terminal, limit: 2 } if terminal == "r1"),
+        "{e}"
+    );
+    // with a slot to claim: refused before the claim
+    assert!(matches!(
+        s.create_request(&capped("r1"), Some("gw1")),
+        Err(StorageError::TooManyOpen { .. })
+    ));
+    assert_eq!(s.dump(&[]).unwrap(), before, "nothing written");
+    // another router is not affected; an ended request no longer counts
+    s.create_request(&capped("r2"), None).unwrap();
+    s.end_request(1, 11).unwrap();
+    s.create_request(&capped("r1"), None).unwrap();
+    // no cap: as before
+    s.create_request(&new_req("r1", &n, "general"), None).unwrap();
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use vpnnat_proto::keys::{GatewayApiKey, SecretBytes};
+use vpnnat_proto::strength::{key_from_config, GENERATE_HINT};
 use vpnnat_proto::types::{GatewayName, IkeIdentity, Ipv4Cidr, UnicastAddr};
 
 use vpnnat_service::config::{ConfigError, HttpEndpoint};
@@ -88,8 +89,12 @@ impl GatewaydConfig {
             .listen
             .parse()
             .map_err(|_| invalid("listen", "not an address:port"))?;
-        let api_key =
-            GatewayApiKey::from_hex(&raw.api_key).map_err(|e| invalid("api_key", format!("{e} (64 hex digits)")))?;
+        let api_key = key_from_config::<GatewayApiKey>(&raw.api_key).map_err(|e| {
+            invalid(
+                "api_key",
+                format!("{e}; {GENERATE_HINT} (the same key as centerd's [[gateways]] api_key)"),
+            )
+        })?;
         let ip: Ipv4Addr = raw
             .global_ip
             .parse()
@@ -134,7 +139,7 @@ mod tests {
     pub(crate) const EXAMPLE: &str = r#"
 name = "gw1"
 listen = "127.0.0.1:9000"
-api_key = "4141414141414141414141414141414141414141414141414141414141414141"
+api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
 global_ip = "198.51.100.11"
 center_networks = ["172.16.0.0/24"]
 center_url = "http://127.0.0.1:8080"
@@ -148,14 +153,14 @@ center_url = "http://127.0.0.1:8080"
         assert!(!c.ike);
         let on = GatewaydConfig::parse(&format!("{EXAMPLE}\nike = true"), Path::new("g.toml")).unwrap();
         assert!(on.ike);
-        assert!(!format!("{c:?}").contains("414141"));
+        assert!(!format!("{c:?}").contains("cac2a3"));
         let err = |t: String| GatewaydConfig::parse(&t, Path::new("g.toml")).unwrap_err().to_string();
         assert!(err(EXAMPLE.replace("172.16.0.0/24", "172.16.0.1/24")).contains("center_networks[0]"));
-        assert!(err(EXAMPLE.replace("\"4141", "\"zz41")).contains("api_key"));
+        assert!(err(EXAMPLE.replace("\"cac2", "\"zzc2")).contains("api_key"));
         assert!(err(format!("{EXAMPLE}\nextra = 1")).contains("extra"));
         // A syntax error on the key's line must not quote it (fuzz finding).
         let e = err(EXAMPLE.replace("api_key = ", "api_key \0= "));
-        assert!(e.contains("line 4") && !e.contains("414141"), "{e}");
+        assert!(e.contains("line 4") && !e.contains("cac2a3"), "{e}");
         assert!(err(EXAMPLE.replace("http://127.0.0.1:8080", "127.0.0.1")).contains("center_url"));
         assert!(err(format!("{EXAMPLE}\ndatapath = \"magic\"")).contains("datapath"));
         assert!(err(format!("{EXAMPLE}\nike = \"yes\"")).contains("ike"));

@@ -21,7 +21,16 @@ fn gatewayd_exit_status() {
     assert_eq!(gw(&["frobnicate"]), 2);
     assert_eq!(gw(&["--config", "/nonexistent/gatewayd.toml", "check-config"]), 2);
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../buildroot-overlay/center/etc/gatewayd.toml");
-    assert_eq!(gw(&["--config", example.to_str().unwrap(), "check-config"]), 0);
+    // the shipped example carries a placeholder key: refused
+    assert_eq!(gw(&["--config", example.to_str().unwrap(), "check-config"]), 2);
+    let filled = std::env::temp_dir().join(format!("vpnnat-gw-cli-{}.toml", std::process::id()));
+    let text = std::fs::read_to_string(&example).unwrap().replace(
+        "@SECRET:gw1@",
+        "3f9c0a7be1d24586c9e07a31b5f8d26e4c1a9f7302b8e5d6a4c7f9e1b3d50a82",
+    );
+    std::fs::write(&filled, text).unwrap();
+    assert_eq!(gw(&["--config", filled.to_str().unwrap(), "check-config"]), 0);
+    std::fs::remove_file(&filled).unwrap();
 }
 
 /// A running gatewayd cannot dump core: its memory holds the API key and

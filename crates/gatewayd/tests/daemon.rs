@@ -15,7 +15,12 @@ use vpnnat_gatewayd::daemon::{serve, StopReason};
 async fn serves_in_process_and_stops_on_its_shutdown_future() {
     let example = include_str!("../../../buildroot-overlay/center/etc/gatewayd.toml")
         .replace("datapath = \"kernel\"", "datapath = \"recording\"")
-        .replace("ike = true", "ike = false");
+        .replace("ike = true", "ike = false")
+        // the placeholder, as the center image's first boot fills it
+        .replace(
+            "@SECRET:gw1@",
+            "3f9c0a7be1d24586c9e07a31b5f8d26e4c1a9f7302b8e5d6a4c7f9e1b3d50a82",
+        );
     let cfg = GatewaydConfig::parse(&example, Path::new("gatewayd.toml")).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

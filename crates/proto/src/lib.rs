@@ -20,6 +20,8 @@
 //! - [`throttle`]: the wrong-password brakes of the two password pages.
 //! - [`page_headers`]: the framing, sniffing and content-policy headers of
 //!   every HTML page (the router's and the center's).
+//! - [`strength`]: the one rule that refuses example, placeholder and
+//!   low-entropy keys in the three daemons' configuration files.
 //!
 //! The wire format (paths, headers, MAC encoding, sealing, JSON bodies) is
 //! described in `crates/proto/README.md`.
@@ -82,6 +84,7 @@ pub mod messages;
 pub mod page_headers;
 pub mod paths;
 pub mod seal;
+pub mod strength;
 pub mod throttle;
 pub mod types;
 

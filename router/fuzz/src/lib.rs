@@ -204,7 +204,7 @@ pub fn router_config(data: &[u8]) {
 const FIXTURE_CONFIG: &str = r#"
 terminal_id = "router-1"
 center_url = "http://198.51.100.10:8080"
-factory_secret = "0101010101010101010101010101010101010101010101010101010101010101"
+factory_secret = "b2436d14c46a90a3445701fb167d87cb767fdafcd2123262581902792a697545"
 state_dir = "/nonexistent/routerd-fuzz"
 [wan]
 interface = "eth0"

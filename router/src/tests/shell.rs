@@ -524,7 +524,7 @@ async fn maintenance_interface_needs_the_password_and_reboots() {
     let page = String::from_utf8(body).unwrap();
     assert_eq!(s, 200, "{page}");
     assert!(page.contains("router-1") && page.contains("&lt;set&gt;"), "{page}");
-    assert!(!page.contains(&"01".repeat(32)) && !page.contains("maintenance-pw"));
+    assert!(!page.contains(SECRET_HEX) && !page.contains("maintenance-pw"));
     // Reboot: the daemon stops by itself.
     let auth = basic("maintenance-pw");
     let (s, _, _) = http::request(

@@ -112,7 +112,14 @@ pub async fn run() {
     std::fs::create_dir_all(&dir).unwrap();
 
     // ---- configuration: one centerd, `gws` gatewayd, all on loopback
-    let master_hex = "42".repeat(32);
+    // random keys: the daemons refuse example and low-entropy ones
+    let rng = SystemRandom::new();
+    let random_hex = || {
+        let mut b = [0u8; 32];
+        ring::rand::SecureRandom::fill(&rng, &mut b).unwrap();
+        hex::encode(b)
+    };
+    let master_hex = random_hex();
     let master = FactoryMasterKey::from_hex(&master_hex).unwrap();
     let operator_password = "load-operator-password";
     let hash = {
@@ -166,7 +173,7 @@ reconcile_interval_secs = 30
     let mut gw_cfgs = Vec::new();
     for g in 1..=gws {
         let port = free_port();
-        let key = format!("{:064x}", g + 4096);
+        let key = random_hex();
         center.push_str(&format!(
             r#"
 [[gateways]]
