@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use vpnnat_proto::keys::{GatewayApiKey, SecretBytes};
+use vpnnat_proto::keys::GatewayApiKey;
 use vpnnat_proto::strength::{key_from_config, GENERATE_HINT};
 use vpnnat_proto::types::{GatewayName, IkeIdentity, Ipv4Cidr, UnicastAddr};
 
