@@ -6,6 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
+/// A key for the filled-in example (the shipped one is a placeholder that
+/// gatewayd refuses); random-looking, so the strength rule accepts it.
+const TEST_API_KEY: &str = "3f9c0a7be1d24586c9e07a31b5f8d26e4c1a9f7302b8e5d6a4c7f9e1b3d50a82";
+
 #[test]
 fn gatewayd_exit_status() {
     let gw = |args: &[&str]| {
@@ -24,10 +28,9 @@ fn gatewayd_exit_status() {
     // the shipped example carries a placeholder key: refused
     assert_eq!(gw(&["--config", example.to_str().unwrap(), "check-config"]), 2);
     let filled = std::env::temp_dir().join(format!("vpnnat-gw-cli-{}.toml", std::process::id()));
-    let text = std::fs::read_to_string(&example).unwrap().replace(
-        "@SECRET:gw1@",
-        "3f9c0a7be1d24586c9e07a31b5f8d26e4c1a9f7302b8e5d6a4c7f9e1b3d50a82",
-    );
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("@SECRET:gw1@", TEST_API_KEY);
     std::fs::write(&filled, text).unwrap();
     assert_eq!(gw(&["--config", filled.to_str().unwrap(), "check-config"]), 0);
     std::fs::remove_file(&filled).unwrap();
@@ -48,7 +51,8 @@ fn a_running_gatewayd_has_core_dumps_disabled() {
     let example = include_str!("../../../buildroot-overlay/center/etc/gatewayd.toml")
         .replace("datapath = \"kernel\"", "datapath = \"recording\"")
         .replace("ike = true", "ike = false")
-        .replace("172.16.0.21:9000", &format!("127.0.0.1:{port}"));
+        .replace("172.16.0.21:9000", &format!("127.0.0.1:{port}"))
+        .replace("@SECRET:gw1@", TEST_API_KEY);
     std::fs::write(&cfg, example).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatewayd"))
         .args(["--config", cfg.to_str().unwrap(), "run"])
