@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
 use hyper::Method;
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::{Datapath, KernelDatapath, RecordingDatapath};
