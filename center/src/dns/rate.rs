@@ -94,7 +94,7 @@ impl Bucket {
     fn take(&mut self, cfg: &RateConfig, now: Instant) -> Verdict {
         self.refill(cfg, now);
         if self.milli >= UNIT {
-            self.milli -= UNIT;
+            self.milli = self.milli.saturating_sub(UNIT);
             Verdict::Answer
         } else {
             self.dropped = self.dropped.saturating_add(1);
@@ -224,7 +224,7 @@ impl RateLimiter {
 
     /// When [`RateLimiter::report`] will have a summary.
     pub fn next_report(&self) -> Option<Instant> {
-        self.since.map(|s| s + self.cfg.report_every)
+        self.since.and_then(|s| s.checked_add(self.cfg.report_every))
     }
 
     /// Sources tracked now.
