@@ -79,6 +79,9 @@ struct RawDns {
     listen: String,
     domain: String,
     ttl_secs: Option<u32>,
+    /// Per source address (see `crate::dns::rate`).
+    queries_per_sec: Option<u32>,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +199,8 @@ pub struct CenterdConfig {
 pub struct DnsConfig {
     pub listen: SocketAddr,
     pub zone: crate::dns::Zone,
+    /// The per-source query limit.
+    pub limits: crate::dns::RateConfig,
 }
 
 /// `operators.trusted_networks`: IPv4 networks, none of them everything
@@ -434,6 +439,18 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
                 .parse()
                 .map_err(|_| invalid("dns.listen", "not an address:port"))?,
             zone: crate::dns::Zone::new(&d.domain, d.ttl_secs.unwrap_or(5)).map_err(|e| invalid("dns.domain", e))?,
+            limits: {
+                let defaults = crate::dns::RateConfig::default();
+                let positive = |key: &'static str, v: Option<u32>, default: u32| match v {
+                    Some(0) => Err(invalid(key, "must be at least 1 (the limit cannot be switched off)")),
+                    v => Ok(v.unwrap_or(default)),
+                };
+                crate::dns::RateConfig {
+                    per_sec: positive("dns.queries_per_sec", d.queries_per_sec, defaults.per_sec)?,
+                    burst: positive("dns.burst", d.burst, defaults.burst)?,
+                    ..defaults
+                }
+            },
         }),
     };
     let log = crate::logging::LogConfig::from_raw(raw.log).map_err(|(key, e)| invalid(key, e))?;
@@ -559,6 +576,10 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
         parse(text).unwrap_err().to_string()
     }
 
+    fn c_limits(text: &str) -> crate::dns::RateConfig {
+        parse(text).unwrap().dns.unwrap().limits
+    }
+
     #[test]
     fn parse_errors_never_show_a_secret() {
         // Found by the center_config fuzz target: TOML's error quoted the
@@ -634,6 +655,10 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
         assert_eq!(c.dns.map(|d| d.listen.port()), Some(5353));
         assert!(err_of(&format!("{EXAMPLE}{}", dns.replace("vpn.example", "a..b"))).contains("dns.domain"));
         assert!(err_of(&format!("{EXAMPLE}{}", dns.replace("127.0.0.1:5353", "x"))).contains("dns.listen"));
+        assert_eq!(c_limits(&format!("{EXAMPLE}{dns}")), crate::dns::RateConfig::default());
+        let limited = format!("{EXAMPLE}{dns}queries_per_sec = 5\nburst = 7\n");
+        assert_eq!((c_limits(&limited).per_sec, c_limits(&limited).burst), (5, 7));
+        assert!(err_of(&format!("{EXAMPLE}{dns}burst = 0\n")).contains("dns.burst"));
         let c = parse(&format!(
             "{EXAMPLE}\n[log]\nlevel = \"warn,vpnnat_center::dns=debug\"\n"
         ))

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::center::{Center, CenterError};
@@ -100,7 +100,7 @@ pub struct Listeners {
     pub router_api: TcpListener,
     pub ui: TcpListener,
     /// None: no `[dns]`, or its port could not be bound.
-    pub dns: Option<UdpSocket>,
+    pub dns: Option<crate::dns::DnsListeners>,
 }
 
 impl Listeners {
@@ -116,7 +116,7 @@ impl Listeners {
         let dns = match &cfg.dns {
             // DNS is a convenience: when its port cannot be bound the router
             // API and the UI still run (and the error says why names fail).
-            Some(d) => match UdpSocket::bind(d.listen).await {
+            Some(d) => match crate::dns::DnsListeners::bind(d.listen).await {
                 Ok(sock) => Some(sock),
                 Err(e) => {
                     log::error!(target: LOG_TARGET, "centerd: no DNS: cannot bind dns.listen {}: {e}", d.listen);
@@ -215,7 +215,7 @@ pub async fn serve(
         operator_networks: cfg.operator_networks.clone(),
         hash_slots: ui::DEFAULT_HASH_SLOTS,
     };
-    let zone = cfg.dns.as_ref().map(|d| d.zone.clone());
+    let zone = cfg.dns.as_ref().map(|d| (d.zone.clone(), d.limits));
     let reconcile_interval = cfg.reconcile_interval;
     let heartbeat = cfg.heartbeat;
     let api_settings = api::ApiSettings {
@@ -233,13 +233,14 @@ pub async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
     let dns_task = match (dns, zone) {
-        (Some(sock), Some(zone)) => {
-            log::info!(target: LOG_TARGET, "centerd: DNS for {} on {}", zone.domain, local(&sock.local_addr()));
+        (Some(sock), Some((zone, limits))) => {
+            log::info!(target: LOG_TARGET, "centerd: DNS for {} on {}", zone.domain, local(&sock.udp.local_addr()));
             Some(tokio::spawn(crate::dns::serve(
                 sock,
                 stopped(rx.clone()),
                 center.clone(),
                 zone,
+                limits,
             )))
         }
         _ => None,

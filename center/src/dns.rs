@@ -9,10 +9,13 @@
 //!   the router has an open request (its tunnel carries it).
 //! - `<domain>` SOA and NS (`ns.<domain>`), so resolvers can cache
 //!   negative answers (the SOA minimum is the TTL).
-//! - Names outside the zone: REFUSED (not a recursive resolver). Other
-//!   record types of an existing name: NOERROR with no answer. Opcodes
-//!   other than QUERY: NOTIMP; messages that do not decode, or do not hold
-//!   exactly one question: FORMERR.
+//! - Names outside the zone: REFUSED (not a recursive resolver: RA is
+//!   never set). Zone transfers (AXFR, IXFR): REFUSED (the zone lists
+//!   every live grant). ANY: the one A record of the name at most, as for
+//!   A (RFC 8482: no amplification). Other record types of an existing
+//!   name: NOERROR with no answer. Opcodes other than QUERY: NOTIMP;
+//!   messages that do not decode, or do not hold exactly one question:
+//!   FORMERR.
 //!
 //! The wire format is `hickory-proto`'s (RFC 1035 with name compression,
 //! EDNS(0) of RFC 6891): a query with an OPT record gets one back (our UDP
@@ -20,14 +23,20 @@
 //! answer larger than the client's payload size (512 bytes without EDNS)
 //! goes out truncated with TC set, so the client retries over TCP, which
 //! [`serve`] answers on the same address (two-byte length prefix, RFC
-//! 1035 section 4.2.2; RFC 7766). [`respond`] is pure (bytes in, bytes
-//! out); nothing in it panics on input: the fuzz target `center/fuzz`
-//! feeds it arbitrary bytes.
+//! 1035 section 4.2.2; RFC 7766). Answers are small, but a long zone name
+//! asked in another letter case (resolvers randomise it, and name
+//! compression matches bytes) can take a negative answer past 512 bytes.
+//! [`respond`] is pure (bytes in, bytes out); nothing in it panics on
+//! input: the fuzz target `center/fuzz` feeds it arbitrary bytes.
+//!
+//! Each source address is held to a query rate ([`rate`]): queries beyond
+//! it get no answer, and the drops are summed up in one log line per
+//! interval. Over TCP each source may hold [`TCP_PER_SOURCE`] connections.
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, NS, SOA};
@@ -36,8 +45,14 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
+use vpnnat_proto::throttle::ConnectionGate;
 
 use crate::center::{Center, GatewayCommands, RouterCommands};
+
+pub mod rate;
+
+pub use rate::RateConfig;
+use rate::{RateLimiter, Verdict};
 
 /// The name of a grant: `HOSTNAME.TERMINALID.<domain>` (lower case; DNS
 /// names compare case-insensitively).
@@ -64,6 +79,9 @@ const OUR_UDP_PAYLOAD: u16 = 1232;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// At most this many TCP connections at once; more wait in the backlog.
 const TCP_CONNECTIONS: usize = 64;
+/// At most this many TCP connections from one source address; more are
+/// closed at once (one client cannot take every slot).
+pub const TCP_PER_SOURCE: usize = 8;
 
 /// Which transport a message came on: it decides the answer's size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,9 +259,10 @@ fn answer(msg: &[u8], header: &Header, zone: &Zone, lookup: impl FnOnce(ZoneName
     let name = name_lower(q.name());
     let rel = name.as_deref().and_then(|n| zone.relative(n));
     let class_ok = matches!(q.query_class(), DNSClass::IN | DNSClass::ANY);
+    let transfer = matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR);
     let (rcode, answer, authoritative) = match rel {
         None => (ResponseCode::Refused, None, false),
-        Some(_) if !class_ok => (ResponseCode::Refused, None, false),
+        Some(_) if !class_ok || transfer => (ResponseCode::Refused, None, false),
         Some(parts) => match parts.as_slice() {
             // The apex: SOA and NS.
             [] => match q.query_type() {
@@ -315,36 +334,86 @@ fn encode(response: &Message, transport: Transport, udp_limit: usize) -> Option<
     }
 }
 
-/// Answers DNS queries from the center's database until `shutdown`: on
-/// UDP `socket`, and on TCP at the same address (bound here, so that the
-/// daemon's wiring hands over one socket; when that port is taken over
-/// TCP, UDP still answers and the error is logged).
-pub async fn serve<G, R>(socket: UdpSocket, shutdown: impl Future<Output = ()>, center: Arc<Center<G, R>>, zone: Zone)
-where
-    G: GatewayCommands + 'static,
-    R: RouterCommands + 'static,
-{
-    let zone = Arc::new(zone);
-    let tcp = match socket.local_addr() {
-        Ok(a) => TcpListener::bind(a).await.map_err(|e| format!("binding TCP {a}: {e}")),
-        Err(e) => Err(e.to_string()),
-    };
-    let tcp = match tcp {
-        Ok(l) => Some(l),
-        Err(e) => {
-            log::error!("dns: UDP only: {e}");
-            None
-        }
-    };
-    tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => {}
-        _ = serve_udp(&socket, &center, &zone) => {}
-        _ = serve_tcp(tcp, &center, &zone) => {}
+/// The DNS server's sockets, bound by the daemon's wiring: UDP, and TCP
+/// at the same address (None when that could not be bound: UDP still
+/// answers, and truncated answers cannot be completed).
+#[derive(Debug)]
+pub struct DnsListeners {
+    pub udp: UdpSocket,
+    pub tcp: Option<TcpListener>,
+}
+
+impl DnsListeners {
+    /// Binds UDP at `addr` and TCP at the address UDP got (the same port
+    /// when `addr` asks for port 0); a TCP failure is logged, not fatal.
+    pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let udp = UdpSocket::bind(addr).await?;
+        let local = udp.local_addr()?;
+        let tcp = match TcpListener::bind(local).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::error!("dns: UDP only: binding TCP {local}: {e}");
+                None
+            }
+        };
+        Ok(DnsListeners { udp, tcp })
     }
 }
 
-async fn serve_udp<G, R>(socket: &UdpSocket, center: &Arc<Center<G, R>>, zone: &Zone)
+/// What the UDP and TCP sides share.
+struct Shared<G, R> {
+    center: Arc<Center<G, R>>,
+    zone: Zone,
+    limiter: Mutex<RateLimiter>,
+}
+
+impl<G, R> Shared<G, R> {
+    fn admit(&self, source: std::net::IpAddr) -> bool {
+        self.limiter
+            .lock()
+            .map(|mut l| l.check(source, Instant::now()) == Verdict::Answer)
+            .unwrap_or(false)
+    }
+}
+
+/// Answers DNS queries from the center's database on `listeners` until
+/// `shutdown`, each source held to `limits`.
+pub async fn serve<G, R>(
+    listeners: DnsListeners,
+    shutdown: impl Future<Output = ()>,
+    center: Arc<Center<G, R>>,
+    zone: Zone,
+    limits: RateConfig,
+) where
+    G: GatewayCommands + 'static,
+    R: RouterCommands + 'static,
+{
+    let shared = Arc::new(Shared {
+        center,
+        zone,
+        limiter: Mutex::new(RateLimiter::new(limits)),
+    });
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = serve_udp(&listeners.udp, &shared) => {}
+        _ = serve_tcp(listeners.tcp, &shared) => {}
+        _ = report_drops(&shared.limiter) => {}
+    }
+}
+
+/// Writes the rate limit's summary line once per interval with drops.
+async fn report_drops(limiter: &Mutex<RateLimiter>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let report = limiter.lock().ok().and_then(|mut l| l.report(Instant::now()));
+        if let Some(r) = report {
+            log::warn!("{r}");
+        }
+    }
+}
+
+async fn serve_udp<G, R>(socket: &UdpSocket, shared: &Shared<G, R>)
 where
     G: GatewayCommands + 'static,
     R: RouterCommands + 'static,
@@ -360,8 +429,13 @@ where
                 continue;
             }
         };
+        // Before anything is decoded or looked up: a dropped query costs
+        // a table lookup only.
+        if !shared.admit(peer.ip()) {
+            continue;
+        }
         let msg = buf.get(..n).unwrap_or_default();
-        let answer = respond(msg, zone, Transport::Udp, |name| lookup(center, name));
+        let answer = respond(msg, &shared.zone, Transport::Udp, |name| lookup(&shared.center, name));
         if let Some(a) = answer {
             if let Err(e) = socket.send_to(&a, peer).await {
                 log::debug!("dns answer to {peer}: {e}");
@@ -370,7 +444,7 @@ where
     }
 }
 
-async fn serve_tcp<G, R>(listener: Option<TcpListener>, center: &Arc<Center<G, R>>, zone: &Arc<Zone>)
+async fn serve_tcp<G, R>(listener: Option<TcpListener>, shared: &Arc<Shared<G, R>>)
 where
     G: GatewayCommands + 'static,
     R: RouterCommands + 'static,
@@ -379,6 +453,7 @@ where
         return std::future::pending().await;
     };
     let slots = Arc::new(Semaphore::new(TCP_CONNECTIONS));
+    let gate = ConnectionGate::new(TCP_CONNECTIONS, TCP_PER_SOURCE);
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -391,12 +466,20 @@ where
                 continue;
             }
         };
-        let (center, zone) = (center.clone(), zone.clone());
+        let admitted = match gate.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(e) => {
+                // Debug: a flood would write a line per connection.
+                log::debug!("dns tcp {peer}: {e}; closed");
+                continue;
+            }
+        };
+        let shared = shared.clone();
         conns.spawn(async move {
-            if let Err(e) = tcp_connection(stream, &center, &zone).await {
+            if let Err(e) = tcp_connection(stream, peer.ip(), &shared).await {
                 log::debug!("dns tcp {peer}: {e}");
             }
-            drop(permit);
+            drop((permit, admitted));
         });
         // Reap finished connections so the set does not grow.
         while conns.try_join_next().is_some() {}
@@ -404,8 +487,14 @@ where
 }
 
 /// One TCP connection: length-prefixed queries answered in order until
-/// the client closes or idles past [`TCP_IDLE`].
-async fn tcp_connection<G, R>(mut stream: TcpStream, center: &Center<G, R>, zone: &Zone) -> std::io::Result<()>
+/// the client closes or idles past [`TCP_IDLE`], or exceeds its query
+/// rate (the connection is closed: the client cannot mistake that for an
+/// answer).
+async fn tcp_connection<G, R>(
+    mut stream: TcpStream,
+    peer: std::net::IpAddr,
+    shared: &Shared<G, R>,
+) -> std::io::Result<()>
 where
     G: GatewayCommands,
     R: RouterCommands,
@@ -423,7 +512,10 @@ where
             Ok(r) => r?,
             Err(_) => return Ok(()),
         };
-        let Some(answer) = respond(&msg, zone, Transport::Tcp, |name| lookup(center, name)) else {
+        if !shared.admit(peer) {
+            return Ok(());
+        }
+        let Some(answer) = respond(&msg, &shared.zone, Transport::Tcp, |name| lookup(&shared.center, name)) else {
             continue;
         };
         let n = u16::try_from(answer.len()).map_err(std::io::Error::other)?;

@@ -821,3 +821,13 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+impl Router {
+    /// Holds the router's state lock until the guard is dropped: the tests
+    /// stand in for a slow password check (the comparison reads the state
+    /// under this lock) to put many guesses in flight at once.
+    pub(crate) async fn hold_state(&self) -> impl Drop + '_ {
+        self.inner.lock().await
+    }
+}

@@ -417,31 +417,30 @@ impl CenterPort {
             .map(zeroize::Zeroizing::new);
         let now = crate::daemon::unix_now();
         let peer = req.peer.ip();
-        if password.is_some() {
-            // Before the password is looked at: a locked-out guesser learns
-            // nothing, not even from timing.
-            if let Ok(Err(t)) = self.throttle.lock().map(|th| th.check(peer, now)) {
-                log::warn!("maintenance login from {peer} refused: {t}");
-                let mut r = text(429, format!("maintenance login refused: {t}"));
-                if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
-                    r.headers_mut().insert("retry-after", v);
-                }
-                return r;
-            }
-        }
+        // Counted when admitted, before the password is compared: guesses
+        // in flight together cannot slip past the limit, and a braked
+        // guesser learns nothing, not even from timing.
+        let attempt = match &password {
+            Some(_) => match self.throttle.lock().map(|mut th| th.begin(peer, false, now)) {
+                Ok(Ok(a)) => Some(a),
+                Ok(Err(t)) => return self.refused(peer, t, now),
+                Err(_) => return text(500, "maintenance login throttle unavailable"),
+            },
+            None => None,
+        };
         let authorized = match &password {
             Some(p) => self.router.check_maintenance_password(p).await,
             None => false,
         };
-        if password.is_some() {
-            if let Ok(mut th) = self.throttle.lock() {
-                if authorized {
-                    th.succeeded(peer);
-                } else {
-                    log::warn!("wrong maintenance password from {peer}");
-                    if let Some(t) = th.failed(peer, now) {
-                        log::warn!("maintenance logins locked: {t}");
-                    }
+        if let Some(attempt) = attempt {
+            if authorized {
+                if let Ok(mut th) = self.throttle.lock() {
+                    th.passed(attempt);
+                }
+            } else {
+                log::warn!("wrong maintenance password from {peer}");
+                if let Some(t) = attempt.locks {
+                    log::warn!("maintenance logins locked: {t}");
                 }
             }
         }
@@ -495,6 +494,27 @@ impl CenterPort {
             }
             _ => text(404, "not found"),
         }
+    }
+
+    /// A braked maintenance login: 429 with Retry-After. Only the first
+    /// refusal of each wait is a warning; the repeats are debug, so that a
+    /// flood of guesses cannot write a line each.
+    fn refused(&self, peer: std::net::IpAddr, t: vpnnat_proto::throttle::Throttled, now: u64) -> Reply {
+        let first = self
+            .throttle
+            .lock()
+            .map(|mut th| th.refused(peer, &t, now))
+            .unwrap_or(true);
+        if first {
+            log::warn!("maintenance login from {peer} refused: {t}");
+        } else {
+            log::debug!("maintenance login from {peer} refused again: {t}");
+        }
+        let mut r = text(429, format!("maintenance login refused: {t}"));
+        if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
+            r.headers_mut().insert("retry-after", v);
+        }
+        r
     }
 
     async fn maintenance_view(&self) -> serde_json::Value {

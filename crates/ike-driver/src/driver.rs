@@ -350,7 +350,7 @@ impl Driver {
         }
         if !self.tunnels.contains_key(&peer) {
             self.dropped(now, Sender::Unknown, "not a configured peer", "", src_wire);
-            let _ = self.events.send(DriverEvent::Rejected {
+            self.rejected(DriverEvent::Rejected {
                 from: src.ip(),
                 error: vpnnat_ike::Error::PeerNotAllowed(src.ip()).to_string(),
             });
@@ -366,7 +366,7 @@ impl Driver {
                 self.dropped(now, Sender::Unknown, "non-IKE on the NAT-T port", "", src_wire);
             } else {
                 self.dropped(now, Sender::Peer, "rejected", crate::drop_log::kind(&e), src_wire);
-                let _ = self.events.send(DriverEvent::Rejected {
+                self.rejected(DriverEvent::Rejected {
                     from: src.ip(),
                     error: e.to_string(),
                 });
@@ -379,6 +379,15 @@ impl Driver {
     fn dropped(&mut self, now: Instant, sender: Sender, what: &'static str, kind: &'static str, from: SocketAddr) {
         if let Some(line) = self.drops.record(now, sender, what, kind, from) {
             log::log!(line.level, "{line}");
+        }
+    }
+
+    /// Sends a rejection event to the owner if the interval's allowance
+    /// has room (right after [`Driver::dropped`] counted the drop); else it
+    /// is only counted in the summary line.
+    fn rejected(&mut self, ev: DriverEvent) {
+        if self.drops.event() {
+            let _ = self.events.send(ev);
         }
     }
 

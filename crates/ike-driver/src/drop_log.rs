@@ -12,6 +12,12 @@
 //! never the error's details (they carry lengths and SPIs that a flood
 //! varies at will).
 //!
+//! The owner's [`crate::DriverEvent::Rejected`] events are held to the same
+//! account: at most [`MAX_EVENTS`] per interval ([`DropLog::event`]), the
+//! rest only counted in the summary. The event channel is read by the
+//! owner at its own pace (routerd logs each event); a flood must not pile
+//! up events in it faster than time passes, nor a line each in the owner.
+//!
 //! Pure: the caller passes the time in and writes the [`Summary`] this
 //! returns. Bounded: at most [`MAX_REASONS`] distinct reasons per interval,
 //! the rest counted together.
@@ -23,6 +29,8 @@ use std::time::{Duration, Instant};
 
 /// Distinct reasons kept per interval; further ones count as "other".
 pub const MAX_REASONS: usize = 8;
+/// Rejection events sent to the owner per interval at most.
+pub const MAX_EVENTS: u64 = 16;
 
 /// Who sent the dropped datagram, as far as the driver knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,6 +56,10 @@ pub struct DropLog {
     since: Option<Instant>,
     counts: BTreeMap<(Sender, &'static str, &'static str), Count>,
     other: u64,
+    /// Rejection events sent in the current interval.
+    events: u64,
+    /// Rejection events withheld in the current interval.
+    withheld: u64,
 }
 
 /// One line to write now.
@@ -63,6 +75,8 @@ pub struct Summary {
     pub reasons: Vec<(String, u64, SocketAddr)>,
     /// Drops of reasons beyond [`MAX_REASONS`].
     pub other: u64,
+    /// Rejection events not sent to the owner (beyond [`MAX_EVENTS`]).
+    pub withheld: u64,
 }
 
 impl fmt::Display for Summary {
@@ -80,6 +94,9 @@ impl fmt::Display for Summary {
         if self.other > 0 {
             write!(f, "; {} for other reasons", self.other)?;
         }
+        if self.withheld > 0 {
+            write!(f, " ({} not reported as events)", self.withheld)?;
+        }
         Ok(())
     }
 }
@@ -91,6 +108,8 @@ impl DropLog {
             since: None,
             counts: BTreeMap::new(),
             other: 0,
+            events: 0,
+            withheld: 0,
         }
     }
 
@@ -117,6 +136,18 @@ impl DropLog {
         due
     }
 
+    /// Whether the drop just recorded may also go to the owner as an
+    /// event: yes for the first [`MAX_EVENTS`] of the interval; the rest
+    /// are counted in its summary.
+    pub fn event(&mut self) -> bool {
+        if self.events < MAX_EVENTS {
+            self.events = self.events.saturating_add(1);
+            return true;
+        }
+        self.withheld = self.withheld.saturating_add(1);
+        false
+    }
+
     /// The summary of the interval if it is over at `now` (a new interval
     /// starts with the next drop).
     pub fn poll(&mut self, now: Instant) -> Option<Summary> {
@@ -138,6 +169,8 @@ impl DropLog {
             .collect();
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let other = std::mem::take(&mut self.other);
+        let withheld = std::mem::take(&mut self.withheld);
+        self.events = 0;
         self.since = None;
         let total = reasons.iter().map(|r| r.1).fold(other, u64::saturating_add);
         Some(Summary {
@@ -146,6 +179,7 @@ impl DropLog {
             over: now.saturating_duration_since(since),
             reasons,
             other,
+            withheld,
         })
     }
 
@@ -249,6 +283,39 @@ mod tests {
         assert_eq!(s.reasons[0], ("not IKE".to_owned(), 2, from(1)));
         // Quiet: nothing more to say.
         assert_eq!(d.poll(t0 + Duration::from_secs(100)), None);
+    }
+
+    /// Issue 18 item 7: 100,000 rejected datagrams over 25 s give the owner
+    /// at most [`MAX_EVENTS`] events per interval (before, one event each,
+    /// piling up in its channel and each a line in routerd's log); the
+    /// summaries count the rest.
+    #[test]
+    fn rejection_events_are_bounded_per_interval() {
+        let t0 = Instant::now();
+        let mut d = DropLog::new(Duration::from_secs(10));
+        let (mut sent, mut lines) = (0u64, Vec::new());
+        for i in 0..100_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i) * 250);
+            lines.extend(d.record(now, Sender::Peer, "rejected", "malformed message", from(1)));
+            if d.event() {
+                sent += 1;
+            }
+        }
+        lines.extend(d.poll(t0 + Duration::from_secs(40)));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(sent, 3 * MAX_EVENTS);
+        let withheld: u64 = lines.iter().map(|l| l.withheld).sum();
+        assert_eq!(sent + withheld, 100_000);
+        assert!(
+            lines[0]
+                .to_string()
+                .ends_with(&format!(" ({} not reported as events)", lines[0].withheld)),
+            "{}",
+            lines[0]
+        );
+        // A quiet interval starts with a fresh allowance.
+        let _ = d.record(t0 + Duration::from_secs(100), Sender::Unknown, "not IKE", "", from(2));
+        assert!(d.event());
     }
 
     #[test]

@@ -206,7 +206,9 @@ pub enum DriverEvent {
         child: Option<u32>,
     },
     /// A datagram was rejected (unknown peer, malformed, authentication
-    /// failure...). Informational; the text has no secrets.
+    /// failure...). Informational; the text has no secrets. At most
+    /// [`drop_log::MAX_EVENTS`] per drop-log interval: a flood is counted
+    /// in the driver's summary line, not queued here one event each.
     Rejected {
         /// Where it came from.
         from: IpAddr,

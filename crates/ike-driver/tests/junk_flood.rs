@@ -262,6 +262,19 @@ async fn junk_flood_logs_a_bounded_number_of_lines_and_the_tunnel_keeps_answerin
         summaries.len()
     );
     assert!(during.len() <= intervals + 40, "{} lines: {during:#?}", during.len());
+    // The owner's event channel got a bounded number of rejections too
+    // (before: one per rejected datagram, tens of thousands).
+    let rejections = r
+        .seen
+        .iter()
+        .filter(|e| matches!(e, DriverEvent::Rejected { .. }))
+        .count();
+    let allowed = intervals * usize::try_from(vpnnat_ike_driver::drop_log::MAX_EVENTS).unwrap();
+    assert!(
+        rejections <= allowed,
+        "{rejections} rejection events, {allowed} allowed"
+    );
+    println!("  {rejections} rejection events reached the owner");
 }
 
 /// Only strangers: the summary is debug, not a warning (the internet's

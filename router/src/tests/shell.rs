@@ -843,11 +843,74 @@ async fn maintenance_password_guessing_is_locked_out() {
     );
     // The router's log (shown on the maintenance page) records it, and no
     // password reaches it.
+    // More refusals of the same wait: only the first one is a warning.
+    for _ in 0..5 {
+        assert_eq!(get("guess-again").await.0, 429);
+    }
     let log = crate::logring::global().snapshot();
     let text = serde_json::to_string(&log).unwrap();
     assert!(text.contains("wrong maintenance password from 127.0.0.1"), "{text}");
     assert!(text.contains("maintenance logins locked"), "{text}");
     assert!(!text.contains("maintenance-pw") && !text.contains("guess-0"));
+    let warned = log
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("maintenance login from 127.0.0.1 refused"))
+        .count();
+    assert_eq!(warned, 1, "{log:#?}");
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 18 item 4 at the maintenance page: guesses are counted when they
+/// are admitted, before the password is compared. Here 12 wrong guesses (within the per-address connection cap)
+/// are in flight together while the comparison is held up (the router's
+/// state lock, which the comparison takes, is held, as a slow hash would):
+/// only the per-address limit of them reach the comparison, the rest are
+/// refused at once. Before, each was checked against the throttle before
+/// any had been counted, and all 12 reached the comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_maintenance_guesses_cannot_exceed_the_limit() {
+    use base64::Engine as _;
+    let dir = tmpdir("maint-concurrent");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let _center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    let get = |password: String| {
+        let addr = rt.center_port.clone();
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("op:{password}"))
+        );
+        async move {
+            http::request(
+                &addr,
+                Method::GET,
+                "/maintenance/api",
+                &[("authorization", auth.as_str())],
+                None,
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    let limit = usize::try_from(vpnnat_proto::throttle::ThrottleConfig::default().per_source).unwrap();
+    let held = rt.router.hold_state().await;
+    let guesses: Vec<_> = (0..12).map(|i| tokio::spawn(get(format!("guess-{i}")))).collect();
+    // Every guess reaches the server and either waits at the comparison
+    // or is refused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(held);
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    let compared = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((compared, refused), (limit, 12 - limit), "{statuses:?}");
     rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -137,7 +137,7 @@ impl Driver {
                 // No secrets here: the core's errors name no keys.
                 let kind = crate::drop_log::kind(&e);
                 self.dropped(now, crate::drop_log::Sender::Peer, "dial-in refused", kind, src_wire);
-                let _ = self.events.send(DriverEvent::Rejected {
+                self.rejected(DriverEvent::Rejected {
                     from: src.ip(),
                     error: e.to_string(),
                 });
