@@ -1,6 +1,7 @@
 //! nftables through the `nftables` crate (the `nft` JSON API): each change is
 //! one `nft -j -f -` transaction, all or nothing.
 
+pub mod gateway;
 pub mod guard;
 pub mod ruleset;
 
