@@ -10,9 +10,11 @@
 //! ```text
 //! table ip vpnnat_gw {
 //!   set granted { type ipv4_addr }       # every tunnel's VPNNAT addresses
+//!   set sources { type ipv4_addr; flags interval }  # the VPNNAT networks (optional)
 //!   chain forward { filter: meta ipsec exists jump tunnel
-//!                           ip saddr @granted jump tunnel }
-//!   chain input   { (the same two rules) }
+//!                           ip saddr @granted jump tunnel
+//!                           ip saddr @sources jump tunnel }
+//!   chain input   { (the same three rules) }
 //!   chain tunnel  { ct direction reply ct state established,related accept
 //!                   ip saddr @granted ip daddr A tcp dport P accept   # one per allow entry
 //!                   counter drop }
@@ -20,7 +22,9 @@
 //! ```
 //! "From a tunnel" is either mark: decapsulated by an SA (`meta ipsec`), or
 //! a granted VPNNAT source (which the XFRM policies only admit through the
-//! tunnel; it also lets a host test drive the chain with plain packets).
+//! tunnel), or any address of the configured VPNNAT networks (granted or
+//! not; this also lets a host test drive the chain with plain packets,
+//! the host having no ESP).
 //! Only reply-direction packets pass as "established": a connection a
 //! tunnel host opened to an allow-listed service needs its grant for every
 //! packet, so a revocation cuts it too. Granting and revoking only add and
@@ -33,8 +37,10 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
-use nftables::schema::{Chain, Element, NfListObject, Nftables, Rule, Set, SetType, SetTypeValue, Table};
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT};
+use nftables::schema::{Chain, Element, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table};
+
+use crate::model::Ipv4Cidr;
 use nftables::stmt::{Counter, JumpTarget, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -44,6 +50,8 @@ pub const GATEWAY_TABLE: &str = "vpnnat_gw";
 pub const GW_GRANTED_SET: &str = "granted";
 /// The chain that judges what came out of a tunnel.
 pub const TUNNEL_CHAIN: &str = "tunnel";
+/// The set of VPNNAT networks.
+pub const GW_SOURCES_SET: &str = "sources";
 
 /// A transport protocol of an allow-list entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,6 +90,9 @@ pub struct GatewayFilter {
     pub table: String,
     /// The services granted hosts may open (empty: none).
     pub allow: Vec<TunnelAllow>,
+    /// The VPNNAT networks: any source in them is judged as from a tunnel
+    /// (empty: only decapsulated packets and granted sources are).
+    pub sources: Vec<Ipv4Cidr>,
 }
 
 fn s(v: impl ToString) -> Expression<'static> {
@@ -116,10 +127,11 @@ fn from_granted() -> Statement<'static> {
 }
 
 impl GatewayFilter {
-    pub fn new(allow: Vec<TunnelAllow>) -> Self {
+    pub fn new(allow: Vec<TunnelAllow>, sources: Vec<Ipv4Cidr>) -> Self {
         Self {
             table: GATEWAY_TABLE.to_string(),
             allow,
+            sources,
         }
     }
 
@@ -131,13 +143,13 @@ impl GatewayFilter {
         }
     }
 
-    fn set(&self) -> Set<'static> {
+    fn set(&self, name: &'static str, interval: bool) -> Set<'static> {
         Set {
             family: NfFamily::IP,
             table: Cow::Owned(self.table.clone()),
-            name: Cow::Borrowed(GW_GRANTED_SET),
+            name: Cow::Borrowed(name),
             set_type: SetTypeValue::Single(SetType::Ipv4Addr),
-            flags: None::<HashSet<_>>,
+            flags: interval.then(|| HashSet::from([SetFlag::Interval])),
             ..Default::default()
         }
     }
@@ -192,6 +204,10 @@ impl GatewayFilter {
         for hook in ["forward", "input"] {
             out.push(self.rule(hook, vec![ipsec(), jump()]));
             out.push(self.rule(hook, vec![from_granted(), jump()]));
+            out.push(self.rule(
+                hook,
+                vec![eq(field("ip", "saddr"), s(format!("@{GW_SOURCES_SET}"))), jump()],
+            ));
         }
         out.push(self.rule(
             TUNNEL_CHAIN,
@@ -231,7 +247,8 @@ impl GatewayFilter {
         b.add(NfListObject::Table(self.table()));
         b.delete(NfListObject::Table(self.table()));
         b.add(NfListObject::Table(self.table()));
-        b.add(NfListObject::Set(Box::new(self.set())));
+        b.add(NfListObject::Set(Box::new(self.set(GW_GRANTED_SET, false))));
+        b.add(NfListObject::Set(Box::new(self.set(GW_SOURCES_SET, true))));
         b.add(NfListObject::Chain(self.base_chain("forward", NfHook::Forward)));
         b.add(NfListObject::Chain(self.base_chain("input", NfHook::Input)));
         b.add(NfListObject::Chain(Chain {
@@ -242,6 +259,24 @@ impl GatewayFilter {
         }));
         for r in self.rules() {
             b.add(NfListObject::Rule(r));
+        }
+        if !self.sources.is_empty() {
+            b.add(NfListObject::Element(Element {
+                family: NfFamily::IP,
+                table: Cow::Owned(self.table.clone()),
+                name: Cow::Borrowed(GW_SOURCES_SET),
+                elem: Cow::Owned(
+                    self.sources
+                        .iter()
+                        .map(|c| {
+                            Expression::Named(NamedExpression::Prefix(Prefix {
+                                addr: Box::new(s(c.addr())),
+                                len: u32::from(c.prefix_len()),
+                            }))
+                        })
+                        .collect(),
+                ),
+            }));
         }
         if !granted.is_empty() {
             b.add(NfListObject::Element(self.element(granted)));
@@ -304,7 +339,7 @@ mod tests {
 
     #[test]
     fn create_replaces_the_table_atomically_with_the_granted_set() {
-        let c = cmds(&GatewayFilter::new(vec![]).create(&[Ipv4Addr::new(10, 64, 0, 1)]));
+        let c = cmds(&GatewayFilter::new(vec![], vec!["10.64.0.0/16".parse().unwrap()]).create(&[Ipv4Addr::new(10, 64, 0, 1)]));
         assert_eq!(c[0], json!({"add": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
         assert_eq!(c[1], json!({"delete": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
         assert_eq!(c[2], json!({"add": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
@@ -321,20 +356,30 @@ mod tests {
         assert_eq!(hooks[1]["hook"], "input");
         assert_eq!(hooks[2].get("hook"), None, "the tunnel chain is a regular chain");
         assert_eq!(
-            c.last().unwrap(),
-            &json!({"add": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "elem": ["10.64.0.1"]}}})
+            c[4],
+            json!({"add": {"set": {"family": "ip", "table": "vpnnat_gw", "name": "sources", "type": "ipv4_addr", "flags": ["interval"]}}})
+        );
+        let n = c.len();
+        assert_eq!(
+            c[n - 2],
+            json!({"add": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "sources", "elem": [{"prefix": {"addr": "10.64.0.0", "len": 16}}]}}})
+        );
+        assert_eq!(
+            c[n - 1],
+            json!({"add": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "elem": ["10.64.0.1"]}}})
         );
     }
 
     #[test]
     fn both_hooks_send_tunnel_traffic_to_the_tunnel_chain() {
-        let n = GatewayFilter::new(vec![]).create(&[]);
+        let n = GatewayFilter::new(vec![], vec![]).create(&[]);
         for hook in ["forward", "input"] {
             assert_eq!(
                 rules(&n, hook),
                 vec![
                     json!([{"match": {"op": "==", "left": {"meta": {"key": "secpath"}}, "right": true}}, {"jump": {"target": "tunnel"}}]),
                     json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@granted"}}, {"jump": {"target": "tunnel"}}]),
+                    json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@sources"}}, {"jump": {"target": "tunnel"}}]),
                 ]
             );
         }
@@ -342,7 +387,7 @@ mod tests {
 
     #[test]
     fn without_an_allow_list_only_replies_pass_and_the_rest_is_counted_and_dropped() {
-        let r = rules(&GatewayFilter::new(vec![]).create(&[]), "tunnel");
+        let r = rules(&GatewayFilter::new(vec![], vec![]).create(&[]), "tunnel");
         assert_eq!(
             r,
             vec![
@@ -363,7 +408,7 @@ mod tests {
             port: 69,
             protocol: L4Proto::Udp,
         };
-        let r = rules(&GatewayFilter::new(vec![web(), dns]).create(&[]), "tunnel");
+        let r = rules(&GatewayFilter::new(vec![web(), dns], vec![]).create(&[]), "tunnel");
         assert_eq!(r.len(), 4);
         assert_eq!(
             r[1],
@@ -382,7 +427,7 @@ mod tests {
 
     #[test]
     fn grant_and_revoke_touch_only_the_set() {
-        let f = GatewayFilter::new(vec![web()]);
+        let f = GatewayFilter::new(vec![web()], vec![]);
         let a = [Ipv4Addr::new(10, 64, 0, 1), Ipv4Addr::new(10, 64, 0, 2)];
         assert_eq!(
             serde_json::to_value(f.grant(&a)).unwrap(),
