@@ -335,9 +335,15 @@ fn gateway_filter_lets_out_of_a_tunnel_only_replies_and_granted_allowed_services
     );
     let nft = Nft::new(NatTable::default());
     nft.apply("gateway filter", &f.create(&[v1])).unwrap();
-    assert!(!connects_from(v1, api), "a granted address may not open a connection to centerd");
+    assert!(
+        !connects_from(v1, api),
+        "a granted address may not open a connection to centerd"
+    );
     assert!(!connects_from(v2, api));
-    assert!(connects_from(center, home), "a reply to a center-opened connection passes");
+    assert!(
+        connects_from(center, home),
+        "a reply to a center-opened connection passes"
+    );
     assert!(connects_from(v1, fw), "the allow-listed service, granted");
     assert!(!connects_from(v2, fw), "the allow-listed service, not granted");
     nft.apply("revoke", &f.revoke(&[v1])).unwrap();

@@ -199,7 +199,10 @@ impl GatewaydConfig {
             if protocol == L4Proto::Tcp && a.port == listen.port() {
                 return Err(invalid(
                     &key,
-                    format!("{entry}: port {} is the gatewayd API's, never reachable from a tunnel", a.port),
+                    format!(
+                        "{entry}: port {} is the gatewayd API's, never reachable from a tunnel",
+                        a.port
+                    ),
                 ));
             }
             tunnel_allow.push(entry);
@@ -306,7 +309,10 @@ center_url = "http://127.0.0.1:8080"
             ("API port elsewhere", err(&entry("172.16.0.22", 9000))),
             (
                 "listed host",
-                err(&format!("center_hosts = [\"172.16.0.10\"]\n{}", entry("172.16.0.10", 53))),
+                err(&format!(
+                    "center_hosts = [\"172.16.0.10\"]\n{}",
+                    entry("172.16.0.10", 53)
+                )),
             ),
         ] {
             assert!(e.contains("tunnel_allow[0]") && e.contains("never"), "{what}: {e}");

@@ -45,7 +45,8 @@ impl TunnelFilter {
     pub fn reconcile(&mut self, addrs: BTreeSet<Ipv4Addr>) -> Result<(), DatapathError> {
         self.granted = None;
         let list: Vec<Ipv4Addr> = addrs.iter().copied().collect();
-        self.nft.apply_nft("create the tunnel filter", &self.filter.create(&list))?;
+        self.nft
+            .apply_nft("create the tunnel filter", &self.filter.create(&list))?;
         self.granted = Some(addrs);
         Ok(())
     }
@@ -59,7 +60,8 @@ impl TunnelFilter {
         };
         let new: Vec<Ipv4Addr> = addrs.difference(&held).copied().collect();
         let gone: Vec<Ipv4Addr> = held.difference(&addrs).copied().collect();
-        self.nft.apply_nft("grant in the tunnel filter", &self.filter.grant(&new))?;
+        self.nft
+            .apply_nft("grant in the tunnel filter", &self.filter.grant(&new))?;
         self.nft
             .apply_nft("revoke in the tunnel filter", &self.filter.revoke(&gone))?;
         self.granted = Some(addrs);

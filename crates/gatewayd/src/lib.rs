@@ -238,12 +238,7 @@ impl Gatewayd {
             return Ok(());
         };
         let addrs = self.routed()?;
-        if create {
-            f.reconcile(addrs)
-        } else {
-            f.sync(addrs)
-        }
-        .map_err(GatewayError::Filter)
+        if create { f.reconcile(addrs) } else { f.sync(addrs) }.map_err(GatewayError::Filter)
     }
 
     /// Counters of the events [`forward_events_counted`] forwards.
@@ -467,23 +462,18 @@ pub async fn run_with(
         unlimited_source: centerd,
         ..vpnnat_service::http::Limits::GATEWAY_API
     };
-    vpnnat_service::http::serve_limited(
-        listener,
-        shutdown,
-        limits,
-        move |req, peer| {
-            let gw = gw.clone();
-            async move {
-                let started = std::time::Instant::now();
-                let route = Route::find(ROUTES, req.uri().path());
-                let resp = handle_http(&gw, route, req, peer).await;
-                if let Some(r) = route.filter(|r| r.method == "POST") {
-                    gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
-                }
-                resp
+    vpnnat_service::http::serve_limited(listener, shutdown, limits, move |req, peer| {
+        let gw = gw.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let route = Route::find(ROUTES, req.uri().path());
+            let resp = handle_http(&gw, route, req, peer).await;
+            if let Some(r) = route.filter(|r| r.method == "POST") {
+                gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
             }
-        },
-    )
+            resp
+        }
+    })
     .await
 }
 

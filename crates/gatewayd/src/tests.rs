@@ -246,7 +246,10 @@ fn tunnel_filter_follows_the_routed_addresses() {
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].0, "create the tunnel filter");
     let cmds = l[0].1["nftables"].as_array().unwrap();
-    assert_eq!(cmds[1]["delete"]["table"]["name"], "vpnnat_gw", "replaces a previous run's table");
+    assert_eq!(
+        cmds[1]["delete"]["table"]["name"], "vpnnat_gw",
+        "replaces a previous run's table"
+    );
     assert_eq!(
         cmds.last().unwrap()["add"]["element"]["elem"],
         serde_json::json!(["10.64.0.1"])
@@ -317,7 +320,12 @@ async fn api_caps_connections_per_source_except_centerds() {
         let mut buf = [0u8; 12];
         let got = tokio::time::timeout(Duration::from_millis(500), extra.read(&mut buf)).await;
         let busy = matches!(got, Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 503"));
-        assert_eq!(busy, refused, "centerd {centerd:?}: connection {} past the cap", cap + 1);
+        assert_eq!(
+            busy,
+            refused,
+            "centerd {centerd:?}: connection {} past the cap",
+            cap + 1
+        );
         server.abort();
     }
 }

@@ -339,9 +339,14 @@ mod tests {
 
     #[test]
     fn create_replaces_the_table_atomically_with_the_granted_set() {
-        let c = cmds(&GatewayFilter::new(vec![], vec!["10.64.0.0/16".parse().unwrap()]).create(&[Ipv4Addr::new(10, 64, 0, 1)]));
+        let c = cmds(
+            &GatewayFilter::new(vec![], vec!["10.64.0.0/16".parse().unwrap()]).create(&[Ipv4Addr::new(10, 64, 0, 1)]),
+        );
         assert_eq!(c[0], json!({"add": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
-        assert_eq!(c[1], json!({"delete": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
+        assert_eq!(
+            c[1],
+            json!({"delete": {"table": {"family": "ip", "name": "vpnnat_gw"}}})
+        );
         assert_eq!(c[2], json!({"add": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
         assert_eq!(
             c[3],
