@@ -156,7 +156,7 @@ impl GatewaydConfig {
                 center_hosts.push(*l.ip());
             }
         }
-        if let Some(SocketAddr::V4(c)) = center.authority.parse::<SocketAddr>().ok() {
+        if let Ok(SocketAddr::V4(c)) = center.authority.parse::<SocketAddr>() {
             center_hosts.push(*c.ip());
         }
         for (i, h) in raw.center_hosts.iter().flatten().enumerate() {
