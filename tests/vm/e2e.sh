@@ -298,8 +298,10 @@ for g in $(seq 1 "$GATEWAYS"); do
 	check_not "pc1 of $(tid 1): gatewayd gw$g's API 172.16.0.$((20 + g)):9000 is closed" pc_tcp "172.16.0.$((20 + g))" 9000
 done
 check_not "pc1 of $(tid 1): the operator's workstation 172.16.0.100:$PORT is closed" pc_tcp 172.16.0.100 $PORT
-check_not "pc2 of $(tid 1) (not granted) does not reach the allow-listed service" \
-	nsx r1h2 vpnnat-probe connect --timeout-ms 2000 172.16.0.50:$PORT
+if [ "$(hosts_of 1)" -ge 2 ]; then
+	check_not "pc2 of $(tid 1) (not granted) does not reach the allow-listed service" \
+		nsx r1h2 vpnnat-probe connect --timeout-ms 2000 172.16.0.50:$PORT
+fi
 gw_drops() { # the drop counters of every gateway's tunnel chain, summed
 	for g in $(seq 1 "$GATEWAYS"); do nsx gw$g "$NFT" list chain ip vpnnat_gw tunnel; done |
 		sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'
