@@ -308,6 +308,26 @@ gw_drops() { # the drop counters of every gateway's tunnel chain, summed
 }
 DROPS=$(gw_drops)
 check "the gateways' tunnel filters counted the dropped packets ($DROPS)" test "$DROPS" -gt 0
+# Control: with every gateway's tunnel chain bypassed (an accept inserted
+# first) the same host reaches centerd, so the checks above can fail; then
+# the filter is whole again.
+filter_bypass() { # add | del
+	local g h
+	for g in $(seq 1 "$GATEWAYS"); do
+		if [ "$1" = add ]; then
+			nsx gw$g "$NFT" insert rule ip vpnnat_gw tunnel accept
+		else
+			for h in $(nsx gw$g "$NFT" -a list chain ip vpnnat_gw tunnel | sed -n 's/^[[:space:]]*accept # handle \([0-9]*\)$/\1/p'); do
+				nsx gw$g "$NFT" delete rule ip vpnnat_gw tunnel handle "$h"
+			done
+		fi
+	done
+}
+filter_bypass add
+check "control: with the tunnel filters bypassed pc1 of $(tid 1) reaches centerd's router API (the checks above can fail)" \
+	pc_tcp 172.16.0.10 8080
+filter_bypass del
+check_not "the tunnel filters are whole again: centerd's router API is closed to pc1" pc_tcp 172.16.0.10 8080
 check "the operator still reaches pc1 of $(tid 1) (replies pass)" sh -c \
 	"ip netns exec operator vpnnat-probe connect $(word 1 "$VPN1"):$PORT | grep -q 'TOKEN $(tid 1)/pc1 '"
 
