@@ -243,6 +243,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         &sid.mac_key(),
         &InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         },
         T,
         &rng,

@@ -266,7 +266,8 @@ impl Router {
     /// One installation notice.
     pub async fn install(&self) -> Result<(), DaemonError> {
         let _x = self.exchange.lock().await;
-        let p = logic::begin_install(&self.id, &self.cfg.factory_secret, &self.rng, unix_now())?;
+        let state = self.state().await;
+        let p = logic::begin_install(&self.id, &self.cfg.factory_secret, &state, &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
         vpnnat_crashpoint::hit("router.install.after_reply");
         let mut inner = self.inner.lock().await;

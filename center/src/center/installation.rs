@@ -10,6 +10,16 @@ use vpnnat_proto::messages::{Ack, FailureNotice, InstallRequest, InstallSecrets}
 use vpnnat_proto::types::TerminalId;
 use vpnnat_proto::{decode_request, KeyKind, Outgoing, ProtoError};
 
+use crate::storage::UNPROVEN_ACTIONS;
+use vpnnat_proto::reinstall::{self, ProofCheck, ReinstallDecision, ReinstallInput};
+
+/// At most this many re-installation attempts without a valid proof per
+/// router and [`REINSTALL_WINDOW_SECS`]; beyond it, 429 and nothing stored.
+pub const REINSTALL_LIMIT: u32 = 5;
+pub const REINSTALL_WINDOW_SECS: u64 = 3600;
+/// An operator's approval is good for this long.
+pub const REINSTALL_APPROVAL_TTL_SECS: u64 = 24 * 3600;
+
 use super::{unicast, Actor, Center, CenterError, GatewayCommands, LockedNonceStore, RouterCommands};
 
 impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
@@ -35,14 +45,49 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 (kind == KeyKind::SecretId).then(|| SecretId::derive(master, t).mac_key())
             })?
         };
-        let mut st = self.store()?;
         let tid = v.principal().clone();
+        let who = Actor::router(tid.as_str(), peer);
+        let decision = self.reinstall_decision(&tid, v.command(), now)?;
+        let (action, note) = match decision {
+            ReinstallDecision::FirstInstall => ("install", String::new()),
+            ReinstallDecision::ProvedReinstall => ("reinstall", "proved Secret(ID2); ".to_owned()),
+            ReinstallDecision::ApprovedReinstall => {
+                let by = self
+                    .store()?
+                    .reinstall_request(tid.as_str())?
+                    .and_then(|r| r.approved_by)
+                    .unwrap_or_default();
+                ("reinstall", format!("without proof, approved by {by}; "))
+            }
+            ReinstallDecision::Pending => {
+                self.store()?.record_reinstall_pending(tid.as_str(), now, &who.peer)?;
+                log::warn!("terminal={tid} re-installation without proof: pending operator approval");
+                return Err(CenterError::ReinstallPending);
+            }
+            ReinstallDecision::WrongProof => {
+                self.audit(
+                    now,
+                    &who,
+                    UNPROVEN_ACTIONS[1],
+                    Some(tid.as_str()),
+                    None,
+                    "ALERT: re-installation with a wrong proof of Secret(ID2) refused",
+                );
+                log::warn!("terminal={tid} re-installation with a wrong proof refused");
+                return Err(CenterError::ReinstallWrongProof);
+            }
+            ReinstallDecision::RateLimited => {
+                // Not audited row by row: a flood must not grow the database.
+                log::warn!("terminal={tid} re-installation attempt rate-limited");
+                return Err(CenterError::ReinstallRateLimited);
+            }
+        };
+        let mut st = self.store()?;
         let psk = Psk::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
         let sid2 = SecretId2::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
         // The audit row commits with the installation.
-        let who = Actor::router(tid.as_str(), peer);
         vpnnat_crashpoint::hit("center.install.before_commit");
-        let row = st.install_terminal_from(
+        let row = st.install_terminal_audited(
             &crate::storage::InstallRecord {
                 terminal_id: tid.as_str(),
                 psk_hex: &psk.to_hex(),
@@ -51,6 +96,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 now,
             },
             Some(&who.peer),
+            action,
+            &note,
         )?;
         drop(st);
         vpnnat_crashpoint::hit("center.install.after_commit");
@@ -69,6 +116,55 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             row.router_part_vpnnat
         );
         self.answer(&v, &resp, &SecretId::derive(master, &tid).mac_key(), now)
+    }
+
+    /// Reads what [`reinstall::decide`] needs and asks it (pure logic in
+    /// `vpnnat_proto::reinstall`).
+    fn reinstall_decision(&self, tid: &TerminalId, n: &InstallRequest, now: u64) -> Result<ReinstallDecision, CenterError> {
+        let st = self.store()?;
+        let Some(row) = st.terminal(tid.as_str())? else {
+            return Ok(reinstall::decide(ReinstallInput {
+                installed: false,
+                proof: ProofCheck::Absent,
+                approved: false,
+                recent_unproven_attempts: 0,
+                limit: REINSTALL_LIMIT,
+            }));
+        };
+        let proof = match &n.proof {
+            None => ProofCheck::Absent,
+            Some(p) => {
+                let sid2 = SecretId2::from_hex(&row.secret_id2_hex).map_err(|_| CenterError::BadStoredSecret {
+                    terminal: tid.to_string(),
+                })?;
+                if p.verify(&sid2, tid, &n.reply_key) {
+                    ProofCheck::Valid
+                } else {
+                    ProofCheck::Invalid
+                }
+            }
+        };
+        let approved = st
+            .reinstall_request(tid.as_str())?
+            .and_then(|r| r.approved_at)
+            .is_some_and(|at| now <= at.saturating_add(REINSTALL_APPROVAL_TTL_SECS));
+        let recent = st.unproven_reinstall_attempts(tid.as_str(), now.saturating_sub(REINSTALL_WINDOW_SECS))?;
+        Ok(reinstall::decide(ReinstallInput {
+            installed: true,
+            proof,
+            approved,
+            recent_unproven_attempts: recent,
+            limit: REINSTALL_LIMIT,
+        }))
+    }
+
+    /// An authorised operator (`actor`) approves the pending
+    /// re-installation of `terminal_id`; the router's next notice without
+    /// proof is then accepted (within [`REINSTALL_APPROVAL_TTL_SECS`]).
+    pub fn approve_reinstall(&self, terminal_id: &str, actor: &Actor, now: u64) -> Result<(), CenterError> {
+        self.store()?.approve_reinstall(terminal_id, &actor.who, now, &actor.peer)?;
+        log::warn!("terminal={terminal_id} re-installation approved by {}", actor.who);
+        Ok(())
     }
 
     pub fn failure(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, CenterError> {

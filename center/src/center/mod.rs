@@ -56,6 +56,15 @@ pub enum CenterError {
          wait until the center ends one (nothing was stored)"
     )]
     TooManyOpenRequests { limit: u32 },
+    #[error(
+        "re-installation pending operator approval: this router is installed and sent no proof of its \
+         Secret(ID2); an operator must approve it (retry later)"
+    )]
+    ReinstallPending,
+    #[error("re-installation refused: the proof of Secret(ID2) does not verify (nothing was changed)")]
+    ReinstallWrongProof,
+    #[error("too many re-installation attempts for this router; retry later (nothing was changed)")]
+    ReinstallRateLimited,
     #[error("VPN gateway unavailable: {0}")]
     Gateway(CommandError),
     #[error("{0}")]
@@ -83,7 +92,10 @@ impl CenterError {
             CenterError::Proto(p) => p.http_status(),
             CenterError::PoolExhausted | CenterError::NoGatewayCapacity => 503,
             CenterError::Gateway(_) => 502,
-            CenterError::TooManyOpenRequests { .. } => 429,
+            CenterError::TooManyOpenRequests { .. } | CenterError::ReinstallRateLimited => 429,
+            // 423 Locked: the router retries with back-off until approved.
+            CenterError::ReinstallPending => 423,
+            CenterError::ReinstallWrongProof => 403,
             CenterError::Storage(StorageError::NotFound { .. }) => 404,
             CenterError::Storage(StorageError::BadTransition { .. }) => 409,
             CenterError::Storage(_) | CenterError::BadStoredSecret { .. } | CenterError::Poisoned => 500,

@@ -279,6 +279,7 @@ impl TestRouter {
         let out = encode_request(
             &InstallRequest {
                 reply_key: kp.public_key(),
+                proof: None,
             },
             &self.id,
             &key,
@@ -443,6 +444,7 @@ fn install_rejections_change_nothing() {
     let out = encode_request(
         &InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         },
         &r.id,
         &wrong,

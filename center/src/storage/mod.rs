@@ -39,6 +39,7 @@ mod gateways;
 mod initiation;
 mod nonces;
 mod pool;
+mod reinstall;
 mod requests;
 mod sessions;
 mod terminals;
@@ -49,6 +50,7 @@ pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
 pub use pool::{pool_bounds, PoolUsage};
 pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
+pub use reinstall::{ReinstallRow, UNPROVEN_ACTIONS};
 pub use terminals::{FailureRow, InstallRecord, TerminalRow};
 
 /// The extension terminal name under which a router's server-part VPNNAT
@@ -219,6 +221,17 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         seen_ip TEXT,
         decided_at INTEGER NOT NULL
+    );
+    "#,
+    // 5: re-installations waiting for an operator's approval (issue 18,
+    // item 5: Secret(ID) alone no longer replaces an installed router).
+    r#"
+    CREATE TABLE reinstall_requests (
+        terminal_id TEXT PRIMARY KEY,
+        requested_at INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        approved_by TEXT,
+        approved_at INTEGER
     );
     "#,
 ];

@@ -72,7 +72,22 @@ impl Storage {
     /// [`Storage::install_terminal`] with its audit row (`install` by
     /// `router:ID` from `peer`) in the same transaction.
     pub fn install_terminal_from(&mut self, rec: &InstallRecord<'_>, peer: Option<&str>) -> Result<TerminalRow> {
+        self.install_terminal_audited(rec, peer, "install", "")
+    }
+
+    /// [`Storage::install_terminal_from`] with the audit `action` and a
+    /// `note` before the addresses (a re-installation says how it was
+    /// authorised). A pending re-installation request is settled by it.
+    pub fn install_terminal_audited(
+        &mut self,
+        rec: &InstallRecord<'_>,
+        peer: Option<&str>,
+        action: &str,
+        note: &str,
+    ) -> Result<TerminalRow> {
         let tx = self.tx()?;
+        tx.prepare_cached("DELETE FROM reinstall_requests WHERE terminal_id = ?1")?
+            .execute([rec.terminal_id])?;
         let (server, _) = assign_or_reuse(&tx, rec.terminal_id, SERVER_PART_NAME, rec.now)?;
         let (router, _) = assign_or_reuse(&tx, rec.terminal_id, ROUTER_PART_NAME, rec.now)?;
         tx.prepare_cached(
@@ -102,10 +117,10 @@ impl Storage {
                 &NewAudit {
                     at: rec.now,
                     actor: &format!("router:{}", rec.terminal_id),
-                    action: "install",
+                    action,
                     terminal_id: Some(rec.terminal_id),
                     acceptance_number: None,
-                    detail: &format!("server part {server}, router part {router}"),
+                    detail: &format!("{note}server part {server}, router part {router}"),
                     peer,
                 },
             )?;

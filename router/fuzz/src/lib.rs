@@ -236,7 +236,7 @@ fn fixture() -> &'static Fixture {
         let secret_id = SecretId::from_array([1; 32]);
         let rng = SystemRandom::new();
         let empty = RouterState::default();
-        let p = logic::begin_install(&id, &secret_id, &rng, NOW).unwrap();
+        let p = logic::begin_install(&id, &secret_id, &empty, &rng, NOW).unwrap();
         let reply_key = serde_json::from_slice::<InstallRequest>(&p.outgoing.body)
             .unwrap()
             .reply_key;
@@ -366,7 +366,7 @@ pub fn center_exchange(data: &[u8]) {
     let before = format!("{:?}", f.installed);
     match sel & 3 {
         0 => {
-            let p = logic::begin_install(&f.id, &f.secret_id, &rng, NOW).unwrap();
+            let p = logic::begin_install(&f.id, &f.secret_id, &f.installed, &rng, NOW).unwrap();
             let Some(reply) = reply_for::<InstallRequest>(
                 &shape,
                 &p.outgoing,

@@ -42,7 +42,7 @@ impl World {
     }
 
     fn install(&mut self) {
-        let p = begin_install(&self.id, &self.secret_id, &self.rng, NOW).unwrap();
+        let p = begin_install(&self.id, &self.secret_id, &self.state, &self.rng, NOW).unwrap();
         let reply = self.center.answer(&p.outgoing);
         self.state = finish_install(&self.id, &self.secret_id, &self.state, p, &reply).unwrap();
     }
@@ -138,13 +138,13 @@ fn install_stores_secrets_and_maps_own_parts() {
 #[test]
 fn install_answer_with_wrong_key_or_status_changes_nothing() {
     let mut w = World::new();
-    let p = begin_install(&w.id, &w.secret_id, &w.rng, NOW).unwrap();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
     let mut reply = w.center.answer(&p.outgoing);
     reply.body.push(b' ');
     let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply).unwrap_err();
     assert!(matches!(e, ExchangeError::BadAnswer(ProtoError::BadMac)), "{e}");
 
-    let p = begin_install(&w.id, &w.secret_id, &w.rng, NOW).unwrap();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
     w.center.refuse = Some((503, "database down".into()));
     let reply = w.center.answer(&p.outgoing);
     let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply).unwrap_err();
