@@ -31,7 +31,7 @@ use crate::storage::{Storage, StorageError, TerminalRow, TunnelState};
 
 mod gateway_address;
 mod initiation;
-mod installation;
+pub mod installation;
 mod liveness;
 mod maintenance;
 mod metrics;
@@ -565,3 +565,5 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod reinstall_tests;

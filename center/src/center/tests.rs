@@ -273,13 +273,22 @@ impl TestRouter {
         }
     }
 
+    /// The installation notice as routerd sends it: with the proof of its
+    /// current Secret(ID2) once it has one.
     pub fn install_request(&self, now: u64) -> (Outgoing, ReplyKeyPair) {
+        self.install_request_proving(now, self.sid2.as_ref())
+    }
+
+    /// The installation notice with the proof made from `sid2` (`None`: a
+    /// router without state, or someone who holds only Secret(ID)).
+    pub fn install_request_proving(&self, now: u64, sid2: Option<&SecretId2>) -> (Outgoing, ReplyKeyPair) {
         let kp = ReplyKeyPair::generate(&rng()).unwrap();
         let key = SecretId::derive(&master(), &self.id).mac_key();
+        let reply_key = kp.public_key();
         let out = encode_request(
             &InstallRequest {
-                reply_key: kp.public_key(),
-                proof: None,
+                reply_key,
+                proof: sid2.map(|s| vpnnat_proto::reinstall::ReinstallProof::compute(s, &self.id, &reply_key)),
             },
             &self.id,
             &key,
@@ -292,7 +301,12 @@ impl TestRouter {
 
     pub fn install(&mut self, c: &TestCenter) -> InstallSecrets {
         let (out, kp) = self.install_request(NOW);
-        let resp = c.install(out.path, &out.headers, &out.body, NOW).unwrap();
+        self.finish_install(c, out, kp, NOW)
+    }
+
+    /// Sends `out` and opens the answer (which must be a success).
+    pub fn finish_install(&mut self, c: &TestCenter, out: Outgoing, kp: ReplyKeyPair, now: u64) -> InstallSecrets {
+        let resp = c.install(out.path, &out.headers, &out.body, now).unwrap();
         let key = SecretId::derive(&master(), &self.id).mac_key();
         let r: InstallResponse = decode_response::<InstallRequest>(&out, &key, &resp.headers, &resp.body).unwrap();
         let s = r.open(kp, &self.id).unwrap();
