@@ -284,6 +284,34 @@ pub fn drain(cfg: &CenterdConfig, name: &str, draining: bool) -> Result<Report, 
     })
 }
 
+/// `reinstalls`: re-installations waiting for approval, oldest first.
+pub fn reinstalls(cfg: &CenterdConfig) -> Result<Report, AdminError> {
+    let rows = open_store(cfg)?.reinstall_requests()?;
+    Report::new(&rows, || {
+        let mut s = String::new();
+        for r in &rows {
+            s.push_str(&format!(
+                "{} asked at {} from {}; approved: {}\n",
+                r.terminal_id,
+                r.requested_at,
+                r.peer,
+                r.approved_by.as_deref().unwrap_or("no")
+            ));
+        }
+        s
+    })
+}
+
+/// `approve-reinstall`: approves a pending re-installation (audited in
+/// the same transaction, as `cli:USER`).
+pub fn approve_reinstall(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, AdminError> {
+    let actor = cli_actor();
+    open_store(cfg)?.approve_reinstall(terminal_id, &actor.who, unix_now(), &actor.peer)?;
+    Report::new(&serde_json::json!({"terminal_id": terminal_id, "approved": true}), || {
+        format!("re-installation of {terminal_id} approved: its next installation notice is accepted")
+    })
+}
+
 /// `audit`: the audit log, newest first.
 pub fn audit(cfg: &CenterdConfig, filter: &AuditFilter) -> Result<Report, AdminError> {
     let rows = open_store(cfg)?.audit_log(filter)?;

@@ -92,6 +92,8 @@ fn real_main(cli: &Cli) -> Result<()> {
         Cmd::Gateways => admin::gateways(&cfg)?,
         Cmd::DrainGateway { name, undo } => admin::drain(&cfg, name, !undo)?,
         Cmd::UndrainGateway { name } => admin::drain(&cfg, name, false)?,
+        Cmd::Reinstalls => admin::reinstalls(&cfg)?,
+        Cmd::ApproveReinstall { terminal_id } => admin::approve_reinstall(&cfg, terminal_id)?,
         Cmd::Audit {
             limit,
             action,

@@ -6,7 +6,9 @@
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::storage::{AuditFilter, AuditRow, FailureRow, GatewayUsage, PoolUsage, RequestRow, RequestState, SlotRow};
+use crate::storage::{
+    AuditFilter, AuditRow, FailureRow, GatewayUsage, PoolUsage, ReinstallRow, RequestRow, RequestState, SlotRow,
+};
 
 use super::{fmt_time, CSRF_FIELD, REFRESH_SECS};
 
@@ -69,6 +71,8 @@ pub struct Dashboard<'a> {
     pub pool: &'a PoolUsage,
     /// The DNS zone, when centerd serves one: live grants show their name.
     pub dns_domain: Option<&'a str>,
+    /// Re-installations without proof waiting for an operator (issue 18).
+    pub reinstalls: &'a [ReinstallRow],
 }
 
 /// A POST button in a form of its own (every form carries the session's
@@ -186,6 +190,40 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         p id="pool" {
             (pool.cidr) ": " span id="pool-allocated" { (pool.allocated) } " of " (pool.size)
             " addresses in use, " span id="pool-free" { (pool.free) } " free (" (pool.free_ranges) " free ranges)"
+        }
+        @if !d.reinstalls.is_empty() {
+            h2 { "Re-installations waiting for approval" }
+            p {
+                "These routers asked to be installed again without proving their current Secret(ID2) \
+                 (lost state, or someone else holding the factory secret). Approve only after \
+                 confirming with the customer: approval hands the router new keys."
+            }
+            table id="reinstalls" {
+                tr {
+                    @for h in ["Terminal ID", "Last asked", "From", "Approved", ""] { th { (h) } }
+                }
+                @for r in d.reinstalls {
+                    tr id={ "reinstall-" (r.terminal_id) } {
+                        td { (r.terminal_id) }
+                        td { (fmt_time(r.requested_at)) }
+                        td { (r.peer) }
+                        td {
+                            @if let (Some(by), Some(at)) = (&r.approved_by, r.approved_at) {
+                                (by) " at " (fmt_time(at))
+                            }
+                        }
+                        td {
+                            @if r.approved_at.is_none() {
+                                form method="post" action="/reinstalls/approve" class="inline" {
+                                    input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                                    input type="hidden" name="terminal_id" value=(r.terminal_id);
+                                    button id={ "approve-reinstall-" (r.terminal_id) } { "approve re-installation" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         h2 { "Failures" }
         table id="failures" {
