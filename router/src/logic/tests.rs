@@ -152,6 +152,31 @@ fn install_answer_with_wrong_key_or_status_changes_nothing() {
     assert!(w.state.installation.is_none());
 }
 
+/// Issue 18, item 5: an installed router proves its current Secret(ID2)
+/// in the installation notice (a first installation has nothing to prove),
+/// and "pending operator approval" (423) is retried, not given up.
+#[test]
+fn reinstall_notice_proves_the_current_secret_id2_and_pending_is_retried() {
+    use vpnnat_proto::reinstall::ReinstallProof;
+    let mut w = World::new();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
+    let first: InstallRequest = serde_json::from_slice(&p.outgoing.body).unwrap();
+    assert!(first.proof.is_none());
+    assert!(!String::from_utf8_lossy(&p.outgoing.body).contains("proof"), "old centers still parse it");
+    w.install();
+    let sid2 = w.state.installation.as_ref().unwrap().secret_id2.clone();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
+    let again: InstallRequest = serde_json::from_slice(&p.outgoing.body).unwrap();
+    let proof: ReinstallProof = again.proof.unwrap();
+    assert!(proof.verify(&sid2, &w.id.terminal_id, &again.reply_key));
+    w.center.refuse = Some((423, "re-installation pending operator approval".into()));
+    let reply = w.center.answer(&p.outgoing);
+    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply).unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("pending operator approval"), "{e}");
+    assert_eq!(w.state.installation.as_ref().unwrap().secret_id2.expose_secret(), sid2.expose_secret());
+}
+
 #[test]
 fn exchanges_before_installation_are_refused() {
     let w = World::new();
