@@ -257,6 +257,7 @@ pub fn finish_install(
     state: &RouterState,
     p: Pending<()>,
     reply: &CenterReply,
+    rng: &dyn SecureRandom,
 ) -> Result<RouterState, ExchangeError> {
     let resp = reply.verified::<InstallRequest>(&p.outgoing, &secret_id.mac_key())?;
     let key = p
@@ -274,7 +275,10 @@ pub fn finish_install(
     next.installation = Some(Installation {
         psk: secrets.psk().clone(),
         secret_id2: secrets.secret_id2().clone(),
-        maintenance_password: secrets.maintenance_password().clone(),
+        // Only the hash is kept (issue 18, item 3): reading the SD card
+        // does not open the maintenance page.
+        maintenance_password_hash: crate::state::hash_maintenance_password(secrets.maintenance_password(), rng)
+            .map_err(|e| ExchangeError::Build(ProtoError::malformed(e.to_string())))?,
         server_part_vpnnat: server,
         router_part_vpnnat: router,
     });
