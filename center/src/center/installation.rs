@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use vpnnat_proto::keys::SecretBytes;
 
 use vpnnat_proto::auth::{AuthHeaders, ReplayGuard};
-use vpnnat_proto::keys::{Psk, SecretId, SecretId2};
+use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretId, SecretId2};
 use vpnnat_proto::messages::{Ack, FailureNotice, InstallRequest, InstallSecrets};
 use vpnnat_proto::types::TerminalId;
 use vpnnat_proto::{decode_request, KeyKind, Outgoing, ProtoError};
@@ -85,6 +85,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let mut st = self.store()?;
         let psk = Psk::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
         let sid2 = SecretId2::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
+        // Its own, at every installation: one router's card opens no other.
+        let maintenance_password = MaintenancePassword::generate(&self.rng).map_err(|_| ProtoError::Crypto)?;
         // The audit row commits with the installation.
         vpnnat_crashpoint::hit("center.install.before_commit");
         let row = st.install_terminal_audited(
@@ -92,19 +94,21 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 terminal_id: tid.as_str(),
                 psk_hex: &psk.to_hex(),
                 secret_id2_hex: &sid2.to_hex(),
-                maintenance_password_hash: &self.settings.maintenance_password_hash,
+                // Superseded by the password itself (migration 6).
+                maintenance_password_hash: "",
                 now,
             },
             Some(&who.peer),
             action,
             &note,
+            Some(maintenance_password.expose_secret()),
         )?;
         drop(st);
         vpnnat_crashpoint::hit("center.install.after_commit");
         let secrets = InstallSecrets::new(
             psk,
             sid2,
-            self.settings.maintenance_password.clone(),
+            maintenance_password,
             unicast(row.server_part_vpnnat)?,
             unicast(row.router_part_vpnnat)?,
         )
@@ -165,6 +169,36 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         self.store()?.approve_reinstall(terminal_id, &actor.who, now, &actor.peer)?;
         log::warn!("terminal={terminal_id} re-installation approved by {}", actor.who);
         Ok(())
+    }
+
+    /// The maintenance password of `terminal_id` for an authorised
+    /// operator (`actor`); every reading is audited. A router installed
+    /// before per-router passwords has the shared configured one.
+    pub fn show_maintenance_password(
+        &self,
+        terminal_id: &str,
+        actor: &Actor,
+        now: u64,
+    ) -> Result<MaintenancePassword, CenterError> {
+        let stored = self.store()?.maintenance_password(terminal_id)?;
+        let (pw, how) = match stored {
+            Some(p) => (
+                MaintenancePassword::new(p).map_err(|_| CenterError::BadStoredSecret {
+                    terminal: terminal_id.to_owned(),
+                })?,
+                "own",
+            ),
+            None => (self.settings.maintenance_password.clone(), "shared (installed before per-router passwords)"),
+        };
+        self.audit(
+            now,
+            actor,
+            "show_maintenance_password",
+            Some(terminal_id),
+            None,
+            &format!("{how} maintenance password shown"),
+        );
+        Ok(pw)
     }
 
     pub fn failure(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, CenterError> {

@@ -428,15 +428,17 @@ fn install_hands_out_secrets_and_two_addresses() {
     let (c, _, _) = center_with("10.64.0.0/24", &[2]);
     let mut r = TestRouter::new("router-1");
     let s = r.install(&c);
-    assert_eq!(s.maintenance_password().expose_secret(), "maint-pass-1");
+    // Issue 18, item 3: its own random password, not the configured one.
+    assert_ne!(s.maintenance_password().expose_secret(), "maint-pass-1");
     assert_ne!(s.server_part_vpnnat(), s.router_part_vpnnat());
     let row = c.store().unwrap().terminal("router-1").unwrap().unwrap();
     assert_eq!(row.psk_hex, *s.psk().to_hex());
     assert_eq!(row.secret_id2_hex, *s.secret_id2().to_hex());
     assert_eq!(row.server_part_vpnnat, s.server_part_vpnnat().get());
     assert_eq!(
-        row.maintenance_password_hash, "pbkdf2-sha256$1$00$00",
-        "only the hash is stored"
+        c.store().unwrap().maintenance_password("router-1").unwrap().as_deref(),
+        Some(s.maintenance_password().expose_secret()),
+        "the center keeps what it shows the operator"
     );
     // Reinstall: new secrets, same addresses.
     let s2 = r.install(&c);
@@ -445,6 +447,38 @@ fn install_hands_out_secrets_and_two_addresses() {
     assert_eq!(s2.server_part_vpnnat(), s.server_part_vpnnat());
     assert_eq!(s2.router_part_vpnnat(), s.router_part_vpnnat());
     assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
+}
+
+/// Issue 18, item 3: every router gets its own random maintenance
+/// password, a new one at each installation; an operator is shown it, and
+/// each showing is audited.
+#[test]
+fn each_router_gets_its_own_maintenance_password_shown_only_with_an_audit_row() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r1 = TestRouter::new("router-1");
+    let mut r2 = TestRouter::new("router-2");
+    let p1 = r1.install(&c).maintenance_password().clone();
+    let p2 = r2.install(&c).maintenance_password().clone();
+    assert_ne!(p1.expose_secret(), p2.expose_secret());
+    let op = Actor::new("operator#1", "172.16.0.5");
+    let shown = c.show_maintenance_password("router-2", &op, NOW).unwrap();
+    assert_eq!(shown.expose_secret(), p2.expose_secret());
+    let rows = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            action: Some("show_maintenance_password".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].actor.as_str(), rows[0].terminal_id.as_deref()), ("operator#1", Some("router-2")));
+    assert!(!rows[0].detail.contains(p2.expose_secret()), "the audit log holds no secret");
+    // Re-installation: a new password.
+    let p1b = r1.install(&c).maintenance_password().clone();
+    assert_ne!(p1b.expose_secret(), p1.expose_secret());
+    assert!(c.show_maintenance_password("router-9", &op, NOW).is_err());
 }
 
 #[test]

@@ -234,6 +234,13 @@ const MIGRATIONS: &[&str] = &[
         approved_at INTEGER
     );
     "#,
+    // 6: each router's own maintenance password (issue 18, item 3), kept
+    // like the PSK so an authorised operator can be shown it. NULL: the
+    // router was installed before and has the shared configured password.
+    // (maintenance_password_hash is no longer written: '' from now on.)
+    r#"
+    ALTER TABLE terminals ADD COLUMN maintenance_password TEXT;
+    "#,
 ];
 
 /// The database.

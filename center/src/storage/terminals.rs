@@ -72,7 +72,7 @@ impl Storage {
     /// [`Storage::install_terminal`] with its audit row (`install` by
     /// `router:ID` from `peer`) in the same transaction.
     pub fn install_terminal_from(&mut self, rec: &InstallRecord<'_>, peer: Option<&str>) -> Result<TerminalRow> {
-        self.install_terminal_audited(rec, peer, "install", "")
+        self.install_terminal_audited(rec, peer, "install", "", None)
     }
 
     /// [`Storage::install_terminal_from`] with the audit `action` and a
@@ -84,6 +84,7 @@ impl Storage {
         peer: Option<&str>,
         action: &str,
         note: &str,
+        maintenance_password: Option<&str>,
     ) -> Result<TerminalRow> {
         let tx = self.tx()?;
         tx.prepare_cached("DELETE FROM reinstall_requests WHERE terminal_id = ?1")?
@@ -111,6 +112,8 @@ impl Storage {
             ip_to_i64(router),
             from_u64(rec.now)
         ])?;
+        tx.prepare_cached("UPDATE terminals SET maintenance_password = ?2 WHERE terminal_id = ?1")?
+            .execute(params![rec.terminal_id, maintenance_password])?;
         if let Some(peer) = peer {
             audit::insert_in(
                 &tx,
@@ -168,6 +171,20 @@ impl Storage {
             })
         })
         .transpose()
+    }
+
+    /// The router's own maintenance password, for an authorised operator
+    /// (the caller audits the reading). `None`: installed before routers
+    /// had their own, so it has the shared configured one.
+    pub fn maintenance_password(&self, terminal_id: &str) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT maintenance_password FROM terminals WHERE terminal_id = ?1")?
+            .query_row([terminal_id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .ok_or_else(|| super::StorageError::NotFound {
+                what: "installed router",
+                key: terminal_id.to_owned(),
+            })
     }
 
     pub fn count_terminals(&self) -> Result<u64> {
