@@ -72,6 +72,7 @@ enum Page {
     Start,
     End,
     ApproveReinstall,
+    ShowMaintenancePassword,
 }
 
 /// One route of the operator UI. `{n}` in a path stands for an acceptance
@@ -119,6 +120,14 @@ pub const ROUTES: &[UiRoute] = &[
     // Issue 18: a re-installation without proof of Secret(ID2) waits for
     // this (form field `terminal_id`); audited.
     route("POST", "/reinstalls/approve", Access::Session, Page::ApproveReinstall),
+    // Issue 18: a router's own maintenance password, on demand (form field
+    // `terminal_id`); every showing is audited.
+    route(
+        "POST",
+        "/routers/maintenance-password",
+        Access::Session,
+        Page::ShowMaintenancePassword,
+    ),
 ];
 
 /// Whether `path` fits `pattern`, and the `{n}` it carries.
@@ -458,6 +467,20 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                                 "Re-installation of {t} approved: its next installation notice is accepted."
                             ))
                         )),
+                        Err(e) => self.action_error(e),
+                    }
+                }
+                (Page::ShowMaintenancePassword, _) => {
+                    let t = form_field(&body, "terminal_id").unwrap_or_default();
+                    match self.center.show_maintenance_password(&t, &actor, unix_now()) {
+                        Ok(p) => {
+                            let mut r = html(200, pages::maintenance_password(&t, p.expose_secret()));
+                            r.headers_mut().insert(
+                                hyper::header::CACHE_CONTROL,
+                                HeaderValue::from_static("no-store"),
+                            );
+                            r
+                        }
                         Err(e) => self.action_error(e),
                     }
                 }

@@ -86,6 +86,33 @@ fn action(csrf: &str, n: u64, what: &str) -> Markup {
     }
 }
 
+/// The button that shows a router's maintenance password (audited; a POST
+/// so that neither a prefetch nor a link can trigger it).
+fn show_password(csrf: &str, terminal_id: &str) -> Markup {
+    html! {
+        form method="post" action="/routers/maintenance-password" class="inline" {
+            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+            input type="hidden" name="terminal_id" value=(terminal_id);
+            button id={ "show-password-" (terminal_id) } { "maintenance password" }
+        }
+    }
+}
+
+/// The page showing one router's maintenance password (not refreshed,
+/// not cached).
+pub fn maintenance_password(terminal_id: &str, password: &str) -> String {
+    page(
+        "vpnnat center: maintenance password",
+        false,
+        html! {
+            h1 { "Maintenance password of " (terminal_id) }
+            p { "This router's own password for its maintenance page. This showing is in the audit log." }
+            p { code id="maintenance-password" { (password) } }
+            p { a href="/" { "Back" } }
+        },
+    )
+}
+
 fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
     let n = r.acceptance_number;
     let live = r.state != RequestState::Ended;
@@ -119,6 +146,7 @@ fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
                     RequestState::InProgress => { (action(csrf, n, "end")) }
                     RequestState::Ended => {}
                 }
+                @if live { (show_password(csrf, &r.terminal_id)) }
             }
         }
     }
