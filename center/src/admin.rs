@@ -302,6 +302,31 @@ pub fn reinstalls(cfg: &CenterdConfig) -> Result<Report, AdminError> {
     })
 }
 
+/// `maintenance-password`: a router's own maintenance password, for the
+/// operator at the console (the UI's button); audited as `cli:USER`.
+pub fn maintenance_password(cfg: &CenterdConfig, terminal_id: &str) -> Result<String, AdminError> {
+    let mut st = open_store(cfg)?;
+    let (pw, how) = match st.maintenance_password(terminal_id)? {
+        Some(p) => (p, "own"),
+        // Installed before per-router passwords: the shared one.
+        None => (
+            cfg.settings.maintenance_password.expose_secret().to_owned(),
+            "shared (installed before per-router passwords)",
+        ),
+    };
+    let actor = cli_actor();
+    st.append_audit(&NewAudit {
+        at: unix_now(),
+        actor: &actor.who,
+        action: "show_maintenance_password",
+        terminal_id: Some(terminal_id),
+        acceptance_number: None,
+        detail: &format!("{how} maintenance password shown"),
+        peer: &actor.peer,
+    })?;
+    Ok(pw)
+}
+
 /// `approve-reinstall`: approves a pending re-installation (audited in
 /// the same transaction, as `cli:USER`).
 pub fn approve_reinstall(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, AdminError> {

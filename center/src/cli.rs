@@ -72,6 +72,9 @@ pub enum Cmd {
     /// button; audited): its next installation notice without proof is
     /// accepted and hands it new keys.
     ApproveReinstall { terminal_id: String },
+    /// Print a router's own maintenance password (it is a secret; each
+    /// reading is in the audit log).
+    MaintenancePassword { terminal_id: String },
     /// Print the audit log, newest first (filters combine).
     Audit {
         #[arg(long, default_value_t = 100)]

@@ -508,3 +508,48 @@ fn reinstalls_and_approve_reinstall() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].terminal_id.as_deref(), Some("router-7"));
 }
+
+/// Issue 18, item 3: `maintenance-password` prints a router's own password
+/// (the shared one for a router installed before), audited; an unknown
+/// router is an error.
+#[test]
+fn maintenance_password_is_printed_and_audited() {
+    let (dir, cfg) = setup("maintpw");
+    json(&centerd(&cfg, &["--json", "list-requests"]));
+    let db = dir.0.join("center.db");
+    seed(&db);
+    // router-7 was installed without its own password: the shared one.
+    let shared = std::fs::read_to_string(dir.0.join("vpnnat/maintenance-password")).unwrap();
+    let o = centerd(&cfg, &["maintenance-password", "router-7"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), shared.trim());
+    Storage::open(&db)
+        .unwrap()
+        .install_terminal_audited(
+            &InstallRecord {
+                terminal_id: "router-8",
+                psk_hex: &"13".repeat(32),
+                secret_id2_hex: &"24".repeat(32),
+                maintenance_password_hash: "",
+                now: 300,
+            },
+            None,
+            "install",
+            "",
+            Some("own-password-of-router-8"),
+        )
+        .unwrap();
+    let o = centerd(&cfg, &["maintenance-password", "router-8"]);
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), "own-password-of-router-8");
+    assert_eq!(code(&centerd(&cfg, &["maintenance-password", "router-9"])), 1);
+    let rows = Storage::open(&db)
+        .unwrap()
+        .audit_log(&AuditFilter {
+            action: Some("show_maintenance_password".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.actor.starts_with("cli:")));
+}

@@ -81,6 +81,10 @@ fn real_main(cli: &Cli) -> Result<()> {
             println!("{}", admin::factory_secret(&cfg, terminal_id)?);
             return Ok(());
         }
+        Cmd::MaintenancePassword { terminal_id } => {
+            println!("{}", admin::maintenance_password(&cfg, terminal_id)?);
+            return Ok(());
+        }
         Cmd::CheckConfig => admin::check_config(&cli.config, &cfg)?,
         Cmd::ListRequests { limit, state, terminal } => {
             admin::list_requests(&cfg, *limit, state.as_deref(), terminal.as_deref())?
@@ -124,7 +128,7 @@ fn check_secret_files(cli: &Cli, cfg: &CenterdConfig) {
         &[
             ("configuration (factory master key, gateway API keys)", &cli.config),
             ("maintenance password file", &cfg.maintenance_password_file),
-            ("database (PSKs, Secret(ID2)s)", &cfg.database_path),
+            ("database (PSKs, Secret(ID2)s, maintenance passwords)", &cfg.database_path),
         ],
     );
 }

@@ -126,7 +126,13 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// `vpnnat_proto::reinstall`).
     fn reinstall_decision(&self, tid: &TerminalId, n: &InstallRequest, now: u64) -> Result<ReinstallDecision, CenterError> {
         let st = self.store()?;
-        let Some(row) = st.terminal(tid.as_str())? else {
+        // An installation the router never used whose predecessor was none
+        // (its answer lost, or routerd crashed before saving it) is still
+        // a first installation: nobody holds anything to prove.
+        let row = st
+            .terminal(tid.as_str())?
+            .filter(|r| r.confirmed || r.previous_secret_id2_hex.is_some());
+        let Some(row) = row else {
             return Ok(reinstall::decide(ReinstallInput {
                 installed: false,
                 proof: ProofCheck::Absent,
@@ -138,10 +144,19 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let proof = match &n.proof {
             None => ProofCheck::Absent,
             Some(p) => {
-                let sid2 = SecretId2::from_hex(&row.secret_id2_hex).map_err(|_| CenterError::BadStoredSecret {
+                let bad = || CenterError::BadStoredSecret {
                     terminal: tid.to_string(),
-                })?;
-                if p.verify(&sid2, tid, &n.reply_key) {
+                };
+                let sid2 = SecretId2::from_hex(&row.secret_id2_hex).map_err(|_| bad())?;
+                // Unconfirmed: the router may hold the Secret(ID2) from
+                // before the installation whose answer it never saved.
+                let previous = match (&row.previous_secret_id2_hex, row.confirmed) {
+                    (Some(h), false) => Some(SecretId2::from_hex(h).map_err(|_| bad())?),
+                    _ => None,
+                };
+                if p.verify(&sid2, tid, &n.reply_key)
+                    || previous.is_some_and(|prev| p.verify(&prev, tid, &n.reply_key))
+                {
                     ProofCheck::Valid
                 } else {
                     ProofCheck::Invalid

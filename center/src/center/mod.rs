@@ -549,6 +549,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         })?;
         let row = row.ok_or(CenterError::Proto(ProtoError::UnknownTerminal))?;
         let sid2 = secret_id2_of(&row)?;
+        if !row.confirmed {
+            // The router holds its installation's secrets: a later
+            // re-installation must prove these (issue 18).
+            self.store()?.confirm_installation(&row.terminal_id)?;
+        }
         Ok((v, row, sid2))
     }
 

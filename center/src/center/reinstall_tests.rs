@@ -30,12 +30,28 @@ fn audit_actions(c: &tests::TestCenter) -> Vec<String> {
     v
 }
 
+/// The router uses its Secret(ID2) once (a failure notice), which
+/// confirms the installation.
+fn confirm(c: &tests::TestCenter, r: &TestRouter, now: u64) {
+    let notice = FailureNotice {
+        code: FailureCode::Other,
+        detail: FailureDetail::new("test").unwrap(),
+    };
+    let out = r.sign(&notice, now);
+    c.failure(out.path, &out.headers, &out.body, now).unwrap();
+}
+
+/// router-1 installed and in service (its installation confirmed).
 fn installed() -> (tests::TestCenter, TestRouter, InstallSecrets) {
     let (c, _, _) = center_with("10.64.0.0/24", &[2]);
     let mut r = TestRouter::new("router-1");
     let s = r.install(&c);
+    confirm(&c, &r, NOW);
     (c, r, s)
 }
+
+use vpnnat_proto::messages::FailureNotice;
+use vpnnat_proto::types::{FailureCode, FailureDetail};
 
 use vpnnat_proto::messages::InstallSecrets;
 
@@ -49,7 +65,7 @@ fn reinstall_with_only_secret_id_and_a_wrong_proof_is_refused_and_changes_nothin
     assert!(matches!(e, CenterError::ReinstallWrongProof), "{e}");
     assert_eq!(e.http_status(), 403);
     assert_eq!(tables(&c), before, "a refused re-installation changes no table");
-    assert_eq!(audit_actions(&c), ["install", "reinstall_refused"]);
+    assert_eq!(audit_actions(&c), ["install", "failure", "reinstall_refused"]);
 }
 
 #[test]
@@ -59,11 +75,15 @@ fn reinstall_with_the_current_secret_id2_is_accepted() {
     assert_ne!(s2.secret_id2().expose_secret(), s1.secret_id2().expose_secret());
     let row = c.store().unwrap().terminal("router-1").unwrap().unwrap();
     assert_eq!(row.secret_id2_hex, *s2.secret_id2().to_hex());
+    confirm(&c, &r, NOW + 1);
     // The old Secret(ID2) proves nothing any more.
     let (out, _) = r.install_request_proving(NOW + 2, Some(s1.secret_id2()));
     let e = c.install(out.path, &out.headers, &out.body, NOW + 2).unwrap_err();
     assert!(matches!(e, CenterError::ReinstallWrongProof), "{e}");
-    assert_eq!(audit_actions(&c), ["install", "reinstall", "reinstall_refused"]);
+    assert_eq!(
+        audit_actions(&c),
+        ["install", "failure", "reinstall", "failure", "reinstall_refused"]
+    );
 }
 
 #[test]
@@ -94,7 +114,14 @@ fn reinstall_without_proof_waits_for_an_operator_then_is_accepted() {
     assert!(c.store().unwrap().reinstall_requests().unwrap().is_empty(), "approval used up");
     assert_eq!(
         audit_actions(&c),
-        ["install", "reinstall_pending", "reinstall_pending", "reinstall_approve", "reinstall"]
+        [
+            "install",
+            "failure",
+            "reinstall_pending",
+            "reinstall_pending",
+            "reinstall_approve",
+            "reinstall"
+        ]
     );
     // Used up: the next unproven notice waits again.
     let (out, _) = r.install_request_proving(NOW + 130, None);
@@ -143,4 +170,37 @@ fn unproven_reinstall_attempts_are_rate_limited_per_router_with_an_alert_each() 
     let (out, _) = r.install_request_proving(later, None);
     let e = c.install(out.path, &out.headers, &out.body, later).unwrap_err();
     assert!(matches!(e, CenterError::ReinstallPending), "{e}");
+}
+
+/// An answer the router never saved (lost, or routerd crashed before
+/// saving it: crash points center.install.after_commit and
+/// router.install.after_reply) must not lock the router out: until the
+/// router uses the new Secret(ID2), the one it held before still proves,
+/// and a first installation needs nothing.
+#[test]
+fn an_installation_the_router_never_received_can_be_repeated() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let r = TestRouter::new("router-1");
+    // First installation, answer lost: the router retries without proof.
+    let (out, _) = r.install_request_proving(NOW, None);
+    c.install(out.path, &out.headers, &out.body, NOW).unwrap();
+    let mut r = TestRouter::new("router-1");
+    let s1 = r.install(&c);
+    confirm(&c, &r, NOW + 1);
+    // Re-installation, answer lost: the router still holds s1.
+    let (out, _) = r.install_request_proving(NOW + 2, Some(s1.secret_id2()));
+    c.install(out.path, &out.headers, &out.body, NOW + 2).unwrap();
+    let (out, kp) = r.install_request_proving(NOW + 3, Some(s1.secret_id2()));
+    let s2 = r.finish_install(&c, out, kp, NOW + 3);
+    // Without any proof it is not a first installation any more.
+    let (out, _) = r.install_request_proving(NOW + 4, None);
+    let e = c.install(out.path, &out.headers, &out.body, NOW + 4).unwrap_err();
+    assert!(matches!(e, CenterError::ReinstallPending), "{e}");
+    // Once the router used s2, s1 proves nothing.
+    confirm(&c, &r, NOW + 5);
+    let (out, _) = r.install_request_proving(NOW + 6, Some(s1.secret_id2()));
+    let e = c.install(out.path, &out.headers, &out.body, NOW + 6).unwrap_err();
+    assert!(matches!(e, CenterError::ReinstallWrongProof), "{e}");
+    let (out, kp) = r.install_request_proving(NOW + 7, Some(s2.secret_id2()));
+    r.finish_install(&c, out, kp, NOW + 7);
 }

@@ -238,8 +238,17 @@ const MIGRATIONS: &[&str] = &[
     // like the PSK so an authorised operator can be shown it. NULL: the
     // router was installed before and has the shared configured password.
     // (maintenance_password_hash is no longer written: '' from now on.)
+    //
+    // And, for item 5, the installation's confirmation: an installation is
+    // confirmed once the router used its new Secret(ID2). Until then (the
+    // answer may have been lost, or the router crashed before saving it) a
+    // re-installation may prove the previous Secret(ID2) instead, or
+    // nothing at all if there was none (a first installation). Existing
+    // rows are routers in service: confirmed.
     r#"
     ALTER TABLE terminals ADD COLUMN maintenance_password TEXT;
+    ALTER TABLE terminals ADD COLUMN previous_secret_id2_hex TEXT;
+    ALTER TABLE terminals ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
     "#,
 ];
 

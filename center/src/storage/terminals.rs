@@ -20,6 +20,11 @@ pub struct TerminalRow {
     pub server_part_vpnnat: Ipv4Addr,
     pub router_part_vpnnat: Ipv4Addr,
     pub installed_at: u64,
+    /// The router has used this installation's Secret(ID2) (issue 18).
+    pub confirmed: bool,
+    /// While unconfirmed: the Secret(ID2) the router held before, which a
+    /// re-installation may prove instead (None: a first installation).
+    pub previous_secret_id2_hex: Option<String>,
 }
 
 impl std::fmt::Debug for TerminalRow {
@@ -89,6 +94,19 @@ impl Storage {
         let tx = self.tx()?;
         tx.prepare_cached("DELETE FROM reinstall_requests WHERE terminal_id = ?1")?
             .execute([rec.terminal_id])?;
+        // What the router may still hold if this answer never reaches it:
+        // the confirmed Secret(ID2), or the one before an unconfirmed one.
+        let before: Option<(String, bool, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT secret_id2_hex, confirmed, previous_secret_id2_hex FROM terminals WHERE terminal_id = ?1",
+            )?
+            .query_row([rec.terminal_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?)))
+            .optional()?;
+        let previous = match before {
+            None => None,
+            Some((sid2, true, _)) => Some(sid2),
+            Some((_, false, prev)) => prev,
+        };
         let (server, _) = assign_or_reuse(&tx, rec.terminal_id, SERVER_PART_NAME, rec.now)?;
         let (router, _) = assign_or_reuse(&tx, rec.terminal_id, ROUTER_PART_NAME, rec.now)?;
         tx.prepare_cached(
@@ -112,8 +130,11 @@ impl Storage {
             ip_to_i64(router),
             from_u64(rec.now)
         ])?;
-        tx.prepare_cached("UPDATE terminals SET maintenance_password = ?2 WHERE terminal_id = ?1")?
-            .execute(params![rec.terminal_id, maintenance_password])?;
+        tx.prepare_cached(
+            "UPDATE terminals SET maintenance_password = ?2, previous_secret_id2_hex = ?3, confirmed = 0
+             WHERE terminal_id = ?1",
+        )?
+        .execute(params![rec.terminal_id, maintenance_password, previous])?;
         if let Some(peer) = peer {
             audit::insert_in(
                 &tx,
@@ -137,13 +158,27 @@ impl Storage {
             server_part_vpnnat: server,
             router_part_vpnnat: router,
             installed_at: rec.now,
+            confirmed: false,
+            previous_secret_id2_hex: previous,
         })
+    }
+
+    /// The router used its installation's Secret(ID2): the previous one
+    /// proves nothing any more.
+    pub fn confirm_installation(&mut self, terminal_id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE terminals SET confirmed = 1, previous_secret_id2_hex = NULL
+                 WHERE terminal_id = ?1 AND confirmed = 0",
+            )?
+            .execute([terminal_id])?;
+        Ok(())
     }
 
     pub fn terminal(&self, terminal_id: &str) -> Result<Option<TerminalRow>> {
         let mut st = self.conn.prepare_cached(
             "SELECT terminal_id, psk_hex, secret_id2_hex, maintenance_password_hash,
-                    server_part_vpnnat, router_part_vpnnat, installed_at
+                    server_part_vpnnat, router_part_vpnnat, installed_at, confirmed, previous_secret_id2_hex
              FROM terminals WHERE terminal_id = ?1",
         )?;
         let row = st
@@ -156,10 +191,12 @@ impl Storage {
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
                     r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)? != 0,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })
             .optional()?;
-        row.map(|(id, psk, sid2, pw, s, rp, at)| {
+        row.map(|(id, psk, sid2, pw, s, rp, at, confirmed, prev)| {
             Ok(TerminalRow {
                 terminal_id: id,
                 psk_hex: psk,
@@ -168,6 +205,8 @@ impl Storage {
                 server_part_vpnnat: i64_to_ip(s)?,
                 router_part_vpnnat: i64_to_ip(rp)?,
                 installed_at: to_u64(at)?,
+                confirmed,
+                previous_secret_id2_hex: prev,
             })
         })
         .transpose()

@@ -688,6 +688,8 @@ async fn operator_approves_a_pending_reinstallation() {
     let c = Arc::new(c);
     let mut router = TestRouter::new("router-1");
     router.install(&c);
+    // In service: it used its Secret(ID2), which confirms the installation.
+    router.maintenance(&c, &["pc1"]).await.unwrap();
     let now = unix_now();
     let (out, _) = router.install_request_proving(now, None);
     let e = c.install(out.path, &out.headers, &out.body, now).unwrap_err();
