@@ -332,9 +332,10 @@ pub fn maintenance_password(cfg: &CenterdConfig, terminal_id: &str) -> Result<St
 pub fn approve_reinstall(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, AdminError> {
     let actor = cli_actor();
     open_store(cfg)?.approve_reinstall(terminal_id, &actor.who, unix_now(), &actor.peer)?;
-    Report::new(&serde_json::json!({"terminal_id": terminal_id, "approved": true}), || {
-        format!("re-installation of {terminal_id} approved: its next installation notice is accepted")
-    })
+    Report::new(
+        &serde_json::json!({"terminal_id": terminal_id, "approved": true}),
+        || format!("re-installation of {terminal_id} approved: its next installation notice is accepted"),
+    )
 }
 
 /// `audit`: the audit log, newest first.

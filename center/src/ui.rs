@@ -475,10 +475,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                     match self.center.show_maintenance_password(&t, &actor, unix_now()) {
                         Ok(p) => {
                             let mut r = html(200, pages::maintenance_password(&t, p.expose_secret()));
-                            r.headers_mut().insert(
-                                hyper::header::CACHE_CONTROL,
-                                HeaderValue::from_static("no-store"),
-                            );
+                            r.headers_mut()
+                                .insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                             r
                         }
                         Err(e) => self.action_error(e),

@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use ring::rand::SecureRandom;
 use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId2};
 use vpnnat_proto::password::{PasswordError, PasswordHash};
 use vpnnat_proto::types::{AcceptanceNumber, ClaimantLevel, FailureCode, Ipv4Cidr, TerminalName, Urgency};
@@ -391,8 +391,12 @@ pub(crate) mod tests {
             installation: Some(Installation {
                 psk: Psk::from_array([0xaa; 32]),
                 secret_id2: SecretId2::from_array([0xbb; 32]),
-                maintenance_password_hash: PasswordHash::create("maint-pass-123", 1000, &ring::rand::SystemRandom::new())
-                    .unwrap(),
+                maintenance_password_hash: PasswordHash::create(
+                    "maint-pass-123",
+                    1000,
+                    &ring::rand::SystemRandom::new(),
+                )
+                .unwrap(),
                 server_part_vpnnat: Ipv4Addr::new(10, 64, 0, 1),
                 router_part_vpnnat: Ipv4Addr::new(10, 64, 0, 2),
             }),
@@ -451,7 +455,10 @@ pub(crate) mod tests {
         let bytes = installed().to_bytes().unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         assert!(!text.contains("maint-pass-123"), "{text}");
-        assert!(text.contains("\"maintenance_password_hash\": \"pbkdf2-sha256$"), "{text}");
+        assert!(
+            text.contains("\"maintenance_password_hash\": \"pbkdf2-sha256$"),
+            "{text}"
+        );
         assert!(!text.contains("\"maintenance_password\""), "{text}");
     }
 

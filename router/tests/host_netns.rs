@@ -57,7 +57,12 @@ fn installed() -> RouterState {
         installation: Some(Installation {
             psk: Psk::from_array([3; 32]),
             secret_id2: SecretId2::from_array([2; 32]),
-            maintenance_password_hash: vpnnat_proto::password::PasswordHash::create("maintenance", 1000, &ring::rand::SystemRandom::new()).unwrap(),
+            maintenance_password_hash: vpnnat_proto::password::PasswordHash::create(
+                "maintenance",
+                1000,
+                &ring::rand::SystemRandom::new(),
+            )
+            .unwrap(),
             server_part_vpnnat: Ipv4Addr::new(10, 64, 0, 1),
             router_part_vpnnat: Ipv4Addr::new(10, 64, 0, 2),
         }),

@@ -128,7 +128,10 @@ fn check_secret_files(cli: &Cli, cfg: &CenterdConfig) {
         &[
             ("configuration (factory master key, gateway API keys)", &cli.config),
             ("maintenance password file", &cfg.maintenance_password_file),
-            ("database (PSKs, Secret(ID2)s, maintenance passwords)", &cfg.database_path),
+            (
+                "database (PSKs, Secret(ID2)s, maintenance passwords)",
+                &cfg.database_path,
+            ),
         ],
     );
 }

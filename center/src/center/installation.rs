@@ -124,7 +124,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 
     /// Reads what [`reinstall::decide`] needs and asks it (pure logic in
     /// `vpnnat_proto::reinstall`).
-    fn reinstall_decision(&self, tid: &TerminalId, n: &InstallRequest, now: u64) -> Result<ReinstallDecision, CenterError> {
+    fn reinstall_decision(
+        &self,
+        tid: &TerminalId,
+        n: &InstallRequest,
+        now: u64,
+    ) -> Result<ReinstallDecision, CenterError> {
         let st = self.store()?;
         // An installation the router never used whose predecessor was none
         // (its answer lost, or routerd crashed before saving it) is still
@@ -154,8 +159,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                     (Some(h), false) => Some(SecretId2::from_hex(h).map_err(|_| bad())?),
                     _ => None,
                 };
-                if p.verify(&sid2, tid, &n.reply_key)
-                    || previous.is_some_and(|prev| p.verify(&prev, tid, &n.reply_key))
+                if p.verify(&sid2, tid, &n.reply_key) || previous.is_some_and(|prev| p.verify(&prev, tid, &n.reply_key))
                 {
                     ProofCheck::Valid
                 } else {
@@ -181,7 +185,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// re-installation of `terminal_id`; the router's next notice without
     /// proof is then accepted (within [`REINSTALL_APPROVAL_TTL_SECS`]).
     pub fn approve_reinstall(&self, terminal_id: &str, actor: &Actor, now: u64) -> Result<(), CenterError> {
-        self.store()?.approve_reinstall(terminal_id, &actor.who, now, &actor.peer)?;
+        self.store()?
+            .approve_reinstall(terminal_id, &actor.who, now, &actor.peer)?;
         log::warn!("terminal={terminal_id} re-installation approved by {}", actor.who);
         Ok(())
     }
@@ -203,7 +208,10 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 })?,
                 "own",
             ),
-            None => (self.settings.maintenance_password.clone(), "shared (installed before per-router passwords)"),
+            None => (
+                self.settings.maintenance_password.clone(),
+                "shared (installed before per-router passwords)",
+            ),
         };
         self.audit(
             now,

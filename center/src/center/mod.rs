@@ -569,6 +569,6 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
-#[cfg(test)]
 mod reinstall_tests;
+#[cfg(test)]
+pub(crate) mod tests;

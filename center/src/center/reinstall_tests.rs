@@ -9,7 +9,10 @@ use crate::storage::AuditFilter;
 /// Every table but the nonces (each notice spends one) and the audit log
 /// (which must gain the alert, and so its AUTOINCREMENT counter), as text.
 fn tables(c: &tests::TestCenter) -> String {
-    c.store().unwrap().dump(&["nonces", "audit", "sqlite_sequence"]).unwrap()
+    c.store()
+        .unwrap()
+        .dump(&["nonces", "audit", "sqlite_sequence"])
+        .unwrap()
 }
 
 fn audit_actions(c: &tests::TestCenter) -> Vec<String> {
@@ -111,7 +114,10 @@ fn reinstall_without_proof_waits_for_an_operator_then_is_accepted() {
     let (out, kp) = r.install_request_proving(NOW + 120, None);
     let s2 = r.finish_install(&c, out, kp, NOW + 120);
     assert_ne!(s2.secret_id2().expose_secret(), s1.secret_id2().expose_secret());
-    assert!(c.store().unwrap().reinstall_requests().unwrap().is_empty(), "approval used up");
+    assert!(
+        c.store().unwrap().reinstall_requests().unwrap().is_empty(),
+        "approval used up"
+    );
     assert_eq!(
         audit_actions(&c),
         [
@@ -156,7 +162,11 @@ fn unproven_reinstall_attempts_are_rate_limited_per_router_with_an_alert_each() 
     let e = c.install(out.path, &out.headers, &out.body, NOW + 100).unwrap_err();
     assert!(matches!(e, CenterError::ReinstallRateLimited), "{e}");
     assert_eq!(e.http_status(), 429);
-    assert_eq!(c.store().unwrap().dump(&["nonces"]).unwrap(), before, "a flood grows nothing");
+    assert_eq!(
+        c.store().unwrap().dump(&["nonces"]).unwrap(),
+        before,
+        "a flood grows nothing"
+    );
     let alerts = audit_actions(&c).iter().filter(|a| *a == "reinstall_pending").count();
     assert_eq!(alerts, limit as usize);
     // Another router is not affected; the router holding its Secret(ID2)

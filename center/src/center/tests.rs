@@ -473,8 +473,14 @@ fn each_router_gets_its_own_maintenance_password_shown_only_with_an_audit_row() 
         })
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].actor.as_str(), rows[0].terminal_id.as_deref()), ("operator#1", Some("router-2")));
-    assert!(!rows[0].detail.contains(p2.expose_secret()), "the audit log holds no secret");
+    assert_eq!(
+        (rows[0].actor.as_str(), rows[0].terminal_id.as_deref()),
+        ("operator#1", Some("router-2"))
+    );
+    assert!(
+        !rows[0].detail.contains(p2.expose_secret()),
+        "the audit log holds no secret"
+    );
     // Re-installation: a new password.
     let p1b = r1.install(&c).maintenance_password().clone();
     assert_ne!(p1b.expose_secret(), p1.expose_secret());

@@ -49,8 +49,8 @@ pub use gateways::{GatewaySpec, GatewayUsage, LostTunnel, SlotRow, TunnelState};
 pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
 pub use pool::{pool_bounds, PoolUsage};
-pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
 pub use reinstall::{ReinstallRow, UNPROVEN_ACTIONS};
+pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
 pub use terminals::{FailureRow, InstallRecord, TerminalRow};
 
 /// The extension terminal name under which a router's server-part VPNNAT

@@ -71,9 +71,7 @@ impl Storage {
     pub fn unproven_reinstall_attempts(&self, terminal_id: &str, since: u64) -> Result<u32> {
         let n: i64 = self
             .conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM audit WHERE terminal_id = ?1 AND at >= ?2 AND action IN (?3, ?4)",
-            )?
+            .prepare_cached("SELECT COUNT(*) FROM audit WHERE terminal_id = ?1 AND at >= ?2 AND action IN (?3, ?4)")?
             .query_row(
                 params![terminal_id, from_u64(since), UNPROVEN_ACTIONS[0], UNPROVEN_ACTIONS[1]],
                 |r| r.get(0),

@@ -100,7 +100,9 @@ impl Storage {
             .prepare_cached(
                 "SELECT secret_id2_hex, confirmed, previous_secret_id2_hex FROM terminals WHERE terminal_id = ?1",
             )?
-            .query_row([rec.terminal_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?)))
+            .query_row([rec.terminal_id], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?))
+            })
             .optional()?;
         let previous = match before {
             None => None,

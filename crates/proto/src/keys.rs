@@ -254,7 +254,10 @@ mod tests {
         let b = MaintenancePassword::generate(&rng).unwrap();
         assert_ne!(a.expose_secret(), b.expose_secret());
         assert_eq!(a.expose_secret().len(), 24);
-        assert!(a.expose_secret().bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(a
+            .expose_secret()
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         assert!(!a.expose_secret().contains(['0', '1', 'l', 'o']));
     }
 

@@ -185,33 +185,67 @@ mod tests {
 
     #[test]
     fn installed_router_needs_proof_or_approval() {
-        assert_eq!(decide(input(true, ProofCheck::Valid, false, 0)), ReinstallDecision::ProvedReinstall);
-        assert_eq!(decide(input(true, ProofCheck::Absent, false, 0)), ReinstallDecision::Pending);
+        assert_eq!(
+            decide(input(true, ProofCheck::Valid, false, 0)),
+            ReinstallDecision::ProvedReinstall
+        );
+        assert_eq!(
+            decide(input(true, ProofCheck::Absent, false, 0)),
+            ReinstallDecision::Pending
+        );
         assert_eq!(
             decide(input(true, ProofCheck::Absent, true, 0)),
             ReinstallDecision::ApprovedReinstall
         );
-        assert_eq!(decide(input(true, ProofCheck::Invalid, false, 0)), ReinstallDecision::WrongProof);
+        assert_eq!(
+            decide(input(true, ProofCheck::Invalid, false, 0)),
+            ReinstallDecision::WrongProof
+        );
         // An approval is for a router without state, not for a wrong proof.
-        assert_eq!(decide(input(true, ProofCheck::Invalid, true, 0)), ReinstallDecision::WrongProof);
+        assert_eq!(
+            decide(input(true, ProofCheck::Invalid, true, 0)),
+            ReinstallDecision::WrongProof
+        );
     }
 
     #[test]
     fn unproven_attempts_are_rate_limited_but_the_proof_holder_is_not() {
-        assert_eq!(decide(input(true, ProofCheck::Absent, false, 2)), ReinstallDecision::Pending);
-        assert_eq!(decide(input(true, ProofCheck::Absent, false, 3)), ReinstallDecision::RateLimited);
-        assert_eq!(decide(input(true, ProofCheck::Absent, true, 3)), ReinstallDecision::RateLimited);
-        assert_eq!(decide(input(true, ProofCheck::Invalid, false, 3)), ReinstallDecision::RateLimited);
-        assert_eq!(decide(input(true, ProofCheck::Valid, false, 1000)), ReinstallDecision::ProvedReinstall);
+        assert_eq!(
+            decide(input(true, ProofCheck::Absent, false, 2)),
+            ReinstallDecision::Pending
+        );
+        assert_eq!(
+            decide(input(true, ProofCheck::Absent, false, 3)),
+            ReinstallDecision::RateLimited
+        );
+        assert_eq!(
+            decide(input(true, ProofCheck::Absent, true, 3)),
+            ReinstallDecision::RateLimited
+        );
+        assert_eq!(
+            decide(input(true, ProofCheck::Invalid, false, 3)),
+            ReinstallDecision::RateLimited
+        );
+        assert_eq!(
+            decide(input(true, ProofCheck::Valid, false, 1000)),
+            ReinstallDecision::ProvedReinstall
+        );
     }
 
     #[test]
     fn only_accepting_decisions_install() {
         use ReinstallDecision::*;
-        let yes: Vec<_> = [FirstInstall, ProvedReinstall, ApprovedReinstall, Pending, WrongProof, RateLimited]
-            .into_iter()
-            .filter(|d| d.installs())
-            .collect();
+        let yes: Vec<_> = [
+            FirstInstall,
+            ProvedReinstall,
+            ApprovedReinstall,
+            Pending,
+            WrongProof,
+            RateLimited,
+        ]
+        .into_iter()
+        .filter(|d| d.installs())
+        .collect();
         assert_eq!(yes, vec![FirstInstall, ProvedReinstall, ApprovedReinstall]);
     }
 }

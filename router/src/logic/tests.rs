@@ -162,7 +162,10 @@ fn reinstall_notice_proves_the_current_secret_id2_and_pending_is_retried() {
     let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
     let first: InstallRequest = serde_json::from_slice(&p.outgoing.body).unwrap();
     assert!(first.proof.is_none());
-    assert!(!String::from_utf8_lossy(&p.outgoing.body).contains("proof"), "old centers still parse it");
+    assert!(
+        !String::from_utf8_lossy(&p.outgoing.body).contains("proof"),
+        "old centers still parse it"
+    );
     w.install();
     let sid2 = w.state.installation.as_ref().unwrap().secret_id2.clone();
     let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
@@ -174,7 +177,10 @@ fn reinstall_notice_proves_the_current_secret_id2_and_pending_is_retried() {
     let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply, &w.rng).unwrap_err();
     assert!(e.is_transient(), "{e}");
     assert!(e.to_string().contains("pending operator approval"), "{e}");
-    assert_eq!(w.state.installation.as_ref().unwrap().secret_id2.expose_secret(), sid2.expose_secret());
+    assert_eq!(
+        w.state.installation.as_ref().unwrap().secret_id2.expose_secret(),
+        sid2.expose_secret()
+    );
 }
 
 #[test]
