@@ -204,7 +204,10 @@ impl MaintenancePassword {
         let mut raw = Zeroizing::new([0u8; 24]);
         rng.fill(raw.as_mut()).map_err(|_| KeyError::Rng)?;
         // 256 is a multiple of 32: masking keeps every symbol equally likely.
-        let s: String = raw.iter().map(|b| char::from(ALPHABET[usize::from(b & 31)])).collect();
+        let s: String = raw
+            .iter()
+            .filter_map(|b| ALPHABET.get(usize::from(b & 31)).copied().map(char::from))
+            .collect();
         MaintenancePassword::new(s)
     }
 }

@@ -37,7 +37,7 @@ impl fmt::Debug for ReinstallProof {
 }
 
 fn proof_input(terminal_id: &TerminalId, reply_key: &ReplyPublicKey) -> Vec<u8> {
-    let mut m = Vec::with_capacity(PROOF_LABEL.len() + terminal_id.as_str().len() + 1 + PROOF_LEN);
+    let mut m = Vec::new();
     m.extend_from_slice(PROOF_LABEL);
     m.extend_from_slice(terminal_id.as_str().as_bytes());
     m.push(0);
