@@ -230,6 +230,7 @@ async fn main() {
                             &key,
                             &InstallRequest {
                                 reply_key: kp.public_key(),
+                                proof: None,
                             },
                             t,
                             &rng,

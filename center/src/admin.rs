@@ -284,6 +284,60 @@ pub fn drain(cfg: &CenterdConfig, name: &str, draining: bool) -> Result<Report, 
     })
 }
 
+/// `reinstalls`: re-installations waiting for approval, oldest first.
+pub fn reinstalls(cfg: &CenterdConfig) -> Result<Report, AdminError> {
+    let rows = open_store(cfg)?.reinstall_requests()?;
+    Report::new(&rows, || {
+        let mut s = String::new();
+        for r in &rows {
+            s.push_str(&format!(
+                "{} asked at {} from {}; approved: {}\n",
+                r.terminal_id,
+                r.requested_at,
+                r.peer,
+                r.approved_by.as_deref().unwrap_or("no")
+            ));
+        }
+        s
+    })
+}
+
+/// `maintenance-password`: a router's own maintenance password, for the
+/// operator at the console (the UI's button); audited as `cli:USER`.
+pub fn maintenance_password(cfg: &CenterdConfig, terminal_id: &str) -> Result<String, AdminError> {
+    let mut st = open_store(cfg)?;
+    let (pw, how) = match st.maintenance_password(terminal_id)? {
+        Some(p) => (p, "own"),
+        // Installed before per-router passwords: the shared one.
+        None => (
+            cfg.settings.maintenance_password.expose_secret().to_owned(),
+            "shared (installed before per-router passwords)",
+        ),
+    };
+    let actor = cli_actor();
+    st.append_audit(&NewAudit {
+        at: unix_now(),
+        actor: &actor.who,
+        action: "show_maintenance_password",
+        terminal_id: Some(terminal_id),
+        acceptance_number: None,
+        detail: &format!("{how} maintenance password shown"),
+        peer: &actor.peer,
+    })?;
+    Ok(pw)
+}
+
+/// `approve-reinstall`: approves a pending re-installation (audited in
+/// the same transaction, as `cli:USER`).
+pub fn approve_reinstall(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, AdminError> {
+    let actor = cli_actor();
+    open_store(cfg)?.approve_reinstall(terminal_id, &actor.who, unix_now(), &actor.peer)?;
+    Report::new(
+        &serde_json::json!({"terminal_id": terminal_id, "approved": true}),
+        || format!("re-installation of {terminal_id} approved: its next installation notice is accepted"),
+    )
+}
+
 /// `audit`: the audit log, newest first.
 pub fn audit(cfg: &CenterdConfig, filter: &AuditFilter) -> Result<Report, AdminError> {
     let rows = open_store(cfg)?.audit_log(filter)?;

@@ -65,6 +65,16 @@ pub enum Cmd {
     },
     /// Let a drained gateway take new tunnels again.
     UndrainGateway { name: String },
+    /// List re-installations waiting for an operator's approval (routers
+    /// that asked to be installed again without proof of Secret(ID2)).
+    Reinstalls,
+    /// Approve the pending re-installation of a router (the UI's approve
+    /// button; audited): its next installation notice without proof is
+    /// accepted and hands it new keys.
+    ApproveReinstall { terminal_id: String },
+    /// Print a router's own maintenance password (it is a secret; each
+    /// reading is in the audit log).
+    MaintenancePassword { terminal_id: String },
     /// Print the audit log, newest first (filters combine).
     Audit {
         #[arg(long, default_value_t = 100)]

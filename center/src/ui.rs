@@ -71,6 +71,8 @@ enum Page {
     Logout,
     Start,
     End,
+    ApproveReinstall,
+    ShowMaintenancePassword,
 }
 
 /// One route of the operator UI. `{n}` in a path stands for an acceptance
@@ -115,6 +117,17 @@ pub const ROUTES: &[UiRoute] = &[
     route("POST", "/logout", Access::Session, Page::Logout),
     route("POST", "/requests/{n}/start", Access::Session, Page::Start),
     route("POST", "/requests/{n}/end", Access::Session, Page::End),
+    // Issue 18: a re-installation without proof of Secret(ID2) waits for
+    // this (form field `terminal_id`); audited.
+    route("POST", "/reinstalls/approve", Access::Session, Page::ApproveReinstall),
+    // Issue 18: a router's own maintenance password, on demand (form field
+    // `terminal_id`); every showing is audited.
+    route(
+        "POST",
+        "/routers/maintenance-password",
+        Access::Session,
+        Page::ShowMaintenancePassword,
+    ),
 ];
 
 /// Whether `path` fits `pattern`, and the `{n}` it carries.
@@ -445,6 +458,30 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 (Page::Logout, _) => self.logout(&headers, &actor),
                 (Page::Start, Some(n)) => self.action(n, "start", &actor).await,
                 (Page::End, Some(n)) => self.action(n, "end", &actor).await,
+                (Page::ApproveReinstall, _) => {
+                    let t = form_field(&body, "terminal_id").unwrap_or_default();
+                    match self.center.approve_reinstall(&t, &actor, unix_now()) {
+                        Ok(()) => redirect(&format!(
+                            "/?msg={}",
+                            url_encode(&format!(
+                                "Re-installation of {t} approved: its next installation notice is accepted."
+                            ))
+                        )),
+                        Err(e) => self.action_error(e),
+                    }
+                }
+                (Page::ShowMaintenancePassword, _) => {
+                    let t = form_field(&body, "terminal_id").unwrap_or_default();
+                    match self.center.show_maintenance_password(&t, &actor, unix_now()) {
+                        Ok(p) => {
+                            let mut r = html(200, pages::maintenance_password(&t, p.expose_secret()));
+                            r.headers_mut()
+                                .insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                            r
+                        }
+                        Err(e) => self.action_error(e),
+                    }
+                }
                 _ => text(404, "no such action"),
             };
         }
@@ -652,6 +689,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let failures = st.failures(None, 50)?;
         let gateways = st.gateway_usage()?;
         let pool = st.pool_usage()?;
+        let reinstalls = st.reinstall_requests()?;
         let mut slots = Vec::new();
         for g in &gateways {
             slots.extend(st.slots_of_gateway(&g.name)?);
@@ -664,6 +702,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             slots: &slots,
             pool: &pool,
             dns_domain: self.settings.dns_domain.as_deref(),
+            reinstalls: &reinstalls,
         };
         Ok(pages::dashboard(
             &d,
@@ -680,6 +719,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             "gateways": st.gateway_usage()?,
             "pool": st.pool_usage()?,
             "initiation": st.initiations()?,
+            "reinstalls": st.reinstall_requests()?,
         });
         Ok(v.to_string())
     }

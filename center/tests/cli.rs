@@ -143,6 +143,7 @@ fn usage_and_configuration_errors_exit_2() {
         "end-request",
         "drain-gateway",
         "undrain-gateway",
+        "approve-reinstall",
         "check-config",
         "audit",
     ] {
@@ -472,4 +473,83 @@ fn secrets_files_readable_by_others_are_reported_loudly() {
     mode(&pw, 0o600);
     let o = centerd(&cfg, &["check-config"]);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("SECURITY"));
+}
+
+/// Issue 18, item 5: a re-installation without proof waits in the
+/// database until `approve-reinstall`; the approval is audited.
+#[test]
+fn reinstalls_and_approve_reinstall() {
+    let (dir, cfg) = setup("reinstall");
+    json(&centerd(&cfg, &["--json", "list-requests"]));
+    let db = dir.0.join("center.db");
+    seed(&db);
+    assert_eq!(json(&centerd(&cfg, &["--json", "reinstalls"])), serde_json::json!([]));
+    // Nothing pending: refused.
+    assert_eq!(code(&centerd(&cfg, &["approve-reinstall", "router-7"])), 1);
+    Storage::open(&db)
+        .unwrap()
+        .record_reinstall_pending("router-7", 300, "203.0.113.9")
+        .unwrap();
+    let v = json(&centerd(&cfg, &["--json", "reinstalls"]));
+    assert_eq!(v[0]["terminal_id"], "router-7");
+    assert_eq!(v[0]["approved_by"], Value::Null);
+    let v = json(&centerd(&cfg, &["--json", "approve-reinstall", "router-7"]));
+    assert_eq!(v, serde_json::json!({"terminal_id": "router-7", "approved": true}));
+    let v = json(&centerd(&cfg, &["--json", "reinstalls"]));
+    assert!(v[0]["approved_by"].as_str().unwrap().starts_with("cli:"));
+    let rows = Storage::open(&db)
+        .unwrap()
+        .audit_log(&AuditFilter {
+            action: Some("reinstall_approve".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].terminal_id.as_deref(), Some("router-7"));
+}
+
+/// Issue 18, item 3: `maintenance-password` prints a router's own password
+/// (the shared one for a router installed before), audited; an unknown
+/// router is an error.
+#[test]
+fn maintenance_password_is_printed_and_audited() {
+    let (dir, cfg) = setup("maintpw");
+    json(&centerd(&cfg, &["--json", "list-requests"]));
+    let db = dir.0.join("center.db");
+    seed(&db);
+    // router-7 was installed without its own password: the shared one.
+    let shared = std::fs::read_to_string(dir.0.join("vpnnat/maintenance-password")).unwrap();
+    let o = centerd(&cfg, &["maintenance-password", "router-7"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), shared.trim());
+    Storage::open(&db)
+        .unwrap()
+        .install_terminal_audited(
+            &InstallRecord {
+                terminal_id: "router-8",
+                psk_hex: &"13".repeat(32),
+                secret_id2_hex: &"24".repeat(32),
+                maintenance_password_hash: "",
+                now: 300,
+            },
+            None,
+            "install",
+            "",
+            Some("own-password-of-router-8"),
+        )
+        .unwrap();
+    let o = centerd(&cfg, &["maintenance-password", "router-8"]);
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), "own-password-of-router-8");
+    assert_eq!(code(&centerd(&cfg, &["maintenance-password", "router-9"])), 1);
+    let rows = Storage::open(&db)
+        .unwrap()
+        .audit_log(&AuditFilter {
+            action: Some("show_maintenance_password".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.actor.starts_with("cli:")));
 }

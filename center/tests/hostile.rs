@@ -32,10 +32,13 @@ use vpnnat_datapath::RecordingDatapath;
 use vpnnat_gatewayd::driver::PolicyDriver;
 use vpnnat_gatewayd::{self as gateway, Gatewayd};
 use vpnnat_proto::auth::{sign_request, Direction, ReplayConfig};
-use vpnnat_proto::keys::{FactoryMasterKey, GatewayApiKey, MacKey, MaintenancePassword, SecretBytes, SecretId};
+use vpnnat_proto::keys::{
+    FactoryMasterKey, GatewayApiKey, MacKey, MaintenancePassword, SecretBytes, SecretId, SecretId2,
+};
 use vpnnat_proto::messages::{
     FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceDetails, MaintenanceRequest, ReportState,
 };
+use vpnnat_proto::reinstall::ReinstallProof;
 use vpnnat_proto::seal::ReplyKeyPair;
 use vpnnat_proto::types::{
     BoundedSet, ClaimantLevel, ClaimantName, FailureCode, FailureDetail, GatewayName, IkeIdentity, Phone,
@@ -157,7 +160,15 @@ impl Table {
     }
 }
 
-const KINDS: [&str; 6] = ["tampered", "replayed", "stale", "oversized", "malformed", "over limit"];
+const KINDS: [&str; 7] = [
+    "tampered",
+    "replayed",
+    "stale",
+    "oversized",
+    "malformed",
+    "over limit",
+    "take-over",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
@@ -243,6 +254,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         &sid.mac_key(),
         &InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         },
         T,
         &rng,
@@ -470,6 +482,39 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     assert_eq!(snapshot().1, before.1, "over the cap: the gateway untouched");
     let before = snapshot();
 
+    // A take-over with the factory secret (issue 18 item 5): fresh,
+    // correctly Secret(ID)-signed re-installations of the installed router
+    // without a valid proof of its Secret(ID2). A wrong proof changes no
+    // table but the nonces and the audit log (its alert); no proof leaves
+    // only the request pending for an operator.
+    let tables = |skip: &[&str]| center.store().unwrap().dump(skip).unwrap();
+    let quiet = ["nonces", "audit", "sqlite_sequence"];
+    let pending_too = ["nonces", "audit", "sqlite_sequence", "reinstall_requests"];
+    let (before_quiet, before_pending) = (tables(&quiet), tables(&pending_too));
+    let takeover = |proof_key: Option<SecretId2>| {
+        let rk = ReplyKeyPair::generate(&rng).unwrap().public_key();
+        let req = InstallRequest {
+            reply_key: rk,
+            proof: proof_key.map(|k| ReinstallProof::compute(&k, &id, &rk)),
+        };
+        encode_request(&req, &id, &sid.mac_key(), unix_now(), &rng).unwrap()
+    };
+    let r = send_signed(center_a, &takeover(Some(SecretId2::from_array([0x5a; 32]))), &[XFF]).await;
+    assert_eq!(r.status, 403, "wrong proof: {}", r.body);
+    table.add("router API", "take-over");
+    assert_eq!(tables(&quiet), before_quiet, "wrong proof: no state change");
+    let r = send_signed(center_a, &takeover(None), &[XFF]).await;
+    assert_eq!(r.status, 423, "no proof: {}", r.body);
+    assert!(r.body.contains("pending operator approval"), "{}", r.body);
+    table.add("router API", "take-over");
+    assert_eq!(
+        tables(&pending_too),
+        before_pending,
+        "no proof: nothing but the pending request"
+    );
+    assert_eq!(snapshot().1, before.1, "take-over: the gateway untouched");
+    let before = snapshot();
+
     // gatewayd -> centerd events (the router API's gateway endpoint).
     let ev_body = br#"{"terminal_id":"router-1","slot":0,"state":"up"}"#;
     let ev = |now: u64| {
@@ -682,8 +727,8 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     // The table.
     let endpoints = ["router API", "gateway events", "gateway API", "operator UI"];
     println!(
-        "{:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10}",
-        "rejected", KINDS[0], KINDS[1], KINDS[2], KINDS[3], KINDS[4], KINDS[5]
+        "{:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "rejected", KINDS[0], KINDS[1], KINDS[2], KINDS[3], KINDS[4], KINDS[5], KINDS[6]
     );
     for e in endpoints {
         let c = |k: &str| {
@@ -694,13 +739,14 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
                 .unwrap_or(0)
         };
         println!(
-            "{e:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10}",
+            "{e:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10}",
             c("tampered"),
             c("replayed"),
             c("stale"),
             c("oversized"),
             c("malformed"),
-            c("over limit")
+            c("over limit"),
+            c("take-over")
         );
     }
     let total = |k: &str| {
@@ -712,13 +758,14 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
             .sum::<usize>()
     };
     println!(
-        "rejected: tampered {}, replayed {}, stale {}, oversized {}, malformed {}, over limit {} (no state change, {} log lines without a secret)",
+        "rejected: tampered {}, replayed {}, stale {}, oversized {}, malformed {}, over limit {}, take-over {} (no state change, {} log lines without a secret)",
         total("tampered"),
         total("replayed"),
         total("stale"),
         total("oversized"),
         total("malformed"),
         total("over limit"),
+        total("take-over"),
         log.lines().count()
     );
 }

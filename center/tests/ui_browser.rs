@@ -128,6 +128,7 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         &sid,
         &InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         },
         T,
         &rng,

@@ -266,11 +266,12 @@ impl Router {
     /// One installation notice.
     pub async fn install(&self) -> Result<(), DaemonError> {
         let _x = self.exchange.lock().await;
-        let p = logic::begin_install(&self.id, &self.cfg.factory_secret, &self.rng, unix_now())?;
+        let state = self.state().await;
+        let p = logic::begin_install(&self.id, &self.cfg.factory_secret, &state, &self.rng, unix_now())?;
         let reply = self.send(&p.outgoing).await?;
         vpnnat_crashpoint::hit("router.install.after_reply");
         let mut inner = self.inner.lock().await;
-        let next = logic::finish_install(&self.id, &self.cfg.factory_secret, &inner.state, p, &reply)?;
+        let next = logic::finish_install(&self.id, &self.cfg.factory_secret, &inner.state, p, &reply, &self.rng)?;
         self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.install.after_save"))?;
         if let Some(i) = &inner.state.installation {
             log::info!(
@@ -599,19 +600,21 @@ impl Router {
 
     // -- maintenance interface ------------------------------------------
 
-    /// Whether `candidate` is the maintenance password from installation.
-    /// Compared as HMACs under Secret(ID2), so the comparison is constant
-    /// time whatever the lengths.
+    /// Whether `candidate` is this router's maintenance password: checked
+    /// against the PBKDF2 hash of the state file (constant time), off the
+    /// async workers so a slow check stalls no other request.
     pub async fn check_maintenance_password(&self, candidate: &str) -> bool {
-        use ring::hmac;
-        use vpnnat_proto::keys::SecretBytes;
-        let inner = self.inner.lock().await;
-        let Some(inst) = &inner.state.installation else {
-            return false;
+        let hash = {
+            let inner = self.inner.lock().await;
+            let Some(inst) = &inner.state.installation else {
+                return false;
+            };
+            inst.maintenance_password_hash.clone()
         };
-        let key = hmac::Key::new(hmac::HMAC_SHA256, inst.secret_id2.expose_secret());
-        let want = hmac::sign(&key, inst.maintenance_password.expose_secret().as_bytes());
-        hmac::verify(&key, candidate.as_bytes(), want.as_ref()).is_ok()
+        let candidate = zeroize::Zeroizing::new(candidate.to_owned());
+        tokio::task::spawn_blocking(move || hash.verify(&candidate))
+            .await
+            .unwrap_or(false)
     }
 
     /// Whether `peer` may use the maintenance interface: the center's

@@ -27,6 +27,7 @@ use vpnnat_proto::messages::{
     Ack, EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceDetails, MaintenanceRequest,
     ReleaseCommand, TunnelLostAnswer, TunnelLostNotice, TunnelRebuild, VpnEndCommand,
 };
+use vpnnat_proto::reinstall::ReinstallProof;
 use vpnnat_proto::seal::ReplyKeyPair;
 use vpnnat_proto::types::{
     AcceptanceNumber, ClaimantLevel, ClaimantName, FailureCode, FailureDetail, Phone, RequestContent, TerminalId,
@@ -95,7 +96,7 @@ impl ExchangeError {
     /// Whether trying again later can help (the center unreachable or
     /// temporarily unable), as opposed to a refusal that will repeat.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ExchangeError::Refused { status, .. } if *status >= 500 || *status == 429)
+        matches!(self, ExchangeError::Refused { status, .. } if *status >= 500 || *status == 429 || *status == 423)
     }
 }
 
@@ -221,16 +222,23 @@ fn reply_key(rng: &dyn SecureRandom) -> Result<ReplyKeyPair, ExchangeError> {
 // 1. Installation notice
 // ---------------------------------------------------------------------------
 
+/// The installation notice. An installed router (`state` holds an
+/// installation) proves its current Secret(ID2), without which the center
+/// refuses to replace it (or waits for an operator's approval).
 pub fn begin_install(
     id: &Identity,
     secret_id: &SecretId,
+    state: &RouterState,
     rng: &dyn SecureRandom,
     now: u64,
 ) -> Result<Pending<()>, ExchangeError> {
     let reply = reply_key(rng)?;
-    let req = InstallRequest {
-        reply_key: reply.public_key(),
-    };
+    let reply_key = reply.public_key();
+    let proof = state
+        .installation
+        .as_ref()
+        .map(|i| ReinstallProof::compute(&i.secret_id2, &id.terminal_id, &reply_key));
+    let req = InstallRequest { reply_key, proof };
     let outgoing =
         encode_request(&req, &id.terminal_id, &secret_id.mac_key(), now, rng).map_err(ExchangeError::Build)?;
     Ok(Pending {
@@ -249,6 +257,7 @@ pub fn finish_install(
     state: &RouterState,
     p: Pending<()>,
     reply: &CenterReply,
+    rng: &dyn SecureRandom,
 ) -> Result<RouterState, ExchangeError> {
     let resp = reply.verified::<InstallRequest>(&p.outgoing, &secret_id.mac_key())?;
     let key = p
@@ -266,7 +275,10 @@ pub fn finish_install(
     next.installation = Some(Installation {
         psk: secrets.psk().clone(),
         secret_id2: secrets.secret_id2().clone(),
-        maintenance_password: secrets.maintenance_password().clone(),
+        // Only the hash is kept (issue 18, item 3): reading the SD card
+        // does not open the maintenance page.
+        maintenance_password_hash: crate::state::hash_maintenance_password(secrets.maintenance_password(), rng)
+            .map_err(|e| ExchangeError::Build(ProtoError::malformed(e.to_string())))?,
         server_part_vpnnat: server,
         router_part_vpnnat: router,
     });

@@ -1,5 +1,6 @@
 //! The router's durable data (PROTOCOL.md "Databases", router side): what the
-//! installation notice delivered (PSK, Secret(ID2), maintenance password,
+//! installation notice delivered (PSK, Secret(ID2), the PBKDF2 hash of the
+//! router's own maintenance password, never the password itself,
 //! the server-part and router-part VPNNAT addresses), the gateway, the host
 //! table with its grants, and the maintenance requests.
 //!
@@ -15,9 +16,11 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId2};
+use vpnnat_proto::password::{PasswordError, PasswordHash};
 use vpnnat_proto::types::{AcceptanceNumber, ClaimantLevel, FailureCode, Ipv4Cidr, TerminalName, Urgency};
 use zeroize::Zeroizing;
 
@@ -42,7 +45,10 @@ pub enum StateError {
 pub struct Installation {
     pub psk: Psk,
     pub secret_id2: SecretId2,
-    pub maintenance_password: MaintenancePassword,
+    /// PBKDF2 hash of this router's maintenance password (issue 18, item
+    /// 3: the clear password is not stored, so a copied SD card does not
+    /// open the maintenance page).
+    pub maintenance_password_hash: PasswordHash,
     pub server_part_vpnnat: Ipv4Addr,
     pub router_part_vpnnat: Ipv4Addr,
 }
@@ -52,7 +58,7 @@ impl std::fmt::Debug for Installation {
         f.debug_struct("Installation")
             .field("psk", &"<redacted>")
             .field("secret_id2", &"<redacted>")
-            .field("maintenance_password", &"<redacted>")
+            .field("maintenance_password_hash", &"<redacted>")
             .field("server_part_vpnnat", &self.server_part_vpnnat)
             .field("router_part_vpnnat", &self.router_part_vpnnat)
             .finish()
@@ -162,12 +168,31 @@ impl RouterState {
 
 const FORMAT_VERSION: u32 = 1;
 
+/// PBKDF2 iterations for the maintenance password's hash. The password is
+/// random (the center generates it, ~120 bits), so stretching is defence in
+/// depth, not what keeps it from being guessed; a modest count keeps the
+/// router's small CPU responsive (the check is cached after a success).
+pub const MAINTENANCE_HASH_ITERATIONS: u32 = 10_000;
+
+/// The stored form of a maintenance password.
+pub fn hash_maintenance_password(
+    p: &MaintenancePassword,
+    rng: &dyn SecureRandom,
+) -> Result<PasswordHash, PasswordError> {
+    PasswordHash::create(p.expose_secret(), MAINTENANCE_HASH_ITERATIONS, rng)
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileInstallation {
     psk: SecretString,
     secret_id2: SecretString,
-    maintenance_password: SecretString,
+    /// Files written before issue 18 hold the clear password: read only,
+    /// hashed on load and the file rewritten without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    maintenance_password: Option<SecretString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    maintenance_password_hash: Option<String>,
     server_part_vpnnat: Ipv4Addr,
     router_part_vpnnat: Ipv4Addr,
 }
@@ -192,9 +217,8 @@ impl RouterState {
             installation: self.installation.as_ref().map(|i| FileInstallation {
                 psk: SecretString::new(i.psk.to_hex()),
                 secret_id2: SecretString::new(i.secret_id2.to_hex()),
-                maintenance_password: SecretString::new(Zeroizing::new(
-                    i.maintenance_password.expose_secret().to_string(),
-                )),
+                maintenance_password: None,
+                maintenance_password_hash: Some(i.maintenance_password_hash.to_string()),
                 server_part_vpnnat: i.server_part_vpnnat,
                 router_part_vpnnat: i.router_part_vpnnat,
             }),
@@ -213,6 +237,16 @@ impl RouterState {
 
     /// Parses the file's bytes; `path` is for messages only.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<RouterState, StateError> {
+        Self::from_bytes_migrating(bytes, path, &ring::rand::SystemRandom::new()).map(|(s, _)| s)
+    }
+
+    /// [`RouterState::from_bytes`], and whether the file held a clear
+    /// maintenance password (now hashed: the caller rewrites the file).
+    pub fn from_bytes_migrating(
+        bytes: &[u8],
+        path: &Path,
+        rng: &dyn SecureRandom,
+    ) -> Result<(RouterState, bool), StateError> {
         let corrupt = |reason: String| StateError::Corrupt {
             path: path.to_path_buf(),
             reason,
@@ -223,24 +257,41 @@ impl RouterState {
         if f.version != FORMAT_VERSION {
             return Err(corrupt(format!("unsupported version {}", f.version)));
         }
+        let mut migrated = false;
         let installation = match f.installation {
             None => None,
-            Some(i) => Some(Installation {
-                psk: Psk::from_hex(i.psk.expose()).map_err(|e| corrupt(e.to_string()))?,
-                secret_id2: SecretId2::from_hex(i.secret_id2.expose()).map_err(|e| corrupt(e.to_string()))?,
-                maintenance_password: MaintenancePassword::new(i.maintenance_password.expose())
-                    .map_err(|e| corrupt(e.to_string()))?,
-                server_part_vpnnat: i.server_part_vpnnat,
-                router_part_vpnnat: i.router_part_vpnnat,
-            }),
+            Some(i) => {
+                let hash = match (&i.maintenance_password_hash, &i.maintenance_password) {
+                    (Some(h), _) => PasswordHash::parse(h).map_err(|e| corrupt(e.to_string()))?,
+                    (None, Some(clear)) => {
+                        migrated = true;
+                        let p = MaintenancePassword::new(clear.expose()).map_err(|e| corrupt(e.to_string()))?;
+                        hash_maintenance_password(&p, rng).map_err(|e| corrupt(e.to_string()))?
+                    }
+                    (None, None) => return Err(corrupt("the installation has no maintenance password hash".into())),
+                };
+                // Both present: a crash between writes cannot produce it,
+                // but if it did the clear one goes on the next save.
+                migrated |= i.maintenance_password.is_some();
+                Some(Installation {
+                    psk: Psk::from_hex(i.psk.expose()).map_err(|e| corrupt(e.to_string()))?,
+                    secret_id2: SecretId2::from_hex(i.secret_id2.expose()).map_err(|e| corrupt(e.to_string()))?,
+                    maintenance_password_hash: hash,
+                    server_part_vpnnat: i.server_part_vpnnat,
+                    router_part_vpnnat: i.router_part_vpnnat,
+                })
+            }
         };
-        Ok(RouterState {
-            installation,
-            gateway: f.gateway,
-            hosts: f.hosts,
-            requests: f.requests,
-            last_failure: f.last_failure,
-        })
+        Ok((
+            RouterState {
+                installation,
+                gateway: f.gateway,
+                hosts: f.hosts,
+                requests: f.requests,
+                last_failure: f.last_failure,
+            },
+            migrated,
+        ))
     }
 }
 
@@ -260,12 +311,27 @@ impl StateStore {
     }
 
     /// Reads the state; a missing file is the empty state of a router that
-    /// never installed.
+    /// never installed. A file from before issue 18 that holds the clear
+    /// maintenance password is rewritten with its hash only.
     pub fn load(&self) -> Result<RouterState, StateError> {
         match fs::read(&self.path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
-                RouterState::from_bytes(&bytes, &self.path)
+                let (state, migrated) =
+                    RouterState::from_bytes_migrating(&bytes, &self.path, &ring::rand::SystemRandom::new())?;
+                if migrated {
+                    // A reader without write access (`routerd status` as
+                    // another user) still gets the state; the daemon's
+                    // load rewrites it.
+                    match self.save(&state) {
+                        Ok(()) => log::info!(
+                            "{}: clear maintenance password replaced by its PBKDF2 hash",
+                            self.path.display()
+                        ),
+                        Err(e) => log::warn!("clear maintenance password not yet removed: {e}"),
+                    }
+                }
+                Ok(state)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RouterState::default()),
             Err(source) => Err(self.io("read", source)),
@@ -325,7 +391,12 @@ pub(crate) mod tests {
             installation: Some(Installation {
                 psk: Psk::from_array([0xaa; 32]),
                 secret_id2: SecretId2::from_array([0xbb; 32]),
-                maintenance_password: MaintenancePassword::new("maint-pass-123").unwrap(),
+                maintenance_password_hash: PasswordHash::create(
+                    "maint-pass-123",
+                    1000,
+                    &ring::rand::SystemRandom::new(),
+                )
+                .unwrap(),
                 server_part_vpnnat: Ipv4Addr::new(10, 64, 0, 1),
                 router_part_vpnnat: Ipv4Addr::new(10, 64, 0, 2),
             }),
@@ -373,8 +444,49 @@ pub(crate) mod tests {
         assert_eq!(back.requests, s.requests);
         let i = back.installation.unwrap();
         assert_eq!(i.psk.expose_secret(), &[0xaa; 32]);
-        assert_eq!(i.maintenance_password.expose_secret(), "maint-pass-123");
+        assert!(i.maintenance_password_hash.verify("maint-pass-123"));
         assert!(!dir.join("sub/state.json.tmp").exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 18, item 3: the file holds the hash, never the password.
+    #[test]
+    fn state_file_holds_no_clear_maintenance_password() {
+        let bytes = installed().to_bytes().unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(!text.contains("maint-pass-123"), "{text}");
+        assert!(
+            text.contains("\"maintenance_password_hash\": \"pbkdf2-sha256$"),
+            "{text}"
+        );
+        assert!(!text.contains("\"maintenance_password\""), "{text}");
+    }
+
+    /// A state file written before issue 18 (clear password) is hashed on
+    /// load and rewritten without it.
+    #[test]
+    fn old_state_file_with_a_clear_password_is_migrated() {
+        let dir = tmpdir("migrate");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let old = format!(
+            r#"{{"version":1,"installation":{{"psk":"{}","secret_id2":"{}","maintenance_password":"old-shared-pw",
+            "server_part_vpnnat":"10.64.0.1","router_part_vpnnat":"10.64.0.2"}},"gateway":null,"hosts":{{}},
+            "requests":{{}},"last_failure":null}}"#,
+            "aa".repeat(32),
+            "bb".repeat(32)
+        );
+        fs::write(&path, old).unwrap();
+        let store = StateStore::new(path.clone());
+        let s = store.load().unwrap();
+        let i = s.installation.unwrap();
+        assert!(i.maintenance_password_hash.verify("old-shared-pw"));
+        assert!(!i.maintenance_password_hash.verify("another"));
+        let now = fs::read_to_string(&path).unwrap();
+        assert!(!now.contains("old-shared-pw"), "{now}");
+        assert!(now.contains("maintenance_password_hash"), "{now}");
+        let again = store.load().unwrap().installation.unwrap();
+        assert!(again.maintenance_password_hash.verify("old-shared-pw"));
         fs::remove_dir_all(dir).unwrap();
     }
 

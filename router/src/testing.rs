@@ -44,6 +44,9 @@ pub struct FakeCenter {
     /// The source address the center sees the router's requests from
     /// (decides the tunnel initiation mode with what the router reports).
     pub source: Option<Ipv4Addr>,
+    /// The maintenance password the installation hands out (the center
+    /// gives each router its own).
+    pub maintenance_password: String,
 }
 
 impl FakeCenter {
@@ -52,6 +55,7 @@ impl FakeCenter {
             terminal_id: TerminalId::new(terminal_id).unwrap(),
             secret_id,
             secret_id2: SecretId2::from_array([0x22; 32]),
+            maintenance_password: "maintenance-pw".into(),
             next_acceptance: 100,
             next_vpnnat: 0x0a40_0010,
             guard: ReplayGuard::new(MemoryNonceStore::default(), ReplayConfig::default()),
@@ -136,7 +140,7 @@ impl FakeCenter {
                     let secrets = InstallSecrets::new(
                         Psk::from_array([0x33; 32]),
                         self.secret_id2.clone(),
-                        MaintenancePassword::new("maintenance-pw").unwrap(),
+                        MaintenancePassword::new(self.maintenance_password.clone()).unwrap(),
                         server,
                         router,
                     )

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use vpnnat_datapath::nft::NatTable;
 use vpnnat_datapath::{plan, Datapath, DesiredState, KernelDatapath, PolicyId};
-use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId2};
+use vpnnat_proto::keys::{Psk, SecretBytes, SecretId2};
 use vpnnat_proto::types::{ClaimantLevel, TerminalName, Urgency};
 use vpnnat_router::config::Config;
 use vpnnat_router::daemon::{Parts, Router};
@@ -57,7 +57,12 @@ fn installed() -> RouterState {
         installation: Some(Installation {
             psk: Psk::from_array([3; 32]),
             secret_id2: SecretId2::from_array([2; 32]),
-            maintenance_password: MaintenancePassword::new("maintenance").unwrap(),
+            maintenance_password_hash: vpnnat_proto::password::PasswordHash::create(
+                "maintenance",
+                1000,
+                &ring::rand::SystemRandom::new(),
+            )
+            .unwrap(),
             server_part_vpnnat: Ipv4Addr::new(10, 64, 0, 1),
             router_part_vpnnat: Ipv4Addr::new(10, 64, 0, 2),
         }),

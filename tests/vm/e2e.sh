@@ -150,9 +150,11 @@ for k in $(seq 1 "$SERVED"); do
 	check "$(tid $k): the router part answers at its VPNNAT address $rp" sh -c \
 		"ip netns exec operator vpnnat-probe connect $rp:$PORT | grep -q 'TOKEN $(tid $k)/router '"
 	check "$(tid $k): the server part's maintenance page answers at $sp (maintenance password)" \
-		maint_api "$sp" "operator:$MAINT_PASSWORD" "$(tid $k)"
+		maint_api "$sp" "operator:$(maint_password_of "$(tid $k)")" "$(tid $k)"
 	check "$(tid $k): the maintenance page refuses a wrong password (401)" bash -c \
 		"http_get $sp 8080 /maintenance/api operator:wrong | head -1 | grep -q ' 401 '"
+	check "$(tid $k): the maintenance page refuses the shared configured password (401)" bash -c \
+		"http_get $sp 8080 /maintenance/api operator:$MAINT_PASSWORD | head -1 | grep -q ' 401 '"
 done
 
 # Only what was asked. The candidates: every pool address handed out so far

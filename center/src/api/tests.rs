@@ -93,6 +93,7 @@ async fn every_router_exchange_over_real_http() {
         &key,
         &InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         },
         t(),
         &rng,
@@ -221,6 +222,7 @@ async fn rejections_over_http() {
     let mut out = encode_request(
         &InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         },
         &r.id,
         &SecretId::derive(&master(), &r.id).mac_key(),

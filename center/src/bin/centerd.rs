@@ -81,6 +81,10 @@ fn real_main(cli: &Cli) -> Result<()> {
             println!("{}", admin::factory_secret(&cfg, terminal_id)?);
             return Ok(());
         }
+        Cmd::MaintenancePassword { terminal_id } => {
+            println!("{}", admin::maintenance_password(&cfg, terminal_id)?);
+            return Ok(());
+        }
         Cmd::CheckConfig => admin::check_config(&cli.config, &cfg)?,
         Cmd::ListRequests { limit, state, terminal } => {
             admin::list_requests(&cfg, *limit, state.as_deref(), terminal.as_deref())?
@@ -92,6 +96,8 @@ fn real_main(cli: &Cli) -> Result<()> {
         Cmd::Gateways => admin::gateways(&cfg)?,
         Cmd::DrainGateway { name, undo } => admin::drain(&cfg, name, !undo)?,
         Cmd::UndrainGateway { name } => admin::drain(&cfg, name, false)?,
+        Cmd::Reinstalls => admin::reinstalls(&cfg)?,
+        Cmd::ApproveReinstall { terminal_id } => admin::approve_reinstall(&cfg, terminal_id)?,
         Cmd::Audit {
             limit,
             action,
@@ -122,7 +128,10 @@ fn check_secret_files(cli: &Cli, cfg: &CenterdConfig) {
         &[
             ("configuration (factory master key, gateway API keys)", &cli.config),
             ("maintenance password file", &cfg.maintenance_password_file),
-            ("database (PSKs, Secret(ID2)s)", &cfg.database_path),
+            (
+                "database (PSKs, Secret(ID2)s, maintenance passwords)",
+                &cfg.database_path,
+            ),
         ],
     );
 }

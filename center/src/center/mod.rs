@@ -31,7 +31,7 @@ use crate::storage::{Storage, StorageError, TerminalRow, TunnelState};
 
 mod gateway_address;
 mod initiation;
-mod installation;
+pub mod installation;
 mod liveness;
 mod maintenance;
 mod metrics;
@@ -56,6 +56,15 @@ pub enum CenterError {
          wait until the center ends one (nothing was stored)"
     )]
     TooManyOpenRequests { limit: u32 },
+    #[error(
+        "re-installation pending operator approval: this router is installed and sent no proof of its \
+         Secret(ID2); an operator must approve it (retry later)"
+    )]
+    ReinstallPending,
+    #[error("re-installation refused: the proof of Secret(ID2) does not verify (nothing was changed)")]
+    ReinstallWrongProof,
+    #[error("too many re-installation attempts for this router; retry later (nothing was changed)")]
+    ReinstallRateLimited,
     #[error("VPN gateway unavailable: {0}")]
     Gateway(CommandError),
     #[error("{0}")]
@@ -83,7 +92,10 @@ impl CenterError {
             CenterError::Proto(p) => p.http_status(),
             CenterError::PoolExhausted | CenterError::NoGatewayCapacity => 503,
             CenterError::Gateway(_) => 502,
-            CenterError::TooManyOpenRequests { .. } => 429,
+            CenterError::TooManyOpenRequests { .. } | CenterError::ReinstallRateLimited => 429,
+            // 423 Locked: the router retries with back-off until approved.
+            CenterError::ReinstallPending => 423,
+            CenterError::ReinstallWrongProof => 403,
             CenterError::Storage(StorageError::NotFound { .. }) => 404,
             CenterError::Storage(StorageError::BadTransition { .. }) => 409,
             CenterError::Storage(_) | CenterError::BadStoredSecret { .. } | CenterError::Poisoned => 500,
@@ -537,6 +549,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         })?;
         let row = row.ok_or(CenterError::Proto(ProtoError::UnknownTerminal))?;
         let sid2 = secret_id2_of(&row)?;
+        if !row.confirmed {
+            // The router holds its installation's secrets: a later
+            // re-installation must prove these (issue 18).
+            self.store()?.confirm_installation(&row.terminal_id)?;
+        }
         Ok((v, row, sid2))
     }
 
@@ -551,5 +568,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     }
 }
 
+#[cfg(test)]
+mod reinstall_tests;
 #[cfg(test)]
 pub(crate) mod tests;

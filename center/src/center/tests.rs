@@ -273,12 +273,22 @@ impl TestRouter {
         }
     }
 
+    /// The installation notice as routerd sends it: with the proof of its
+    /// current Secret(ID2) once it has one.
     pub fn install_request(&self, now: u64) -> (Outgoing, ReplyKeyPair) {
+        self.install_request_proving(now, self.sid2.as_ref())
+    }
+
+    /// The installation notice with the proof made from `sid2` (`None`: a
+    /// router without state, or someone who holds only Secret(ID)).
+    pub fn install_request_proving(&self, now: u64, sid2: Option<&SecretId2>) -> (Outgoing, ReplyKeyPair) {
         let kp = ReplyKeyPair::generate(&rng()).unwrap();
         let key = SecretId::derive(&master(), &self.id).mac_key();
+        let reply_key = kp.public_key();
         let out = encode_request(
             &InstallRequest {
-                reply_key: kp.public_key(),
+                reply_key,
+                proof: sid2.map(|s| vpnnat_proto::reinstall::ReinstallProof::compute(s, &self.id, &reply_key)),
             },
             &self.id,
             &key,
@@ -291,7 +301,12 @@ impl TestRouter {
 
     pub fn install(&mut self, c: &TestCenter) -> InstallSecrets {
         let (out, kp) = self.install_request(NOW);
-        let resp = c.install(out.path, &out.headers, &out.body, NOW).unwrap();
+        self.finish_install(c, out, kp, NOW)
+    }
+
+    /// Sends `out` and opens the answer (which must be a success).
+    pub fn finish_install(&mut self, c: &TestCenter, out: Outgoing, kp: ReplyKeyPair, now: u64) -> InstallSecrets {
+        let resp = c.install(out.path, &out.headers, &out.body, now).unwrap();
         let key = SecretId::derive(&master(), &self.id).mac_key();
         let r: InstallResponse = decode_response::<InstallRequest>(&out, &key, &resp.headers, &resp.body).unwrap();
         let s = r.open(kp, &self.id).unwrap();
@@ -413,15 +428,17 @@ fn install_hands_out_secrets_and_two_addresses() {
     let (c, _, _) = center_with("10.64.0.0/24", &[2]);
     let mut r = TestRouter::new("router-1");
     let s = r.install(&c);
-    assert_eq!(s.maintenance_password().expose_secret(), "maint-pass-1");
+    // Issue 18, item 3: its own random password, not the configured one.
+    assert_ne!(s.maintenance_password().expose_secret(), "maint-pass-1");
     assert_ne!(s.server_part_vpnnat(), s.router_part_vpnnat());
     let row = c.store().unwrap().terminal("router-1").unwrap().unwrap();
     assert_eq!(row.psk_hex, *s.psk().to_hex());
     assert_eq!(row.secret_id2_hex, *s.secret_id2().to_hex());
     assert_eq!(row.server_part_vpnnat, s.server_part_vpnnat().get());
     assert_eq!(
-        row.maintenance_password_hash, "pbkdf2-sha256$1$00$00",
-        "only the hash is stored"
+        c.store().unwrap().maintenance_password("router-1").unwrap().as_deref(),
+        Some(s.maintenance_password().expose_secret()),
+        "the center keeps what it shows the operator"
     );
     // Reinstall: new secrets, same addresses.
     let s2 = r.install(&c);
@@ -430,6 +447,44 @@ fn install_hands_out_secrets_and_two_addresses() {
     assert_eq!(s2.server_part_vpnnat(), s.server_part_vpnnat());
     assert_eq!(s2.router_part_vpnnat(), s.router_part_vpnnat());
     assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, 2);
+}
+
+/// Issue 18, item 3: every router gets its own random maintenance
+/// password, a new one at each installation; an operator is shown it, and
+/// each showing is audited.
+#[test]
+fn each_router_gets_its_own_maintenance_password_shown_only_with_an_audit_row() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r1 = TestRouter::new("router-1");
+    let mut r2 = TestRouter::new("router-2");
+    let p1 = r1.install(&c).maintenance_password().clone();
+    let p2 = r2.install(&c).maintenance_password().clone();
+    assert_ne!(p1.expose_secret(), p2.expose_secret());
+    let op = Actor::new("operator#1", "172.16.0.5");
+    let shown = c.show_maintenance_password("router-2", &op, NOW).unwrap();
+    assert_eq!(shown.expose_secret(), p2.expose_secret());
+    let rows = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            action: Some("show_maintenance_password".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].actor.as_str(), rows[0].terminal_id.as_deref()),
+        ("operator#1", Some("router-2"))
+    );
+    assert!(
+        !rows[0].detail.contains(p2.expose_secret()),
+        "the audit log holds no secret"
+    );
+    // Re-installation: a new password.
+    let p1b = r1.install(&c).maintenance_password().clone();
+    assert_ne!(p1b.expose_secret(), p1.expose_secret());
+    assert!(c.show_maintenance_password("router-9", &op, NOW).is_err());
 }
 
 #[test]
@@ -443,6 +498,7 @@ fn install_rejections_change_nothing() {
     let out = encode_request(
         &InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         },
         &r.id,
         &wrong,

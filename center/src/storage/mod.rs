@@ -39,6 +39,7 @@ mod gateways;
 mod initiation;
 mod nonces;
 mod pool;
+mod reinstall;
 mod requests;
 mod sessions;
 mod terminals;
@@ -48,6 +49,7 @@ pub use gateways::{GatewaySpec, GatewayUsage, LostTunnel, SlotRow, TunnelState};
 pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
 pub use pool::{pool_bounds, PoolUsage};
+pub use reinstall::{ReinstallRow, UNPROVEN_ACTIONS};
 pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
 pub use terminals::{FailureRow, InstallRecord, TerminalRow};
 
@@ -220,6 +222,33 @@ const MIGRATIONS: &[&str] = &[
         seen_ip TEXT,
         decided_at INTEGER NOT NULL
     );
+    "#,
+    // 5: re-installations waiting for an operator's approval (issue 18,
+    // item 5: Secret(ID) alone no longer replaces an installed router).
+    r#"
+    CREATE TABLE reinstall_requests (
+        terminal_id TEXT PRIMARY KEY,
+        requested_at INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        approved_by TEXT,
+        approved_at INTEGER
+    );
+    "#,
+    // 6: each router's own maintenance password (issue 18, item 3), kept
+    // like the PSK so an authorised operator can be shown it. NULL: the
+    // router was installed before and has the shared configured password.
+    // (maintenance_password_hash is no longer written: '' from now on.)
+    //
+    // And, for item 5, the installation's confirmation: an installation is
+    // confirmed once the router used its new Secret(ID2). Until then (the
+    // answer may have been lost, or the router crashed before saving it) a
+    // re-installation may prove the previous Secret(ID2) instead, or
+    // nothing at all if there was none (a first installation). Existing
+    // rows are routers in service: confirmed.
+    r#"
+    ALTER TABLE terminals ADD COLUMN maintenance_password TEXT;
+    ALTER TABLE terminals ADD COLUMN previous_secret_id2_hex TEXT;
+    ALTER TABLE terminals ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
     "#,
 ];
 

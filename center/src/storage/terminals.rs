@@ -20,6 +20,11 @@ pub struct TerminalRow {
     pub server_part_vpnnat: Ipv4Addr,
     pub router_part_vpnnat: Ipv4Addr,
     pub installed_at: u64,
+    /// The router has used this installation's Secret(ID2) (issue 18).
+    pub confirmed: bool,
+    /// While unconfirmed: the Secret(ID2) the router held before, which a
+    /// re-installation may prove instead (None: a first installation).
+    pub previous_secret_id2_hex: Option<String>,
 }
 
 impl std::fmt::Debug for TerminalRow {
@@ -72,7 +77,38 @@ impl Storage {
     /// [`Storage::install_terminal`] with its audit row (`install` by
     /// `router:ID` from `peer`) in the same transaction.
     pub fn install_terminal_from(&mut self, rec: &InstallRecord<'_>, peer: Option<&str>) -> Result<TerminalRow> {
+        self.install_terminal_audited(rec, peer, "install", "", None)
+    }
+
+    /// [`Storage::install_terminal_from`] with the audit `action` and a
+    /// `note` before the addresses (a re-installation says how it was
+    /// authorised). A pending re-installation request is settled by it.
+    pub fn install_terminal_audited(
+        &mut self,
+        rec: &InstallRecord<'_>,
+        peer: Option<&str>,
+        action: &str,
+        note: &str,
+        maintenance_password: Option<&str>,
+    ) -> Result<TerminalRow> {
         let tx = self.tx()?;
+        tx.prepare_cached("DELETE FROM reinstall_requests WHERE terminal_id = ?1")?
+            .execute([rec.terminal_id])?;
+        // What the router may still hold if this answer never reaches it:
+        // the confirmed Secret(ID2), or the one before an unconfirmed one.
+        let before: Option<(String, bool, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT secret_id2_hex, confirmed, previous_secret_id2_hex FROM terminals WHERE terminal_id = ?1",
+            )?
+            .query_row([rec.terminal_id], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?))
+            })
+            .optional()?;
+        let previous = match before {
+            None => None,
+            Some((sid2, true, _)) => Some(sid2),
+            Some((_, false, prev)) => prev,
+        };
         let (server, _) = assign_or_reuse(&tx, rec.terminal_id, SERVER_PART_NAME, rec.now)?;
         let (router, _) = assign_or_reuse(&tx, rec.terminal_id, ROUTER_PART_NAME, rec.now)?;
         tx.prepare_cached(
@@ -96,16 +132,21 @@ impl Storage {
             ip_to_i64(router),
             from_u64(rec.now)
         ])?;
+        tx.prepare_cached(
+            "UPDATE terminals SET maintenance_password = ?2, previous_secret_id2_hex = ?3, confirmed = 0
+             WHERE terminal_id = ?1",
+        )?
+        .execute(params![rec.terminal_id, maintenance_password, previous])?;
         if let Some(peer) = peer {
             audit::insert_in(
                 &tx,
                 &NewAudit {
                     at: rec.now,
                     actor: &format!("router:{}", rec.terminal_id),
-                    action: "install",
+                    action,
                     terminal_id: Some(rec.terminal_id),
                     acceptance_number: None,
-                    detail: &format!("server part {server}, router part {router}"),
+                    detail: &format!("{note}server part {server}, router part {router}"),
                     peer,
                 },
             )?;
@@ -119,13 +160,27 @@ impl Storage {
             server_part_vpnnat: server,
             router_part_vpnnat: router,
             installed_at: rec.now,
+            confirmed: false,
+            previous_secret_id2_hex: previous,
         })
+    }
+
+    /// The router used its installation's Secret(ID2): the previous one
+    /// proves nothing any more.
+    pub fn confirm_installation(&mut self, terminal_id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE terminals SET confirmed = 1, previous_secret_id2_hex = NULL
+                 WHERE terminal_id = ?1 AND confirmed = 0",
+            )?
+            .execute([terminal_id])?;
+        Ok(())
     }
 
     pub fn terminal(&self, terminal_id: &str) -> Result<Option<TerminalRow>> {
         let mut st = self.conn.prepare_cached(
             "SELECT terminal_id, psk_hex, secret_id2_hex, maintenance_password_hash,
-                    server_part_vpnnat, router_part_vpnnat, installed_at
+                    server_part_vpnnat, router_part_vpnnat, installed_at, confirmed, previous_secret_id2_hex
              FROM terminals WHERE terminal_id = ?1",
         )?;
         let row = st
@@ -138,10 +193,12 @@ impl Storage {
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
                     r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)? != 0,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })
             .optional()?;
-        row.map(|(id, psk, sid2, pw, s, rp, at)| {
+        row.map(|(id, psk, sid2, pw, s, rp, at, confirmed, prev)| {
             Ok(TerminalRow {
                 terminal_id: id,
                 psk_hex: psk,
@@ -150,9 +207,25 @@ impl Storage {
                 server_part_vpnnat: i64_to_ip(s)?,
                 router_part_vpnnat: i64_to_ip(rp)?,
                 installed_at: to_u64(at)?,
+                confirmed,
+                previous_secret_id2_hex: prev,
             })
         })
         .transpose()
+    }
+
+    /// The router's own maintenance password, for an authorised operator
+    /// (the caller audits the reading). `None`: installed before routers
+    /// had their own, so it has the shared configured one.
+    pub fn maintenance_password(&self, terminal_id: &str) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT maintenance_password FROM terminals WHERE terminal_id = ?1")?
+            .query_row([terminal_id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .ok_or_else(|| super::StorageError::NotFound {
+                what: "installed router",
+                key: terminal_id.to_owned(),
+            })
     }
 
     pub fn count_terminals(&self) -> Result<u64> {

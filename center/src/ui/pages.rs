@@ -6,7 +6,9 @@
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::storage::{AuditFilter, AuditRow, FailureRow, GatewayUsage, PoolUsage, RequestRow, RequestState, SlotRow};
+use crate::storage::{
+    AuditFilter, AuditRow, FailureRow, GatewayUsage, PoolUsage, ReinstallRow, RequestRow, RequestState, SlotRow,
+};
 
 use super::{fmt_time, CSRF_FIELD, REFRESH_SECS};
 
@@ -69,6 +71,8 @@ pub struct Dashboard<'a> {
     pub pool: &'a PoolUsage,
     /// The DNS zone, when centerd serves one: live grants show their name.
     pub dns_domain: Option<&'a str>,
+    /// Re-installations without proof waiting for an operator (issue 18).
+    pub reinstalls: &'a [ReinstallRow],
 }
 
 /// A POST button in a form of its own (every form carries the session's
@@ -80,6 +84,33 @@ fn action(csrf: &str, n: u64, what: &str) -> Markup {
             button id={ (what) "-" (n) } { (what) }
         }
     }
+}
+
+/// The button that shows a router's maintenance password (audited; a POST
+/// so that neither a prefetch nor a link can trigger it).
+fn show_password(csrf: &str, terminal_id: &str) -> Markup {
+    html! {
+        form method="post" action="/routers/maintenance-password" class="inline" {
+            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+            input type="hidden" name="terminal_id" value=(terminal_id);
+            button id={ "show-password-" (terminal_id) } { "maintenance password" }
+        }
+    }
+}
+
+/// The page showing one router's maintenance password (not refreshed,
+/// not cached).
+pub fn maintenance_password(terminal_id: &str, password: &str) -> String {
+    page(
+        "vpnnat center: maintenance password",
+        false,
+        html! {
+            h1 { "Maintenance password of " (terminal_id) }
+            p { "This router's own password for its maintenance page. This showing is in the audit log." }
+            p { code id="maintenance-password" { (password) } }
+            p { a href="/" { "Back" } }
+        },
+    )
 }
 
 fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
@@ -115,6 +146,7 @@ fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
                     RequestState::InProgress => { (action(csrf, n, "end")) }
                     RequestState::Ended => {}
                 }
+                @if live { (show_password(csrf, &r.terminal_id)) }
             }
         }
     }
@@ -186,6 +218,40 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         p id="pool" {
             (pool.cidr) ": " span id="pool-allocated" { (pool.allocated) } " of " (pool.size)
             " addresses in use, " span id="pool-free" { (pool.free) } " free (" (pool.free_ranges) " free ranges)"
+        }
+        @if !d.reinstalls.is_empty() {
+            h2 { "Re-installations waiting for approval" }
+            p {
+                "These routers asked to be installed again without proving their current Secret(ID2) \
+                 (lost state, or someone else holding the factory secret). Approve only after \
+                 confirming with the customer: approval hands the router new keys."
+            }
+            table id="reinstalls" {
+                tr {
+                    @for h in ["Terminal ID", "Last asked", "From", "Approved", ""] { th { (h) } }
+                }
+                @for r in d.reinstalls {
+                    tr id={ "reinstall-" (r.terminal_id) } {
+                        td { (r.terminal_id) }
+                        td { (fmt_time(r.requested_at)) }
+                        td { (r.peer) }
+                        td {
+                            @if let (Some(by), Some(at)) = (&r.approved_by, r.approved_at) {
+                                (by) " at " (fmt_time(at))
+                            }
+                        }
+                        td {
+                            @if r.approved_at.is_none() {
+                                form method="post" action="/reinstalls/approve" class="inline" {
+                                    input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                                    input type="hidden" name="terminal_id" value=(r.terminal_id);
+                                    button id={ "approve-reinstall-" (r.terminal_id) } { "approve re-installation" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         h2 { "Failures" }
         table id="failures" {

@@ -678,3 +678,91 @@ async fn every_html_page_carries_the_framing_and_content_policy_headers() {
         assert!(!r.body.contains(" style=") && !r.body.contains(" onclick="), "{what}");
     }
 }
+
+/// Issue 18, item 5: a pending re-installation shows on the dashboard with
+/// an approve button; pressing it approves (audited with the operator),
+/// and the router's next notice without proof is accepted.
+#[tokio::test]
+async fn operator_approves_a_pending_reinstallation() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    // In service: it used its Secret(ID2), which confirms the installation.
+    router.maintenance(&c, &["pc1"]).await.unwrap();
+    let now = unix_now();
+    let (out, _) = router.install_request_proving(now, None);
+    let e = c.install(out.path, &out.headers, &out.body, now).unwrap_err();
+    assert_eq!(e.http_status(), 423);
+    let (addr, _stop) = start(c.clone()).await;
+    let token = login(addr).await;
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(r.body.contains("id=\"approve-reinstall-router-1\""), "{}", r.body);
+    // The form carries the CSRF token and the terminal ID.
+    let form = format!("{CSRF_FIELD}={}&terminal_id=router-1", csrf_token(&token));
+    let r = req(addr, "POST", "/reinstalls/approve", Some(&token), Some(&form)).await;
+    assert_eq!(r.status, 303);
+    assert!(r.location.unwrap().contains("approved"));
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(!r.body.contains("id=\"approve-reinstall-router-1\""));
+    let rows = c
+        .store()
+        .unwrap()
+        .audit_log(&AuditFilter {
+            action: Some("reinstall_approve".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].actor, "operator#1");
+    let (out, kp) = router.install_request_proving(now + 1, None);
+    router.finish_install(&c, out, kp, now + 1);
+    // Nothing pending any more: approving again is refused with a message.
+    let r = req(addr, "POST", "/reinstalls/approve", Some(&token), Some(&form)).await;
+    assert_eq!(r.status, 303);
+    assert!(!r.location.unwrap().contains("approved"));
+}
+
+/// Issue 18, item 3: an operator is shown a router's own maintenance
+/// password on demand (POST with the CSRF token, not cached), audited.
+#[tokio::test]
+async fn operator_is_shown_a_routers_own_maintenance_password_audited() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    let pw = router.install(&c).maintenance_password().clone();
+    router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+    let token = login(addr).await;
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(r.body.contains("id=\"show-password-router-1\""), "{}", r.body);
+    assert!(!r.body.contains(pw.expose_secret()), "not on the dashboard");
+    let form = format!("{CSRF_FIELD}={}&terminal_id=router-1", csrf_token(&token));
+    let r = req(addr, "POST", "/routers/maintenance-password", Some(&token), Some(&form)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(pw.expose_secret()));
+    assert_eq!(r.headers.get("cache-control").unwrap(), "no-store");
+    // Without the CSRF token: refused, nothing shown.
+    let r = req(
+        addr,
+        "POST",
+        "/routers/maintenance-password",
+        Some(&token),
+        Some("terminal_id=router-1"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(!r.body.contains(pw.expose_secret()));
+    let rows = c
+        .store()
+        .unwrap()
+        .audit_log(&AuditFilter {
+            action: Some("show_maintenance_password".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].actor, "operator#1");
+}

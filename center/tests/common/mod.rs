@@ -129,6 +129,7 @@ impl Stack {
         let sid = SecretId::derive(&self.master, id).mac_key();
         let request = InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         };
         let secrets = call(&self.center_addr, id, &sid, &request, T, rng)
             .await

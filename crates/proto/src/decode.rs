@@ -538,6 +538,7 @@ mod tests {
         let kp = ReplyKeyPair::generate(&rng).unwrap();
         let req = InstallRequest {
             reply_key: kp.public_key(),
+            proof: None,
         };
         let out = encode_request(&req, &tid(), &SecretId::from_array([1; 32]).mac_key(), NOW, &rng).unwrap();
         let mut asked = None;

@@ -194,6 +194,22 @@ impl MaintenancePassword {
     pub fn expose_secret(&self) -> &str {
         &self.0
     }
+
+    /// A fresh random password for one router (issue 18, item 3: no
+    /// password shared by every router): 24 characters from an alphabet of
+    /// 32 that an operator can read out on the phone (no 0/o, 1/l), so
+    /// 120 bits.
+    pub fn generate(rng: &dyn ring::rand::SecureRandom) -> Result<Self, KeyError> {
+        const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+        let mut raw = Zeroizing::new([0u8; 24]);
+        rng.fill(raw.as_mut()).map_err(|_| KeyError::Rng)?;
+        // 256 is a multiple of 32: masking keeps every symbol equally likely.
+        let s: String = raw
+            .iter()
+            .filter_map(|b| ALPHABET.get(usize::from(b & 31)).copied().map(char::from))
+            .collect();
+        MaintenancePassword::new(s)
+    }
 }
 
 impl fmt::Debug for MaintenancePassword {
@@ -234,6 +250,20 @@ pub(crate) mod sealed_serde {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn generated_maintenance_passwords_differ_and_are_readable() {
+        let rng = ring::rand::SystemRandom::new();
+        let a = MaintenancePassword::generate(&rng).unwrap();
+        let b = MaintenancePassword::generate(&rng).unwrap();
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert_eq!(a.expose_secret().len(), 24);
+        assert!(a
+            .expose_secret()
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(!a.expose_secret().contains(['0', '1', 'l', 'o']));
+    }
+
     use super::*;
     use ring::rand::SystemRandom;
 

@@ -20,6 +20,9 @@
 //! - [`throttle`]: the wrong-password brakes of the two password pages.
 //! - [`page_headers`]: the framing, sniffing and content-policy headers of
 //!   every HTML page (the router's and the center's).
+//! - [`password`]: PBKDF2 password hashes (operators, maintenance pages).
+//! - [`reinstall`]: the proof of the current Secret(ID2) a re-installation
+//!   carries, and the center's decision on an installation notice.
 //! - [`strength`]: the one rule that refuses example, placeholder and
 //!   low-entropy keys in the three daemons' configuration files.
 //!
@@ -82,7 +85,9 @@ pub mod initiation;
 pub mod keys;
 pub mod messages;
 pub mod page_headers;
+pub mod password;
 pub mod paths;
+pub mod reinstall;
 pub mod seal;
 pub mod strength;
 pub mod throttle;

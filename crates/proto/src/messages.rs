@@ -42,6 +42,11 @@ pub struct Ack {}
 pub struct InstallRequest {
     /// The router's fresh reply key; [`InstallResponse`] is sealed to it.
     pub reply_key: ReplyPublicKey,
+    /// Sent by a router that is already installed: proves it holds the
+    /// current Secret(ID2) (see [`crate::reinstall`]). Absent on a first
+    /// installation, so old routers still install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::reinstall::ReinstallProof>,
 }
 
 impl Command for InstallRequest {

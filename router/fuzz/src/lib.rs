@@ -236,7 +236,7 @@ fn fixture() -> &'static Fixture {
         let secret_id = SecretId::from_array([1; 32]);
         let rng = SystemRandom::new();
         let empty = RouterState::default();
-        let p = logic::begin_install(&id, &secret_id, &rng, NOW).unwrap();
+        let p = logic::begin_install(&id, &secret_id, &empty, &rng, NOW).unwrap();
         let reply_key = serde_json::from_slice::<InstallRequest>(&p.outgoing.body)
             .unwrap()
             .reply_key;
@@ -251,7 +251,7 @@ fn fixture() -> &'static Fixture {
         let resp = secrets.seal(&rng, &id.terminal_id, &reply_key).unwrap();
         let reply =
             signed_reply::<InstallRequest>(&p.outgoing, &secret_id.mac_key(), serde_json::to_vec(&resp).unwrap());
-        let installed = logic::finish_install(&id, &secret_id, &empty, p, &reply).unwrap();
+        let installed = logic::finish_install(&id, &secret_id, &empty, p, &reply, &rng).unwrap();
         // Then the gateway address, as a router does before maintenance.
         let p = logic::begin_gateway(&id, &installed, &rng, NOW).unwrap();
         let reply_key = serde_json::from_slice::<GatewayAddressRequest>(&p.outgoing.body)
@@ -366,7 +366,7 @@ pub fn center_exchange(data: &[u8]) {
     let before = format!("{:?}", f.installed);
     match sel & 3 {
         0 => {
-            let p = logic::begin_install(&f.id, &f.secret_id, &rng, NOW).unwrap();
+            let p = logic::begin_install(&f.id, &f.secret_id, &f.installed, &rng, NOW).unwrap();
             let Some(reply) = reply_for::<InstallRequest>(
                 &shape,
                 &p.outgoing,
@@ -377,7 +377,7 @@ pub fn center_exchange(data: &[u8]) {
             ) else {
                 return;
             };
-            let r = logic::finish_install(&f.id, &f.secret_id, &f.installed, p, &reply);
+            let r = logic::finish_install(&f.id, &f.secret_id, &f.installed, p, &reply, &rng);
             if let Ok(next) = r {
                 assert!(!matches!(shape, Shape::Raw), "unsigned answer accepted");
                 let inst = next.installation.as_ref().expect("installed");

@@ -42,9 +42,9 @@ impl World {
     }
 
     fn install(&mut self) {
-        let p = begin_install(&self.id, &self.secret_id, &self.rng, NOW).unwrap();
+        let p = begin_install(&self.id, &self.secret_id, &self.state, &self.rng, NOW).unwrap();
         let reply = self.center.answer(&p.outgoing);
-        self.state = finish_install(&self.id, &self.secret_id, &self.state, p, &reply).unwrap();
+        self.state = finish_install(&self.id, &self.secret_id, &self.state, p, &reply, &self.rng).unwrap();
     }
 
     fn gateway(&mut self) {
@@ -122,7 +122,7 @@ fn install_stores_secrets_and_maps_own_parts() {
     let inst = w.state.installation.as_ref().unwrap();
     assert_eq!(inst.secret_id2.expose_secret(), &[0x22; 32]);
     assert_eq!(inst.psk.expose_secret(), &[0x33; 32]);
-    assert_eq!(inst.maintenance_password.expose_secret(), "maintenance-pw");
+    assert!(inst.maintenance_password_hash.verify("maintenance-pw"));
     let d = desired_state(&w.id, &w.state, vec![]);
     let nat = d.nat.unwrap();
     assert_eq!(nat.mappings.len(), 2);
@@ -138,18 +138,49 @@ fn install_stores_secrets_and_maps_own_parts() {
 #[test]
 fn install_answer_with_wrong_key_or_status_changes_nothing() {
     let mut w = World::new();
-    let p = begin_install(&w.id, &w.secret_id, &w.rng, NOW).unwrap();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
     let mut reply = w.center.answer(&p.outgoing);
     reply.body.push(b' ');
-    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply).unwrap_err();
+    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply, &w.rng).unwrap_err();
     assert!(matches!(e, ExchangeError::BadAnswer(ProtoError::BadMac)), "{e}");
 
-    let p = begin_install(&w.id, &w.secret_id, &w.rng, NOW).unwrap();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
     w.center.refuse = Some((503, "database down".into()));
     let reply = w.center.answer(&p.outgoing);
-    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply).unwrap_err();
+    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply, &w.rng).unwrap_err();
     assert!(e.is_transient() && e.to_string().contains("database down"), "{e}");
     assert!(w.state.installation.is_none());
+}
+
+/// Issue 18, item 5: an installed router proves its current Secret(ID2)
+/// in the installation notice (a first installation has nothing to prove),
+/// and "pending operator approval" (423) is retried, not given up.
+#[test]
+fn reinstall_notice_proves_the_current_secret_id2_and_pending_is_retried() {
+    use vpnnat_proto::reinstall::ReinstallProof;
+    let mut w = World::new();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
+    let first: InstallRequest = serde_json::from_slice(&p.outgoing.body).unwrap();
+    assert!(first.proof.is_none());
+    assert!(
+        !String::from_utf8_lossy(&p.outgoing.body).contains("proof"),
+        "old centers still parse it"
+    );
+    w.install();
+    let sid2 = w.state.installation.as_ref().unwrap().secret_id2.clone();
+    let p = begin_install(&w.id, &w.secret_id, &w.state, &w.rng, NOW).unwrap();
+    let again: InstallRequest = serde_json::from_slice(&p.outgoing.body).unwrap();
+    let proof: ReinstallProof = again.proof.unwrap();
+    assert!(proof.verify(&sid2, &w.id.terminal_id, &again.reply_key));
+    w.center.refuse = Some((423, "re-installation pending operator approval".into()));
+    let reply = w.center.answer(&p.outgoing);
+    let e = finish_install(&w.id, &w.secret_id, &w.state, p, &reply, &w.rng).unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("pending operator approval"), "{e}");
+    assert_eq!(
+        w.state.installation.as_ref().unwrap().secret_id2.expose_secret(),
+        sid2.expose_secret()
+    );
 }
 
 #[test]

@@ -800,6 +800,50 @@ async fn failure_watch_reports_a_crash_looping_helper_the_ike_responder_and_the_
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Issue 18, item 3: the maintenance page takes this router's own
+/// password and refuses another router's; state.json holds only a hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_page_takes_its_own_password_only_and_state_holds_no_clear_password() {
+    use base64::Engine as _;
+    const OWN: &str = "own-pw-of-router-1";
+    const OTHER: &str = "own-pw-of-router-2";
+    let dir = tmpdir("maint-own");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = config(cl.local_addr().unwrap(), &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    center.0.lock().unwrap().maintenance_password = OWN.into();
+    let rt = Running::start(cfg.clone()).await;
+    rt.wait_installed().await;
+    let get = |password: &str| {
+        let addr = rt.center_port.clone();
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("op:{password}"))
+        );
+        async move {
+            http::request(
+                &addr,
+                Method::GET,
+                "/maintenance/api",
+                &[("authorization", auth.as_str())],
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    assert_eq!(get(OTHER).await, 401, "another router's password");
+    assert_eq!(get("maintenance-pw").await, 401, "the old shared password");
+    assert_eq!(get(OWN).await, 200);
+    let state = std::fs::read_to_string(cfg.state_file()).unwrap();
+    assert!(!state.contains(OWN), "{state}");
+    assert!(state.contains("pbkdf2-sha256$"), "{state}");
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_password_guessing_is_locked_out() {
     use base64::Engine as _;

@@ -408,6 +408,7 @@ async fn cycle(
             &key,
             &InstallRequest {
                 reply_key: kp.public_key(),
+                proof: None,
             },
             t,
             &rng,

@@ -544,6 +544,11 @@ http_get() {
 		"exec 3<>/dev/tcp/$1/$2; printf 'GET $3 HTTP/1.1\r\nHost: $1\r\n${auth}Connection: close\r\n\r\n' >&3; exec cat <&3"
 }
 export -f http_get
+# maint_password_of TERMINAL: that router's own maintenance password (issue
+# 18: each router has its own, given at installation; centerd prints it
+# and audits the reading). $MAINT_PASSWORD is only the configured shared
+# one, which no router installed since holds.
+maint_password_of() { nsx server $CENTERD maintenance-password "$1"; }
 # maint_api ADDR USER:PASS TERMINAL: the maintenance API answers 200 and
 # names the router
 maint_api() {

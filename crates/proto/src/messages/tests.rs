@@ -62,6 +62,7 @@ fn install_exchange() {
     let kp = ReplyKeyPair::generate(&rng).unwrap();
     let req = InstallRequest {
         reply_key: kp.public_key(),
+        proof: None,
     };
     let (v, resp) = exchange(&req, &tid(), &sid.mac_key(), |v| {
         secrets()
