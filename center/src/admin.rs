@@ -32,6 +32,12 @@ pub enum AdminError {
     Stdin(#[source] std::io::Error),
     #[error("empty password on stdin")]
     EmptyPassword,
+    #[error("work lock {path}: {source}")]
+    WorkLock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Password(#[from] PasswordError),
     #[error(transparent)]
@@ -80,6 +86,18 @@ impl Report {
 }
 
 /// Who runs a tool subcommand, for the audit log.
+/// A command that sends gateway commands holds the work lock exclusively
+/// for its whole run, so that the running daemon's exchanges for the same
+/// routers never interleave with it (`crate::work_lock`). Waits for the
+/// exchanges in flight.
+fn exclusive_work(cfg: &CenterdConfig) -> Result<crate::work_lock::Held, AdminError> {
+    let lock = crate::work_lock::WorkLock::beside(&cfg.database_path);
+    lock.exclusive().map_err(|source| AdminError::WorkLock {
+        path: lock.path().display().to_string(),
+        source,
+    })
+}
+
 pub fn cli_actor() -> Actor {
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
@@ -207,6 +225,7 @@ pub fn start_request(cfg: &CenterdConfig, n: u64) -> Result<Report, AdminError> 
 /// `end-request`: the UI's end button (router end command, the three
 /// judgments, VPNNAT release, VPN end).
 pub async fn end_request(cfg: CenterdConfig, n: u64) -> Result<Report, AdminError> {
+    let _exclusive = exclusive_work(&cfg)?;
     let center = build_center(cfg)?;
     let o = center.end_by(n, unix_now(), &cli_actor()).await?;
     Report::new(&o, || {
@@ -227,6 +246,7 @@ pub async fn end_request(cfg: CenterdConfig, n: u64) -> Result<Report, AdminErro
 /// `reconcile`: every gateway (or one) with the database now; a gateway
 /// that fails is reported in the output, not as an error.
 pub async fn reconcile(cfg: CenterdConfig, gateway: Option<String>) -> Result<Report, AdminError> {
+    let _exclusive = exclusive_work(&cfg)?;
     let center = build_center(cfg)?;
     let names: Vec<String> = match gateway {
         Some(g) => vec![g],

@@ -221,7 +221,8 @@ pub async fn serve(
     let api_settings = api::ApiSettings {
         trusted_proxies: cfg.trusted_proxies.clone(),
     };
-    let center = Arc::new(build_center(cfg)?);
+    let work_lock = crate::work_lock::WorkLock::beside(&cfg.database_path);
+    let center = Arc::new(build_center(cfg)?.with_work_lock(work_lock));
     let Listeners { router_api, ui, dns } = listeners;
     log::info!(target: LOG_TARGET,
         "centerd: router API on {}, operator UI on http://{}/",

@@ -37,6 +37,7 @@ pub mod password;
 pub mod routes;
 pub mod storage;
 pub mod ui;
+pub mod work_lock;
 
 #[cfg(test)]
 mod gatewayd_tests;

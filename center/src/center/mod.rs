@@ -326,13 +326,39 @@ pub struct Center<G, R> {
     /// The value: when an exchange last finished its gateway commands for
     /// the router, so a reconcile can tell its state report is older.
     terminal_locks: Mutex<std::collections::HashMap<String, TerminalLock>>,
+    /// The same exclusion against a `centerd` command on the same database
+    /// (another process; see [`crate::work_lock`]). None: no other process
+    /// is expected (tests, and the commands themselves, which hold it
+    /// exclusively for their whole run).
+    work_lock: Option<crate::work_lock::WorkLock>,
 }
 
 type TerminalLock = std::sync::Arc<tokio::sync::Mutex<Option<std::time::Instant>>>;
 
+/// A router's lock (and, in the daemon, the shared work lock against
+/// `centerd` commands); the value is when an exchange last finished its
+/// gateway commands for the router.
+struct TerminalGuard {
+    serial: tokio::sync::OwnedMutexGuard<Option<std::time::Instant>>,
+    _process: Option<crate::work_lock::Held>,
+}
+
+impl std::ops::Deref for TerminalGuard {
+    type Target = Option<std::time::Instant>;
+    fn deref(&self) -> &Self::Target {
+        &self.serial
+    }
+}
+
+impl std::ops::DerefMut for TerminalGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.serial
+    }
+}
+
 /// A router's lock held by an exchange; on release it records when the
 /// exchange's gateway commands were done (also on an early error return).
-struct TerminalWork(tokio::sync::OwnedMutexGuard<Option<std::time::Instant>>);
+struct TerminalWork(TerminalGuard);
 
 impl Drop for TerminalWork {
     fn drop(&mut self) {
@@ -411,7 +437,16 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             routes: None,
             metrics: crate::metrics::CommandMetrics::new(crate::api::COMMANDS),
             terminal_locks: Mutex::new(std::collections::HashMap::new()),
+            work_lock: None,
         })
+    }
+
+    /// Each exchange that changes a router's gateway state also holds
+    /// `lock` shared, so that a `centerd` command holding it exclusively
+    /// never interleaves with it (the daemon; see [`crate::work_lock`]).
+    pub fn with_work_lock(mut self, lock: crate::work_lock::WorkLock) -> Self {
+        self.work_lock = Some(lock);
+        self
     }
 
     /// Reads go through `reader`, a second connection to the same database
@@ -496,7 +531,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 
     /// The router's own lock (see `terminal_locks`), held across the
     /// gateway commands of one exchange.
-    async fn lock_terminal(&self, terminal_id: &str) -> tokio::sync::OwnedMutexGuard<Option<std::time::Instant>> {
+    async fn lock_terminal(&self, terminal_id: &str) -> TerminalGuard {
         let m = {
             let mut map = self
                 .terminal_locks
@@ -504,7 +539,26 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             map.entry(terminal_id.to_owned()).or_default().clone()
         };
-        m.lock_owned().await
+        let serial = m.lock_owned().await;
+        // Then the process-wide one: held only while this router's
+        // exchange runs, never while waiting for another router's.
+        let process = match &self.work_lock {
+            None => None,
+            Some(w) => match w.shared().await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    log::error!(
+                        "terminal={terminal_id} work lock {}: {e}; going on without it (a centerd command run now may interleave)",
+                        w.path().display()
+                    );
+                    None
+                }
+            },
+        };
+        TerminalGuard {
+            serial,
+            _process: process,
+        }
     }
 
     /// [`Center::lock_terminal`] for an exchange that changes the router's
