@@ -442,6 +442,10 @@ scenario() {
 	local i out rc acc vpn t0 fetch want
 	local -a ACC VPN
 	log "scenario: every router requests maintenance of pc1 (192.168.1.10)..."
+	# the center's daemons first: a gatewayd that did not start explains
+	# every failure after it (its log, not a tunnel time-out three minutes on)
+	out=$(on_vm center 30 'pidof centerd >/dev/null && pidof gatewayd >/dev/null || { tail -n 15 /var/log/gatewayd.log /var/log/centerd.log; false; }' 2>&1)
+	check "center: centerd and gatewayd are running" "$?" "$out"
 	t0=$EPOCHREALTIME
 	for ((i = 1; i <= ROUTERS; i++)); do
 		on_vm "r$i" 120 "routerd request --name 'Owner of router-$i' --urgency high --phone '+81 3 0000 000$i' --content 'demo: the printer does not print' pc1" \
