@@ -162,11 +162,11 @@ if ((${#missing[@]})); then
 	exit 2
 fi
 echo "ok: $(echo "$HOST_TOOLS" | awk 'NF == 2' | wc -l) host programs and the VM extras are here"
-# Disk: a run from a clean clone writes ~9 GB under the target directory
+# Disk: a run from a clean clone writes ~4 GB under the target directory
 # (the debug, check and vmtest builds) and a few hundred MB under /tmp.
 # With less free, the VM build stopped half-way with "No space left on
 # device" and every VM step failed after it: say so now instead.
-NEED_GB=${VPNNAT_TEST_NEED_GB:-12}
+NEED_GB=${VPNNAT_TEST_NEED_GB:-8}
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target_dir"
 free_gb=$(df -P -k "$target_dir" | awk 'NR == 2 { print int($4 / 1048576) }')
