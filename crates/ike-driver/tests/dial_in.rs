@@ -3,6 +3,8 @@
 //! with a recording fake instead of the kernel's XFRM (the host has no ESP).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -25,19 +27,7 @@ struct Side {
 
 impl Side {
     async fn wait(&mut self, what: &str, f: impl Fn(&DriverEvent) -> bool) -> DriverEvent {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline, self.ev.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if f(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!("driver stopped while waiting for {what}; seen {:?}", self.seen),
-                Err(_) => panic!("timed out waiting for {what}; seen {:?}", self.seen),
-            }
-        }
+        common::wait_event(&mut self.ev, &mut self.seen, Duration::from_secs(10), what, f).await
     }
 }
 

@@ -7,6 +7,8 @@
 //! (`cargo test -p vpnnat-ike-driver --test junk_flood -- --nocapture`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -49,19 +51,7 @@ struct Side {
 
 impl Side {
     async fn wait(&mut self, what: &str, f: impl Fn(&DriverEvent) -> bool) -> DriverEvent {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout_at(deadline, self.ev.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if f(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!("driver stopped while waiting for {what}; seen {:?}", self.seen),
-                Err(_) => panic!("timed out waiting for {what}; seen {:?}", self.seen),
-            }
-        }
+        common::wait_event(&mut self.ev, &mut self.seen, Duration::from_secs(20), what, f).await
     }
 
     /// Takes the events that arrived so far.

@@ -2,6 +2,8 @@
 //! unprivileged ports, a recording fake instead of the kernel's XFRM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
@@ -26,19 +28,7 @@ struct Side {
 impl Side {
     /// Waits for an event matching `f` (remembering everything seen).
     async fn wait(&mut self, what: &str, f: impl Fn(&DriverEvent) -> bool) -> DriverEvent {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline, self.ev.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if f(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!("driver stopped while waiting for {what}; seen {:?}", self.seen),
-                Err(_) => panic!("timed out waiting for {what}; seen {:?}", self.seen),
-            }
-        }
+        common::wait_event(&mut self.ev, &mut self.seen, Duration::from_secs(10), what, f).await
     }
 }
 
