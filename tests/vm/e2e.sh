@@ -281,6 +281,58 @@ fi
 guard_bypass del
 check "the WAN guards are whole again: nothing from the internet" from_internet
 
+# ---------------------------------------------------------------- the center, from a tunnel
+# Issue 18, item 1: a granted LAN host (pc1 of home 1, its grant live)
+# opens nothing at the center but the gateways' allow-listed service: not
+# centerd's router API or UI, not its DNS, no gatewayd API, not the
+# operator's workstation (each gateway's filter drops and counts it).
+say "the center from a granted LAN host: only the allow-listed service"
+pc_tcp() { tcp_open r1h1 "$1" "$2"; }
+pc_dns() { nsx r1h1 timeout 4 busybox nslookup "pc1.$(tid 1).vpnnat.test" 172.16.0.10; }
+check "control: the operator reaches centerd's DNS (so the check below can fail)" \
+	nsx operator timeout 4 busybox nslookup "pc1.$(tid 1).vpnnat.test" 172.16.0.10
+check "pc1 of $(tid 1) (granted) reaches the allow-listed service 172.16.0.50:$PORT through its tunnel" sh -c \
+	"ip netns exec r1h1 vpnnat-probe connect --timeout-ms 3000 172.16.0.50:$PORT | grep -q 'TOKEN firmware '"
+check_not "pc1 of $(tid 1): centerd's router API 172.16.0.10:8080 is closed" pc_tcp 172.16.0.10 8080
+check_not "pc1 of $(tid 1): the operator UI 172.16.0.10:8443 is closed" pc_tcp 172.16.0.10 8443
+check_not "pc1 of $(tid 1): centerd's DNS 172.16.0.10:53 does not answer" pc_dns
+for g in $(seq 1 "$GATEWAYS"); do
+	check_not "pc1 of $(tid 1): gatewayd gw$g's API 172.16.0.$((20 + g)):9000 is closed" pc_tcp "172.16.0.$((20 + g))" 9000
+done
+check_not "pc1 of $(tid 1): the operator's workstation 172.16.0.100:$PORT is closed" pc_tcp 172.16.0.100 $PORT
+if [ "$(hosts_of 1)" -ge 2 ]; then
+	check_not "pc2 of $(tid 1) (not granted) does not reach the allow-listed service" \
+		nsx r1h2 vpnnat-probe connect --timeout-ms 2000 172.16.0.50:$PORT
+fi
+gw_drops() { # the drop counters of every gateway's tunnel chain, summed
+	for g in $(seq 1 "$GATEWAYS"); do nsx gw$g "$NFT" list chain ip vpnnat_gw tunnel; done |
+		sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'
+}
+DROPS=$(gw_drops)
+check "the gateways' tunnel filters counted the dropped packets ($DROPS)" test "$DROPS" -gt 0
+# Control: with every gateway's tunnel chain bypassed (an accept inserted
+# first) the same host reaches centerd, so the checks above can fail; then
+# the filter is whole again.
+filter_bypass() { # add | del
+	local g h
+	for g in $(seq 1 "$GATEWAYS"); do
+		if [ "$1" = add ]; then
+			nsx gw$g "$NFT" insert rule ip vpnnat_gw tunnel accept
+		else
+			for h in $(nsx gw$g "$NFT" -a list chain ip vpnnat_gw tunnel | sed -n 's/^[[:space:]]*accept # handle \([0-9]*\)$/\1/p'); do
+				nsx gw$g "$NFT" delete rule ip vpnnat_gw tunnel handle "$h"
+			done
+		fi
+	done
+}
+filter_bypass add
+check "control: with the tunnel filters bypassed pc1 of $(tid 1) reaches centerd's router API (the checks above can fail)" \
+	pc_tcp 172.16.0.10 8080
+filter_bypass del
+check_not "the tunnel filters are whole again: centerd's router API is closed to pc1" pc_tcp 172.16.0.10 8080
+check "the operator still reaches pc1 of $(tid 1) (replies pass)" sh -c \
+	"ip netns exec operator vpnnat-probe connect $(word 1 "$VPN1"):$PORT | grep -q 'TOKEN $(tid 1)/pc1 '"
+
 # ---------------------------------------------------------------- 8 (start). the browser
 # The operator starts home 1's request in the web UI (Chromium); the end
 # comes later through the same UI.
@@ -420,6 +472,8 @@ check "VPN end: $(tid 1)'s tunnel is torn down (slot free, no SA or policy at th
 	wait_for "$E2E_WAIT" vpn_gone 1
 check_not "pc1 of $(tid 1) is no longer reachable" \
 	nsx operator vpnnat-probe connect --timeout-ms 2000 "$(word 1 "$VPN1"):$PORT"
+check_not "pc1 of $(tid 1), no longer granted, no longer reaches the allow-listed service" \
+	nsx r1h1 vpnnat-probe connect --timeout-ms 2000 172.16.0.50:$PORT
 
 # ---------------------------------------------------------------- 6. failure notice
 say "6. a failure notice from $(tid 1)"

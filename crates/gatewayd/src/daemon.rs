@@ -10,14 +10,16 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
-use vpnnat_datapath::nft::NatTable;
+use vpnnat_datapath::nft::gateway::GatewayFilter;
+use vpnnat_datapath::nft::{NatTable, Nft, NftApply, RecordingNft};
 use vpnnat_datapath::{DatapathError, KernelDatapath, RecordingDatapath};
 use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstaller};
 
 use crate::config::{DatapathKind, GatewaydConfig};
 use crate::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
+use crate::filter::TunnelFilter;
 use crate::ike::IkeTunnelDriver;
-use crate::{forward_events_counted, run, GatewayError, Gatewayd};
+use crate::{forward_events_counted, run_with, GatewayError, Gatewayd};
 
 /// The log target of the daemon's own lines: the binary's name, as when
 /// this wiring lived in it.
@@ -74,6 +76,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<StopReason, DaemonError> {
     let (tx, rx) = unbounded_channel();
+    // Issue 18, item 1: gatewayd's own filter table, through the same nft
+    // path as the datapath (or its recorder without the kernel).
+    let nft: Box<dyn NftApply> = match cfg.datapath {
+        DatapathKind::Kernel => Box::new(Nft::new(NatTable::default())),
+        DatapathKind::Recording => Box::new(RecordingNft::default()),
+    };
+    let filter = TunnelFilter::new(
+        GatewayFilter::new(cfg.tunnel_allow.clone(), cfg.vpnnat_networks.clone()),
+        nft,
+    );
     let (driver, ike) = match cfg.datapath {
         DatapathKind::Kernel => {
             let mut dp = KernelDatapath::open(NatTable::default()).map_err(DaemonError::Datapath)?;
@@ -104,9 +116,19 @@ pub async fn serve(
             with_ike(policy, &cfg, tx, false).await?
         }
     };
-    let gw = Arc::new(Gatewayd::new(cfg.name.clone(), cfg.api_key.clone(), driver)?);
+    let gw = Arc::new(Gatewayd::new(cfg.name.clone(), cfg.api_key.clone(), driver)?.with_filter(filter));
     // Nothing from a previous run survives: centerd re-sends what it wants.
     gw.reconcile().map_err(DaemonError::Reconcile)?;
+    log::info!(
+        target: LOG_TARGET,
+        "gatewayd {}: tunnel filter up; {} allow-listed service(s){}",
+        cfg.name,
+        cfg.tunnel_allow.len(),
+        cfg.tunnel_allow
+            .iter()
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
+    );
     log::info!(
         target: LOG_TARGET,
         "gatewayd {}: API on {}",
@@ -123,7 +145,10 @@ pub async fn serve(
         cfg.event_timeout,
         gw.event_counters(),
     ));
-    run(listener, shutdown, gw).await;
+    // centerd is the API's one client: only its address may hold more
+    // than the per-source share of connections.
+    let centerd = cfg.center.authority.parse::<SocketAddr>().ok().map(|a| a.ip());
+    run_with(listener, shutdown, gw, centerd).await;
     if let Some(h) = ike {
         // DELETE every tunnel and remove the SAs the driver installed.
         h.shutdown().await;

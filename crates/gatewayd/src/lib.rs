@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dial_in;
 pub mod driver;
+pub mod filter;
 pub mod ike;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,8 @@ pub enum GatewayError {
     Driver(#[from] DriverError),
     #[error("internal state lock poisoned")]
     Poisoned,
+    #[error("tunnel filter: {0}")]
+    Filter(#[source] vpnnat_datapath::DatapathError),
 }
 
 impl GatewayError {
@@ -56,7 +59,9 @@ impl GatewayError {
                 | DriverError::SlotOutOfRange(_)
                 | DriverError::TooManyAddresses(_),
             ) => 409,
-            GatewayError::Driver(DriverError::Datapath(_) | DriverError::Ike(_)) | GatewayError::Poisoned => 500,
+            GatewayError::Driver(DriverError::Datapath(_) | DriverError::Ike(_))
+            | GatewayError::Poisoned
+            | GatewayError::Filter(_) => 500,
         }
     }
 }
@@ -175,6 +180,8 @@ pub struct Gatewayd {
     rng: SystemRandom,
     metrics: CommandMetrics,
     events: Arc<EventCounters>,
+    /// The tunnel filter (issue 18, item 1), when the daemon runs one.
+    filter: Mutex<Option<filter::TunnelFilter>>,
 }
 
 impl std::fmt::Debug for Gatewayd {
@@ -198,7 +205,40 @@ impl Gatewayd {
             rng: SystemRandom::new(),
             metrics: CommandMetrics::new(COMMANDS),
             events: Arc::new(EventCounters::default()),
+            filter: Mutex::new(None),
         })
+    }
+
+    /// Keeps `filter`'s granted set on the tunnels' addresses: created at
+    /// [`Gatewayd::reconcile`], updated after every command.
+    #[must_use]
+    pub fn with_filter(self, filter: filter::TunnelFilter) -> Self {
+        Gatewayd {
+            filter: Mutex::new(Some(filter)),
+            ..self
+        }
+    }
+
+    /// Every tunnel's VPNNAT addresses.
+    fn routed(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, GatewayError> {
+        Ok(self
+            .driver()?
+            .tunnels()
+            .iter()
+            .flat_map(|t| t.addresses.iter().copied())
+            .collect())
+    }
+
+    /// Brings the filter's set to the driver's addresses (`create`: the
+    /// whole table). The filter's lock is held while the driver is read,
+    /// so concurrent commands apply their snapshots in order.
+    fn sync_filter(&self, create: bool) -> Result<(), GatewayError> {
+        let mut f = self.filter.lock().map_err(|_| GatewayError::Poisoned)?;
+        let Some(f) = f.as_mut() else {
+            return Ok(());
+        };
+        let addrs = self.routed()?;
+        if create { f.reconcile(addrs) } else { f.sync(addrs) }.map_err(GatewayError::Filter)
     }
 
     /// Counters of the events [`forward_events_counted`] forwards.
@@ -284,7 +324,8 @@ impl Gatewayd {
     /// Reconciles the kernel with the driver's state (at start: removes
     /// whatever a previous run left; centerd then re-sends what it wants).
     pub fn reconcile(&self) -> Result<(), GatewayError> {
-        Ok(self.driver()?.reconcile()?)
+        self.driver()?.reconcile()?;
+        self.sync_filter(true)
     }
 
     fn verify<C: Command<Principal = GatewayName>>(
@@ -309,8 +350,17 @@ impl Gatewayd {
         Ok(encode_response(v, r, &self.api_key.mac_key(), now, &self.rng)?)
     }
 
-    /// Handles one command from centerd.
+    /// Handles one command from centerd; the tunnel filter follows every
+    /// change of the tunnels' addresses before the answer.
     pub fn handle(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, GatewayError> {
+        let out = self.command(path, headers, body, now)?;
+        if path != paths::gateway::STATE {
+            self.sync_filter(false)?;
+        }
+        Ok(out)
+    }
+
+    fn command(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, GatewayError> {
         match path {
             paths::gateway::SETUP_TUNNEL => {
                 let v = self.verify::<SetupTunnel>(path, headers, body, now)?;
@@ -392,25 +442,38 @@ impl Gatewayd {
     }
 }
 
-/// Serves gatewayd's API on `listener` until `shutdown`.
+/// Serves gatewayd's API on `listener` until `shutdown`, every source
+/// capped at [`vpnnat_service::http::Limits::GATEWAY_API`]'s share.
 pub async fn run(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>, gw: Arc<Gatewayd>) {
-    vpnnat_service::http::serve_limited(
-        listener,
-        shutdown,
-        vpnnat_service::http::Limits::GATEWAY_API,
-        move |req, peer| {
-            let gw = gw.clone();
-            async move {
-                let started = std::time::Instant::now();
-                let route = Route::find(ROUTES, req.uri().path());
-                let resp = handle_http(&gw, route, req, peer).await;
-                if let Some(r) = route.filter(|r| r.method == "POST") {
-                    gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
-                }
-                resp
+    run_with(listener, shutdown, gw, None).await
+}
+
+/// [`run`], with `centerd`'s address (its one legitimate client, which
+/// sends as many commands at once as routers ask) exempt from the
+/// per-source cap (issue 18, item 1: anyone else reaching the API cannot
+/// take every connection and starve centerd's commands and heartbeats).
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+    gw: Arc<Gatewayd>,
+    centerd: Option<std::net::IpAddr>,
+) {
+    let limits = vpnnat_service::http::Limits {
+        unlimited_source: centerd,
+        ..vpnnat_service::http::Limits::GATEWAY_API
+    };
+    vpnnat_service::http::serve_limited(listener, shutdown, limits, move |req, peer| {
+        let gw = gw.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let route = Route::find(ROUTES, req.uri().path());
+            let resp = handle_http(&gw, route, req, peer).await;
+            if let Some(r) = route.filter(|r| r.method == "POST") {
+                gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
             }
-        },
-    )
+            resp
+        }
+    })
     .await
 }
 

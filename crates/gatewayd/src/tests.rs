@@ -218,3 +218,114 @@ fn reconcile_removes_a_previous_runs_sas_and_keeps_the_given_ones() {
     let ids: Vec<_> = d.datapath().state.sas.iter().map(|s| s.id).collect();
     assert_eq!(ids, vec![foreign.id()]);
 }
+
+/// Issue 18, item 1: the tunnel filter's set follows the driver's
+/// addresses: created whole at reconcile, then only the differences; after
+/// a failed transaction the table is re-created.
+#[test]
+fn tunnel_filter_follows_the_routed_addresses() {
+    use vpnnat_datapath::nft::gateway::GatewayFilter;
+    use vpnnat_datapath::nft::RecordingNft;
+    let (mut d, _rx) = driver();
+    d.setup(spec("router-1", 1, "203.0.113.5")).unwrap();
+    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
+    let nft = RecordingNft::default();
+    let gw = Gatewayd::new(
+        GatewayName::new("gw1").unwrap(),
+        GatewayApiKey::from_array([4; 32]),
+        Box::new(d),
+    )
+    .unwrap()
+    .with_filter(filter::TunnelFilter::new(
+        GatewayFilter::new(vec![], vec![]),
+        Box::new(nft.clone()),
+    ));
+    let log = || nft.log.lock().unwrap().clone();
+    gw.reconcile().unwrap();
+    let l = log();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].0, "create the tunnel filter");
+    let cmds = l[0].1["nftables"].as_array().unwrap();
+    assert_eq!(
+        cmds[1]["delete"]["table"]["name"], "vpnnat_gw",
+        "replaces a previous run's table"
+    );
+    assert_eq!(
+        cmds.last().unwrap()["add"]["element"]["elem"],
+        serde_json::json!(["10.64.0.1"])
+    );
+    // A grant and a revocation: only the differences.
+    gw.driver()
+        .unwrap()
+        .add_addresses(&tid("router-1"), &[ip("10.64.0.2"), ip("10.64.0.3")])
+        .unwrap();
+    gw.sync_filter(false).unwrap();
+    gw.driver()
+        .unwrap()
+        .remove_addresses(&tid("router-1"), &[ip("10.64.0.1")])
+        .unwrap();
+    gw.sync_filter(false).unwrap();
+    let l = log();
+    assert_eq!(l.len(), 3);
+    assert_eq!(
+        l[1].1,
+        serde_json::json!({"nftables": [{"add": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "elem": ["10.64.0.2", "10.64.0.3"]}}}]})
+    );
+    assert_eq!(
+        l[2].1,
+        serde_json::json!({"nftables": [{"delete": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "elem": ["10.64.0.1"]}}}]})
+    );
+    // Nothing changed: no transaction.
+    gw.sync_filter(false).unwrap();
+    assert_eq!(log().len(), 3);
+    // A failure is an error (the command answers 500), and the next sync
+    // re-creates the whole table.
+    nft.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    gw.driver().unwrap().teardown(&tid("router-1")).unwrap();
+    let e = gw.sync_filter(false).unwrap_err();
+    assert_eq!(e.http_status(), 500);
+    nft.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    gw.sync_filter(false).unwrap();
+    let l = log();
+    assert_eq!(l.len(), 4);
+    assert_eq!(l[3].0, "create the tunnel filter");
+    assert!(l[3].1.to_string().contains("\"delete\":{\"table\""));
+    assert!(!l[3].1.to_string().contains("\"element\""), "no address left");
+}
+
+/// Issue 18, item 1: gatewayd's API caps every source but centerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_caps_connections_per_source_except_centerds() {
+    use tokio::io::AsyncReadExt as _;
+    let cap = vpnnat_service::http::Limits::GATEWAY_API.max_per_source;
+    for (centerd, refused) in [(None, true), (Some("127.0.0.1".parse().unwrap()), false)] {
+        let (d, _rx) = driver();
+        let gw = Arc::new(
+            Gatewayd::new(
+                GatewayName::new("gw1").unwrap(),
+                GatewayApiKey::from_array([4; 32]),
+                Box::new(d),
+            )
+            .unwrap(),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(run_with(l, std::future::pending(), gw, centerd));
+        // Idle connections (no request yet) hold their places.
+        let mut held = Vec::new();
+        for _ in 0..cap {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 12];
+        let got = tokio::time::timeout(Duration::from_millis(500), extra.read(&mut buf)).await;
+        let busy = matches!(got, Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 503"));
+        assert_eq!(
+            busy,
+            refused,
+            "centerd {centerd:?}: connection {} past the cap",
+            cap + 1
+        );
+        server.abort();
+    }
+}

@@ -348,6 +348,8 @@ struct Gate {
 pub struct ConnectionGate {
     max_open: usize,
     max_per_source: usize,
+    /// Held only to `max_open` (a server's one trusted client).
+    exempt: Option<IpAddr>,
     gate: Arc<Mutex<Gate>>,
 }
 
@@ -377,7 +379,18 @@ impl ConnectionGate {
         ConnectionGate {
             max_open,
             max_per_source,
+            exempt: None,
             gate: Arc::new(Mutex::new(Gate::default())),
+        }
+    }
+
+    /// Exempts `source` from the per-source cap (the listener's cap still
+    /// holds).
+    #[must_use]
+    pub fn exempt(self, source: IpAddr) -> Self {
+        ConnectionGate {
+            exempt: Some(source),
+            ..self
         }
     }
 
@@ -387,7 +400,7 @@ impl ConnectionGate {
         let from_source = g.per_source.get(&source).copied().unwrap_or(0);
         let refusal = if g.open >= self.max_open {
             Some(GateFull::Listener(g.open))
-        } else if from_source >= self.max_per_source {
+        } else if from_source >= self.max_per_source && self.exempt != Some(source) {
             Some(GateFull::Source(from_source))
         } else {
             None
@@ -611,6 +624,21 @@ mod tests {
         println!(
             "login flood: 10 addresses x 600 s: {guesses} guesses admitted, {refused} refused; operator 10/10 logins"
         );
+    }
+
+    #[test]
+    fn connection_gate_exempts_only_its_trusted_source_from_the_per_source_cap() {
+        let center = ip("172.16.0.10");
+        let gate = ConnectionGate::new(8, 2).exempt(center);
+        let mut held: Vec<Admitted> = (0..4).map(|_| gate.admit(center).unwrap()).collect();
+        let _x = gate.admit(ip("10.64.0.1")).unwrap();
+        let _y = gate.admit(ip("10.64.0.1")).unwrap();
+        assert_eq!(gate.admit(ip("10.64.0.1")).unwrap_err(), GateFull::Source(2));
+        // centerd past the per-source cap, up to the listener's.
+        held.push(gate.admit(center).unwrap());
+        held.push(gate.admit(center).unwrap());
+        assert_eq!(gate.admit(center).unwrap_err(), GateFull::Listener(8));
+        drop(held);
     }
 
     #[test]

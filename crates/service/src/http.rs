@@ -56,6 +56,9 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_per_source: usize,
     pub header_timeout: Duration,
+    /// A source held only to `max_connections` (a server's one trusted
+    /// client, e.g. centerd for gatewayd).
+    pub unlimited_source: Option<std::net::IpAddr>,
 }
 
 impl Limits {
@@ -65,6 +68,7 @@ impl Limits {
         max_connections: 512,
         max_per_source: 64,
         header_timeout: HEADER_TIMEOUT,
+        unlimited_source: None,
     };
     /// The router API: thousands of routers may call at once (each call is
     /// a fresh connection); 64 from one address, unless behind a trusted
@@ -73,13 +77,16 @@ impl Limits {
         max_connections: 4096,
         max_per_source: 64,
         header_timeout: HEADER_TIMEOUT,
+        unlimited_source: None,
     };
     /// gatewayd's API: its one client, centerd, calls from one address
-    /// with as many commands at once as routers ask; no per-address cap.
+    /// with as many commands at once as routers ask (gatewayd exempts it
+    /// through `unlimited_source`); anyone else gets 64.
     pub const GATEWAY_API: Limits = Limits {
         max_connections: 4096,
-        max_per_source: 4096,
+        max_per_source: 64,
         header_timeout: HEADER_TIMEOUT,
+        unlimited_source: None,
     };
 }
 
@@ -119,7 +126,10 @@ pub async fn serve_limited<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let gate = ConnectionGate::new(limits.max_connections, limits.max_per_source);
+    let mut gate = ConnectionGate::new(limits.max_connections, limits.max_per_source);
+    if let Some(ip) = limits.unlimited_source {
+        gate = gate.exempt(ip);
+    }
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {

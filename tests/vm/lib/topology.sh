@@ -277,6 +277,12 @@ plug server eth1 clan c-server 172.16.0.10/24
 plug operator eth0 clan c-op 172.16.0.100/24
 must nsx operator "$IP" route add "$POOL_CIDR" via 172.16.0.10
 must nsx server sysctl -qw net.ipv4.ip_forward=1
+# a center service the gateways allow-list for granted LAN hosts (issue 18,
+# item 1: "a firmware server"), on a host of its own
+must "$IP" netns add fwsrv
+must nsx fwsrv "$IP" link set lo up
+plug fwsrv eth0 clan c-fw 172.16.0.50/24
+must nsx fwsrv "$IP" route add "$POOL_CIDR" via 172.16.0.10
 for g in $(seq 1 "$GATEWAYS"); do
 	ns=gw$g
 	must "$IP" netns add $ns
@@ -360,6 +366,12 @@ done
 # something beyond the LAN that must stay out of reach
 nsx inet vpnnat-probe serve --listen "198.51.100.1:$PORT" --token internet --lifetime-secs 3000 &
 PIDS="$PIDS $!"
+# on the center LAN: the allow-listed service, and one on the operator's
+# workstation that no tunnel may reach
+nsx fwsrv vpnnat-probe serve --listen "172.16.0.50:$PORT" --token firmware --lifetime-secs 3000 &
+PIDS="$PIDS $!"
+nsx operator vpnnat-probe serve --listen "172.16.0.100:$PORT" --token operator --lifetime-secs 3000 &
+PIDS="$PIDS $!"
 
 # ---------------------------------------------------------------- configs
 say "writing configurations"
@@ -439,6 +451,15 @@ policy_priority = 1000
 datapath = "kernel"
 event_timeout_ms = 10000
 ike = true
+# issue 18, item 1: out of a tunnel only replies and this service; centerd
+# (router API, UI, DNS) and every gatewayd API are refused in tunnel_allow
+vpnnat_networks = ["$POOL_CIDR"]
+center_hosts = ["172.16.0.10", $(for h in $(seq 1 "$GATEWAYS"); do printf '"172.16.0.%d", ' $((20 + h)); done)"172.16.0.100"]
+
+[[tunnel_allow]]
+address = "172.16.0.50"
+port = $PORT
+protocol = "tcp"
 EOF
 	done
 } >$W/center/centerd.toml

@@ -1,6 +1,7 @@
 //! nftables through the `nftables` crate (the `nft` JSON API): each change is
 //! one `nft -j -f -` transaction, all or nothing.
 
+pub mod gateway;
 pub mod guard;
 pub mod ruleset;
 
@@ -167,5 +168,49 @@ impl Nft {
             mappings,
             consistent,
         }))
+    }
+}
+
+/// Where nftables transactions go: the kernel ([`Nft`]) or a recorder
+/// ([`RecordingNft`]), so a daemon's table logic runs the same in tests.
+pub trait NftApply: Send {
+    fn apply_nft(&mut self, what: &str, batch: &Nftables<'_>) -> Result<(), DatapathError>;
+}
+
+impl NftApply for Nft {
+    fn apply_nft(&mut self, what: &str, batch: &Nftables<'_>) -> Result<(), DatapathError> {
+        self.apply(what, batch)
+    }
+}
+
+/// Records every transaction (as its JSON) instead of applying it; can be
+/// told to fail, to test recovery paths.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingNft {
+    /// Every transaction applied, in order, with what it was for.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    /// Fail every transaction while set.
+    pub fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NftApply for RecordingNft {
+    fn apply_nft(&mut self, what: &str, batch: &Nftables<'_>) -> Result<(), DatapathError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(DatapathError::Nft {
+                what: what.to_string(),
+                detail: "injected failure".to_string(),
+            });
+        }
+        if batch.objects.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_value(batch).map_err(|e| DatapathError::Nft {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })?;
+        if let Ok(mut l) = self.log.lock() {
+            l.push((what.to_string(), json));
+        }
+        Ok(())
     }
 }
