@@ -301,10 +301,15 @@ fn fd_connect(fd: i32, dst: std::net::SocketAddr) -> bool {
 /// sides: the center's hosts (172.16.0.10, 172.16.0.50) and a router's
 /// VPNNAT addresses (10.64.0.1, 10.64.0.2) are local addresses, so every
 /// packet between them crosses the input hook with its real source, as a
-/// decapsulated one would cross forward (no ESP on the host: the VPNNAT
-/// network selector marks them as from a tunnel).
+/// decapsulated one would cross forward. The host has no ESP, so these
+/// packets carry no secpath: the VPNNAT network selector marks them as
+/// from a tunnel, and they stand for what a plain (spoofed) packet with a
+/// VPNNAT source may do, which is less than a decapsulated one: not even
+/// the allow-listed service. That a packet out of an SA reaches the
+/// allow-listed service, only while its source is granted, is the VM
+/// scenario's check (tests/vm/e2e.sh, "the center from a granted LAN host").
 #[test]
-fn gateway_filter_lets_out_of_a_tunnel_only_replies_and_granted_allowed_services() {
+fn gateway_filter_lets_out_of_a_tunnel_only_replies() {
     use std::net::SocketAddr;
     use vpnnat_datapath::nft::gateway::{GatewayFilter, L4Proto, TunnelAllow};
     vpnnat_testkit::fresh_netns_or_skip!();
@@ -324,6 +329,10 @@ fn gateway_filter_lets_out_of_a_tunnel_only_replies_and_granted_allowed_services
     let home_l = std::net::TcpListener::bind("10.64.0.1:0").unwrap();
     let home: SocketAddr = home_l.local_addr().unwrap();
     assert!(connects_from(v1, api), "no filter: the tunnel reaches centerd");
+    assert!(
+        connects_from(v1, fw),
+        "no filter: the tunnel reaches the firmware server"
+    );
 
     let f = GatewayFilter::new(
         vec![TunnelAllow {
@@ -334,23 +343,21 @@ fn gateway_filter_lets_out_of_a_tunnel_only_replies_and_granted_allowed_services
         vec!["10.64.0.0/16".parse().unwrap()],
     );
     let nft = Nft::new(NatTable::default());
-    nft.apply("gateway filter", &f.create(&[v1])).unwrap();
+    nft.apply("gateway filter", &f.create()).unwrap();
     assert!(
         !connects_from(v1, api),
-        "a granted address may not open a connection to centerd"
+        "a VPNNAT address may not open a connection to centerd"
     );
     assert!(!connects_from(v2, api));
     assert!(
         connects_from(center, home),
         "a reply to a center-opened connection passes"
     );
-    assert!(connects_from(v1, fw), "the allow-listed service, granted");
-    assert!(!connects_from(v2, fw), "the allow-listed service, not granted");
-    nft.apply("revoke", &f.revoke(&[v1])).unwrap();
-    assert!(!connects_from(v1, fw), "the allow-listed service after the revocation");
-    nft.apply("grant", &f.grant(&[v1, v2])).unwrap();
-    assert!(connects_from(v1, fw) && connects_from(v2, fw));
-    assert!(!connects_from(v2, api));
+    assert!(
+        !connects_from(v1, fw),
+        "the allow-listed service only out of an SA (not a plain VPNNAT source)"
+    );
+    assert!(connects_from(center, fw), "the center LAN itself is not filtered");
     // The drops are counted.
     let out = std::process::Command::new("nft")
         .args(["list", "chain", "ip", "vpnnat_gw", "tunnel"])
@@ -363,11 +370,10 @@ fn gateway_filter_lets_out_of_a_tunnel_only_replies_and_granted_allowed_services
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(packets >= 4, "drop counter: {text}");
-    // Re-creating (a restart's reconcile) is atomic and keeps the listing's
-    // granted set to what it is given.
-    nft.apply("recreate", &f.create(&[])).unwrap();
-    assert!(!connects_from(v1, fw));
+    assert!(packets >= 3, "drop counter: {text}");
+    // Re-creating (a restarted gatewayd) is atomic.
+    nft.apply("recreate", &f.create()).unwrap();
+    assert!(!connects_from(v1, api));
     nft.apply("destroy", &f.destroy()).unwrap();
     nft.apply("destroy twice", &f.destroy()).unwrap();
     assert!(ruleset_is_empty());

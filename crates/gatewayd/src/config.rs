@@ -80,8 +80,8 @@ pub struct GatewaydConfig {
     /// tunnel.
     pub tunnel_allow: Vec<TunnelAllow>,
     /// `vpnnat_networks`: centerd's VPNNAT pools; any source in them is
-    /// filtered as from a tunnel, granted or not (optional: decapsulated
-    /// packets and granted sources always are).
+    /// filtered as from a tunnel, through an SA or not (optional:
+    /// decapsulated packets always are).
     pub vpnnat_networks: Vec<vpnnat_datapath::Ipv4Cidr>,
     /// Hosts a tunnel must never reach whatever `tunnel_allow` says:
     /// centerd's (router API, operator UI, DNS; `center_url`'s address is

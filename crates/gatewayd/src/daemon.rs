@@ -17,7 +17,7 @@ use vpnnat_ike_driver::{DriverConfig, DriverHandle, IkeDriver, RecordingInstalle
 
 use crate::config::{DatapathKind, GatewaydConfig};
 use crate::driver::{DriverEvent, PolicyDatapath, PolicyDriver, TunnelDriver};
-use crate::filter::TunnelFilter;
+use crate::filter;
 use crate::ike::IkeTunnelDriver;
 use crate::{forward_events_counted, run_with, GatewayError, Gatewayd};
 
@@ -42,6 +42,8 @@ pub enum DaemonError {
     Gateway(#[from] GatewayError),
     #[error("reconciling the kernel at start")]
     Reconcile(#[source] GatewayError),
+    #[error("installing the tunnel filter")]
+    Filter(#[source] DatapathError),
     #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -78,14 +80,16 @@ pub async fn serve(
     let (tx, rx) = unbounded_channel();
     // Issue 18, item 1: gatewayd's own filter table, through the same nft
     // path as the datapath (or its recorder without the kernel).
-    let nft: Box<dyn NftApply> = match cfg.datapath {
+    // Installed before any tunnel can exist, never changed by a command.
+    let mut nft: Box<dyn NftApply> = match cfg.datapath {
         DatapathKind::Kernel => Box::new(Nft::new(NatTable::default())),
         DatapathKind::Recording => Box::new(RecordingNft::default()),
     };
-    let filter = TunnelFilter::new(
-        GatewayFilter::new(cfg.tunnel_allow.clone(), cfg.vpnnat_networks.clone()),
-        nft,
-    );
+    filter::install(
+        &GatewayFilter::new(cfg.tunnel_allow.clone(), cfg.vpnnat_networks.clone()),
+        nft.as_mut(),
+    )
+    .map_err(DaemonError::Filter)?;
     let (driver, ike) = match cfg.datapath {
         DatapathKind::Kernel => {
             let mut dp = KernelDatapath::open(NatTable::default()).map_err(DaemonError::Datapath)?;
@@ -116,7 +120,7 @@ pub async fn serve(
             with_ike(policy, &cfg, tx, false).await?
         }
     };
-    let gw = Arc::new(Gatewayd::new(cfg.name.clone(), cfg.api_key.clone(), driver)?.with_filter(filter));
+    let gw = Arc::new(Gatewayd::new(cfg.name.clone(), cfg.api_key.clone(), driver)?);
     // Nothing from a previous run survives: centerd re-sends what it wants.
     gw.reconcile().map_err(DaemonError::Reconcile)?;
     log::info!(

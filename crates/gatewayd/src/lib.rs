@@ -44,8 +44,6 @@ pub enum GatewayError {
     Driver(#[from] DriverError),
     #[error("internal state lock poisoned")]
     Poisoned,
-    #[error("tunnel filter: {0}")]
-    Filter(#[source] vpnnat_datapath::DatapathError),
 }
 
 impl GatewayError {
@@ -59,9 +57,7 @@ impl GatewayError {
                 | DriverError::SlotOutOfRange(_)
                 | DriverError::TooManyAddresses(_),
             ) => 409,
-            GatewayError::Driver(DriverError::Datapath(_) | DriverError::Ike(_))
-            | GatewayError::Poisoned
-            | GatewayError::Filter(_) => 500,
+            GatewayError::Driver(DriverError::Datapath(_) | DriverError::Ike(_)) | GatewayError::Poisoned => 500,
         }
     }
 }
@@ -180,8 +176,6 @@ pub struct Gatewayd {
     rng: SystemRandom,
     metrics: CommandMetrics,
     events: Arc<EventCounters>,
-    /// The tunnel filter (issue 18, item 1), when the daemon runs one.
-    filter: Mutex<Option<filter::TunnelFilter>>,
 }
 
 impl std::fmt::Debug for Gatewayd {
@@ -205,40 +199,7 @@ impl Gatewayd {
             rng: SystemRandom::new(),
             metrics: CommandMetrics::new(COMMANDS),
             events: Arc::new(EventCounters::default()),
-            filter: Mutex::new(None),
         })
-    }
-
-    /// Keeps `filter`'s granted set on the tunnels' addresses: created at
-    /// [`Gatewayd::reconcile`], updated after every command.
-    #[must_use]
-    pub fn with_filter(self, filter: filter::TunnelFilter) -> Self {
-        Gatewayd {
-            filter: Mutex::new(Some(filter)),
-            ..self
-        }
-    }
-
-    /// Every tunnel's VPNNAT addresses.
-    fn routed(&self) -> Result<std::collections::BTreeSet<Ipv4Addr>, GatewayError> {
-        Ok(self
-            .driver()?
-            .tunnels()
-            .iter()
-            .flat_map(|t| t.addresses.iter().copied())
-            .collect())
-    }
-
-    /// Brings the filter's set to the driver's addresses (`create`: the
-    /// whole table). The filter's lock is held while the driver is read,
-    /// so concurrent commands apply their snapshots in order.
-    fn sync_filter(&self, create: bool) -> Result<(), GatewayError> {
-        let mut f = self.filter.lock().map_err(|_| GatewayError::Poisoned)?;
-        let Some(f) = f.as_mut() else {
-            return Ok(());
-        };
-        let addrs = self.routed()?;
-        if create { f.reconcile(addrs) } else { f.sync(addrs) }.map_err(GatewayError::Filter)
     }
 
     /// Counters of the events [`forward_events_counted`] forwards.
@@ -324,8 +285,7 @@ impl Gatewayd {
     /// Reconciles the kernel with the driver's state (at start: removes
     /// whatever a previous run left; centerd then re-sends what it wants).
     pub fn reconcile(&self) -> Result<(), GatewayError> {
-        self.driver()?.reconcile()?;
-        self.sync_filter(true)
+        Ok(self.driver()?.reconcile()?)
     }
 
     fn verify<C: Command<Principal = GatewayName>>(
@@ -350,17 +310,8 @@ impl Gatewayd {
         Ok(encode_response(v, r, &self.api_key.mac_key(), now, &self.rng)?)
     }
 
-    /// Handles one command from centerd; the tunnel filter follows every
-    /// change of the tunnels' addresses before the answer.
+    /// Handles one command from centerd.
     pub fn handle(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, GatewayError> {
-        let out = self.command(path, headers, body, now)?;
-        if path != paths::gateway::STATE {
-            self.sync_filter(false)?;
-        }
-        Ok(out)
-    }
-
-    fn command(&self, path: &str, headers: &AuthHeaders, body: &[u8], now: u64) -> Result<Outgoing, GatewayError> {
         match path {
             paths::gateway::SETUP_TUNNEL => {
                 let v = self.verify::<SetupTunnel>(path, headers, body, now)?;

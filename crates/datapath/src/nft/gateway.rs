@@ -5,31 +5,42 @@
 //! addresses reach the whole center network, and a granted LAN host may
 //! open connections toward the center. This table lets out of a tunnel
 //! only replies to what the center side opened, plus an explicit
-//! allow-list of center services, and only from addresses currently
-//! granted:
+//! allow-list of center services:
 //! ```text
 //! table ip vpnnat_gw {
-//!   set granted { type ipv4_addr }       # every tunnel's VPNNAT addresses
 //!   set sources { type ipv4_addr; flags interval }  # the VPNNAT networks (optional)
-//!   chain forward { filter: meta ipsec exists jump tunnel
-//!                           ip saddr @granted jump tunnel
+//!   chain forward { filter: meta secpath exists jump tunnel
 //!                           ip saddr @sources jump tunnel }
-//!   chain input   { (the same three rules) }
+//!   chain input   { (the same two rules) }
 //!   chain tunnel  { ct direction reply ct state established,related accept
-//!                   ip saddr @granted ip daddr A tcp dport P accept   # one per allow entry
+//!                   meta secpath exists ip daddr A tcp dport P accept   # one per allow entry
 //!                   counter drop }
 //! }
 //! ```
-//! "From a tunnel" is either mark: decapsulated by an SA (`meta ipsec`), or
-//! a granted VPNNAT source (which the XFRM policies only admit through the
-//! tunnel), or any address of the configured VPNNAT networks (granted or
-//! not; this also lets a host test drive the chain with plain packets,
-//! the host having no ESP).
-//! Only reply-direction packets pass as "established": a connection a
-//! tunnel host opened to an allow-listed service needs its grant for every
-//! packet, so a revocation cuts it too. Granting and revoking only add and
-//! delete elements of `granted`; the rules change only with the allow-list
-//! (configuration, hence a restart).
+//! "From a tunnel" is either mark: decapsulated by an SA (`meta secpath`),
+//! or a source in the configured VPNNAT networks (which also catches such
+//! a source that did not come through an SA, and lets a host test drive
+//! the chain with plain packets, the host having no ESP).
+//!
+//! The table is static: it changes only with the configuration (a
+//! restart), never with a grant. "Only from the router's currently granted
+//! VPNNAT addresses" is the kernel's XFRM inbound check, which runs on
+//! every decapsulated packet (`ip_forward` before the forward hook, the
+//! transport's receive after the input hook): a packet that left tunnel T
+//! passes only if a policy of T has its source, i.e. one of the addresses
+//! T currently carries (gatewayd installs one policy per address and
+//! removes it with the grant), and is dropped otherwise
+//! (`XfrmInTmplMismatch`/`XfrmInNoPols`). An allow entry therefore asks
+//! for `meta secpath exists`: a plain packet with a VPNNAT source (from
+//! the center LAN, spoofed) opens nothing. Only reply-direction packets
+//! pass as "established": every packet of a connection a tunnel host
+//! opened to an allow-listed service meets the allow rule and the XFRM
+//! check again, so a revocation cuts it too.
+//!
+//! Why not a set of granted addresses kept in step with the tunnels (the
+//! first version): every grant then cost an `nft` transaction inside
+//! gatewayd's command path, serialised, which under load in the VM made
+//! commands time out; and it only restated what the XFRM check enforces.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -46,8 +57,6 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 /// Default name of gatewayd's table.
 pub const GATEWAY_TABLE: &str = "vpnnat_gw";
-/// The set of granted VPNNAT addresses.
-pub const GW_GRANTED_SET: &str = "granted";
 /// The chain that judges what came out of a tunnel.
 pub const TUNNEL_CHAIN: &str = "tunnel";
 /// The set of VPNNAT networks.
@@ -91,7 +100,7 @@ pub struct GatewayFilter {
     /// The services granted hosts may open (empty: none).
     pub allow: Vec<TunnelAllow>,
     /// The VPNNAT networks: any source in them is judged as from a tunnel
-    /// (empty: only decapsulated packets and granted sources are).
+    /// (empty: only decapsulated packets are).
     pub sources: Vec<Ipv4Cidr>,
 }
 
@@ -122,8 +131,13 @@ fn ct(key: &'static str) -> Expression<'static> {
     }))
 }
 
-fn from_granted() -> Statement<'static> {
-    eq(field("ip", "saddr"), s(format!("@{GW_GRANTED_SET}")))
+/// Decapsulated by an SA: the packet has passed (or, at input, will pass)
+/// the XFRM inbound check against its tunnel's policies.
+fn through_an_sa() -> Statement<'static> {
+    eq(
+        Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Secpath })),
+        Expression::Boolean(true),
+    )
 }
 
 impl GatewayFilter {
@@ -143,13 +157,14 @@ impl GatewayFilter {
         }
     }
 
-    fn set(&self, name: &'static str, interval: bool) -> Set<'static> {
+    /// An interval set of IPv4 networks.
+    fn set(&self, name: &'static str) -> Set<'static> {
         Set {
             family: NfFamily::IP,
             table: Cow::Owned(self.table.clone()),
             name: Cow::Borrowed(name),
             set_type: SetTypeValue::Single(SetType::Ipv4Addr),
-            flags: interval.then(|| HashSet::from([SetFlag::Interval])),
+            flags: Some(HashSet::from([SetFlag::Interval])),
             ..Default::default()
         }
     }
@@ -177,15 +192,6 @@ impl GatewayFilter {
         }
     }
 
-    fn element(&self, addrs: &[Ipv4Addr]) -> Element<'static> {
-        Element {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.clone()),
-            name: Cow::Borrowed(GW_GRANTED_SET),
-            elem: Cow::Owned(addrs.iter().map(s).collect()),
-        }
-    }
-
     /// Every rule, in order: the two jumps of each hook, then the tunnel
     /// chain.
     fn rules(&self) -> Vec<Rule<'static>> {
@@ -194,16 +200,9 @@ impl GatewayFilter {
                 target: Cow::Borrowed(TUNNEL_CHAIN),
             })
         };
-        let ipsec = || {
-            eq(
-                Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Secpath })),
-                Expression::Boolean(true),
-            )
-        };
         let mut out = Vec::new();
         for hook in ["forward", "input"] {
-            out.push(self.rule(hook, vec![ipsec(), jump()]));
-            out.push(self.rule(hook, vec![from_granted(), jump()]));
+            out.push(self.rule(hook, vec![through_an_sa(), jump()]));
             out.push(self.rule(
                 hook,
                 vec![eq(field("ip", "saddr"), s(format!("@{GW_SOURCES_SET}"))), jump()],
@@ -225,7 +224,7 @@ impl GatewayFilter {
             out.push(self.rule(
                 TUNNEL_CHAIN,
                 vec![
-                    from_granted(),
+                    through_an_sa(),
                     eq(field("ip", "daddr"), s(a.address)),
                     eq(field(a.protocol.name(), "dport"), Expression::Number(u32::from(a.port))),
                     Statement::Accept(None),
@@ -239,16 +238,15 @@ impl GatewayFilter {
         out
     }
 
-    /// One transaction that (re)creates the table with `granted` in its
-    /// set: "add table; delete table; add table …", atomic whether or not
-    /// it existed (a restarted gatewayd's reconcile).
-    pub fn create(&self, granted: &[Ipv4Addr]) -> Nftables<'static> {
+    /// One transaction that (re)creates the table: "add table; delete
+    /// table; add table …", atomic whether or not it existed (a restarted
+    /// gatewayd).
+    pub fn create(&self) -> Nftables<'static> {
         let mut b = Batch::new();
         b.add(NfListObject::Table(self.table()));
         b.delete(NfListObject::Table(self.table()));
         b.add(NfListObject::Table(self.table()));
-        b.add(NfListObject::Set(Box::new(self.set(GW_GRANTED_SET, false))));
-        b.add(NfListObject::Set(Box::new(self.set(GW_SOURCES_SET, true))));
+        b.add(NfListObject::Set(Box::new(self.set(GW_SOURCES_SET))));
         b.add(NfListObject::Chain(self.base_chain("forward", NfHook::Forward)));
         b.add(NfListObject::Chain(self.base_chain("input", NfHook::Input)));
         b.add(NfListObject::Chain(Chain {
@@ -277,27 +275,6 @@ impl GatewayFilter {
                         .collect(),
                 ),
             }));
-        }
-        if !granted.is_empty() {
-            b.add(NfListObject::Element(self.element(granted)));
-        }
-        b.to_nftables()
-    }
-
-    /// Grants `addrs` (empty: an empty transaction, which applies nothing).
-    pub fn grant(&self, addrs: &[Ipv4Addr]) -> Nftables<'static> {
-        let mut b = Batch::new();
-        if !addrs.is_empty() {
-            b.add(NfListObject::Element(self.element(addrs)));
-        }
-        b.to_nftables()
-    }
-
-    /// Revokes `addrs` (each must be in the set: the caller tracks it).
-    pub fn revoke(&self, addrs: &[Ipv4Addr]) -> Nftables<'static> {
-        let mut b = Batch::new();
-        if !addrs.is_empty() {
-            b.delete(NfListObject::Element(self.element(addrs)));
         }
         b.to_nftables()
     }
@@ -338,10 +315,8 @@ mod tests {
     }
 
     #[test]
-    fn create_replaces_the_table_atomically_with_the_granted_set() {
-        let c = cmds(
-            &GatewayFilter::new(vec![], vec!["10.64.0.0/16".parse().unwrap()]).create(&[Ipv4Addr::new(10, 64, 0, 1)]),
-        );
+    fn create_replaces_the_table_atomically() {
+        let c = cmds(&GatewayFilter::new(vec![], vec!["10.64.0.0/16".parse().unwrap()]).create());
         assert_eq!(c[0], json!({"add": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
         assert_eq!(
             c[1],
@@ -350,7 +325,7 @@ mod tests {
         assert_eq!(c[2], json!({"add": {"table": {"family": "ip", "name": "vpnnat_gw"}}}));
         assert_eq!(
             c[3],
-            json!({"add": {"set": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "type": "ipv4_addr"}}})
+            json!({"add": {"set": {"family": "ip", "table": "vpnnat_gw", "name": "sources", "type": "ipv4_addr", "flags": ["interval"]}}})
         );
         let hooks: Vec<&Value> = c.iter().filter_map(|c| c["add"].get("chain")).collect();
         assert_eq!(hooks.len(), 3);
@@ -361,29 +336,23 @@ mod tests {
         assert_eq!(hooks[1]["hook"], "input");
         assert_eq!(hooks[2].get("hook"), None, "the tunnel chain is a regular chain");
         assert_eq!(
-            c[4],
-            json!({"add": {"set": {"family": "ip", "table": "vpnnat_gw", "name": "sources", "type": "ipv4_addr", "flags": ["interval"]}}})
-        );
-        let n = c.len();
-        assert_eq!(
-            c[n - 2],
+            c[c.len() - 1],
             json!({"add": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "sources", "elem": [{"prefix": {"addr": "10.64.0.0", "len": 16}}]}}})
         );
-        assert_eq!(
-            c[n - 1],
-            json!({"add": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "elem": ["10.64.0.1"]}}})
+        assert!(
+            !serde_json::to_string(&c).unwrap().contains("granted"),
+            "no per-grant state: the table is static"
         );
     }
 
     #[test]
     fn both_hooks_send_tunnel_traffic_to_the_tunnel_chain() {
-        let n = GatewayFilter::new(vec![], vec![]).create(&[]);
+        let n = GatewayFilter::new(vec![], vec![]).create();
         for hook in ["forward", "input"] {
             assert_eq!(
                 rules(&n, hook),
                 vec![
                     json!([{"match": {"op": "==", "left": {"meta": {"key": "secpath"}}, "right": true}}, {"jump": {"target": "tunnel"}}]),
-                    json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@granted"}}, {"jump": {"target": "tunnel"}}]),
                     json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@sources"}}, {"jump": {"target": "tunnel"}}]),
                 ]
             );
@@ -392,7 +361,7 @@ mod tests {
 
     #[test]
     fn without_an_allow_list_only_replies_pass_and_the_rest_is_counted_and_dropped() {
-        let r = rules(&GatewayFilter::new(vec![], vec![]).create(&[]), "tunnel");
+        let r = rules(&GatewayFilter::new(vec![], vec![]).create(), "tunnel");
         assert_eq!(
             r,
             vec![
@@ -407,18 +376,18 @@ mod tests {
     }
 
     #[test]
-    fn each_allowed_service_is_open_only_to_granted_sources() {
+    fn each_allowed_service_is_open_only_to_packets_out_of_an_sa() {
         let dns = TunnelAllow {
             address: Ipv4Addr::new(172, 16, 0, 51),
             port: 69,
             protocol: L4Proto::Udp,
         };
-        let r = rules(&GatewayFilter::new(vec![web(), dns], vec![]).create(&[]), "tunnel");
+        let r = rules(&GatewayFilter::new(vec![web(), dns], vec![]).create(), "tunnel");
         assert_eq!(r.len(), 4);
         assert_eq!(
             r[1],
             json!([
-                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@granted"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "secpath"}}, "right": true}},
                 {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "172.16.0.50"}},
                 {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8000}},
                 {"accept": null}
@@ -431,21 +400,9 @@ mod tests {
     }
 
     #[test]
-    fn grant_and_revoke_touch_only_the_set() {
-        let f = GatewayFilter::new(vec![web()], vec![]);
-        let a = [Ipv4Addr::new(10, 64, 0, 1), Ipv4Addr::new(10, 64, 0, 2)];
+    fn destroy_is_idempotent() {
         assert_eq!(
-            serde_json::to_value(f.grant(&a)).unwrap(),
-            json!({"nftables": [{"add": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "elem": ["10.64.0.1", "10.64.0.2"]}}}]})
-        );
-        assert_eq!(
-            serde_json::to_value(f.revoke(&a[..1])).unwrap(),
-            json!({"nftables": [{"delete": {"element": {"family": "ip", "table": "vpnnat_gw", "name": "granted", "elem": ["10.64.0.1"]}}}]})
-        );
-        assert!(f.grant(&[]).objects.is_empty());
-        assert!(f.revoke(&[]).objects.is_empty());
-        assert_eq!(
-            serde_json::to_value(f.destroy()).unwrap(),
+            serde_json::to_value(GatewayFilter::new(vec![web()], vec![]).destroy()).unwrap(),
             json!({"nftables": [
                 {"add": {"table": {"family": "ip", "name": "vpnnat_gw"}}},
                 {"delete": {"table": {"family": "ip", "name": "vpnnat_gw"}}}
