@@ -230,9 +230,13 @@ fn answer(msg: &[u8], header: &Header, zone: &Zone, lookup: impl FnOnce(ZoneName
     if header.query_count() != 1 {
         return (header_only(header, ResponseCode::FormErr), CLASSIC_UDP);
     }
-    let query = match Message::from_vec(msg) {
-        Ok(m) => m,
-        Err(_) => return (header_only(header, ResponseCode::FormErr), CLASSIC_UDP),
+    // The whole message must be the query: bytes after its last record
+    // (a datagram padded past our buffer, junk) are a format error, as in
+    // BIND, not something to ignore.
+    let mut decoder = BinDecoder::new(msg);
+    let query = match Message::read(&mut decoder) {
+        Ok(m) if decoder.is_empty() => m,
+        _ => return (header_only(header, ResponseCode::FormErr), CLASSIC_UDP),
     };
     let Some(q) = query.query() else {
         return (header_only(header, ResponseCode::FormErr), CLASSIC_UDP);

@@ -160,7 +160,7 @@ impl Table {
     }
 }
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "tampered",
     "replayed",
     "stale",
@@ -168,7 +168,203 @@ const KINDS: [&str; 7] = [
     "malformed",
     "over limit",
     "take-over",
+    "forbidden",
 ];
+
+/// A DNS query: `id`, one question for `name` of `qtype`, opcode 0, RD.
+fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for l in name.split('.') {
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.extend_from_slice(&[0]);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    m
+}
+
+/// The answer's rcode (low 4 bits of the flags), after checking that it
+/// is a response to `id`.
+fn dns_rcode(answer: &[u8], id: u16) -> u8 {
+    assert!(answer.len() >= 12, "a DNS header");
+    assert_eq!(u16::from_be_bytes([answer[0], answer[1]]), id);
+    assert_eq!(answer[2] & 0x80, 0x80, "QR set");
+    answer[3] & 0x0f
+}
+
+/// One UDP exchange: the answer, or None within `wait`.
+async fn dns_udp(from: &tokio::net::UdpSocket, server: SocketAddr, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    from.send_to(msg, server).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(wait, from.recv_from(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    Some(buf[..n].to_vec())
+}
+
+/// One TCP exchange (length-prefixed): the answer, or None when the
+/// server closes without one.
+async fn dns_tcp(server: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(server).await.unwrap();
+    let mut framed = u16::try_from(msg.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(msg);
+    s.write_all(&framed).await.unwrap();
+    let mut len = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut len))
+        .await
+        .unwrap()
+        .ok()?;
+    let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut m).await.unwrap();
+    Some(m)
+}
+
+const RCODE_FORMERR: u8 = 1;
+const RCODE_NOTIMP: u8 = 4;
+const RCODE_REFUSED: u8 = 5;
+
+/// Issue 18 item 11: hostile queries to centerd's DNS server (UDP and
+/// TCP): malformed and oversized messages get FORMERR or, when not even a
+/// header, no answer; zone transfers and dynamic updates are refused; a
+/// flooding source is dropped past its limit while a legitimate query
+/// from another source is still answered.
+async fn dns_cases<G, R>(center: Arc<Center<G, R>>, table: &mut Table)
+where
+    G: vpnnat_center::center::GatewayCommands + 'static,
+    R: vpnnat_center::center::RouterCommands + 'static,
+{
+    use vpnnat_center::dns::{self, rate::RateConfig, DnsListeners, Zone};
+    const DOMAIN: &str = "vpn.center.example";
+    let listeners = DnsListeners::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = listeners.udp.local_addr().unwrap();
+    let limits = RateConfig {
+        per_sec: 5,
+        burst: 20,
+        ..RateConfig::default()
+    };
+    tokio::spawn(dns::serve(
+        listeners,
+        std::future::pending(),
+        center,
+        Zone::new(DOMAIN, 60).unwrap(),
+        limits,
+    ));
+    let wait = Duration::from_millis(500);
+    let me = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let legit = dns_query(0x0101, DOMAIN, 6);
+    assert_eq!(
+        dns_udp(&me, server, &legit, Duration::from_secs(2))
+            .await
+            .map(|a| dns_rcode(&a, 0x0101)),
+        Some(0),
+        "control: a good query (the zone's SOA) is answered (NOERROR)"
+    );
+    // Malformed: FORMERR with the query's ID; not even a header, or a
+    // response posing as a query: no answer (nothing to reflect).
+    let mut two_questions = dns_query(0x0202, DOMAIN, 6);
+    two_questions[5] = 2;
+    let mut pointer_loop = dns_query(0x0202, DOMAIN, 1);
+    pointer_loop[12] = 0xc0;
+    pointer_loop[13] = 12;
+    let mut cut = legit.clone();
+    cut[..2].copy_from_slice(&0x0202u16.to_be_bytes());
+    cut.truncate(cut.len() - 3);
+    let long_label = dns_query(0x0202, &format!("{}.{DOMAIN}", "x".repeat(64)), 1);
+    for (what, q) in [
+        ("two questions", two_questions),
+        ("a compression pointer to itself", pointer_loop),
+        ("a cut question", cut),
+        ("a 64-byte label", long_label),
+    ] {
+        let a = dns_udp(&me, server, &q, wait)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(dns_rcode(&a, 0x0202), RCODE_FORMERR, "{what}");
+        table.add("centerd DNS", "malformed");
+    }
+    let mut response = legit.clone();
+    response[2] |= 0x80;
+    for (what, q) in [("four bytes", vec![0x12, 0x34, 0, 0]), ("a response", response)] {
+        assert_eq!(dns_udp(&me, server, &q, wait).await, None, "{what}: no answer");
+        table.add("centerd DNS", "malformed");
+    }
+    let garbage: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(37)).collect();
+    if let Some(a) = dns_tcp(server, &garbage).await {
+        // Its opcode bits say 9: NOTIMP (FORMERR had they said 0).
+        assert!(
+            [RCODE_FORMERR, RCODE_NOTIMP].contains(&(a[3] & 0x0f)),
+            "junk over TCP: {a:?}"
+        );
+    }
+    table.add("centerd DNS", "malformed");
+    // Oversized: a 5,000-byte datagram and a 60,000-byte TCP message.
+    let mut big = legit.clone();
+    big[..2].copy_from_slice(&0x0303u16.to_be_bytes());
+    big.resize(5000, 0);
+    let a = dns_udp(&me, server, &big, wait)
+        .await
+        .expect("an answer to the oversized datagram");
+    assert_eq!(dns_rcode(&a, 0x0303), RCODE_FORMERR, "oversized datagram");
+    table.add("centerd DNS", "oversized");
+    big.resize(60_000, 0);
+    let a = dns_tcp(server, &big)
+        .await
+        .expect("an answer to the oversized TCP message");
+    assert_eq!(dns_rcode(&a, 0x0303), RCODE_FORMERR, "oversized TCP message");
+    table.add("centerd DNS", "oversized");
+    // Forbidden: zone transfers (AXFR over TCP, IXFR over UDP; the zone
+    // would list every live grant) and dynamic updates.
+    let a = dns_tcp(server, &dns_query(0x0404, DOMAIN, 252))
+        .await
+        .expect("AXFR answered");
+    assert_eq!(dns_rcode(&a, 0x0404), RCODE_REFUSED, "AXFR");
+    table.add("centerd DNS", "forbidden");
+    let a = dns_udp(&me, server, &dns_query(0x0404, DOMAIN, 251), wait)
+        .await
+        .expect("IXFR answered");
+    assert_eq!(dns_rcode(&a, 0x0404), RCODE_REFUSED, "IXFR");
+    table.add("centerd DNS", "forbidden");
+    let mut update = dns_query(0x0404, DOMAIN, 6);
+    update[2] = 0x28; // opcode 5, UPDATE
+    let a = dns_udp(&me, server, &update, wait).await.expect("UPDATE answered");
+    assert_eq!(dns_rcode(&a, 0x0404), RCODE_NOTIMP, "UPDATE");
+    table.add("centerd DNS", "forbidden");
+    // Over limit: one source sends 200 queries at once; past its burst
+    // (20) and rate (5/s) they are dropped unanswered. Then another source
+    // is still answered.
+    let flooder = Arc::new(tokio::net::UdpSocket::bind("127.0.0.3:0").await.unwrap());
+    let t0 = std::time::Instant::now();
+    for i in 0..200u16 {
+        flooder.send_to(&dns_query(i, DOMAIN, 1), server).await.unwrap();
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let mut answered = 0u64;
+    let mut buf = [0u8; 1500];
+    while let Ok(Ok(_)) = tokio::time::timeout(wait, flooder.recv_from(&mut buf)).await {
+        answered += 1;
+    }
+    let allowed = 20 + (t0.elapsed().as_secs_f64() * 5.0).ceil() as u64 + 1;
+    assert!(
+        (20..=allowed).contains(&answered),
+        "flood: {answered} of 200 answered, {allowed} allowed"
+    );
+    for _ in answered..200 {
+        table.add("centerd DNS", "over limit");
+    }
+    assert_eq!(
+        dns_udp(&me, server, &legit, Duration::from_secs(2))
+            .await
+            .map(|a| dns_rcode(&a, 0x0101)),
+        Some(0),
+        "another source is still answered"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
@@ -705,6 +901,9 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     }
     assert_eq!(snapshot(), before, "operator UI: no state change");
 
+    dns_cases(center.clone(), &mut table).await;
+    assert_eq!(snapshot(), before, "centerd DNS: no state change");
+
     // Nothing secret in any log record.
     let log = LOG.lock().unwrap().clone();
     assert!(log.contains("WARN"), "the logger captured the refusals");
@@ -725,10 +924,16 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     }
 
     // The table.
-    let endpoints = ["router API", "gateway events", "gateway API", "operator UI"];
+    let endpoints = [
+        "router API",
+        "gateway events",
+        "gateway API",
+        "operator UI",
+        "centerd DNS",
+    ];
     println!(
-        "{:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10}",
-        "rejected", KINDS[0], KINDS[1], KINDS[2], KINDS[3], KINDS[4], KINDS[5], KINDS[6]
+        "{:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "rejected", KINDS[0], KINDS[1], KINDS[2], KINDS[3], KINDS[4], KINDS[5], KINDS[6], KINDS[7]
     );
     for e in endpoints {
         let c = |k: &str| {
@@ -739,14 +944,15 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
                 .unwrap_or(0)
         };
         println!(
-            "{e:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10}",
+            "{e:<16} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
             c("tampered"),
             c("replayed"),
             c("stale"),
             c("oversized"),
             c("malformed"),
             c("over limit"),
-            c("take-over")
+            c("take-over"),
+            c("forbidden")
         );
     }
     let total = |k: &str| {
@@ -758,7 +964,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
             .sum::<usize>()
     };
     println!(
-        "rejected: tampered {}, replayed {}, stale {}, oversized {}, malformed {}, over limit {}, take-over {} (no state change, {} log lines without a secret)",
+        "rejected: tampered {}, replayed {}, stale {}, oversized {}, malformed {}, over limit {}, take-over {}, forbidden {} (no state change, {} log lines without a secret)",
         total("tampered"),
         total("replayed"),
         total("stale"),
@@ -766,6 +972,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         total("malformed"),
         total("over limit"),
         total("take-over"),
+        total("forbidden"),
         log.lines().count()
     );
 }
