@@ -9,7 +9,12 @@
 # at once (vpnnat-probe multi, as e2e's reach_all), then every request is
 # ended and every tunnel goes away. scripts/vm-test stops the run at once
 # if the kernel reports a soft lockup, an RCU stall, BUG, Oops or panic.
-# Variables: those of the topology (INTERFACES.md), REACH_ROUNDS [10].
+# Variables: those of the topology (INTERFACES.md), REACH_ROUNDS [10],
+# REACH_HTHRESH_STORM [0]: 1 = while the rounds run, every gateway and
+# router namespace changes its XFRM policy hash thresholds in a loop (each
+# change schedules the kernel's policy hash rebuild, xfrm_hash_rebuild,
+# which the daemons trigger once at start): the first lead of issue 15's
+# lockup, driven as hard as a shell can.
 set -u
 TOPO_SERVED_ONLY=1
 REACH_ROUNDS=${REACH_ROUNDS:-10}
@@ -20,6 +25,19 @@ REACH_ROUNDS=${REACH_ROUNDS:-10}
 for k in $(seq 1 "$SERVED"); do
 	check "$(tid $k) installed" wait_for "$E2E_WAIT" installed $k
 done
+STORM_PIDS=""
+if [ "${REACH_HTHRESH_STORM:-0}" = 1 ]; then
+	for ns in $(gws) $(for k in $(seq 1 "$SERVED"); do echo r$k; done); do
+		# (paced a little so that the daemons still get the CPUs)
+		nsx "$ns" sh -c "while :; do
+			$IP xfrm policy set hthresh4 32 32; $IP xfrm policy set hthresh4 24 24
+			$IP xfrm policy set hthresh4 16 16; $IP xfrm policy set hthresh4 24 24
+			sleep 0.02
+		done" >/dev/null 2>&1 &
+		STORM_PIDS="$STORM_PIDS $!"
+	done
+	say "hash-threshold storm in $(echo $STORM_PIDS | wc -w) namespaces"
+fi
 tunnel_up() {
 	show_router "$(tid $1)" | tr -d ' \n' | grep -q '"tunnel_state":"up"' &&
 		[ "$(nsx r$1 "$IP" xfrm state | grep -c '^src')" -ge 2 ]
@@ -53,4 +71,6 @@ for round in $(seq 1 "$REACH_ROUNDS"); do
 			{ check "round $round: $(tid $k) tunnel gone after the end" false; finish; }
 	done
 done
+# shellcheck disable=SC2086
+[ -n "$STORM_PIDS" ] && kill $STORM_PIDS 2>/dev/null
 finish
