@@ -104,6 +104,7 @@ fn input(names: &[&str]) -> MaintenanceInput {
         phone: Phone::new("03-1234-5678").unwrap(),
         content: RequestContent::new("printer is offline").unwrap(),
         terminals: names.iter().map(|s| n(s)).collect(),
+        for_failure: None,
     }
 }
 
@@ -576,6 +577,7 @@ fn settle_state(requests: &[(u64, &str, RequestState)], hosts: &[&str]) -> Route
                 terminals: names.split(' ').map(n).collect(),
                 accepted_at: 1,
                 state: *st,
+                failure: None,
             },
         );
     }
