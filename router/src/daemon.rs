@@ -372,19 +372,30 @@ impl Router {
         log::warn!("terminal={} failure notice sent ({code:?})", self.id.terminal_id);
         let state = self.state().await;
         match logic::failure_request::failure_request(&self.id, self.cfg.button.as_ref(), &state, failure) {
-            FailureRequest::NoPreset => {}
-            FailureRequest::Suppressed { acceptance } => log::info!(
-                "{} preset maintenance request skipped: the request is still open",
-                vpnnat_log::kv(&self.id.terminal_id, Some(acceptance))
+            Ok(FailureRequest::Suppressed { acceptance }) => log::info!(
+                "{} maintenance request after the {} failure skipped: this request for it is still open",
+                vpnnat_log::kv(&self.id.terminal_id, Some(acceptance)),
+                failure.key
             ),
-            FailureRequest::Request(input) => {
+            Ok(FailureRequest::Request(input)) => {
+                let preset = if self.cfg.button.is_some() {
+                    "[button]"
+                } else {
+                    "default"
+                };
                 if let Err(e) = self.maintenance(input).await {
                     log::error!(
-                        "terminal={} preset maintenance request after a failure: {e}",
-                        self.id.terminal_id
+                        "terminal={} maintenance request ({preset} preset) after the {} failure: {e}",
+                        self.id.terminal_id,
+                        failure.key
                     );
                 }
             }
+            Err(e) => log::error!(
+                "terminal={} no maintenance request after the {} failure: the default preset is invalid: {e}",
+                self.id.terminal_id,
+                failure.key
+            ),
         }
         Ok(())
     }
