@@ -22,13 +22,14 @@ use vpnnat_proto::messages::TunnelRebuild;
 use vpnnat_proto::types::FailureCode;
 use vpnnat_proto::Outgoing;
 
-use crate::config::{ButtonPreset, Config};
+use crate::config::Config;
 use crate::health::{CenterHealth, HealthSettings, HelperBoard, HelperView, Notifier, Problem};
 use crate::http::{self, Backoff, HttpError};
 use crate::ike_responder::IkeResponder;
+use crate::logic::failure_request::FailureRequest;
 use crate::logic::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
 use crate::resolve::{parse_leases, NoDns, Resolver, SystemDns};
-use crate::state::{RequestState, RouterState, StateError, StateStore};
+use crate::state::{RouterState, StateError, StateStore};
 use crate::view::{self, HostView, StatusView};
 
 #[derive(Debug, Error)]
@@ -353,45 +354,48 @@ impl Router {
 
     // -- 2. failure notice -----------------------------------------------
 
-    /// Sends a failure notice; then, as the seed says, asks for maintenance
-    /// with the preset claimant data (if configured). The result is the
-    /// notice's: a failed preset request is logged, since the notice itself
-    /// must not be repeated because of it.
-    pub async fn report_failure(&self, code: FailureCode, detail: &str) -> Result<(), DaemonError> {
+    /// Sends a failure notice for `failure`; then, as the seed says, asks
+    /// for maintenance as [`logic::failure_request::failure_request`]
+    /// decides. The result is the notice's: a failed request is logged,
+    /// since the notice itself must not be repeated because of it.
+    pub async fn report_failure(&self, failure: &Problem) -> Result<(), DaemonError> {
+        let code = failure.code;
         {
             let _x = self.exchange.lock().await;
             let state = self.state().await;
-            let p = logic::begin_failure(&self.id, &state, code, detail, &self.rng, unix_now())?;
+            let p = logic::begin_failure(&self.id, &state, code, &failure.detail, &self.rng, unix_now())?;
             let reply = self.send(&p.outgoing).await?;
             let mut inner = self.inner.lock().await;
             let next = logic::finish_failure(&inner.state, p, &reply)?;
             self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.failure.after_save"))?;
         }
         log::warn!("terminal={} failure notice sent ({code:?})", self.id.terminal_id);
-        if let Some(b) = &self.cfg.button {
-            // One open request is enough for the operator to come and look:
-            // a second failure must not pile up requests.
-            let open = self
-                .state()
-                .await
-                .requests
-                .iter()
-                .find(|(_, r)| r.state == RequestState::Waiting)
-                .map(|(n, _)| *n);
-            match open {
-                Some(n) => log::info!(
-                    "{} preset maintenance request skipped: the request is still open",
-                    vpnnat_log::kv(&self.id.terminal_id, Some(n))
-                ),
-                None => {
-                    if let Err(e) = self.maintenance(preset_input(b)).await {
-                        log::error!(
-                            "terminal={} preset maintenance request after a failure: {e}",
-                            self.id.terminal_id
-                        );
-                    }
+        let state = self.state().await;
+        match logic::failure_request::failure_request(&self.id, self.cfg.button.as_ref(), &state, failure) {
+            Ok(FailureRequest::Suppressed { acceptance }) => log::info!(
+                "{} maintenance request after the {} failure skipped: this request for it is still open",
+                vpnnat_log::kv(&self.id.terminal_id, Some(acceptance)),
+                failure.key
+            ),
+            Ok(FailureRequest::Request(input)) => {
+                let preset = if self.cfg.button.is_some() {
+                    "[button]"
+                } else {
+                    "default"
+                };
+                if let Err(e) = self.maintenance(input).await {
+                    log::error!(
+                        "terminal={} maintenance request ({preset} preset) after the {} failure: {e}",
+                        self.id.terminal_id,
+                        failure.key
+                    );
                 }
             }
+            Err(e) => log::error!(
+                "terminal={} no maintenance request after the {} failure: the default preset is invalid: {e}",
+                self.id.terminal_id,
+                failure.key
+            ),
         }
         Ok(())
     }
@@ -508,7 +512,7 @@ impl Router {
     /// The button: the maintenance request with the preset data.
     pub async fn button(&self) -> Result<Accepted, DaemonError> {
         let b = self.cfg.button.as_ref().ok_or(DaemonError::NoButton)?;
-        self.maintenance(preset_input(b)).await
+        self.maintenance(logic::preset_input(b)).await
     }
 
     // -- 6-8. center commands --------------------------------------------
@@ -680,18 +684,6 @@ fn resolver_for(cfg: &Config) -> Resolver<'_, Option<SystemDns>> {
     }
 }
 
-/// The button's preset as a maintenance request.
-pub fn preset_input(b: &ButtonPreset) -> MaintenanceInput {
-    MaintenanceInput {
-        claimant_name: b.claimant_name.clone(),
-        claimant_level: b.claimant_level,
-        urgency: b.urgency,
-        phone: b.phone.clone(),
-        content: b.content.clone(),
-        terminals: b.terminals.clone(),
-    }
-}
-
 /// Runs the daemon's servers and background work on the given listeners
 /// until `shutdown` completes: the LAN page, the center port, the
 /// installation notice (with retry) when not installed, and the failure
@@ -817,7 +809,7 @@ impl Router {
                 continue;
             }
             notifier.attempted(now);
-            match self.report_failure(p.code, &p.detail).await {
+            match self.report_failure(p).await {
                 Ok(()) => notifier.sent(&p.key, now),
                 Err(e) => log::warn!("failure notice ({}) not sent: {e}", p.key),
             }

@@ -168,6 +168,23 @@ pub struct MaintenanceInput {
     pub phone: Phone,
     pub content: RequestContent,
     pub terminals: Vec<TerminalName>,
+    /// The failing part (health key) when the router asks by itself after a
+    /// failure notice, kept on the request's record; `None` for a person.
+    pub for_failure: Option<String>,
+}
+
+/// The button's preset as a maintenance request (a person's: no failing
+/// part).
+pub fn preset_input(b: &crate::config::ButtonPreset) -> MaintenanceInput {
+    MaintenanceInput {
+        claimant_name: b.claimant_name.clone(),
+        claimant_level: b.claimant_level,
+        urgency: b.urgency,
+        phone: b.phone.clone(),
+        content: b.content.clone(),
+        terminals: b.terminals.clone(),
+        for_failure: None,
+    }
 }
 
 /// What a finished maintenance request gives back.
@@ -564,6 +581,7 @@ pub fn finish_maintenance<D: DnsLookup>(
             terminals: p.extra.terminals.clone(),
             accepted_at: now,
             state: RequestState::Waiting,
+            failure: p.extra.for_failure.clone(),
         },
     );
     Ok((
@@ -829,5 +847,6 @@ pub fn host_table(state: &RouterState) -> BTreeMap<String, (Ipv4Addr, Ipv4Addr)>
         .collect()
 }
 
+pub mod failure_request;
 #[cfg(test)]
 mod tests;

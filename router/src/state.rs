@@ -122,6 +122,15 @@ pub struct RequestRecord {
     /// Unix seconds when the center accepted it.
     pub accepted_at: u64,
     pub state: RequestState,
+    /// The failing part (its [`crate::health::Problem`] key: `ike`,
+    /// `datapath`, `helper:NAME`, ...) this request was made for
+    /// automatically after a failure notice; `None` for a person's request
+    /// (LAN page, `routerd request`, the button). A later failure of the
+    /// same part asks for no second request while this one is open
+    /// ([`crate::logic::failure_request`]). Absent in files from before
+    /// issue 19.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// The last failure the router reported.
@@ -433,6 +442,7 @@ pub(crate) mod tests {
                 terminals: vec![TerminalName::new("pc1").unwrap()],
                 accepted_at: 1,
                 state: RequestState::Waiting,
+                failure: Some("ike".into()),
             },
         );
         store.save(&s).unwrap();

@@ -108,6 +108,7 @@ impl ApiRequest {
             phone: Phone::new(self.phone.trim()).map_err(|e| f("phone", e.to_string()))?,
             content: RequestContent::new(self.content.clone()).map_err(|e| f("content", e.to_string()))?,
             terminals,
+            for_failure: None,
         })
     }
 

@@ -94,6 +94,7 @@ fn with_grant(mut s: RouterState, name: &str, real: u8, vpnnat: u8) -> RouterSta
         terminals: Vec::new(),
         accepted_at: 1,
         state: RequestState::Waiting,
+        failure: None,
     });
     r.terminals.push(TerminalName::new(name).unwrap());
     s

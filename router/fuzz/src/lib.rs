@@ -411,6 +411,7 @@ pub fn center_exchange(data: &[u8]) {
                 phone: Phone::new("+81 3 1234 5678").unwrap(),
                 content: RequestContent::new("fuzz").unwrap(),
                 terminals: vec![TerminalName::new("pc1").unwrap(), TerminalName::new("printer").unwrap()],
+                for_failure: None,
             };
             let resolver = Resolver {
                 statics: &f.config.hosts,

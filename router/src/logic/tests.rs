@@ -54,9 +54,12 @@ impl World {
     }
 
     fn request(&mut self, names: &[&str]) -> Result<Accepted, ExchangeError> {
-        let input = input(names);
+        self.request_input(&input(names))
+    }
+
+    fn request_input(&mut self, input: &MaintenanceInput) -> Result<Accepted, ExchangeError> {
         let r = resolver(&self.statics, &self.id.lan);
-        let p = begin_maintenance(&self.id, &self.state, &input, &r, &self.rng, NOW)?;
+        let p = begin_maintenance(&self.id, &self.state, input, &r, &self.rng, NOW)?;
         let reply = self.center.answer(&p.outgoing);
         let (next, acc) = finish_maintenance(&self.id, &self.state, p, &reply, &r, NOW)?;
         self.state = next;
@@ -104,6 +107,7 @@ fn input(names: &[&str]) -> MaintenanceInput {
         phone: Phone::new("03-1234-5678").unwrap(),
         content: RequestContent::new("printer is offline").unwrap(),
         terminals: names.iter().map(|s| n(s)).collect(),
+        for_failure: None,
     }
 }
 
@@ -576,6 +580,7 @@ fn settle_state(requests: &[(u64, &str, RequestState)], hosts: &[&str]) -> Route
                 terminals: names.split(' ').map(n).collect(),
                 accepted_at: 1,
                 state: *st,
+                failure: None,
             },
         );
     }
@@ -652,4 +657,47 @@ fn gateway_request_reports_the_wan_and_keeps_the_answered_mode() {
     // versions read it back after a downgrade).
     let json = serde_json::to_string(w.state.gateway.as_ref().unwrap()).unwrap();
     assert!(!json.contains("initiation"), "{json}");
+}
+
+/// Issue 19, item 3, through the real exchanges with the fake center: the
+/// request after a failure is tagged with the failing part, suppresses
+/// only that part's next failure, survives the state file, and stops
+/// suppressing once the center ended it.
+#[test]
+fn failure_requests_are_suppressed_per_part_until_the_center_ends_them() {
+    use crate::health::Problem;
+    use failure_request::{failure_request, FailureRequest};
+    let cfg = sample_config();
+    let button = cfg.button.as_ref();
+    let mut w = World::ready();
+    let ask = |w: &World, key: &str| {
+        let p = Problem {
+            key: key.into(),
+            code: vpnnat_proto::types::FailureCode::Other,
+            detail: String::new(),
+        };
+        failure_request(&w.id, button, &w.state, &p).unwrap()
+    };
+    let FailureRequest::Request(ike) = ask(&w, "ike") else {
+        panic!("nothing open: the first ike failure asks")
+    };
+    let first = w.request_input(&ike).unwrap().acceptance_number.get();
+    assert_eq!(w.state.requests[&first].failure.as_deref(), Some("ike"));
+    // The tag is durable: a restarted routerd suppresses as well.
+    w.state = RouterState::from_bytes(&snapshot(&w.state), std::path::Path::new("state.json")).unwrap();
+    assert_eq!(ask(&w, "ike"), FailureRequest::Suppressed { acceptance: first });
+    // Another part asks for its own request although the first is open.
+    let FailureRequest::Request(dp) = ask(&w, "datapath") else {
+        panic!("another part is not suppressed")
+    };
+    let second = w.request_input(&dp).unwrap().acceptance_number.get();
+    assert_ne!(first, second);
+    assert_eq!(ask(&w, "ike"), FailureRequest::Suppressed { acceptance: first });
+    // The center ends the ike request: the next ike failure asks again,
+    // the datapath's request still suppresses its own part.
+    let mut g = guard();
+    let o = w.command(&mut g, &w.center.end(first)).unwrap();
+    w.state = o.next;
+    assert!(matches!(ask(&w, "ike"), FailureRequest::Request(_)));
+    assert_eq!(ask(&w, "datapath"), FailureRequest::Suppressed { acceptance: second });
 }

@@ -26,7 +26,12 @@ use crate::view::StatusView;
 use crate::web::{ApiAccepted, ApiError, ApiRequest};
 
 pub(crate) fn config(center: std::net::SocketAddr, dir: &std::path::Path) -> Arc<Config> {
-    let text = format!(
+    Arc::new(Config::parse(&config_text(center, dir), std::path::Path::new("test.toml")).unwrap())
+}
+
+/// The text of [`config`]; its `[button]` table is last.
+fn config_text(center: std::net::SocketAddr, dir: &std::path::Path) -> String {
+    format!(
         r#"
 terminal_id = "router-1"
 center_url = "http://{center}"
@@ -59,8 +64,7 @@ terminals = ["printer"]
 "#,
         dir.display(),
         dir.display()
-    );
-    Arc::new(Config::parse(&text, std::path::Path::new("test.toml")).unwrap())
+    )
 }
 
 pub(crate) fn tmpdir(tag: &str) -> PathBuf {
@@ -491,6 +495,55 @@ async fn datapath_failure_sends_one_failure_notice_then_the_preset_request() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Issue 19, item 3: without `[button]` a failure still leads to a
+/// maintenance request, with the default preset naming the failing part:
+/// here the router's datapath, so the router's own name. Until the router
+/// itself can be requested (issue 19, item 2) its resolver refuses that
+/// name before anything reaches the center; the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_button_a_failure_asks_with_the_default_preset_for_the_router_itself() {
+    crate::logring::install_for_tests();
+    let dir = tmpdir("failure-nobutton");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(cl.local_addr().unwrap(), &dir);
+    let text = &text[..text.find("[button]").unwrap()];
+    let cfg = Arc::new(Config::parse(text, std::path::Path::new("test.toml")).unwrap());
+    assert!(cfg.button.is_none());
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    let dp = RecordingDatapath {
+        fail_at: Some(0),
+        ..RecordingDatapath::new()
+    };
+    let rt = Running::start_with(cfg, dp, Duration::from_millis(50)).await;
+    rt.wait_installed().await;
+    wait_center(&center, "datapath notice", |c| c.failures.len() == 1).await;
+    let start = std::time::Instant::now();
+    let line = loop {
+        let log = crate::logring::global().snapshot();
+        if let Some(l) = log
+            .iter()
+            .find(|l| l.contains("maintenance request (default preset) after the datapath failure"))
+        {
+            break l.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{log:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        line.contains("terminal=router-1") && line.contains("\"router-1\""),
+        "{line}"
+    );
+    let seen = center.0.lock().unwrap().seen.clone();
+    use vpnnat_proto::paths::center::{GATEWAY_ADDRESS, MAINTENANCE};
+    assert!(
+        !seen.iter().any(|p| p == MAINTENANCE || p == GATEWAY_ADDRESS),
+        "the name is refused before the center spends a slot: {seen:?}"
+    );
+    assert!(rt.router.state().await.requests.is_empty());
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_interface_needs_the_password_and_reboots() {
     use base64::Engine as _;
@@ -762,16 +815,28 @@ async fn failure_watch_reports_a_crash_looping_helper_the_ike_responder_and_the_
     assert!(v["failures"][0]["detail"].as_str().unwrap().contains("flaky"));
     sup.stop().await;
 
-    // The IKE responder goes down: one notice (Ipsec); the preset request
-    // is not repeated while request 101 is open.
+    // The IKE responder goes down: one notice (Ipsec), and its own preset
+    // request although the helper's request 101 is still open: that one
+    // was made for another part (issue 19, item 3).
     *ike_fault.lock().unwrap() = Some("socket closed".into());
-    wait_center(&center, "IKE notice", |c| c.failures.len() == 2).await;
+    wait_center(&center, "IKE notice and its preset request", |c| {
+        c.failures.len() == 2 && c.seen.iter().filter(|p| *p == "/v1/router/maintenance").count() == 2
+    })
+    .await;
     {
         let c = center.0.lock().unwrap();
         assert_eq!(c.failures[1].code, vpnnat_proto::types::FailureCode::Ipsec);
         assert!(c.failures[1].detail.as_str().contains("socket closed"));
-        assert_eq!(c.seen.iter().filter(|p| *p == "/v1/router/maintenance").count(), 1);
     }
+    let v = rt
+        .wait_api("the IKE failure's request", |v| {
+            v["status"]["requests"].as_array().is_some_and(|r| r.len() == 2)
+        })
+        .await;
+    assert_eq!(v["status"]["requests"][1]["claimant_name"], "Preset");
+    let st = rt.router.state().await;
+    let parts: Vec<Option<&str>> = st.requests.values().map(|r| r.failure.as_deref()).collect();
+    assert_eq!(parts, [Some("helper:flaky"), Some("ike")]);
     *ike_fault.lock().unwrap() = None;
 
     // The center fails three exchanges in a row (503): "unreachable". The

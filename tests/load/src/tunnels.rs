@@ -321,6 +321,7 @@ pub async fn run() {
         phone: Phone::new("0312345678").unwrap(),
         content: RequestContent::new("load test").unwrap(),
         terminals: vec![TerminalName::new("pc1").unwrap()],
+        for_failure: None,
     });
     let mem_line = || {
         pids.iter()
