@@ -154,6 +154,15 @@ pub struct Interface {
 }
 
 impl Interface {
+    /// The interface's subnet (for the NAT table's LAN side).
+    pub fn subnet(&self) -> vpnnat_datapath::Ipv4Cidr {
+        let net = std::net::Ipv4Addr::from(u32::from(self.address) & prefix_mask(self.prefix_len));
+        // A network address with its prefix length (at most 32, checked
+        // when the configuration was read) is always a valid CIDR.
+        vpnnat_datapath::Ipv4Cidr::new(net, self.prefix_len.min(32))
+            .unwrap_or_else(|_| vpnnat_datapath::Ipv4Cidr::host(net))
+    }
+
     /// Whether `ip` is on this interface's subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = prefix_mask(self.prefix_len);

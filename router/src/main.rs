@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper::Method;
-use vpnnat_datapath::nft::NatTable;
+use vpnnat_datapath::nft::{LanSide, NatTable};
 use vpnnat_datapath::{Datapath, KernelDatapath, RecordingDatapath};
 use vpnnat_router::cli::{daemon_addr, Cli, Command, EXIT_CONFIG, EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK};
 use vpnnat_router::config::Config;
@@ -241,7 +241,14 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
         log::warn!("--fake-datapath: kernel state is only simulated");
         Box::new(SimulatedKernel(RecordingDatapath::new()))
     } else {
-        let dp = KernelDatapath::open(NatTable::default()).context("opening the kernel datapath (needs root)")?;
+        // With its LAN side: operator connections from an address inside
+        // the LAN's own prefix (a LAN that overlaps the center's) leave
+        // toward the host from the router's LAN address (issue 17 item 6).
+        let table = NatTable::default().with_lan(LanSide {
+            interface: cfg.lan.name.clone(),
+            prefix: cfg.lan.subnet(),
+        });
+        let dp = KernelDatapath::open(table).context("opening the kernel datapath (needs root)")?;
         // A home router's firewall: nothing from the WAN reaches the LAN or
         // the router's LAN-side pages unless it came out of the tunnel.
         dp.guard_wan(&cfg.wan.name)

@@ -79,6 +79,35 @@ fn nat_table_elements_round_trip_and_leave_nothing() {
     assert!(ruleset_is_empty());
 }
 
+/// Issue 17 item 6: a router's table, with its LAN-overlap masquerade,
+/// is accepted by the kernel (the rule's effect needs decapsulated
+/// packets: the VM scenario's LAN_CIDR=172.16.0.0/24 run) and observed
+/// like the plain one.
+#[test]
+fn a_routers_nat_table_with_its_lan_loads() {
+    vpnnat_testkit::fresh_netns_or_skip!();
+    let t = NatTable::default().with_lan(vpnnat_datapath::nft::LanSide {
+        interface: "br0".into(),
+        prefix: "172.16.0.0/24".parse().unwrap(),
+    });
+    let nft = Nft::new(t.clone());
+    nft.apply("create", &t.create(&[center()], &[m(1)])).unwrap();
+    let o = nft.observe().unwrap().unwrap();
+    assert!(o.consistent);
+    assert_eq!(o.mappings, BTreeSet::from([m(1)]));
+    let out = std::process::Command::new("nft")
+        .args(["list", "chain", "ip", "vpnnat", "postrouting"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ct status dnat ip daddr @granted oifname \"br0\" ip saddr 172.16.0.0/24 masquerade"),
+        "{text}"
+    );
+    nft.apply("destroy", &t.destroy()).unwrap();
+    assert!(ruleset_is_empty());
+}
+
 #[test]
 fn failed_nat_transaction_changes_nothing() {
     vpnnat_testkit::fresh_netns_or_skip!();

@@ -195,6 +195,10 @@ fi
 	echo "topology: HOME_NAT must be at most 60 and CGNAT at most 200"
 	exit 2
 }
+# the home LANs overlap the center LAN (issue 17 item 6): the routers
+# masquerade the operators' addresses toward their LAN
+LAN_OVERLAPS_CENTER=0
+net_overlaps "$LAN_CIDR" 172.16.0.0/24 && LAN_OVERLAPS_CENTER=1
 CG_PUBLIC=198.51.100.2 # the carrier NAT's one public address
 # nated K: home K sits behind some NAT
 nated() { [ "$1" -le "$HOME_NAT" ] || [ "$1" -le "$CGNAT" ]; }

@@ -14,7 +14,7 @@ use nftables::schema::{NfListObject, NfObject, Nftables};
 
 use crate::error::DatapathError;
 use crate::model::{Ipv4Cidr, Mapping};
-pub use ruleset::NatTable;
+pub use ruleset::{LanSide, NatTable};
 
 /// The VPNNAT table as read from the kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -8,7 +8,8 @@
 //!   set granted { type ipv4_addr }             # real hosts the tunnel may reach
 //!   set center { type ipv4_addr; flags interval }  # the center's networks
 //!   chain prerouting  { nat dstnat:  meta ipsec exists dnat ip to ip daddr map @dnat4 }
-//!   chain postrouting { nat srcnat:  ip daddr @center snat ip to ip saddr map @snat4 }
+//!   chain postrouting { nat srcnat:  ct status dnat ip daddr @granted oifname LAN ip saddr LANPREFIX masquerade  # a router's, see LanSide
+//!                                    ip daddr @center snat ip to ip saddr map @snat4 }
 //!   chain forward { filter: meta ipsec exists tcp option maxseg size > 1360 tcp option maxseg size set 1360
 //!                           meta ipsec exists ct status dnat ip daddr @granted accept
 //!                           meta ipsec exists ct direction reply ct status snat ip daddr @granted accept
@@ -50,12 +51,34 @@ pub const TUNNEL_MSS: u32 = 1360;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatTable {
     pub name: String,
+    /// The home LAN, when the table is a router's: its connections from a
+    /// center address that lies inside the LAN itself are masqueraded
+    /// (see [`LanSide`]).
+    pub lan: Option<LanSide>,
+}
+
+/// A router's LAN interface and prefix (issue 17 item 6).
+///
+/// Homes number their LANs as they like, some with the very range the
+/// operators sit in. A LAN host that gets a connection from an operator
+/// address inside its own prefix answers on-link (ARP) and never through
+/// the router. So a connection that came out of the tunnel through DNAT
+/// and leaves on the LAN interface with a source inside the LAN prefix
+/// leaves from the router's LAN address instead (masquerade); conntrack
+/// turns the replies back. Decided per packet from the prefix, so a LAN
+/// that overlaps no center network is never touched, and a partial
+/// overlap masquerades only the overlapping sources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LanSide {
+    pub interface: String,
+    pub prefix: Ipv4Cidr,
 }
 
 impl Default for NatTable {
     fn default() -> Self {
         Self {
             name: TABLE.to_string(),
+            lan: None,
         }
     }
 }
@@ -93,7 +116,55 @@ fn cidr_elem(c: &Ipv4Cidr) -> Expression<'static> {
 
 impl NatTable {
     pub fn named(name: &str) -> Self {
-        Self { name: name.to_string() }
+        Self {
+            name: name.to_string(),
+            lan: None,
+        }
+    }
+
+    /// The same table on a router whose LAN is `lan`.
+    #[must_use]
+    pub fn with_lan(self, lan: LanSide) -> Self {
+        Self { lan: Some(lan), ..self }
+    }
+
+    /// `ct status dnat ip daddr @granted oifname LAN ip saddr PREFIX
+    /// masquerade`: see [`LanSide`].
+    fn lan_overlap_rule(&self) -> Option<Rule<'static>> {
+        let lan = self.lan.as_ref()?;
+        // No `meta ipsec exists` here: the kernel accepts secpath matches
+        // only in prerouting, input and forward. A DNAT'd connection to a
+        // granted host is the tunnel's (the only DNAT of this table).
+        Some(self.rule(
+            "postrouting",
+            vec![
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::CT(CT {
+                        key: Cow::Borrowed("status"),
+                        family: None,
+                        dir: None,
+                    })),
+                    right: s("dnat"),
+                    op: Operator::IN,
+                }),
+                Statement::Match(Match {
+                    left: payload("daddr"),
+                    right: s(format!("@{GRANTED_SET}")),
+                    op: Operator::EQ,
+                }),
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Oifname })),
+                    right: s(&lan.interface),
+                    op: Operator::EQ,
+                }),
+                Statement::Match(Match {
+                    left: payload("saddr"),
+                    right: cidr_elem(&lan.prefix),
+                    op: Operator::EQ,
+                }),
+                Statement::Masquerade(None),
+            ],
+        ))
     }
 
     fn table(&self) -> Table<'static> {
@@ -297,6 +368,9 @@ impl NatTable {
                 })),
             ],
         )));
+        if let Some(r) = self.lan_overlap_rule() {
+            b.add(NfListObject::Rule(r));
+        }
         b.add(NfListObject::Rule(self.rule(
             "postrouting",
             vec![
@@ -402,6 +476,43 @@ mod tests {
 
     fn to_json(n: &Nftables) -> Value {
         serde_json::to_value(n).unwrap()
+    }
+
+    fn postrouting(t: &NatTable) -> Vec<Value> {
+        to_json(&t.create(&[], &[]))["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .filter(|r| r["chain"] == "postrouting")
+            .map(|r| r["expr"].clone())
+            .collect()
+    }
+
+    /// Issue 17 item 6: a router's table masquerades, toward its LAN, the
+    /// tunnel's DNAT'd connections whose source lies in the LAN prefix,
+    /// before the SNAT rule; without a LAN (a plain table) nothing changes.
+    #[test]
+    fn a_routers_table_masquerades_sources_inside_its_lan_first() {
+        let plain = postrouting(&NatTable::default());
+        assert_eq!(plain.len(), 1);
+        let t = NatTable::default().with_lan(LanSide {
+            interface: "br-lan".into(),
+            prefix: "172.16.0.0/24".parse().unwrap(),
+        });
+        let rules = postrouting(&t);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[0],
+            json!([
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@granted"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "br-lan"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "172.16.0.0", "len": 24}}}},
+                {"masquerade": null}
+            ])
+        );
+        assert_eq!(rules[1], plain[0], "the SNAT rule follows unchanged");
     }
 
     #[test]
