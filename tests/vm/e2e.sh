@@ -212,7 +212,13 @@ force_into_tunnel() {
 	echo "$g reqid $reqid"
 }
 G1=""
-if out=$(force_into_tunnel 2>&1); then
+if [ "$LAN_OVERLAPS_CENTER" = 1 ]; then
+	# The LAN's real addresses are the center's own here: sending them into
+	# a tunnel at the gateway (and routing them at the center) would cut
+	# the center LAN itself, not probe the router.
+	skip "a gateway that sends the LAN's real addresses or the internet into the tunnel reaches nothing" \
+		"LAN_CIDR=$LAN_CIDR overlaps the center LAN: its real addresses cannot be routed into a tunnel from there"
+elif out=$(force_into_tunnel 2>&1); then
 	G1=${out%% *}
 	forced=""
 	for i in $(seq 1 "$HOSTS_PER_LAN"); do forced="$forced $(host_ip $i):$PORT"; done
