@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use vpnnat_datapath::nft::{ElemOp, NatTable, Nft, NftElements};
+use vpnnat_datapath::nft::{elements, ElemOp, NatTable, Nft, NftElements};
 use vpnnat_datapath::plan::NatDesired;
 use vpnnat_datapath::route::Route;
 use vpnnat_datapath::xfrm::Xfrm;
@@ -193,6 +193,20 @@ fn netlink_elements_leave_what_nft_leaves() {
     nft.apply("remove", &by_nft.remove_mappings(&[m(1), m(5)])).unwrap();
     same();
     assert_eq!(dp.observe().unwrap().nat.unwrap().mappings, BTreeSet::from([m(3)]));
+
+    // The largest change that takes this path: every answer is read.
+    let many: Vec<Mapping> = (10..10 + elements::MAX_MAPPINGS as u32)
+        .map(|i| Mapping {
+            vpnnat: Ipv4Addr::from(0x0a41_0000 + i),
+            real: Ipv4Addr::from(0xc0a9_0000 + i),
+        })
+        .collect();
+    nl.apply("by_nl", ElemOp::Add, &many).unwrap();
+    nft.apply("add", &by_nft.add_mappings(&many)).unwrap();
+    same();
+    nl.apply("by_nl", ElemOp::Delete, &many).unwrap();
+    nft.apply("remove", &by_nft.remove_mappings(&many)).unwrap();
+    same();
 }
 
 #[test]

@@ -18,9 +18,12 @@ use crate::model::Mapping;
 /// at that size anyway.
 pub const MAX_MAPPINGS: usize = 1024;
 
-/// Socket buffers: a batch of [`MAX_MAPPINGS`] is ~250 KiB out and 3 acks
-/// per mapping back.
-const BUF_BYTES: libc::c_int = 1 << 20;
+/// Send buffer: a batch of [`MAX_MAPPINGS`] is ~250 KiB.
+const SND_BYTES: libc::c_int = 1 << 20;
+/// Receive buffer: 3 acknowledgements per mapping, each its own datagram
+/// (~1 KiB of buffer accounting apiece, not its 36 bytes): 1,024 mappings
+/// overflowed 1 MiB (ENOBUFS); this holds them with room to spare.
+const RCV_BYTES: libc::c_int = 8 << 20;
 
 /// A `NETLINK_NETFILTER` socket in the network namespace it was opened in.
 #[derive(Debug)]
@@ -30,8 +33,7 @@ pub struct NftElements {
     buf: Vec<u8>,
 }
 
-fn set_buf(fd: &OwnedFd, force: libc::c_int, plain: libc::c_int) {
-    let v = BUF_BYTES;
+fn set_buf(fd: &OwnedFd, force: libc::c_int, plain: libc::c_int, v: libc::c_int) {
     let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     for opt in [force, plain] {
         // SAFETY: setsockopt with a pointer to a live c_int and its size.
@@ -71,8 +73,8 @@ impl NftElements {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        set_buf(&fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
-        set_buf(&fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+        set_buf(&fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SND_BYTES);
+        set_buf(&fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RCV_BYTES);
         Ok(Self {
             fd,
             seq: 0,
