@@ -19,8 +19,9 @@ pub enum DatapathError {
     #[error("nftables transaction ({what}) failed: {detail}")]
     Nft { what: String, detail: String },
     /// An nf_tables element batch was refused; the kernel applied none of
-    /// it. `elem` names the element the kernel refused (as nft prints it).
-    #[error("nftables {op} of element {elem} failed (nothing of the transaction applied): {reason}")]
+    /// it. `elem` names the element the kernel refused (as nft prints it),
+    /// or the whole change when the kernel refused the batch.
+    #[error("nftables {op} of {elem} failed (nothing of the transaction applied): {reason}")]
     NftElement {
         op: &'static str,
         elem: String,

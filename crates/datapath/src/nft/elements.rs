@@ -104,11 +104,11 @@ impl NftElements {
         setelem::verdict(&b, &acks).map_err(|r| match r {
             Refusal::Batch(errno) => fail(whole(), io::Error::from_raw_os_error(errno)),
             Refusal::Elem(i, errno) => fail(
-                elems.get(i).map(|e| e.to_string()).unwrap_or_else(whole),
+                elems.get(i).map(|e| format!("element {e}")).unwrap_or_else(whole),
                 io::Error::from_raw_os_error(errno),
             ),
             Refusal::Unanswered(i) => fail(
-                elems.get(i).map(|e| e.to_string()).unwrap_or_else(whole),
+                elems.get(i).map(|e| format!("element {e}")).unwrap_or_else(whole),
                 io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"),
             ),
         })
