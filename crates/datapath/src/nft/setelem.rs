@@ -137,7 +137,7 @@ fn message(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id:
 /// The batch that adds (or deletes) `elems` of table `table` (family `ip`)
 /// as one transaction. Messages are numbered from `seq`. With `ack`, every
 /// element message asks for an acknowledgement, so success and failure of
-/// each are known (`nft` 1.0.6 asks for none; [`tests`] compares both).
+/// each are known (`nft` 1.0.6 asks for none; the tests compare both).
 /// A delete carries only the key: the kernel finds a map element by it.
 pub fn batch(table: &str, op: ElemOp, elems: &[Elem], seq: u32, ack: bool) -> ElemBatch {
     let table = nul_terminated(table);
