@@ -10,7 +10,7 @@ use log::debug;
 
 use crate::error::DatapathError;
 use crate::model::{ObservedSa, PolicyId, PolicySpec, SaCounters, SaId};
-use crate::nft::{NatObserved, NatTable, Nft};
+use crate::nft::{elements, ElemOp, NatObserved, NatTable, Nft, NftElements};
 use crate::plan::{plan, Change, DesiredState, ObservedState};
 use crate::xfrm::Xfrm;
 
@@ -42,6 +42,9 @@ pub trait Datapath {
 pub struct KernelDatapath {
     pub xfrm: Xfrm,
     pub nft: Nft,
+    /// Grants and revokes (mapping elements only) go here, in-process;
+    /// the table itself through `nft`.
+    pub elements: NftElements,
 }
 
 impl KernelDatapath {
@@ -49,6 +52,7 @@ impl KernelDatapath {
         Ok(Self {
             xfrm: Xfrm::open()?,
             nft: Nft::new(table),
+            elements: NftElements::open()?,
         })
     }
 
@@ -73,9 +77,15 @@ impl Datapath for KernelDatapath {
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
         let t = self.nft.table.clone();
         let nft = &mut self.nft;
+        let elems = &mut self.elements;
+        // A grant or revoke (a few mappings) as one netlink batch; a whole
+        // population (a reconcile) through `nft`, see elements::MAX_MAPPINGS.
+        let small = |m: &[_]| m.len() <= elements::MAX_MAPPINGS;
         apply_changes(&mut self.xfrm, changes, |c| match c {
             Change::CreateNat { center, mappings } => nft.apply("create table", &t.create(center, mappings)),
             Change::SetCenter(center) => nft.apply("set center networks", &t.set_center(center)),
+            Change::AddMappings(m) if small(m) => elems.apply(&t.name, ElemOp::Add, m),
+            Change::DelMappings(m) if small(m) => elems.apply(&t.name, ElemOp::Delete, m),
             Change::AddMappings(m) => nft.apply("add mappings", &t.add_mappings(m)),
             Change::DelMappings(m) => nft.apply("delete mappings", &t.remove_mappings(m)),
             Change::DestroyNat => nft.apply("destroy table", &t.destroy()),

@@ -18,6 +18,15 @@ pub enum DatapathError {
     /// An nftables transaction failed; nothing of it was applied.
     #[error("nftables transaction ({what}) failed: {detail}")]
     Nft { what: String, detail: String },
+    /// An nf_tables element batch was refused; the kernel applied none of
+    /// it. `elem` names the element the kernel refused (as nft prints it),
+    /// or the whole change when the kernel refused the batch.
+    #[error("nftables {op} of {elem} failed (nothing of the transaction applied): {reason}")]
+    NftElement {
+        op: &'static str,
+        elem: String,
+        reason: io::Error,
+    },
     /// An rtnetlink request about a link, address or route failed.
     #[error("rtnetlink {op} of {object} failed: {reason}")]
     Route {
@@ -37,7 +46,9 @@ impl DatapathError {
     /// The errno of a kernel refusal, if there is one (e.g. EEXIST, ENOENT).
     pub fn errno(&self) -> Option<i32> {
         match self {
-            DatapathError::Xfrm { reason, .. } | DatapathError::Route { reason, .. } => reason.raw_os_error(),
+            DatapathError::Xfrm { reason, .. }
+            | DatapathError::Route { reason, .. }
+            | DatapathError::NftElement { reason, .. } => reason.raw_os_error(),
             _ => None,
         }
     }

@@ -4,8 +4,8 @@
 //! Layers, from pure to effectful:
 //! - [`model`]: what the project owns (SAs, policies, 1:1 mappings).
 //! - [`plan`]: desired vs observed state -> ordered list of [`plan::Change`]s.
-//! - [`xfrm::msg`], [`nft::ruleset`], [`route::msg`], [`rtnl::msg`]: pure
-//!   message builders.
+//! - [`xfrm::msg`], [`nft::ruleset`], [`nft::setelem`], [`route::msg`],
+//!   [`rtnl::msg`]: pure message builders.
 //! - [`apply`]: the [`apply::Datapath`] trait, with the kernel implementation
 //!   and a recording fake for unit tests of router and center logic.
 //! - [`netlink`], [`xfrm`], [`nft`], [`route`], [`rtnl`]: the thin I/O layer

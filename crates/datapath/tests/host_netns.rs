@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use vpnnat_datapath::nft::{NatTable, Nft};
+use vpnnat_datapath::nft::{elements, ElemOp, NatTable, Nft, NftElements};
 use vpnnat_datapath::plan::NatDesired;
 use vpnnat_datapath::route::Route;
 use vpnnat_datapath::xfrm::Xfrm;
@@ -126,6 +126,116 @@ fn failed_nat_transaction_changes_nothing() {
     };
     assert!(nft.apply("add", &t.add_mappings(&[clash])).is_err());
     assert_eq!(nft.observe().unwrap().unwrap().mappings, BTreeSet::from([m(1)]));
+}
+
+/// `nft -j list table ip NAME`, without what differs between two tables
+/// holding the same things (handles, the table's name).
+fn table_json(name: &str) -> serde_json::Value {
+    // The raw JSON: the `nftables` crate cannot parse every rule of it.
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "table", "ip", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    fn scrub(v: &mut serde_json::Value, name: &str) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.remove("handle");
+                if o.get("table").and_then(|t| t.as_str()) == Some(name) {
+                    o.insert("table".into(), "T".into());
+                }
+                if o.get("name").and_then(|t| t.as_str()) == Some(name) {
+                    o.insert("name".into(), "T".into());
+                }
+                o.values_mut().for_each(|x| scrub(x, name));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| scrub(x, name)),
+            _ => {}
+        }
+    }
+    scrub(&mut v, name);
+    // The metainfo object carries nothing about the table.
+    if let Some(a) = v["nftables"].as_array_mut() {
+        a.retain(|o| o.get("metainfo").is_none());
+    }
+    v
+}
+
+#[test]
+fn netlink_elements_leave_what_nft_leaves() {
+    vpnnat_testkit::fresh_netns_or_skip!();
+    // The same changes to two tables: through `nft` and through netlink.
+    let (by_nft, by_nl) = (NatTable::named("by_nft"), NatTable::named("by_nl"));
+    let nft = Nft::new(by_nft.clone());
+    let nl_table = Nft::new(by_nl.clone());
+    let mut nl = NftElements::open().unwrap();
+    nft.apply("create", &by_nft.create(&[center()], &[m(1)])).unwrap();
+    nl_table.apply("create", &by_nl.create(&[center()], &[m(1)])).unwrap();
+    let same = || {
+        let a = table_json("by_nft");
+        assert!(a["nftables"].as_array().unwrap().len() > 10, "{a}");
+        assert_eq!(table_json("by_nl"), a, "netlink's table, then nft's");
+    };
+    same();
+
+    nft.apply("add", &by_nft.add_mappings(&[m(2), m(3)])).unwrap();
+    nl.apply("by_nl", ElemOp::Add, &[m(2), m(3)]).unwrap();
+    same();
+    let o = nl_table.observe().unwrap().unwrap();
+    assert!(o.consistent);
+    assert_eq!(o.mappings, BTreeSet::from([m(1), m(2), m(3)]));
+
+    // Re-adding what is there is no change on either path.
+    nft.apply("add again", &by_nft.add_mappings(&[m(1)])).unwrap();
+    nl.apply("by_nl", ElemOp::Add, &[m(1)]).unwrap();
+    same();
+
+    nft.apply("remove", &by_nft.remove_mappings(&[m(2)])).unwrap();
+    nl.apply("by_nl", ElemOp::Delete, &[m(2)]).unwrap();
+    same();
+    assert_eq!(
+        nl_table.observe().unwrap().unwrap().mappings,
+        BTreeSet::from([m(1), m(3)])
+    );
+
+    // All or nothing: m(9) is absent, so m(1) stays too, and the error
+    // names the element the kernel refused.
+    let err = nl.apply("by_nl", ElemOp::Delete, &[m(1), m(9)]).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert!(err.to_string().contains("dnat4 { 10.64.0.9 : 192.168.1.9 }"), "{err}");
+    let clash = Mapping {
+        vpnnat: m(1).vpnnat,
+        real: Ipv4Addr::new(192, 168, 1, 200),
+    };
+    assert!(nft.apply("add", &by_nft.add_mappings(&[clash])).is_err());
+    let err = nl.apply("by_nl", ElemOp::Add, &[m(4), clash]).unwrap_err();
+    assert!(err.to_string().contains("dnat4 { 10.64.0.1 : 192.168.1.200 }"), "{err}");
+    same();
+
+    // Through the datapath, as routerd grants and revokes.
+    let mut dp = KernelDatapath::open(by_nl.clone()).unwrap();
+    dp.apply(&[Change::AddMappings(vec![m(5)])]).unwrap();
+    nft.apply("add", &by_nft.add_mappings(&[m(5)])).unwrap();
+    same();
+    dp.apply(&[Change::DelMappings(vec![m(1), m(5)])]).unwrap();
+    nft.apply("remove", &by_nft.remove_mappings(&[m(1), m(5)])).unwrap();
+    same();
+    assert_eq!(dp.observe().unwrap().nat.unwrap().mappings, BTreeSet::from([m(3)]));
+
+    // The largest change that takes this path: every answer is read.
+    let many: Vec<Mapping> = (10..10 + elements::MAX_MAPPINGS as u32)
+        .map(|i| Mapping {
+            vpnnat: Ipv4Addr::from(0x0a41_0000 + i),
+            real: Ipv4Addr::from(0xc0a9_0000 + i),
+        })
+        .collect();
+    nl.apply("by_nl", ElemOp::Add, &many).unwrap();
+    nft.apply("add", &by_nft.add_mappings(&many)).unwrap();
+    same();
+    nl.apply("by_nl", ElemOp::Delete, &many).unwrap();
+    nft.apply("remove", &by_nft.remove_mappings(&many)).unwrap();
+    same();
 }
 
 #[test]

@@ -297,6 +297,19 @@ pub fn run(args: &BenchArgs, table: NatTable) -> Result<()> {
             (x.cli_add + x.cli_del) / (x.single_add + x.single_del)
         )?;
     }
+    writeln!(
+        r,
+        "# one grant (single) against the per-call CLI, add and remove apart:"
+    )?;
+    for x in &rows {
+        writeln!(
+            r,
+            "{:>8} cli/single add {:.0}x, remove {:.0}x",
+            x.n,
+            x.cli_add / x.single_add,
+            x.cli_del / x.single_del
+        )?;
+    }
     writeln!(r, "# where the library's time goes, us/mapping (nft part + xfrm part):")?;
     for x in &rows {
         let f = |i: usize, n: usize| {

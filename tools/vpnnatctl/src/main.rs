@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use vpnnat_datapath::nft::{NatTable, Nft};
+use vpnnat_datapath::nft::{ElemOp, NatTable, Nft, NftElements};
 use vpnnat_datapath::route::Route;
 use vpnnat_datapath::xfrm::{Xfrm, XfrmEvents};
 use vpnnat_datapath::{
@@ -294,6 +294,19 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Adds or deletes mapping elements as routerd does: a few in one netlink
+/// batch, many through `nft`.
+fn elements(table: &NatTable, nft: &Nft, op: ElemOp, mappings: &[Mapping]) -> Result<()> {
+    if mappings.len() <= vpnnat_datapath::nft::elements::MAX_MAPPINGS {
+        NftElements::open()?.apply(&table.name, op, mappings)?;
+    } else if op == ElemOp::Add {
+        nft.apply("add mappings", &table.add_mappings(mappings))?;
+    } else {
+        nft.apply("delete mappings", &table.remove_mappings(mappings))?;
+    }
+    Ok(())
+}
+
 fn nat(table: NatTable, c: NatCmd) -> Result<()> {
     let nft = Nft::new(table.clone());
     match c {
@@ -302,13 +315,13 @@ fn nat(table: NatTable, c: NatCmd) -> Result<()> {
             if mappings.is_empty() {
                 bail!("no mapping given (VPNNAT=REAL)");
             }
-            nft.apply("add mappings", &table.add_mappings(&mappings))?
+            elements(&table, &nft, ElemOp::Add, &mappings)?
         }
         NatCmd::Del { mappings } => {
             if mappings.is_empty() {
                 bail!("no mapping given (VPNNAT=REAL)");
             }
-            nft.apply("delete mappings", &table.remove_mappings(&mappings))?
+            elements(&table, &nft, ElemOp::Delete, &mappings)?
         }
         NatCmd::List => match nft.observe()? {
             None => bail!("table ip {} does not exist", table.name),

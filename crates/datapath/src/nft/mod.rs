@@ -1,9 +1,12 @@
 //! nftables through the `nftables` crate (the `nft` JSON API): each change is
-//! one `nft -j -f -` transaction, all or nothing.
+//! one `nft -j -f -` transaction, all or nothing. The elements of a grant
+//! or revoke go straight to the kernel instead ([`elements`]).
 
+pub mod elements;
 pub mod gateway;
 pub mod guard;
 pub mod ruleset;
+pub mod setelem;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -14,7 +17,9 @@ use nftables::schema::{NfListObject, NfObject, Nftables};
 
 use crate::error::DatapathError;
 use crate::model::{Ipv4Cidr, Mapping};
+pub use elements::NftElements;
 pub use ruleset::{LanSide, NatTable};
+pub use setelem::ElemOp;
 
 /// The VPNNAT table as read from the kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
