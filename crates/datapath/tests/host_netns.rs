@@ -118,6 +118,11 @@ fn failed_nat_transaction_changes_nothing() {
     let err = nft.apply("remove", &t.remove_mappings(&[m(1), m(9)])).unwrap_err();
     assert!(matches!(err, DatapathError::Nft { .. }), "{err}");
     assert!(err.to_string().contains("remove"), "{err}");
+    // The kernel's reason is in the error (nft's stderr), not lost.
+    let DatapathError::Nft { detail, .. } = &err else {
+        unreachable!()
+    };
+    assert!(!detail.trim().is_empty(), "a reason: {err}");
     assert_eq!(nft.observe().unwrap().unwrap().mappings, BTreeSet::from([m(1)]));
     // Same key with another value is refused too.
     let clash = Mapping {

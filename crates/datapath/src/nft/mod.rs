@@ -49,6 +49,40 @@ fn nft_err(what: &str) -> impl FnOnce(NftablesError) -> DatapathError + '_ {
     }
 }
 
+/// Runs `program -j -f -` with `payload` on its stdin; on failure, what
+/// it said (stderr, else stdout, else its exit status).
+fn run_nft(program: &str, payload: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(payload)
+            .map_err(|e| format!("writing to {program}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for {program}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    let (stderr, stdout) = (said(&out.stderr), said(&out.stdout));
+    Err(if !stderr.is_empty() {
+        stderr
+    } else if !stdout.is_empty() {
+        stdout
+    } else {
+        format!("{program} failed ({}) without a message", out.status)
+    })
+}
+
 fn elems(objs: &[NfObject<'_>]) -> Vec<Expression<'static>> {
     let mut out = Vec::new();
     for o in objs {
@@ -123,7 +157,17 @@ impl Nft {
         if batch.objects.is_empty() {
             return Ok(());
         }
-        helper::apply_ruleset_with_args(batch, Some(&self.program), std::iter::empty::<&str>()).map_err(nft_err(what))
+        // Not the crate's `apply_ruleset_with_args`: it leaves nft's stderr
+        // to ours, so a refused transaction came back with an empty
+        // reason. Here the reason is part of the error.
+        let payload = serde_json::to_vec(batch).map_err(|e| DatapathError::Nft {
+            what: what.to_string(),
+            detail: format!("encoding the transaction: {e}"),
+        })?;
+        run_nft(&self.program, &payload).map_err(|detail| DatapathError::Nft {
+            what: what.to_string(),
+            detail,
+        })
     }
 
     fn list(&self, kind: &str, name: &str) -> Result<Option<Nftables<'static>>, DatapathError> {
