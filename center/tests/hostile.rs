@@ -416,7 +416,8 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
             next_hop: None,
         }],
         replay: ReplayConfig::default(),
-        tunnel_up_timeout: Duration::from_millis(200),
+        // Simulated routers run no IKE: answered without waiting for a tunnel.
+        tunnel_up_timeout: Duration::ZERO,
         // one open request per router: the legitimate one below fills it
         max_open_requests: 1,
     };

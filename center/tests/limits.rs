@@ -47,7 +47,8 @@ fn center() -> Arc<Center<HttpGateways, HttpRouters>> {
             next_hop: None,
         }],
         replay: ReplayConfig::default(),
-        tunnel_up_timeout: Duration::from_millis(200),
+        // Simulated routers run no IKE: answered without waiting for a tunnel.
+        tunnel_up_timeout: Duration::ZERO,
         max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
     };
     let gws = HttpGateways::new(

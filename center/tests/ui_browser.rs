@@ -98,7 +98,8 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
             next_hop: None,
         }],
         replay: ReplayConfig::default(),
-        tunnel_up_timeout: Duration::from_millis(100),
+        // Simulated routers run no IKE: answered without waiting for a tunnel.
+        tunnel_up_timeout: Duration::ZERO,
         max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
     };
     let gws = HttpGateways::new(vec![(gw_name.clone(), gw_addr, gw_key)], T);

@@ -447,8 +447,8 @@ impl Router {
         }
     }
 
-    /// The VPN gateway address request (unless a gateway is already held),
-    /// then the maintenance request; installs the grants.
+    /// The VPN gateway address request, then the maintenance request;
+    /// installs the grants.
     pub async fn maintenance(&self, input: MaintenanceInput) -> Result<Accepted, DaemonError> {
         let _x = self.exchange.lock().await;
         let state = self.state().await;
@@ -458,12 +458,23 @@ impl Router {
         // Check names before asking for a gateway slot, so an unknown name
         // costs the center nothing.
         let before = self.resolve_all(&input.terminals).await?;
-        if state.gateway.is_none() {
-            self.gateway_locked().await?;
+        // The VPN gateway address exchange before every request (PROTOCOL.md
+        // 3, [0101]/[0155]): the center keeps a healthy gateway, but a router
+        // that missed its VPN end (the tunnel was down then) learns of a new
+        // gateway here instead of requesting toward one that freed its slot.
+        if let Err(e) = self.gateway_locked().await {
+            self.settle_after_failure(&mut *self.inner.lock().await);
+            return Err(e);
         }
         let state = self.state().await;
         let p = logic::begin_maintenance(&self.id, &state, &input, &self.fixed(&before), &self.rng, unix_now())?;
-        let reply = self.send(&p.outgoing).await?;
+        let reply = match self.send(&p.outgoing).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.settle_after_failure(&mut *self.inner.lock().await);
+                return Err(e.into());
+            }
+        };
         vpnnat_crashpoint::hit("router.grant.after_reply");
         // Resolved again now that the grants are here (PROTOCOL.md 4): a
         // host that vanished meanwhile must not be mapped.
@@ -474,6 +485,7 @@ impl Router {
             Ok(x) => x,
             Err(e) => {
                 log::error!("terminal={} maintenance request: {e}", self.id.terminal_id);
+                self.settle_after_failure(&mut inner);
                 return Err(e.into());
             }
         };
@@ -493,6 +505,24 @@ impl Router {
             ),
         }
         Ok(acc)
+    }
+
+    /// After a maintenance request that was not granted (refused, its
+    /// tunnel never came up, the center unreachable): a router left with
+    /// no waiting request gives its gateway back ([`logic::settle`]), so a
+    /// dialing router stops dialing a gateway that freed its slot and the
+    /// next request asks for a gateway afresh.
+    fn settle_after_failure(&self, inner: &mut Inner) {
+        let Some(next) = logic::settle(&inner.state) else {
+            return;
+        };
+        log::info!(
+            "terminal={} no request waits after the failed one: gateway released",
+            self.id.terminal_id
+        );
+        if let Err(e) = self.commit(inner, next, vpnnat_crashpoint::name!("router.grant.after_failure")) {
+            log::warn!("terminal={} cannot save the state: {e}", self.id.terminal_id);
+        }
     }
 
     /// A resolver that knows only `answers`.

@@ -35,6 +35,9 @@ pub struct FakeCenter {
     pub failures: Vec<FailureNotice>,
     /// Answer every request with this status and text instead.
     pub refuse: Option<(u16, String)>,
+    /// Answer maintenance requests only with this status and text (the
+    /// gateway address exchange before them succeeds).
+    pub refuse_maintenance: Option<(u16, String)>,
     /// Grant names the router did not ask for (to test mismatches).
     pub grant_extra: Option<TerminalName>,
     /// The center's clock (Unix seconds).
@@ -63,6 +66,7 @@ impl FakeCenter {
             seen: Vec::new(),
             failures: Vec::new(),
             refuse: None,
+            refuse_maintenance: None,
             grant_extra: None,
             now: NOW,
             tunnel_lost_answer: TunnelRebuild::Up,
@@ -125,7 +129,11 @@ impl FakeCenter {
 
     pub fn answer_raw(&mut self, path: &str, headers: &AuthHeaders, body: &[u8]) -> CenterReply {
         self.seen.push(path.to_string());
-        if let Some((status, text)) = &self.refuse {
+        let refusal = match path {
+            paths::center::MAINTENANCE => self.refuse.as_ref().or(self.refuse_maintenance.as_ref()),
+            _ => self.refuse.as_ref(),
+        };
+        if let Some((status, text)) = refusal {
             return CenterReply {
                 status: *status,
                 headers: None,

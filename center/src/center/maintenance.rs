@@ -11,7 +11,9 @@ use vpnnat_proto::{Outgoing, ProtoError};
 
 use crate::storage::{NewRequest, SlotRow, StorageError, TerminalRow, TunnelState};
 
-use super::{psk_of, unicast, Actor, Center, CenterError, CommandError, GatewayCommands, RouterCommands};
+use super::{
+    psk_of, tunnel_failure, unicast, Actor, Center, CenterError, CommandError, GatewayCommands, RouterCommands,
+};
 
 impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// `router_ip` is the request's source address (the router's global IP).
@@ -107,6 +109,9 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 addrs.push(g.vpnnat);
             }
         }
+        if slot.tunnel_state != TunnelState::Up {
+            self.forget_tunnel_detail(tid.as_str());
+        }
         if let Err(e) = self.program_gateway(&slot, &tid, &row, router_ip, &addrs).await {
             // Nothing half-assigned: the request and the addresses it took go.
             log::warn!("{subject} request rolled back: {e}");
@@ -134,13 +139,36 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         for w in warnings {
             log::warn!("{subject} {w}");
         }
-        if !self.wait_tunnel_up(&tid, self.settings.tunnel_up_timeout).await? {
+        let bound = self.settings.tunnel_up_timeout;
+        if !self.wait_tunnel_up(&tid, bound).await? && !bound.is_zero() {
+            // PROTOCOL.md 4 ([0175]): accepted means reachable. A request
+            // whose tunnel never came is ended like an operator's end (every
+            // address, grant, route and the slot go back), and the router
+            // is told what failed instead of "accepted".
+            let why = tunnel_failure::reason(self.last_tunnel_detail(tid.as_str()).as_deref());
             log::warn!(
-                "{subject} tunnel at {} slot {} not up after {:?}; answering the request anyway",
+                "{subject} tunnel at {} slot {} not up after {bound:?} ({why}); request ended, everything released",
                 slot.gateway,
                 slot.slot,
-                self.settings.tunnel_up_timeout
             );
+            let actor = Actor::new("centerd", "tunnel-timeout");
+            self.audit(
+                now,
+                &actor,
+                "tunnel_failed",
+                Some(tid.as_str()),
+                Some(number),
+                &format!("tunnel at {} not up within {bound:?}: {why}", slot.gateway),
+            );
+            let ended = self.end_by(number, now, &actor).await?;
+            for w in ended.warnings {
+                log::warn!("{subject} {w}");
+            }
+            return Err(CenterError::TunnelNotUp {
+                gateway: slot.gateway.clone(),
+                waited: bound,
+                why,
+            });
         }
         let grants = Grants::new(
             grants

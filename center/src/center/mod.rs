@@ -38,6 +38,7 @@ mod metrics;
 mod reconcile;
 mod start_end;
 mod tunnel_events;
+mod tunnel_failure;
 mod tunnel_lost;
 
 pub use vpnnat_service::http::CommandError;
@@ -67,6 +68,16 @@ pub enum CenterError {
     ReinstallRateLimited,
     #[error("VPN gateway unavailable: {0}")]
     Gateway(CommandError),
+    #[error(
+        "the tunnel with VPN gateway {gateway} did not come up within {} s: {why}; \
+         the request was ended and everything it took released",
+        waited.as_secs_f32()
+    )]
+    TunnelNotUp {
+        gateway: String,
+        waited: Duration,
+        why: String,
+    },
     #[error("{0}")]
     Storage(StorageError),
     #[error("stored secret of {terminal} is unreadable")]
@@ -92,6 +103,7 @@ impl CenterError {
             CenterError::Proto(p) => p.http_status(),
             CenterError::PoolExhausted | CenterError::NoGatewayCapacity => 503,
             CenterError::Gateway(_) => 502,
+            CenterError::TunnelNotUp { .. } => 504,
             CenterError::TooManyOpenRequests { .. } | CenterError::ReinstallRateLimited => 429,
             // 423 Locked: the router retries with back-off until approved.
             CenterError::ReinstallPending => 423,
@@ -218,9 +230,11 @@ pub struct CenterSettings {
     pub center_networks: BoundedSet<Ipv4Cidr, 1, { vpnnat_proto::messages::MAX_CENTER_NETWORKS }>,
     pub gateways: Vec<GatewayEntry>,
     pub replay: ReplayConfig,
-    /// How long a maintenance request waits for its tunnel to come up
-    /// before answering anyway (the request stays "waiting" and the tunnel
-    /// state is shown to the operator; nothing pretends it is up).
+    /// How long a maintenance request waits for its tunnel to come up.
+    /// Past it the request is ended, everything it took released, and the
+    /// router answered with what failed (504). Zero: not waited for at all
+    /// (`tunnel_up_timeout_ms = 0`, for test beds whose simulated routers
+    /// run no IKE: the request is answered at once).
     pub tunnel_up_timeout: Duration,
     /// Most open (waiting or in progress) requests one router may have; a
     /// further request is refused with 429 and changes nothing, so one
@@ -310,6 +324,11 @@ pub struct Center<G, R> {
     rng: SystemRandom,
     /// Woken on every tunnel event; waiters re-read their slot.
     tunnel_events: Notify,
+    /// The gateway's last word on each router's tunnel when it was not up
+    /// ("IKE down: AuthenticationFailed"), for the answer to a request
+    /// whose tunnel never came. One entry per router: bounded by the
+    /// terminals table.
+    tunnel_details: Mutex<std::collections::HashMap<String, String>>,
     /// Which tunnel events and state reports are news (late events are not).
     event_order: Mutex<crate::event_order::EventOrder>,
     /// Host routes toward the gateways (None: the operator's routing is
@@ -433,6 +452,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             routers,
             rng: SystemRandom::new(),
             tunnel_events: Notify::new(),
+            tunnel_details: Mutex::new(std::collections::HashMap::new()),
             event_order: Mutex::new(crate::event_order::EventOrder::default()),
             routes: None,
             metrics: crate::metrics::CommandMetrics::new(crate::api::COMMANDS),

@@ -219,7 +219,7 @@ pub(crate) fn settings(slots: &[u16]) -> CenterSettings {
             })
             .collect(),
         replay: ReplayConfig::default(),
-        tunnel_up_timeout: Duration::from_millis(20),
+        tunnel_up_timeout: Duration::ZERO,
         max_open_requests: crate::center::DEFAULT_MAX_OPEN_REQUESTS,
     }
 }
@@ -1622,4 +1622,136 @@ async fn initiation_mode_is_decided_answered_remembered_and_audited() {
         old.gateway_address(&c).await.unwrap().initiation,
         InitiationMode::Gateway
     );
+}
+
+/// Waits until the fake gateway was told to set up `id`'s tunnel and given
+/// its addresses (what gatewayd does before IKE can finish).
+async fn gateway_programmed(g: &FakeGateways, id: &str) {
+    loop {
+        let ready = g
+            .tunnels
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|((_, t), (_, _, addrs))| t == id && !addrs.is_empty());
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn gw1_event_detail(c: &TestCenter, id: &str, status: TunnelStatus, detail: &str) {
+    let slot = c.store().unwrap().slot_of(id).unwrap().unwrap().slot;
+    let ev = TunnelEvent {
+        terminal_id: tid(id),
+        slot,
+        status,
+        detail: FailureDetail::new(detail).unwrap(),
+        seq: 0,
+    };
+    let key = gw_key(1).mac_key();
+    let out = encode_request(&ev, &GatewayName::new("gw1").unwrap(), &key, NOW, &rng()).unwrap();
+    c.tunnel_event(out.path, &out.headers, &out.body, NOW).unwrap();
+}
+
+fn waiting(bound: Duration) -> (TestCenter, Arc<FakeGateways>, Arc<FakeRouters>) {
+    let mut s = settings(&[2]);
+    s.tunnel_up_timeout = bound;
+    center_with_settings("10.64.0.0/24", s)
+}
+
+/// Everything a failed request could leave behind: its addresses, the
+/// router's slot, the gateway's tunnel, an open request.
+fn assert_nothing_left(c: &TestCenter, g: &FakeGateways, id: &str, number: u64) {
+    let st = c.store().unwrap();
+    assert_eq!(st.address_of(id, "pc1").unwrap(), None, "address released");
+    assert!(st.slot_of(id).unwrap().is_none(), "slot freed");
+    assert_eq!(st.request(number).unwrap().unwrap().state, RequestState::Ended);
+    st.check_pool().unwrap();
+    drop(st);
+    assert!(g.tunnels.lock().unwrap().is_empty(), "gateway tunnel torn down");
+}
+
+#[tokio::test]
+async fn a_request_is_answered_accepted_only_once_its_tunnel_is_up() {
+    let (c, g, _) = waiting(Duration::from_secs(30));
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let (answer, ()) = tokio::join!(r.maintenance(&c, &["pc1"]), async {
+        gateway_programmed(&g, "router-1").await;
+        // Still waiting for the tunnel: not answered yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gw1_event(&c, "router-1", TunnelStatus::Up);
+    });
+    let (n, grants) = answer.unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(tunnel_state_of(&c, "router-1"), TunnelState::Up);
+    let row = c.store().unwrap().request(n).unwrap().unwrap();
+    assert_eq!(row.state, RequestState::Waiting);
+}
+
+#[tokio::test]
+async fn a_request_whose_tunnel_never_comes_fails_clearly_and_leaves_nothing() {
+    let (c, g, routers) = waiting(Duration::from_millis(50));
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let before = snapshot(&c);
+    let e = r.maintenance(&c, &["pc1"]).await.unwrap_err();
+    assert_eq!(status(&e), 504);
+    let text = e.public_text();
+    assert!(text.contains("did not come up within 0.05 s"), "{text}");
+    assert!(text.contains("timeout"), "{text}");
+    assert!(text.contains("everything it took released"), "{text}");
+    // Ended as an operator's end would: the gateway was given the address
+    // and then told to drop it and the tunnel.
+    let cmds = g.take();
+    assert!(cmds.iter().any(|c| c.starts_with("setup gw1 router-1")), "{cmds:?}");
+    assert!(cmds.iter().any(|c| c.starts_with("remove gw1 router-1")), "{cmds:?}");
+    assert_eq!(
+        cmds.last().map(String::as_str),
+        Some("teardown gw1 router-1"),
+        "{cmds:?}"
+    );
+    // Nothing through a tunnel that is not up.
+    assert!(routers.take().is_empty());
+    let n = c.store().unwrap().list_requests(10).unwrap()[0].acceptance_number;
+    assert_nothing_left(&c, &g, "router-1", n);
+    let after = snapshot(&c);
+    assert_eq!((after.pool, after.slots), (before.pool, before.slots));
+    let audit = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            action: Some("tunnel_failed".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].acceptance_number, Some(n));
+    assert!(audit[0].detail.contains("timeout"), "{audit:?}");
+    // The router asks again and, with its tunnel coming up, is served.
+    let (answer, ()) = tokio::join!(r.maintenance(&c, &["pc1"]), async {
+        gateway_programmed(&g, "router-1").await;
+        gw1_event(&c, "router-1", TunnelStatus::Up);
+    });
+    answer.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_ike_is_named_in_the_failure() {
+    let (c, g, _) = waiting(Duration::from_millis(300));
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let (answer, ()) = tokio::join!(r.maintenance(&c, &["pc1"]), async {
+        gateway_programmed(&g, "router-1").await;
+        gw1_event_detail(&c, "router-1", TunnelStatus::Down, "IKE down: AuthenticationFailed");
+    });
+    let e = answer.unwrap_err();
+    assert_eq!(status(&e), 504);
+    let text = e.public_text();
+    assert!(text.contains("IKE refused: authentication failed"), "{text}");
+    let n = c.store().unwrap().list_requests(10).unwrap()[0].acceptance_number;
+    assert_nothing_left(&c, &g, "router-1", n);
 }

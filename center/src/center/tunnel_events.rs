@@ -2,7 +2,7 @@
 
 use vpnnat_proto::auth::{AuthHeaders, ReplayGuard};
 use vpnnat_proto::keys::SecretBytes;
-use vpnnat_proto::messages::{Ack, TunnelEvent};
+use vpnnat_proto::messages::{Ack, TunnelEvent, TunnelStatus};
 use vpnnat_proto::types::GatewayName;
 use vpnnat_proto::{decode_request, KeyKind, Outgoing, ProtoError};
 
@@ -50,6 +50,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             self.store()?
                 .set_tunnel_state(v.principal().as_str(), ev.slot, ev.terminal_id.as_str(), state, now)?;
         if matched {
+            self.note_tunnel_detail(ev.terminal_id.as_str(), ev.status, ev.detail.as_str());
             log::info!(
                 "terminal={} gateway {}: tunnel (slot {}) is {}",
                 ev.terminal_id,
@@ -67,5 +68,34 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         }
         self.tunnel_events.notify_waiters();
         self.answer(&v, &Ack {}, &key, now)
+    }
+}
+
+impl<G, R> Center<G, R> {
+    /// Keeps the gateway's last word on a tunnel that is not up (cleared
+    /// when it comes up), for [`super::tunnel_failure::reason`].
+    fn note_tunnel_detail(&self, terminal_id: &str, status: TunnelStatus, detail: &str) {
+        let Ok(mut m) = self.tunnel_details.lock() else {
+            return;
+        };
+        if status == TunnelStatus::Up {
+            m.remove(terminal_id);
+        } else if !detail.trim().is_empty() {
+            m.insert(terminal_id.to_owned(), detail.to_owned());
+        }
+    }
+
+    /// What the gateway last said about the router's tunnel, if it was not
+    /// up then.
+    pub(super) fn last_tunnel_detail(&self, terminal_id: &str) -> Option<String> {
+        self.tunnel_details.lock().ok()?.get(terminal_id).cloned()
+    }
+
+    /// Forgets it: a new attempt starts (an old tunnel's failure must not
+    /// explain the next one).
+    pub(super) fn forget_tunnel_detail(&self, terminal_id: &str) {
+        if let Ok(mut m) = self.tunnel_details.lock() {
+            m.remove(terminal_id);
+        }
     }
 }

@@ -95,7 +95,8 @@ impl Stack {
                 next_hop: None,
             }],
             replay: ReplayConfig::default(),
-            tunnel_up_timeout: Duration::from_millis(200),
+            // Simulated routers run no IKE: answered without waiting for a tunnel.
+            tunnel_up_timeout: Duration::ZERO,
             max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
         };
         let gws = HttpGateways::new(vec![(gw_name.clone(), gw_addr.clone(), gw_key.clone())], T);

@@ -68,6 +68,7 @@ pub const POINTS: &[&str] = &[
     "router.grant.after_reply",
     "router.grant.after_save",
     "router.grant.after_kernel",
+    "router.grant.after_failure",
     "router.command.after_save",
     "router.command.after_kernel",
     "router.vpn_end.after_save",

@@ -385,6 +385,49 @@ async fn installation_retries_until_the_center_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_tunnel_never_came_leaves_no_gateway_and_the_next_asks_again() {
+    let dir = tmpdir("tunnel-failed");
+    let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caddr = cl.local_addr().unwrap();
+    let cfg = config(caddr, &dir);
+    let center = start_center(cfg.factory_secret.clone(), cl).await;
+    let rt = Running::start(cfg).await;
+    rt.wait_installed().await;
+    let why = "the tunnel with VPN gateway gw1 did not come up within 10 s: IKE refused: authentication \
+               failed (PSK or identity); the request was ended and everything it took released";
+    center.0.lock().unwrap().refuse_maintenance = Some((504, why.into()));
+    let (s, b) = rt.post("/api/request", api_request(&["pc1"]), None).await;
+    assert_eq!(s, 502);
+    let e: ApiError = serde_json::from_slice(&b).unwrap();
+    assert!(e.error.contains("IKE refused: authentication failed"), "{}", e.error);
+    // Nothing of it stays: no grant, no request, and the gateway it was
+    // given is released (a dialing router stops dialing it).
+    let st = rt.router.state().await;
+    assert!(st.hosts.is_empty() && st.requests.is_empty());
+    assert!(st.gateway.is_none(), "gateway released after the failed request");
+    // The next request asks for a gateway afresh and is granted.
+    center.0.lock().unwrap().refuse_maintenance = None;
+    center.0.lock().unwrap().seen.clear();
+    let (s, b) = rt.post("/api/request", api_request(&["pc1"]), None).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        center.0.lock().unwrap().seen,
+        ["/v1/router/gateway-address", "/v1/router/maintenance"]
+    );
+    assert!(rt.router.state().await.gateway.is_some());
+    // Holding a gateway, the router still asks for it before each request.
+    center.0.lock().unwrap().seen.clear();
+    let (s, _) = rt.post("/api/request", api_request(&["printer"]), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        center.0.lock().unwrap().seen,
+        ["/v1/router/gateway-address", "/v1/router/maintenance"]
+    );
+    rt.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_and_bad_requests_are_reported() {
     let dir = tmpdir("refuse");
     let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
