@@ -244,6 +244,13 @@ pub struct Helper {
     pub command: Vec<String>,
 }
 
+/// Default `center_timeout_secs`: a maintenance request is answered once its
+/// tunnel is up, and the center waits for that up to its own
+/// `tunnel_up_timeout_ms` (10 s by default) after its gateway commands; the
+/// router waits longer, so that the center's answer (accepted, or what
+/// failed) arrives instead of a time-out of its own.
+pub const DEFAULT_CENTER_TIMEOUT_SECS: u64 = 30;
+
 /// The validated configuration.
 pub struct Config {
     pub path: PathBuf,
@@ -476,7 +483,7 @@ impl Config {
             state_dir: PathBuf::from(raw.state_dir.as_deref().unwrap_or("/var/lib/routerd")),
             lease_file: PathBuf::from(raw.lease_file.as_deref().unwrap_or("/var/lib/misc/dnsmasq.leases")),
             dns: raw.dns.unwrap_or(true),
-            center_timeout: secs("center_timeout_secs", raw.center_timeout_secs, 10)?,
+            center_timeout: secs("center_timeout_secs", raw.center_timeout_secs, DEFAULT_CENTER_TIMEOUT_SECS)?,
             retry_max: secs("retry_max_secs", raw.retry_max_secs, 300)?,
             wan,
             lan,

@@ -497,6 +497,35 @@ check_not "pc1 of $(tid 1) is no longer reachable" \
 check_not "pc1 of $(tid 1), no longer granted, no longer reaches the allow-listed service" \
 	nsx r1h1 vpnnat-probe connect --timeout-ms 2000 172.16.0.50:$PORT
 
+# ---------------------------------------------------------------- 4b. a tunnel that never comes
+# Issue 19 item 4: a request is answered "accepted" only once its tunnel is
+# up. With IKE blocked at the router (both modes: the gateway's IKE_SA_INIT
+# and the router's own dialing), the center waits its bound, ends the
+# request and releases everything; the router reports what failed and
+# keeps nothing. The failure notice below is the next request, end to end.
+say "4b. $(tid 1) with its IKE blocked: a clear failure, nothing left"
+printf '%s\n' 'add table inet e2e_ike_block' \
+	'add chain inet e2e_ike_block in { type filter hook input priority -10; }' \
+	'add chain inet e2e_ike_block out { type filter hook output priority -10; }' \
+	'add rule inet e2e_ike_block in udp sport { 500, 4500 } drop' \
+	'add rule inet e2e_ike_block out udp dport { 500, 4500 } drop' | nsx r1 nft -f -
+t0=$SECONDS
+request 1 pc1 >$W/r1/req-blocked.out 2>&1
+rc=$?
+echo "       | answered after $((SECONDS - t0)) s (exit status $rc): $(tr '\n' ' ' <$W/r1/req-blocked.out | cut -c1-300)"
+check "$(tid 1) with IKE blocked: the request fails, saying the tunnel did not come up" sh -c \
+	"[ $rc != 0 ] && grep -q 'did not come up within' $W/r1/req-blocked.out && ! grep -q '^acceptance number' $W/r1/req-blocked.out"
+BLOCKED=$(list_requests | awk '$2 == "home-1" && $1 + 0 > n + 0 { n = $1 } END { print n }')
+check "the failed request (${BLOCKED:-none}) is ended at the center, audited as tunnel_failed" sh -c \
+	"list_requests() { ip netns exec server $CENTERD list-requests --limit 1000; }
+	 list_requests | grep -qE '^${BLOCKED:-x} +home-1 +ended' &&
+	 ip netns exec server $CENTERD audit --action tunnel_failed --terminal home-1 --limit 5 | grep tunnel_failed | grep -q '${BLOCKED:-x}'"
+check "nothing of it is left: no slot, no SA or policy at the router or any gateway" wait_for 30 vpn_gone 1
+check "$(tid 1) holds no grant and no gateway after the failure" sh -c "
+	ip netns exec r1 routerd --config $W/r1/routerd.toml hosts | awk 'NR > 1 && \$4 != \"-\" { print; bad = 1 } END { exit bad }' &&
+	! ip netns exec r1 nft list map ip vpnnat dnat4 | grep -q ' : '"
+nsx r1 nft delete table inet e2e_ike_block
+
 # ---------------------------------------------------------------- 6. failure notice
 say "6. a failure notice from $(tid 1)"
 reqs_before=$(list_requests | grep -c ' home-1 ')
