@@ -120,6 +120,7 @@ fn seed(db: &Path) -> u64 {
                 terminal_names: &names,
                 now: 200,
                 max_open: None,
+                expires_at: None,
             },
             Some("gw1"),
         )

@@ -49,6 +49,9 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             terminal_names: &names,
             now,
             max_open: Some(self.settings.max_open_requests),
+            // Issue 19, item 8: every grant ends by itself (told to the
+            // router in the answer when it can show it).
+            expires_at: Some(now.saturating_add(self.settings.max_grant_lifetime_secs)),
         };
         let serial = self.work_on_terminal(tid.as_str()).await;
         // A router that skipped exchange 3 gets a slot here, claimed in the

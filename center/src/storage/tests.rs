@@ -39,6 +39,7 @@ fn new_req<'a>(id: &'a str, names: &'a [String], level: &'a str) -> NewRequest<'
         terminal_names: names,
         now: 100,
         max_open: None,
+        expires_at: None,
     }
 }
 
@@ -262,6 +263,7 @@ fn open_request_cap_counts_waiting_and_in_progress_per_router_and_writes_nothing
     let n = names(&["pc1"]);
     let capped = |id| NewRequest {
         max_open: Some(2),
+        expires_at: None,
         ..new_req(id, &n, "general")
     };
     s.create_request(&capped("r1"), None).unwrap();
