@@ -5,6 +5,7 @@ use super::tests::*;
 use super::*;
 use crate::limits::{LimitError, DEFAULT_MAX_LIFETIME_SECS as MAX};
 use crate::storage::{AuditFilter, AuditRow, RequestState};
+use vpnnat_proto::messages::MaintenanceRequest;
 
 fn audit_of(c: &TestCenter, n: u64) -> Vec<AuditRow> {
     let mut rows = c
@@ -150,4 +151,27 @@ async fn an_operator_cannot_raise_the_limit_above_the_configured_maximum() {
     c.end(n, NOW).await.unwrap();
     assert_eq!(c.limit_by(n, 5, NOW, &op).unwrap_err().http_status(), 409);
     assert_eq!(c.limit_by(999, 5, NOW, &op).unwrap_err().http_status(), 404);
+}
+
+#[tokio::test]
+async fn the_acceptance_answer_tells_the_router_when_the_request_ends_unless_it_is_an_old_router() {
+    let (c, _, _) = center_with("10.64.0.0/24", &[2]);
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    r.gateway_address(&c).await.unwrap();
+    for (old, want) in [(false, Some(NOW + MAX)), (true, None)] {
+        let (req, _) = r.maintenance_request(&["pc1"], vpnnat_proto::types::ClaimantLevel::General);
+        let req = if old { req.without_ends_at() } else { req };
+        let out = r.sign(&req, NOW);
+        let resp = c
+            .maintenance(out.path, &out.headers, &out.body, Ipv4Addr::new(203, 0, 113, 5), NOW)
+            .await
+            .unwrap();
+        let answer: vpnnat_proto::messages::MaintenanceResponse =
+            vpnnat_proto::decode_response::<MaintenanceRequest>(&out, &r.key(), &resp.headers, &resp.body).unwrap();
+        assert_eq!(answer.ends_at, want, "old router: {old}");
+        // An old router's parser (unknown fields refused) sees no new field.
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(body.get("ends_at").is_some(), !old);
+    }
 }
