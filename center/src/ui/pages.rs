@@ -73,6 +73,10 @@ pub struct Dashboard<'a> {
     pub dns_domain: Option<&'a str>,
     /// Re-installations without proof waiting for an operator (issue 18).
     pub reinstalls: &'a [ReinstallRow],
+    /// The time the page is made at and `[center]
+    /// max_grant_lifetime_secs`, for each request's end (issue 19, item 8).
+    pub now: u64,
+    pub max_lifetime_secs: u64,
 }
 
 /// A POST button in a form of its own (every form carries the session's
@@ -113,7 +117,30 @@ pub fn maintenance_password(terminal_id: &str, password: &str) -> String {
     )
 }
 
-fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
+/// When a live request ends, the time left, who set a shorter limit, and
+/// the form that sets a new one (minutes from now; the center refuses more
+/// than its configured maximum).
+fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Markup {
+    let n = r.acceptance_number;
+    let end = crate::limits::effective_end(r.received_at, r.expires_at, max_lifetime_secs);
+    html! {
+        span.ends id={ "ends-" (n) } {
+            (crate::limits::utc_hhmm(end)) " (" (crate::limits::time_left(end, now)) " left)"
+        }
+        @if let Some(by) = &r.limit_set_by {
+            br; span.limit-by { "limit set by " (by) }
+        }
+        form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
+            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+            " "
+            input type="number" name="minutes" id={ "minutes-" (n) } min="1" max=(max_lifetime_secs / 60) size="4" required;
+            button id={ "limit-" (n) } { "set limit (min)" }
+        }
+    }
+}
+
+fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
+    let dns_domain = d.dns_domain;
     let n = r.acceptance_number;
     let live = r.state != RequestState::Ended;
     let mut tables: Vec<&str> = r.grants.iter().map(|g| g.table_name.as_str()).collect();
@@ -140,6 +167,9 @@ fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
             }
             td { (tables.join(", ")) }
             td.state { (r.state) }
+            td {
+                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs)) }
+            }
             td {
                 @match r.state {
                     RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
@@ -184,11 +214,11 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         h2 { "Maintenance requests" }
         table id="requests" {
             tr {
-                @for h in ["Acceptance number", "Terminal ID", "Global IP", "Claimant", "Level", "Phone", "Urgency", "Content", "Received", "VPNNAT address", "Table name", "State", ""] {
+                @for h in ["Acceptance number", "Terminal ID", "Global IP", "Claimant", "Level", "Phone", "Urgency", "Content", "Received", "VPNNAT address", "Table name", "State", "Ends (time left)", ""] {
                     th { (h) }
                 }
             }
-            @for r in d.requests { (request_row(r, csrf, d.dns_domain)) }
+            @for r in d.requests { (request_row(r, csrf, d)) }
         }
         h2 { "Gateways" }
         table id="gateways" {
