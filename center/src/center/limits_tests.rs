@@ -76,14 +76,15 @@ async fn a_request_past_its_lifetime_is_ended_like_an_operators_end_with_everyth
         ]
     );
     assert_eq!(g.take().last().unwrap(), "teardown gw1 router-1");
-    let st = c.store().unwrap();
-    let row = st.request(n).unwrap().unwrap();
-    assert_eq!((row.state, row.ended_at), (RequestState::Ended, Some(NOW + MAX)));
-    assert!(st.slot_of("router-1").unwrap().is_none());
-    assert_eq!(st.address_of("router-1", "pc1").unwrap(), None);
-    // Only the router's own two parts stay allocated.
-    assert_eq!(st.pool_usage().unwrap().allocated, 2);
-    drop(st);
+    {
+        let st = c.store().unwrap();
+        let row = st.request(n).unwrap().unwrap();
+        assert_eq!((row.state, row.ended_at), (RequestState::Ended, Some(NOW + MAX)));
+        assert!(st.slot_of("router-1").unwrap().is_none());
+        assert_eq!(st.address_of("router-1", "pc1").unwrap(), None);
+        // Only the router's own two parts stay allocated.
+        assert_eq!(st.pool_usage().unwrap().allocated, 2);
+    }
     let audit = audit_of(&c, n);
     let expire = audit.iter().find(|a| a.action == "expire").expect("an expire row");
     assert_eq!(expire.actor, "centerd");

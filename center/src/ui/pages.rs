@@ -117,9 +117,14 @@ pub fn maintenance_password(terminal_id: &str, password: &str) -> String {
     )
 }
 
+/// The limits the request row offers, in minutes from now (one click
+/// each: the page reloads every few seconds, which would wipe a typed
+/// value). Any other value: `centerd limit-request N --minutes M`.
+const LIMIT_CHOICES: [u64; 4] = [15, 30, 60, 120];
+
 /// When a live request ends, the time left, who set a shorter limit, and
-/// the form that sets a new one (minutes from now; the center refuses more
-/// than its configured maximum).
+/// one button per offered limit (minutes from now; the center refuses more
+/// than its configured maximum since the request's reception).
 fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Markup {
     let n = r.acceptance_number;
     let end = crate::limits::effective_end(r.received_at, r.expires_at, max_lifetime_secs);
@@ -130,11 +135,14 @@ fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Ma
         @if let Some(by) = &r.limit_set_by {
             br; span.limit-by { "limit set by " (by) }
         }
-        form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
-            input type="hidden" name=(CSRF_FIELD) value=(csrf);
-            " "
-            input type="number" name="minutes" id={ "minutes-" (n) } min="1" max=(max_lifetime_secs / 60) size="4" required;
-            button id={ "limit-" (n) } { "set limit (min)" }
+        br;
+        "end in: "
+        @for m in LIMIT_CHOICES.iter().filter(|m| now.saturating_add(m.saturating_mul(60)) < end) {
+            form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
+                input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                input type="hidden" name="minutes" value=(m);
+                button id={ "limit-" (n) "-" (m) } { (m) " min" }
+            }
         }
     }
 }

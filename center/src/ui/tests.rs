@@ -790,7 +790,8 @@ async fn operator_sees_each_requests_end_sets_a_shorter_limit_and_cannot_exceed_
         "{}",
         r.body
     );
-    assert!(r.body.contains(&format!("id=\"limit-{n}\"")));
+    // One button per offered limit shorter than what is left.
+    assert!(r.body.contains(&format!("id=\"limit-{n}-30\"")), "{}", r.body);
 
     let limit = |minutes: &str| format!("{CSRF_FIELD}={}&minutes={minutes}", csrf_token(&token));
     // Above the maximum: refused, nothing changed.
