@@ -146,6 +146,23 @@ pub fn check_config(config: &std::path::Path, cfg: &CenterdConfig) -> Result<Rep
     )
 }
 
+/// A request as the tools print it: the row and, while it is open, when it
+/// ends by itself (issue 19, item 8).
+#[derive(serde::Serialize)]
+struct RequestOut<'a> {
+    #[serde(flatten)]
+    row: &'a crate::storage::RequestRow,
+    /// Unix seconds; absent once ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ends_at: Option<u64>,
+}
+
+fn request_out<'a>(cfg: &CenterdConfig, row: &'a crate::storage::RequestRow) -> RequestOut<'a> {
+    let ends_at = (row.state != crate::storage::RequestState::Ended)
+        .then(|| crate::limits::effective_end(row.received_at, row.expires_at, cfg.settings.max_grant_lifetime_secs));
+    RequestOut { row, ends_at }
+}
+
 /// `list-requests`: newest first, filtered by state and router.
 pub fn list_requests(
     cfg: &CenterdConfig,
@@ -164,20 +181,35 @@ pub fn list_requests(
         .filter(|r| terminal.is_none_or(|t| r.terminal_id == t))
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
         .collect();
-    Report::new(&rows, || {
-        let mut s = String::from("no.  terminal  state        received    claimant  terminals\n");
-        for r in &rows {
+    let out: Vec<RequestOut<'_>> = rows.iter().map(|r| request_out(cfg, r)).collect();
+    let now = unix_now();
+    Report::new(&out, || {
+        let mut s =
+            String::from("no.  terminal  state        received    ends                     claimant  terminals\n");
+        for o in &out {
+            let r = o.row;
+            let ends = o.ends_at.map_or_else(
+                || "-".to_owned(),
+                |t| {
+                    format!(
+                        "{} ({} left)",
+                        crate::limits::utc_hhmm(t),
+                        crate::limits::time_left(t, now)
+                    )
+                },
+            );
             let names: Vec<String> = r
                 .grants
                 .iter()
                 .map(|g| format!("{}={}", g.terminal_name, g.vpnnat))
                 .collect();
             s.push_str(&format!(
-                "{:<4} {:<9} {:<12} {:<11} {:<9} {}\n",
+                "{:<4} {:<9} {:<12} {:<11} {:<24} {:<9} {}\n",
                 r.acceptance_number,
                 r.terminal_id,
                 r.state.to_string(),
                 r.received_at,
+                ends,
                 r.claimant_name,
                 names.join(" ")
             ));
@@ -205,7 +237,7 @@ pub fn show_router(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, Adm
         "addresses": st.addresses_of_terminal(terminal_id)?,
         "slot": st.slot_of(terminal_id)?,
         "initiation": st.initiation_of(terminal_id)?,
-        "requests": requests,
+        "requests": requests.iter().map(|r| request_out(cfg, r)).collect::<Vec<_>>(),
         "failures": st.failures(Some(terminal_id), 50)?,
     });
     let text = serde_json::to_string_pretty(&v)?;
@@ -220,6 +252,23 @@ pub fn start_request(cfg: &CenterdConfig, n: u64) -> Result<Report, AdminError> 
     let actor = cli_actor();
     let row = open_store(cfg)?.start_request_by(n, unix_now(), &actor.who, &actor.peer)?;
     Report::new(&row, || format!("request {} is {}", row.acceptance_number, row.state))
+}
+
+/// `limit-request`: the UI's "set limit": the request ends by itself
+/// `minutes` from now; refused beyond the configured maximum lifetime.
+pub fn limit_request(cfg: &CenterdConfig, n: u64, minutes: u64) -> Result<Report, AdminError> {
+    let actor = cli_actor();
+    let max = cfg.settings.max_grant_lifetime_secs;
+    let row = open_store(cfg)?.limit_request_by(n, minutes, max, unix_now(), &actor.who, &actor.peer)?;
+    let out = request_out(cfg, &row);
+    let end = out.ends_at.unwrap_or_default();
+    Report::new(&out, || {
+        format!(
+            "request {n} now ends at {} (limit set by {})",
+            crate::limits::utc_hhmm(end),
+            actor.who
+        )
+    })
 }
 
 /// `end-request`: the UI's end button (router end command, the three

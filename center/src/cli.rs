@@ -51,6 +51,14 @@ pub enum Cmd {
     /// End a request (the UI's end button): router end command, the three
     /// judgments, VPNNAT release, VPN end.
     EndRequest { acceptance_number: u64 },
+    /// Limit a request's time (the UI's "set limit"): it ends by itself
+    /// MINUTES from now. Refused beyond `[center] max_grant_lifetime_secs`
+    /// counted from its reception. Audited.
+    LimitRequest {
+        acceptance_number: u64,
+        #[arg(long)]
+        minutes: u64,
+    },
     /// Reconcile every gateway (or one) with the database now.
     Reconcile { gateway: Option<String> },
     /// List the gateways: heartbeat state (up/down, since when), slots,

@@ -132,6 +132,7 @@ struct RawCenter {
     networks: Vec<String>,
     tunnel_up_timeout_ms: Option<u64>,
     max_open_requests: Option<u32>,
+    max_grant_lifetime_secs: Option<u64>,
     replay_window_secs: Option<u64>,
     reconcile_interval_secs: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
@@ -371,6 +372,23 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
     if max_open_requests == 0 {
         return Err(invalid("center.max_open_requests", "must be at least 1"));
     }
+    let max_grant_lifetime_secs = raw
+        .center
+        .max_grant_lifetime_secs
+        .unwrap_or(crate::limits::DEFAULT_MAX_LIFETIME_SECS);
+    if !(crate::limits::MIN_LIFETIME_SECS..=crate::limits::MAX_LIFETIME_CEILING_SECS).contains(&max_grant_lifetime_secs)
+    {
+        return Err(invalid(
+            "center.max_grant_lifetime_secs",
+            format!(
+                "must be between {} (one minute) and {} (30 days); every grant ends by itself after it \
+                 (default {}, 4 hours)",
+                crate::limits::MIN_LIFETIME_SECS,
+                crate::limits::MAX_LIFETIME_CEILING_SECS,
+                crate::limits::DEFAULT_MAX_LIFETIME_SECS
+            ),
+        ));
+    }
     let replay = ReplayConfig {
         max_skew_secs: raw
             .center
@@ -484,6 +502,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             replay,
             tunnel_up_timeout,
             max_open_requests,
+            max_grant_lifetime_secs,
         },
     })
 }
@@ -641,6 +660,17 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
         assert!(err_of(&open("0")).contains("center.max_open_requests"));
         assert_eq!(parse(&open("9")).unwrap().settings.max_open_requests, 9);
         assert_eq!(parse(EXAMPLE).unwrap().settings.max_open_requests, 4);
+        let life = |v: &str| EXAMPLE.replace("[center]\n", &format!("[center]\nmax_grant_lifetime_secs = {v}\n"));
+        for bad in ["0", "59", "2592001"] {
+            let e = err_of(&life(bad));
+            assert!(
+                e.contains("center.max_grant_lifetime_secs") && e.contains("between 60"),
+                "{e}"
+            );
+        }
+        assert!(err_of(&life("\"4h\"")).contains("max_grant_lifetime_secs"));
+        assert_eq!(parse(&life("1800")).unwrap().settings.max_grant_lifetime_secs, 1800);
+        assert_eq!(parse(EXAMPLE).unwrap().settings.max_grant_lifetime_secs, 4 * 3600);
         assert!(err_of(&EXAMPLE.replace("http://172.16.0.11:9000", "ftp://x")).contains("gateways[0].api_url"));
         assert!(err_of(&EXAMPLE.replace("198.51.100.11", "224.0.0.1")).contains("gateways[0].global_ip"));
         assert!(err_of(&EXAMPLE.replace("127.0.0.1:8081", "127.0.0.1:8080")).contains("server.ui_listen"));

@@ -1,9 +1,11 @@
 //! centerd's wiring: the database, the [`Center`] over real gateway and
 //! router clients, the three servers (router API, operator UI, DNS) and the
-//! background loops (reconciliation, one heartbeat per gateway), run until
+//! background loops (reconciliation, one heartbeat per gateway, the
+//! grants' time limits), run until
 //! a shutdown future completes. The `centerd` binary only parses its
 //! command line and calls [`serve`]; tests drive the whole daemon here.
 
+mod expiry;
 mod heartbeat;
 mod reconcile;
 #[cfg(test)]
@@ -257,6 +259,7 @@ pub async fn serve(
         }
     });
     let reconciler = tokio::spawn(reconcile::run(center.clone(), reconcile_interval));
+    let expirer = tokio::spawn(expiry::run(center.clone()));
     let watchers: Vec<_> = match heartbeat {
         Some(hb) => center
             .settings()
@@ -269,6 +272,7 @@ pub async fn serve(
     shutdown.await;
     log::info!(target: LOG_TARGET, "centerd: shutting down");
     reconciler.abort();
+    expirer.abort();
     for w in &watchers {
         w.abort();
     }

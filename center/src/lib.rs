@@ -32,6 +32,7 @@ pub mod daemon;
 pub mod dns;
 pub(crate) mod event_order;
 pub mod keygen;
+pub mod limits;
 pub(crate) mod liveness;
 pub mod password;
 pub mod routes;

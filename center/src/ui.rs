@@ -71,6 +71,7 @@ enum Page {
     Logout,
     Start,
     End,
+    Limit,
     ApproveReinstall,
     ShowMaintenancePassword,
 }
@@ -117,6 +118,9 @@ pub const ROUTES: &[UiRoute] = &[
     route("POST", "/logout", Access::Session, Page::Logout),
     route("POST", "/requests/{n}/start", Access::Session, Page::Start),
     route("POST", "/requests/{n}/end", Access::Session, Page::End),
+    // Issue 19, item 8: the request's time limit, `minutes` from now (form
+    // field); never beyond `[center] max_grant_lifetime_secs`; audited.
+    route("POST", "/requests/{n}/limit", Access::Session, Page::Limit),
     // Issue 18: a re-installation without proof of Secret(ID2) waits for
     // this (form field `terminal_id`); audited.
     route("POST", "/reinstalls/approve", Access::Session, Page::ApproveReinstall),
@@ -458,6 +462,10 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 (Page::Logout, _) => self.logout(&headers, &actor),
                 (Page::Start, Some(n)) => self.action(n, "start", &actor).await,
                 (Page::End, Some(n)) => self.action(n, "end", &actor).await,
+                (Page::Limit, Some(n)) => {
+                    let minutes = form_field(&body, "minutes").unwrap_or_default();
+                    self.limit(n, minutes.trim(), &actor)
+                }
                 (Page::ApproveReinstall, _) => {
                     let t = form_field(&body, "terminal_id").unwrap_or_default();
                     match self.center.approve_reinstall(&t, &actor, unix_now()) {
@@ -679,6 +687,28 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         redirect(&format!("/?msg={}", url_encode(&msg)))
     }
 
+    /// The operator's time limit for request `n`: `minutes` from now.
+    fn limit(&self, n: u64, minutes: &str, actor: &Actor) -> Response<Body> {
+        let Ok(m) = minutes.parse::<u64>() else {
+            return redirect(&format!(
+                "/?msg={}",
+                url_encode(&format!(
+                    "Request {n}: the time limit must be a whole number of minutes"
+                ))
+            ));
+        };
+        match self.center.limit_by(n, m, unix_now(), actor) {
+            Ok(r) => redirect(&format!(
+                "/?msg={}",
+                url_encode(&format!(
+                    "Request {n} now ends at {}.",
+                    crate::limits::utc_hhmm(self.center.request_end(&r))
+                ))
+            )),
+            Err(e) => redirect(&format!("/?msg={}", url_encode(&format!("Request {n}: {e}")))),
+        }
+    }
+
     fn action_error(&self, e: CenterError) -> Response<Body> {
         redirect(&format!("/?msg={}", url_encode(&e.to_string())))
     }
@@ -703,6 +733,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             pool: &pool,
             dns_domain: self.settings.dns_domain.as_deref(),
             reinstalls: &reinstalls,
+            now: unix_now(),
+            max_lifetime_secs: self.center.settings().max_grant_lifetime_secs,
         };
         Ok(pages::dashboard(
             &d,

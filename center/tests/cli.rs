@@ -120,6 +120,7 @@ fn seed(db: &Path) -> u64 {
                 terminal_names: &names,
                 now: 200,
                 max_open: None,
+                expires_at: None,
             },
             Some("gw1"),
         )
@@ -552,4 +553,87 @@ fn maintenance_password_is_printed_and_audited() {
         .unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.actor.starts_with("cli:")));
+}
+
+/// Issue 19, item 8: `limit-request` shortens a request's time (audited,
+/// with who set it), refuses more than `[center] max_grant_lifetime_secs`
+/// with a clear error, and list-requests/show-router show when it ends.
+#[test]
+fn limit_request_shortens_refuses_above_the_maximum_and_the_listings_show_the_end() {
+    let (dir, cfg) = setup("limit");
+    json(&centerd(&cfg, &["--json", "list-requests"]));
+    let old = seed(&dir.0.join("center.db"));
+    // A fresh request, received now with the default maximum of 4 h.
+    let now = vpnnat_center::http::unix_now();
+    let names = vec!["nas".to_owned()];
+    let (n, _) = Storage::open(&dir.0.join("center.db"))
+        .unwrap()
+        .create_request(
+            &NewRequest {
+                terminal_id: "router-7",
+                router_ip: Ipv4Addr::new(203, 0, 113, 7),
+                claimant_name: "Dave",
+                claimant_level: "general",
+                phone: "0312345678",
+                urgency: "normal",
+                content: "nas",
+                terminal_names: &names,
+                now,
+                max_open: None,
+                expires_at: Some(now + 4 * 3600),
+            },
+            None,
+        )
+        .unwrap();
+
+    let v = json(&centerd(&cfg, &["--json", "list-requests"]));
+    assert_eq!(
+        (v[0]["acceptance_number"].as_u64(), v[0]["ends_at"].as_u64()),
+        (Some(n), Some(now + 4 * 3600))
+    );
+    let o = centerd(&cfg, &["list-requests"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(" left)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // Above the maximum: exit 1, a clear error, nothing changed.
+    let o = centerd(&cfg, &["limit-request", &n.to_string(), "--minutes", "241"]);
+    assert_eq!(code(&o), 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot be raised above the configured maximum")
+            && err.contains("max_grant_lifetime_secs = 14400"),
+        "{err}"
+    );
+    // The old request was received long ago: its maximum has passed.
+    assert_eq!(
+        code(&centerd(&cfg, &["limit-request", &old.to_string(), "--minutes", "1"])),
+        1
+    );
+
+    let v = json(&centerd(
+        &cfg,
+        &["--json", "limit-request", &n.to_string(), "--minutes", "30"],
+    ));
+    assert_eq!(v["acceptance_number"], n);
+    assert!(v["limit_set_by"].as_str().unwrap().starts_with("cli:"), "{v}");
+    let ends = v["ends_at"].as_u64().unwrap();
+    assert_eq!(v["expires_at"].as_u64(), Some(ends));
+    assert!(ends < now + 4 * 3600);
+    let v = json(&centerd(&cfg, &["--json", "show-router", "router-7"]));
+    let shown = v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["acceptance_number"] == n)
+        .unwrap()
+        .clone();
+    assert_eq!(shown["ends_at"].as_u64(), Some(ends));
+    let v = json(&centerd(&cfg, &["--json", "audit", "--action", "limit"]));
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["acceptance_number"], n);
+    // An unknown request: exit 1.
+    assert_eq!(code(&centerd(&cfg, &["limit-request", "999", "--minutes", "5"])), 1);
 }

@@ -193,6 +193,8 @@ pub struct Accepted {
     pub acceptance_number: AcceptanceNumber,
     /// (name, real, VPNNAT) per granted terminal.
     pub grants: Vec<(TerminalName, Ipv4Addr, Ipv4Addr)>,
+    /// When the center ends the request by itself (None: not told).
+    pub ends_at: Option<u64>,
 }
 
 /// The answer to a center command, and the state to adopt before sending it.
@@ -582,6 +584,7 @@ pub fn finish_maintenance<D: DnsLookup>(
             accepted_at: now,
             state: RequestState::Waiting,
             failure: p.extra.for_failure.clone(),
+            ends_at: resp.ends_at,
         },
     );
     Ok((
@@ -589,6 +592,7 @@ pub fn finish_maintenance<D: DnsLookup>(
         Accepted {
             acceptance_number: n,
             grants: out,
+            ends_at: resp.ends_at,
         },
     ))
 }

@@ -131,6 +131,11 @@ pub struct RequestRecord {
     /// issue 19.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// When the center ends it by itself (Unix seconds; issue 19, item 8),
+    /// as its acceptance answer said. Absent: the center did not say (an
+    /// older center), no limit shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<u64>,
 }
 
 /// The last failure the router reported.
@@ -443,6 +448,7 @@ pub(crate) mod tests {
                 accepted_at: 1,
                 state: RequestState::Waiting,
                 failure: Some("ike".into()),
+                ends_at: None,
             },
         );
         store.save(&s).unwrap();

@@ -50,6 +50,9 @@ pub struct FakeCenter {
     /// The maintenance password the installation hands out (the center
     /// gives each router its own).
     pub maintenance_password: String,
+    /// Tell routers that ask when their request ends: this long after it
+    /// (issue 19, item 8; None: say nothing, as an older center).
+    pub grant_lifetime_secs: Option<u64>,
 }
 
 impl FakeCenter {
@@ -71,6 +74,7 @@ impl FakeCenter {
             now: NOW,
             tunnel_lost_answer: TunnelRebuild::Up,
             source: None,
+            grant_lifetime_secs: None,
         }
     }
 
@@ -212,7 +216,12 @@ impl FakeCenter {
                     let resp = Grants::new(grants)
                         .unwrap()
                         .seal(&self.rng, &self.terminal_id, &v.command().reply_key, n)
-                        .unwrap();
+                        .unwrap()
+                        .with_ends_at(
+                            self.grant_lifetime_secs
+                                .filter(|_| v.command().wants_ends_at)
+                                .map(|l| self.now + l),
+                        );
                     self.ok(&v, &resp)
                 }
                 Err(e) => Self::err(e),

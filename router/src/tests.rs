@@ -2,5 +2,6 @@
 //! LAN page in a browser); each module's own tests sit next to it.
 
 mod browser;
+mod grant_limits;
 mod lan_security;
 mod shell;

@@ -18,6 +18,8 @@ pub struct RequestView {
     pub claimant_name: String,
     pub terminals: Vec<String>,
     pub accepted_at: u64,
+    /// When the center ends it by itself (Unix seconds; None: not told).
+    pub ends_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -54,6 +56,7 @@ impl StatusView {
                     claimant_name: r.claimant_name.clone(),
                     terminals: r.terminals.iter().map(|t| t.to_string()).collect(),
                     accepted_at: r.accepted_at,
+                    ends_at: r.ends_at,
                 })
                 .collect(),
             last_failure: state
@@ -79,15 +82,42 @@ impl StatusView {
         for r in &self.requests {
             let _ = writeln!(
                 s,
-                "request {:>6}  {:<8} {}  [{}]",
+                "request {:>6}  {:<8} {}  [{}]{}",
                 r.acceptance_number,
                 r.state,
                 r.claimant_name,
-                r.terminals.join(", ")
+                r.terminals.join(", "),
+                match (r.state, r.ends_at) {
+                    ("waiting", Some(t)) => format!("  {}", until(t)),
+                    _ => String::new(),
+                }
             );
         }
         s
     }
+}
+
+/// `until HH:MM UTC`: when a grant ends (issue 19, item 8). The router
+/// keeps no time zone, so the clock is UTC and says so.
+pub fn until(ends_at: u64) -> String {
+    let day = ends_at % 86_400;
+    format!("until {:02}:{:02} UTC", day / 3600, day % 3600 / 60)
+}
+
+/// When the center ends the grant of `name`: the latest end among the
+/// open requests that hold it; None when one of them has no end told (or
+/// none holds it).
+pub fn grant_end(state: &RouterState, name: &str) -> Option<u64> {
+    let h = state.hosts.iter().find(|(n, _)| n.as_str() == name)?.1;
+    let mut end = None;
+    for n in &h.requests {
+        let r = state.requests.get(n)?;
+        if r.state != crate::state::RequestState::Waiting {
+            continue;
+        }
+        end = Some(end.unwrap_or(0).max(r.ends_at?));
+    }
+    end
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -96,6 +126,8 @@ pub struct HostView {
     pub real: Ipv4Addr,
     pub source: &'static str,
     pub vpnnat: Option<Ipv4Addr>,
+    /// When its grant ends (Unix seconds; None: not granted or not told).
+    pub ends_at: Option<u64>,
 }
 
 /// Every known host (static table, leases) and every granted one.
@@ -110,6 +142,7 @@ pub fn hosts(known: &BTreeMap<String, (Ipv4Addr, Source)>, state: &RouterState) 
                     real: *ip,
                     source: src.as_str(),
                     vpnnat: None,
+                    ends_at: None,
                 },
             )
         })
@@ -120,9 +153,11 @@ pub fn hosts(known: &BTreeMap<String, (Ipv4Addr, Source)>, state: &RouterState) 
             real: h.real,
             source: "granted",
             vpnnat: None,
+            ends_at: None,
         });
         e.real = h.real;
         e.vpnnat = Some(h.vpnnat);
+        e.ends_at = grant_end(state, n.as_str());
     }
     out.into_values().collect()
 }
@@ -160,10 +195,18 @@ pub fn grants_text(grants: &[GrantView]) -> String {
 }
 
 pub fn hosts_text(hosts: &[HostView]) -> String {
-    let mut s = format!("{:<24} {:<16} {:<8} {}\n", "NAME", "REAL", "SOURCE", "VPNNAT");
+    let mut s = format!(
+        "{:<24} {:<16} {:<8} {:<16} {}\n",
+        "NAME", "REAL", "SOURCE", "VPNNAT", "GRANTED"
+    );
     for h in hosts {
         let v = h.vpnnat.map_or("-".to_string(), |v| v.to_string());
-        let _ = writeln!(s, "{:<24} {:<16} {:<8} {}", h.name, h.real, h.source, v);
+        let t = match (h.vpnnat, h.ends_at) {
+            (Some(_), Some(t)) => until(t),
+            (Some(_), None) => "no limit told".to_string(),
+            (None, _) => "-".to_string(),
+        };
+        let _ = writeln!(s, "{:<24} {:<16} {:<8} {:<16} {}", h.name, h.real, h.source, v, t);
     }
     s
 }
@@ -247,6 +290,7 @@ mod tests {
                 claimant_name: "x".into(),
                 terminals: vec![],
                 accepted_at: 0,
+                ends_at: None,
             }],
             last_failure: None,
         };
@@ -281,6 +325,45 @@ mod tests {
         let j = serde_json::to_string(&v).unwrap();
         assert!(!j.contains("aaaa") && !j.contains("maint-pass"), "{j}");
         assert!(v.to_text().contains("10.64.0.1"));
+    }
+
+    #[test]
+    fn status_and_hosts_show_until_when_the_center_ends_the_grant() {
+        let mut s = installed();
+        s.hosts.insert(
+            TerminalName::new("pc1").unwrap(),
+            HostGrant {
+                real: Ipv4Addr::new(192, 168, 1, 10),
+                vpnnat: Ipv4Addr::new(10, 64, 0, 9),
+                requests: [7].into(),
+            },
+        );
+        let record = |ends_at| crate::state::RequestRecord {
+            claimant_name: "Taro".into(),
+            claimant_level: vpnnat_proto::types::ClaimantLevel::General,
+            urgency: vpnnat_proto::types::Urgency::Normal,
+            terminals: vec![TerminalName::new("pc1").unwrap()],
+            accepted_at: 1,
+            state: crate::state::RequestState::Waiting,
+            failure: None,
+            ends_at,
+        };
+        // 14:05 UTC on some day.
+        let end = 20_000 * 86_400 + 14 * 3600 + 5 * 60;
+        s.requests.insert(7, record(Some(end)));
+        let v = StatusView::new("router-1", &s, "established".into());
+        assert_eq!(v.requests[0].ends_at, Some(end));
+        assert!(v.to_text().contains("[pc1]  until 14:05 UTC"), "{}", v.to_text());
+        let h = hosts(&BTreeMap::new(), &s);
+        assert_eq!(h[0].ends_at, Some(end));
+        assert!(hosts_text(&h).contains("until 14:05 UTC"), "{}", hosts_text(&h));
+        // From a center that did not say: no limit shown.
+        s.requests.insert(7, record(None));
+        let v = StatusView::new("router-1", &s, "established".into());
+        assert!(!v.to_text().contains("until"));
+        let h = hosts(&BTreeMap::new(), &s);
+        assert_eq!(h[0].ends_at, None);
+        assert!(hosts_text(&h).contains("no limit told"));
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct ApiGrant {
 pub struct ApiAccepted {
     pub acceptance_number: u64,
     pub grants: Vec<ApiGrant>,
+    /// When the center ends the request by itself (Unix seconds; absent:
+    /// not told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,6 +88,7 @@ impl From<&Accepted> for ApiAccepted {
                     vpnnat: *vpnnat,
                 })
                 .collect(),
+            ends_at: a.ends_at,
         }
     }
 }
@@ -239,12 +244,18 @@ impl LanPage {
         b.push_str("<label for=\"phone\">Phone</label><input type=\"text\" id=\"phone\" name=\"phone\" required maxlength=\"32\">");
         b.push_str("<label for=\"content\">What is wrong?</label><textarea id=\"content\" name=\"content\" rows=\"4\" required maxlength=\"4096\"></textarea>");
         b.push_str("<p><button type=\"submit\" id=\"send\">Send request</button></p></form>");
-        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th></tr>");
+        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th><th>Ends</th></tr>");
         for r in &status.requests {
             let n = r.acceptance_number;
+            // Issue 19, item 8: the center ends every grant by itself.
+            let ends = match (r.state, r.ends_at) {
+                ("waiting", Some(t)) => crate::view::until(t),
+                ("waiting", None) => "no limit shown".into(),
+                _ => String::new(),
+            };
             let _ = write!(
                 b,
-                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td class=\"until\">{ends}</td></tr>",
                 r.state,
                 escape(&r.claimant_name),
                 escape(&r.terminals.join(", "))
@@ -268,9 +279,12 @@ impl LanPage {
     fn accepted_message(a: &Accepted) -> String {
         let names: Vec<String> = a.grants.iter().map(|(n, _, _)| n.to_string()).collect();
         format!(
-            "Request accepted: acceptance number {} for {}.",
+            "Request accepted: acceptance number {} for {}{}.",
             a.acceptance_number,
-            names.join(", ")
+            names.join(", "),
+            a.ends_at
+                .map(|t| format!(", reachable {} at most", crate::view::until(t)))
+                .unwrap_or_default()
         )
     }
 }

@@ -95,6 +95,7 @@ fn with_grant(mut s: RouterState, name: &str, real: u8, vpnnat: u8) -> RouterSta
         accepted_at: 1,
         state: RequestState::Waiting,
         failure: None,
+        ends_at: None,
     });
     r.terminals.push(TerminalName::new(name).unwrap());
     s

@@ -91,6 +91,10 @@ fn real_main(cli: &Cli) -> Result<()> {
         }
         Cmd::ShowRouter { terminal_id } => admin::show_router(&cfg, terminal_id)?,
         Cmd::StartRequest { acceptance_number } => admin::start_request(&cfg, *acceptance_number)?,
+        Cmd::LimitRequest {
+            acceptance_number,
+            minutes,
+        } => admin::limit_request(&cfg, *acceptance_number, *minutes)?,
         Cmd::EndRequest { acceptance_number } => runtime()?.block_on(admin::end_request(cfg, *acceptance_number))?,
         Cmd::Reconcile { gateway } => runtime()?.block_on(admin::reconcile(cfg, gateway.clone()))?,
         Cmd::Gateways => admin::gateways(&cfg)?,

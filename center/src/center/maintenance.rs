@@ -51,6 +51,9 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             terminal_names: &names,
             now,
             max_open: Some(self.settings.max_open_requests),
+            // Issue 19, item 8: every grant ends by itself (told to the
+            // router in the answer when it can show it).
+            expires_at: Some(now.saturating_add(self.settings.max_grant_lifetime_secs)),
         };
         let serial = self.work_on_terminal(tid.as_str()).await;
         // A router that skipped exchange 3 gets a slot here, claimed in the
@@ -185,7 +188,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
         // The grants are in the audit log already: written by
         // `create_request` in the request's own transaction.
-        let resp = grants.seal(&self.rng, &tid, &req.reply_key, n)?;
+        // The router shows when the grants end, if it can (older routers
+        // refuse a field they do not know).
+        let ends_at = req
+            .wants_ends_at
+            .then(|| crate::limits::effective_end(now, new.expires_at, self.settings.max_grant_lifetime_secs));
+        let resp = grants.seal(&self.rng, &tid, &req.reply_key, n)?.with_ends_at(ends_at);
         log::info!("{subject} maintenance request accepted ({} terminals)", names.len());
         self.answer(&v, &resp, &sid2.mac_key(), now)
     }

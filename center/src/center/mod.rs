@@ -84,6 +84,8 @@ pub enum CenterError {
     BadStoredSecret { terminal: String },
     #[error("the database lock is poisoned")]
     Poisoned,
+    #[error("{0}")]
+    Limit(crate::limits::LimitError),
 }
 
 impl From<StorageError> for CenterError {
@@ -91,6 +93,7 @@ impl From<StorageError> for CenterError {
         match e {
             StorageError::PoolExhausted { .. } => CenterError::PoolExhausted,
             StorageError::TooManyOpen { limit, .. } => CenterError::TooManyOpenRequests { limit },
+            StorageError::Limit(l) => CenterError::Limit(l),
             other => CenterError::Storage(other),
         }
     }
@@ -108,6 +111,7 @@ impl CenterError {
             // 423 Locked: the router retries with back-off until approved.
             CenterError::ReinstallPending => 423,
             CenterError::ReinstallWrongProof => 403,
+            CenterError::Limit(_) => 400,
             CenterError::Storage(StorageError::NotFound { .. }) => 404,
             CenterError::Storage(StorageError::BadTransition { .. }) => 409,
             CenterError::Storage(_) | CenterError::BadStoredSecret { .. } | CenterError::Poisoned => 500,
@@ -241,6 +245,9 @@ pub struct CenterSettings {
     /// customer can neither bury the others' requests nor grow the
     /// database without bound.
     pub max_open_requests: u32,
+    /// `[center] max_grant_lifetime_secs`: every request ends by itself
+    /// this long after it was received (see [`crate::limits`]).
+    pub max_grant_lifetime_secs: u64,
 }
 
 impl CenterSettings {
@@ -642,6 +649,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     }
 }
 
+#[cfg(test)]
+mod limits_tests;
 #[cfg(test)]
 mod reinstall_tests;
 #[cfg(test)]

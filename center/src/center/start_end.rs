@@ -58,6 +58,72 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             .await
     }
 
+    /// When request `r`'s time runs out (issue 19, item 8): its stored
+    /// end, never later than the configured maximum allows.
+    pub fn request_end(&self, r: &RequestRow) -> u64 {
+        crate::limits::effective_end(r.received_at, r.expires_at, self.settings.max_grant_lifetime_secs)
+    }
+
+    /// An operator limits open request `number` to `minutes` from `now`
+    /// (never beyond the configured maximum lifetime; audited as `limit`).
+    pub fn limit_by(&self, number: u64, minutes: u64, now: u64, actor: &Actor) -> Result<RequestRow, CenterError> {
+        let r = self.store()?.limit_request_by(
+            number,
+            minutes,
+            self.settings.max_grant_lifetime_secs,
+            now,
+            &actor.who,
+            &actor.peer,
+        )?;
+        log::info!(
+            "{} time limit set by {}: ends at {}",
+            crate::logging::kv(&r.terminal_id, Some(number)),
+            actor.who,
+            crate::limits::utc_hhmm(self.request_end(&r))
+        );
+        Ok(r)
+    }
+
+    /// Ends every open request whose time is up at `now` (issue 19, item
+    /// 8) through the same path as an operator's end: the router's end
+    /// command, the judgments, releases, VPN end; the `expire` audit row
+    /// commits with the state change and says why. A request that fails
+    /// does not hold up the others (it is tried again at the next call).
+    pub async fn expire_due(&self, now: u64) -> Result<Vec<EndOutcome>, CenterError> {
+        let max = self.settings.max_grant_lifetime_secs;
+        let due = crate::limits::due(&self.reads()?.open_limits()?, max, now);
+        let actor = Actor::centerd();
+        let mut out = Vec::new();
+        for e in due {
+            let number = e.acceptance_number;
+            // Re-checked in the transaction: an end or a new limit that
+            // came meanwhile wins.
+            let expired = self.store()?.expire_request(number, now, max, &actor.who, &actor.peer);
+            let row = match expired {
+                Ok(Some((row, why))) => {
+                    log::info!(
+                        "{} {}",
+                        crate::logging::kv(&row.terminal_id, Some(number)),
+                        why.detail()
+                    );
+                    row
+                }
+                Ok(None) => continue,
+                Err(err) => {
+                    log::error!("request {number}: cannot end it at its time limit: {err}");
+                    continue;
+                }
+            };
+            let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
+            let names: Vec<String> = row.grants.iter().map(|g| g.terminal_name.clone()).collect();
+            out.push(
+                self.finish_end(&row.terminal_id, number, Some(n), &names, now, &actor)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Ends that a crash interrupted: the request is "ended" in the
     /// database (that commit comes first) but some of its addresses, or
     /// the router's slot, were never given back. Runs the rest of the end

@@ -221,6 +221,7 @@ pub(crate) fn settings(slots: &[u16]) -> CenterSettings {
         replay: ReplayConfig::default(),
         tunnel_up_timeout: Duration::ZERO,
         max_open_requests: crate::center::DEFAULT_MAX_OPEN_REQUESTS,
+        max_grant_lifetime_secs: crate::limits::DEFAULT_MAX_LIFETIME_SECS,
     }
 }
 

@@ -19,7 +19,8 @@ pub struct NewAudit<'a> {
     /// `cli:USER`, `centerd`.
     pub actor: &'a str,
     /// `login`, `login_failed`, `logout`, `start`, `end`, `grant`,
-    /// `release`, `vpn_end`, `install`, `failure`, `drain`, `undrain`.
+    /// `release`, `vpn_end`, `install`, `failure`, `drain`, `undrain`,
+    /// `limit` (an operator's time limit), `expire` (ended by its limit).
     pub action: &'a str,
     pub terminal_id: Option<&'a str>,
     pub acceptance_number: Option<u64>,

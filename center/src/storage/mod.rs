@@ -50,6 +50,7 @@ pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
 pub use pool::{pool_bounds, PoolUsage};
 pub use reinstall::{ReinstallRow, UNPROVEN_ACTIONS};
+pub use requests::OpenLimit;
 pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
 pub use terminals::{FailureRow, InstallRecord, TerminalRow};
 
@@ -86,6 +87,8 @@ pub enum StorageError {
     GatewayFull { gateway: String },
     #[error("router {terminal} already has {limit} open requests")]
     TooManyOpen { terminal: String, limit: u32 },
+    #[error("{0}")]
+    Limit(crate::limits::LimitError),
     #[error("database content is inconsistent: {0}")]
     Corrupt(String),
     #[error("the database schema is version {found}, newer than this centerd knows ({known})")]
@@ -249,6 +252,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE terminals ADD COLUMN maintenance_password TEXT;
     ALTER TABLE terminals ADD COLUMN previous_secret_id2_hex TEXT;
     ALTER TABLE terminals ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
+    "#,
+    // 7: time limits on grants (issue 19, item 8): each request's end
+    // time (set at creation from `[center] max_grant_lifetime_secs`, moved
+    // by an operator) and who moved it. NULL: a request from before, only
+    // the configured maximum applies (`crate::limits::effective_end`).
+    // Two ADD COLUMNs in the migration's own transaction: all or nothing.
+    r#"
+    ALTER TABLE requests ADD COLUMN expires_at INTEGER;
+    ALTER TABLE requests ADD COLUMN limit_set_by TEXT;
     "#,
 ];
 

@@ -70,6 +70,9 @@ pub struct NewRequest<'a> {
     /// `None`: no limit. Checked inside the transaction, so concurrent
     /// requests (or several centerd processes) cannot slip past it.
     pub max_open: Option<u32>,
+    /// When the request's time runs out (issue 19, item 8; None: no stored
+    /// end, only the configured maximum applies).
+    pub expires_at: Option<u64>,
 }
 
 /// One (terminal name, VPNNAT address) pair of a request.
@@ -98,8 +101,16 @@ pub struct RequestRow {
     pub state: RequestState,
     pub started_at: Option<u64>,
     pub ended_at: Option<u64>,
+    /// The stored end of its time limit (see `crate::limits`).
+    pub expires_at: Option<u64>,
+    /// Who set a shorter limit, when one did.
+    pub limit_set_by: Option<String>,
     pub grants: Vec<RequestGrant>,
 }
+
+/// What the expiry decision reads of an open request (see
+/// `crate::limits::OpenRequest`).
+pub type OpenLimit = crate::limits::OpenRequest;
 
 /// What a release of one extension terminal freed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +138,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
     let n = from_u64(number);
     let mut st = conn.prepare_cached(
         "SELECT acceptance_number, terminal_id, router_ip, claimant_name, claimant_level, phone, urgency,
-                content, received_at, state, started_at, ended_at
+                content, received_at, state, started_at, ended_at, expires_at, limit_set_by
          FROM requests WHERE acceptance_number = ?1",
     )?;
     type Raw = (
@@ -143,6 +154,8 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         String,
         Option<i64>,
         Option<i64>,
+        Option<i64>,
+        Option<String>,
     );
     let raw: Option<Raw> = st
         .query_row([n], |r| {
@@ -159,10 +172,14 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
                 r.get(9)?,
                 r.get(10)?,
                 r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
             ))
         })
         .optional()?;
-    let Some((num, tid, ip, claimant, level, phone, urgency, content, at, state, started, ended)) = raw else {
+    let Some((num, tid, ip, claimant, level, phone, urgency, content, at, state, started, ended, expires, limit_by)) =
+        raw
+    else {
         return Ok(None);
     };
     let mut gst = conn.prepare_cached(
@@ -195,6 +212,8 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         state: RequestState::parse(&state)?,
         started_at: started.map(to_u64).transpose()?,
         ended_at: ended.map(to_u64).transpose()?,
+        expires_at: expires.map(to_u64).transpose()?,
+        limit_set_by: limit_by,
         grants,
     }))
 }
@@ -225,8 +244,8 @@ impl Storage {
         }
         tx.prepare_cached(
             "INSERT INTO requests (terminal_id, router_ip, claimant_name, claimant_level, phone, urgency,
-                                   content, received_at, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'waiting')",
+                                   content, received_at, state, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'waiting', ?9)",
         )?
         .execute(params![
             req.terminal_id,
@@ -236,7 +255,8 @@ impl Storage {
             req.phone,
             req.urgency,
             req.content,
-            from_u64(req.now)
+            from_u64(req.now),
+            req.expires_at.map(from_u64)
         ])?;
         let number = tx.last_insert_rowid();
         let mut grants = Vec::with_capacity(req.terminal_names.len());
@@ -333,6 +353,133 @@ impl Storage {
     /// [`Storage::end_request`] with its audit row (`end`).
     pub fn end_request_by(&mut self, number: u64, now: u64, actor: &str, peer: &str) -> Result<RequestRow> {
         self.transition(number, now, RequestState::Ended, Some((actor, peer)))
+    }
+
+    /// The open (waiting or in-progress) requests with their limits, for
+    /// `crate::limits::due`.
+    pub fn open_limits(&self) -> Result<Vec<OpenLimit>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT acceptance_number, received_at, expires_at, limit_set_by FROM requests
+             WHERE state != 'ended' ORDER BY acceptance_number",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (n, at, exp, by) = row?;
+            out.push(OpenLimit {
+                acceptance_number: to_u64(n)?,
+                received_at: to_u64(at)?,
+                expires_at: exp.map(to_u64).transpose()?,
+                limit_set_by: by,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Ends request `number` because its time ran out, if it is still open
+    /// and still due at `now` under `max_lifetime_secs` (checked inside the
+    /// transaction: an operator's end or a new limit that came first
+    /// wins). The state change and its audit row (`expire` by `actor`,
+    /// saying why) commit together. None: nothing to do.
+    pub fn expire_request(
+        &mut self,
+        number: u64,
+        now: u64,
+        max_lifetime_secs: u64,
+        actor: &str,
+        peer: &str,
+    ) -> Result<Option<(RequestRow, crate::limits::Expired)>> {
+        let tx = self.tx()?;
+        let Some(cur) = request_in(&tx, number)? else {
+            return Ok(None);
+        };
+        if cur.state == RequestState::Ended {
+            return Ok(None);
+        }
+        let open = OpenLimit {
+            acceptance_number: number,
+            received_at: cur.received_at,
+            expires_at: cur.expires_at,
+            limit_set_by: cur.limit_set_by.clone(),
+        };
+        let Some(expired) = crate::limits::due(std::slice::from_ref(&open), max_lifetime_secs, now).pop() else {
+            return Ok(None);
+        };
+        tx.prepare_cached("UPDATE requests SET state = 'ended', ended_at = ?2 WHERE acceptance_number = ?1")?
+            .execute(params![from_u64(number), from_u64(now)])?;
+        let detail = expired.detail();
+        audit::insert_in(
+            &tx,
+            &NewAudit {
+                at: now,
+                actor,
+                action: "expire",
+                terminal_id: Some(&cur.terminal_id),
+                acceptance_number: Some(number),
+                detail: &detail,
+                peer,
+            },
+        )?;
+        let row = request_in(&tx, number)?.ok_or(StorageError::Corrupt("request vanished".into()))?;
+        tx.commit()?;
+        Ok(Some((row, expired)))
+    }
+
+    /// An operator limits open request `number` to `minutes` from `now`
+    /// (see `crate::limits::new_end`: never beyond the configured
+    /// maximum). The new end, who set it and the audit row (`limit`)
+    /// commit together.
+    pub fn limit_request_by(
+        &mut self,
+        number: u64,
+        minutes: u64,
+        max_lifetime_secs: u64,
+        now: u64,
+        actor: &str,
+        peer: &str,
+    ) -> Result<RequestRow> {
+        let tx = self.tx()?;
+        let cur = request_in(&tx, number)?.ok_or(StorageError::NotFound {
+            what: "request",
+            key: number.to_string(),
+        })?;
+        if cur.state == RequestState::Ended {
+            return Err(StorageError::BadTransition {
+                number,
+                state: cur.state,
+                action: "limited",
+            });
+        }
+        let end =
+            crate::limits::new_end(cur.received_at, max_lifetime_secs, minutes, now).map_err(StorageError::Limit)?;
+        tx.prepare_cached("UPDATE requests SET expires_at = ?2, limit_set_by = ?3 WHERE acceptance_number = ?1")?
+            .execute(params![from_u64(number), from_u64(end), actor])?;
+        let detail = format!(
+            "time limit set to {minutes} min: ends at {}",
+            crate::limits::utc_hhmm(end)
+        );
+        audit::insert_in(
+            &tx,
+            &NewAudit {
+                at: now,
+                actor,
+                action: "limit",
+                terminal_id: Some(&cur.terminal_id),
+                acceptance_number: Some(number),
+                detail: &detail,
+                peer,
+            },
+        )?;
+        let row = request_in(&tx, number)?.ok_or(StorageError::Corrupt("request vanished".into()))?;
+        tx.commit()?;
+        Ok(row)
     }
 
     /// Operator "end": waiting or in progress -> ended.

@@ -39,6 +39,7 @@ fn new_req<'a>(id: &'a str, names: &'a [String], level: &'a str) -> NewRequest<'
         terminal_names: names,
         now: 100,
         max_open: None,
+        expires_at: None,
     }
 }
 
@@ -262,6 +263,7 @@ fn open_request_cap_counts_waiting_and_in_progress_per_router_and_writes_nothing
     let n = names(&["pc1"]);
     let capped = |id| NewRequest {
         max_open: Some(2),
+        expires_at: None,
         ..new_req(id, &n, "general")
     };
     s.create_request(&capped("r1"), None).unwrap();
@@ -488,4 +490,66 @@ fn wal_stays_bounded_under_steady_writes() {
     assert!(largest < 16 * 1024 * 1024, "the WAL grew to {largest} bytes");
     drop((writer, other));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19, item 8: migration 7 on a database of version 6 with an open
+/// request: the request stays, gets no stored end (the configured maximum
+/// applies) and is found by the expiry's query; nothing else changes.
+#[test]
+fn migration_7_keeps_open_requests_with_only_the_configured_maximum() {
+    let conn = Connection::open_in_memory().unwrap();
+    for sql in &MIGRATIONS[..6] {
+        conn.execute_batch(sql).unwrap();
+    }
+    conn.pragma_update(None, "user_version", 6).unwrap();
+    conn.execute(
+        "INSERT INTO requests (terminal_id, router_ip, claimant_name, claimant_level, phone, urgency,
+                               content, received_at, state)
+         VALUES ('router-1', '203.0.113.5', 'Taro', 'general', '03', 'high', 'x', 1000, 'waiting')",
+        [],
+    )
+    .unwrap();
+    let s = Storage::init(conn, false).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 7);
+    let r = s.request(1).unwrap().unwrap();
+    assert_eq!((r.expires_at, r.limit_set_by.as_deref()), (None, None));
+    let open = s.open_limits().unwrap();
+    assert_eq!(open.len(), 1);
+    let max = crate::limits::DEFAULT_MAX_LIFETIME_SECS;
+    assert!(crate::limits::due(&open, max, 1000 + max - 1).is_empty());
+    assert_eq!(crate::limits::due(&open, max, 1000 + max)[0].acceptance_number, 1);
+}
+
+#[test]
+fn an_expiry_that_lost_the_race_to_an_operators_end_or_new_limit_does_nothing() {
+    let mut s = db("10.64.0.0/24");
+    install(&mut s, "router-1", 1);
+    let n1 = s
+        .create_request(&new_req("router-1", &names(&["pc1"]), "general"), None)
+        .unwrap()
+        .0;
+    let n2 = s
+        .create_request(&new_req("router-1", &names(&["pc2"]), "general"), None)
+        .unwrap()
+        .0;
+    let max = 3600;
+    // n1 was ended by the operator first: the expiry finds nothing to do.
+    s.end_request_by(n1, 150, "operator#1", "local").unwrap();
+    assert!(s
+        .expire_request(n1, 100 + max, max, "centerd", "local")
+        .unwrap()
+        .is_none());
+    // n2 got a longer limit (within the maximum) meanwhile: not due yet.
+    s.limit_request_by(n2, 100, 2 * max, 200, "operator#1", "local")
+        .unwrap();
+    assert!(s
+        .expire_request(n2, 100 + max, 2 * max, "centerd", "local")
+        .unwrap()
+        .is_none());
+    let (row, why) = s
+        .expire_request(n2, 200 + 6000, 2 * max, "centerd", "local")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, RequestState::Ended);
+    assert_eq!(why.limit_set_by.as_deref(), Some("operator#1"));
 }

@@ -73,6 +73,10 @@ pub struct Dashboard<'a> {
     pub dns_domain: Option<&'a str>,
     /// Re-installations without proof waiting for an operator (issue 18).
     pub reinstalls: &'a [ReinstallRow],
+    /// The time the page is made at and `[center]
+    /// max_grant_lifetime_secs`, for each request's end (issue 19, item 8).
+    pub now: u64,
+    pub max_lifetime_secs: u64,
 }
 
 /// A POST button in a form of its own (every form carries the session's
@@ -113,7 +117,38 @@ pub fn maintenance_password(terminal_id: &str, password: &str) -> String {
     )
 }
 
-fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
+/// The limits the request row offers, in minutes from now (one click
+/// each: the page reloads every few seconds, which would wipe a typed
+/// value). Any other value: `centerd limit-request N --minutes M`.
+const LIMIT_CHOICES: [u64; 4] = [15, 30, 60, 120];
+
+/// When a live request ends, the time left, who set a shorter limit, and
+/// one button per offered limit (minutes from now; the center refuses more
+/// than its configured maximum since the request's reception).
+fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Markup {
+    let n = r.acceptance_number;
+    let end = crate::limits::effective_end(r.received_at, r.expires_at, max_lifetime_secs);
+    html! {
+        span.ends id={ "ends-" (n) } {
+            (crate::limits::utc_hhmm(end)) " (" (crate::limits::time_left(end, now)) " left)"
+        }
+        @if let Some(by) = &r.limit_set_by {
+            br; span.limit-by { "limit set by " (by) }
+        }
+        br;
+        "end in: "
+        @for m in LIMIT_CHOICES.iter().filter(|m| now.saturating_add(m.saturating_mul(60)) < end) {
+            form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
+                input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                input type="hidden" name="minutes" value=(m);
+                button id={ "limit-" (n) "-" (m) } { (m) " min" }
+            }
+        }
+    }
+}
+
+fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
+    let dns_domain = d.dns_domain;
     let n = r.acceptance_number;
     let live = r.state != RequestState::Ended;
     let mut tables: Vec<&str> = r.grants.iter().map(|g| g.table_name.as_str()).collect();
@@ -140,6 +175,9 @@ fn request_row(r: &RequestRow, csrf: &str, dns_domain: Option<&str>) -> Markup {
             }
             td { (tables.join(", ")) }
             td.state { (r.state) }
+            td {
+                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs)) }
+            }
             td {
                 @match r.state {
                     RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
@@ -184,11 +222,11 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         h2 { "Maintenance requests" }
         table id="requests" {
             tr {
-                @for h in ["Acceptance number", "Terminal ID", "Global IP", "Claimant", "Level", "Phone", "Urgency", "Content", "Received", "VPNNAT address", "Table name", "State", ""] {
+                @for h in ["Acceptance number", "Terminal ID", "Global IP", "Claimant", "Level", "Phone", "Urgency", "Content", "Received", "VPNNAT address", "Table name", "State", "Ends (time left)", ""] {
                     th { (h) }
                 }
             }
-            @for r in d.requests { (request_row(r, csrf, d.dns_domain)) }
+            @for r in d.requests { (request_row(r, csrf, d)) }
         }
         h2 { "Gateways" }
         table id="gateways" {

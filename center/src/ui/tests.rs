@@ -766,3 +766,80 @@ async fn operator_is_shown_a_routers_own_maintenance_password_audited() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].actor, "operator#1");
 }
+
+/// Issue 19, item 8: every live request shows when it ends; the operator
+/// sets a shorter limit from its row (audited, with who set it), and a
+/// limit above the configured maximum is refused with a clear message.
+#[tokio::test]
+async fn operator_sees_each_requests_end_sets_a_shorter_limit_and_cannot_exceed_the_maximum() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, _) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+    let token = login(addr).await;
+    let max = c.settings().max_grant_lifetime_secs;
+    let end = crate::center::tests::NOW + max;
+
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(r.body.contains("<th>Ends (time left)</th>"), "{}", r.body);
+    assert!(
+        r.body
+            .contains(&format!("id=\"ends-{n}\">{} (", crate::limits::utc_hhmm(end))),
+        "{}",
+        r.body
+    );
+    // One button per offered limit shorter than what is left.
+    assert!(r.body.contains(&format!("id=\"limit-{n}-30\"")), "{}", r.body);
+
+    let limit = |minutes: &str| format!("{CSRF_FIELD}={}&minutes={minutes}", csrf_token(&token));
+    // Above the maximum: refused, nothing changed.
+    let r = req(
+        addr,
+        "POST",
+        &format!("/requests/{n}/limit"),
+        Some(&token),
+        Some(&limit("1000000")),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    let msg = form_decode(r.location.unwrap().trim_start_matches("/?msg="));
+    assert!(msg.contains("cannot be raised above the configured maximum"), "{msg}");
+    assert_eq!(c.store().unwrap().request(n).unwrap().unwrap().expires_at, Some(end));
+    let r = req(
+        addr,
+        "POST",
+        &format!("/requests/{n}/limit"),
+        Some(&token),
+        Some(&limit("soon")),
+    )
+    .await;
+    assert!(form_decode(&r.location.unwrap()).contains("whole number of minutes"));
+
+    // Shorter: taken, shown with who set it, audited.
+    let r = req(
+        addr,
+        "POST",
+        &format!("/requests/{n}/limit"),
+        Some(&token),
+        Some(&limit("30")),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert!(form_decode(&r.location.unwrap()).contains("now ends at"));
+    let row = c.store().unwrap().request(n).unwrap().unwrap();
+    assert_eq!(row.limit_set_by.as_deref(), Some("operator#1"));
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(r.body.contains("limit set by operator#1"), "{}", r.body);
+    let rows = c
+        .store()
+        .unwrap()
+        .audit_log(&AuditFilter {
+            action: Some("limit".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator#1"));
+}

@@ -344,6 +344,16 @@ pub struct MaintenanceRequest {
     pub urgency: Urgency,
     /// [`MaintenanceDetails`] encrypted under Secret(ID2).
     pub details: EncryptedField,
+    /// The router shows when its grants end (issue 19, item 8): the
+    /// answer may carry [`MaintenanceResponse::ends_at`]. Absent (routers
+    /// before it, whose parser refuses unknown fields): the answer leaves
+    /// `ends_at` out.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub wants_ends_at: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Command for MaintenanceRequest {
@@ -382,7 +392,14 @@ impl MaintenanceRequest {
             claimant_level,
             urgency,
             details,
+            wants_ends_at: true,
         })
+    }
+
+    /// The request as a router from before `ends_at` sends it.
+    pub fn without_ends_at(mut self) -> Self {
+        self.wants_ends_at = false;
+        self
     }
 
     /// Center side: decrypts the details (after [`crate::decode_request`]).
@@ -403,6 +420,11 @@ pub struct MaintenanceResponse {
     pub acceptance_number: AcceptanceNumber,
     /// [`Grants`] sealed to the reply key.
     pub sealed: SealedBox,
+    /// When the center ends the request by itself (Unix seconds; issue 19,
+    /// item 8): sent only to routers that asked
+    /// ([`MaintenanceRequest::wants_ends_at`]). Absent: no limit shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<u64>,
 }
 
 /// One granted (extension terminal name, VPNNAT address) pair.
@@ -462,11 +484,19 @@ impl Grants {
         Ok(MaintenanceResponse {
             acceptance_number,
             sealed,
+            ends_at: None,
         })
     }
 }
 
 impl MaintenanceResponse {
+    /// The answer telling the router when the request ends (`None`: not
+    /// told).
+    pub fn with_ends_at(mut self, ends_at: Option<u64>) -> Self {
+        self.ends_at = ends_at;
+        self
+    }
+
     pub fn open(&self, reply: ReplyKeyPair, terminal_id: &TerminalId) -> Result<Grants, ProtoError> {
         Ok(reply.open_json(terminal_id, SealPurpose::MaintenanceResponse, &self.sealed)?)
     }

@@ -147,6 +147,7 @@ mod tests {
                     accepted_at: 1,
                     state: *st,
                     failure: part.map(String::from),
+                    ends_at: None,
                 },
             );
         }

@@ -581,6 +581,7 @@ fn settle_state(requests: &[(u64, &str, RequestState)], hosts: &[&str]) -> Route
                 accepted_at: 1,
                 state: *st,
                 failure: None,
+                ends_at: None,
             },
         );
     }

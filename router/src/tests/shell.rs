@@ -138,14 +138,14 @@ impl Running {
             .unwrap();
     }
 
-    async fn get(&self, path: &str) -> (u16, Vec<u8>) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Vec<u8>) {
         let (s, _, b) = http::request(&self.lan, Method::GET, path, &[], None, Duration::from_secs(5))
             .await
             .unwrap();
         (s, b)
     }
 
-    async fn post(&self, path: &str, body: Vec<u8>, content_type: Option<&str>) -> (u16, Vec<u8>) {
+    pub(crate) async fn post(&self, path: &str, body: Vec<u8>, content_type: Option<&str>) -> (u16, Vec<u8>) {
         let h: Vec<(&str, &str)> = content_type.map(|c| ("content-type", c)).into_iter().collect();
         let (s, _, b) = http::request(&self.lan, Method::POST, path, &h, Some(body), Duration::from_secs(10))
             .await

@@ -409,6 +409,34 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let kp = ReplyKeyPair::generate(&rng).unwrap();
     let number = vpnnat_proto::types::AcceptanceNumber::new(7).unwrap();
     let maintenance = serde_json::to_vec(&grants.seal(&rng, &tid, &kp.public_key(), number).unwrap()).unwrap();
+    // The same answer telling the router when the request ends (issue 19,
+    // item 8), and the request that asks for it.
+    let maintenance_ends_at = serde_json::to_vec(
+        &grants
+            .seal(&rng, &tid, &kp.public_key(), number)
+            .unwrap()
+            .with_ends_at(Some(1_800_014_400)),
+    )
+    .unwrap();
+    let maintenance_request = serde_json::to_vec(
+        &MaintenanceRequest::new(
+            &rng,
+            &SecretId2::from_array([7; 32]),
+            &tid,
+            kp.public_key(),
+            vpnnat_proto::types::ClaimantLevel::General,
+            vpnnat_proto::types::Urgency::Normal,
+            &MaintenanceDetails {
+                claimant_name: vpnnat_proto::types::ClaimantName::new("Taro").unwrap(),
+                terminal_names: vpnnat_proto::types::TerminalNames::new(vec![TerminalName::new("pc1").unwrap()])
+                    .unwrap(),
+                phone: vpnnat_proto::types::Phone::new("+81 3-1234-5678").unwrap(),
+                content: vpnnat_proto::types::RequestContent::new("printer offline").unwrap(),
+            },
+        )
+        .unwrap(),
+    )
+    .unwrap();
 
     let with = |sel: u8, body: &[u8]| {
         let mut v = vec![sel];
@@ -425,6 +453,21 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ("decode_response", "seed-install".into(), with(0x10, &install)),
         ("decode_response", "seed-gateway".into(), with(0x12, &gateway)),
         ("decode_response", "seed-maintenance".into(), with(0x13, &maintenance)),
+        (
+            "decode_response",
+            "seed-maintenance-ends-at".into(),
+            with(0x13, &maintenance_ends_at),
+        ),
+        (
+            "payloads",
+            "seed-maintenance-ends-at".into(),
+            with(5, &maintenance_ends_at),
+        ),
+        (
+            "decode_request",
+            "seed-maintenance-wants-ends-at".into(),
+            with(0x13, &maintenance_request),
+        ),
         ("decode_response", "seed-secrets".into(), with(0x20, &install_plain)),
         (
             "decode_response",

@@ -320,6 +320,67 @@ fn maintenance_exchange() {
 }
 
 #[test]
+fn maintenance_answer_carries_ends_at_only_to_routers_that_ask_and_old_forms_still_parse() {
+    let rng = SystemRandom::new();
+    let sid2 = SecretId2::from_array([2; 32]);
+    let kp = ReplyKeyPair::generate(&rng).unwrap();
+    let new_req = |kp: &ReplyKeyPair| {
+        MaintenanceRequest::new(
+            &rng,
+            &sid2,
+            &tid(),
+            kp.public_key(),
+            ClaimantLevel::General,
+            Urgency::Normal,
+            &details(&["pc1"]),
+        )
+        .unwrap()
+    };
+    let req = new_req(&kp);
+    assert!(req.wants_ends_at);
+    let wire = serde_json::to_value(&req).unwrap();
+    assert_eq!(wire["wants_ends_at"], serde_json::json!(true));
+    // A router from before the field sends none: it parses as "does not ask".
+    let old = req.clone().without_ends_at();
+    let old_wire = serde_json::to_value(&old).unwrap();
+    assert!(old_wire.get("wants_ends_at").is_none());
+    assert!(
+        !serde_json::from_value::<MaintenanceRequest>(old_wire)
+            .unwrap()
+            .wants_ends_at
+    );
+
+    let grants = Grants::new(vec![Grant {
+        terminal_name: TerminalName::new("pc1").unwrap(),
+        vpnnat_addr: ip(10, 64, 1, 1),
+    }])
+    .unwrap();
+    let n = AcceptanceNumber::new(9).unwrap();
+    let told = grants
+        .seal(&rng, &tid(), &req.reply_key, n)
+        .unwrap()
+        .with_ends_at(Some(1_800_014_400));
+    let wire = serde_json::to_value(&told).unwrap();
+    assert_eq!(wire["ends_at"], serde_json::json!(1_800_014_400u64));
+    let back: MaintenanceResponse = serde_json::from_value(wire).unwrap();
+    assert_eq!(back.ends_at, Some(1_800_014_400));
+    assert_eq!(back, told);
+    // Without it the answer is byte-for-byte the old form (old routers
+    // refuse unknown fields), and parses as "no limit shown".
+    let plain = grants.seal(&rng, &tid(), &req.reply_key, n).unwrap();
+    let wire = serde_json::to_value(&plain).unwrap();
+    assert!(wire.get("ends_at").is_none());
+    assert_eq!(
+        serde_json::from_value::<MaintenanceResponse>(wire).unwrap().ends_at,
+        None
+    );
+    assert!(serde_json::from_value::<MaintenanceResponse>(serde_json::json!({
+        "acceptance_number": 9, "sealed": serde_json::to_value(&plain.sealed).unwrap(), "ends_at": "soon"
+    }))
+    .is_err());
+}
+
+#[test]
 fn maintenance_details_rules() {
     let base = serde_json::to_value(details(&["pc1"])).unwrap();
     let mut v = base.clone();
