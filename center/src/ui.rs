@@ -27,7 +27,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::{Bytes, Incoming};
+use axum::body::Body as RequestBody;
+use hyper::body::Bytes;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use ring::digest;
@@ -35,7 +36,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
 
 use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
-use crate::http::{read_body, serve, text, unix_now, Body};
+use crate::http::{handler_router, read_body, serve, text, unix_now, Body};
 use crate::password::{matching, PasswordHash};
 use crate::storage::{AuditFilter, AuditRow};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
@@ -251,11 +252,11 @@ pub async fn run<G, R>(
         settings,
         rng: SystemRandom::new(),
     });
-    serve(listener, shutdown, move |req, peer| {
+    let app = handler_router(move |req, peer| {
         let ui = ui.clone();
         async move { ui.handle(req, peer).await }
-    })
-    .await
+    });
+    serve(listener, app, shutdown).await
 }
 
 /// HTML-escapes text for element content and attribute values.
@@ -387,7 +388,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         Some(if op.is_empty() { "operator".to_owned() } else { op })
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
@@ -511,7 +512,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         Some((tok, op))
     }
 
-    async fn login(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn login(&self, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
         let (_, body) = match read_body(req, MAX_FORM).await {
             Ok(x) => x,
             Err(r) => return r,
