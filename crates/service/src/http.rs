@@ -349,3 +349,86 @@ pub async fn call_with<C: Command>(
     let h = auth_headers(&headers).map_err(|e| bad(e.to_string()))?;
     decode_response::<C>(&out, key, &h, &body).map_err(|e| bad(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use tokio::sync::{oneshot, Notify};
+
+    use super::*;
+
+    /// Sends `GET /` to `addr` and returns the status and body.
+    async fn get_root(addr: SocketAddr) -> (u16, Bytes) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/").header(HOST, "x").body(Body::default()).unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_the_request_in_flight() {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let (s, r) = (started.clone(), release.clone());
+        let app = Router::new().route(
+            "/",
+            get(move |Extension(Peer(peer)): Extension<Peer>| {
+                let (s, r) = (s.clone(), r.clone());
+                async move {
+                    s.notify_one();
+                    r.notified().await;
+                    text(200, format!("done for {}", peer.ip()))
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let client = tokio::spawn(get_root(addr));
+        started.notified().await;
+        stop.send(()).unwrap();
+        // Told to stop, the server closes its listener but still holds the
+        // request in flight.
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!server.is_finished());
+        release.notify_one();
+        let (status, body) = client.await.unwrap();
+        assert_eq!((status, &body[..]), (200, &b"done for 127.0.0.1"[..]));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_source_past_its_share_reads_503() {
+        let app = Router::new().route("/", get(|| async { text(200, "ok") }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_per_source: 1,
+            ..Limits::UI
+        };
+        tokio::spawn(serve_with(listener, app, std::future::pending(), limits));
+        // The first connection holds the source's one place (no request
+        // yet); the second is refused with the canned answer.
+        let _held = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut second, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, BUSY);
+    }
+}
