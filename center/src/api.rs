@@ -14,6 +14,11 @@ use axum::{Extension, Router};
 use hyper::Response;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
+use vpnnat_proto::messages::{
+    EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceRequest, ReleaseCommand, TunnelEvent,
+    TunnelLostNotice, VpnEndCommand,
+};
+use vpnnat_proto::openapi::{DocumentBuilder, OpenApi};
 use vpnnat_proto::paths;
 use vpnnat_proto::types::Ipv4Cidr;
 
@@ -58,6 +63,11 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/healthz",
         name: "healthz",
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        name: "openapi",
     },
 ];
 
@@ -131,7 +141,9 @@ where
     let api = Arc::new(Api { center, settings });
     let mut app = Router::new();
     for route in ROUTES {
-        let method: MethodRouter<Shared<G, R>> = if route.method == "GET" {
+        let method: MethodRouter<Shared<G, R>> = if route.name == "openapi" {
+            get(|| async { crate::http::json(openapi_json()) })
+        } else if route.method == "GET" {
             get(|| async { text(200, "ok") })
         } else {
             post(move |state, peer, req| command(state, route, peer, req))
@@ -148,6 +160,51 @@ where
         .with_state(api)
 }
 
+/// centerd's OpenAPI document, generated from [`ROUTES`] and the protocol
+/// types the handlers decode (served at `GET /openapi.json`).
+pub fn openapi() -> OpenApi {
+    let mut doc = DocumentBuilder::new(
+        "centerd",
+        "The maintenance server's API for routers (exchanges 1-4 and the tunnel-lost notice, \
+         authenticated with the router's Secret(ID) or Secret(ID2)) and gateways (tunnel events, \
+         authenticated with the gateway's API key).",
+    );
+    for r in ROUTES {
+        doc = match r.name {
+            "install" => doc.command::<InstallRequest>(r.name, "1. installation notice"),
+            "failure" => doc.command::<FailureNotice>(r.name, "2. failure notice"),
+            "gateway_address" => doc.command::<GatewayAddressRequest>(r.name, "3. VPN gateway address request"),
+            "maintenance" => doc.command::<MaintenanceRequest>(r.name, "4. maintenance request"),
+            "tunnel_lost" => doc.command::<TunnelLostNotice>(r.name, "the router lost its tunnel's IKE SA"),
+            "gateway_event" => doc.command::<TunnelEvent>(r.name, "a gateway's tunnel went up or down"),
+            "healthz" => doc.get(r.path, r.name, "liveness: `ok`", "text/plain"),
+            _ => doc.get(r.path, r.name, "this document", "application/json"),
+        };
+    }
+    doc.build()
+}
+
+/// The OpenAPI document of routerd's command API, which centerd calls
+/// (routerd stays on plain hyper without utoipa for its size budget, so
+/// its document is generated here, from the same types; `centerd openapi
+/// router-commands` prints it).
+pub fn router_commands_openapi() -> OpenApi {
+    DocumentBuilder::new(
+        "routerd commands",
+        "The commands centerd sends to a router's command API, authenticated with the router's \
+         Secret(ID2).",
+    )
+    .command::<EndCommand>("end", "end a maintenance request")
+    .command::<ReleaseCommand>("release", "release an extension terminal's VPNNAT address")
+    .command::<VpnEndCommand>("vpn_end", "end the VPN")
+    .build()
+}
+
+fn openapi_json() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| openapi().to_json().unwrap_or_default())
+}
+
 /// Latency and status of every request but the health check's, by route
 /// name (`other` for unknown paths).
 async fn observe<G, R>(State(api): State<Shared<G, R>>, req: Request, next: Next) -> axum::response::Response
@@ -158,7 +215,7 @@ where
     let started = std::time::Instant::now();
     let name = Route::find(ROUTES, req.uri().path()).map_or(crate::metrics::OTHER, |r| r.name);
     let resp = next.run(req).await;
-    if name != "healthz" {
+    if name != "healthz" && name != "openapi" {
         api.center
             .command_metrics()
             .observe(name, resp.status().as_u16(), started.elapsed());

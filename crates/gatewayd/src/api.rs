@@ -18,6 +18,9 @@ use tower_http::limit::RequestBodyLimitLayer;
 use vpnnat_proto::ProtoError;
 use vpnnat_service::http::{auth_headers, read_body, signed, text, unix_now, Body, Limits, Peer, Route};
 
+use vpnnat_proto::messages::{AddAddresses, RemoveAddresses, ReportState, RestartTunnel, SetupTunnel, TearDown};
+use vpnnat_proto::openapi::{DocumentBuilder, OpenApi};
+
 use crate::{GatewayError, Gatewayd, ROUTES};
 
 /// Largest request body read from the network; proto enforces each
@@ -54,6 +57,7 @@ pub fn router(gw: Arc<Gatewayd>) -> Router {
     for route in ROUTES {
         let method: MethodRouter<Arc<Gatewayd>> = match (route.method, route.name) {
             ("GET", "metrics") => get(metrics),
+            ("GET", "openapi") => get(|| async { vpnnat_service::http::json(openapi_json()) }),
             ("GET", _) => get(|| async { text(200, "ok") }),
             _ => post(command),
         };
@@ -67,6 +71,40 @@ pub fn router(gw: Arc<Gatewayd>) -> Router {
         .fallback(|| async { text(404, "no such endpoint") })
         .layer(middleware::from_fn_with_state(gw.clone(), observe))
         .with_state(gw)
+}
+
+/// gatewayd's OpenAPI document, generated from [`ROUTES`] and the
+/// protocol types the handlers decode (served at `GET /openapi.json`).
+pub fn openapi() -> OpenApi {
+    let mut doc = DocumentBuilder::new(
+        "gatewayd",
+        "The VPN gateway agent's API: centerd's commands (tunnels and their VPNNAT addresses), \
+         each authenticated with the gateway's API key.",
+    );
+    for r in ROUTES {
+        doc = match r.name {
+            "setup" => doc.command::<SetupTunnel>(r.name, "set up a router's tunnel in a slot"),
+            "add_addresses" => doc.command::<AddAddresses>(r.name, "route VPNNAT addresses into a tunnel"),
+            "remove_addresses" => doc.command::<RemoveAddresses>(r.name, "take VPNNAT addresses out of a tunnel"),
+            "teardown" => doc.command::<TearDown>(r.name, "tear a tunnel down"),
+            "restart_tunnel" => doc.command::<RestartTunnel>(r.name, "start a tunnel's IKE SA afresh"),
+            "state" => doc.command::<ReportState>(r.name, "report every tunnel and its addresses"),
+            "healthz" => doc.get(r.path, r.name, "liveness: `ok`", "text/plain"),
+            "metrics" => doc.get(
+                r.path,
+                r.name,
+                "Prometheus metrics",
+                vpnnat_service::metrics::CONTENT_TYPE,
+            ),
+            _ => doc.get(r.path, r.name, "this document", "application/json"),
+        };
+    }
+    doc.build()
+}
+
+fn openapi_json() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| openapi().to_json().unwrap_or_default())
 }
 
 /// Latency and status of every command (the POST routes), by route name.

@@ -36,7 +36,7 @@ use vpnnat_service::config::HttpEndpoint;
 use vpnnat_service::http::{call, Route};
 use vpnnat_service::metrics::CommandMetrics;
 
-pub use api::{router, run, run_with};
+pub use api::{openapi, router, run, run_with};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -106,6 +106,11 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/metrics",
         name: "metrics",
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        name: "openapi",
     },
 ];
 

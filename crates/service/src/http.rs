@@ -225,6 +225,14 @@ pub fn text(status: u16, body: impl Into<String>) -> Response<Body> {
     r
 }
 
+/// A JSON document (e.g. `/openapi.json`).
+pub fn json(body: impl Into<String>) -> Response<Body> {
+    let mut r = text(200, body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 /// A signed protocol answer.
 pub fn signed(out: Outgoing) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(out.body)));
