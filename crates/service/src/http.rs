@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::{Extension, Router};
+use axum::Router;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
@@ -185,21 +185,6 @@ pub async fn serve_with(listener: TcpListener, app: Router, shutdown: impl Futur
     }
 }
 
-/// A router whose every request goes to `handler` (with its [`Peer`]): for
-/// servers that match their own routes.
-pub fn handler_router<F, Fut>(handler: F) -> Router
-where
-    F: Fn(Request<axum::body::Body>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    Router::new().fallback(
-        move |Extension(Peer(peer)): Extension<Peer>, req: Request<axum::body::Body>| {
-            let h = handler.clone();
-            async move { h(req, peer).await }
-        },
-    )
-}
-
 /// One route of a server's table (method, exact path, a short name used as
 /// the metrics label and the OpenAPI `operationId`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +351,8 @@ mod tests {
 
     use axum::routing::get;
     use tokio::sync::{oneshot, Notify};
+
+    use axum::Extension;
 
     use super::*;
 
