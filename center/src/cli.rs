@@ -105,6 +105,13 @@ pub enum Cmd {
     /// random generator) for `master_key` or an `api_key`. Needs no
     /// configuration.
     GenSecret,
+    /// Print an OpenAPI document generated from the protocol types:
+    /// centerd's router/gateway API (what it serves at /openapi.json), or
+    /// with --router-commands routerd's command API that centerd calls.
+    Openapi {
+        #[arg(long)]
+        router_commands: bool,
+    },
     /// Replace every placeholder `@SECRET:NAME@` in the files with a fresh
     /// key, the same one for the same NAME in every file (the center image's
     /// first boot runs it on centerd.toml, gatewayd.toml and the maintenance

@@ -27,7 +27,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::{Bytes, Incoming};
+use axum::body::Body as RequestBody;
+use axum::extract::State;
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Extension, Router};
+use hyper::body::Bytes;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use ring::digest;
@@ -35,7 +39,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
 
 use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
-use crate::http::{read_body, serve, text, unix_now, Body};
+use crate::http::{read_body, serve, text, unix_now, Body, Peer};
 use crate::password::{matching, PasswordHash};
 use crate::storage::{AuditFilter, AuditRow};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
@@ -149,14 +153,6 @@ fn path_matches(pattern: &str, path: &str) -> Option<Option<u64>> {
     }
 }
 
-/// The route serving `method path`, with the `{n}` of its path.
-fn find_route(method: &Method, path: &str) -> Option<(&'static UiRoute, Option<u64>)> {
-    ROUTES
-        .iter()
-        .filter(|r| r.method == method.as_str())
-        .find_map(|r| path_matches(r.path, path).map(|n| (r, n)))
-}
-
 /// The CSRF token of a session: derived from the session token (which only
 /// the operator's browser holds, in an HttpOnly cookie), so every centerd
 /// sharing the database agrees on it without storing it.
@@ -255,11 +251,47 @@ pub async fn run<G, R>(
         settings,
         rng: SystemRandom::new(),
     });
-    serve(listener, shutdown, move |req, peer| {
-        let ui = ui.clone();
-        async move { ui.handle(req, peer).await }
-    })
-    .await
+    serve(listener, router(ui), shutdown).await
+}
+
+/// The state of the UI's handlers.
+type Shared<G, R> = Arc<Ui<G, R>>;
+
+/// The UI's axum router: one route per entry of [`ROUTES`] (axum's `{n}`
+/// is the table's), other methods and paths to [`Ui::unmatched`].
+fn router<G, R>(ui: Shared<G, R>) -> Router
+where
+    G: GatewayCommands + 'static,
+    R: RouterCommands + 'static,
+{
+    let mut paths: Vec<(&'static str, MethodRouter<Shared<G, R>>)> = Vec::new();
+    for route in ROUTES {
+        let filter = if route.is_post() {
+            MethodFilter::POST
+        } else {
+            MethodFilter::GET
+        };
+        let handler = move |State(ui): State<Shared<G, R>>,
+                            Extension(Peer(peer)): Extension<Peer>,
+                            req: Request<RequestBody>| async move {
+            ui.handle(route, req, peer).await
+        };
+        match paths.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, m)) => *m = std::mem::take(m).on(filter, handler),
+            None => paths.push((route.path, on(filter, handler))),
+        }
+    }
+    let mut app = Router::new();
+    for (path, method) in paths {
+        app = app.route(
+            path,
+            method.fallback(|State(ui): State<Shared<G, R>>, req: Request<RequestBody>| async move {
+                ui.unmatched(&req, true)
+            }),
+        );
+    }
+    app.fallback(|State(ui): State<Shared<G, R>>, req: Request<RequestBody>| async move { ui.unmatched(&req, false) })
+        .with_state(ui)
 }
 
 /// HTML-escapes text for element content and attribute values.
@@ -391,39 +423,44 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         Some(if op.is_empty() { "operator".to_owned() } else { op })
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// A request no route of [`ROUTES`] serves: `known` when its path is
+    /// a route's with another method. Without a session nothing but the
+    /// public routes exist (no hint which other paths do).
+    fn unmatched(&self, req: &Request<RequestBody>, known: bool) -> Response<Body> {
+        if self.session(req.headers()).is_none() {
+            return text(401, "log in first");
+        }
+        if known {
+            text(405, "method not allowed")
+        } else {
+            text(404, "no such page")
+        }
+    }
+
+    /// One request to `route`: the cross-site and session checks, then the
+    /// page.
+    async fn handle(&self, route: &'static UiRoute, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
-        let found = find_route(&method, &path);
-        if found.is_some_and(|(r, _)| r.is_post()) {
+        // `{n}` must be an acceptance number.
+        let Some(n) = path_matches(route.path, &path) else {
+            return self.unmatched(&req, false);
+        };
+        if route.is_post() {
             if let Some(why) = cross_site(req.headers()) {
                 log::warn!("operator UI: {method} {path} from {peer}: {why}");
                 return text(403, why);
             }
         }
         let session = self.session(req.headers());
-        let (route, n) = match (found, &session) {
-            (Some((r, n)), _) if r.access == Access::Public => (r, n),
-            (Some((r, n)), Some(_)) => (r, n),
-            // No session: nothing but the public routes, and no hint which
-            // other paths exist.
-            (_, None) => {
-                return if method == Method::GET && path == "/" {
-                    redirect("/login")
-                } else {
-                    text(401, "log in first")
-                };
-            }
-            (None, Some(_)) => {
-                let known = ROUTES.iter().any(|r| path_matches(r.path, &path).is_some());
-                return if known {
-                    text(405, "method not allowed")
-                } else {
-                    text(404, "no such page")
-                };
-            }
-        };
+        if route.access != Access::Public && session.is_none() {
+            return if method == Method::GET && path == "/" {
+                redirect("/login")
+            } else {
+                text(401, "log in first")
+            };
+        }
         match route.page {
             Page::LoginForm => return html(200, login_page("")),
             Page::Login => return self.login(req, peer).await,
@@ -519,7 +556,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         Some((tok, op))
     }
 
-    async fn login(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn login(&self, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
         let (_, body) = match read_body(req, MAX_FORM).await {
             Ok(x) => x,
             Err(r) => return r,

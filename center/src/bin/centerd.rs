@@ -61,6 +61,15 @@ fn real_main(cli: &Cli) -> Result<()> {
         println!("{}", keygen::gen_secret(&ring::rand::SystemRandom::new())?.as_str());
         return Ok(());
     }
+    if let Cmd::Openapi { router_commands } = cmd {
+        let doc = if *router_commands {
+            vpnnat_center::api::router_commands_openapi()
+        } else {
+            vpnnat_center::api::openapi()
+        };
+        println!("{}", doc.to_pretty_json()?);
+        return Ok(());
+    }
     if let Cmd::FillSecrets { files } = cmd {
         for name in keygen::fill_files(files)? {
             println!("{name}");
@@ -75,7 +84,9 @@ fn real_main(cli: &Cli) -> Result<()> {
         check_secret_files(cli, &cfg);
     }
     let report: Report = match cmd {
-        Cmd::HashPassword { .. } | Cmd::GenSecret | Cmd::FillSecrets { .. } => unreachable!("handled above"),
+        Cmd::HashPassword { .. } | Cmd::GenSecret | Cmd::Openapi { .. } | Cmd::FillSecrets { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Run => return runtime()?.block_on(run(cfg)),
         Cmd::FactorySecret { terminal_id } => {
             println!("{}", admin::factory_secret(&cfg, terminal_id)?);

@@ -3,6 +3,7 @@
 //! state) over a [`TunnelDriver`], and a task that pushes the driver's
 //! tunnel up/down events to centerd as they happen (no polling).
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dial_in;
@@ -12,7 +13,6 @@ pub mod ike;
 
 use std::collections::BTreeMap;
 
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,8 +33,10 @@ use vpnnat_proto::{decode_request, encode_response, paths, Command, KeyKind, Out
 
 use driver::{DriverError, DriverEvent, TunnelDriver, TunnelSpec};
 use vpnnat_service::config::HttpEndpoint;
-use vpnnat_service::http::{auth_headers, call, read_body, signed, text, unix_now, Route};
+use vpnnat_service::http::{call, Route};
 use vpnnat_service::metrics::CommandMetrics;
+
+pub use api::{openapi, router, run, run_with};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -104,6 +106,11 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/metrics",
         name: "metrics",
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        name: "openapi",
     },
 ];
 
@@ -390,98 +397,6 @@ impl Gatewayd {
             });
         }
         Ok(StateReport::new(out).map_err(ProtoError::from)?.with_seq(seq))
-    }
-}
-
-/// Serves gatewayd's API on `listener` until `shutdown`, every source
-/// capped at [`vpnnat_service::http::Limits::GATEWAY_API`]'s share.
-pub async fn run(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>, gw: Arc<Gatewayd>) {
-    run_with(listener, shutdown, gw, None).await
-}
-
-/// [`run`], with `centerd`'s address (its one legitimate client, which
-/// sends as many commands at once as routers ask) exempt from the
-/// per-source cap (issue 18, item 1: anyone else reaching the API cannot
-/// take every connection and starve centerd's commands and heartbeats).
-pub async fn run_with(
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()>,
-    gw: Arc<Gatewayd>,
-    centerd: Option<std::net::IpAddr>,
-) {
-    let limits = vpnnat_service::http::Limits {
-        unlimited_source: centerd,
-        ..vpnnat_service::http::Limits::GATEWAY_API
-    };
-    vpnnat_service::http::serve_limited(listener, shutdown, limits, move |req, peer| {
-        let gw = gw.clone();
-        async move {
-            let started = std::time::Instant::now();
-            let route = Route::find(ROUTES, req.uri().path());
-            let resp = handle_http(&gw, route, req, peer).await;
-            if let Some(r) = route.filter(|r| r.method == "POST") {
-                gw.metrics.observe(r.name, resp.status().as_u16(), started.elapsed());
-            }
-            resp
-        }
-    })
-    .await
-}
-
-async fn handle_http(
-    gw: &Gatewayd,
-    route: Option<&'static Route>,
-    req: hyper::Request<hyper::body::Incoming>,
-    peer: std::net::SocketAddr,
-) -> hyper::Response<vpnnat_service::http::Body> {
-    {
-        {
-            let Some(route) = route else {
-                return text(404, "no such endpoint");
-            };
-            if req.method().as_str() != route.method {
-                return text(405, format!("use {}", route.method));
-            }
-            match route.name {
-                "healthz" => return text(200, "ok"),
-                "metrics" => {
-                    return match gw.render_metrics() {
-                        Ok(m) => {
-                            let mut r = text(200, m);
-                            r.headers_mut().insert(
-                                hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static(vpnnat_service::metrics::CONTENT_TYPE),
-                            );
-                            r
-                        }
-                        Err(e) => text(500, e.to_string()),
-                    }
-                }
-                _ => {}
-            }
-            let path = req.uri().path().to_owned();
-            let (parts, body) = match read_body(req, 64 * 1024).await {
-                Ok(x) => x,
-                Err(r) => return r,
-            };
-            let headers = match auth_headers(&parts.headers) {
-                Ok(h) => h,
-                Err(e) => return text(e.http_status(), e.to_string()),
-            };
-            match gw.handle(&path, &headers, &body, unix_now()) {
-                Ok(out) => signed(out),
-                Err(e) => {
-                    log::warn!("{path} from {peer}: {e}");
-                    let msg = match &e {
-                        GatewayError::Proto(ProtoError::UnknownTerminal | ProtoError::BadMac) => {
-                            "message authentication failed".to_owned()
-                        }
-                        other => other.to_string(),
-                    };
-                    text(e.http_status(), msg)
-                }
-            }
-        }
     }
 }
 

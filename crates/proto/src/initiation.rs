@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 /// Who initiates the IKE SA of a router's tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum InitiationMode {
     /// The gateway initiates toward the router's global address (the seed).
     #[default]
@@ -63,6 +64,7 @@ impl fmt::Display for InitiationMode {
 /// What a router is configured to want (`tunnel_initiation` in its config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum InitiationPreference {
     /// Always the gateway (the router has a public address and wants the
     /// seed's behaviour whatever the center sees).

@@ -84,6 +84,8 @@ pub mod form;
 pub mod initiation;
 pub mod keys;
 pub mod messages;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod page_headers;
 pub mod password;
 pub mod paths;

@@ -30,6 +30,7 @@ use crate::types::{
 /// The empty answer of commands that only need an acknowledgement: `{}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ack {}
 
 // ---------------------------------------------------------------------------
@@ -39,6 +40,7 @@ pub struct Ack {}
 /// 1. Installation notice, router -> center, MAC with Secret(ID).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstallRequest {
     /// The router's fresh reply key; [`InstallResponse`] is sealed to it.
     pub reply_key: ReplyPublicKey,
@@ -60,6 +62,7 @@ impl Command for InstallRequest {
 /// Answer to [`InstallRequest`]: [`InstallSecrets`] sealed to the reply key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstallResponse {
     pub sealed: SealedBox,
 }
@@ -204,6 +207,7 @@ impl InstallResponse {
 /// 2. Failure notice, router -> center, MAC with Secret(ID2). Answer: [`Ack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailureNotice {
     pub code: FailureCode,
     pub detail: FailureDetail,
@@ -224,6 +228,7 @@ impl Command for FailureNotice {
 /// 3. VPN gateway address request, router -> center, MAC with Secret(ID2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GatewayAddressRequest {
     pub reply_key: ReplyPublicKey,
     /// The router's configured tunnel initiation mode (absent: `auto`).
@@ -246,6 +251,7 @@ impl Command for GatewayAddressRequest {
 /// Answer to [`GatewayAddressRequest`]: [`GatewayInfo`] sealed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GatewayAddressResponse {
     pub sealed: SealedBox,
 }
@@ -300,6 +306,7 @@ impl GatewayAddressResponse {
 /// tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelLostNotice {}
 
 impl Command for TunnelLostNotice {
@@ -313,6 +320,7 @@ impl Command for TunnelLostNotice {
 /// What the center did about a [`TunnelLostNotice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TunnelRebuild {
     /// The gateway built the tunnel afresh and it is up.
     Up,
@@ -327,6 +335,7 @@ pub enum TunnelRebuild {
 /// Answer to [`TunnelLostNotice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelLostAnswer {
     pub tunnel: TunnelRebuild,
 }
@@ -338,6 +347,7 @@ pub struct TunnelLostAnswer {
 /// 4. Maintenance request, router -> center, MAC with Secret(ID2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MaintenanceRequest {
     pub reply_key: ReplyPublicKey,
     pub claimant_level: ClaimantLevel,
@@ -416,6 +426,7 @@ impl MaintenanceRequest {
 /// Answer to [`MaintenanceRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MaintenanceResponse {
     pub acceptance_number: AcceptanceNumber,
     /// [`Grants`] sealed to the reply key.
@@ -509,6 +520,7 @@ impl MaintenanceResponse {
 /// 6. Maintenance end, center -> router, MAC with Secret(ID2). Answer: [`Ack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndCommand {
     pub acceptance_number: AcceptanceNumber,
 }
@@ -524,6 +536,7 @@ impl Command for EndCommand {
 /// 7. VPNNAT release, center -> router. Answer: [`Ack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseCommand {
     pub terminal_name: TerminalName,
 }
@@ -539,6 +552,7 @@ impl Command for ReleaseCommand {
 /// 8. VPN end, center -> router. Answer: [`Ack`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VpnEndCommand {}
 
 impl Command for VpnEndCommand {
@@ -571,6 +585,7 @@ pub const MAX_TUNNELS: usize = 1024;
 /// replayed into another tunnel's command does not decrypt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetupTunnel {
     pub terminal_id: TerminalId,
     pub router_ip: UnicastAddr,
@@ -619,12 +634,16 @@ impl SetupTunnel {
     }
 }
 
+/// The addresses of one tunnel in a [`StateReport`].
+pub type TunnelAddresses = BoundedSet<UnicastAddr, 0, MAX_ADDRESSES_PER_TUNNEL>;
+
 /// 1..=64 distinct VPNNAT addresses.
 pub type AddressSet = BoundedSet<UnicastAddr, 1, MAX_ADDRESSES_PER_COMMAND>;
 
 /// Route these VPNNAT addresses into the router's tunnel. Answer: [`Ack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddAddresses {
     pub terminal_id: TerminalId,
     pub addresses: AddressSet,
@@ -641,6 +660,7 @@ impl Command for AddAddresses {
 /// Stop routing these VPNNAT addresses into the tunnel. Answer: [`Ack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemoveAddresses {
     pub terminal_id: TerminalId,
     pub addresses: AddressSet,
@@ -657,6 +677,7 @@ impl Command for RemoveAddresses {
 /// Remove every route of the tunnel and delete it. Answer: [`Ack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TearDown {
     pub terminal_id: TerminalId,
 }
@@ -677,6 +698,7 @@ impl Command for TearDown {
 /// with a [`TunnelEvent`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartTunnel {
     pub terminal_id: TerminalId,
 }
@@ -692,6 +714,7 @@ impl Command for RestartTunnel {
 /// Ask for the gateway's whole state (used to reconcile after a restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportState {}
 
 impl Command for ReportState {
@@ -706,6 +729,7 @@ impl Command for ReportState {
 /// A tunnel's state as the gateway sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TunnelStatus {
     /// IKE and CHILD SAs established.
     Up,
@@ -718,18 +742,20 @@ pub enum TunnelStatus {
 /// One tunnel of a [`StateReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelState {
     pub terminal_id: TerminalId,
     pub slot: u16,
     pub router_ip: UnicastAddr,
     pub status: TunnelStatus,
-    pub addresses: BoundedSet<UnicastAddr, 0, MAX_ADDRESSES_PER_TUNNEL>,
+    pub addresses: TunnelAddresses,
 }
 
 /// Answer to [`ReportState`]: at most [`MAX_TUNNELS`] tunnels, one per
 /// terminal ID and one per slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "StateReportWire")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateReport {
     tunnels: Vec<TunnelState>,
     /// The gateway's last event order number when the report was taken:
@@ -792,6 +818,7 @@ impl StateReport {
 /// (principal: the gateway name). Replaces the seed's polling. Answer: [`Ack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelEvent {
     pub terminal_id: TerminalId,
     pub slot: u16,

@@ -203,14 +203,18 @@ impl ReplyKeyPair {
 /// A sealed box as it travels: all three fields base64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SealedBox {
     /// The sender's ephemeral X25519 public key.
     #[serde(with = "crate::b64::array")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub epk: [u8; PUBLIC_KEY_LEN],
     #[serde(with = "crate::b64::array")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub nonce: [u8; NONCE_LEN],
     /// AES-256-GCM ciphertext with the 16-byte tag appended.
     #[serde(with = "crate::b64::bytes")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub ciphertext: Vec<u8>,
 }
 
@@ -314,11 +318,14 @@ impl FieldPurpose {
 /// An encrypted field as it travels (base64).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EncryptedField {
     #[serde(with = "crate::b64::array")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub nonce: [u8; NONCE_LEN],
     /// AES-256-GCM ciphertext with the 16-byte tag appended.
     #[serde(with = "crate::b64::bytes")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub ciphertext: Vec<u8>,
 }
 

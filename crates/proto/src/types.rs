@@ -322,6 +322,7 @@ pub type TerminalNames = BoundedSet<TerminalName, 1, MAX_TERMINAL_NAMES>;
 /// "administrator" table, a general one in the terminal's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ClaimantLevel {
     General,
     Administrator,
@@ -330,6 +331,7 @@ pub enum ClaimantLevel {
 /// How urgent a maintenance request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Urgency {
     Low,
     Normal,
@@ -340,6 +342,7 @@ pub enum Urgency {
 /// What the router's self-watch found broken (seed 0132).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum FailureCode {
     /// The router's own HTTP server part stopped answering.
     ServerPart,

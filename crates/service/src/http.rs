@@ -1,14 +1,14 @@
-//! Small hyper 1 helpers shared by centerd and gatewayd: an accept loop that
-//! stops on a shutdown future (the mini-redis `run(listener, shutdown)`
-//! shape, so tests drive servers on ephemeral ports), body and header
-//! extraction, and an authenticated client for one protocol command.
+//! The HTTP layer centerd and gatewayd share: [`serve`], which runs an axum
+//! [`Router`] on hyper behind a per-source connection gate and drains on a
+//! shutdown future (the mini-redis `run(listener, shutdown)` shape, so tests
+//! drive servers on ephemeral ports); body and header extraction; and an
+//! authenticated client for one protocol command.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::Router;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
@@ -16,6 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use ring::rand::SystemRandom;
 use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::keys::MacKey;
 use vpnnat_proto::throttle::ConnectionGate;
@@ -104,32 +105,35 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a client past the connection cap reads before the server closes.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 35\r\n\r\ntoo many connections; retry shortly";
 
-/// Serves HTTP/1 connections from `listener` with `handler` until
-/// `shutdown` completes, with the default [`Limits`]. Connections in flight
-/// finish on their own tasks.
-pub async fn serve<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
-where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    serve_limited(listener, shutdown, Limits::default(), handler).await
+/// How long [`serve`] waits, once told to stop, for the requests in flight
+/// to finish before it returns anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address a request came from: [`serve`] puts it in every request's
+/// extensions (axum's `Extension<Peer>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+/// Serves `app` on `listener` until `shutdown` completes, with the default
+/// [`Limits`]; see [`serve_with`].
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, app, shutdown, Limits::default()).await
 }
 
-/// [`serve`] with explicit limits.
-pub async fn serve_limited<F, Fut>(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    limits: Limits,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let handler = Arc::new(handler);
+/// Serves HTTP/1 connections from `listener` with the axum router `app`
+/// until `shutdown` completes: each connection passes the per-source
+/// connection gate of `limits` first (refused ones read [`BUSY`]'s 503 and
+/// are closed at once), must send its request head within
+/// `limits.header_timeout`, and its requests carry their [`Peer`]. On
+/// shutdown the listener closes, idle connections close, and requests in
+/// flight get up to [`DRAIN_TIMEOUT`] to finish before this returns.
+pub async fn serve_with(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>, limits: Limits) {
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
     let mut gate = ConnectionGate::new(limits.max_connections, limits.max_per_source);
     if let Some(ip) = limits.unlimited_source {
         gate = gate.exempt(ip);
     }
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -158,22 +162,26 @@ pub async fn serve_limited<F, Fut>(
                 continue;
             }
         };
-        let h = handler.clone();
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |req| {
-                let h = h.clone();
-                async move { Ok::<_, Infallible>(h(req, peer).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            if let Err(e) = conn.await {
                 log::debug!("connection from {peer}: {e}");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        log::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
 }
 
@@ -202,6 +210,14 @@ pub fn text(status: u16, body: impl Into<String>) -> Response<Body> {
     r
 }
 
+/// A JSON document (e.g. `/openapi.json`).
+pub fn json(body: impl Into<String>) -> Response<Body> {
+    let mut r = text(200, body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 /// A signed protocol answer.
 pub fn signed(out: Outgoing) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(out.body)));
@@ -218,10 +234,11 @@ pub fn signed(out: Outgoing) -> Response<Body> {
 /// Reads at most `max` bytes of body within [`BODY_TIMEOUT`]; a longer one
 /// is refused with 413 (before reading it when `Content-Length` says so),
 /// a slower one with 408.
-pub async fn read_body(
-    req: Request<Incoming>,
-    max: usize,
-) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
+pub async fn read_body<B>(req: Request<B>, max: usize) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = req.into_parts();
     let too_large = || text(413, format!("body too large or unreadable (limit {max} bytes)"));
     let announced = parts
@@ -324,4 +341,89 @@ pub async fn call_with<C: Command>(
     };
     let h = auth_headers(&headers).map_err(|e| bad(e.to_string()))?;
     decode_response::<C>(&out, key, &h, &body).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use tokio::sync::{oneshot, Notify};
+
+    use axum::Extension;
+
+    use super::*;
+
+    /// Sends `GET /` to `addr` and returns the status and body.
+    async fn get_root(addr: SocketAddr) -> (u16, Bytes) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/").header(HOST, "x").body(Body::default()).unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_the_request_in_flight() {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let (s, r) = (started.clone(), release.clone());
+        let app = Router::new().route(
+            "/",
+            get(move |Extension(Peer(peer)): Extension<Peer>| {
+                let (s, r) = (s.clone(), r.clone());
+                async move {
+                    s.notify_one();
+                    r.notified().await;
+                    text(200, format!("done for {}", peer.ip()))
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let client = tokio::spawn(get_root(addr));
+        started.notified().await;
+        stop.send(()).unwrap();
+        // Told to stop, the server closes its listener but still holds the
+        // request in flight.
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!server.is_finished());
+        release.notify_one();
+        let (status, body) = client.await.unwrap();
+        assert_eq!((status, &body[..]), (200, &b"done for 127.0.0.1"[..]));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_source_past_its_share_reads_503() {
+        let app = Router::new().route("/", get(|| async { text(200, "ok") }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_per_source: 1,
+            ..Limits::UI
+        };
+        tokio::spawn(serve_with(listener, app, std::future::pending(), limits));
+        // The first connection holds the source's one place (no request
+        // yet); the second is refused with the canned answer.
+        let _held = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut second, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, BUSY);
+    }
 }
