@@ -483,7 +483,11 @@ impl Config {
             state_dir: PathBuf::from(raw.state_dir.as_deref().unwrap_or("/var/lib/routerd")),
             lease_file: PathBuf::from(raw.lease_file.as_deref().unwrap_or("/var/lib/misc/dnsmasq.leases")),
             dns: raw.dns.unwrap_or(true),
-            center_timeout: secs("center_timeout_secs", raw.center_timeout_secs, DEFAULT_CENTER_TIMEOUT_SECS)?,
+            center_timeout: secs(
+                "center_timeout_secs",
+                raw.center_timeout_secs,
+                DEFAULT_CENTER_TIMEOUT_SECS,
+            )?,
             retry_max: secs("retry_max_secs", raw.retry_max_secs, 300)?,
             wan,
             lan,
