@@ -8,8 +8,10 @@
 //! whenever the IKE SA is new), runs until SIGTERM/SIGINT and then deletes
 //! the tunnel (INFORMATIONAL DELETE) and its SAs. SIGUSR1 rekeys the IKE
 //! SA, SIGUSR2 the CHILD SA. `vpnnat-ike tool ...`: test helpers
-//! (tools.rs).
+//! (tools.rs); `vpnnat-ike gateway ...`: gatewayd's command API as centerd
+//! drives it (gateway.rs).
 
+mod gateway;
 mod tools;
 
 use std::io::Write;
@@ -64,6 +66,9 @@ enum Cmd {
     /// Test helpers (raw UDP, capture, TCP transfer, SA observer).
     #[command(subcommand)]
     Tool(tools::Tool),
+    /// Command a gatewayd as centerd does (VM scenarios with a foreign
+    /// router, e.g. strongSwan dialing in; keys from the environment).
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +153,7 @@ async fn main() -> Result<()> {
         Cmd::Respond { t } => (t, false, false, None, false),
         Cmd::Bench { t, count } => (t, true, true, Some(count), false),
         Cmd::Tool(t) => return tools::run(t),
+        Cmd::Gateway(g) => return gateway::run(g).await,
     };
     let psk = read_psk()?;
     let mut cfg = DriverConfig::new(t.local);
