@@ -11,6 +11,7 @@
 // No unsafe code in this crate (checked by the compiler, not by review).
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -132,8 +133,13 @@ fn real_main(cli: &Cli) -> Result<()> {
             admin::audit(&cfg, &filter)?
         }
     };
-    println!("{}", report.render(cli.json)?);
-    Ok(())
+    // A reader that stops early (`centerd list-requests | grep -q ...`) is
+    // not an error of centerd's: println! would panic on the broken pipe.
+    let text = report.render(cli.json)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Says loudly when a file holding secrets is readable by others.

@@ -1756,3 +1756,21 @@ async fn a_refused_ike_is_named_in_the_failure() {
     let n = c.store().unwrap().list_requests(10).unwrap()[0].acceptance_number;
     assert_nothing_left(&c, &g, "router-1", n);
 }
+
+#[tokio::test]
+async fn a_connecting_report_does_not_pass_for_the_reason_of_a_timeout() {
+    let (c, g, _) = waiting(Duration::from_millis(200));
+    let mut r = TestRouter::new("router-1");
+    r.install(&c);
+    let (answer, ()) = tokio::join!(r.maintenance(&c, &["pc1"]), async {
+        gateway_programmed(&g, "router-1").await;
+        gw1_event_detail(
+            &c,
+            "router-1",
+            TunnelStatus::Connecting,
+            "policies installed; IKE connects with the first granted address",
+        );
+    });
+    let text = answer.unwrap_err().public_text();
+    assert!(text.contains("timeout: the gateway reported no IKE answer"), "{text}");
+}

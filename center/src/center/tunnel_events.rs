@@ -72,16 +72,22 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 }
 
 impl<G, R> Center<G, R> {
-    /// Keeps the gateway's last word on a tunnel that is not up (cleared
+    /// Keeps the gateway's last word on a tunnel that went down (cleared
     /// when it comes up), for [`super::tunnel_failure::reason`].
     fn note_tunnel_detail(&self, terminal_id: &str, status: TunnelStatus, detail: &str) {
         let Ok(mut m) = self.tunnel_details.lock() else {
             return;
         };
-        if status == TunnelStatus::Up {
-            m.remove(terminal_id);
-        } else if !detail.trim().is_empty() {
-            m.insert(terminal_id.to_owned(), detail.to_owned());
+        // Only a failure explains one: "connecting" details ("policies
+        // installed; IKE connects ...") say nothing about why it did not.
+        match status {
+            TunnelStatus::Up => {
+                m.remove(terminal_id);
+            }
+            TunnelStatus::Down if !detail.trim().is_empty() => {
+                m.insert(terminal_id.to_owned(), detail.to_owned());
+            }
+            TunnelStatus::Down | TunnelStatus::Connecting => {}
         }
     }
 
