@@ -73,7 +73,14 @@ fn json(o: &Output) -> Value {
 
 /// A router with one request naming `pc1`, written through the library as
 /// centerd would.
+/// A router, its slot and one waiting request received now.
 fn seed(db: &Path) -> u64 {
+    seed_received_at(db, vpnnat_center::http::unix_now())
+}
+
+/// As [`seed`], the request received at `now` (a running centerd's expiry
+/// loop ends a request received more than the maximum lifetime ago).
+fn seed_received_at(db: &Path, now: u64) -> u64 {
     let mut st = Storage::open(db).unwrap();
     // What `centerd run` does at start with the configured gateways.
     st.sync_gateways(&[
@@ -118,7 +125,7 @@ fn seed(db: &Path) -> u64 {
                 urgency: "high",
                 content: "printer",
                 terminal_names: &names,
-                now: 200,
+                now,
                 max_open: None,
                 expires_at: None,
             },
@@ -562,7 +569,8 @@ fn maintenance_password_is_printed_and_audited() {
 fn limit_request_shortens_refuses_above_the_maximum_and_the_listings_show_the_end() {
     let (dir, cfg) = setup("limit");
     json(&centerd(&cfg, &["--json", "list-requests"]));
-    let old = seed(&dir.0.join("center.db"));
+    // Received long ago: its maximum lifetime has passed.
+    let old = seed_received_at(&dir.0.join("center.db"), 200);
     // A fresh request, received now with the default maximum of 4 h.
     let now = vpnnat_center::http::unix_now();
     let names = vec!["nas".to_owned()];

@@ -391,6 +391,12 @@ async fn the_router_accepts_only_the_gateway_identity_the_center_named() {
         d.add_addresses(&t, &[a1]).unwrap();
         if comes_up {
             wait(&mut rx, "up", |e| e.status == TunnelStatus::Up).await;
+            // The router installs once it has the last IKE_AUTH answer,
+            // which may be a moment after the gateway reports up.
+            wait(&mut rev, "router child", |e| {
+                matches!(e, IkeEvent::ChildSaInstalled { .. })
+            })
+            .await;
             assert_eq!(rrec.installed().len(), 2, "{expected}");
         } else {
             let e = wait(&mut rev, "rejected", |e| matches!(e, IkeEvent::Rejected { .. })).await;
