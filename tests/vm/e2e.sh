@@ -26,6 +26,9 @@
 # "filler" homes (same routerd, no hosts) take the free slots so that one
 # more home can be refused. One line per check, then "N passed, N failed".
 set -u
+# Step 4b waits out centerd's tunnel bound on purpose: 20 s, not the
+# topology's 60 (tunnels here come up within ~3 s under TCG).
+TUNNEL_UP_TIMEOUT_MS=${TUNNEL_UP_TIMEOUT_MS:-20000}
 . "$(dirname "$0")/lib/check.sh"
 
 # shellcheck source=lib/topology.sh
