@@ -10,16 +10,30 @@ PASSED=0
 FAILED=0
 SKIPPED=0
 
+# uptime_cs: the VM's uptime in centiseconds (busybox sh has no SECONDS).
+uptime_cs() {
+	read -r _ck_up _ </proc/uptime
+	echo "${_ck_up%.*}${_ck_up#*.}"
+}
+
+# took T0: " [N.N s]" when a check took a second or more since T0 (from
+# uptime_cs), so that a log shows where a scenario's time goes.
+took() {
+	_ck_cs=$(($(uptime_cs) - $1))
+	[ "$_ck_cs" -ge 100 ] && printf ' [%d.%d s]' $((_ck_cs / 100)) $((_ck_cs % 100 / 10))
+}
+
 # check NAME CMD...: run CMD, count the result.
 check() {
 	name=$1
 	shift
+	_ck_t0=$(uptime_cs)
 	if out=$("$@" 2>&1); then
 		PASSED=$((PASSED + 1))
-		echo "ok   - $name"
+		echo "ok   - $name$(took "$_ck_t0")"
 	else
 		FAILED=$((FAILED + 1))
-		echo "FAIL - $name"
+		echo "FAIL - $name$(took "$_ck_t0")"
 		echo "$out" | sed 's/^/       | /'
 	fi
 }
@@ -28,13 +42,14 @@ check() {
 check_not() {
 	name=$1
 	shift
+	_ck_t0=$(uptime_cs)
 	if out=$("$@" 2>&1); then
 		FAILED=$((FAILED + 1))
-		echo "FAIL - $name (succeeded but must not)"
+		echo "FAIL - $name (succeeded but must not)$(took "$_ck_t0")"
 		echo "$out" | sed 's/^/       | /'
 	else
 		PASSED=$((PASSED + 1))
-		echo "ok   - $name"
+		echo "ok   - $name$(took "$_ck_t0")"
 	fi
 }
 
