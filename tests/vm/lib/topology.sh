@@ -470,6 +470,8 @@ protocol = "tcp"
 EOF
 	done
 } >$W/center/centerd.toml
+# secrets (factory key, gateway API keys): as an installation keeps them
+chmod 600 $W/center/centerd.toml $W/gw*/gatewayd.toml
 CENTERD="centerd --config $W/center/centerd.toml"
 check "centerd accepts the generated configuration" nsx server $CENTERD check-config
 
