@@ -146,7 +146,7 @@ pc1 = "192.168.1.10"
     let mut fc = FakeCenter::new("router-1", vpnnat_proto::keys::SecretId::from_hex(secret)?);
     fc.now = unix_now();
     let sim = Arc::new(CenterSim(Mutex::new(fc)));
-    tokio::spawn(http::run(center_l, sim.clone(), std::future::pending()));
+    tokio::spawn(http::serve(center_l, sim.clone(), std::future::pending()));
 
     let mut cmd = Command::new(&bin);
     cmd.args(["-c", cfg.to_str().context("path")?, "run"]);

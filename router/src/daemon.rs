@@ -730,12 +730,12 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(http::run(
+    tasks.spawn(http::serve(
         lan,
         Arc::new(crate::web::LanPage { router: router.clone() }),
         stopped(stop_rx.clone()),
     ));
-    tasks.spawn(http::run(
+    tasks.spawn(http::serve(
         center,
         Arc::new(crate::web::CenterPort::new(router.clone())),
         stopped(stop_rx.clone()),

@@ -1,7 +1,8 @@
 //! HTTP plumbing on hyper 1: a one-shot client (router -> center, and the
-//! CLI -> local daemon), a generic `run(listener, handler, shutdown)` server
-//! loop (mini-redis style), and the small helpers the pages need (form
-//! decoding, HTML escaping, exponential back-off).
+//! CLI -> local daemon), `serve(listener, handler, shutdown)` on the
+//! daemons' shared accept loop (`vpnnat_service::server`: connection gate,
+//! header time-out, drain on shutdown), and the small helpers the pages
+//! need (form decoding, HTML escaping, exponential back-off).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,15 +13,14 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::Outgoing;
+use vpnnat_service::server::Limits;
 
 use crate::logic::CenterReply;
 
@@ -36,9 +36,8 @@ pub const MAX_PER_SOURCE: usize = 16;
 /// How long a client may take to send a request head, then its body.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a client past the connection cap reads before the server closes.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 35\r\n\r\ntoo many connections; retry shortly";
+/// How long the requests in flight at shutdown may take to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum HttpError {
@@ -241,78 +240,35 @@ async fn read(req: Request<Incoming>, peer: SocketAddr) -> Result<Incoming1, Rep
     })
 }
 
-/// Serves `handler` on `listener` until `shutdown` completes; then stops
-/// accepting, lets open connections finish their current request, and
-/// returns (waiting at most 5 s for them).
-pub async fn run<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut conns = tokio::task::JoinSet::new();
-    let gate = vpnnat_proto::throttle::ConnectionGate::new(MAX_CONNECTIONS, MAX_PER_SOURCE);
-    let mut refused: u64 = 0;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        log::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
+/// routerd's servers' limits on the shared accept loop.
+pub const LIMITS: Limits = Limits {
+    max_connections: MAX_CONNECTIONS,
+    max_per_source: MAX_PER_SOURCE,
+    header_timeout: HEADER_TIMEOUT,
+    unlimited_source: None,
+    drain_timeout: DRAIN_TIMEOUT,
+};
+
+/// Serves `handler` on `listener` until `shutdown` completes, on the
+/// daemons' one accept loop ([`vpnnat_service::server::serve`], with
+/// [`LIMITS`]); then stops accepting, lets open connections finish their
+/// current request (waiting at most [`DRAIN_TIMEOUT`] for them), and
+/// returns.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
+    let service_for = move |peer: SocketAddr| {
+        let h = handler.clone();
+        service_fn(move |req| {
+            let h = h.clone();
+            async move {
+                let r = match read(req, peer).await {
+                    Ok(r) => h.handle(r).await,
+                    Err(r) => r,
                 };
-                let slot = match gate.admit(peer.ip()) {
-                    Ok(s) => s,
-                    Err(why) => {
-                        // One non-blocking write into the empty socket
-                        // buffer, then close: never wait on a flood.
-                        let _ = stream.try_write(BUSY);
-                        refused = refused.saturating_add(1);
-                        if refused.is_power_of_two() {
-                            log::warn!("refused {refused} connection(s) so far; latest from {peer}: {why}");
-                        }
-                        continue;
-                    }
-                };
-                let h = handler.clone();
-                let mut stop = stop_rx.clone();
-                conns.spawn(async move {
-                    let _slot = slot;
-                    let svc = service_fn(move |req| {
-                        let h = h.clone();
-                        async move {
-                            let r = match read(req, peer).await {
-                                Ok(r) => h.handle(r).await,
-                                Err(r) => r,
-                            };
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                    let conn = http1::Builder::new()
-                        .header_read_timeout(HEADER_TIMEOUT)
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
-                });
-                // Reap finished connections so the set does not grow.
-                while conns.try_join_next().is_some() {}
+                Ok::<_, Infallible>(r)
             }
-        }
-    }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+        })
+    };
+    vpnnat_service::server::serve(listener, service_for, shutdown, LIMITS).await
 }
 
 /// Decodes `application/x-www-form-urlencoded`; repeated keys keep every
@@ -410,6 +366,52 @@ mod tests {
         request_from(None, &addr, Method::GET, "/", &[], None, t).await.unwrap();
         let peers = server.await.unwrap();
         assert_eq!(peers, [std::net::IpAddr::V4(source), "127.0.0.1".parse().unwrap()]);
+    }
+
+    /// Answers "done for <peer ip>" once released, after saying it started.
+    struct Held {
+        started: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    impl Handler for Held {
+        async fn handle(&self, req: Incoming1) -> Reply {
+            self.started.notify_one();
+            self.release.notified().await;
+            text(200, format!("done for {}", req.peer.ip()))
+        }
+    }
+
+    /// routerd's servers drain on shutdown: the request in flight when
+    /// shutdown comes is answered before `serve` returns, while the
+    /// listener is already closed.
+    #[tokio::test]
+    async fn shutdown_drains_the_request_in_flight() {
+        let held = Arc::new(Held {
+            started: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, held.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let client = tokio::spawn(async move {
+            request(&addr.to_string(), Method::GET, "/", &[], None, Duration::from_secs(30)).await
+        });
+        held.started.notified().await;
+        stop.send(()).unwrap();
+        // Told to stop, the server closes its listener but still holds the
+        // request in flight.
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!server.is_finished());
+        held.release.notify_one();
+        let (status, _, body) = client.await.unwrap().unwrap();
+        assert_eq!((status, &body[..]), (200, &b"done for 127.0.0.1"[..]));
+        server.await.unwrap();
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The HTTP layer centerd and gatewayd share: [`serve`], which runs an axum
-//! [`Router`] on hyper behind a per-source connection gate and drains on a
-//! shutdown future (the mini-redis `run(listener, shutdown)` shape, so tests
-//! drive servers on ephemeral ports); body and header extraction; and an
-//! authenticated client for one protocol command.
+//! [`Router`] on the shared accept loop [`crate::server::serve`] (per-source
+//! connection gate, header time-out, drain on a shutdown future: the
+//! mini-redis `run(listener, shutdown)` shape, so tests drive servers on
+//! ephemeral ports); body and header extraction; and an authenticated
+//! client for one protocol command.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::keys::MacKey;
-use vpnnat_proto::throttle::ConnectionGate;
 use vpnnat_proto::{decode_response, encode_request, Command, Outgoing, ProtoError};
 
 pub type Body = Full<Bytes>;
@@ -46,21 +46,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Per-listener limits against floods and slow clients: a cap on open
-/// connections, overall and per source address (the one past it gets a
-/// 503 and is closed at once, so a flood costs a socket for microseconds,
-/// not a task and buffers; and one flooding address cannot take the
-/// places of the others), and how long a client may take to send a
-/// request head. Body reads have their own time-out in [`read_body`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_per_source: usize,
-    pub header_timeout: Duration,
-    /// A source held only to `max_connections` (a server's one trusted
-    /// client, e.g. centerd for gatewayd).
-    pub unlimited_source: Option<std::net::IpAddr>,
-}
+pub use crate::server::{Limits, BODY_TIMEOUT, DRAIN_TIMEOUT, HEADER_TIMEOUT};
 
 impl Limits {
     /// The operator UI: 512 connections (a few MB of state at most), 64
@@ -70,6 +56,7 @@ impl Limits {
         max_per_source: 64,
         header_timeout: HEADER_TIMEOUT,
         unlimited_source: None,
+        drain_timeout: DRAIN_TIMEOUT,
     };
     /// The router API: thousands of routers may call at once (each call is
     /// a fresh connection); 64 from one address, unless behind a trusted
@@ -79,6 +66,7 @@ impl Limits {
         max_per_source: 64,
         header_timeout: HEADER_TIMEOUT,
         unlimited_source: None,
+        drain_timeout: DRAIN_TIMEOUT,
     };
     /// gatewayd's API: its one client, centerd, calls from one address
     /// with as many commands at once as routers ask (gatewayd exempts it
@@ -88,6 +76,7 @@ impl Limits {
         max_per_source: 64,
         header_timeout: HEADER_TIMEOUT,
         unlimited_source: None,
+        drain_timeout: DRAIN_TIMEOUT,
     };
 }
 
@@ -96,18 +85,6 @@ impl Default for Limits {
         Limits::UI
     }
 }
-
-/// How long a client may take to send a request head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request body once the head is in.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a client past the connection cap reads before the server closes.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 35\r\n\r\ntoo many connections; retry shortly";
-
-/// How long [`serve`] waits, once told to stop, for the requests in flight
-/// to finish before it returns anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The address a request came from: [`serve`] puts it in every request's
 /// extensions (axum's `Extension<Peer>`).
@@ -121,68 +98,19 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
 }
 
 /// Serves HTTP/1 connections from `listener` with the axum router `app`
-/// until `shutdown` completes: each connection passes the per-source
-/// connection gate of `limits` first (refused ones read [`BUSY`]'s 503 and
-/// are closed at once), must send its request head within
-/// `limits.header_timeout`, and its requests carry their [`Peer`]. On
-/// shutdown the listener closes, idle connections close, and requests in
-/// flight get up to [`DRAIN_TIMEOUT`] to finish before this returns.
+/// until `shutdown` completes, on [`crate::server::serve`] with `limits`
+/// (connection gate, header time-out, drain); its requests carry their
+/// [`Peer`].
 pub async fn serve_with(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>, limits: Limits) {
     let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
-    let mut gate = ConnectionGate::new(limits.max_connections, limits.max_per_source);
-    if let Some(ip) = limits.unlimited_source {
-        gate = gate.exempt(ip);
-    }
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut refused: u64 = 0;
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // E.g. EMFILE: back off instead of spinning.
-                    log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let slot = match gate.admit(peer.ip()) {
-            Ok(s) => s,
-            Err(why) => {
-                // One non-blocking write into the empty socket buffer, then
-                // close: never wait on a client of a flood.
-                let _ = stream.try_write(BUSY);
-                refused = refused.saturating_add(1);
-                if refused.is_power_of_two() {
-                    log::warn!("refused {refused} connection(s) so far; latest from {peer}: {why}");
-                }
-                continue;
-            }
-        };
+    let service_for = move |peer: SocketAddr| {
         let app = app.clone();
-        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(Peer(peer));
             app.clone().oneshot(req.map(axum::body::Body::new))
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
-                log::debug!("connection from {peer}: {e}");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        log::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
-    }
+        })
+    };
+    crate::server::serve(listener, service_for, shutdown, limits).await
 }
 
 /// One route of a server's table (method, exact path, a short name used as
@@ -356,19 +284,6 @@ mod tests {
 
     use super::*;
 
-    /// Sends `GET /` to `addr` and returns the status and body.
-    async fn get_root(addr: SocketAddr) -> (u16, Bytes) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("/").header(HOST, "x").body(Body::default()).unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.into_body().collect().await.unwrap().to_bytes())
-    }
-
     #[tokio::test]
     async fn shutdown_drains_the_request_in_flight() {
         let started = Arc::new(Notify::new());
@@ -385,25 +300,12 @@ mod tests {
                 }
             }),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, app, async move {
-            let _ = stopped.await;
-        }));
-        let client = tokio::spawn(get_root(addr));
-        started.notified().await;
-        stop.send(()).unwrap();
-        // Told to stop, the server closes its listener but still holds the
-        // request in flight.
-        while TcpStream::connect(addr).await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-        assert!(!server.is_finished());
-        release.notify_one();
-        let (status, body) = client.await.unwrap();
-        assert_eq!((status, &body[..]), (200, &b"done for 127.0.0.1"[..]));
-        server.await.unwrap();
+        let spawn = |listener, stopped: oneshot::Receiver<()>| {
+            tokio::spawn(serve(listener, app, async move {
+                let _ = stopped.await;
+            }))
+        };
+        crate::server::tests::check_drain(spawn, &started, &release).await;
     }
 
     #[tokio::test]
@@ -424,6 +326,6 @@ mod tests {
         tokio::io::AsyncReadExt::read_to_end(&mut second, &mut got)
             .await
             .unwrap();
-        assert_eq!(got, BUSY);
+        assert_eq!(got, crate::server::BUSY);
     }
 }

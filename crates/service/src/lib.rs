@@ -1,8 +1,14 @@
-//! `vpnnat-service`: what the center's two daemons, centerd and gatewayd,
-//! share and nothing else (each daemon's own logic lives in its crate).
+//! `vpnnat-service`: what the daemons share and nothing else (each daemon's
+//! own logic lives in its crate).
 //!
-//! - [`http`]: the hyper server loop with connection limits, body and
-//!   header extraction, and the authenticated client for one command.
+//! - [`server`]: the one accept loop on plain hyper (connection gate,
+//!   header time-out, drain on shutdown) that all three daemons' HTTP
+//!   servers run on; routerd links only this part (without the default
+//!   `center` feature) for its size budget.
+//!
+//! With the `center` feature (default), what centerd and gatewayd share:
+//! - [`http`]: axum on the accept loop, body and header extraction, and
+//!   the authenticated client for one command.
 //! - [`metrics`]: Prometheus text exposition and its strict parser.
 //! - [`logging`]: the `[log]` section and the logger both daemons install.
 //! - [`config`]: configuration errors, TOML error text, HTTP endpoints.
@@ -15,9 +21,13 @@
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
+#[cfg(feature = "center")]
 pub mod cli;
 pub mod config;
+#[cfg(feature = "center")]
 pub mod http;
 pub mod logging;
+#[cfg(feature = "center")]
 pub mod metrics;
 pub mod secrets;
+pub mod server;

@@ -206,7 +206,7 @@ pub(crate) async fn start_center(cfg_secret: vpnnat_proto::keys::SecretId, liste
     let mut c = FakeCenter::new("router-1", cfg_secret);
     c.now = unix_now();
     let sim = Arc::new(CenterSim(std::sync::Mutex::new(c)));
-    tokio::spawn(http::run(listener, sim.clone(), std::future::pending()));
+    tokio::spawn(http::serve(listener, sim.clone(), std::future::pending()));
     sim
 }
 

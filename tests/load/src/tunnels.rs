@@ -214,7 +214,7 @@ async fn serve(sim: &Sim, s: &Settings) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind((addr, s.command_port))
         .await
         .map_err(|e| format!("server part listener on {addr}: {e}"))?;
-    tokio::spawn(vpnnat_router::http::run(
+    tokio::spawn(vpnnat_router::http::serve(
         listener,
         Arc::new(CenterPort::new(sim.router.clone())),
         std::future::pending::<()>(),
