@@ -15,8 +15,8 @@ use hyper::Response;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use vpnnat_proto::messages::{
-    EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceRequest, ReleaseCommand, TunnelEvent,
-    TunnelLostNotice, VpnEndCommand,
+    EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceRequest, ReleaseCommand,
+    SiteEndRequest, TunnelEvent, TunnelLostNotice, VpnEndCommand,
 };
 use vpnnat_proto::openapi::{DocumentBuilder, OpenApi};
 use vpnnat_proto::paths;
@@ -56,6 +56,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "POST",
+        path: paths::center::SITE_END,
+        name: "site_end",
+    },
+    Route {
+        method: "POST",
         path: paths::center::GATEWAY_EVENT,
         name: "gateway_event",
     },
@@ -78,6 +83,7 @@ pub const COMMANDS: &[&str] = &[
     "gateway_address",
     "maintenance",
     "tunnel_lost",
+    "site_end",
     "gateway_event",
 ];
 
@@ -165,7 +171,7 @@ where
 pub fn openapi() -> OpenApi {
     let mut doc = DocumentBuilder::new(
         "centerd",
-        "The maintenance server's API for routers (exchanges 1-4 and the tunnel-lost notice, \
+        "The maintenance server's API for routers (exchanges 1-4, the tunnel-lost notice and the site end, \
          authenticated with the router's Secret(ID) or Secret(ID2)) and gateways (tunnel events, \
          authenticated with the gateway's API key).",
     );
@@ -176,6 +182,7 @@ pub fn openapi() -> OpenApi {
             "gateway_address" => doc.command::<GatewayAddressRequest>(r.name, "3. VPN gateway address request"),
             "maintenance" => doc.command::<MaintenanceRequest>(r.name, "4. maintenance request"),
             "tunnel_lost" => doc.command::<TunnelLostNotice>(r.name, "the router lost its tunnel's IKE SA"),
+            "site_end" => doc.command::<SiteEndRequest>(r.name, "the site owner ends one of this router's requests"),
             "gateway_event" => doc.command::<TunnelEvent>(r.name, "a gateway's tunnel went up or down"),
             "healthz" => doc.get(r.path, r.name, "liveness: `ok`", "text/plain"),
             _ => doc.get(r.path, r.name, "this document", "application/json"),
@@ -281,6 +288,7 @@ where
             center.maintenance(&path, &headers, &body, ip, now).await
         }
         "tunnel_lost" => center.tunnel_lost(&path, &headers, &body, now, ip).await,
+        "site_end" => center.site_end(&path, &headers, &body, now, ip).await,
         "gateway_event" => center.tunnel_event(&path, &headers, &body, now),
         _ => return text(404, "no such endpoint"),
     };

@@ -542,12 +542,13 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
     let stale = unix_now() - 3600;
 
     // Router -> center: every endpoint.
-    let router_paths: [(&'static str, bool); 5] = [
+    let router_paths: [(&'static str, bool); 6] = [
         (paths::center::INSTALL, true),
         (paths::center::FAILURE, false),
         (paths::center::GATEWAY_ADDRESS, false),
         (paths::center::MAINTENANCE, false),
         (paths::center::TUNNEL_LOST, false),
+        (paths::center::SITE_END, false),
     ];
     for (path, with_sid) in router_paths {
         let key = if with_sid { sid.mac_key() } else { sid2.mac_key() };

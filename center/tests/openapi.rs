@@ -20,8 +20,8 @@ use utoipa::ToSchema;
 use vpnnat_center::http::Route;
 use vpnnat_proto::messages::{
     AddAddresses, EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceRequest, ReleaseCommand,
-    RemoveAddresses, ReportState, RestartTunnel, SetupTunnel, StateReport, TearDown, TunnelEvent, TunnelLostNotice,
-    TunnelStatus, VpnEndCommand,
+    RemoveAddresses, ReportState, RestartTunnel, SetupTunnel, SiteEndRequest, StateReport, TearDown, TunnelEvent,
+    TunnelLostNotice, TunnelStatus, VpnEndCommand,
 };
 use vpnnat_proto::openapi::scheme_name;
 use vpnnat_proto::Command;
@@ -225,6 +225,7 @@ async fn centerd_serves_a_valid_document_of_every_route() {
     assert_command::<GatewayAddressRequest>(&doc, "gateway_address");
     assert_command::<MaintenanceRequest>(&doc, "maintenance");
     assert_command::<TunnelLostNotice>(&doc, "tunnel_lost");
+    assert_command::<SiteEndRequest>(&doc, "site_end");
     assert_command::<TunnelEvent>(&doc, "gateway_event");
     // Every command route labels its metrics; every route but the GETs is
     // a command checked above.

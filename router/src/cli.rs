@@ -39,6 +39,8 @@ Commands:
                   [--daemon ADDR]
   button        Press the button: the preset maintenance request of [button]
                   [--daemon ADDR]
+  end           End maintenance request N of this router (the site owner's end,
+                through the running daemon): end N [--daemon ADDR]
   install       Send the installation notice now [--daemon ADDR]
   hosts         Show the host table: known hosts and their VPNNAT grants
   status        Show installation, gateway, grants and requests
@@ -94,6 +96,9 @@ pub enum Command {
     Button { daemon: Option<SocketAddr> },
     /// Send the installation notice now (through the running daemon).
     Install { daemon: Option<SocketAddr> },
+    /// The site owner ends request `number` (issue 19, item 7; through
+    /// the running daemon).
+    End { number: u64, daemon: Option<SocketAddr> },
     /// Show the host table: known hosts and their VPNNAT grants.
     Hosts,
     /// Show installation, gateway, grants and requests.
@@ -133,6 +138,7 @@ struct Gathered {
     content: Option<String>,
     daemon: Option<SocketAddr>,
     terminals: Vec<String>,
+    number: Option<String>,
 }
 
 impl Cli {
@@ -174,7 +180,7 @@ impl Cli {
                 Short('h') | Long("help") => return Err(CliError::Help),
                 Short('V') | Long("version") => return Err(CliError::Version),
                 Long("fake-datapath") if sub.as_deref() == Some("run") => g.fake_datapath = true,
-                Long("daemon") if matches!(sub.as_deref(), Some("request" | "button" | "install")) => {
+                Long("daemon") if matches!(sub.as_deref(), Some("request" | "button" | "install" | "end")) => {
                     let v = p.value()?.string()?;
                     g.daemon = Some(v.parse().map_err(|_| {
                         CliError::Usage(format!(
@@ -196,6 +202,7 @@ impl Cli {
                 }
                 Value(v) if sub.is_none() => sub = Some(v.string()?),
                 Value(v) if sub.as_deref() == Some("request") => g.terminals.push(v.string()?),
+                Value(v) if sub.as_deref() == Some("end") && g.number.is_none() => g.number = Some(v.string()?),
                 Value(v) => {
                     return Err(CliError::Usage(format!(
                         "unexpected argument '{}'",
@@ -240,6 +247,20 @@ fn command(name: &str, g: Gathered) -> Result<Command, CliError> {
         }
         "button" => Command::Button { daemon: g.daemon },
         "install" => Command::Install { daemon: g.daemon },
+        "end" => {
+            let v = g.number.ok_or_else(|| {
+                CliError::Usage("the following required argument was not provided: <N> (the acceptance number)".into())
+            })?;
+            let number = v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| CliError::Usage(format!("invalid acceptance number '{v}': a positive integer")))?;
+            Command::End {
+                number,
+                daemon: g.daemon,
+            }
+        }
         "hosts" => Command::Hosts,
         "status" => Command::Status,
         "check-config" => Command::CheckConfig,
@@ -278,6 +299,7 @@ mod tests {
             "request",
             "button",
             "install",
+            "end",
             "hosts",
             "status",
             "check-config",
@@ -349,6 +371,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["routerd", "request", "--name", "a", "--phone", "1", "--content", "x"]).is_err());
+    }
+
+    #[test]
+    fn end_takes_one_acceptance_number() {
+        let c = Cli::try_parse_from(["routerd", "end", "42", "--daemon", "127.0.0.1:8080"]).unwrap();
+        assert!(matches!(c.command, Some(Command::End { number: 42, daemon: Some(a) }) if a.port() == 8080));
+        let usage = |args: &[&str]| match Cli::try_parse_from(args.iter().copied()) {
+            Err(CliError::Usage(e)) => e,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert!(usage(&["routerd", "end"]).contains("<N>"));
+        assert!(usage(&["routerd", "end", "x"]).contains("'x'"));
+        assert!(usage(&["routerd", "end", "0"]).contains("'0'"));
+        assert!(usage(&["routerd", "end", "1", "2"]).contains("'2'"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use vpnnat_datapath::Datapath;
 use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuard};
-use vpnnat_proto::messages::TunnelRebuild;
+use vpnnat_proto::messages::{SiteEndOutcome, TunnelRebuild};
 use vpnnat_proto::types::FailureCode;
 use vpnnat_proto::Outgoing;
 
@@ -44,6 +44,8 @@ pub enum DaemonError {
     NotInstalled,
     #[error("no preset request is configured ([button] in the config)")]
     NoButton,
+    #[error(transparent)]
+    SiteEnd(#[from] crate::logic::site_end::LocalEndError),
 }
 
 impl DaemonError {
@@ -98,6 +100,16 @@ pub struct Parts {
     /// simulated routers in one namespace (the tunnel load test) each
     /// set their own, since the center knows a router by that address.
     pub center_source: Option<std::net::Ipv4Addr>,
+}
+
+/// What became of the site owner's end (issue 19, item 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SiteEnd {
+    /// Removed here and the center answered.
+    Told(SiteEndOutcome),
+    /// Removed here; the center could not be reached (why), it is told
+    /// later.
+    Queued(String),
 }
 
 /// How long the tunnel outlives a VPN-end command, so that the answer
@@ -455,6 +467,9 @@ impl Router {
         if state.installation.is_none() {
             return Err(DaemonError::NotInstalled);
         }
+        // Site ends the center has not heard of go first (issue 19, item
+        // 7): its judgments must see them before this request.
+        self.send_unsent_ends_locked().await;
         // Check names before asking for a gateway slot, so an unknown name
         // costs the center nothing.
         let before = self.resolve_all(&input.terminals).await?;
@@ -543,6 +558,109 @@ impl Router {
     pub async fn button(&self) -> Result<Accepted, DaemonError> {
         let b = self.cfg.button.as_ref().ok_or(DaemonError::NoButton)?;
         self.maintenance(logic::preset_input(b)).await
+    }
+
+    // -- site end (issue 19, item 7) --------------------------------------
+
+    /// The site owner ends request `n` (LAN page, `routerd end N`): its
+    /// hosts that no other open request names stop being mapped at once
+    /// (saved, then the datapath follows), then the center is told; if it
+    /// cannot be reached the end stays due and [`Router::send_unsent_ends`]
+    /// tells it later.
+    pub async fn end_request(&self, n: u64) -> Result<SiteEnd, DaemonError> {
+        let _x = self.exchange.lock().await;
+        {
+            let mut inner = self.inner.lock().await;
+            if inner.state.installation.is_none() {
+                return Err(DaemonError::NotInstalled);
+            }
+            let (next, gone) = logic::site_end::end_locally(&inner.state, n)?;
+            self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.site_end.after_save"))?;
+            let names: Vec<String> = gone.iter().map(ToString::to_string).collect();
+            log::info!(
+                "{} ended by the site owner: {} terminal(s) no longer mapped [{}]",
+                vpnnat_log::kv(&self.id.terminal_id, Some(n)),
+                gone.len(),
+                names.join(", ")
+            );
+        }
+        match self.send_site_end_locked(n).await {
+            Ok(o) => Ok(SiteEnd::Told(o)),
+            Err(DaemonError::Exchange(x)) if logic::site_end::refused_for_good(&x) => Err(x.into()),
+            // Unreachable, failing, or an answer that did not verify: the
+            // grant is gone here all the same; the center hears it later.
+            Err(e) => {
+                log::warn!(
+                    "{} site end not told to the center yet ({e}); retried later",
+                    vpnnat_log::kv(&self.id.terminal_id, Some(n))
+                );
+                Ok(SiteEnd::Queued(e.to_string()))
+            }
+        }
+    }
+
+    /// One site end to the center, under the exchange lock; an answer (or
+    /// a refusal for good) makes it no longer due.
+    async fn send_site_end_locked(&self, n: u64) -> Result<SiteEndOutcome, DaemonError> {
+        let state = self.state().await;
+        let p = logic::site_end::begin_site_end(&self.id, &state, n, &self.rng, unix_now())?;
+        let reply = self.send(&p.outgoing).await?;
+        let mut inner = self.inner.lock().await;
+        match logic::site_end::finish_site_end(&inner.state, p, &reply) {
+            Ok((next, outcome)) => {
+                self.commit(&mut inner, next, vpnnat_crashpoint::name!("router.site_end.after_ack"))?;
+                log::info!(
+                    "{} site end acknowledged by the center ({})",
+                    vpnnat_log::kv(&self.id.terminal_id, Some(n)),
+                    match outcome {
+                        SiteEndOutcome::Ended => "ended",
+                        SiteEndOutcome::AlreadyEnded => "was ended already",
+                    }
+                );
+                Ok(outcome)
+            }
+            Err(e) if logic::site_end::refused_for_good(&e) => {
+                log::error!(
+                    "{} site end refused by the center, not sent again: {e}",
+                    vpnnat_log::kv(&self.id.terminal_id, Some(n))
+                );
+                let next = logic::site_end::end_sent(&inner.state, n);
+                self.commit(
+                    &mut inner,
+                    next,
+                    vpnnat_crashpoint::name!("router.site_end.after_refusal"),
+                )?;
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tells the center every site end it has not acknowledged (after the
+    /// center was unreachable); stops at the first that fails in a way
+    /// that may pass (the next call tries again; a refusal for good is
+    /// logged and dropped). Returns how many are
+    /// still due.
+    pub async fn send_unsent_ends(&self) -> usize {
+        let _x = self.exchange.lock().await;
+        self.send_unsent_ends_locked().await
+    }
+
+    async fn send_unsent_ends_locked(&self) -> usize {
+        let due = logic::site_end::unsent_ends(&self.state().await);
+        for n in &due {
+            if let Err(e) = self.send_site_end_locked(*n).await {
+                let for_good = matches!(&e, DaemonError::Exchange(x) if logic::site_end::refused_for_good(x));
+                if !for_good {
+                    log::warn!(
+                        "{} site end still not told to the center: {e}",
+                        vpnnat_log::kv(&self.id.terminal_id, Some(*n))
+                    );
+                    break;
+                }
+            }
+        }
+        logic::site_end::unsent_ends(&self.state().await).len()
     }
 
     // -- 6-8. center commands --------------------------------------------
@@ -828,6 +946,11 @@ impl Router {
                 let mut inner = self.inner.lock().await;
                 inner.applied = None;
                 self.sync(&mut inner);
+            }
+            // Site ends the center did not hear yet (issue 19, item 7).
+            let unsent = !logic::site_end::unsent_ends(&self.inner.lock().await.state).is_empty();
+            if unsent {
+                self.send_unsent_ends().await;
             }
             let problems = self.problems().await;
             let now = Instant::now();

@@ -53,7 +53,7 @@ fn prune_ended(state: &mut RouterState) {
     let ended: Vec<u64> = state
         .requests
         .iter()
-        .filter(|(_, r)| r.state == RequestState::Ended)
+        .filter(|(_, r)| r.state == RequestState::Ended && !r.end_unsent)
         .map(|(n, _)| *n)
         .collect();
     let excess = ended.len().saturating_sub(MAX_ENDED_REQUESTS);
@@ -585,6 +585,7 @@ pub fn finish_maintenance<D: DnsLookup>(
             state: RequestState::Waiting,
             failure: p.extra.for_failure.clone(),
             ends_at: resp.ends_at,
+            end_unsent: false,
         },
     );
     Ok((
@@ -666,15 +667,20 @@ pub fn handle_center_command<S: NonceStore>(
             let v = decode_request::<ReleaseCommand, _, _>(guard, path, headers, body, now, key_for)?;
             let name = &v.command().terminal_name;
             let mut next = state.clone();
-            let h = next
-                .hosts
-                .remove(name)
-                .ok_or_else(|| CommandError::NotGranted(name.to_string()))?;
+            let summary = match next.hosts.remove(name) {
+                Some(h) => format!("released {name} ({} <-> {})", h.vpnnat, h.real),
+                // Issue 19, item 7: the site owner's end removed it here
+                // already; the center's release of it is acknowledged.
+                None if site_end::released_by_site_end(state, name) => {
+                    format!("released {name} (already, by the site owner's end)")
+                }
+                None => return Err(CommandError::NotGranted(name.to_string())),
+            };
             let response = encode_response(&v, &Ack {}, &mac_key()?, now, rng)?;
             Ok(CommandOutcome {
                 response,
                 next,
-                summary: format!("released {name} ({} <-> {})", h.vpnnat, h.real),
+                summary,
                 acceptance: None,
             })
         }
@@ -852,5 +858,6 @@ pub fn host_table(state: &RouterState) -> BTreeMap<String, (Ipv4Addr, Ipv4Addr)>
 }
 
 pub mod failure_request;
+pub mod site_end;
 #[cfg(test)]
 mod tests;

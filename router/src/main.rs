@@ -148,6 +148,13 @@ fn dispatch(cli: Cli, pid1: bool) -> Result<(), Fail> {
                 Some(Vec::new()),
             )
         }
+        Some(Command::End { number, daemon }) => {
+            let cfg = load(&cli)?;
+            let body = serde_json::to_vec(&vpnnat_router::web::ApiEnd {
+                acceptance_number: *number,
+            })?;
+            call_daemon(&cli, daemon_addr(cfg.web_ui_listen, *daemon), "/api/end", Some(body))
+        }
         Some(Command::Install { daemon }) => {
             let cfg = load(&cli)?;
             call_daemon(
@@ -208,7 +215,10 @@ fn call_daemon(cli: &Cli, addr: SocketAddr, path: &str, body: Option<Vec<u8>>) -
                     println!("  {} {} -> VPNNAT {}", g.name, g.real, g.vpnnat);
                 }
             }
-            Err(_) => println!("ok"),
+            Err(_) => match serde_json::from_slice::<vpnnat_router::web::ApiEnded>(&body) {
+                Ok(e) => println!("{}", e.message()),
+                Err(_) => println!("ok"),
+            },
         }
     }
     Ok(())

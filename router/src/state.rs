@@ -136,6 +136,12 @@ pub struct RequestRecord {
     /// older center), no limit shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<u64>,
+    /// The site owner ended it here (issue 19, item 7: LAN page, `routerd
+    /// end N`) and the center has not acknowledged that end yet: the
+    /// router sends it again on later exchanges until it does. Absent:
+    /// nothing to tell the center.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end_unsent: bool,
 }
 
 /// The last failure the router reported.
@@ -449,6 +455,7 @@ pub(crate) mod tests {
                 state: RequestState::Waiting,
                 failure: Some("ike".into()),
                 ends_at: None,
+                end_unsent: false,
             },
         );
         store.save(&s).unwrap();

@@ -12,7 +12,8 @@ use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuar
 use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId, SecretId2};
 use vpnnat_proto::messages::{
     Ack, EndCommand, FailureNotice, GatewayAddressRequest, GatewayInfo, Grant, Grants, InstallRequest, InstallSecrets,
-    MaintenanceRequest, ReleaseCommand, TunnelLostAnswer, TunnelLostNotice, TunnelRebuild, VpnEndCommand,
+    MaintenanceRequest, ReleaseCommand, SiteEndAnswer, SiteEndOutcome, SiteEndRequest, TunnelLostAnswer,
+    TunnelLostNotice, TunnelRebuild, VpnEndCommand,
 };
 use vpnnat_proto::types::{AcceptanceNumber, BoundedSet, IkeIdentity, Ipv4Cidr, TerminalId, TerminalName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError};
@@ -53,6 +54,9 @@ pub struct FakeCenter {
     /// Tell routers that ask when their request ends: this long after it
     /// (issue 19, item 8; None: say nothing, as an older center).
     pub grant_lifetime_secs: Option<u64>,
+    /// Site ends received (issue 19, item 7), in order; a number it never
+    /// gave out is refused (403) as another router's.
+    pub site_ends: Vec<u64>,
 }
 
 impl FakeCenter {
@@ -75,6 +79,7 @@ impl FakeCenter {
             tunnel_lost_answer: TunnelRebuild::Up,
             source: None,
             grant_lifetime_secs: None,
+            site_ends: Vec::new(),
         }
     }
 
@@ -195,6 +200,26 @@ impl FakeCenter {
                         tunnel: self.tunnel_lost_answer,
                     };
                     self.ok(&v, &answer)
+                }
+                Err(e) => Self::err(e),
+            },
+            paths::center::SITE_END => match self.verify::<SiteEndRequest>(path, headers, body) {
+                Ok(v) => {
+                    let n = v.command().acceptance_number.get();
+                    if n <= 100 || n > self.next_acceptance {
+                        return CenterReply {
+                            status: 403,
+                            headers: None,
+                            body: format!("request {n} is not one of this router's requests").into_bytes(),
+                        };
+                    }
+                    let outcome = if self.site_ends.contains(&n) {
+                        SiteEndOutcome::AlreadyEnded
+                    } else {
+                        SiteEndOutcome::Ended
+                    };
+                    self.site_ends.push(n);
+                    self.ok(&v, &SiteEndAnswer { outcome })
                 }
                 Err(e) => Self::err(e),
             },

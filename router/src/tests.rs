@@ -5,3 +5,4 @@ mod browser;
 mod grant_limits;
 mod lan_security;
 mod shell;
+mod site_end;

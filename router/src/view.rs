@@ -20,6 +20,10 @@ pub struct RequestView {
     pub accepted_at: u64,
     /// When the center ends it by itself (Unix seconds; None: not told).
     pub ends_at: Option<u64>,
+    /// Ended here by the site owner; the center not told yet (issue 19,
+    /// item 7).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub end_unsent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -57,6 +61,7 @@ impl StatusView {
                     terminals: r.terminals.iter().map(|t| t.to_string()).collect(),
                     accepted_at: r.accepted_at,
                     ends_at: r.ends_at,
+                    end_unsent: r.end_unsent,
                 })
                 .collect(),
             last_failure: state
@@ -89,6 +94,7 @@ impl StatusView {
                 r.terminals.join(", "),
                 match (r.state, r.ends_at) {
                     ("waiting", Some(t)) => format!("  {}", until(t)),
+                    _ if r.end_unsent => "  (ended here, center not told yet)".into(),
                     _ => String::new(),
                 }
             );
@@ -291,6 +297,7 @@ mod tests {
                 terminals: vec![],
                 accepted_at: 0,
                 ends_at: None,
+                end_unsent: false,
             }],
             last_failure: None,
         };
@@ -347,6 +354,7 @@ mod tests {
             state: crate::state::RequestState::Waiting,
             failure: None,
             ends_at,
+            end_unsent: false,
         };
         // 14:05 UTC on some day.
         let end = 20_000 * 86_400 + 14 * 3600 + 5 * 60;

@@ -13,9 +13,11 @@
 //! | LAN | GET | `/` | the page |
 //! | LAN | POST | `/request` | form submit (urlencoded) -> result page |
 //! | LAN | POST | `/button` | the preset request -> result page |
+//! | LAN | POST | `/end` | the site owner ends a request (form field `acceptance_number`) -> result page |
 //! | LAN | GET | `/api/status`, `/api/hosts` | JSON views |
 //! | LAN | POST | `/api/request` | JSON [`ApiRequest`] -> [`ApiAccepted`] or `{"error"}` |
 //! | LAN | POST | `/api/button` | the preset request |
+//! | LAN | POST | `/api/end` | JSON [`ApiEnd`] -> [`ApiEnded`] or `{"error"}` (`routerd end N`) |
 //! | LAN, from the router itself | POST | `/local/install` | installation notice now (`routerd install`) |
 //! | center | POST | `/v1/center/end`, `/release`, `/vpn-end` | PROTOCOL.md 6-8 |
 //!
@@ -32,11 +34,12 @@ use std::sync::Arc;
 use hyper::header::HeaderValue;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
+use vpnnat_proto::messages::SiteEndOutcome;
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::{ClaimantName, Phone, RequestContent, TerminalName};
 
 use crate::config::{parse_level, parse_urgency};
-use crate::daemon::{DaemonError, Router};
+use crate::daemon::{DaemonError, Router, SiteEnd};
 use crate::http::{self, escape, html, json, parse_form, text, Handler, Incoming1, Reply};
 use crate::lan_host::{is_router_itself, AllowedHosts};
 use crate::logic::{Accepted, MaintenanceInput};
@@ -68,6 +71,52 @@ pub struct ApiAccepted {
     /// not told).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<u64>,
+}
+
+/// The site owner ends a request (issue 19, item 7): `POST /api/end`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiEnd {
+    pub acceptance_number: u64,
+}
+
+/// What became of an [`ApiEnd`]: the grant is gone here either way;
+/// `center` says whether the center heard of it (`ended`,
+/// `already_ended`) or will be told later (`pending`, with `note`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiEnded {
+    pub acceptance_number: u64,
+    pub center: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl ApiEnded {
+    fn new(n: u64, e: &SiteEnd) -> Self {
+        let (center, note) = match e {
+            SiteEnd::Told(SiteEndOutcome::Ended) => ("ended", None),
+            SiteEnd::Told(SiteEndOutcome::AlreadyEnded) => ("already_ended", None),
+            SiteEnd::Queued(why) => ("pending", Some(why.clone())),
+        };
+        ApiEnded {
+            acceptance_number: n,
+            center: center.into(),
+            note,
+        }
+    }
+
+    /// The sentence the LAN page and `routerd end` show.
+    pub fn message(&self) -> String {
+        let n = self.acceptance_number;
+        match (self.center.as_str(), &self.note) {
+            ("pending", note) => format!(
+                "Maintenance request {n} ended here: its devices are no longer reachable. The center could not be told yet ({}); the router tells it as soon as it can.",
+                note.as_deref().unwrap_or("unreachable")
+            ),
+            ("already_ended", _) => format!("Maintenance request {n} ended (the center had ended it already)."),
+            _ => format!("Maintenance request {n} ended: its devices are no longer reachable from the center."),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -147,6 +196,7 @@ fn status_of(e: &DaemonError) -> u16 {
     use crate::logic::ExchangeError as X;
     match e {
         DaemonError::Exchange(X::Resolve(_)) | DaemonError::NoButton => 400,
+        DaemonError::SiteEnd(e) => e.http_status(),
         DaemonError::NotInstalled | DaemonError::Exchange(X::NotInstalled) => 409,
         DaemonError::Unreachable(_) | DaemonError::Exchange(X::Refused { .. } | X::BadAnswer(_)) => 502,
         _ => 500,
@@ -244,7 +294,7 @@ impl LanPage {
         b.push_str("<label for=\"phone\">Phone</label><input type=\"text\" id=\"phone\" name=\"phone\" required maxlength=\"32\">");
         b.push_str("<label for=\"content\">What is wrong?</label><textarea id=\"content\" name=\"content\" rows=\"4\" required maxlength=\"4096\"></textarea>");
         b.push_str("<p><button type=\"submit\" id=\"send\">Send request</button></p></form>");
-        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th><th>Ends</th></tr>");
+        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th><th>Ends</th><th></th></tr>");
         for r in &status.requests {
             let n = r.acceptance_number;
             // Issue 19, item 8: the center ends every grant by itself.
@@ -253,9 +303,18 @@ impl LanPage {
                 ("waiting", None) => "no limit shown".into(),
                 _ => String::new(),
             };
+            // Issue 19, item 7: the site owner ends an open request here.
+            let end = match r.state {
+                "waiting" => format!(
+                    "<form method=\"post\" action=\"/end\"><input type=\"hidden\" name=\"acceptance_number\" \
+value=\"{n}\"><button type=\"submit\" id=\"end-{n}\">End maintenance</button></form>"
+                ),
+                _ if r.end_unsent => "center not told yet".into(),
+                _ => String::new(),
+            };
             let _ = write!(
                 b,
-                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td class=\"until\">{ends}</td></tr>",
+                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td class=\"until\">{ends}</td><td class=\"end\">{end}</td></tr>",
                 r.state,
                 escape(&r.claimant_name),
                 escape(&r.terminals.join(", "))
@@ -274,6 +333,18 @@ impl LanPage {
             .maintenance(input)
             .await
             .map_err(|e| (status_of(&e), e.to_string()))
+    }
+
+    /// The site owner's end of request `n` (None: the form gave no number).
+    async fn end(&self, n: Option<u64>) -> Result<ApiEnded, (u16, String)> {
+        let n = n.ok_or((
+            400,
+            "acceptance_number: give the request's acceptance number".to_string(),
+        ))?;
+        match self.router.end_request(n).await {
+            Ok(e) => Ok(ApiEnded::new(n, &e)),
+            Err(e) => Err((status_of(&e), e.to_string())),
+        }
     }
 
     fn accepted_message(a: &Accepted) -> String {
@@ -369,6 +440,24 @@ impl LanPage {
                 Ok(a) => html(200, self.index(Some((true, Self::accepted_message(&a)))).await),
                 Err(e) => html(status_of(&e), self.index(Some((false, e.to_string()))).await),
             },
+            (&Method::POST, "/end") => {
+                let form = parse_form(&req.body);
+                let n = form
+                    .iter()
+                    .find(|(k, _)| k == "acceptance_number")
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+                match self.end(n).await {
+                    Ok(e) => html(200, self.index(Some((true, e.message()))).await),
+                    Err((status, e)) => html(status, self.index(Some((false, e))).await),
+                }
+            }
+            (&Method::POST, "/api/end") => match serde_json::from_slice::<ApiEnd>(&req.body) {
+                Ok(a) => match self.end(Some(a.acceptance_number)).await {
+                    Ok(e) => json(200, &e),
+                    Err((status, error)) => json(status, &ApiError { error }),
+                },
+                Err(e) => json(400, &ApiError { error: e.to_string() }),
+            },
             (&Method::GET, "/api/status") => json(200, &self.router.status().await),
             (&Method::GET, "/metrics") => {
                 let status = self.router.status().await;
@@ -396,8 +485,8 @@ impl LanPage {
             },
             (
                 _,
-                "/" | "/request" | "/button" | "/api/status" | "/api/hosts" | "/api/request" | "/api/button"
-                | INSTALL_PATH,
+                "/" | "/request" | "/button" | "/end" | "/api/status" | "/api/hosts" | "/api/request" | "/api/button"
+                | "/api/end" | INSTALL_PATH,
             ) => text(405, "method not allowed"),
             _ => text(404, "not found"),
         }

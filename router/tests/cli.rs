@@ -237,6 +237,12 @@ fn daemon_runs_answers_and_stops_on_sigterm() {
     assert!(stderr(&o).contains("unreachable"), "{}", stderr(&o));
     let o = routerd(&["button", "-c", p]);
     assert_eq!(code(&o), 1);
+    // The site owner's end (issue 19, item 7) goes through the daemon too.
+    let o = routerd(&["end", "5", "-c", p]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("not installed"), "{}", stderr(&o));
+    let o = routerd(&["end", "-c", p]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
 
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

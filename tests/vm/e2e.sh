@@ -474,6 +474,25 @@ if [ "$HOSTS_PER_LAN" -ge 2 ]; then
 	check "the router removed pc2's mapping only" sh -c "
 		! ip netns exec r1 nft list map ip vpnnat dnat4 | grep -q '$V2 ' &&
 		ip netns exec r1 nft list map ip vpnnat dnat4 | grep -q '$(word 1 "$VPN1") '"
+
+	# 5b. issue 19, item 7: the site owner ends a request from the router
+	say "5b. the site owner of $(tid 1) ends a new pc2 request with 'routerd end'"
+	request 1 pc2 >$W/r1/req3.out 2>&1
+	ACC3=$(sed -n 's/^acceptance number //p' $W/r1/req3.out)
+	V3=$(sed -n 's/^ *pc2 [0-9.]* -> VPNNAT //p' $W/r1/req3.out)
+	check "$(tid 1): pc2 asked again (${ACC3:-none}, VPNNAT ${V3:-none})" sh -c "[ -n '$ACC3' ] && [ -n '$V3' ] || { cat $W/r1/req3.out; exit 1; }"
+	check "pc2 of $(tid 1) is reached at $V3" sh -c \
+		"ip netns exec operator vpnnat-probe connect $V3:$PORT | grep -q 'TOKEN $(tid 1)/pc2 '"
+	ROUTERD 1 end "$ACC3" >$W/r1/end3.out 2>&1
+	check "routerd end $ACC3: ended, the center told" sh -c \
+		"cat $W/r1/end3.out; grep -q 'request $ACC3 ended' $W/r1/end3.out && ! grep -q 'could not be told' $W/r1/end3.out"
+	check_not "pc2's VPNNAT address $V3 no longer reaches anything" sh -c \
+		"ip netns exec operator vpnnat-probe connect --timeout-ms 2000 $V3:$PORT"
+	check "pc1 of $(tid 1) is still reached (same tunnel)" sh -c \
+		"ip netns exec operator vpnnat-probe connect $(word 1 "$VPN1"):$PORT | grep -q 'TOKEN $(tid 1)/pc1 '"
+	check "the center ended request $ACC3, audited and listed as ended by router:$(tid 1)" sh -c "
+		ip netns exec server $CENTERD list-requests --limit 1000 | grep -qE '^$ACC3 +$(tid 1) +ended' &&
+		ip netns exec server $CENTERD audit --action end --terminal $(tid 1) --limit 20 | grep -q 'router:$(tid 1)'"
 fi
 
 # ---------------------------------------------------------------- 8 (end) + judgment 3

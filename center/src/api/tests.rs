@@ -261,3 +261,91 @@ fn router_address_from_peer_or_trusted_proxy_only() {
         Some("192.0.2.9".parse().unwrap())
     );
 }
+
+/// Site end (issue 19, item 7) over real HTTP: a router's key ends its own
+/// request only; another router's request is refused with a clear 403 and
+/// nothing changes; the end is audited under the router with its address.
+#[tokio::test]
+async fn site_end_over_real_http() {
+    use vpnnat_proto::messages::{SiteEndOutcome, SiteEndRequest};
+    use vpnnat_proto::types::AcceptanceNumber;
+
+    let (c, _g, rt) = center_with("10.64.0.0/24", &[2]);
+    let srv = start(c).await;
+    let authority = srv.addr.to_string();
+    let rng = SystemRandom::new();
+    let mut r1 = TestRouter::new("router-1");
+    r1.install(&srv.center);
+    let mut r2 = TestRouter::new("router-2");
+    r2.install(&srv.center);
+    let (req, _kp) = r1.maintenance_request(&["pc1"], ClaimantLevel::General);
+    let resp = call(&authority, &r1.id, &r1.key(), &req, t(), &rng).await.unwrap();
+    let n = resp.acceptance_number.get();
+    crate::center::tests::tunnel_up(&srv.center, "router-1");
+    rt.take();
+    let end = SiteEndRequest {
+        acceptance_number: AcceptanceNumber::new(n).unwrap(),
+    };
+
+    // Router 2 tries router 1's request: 403, a clear text, nothing changed.
+    let audit_before = srv
+        .center
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    let (status, body) = send(srv.addr, &r2.sign(&end, crate::http::unix_now())).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains(&format!("request {n} is not one of this router's requests")),
+        "{body}"
+    );
+    let row = srv.center.store().unwrap().request(n).unwrap().unwrap();
+    assert_eq!(row.state, crate::storage::RequestState::Waiting);
+    assert!(rt.take().is_empty(), "no command went to any router");
+    let audit_after = srv
+        .center
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audit_after, audit_before);
+
+    // Router 1 ends it: the operator's path, audited as the router.
+    let a = call(&authority, &r1.id, &r1.key(), &end, t(), &rng).await.unwrap();
+    assert_eq!(a.outcome, SiteEndOutcome::Ended);
+    assert_eq!(
+        srv.center.store().unwrap().request(n).unwrap().unwrap().state,
+        crate::storage::RequestState::Ended
+    );
+    let log = rt.take();
+    assert!(log.iter().any(|l| l.starts_with("end router-1")), "{log:?}");
+    assert!(log.contains(&"release router-1 pc1".to_string()), "{log:?}");
+    let ends = srv
+        .center
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            action: Some("end".into()),
+            acceptance_number: Some(n),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].actor, "router:router-1");
+    assert_eq!(ends[0].peer, "127.0.0.1");
+    // Again (a lost answer): already ended.
+    let a = call(&authority, &r1.id, &r1.key(), &end, t(), &rng).await.unwrap();
+    assert_eq!(a.outcome, SiteEndOutcome::AlreadyEnded);
+
+    let mut srv = srv;
+    srv.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(t(), srv.task).await.unwrap().unwrap();
+}

@@ -36,6 +36,7 @@ mod liveness;
 mod maintenance;
 mod metrics;
 mod reconcile;
+mod site_end;
 mod start_end;
 mod tunnel_events;
 mod tunnel_failure;
@@ -86,6 +87,9 @@ pub enum CenterError {
     Poisoned,
     #[error("{0}")]
     Limit(crate::limits::LimitError),
+    /// Site end (issue 19, item 7) of a request that is not this router's.
+    #[error("request {number} is not one of this router's requests: a router ends only its own (nothing was changed)")]
+    NotThisRoutersRequest { number: u64 },
 }
 
 impl From<StorageError> for CenterError {
@@ -110,7 +114,7 @@ impl CenterError {
             CenterError::TooManyOpenRequests { .. } | CenterError::ReinstallRateLimited => 429,
             // 423 Locked: the router retries with back-off until approved.
             CenterError::ReinstallPending => 423,
-            CenterError::ReinstallWrongProof => 403,
+            CenterError::ReinstallWrongProof | CenterError::NotThisRoutersRequest { .. } => 403,
             CenterError::Limit(_) => 400,
             CenterError::Storage(StorageError::NotFound { .. }) => 404,
             CenterError::Storage(StorageError::BadTransition { .. }) => 409,
@@ -653,5 +657,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 mod limits_tests;
 #[cfg(test)]
 mod reinstall_tests;
+#[cfg(test)]
+mod site_end_tests;
 #[cfg(test)]
 pub(crate) mod tests;

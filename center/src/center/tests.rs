@@ -1018,7 +1018,7 @@ async fn end_runs_the_three_judgments() {
     assert_eq!(status(&c.end(999, NOW).await.unwrap_err()), 404);
 }
 
-fn tunnel_up(c: &TestCenter, id: &str) {
+pub(crate) fn tunnel_up(c: &TestCenter, id: &str) {
     let s = c.store().unwrap().slot_of(id).unwrap().unwrap();
     c.store()
         .unwrap()

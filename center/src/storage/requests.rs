@@ -105,6 +105,11 @@ pub struct RequestRow {
     pub expires_at: Option<u64>,
     /// Who set a shorter limit, when one did.
     pub limit_set_by: Option<String>,
+    /// Who ended it (its `end` or `expire` audit row's actor:
+    /// `operator#N`, `router:ID` for the site owner's end of issue 19
+    /// item 7, `centerd`); None while open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
     pub grants: Vec<RequestGrant>,
 }
 
@@ -138,7 +143,11 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
     let n = from_u64(number);
     let mut st = conn.prepare_cached(
         "SELECT acceptance_number, terminal_id, router_ip, claimant_name, claimant_level, phone, urgency,
-                content, received_at, state, started_at, ended_at, expires_at, limit_set_by
+                content, received_at, state, started_at, ended_at, expires_at, limit_set_by,
+                (SELECT a.actor FROM audit a
+                 WHERE a.terminal_id = requests.terminal_id AND a.acceptance_number = requests.acceptance_number
+                   AND a.action IN ('end', 'expire')
+                 ORDER BY a.id DESC LIMIT 1)
          FROM requests WHERE acceptance_number = ?1",
     )?;
     type Raw = (
@@ -155,6 +164,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         Option<i64>,
         Option<i64>,
         Option<i64>,
+        Option<String>,
         Option<String>,
     );
     let raw: Option<Raw> = st
@@ -174,11 +184,27 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
                 r.get(11)?,
                 r.get(12)?,
                 r.get(13)?,
+                r.get(14)?,
             ))
         })
         .optional()?;
-    let Some((num, tid, ip, claimant, level, phone, urgency, content, at, state, started, ended, expires, limit_by)) =
-        raw
+    let Some((
+        num,
+        tid,
+        ip,
+        claimant,
+        level,
+        phone,
+        urgency,
+        content,
+        at,
+        state,
+        started,
+        ended,
+        expires,
+        limit_by,
+        ended_by,
+    )) = raw
     else {
         return Ok(None);
     };
@@ -214,6 +240,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         ended_at: ended.map(to_u64).transpose()?,
         expires_at: expires.map(to_u64).transpose()?,
         limit_set_by: limit_by,
+        ended_by: if state == "ended" { ended_by } else { None },
         grants,
     }))
 }

@@ -177,6 +177,9 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
             td.state { (r.state) }
             td {
                 @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs)) }
+                @if let (false, Some(by)) = (live, &r.ended_by) {
+                    span.ended-by id={ "ended-by-" (n) } { "ended by " (by) }
+                }
             }
             td {
                 @match r.state {

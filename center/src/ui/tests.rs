@@ -172,6 +172,13 @@ async fn login_list_start_end_logout() {
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["requests"][0]["state"], "ended");
     assert_eq!(v["pool"]["allocated"], 2);
+    // Issue 19, item 7: the list says who ended it.
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(
+        r.body.contains(&format!("id=\"ended-by-{n}\">ended by operator#")),
+        "{}",
+        r.body
+    );
     // Issue 17: each router's tunnel initiation mode and why (none decided here).
     assert_eq!(v["initiation"], serde_json::json!([]));
 
@@ -184,6 +191,48 @@ async fn login_list_start_end_logout() {
     let r = req(addr, "POST", "/logout", Some(&token), None).await;
     assert_eq!(r.status, 303);
     assert_eq!(req(addr, "GET", "/", Some(&token), None).await.status, 303);
+}
+
+/// Issue 19, item 7: a request the site owner ended from the router shows
+/// "ended by router:ID" in the operator's list and its audit row.
+#[tokio::test]
+async fn the_list_shows_a_request_the_site_owner_ended() {
+    use vpnnat_proto::messages::SiteEndRequest;
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, _) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let out = router.sign(
+        &SiteEndRequest {
+            acceptance_number: vpnnat_proto::types::AcceptanceNumber::new(n).unwrap(),
+        },
+        crate::center::tests::NOW,
+    );
+    c.site_end(out.path, &out.headers, &out.body, crate::center::tests::NOW, None)
+        .await
+        .unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+    let r = req(addr, "POST", "/login", None, Some("password=operator+pass")).await;
+    let token = r
+        .cookie
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(
+        r.body
+            .contains(&format!("id=\"ended-by-{n}\">ended by router:router-1")),
+        "{}",
+        r.body
+    );
+    let r = req(addr, "GET", "/audit?action=end", Some(&token), None).await;
+    assert!(r.body.contains("router:router-1"), "{}", r.body);
 }
 
 #[test]

@@ -341,6 +341,52 @@ pub struct TunnelLostAnswer {
 }
 
 // ---------------------------------------------------------------------------
+// Site end (issue 19, item 7)
+// ---------------------------------------------------------------------------
+
+/// Router -> center, MAC with Secret(ID2): the site owner ends request
+/// `acceptance_number` of this router (the LAN page's "end maintenance",
+/// `routerd end N`). The center ends it as for an operator's end (end
+/// command, judgments, releases, VPN end), audited under the router; a
+/// request of another router is refused (403) and nothing changes. The
+/// router sends it again until answered, so an end that already happened
+/// answers [`SiteEndOutcome::AlreadyEnded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteEndRequest {
+    pub acceptance_number: AcceptanceNumber,
+}
+
+impl Command for SiteEndRequest {
+    const PATH: &'static str = paths::center::SITE_END;
+    const DIRECTION: Direction = Direction::RouterToCenter;
+    const KEY: KeyKind = KeyKind::SecretId2;
+    type Principal = TerminalId;
+    type Response = SiteEndAnswer;
+}
+
+/// What the center did about a [`SiteEndRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum SiteEndOutcome {
+    /// Ended now, at this request.
+    Ended,
+    /// It was ended already (an operator, its time limit, or an earlier
+    /// copy of this request whose answer was lost).
+    AlreadyEnded,
+}
+
+/// Answer to [`SiteEndRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SiteEndAnswer {
+    pub outcome: SiteEndOutcome,
+}
+
+// ---------------------------------------------------------------------------
 // 4. Maintenance request
 // ---------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ pub mod center {
     /// Tunnel lost (beyond the seed): the router restarted and lost its
     /// IKE state; the center has the gateway build the tunnel afresh.
     pub const TUNNEL_LOST: &str = "/v1/router/tunnel-lost";
+    /// Site end (issue 19, item 7): the site owner ends one of this
+    /// router's requests; the center ends it as for an operator's end.
+    pub const SITE_END: &str = "/v1/router/end";
     /// gatewayd -> centerd: tunnel up/down event.
     pub const GATEWAY_EVENT: &str = "/v1/gateway/event";
 }
@@ -47,6 +50,7 @@ pub const ALL: &[&str] = &[
     center::GATEWAY_ADDRESS,
     center::MAINTENANCE,
     center::TUNNEL_LOST,
+    center::SITE_END,
     center::GATEWAY_EVENT,
     router::END,
     router::RELEASE,

@@ -148,6 +148,7 @@ mod tests {
                     state: *st,
                     failure: part.map(String::from),
                     ends_at: None,
+                    end_unsent: false,
                 },
             );
         }

@@ -582,6 +582,7 @@ fn settle_state(requests: &[(u64, &str, RequestState)], hosts: &[&str]) -> Route
                 state: *st,
                 failure: None,
                 ends_at: None,
+                end_unsent: false,
             },
         );
     }
@@ -701,4 +702,115 @@ fn failure_requests_are_suppressed_per_part_until_the_center_ends_them() {
     w.state = o.next;
     assert!(matches!(ask(&w, "ike"), FailureRequest::Request(_)));
     assert_eq!(ask(&w, "datapath"), FailureRequest::Suppressed { acceptance: second });
+}
+
+// -- site end (issue 19, item 7) ------------------------------------------
+
+#[test]
+fn site_end_removes_only_hosts_no_other_open_request_names() {
+    use super::site_end::{end_locally, unsent_ends, LocalEndError};
+    let mut w = World::ready();
+    w.request(&["pc1", "printer"]).unwrap(); // 101
+    w.request(&["pc1"]).unwrap(); // 102
+    let before = snapshot(&w.state);
+    let (next, gone) = end_locally(&w.state, 101).unwrap();
+    assert_eq!(gone, [n("printer")], "pc1 is still named by 102");
+    assert_eq!(next.hosts.keys().collect::<Vec<_>>(), [&n("pc1")]);
+    assert_eq!(next.requests[&101].state, RequestState::Ended);
+    assert!(next.requests[&101].end_unsent);
+    assert!(next.gateway.is_some(), "the center's VPN end closes the tunnel");
+    assert_eq!(unsent_ends(&next), [101]);
+    // The NAT row of printer goes; own parts and pc1 stay.
+    let mut dp = RecordingDatapath::new();
+    dp.reconcile(&desired_state(&w.id, &next, vec![])).unwrap();
+    assert_eq!(dp.state.nat.unwrap().mappings.len(), 3);
+    // The input state is untouched (pure).
+    assert_eq!(snapshot(&w.state), before);
+    // Refusals change nothing.
+    let ended = next.clone();
+    assert_eq!(end_locally(&ended, 101).unwrap_err(), LocalEndError::NotOpen(101));
+    assert_eq!(end_locally(&ended, 999).unwrap_err(), LocalEndError::Unknown(999));
+    assert_eq!(LocalEndError::Unknown(1).http_status(), 404);
+    assert_eq!(LocalEndError::NotOpen(1).http_status(), 409);
+    // Ending 102 too removes pc1.
+    let (last, gone) = end_locally(&ended, 102).unwrap();
+    assert_eq!(gone, [n("pc1")]);
+    assert!(last.hosts.is_empty());
+    assert_eq!(unsent_ends(&last), [101, 102]);
+    // The flag survives the state file.
+    let back = RouterState::from_bytes(&last.to_bytes().unwrap(), std::path::Path::new("s")).unwrap();
+    assert_eq!(unsent_ends(&back), [101, 102]);
+}
+
+#[test]
+fn site_end_exchange_acknowledged_or_refused_for_good() {
+    use super::site_end::{begin_site_end, end_locally, finish_site_end, refused_for_good, unsent_ends};
+    use vpnnat_proto::messages::SiteEndOutcome;
+    let mut w = World::ready();
+    w.request(&["pc1"]).unwrap(); // 101
+    let (next, _) = end_locally(&w.state, 101).unwrap();
+    w.state = next;
+    // Answered: no longer due; a repeat says "already ended".
+    for want in [SiteEndOutcome::Ended, SiteEndOutcome::AlreadyEnded] {
+        let p = begin_site_end(&w.id, &w.state, 101, &w.rng, NOW).unwrap();
+        let reply = w.center.answer(&p.outgoing);
+        let (next, outcome) = finish_site_end(&w.state, p, &reply).unwrap();
+        assert_eq!(outcome, want);
+        assert!(unsent_ends(&next).is_empty());
+    }
+    // The center unreachable/failing: an error that is retried, state kept.
+    w.center.refuse = Some((503, "busy".into()));
+    let p = begin_site_end(&w.id, &w.state, 101, &w.rng, NOW).unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    let e = finish_site_end(&w.state, p, &reply).unwrap_err();
+    assert!(!refused_for_good(&e) && e.is_transient(), "{e}");
+    // Not this router's request (403): refused for good.
+    w.center.refuse = Some((403, "request 101 is not one of this router's requests".into()));
+    let p = begin_site_end(&w.id, &w.state, 101, &w.rng, NOW).unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    let e = finish_site_end(&w.state, p, &reply).unwrap_err();
+    assert!(refused_for_good(&e), "{e}");
+    // An answer signed with another key does not count as an answer.
+    w.center.refuse = None;
+    let p = begin_site_end(&w.id, &w.state, 101, &w.rng, NOW).unwrap();
+    let mut reply = w.center.answer(&p.outgoing);
+    reply.body = br#"{"outcome":"ended"} "#.to_vec();
+    let e = finish_site_end(&w.state, p, &reply).unwrap_err();
+    assert!(matches!(e, ExchangeError::BadAnswer(_)) && !refused_for_good(&e), "{e}");
+}
+
+#[test]
+fn the_centers_release_after_a_site_end_is_acknowledged() {
+    use super::site_end::{end_locally, end_sent};
+    let mut w = World::ready();
+    w.request(&["pc1"]).unwrap(); // 101
+    let (next, _) = end_locally(&w.state, 101).unwrap();
+    w.state = next;
+    let mut g = guard();
+    // The end and the release the center sends for it: both acknowledged.
+    let o = w.command(&mut g, &w.center.end(101)).unwrap();
+    w.state = o.next;
+    let o = w.command(&mut g, &w.center.release("pc1")).unwrap();
+    assert!(o.summary.contains("already"), "{}", o.summary);
+    // Once the center acknowledged the end, a stray release is refused as
+    // before (nothing is granted).
+    w.state = end_sent(&w.state, 101);
+    let e = w.command(&mut g, &w.center.release("pc1")).unwrap_err();
+    assert_eq!(e.http_status(), 404);
+}
+
+#[test]
+fn ended_requests_awaiting_the_center_are_not_pruned() {
+    let mut w = World::ready();
+    w.request(&["pc1"]).unwrap(); // 101
+    let (next, _) = super::site_end::end_locally(&w.state, 101).unwrap();
+    w.state = next;
+    for _ in 0..MAX_ENDED_REQUESTS + 2 {
+        let acc = w.request(&["printer"]).unwrap();
+        let mut g = guard();
+        let o = w.command(&mut g, &w.center.end(acc.acceptance_number.get())).unwrap();
+        w.state = o.next;
+    }
+    assert!(w.state.requests.contains_key(&101), "still to be told to the center");
+    assert_eq!(super::site_end::unsent_ends(&w.state), [101]);
 }

@@ -106,6 +106,7 @@ mod request {
             12 => run::<TunnelEvent>(signed, rest),
             13 => run::<TunnelLostNotice>(signed, rest),
             14 => run::<RestartTunnel>(signed, rest),
+            15 => run::<SiteEndRequest>(signed, rest),
             _ => {}
         }
     }
@@ -353,6 +354,7 @@ mod response {
             12 => run::<TunnelEvent>(signed, rest),
             13 => run::<TunnelLostNotice>(signed, rest),
             14 => run::<RestartTunnel>(signed, rest),
+            15 => run::<SiteEndRequest>(signed, rest),
             _ => {}
         }
     }
@@ -480,6 +482,17 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             with(0x22, &serde_json::to_vec(&grants).unwrap()),
         ),
     ];
+    // The site end (issue 19, item 7): a real request and its answer.
+    let site_end = serde_json::to_vec(&SiteEndRequest {
+        acceptance_number: number,
+    })
+    .unwrap();
+    let site_end_answer = serde_json::to_vec(&SiteEndAnswer {
+        outcome: SiteEndOutcome::AlreadyEnded,
+    })
+    .unwrap();
+    out.push(("decode_request", "seed-site-end".into(), with(0x1f, &site_end)));
+    out.push(("decode_response", "seed-site-end".into(), with(0x1f, &site_end_answer)));
     for i in 0..13u8 {
         out.push(("decode_response", format!("seed-ack-{i:02}"), with(0x10 | i, b"{}")));
         out.push(("decode_response", format!("seed-raw-{i:02}"), with(i, raw.as_bytes())));

@@ -189,6 +189,39 @@ fn tunnel_lost_exchange() {
 }
 
 #[test]
+fn site_end_exchange() {
+    let key = SecretId2::from_array([2; 32]).mac_key();
+    let req = SiteEndRequest {
+        acceptance_number: AcceptanceNumber::new(42).unwrap(),
+    };
+    for outcome in [SiteEndOutcome::Ended, SiteEndOutcome::AlreadyEnded] {
+        let (v, resp) = exchange(&req, &tid(), &key, |_| SiteEndAnswer { outcome });
+        assert_eq!(v.command().acceptance_number.get(), 42);
+        assert_eq!(resp.outcome, outcome);
+    }
+    assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"acceptance_number":42}"#);
+    assert_eq!(
+        serde_json::to_string(&SiteEndAnswer {
+            outcome: SiteEndOutcome::AlreadyEnded
+        })
+        .unwrap(),
+        r#"{"outcome":"already_ended"}"#
+    );
+    // Malformed: no number, number 0, a negative or non-number, extra
+    // fields, an unknown outcome.
+    for bad in [
+        "{}",
+        r#"{"acceptance_number":0}"#,
+        r#"{"acceptance_number":-1}"#,
+        r#"{"acceptance_number":"42"}"#,
+        r#"{"acceptance_number":42,"terminal_id":"other"}"#,
+    ] {
+        assert!(serde_json::from_str::<SiteEndRequest>(bad).is_err(), "{bad}");
+    }
+    assert!(serde_json::from_str::<SiteEndAnswer>(r#"{"outcome":"maybe"}"#).is_err());
+}
+
+#[test]
 fn gateway_address_exchange_in_router_mode() {
     let rng = SystemRandom::new();
     let key = SecretId2::from_array([2; 32]).mac_key();
@@ -559,6 +592,7 @@ fn every_command_has_a_distinct_listed_path() {
         GatewayAddressRequest::PATH,
         MaintenanceRequest::PATH,
         TunnelLostNotice::PATH,
+        SiteEndRequest::PATH,
         EndCommand::PATH,
         ReleaseCommand::PATH,
         VpnEndCommand::PATH,
