@@ -21,7 +21,7 @@ use crate::web::{ApiEnd, ApiEnded, ApiError};
 /// The fake center on `listener` until `stop` fires.
 fn serve_center(sim: Arc<CenterSim>, listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(http::run(listener, sim, async move {
+    let task = tokio::spawn(http::serve(listener, sim, async move {
         let _ = rx.await;
     }));
     (tx, task)
