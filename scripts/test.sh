@@ -79,7 +79,7 @@ tc iproute2
 bridge iproute2
 bc bc
 strace strace
-dnsmasq dnsmasq
+dnsmasq dnsmasq-base
 mkfs.ext4 e2fsprogs
 mount mount
 /usr/lib/chromium/chromium chromium
@@ -112,6 +112,8 @@ need=()
 for p in $(echo "$HOST_TOOLS" | awk 'NF == 2 { print $2 }' | sort -u); do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# (dnsmasq-base: the program alone; the package dnsmasq would also start a
+# DNS service on the host)
 # the browser, strongSwan and dnsmasq with their recommended packages (fonts
 # for the screenshots among them), the VM's tools without (as vm-test does)
 lean=" qemu-system-x86 busybox-static cpio kmod socat openssl curl "
