@@ -144,10 +144,15 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
     let mut st = conn.prepare_cached(
         "SELECT acceptance_number, terminal_id, router_ip, claimant_name, claimant_level, phone, urgency,
                 content, received_at, state, started_at, ended_at, expires_at, limit_set_by,
-                (SELECT a.actor FROM audit a
-                 WHERE a.terminal_id = requests.terminal_id AND a.acceptance_number = requests.acceptance_number
-                   AND a.action IN ('end', 'expire')
-                 ORDER BY a.id DESC LIMIT 1)
+                -- who ended it, from the audit log: looked up only for an
+                -- ended request (an open one would walk its router's whole
+                -- audit history on every read and find nothing)
+                CASE WHEN requests.state = 'ended' THEN
+                  (SELECT a.actor FROM audit a
+                   WHERE a.terminal_id = requests.terminal_id AND a.acceptance_number = requests.acceptance_number
+                     AND a.action IN ('end', 'expire')
+                   ORDER BY a.id DESC LIMIT 1)
+                END
          FROM requests WHERE acceptance_number = ?1",
     )?;
     type Raw = (
@@ -240,7 +245,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         ended_at: ended.map(to_u64).transpose()?,
         expires_at: expires.map(to_u64).transpose()?,
         limit_set_by: limit_by,
-        ended_by: if state == "ended" { ended_by } else { None },
+        ended_by,
         grants,
     }))
 }
