@@ -57,6 +57,7 @@ pub struct RawConfig {
     pub dns: Option<bool>,
     pub center_timeout_secs: Option<u64>,
     pub retry_max_secs: Option<u64>,
+    pub health_period_secs: Option<u64>,
     pub wan: RawInterface,
     pub lan: RawInterface,
     pub web_ui: Option<RawWebUi>,
@@ -251,6 +252,9 @@ pub struct Helper {
 /// failed) arrives instead of a time-out of its own.
 pub const DEFAULT_CENTER_TIMEOUT_SECS: u64 = 30;
 
+/// Default `health_period_secs` (see [`crate::health::HealthSettings::period`]).
+pub const DEFAULT_HEALTH_PERIOD_SECS: u64 = 30;
+
 /// The validated configuration.
 pub struct Config {
     pub path: PathBuf,
@@ -267,6 +271,9 @@ pub struct Config {
     pub dns: bool,
     pub center_timeout: Duration,
     pub retry_max: Duration,
+    /// `health_period_secs`: how often the health watch looks (and retries
+    /// the kernel reconcile and unsent ends); 30 s by default.
+    pub health_period: Duration,
     pub wan: Interface,
     pub lan: Interface,
     pub web_ui_listen: SocketAddr,
@@ -489,6 +496,7 @@ impl Config {
                 DEFAULT_CENTER_TIMEOUT_SECS,
             )?,
             retry_max: secs("retry_max_secs", raw.retry_max_secs, 300)?,
+            health_period: secs("health_period_secs", raw.health_period_secs, DEFAULT_HEALTH_PERIOD_SECS)?,
             wan,
             lan,
             web_ui_listen,
@@ -660,6 +668,15 @@ command = ["/usr/sbin/dnsmasq", "-k"]
         }
         let e = err(&format!("tunnel_initiation = \"sometimes\"\n{}", sample()));
         assert!(e.contains("sometimes") || e.contains("tunnel_initiation"), "{e}");
+    }
+
+    #[test]
+    fn health_period_defaults_to_30_s_and_is_checked() {
+        assert_eq!(sample_config().health_period, Duration::from_secs(30));
+        let c = Config::parse(&format!("health_period_secs = 5\n{}", sample()), Path::new("t.toml")).unwrap();
+        assert_eq!(c.health_period, Duration::from_secs(5));
+        assert!(err(&format!("health_period_secs = 0\n{}", sample())).contains("health_period_secs"));
+        assert!(err(&format!("health_period_secs = 90000\n{}", sample())).contains("health_period_secs"));
     }
 
     #[test]

@@ -297,7 +297,10 @@ fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {
                 datapath,
                 ike,
                 retry_initial: Duration::from_secs(1),
-                health: HealthSettings::default(),
+                health: HealthSettings {
+                    period: cfg.health_period,
+                    ..HealthSettings::default()
+                },
                 center_source: None,
             },
         )

@@ -31,6 +31,10 @@ E2E_WAIT=${E2E_WAIT:-90} # s to wait for any one asynchronous outcome
 # centerd's bound on a tunnel coming up before it answers a request
 # (issue 19 item 4); scenarios that wait it out on purpose lower it
 TUNNEL_UP_TIMEOUT_MS=${TUNNEL_UP_TIMEOUT_MS:-60000}
+# how often each routerd's health watch looks (routerd's default is 30 s;
+# the failure-notice steps wait for its tick and for the reconcile after a
+# repair, so the scenarios tick faster)
+HEALTH_PERIOD_SECS=${HEALTH_PERIOD_SECS:-5}
 
 W=${TOPO_DIR:-/run/e2e}
 mkdir -p $W
@@ -492,6 +496,7 @@ lease_file = "$d/dnsmasq.leases"
 dns = false
 center_timeout_secs = 120
 retry_max_secs = 5
+health_period_secs = $HEALTH_PERIOD_SECS
 
 [wan]
 interface = "eth0"
