@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use vpnnat_proto::messages::{
     EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceRequest, ReleaseCommand,
-    SiteEndRequest, TunnelEvent, TunnelLostNotice, VpnEndCommand,
+    RequestStatesQuery, SiteEndRequest, TunnelEvent, TunnelLostNotice, VpnEndCommand,
 };
 use vpnnat_proto::openapi::{DocumentBuilder, OpenApi};
 use vpnnat_proto::paths;
@@ -61,6 +61,11 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "POST",
+        path: paths::center::REQUEST_STATES,
+        name: "request_states",
+    },
+    Route {
+        method: "POST",
         path: paths::center::GATEWAY_EVENT,
         name: "gateway_event",
     },
@@ -84,6 +89,7 @@ pub const COMMANDS: &[&str] = &[
     "maintenance",
     "tunnel_lost",
     "site_end",
+    "request_states",
     "gateway_event",
 ];
 
@@ -183,6 +189,10 @@ pub fn openapi() -> OpenApi {
             "maintenance" => doc.command::<MaintenanceRequest>(r.name, "4. maintenance request"),
             "tunnel_lost" => doc.command::<TunnelLostNotice>(r.name, "the router lost its tunnel's IKE SA"),
             "site_end" => doc.command::<SiteEndRequest>(r.name, "the site owner ends one of this router's requests"),
+            "request_states" => doc.command::<RequestStatesQuery>(
+                r.name,
+                "which of the router's open requests the center has ended meanwhile",
+            ),
             "gateway_event" => doc.command::<TunnelEvent>(r.name, "a gateway's tunnel went up or down"),
             "healthz" => doc.get(r.path, r.name, "liveness: `ok`", "text/plain"),
             _ => doc.get(r.path, r.name, "this document", "application/json"),
@@ -289,6 +299,7 @@ where
         }
         "tunnel_lost" => center.tunnel_lost(&path, &headers, &body, now, ip).await,
         "site_end" => center.site_end(&path, &headers, &body, now, ip).await,
+        "request_states" => center.request_states(&path, &headers, &body, now),
         "gateway_event" => center.tunnel_event(&path, &headers, &body, now),
         _ => return text(404, "no such endpoint"),
     };

@@ -20,8 +20,8 @@ use utoipa::ToSchema;
 use vpnnat_center::http::Route;
 use vpnnat_proto::messages::{
     AddAddresses, EndCommand, FailureNotice, GatewayAddressRequest, InstallRequest, MaintenanceRequest, ReleaseCommand,
-    RemoveAddresses, ReportState, RestartTunnel, SetupTunnel, SiteEndRequest, StateReport, TearDown, TunnelEvent,
-    TunnelLostNotice, TunnelStatus, VpnEndCommand,
+    RemoveAddresses, ReportState, RequestStatesQuery, RestartTunnel, SetupTunnel, SiteEndRequest, StateReport,
+    TearDown, TunnelEvent, TunnelLostNotice, TunnelStatus, VpnEndCommand,
 };
 use vpnnat_proto::openapi::scheme_name;
 use vpnnat_proto::Command;
@@ -226,6 +226,7 @@ async fn centerd_serves_a_valid_document_of_every_route() {
     assert_command::<MaintenanceRequest>(&doc, "maintenance");
     assert_command::<TunnelLostNotice>(&doc, "tunnel_lost");
     assert_command::<SiteEndRequest>(&doc, "site_end");
+    assert_command::<RequestStatesQuery>(&doc, "request_states");
     assert_command::<TunnelEvent>(&doc, "gateway_event");
     // Every command route labels its metrics; every route but the GETs is
     // a command checked above.

@@ -663,6 +663,42 @@ impl Router {
         logic::site_end::unsent_ends(&self.state().await).len()
     }
 
+    /// Asks the center which of the open requests it has ended meanwhile
+    /// (issue 19, item 1: its end commands travel through the tunnel, and
+    /// are lost when the tunnel is down at that moment) and ends them here
+    /// as those commands would have: NAT rows no waiting request needs go,
+    /// and with none left waiting the gateway and tunnel go too. Returns
+    /// the requests ended here; an unreachable center changes nothing (the
+    /// next tick asks again).
+    pub async fn sync_request_states(&self) -> Result<Vec<u64>, DaemonError> {
+        let _x = self.exchange.lock().await;
+        let state = self.state().await;
+        let Some(p) = logic::request_states::begin_request_states(&self.id, &state, &self.rng, unix_now())? else {
+            return Ok(Vec::new());
+        };
+        let reply = self.send(&p.outgoing).await?;
+        let mut inner = self.inner.lock().await;
+        let (next, ended) = logic::request_states::finish_request_states(&inner.state, p, &reply)?;
+        if let Some(next) = next {
+            self.commit(
+                &mut inner,
+                next,
+                vpnnat_crashpoint::name!("router.request_states.after_save"),
+            )?;
+            for n in &ended {
+                log::info!(
+                    "{} ended by the center while its commands could not reach this router; \
+                     its grants are released here",
+                    vpnnat_log::kv(&self.id.terminal_id, Some(*n))
+                );
+            }
+            if inner.state.gateway.is_none() {
+                log::info!("no request waits any more: VPN gateway and tunnel given up");
+            }
+        }
+        Ok(ended)
+    }
+
     // -- 6-8. center commands --------------------------------------------
 
     /// Handles one center command; returns the HTTP status, the response
@@ -951,6 +987,11 @@ impl Router {
             let unsent = !logic::site_end::unsent_ends(&self.inner.lock().await.state).is_empty();
             if unsent {
                 self.send_unsent_ends().await;
+            }
+            // Requests the center ended while its commands could not reach
+            // us (issue 19, item 1).
+            if let Err(e) = self.sync_request_states().await {
+                log::warn!("request states not synced with the center: {e}");
             }
             let problems = self.problems().await;
             let now = Instant::now();

@@ -858,6 +858,7 @@ pub fn host_table(state: &RouterState) -> BTreeMap<String, (Ipv4Addr, Ipv4Addr)>
 }
 
 pub mod failure_request;
+pub mod request_states;
 pub mod site_end;
 #[cfg(test)]
 mod tests;

@@ -12,8 +12,8 @@ use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuar
 use vpnnat_proto::keys::{MaintenancePassword, Psk, SecretBytes, SecretId, SecretId2};
 use vpnnat_proto::messages::{
     Ack, EndCommand, FailureNotice, GatewayAddressRequest, GatewayInfo, Grant, Grants, InstallRequest, InstallSecrets,
-    MaintenanceRequest, ReleaseCommand, SiteEndAnswer, SiteEndOutcome, SiteEndRequest, TunnelLostAnswer,
-    TunnelLostNotice, TunnelRebuild, VpnEndCommand,
+    MaintenanceRequest, ReleaseCommand, RequestStatesAnswer, RequestStatesQuery, SiteEndAnswer, SiteEndOutcome,
+    SiteEndRequest, TunnelLostAnswer, TunnelLostNotice, TunnelRebuild, VpnEndCommand,
 };
 use vpnnat_proto::types::{AcceptanceNumber, BoundedSet, IkeIdentity, Ipv4Cidr, TerminalId, TerminalName, UnicastAddr};
 use vpnnat_proto::{decode_request, encode_request, encode_response, paths, Command, KeyKind, Outgoing, ProtoError};
@@ -57,6 +57,12 @@ pub struct FakeCenter {
     /// Site ends received (issue 19, item 7), in order; a number it never
     /// gave out is refused (403) as another router's.
     pub site_ends: Vec<u64>,
+    /// Requests this center ended without telling the router (issue 19,
+    /// item 1: its commands were lost with the tunnel); the request-states
+    /// query reads them, with the site ends, as ended.
+    pub ended_unseen: Vec<u64>,
+    /// Request-states queries received: the numbers asked, in order.
+    pub state_queries: Vec<Vec<u64>>,
 }
 
 impl FakeCenter {
@@ -80,6 +86,8 @@ impl FakeCenter {
             source: None,
             grant_lifetime_secs: None,
             site_ends: Vec::new(),
+            ended_unseen: Vec::new(),
+            state_queries: Vec::new(),
         }
     }
 
@@ -200,6 +208,20 @@ impl FakeCenter {
                         tunnel: self.tunnel_lost_answer,
                     };
                     self.ok(&v, &answer)
+                }
+                Err(e) => Self::err(e),
+            },
+            paths::center::REQUEST_STATES => match self.verify::<RequestStatesQuery>(path, headers, body) {
+                Ok(v) => {
+                    let asked: Vec<u64> = v.command().open.iter().map(|n| n.get()).collect();
+                    self.state_queries.push(asked.clone());
+                    let ended = asked
+                        .into_iter()
+                        .filter(|n| self.ended_unseen.contains(n) || self.site_ends.contains(n))
+                        .map(|n| AcceptanceNumber::new(n).unwrap())
+                        .collect();
+                    let ended = BoundedSet::new(ended).unwrap();
+                    self.ok(&v, &RequestStatesAnswer { ended })
                 }
                 Err(e) => Self::err(e),
             },

@@ -4,5 +4,6 @@
 mod browser;
 mod grant_limits;
 mod lan_security;
+mod request_states;
 mod shell;
 mod site_end;

@@ -349,3 +349,41 @@ async fn site_end_over_real_http() {
     srv.stop.take().unwrap().send(()).unwrap();
     tokio::time::timeout(t(), srv.task).await.unwrap().unwrap();
 }
+
+/// Request states (issue 19, item 1) over real HTTP: the router learns
+/// which of its open requests the center has ended; read-only.
+#[tokio::test]
+async fn request_states_over_real_http() {
+    use vpnnat_proto::messages::RequestStatesQuery;
+    use vpnnat_proto::types::{AcceptanceNumber, BoundedSet};
+
+    let (c, _g, _rt) = center_with("10.64.0.0/24", &[2]);
+    let srv = start(c).await;
+    let authority = srv.addr.to_string();
+    let rng = SystemRandom::new();
+    let mut r1 = TestRouter::new("router-1");
+    r1.install(&srv.center);
+    let (req, _kp) = r1.maintenance_request(&["pc1"], ClaimantLevel::General);
+    let resp = call(&authority, &r1.id, &r1.key(), &req, t(), &rng).await.unwrap();
+    let n = resp.acceptance_number.get();
+    crate::center::tests::tunnel_up(&srv.center, "router-1");
+    let q = RequestStatesQuery {
+        open: BoundedSet::new(vec![AcceptanceNumber::new(n).unwrap()]).unwrap(),
+    };
+    let a = call(&authority, &r1.id, &r1.key(), &q, t(), &rng).await.unwrap();
+    assert!(a.ended.is_empty());
+    srv.center.end(n, crate::http::unix_now()).await.unwrap();
+    let a = call(&authority, &r1.id, &r1.key(), &q, t(), &rng).await.unwrap();
+    assert_eq!(a.ended.iter().map(|n| n.get()).collect::<Vec<_>>(), vec![n]);
+    // The same message again: a replay, refused.
+    let out = r1.sign(&q, crate::http::unix_now());
+    let (status, _) = send(srv.addr, &out).await;
+    assert_eq!(status, 200);
+    let (status, body) = send(srv.addr, &out).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("nonce already used"), "{body}");
+
+    let mut srv = srv;
+    srv.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(t(), srv.task).await.unwrap().unwrap();
+}

@@ -36,6 +36,7 @@ mod liveness;
 mod maintenance;
 mod metrics;
 mod reconcile;
+mod request_states;
 mod site_end;
 mod start_end;
 mod tunnel_events;
@@ -657,6 +658,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
 mod limits_tests;
 #[cfg(test)]
 mod reinstall_tests;
+#[cfg(test)]
+mod request_states_tests;
 #[cfg(test)]
 mod site_end_tests;
 #[cfg(test)]

@@ -387,6 +387,53 @@ pub struct SiteEndAnswer {
 }
 
 // ---------------------------------------------------------------------------
+// Request states (issue 19, item 1)
+// ---------------------------------------------------------------------------
+
+/// At most this many acceptance numbers in one [`RequestStatesQuery`]
+/// (the center caps a router's open requests far lower).
+pub const MAX_REQUEST_STATES: usize = 64;
+
+/// 1..=64 distinct acceptance numbers a router holds open.
+pub type OpenRequests = BoundedSet<AcceptanceNumber, 1, MAX_REQUEST_STATES>;
+
+/// 0..=64 distinct acceptance numbers the center has ended.
+pub type EndedRequests = BoundedSet<AcceptanceNumber, 0, MAX_REQUEST_STATES>;
+
+/// Router -> center, MAC with Secret(ID2): "these requests are open here;
+/// which of them have you ended?" The center's end reaches the router as
+/// commands through the tunnel; when the tunnel is down at that moment (a
+/// gateway outage, the router offline), the router would keep the request
+/// waiting, its NAT rows and its gateway for good. The router asks while
+/// it holds open requests (each health-watch tick), so both sides converge
+/// without an operator. Read-only at the center: nothing is stored or
+/// audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RequestStatesQuery {
+    pub open: OpenRequests,
+}
+
+impl Command for RequestStatesQuery {
+    const PATH: &'static str = paths::center::REQUEST_STATES;
+    const DIRECTION: Direction = Direction::RouterToCenter;
+    const KEY: KeyKind = KeyKind::SecretId2;
+    type Principal = TerminalId;
+    type Response = RequestStatesAnswer;
+}
+
+/// Answer to [`RequestStatesQuery`]: the asked numbers that are not open
+/// requests of this router at the center (ended, or unknown to it: a
+/// number of another router reads the same, so nothing leaks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RequestStatesAnswer {
+    pub ended: EndedRequests,
+}
+
+// ---------------------------------------------------------------------------
 // 4. Maintenance request
 // ---------------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ pub mod center {
     /// Site end (issue 19, item 7): the site owner ends one of this
     /// router's requests; the center ends it as for an operator's end.
     pub const SITE_END: &str = "/v1/router/end";
+    /// Request states (issue 19, item 1): which of the router's open
+    /// requests the center has ended meanwhile (while the tunnel that
+    /// carries the center's end commands was down).
+    pub const REQUEST_STATES: &str = "/v1/router/request-states";
     /// gatewayd -> centerd: tunnel up/down event.
     pub const GATEWAY_EVENT: &str = "/v1/gateway/event";
 }
@@ -51,6 +55,7 @@ pub const ALL: &[&str] = &[
     center::MAINTENANCE,
     center::TUNNEL_LOST,
     center::SITE_END,
+    center::REQUEST_STATES,
     center::GATEWAY_EVENT,
     router::END,
     router::RELEASE,

@@ -385,6 +385,10 @@ impl fmt::Display for AcceptanceNumber {
     }
 }
 
+impl Named for AcceptanceNumber {
+    const WHAT: &'static str = "acceptance number";
+}
+
 impl<'de> Deserialize<'de> for AcceptanceNumber {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)

@@ -814,3 +814,76 @@ fn ended_requests_awaiting_the_center_are_not_pruned() {
     assert!(w.state.requests.contains_key(&101), "still to be told to the center");
     assert_eq!(super::site_end::unsent_ends(&w.state), [101]);
 }
+
+#[test]
+fn request_states_end_here_what_the_center_ended_while_the_tunnel_was_down() {
+    use super::request_states::{begin_request_states, finish_request_states, open_requests};
+    let mut w = World::ready();
+    w.request(&["pc1", "printer"]).unwrap(); // 101
+    w.request(&["pc1"]).unwrap(); // 102
+    assert!(w.state.gateway.is_some());
+    assert_eq!(open_requests(&w.state), [101, 102]);
+    // The center ended 101; its end, release and VPN-end commands never
+    // arrived (the tunnel was down).
+    w.center.ended_unseen.push(101);
+    let before = snapshot(&w.state);
+    let p = begin_request_states(&w.id, &w.state, &w.rng, NOW).unwrap().unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    let (next, ended) = finish_request_states(&w.state, p, &reply).unwrap();
+    let next = next.unwrap();
+    assert_eq!(ended, [101]);
+    assert_eq!(w.center.state_queries, [vec![101, 102]]);
+    assert_eq!(next.requests[&101].state, RequestState::Ended);
+    assert_eq!(next.requests[&102].state, RequestState::Waiting);
+    // Judgment 1 here: printer goes (no waiting request names it), pc1
+    // stays (102 names it); 102 still waits, so the gateway stays.
+    assert_eq!(next.hosts.keys().collect::<Vec<_>>(), [&n("pc1")]);
+    assert!(next.gateway.is_some());
+    assert_eq!(snapshot(&w.state), before, "pure: the input state is untouched");
+    w.state = next;
+    // Nothing more ended: no change.
+    let p = begin_request_states(&w.id, &w.state, &w.rng, NOW).unwrap().unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    let (next, ended) = finish_request_states(&w.state, p, &reply).unwrap();
+    assert!(next.is_none() && ended.is_empty());
+    // The center ended 102 too: every host goes, and the gateway with them
+    // (judgment 3 here: the next request asks for a gateway anew).
+    w.center.ended_unseen.push(102);
+    let p = begin_request_states(&w.id, &w.state, &w.rng, NOW).unwrap().unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    let (next, ended) = finish_request_states(&w.state, p, &reply).unwrap();
+    let next = next.unwrap();
+    assert_eq!(ended, [102]);
+    assert!(next.hosts.is_empty());
+    assert!(next.gateway.is_none());
+    // Only the router's own two parts stay mapped.
+    let mut dp = RecordingDatapath::new();
+    dp.reconcile(&desired_state(&w.id, &next, vec![])).unwrap();
+    assert_eq!(dp.state.nat.unwrap().mappings.len(), 2);
+    // Nothing open: nothing to ask.
+    assert!(begin_request_states(&w.id, &next, &w.rng, NOW).unwrap().is_none());
+}
+
+#[test]
+fn request_states_answers_that_do_not_verify_or_name_other_numbers_change_nothing() {
+    use super::request_states::{apply_ended, begin_request_states, finish_request_states};
+    let mut w = World::ready();
+    w.request(&["pc1"]).unwrap(); // 101
+                                  // A number the router does not hold open is ignored.
+    let (next, ended) = apply_ended(&w.state, [555]);
+    assert!(next.is_none() && ended.is_empty());
+    // An answer not signed by the center: an error, nothing changes.
+    w.center.ended_unseen.push(101);
+    let p = begin_request_states(&w.id, &w.state, &w.rng, NOW).unwrap().unwrap();
+    let mut reply = w.center.answer(&p.outgoing);
+    reply.body = br#"{"ended":[101]} "#.to_vec();
+    let e = finish_request_states(&w.state, p, &reply).unwrap_err();
+    assert!(matches!(e, ExchangeError::BadAnswer(_)), "{e}");
+    // The center unreachable or failing: a transient error.
+    w.center.refuse = Some((503, "busy".into()));
+    let p = begin_request_states(&w.id, &w.state, &w.rng, NOW).unwrap().unwrap();
+    let reply = w.center.answer(&p.outgoing);
+    let e = finish_request_states(&w.state, p, &reply).unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(w.state.requests[&101].state, RequestState::Waiting);
+}

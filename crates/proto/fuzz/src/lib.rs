@@ -90,7 +90,8 @@ mod request {
             return;
         };
         let signed = sel & 0x10 != 0;
-        match sel & 0x0f {
+        // bit 0x40 selects the second 16 commands
+        match (sel & 0x0f) | ((sel & 0x40) >> 2) {
             0 => run::<InstallRequest>(signed, rest),
             1 => run::<FailureNotice>(signed, rest),
             2 => run::<GatewayAddressRequest>(signed, rest),
@@ -107,6 +108,7 @@ mod request {
             13 => run::<TunnelLostNotice>(signed, rest),
             14 => run::<RestartTunnel>(signed, rest),
             15 => run::<SiteEndRequest>(signed, rest),
+            16 => run::<RequestStatesQuery>(signed, rest),
             _ => {}
         }
     }
@@ -338,7 +340,8 @@ mod response {
             return payload(sel & 0x0f, rest);
         }
         let signed = shape == 1;
-        match sel & 0x0f {
+        // bit 0x40 selects the second 16 commands
+        match (sel & 0x0f) | ((sel & 0x40) >> 2) {
             0 => run::<InstallRequest>(signed, rest),
             1 => run::<FailureNotice>(signed, rest),
             2 => run::<GatewayAddressRequest>(signed, rest),
@@ -355,6 +358,7 @@ mod response {
             13 => run::<TunnelLostNotice>(signed, rest),
             14 => run::<RestartTunnel>(signed, rest),
             15 => run::<SiteEndRequest>(signed, rest),
+            16 => run::<RequestStatesQuery>(signed, rest),
             _ => {}
         }
     }
@@ -493,6 +497,23 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     .unwrap();
     out.push(("decode_request", "seed-site-end".into(), with(0x1f, &site_end)));
     out.push(("decode_response", "seed-site-end".into(), with(0x1f, &site_end_answer)));
+    // Request states (issue 19, item 1): a real query and its answer.
+    let two = vpnnat_proto::types::BoundedSet::new(vec![
+        number,
+        vpnnat_proto::types::AcceptanceNumber::new(number.get() + 1).unwrap(),
+    ])
+    .unwrap();
+    let states = serde_json::to_vec(&RequestStatesQuery { open: two.clone() }).unwrap();
+    let states_answer = serde_json::to_vec(&RequestStatesAnswer {
+        ended: vpnnat_proto::types::BoundedSet::new(two.into_vec()).unwrap(),
+    })
+    .unwrap();
+    out.push(("decode_request", "seed-request-states".into(), with(0x50, &states)));
+    out.push((
+        "decode_response",
+        "seed-request-states".into(),
+        with(0x50, &states_answer),
+    ));
     for i in 0..13u8 {
         out.push(("decode_response", format!("seed-ack-{i:02}"), with(0x10 | i, b"{}")));
         out.push(("decode_response", format!("seed-raw-{i:02}"), with(i, raw.as_bytes())));

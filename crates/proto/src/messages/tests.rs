@@ -222,6 +222,42 @@ fn site_end_exchange() {
 }
 
 #[test]
+fn request_states_exchange() {
+    let key = SecretId2::from_array([2; 32]).mac_key();
+    let n = |v: u64| AcceptanceNumber::new(v).unwrap();
+    let req = RequestStatesQuery {
+        open: BoundedSet::new(vec![n(7), n(42)]).unwrap(),
+    };
+    let (v, resp) = exchange(&req, &tid(), &key, |q| RequestStatesAnswer {
+        ended: BoundedSet::new(q.command().open.iter().copied().filter(|a| a.get() == 42).collect()).unwrap(),
+    });
+    assert_eq!(v.command(), &req);
+    assert_eq!(resp.ended.as_slice(), &[n(42)]);
+    assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"open":[7,42]}"#);
+    assert_eq!(
+        serde_json::to_string(&RequestStatesAnswer {
+            ended: BoundedSet::new(vec![]).unwrap()
+        })
+        .unwrap(),
+        r#"{"ended":[]}"#
+    );
+    // Malformed: nothing asked, a zero, a repeat, too many, extra fields.
+    let many: Vec<String> = (1..=MAX_REQUEST_STATES as u64 + 1).map(|i| i.to_string()).collect();
+    for bad in [
+        "{}".to_string(),
+        r#"{"open":[]}"#.to_string(),
+        r#"{"open":[0]}"#.to_string(),
+        r#"{"open":[5,5]}"#.to_string(),
+        format!(r#"{{"open":[{}]}}"#, many.join(",")),
+        r#"{"open":[5],"ended":[5]}"#.to_string(),
+    ] {
+        assert!(serde_json::from_str::<RequestStatesQuery>(&bad).is_err(), "{bad}");
+    }
+    assert!(serde_json::from_str::<RequestStatesAnswer>(r#"{"ended":[3,3]}"#).is_err());
+    assert!(serde_json::from_str::<RequestStatesAnswer>(r#"{"ended":"all"}"#).is_err());
+}
+
+#[test]
 fn gateway_address_exchange_in_router_mode() {
     let rng = SystemRandom::new();
     let key = SecretId2::from_array([2; 32]).mac_key();
@@ -593,6 +629,7 @@ fn every_command_has_a_distinct_listed_path() {
         MaintenanceRequest::PATH,
         TunnelLostNotice::PATH,
         SiteEndRequest::PATH,
+        RequestStatesQuery::PATH,
         EndCommand::PATH,
         ReleaseCommand::PATH,
         VpnEndCommand::PATH,
