@@ -18,6 +18,8 @@
 # repair: gw1 is reconciled, the operator reaches home-1's pc1 again, and
 # every gateway's kernel SAs match what the database gives it. At the end
 # every request is ended and nothing is left: pool, slots, SAs.
+# Before that, twice: gw1 killed under home-1's request, the operator ends
+# it, and home-1 converges by itself (issue 19 item 1).
 # Prints "detection time: median X ms (N trials)".
 set -u
 ROUTERS=${ROUTERS:-2}
@@ -274,6 +276,62 @@ for n in $(seq 1 "$LINK_TRIALS"); do
 done
 [ "$FAILED" -gt 0 ] && dump_logs
 
+# ---------------------------------------------------------------- an end the router cannot hear
+# Issue 19 item 1: gw1 dies under home-1's maintenance and the operator
+# ends the request meanwhile; the center's end commands cannot reach the
+# router (its tunnel is gone). The router must converge by itself (it asks
+# the center which of its requests ended, each health-watch tick): the
+# request ended, no NAT row beyond its own two, no gateway, no SA; and its
+# next request works end to end, once after gw1 came back ("back") and
+# once on gw2 while gw1 is still down ("move").
+r1_request_state() { ROUTERD 1 status | awk -v n="$1" '$1 == "request" && $2 == n {print $3}'; }
+r1_converged() {
+	[ "$(r1_request_state "$1")" = ended ] &&
+		[ "$(nsx r1 nft list map ip vpnnat dnat4 | grep -oE '[0-9]+(\.[0-9]+){3} : [0-9]+(\.[0-9]+){3}' | wc -l)" -eq 2 ] &&
+		ROUTERD 1 status | grep -qE '^VPN gateway: +-$' &&
+		[ -z "$(nsx r1 "$IP" xfrm state)" ]
+}
+CONVERGE="" # operator's end -> router converged (ms)
+unheard_end() {
+	local n=$1 how=$2 acc=$ACC1 t0 t1 gw
+	say "unheard end $n ($how): gw1 killed under home-1's request $acc, the operator ends it"
+	gw_is gw1 true || wait_for 30 gw_is gw1 true >/dev/null
+	VICTIM=$(gw_pid 1) && kill -9 "$VICTIM"
+	check "unheard end $n: gw1 marked down" wait_for 30 gw_is gw1 false
+	nsx server $CENTERD end-request "$acc" >$W/unheard$n.out 2>&1
+	t0=$(now_ms)
+	check "unheard end $n: the center ended $acc (home-1 could not be told)" sh -c \
+		"ip netns exec server $CENTERD list-requests | awk '\$1 == $acc && \$3 == \"ended\" {ok=1} END {exit !ok}' || cat $W/unheard$n.out"
+	if [ "$how" = back ]; then
+		while gw_pid 1 >/dev/null; do sleep 0.1; done
+		start_gw 1
+		check "unheard end $n: gw1 is back" wait_for 30 gw_is gw1 true
+	fi
+	check "unheard end $n: home-1 shows $acc ended, holds no NAT row, gateway or SA for it" \
+		wait_for "$E2E_WAIT" r1_converged "$acc"
+	t1=$(now_ms)
+	CONVERGE="$CONVERGE $((t1 - t0))"
+	say "unheard end $n: the operator's end -> home-1 converged: $((t1 - t0)) ms"
+	request 1 pc1 >$W/r1/unheard$n.req 2>&1
+	ACC1=$(sed -n 's/^acceptance number //p' $W/r1/unheard$n.req)
+	V1=$(sed -n 's/^ *pc1 [0-9.]* -> VPNNAT //p' $W/r1/unheard$n.req)
+	check "unheard end $n: home-1's next request is accepted (${ACC1:-none}, ${V1:-none})" sh -c "[ -n '$V1' ] || cat $W/r1/unheard$n.req"
+	gw=$(slot_gw 1)
+	if [ "$how" = move ]; then
+		check "unheard end $n: it went to gw2 (gw1 is down)" [ "$gw" = gw2 ]
+	fi
+	check "unheard end $n: home-1's tunnel ($gw) is up" wait_for "$E2E_WAIT" tunnel_up 1
+	check "unheard end $n: the operator reaches home-1's pc1 ($V1)" wait_for 20 reach 1 "$V1" pc1
+	if [ "$how" = move ]; then
+		while gw_pid 1 >/dev/null; do sleep 0.1; done
+		start_gw 1
+		check "unheard end $n: gw1 is back" wait_for 30 gw_is gw1 true
+	fi
+	check "unheard end $n: every gateway's kernel SAs match the database" wait_for 30 kernel_matches_db
+}
+unheard_end 1 back
+unheard_end 2 move
+
 # ---------------------------------------------------------------- the end
 say "ending every request"
 for n in $(list_requests | awk 'NR > 1 && $3 != "ended" {print $1}'); do
@@ -305,6 +363,7 @@ median() { echo "$@" | tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} EN
 count() { echo "$@" | wc -w; }
 echo "# detection times (ms): kill -9:$(echo "$DETECT" | cut -d' ' -f2-$((KILL_TRIALS + 1))) link down:$(echo "$DETECT" | cut -d' ' -f$((KILL_TRIALS + 2))-)"
 echo "# repair -> tunnel up again (ms):$RECOVER (median $(median $RECOVER))"
+echo "# an end the router could not hear -> the router converged (ms):$CONVERGE (median $(median $CONVERGE))"
 echo "detection time: median $(median $DETECT) ms ($(count $DETECT) trials)"
 [ "$FAILED" -gt 0 ] && dump_logs
 finish
