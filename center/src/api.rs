@@ -299,7 +299,7 @@ where
         }
         "tunnel_lost" => center.tunnel_lost(&path, &headers, &body, now, ip).await,
         "site_end" => center.site_end(&path, &headers, &body, now, ip).await,
-        "request_states" => center.request_states(&path, &headers, &body, now),
+        "request_states" => center.request_states(&path, &headers, &body, now).await,
         "gateway_event" => center.tunnel_event(&path, &headers, &body, now),
         _ => return text(404, "no such endpoint"),
     };

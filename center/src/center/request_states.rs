@@ -37,8 +37,13 @@ pub fn ended_of<'a>(
 
 impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// Answers a router's [`RequestStatesQuery`] with the asked requests
-    /// that are no longer open for it.
-    pub fn request_states(
+    /// that are no longer open for it. Read under the router's own lock,
+    /// which an end holds from before its commands to the router until
+    /// after them: a request whose end is still telling the router (end,
+    /// release, VPN end through the tunnel) is not reported ended before
+    /// those commands went, so the router does not tear its tunnel down
+    /// under them.
+    pub async fn request_states(
         &self,
         path: &str,
         headers: &AuthHeaders,
@@ -47,6 +52,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     ) -> Result<Outgoing, CenterError> {
         let (v, _row, sid2) = self.verify_router::<RequestStatesQuery>(path, headers, body, now)?;
         let tid = v.principal().clone();
+        let _serial = self.lock_terminal(tid.as_str()).await;
         let reads = self.reads()?;
         let ended = ended_of(tid.as_str(), v.command().open.iter(), |n| {
             Ok(reads.request(n)?.map(|r| (r.terminal_id, r.state)))
