@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hyper::Method;
 use vpnnat_proto::keys::SecretBytes;
-use vpnnat_router::daemon::unix_now;
 use vpnnat_router::http;
 use vpnnat_router::testing::{CenterSim, FakeCenter};
+use vpnnat_service::clock::unix_now;
 
 /// routerd, killed and reaped however the benchmark ends (an error too).
 struct Reap(std::process::Child);

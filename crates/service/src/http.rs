@@ -2,25 +2,28 @@
 //! [`Router`] on the shared accept loop [`crate::server::serve`] (per-source
 //! connection gate, header time-out, drain on a shutdown future: the
 //! mini-redis `run(listener, shutdown)` shape, so tests drive servers on
-//! ephemeral ports); body and header extraction; and an authenticated
-//! client for one protocol command.
+//! ephemeral ports); body and header extraction; and [`call`]: one
+//! protocol command through the shared [`crate::client`], signed, its
+//! answer verified.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use ring::rand::SystemRandom;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower::ServiceExt as _;
-use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::keys::MacKey;
-use vpnnat_proto::{decode_response, encode_request, Command, Outgoing, ProtoError};
+use vpnnat_proto::{decode_response, encode_request, Command, Outgoing};
+
+pub use crate::client::auth_headers;
+use crate::client::{Client, ClientError};
+pub use crate::clock::unix_now;
 
 pub type Body = Full<Bytes>;
 
@@ -35,15 +38,6 @@ pub enum CommandError {
     BadAnswer { target: String, reason: String },
     #[error("{target} is not configured")]
     Unknown { target: String },
-}
-
-/// Unix time in seconds (0 if the clock is before 1970, which then fails
-/// every freshness check rather than panicking).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub use crate::server::{Limits, BODY_TIMEOUT, DRAIN_TIMEOUT, HEADER_TIMEOUT};
@@ -184,11 +178,6 @@ where
     }
 }
 
-/// The four authentication headers of a request.
-pub fn auth_headers(headers: &hyper::HeaderMap) -> Result<AuthHeaders, ProtoError> {
-    AuthHeaders::from_lookup(|n| headers.get(n).and_then(|v| v.to_str().ok()))
-}
-
 /// Sends one authenticated command to `authority` (`host:port`) and
 /// returns its verified answer.
 pub async fn call<C: Command>(
@@ -214,48 +203,27 @@ pub async fn call_with<C: Command>(
     extra_headers: &[(&str, &str)],
 ) -> Result<C::Response, CommandError> {
     let target = || authority.to_owned();
-    let unreachable = |reason: String| CommandError::Unreachable {
-        target: target(),
-        reason,
-    };
     let out = encode_request(command, principal, key, unix_now(), rng).map_err(|e| CommandError::BadAnswer {
         target: target(),
         reason: format!("cannot encode: {e}"),
     })?;
-    let work = async {
-        let stream = TcpStream::connect(authority)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("client connection: {e}");
-            }
-        });
-        let mut req = Request::post(out.path)
-            .header(HOST, authority)
-            .header(CONTENT_TYPE, "application/json");
-        for (n, v) in out.headers.pairs().into_iter().chain(extra_headers.iter().copied()) {
-            req = req.header(n, v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(out.body.clone())))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = Limited::new(resp.into_body(), C::MAX_RESPONSE_BODY)
-            .collect()
-            .await
-            .map_err(|e| unreachable(format!("reading answer: {e}")))?
-            .to_bytes();
-        Ok::<_, CommandError>((status, headers, body))
+    let client = Client {
+        source: None,
+        max_answer: C::MAX_RESPONSE_BODY,
+        timeout,
     };
-    let (status, headers, body) = tokio::time::timeout(timeout, work)
+    let answer = client
+        .send(authority, out.path, &out, extra_headers)
         .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
+        .map_err(|e| CommandError::Unreachable {
+            target: target(),
+            reason: match e {
+                ClientError::Connect { source, .. } => source.to_string(),
+                ClientError::Timeout { .. } => format!("no answer within {timeout:?}"),
+                ClientError::Protocol { detail, .. } => detail,
+            },
+        })?;
+    let (status, headers, body) = (answer.status, answer.headers, answer.body);
     if status != 200 {
         return Err(CommandError::Refused {
             target: target(),
@@ -278,6 +246,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::routing::get;
+    use tokio::net::TcpStream;
     use tokio::sync::{oneshot, Notify};
 
     use axum::Extension;
