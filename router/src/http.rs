@@ -55,7 +55,7 @@ pub async fn request(
         timeout,
     };
     let a = client
-        .request(authority, method, path, headers, body.unwrap_or_default())
+        .request(authority, method, path, headers, Bytes::from(body.unwrap_or_default()))
         .await?;
     Ok((a.status, a.headers, a.body.to_vec()))
 }

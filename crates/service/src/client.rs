@@ -21,12 +21,9 @@ use vpnnat_proto::{Outgoing, ProtoError};
 /// Why an exchange got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    // `source` is the error's source (thiserror takes the field by name).
     #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Connect { addr: String, source: std::io::Error },
     #[error("{addr} did not answer within {secs}s")]
     Timeout { addr: String, secs: u64 },
     #[error("HTTP exchange with {addr} failed: {detail}")]
@@ -64,9 +61,8 @@ impl Client {
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
+        body: Bytes,
     ) -> Result<Answer, ClientError> {
-        let body = body.into();
         let exchange = async {
             let stream = connect_from(self.source, authority)
                 .await
@@ -84,9 +80,7 @@ impl Client {
             // The connection task ends when the exchange is over (the
             // sender is dropped); its errors surface through send_request.
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    log::debug!("client connection: {e}");
-                }
+                let _ = conn.await;
             });
             let mut b = Request::builder().method(method).uri(path).header(HOST, authority);
             if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
@@ -130,7 +124,7 @@ impl Client {
     ) -> Result<Answer, ClientError> {
         let mut headers = out.headers.pairs().to_vec();
         headers.extend_from_slice(extra_headers);
-        self.request(authority, Method::POST, path, &headers, out.body.clone())
+        self.request(authority, Method::POST, path, &headers, Bytes::from(out.body.clone()))
             .await
     }
 }
