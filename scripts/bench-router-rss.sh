@@ -14,15 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/progress.sh
 . scripts/lib/progress.sh
+# shellcheck source=scripts/lib/packages.sh
+. scripts/lib/packages.sh
 CYCLES=${1:-1000}
 ROUNDS=${2:-11}
 WARMUP=${3:-1}
 [[ $(id -u) -eq 0 ]] || { echo "bench-router-rss: run as root (the bench makes its own network namespace)" >&2; exit 2; }
-for p in nftables iproute2; do
-	# shellcheck disable=SC2016 # $1 is bash -c's argument
-	dpkg -s "$p" >/dev/null 2>&1 || progress_run "installing $p (apt-get)" \
-		bash -c 'apt-get update -qq && apt-get install -y -qq "$1" >/dev/null' _ "$p"
-done
+need_packages nftables iproute2
 TARGET=x86_64-unknown-linux-gnu
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 progress_run "building routerd (static, firmware profile: fat LTO, minutes)" \

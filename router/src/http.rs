@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
@@ -19,6 +19,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::Outgoing;
+use vpnnat_service::body::read_body;
+pub use vpnnat_service::body::text;
 use vpnnat_service::client::{self, Client, ClientError};
 use vpnnat_service::server::Limits;
 
@@ -33,9 +35,9 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// handful of users; the center reaches the router from one address).
 pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_PER_SOURCE: usize = 16;
-/// How long a client may take to send a request head, then its body.
+/// How long a client may take to send a request head (its body then has
+/// the shared `vpnnat_service::server::BODY_TIMEOUT`).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the requests in flight at shutdown may take to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -100,10 +102,6 @@ pub fn reply(status: u16, content_type: &'static str, body: impl Into<Bytes>) ->
     r
 }
 
-pub fn text(status: u16, body: impl Into<String>) -> Reply {
-    reply(status, "text/plain; charset=utf-8", body.into())
-}
-
 pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
     match serde_json::to_vec(v) {
         Ok(b) => reply(status, "application/json", b),
@@ -131,25 +129,12 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 async fn read(req: Request<Incoming>, peer: SocketAddr) -> Result<Incoming1, Reply> {
-    let (parts, body) = req.into_parts();
-    let announced = parts
-        .headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if announced.is_some_and(|n| n > MAX_REQUEST) {
-        return Err(text(413, "request body too large"));
-    }
-    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_REQUEST).collect()).await {
-        Ok(Ok(b)) => b.to_bytes().to_vec(),
-        Ok(Err(_)) => return Err(text(413, "request body too large")),
-        Err(_) => return Err(text(408, "request body not received in time")),
-    };
+    let (parts, body) = read_body(req, MAX_REQUEST).await?;
     Ok(Incoming1 {
         method: parts.method,
         path: parts.uri.path().to_string(),
         headers: parts.headers,
-        body,
+        body: body.to_vec(),
         peer,
     })
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -21,11 +21,10 @@ use tower::ServiceExt as _;
 use vpnnat_proto::keys::MacKey;
 use vpnnat_proto::{decode_response, encode_request, Command, Outgoing};
 
+pub use crate::body::{read_body, text, Body};
 pub use crate::client::auth_headers;
 use crate::client::{Client, ClientError};
 pub use crate::clock::unix_now;
-
-pub type Body = Full<Bytes>;
 
 /// A call to a gateway, a router or centerd failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -123,15 +122,6 @@ impl Route {
     }
 }
 
-/// A plain-text response.
-pub fn text(status: u16, body: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
 /// A JSON document (e.g. `/openapi.json`).
 pub fn json(body: impl Into<String>) -> Response<Body> {
     let mut r = text(200, body);
@@ -151,31 +141,6 @@ pub fn signed(out: Outgoing) -> Response<Body> {
         }
     }
     r
-}
-
-/// Reads at most `max` bytes of body within [`BODY_TIMEOUT`]; a longer one
-/// is refused with 413 (before reading it when `Content-Length` says so),
-/// a slower one with 408.
-pub async fn read_body<B>(req: Request<B>, max: usize) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (parts, body) = req.into_parts();
-    let too_large = || text(413, format!("body too large or unreadable (limit {max} bytes)"));
-    let announced = parts
-        .headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
-        return Err(too_large());
-    }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max).collect()).await {
-        Ok(Ok(c)) => Ok((parts, c.to_bytes())),
-        Ok(Err(_)) => Err(too_large()),
-        Err(_) => Err(text(408, format!("body not received within {BODY_TIMEOUT:?}"))),
-    }
 }
 
 /// Sends one authenticated command to `authority` (`host:port`) and

@@ -5,6 +5,7 @@
 //!   header time-out, drain on shutdown) that all three daemons' HTTP
 //!   servers run on; routerd links only this part (without the default
 //!   `center` feature) for its size budget.
+//! - [`body`]: a request's body, bounded in size and time (413, 408).
 //! - [`client`]: the one HTTP client (a request over a fresh connection,
 //!   bounded in time and size; a signed command with its headers).
 //! - [`clock`]: Unix seconds, as the protocol reads the clock.
@@ -26,6 +27,7 @@
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
+pub mod body;
 #[cfg(feature = "center")]
 pub mod cli;
 pub mod client;
