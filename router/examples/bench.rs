@@ -168,6 +168,9 @@ pc1 = "192.168.1.10"
             d = dir.display()
         ),
     )?;
+    // Owner-only, as routerd asks of a file with its factory secret (else
+    // it logs an error at start).
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let mut fc = FakeCenter::new("router-1", vpnnat_proto::keys::SecretId::from_hex(secret)?);
     fc.now = unix_now();
     let sim = Arc::new(CenterSim(Mutex::new(fc)));
