@@ -14,7 +14,7 @@ use axum::Router;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use ring::rand::SystemRandom;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
