@@ -28,9 +28,11 @@ progress_run "building routerd (static, firmware profile: fat LTO, minutes)" \
 	cargo build --locked --profile firmware --target "$TARGET" -p vpnnat-router --bin routerd >&2
 progress_run "building the benchmark (router/examples/bench.rs)" \
 	cargo build --locked -p vpnnat-router --features fake-center --example bench >&2
+# The tree's state before tee truncates the report (itself tracked).
+rev="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
 mkdir -p docs/bench
 {
-	echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -r), $(nproc) cores, $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
+	echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -r), $(nproc) cores, $rev"
 	echo "# routerd RSS over $ROUNDS rounds of $CYCLES grant/release cycles; growth counted after $WARMUP warm-up round(s)"
 	progress_run "benchmark: $ROUNDS rounds of $CYCLES cycles (minutes)" \
 		"$TARGET_DIR/debug/examples/bench" --cycles "$CYCLES" --rounds "$ROUNDS" --warmup "$WARMUP" \
