@@ -9,14 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/progress.sh
 . scripts/lib/progress.sh
+# shellcheck source=scripts/lib/packages.sh
+. scripts/lib/packages.sh
 SIZES=${1:-1000,10000,100000}
 SAMPLE=${2:-1000}
 [[ $(id -u) -eq 0 ]] || { echo "bench-datapath: run as root" >&2; exit 2; }
-for p in nftables iproute2; do
-	# shellcheck disable=SC2016 # $1 is bash -c's argument
-	dpkg -s "$p" >/dev/null 2>&1 || progress_run "installing $p (apt-get)" \
-		bash -c 'apt-get update -qq && apt-get install -y -qq "$1" >/dev/null' _ "$p"
-done
+need_packages nftables iproute2
 progress_run "building vpnnatctl (release)" cargo build --release --locked -p vpnnatctl --bin vpnnatctl >&2
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 ns=vpnnat-bench-$$

@@ -10,12 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/progress.sh
 . scripts/lib/progress.sh
+# shellcheck source=scripts/lib/packages.sh
+. scripts/lib/packages.sh
 [[ $(id -u) -eq 0 ]] || { echo "bench-ike: run as root" >&2; exit 2; }
-for p in strongswan-charon strongswan-swanctl; do
-	# shellcheck disable=SC2016 # $1 is bash -c's argument
-	dpkg -s "$p" >/dev/null 2>&1 || progress_run "installing $p (apt-get)" \
-		bash -c 'apt-get update -qq && apt-get install -y -qq "$1" >/dev/null' _ "$p"
-done
+need_packages strongswan-charon strongswan-swanctl
 eval "$(tests/vm/strongswan/extra.sh)"
 others=$(pgrep -c qemu-system || true)
 out=$(mktemp)

@@ -294,22 +294,6 @@ where
         .with_state(ui)
 }
 
-/// HTML-escapes text for element content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
 /// Decodes one `application/x-www-form-urlencoded` value (the decoder the
 /// router's pages use too).
 pub fn form_decode(s: &str) -> String {

@@ -3,12 +3,15 @@
 //!     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile firmware \
 //!         --target x86_64-unknown-linux-gnu -p vpnnat-router --bin routerd
 //!     cargo run -p vpnnat-router --features fake-center --example bench -- \
-//!         [--fake-datapath] [--cycles N] [--rounds N] \
+//!         [--fake-datapath] [--cycles N] [--rounds N] [--warmup N] \
 //!         target/x86_64-unknown-linux-gnu/firmware/routerd
 //!
 //! Prints the binary's size, then runs it against an in-process fake center
-//! (real HTTP on loopback) and reports its RSS when idle and after each of
-//! each round (default 2) of N grant/release cycles (maintenance request, end, release).
+//! (real HTTP on loopback) and reports its RSS when idle and after each
+//! round (default 2) of N grant/release cycles (maintenance request, end,
+//! release), then the growth after the first `--warmup` rounds (default
+//! 1): from the RSS after the last warm-up round to the RSS after the last
+//! round (`scripts/bench-router-rss.sh`: 1 + 10 rounds of 1,000).
 //! routerd logs at `info` (every cycle logs, so its in-memory log ring is
 //! full, as on a busy router) to a file that is removed afterwards.
 //! Without `--fake-datapath` it needs root: it moves itself into a new
@@ -24,9 +27,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hyper::Method;
 use vpnnat_proto::keys::SecretBytes;
-use vpnnat_router::daemon::unix_now;
 use vpnnat_router::http;
 use vpnnat_router::testing::{CenterSim, FakeCenter};
+use vpnnat_service::clock::unix_now;
 
 /// routerd, killed and reaped however the benchmark ends (an error too).
 struct Reap(std::process::Child);
@@ -53,19 +56,37 @@ fn status_kib(pid: u32, key: &str) -> Result<u64> {
 
 /// `VmRSS` and its split: anonymous (heap, stacks) and file (the binary's
 /// pages touched so far).
-fn rss_kib(pid: u32) -> Result<String> {
-    Ok(format!(
-        "{} KiB (anon {}, file {})",
-        status_kib(pid, "VmRSS:")?,
-        status_kib(pid, "RssAnon:")?,
-        status_kib(pid, "RssFile:")?
-    ))
+fn rss_kib(pid: u32) -> Result<Rss> {
+    Ok(Rss {
+        total: status_kib(pid, "VmRSS:")?,
+        anon: status_kib(pid, "RssAnon:")?,
+        file: status_kib(pid, "RssFile:")?,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} KiB (anon {}, file {})", self.total, self.anon, self.file)
+    }
+}
+
+/// `to` against `from` in percent.
+fn growth(from: u64, to: u64) -> f64 {
+    (to as f64 - from as f64) * 100.0 / from as f64
 }
 
 fn main() -> Result<()> {
     let mut fake = false;
     let mut cycles = 1000usize;
     let mut rounds = 2usize;
+    let mut warmup = 1usize;
     let mut bin = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -73,10 +94,14 @@ fn main() -> Result<()> {
             "--fake-datapath" => fake = true,
             "--cycles" => cycles = args.next().context("--cycles N")?.parse()?,
             "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
+            "--warmup" => warmup = args.next().context("--warmup N")?.parse()?,
             other => bin = Some(PathBuf::from(other)),
         }
     }
-    let bin = bin.context("usage: bench [--fake-datapath] [--cycles N] PATH/TO/routerd")?;
+    let bin = bin.context("usage: bench [--fake-datapath] [--cycles N] [--rounds N] [--warmup N] PATH/TO/routerd")?;
+    if warmup >= rounds {
+        bail!("--warmup ({warmup}) must be below --rounds ({rounds})");
+    }
     let size = std::fs::metadata(&bin)?.len();
     println!(
         "binary {}: {size} bytes ({:.2} MiB)",
@@ -106,10 +131,10 @@ fn main() -> Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(bin, fake, cycles, rounds))
+    rt.block_on(run(bin, fake, cycles, rounds, warmup))
 }
 
-async fn run(bin: PathBuf, fake: bool, cycles: usize, rounds: usize) -> Result<()> {
+async fn run(bin: PathBuf, fake: bool, cycles: usize, rounds: usize, warmup: usize) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("routerd-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -143,6 +168,9 @@ pc1 = "192.168.1.10"
             d = dir.display()
         ),
     )?;
+    // Owner-only, as routerd asks of a file with its factory secret (else
+    // it logs an error at start).
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let mut fc = FakeCenter::new("router-1", vpnnat_proto::keys::SecretId::from_hex(secret)?);
     fc.now = unix_now();
     let sim = Arc::new(CenterSim(Mutex::new(fc)));
@@ -174,7 +202,9 @@ pc1 = "192.168.1.10"
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("datapath: {}", if fake { "in-memory" } else { "kernel (own netns)" });
-    println!("RSS idle after installation: {}", rss_kib(pid)?);
+    let idle = rss_kib(pid)?;
+    println!("RSS idle after installation: {idle}");
+    let mut after = Vec::with_capacity(rounds);
     let body = br#"{"claimant_name":"Bench","claimant_level":"general","urgency":"low","phone":"123","content":"x","terminals":["pc1"]}"#;
     for round in 1..=rounds {
         let t0 = Instant::now();
@@ -204,10 +234,26 @@ pc1 = "192.168.1.10"
             }
         }
         let el = t0.elapsed();
+        let rss = rss_kib(pid)?;
+        after.push(rss);
         println!(
-            "RSS after round {round} ({cycles} grant/release cycles, {:.2} ms per cycle): {}",
+            "RSS after round {round} ({cycles} grant/release cycles, {:.2} ms per cycle): {rss}",
             el.as_secs_f64() * 1000.0 / cycles as f64,
-            rss_kib(pid)?
+        );
+    }
+    // Warm-up 0: from the idle figure.
+    let from = match warmup.checked_sub(1) {
+        Some(i) => after.get(i).copied(),
+        None => Some(idle),
+    };
+    if let (Some(from), Some(to)) = (from, after.last()) {
+        println!(
+            "RSS growth over the {} cycles after warm-up (round {warmup} -> {rounds}): {:+.1} % ({:+} KiB; anon {:+.1} %, file {:+.1} %)",
+            cycles * (rounds - warmup),
+            growth(from.total, to.total),
+            to.total as i64 - from.total as i64,
+            growth(from.anon, to.anon),
+            growth(from.file, to.file),
         );
     }
     // SAFETY: kill(2) of our own child.

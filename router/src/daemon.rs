@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 use thiserror::Error;
@@ -21,10 +21,12 @@ use vpnnat_proto::auth::{AuthHeaders, MemoryNonceStore, ReplayConfig, ReplayGuar
 use vpnnat_proto::messages::{SiteEndOutcome, TunnelRebuild};
 use vpnnat_proto::types::FailureCode;
 use vpnnat_proto::Outgoing;
+use vpnnat_service::client::ClientError;
+use vpnnat_service::clock::unix_now;
 
 use crate::config::Config;
 use crate::health::{CenterHealth, HealthSettings, HelperBoard, HelperView, Notifier, Problem};
-use crate::http::{self, Backoff, HttpError};
+use crate::http::{self, Backoff};
 use crate::ike_responder::IkeResponder;
 use crate::logic::failure_request::FailureRequest;
 use crate::logic::{self, Accepted, CenterReply, CommandError, ExchangeError, Identity, MaintenanceInput};
@@ -37,7 +39,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
     #[error("the center is unreachable: {0}")]
-    Unreachable(#[from] HttpError),
+    Unreachable(#[from] ClientError),
     #[error("cannot save the state: {0}")]
     State(#[from] StateError),
     #[error("the router is not installed yet")]
@@ -57,13 +59,6 @@ impl DaemonError {
             _ => false,
         }
     }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 struct Inner {
@@ -235,7 +230,7 @@ impl Router {
         Ok(())
     }
 
-    async fn send(&self, out: &Outgoing) -> Result<CenterReply, HttpError> {
+    async fn send(&self, out: &Outgoing) -> Result<CenterReply, ClientError> {
         let r = http::send_to_center(
             self.center_source,
             &self.cfg.center_url.authority(),

@@ -1,8 +1,9 @@
-//! HTTP plumbing on hyper 1: a one-shot client (router -> center, and the
-//! CLI -> local daemon), `serve(listener, handler, shutdown)` on the
-//! daemons' shared accept loop (`vpnnat_service::server`: connection gate,
-//! header time-out, drain on shutdown), and the small helpers the pages
-//! need (form decoding, HTML escaping, exponential back-off).
+//! HTTP plumbing on hyper 1: routerd's uses of the daemons' shared client
+//! (`vpnnat_service::client`: router -> center, and the CLI -> local
+//! daemon), `serve(listener, handler, shutdown)` on their shared accept
+//! loop (`vpnnat_service::server`: connection gate, header time-out, drain
+//! on shutdown), and the small helpers the pages need (form decoding,
+//! exponential back-off; HTML escaping is `vpnnat_service::escape`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,16 +11,17 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use thiserror::Error;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpListener;
 use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::Outgoing;
+use vpnnat_service::body::read_body;
+pub use vpnnat_service::body::text;
+use vpnnat_service::client::{self, Client, ClientError};
 use vpnnat_service::server::Limits;
 
 use crate::logic::CenterReply;
@@ -33,27 +35,14 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// handful of users; the center reaches the router from one address).
 pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_PER_SOURCE: usize = 16;
-/// How long a client may take to send a request head, then its body.
+/// How long a client may take to send a request head (its body then has
+/// the shared `vpnnat_service::server::BODY_TIMEOUT`).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the requests in flight at shutdown may take to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Error)]
-pub enum HttpError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{addr} did not answer within {secs}s")]
-    Timeout { addr: String, secs: u64 },
-    #[error("HTTP exchange with {addr} failed: {detail}")]
-    Protocol { addr: String, detail: String },
-}
-
-/// One POST (or GET when `body` is `None`) over a fresh connection.
+/// One POST (or GET when `body` is `None`) over a fresh connection,
+/// reading at most [`MAX_RESPONSE`] of answer.
 pub async fn request(
     authority: &str,
     method: Method,
@@ -61,91 +50,21 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
     timeout: Duration,
-) -> Result<(u16, hyper::HeaderMap, Vec<u8>), HttpError> {
-    request_from(None, authority, method, path, headers, body, timeout).await
-}
-
-/// A connection to `authority` from `source` (`None`: the kernel picks the
-/// address, as on a router with one WAN address).
-async fn connect_from(source: Option<Ipv4Addr>, authority: &str) -> std::io::Result<TcpStream> {
-    let Some(source) = source else {
-        return TcpStream::connect(authority).await;
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), ClientError> {
+    let client = Client {
+        source: None,
+        max_answer: MAX_RESPONSE,
+        timeout,
     };
-    let mut last = None;
-    for addr in tokio::net::lookup_host(authority).await? {
-        if !addr.is_ipv4() {
-            continue;
-        }
-        let sock = TcpSocket::new_v4()?;
-        sock.bind(SocketAddr::from((source, 0)))?;
-        match sock.connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no IPv4 address")))
-}
-
-/// [`request`] from the local address `source` (`None`: any).
-pub async fn request_from(
-    source: Option<Ipv4Addr>,
-    authority: &str,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<Vec<u8>>,
-    timeout: Duration,
-) -> Result<(u16, hyper::HeaderMap, Vec<u8>), HttpError> {
-    let exchange = async {
-        let stream = connect_from(source, authority)
-            .await
-            .map_err(|source| HttpError::Connect {
-                addr: authority.to_string(),
-                source,
-            })?;
-        let proto = |e: &dyn std::fmt::Display| HttpError::Protocol {
-            addr: authority.to_string(),
-            detail: e.to_string(),
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| proto(&e))?;
-        // The connection task ends when the exchange is over (we drop the
-        // sender); its errors surface through send_request.
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut b = Request::builder().method(method).uri(path).header(HOST, authority);
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-            b = b.header(CONTENT_TYPE, "application/json");
-        }
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| proto(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| proto(&e))?;
-        let status = resp.status().as_u16();
-        let (parts, body) = resp.into_parts();
-        let bytes = Limited::new(body, MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| proto(&e))?
-            .to_bytes();
-        Ok((status, parts.headers, bytes.to_vec()))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| HttpError::Timeout {
-            addr: authority.to_string(),
-            secs: timeout.as_secs(),
-        })?
+    let a = client
+        .request(authority, method, path, headers, Bytes::from(body.unwrap_or_default()))
+        .await?;
+    Ok((a.status, a.headers, a.body.to_vec()))
 }
 
 /// The four authentication headers of a response or request, if present.
 pub fn auth_headers(h: &hyper::HeaderMap) -> Option<AuthHeaders> {
-    AuthHeaders::from_lookup(|name| h.get(name).and_then(|v| v.to_str().ok())).ok()
+    client::auth_headers(h).ok()
 }
 
 /// Sends a signed command to the center, from the local address `source`
@@ -156,22 +75,19 @@ pub async fn send_to_center(
     prefix: &str,
     out: &Outgoing,
     timeout: Duration,
-) -> Result<CenterReply, HttpError> {
-    let path = format!("{prefix}{}", out.path);
-    let (status, headers, body) = request_from(
+) -> Result<CenterReply, ClientError> {
+    let client = Client {
         source,
-        authority,
-        Method::POST,
-        &path,
-        &out.headers.pairs(),
-        Some(out.body.clone()),
+        max_answer: MAX_RESPONSE,
         timeout,
-    )
-    .await?;
+    };
+    let a = client
+        .send(authority, &format!("{prefix}{}", out.path), out, &[])
+        .await?;
     Ok(CenterReply {
-        status,
-        headers: auth_headers(&headers),
-        body,
+        status: a.status,
+        headers: auth_headers(&a.headers),
+        body: a.body.to_vec(),
     })
 }
 
@@ -184,10 +100,6 @@ pub fn reply(status: u16, content_type: &'static str, body: impl Into<Bytes>) ->
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
-}
-
-pub fn text(status: u16, body: impl Into<String>) -> Reply {
-    reply(status, "text/plain; charset=utf-8", body.into())
 }
 
 pub fn json(status: u16, v: &impl serde::Serialize) -> Reply {
@@ -217,25 +129,12 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 async fn read(req: Request<Incoming>, peer: SocketAddr) -> Result<Incoming1, Reply> {
-    let (parts, body) = req.into_parts();
-    let announced = parts
-        .headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if announced.is_some_and(|n| n > MAX_REQUEST) {
-        return Err(text(413, "request body too large"));
-    }
-    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_REQUEST).collect()).await {
-        Ok(Ok(b)) => b.to_bytes().to_vec(),
-        Ok(Err(_)) => return Err(text(413, "request body too large")),
-        Err(_) => return Err(text(408, "request body not received in time")),
-    };
+    let (parts, body) = read_body(req, MAX_REQUEST).await?;
     Ok(Incoming1 {
         method: parts.method,
         path: parts.uri.path().to_string(),
         headers: parts.headers,
-        body,
+        body: body.to_vec(),
         peer,
     })
 }
@@ -277,22 +176,6 @@ pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
     vpnnat_proto::form::pairs(body)
 }
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Exponential back-off: `initial`, doubling, capped at `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -317,6 +200,8 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use tokio::net::TcpStream;
+
     use super::*;
 
     #[test]
@@ -328,44 +213,6 @@ mod tests {
         assert_eq!(f[3].1, "a&b=あ");
         assert_eq!(f[4].1, "%zz");
         assert_eq!(f[5].1, "");
-    }
-
-    #[test]
-    fn escaping() {
-        assert_eq!(
-            escape("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-    }
-
-    /// The center knows a router by the address it connects from: with a
-    /// source set, the connection leaves from it (and not from another
-    /// local address of the same namespace).
-    #[tokio::test]
-    async fn the_client_connects_from_the_given_source() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let mut peers = Vec::new();
-            for _ in 0..2 {
-                let (mut s, peer) = l.accept().await.unwrap();
-                peers.push(peer.ip());
-                let mut buf = [0u8; 1024];
-                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                tokio::io::AsyncWriteExt::write_all(&mut s, ok).await.unwrap();
-            }
-            peers
-        });
-        let t = Duration::from_secs(5);
-        let source = Ipv4Addr::new(127, 0, 0, 7);
-        let (status, _, _) = request_from(Some(source), &addr, Method::GET, "/", &[], None, t)
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
-        request_from(None, &addr, Method::GET, "/", &[], None, t).await.unwrap();
-        let peers = server.await.unwrap();
-        assert_eq!(peers, [std::net::IpAddr::V4(source), "127.0.0.1".parse().unwrap()]);
     }
 
     /// Answers "done for <peer ip>" once released, after saying it started.

@@ -18,13 +18,15 @@ use vpnnat_router::config::Config;
 use vpnnat_router::daemon::{self, Parts, Router};
 use vpnnat_router::driver_responder::IkeDriverResponder;
 use vpnnat_router::health::HealthSettings;
-use vpnnat_router::http::{self, HttpError};
+use vpnnat_router::http;
 use vpnnat_router::ike_responder::{IkeResponder, StaticResponder};
 use vpnnat_router::resolve::{parse_leases, Resolver};
 use vpnnat_router::state::StateStore;
 use vpnnat_router::view::{self, StatusView};
 use vpnnat_router::web::{ApiAccepted, ApiError, ApiRequest};
 use vpnnat_router::{init, resolve};
+use vpnnat_service::client::ClientError;
+use vpnnat_service::clock::unix_now;
 
 /// An error with the exit code it maps to.
 struct Fail(u8, anyhow::Error);
@@ -104,7 +106,7 @@ fn dispatch(cli: Cli, pid1: bool) -> Result<(), Fail> {
             let r = Resolver {
                 statics: &cfg.hosts,
                 leases,
-                now: daemon::unix_now(),
+                now: unix_now(),
                 dns: resolve::NoDns,
                 lan: &cfg.lan,
             };
@@ -190,7 +192,7 @@ fn call_daemon(cli: &Cli, addr: SocketAddr, path: &str, body: Option<Vec<u8>>) -
     ));
     let (status, _, body) = match res {
         Ok(r) => r,
-        Err(e @ HttpError::Connect { .. }) => {
+        Err(e @ ClientError::Connect { .. }) => {
             return Err(Fail(
                 EXIT_NO_DAEMON,
                 anyhow::Error::new(e).context("is routerd running?"),

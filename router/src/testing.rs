@@ -3,7 +3,14 @@
 //! answers with sealed, MAC'd responses. Test support only (also behind
 //! the `fake-center` feature for the benchmark), hence the panicking helpers.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::net::Ipv4Addr;
 

@@ -37,10 +37,12 @@ use serde::{Deserialize, Serialize};
 use vpnnat_proto::messages::SiteEndOutcome;
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::{ClaimantName, Phone, RequestContent, TerminalName};
+use vpnnat_service::clock::unix_now;
+use vpnnat_service::escape::html as escape;
 
 use crate::config::{parse_level, parse_urgency};
 use crate::daemon::{DaemonError, Router, SiteEnd};
-use crate::http::{self, escape, html, json, parse_form, text, Handler, Incoming1, Reply};
+use crate::http::{self, html, json, parse_form, text, Handler, Incoming1, Reply};
 use crate::lan_host::{is_router_itself, AllowedHosts};
 use crate::logic::{Accepted, MaintenanceInput};
 
@@ -519,7 +521,7 @@ impl CenterPort {
             .and_then(|v| v.to_str().ok())
             .and_then(basic_password)
             .map(zeroize::Zeroizing::new);
-        let now = crate::daemon::unix_now();
+        let now = unix_now();
         let peer = req.peer.ip();
         // Counted when admitted, before the password is compared: guesses
         // in flight together cannot slip past the limit, and a braked

@@ -19,8 +19,9 @@ use hyper::HeaderMap;
 use vpnnat_center::api::{router_ip, ApiSettings};
 use vpnnat_center::config::CenterdConfig;
 use vpnnat_center::dns::{respond, Lookup, Transport, Zone, ZoneName};
-use vpnnat_center::ui::{audit_filter, esc, form_decode, form_field, session_cookie, url_encode};
+use vpnnat_center::ui::{audit_filter, form_decode, form_field, session_cookie, url_encode};
 use vpnnat_gatewayd::config::GatewaydConfig;
+use vpnnat_service::escape::html as esc;
 
 /// centerd's DNS server on arbitrary messages, as a UDP datagram and as
 /// a TCP message: decoding and answering must never panic, and every
@@ -87,7 +88,8 @@ fn form_decode_bytes(s: &[u8]) -> String {
 /// 0 the login form body (`password=`), 1 `Cookie` headers (split on
 /// '\n'), 2 the audit page's query string, 3 `X-Forwarded-For` from a
 /// trusted proxy and from another peer, 4 text through the HTML escaper
-/// and the redirect's URL encoder.
+/// (routerd's pages', `vpnnat_service::escape`; the UI's are maud
+/// templates) and the redirect's URL encoder.
 pub fn ui_input(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {
         return;

@@ -2,27 +2,29 @@
 //! [`Router`] on the shared accept loop [`crate::server::serve`] (per-source
 //! connection gate, header time-out, drain on a shutdown future: the
 //! mini-redis `run(listener, shutdown)` shape, so tests drive servers on
-//! ephemeral ports); body and header extraction; and an authenticated
-//! client for one protocol command.
+//! ephemeral ports); body and header extraction; and [`call`]: one
+//! protocol command through the shared [`crate::client`], signed, its
+//! answer verified.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response};
 use ring::rand::SystemRandom;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower::ServiceExt as _;
-use vpnnat_proto::auth::AuthHeaders;
 use vpnnat_proto::keys::MacKey;
-use vpnnat_proto::{decode_response, encode_request, Command, Outgoing, ProtoError};
+use vpnnat_proto::{decode_response, encode_request, Command, Outgoing};
 
-pub type Body = Full<Bytes>;
+pub use crate::body::{read_body, text, Body};
+pub use crate::client::auth_headers;
+use crate::client::{Client, ClientError};
+pub use crate::clock::unix_now;
 
 /// A call to a gateway, a router or centerd failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -35,15 +37,6 @@ pub enum CommandError {
     BadAnswer { target: String, reason: String },
     #[error("{target} is not configured")]
     Unknown { target: String },
-}
-
-/// Unix time in seconds (0 if the clock is before 1970, which then fails
-/// every freshness check rather than panicking).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub use crate::server::{Limits, BODY_TIMEOUT, DRAIN_TIMEOUT, HEADER_TIMEOUT};
@@ -129,15 +122,6 @@ impl Route {
     }
 }
 
-/// A plain-text response.
-pub fn text(status: u16, body: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
 /// A JSON document (e.g. `/openapi.json`).
 pub fn json(body: impl Into<String>) -> Response<Body> {
     let mut r = text(200, body);
@@ -157,36 +141,6 @@ pub fn signed(out: Outgoing) -> Response<Body> {
         }
     }
     r
-}
-
-/// Reads at most `max` bytes of body within [`BODY_TIMEOUT`]; a longer one
-/// is refused with 413 (before reading it when `Content-Length` says so),
-/// a slower one with 408.
-pub async fn read_body<B>(req: Request<B>, max: usize) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (parts, body) = req.into_parts();
-    let too_large = || text(413, format!("body too large or unreadable (limit {max} bytes)"));
-    let announced = parts
-        .headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
-        return Err(too_large());
-    }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max).collect()).await {
-        Ok(Ok(c)) => Ok((parts, c.to_bytes())),
-        Ok(Err(_)) => Err(too_large()),
-        Err(_) => Err(text(408, format!("body not received within {BODY_TIMEOUT:?}"))),
-    }
-}
-
-/// The four authentication headers of a request.
-pub fn auth_headers(headers: &hyper::HeaderMap) -> Result<AuthHeaders, ProtoError> {
-    AuthHeaders::from_lookup(|n| headers.get(n).and_then(|v| v.to_str().ok()))
 }
 
 /// Sends one authenticated command to `authority` (`host:port`) and
@@ -214,48 +168,27 @@ pub async fn call_with<C: Command>(
     extra_headers: &[(&str, &str)],
 ) -> Result<C::Response, CommandError> {
     let target = || authority.to_owned();
-    let unreachable = |reason: String| CommandError::Unreachable {
-        target: target(),
-        reason,
-    };
     let out = encode_request(command, principal, key, unix_now(), rng).map_err(|e| CommandError::BadAnswer {
         target: target(),
         reason: format!("cannot encode: {e}"),
     })?;
-    let work = async {
-        let stream = TcpStream::connect(authority)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("client connection: {e}");
-            }
-        });
-        let mut req = Request::post(out.path)
-            .header(HOST, authority)
-            .header(CONTENT_TYPE, "application/json");
-        for (n, v) in out.headers.pairs().into_iter().chain(extra_headers.iter().copied()) {
-            req = req.header(n, v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(out.body.clone())))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = Limited::new(resp.into_body(), C::MAX_RESPONSE_BODY)
-            .collect()
-            .await
-            .map_err(|e| unreachable(format!("reading answer: {e}")))?
-            .to_bytes();
-        Ok::<_, CommandError>((status, headers, body))
+    let client = Client {
+        source: None,
+        max_answer: C::MAX_RESPONSE_BODY,
+        timeout,
     };
-    let (status, headers, body) = tokio::time::timeout(timeout, work)
+    let answer = client
+        .send(authority, out.path, &out, extra_headers)
         .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
+        .map_err(|e| CommandError::Unreachable {
+            target: target(),
+            reason: match e {
+                ClientError::Connect { source, .. } => source.to_string(),
+                ClientError::Timeout { .. } => format!("no answer within {timeout:?}"),
+                ClientError::Protocol { detail, .. } => detail,
+            },
+        })?;
+    let (status, headers, body) = (answer.status, answer.headers, answer.body);
     if status != 200 {
         return Err(CommandError::Refused {
             target: target(),
@@ -278,6 +211,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::routing::get;
+    use tokio::net::TcpStream;
     use tokio::sync::{oneshot, Notify};
 
     use axum::Extension;

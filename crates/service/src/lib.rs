@@ -5,10 +5,16 @@
 //!   header time-out, drain on shutdown) that all three daemons' HTTP
 //!   servers run on; routerd links only this part (without the default
 //!   `center` feature) for its size budget.
+//! - [`body`]: a request's body, bounded in size and time (413, 408).
+//! - [`client`]: the one HTTP client (a request over a fresh connection,
+//!   bounded in time and size; a signed command with its headers).
+//! - [`clock`]: Unix seconds, as the protocol reads the clock.
+//! - [`escape`]: HTML escaping for routerd's `format!` pages.
 //!
 //! With the `center` feature (default), what centerd and gatewayd share:
 //! - [`http`]: axum on the accept loop, body and header extraction, and
-//!   the authenticated client for one command.
+//!   [`http::call`]: one command through [`client`], signed and its
+//!   answer verified.
 //! - [`metrics`]: Prometheus text exposition and its strict parser.
 //! - [`logging`]: the `[log]` section and the logger both daemons install.
 //! - [`config`]: configuration errors, TOML error text, HTTP endpoints.
@@ -21,9 +27,13 @@
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
+pub mod body;
 #[cfg(feature = "center")]
 pub mod cli;
+pub mod client;
+pub mod clock;
 pub mod config;
+pub mod escape;
 #[cfg(feature = "center")]
 pub mod http;
 pub mod logging;

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use vpnnat_testkit::webdriver::{Browser, BrowserOptions, WebDriverError};
 
 use super::shell::{config, start_center, tmpdir, Running};
-use crate::daemon::unix_now;
+use vpnnat_service::clock::unix_now;
 
 const T: Duration = Duration::from_secs(15);
 

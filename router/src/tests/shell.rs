@@ -16,7 +16,7 @@ use vpnnat_proto::{decode_response, Outgoing};
 
 use crate::config::tests::SECRET_HEX;
 use crate::config::Config;
-use crate::daemon::{serve, unix_now, Parts, Router};
+use crate::daemon::{serve, Parts, Router};
 use crate::health::HealthSettings;
 use crate::http::{self, auth_headers};
 use crate::ike_responder::StaticResponder;
@@ -24,6 +24,7 @@ use crate::state::RequestState;
 use crate::testing::{CenterSim, FakeCenter};
 use crate::view::StatusView;
 use crate::web::{ApiAccepted, ApiError, ApiRequest};
+use vpnnat_service::clock::unix_now;
 
 pub(crate) fn config(center: std::net::SocketAddr, dir: &std::path::Path) -> Arc<Config> {
     Arc::new(Config::parse(&config_text(center, dir), std::path::Path::new("test.toml")).unwrap())

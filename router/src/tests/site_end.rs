@@ -12,11 +12,11 @@ use vpnnat_proto::keys::SecretBytes;
 use vpnnat_proto::messages::ReleaseCommand;
 
 use super::shell::{api_request, config, tmpdir, Running};
-use crate::daemon::unix_now;
 use crate::http::{self, auth_headers};
 use crate::state::RequestState;
 use crate::testing::{CenterSim, FakeCenter};
 use crate::web::{ApiEnd, ApiEnded, ApiError};
+use vpnnat_service::clock::unix_now;
 
 /// The fake center on `listener` until `stop` fires.
 fn serve_center(sim: Arc<CenterSim>, listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
