@@ -983,24 +983,22 @@ impl Router {
             if unsent {
                 self.send_unsent_ends().await;
             }
-            // Requests the center ended while its commands could not reach
-            // us (issue 19, item 1).
-            if let Err(e) = self.sync_request_states().await {
-                log::warn!("request states not synced with the center: {e}");
-            }
             let problems = self.problems().await;
             let now = Instant::now();
-            let Some(p) = notifier.due(&problems, now, &self.health) else {
-                continue;
-            };
-            if self.inner.lock().await.state.installation.is_none() {
-                // No Secret(ID2) yet: nothing to sign a notice with.
-                continue;
+            // No Secret(ID2) before installation: nothing to sign a notice with.
+            let installed = self.inner.lock().await.state.installation.is_some();
+            if let Some(p) = notifier.due(&problems, now, &self.health).filter(|_| installed) {
+                notifier.attempted(now);
+                match self.report_failure(p).await {
+                    Ok(()) => notifier.sent(&p.key, now),
+                    Err(e) => log::warn!("failure notice ({}) not sent: {e}", p.key),
+                }
             }
-            notifier.attempted(now);
-            match self.report_failure(p).await {
-                Ok(()) => notifier.sent(&p.key, now),
-                Err(e) => log::warn!("failure notice ({}) not sent: {e}", p.key),
+            // Requests the center ended while its commands could not reach
+            // us (issue 19, item 1). After the notice: an answered exchange
+            // clears the "center unreachable" condition that notice reports.
+            if let Err(e) = self.sync_request_states().await {
+                log::warn!("request states not synced with the center: {e}");
             }
         }
     }
