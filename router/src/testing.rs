@@ -57,6 +57,10 @@ pub struct FakeCenter {
     /// Site ends received (issue 19, item 7), in order; a number it never
     /// gave out is refused (403) as another router's.
     pub site_ends: Vec<u64>,
+    /// The server-part and router-part addresses of the last installation
+    /// answer: a request naming the router's own parts is granted these,
+    /// as centerd does (the pool row of the name is reused).
+    pub own_parts: Option<(UnicastAddr, UnicastAddr)>,
 }
 
 impl FakeCenter {
@@ -80,6 +84,7 @@ impl FakeCenter {
             source: None,
             grant_lifetime_secs: None,
             site_ends: Vec::new(),
+            own_parts: None,
         }
     }
 
@@ -154,6 +159,7 @@ impl FakeCenter {
                 Ok(v) => {
                     let server = self.vpnnat();
                     let router = self.vpnnat();
+                    self.own_parts = Some((server, router));
                     let secrets = InstallSecrets::new(
                         Psk::from_array([0x33; 32]),
                         self.secret_id2.clone(),
@@ -230,7 +236,11 @@ impl FakeCenter {
                     let mut names: Vec<TerminalName> = details.terminal_names.iter().cloned().collect();
                     names.extend(self.grant_extra.clone());
                     for n in names {
-                        let vpnnat_addr = self.vpnnat();
+                        let vpnnat_addr = match (n.as_str(), self.own_parts) {
+                            (vpnnat_proto::types::SERVER_PART_NAME, Some((s, _))) => s,
+                            (vpnnat_proto::types::ROUTER_PART_NAME, Some((_, r))) => r,
+                            _ => self.vpnnat(),
+                        };
                         grants.push(Grant {
                             terminal_name: n,
                             vpnnat_addr,

@@ -4,5 +4,6 @@
 mod browser;
 mod grant_limits;
 mod lan_security;
+mod router_itself;
 mod shell;
 mod site_end;
