@@ -414,7 +414,10 @@ impl Config {
                 return Err(bad(&key, "an IP address is not an extension terminal name".into()));
             }
             if vpnnat_proto::types::is_router_own_part(name) {
-                return Err(bad(&key, "this name is the router's own part's, not a LAN host's".into()));
+                return Err(bad(
+                    &key,
+                    "this name is the router's own part's, not a LAN host's".into(),
+                ));
             }
             hosts.insert(n, ip);
         }

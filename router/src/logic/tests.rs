@@ -382,7 +382,11 @@ fn the_router_itself_is_granted_its_installation_addresses_and_keeps_them() {
         ]
     );
     assert!(w.state.hosts.is_empty(), "no host row for the router itself");
-    assert_eq!(mappings(&w.id, &w.state), before, "no NAT row beyond the installation's");
+    assert_eq!(
+        mappings(&w.id, &w.state),
+        before,
+        "no NAT row beyond the installation's"
+    );
     let n1 = acc.acceptance_number.get();
     assert_eq!(w.state.requests[&n1].state, RequestState::Waiting);
     // Beside a LAN host in one request.

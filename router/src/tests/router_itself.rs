@@ -55,11 +55,8 @@ async fn the_router_itself_is_requested_by_name_and_its_mappings_outlive_the_end
         .await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     let acc: ApiAccepted = serde_json::from_slice(&b).unwrap();
-    let granted: Vec<(&str, Ipv4Addr, Ipv4Addr)> = acc
-        .grants
-        .iter()
-        .map(|g| (g.name.as_str(), g.real, g.vpnnat))
-        .collect();
+    let granted: Vec<(&str, Ipv4Addr, Ipv4Addr)> =
+        acc.grants.iter().map(|g| (g.name.as_str(), g.real, g.vpnnat)).collect();
     assert_eq!(
         granted,
         [
@@ -70,7 +67,9 @@ async fn the_router_itself_is_requested_by_name_and_its_mappings_outlive_the_end
     assert_eq!(rt.mappings().await, 2, "no NAT row beyond the installation's");
     assert!(rt.router.state().await.hosts.is_empty());
     // The request for the router itself beside one for a LAN host.
-    let (s, b) = rt.post("/api/request", api_request(&["server-part", "pc1"]), None).await;
+    let (s, b) = rt
+        .post("/api/request", api_request(&["server-part", "pc1"]), None)
+        .await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     assert_eq!(rt.mappings().await, 3);
 
@@ -84,7 +83,11 @@ async fn the_router_itself_is_requested_by_name_and_its_mappings_outlive_the_end
 
     // The site owner ends the other one: pc1 goes, the router's parts stay.
     let (s, b) = rt
-        .post("/api/end", serde_json::to_vec(&crate::web::ApiEnd { acceptance_number: 102 }).unwrap(), None)
+        .post(
+            "/api/end",
+            serde_json::to_vec(&crate::web::ApiEnd { acceptance_number: 102 }).unwrap(),
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     assert_eq!(rt.mappings().await, 2);

@@ -562,9 +562,10 @@ async fn without_button_a_failure_asks_with_the_default_preset_for_the_router_it
     let start = std::time::Instant::now();
     let line = loop {
         let log = crate::logring::global().snapshot();
-        if let Some(l) = log.iter().find(|l| {
-            l.contains("maintenance request (default preset)") && l.contains("after the datapath failure")
-        }) {
+        if let Some(l) = log
+            .iter()
+            .find(|l| l.contains("maintenance request (default preset)") && l.contains("after the datapath failure"))
+        {
             break l.clone();
         }
         assert!(start.elapsed() < Duration::from_secs(10), "{log:#?}");
