@@ -1205,9 +1205,10 @@ async fn end_never_releases_the_routers_own_parts() {
     assert_eq!(
         o.own_kept,
         vec![
-            (SERVER_PART_NAME.to_string(), s.server_part_vpnnat().get()),
             (ROUTER_PART_NAME.to_string(), s.router_part_vpnnat().get()),
-        ]
+            (SERVER_PART_NAME.to_string(), s.server_part_vpnnat().get()),
+        ],
+        "by name"
     );
     let keep = c
         .store()
