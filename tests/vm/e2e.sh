@@ -613,8 +613,8 @@ check "the operator sees the failure (UI data)" sh -c \
 check "the failure leads to a maintenance request with the preset data" wait_for "$E2E_WAIT" preset_request
 # (issue 19, item 2: a failure of the router asks for the router itself,
 # not for the preset's LAN host)
-check "the failure's request names the router itself: [server-part, router-part]" sh -c \
-	"ip netns exec r1 routerd --config $W/r1/routerd.toml status | grep -E '^request .*waiting' | grep -qF '[server-part, router-part]'"
+failure_self() { ROUTERD 1 status | grep -E '^request .*waiting' | grep -qF '[server-part, router-part]'; }
+check "the failure's request names the router itself: [server-part, router-part]" wait_for "$E2E_WAIT" failure_self
 # repair: with the broken table gone, routerd's reconcile rebuilds it
 nsx r1 nft delete table ip vpnnat
 reach_self() { maint_api "$SP1" "operator:$(maint_password_of "$(tid 1)")" "$(tid 1)" >/dev/null; }
