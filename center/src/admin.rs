@@ -279,9 +279,10 @@ pub async fn end_request(cfg: CenterdConfig, n: u64) -> Result<Report, AdminErro
     let o = center.end_by(n, unix_now(), &cli_actor()).await?;
     Report::new(&o, || {
         format!(
-            "request {n} ended: released {:?}, kept {:?}, VPN ended: {}{}",
+            "request {n} ended: released {:?}, kept {:?}, router's own parts kept {:?}, VPN ended: {}{}",
             o.released,
             o.kept,
+            o.own_kept,
             o.vpn_ended,
             if o.warnings.is_empty() {
                 String::new()

@@ -37,12 +37,15 @@ Commands:
                   --name NAME --phone PHONE --content TEXT TERMINAL...
                   [--level general|administrator] [--urgency low|normal|high|emergency]
                   [--daemon ADDR]
+                TERMINAL: a LAN host's name, or the router itself: server-part
+                (its pages and center port) and router-part (its router part)
   button        Press the button: the preset maintenance request of [button]
                   [--daemon ADDR]
   end           End maintenance request N of this router (the site owner's end,
                 through the running daemon): end N [--daemon ADDR]
   install       Send the installation notice now [--daemon ADDR]
-  hosts         Show the host table: known hosts and their VPNNAT grants
+  hosts         Show the host table: known hosts (and the router's own two
+                parts) and their VPNNAT grants
   status        Show installation, gateway, grants and requests
   check-config  Check the configuration file and exit
 

@@ -420,6 +420,12 @@ impl Config {
             if crate::resolve::is_ip_literal(name) {
                 return Err(bad(&key, "an IP address is not an extension terminal name".into()));
             }
+            if vpnnat_proto::types::is_router_own_part(name) {
+                return Err(bad(
+                    &key,
+                    "this name is the router's own part's, not a LAN host's".into(),
+                ));
+            }
             hosts.insert(n, ip);
         }
         let button = match &raw.button {
@@ -748,6 +754,7 @@ command = ["/usr/sbin/dnsmasq", "-k"]
             ("\"192.168.1.20\"", "\"192.168.1.255\"", "hosts.printer"),
             ("\"192.168.1.20\"", "\"192.168.1.1\"", "hosts.printer"),
             ("printer = ", "\"10.0.0.7\" = ", "hosts.10.0.0.7"),
+            ("printer = ", "server-part = ", "hosts.server-part"),
             ("state_dir = ", "modules = [\"x/y\"]\nstate_dir = ", "modules[0]"),
         ];
         for (from, to, key) in cases {

@@ -390,12 +390,17 @@ impl Router {
                 } else {
                     "default"
                 };
-                if let Err(e) = self.maintenance(input).await {
-                    log::error!(
+                match self.maintenance(input).await {
+                    Ok(acc) => log::info!(
+                        "{} maintenance request ({preset} preset) for the router itself after the {} failure",
+                        vpnnat_log::kv(&self.id.terminal_id, Some(acc.acceptance_number.get())),
+                        failure.key
+                    ),
+                    Err(e) => log::error!(
                         "terminal={} maintenance request ({preset} preset) after the {} failure: {e}",
                         self.id.terminal_id,
                         failure.key
-                    );
+                    ),
                 }
             }
             Err(e) => log::error!(
@@ -546,6 +551,7 @@ impl Router {
             now: unix_now(),
             dns: NoDns,
             lan: &self.cfg.lan,
+            router_part: self.cfg.router_part_address,
         }
     }
 
@@ -860,6 +866,7 @@ fn resolver_for(cfg: &Config) -> Resolver<'_, Option<SystemDns>> {
         now: unix_now(),
         dns: cfg.dns.then_some(SystemDns),
         lan: &cfg.lan,
+        router_part: cfg.router_part_address,
     }
 }
 

@@ -544,6 +544,21 @@ pub fn finish_maintenance<D: DnsLookup>(
     for g in grants.as_slice() {
         let (real, _) = resolver.resolve(&g.terminal_name)?;
         let vpnnat = g.vpnnat_addr.get();
+        // The router itself (issue 19, item 2; [0078], [0228]): its parts
+        // are mapped since the installation, under the addresses it
+        // granted. The request adds no address and no NAT row, so nothing
+        // of it is released at its end (the center's judgment 2); an
+        // answer with another address for them is a center in error.
+        if let Some(installed) = own_part_vpnnat(inst, g.terminal_name.as_str()) {
+            if vpnnat != installed {
+                return Err(ExchangeError::GrantMismatch(format!(
+                    "{} was granted {vpnnat}, but its installation address is {installed}",
+                    g.terminal_name
+                )));
+            }
+            out.push((g.terminal_name.clone(), real, vpnnat));
+            continue;
+        }
         if own.contains(&vpnnat) || own_real.contains(&real) {
             return Err(ExchangeError::GrantMismatch(format!(
                 "{} collides with the router's own addresses",
@@ -596,6 +611,17 @@ pub fn finish_maintenance<D: DnsLookup>(
             ends_at: resp.ends_at,
         },
     ))
+}
+
+/// The installation's VPNNAT address of the router's own part `name`
+/// ([`vpnnat_proto::types::SERVER_PART_NAME`] or `ROUTER_PART_NAME`), or
+/// None for any other name.
+pub fn own_part_vpnnat(inst: &Installation, name: &str) -> Option<Ipv4Addr> {
+    match name {
+        vpnnat_proto::types::SERVER_PART_NAME => Some(inst.server_part_vpnnat),
+        vpnnat_proto::types::ROUTER_PART_NAME => Some(inst.router_part_vpnnat),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------

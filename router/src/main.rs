@@ -109,6 +109,7 @@ fn dispatch(cli: Cli, pid1: bool) -> Result<(), Fail> {
                 now: unix_now(),
                 dns: resolve::NoDns,
                 lan: &cfg.lan,
+                router_part: cfg.router_part_address,
             };
             let hosts = view::hosts(&r.known(), &state);
             print_view(cli.json, &hosts, &view::hosts_text(&hosts))

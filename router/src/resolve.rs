@@ -6,12 +6,21 @@
 //! (issue 18, item 8). A name that is an IP literal (`192.168.1.255`, or
 //! any form `inet_aton` reads as one) is not a terminal name: the system
 //! resolver would hand the literal straight back.
+//!
+//! The router itself is a maintenance target too (PROTOCOL.md, [0078]
+//! and [0096]; issue 19, item 2): the two names [`SERVER_PART_NAME`]
+//! (`server-part`: the router's LAN address, where its LAN page and the
+//! center's commands are served) and [`ROUTER_PART_NAME`] (`router-part`:
+//! the router part's address) resolve to the router's own parts before any
+//! other source is asked, so no LAN host can take them. Their VPNNAT
+//! addresses are the ones the installation granted; a request for them
+//! adds no address and no NAT row ([`crate::logic::finish_maintenance`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use thiserror::Error;
-use vpnnat_proto::types::TerminalName;
+use vpnnat_proto::types::{TerminalName, ROUTER_PART_NAME, SERVER_PART_NAME};
 
 use crate::config::Interface;
 
@@ -21,6 +30,8 @@ pub enum Source {
     Static,
     Lease,
     Dns,
+    /// One of the router's own parts.
+    Router,
 }
 
 impl Source {
@@ -29,6 +40,7 @@ impl Source {
             Source::Static => "static",
             Source::Lease => "dhcp",
             Source::Dns => "dns",
+            Source::Router => "router",
         }
     }
 }
@@ -71,6 +83,16 @@ pub fn not_a_device(lan: &Interface, ip: Ipv4Addr) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// What the LAN page says of the router's own part `name` (None: not
+/// one of them).
+pub fn own_part_label(name: &str) -> Option<&'static str> {
+    match name {
+        SERVER_PART_NAME => Some("this router: its server part (pages, center commands)"),
+        ROUTER_PART_NAME => Some("this router: its router part (IPsec, VPNNAT)"),
+        _ => None,
+    }
 }
 
 /// Whether `name` reads as an IPv4 address to `inet_aton` (and so to the
@@ -163,10 +185,15 @@ pub struct Resolver<'a, D: DnsLookup> {
     pub now: u64,
     pub dns: D,
     pub lan: &'a Interface,
+    /// The router part's real address (`router_part_address`).
+    pub router_part: Ipv4Addr,
 }
 
 impl<D: DnsLookup> Resolver<'_, D> {
     pub fn resolve(&self, name: &TerminalName) -> Result<(Ipv4Addr, Source), ResolveError> {
+        if let Some(ip) = self.own_part(name.as_str()) {
+            return Ok((ip, Source::Router));
+        }
         if is_ip_literal(name.as_str()) {
             return Err(ResolveError::IpLiteral(name.to_string()));
         }
@@ -189,6 +216,15 @@ impl<D: DnsLookup> Resolver<'_, D> {
         Ok((ip, source))
     }
 
+    /// The real address of the router's own part `name`, if it is one.
+    pub fn own_part(&self, name: &str) -> Option<Ipv4Addr> {
+        match name {
+            SERVER_PART_NAME => Some(self.lan.address),
+            ROUTER_PART_NAME => Some(self.router_part),
+            _ => None,
+        }
+    }
+
     fn find(&self, name: &TerminalName) -> Option<(Ipv4Addr, Source)> {
         if let Some(ip) = self.statics.get(name) {
             return Some((*ip, Source::Static));
@@ -205,7 +241,8 @@ impl<D: DnsLookup> Resolver<'_, D> {
         self.dns.lookup(name.as_str()).map(|ip| (ip, Source::Dns))
     }
 
-    /// Every name the router knows without DNS (for the page's choices).
+    /// Every name the router knows without DNS (for the page's choices),
+    /// the router's own two parts included.
     pub fn known(&self) -> BTreeMap<String, (Ipv4Addr, Source)> {
         let mut out = BTreeMap::new();
         for l in self.leases.iter().filter(|l| l.expires == 0 || l.expires > self.now) {
@@ -223,6 +260,9 @@ impl<D: DnsLookup> Resolver<'_, D> {
                 out.insert(n.to_string(), (*ip, Source::Static));
             }
         }
+        // The router itself last: its two names win over any host's.
+        out.insert(SERVER_PART_NAME.into(), (self.lan.address, Source::Router));
+        out.insert(ROUTER_PART_NAME.into(), (self.router_part, Source::Router));
         out
     }
 }
@@ -276,6 +316,7 @@ garbage line
             statics: &statics,
             leases: parse_leases(LEASES),
             now: 1_800_000_000,
+            router_part: Ipv4Addr::new(198, 51, 100, 101),
             dns: FakeDns(vec![
                 ("laptop", Ipv4Addr::new(192, 168, 1, 99)),
                 ("nas", Ipv4Addr::new(192, 168, 1, 30)),
@@ -304,7 +345,10 @@ garbage line
         let e = r.resolve(&n("ghost")).unwrap_err().to_string();
         assert!(e.contains("unknown extension terminal \"ghost\""), "{e}");
         let known = r.known();
-        assert_eq!(known.keys().collect::<Vec<_>>(), ["laptop", "pc1"]);
+        assert_eq!(
+            known.keys().collect::<Vec<_>>(),
+            ["laptop", "pc1", "router-part", "server-part"]
+        );
     }
 
     /// Issue 18, item 8: `192.168.1.255` resolved (through the system
@@ -333,6 +377,7 @@ garbage line
             now: 1_800_000_000,
             dns: Literal,
             lan: &lan,
+            router_part: Ipv4Addr::new(198, 51, 100, 101),
         };
         for literal in [
             "192.168.1.255",
@@ -364,8 +409,47 @@ garbage line
         for name in ["pc1", "1pc", "192-168-1-40", "10.lan", "0xg"] {
             assert!(!is_ip_literal(name), "{name}");
         }
-        // The page offers none of them.
-        assert!(r.known().is_empty(), "{:?}", r.known());
+        // The page offers none of them (only the router's own two parts,
+        // by their names).
+        let known = r.known();
+        assert_eq!(
+            known.keys().collect::<Vec<_>>(),
+            ["router-part", "server-part"],
+            "{known:?}"
+        );
+    }
+
+    /// Issue 19, item 2: the router's server part and router part are
+    /// maintenance targets by their names ([0078]), ahead of any host
+    /// that a lease, the host table or DNS gives the same name; the
+    /// router's LAN address under any other name stays refused.
+    #[test]
+    fn the_router_itself_resolves_by_its_two_names_and_no_host_can_take_them() {
+        let lan = lan();
+        let statics = [(n("router-part"), Ipv4Addr::new(192, 168, 1, 77))].into();
+        let r = Resolver {
+            statics: &statics,
+            leases: parse_leases("0 52:54:00:00:00:0b 192.168.1.60 server-part *\n"),
+            now: 1_800_000_000,
+            dns: FakeDns(vec![("gw", Ipv4Addr::new(192, 168, 1, 1))]),
+            lan: &lan,
+            router_part: Ipv4Addr::new(198, 51, 100, 101),
+        };
+        assert_eq!(
+            r.resolve(&n(SERVER_PART_NAME)),
+            Ok((Ipv4Addr::new(192, 168, 1, 1), Source::Router))
+        );
+        // The router part's address is off the LAN (the WAN address by
+        // default): it is the router's own, not a LAN host's.
+        assert_eq!(
+            r.resolve(&n(ROUTER_PART_NAME)),
+            Ok((Ipv4Addr::new(198, 51, 100, 101), Source::Router))
+        );
+        assert!(matches!(r.resolve(&n("gw")), Err(ResolveError::NotADevice { .. })));
+        let known = r.known();
+        assert_eq!(known["server-part"], (Ipv4Addr::new(192, 168, 1, 1), Source::Router));
+        assert_eq!(known["router-part"], (Ipv4Addr::new(198, 51, 100, 101), Source::Router));
+        assert_eq!(Source::Router.as_str(), "router");
     }
 
     #[test]

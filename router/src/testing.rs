@@ -70,6 +70,10 @@ pub struct FakeCenter {
     pub ended_unseen: Vec<u64>,
     /// Request-states queries received: the numbers asked, in order.
     pub state_queries: Vec<Vec<u64>>,
+    /// The server-part and router-part addresses of the last installation
+    /// answer: a request naming the router's own parts is granted these,
+    /// as centerd does (the pool row of the name is reused).
+    pub own_parts: Option<(UnicastAddr, UnicastAddr)>,
 }
 
 impl FakeCenter {
@@ -95,6 +99,7 @@ impl FakeCenter {
             site_ends: Vec::new(),
             ended_unseen: Vec::new(),
             state_queries: Vec::new(),
+            own_parts: None,
         }
     }
 
@@ -169,6 +174,7 @@ impl FakeCenter {
                 Ok(v) => {
                     let server = self.vpnnat();
                     let router = self.vpnnat();
+                    self.own_parts = Some((server, router));
                     let secrets = InstallSecrets::new(
                         Psk::from_array([0x33; 32]),
                         self.secret_id2.clone(),
@@ -259,7 +265,11 @@ impl FakeCenter {
                     let mut names: Vec<TerminalName> = details.terminal_names.iter().cloned().collect();
                     names.extend(self.grant_extra.clone());
                     for n in names {
-                        let vpnnat_addr = self.vpnnat();
+                        let vpnnat_addr = match (n.as_str(), self.own_parts) {
+                            (vpnnat_proto::types::SERVER_PART_NAME, Some((s, _))) => s,
+                            (vpnnat_proto::types::ROUTER_PART_NAME, Some((_, r))) => r,
+                            _ => self.vpnnat(),
+                        };
                         grants.push(Grant {
                             terminal_name: n,
                             vpnnat_addr,

@@ -5,5 +5,6 @@ mod browser;
 mod grant_limits;
 mod lan_security;
 mod request_states;
+mod router_itself;
 mod shell;
 mod site_end;

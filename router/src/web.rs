@@ -285,9 +285,14 @@ impl LanPage {
         }
         for h in &hosts {
             let n = escape(&h.name);
+            // The router itself is offered by its two names (issue 19, item 2).
+            let what = match crate::resolve::own_part_label(&h.name) {
+                Some(l) if h.source == "router" => format!("{l}, "),
+                _ => String::new(),
+            };
             let _ = write!(
                 b,
-                "<label><input type=\"checkbox\" name=\"terminal\" value=\"{n}\"> {n} ({})</label>",
+                "<label><input type=\"checkbox\" name=\"terminal\" value=\"{n}\"> {n} ({what}{})</label>",
                 h.real
             );
         }

@@ -521,6 +521,44 @@ check_not "pc1 of $(tid 1) is no longer reachable" \
 check_not "pc1 of $(tid 1), no longer granted, no longer reaches the allow-listed service" \
 	nsx r1h1 vpnnat-probe connect --timeout-ms 2000 172.16.0.50:$PORT
 
+# ---------------------------------------------------------------- 8b. the router itself
+# Issue 19, item 2 ([0078], [0096]): home 1, its VPN just ended, asks for
+# the router itself by name. The grant is the installation's server-part
+# address (no new address, no new NAT row); the operator reaches the
+# router's maintenance page through the tunnel at it; the end runs
+# judgment 2's "yes" (audited as "keep", nothing released) and judgment 3
+# ends the VPN, and the router's own two mappings stay.
+say "8b. $(tid 1) asks for the router itself (server-part)"
+allocated() { nsx server $CENTERD --json check-config | sed -n 's/.*"allocated": \([0-9]*\).*/\1/p'; }
+own_rows() { nsx r1 nft list map ip vpnnat dnat4 | grep -oE '[0-9]+(\.[0-9]+){3} : [0-9]+(\.[0-9]+){3}'; }
+SP1=$(field 1 'server part VPNNAT')
+alloc_before=$(allocated)
+request 1 server-part >$W/r1/req-self.out 2>&1
+SELF=$(sed -n 's/^acceptance number //p' $W/r1/req-self.out)
+SELF_V=$(sed -n 's/^ *server-part [0-9.]* -> VPNNAT \([0-9.]*\).*/\1/p' $W/r1/req-self.out)
+self_granted() {
+	[ -n "$SELF" ] && [ "$SELF_V" = "$SP1" ] && [ "$(allocated)" = "$alloc_before" ] &&
+		[ "$(own_rows | wc -l)" -eq 2 ] || {
+		cat $W/r1/req-self.out
+		own_rows
+		return 1
+	}
+}
+check "$(tid 1): request ${SELF:-none} for the router itself is granted its installation address $SP1, no new address or NAT row" self_granted
+check "the operator reaches $(tid 1)'s maintenance page through the tunnel at $SP1" \
+	maint_api "$SP1" "operator:$(maint_password_of "$(tid 1)")" "$(tid 1)"
+nsx server $CENTERD end-request "$SELF" >$W/end-self.out 2>&1
+self_kept() {
+	grep -qF "released [], kept [], router's own parts kept [(\"server-part\", $SP1)], VPN ended: true" $W/end-self.out &&
+		nsx server $CENTERD audit --action keep --terminal "$(tid 1)" --limit 5 | grep -qF "server-part = $SP1" || {
+		cat $W/end-self.out
+		return 1
+	}
+}
+check "ending request ${SELF:-none}: judgment 2 keeps server-part (audited \"keep\"), releases nothing, ends the VPN" self_kept
+self_after() { vpn_gone 1 && [ "$(own_rows | wc -l)" -eq 2 ] && own_rows | grep -q "^$SP1 : "; }
+check "the tunnel is gone, the router's own two mappings stay ($SP1 among them)" wait_for "$E2E_WAIT" self_after
+
 # ---------------------------------------------------------------- 4b. a tunnel that never comes
 # Issue 19 item 4: a request is answered "accepted" only once its tunnel is
 # up. With IKE blocked at the router (both modes: the gateway's IKE_SA_INIT
@@ -573,12 +611,14 @@ fi
 check "the operator sees the failure (UI data)" sh -c \
 	"ip netns exec server $CENTERD show-router $(tid 1) | grep -q '\"code\"'"
 check "the failure leads to a maintenance request with the preset data" wait_for "$E2E_WAIT" preset_request
+# (issue 19, item 2: a failure of the router asks for the router itself,
+# not for the preset's LAN host)
+failure_self() { ROUTERD 1 status | grep -E '^request .*waiting' | grep -qF '[server-part, router-part]'; }
+check "the failure's request names the router itself: [server-part, router-part]" wait_for "$E2E_WAIT" failure_self
 # repair: with the broken table gone, routerd's reconcile rebuilds it
 nsx r1 nft delete table ip vpnnat
-reach_pc1() {
-	nsx operator vpnnat-probe connect --timeout-ms 2000 "$(word 1 "$VPN1"):$PORT" | grep -q "TOKEN $(tid 1)/pc1 "
-}
-check "after the repair the preset request's tunnel carries pc1 of $(tid 1) again" wait_for "$E2E_WAIT" reach_pc1
+reach_self() { maint_api "$SP1" "operator:$(maint_password_of "$(tid 1)")" "$(tid 1)" >/dev/null; }
+check "after the repair the operator reaches $(tid 1)'s maintenance page through the failure request's tunnel" wait_for "$E2E_WAIT" reach_self
 
 # ---------------------------------------------------------------- 7. end everything
 say "7. ending every request"

@@ -273,6 +273,9 @@ pub struct EndOutcome {
     pub released: Vec<(String, Ipv4Addr)>,
     /// Terminals kept because another request still needs them (judgment 1).
     pub kept: Vec<String>,
+    /// The router's own parts this end named, whose installation addresses
+    /// stay (judgment 2's "yes"), with those addresses.
+    pub own_kept: Vec<(String, Ipv4Addr)>,
     /// Whether the router's VPN was ended (8).
     pub vpn_ended: bool,
     /// Commands that failed (the center's state is freed anyway).

@@ -224,8 +224,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
                 out.kept.push(name_s.clone());
                 continue;
             }
-            // Judgment 2: the router's own parts keep their addresses.
+            // Judgment 2: the router's own parts keep their addresses (the
+            // ones the installation granted; [0228]).
             if is_router_own_part(name_s) {
+                if let Some(addr) = self.store()?.address_of(&tid_s, name_s)? {
+                    out.own_kept.push((name_s.clone(), addr));
+                }
                 continue;
             }
             // 7. VPNNAT release.
@@ -317,6 +321,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             .released
             .iter()
             .map(|(name, addr)| ("release", format!("{name} = {addr}")))
+            .chain(out.own_kept.iter().map(|(name, addr)| {
+                (
+                    "keep",
+                    format!("{name} = {addr}: the router's own part, never released (judgment 2)"),
+                )
+            }))
             .chain(out.vpn_ended.then(|| {
                 let gw = slot.as_ref().map_or("", |s| s.gateway.as_str());
                 ("vpn_end", format!("gateway {gw}"))
@@ -342,8 +352,9 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             log::warn!("{subject} {w}");
         }
         log::info!(
-            "{subject} request ended: {} released, vpn ended: {}",
+            "{subject} request ended: {} released, {} of the router's own parts kept (judgment 2), vpn ended: {}",
             out.released.len(),
+            out.own_kept.len(),
             out.vpn_ended
         );
         Ok(out)

@@ -1201,6 +1201,26 @@ async fn end_never_releases_the_routers_own_parts() {
     );
     let o = c.end(n, NOW).await.unwrap();
     assert!(o.released.is_empty(), "judgment 2");
+    // Judgment 2's "yes" is said (outcome, audit), not only silent.
+    assert_eq!(
+        o.own_kept,
+        vec![
+            (ROUTER_PART_NAME.to_string(), s.router_part_vpnnat().get()),
+            (SERVER_PART_NAME.to_string(), s.server_part_vpnnat().get()),
+        ],
+        "by name"
+    );
+    let keep = c
+        .store()
+        .unwrap()
+        .audit_log(&crate::storage::AuditFilter {
+            action: Some("keep".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keep.len(), 2, "{keep:?}");
+    assert!(keep.iter().all(|r| r.detail.contains("judgment 2")), "{keep:?}");
     assert!(o.vpn_ended, "judgment 3");
     assert!(!rt.take().iter().any(|l| l.starts_with("release")));
     assert_eq!(

@@ -54,16 +54,10 @@ pub use requests::OpenLimit;
 pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
 pub use terminals::{FailureRow, InstallRecord, TerminalRow};
 
-/// The extension terminal name under which a router's server-part VPNNAT
-/// address is kept (PROTOCOL.md 1; judgment 2 of 6 never releases it).
-pub const SERVER_PART_NAME: &str = "server-part";
-/// The name of the router-part VPNNAT address (see [`SERVER_PART_NAME`]).
-pub const ROUTER_PART_NAME: &str = "router-part";
-
-/// Whether `name` is one of the router's own parts (judgment 2).
-pub fn is_router_own_part(name: &str) -> bool {
-    name == SERVER_PART_NAME || name == ROUTER_PART_NAME
-}
+/// The extension terminal names under which a router's server-part and
+/// router-part VPNNAT addresses are kept (PROTOCOL.md 1; judgment 2 of 6
+/// never releases them); shared with routerd through the proto crate.
+pub use vpnnat_proto::types::{is_router_own_part, ROUTER_PART_NAME, SERVER_PART_NAME};
 
 #[derive(Debug, Error)]
 pub enum StorageError {

@@ -58,7 +58,7 @@ macro_rules! leaf_schema {
 leaf_schema! {
     TerminalId, "TerminalId" => string(None, "router terminal ID (1-64 letters, digits, '.', '_', '-')");
     GatewayName, "GatewayName" => string(None, "VPN gateway name (1-64 letters, digits, '.', '_', '-')");
-    TerminalName, "TerminalName" => string(None, "extension terminal name (a LAN host as the router resolves it)");
+    TerminalName, "TerminalName" => string(None, "extension terminal name: a LAN host as the router resolves it, or the router itself: `server-part` (its server part) or `router-part` (its router part), granted their installation addresses and never released at the end");
     ClaimantName, "ClaimantName" => string(None, "the person asking for maintenance");
     Phone, "Phone" => string(None, "the claimant's phone number");
     RequestContent, "RequestContent" => string(None, "what the claimant wants done (free text, may span lines)");

@@ -121,6 +121,23 @@ fn check_ident(s: &str, max: usize) -> Result<(), &'static str> {
 pub const MAX_ID_LEN: usize = 64;
 /// Maximum length of an extension terminal name (a DNS label's limit).
 pub const MAX_TERMINAL_NAME_LEN: usize = 63;
+/// The extension terminal name of the router's own server part (its HTTP
+/// server for the LAN page and the center's commands). PROTOCOL.md counts
+/// the router's server part and router part as extension terminals too
+/// ([0078]): a maintenance request may name them like a LAN host, and then
+/// reuses the VPNNAT address the installation granted; judgment 2 of the
+/// end never releases it. Router and center must spell it alike, hence here.
+pub const SERVER_PART_NAME: &str = "server-part";
+/// The extension terminal name of the router's own router part (its router
+/// section: IPsec processing and VPNNAT); see [`SERVER_PART_NAME`].
+pub const ROUTER_PART_NAME: &str = "router-part";
+
+/// Whether `name` names one of the router's own parts (judgment 2).
+/// Exact spelling: any other name is an ordinary LAN host's.
+pub fn is_router_own_part(name: &str) -> bool {
+    name == SERVER_PART_NAME || name == ROUTER_PART_NAME
+}
+
 /// Maximum number of extension terminals in one maintenance request.
 pub const MAX_TERMINAL_NAMES: usize = 16;
 /// Maximum length of a claimant name, in characters.

@@ -419,6 +419,7 @@ pub fn center_exchange(data: &[u8]) {
                 now: NOW,
                 dns: NoDns,
                 lan: &f.config.lan,
+                router_part: f.config.router_part_address,
             };
             let p = logic::begin_maintenance(&f.id, &f.installed, &input, &resolver, &rng, NOW).unwrap();
             let key = f.installed.installation.as_ref().unwrap().secret_id2.mac_key();

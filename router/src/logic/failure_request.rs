@@ -6,15 +6,16 @@
 //! this part" out.
 //!
 //! The preset: with `[button]` configured, a failure asks with the
-//! button's preset, as the seed's one table of preset data says (the site
-//! owner chose those claimant data and terminals for an unattended
-//! request). Without it, with [`default_preset`]: claimant
-//! [`DEFAULT_CLAIMANT`], level administrator, and as the terminal the
-//! failing part itself. Every part the watch names ([`crate::health`]:
-//! `center`, `ike`, `datapath`, `helper:NAME`) is a part of the router,
-//! none a LAN host with an extension terminal name, so the terminal is the
-//! router's own name: its terminal ID, the name the center, the logs
-//! (`terminal=`) and the LAN page give it ([`router_terminal_name`]).
+//! button's claimant data (the site owner chose them for an unattended
+//! request, the seed's one table of preset data). Without it, with
+//! [`default_preset`]: claimant [`DEFAULT_CLAIMANT`], level administrator.
+//! Either way the terminals are the router itself, never the button's LAN
+//! hosts (issue 19, item 2): every part the watch names
+//! ([`crate::health`]: `wan`, `center`, `ike`, `datapath`, `helper:NAME`)
+//! is a part of the router, none a LAN host, so the request names the
+//! router's own server part and router part ([`router_itself`]), which
+//! the operator reaches at their installation addresses and which the
+//! request's end never releases.
 //!
 //! Suppression: a failure asks for nothing while a request made for the
 //! *same* part is open (the router's states: `waiting` until the center's
@@ -23,7 +24,7 @@
 
 use vpnnat_proto::types::{
     ClaimantLevel, ClaimantName, Phone, RequestContent, TerminalName, Urgency, ValidationError, MAX_CONTENT_CHARS,
-    MAX_TERMINAL_NAME_LEN,
+    ROUTER_PART_NAME, SERVER_PART_NAME,
 };
 
 use crate::config::ButtonPreset;
@@ -68,6 +69,7 @@ pub fn failure_request(
         Some(b) => preset_input(b),
         None => default_preset(id, failure)?,
     };
+    input.terminals = router_itself()?;
     input.for_failure = Some(failure.key.clone());
     Ok(FailureRequest::Request(input))
 }
@@ -100,17 +102,18 @@ pub fn default_preset(id: &Identity, failure: &Problem) -> Result<MaintenanceInp
         urgency: DEFAULT_URGENCY,
         phone: Phone::new(DEFAULT_PHONE)?,
         content: RequestContent::new(clean)?,
-        terminals: vec![router_terminal_name(id)?],
+        terminals: router_itself()?,
         for_failure: None,
     })
 }
 
-/// The router's own name as an extension terminal name: its terminal ID,
-/// cut to the terminal name's 63 characters (a terminal ID may have 64;
-/// both allow the same characters, so the cut is always valid).
-pub fn router_terminal_name(id: &Identity) -> Result<TerminalName, ValidationError> {
-    let name: String = id.terminal_id.as_str().chars().take(MAX_TERMINAL_NAME_LEN).collect();
-    TerminalName::new(name)
+/// The router itself as extension terminals: its server part and its
+/// router part, by the names router and center give them.
+pub fn router_itself() -> Result<Vec<TerminalName>, ValidationError> {
+    Ok(vec![
+        TerminalName::new(SERVER_PART_NAME)?,
+        TerminalName::new(ROUTER_PART_NAME)?,
+    ])
 }
 
 #[cfg(test)]
@@ -143,7 +146,7 @@ mod tests {
                     claimant_name: "router".into(),
                     claimant_level: ClaimantLevel::Administrator,
                     urgency: Urgency::High,
-                    terminals: vec![TerminalName::new("router-1").unwrap()],
+                    terminals: router_itself().unwrap(),
                     accepted_at: 1,
                     state: *st,
                     failure: part.map(String::from),
@@ -169,8 +172,14 @@ mod tests {
         assert_eq!(i.claimant_name.as_str(), "router");
         assert_eq!(i.claimant_level, ClaimantLevel::Administrator);
         // Every part the watch names is a part of the router itself, which
-        // a request names by the router's own name, its terminal ID.
-        assert_eq!(i.terminals, vec![TerminalName::new("router-1").unwrap()]);
+        // a request names by its two parts (issue 19, item 2).
+        assert_eq!(
+            i.terminals,
+            vec![
+                TerminalName::new("server-part").unwrap(),
+                TerminalName::new("router-part").unwrap()
+            ]
+        );
         assert_eq!(i.for_failure.as_deref(), Some("ike"));
         let content = i.content.as_str();
         assert!(
@@ -238,7 +247,11 @@ mod tests {
             &state(&[]),
             &problem("datapath", FailureCode::Vpnnat),
         ));
+        // The button's claimant data, but the router itself as the
+        // terminals, not the button's LAN host (issue 19, item 2).
         let mut want = preset_input(b);
+        assert_ne!(want.terminals, router_itself().unwrap(), "the button names a LAN host");
+        want.terminals = router_itself().unwrap();
         want.for_failure = Some("datapath".into());
         assert_eq!(i, want);
     }
@@ -252,17 +265,14 @@ mod tests {
         let content = i.content.as_str();
         assert_eq!(content.chars().count(), MAX_CONTENT_CHARS);
         assert!(content.contains("nft said[31m no\n"), "{content:.80}");
-        // A terminal ID of the longest kind (64) is cut to a terminal
-        // name's 63.
+        // Any terminal ID, even of the longest kind (64): the terminals
+        // are the router's two parts, not a name made from the ID.
         let long = "r".repeat(vpnnat_proto::types::MAX_ID_LEN);
         let id64 = Identity {
-            terminal_id: vpnnat_proto::types::TerminalId::new(long.clone()).unwrap(),
+            terminal_id: vpnnat_proto::types::TerminalId::new(long).unwrap(),
             ..id()
         };
         let i = default_preset(&id64, &p).unwrap();
-        assert_eq!(
-            i.terminals,
-            vec![TerminalName::new(&long[..MAX_TERMINAL_NAME_LEN]).unwrap()]
-        );
+        assert_eq!(i.terminals, router_itself().unwrap());
     }
 }

@@ -4,7 +4,9 @@ use ring::rand::SystemRandom;
 use vpnnat_datapath::{Datapath, Dir, RecordingDatapath};
 use vpnnat_proto::auth::{MemoryNonceStore, ReplayConfig};
 use vpnnat_proto::keys::{SecretBytes, SecretId2};
-use vpnnat_proto::types::{ClaimantLevel, ClaimantName, Phone, RequestContent, Urgency};
+use vpnnat_proto::types::{
+    ClaimantLevel, ClaimantName, Phone, RequestContent, Urgency, ROUTER_PART_NAME, SERVER_PART_NAME,
+};
 
 use super::*;
 use crate::config::tests::sample_config;
@@ -89,6 +91,9 @@ impl World {
     }
 }
 
+/// `router_part_address` of the sample configuration (its WAN address).
+const ROUTER_PART: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 101);
+
 fn resolver<'a>(statics: &'a BTreeMap<TerminalName, Ipv4Addr>, lan: &'a Interface) -> Resolver<'a, NoDns> {
     Resolver {
         statics,
@@ -96,6 +101,7 @@ fn resolver<'a>(statics: &'a BTreeMap<TerminalName, Ipv4Addr>, lan: &'a Interfac
         now: NOW,
         dns: NoDns,
         lan,
+        router_part: ROUTER_PART,
     }
 }
 
@@ -295,6 +301,7 @@ fn name_gone_between_request_and_grant_installs_nothing() {
         now: NOW,
         dns: NoDns,
         lan: &w.id.lan,
+        router_part: w.id.router_part_address,
     };
     let e = finish_maintenance(&w.id, &w.state, p, &reply, &r2, NOW).unwrap_err();
     assert!(matches!(e, ExchangeError::Resolve(_)), "{e}");
@@ -355,6 +362,60 @@ fn vpn_end_clears_hosts_and_gateway_but_keeps_own_parts() {
     dp.reconcile(&desired_state(&w.id, &w.state, vec![])).unwrap();
     assert_eq!(dp.state.nat.unwrap().mappings.len(), 2);
     assert!(dp.state.policies.is_empty());
+}
+
+/// Issue 19, item 2: the router's server part and router part are
+/// requested by name; the grant is the installation's addresses, so the
+/// host table and the NAT rows stay as the installation made them, and
+/// neither the request's end nor the VPN end removes them.
+#[test]
+fn the_router_itself_is_granted_its_installation_addresses_and_keeps_them() {
+    let mut w = World::ready();
+    let inst = w.state.installation.clone().unwrap();
+    let before = mappings(&w.id, &w.state);
+    let acc = w.request(&[SERVER_PART_NAME, ROUTER_PART_NAME]).unwrap();
+    assert_eq!(
+        acc.grants,
+        vec![
+            (n(SERVER_PART_NAME), w.id.lan.address, inst.server_part_vpnnat),
+            (n(ROUTER_PART_NAME), ROUTER_PART, inst.router_part_vpnnat),
+        ]
+    );
+    assert!(w.state.hosts.is_empty(), "no host row for the router itself");
+    assert_eq!(
+        mappings(&w.id, &w.state),
+        before,
+        "no NAT row beyond the installation's"
+    );
+    let n1 = acc.acceptance_number.get();
+    assert_eq!(w.state.requests[&n1].state, RequestState::Waiting);
+    // Beside a LAN host in one request.
+    let acc2 = w.request(&[SERVER_PART_NAME, "pc1"]).unwrap();
+    assert_eq!(w.state.hosts.len(), 1);
+    let mut g = guard();
+    let o = w.command(&mut g, &w.center.end(n1)).unwrap();
+    w.state = o.next;
+    assert_eq!(w.state.requests[&n1].state, RequestState::Ended);
+    assert_eq!(mappings(&w.id, &w.state).len(), 3);
+    let o = w.command(&mut g, &w.center.end(acc2.acceptance_number.get())).unwrap();
+    w.state = o.next;
+    let o = w.command(&mut g, &w.center.vpn_end()).unwrap();
+    w.state = o.next;
+    assert_eq!(mappings(&w.id, &w.state), before, "the router's own mappings stay");
+}
+
+/// A center that grants the router's own part another address than the
+/// installation's is in error: nothing is installed.
+#[test]
+fn another_address_for_the_router_itself_is_refused() {
+    let mut w = World::ready();
+    let (s, r) = w.center.own_parts.unwrap();
+    w.center.own_parts = Some((r, s));
+    let before = snapshot(&w.state);
+    let e = w.request(&[SERVER_PART_NAME]).unwrap_err();
+    assert!(matches!(e, ExchangeError::GrantMismatch(_)), "{e}");
+    assert!(e.to_string().contains("installation address"), "{e}");
+    assert_eq!(snapshot(&w.state), before);
 }
 
 #[test]

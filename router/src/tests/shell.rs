@@ -540,10 +540,9 @@ async fn datapath_failure_sends_one_failure_notice_then_the_preset_request() {
 }
 
 /// Issue 19, item 3: without `[button]` a failure still leads to a
-/// maintenance request, with the default preset naming the failing part:
-/// here the router's datapath, so the router's own name. Until the router
-/// itself can be requested (issue 19, item 2) its resolver refuses that
-/// name before anything reaches the center; the log says so.
+/// maintenance request, with the default preset; item 2: it names the
+/// router itself (its server part and router part), which the center
+/// grants at the installation addresses, so no NAT row is added.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_button_a_failure_asks_with_the_default_preset_for_the_router_itself() {
     crate::logring::install_for_tests();
@@ -566,7 +565,7 @@ async fn without_button_a_failure_asks_with_the_default_preset_for_the_router_it
         let log = crate::logring::global().snapshot();
         if let Some(l) = log
             .iter()
-            .find(|l| l.contains("maintenance request (default preset) after the datapath failure"))
+            .find(|l| l.contains("maintenance request (default preset)") && l.contains("after the datapath failure"))
         {
             break l.clone();
         }
@@ -574,16 +573,15 @@ async fn without_button_a_failure_asks_with_the_default_preset_for_the_router_it
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
-        line.contains("terminal=router-1") && line.contains("\"router-1\""),
+        line.contains("terminal=router-1") && line.contains("for the router itself"),
         "{line}"
     );
-    let seen = center.0.lock().unwrap().seen.clone();
-    use vpnnat_proto::paths::center::{GATEWAY_ADDRESS, MAINTENANCE};
-    assert!(
-        !seen.iter().any(|p| p == MAINTENANCE || p == GATEWAY_ADDRESS),
-        "the name is refused before the center spends a slot: {seen:?}"
-    );
-    assert!(rt.router.state().await.requests.is_empty());
+    let st = rt.router.state().await;
+    let (_, r) = st.requests.iter().next().expect("the request is recorded");
+    let names: Vec<&str> = r.terminals.iter().map(|t| t.as_str()).collect();
+    assert_eq!(names, ["server-part", "router-part"]);
+    assert_eq!(r.claimant_name, "router");
+    assert!(st.hosts.is_empty(), "no host row, no new NAT row: {:?}", st.hosts);
     rt.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -845,11 +843,16 @@ async fn failure_watch_reports_a_crash_looping_helper_the_ike_responder_and_the_
         assert_eq!(c.failures[0].code, vpnnat_proto::types::FailureCode::Other);
         assert!(c.failures[0].detail.as_str().contains("helper flaky crash-looping"));
     }
-    // The preset request's grants are committed after the center answered.
+    // The preset request is recorded after the center answered: the
+    // button's claimant, the router itself as the terminals (issue 19,
+    // item 2), which adds no grant row.
     let v = rt
-        .wait_api("preset request", |v| v["grants"][0]["name"] == "printer")
+        .wait_api("preset request", |v| {
+            v["status"]["requests"][0]["terminals"] == serde_json::json!(["server-part", "router-part"])
+        })
         .await;
     assert_eq!(v["status"]["requests"][0]["claimant_name"], "Preset");
+    assert_eq!(v["grants"], serde_json::json!([]));
     // It keeps crash-looping through many more watch periods (its starts
     // counter shows the supervisor at work): still one notice.
     let starts = |v: &serde_json::Value| v["helpers"][0]["starts"].as_u64().unwrap_or(0);
