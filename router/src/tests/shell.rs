@@ -87,7 +87,7 @@ impl Running {
         Self::start_with(cfg, RecordingDatapath::new(), Duration::from_secs(30)).await
     }
 
-    async fn start_with(cfg: Arc<Config>, dp: RecordingDatapath, watch_period: Duration) -> Running {
+    pub(crate) async fn start_with(cfg: Arc<Config>, dp: RecordingDatapath, watch_period: Duration) -> Running {
         let health = HealthSettings {
             period: watch_period,
             ..HealthSettings::default()
