@@ -34,13 +34,14 @@ pub struct LiveDevice {
     pub name: String,
     pub real: Ipv4Addr,
     pub vpnnat: Ipv4Addr,
+    /// Packets and bytes through its mapping, both ways, since it was
+    /// granted (None: the kernel gave no count). Right after the
+    /// addresses: the VM scenario reads them with sed.
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
     pub requests: Vec<LiveRequest>,
     /// Reachable since (the earliest start among its open requests).
     pub since: u64,
-    /// Packets and bytes through its mapping, both ways, since it was
-    /// granted (None: the kernel gave no count).
-    pub packets: Option<u64>,
-    pub bytes: Option<u64>,
     /// When the router first saw traffic through it: the operator at work
     /// (None: none seen yet).
     pub active_since: Option<u64>,
@@ -196,10 +197,10 @@ fn devices(state: &RouterState) -> Vec<LiveDevice> {
             name: name.to_string(),
             real: h.real,
             vpnnat: h.vpnnat,
-            requests,
-            since,
             packets: None,
             bytes: None,
+            requests,
+            since,
             active_since: None,
             text: LiveText {
                 maintenance: String::new(),
