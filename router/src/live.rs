@@ -140,7 +140,7 @@ pub fn size(bytes: u64) -> String {
     ];
     for (unit, name) in UNITS {
         if bytes >= unit {
-            let tenths = bytes / (unit / 10);
+            let tenths = bytes.checked_div(unit / 10).unwrap_or(0);
             return format!("{}.{} {name}", grouped(tenths / 10), tenths % 10);
         }
     }

@@ -165,7 +165,11 @@ impl Nft {
             what: what.to_string(),
             detail: format!("encoding the transaction: {e}"),
         })?;
-        if json["nftables"].as_array().is_some_and(Vec::is_empty) {
+        if json
+            .get("nftables")
+            .and_then(|v| v.as_array())
+            .is_some_and(Vec::is_empty)
+        {
             return Ok(());
         }
         let payload = json.to_string().into_bytes();
