@@ -129,6 +129,8 @@ pub struct Router {
     /// Serializes router -> center exchanges so that two LAN users pressing
     /// the button at once cannot interleave gateway and maintenance requests.
     exchange: Mutex<()>,
+    /// When traffic through each grant was first seen ([`crate::live`]).
+    first_seen: std::sync::Mutex<crate::live::FirstSeen>,
 }
 
 impl std::fmt::Debug for Router {
@@ -179,6 +181,7 @@ impl Router {
             }),
             exchange: Mutex::new(()),
             stop: tokio::sync::watch::channel(false).0,
+            first_seen: std::sync::Mutex::new(crate::live::FirstSeen::new()),
         });
         {
             let mut inner = r.inner.lock().await;
@@ -261,6 +264,28 @@ impl Router {
 
     pub async fn datapath_error(&self) -> Option<String> {
         self.inner.lock().await.datapath_error.clone()
+    }
+
+    /// The maintenance as it happens (issue 19, item 6): the granted
+    /// devices with the kernel's counts of their traffic. Each read also
+    /// notes the first traffic through a grant (the page's fetch loop and
+    /// the failure watch read it).
+    pub async fn live(&self) -> crate::live::LiveView {
+        let (state, counters) = {
+            let mut inner = self.inner.lock().await;
+            let counters = inner.datapath.host_counters().unwrap_or_else(|e| {
+                log::debug!("traffic counters unread: {e}");
+                Vec::new()
+            });
+            (inner.state.clone(), counters)
+        };
+        let counts = counters.iter().map(|c| (c.real, c.packets)).collect();
+        let mut seen = self
+            .first_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *seen = crate::live::note_traffic(&seen, &state, &counts, unix_now());
+        crate::live::view(&state, &counters, &seen)
     }
 
     /// Runs `f` on the datapath (tests and the status page).
@@ -985,6 +1010,9 @@ impl Router {
                 inner.applied = None;
                 self.sync(&mut inner);
             }
+            // The first traffic through a grant is noted even while no
+            // one has the LAN page open.
+            let _ = self.live().await;
             // Site ends the center did not hear yet (issue 19, item 7).
             let unsent = !logic::site_end::unsent_ends(&self.inner.lock().await.state).is_empty();
             if unsent {

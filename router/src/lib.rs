@@ -22,6 +22,7 @@ pub mod http;
 pub mod ike_responder;
 pub mod init;
 pub mod lan_host;
+pub mod live;
 pub mod logic;
 pub mod logring;
 pub mod resolve;

@@ -242,6 +242,10 @@ impl Datapath for SimulatedKernel {
         self.0.log = Vec::new();
         r
     }
+
+    fn host_counters(&mut self) -> Result<Vec<vpnnat_datapath::nft::HostCounter>, vpnnat_datapath::DatapathError> {
+        self.0.host_counters()
+    }
 }
 
 fn run(cli: &Cli, fake_datapath: bool, pid1: bool) -> Result<(), Fail> {

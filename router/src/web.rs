@@ -14,7 +14,7 @@
 //! | LAN | POST | `/request` | form submit (urlencoded) -> result page |
 //! | LAN | POST | `/button` | the preset request -> result page |
 //! | LAN | POST | `/end` | the site owner ends a request (form field `acceptance_number`) -> result page |
-//! | LAN | GET | `/api/status`, `/api/hosts` | JSON views |
+//! | LAN | GET | `/api/status` (with `live`: [`crate::live`]), `/api/hosts` | JSON views |
 //! | LAN | POST | `/api/request` | JSON [`ApiRequest`] -> [`ApiAccepted`] or `{"error"}` |
 //! | LAN | POST | `/api/button` | the preset request |
 //! | LAN | POST | `/api/end` | JSON [`ApiEnd`] -> [`ApiEnded`] or `{"error"}` (`routerd end N`) |
@@ -220,11 +220,25 @@ label{display:block;margin:.6em 0 .2em}input[type=text],textarea,select{width:10
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.2em .4em;text-align:left}\
 .err{color:#a00}.ok{color:#060}";
 
-/// Every 2 s: the requests' states from `/api/status` into the table.
+/// Every 2 s, from `/api/status`, in place (a reload would wipe a
+/// half-filled form): each request's state, and for one no longer open
+/// its "End maintenance" button and end time gone (issue 19, item 7: a
+/// press then got 409); the "Reachable now" table rebuilt from `live`
+/// (issue 19, item 6), as text only (`textContent`, never markup). The
+/// page is whole without it: the server renders the same at each load.
 const STATE_POLL: &str = "setInterval(async()=>{try{const r=await fetch('/api/status');\
 if(!r.ok)return;const s=await r.json();for(const q of s.requests){\
-const c=document.querySelector('#request-'+q.acceptance_number+' .state');\
-if(c&&c.textContent!==q.state)c.textContent=q.state;}}catch(e){}},2000);";
+const row=document.getElementById('request-'+q.acceptance_number);if(!row)continue;\
+const c=row.querySelector('.state');if(c&&c.textContent!==q.state)c.textContent=q.state;\
+if(q.state!=='waiting'){const t=q.end_unsent?'center not told yet':'';\
+for(const[k,v]of[['.end',t],['.until','']]){const e=row.querySelector(k);\
+if(e&&(e.firstElementChild||e.textContent!==v))e.textContent=v;}}}\
+const b=document.querySelector('#live tbody');if(!b||!s.live)return;\
+b.replaceChildren(...s.live.devices.map(d=>{const tr=document.createElement('tr');tr.id='live-'+d.name;\
+for(const[k,v]of[['device',d.name+' ('+d.real+')'],['maintenance',d.text.maintenance],\
+['since',d.text.since],['active',d.text.active],['traffic',d.text.traffic]]){\
+const td=document.createElement('td');td.className=k;td.textContent=v;tr.appendChild(td);}return tr;}));\
+const n=document.getElementById('live-none');if(n)n.hidden=s.live.devices.length>0;}catch(e){}},2000);";
 
 /// The pages' content policy: their one style sheet and one script, by
 /// hash; nothing else.
@@ -276,6 +290,7 @@ impl LanPage {
                 "not installed yet"
             }
         );
+        b.push_str(&crate::live::render(&self.router.live().await));
         b.push_str("<h2>Ask for maintenance</h2><form method=\"post\" action=\"/request\">");
         b.push_str("<label for=\"claimant_name\">Your name</label><input type=\"text\" id=\"claimant_name\" name=\"claimant_name\" required maxlength=\"128\">");
         b.push_str("<label for=\"claimant_level\">You are</label><select id=\"claimant_level\" name=\"claimant_level\"><option value=\"general\">a general user</option><option value=\"administrator\">the administrator</option></select>");
@@ -465,7 +480,13 @@ impl LanPage {
                 },
                 Err(e) => json(400, &ApiError { error: e.to_string() }),
             },
-            (&Method::GET, "/api/status") => json(200, &self.router.status().await),
+            (&Method::GET, "/api/status") => json(
+                200,
+                &crate::live::ApiStatus {
+                    status: self.router.status().await,
+                    live: self.router.live().await,
+                },
+            ),
             (&Method::GET, "/metrics") => {
                 let status = self.router.status().await;
                 let dp = self.router.datapath_error().await.is_some();

@@ -131,6 +131,23 @@ reach_all() {
 	echo "$out" | grep -q "^OPEN_AT_ONCE $SERVED\$"
 }
 check "the operator reaches pc1 of all $SERVED homes at once, each through its own VPNNAT address with its own token" reach_all
+# Issue 19 item 6: home 1's LAN page data shows the operator's traffic
+# through pc1's mapping, from the kernel's counters (both ways), and it
+# grows with each connection of the operator.
+router_status() { # K: the JSON of home K's /api/status, on one line
+	nsx r$1 timeout 10 bash -c "exec 3<>/dev/tcp/$LAN_GW/80; printf 'GET /api/status HTTP/1.1\r\nHost: $LAN_GW\r\nConnection: close\r\n\r\n' >&3; exec cat <&3" | tr -d ' \r\n'
+}
+pc1_count() { # K FIELD: packets or bytes through home K's pc1 mapping
+	router_status "$1" | sed -n "s/.*\"name\":\"pc1\",\"real\":\"[^\"]*\",\"vpnnat\":\"[^\"]*\",\"packets\":\([0-9]*\),\"bytes\":\([0-9]*\).*/\\$([ "$2" = packets ] && echo 1 || echo 2)/p"
+}
+P0=$(pc1_count 1 packets)
+B0=$(pc1_count 1 bytes)
+check "$(tid 1)'s /api/status counts the operator's traffic through pc1 (${P0:-none} packets, ${B0:-none} bytes)" \
+	sh -c "[ '${P0:-0}' -gt 0 ] && [ '${B0:-0}' -gt 0 ]"
+nsx operator vpnnat-probe connect --timeout-ms 5000 "$(word 1 "$VPN1"):$PORT" >/dev/null 2>&1
+P1=$(pc1_count 1 packets)
+check "one more connection of the operator to pc1 of $(tid 1) counts more packets (${P0:-none} -> ${P1:-none})" \
+	sh -c "[ '${P1:-0}' -gt '${P0:-0}' ]"
 # E2E_REACH_REPEAT=N: the same again N times (a stress knob: the kernel
 # soft lockup of issue 15 showed in this step)
 for n in $(seq 1 "${E2E_REACH_REPEAT:-0}"); do

@@ -10,7 +10,7 @@ use log::debug;
 
 use crate::error::DatapathError;
 use crate::model::{ObservedSa, PolicyId, PolicySpec, SaCounters, SaId};
-use crate::nft::{elements, ElemOp, NatObserved, NatTable, Nft, NftElements};
+use crate::nft::{elements, ElemOp, HostCounter, NatObserved, NatTable, Nft, NftElements};
 use crate::plan::{plan, Change, DesiredState, ObservedState};
 use crate::xfrm::Xfrm;
 
@@ -34,6 +34,12 @@ pub trait Datapath {
         }
         self.apply(&changes)?;
         Ok(changes)
+    }
+
+    /// What the kernel counted through each granted host's mapping
+    /// ([`crate::nft::counters`]); none where there is no NAT table.
+    fn host_counters(&mut self) -> Result<Vec<HostCounter>, DatapathError> {
+        Ok(Vec::new())
     }
 }
 
@@ -91,6 +97,10 @@ impl Datapath for KernelDatapath {
             Change::DestroyNat => nft.apply("destroy table", &t.destroy()),
             _ => Ok(()),
         })
+    }
+
+    fn host_counters(&mut self) -> Result<Vec<HostCounter>, DatapathError> {
+        self.elements.host_counters(&self.nft.table.name)
     }
 }
 
@@ -211,6 +221,11 @@ pub struct RecordingDatapath {
     /// Fail the change with this index in `log` order (0-based, counted over
     /// the lifetime of the fake), without applying it.
     pub fail_at: Option<usize>,
+    /// Traffic "through" a host's mapping, by real address, as a test
+    /// sets it (shared, so the test keeps a handle while the daemon owns
+    /// the fake): [`Datapath::host_counters`] reports it for each mapped
+    /// host, 0 for the others, as the kernel counts from the grant on.
+    pub traffic: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<std::net::Ipv4Addr, (u64, u64)>>>,
 }
 
 impl RecordingDatapath {
@@ -329,6 +344,25 @@ impl RecordingDatapath {
 impl Datapath for RecordingDatapath {
     fn observe(&mut self) -> Result<ObservedState, DatapathError> {
         Ok(self.state.clone())
+    }
+
+    fn host_counters(&mut self) -> Result<Vec<HostCounter>, DatapathError> {
+        let traffic = self.traffic.lock().map(|t| t.clone()).unwrap_or_default();
+        let Some(nat) = &self.state.nat else {
+            return Ok(Vec::new());
+        };
+        Ok(nat
+            .mappings
+            .iter()
+            .map(|m| {
+                let (packets, bytes) = traffic.get(&m.real).copied().unwrap_or_default();
+                HostCounter {
+                    real: m.real,
+                    packets,
+                    bytes,
+                }
+            })
+            .collect())
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {

@@ -365,6 +365,14 @@ impl Browser {
         }
     }
 
+    /// Runs `script` in the page (a function body; `return` gives its
+    /// value) and returns what it returned.
+    pub fn script(&self, script: &str) -> Result<Value> {
+        let body = json!({"script": script, "args": []});
+        let v = wd(self.driver, "POST", &self.path("/execute/sync"), Some(body))?;
+        Ok(v["value"].clone())
+    }
+
     /// Clicks `css` as a user would (WebDriver element click: selects an
     /// `<option>`, ticks a box, presses a button).
     pub fn click(&self, css: &str) -> Result<()> {

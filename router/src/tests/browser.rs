@@ -59,7 +59,10 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
         format!("{} 02:00:00:00:00:33 192.168.1.33 laptop *\n", unix_now() + 3600),
     )
     .unwrap();
-    let rt = Running::start(cfg).await;
+    // The kernel's traffic counts, as the test makes them up.
+    let dp = vpnnat_datapath::RecordingDatapath::new();
+    let traffic = dp.traffic.clone();
+    let rt = Running::start_with(cfg, dp, Duration::from_secs(30)).await;
     rt.wait_installed().await;
     let base = format!("http://{}/", rt.lan);
 
@@ -67,6 +70,10 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
     let b = web(|| Browser::start(&browser));
     web(|| b.goto(&base));
     assert!(web(|| b.text("body")).contains("installed"));
+    assert_eq!(
+        web(|| b.text("#live-none")),
+        "No device of this home is reachable from the center now."
+    );
     // Every known host is offered: static table and lease.
     for h in ["pc1", "printer", "laptop"] {
         web(|| b.wait_for(&format!("input[name=terminal][value={h}]")));
@@ -109,11 +116,44 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
     assert_eq!(r.claimant_level, vpnnat_proto::types::ClaimantLevel::Administrator);
     assert_eq!(r.urgency, vpnnat_proto::types::Urgency::High);
 
-    // The center ends the maintenance: the open page follows by itself.
+    // Issue 19 item 6: the maintenance as it happens, in place. This
+    // document counts its loads; a reload would start it afresh.
+    let loads = "window.vpnnatLoads = (window.vpnnatLoads || 0) + 1; return window.vpnnatLoads;";
+    assert_eq!(web(|| b.script(loads)), serde_json::json!(1));
+    let started = crate::live::clock(st.requests[&101].accepted_at);
+    assert_eq!(
+        web(|| b.text("#live-pc1 .maintenance")),
+        format!("request 101 by Hanako <Yamada>, started {started}")
+    );
+    assert_eq!(web(|| b.text("#live-pc1 .device")), "pc1 (192.168.1.10)");
+    assert_eq!(web(|| b.text("#live-pc1 .traffic")), "0 packets, 0 B");
+    assert_eq!(web(|| b.text("#live-pc1 .active")), "no traffic yet");
+    assert!(web(|| b.find("#live-none:not([hidden])")).is_none());
+    // The operator works on pc1: the kernel counts, the open page follows.
+    traffic
+        .lock()
+        .unwrap()
+        .insert("192.168.1.10".parse().unwrap(), (42, 9_100));
+    web(|| b.wait_text("#live-pc1 .traffic", "42 packets, 9.1 kB"));
+    assert!(web(|| b.text("#live-pc1 .active")).starts_with("since "));
+    assert_eq!(web(|| b.text("#end-101")), "End maintenance");
+
+    // The center ends the maintenance: the open page follows by itself,
+    // and the "End maintenance" button goes (issue 19 item 7: pressing it
+    // then got 409), as does pc1 from the devices reachable now.
     let end = center.0.lock().unwrap().end(101);
     let (s, _, _) = rt.command(&end).await;
     assert_eq!(s, 200);
     web(|| b.wait_text("#request-101 .state", "ended"));
+    web(|| b.wait_text("#request-101 .end", ""));
+    assert!(web(|| b.find("#end-101")).is_none());
+    web(|| b.wait_for("#live-none:not([hidden])"));
+    assert!(web(|| b.find("#live-pc1")).is_none());
+    assert_eq!(
+        web(|| b.script("return window.vpnnatLoads;")),
+        serde_json::json!(1),
+        "all of it without a reload"
+    );
 
     // The lease of "laptop" runs out between loading the page and sending
     // it: a clear error on the page, no request to the center, nothing

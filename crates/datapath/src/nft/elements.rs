@@ -8,6 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::counters::{self, HostCounter};
 use super::setelem::{self, ElemBatch, ElemOp, Refusal};
 use crate::error::DatapathError;
 use crate::model::Mapping;
@@ -112,6 +113,61 @@ impl NftElements {
                 io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"),
             ),
         })
+    }
+
+    /// The traffic counters of the granted hosts of table `table` (the
+    /// elements of its `granted` set, [`counters`]). A missing table reads
+    /// as no hosts (routerd before its first grant).
+    pub fn host_counters(&mut self, table: &str) -> Result<Vec<HostCounter>, DatapathError> {
+        let fail = |reason: io::Error| DatapathError::NftElement {
+            op: "read",
+            elem: format!("the counters of table {table}"),
+            reason,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let req = counters::dump_request(table, super::ruleset::GRANTED_SET, seq);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: req is a valid buffer of req.len() bytes.
+        let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
+        if sent < 0 {
+            return Err(fail(io::Error::last_os_error()));
+        }
+        let mut out = Vec::new();
+        loop {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut p, 1, 1000) };
+            if ready == 0 {
+                return Err(fail(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from the kernel",
+                )));
+            }
+            // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,
+                    _ => return Err(fail(e)),
+                }
+            }
+            let got = self.buf.get(..n as usize).unwrap_or_default();
+            let part =
+                counters::parse_dump(got, seq).map_err(|e| fail(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            out.extend(part.counters);
+            match part.error {
+                Some(libc::ENOENT) => return Ok(Vec::new()),
+                Some(errno) => return Err(fail(io::Error::from_raw_os_error(errno))),
+                None if part.done => return Ok(out),
+                None => {}
+            }
+        }
     }
 
     /// Sends the batch and collects every acknowledgement. The kernel

@@ -2,6 +2,7 @@
 //! one `nft -j -f -` transaction, all or nothing. The elements of a grant
 //! or revoke go straight to the kernel instead ([`elements`]).
 
+pub mod counters;
 pub mod elements;
 pub mod gateway;
 pub mod guard;
@@ -17,6 +18,7 @@ use nftables::schema::{NfListObject, NfObject, Nftables};
 
 use crate::error::DatapathError;
 use crate::model::{Ipv4Cidr, Mapping};
+pub use counters::HostCounter;
 pub use elements::NftElements;
 pub use ruleset::{LanSide, NatTable};
 pub use setelem::ElemOp;
@@ -110,6 +112,8 @@ fn own(e: &Expression<'_>) -> Expression<'static> {
 fn ip_of(e: &Expression<'_>) -> Option<Ipv4Addr> {
     match e {
         Expression::String(s) => s.parse().ok(),
+        // An element with its counter (the granted set's): its value.
+        Expression::Named(NamedExpression::Elem(el)) => ip_of(&el.val),
         _ => None,
     }
 }
@@ -152,18 +156,23 @@ impl Nft {
         }
     }
 
-    /// Runs one transaction.
-    pub fn apply(&self, what: &str, batch: &Nftables<'_>) -> Result<(), DatapathError> {
-        if batch.objects.is_empty() {
-            return Ok(());
-        }
+    /// Runs one transaction: the crate's [`Nftables`] or its JSON.
+    pub fn apply<B: serde::Serialize + ?Sized>(&self, what: &str, batch: &B) -> Result<(), DatapathError> {
         // Not the crate's `apply_ruleset_with_args`: it leaves nft's stderr
         // to ours, so a refused transaction came back with an empty
         // reason. Here the reason is part of the error.
-        let payload = serde_json::to_vec(batch).map_err(|e| DatapathError::Nft {
+        let json = serde_json::to_value(batch).map_err(|e| DatapathError::Nft {
             what: what.to_string(),
             detail: format!("encoding the transaction: {e}"),
         })?;
+        if json
+            .get("nftables")
+            .and_then(|v| v.as_array())
+            .is_some_and(Vec::is_empty)
+        {
+            return Ok(());
+        }
+        let payload = json.to_string().into_bytes();
         run_nft(&self.program, &payload).map_err(|detail| DatapathError::Nft {
             what: what.to_string(),
             detail,

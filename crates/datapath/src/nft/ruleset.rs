@@ -5,7 +5,7 @@
 //! table ip vpnnat {
 //!   map dnat4 { type ipv4_addr : ipv4_addr }   # VPNNAT -> real (from the tunnel)
 //!   map snat4 { type ipv4_addr : ipv4_addr }   # real -> VPNNAT (toward the center)
-//!   set granted { type ipv4_addr }             # real hosts the tunnel may reach
+//!   set granted { type ipv4_addr; counter }    # real hosts the tunnel may reach
 //!   set center { type ipv4_addr; flags interval }  # the center's networks
 //!   chain prerouting  { nat dstnat:  meta ipsec exists dnat ip to ip daddr map @dnat4 }
 //!   chain postrouting { nat srcnat:  ct status dnat ip daddr @granted oifname LAN ip saddr LANPREFIX masquerade  # a router's, see LanSide
@@ -13,10 +13,19 @@
 //!   chain forward { filter: meta ipsec exists tcp option maxseg size > 1360 tcp option maxseg size set 1360
 //!                           meta ipsec exists ct status dnat ip daddr @granted accept
 //!                           meta ipsec exists ct direction reply ct status snat ip daddr @granted accept
-//!                           meta ipsec exists drop }
-//!   chain input   { filter: (the same rules) }
+//!                           meta ipsec exists drop
+//!                           ip daddr @center ip saddr @granted }
+//!   chain input   { filter: (the same rules but the last) }
 //! }
 //! ```
+//! Each element of `granted` carries a counter (the set's `counter`, which
+//! the kernel copies into every element however it is added): every
+//! lookup that finds the host counts the packet. The filter rules look it
+//! up for each packet out of the tunnel to the host, and the last forward
+//! rule for each packet from the host toward the center (its answers and
+//! its own connections, both SNAT'd into the tunnel), so the counter is
+//! the traffic through that host's mapping both ways, which the router's
+//! LAN page shows ([`super::counters`]).
 //! Rules never change after creation: granting or revoking a host only adds
 //! or deletes elements of the two maps and the set, in one transaction, so a
 //! change costs the same with ten mappings or a hundred thousand.
@@ -316,11 +325,50 @@ impl NatTable {
         ]
     }
 
+    /// `ip daddr @center ip saddr @granted`, no verdict: only its lookup
+    /// counts, in the host's element, what the host sends toward the
+    /// center. The center test comes first, so a granted host's other
+    /// traffic (the home's Internet) is not counted.
+    fn count_from_granted(&self) -> Rule<'static> {
+        self.rule(
+            "forward",
+            vec![
+                Statement::Match(Match {
+                    left: payload("daddr"),
+                    right: s(format!("@{CENTER_SET}")),
+                    op: Operator::EQ,
+                }),
+                Statement::Match(Match {
+                    left: payload("saddr"),
+                    right: s(format!("@{GRANTED_SET}")),
+                    op: Operator::EQ,
+                }),
+            ],
+        )
+    }
+
     /// One transaction that (re)creates the whole table with `center` and
     /// `mappings` in it. "add table; delete table; add table …" makes it
     /// work whether or not the table exists, atomically: readers see the old
     /// table or the new one, never none.
-    pub fn create(&self, center: &[Ipv4Cidr], mappings: &[Mapping]) -> Nftables<'static> {
+    ///
+    /// JSON rather than the crate's types: the `granted` set's `counter`
+    /// (`"stmt"`) has no field there (nftables 0.6), `nft` 1.0.6 takes it.
+    pub fn create(&self, center: &[Ipv4Cidr], mappings: &[Mapping]) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.create_typed(center, mappings)).unwrap_or_default();
+        if let Some(cmds) = v.get_mut("nftables").and_then(|c| c.as_array_mut()) {
+            for c in cmds {
+                if let Some(set) = c.pointer_mut("/add/set").and_then(|s| s.as_object_mut()) {
+                    if set.get("name").and_then(|n| n.as_str()) == Some(GRANTED_SET) {
+                        set.insert("stmt".into(), serde_json::json!([{ "counter": null }]));
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn create_typed(&self, center: &[Ipv4Cidr], mappings: &[Mapping]) -> Nftables<'static> {
         let mut b = Batch::new();
         b.add(NfListObject::Table(self.table()));
         b.delete(NfListObject::Table(self.table()));
@@ -393,6 +441,7 @@ impl NatTable {
         for r in self
             .tunnel_filter("forward")
             .into_iter()
+            .chain([self.count_from_granted()])
             .chain(self.tunnel_filter("input"))
         {
             b.add(NfListObject::Rule(r));
@@ -474,7 +523,7 @@ mod tests {
         }
     }
 
-    fn to_json(n: &Nftables) -> Value {
+    fn to_json(n: &impl serde::Serialize) -> Value {
         serde_json::to_value(n).unwrap()
     }
 
@@ -557,7 +606,21 @@ mod tests {
         assert!(cmds[0]["add"]["table"].is_object());
         assert!(cmds[1]["delete"]["table"].is_object());
         let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
-        assert_eq!(rules.len(), 10);
+        assert_eq!(rules.len(), 11);
+        // The granted hosts' elements count their traffic, both ways.
+        let granted = cmds
+            .iter()
+            .find_map(|c| c["add"].get("set").filter(|s| s["name"] == "granted"))
+            .unwrap();
+        assert_eq!(granted["stmt"], json!([{"counter": null}]));
+        let last_forward = rules.iter().rev().find(|r| r["chain"] == "forward").unwrap();
+        assert_eq!(
+            last_forward["expr"],
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@center"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@granted"}}
+            ])
+        );
         // The MSS clamp comes first in both filter chains.
         for chain in ["forward", "input"] {
             let first = rules.iter().find(|r| r["chain"] == chain).unwrap();
