@@ -84,37 +84,40 @@ one_pair_to() {
 # phase NAME PORT TICK_MS RANGE: a conversation on PORT, the NAT flushed
 # and moved to RANGE in the middle of it
 phase() {
-	local name=$1 port=$2 tick=$3 range=$4 old new flush_ms out first resume silence
+	# (not "name" or "out": check() in lib/check.sh sets those)
+	local ph=$1 port=$2 tick=$3 range=$4 old new flush_ms log first resume silence
 	nsx r1h1 vpnnat-probe chat --listen "0.0.0.0:$port" --tick-ms "$tick" --lifetime-secs 600 &
 	PIDS="$PIDS $!"
 	wait_for 20 tcp_open operator "$VPN" "$port" >/dev/null 2>&1
 	old=$(nat_port)
-	check "$name: before: one SA pair for $(tid 1), to the NAT's port $old" one_pair_to "$old"
+	check "$ph: before: one SA pair for $(tid 1), to the NAT's port $old" one_pair_to "$old"
 	nsx operator vpnnat-probe talk "$VPN:$port" --secs "$TALK_SECS" --grace-secs 120 >$W/talk-$port.out 2>&1 &
 	local talk=$!
 	sleep 8
 	# the carrier NAT forgets the mapping and hands out ports from another
 	# range (as a NAT that reassigns its port blocks does)
 	nsx cgn "$NFT" flush chain ip topo_nat post
-	nsx cgn "$NFT" add rule ip topo_nat post oifname eth0 masquerade to ":$range"
+	nsx cgn "$NFT" add rule ip topo_nat post oifname eth0 meta l4proto udp masquerade to ":$range"
+	nsx cgn "$NFT" add rule ip topo_nat post oifname eth0 masquerade
 	flush_ms=$(now_ms)
-	check "$name: the carrier NAT forgets $(tid 1)'s UDP mapping" \
+	check "$ph: the carrier NAT forgets $(tid 1)'s UDP mapping" \
 		nsx cgn conntrack -D -p udp -s "$(router_wan 1)"
 	wait $talk
 	local rc=$?
-	out=$W/talk-$port.out
-	check "$name: every line of the operator's open connection came back over it" \
-		sh -c "[ $rc = 0 ] || { tail -3 $out; false; }"
+	log=$W/talk-$port.out
+	check "$ph: every line of the operator's open connection came back over it" \
+		sh -c "[ $rc = 0 ] || { tail -3 $log; false; }"
 	new=$(nat_port)
-	check "$name: the router's datagrams left from a new public port ($old -> ${new:-none})" \
+	check "$ph: the router's datagrams left from a new public port ($old -> ${new:-none})" \
 		sh -c "[ -n '$new' ] && [ '$new' != '$old' ]"
-	check "$name: afterwards the gateway holds exactly one SA pair for $(tid 1), to port ${new:-?}" \
+	check "$ph: afterwards the gateway holds exactly one SA pair for $(tid 1), to port ${new:-?}" \
 		one_pair_to "$new"
-	first=$(awk -v f="$flush_ms" '$1 == "ECHO" && $3 > f { print $4; exit }' "$out")
-	silence=$(sed -n 's/.*MAX_SILENCE_MS \([0-9]*\).*/\1/p' "$out")
+	first=$(awk -v f="$flush_ms" '$1 == "ECHO" && $3 > f { print $4; exit }' "$log")
+	silence=$(sed -n 's/.*MAX_SILENCE_MS \([0-9]*\).*/\1/p' "$log")
 	resume=$([ -n "$first" ] && echo $((first - flush_ms)) || echo "?")
-	say "$name: flush -> first echo of a line sent after it: $resume ms; longest silence of the connection: ${silence:-?} ms"
-	echo "REBIND $name resume_ms=$resume max_silence_ms=${silence:-?} old_port=$old new_port=${new:-none}"
+	say "$ph: flush -> first echo of a line sent after it: $resume ms; longest silence of the connection: ${silence:-?} ms"
+	grep -E "NAT|moved|encap|dial-in" $W/gw1/log | tail -8 | sed 's/^/#   gw1: /'
+	echo "REBIND $ph resume_ms=$resume max_silence_ms=${silence:-?} old_port=$old new_port=${new:-none}"
 }
 
 phase "A (pc1 keeps talking: ESP mapping event)" 7100 200 20000-29999

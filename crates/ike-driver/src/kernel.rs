@@ -214,7 +214,11 @@ pub(crate) enum KernelOp {
     /// The peer's NAT moved it to this UDP port: the installed SA with
     /// this id takes it as its encapsulation's peer side (outbound:
     /// destination port; inbound: source port).
-    MovePeerPort { id: SaId, outbound: bool, port: u16 },
+    MovePeerPort {
+        id: SaId,
+        outbound: bool,
+        port: u16,
+    },
     /// Pass an event to the owner once everything before it was done (so
     /// `TunnelUp` is reported only after the SAs are in the kernel).
     Notify(DriverEvent),

@@ -51,6 +51,9 @@ impl PeerLookup for OneRouter {
     }
 }
 
+/// A `PeerMoved`: from, to, the CHILD SAs `(inbound, outbound)`.
+type Move = (SocketAddr, SocketAddr, Vec<(u32, u32)>);
+
 /// The gateway, one router, and a masquerading NAT between them whose
 /// mapping of the router's port 4500 can change.
 struct Net {
@@ -162,7 +165,7 @@ impl Net {
         self.run();
     }
 
-    fn moves(&self) -> Vec<(SocketAddr, SocketAddr, Vec<(u32, u32)>)> {
+    fn moves(&self) -> Vec<Move> {
         self.gw_events
             .iter()
             .filter_map(|e| match e {
@@ -205,7 +208,10 @@ fn an_authenticated_ike_request_from_a_new_port_moves_the_peer_and_its_child_sas
     n.run();
     assert!(n.gw_errors.is_empty(), "{:?}", n.gw_errors);
     assert_eq!(n.moves(), vec![(public(40_001), public(40_777), vec![pair])]);
-    assert!(n.rt_errors.is_empty() && n.lost.is_empty(), "the answer went to the new port");
+    assert!(
+        n.rt_errors.is_empty() && n.lost.is_empty(),
+        "the answer went to the new port"
+    );
     // From now on the gateway's own requests go there too.
     assert!(n.gw_dpd_reaches_router());
     assert_eq!(n.moves().len(), 1, "one move, reported once");
@@ -238,7 +244,9 @@ fn a_forged_ike_message_from_a_new_port_moves_nothing() {
     // A genuine DPD request of the router, captured and altered in its
     // integrity check value, sent from elsewhere.
     n.rt.check_liveness(n.now, &n.rng).unwrap();
-    let Some(Output::Send(d)) = n.rt.poll_output() else { panic!("a DPD request") };
+    let Some(Output::Send(d)) = n.rt.poll_output() else {
+        panic!("a DPD request")
+    };
     let mut forged = d.payload.clone();
     let last = forged.len() - 1;
     forged[last] ^= 0x01;
@@ -248,7 +256,10 @@ fn a_forged_ike_message_from_a_new_port_moves_nothing() {
     assert_eq!(n.gw_errors.len(), before + 1, "refused: {:?}", n.gw_errors);
     assert!(n.moves().is_empty());
     // A forged "ESP" report cannot name an SA that is not ours either.
-    assert_eq!(n.gw.esp_moved(0xdead_beef, public(40_666)), Err(Error::UnknownChild(0xdead_beef)));
+    assert_eq!(
+        n.gw.esp_moved(0xdead_beef, public(40_666)),
+        Err(Error::UnknownChild(0xdead_beef))
+    );
     assert!(n.moves().is_empty());
     // The gateway still talks to the router where it really is.
     assert!(n.gw_dpd_reaches_router());

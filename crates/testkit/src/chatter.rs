@@ -125,7 +125,9 @@ pub fn talk(addr: SocketAddr, interval: Duration, duration: Duration, grace: Dur
     }
     let until = Instant::now() + grace;
     while t.echoed < t.sent {
-        let Some(left) = until.checked_duration_since(Instant::now()) else { break };
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            break;
+        };
         match rx.recv_timeout(left) {
             Ok((line, at)) => hear(&mut t, &line, at),
             Err(_) => break,

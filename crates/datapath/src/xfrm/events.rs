@@ -122,15 +122,25 @@ mod tests {
     /// 0x56500001, whose peer 203.0.113.50 moved from port 4500 to 40777.
     const MAPPING: &str = concat!(
         // nlmsghdr: length 80, type 0x26 (XFRM_MSG_MAPPING), flags 0, seq 0, pid 0
-        "50000000", "2600", "0000", "00000000", "00000000",
+        "50000000",
+        "2600",
+        "0000",
+        "00000000",
+        "00000000",
         // xfrm_usersa_id: daddr (16 bytes), spi (network order), family AF_INET, proto ESP, pad
-        "c6336415000000000000000000000000", "c0000123", "0200", "32", "00",
+        "c6336415000000000000000000000000",
+        "c0000123",
+        "0200",
+        "32",
+        "00",
         // reqid (host order)
         "01005056",
         // old_saddr, new_saddr (16 bytes each)
-        "cb007132000000000000000000000000", "cb007132000000000000000000000000",
+        "cb007132000000000000000000000000",
+        "cb007132000000000000000000000000",
         // old_sport, new_sport (network order)
-        "1194", "9f49",
+        "1194",
+        "9f49",
     );
 
     #[test]

@@ -27,7 +27,9 @@ pub(super) fn follow<'a>(
     ports: Ports,
 ) -> Vec<KernelOp> {
     if from.ip() != to.ip() {
-        log::warn!("the peer moved from {from} to another address, {to}: its kernel SAs stay (only a new port is followed)");
+        log::warn!(
+            "the peer moved from {from} to another address, {to}: its kernel SAs stay (only a new port is followed)"
+        );
         return Vec::new();
     }
     let port = ports.to_wire(to.port());
@@ -134,7 +136,10 @@ mod tests {
     fn both_sas_of_a_pair_take_the_new_port() {
         let mut c = child(false);
         let ops = follow([&mut c].into_iter(), at(40_001), at(40_777), Ports::default());
-        assert_eq!(moves(&ops), vec![(0xc000_0001, false, 40_777), (0xc100_0001, true, 40_777)]);
+        assert_eq!(
+            moves(&ops),
+            vec![(0xc000_0001, false, 40_777), (0xc100_0001, true, 40_777)]
+        );
     }
 
     #[test]
@@ -148,10 +153,16 @@ mod tests {
 
     #[test]
     fn the_core_port_of_a_test_driver_is_written_as_the_wire_port() {
-        let ports = Ports { ike: 20_500, natt: 24_500 };
+        let ports = Ports {
+            ike: 20_500,
+            natt: 24_500,
+        };
         let mut c = child(false);
         let ops = follow([&mut c].into_iter(), at(40_001), at(4500), ports);
-        assert_eq!(moves(&ops), vec![(0xc000_0001, false, 24_500), (0xc100_0001, true, 24_500)]);
+        assert_eq!(
+            moves(&ops),
+            vec![(0xc000_0001, false, 24_500), (0xc100_0001, true, 24_500)]
+        );
     }
 
     #[test]
