@@ -99,9 +99,10 @@ phase() {
 	nsx cgn "$NFT" flush chain ip topo_nat post
 	nsx cgn "$NFT" add rule ip topo_nat post oifname eth0 meta l4proto udp masquerade to ":$range"
 	nsx cgn "$NFT" add rule ip topo_nat post oifname eth0 masquerade
-	flush_ms=$(now_ms)
 	check "$ph: the carrier NAT forgets $(tid 1)'s UDP mapping" \
 		nsx cgn conntrack -D -p udp -s "$(router_wan 1)"
+	# (from here: until the deletion, the old mapping still carried it)
+	flush_ms=$(now_ms)
 	wait $talk
 	local rc=$?
 	log=$W/talk-$port.out
