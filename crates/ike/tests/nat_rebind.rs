@@ -266,6 +266,17 @@ fn a_forged_ike_message_from_a_new_port_moves_nothing() {
 }
 
 #[test]
+fn a_nat_keepalive_from_a_new_port_moves_nothing() {
+    let mut n = Net::established();
+    // Anyone can send the one byte 0xff to port 4500: not authenticated.
+    let gw_natt = SocketAddr::new(GW.parse::<SocketAddr>().unwrap().ip(), 4500);
+    n.deliver_to_gw(public(40_666), gw_natt, &[0xff]);
+    n.run();
+    assert!(n.gw_errors.is_empty() && n.moves().is_empty());
+    assert!(n.gw_dpd_reaches_router());
+}
+
+#[test]
 fn a_replayed_ike_message_from_a_new_port_moves_nothing() {
     let mut n = Net::established();
     // A genuine exchange from the router's real port, recorded.
