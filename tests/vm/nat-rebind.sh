@@ -85,7 +85,7 @@ one_pair_to() {
 # and moved to RANGE in the middle of it
 phase() {
 	# (not "name" or "out": check() in lib/check.sh sets those)
-	local ph=$1 port=$2 tick=$3 range=$4 old new flush_ms log first resume silence
+	local ph=$1 port=$2 tick=$3 range=$4 old new flush_ms log first resume silence moved
 	nsx r1h1 vpnnat-probe chat --listen "0.0.0.0:$port" --tick-ms "$tick" --lifetime-secs 600 &
 	PIDS="$PIDS $!"
 	wait_for 20 tcp_open operator "$VPN" "$port" >/dev/null 2>&1
@@ -103,6 +103,13 @@ phase() {
 		nsx cgn conntrack -D -p udp -s "$(router_wan 1)"
 	# (from here: until the deletion, the old mapping still carried it)
 	flush_ms=$(now_ms)
+	# when the gateway's outbound SA took another port: the tunnel is back
+	# (the operator's TCP may wait longer: its retransmission back-off)
+	moved=""
+	while [ $(($(now_ms) - flush_ms)) -lt 90000 ]; do
+		gw_sas | grep -q "^out .* 4500 $old\$" || { moved=$(($(now_ms) - flush_ms)); break; }
+		sleep 0.2
+	done
 	wait $talk
 	local rc=$?
 	log=$W/talk-$port.out
@@ -116,9 +123,9 @@ phase() {
 	first=$(awk -v f="$flush_ms" '$1 == "ECHO" && $3 > f { print $4; exit }' "$log")
 	silence=$(sed -n 's/.*MAX_SILENCE_MS \([0-9]*\).*/\1/p' "$log")
 	resume=$([ -n "$first" ] && echo $((first - flush_ms)) || echo "?")
-	say "$ph: flush -> first echo of a line sent after it: $resume ms; longest silence of the connection: ${silence:-?} ms"
+	say "$ph: flush -> the gateway's SA pair on the new port: ${moved:-?} ms; -> first echo of a line sent after the flush: $resume ms; longest silence of the connection: ${silence:-?} ms"
 	grep -E "NAT|moved|encap|dial-in" $W/gw1/log | tail -8 | sed 's/^/#   gw1: /'
-	echo "REBIND $ph resume_ms=$resume max_silence_ms=${silence:-?} old_port=$old new_port=${new:-none}"
+	echo "REBIND $ph sa_moved_ms=${moved:-?} resume_ms=$resume max_silence_ms=${silence:-?} old_port=$old new_port=${new:-none}"
 }
 
 phase "A (pc1 keeps talking: ESP mapping event)" 7100 200 20000-29999
