@@ -93,6 +93,7 @@ cpio cpio
 depmod kmod
 modprobe kmod
 socat socat
+conntrack conntrack
 openssl openssl
 curl curl
 perl perl-base
@@ -252,6 +253,12 @@ VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 run "VM: end to end (defaults: ROUTER
 	scripts/vm-test tests/vm/e2e.sh
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2 HOME_NAT=1 CGNAT=1 LAN_CIDR=172.16.0.0/24 \
 	run "VM: end to end (ROUTERS=3 GATEWAYS=1 SLOTS_PER_GATEWAY=2 HOME_NAT=1 CGNAT=1 LAN_CIDR=172.16.0.0/24: home 1 behind two NATs dials out; the LANs are the center's network)" scripts/vm-test tests/vm/e2e.sh
+# NAT rebinding (issue 17 item 4): the carrier NAT forgets a dialled-in
+# router's mapping twice during an open operator connection (the gateway
+# follows an ESP mapping event, then the router's IKE DPD); ~3 min under TCG.
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 VPNNAT_VM_EXTRA=conntrack \
+	run "VM: NAT rebinding (a carrier NAT gives a dialled-in router a new port mid-connection: the tunnel follows)" \
+	scripts/vm-test tests/vm/nat-rebind.sh
 # Load through real tunnels (issue 8): a small run of the tunnel load
 # (`scripts/bench-load.sh --vm` is the 1,000-router benchmark).
 VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=600 VPNNAT_VM_MEM=2048 LOAD_ROUTERS=20 LOAD_ROUNDS=2 \

@@ -16,12 +16,14 @@ use vpnnat_ike::{
 
 use crate::drop_log::{DropLog, Sender};
 use crate::kernel::{
-    spawn_expire_thread, spawn_kernel_thread, with_shared, Expire, KernelOp, SaInstaller, SharedState, SpiAllocator,
+    spawn_expire_thread, spawn_kernel_thread, with_shared, Expire, KernelNote, KernelOp, SaInstaller, SharedState,
+    SpiAllocator,
 };
 use crate::net::{Ports, Sockets};
 use crate::{Cmd, DriverConfig, DriverError, DriverEvent, DriverHandle, TunnelConfig};
 
 mod dial_in;
+mod rebind;
 pub use dial_in::{DialInConfig, ReqidOf};
 
 const MAX_DATAGRAM: usize = 65_535;
@@ -261,7 +263,7 @@ fn v4(a: SocketAddr) -> Option<Ipv4Addr> {
 }
 
 impl Driver {
-    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut expires: mpsc::UnboundedReceiver<Expire>) {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut expires: mpsc::UnboundedReceiver<KernelNote>) {
         let mut buf_ike = vec![0u8; MAX_DATAGRAM];
         let mut buf_natt = vec![0u8; MAX_DATAGRAM];
         log::info!(
@@ -302,7 +304,10 @@ impl Driver {
                         }
                     }
                 },
-                Some(e) = expires.recv() => self.on_expire(e).await,
+                Some(e) = expires.recv() => match e {
+                    KernelNote::Expire(e) => self.on_expire(e).await,
+                    KernelNote::Mapping(m) => self.on_mapping(m).await,
+                },
                 () = sleep => self.on_timers().await,
             }
             if let Some((until, _)) = &self.shutting_down {
@@ -547,6 +552,7 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Cmd::Expired(e) => self.on_expire(e).await,
+            Cmd::Mapped(m) => self.on_mapping(m).await,
             Cmd::Shutdown(done) => match &mut self.shutting_down {
                 Some((_, waiters)) => waiters.push(done),
                 None => self.begin_shutdown(vec![done]).await,
@@ -1044,6 +1050,20 @@ impl Driver {
                 // CHILD SA per tunnel: no other reservation is pending).
                 self.release_larval(peer, None);
                 self.kernel_op(KernelOp::Notify(DriverEvent::RekeyFailed { peer, child }));
+            }
+            Event::PeerMoved { from, to, children, .. } => {
+                log::info!("{}{peer}'s NAT moved it: {from} -> {to}", tag(&self.labels, peer));
+                if let Some(t) = self.tunnels.get_mut(&peer) {
+                    let moved = t
+                        .children
+                        .iter_mut()
+                        .filter(|(spi, _)| children.iter().any(|(i, _)| i == *spi))
+                        .map(|(_, c)| c);
+                    let ops = rebind::follow(moved, from, to, self.cfg.ports);
+                    for op in ops {
+                        self.kernel_op(op);
+                    }
+                }
             }
             Event::TunnelDown { reason, ike_spis } => {
                 log::info!(

@@ -25,6 +25,12 @@ pub trait SaInstaller: Send + 'static {
     fn update_sa(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
         self.add_sa(sa)
     }
+    /// Gives an installed SA a new UDP encapsulation (the peer's NAT
+    /// moved; XFRM_MSG_UPDSA keeps keys, counters and replay state).
+    /// Default: `update_sa`.
+    fn move_encap(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
+        self.update_sa(sa)
+    }
 }
 
 /// Reserves inbound SPIs (XFRM ALLOCSPI: a larval SA `src -> dst` with a
@@ -112,6 +118,9 @@ impl SaInstaller for Xfrm {
     fn delete_sa(&mut self, id: SaId) -> Result<(), DatapathError> {
         Xfrm::delete_sa(self, id)
     }
+    fn move_encap(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
+        Xfrm::update_sa(self, sa)
+    }
 }
 
 /// One recorded call of a [`RecordingInstaller`].
@@ -121,6 +130,8 @@ pub enum SaOp {
     Add(SaSpec),
     /// `delete_sa`.
     Delete(SaId),
+    /// `move_encap`: the SA with this id now has this encapsulation.
+    Moved(SaSpec),
 }
 
 /// A fake [`SaInstaller`] that records every call (for tests of the driver
@@ -155,6 +166,11 @@ impl RecordingInstaller {
             match op {
                 SaOp::Add(s) => sas.push(s),
                 SaOp::Delete(id) => sas.retain(|s| s.id() != id),
+                SaOp::Moved(m) => {
+                    for s in sas.iter_mut().filter(|s| s.id() == m.id()) {
+                        *s = m.clone();
+                    }
+                }
             }
         }
         sas
@@ -180,6 +196,12 @@ impl SaInstaller for RecordingInstaller {
         }
         self.add_sa(sa)
     }
+    fn move_encap(&mut self, sa: &SaSpec) -> Result<(), DatapathError> {
+        if let Ok(mut o) = self.ops.lock() {
+            o.push(SaOp::Moved(sa.clone()));
+        }
+        Ok(())
+    }
 }
 
 /// Work for the kernel thread, executed strictly in order.
@@ -189,6 +211,14 @@ pub(crate) enum KernelOp {
     /// Complete a larval SA (SPI from ALLOCSPI).
     Update(Box<SaSpec>),
     Delete(SaId),
+    /// The peer's NAT moved it to this UDP port: the installed SA with
+    /// this id takes it as its encapsulation's peer side (outbound:
+    /// destination port; inbound: source port).
+    MovePeerPort {
+        id: SaId,
+        outbound: bool,
+        port: u16,
+    },
     /// Pass an event to the owner once everything before it was done (so
     /// `TunnelUp` is reported only after the SAs are in the kernel).
     Notify(DriverEvent),
@@ -262,6 +292,40 @@ pub(crate) fn spawn_kernel_thread(
                     }
                     with_shared(&shared, |s| s.sas.retain(|x| x.id() != id));
                 }
+                KernelOp::MovePeerPort { id, outbound, port } => {
+                    let mut spec = None;
+                    with_shared(&shared, |s| spec = s.sas.iter().find(|x| x.id() == id).cloned());
+                    let Some(mut sa) = spec else {
+                        log::warn!("moving SA {id}: not installed");
+                        continue;
+                    };
+                    let Some(e) = sa.encap.as_mut() else {
+                        log::warn!("moving SA {id}: no UDP encapsulation");
+                        continue;
+                    };
+                    if outbound {
+                        e.dport = port;
+                    } else {
+                        e.sport = port;
+                    }
+                    match installer.move_encap(&sa) {
+                        Ok(()) => {
+                            log::info!("SA {id} follows the peer's NAT: encap {:?}", sa.encap);
+                            with_shared(&shared, |s| {
+                                for x in s.sas.iter_mut().filter(|x| x.id() == id) {
+                                    x.encap = sa.encap;
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            log::error!("moving SA {id} to the peer's new port: {e}");
+                            let _ = events.send(DriverEvent::KernelError {
+                                sa: id,
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
                 KernelOp::Notify(ev) => {
                     match &ev {
                         DriverEvent::TunnelUp { peer, .. } => with_shared(&shared, |s| {
@@ -292,9 +356,26 @@ pub struct Expire {
     pub hard: bool,
 }
 
-/// Subscribes to XFRM expire events and forwards them from a dedicated
-/// thread (the netlink receive blocks).
-pub(crate) fn spawn_expire_thread(tx: mpsc::UnboundedSender<Expire>) -> Result<(), crate::DriverError> {
+/// An XFRM mapping event, as the driver sees it: ESP-in-UDP for our
+/// inbound SA `inbound` came from `new` (the peer's NAT moved it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// Our inbound SA.
+    pub inbound: SaId,
+    /// Where the peer's ESP comes from now (on the wire).
+    pub new: std::net::SocketAddrV4,
+}
+
+/// What the event thread passes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KernelNote {
+    Expire(Expire),
+    Mapping(Mapping),
+}
+
+/// Subscribes to XFRM expire and mapping events and forwards them from a
+/// dedicated thread (the netlink receive blocks).
+pub(crate) fn spawn_expire_thread(tx: mpsc::UnboundedSender<KernelNote>) -> Result<(), crate::DriverError> {
     let mut sub = XfrmEvents::subscribe().map_err(crate::DriverError::Kernel)?;
     thread::Builder::new()
         .name("ike-xfrm-events".into())
@@ -302,10 +383,13 @@ pub(crate) fn spawn_expire_thread(tx: mpsc::UnboundedSender<Expire>) -> Result<(
             match sub.recv() {
                 Ok(evs) => {
                     for ev in evs {
-                        if let XfrmEvent::Expire { id, hard, .. } = ev {
-                            if tx.send(Expire { id, hard }).is_err() {
-                                return;
-                            }
+                        let note = match ev {
+                            XfrmEvent::Expire { id, hard, .. } => KernelNote::Expire(Expire { id, hard }),
+                            XfrmEvent::Mapping { id, new, .. } => KernelNote::Mapping(Mapping { inbound: id, new }),
+                            XfrmEvent::Acquire { .. } => continue,
+                        };
+                        if tx.send(note).is_err() {
+                            return;
                         }
                     }
                 }

@@ -52,7 +52,7 @@ use vpnnat_datapath::{DatapathError, Lifetime, SaId, SaSpec};
 use vpnnat_ike::{DownReason, Identity, Secret, TrafficSelector};
 
 pub use driver::{DialInConfig, ReqidOf};
-pub use kernel::{CountingSpis, Expire, KernelSpis, RecordingInstaller, SaInstaller, SaOp, SpiAllocator};
+pub use kernel::{CountingSpis, Expire, KernelSpis, Mapping, RecordingInstaller, SaInstaller, SaOp, SpiAllocator};
 pub use net::Ports;
 
 /// Errors of the driver and its API.
@@ -253,6 +253,7 @@ pub(crate) enum Cmd {
     RekeyChild(Ipv4Addr, Reply),
     RekeyIke(Ipv4Addr, Reply),
     Expired(Expire),
+    Mapped(Mapping),
     Shutdown(oneshot::Sender<()>),
     Listen(DialInConfig, Reply),
     HangUp(Identity, Reply),
@@ -474,6 +475,12 @@ impl DriverHandle {
     /// `kernel_events` is on).
     pub fn sa_expired(&self, e: Expire) -> Result<(), DriverError> {
         self.tx.send(Cmd::Expired(e)).map_err(|_| DriverError::Stopped)
+    }
+
+    /// Feeds a kernel XFRM mapping event (done by the driver itself when
+    /// `kernel_events` is on): the peer's ESP came from a new address.
+    pub fn esp_mapping(&self, m: Mapping) -> Result<(), DriverError> {
+        self.tx.send(Cmd::Mapped(m)).map_err(|_| DriverError::Stopped)
     }
 
     /// Deletes every tunnel (waiting up to `shutdown_grace` for the

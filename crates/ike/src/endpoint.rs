@@ -75,6 +75,17 @@ macro_rules! endpoint_api {
             self.op(now, Queued::DeleteChild(inbound_spi), rng)
         }
 
+        /// The kernel saw ESP-in-UDP of the CHILD SA with this inbound SPI
+        /// arrive from `to` (the port as the core sees it), not from where
+        /// the peer was: an XFRM mapping event, which the kernel sends
+        /// only for a packet that authenticated and passed the replay
+        /// window. The peer's NAT moved it (RFC 7296 2.23, RFC 3948): IKE
+        /// goes to `to` from now on and [`crate::Event::PeerMoved`] says which
+        /// kernel SAs to move. Nothing happens if it is there already.
+        pub fn esp_moved(&mut self, inbound_spi: u32, to: std::net::SocketAddr) -> Result<(), Error> {
+            self.table.esp_moved(inbound_spi, to)
+        }
+
         /// Sends a liveness check now.
         pub fn check_liveness(&mut self, now: Instant, rng: &dyn SecureRandom) -> Result<(), Error> {
             self.op(now, Queued::Dpd, rng)

@@ -163,6 +163,22 @@ pub enum Event {
         /// What went wrong.
         error: crate::error::Error,
     },
+    /// The peer's NAT changed its public address or port (RFC 7296 2.23):
+    /// an authenticated IKE message, or an ESP-in-UDP packet the kernel
+    /// authenticated ([`crate::Responder::esp_moved`]), came from `to`.
+    /// IKE already goes there; move these CHILD SAs' UDP encapsulation
+    /// (outbound: destination port, and address if it changed; inbound:
+    /// source) so ESP follows.
+    PeerMoved {
+        /// IKE SPIs.
+        ike_spis: (u64, u64),
+        /// Where the peer was.
+        from: SocketAddr,
+        /// Where it is now.
+        to: SocketAddr,
+        /// `(inbound, outbound)` SPIs of the SA's CHILD SAs.
+        children: Vec<(u32, u32)>,
+    },
     /// The tunnel is gone (all its CHILD SAs were reported down before).
     TunnelDown {
         /// IKE SPIs.

@@ -67,6 +67,23 @@ impl SaTable {
         fx
     }
 
+    /// ESP-in-UDP of the CHILD SA with this inbound SPI came from `to`:
+    /// its IKE SA follows (see `endpoint_api`'s `esp_moved`).
+    pub fn esp_moved(&mut self, inbound_spi: u32, to: SocketAddr) -> Result<(), Error> {
+        let sa = self
+            .sas
+            .iter_mut()
+            .rev()
+            .find(|s| s.state == SaState::Established && s.child_spis().iter().any(|(i, _)| *i == inbound_spi))
+            .ok_or(Error::UnknownChild(inbound_spi))?;
+        // Without UDP encapsulation there is no NAT mapping to follow (and
+        // the kernel reports none).
+        if sa.nat_detected() {
+            sa.moved_to(to, &mut self.out);
+        }
+        Ok(())
+    }
+
     /// Drops dead SAs.
     pub fn reap(&mut self) {
         self.sas.retain(|s| s.state != SaState::Dead);

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 
+pub mod chatter;
 pub mod flood;
 pub mod fuzz_corpus;
 pub mod netns;

@@ -427,6 +427,24 @@ mod golden {
     }
 
     #[test]
+    fn sa_update_of_the_encapsulation_matches_iproute2() {
+        // The peer's NAT moved its port (issue 17 item 4): the same SA
+        // again as XFRM_MSG_UPDSA, with the new destination port. The
+        // kernel copies the encapsulation of a valid SA and keeps its
+        // keys, sequence numbers and replay state.
+        let mut key = vec![3u8; 16];
+        key.extend([4, 4, 4, 4]);
+        let encap = Some(Encap {
+            sport: 4500,
+            dport: 40777,
+        });
+        assert_same(
+            &payload(new_sa(&sa(0x1001, key, encap), true)),
+            &golden(include_str!("../../testdata/sa_update_encap.hex")),
+        );
+    }
+
+    #[test]
     fn hash_thresholds_match_iproute2() {
         // `ip xfrm policy set hthresh4 24 24`
         assert_same(

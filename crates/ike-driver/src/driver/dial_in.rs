@@ -175,6 +175,25 @@ impl Driver {
         true
     }
 
+    /// A kernel mapping event for one of the listener's inbound SAs (see
+    /// `rebind`): its IKE SA's core decides whether the router moved.
+    pub(super) async fn dial_in_esp_moved(&mut self, m: crate::Mapping, to: SocketAddr) {
+        let Some(l) = self.listener.as_mut() else { return };
+        let Some(spi) = l
+            .children
+            .iter()
+            .find(|(_, (_, c))| c.inbound == m.inbound)
+            .map(|(spi, _)| *spi)
+        else {
+            log::debug!("mapping event for {}: not one of our SAs", m.inbound);
+            return;
+        };
+        if let Err(e) = l.core.esp_moved(spi, to) {
+            log::warn!("ESP of {} from {}: {e}", m.inbound, m.new);
+        }
+        self.drain_listener().await;
+    }
+
     /// Closes every dial-in SA (shutdown).
     pub(super) fn close_listener(&mut self, now: Instant) {
         if let Some(l) = self.listener.as_mut() {
@@ -285,6 +304,24 @@ impl Driver {
                 }
             }
             Event::RekeyFailed { error, .. } => log::warn!("dial-in rekey failed: {error}"),
+            Event::PeerMoved {
+                ike_spis,
+                from,
+                to,
+                children,
+            } => {
+                let who = l.ike.get(&ike_spis).map(label).unwrap_or_default();
+                log::info!("dial-in {who}: its NAT moved it: {from} -> {to}");
+                let moved = l
+                    .children
+                    .iter_mut()
+                    .filter(|(spi, _)| children.iter().any(|(i, _)| i == *spi))
+                    .map(|(_, (_, c))| c);
+                let ops = super::rebind::follow(moved, from, to, self.cfg.ports);
+                for op in ops {
+                    self.kernel_op(op);
+                }
+            }
             Event::TunnelDown { reason, ike_spis } => {
                 let Some(id) = l.ike.remove(&ike_spis) else { return };
                 // Another IKE SA of the same router (it restarted and came

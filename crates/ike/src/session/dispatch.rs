@@ -92,7 +92,7 @@ impl IkeSa {
             return Err(Error::NotEstablished);
         };
         self.last_rx = now;
-        self.follow_nat(src, dst);
+        self.follow_nat(src, dst, out);
         match pending.kind {
             PendingKind::Init => Ok(()),
             PendingKind::Auth { inbound_spi } => {
@@ -124,11 +124,13 @@ impl IkeSa {
     }
 
     /// After an authenticated message on port 4500, follow the peer's NAT
-    /// mapping (RFC 7296 2.23).
-    fn follow_nat(&mut self, src: SocketAddr, dst: SocketAddr) {
+    /// mapping (RFC 7296 2.23). Called only once the message verified and
+    /// was not a retransmission: a forged or replayed datagram from a new
+    /// address never gets here.
+    fn follow_nat(&mut self, src: SocketAddr, dst: SocketAddr, out: &mut Out) {
         if dst.port() == NAT_T_PORT {
             self.local = dst;
-            self.remote = src;
+            self.moved_to(src, out);
         }
     }
 
@@ -171,17 +173,17 @@ impl IkeSa {
         match (self.state, msg.header.exchange) {
             (SaState::HalfOpen, ExchangeType::IkeAuth) => {
                 self.last_rx = now;
-                self.follow_nat(src, dst);
+                self.follow_nat(src, dst, out);
                 self.handle_auth_request(mid, &payloads, rng, out, fx)
             }
             (SaState::Established | SaState::Deleting, ExchangeType::Informational) => {
                 self.last_rx = now;
-                self.follow_nat(src, dst);
+                self.follow_nat(src, dst, out);
                 self.handle_informational(mid, &payloads, out)
             }
             (SaState::Established | SaState::Deleting, ExchangeType::CreateChildSa) => {
                 self.last_rx = now;
-                self.follow_nat(src, dst);
+                self.follow_nat(src, dst, out);
                 self.handle_create_child(now, mid, &payloads, rng, out, fx)
             }
             (state, exchange) => Err(Error::UnexpectedExchange {

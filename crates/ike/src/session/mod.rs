@@ -475,6 +475,27 @@ impl IkeSa {
         self.cfg.remote_id.as_ref()
     }
 
+    /// The peer now sends from `to` (an authenticated message came from
+    /// there): send there from now on. Once CHILD SAs with UDP
+    /// encapsulation exist, their kernel SAs must follow too: reported as
+    /// [`Event::PeerMoved`]. Before that (the IKE_AUTH exchange moving to
+    /// port 4500) the CHILD SA is created with the current address anyway.
+    pub(crate) fn moved_to(&mut self, to: SocketAddr, out: &mut Out) {
+        if self.remote == to {
+            return;
+        }
+        let from = std::mem::replace(&mut self.remote, to);
+        let live = matches!(self.state, SaState::Established | SaState::Deleting);
+        if self.nat && live && !self.children.is_empty() {
+            out.push_back(Output::Event(Event::PeerMoved {
+                ike_spis: self.spis(),
+                from,
+                to,
+                children: self.child_spis(),
+            }));
+        }
+    }
+
     /// Whether a NAT was detected.
     pub fn nat_detected(&self) -> bool {
         self.nat

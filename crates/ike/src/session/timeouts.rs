@@ -38,7 +38,14 @@ impl IkeSa {
             match p.timer.poll(now) {
                 Tick::Idle => {}
                 Tick::Retransmit => {
-                    out.push_back(Output::Send(p.datagram.clone()));
+                    let mut d = p.datagram.clone();
+                    // The peer moved meanwhile (RFC 7296 2.23): the same
+                    // bytes, to where it is now. (Same local port only: the
+                    // non-ESP marker depends on it.)
+                    if d.src == self.local {
+                        d.dst = self.remote;
+                    }
+                    out.push_back(Output::Send(d));
                     self.last_tx = now;
                 }
                 Tick::GiveUp => {

@@ -58,6 +58,29 @@ enum Cmd {
         #[arg(long)]
         connect_only: bool,
     },
+    /// The host's end of a long conversation (NAT rebinding trial):
+    /// echo every line, and say `tick <n>` every --tick-ms (0: never).
+    Chat {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        tick_ms: u64,
+        #[arg(long, default_value_t = 600)]
+        lifetime_secs: u64,
+    },
+    /// The operator's end: a line every --interval-ms for --secs, then up
+    /// to --grace-secs for the last echoes. Prints `ECHO n sent_ms
+    /// recv_ms` per echo, then `SENT n ECHOED m MAX_SILENCE_MS g
+    /// SILENCE_END_MS t`. Exit status 1 if not every line came back.
+    Talk {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 90)]
+        grace_secs: u64,
+    },
     /// Relay every TCP connection accepted on LISTEN to TO (a thread per
     /// direction), until --lifetime-secs. The end-to-end scenario runs it in
     /// the operator's namespace so that the host's Chromium (through QEMU's
@@ -167,6 +190,37 @@ fn run(cli: Cli) -> Result<()> {
             to,
             lifetime_secs,
         } => forward(listen, to, Duration::from_secs(lifetime_secs)),
+        Cmd::Chat {
+            listen,
+            tick_ms,
+            lifetime_secs,
+        } => vpnnat_testkit::chatter::serve(
+            listen,
+            (tick_ms > 0).then(|| Duration::from_millis(tick_ms)),
+            Duration::from_secs(lifetime_secs),
+        ),
+        Cmd::Talk {
+            addr,
+            interval_ms,
+            secs,
+            grace_secs,
+        } => {
+            let t = vpnnat_testkit::chatter::talk(
+                addr,
+                Duration::from_millis(interval_ms),
+                Duration::from_secs(secs),
+                Duration::from_secs(grace_secs),
+            )?;
+            for (n, sent, at) in &t.echo_at {
+                println!("ECHO {n} {sent} {at}");
+            }
+            println!(
+                "SENT {} ECHOED {} MAX_SILENCE_MS {} SILENCE_END_MS {}",
+                t.sent, t.echoed, t.max_silence_ms, t.silence_end
+            );
+            anyhow::ensure!(t.echoed == t.sent, "{} of {} lines came back", t.echoed, t.sent);
+            Ok(())
+        }
     }
 }
 
