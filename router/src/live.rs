@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 use vpnnat_datapath::nft::HostCounter;
 
-use crate::http::escape;
+use vpnnat_service::escape::html as escape;
 use crate::state::{RequestState, RouterState};
 
 /// One open maintenance request that holds a device.
