@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 use vpnnat_datapath::nft::HostCounter;
 
-use vpnnat_service::escape::html as escape;
 use crate::state::{RequestState, RouterState};
+use vpnnat_service::escape::html as escape;
 
 /// One open maintenance request that holds a device.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
