@@ -10,6 +10,9 @@
 
 use std::net::Ipv4Addr;
 
+// The netlink attribute and field helpers nf_tables' element batches use.
+use super::setelem::{attr, nul_terminated, u16_at, u32_at};
+
 pub use super::setelem::Malformed;
 
 const NLMSG_HDRLEN: usize = 16;
@@ -50,21 +53,6 @@ pub struct HostCounter {
     pub bytes: u64,
 }
 
-fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = data.len().saturating_add(4);
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-fn nul_terminated(s: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(s.len().saturating_add(1));
-    v.extend_from_slice(s.as_bytes());
-    v.push(0);
-    v
-}
-
 /// The dump request for the elements of set `set` in table `table`
 /// (family `ip`), numbered `seq`; the attributes in nft's order (set,
 /// then table).
@@ -96,14 +84,6 @@ pub struct DumpPart {
     /// The kernel refused the dump (errno, positive): e.g. ENOENT when
     /// the table or the set does not exist.
     pub error: Option<i32>,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 /// The attributes in `b`: (type without flags, payload).

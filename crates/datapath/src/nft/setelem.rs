@@ -97,7 +97,7 @@ pub struct ElemBatch {
 }
 
 /// Appends one attribute (type, payload), padded to 4 bytes.
-fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+pub(super) fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
     let len = data.len().saturating_add(4);
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
@@ -113,7 +113,7 @@ fn data_value(buf: &mut Vec<u8>, ty: u16, ip: Ipv4Addr) {
     attr(buf, ty | NLA_F_NESTED, &inner);
 }
 
-fn nul_terminated(s: &str) -> Vec<u8> {
+pub(super) fn nul_terminated(s: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(s.len().saturating_add(1));
     v.extend_from_slice(s.as_bytes());
     v.push(0);
@@ -214,11 +214,11 @@ pub fn batch(table: &str, op: ElemOp, elems: &[Elem], seq: u32, ack: bool) -> El
 #[error("nf_tables netlink: malformed answer")]
 pub struct Malformed;
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(super) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
