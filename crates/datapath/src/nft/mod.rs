@@ -85,20 +85,18 @@ fn run_nft(program: &str, payload: &[u8]) -> Result<(), String> {
     })
 }
 
-fn elems(objs: &[NfObject<'_>]) -> Vec<Expression<'static>> {
-    let mut out = Vec::new();
-    for o in objs {
-        match o {
-            NfObject::ListObject(NfListObject::Map(m)) => {
-                out.extend(m.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)));
-            }
-            NfObject::ListObject(NfListObject::Set(s)) => {
-                out.extend(s.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)));
-            }
-            _ => {}
+/// The elements of the map or set `name` among a listing's objects;
+/// `None` when there is no map or set of that name.
+fn elems_of(objs: &[NfObject<'_>], name: &str) -> Option<Vec<Expression<'static>>> {
+    objs.iter().find_map(|o| match o {
+        NfObject::ListObject(NfListObject::Map(m)) if m.name == name => {
+            Some(m.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)).collect())
         }
-    }
-    out
+        NfObject::ListObject(NfListObject::Set(s)) if s.name == name => {
+            Some(s.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)).collect())
+        }
+        _ => None,
+    })
 }
 
 fn own(e: &Expression<'_>) -> Expression<'static> {
@@ -150,10 +148,12 @@ fn cidr_of(e: &Expression<'_>) -> Option<Ipv4Cidr> {
 
 impl Nft {
     pub fn new(table: NatTable) -> Self {
-        Self {
-            table,
-            program: std::env::var("VPNNAT_NFT").unwrap_or_else(|_| "nft".to_string()),
-        }
+        Self::with_program(table, std::env::var("VPNNAT_NFT").unwrap_or_else(|_| "nft".to_string()))
+    }
+
+    /// With a given `nft` executable (`VPNNAT_NFT` or `nft` in [`Nft::new`]).
+    pub fn with_program(table: NatTable, program: String) -> Self {
+        Self { table, program }
     }
 
     /// Runs one transaction: the crate's [`Nftables`] or its JSON.
@@ -179,48 +179,54 @@ impl Nft {
         })
     }
 
-    fn list(&self, kind: &str, name: &str) -> Result<Option<Nftables<'static>>, DatapathError> {
-        let args = ["list", kind, "ip", &self.table.name, name];
-        match helper::get_current_ruleset_with_args(Some(&self.program), args) {
-            Ok(n) => Ok(Some(n)),
-            Err(NftablesError::NftFailed { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
-            Err(e) => Err(nft_err("list")(e)),
+    /// The whole table in one `nft list table`: one snapshot, so a change
+    /// by someone else lands either before or after it, never between the
+    /// reads of two of its maps (which would make a table that is
+    /// consistent at every moment look inconsistent, and be rebuilt).
+    fn list_table(&self) -> Result<Option<Nftables<'static>>, DatapathError> {
+        let args = ["list", "table", "ip", &self.table.name];
+        let raw = match helper::get_current_ruleset_raw(Some(&self.program), args) {
+            Ok(raw) => raw,
+            Err(NftablesError::NftFailed { stderr, .. }) if stderr.contains("No such file or directory") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(nft_err("list")(e)),
+        };
+        // Only the sets and maps are decoded: the `nftables` crate cannot
+        // decode every rule expression nft prints (our own `tcp option
+        // maxseg` among them), and the rules never change anyway.
+        let invalid = |e: serde_json::Error| nft_err("list")(NftablesError::NftInvalidJson(e));
+        let mut doc: serde_json::Value = serde_json::from_str(&raw).map_err(invalid)?;
+        if let Some(objs) = doc.get_mut("nftables").and_then(|v| v.as_array_mut()) {
+            objs.retain(|o| o.get("set").is_some() || o.get("map").is_some());
         }
+        serde_json::from_value(doc).map(Some).map_err(invalid)
     }
 
-    /// Reads the table; `None` when it does not exist.
+    /// Reads the table; `None` when it (or its DNAT map) does not exist.
     pub fn observe(&self) -> Result<Option<NatObserved>, DatapathError> {
-        let Some(dnat) = self.list("map", ruleset::DNAT_MAP)? else {
+        let Some(table) = self.list_table()? else {
             return Ok(None);
         };
-        let snat = self.list("map", ruleset::SNAT_MAP)?;
-        let granted = self.list("set", ruleset::GRANTED_SET)?;
-        let center = self.list("set", ruleset::CENTER_SET)?;
-        let mappings: BTreeSet<Mapping> = elems(&dnat.objects)
+        let Some(dnat) = elems_of(&table.objects, ruleset::DNAT_MAP) else {
+            return Ok(None);
+        };
+        let snat = elems_of(&table.objects, ruleset::SNAT_MAP).unwrap_or_default();
+        let granted = elems_of(&table.objects, ruleset::GRANTED_SET).unwrap_or_default();
+        let center = elems_of(&table.objects, ruleset::CENTER_SET).unwrap_or_default();
+        let mappings: BTreeSet<Mapping> = dnat
             .iter()
             .filter_map(pair_of)
             .map(|(vpnnat, real)| Mapping { vpnnat, real })
             .collect();
         let snat: BTreeSet<Mapping> = snat
-            .map(|n| elems(&n.objects))
-            .unwrap_or_default()
             .iter()
             .filter_map(pair_of)
             .map(|(real, vpnnat)| Mapping { vpnnat, real })
             .collect();
-        let granted: BTreeSet<Ipv4Addr> = granted
-            .map(|n| elems(&n.objects))
-            .unwrap_or_default()
-            .iter()
-            .filter_map(ip_of)
-            .collect();
+        let granted: BTreeSet<Ipv4Addr> = granted.iter().filter_map(ip_of).collect();
         let consistent = snat == mappings && granted == mappings.iter().map(|m| m.real).collect();
-        let center = center
-            .map(|n| elems(&n.objects))
-            .unwrap_or_default()
-            .iter()
-            .filter_map(cidr_of)
-            .collect();
+        let center = center.iter().filter_map(cidr_of).collect();
         Ok(Some(NatObserved {
             center,
             mappings,
@@ -270,5 +276,66 @@ impl NftApply for RecordingNft {
             l.push((what.to_string(), json));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `nft -j list table ip vpnnat` printed for a router's table
+    /// with one grant (shortened to the objects that matter; the rule
+    /// shows an expression the `nftables` crate cannot decode).
+    const LISTING: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+{"table": {"family": "ip", "name": "vpnnat", "handle": 1}},
+{"map": {"family": "ip", "name": "dnat4", "table": "vpnnat", "type": "ipv4_addr", "handle": 1, "map": "ipv4_addr", "elem": [["10.64.0.7", "192.168.1.10"]]}},
+{"map": {"family": "ip", "name": "snat4", "table": "vpnnat", "type": "ipv4_addr", "handle": 2, "map": "ipv4_addr", "elem": [["192.168.1.10", "10.64.0.7"]]}},
+{"set": {"family": "ip", "name": "granted", "table": "vpnnat", "type": "ipv4_addr", "handle": 3, "elem": [{"elem": {"val": "192.168.1.10", "counter": {"packets": 3, "bytes": 180}}}]}},
+{"set": {"family": "ip", "name": "center", "table": "vpnnat", "type": "ipv4_addr", "handle": 4, "flags": ["interval"], "elem": [{"prefix": {"addr": "172.16.0.0", "len": 24}}]}},
+{"chain": {"family": "ip", "table": "vpnnat", "name": "forward", "handle": 5, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+{"rule": {"family": "ip", "table": "vpnnat", "chain": "forward", "handle": 9, "expr": [{"an expression": "no crate knows"}]}}]}"#;
+
+    /// A stand-in `nft` that appends its arguments to `calls` and prints
+    /// `LISTING`.
+    fn fake_nft(dir: &std::path::Path) -> String {
+        use std::os::unix::fs::PermissionsExt as _;
+        let listing = dir.join("listing.json");
+        std::fs::write(&listing, LISTING).unwrap();
+        let prog = dir.join("nft");
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" >> {calls}\ncat {listing}\n",
+            calls = dir.join("calls").display(),
+            listing = listing.display()
+        );
+        std::fs::write(&prog, script).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prog.display().to_string()
+    }
+
+    #[test]
+    fn the_table_is_read_in_one_listing() {
+        // Several reads (one per map and set) could straddle someone
+        // else's change to the table: a table consistent at every moment
+        // then read as inconsistent and was rebuilt, repairing a fault the
+        // failure watch was meant to see (the e2e run of CI stop 27).
+        let dir = std::env::temp_dir().join(format!("vpnnat-nft-observe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nft = Nft::with_program(NatTable::named("vpnnat"), fake_nft(&dir));
+        let o = nft.observe().unwrap().unwrap();
+        let calls = std::fs::read_to_string(dir.join("calls")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(calls, "-j list table ip vpnnat\n");
+        let m = Mapping {
+            vpnnat: Ipv4Addr::new(10, 64, 0, 7),
+            real: Ipv4Addr::new(192, 168, 1, 10),
+        };
+        assert_eq!(
+            o,
+            NatObserved {
+                center: BTreeSet::from(["172.16.0.0/24".parse().unwrap()]),
+                mappings: BTreeSet::from([m]),
+                consistent: true,
+            }
+        );
     }
 }
