@@ -142,6 +142,13 @@ pub fn idle_due(open: &[OpenRequest], last_use: &BTreeMap<String, u64>, now: u64
         .collect()
 }
 
+/// When an open request ends as idle if its tunnel stays quiet (for the
+/// operator's view): None without an idle timeout or without the
+/// gateway's word on the tunnel's traffic.
+pub fn idle_end(received_at: u64, last_use: Option<u64>, idle_secs: Option<u64>) -> Option<u64> {
+    Some(idle_since(received_at, last_use?).saturating_add(idle_secs?))
+}
+
 /// Why an operator's new limit was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitError {
@@ -358,6 +365,14 @@ mod tests {
             d[0].detail(),
             "idle: no traffic since 02:00 UTC (its reception) for 60 min"
         );
+    }
+
+    #[test]
+    fn the_idle_end_shown_needs_a_timeout_and_the_gateways_word() {
+        assert_eq!(idle_end(1000, Some(0), Some(IDLE)), Some(1000 + IDLE));
+        assert_eq!(idle_end(1000, Some(4000), Some(IDLE)), Some(4000 + IDLE));
+        assert_eq!(idle_end(1000, None, Some(IDLE)), None);
+        assert_eq!(idle_end(1000, Some(4000), None), None);
     }
 
     #[test]

@@ -34,6 +34,21 @@ impl Storage {
         known_in(&self.conn, None)
     }
 
+    /// Every tunnel's recorded last traffic (the operator's view: shown
+    /// whether its gateway answers now or not).
+    pub fn all_tunnel_traffic(&self) -> Result<BTreeMap<String, u64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT terminal_id, last_use FROM tunnel_traffic")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (t, last) = row?;
+            out.insert(t, to_u64(last)?);
+        }
+        Ok(out)
+    }
+
     /// What the gateway last said of `terminal_id`'s tunnel (None: nothing),
     /// for the operator's view.
     pub fn tunnel_traffic(&self, terminal_id: &str) -> Result<Option<u64>> {
