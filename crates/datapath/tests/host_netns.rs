@@ -684,7 +684,12 @@ fn a_policys_last_use_moves_when_a_packet_matches_it_and_stays_otherwise() {
     let after = unix_now();
     let uses = x.policy_uses().unwrap();
     let first = last_use_by_reqid(&uses)[&(REQID_BASE + 1)].expect("the busy tunnel's policy was stamped");
-    assert!((before..=after).contains(&first), "{before} <= {first} <= {after}");
+    // The kernel stamps with its coarse clock (updated each tick), which
+    // may still show the previous second just after a second begins.
+    assert!(
+        (before.saturating_sub(1)..=after).contains(&first),
+        "{before} - 1 <= {first} <= {after}"
+    );
     for u in &uses {
         let stamped = u.reqid == REQID_BASE + 1 && u.id.dir == Dir::In;
         assert_eq!(u.last_use.is_some(), stamped, "{} reqid {:#x}", u.id, u.reqid);
@@ -695,9 +700,16 @@ fn a_policys_last_use_moves_when_a_packet_matches_it_and_stays_otherwise() {
     assert_eq!(last(&mut x)[&(REQID_BASE + 2)], None);
 
     // The stamp has a resolution of a second: the next packet, sent in a
-    // later second, moves it.
-    while unix_now() <= first {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    // later second, moves it (50 ms into it: the kernel's coarse clock
+    // lags by up to a tick).
+    loop {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        if t.as_secs() > first && t.subsec_millis() >= 50 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     send_udp(busy, Ipv4Addr::new(172, 16, 0, 10));
     let second = last(&mut x)[&(REQID_BASE + 1)].unwrap();
@@ -707,4 +719,24 @@ fn a_policys_last_use_moves_when_a_packet_matches_it_and_stays_otherwise() {
         None,
         "the other tunnel carried nothing"
     );
+
+    // A figure (no assertion): one reading with 1,000 more tunnels of one
+    // address each (3,000 policies), what gatewayd does every 10 s at most.
+    let many: Vec<PolicySpec> = (10..1010)
+        .flat_map(|i| {
+            vpnnat_datapath::tunnel_policies(
+                center(),
+                Ipv4Cidr::host(m(i).vpnnat),
+                Ipv4Addr::new(198, 51, 100, 21),
+                Ipv4Addr::new(198, 51, 100, 101),
+                1000,
+                REQID_BASE + i,
+            )
+        })
+        .collect();
+    x.set_hash_thresholds(24, 24).unwrap();
+    x.add_policies(&many).unwrap();
+    let t = std::time::Instant::now();
+    let n = x.policy_uses().unwrap().len();
+    eprintln!("figure: reading the last use of {n} policies took {:?}", t.elapsed());
 }
