@@ -24,10 +24,10 @@ use vpnnat_datapath::{
     PolicySpec, RecordingDatapath, SaId, REQID_BASE, REQID_RANGE,
 };
 use vpnnat_proto::keys::Psk;
-
-use crate::last_use::LastUseCache;
 use vpnnat_proto::messages::TunnelStatus;
 use vpnnat_proto::types::TerminalId;
+
+use crate::last_use::LastUseCache;
 
 #[derive(Debug, Error)]
 pub enum DriverError {
