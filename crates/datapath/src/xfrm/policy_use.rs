@@ -2,7 +2,9 @@
 //! timeout). The kernel stamps a policy's `curlft.use_time` (Unix seconds)
 //! each time a packet matches it: an `in` or `fwd` policy on every packet
 //! checked against it (a decapsulated one, or a plain one it then drops),
-//! an `out` policy when the packet leaves through its SAs. So the latest
+//! an `out` policy when a forwarded packet is routed through its SAs (a
+//! local socket's cached route skips that lookup; the gateway forwards,
+//! and its `in`/`fwd` stamps move with every packet). So the latest
 //! stamp over a tunnel's policies is when the tunnel last carried traffic,
 //! as the gateway's own kernel saw it; no router has to be believed.
 //!
