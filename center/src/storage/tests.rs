@@ -510,7 +510,6 @@ fn migration_7_keeps_open_requests_with_only_the_configured_maximum() {
     )
     .unwrap();
     let s = Storage::init(conn, false).unwrap();
-    // Through 7 and every later one.
     assert_eq!(s.schema_version().unwrap(), Storage::schema_version_known());
     let r = s.request(1).unwrap().unwrap();
     assert_eq!((r.expires_at, r.limit_set_by.as_deref()), (None, None));
