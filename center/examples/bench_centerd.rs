@@ -163,6 +163,7 @@ async fn main() {
         tunnel_up_timeout: Duration::ZERO,
         max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
         max_grant_lifetime_secs: vpnnat_center::limits::DEFAULT_MAX_LIFETIME_SECS,
+        idle_timeout_secs: None,
     };
     // As centerd: a second connection for reads (`--reader 0`: one
     // connection for everything, to compare).

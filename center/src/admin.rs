@@ -155,12 +155,36 @@ struct RequestOut<'a> {
     /// Unix seconds; absent once ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     ends_at: Option<u64>,
+    /// The router's tunnel's last packet as its gateway reported it (Unix
+    /// seconds, 0: none yet); absent: the gateway said nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_traffic_at: Option<u64>,
+    /// `[center] idle_timeout_secs`, while the request is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout_secs: Option<u64>,
+    /// When it ends as idle if the tunnel stays quiet (Unix seconds);
+    /// absent: no idle timeout, traffic unknown, or ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_ends_at: Option<u64>,
 }
 
-fn request_out<'a>(cfg: &CenterdConfig, row: &'a crate::storage::RequestRow) -> RequestOut<'a> {
-    let ends_at = (row.state != crate::storage::RequestState::Ended)
+fn request_out<'a>(
+    cfg: &CenterdConfig,
+    row: &'a crate::storage::RequestRow,
+    traffic: &std::collections::BTreeMap<String, u64>,
+) -> RequestOut<'a> {
+    let open = row.state != crate::storage::RequestState::Ended;
+    let ends_at = open
         .then(|| crate::limits::effective_end(row.received_at, row.expires_at, cfg.settings.max_grant_lifetime_secs));
-    RequestOut { row, ends_at }
+    let last_traffic_at = traffic.get(&row.terminal_id).copied();
+    let idle_timeout_secs = cfg.settings.idle_timeout_secs.filter(|_| open);
+    RequestOut {
+        row,
+        ends_at,
+        last_traffic_at,
+        idle_timeout_secs,
+        idle_ends_at: crate::limits::idle_end(row.received_at, last_traffic_at, idle_timeout_secs),
+    }
 }
 
 /// `list-requests`: newest first, filtered by state and router.
@@ -170,7 +194,9 @@ pub fn list_requests(
     state: Option<&str>,
     terminal: Option<&str>,
 ) -> Result<Report, AdminError> {
-    let rows: Vec<_> = open_store(cfg)?
+    let st = open_store(cfg)?;
+    let traffic = st.all_tunnel_traffic()?;
+    let rows: Vec<_> = st
         .list_requests(if state.is_some() || terminal.is_some() {
             u32::MAX
         } else {
@@ -181,7 +207,7 @@ pub fn list_requests(
         .filter(|r| terminal.is_none_or(|t| r.terminal_id == t))
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
         .collect();
-    let out: Vec<RequestOut<'_>> = rows.iter().map(|r| request_out(cfg, r)).collect();
+    let out: Vec<RequestOut<'_>> = rows.iter().map(|r| request_out(cfg, r, &traffic)).collect();
     let now = unix_now();
     Report::new(&out, || {
         let mut s =
@@ -224,6 +250,7 @@ pub fn show_router(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, Adm
     let Some(t) = st.terminal(terminal_id)? else {
         return Err(AdminError::NoTerminal(terminal_id.to_owned()));
     };
+    let traffic = st.all_tunnel_traffic()?;
     let requests: Vec<_> = st
         .list_requests(10_000)?
         .into_iter()
@@ -237,7 +264,7 @@ pub fn show_router(cfg: &CenterdConfig, terminal_id: &str) -> Result<Report, Adm
         "addresses": st.addresses_of_terminal(terminal_id)?,
         "slot": st.slot_of(terminal_id)?,
         "initiation": st.initiation_of(terminal_id)?,
-        "requests": requests.iter().map(|r| request_out(cfg, r)).collect::<Vec<_>>(),
+        "requests": requests.iter().map(|r| request_out(cfg, r, &traffic)).collect::<Vec<_>>(),
         "failures": st.failures(Some(terminal_id), 50)?,
     });
     let text = serde_json::to_string_pretty(&v)?;
@@ -259,8 +286,10 @@ pub fn start_request(cfg: &CenterdConfig, n: u64) -> Result<Report, AdminError> 
 pub fn limit_request(cfg: &CenterdConfig, n: u64, minutes: u64) -> Result<Report, AdminError> {
     let actor = cli_actor();
     let max = cfg.settings.max_grant_lifetime_secs;
-    let row = open_store(cfg)?.limit_request_by(n, minutes, max, unix_now(), &actor.who, &actor.peer)?;
-    let out = request_out(cfg, &row);
+    let mut st = open_store(cfg)?;
+    let row = st.limit_request_by(n, minutes, max, unix_now(), &actor.who, &actor.peer)?;
+    let traffic = st.all_tunnel_traffic()?;
+    let out = request_out(cfg, &row, &traffic);
     let end = out.ends_at.unwrap_or_default();
     Report::new(&out, || {
         format!(

@@ -104,7 +104,9 @@ impl HttpGateways {
     /// that timed out while other commands to the same gateway got answers
     /// counts as answered: under load the one state report can queue behind
     /// the tunnel commands, and a gateway busy serving them is not dead.
-    pub async fn heartbeat(&self, name: &str, timeout: Duration) -> Result<(), CommandError> {
+    /// The report that came back, if one did (its tunnels' last traffic
+    /// feeds the idle timeout).
+    pub async fn heartbeat(&self, name: &str, timeout: Duration) -> Result<Option<StateReport>, CommandError> {
         let g = self.get(name)?;
         let sent = Instant::now();
         let r = call(
@@ -116,14 +118,14 @@ impl HttpGateways {
             &self.rng,
         )
         .await;
-        if r.is_ok() {
+        if let Ok(report) = r {
             self.remember(name, true);
-            return Ok(());
+            return Ok(Some(report));
         }
         if self.answered_since(name, sent) {
-            return Ok(());
+            return Ok(None);
         }
-        r.map(|_| ())
+        r.map(Some)
     }
 
     /// The gateway's whole state (reconciliation, `centerd` tools).

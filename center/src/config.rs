@@ -133,6 +133,7 @@ struct RawCenter {
     tunnel_up_timeout_ms: Option<u64>,
     max_open_requests: Option<u32>,
     max_grant_lifetime_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     replay_window_secs: Option<u64>,
     reconcile_interval_secs: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
@@ -389,6 +390,18 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             ),
         ));
     }
+    let idle_timeout_secs = raw.center.idle_timeout_secs;
+    if idle_timeout_secs.is_some_and(|v| !(crate::limits::MIN_IDLE_SECS..=crate::limits::MAX_IDLE_SECS).contains(&v)) {
+        return Err(invalid(
+            "center.idle_timeout_secs",
+            format!(
+                "must be between {} (one minute) and {} (30 days); a grant whose tunnel carried no packet \
+                 for that long ends by itself (leave it out for no idle timeout)",
+                crate::limits::MIN_IDLE_SECS,
+                crate::limits::MAX_IDLE_SECS
+            ),
+        ));
+    }
     let replay = ReplayConfig {
         max_skew_secs: raw
             .center
@@ -503,6 +516,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             tunnel_up_timeout,
             max_open_requests,
             max_grant_lifetime_secs,
+            idle_timeout_secs,
         },
     })
 }
@@ -671,6 +685,22 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
         assert!(err_of(&life("\"4h\"")).contains("max_grant_lifetime_secs"));
         assert_eq!(parse(&life("1800")).unwrap().settings.max_grant_lifetime_secs, 1800);
         assert_eq!(parse(EXAMPLE).unwrap().settings.max_grant_lifetime_secs, 4 * 3600);
+        let idle = |v: &str| EXAMPLE.replace("[center]\n", &format!("[center]\nidle_timeout_secs = {v}\n"));
+        for bad in ["0", "59", "2592001"] {
+            let e = err_of(&idle(bad));
+            assert!(
+                e.contains("center.idle_timeout_secs") && e.contains("between 60"),
+                "{e}"
+            );
+        }
+        assert!(err_of(&idle("\"30m\"")).contains("idle_timeout_secs"));
+        assert_eq!(parse(&idle("1800")).unwrap().settings.idle_timeout_secs, Some(1800));
+        assert_eq!(parse(&idle("60")).unwrap().settings.idle_timeout_secs, Some(60));
+        assert_eq!(
+            parse(EXAMPLE).unwrap().settings.idle_timeout_secs,
+            None,
+            "absent: no idle timeout"
+        );
         assert!(err_of(&EXAMPLE.replace("http://172.16.0.11:9000", "ftp://x")).contains("gateways[0].api_url"));
         assert!(err_of(&EXAMPLE.replace("198.51.100.11", "224.0.0.1")).contains("gateways[0].global_ip"));
         assert!(err_of(&EXAMPLE.replace("127.0.0.1:8081", "127.0.0.1:8080")).contains("server.ui_listen"));

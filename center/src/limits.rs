@@ -9,7 +9,13 @@
 //! configured maximum, never beyond. When the configuration is lowered
 //! later, the lower maximum holds for the open requests too: the effective
 //! end is the earlier of the stored one and `received_at + maximum`.
+//!
+//! The optional idle timeout (`[center] idle_timeout_secs`, absent: none)
+//! ends a request whose router's tunnel carried no packet for that long
+//! ([`idle_due`]). Its source is the gateway's kernel: the last use of the
+//! tunnel's XFRM policies, in gatewayd's state report; a router could lie.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Default of `[center] max_grant_lifetime_secs`: 4 hours.
@@ -19,10 +25,18 @@ pub const MAX_LIFETIME_CEILING_SECS: u64 = 30 * 86_400;
 /// The smallest: one minute (anything shorter cannot be used for work).
 pub const MIN_LIFETIME_SECS: u64 = 60;
 
+/// The smallest configurable idle timeout: one minute (the gateway reads
+/// its policies every 10 s, the expiry loop looks every 10 s).
+pub const MIN_IDLE_SECS: u64 = 60;
+/// The largest: 30 days, as for the maximum lifetime.
+pub const MAX_IDLE_SECS: u64 = MAX_LIFETIME_CEILING_SECS;
+
 /// What the decision needs of an open (waiting or in-progress) request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRequest {
     pub acceptance_number: u64,
+    /// The router's terminal ID (its tunnel's traffic decides idleness).
+    pub terminal_id: String,
     pub received_at: u64,
     /// The stored end (None: a request from before the limits; only the
     /// configured maximum applies).
@@ -74,6 +88,65 @@ pub fn due(open: &[OpenRequest], max_lifetime_secs: u64, now: u64) -> Vec<Expire
             })
         })
         .collect()
+}
+
+/// A request ended for idleness, with why (for the audit row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idle {
+    pub acceptance_number: u64,
+    /// The last packet through the router's tunnel, or the request's
+    /// reception if that is later: idleness counts from here.
+    pub since: u64,
+    /// Whether `since` is a packet (false: no packet since the reception).
+    pub traffic_seen: bool,
+    pub now: u64,
+}
+
+impl Idle {
+    /// The audit row's detail: "idle: no traffic since 14:05 UTC for 30 min".
+    pub fn detail(&self) -> String {
+        let minutes = self.now.saturating_sub(self.since) / 60;
+        let what = if self.traffic_seen { "" } else { " (its reception)" };
+        format!(
+            "idle: no traffic since {}{what} for {minutes} min",
+            utc_hhmm(self.since)
+        )
+    }
+}
+
+/// When request `r`'s idleness started: the later of its reception and
+/// its tunnel's last packet (`last_use`, 0: none).
+pub fn idle_since(received_at: u64, last_use: u64) -> u64 {
+    received_at.max(last_use)
+}
+
+/// The requests among `open` whose router's tunnel carried no packet for
+/// `idle_secs` at `now`, counted from the later of the request's
+/// reception and the last packet, in the order given. `last_use` holds
+/// the tunnels whose last traffic is known (terminal ID -> Unix seconds,
+/// 0: none since their policies were installed); a request whose tunnel
+/// is not in it is never idle (a gateway from before, or one not
+/// answering: no evidence, no end).
+pub fn idle_due(open: &[OpenRequest], last_use: &BTreeMap<String, u64>, now: u64, idle_secs: u64) -> Vec<Idle> {
+    open.iter()
+        .filter_map(|r| {
+            let used = *last_use.get(&r.terminal_id)?;
+            let since = idle_since(r.received_at, used);
+            (now >= since.saturating_add(idle_secs)).then_some(Idle {
+                acceptance_number: r.acceptance_number,
+                since,
+                traffic_seen: used >= r.received_at && used != 0,
+                now,
+            })
+        })
+        .collect()
+}
+
+/// When an open request ends as idle if its tunnel stays quiet (for the
+/// operator's view): None without an idle timeout or without the
+/// gateway's word on the tunnel's traffic.
+pub fn idle_end(received_at: u64, last_use: Option<u64>, idle_secs: Option<u64>) -> Option<u64> {
+    Some(idle_since(received_at, last_use?).saturating_add(idle_secs?))
 }
 
 /// Why an operator's new limit was refused.
@@ -147,6 +220,7 @@ mod tests {
     fn open(n: u64, received_at: u64, expires_at: Option<u64>, by: Option<&str>) -> OpenRequest {
         OpenRequest {
             acceptance_number: n,
+            terminal_id: format!("router-{n}"),
             received_at,
             expires_at,
             limit_set_by: by.map(str::to_owned),
@@ -220,6 +294,85 @@ mod tests {
         // Late in the request's life even a short limit may be too long.
         assert!(new_end(0, MAX, 10, MAX - 60).is_err());
         assert_eq!(new_end(0, MAX, 0, 0), Err(LimitError::Zero));
+    }
+
+    const IDLE: u64 = 30 * 60;
+
+    fn used(v: &[(u64, u64)]) -> BTreeMap<String, u64> {
+        v.iter().map(|(n, t)| (format!("router-{n}"), *t)).collect()
+    }
+
+    fn idle_numbers(open: &[OpenRequest], last: &BTreeMap<String, u64>, now: u64) -> Vec<u64> {
+        idle_due(open, last, now, IDLE)
+            .iter()
+            .map(|i| i.acceptance_number)
+            .collect()
+    }
+
+    #[test]
+    fn idleness_counts_from_the_later_of_reception_and_last_packet() {
+        // (received at, last use, now, idle?)
+        let table: &[(u64, u64, u64, bool)] = &[
+            // Never a packet: counted from the reception.
+            (1000, 0, 1000 + IDLE - 1, false),
+            (1000, 0, 1000 + IDLE, true),
+            // A packet after the reception moves the start.
+            (1000, 2000, 1000 + IDLE, false),
+            (1000, 2000, 2000 + IDLE - 1, false),
+            (1000, 2000, 2000 + IDLE, true),
+            // A packet before the reception (an earlier request's) does not
+            // count against this one.
+            (5000, 100, 5000 + IDLE - 1, false),
+            (5000, 100, 5000 + IDLE, true),
+        ];
+        for &(received, last, now, idle) in table {
+            let got = idle_numbers(&[open(1, received, None, None)], &used(&[(1, last)]), now);
+            assert_eq!(got.is_empty(), !idle, "received {received} last use {last} now {now}");
+        }
+    }
+
+    #[test]
+    fn a_tunnel_without_known_traffic_is_never_idle() {
+        let r = [open(1, 0, None, None), open(2, 0, None, None)];
+        assert_eq!(idle_numbers(&r, &used(&[(2, 0)]), 10 * IDLE), vec![2]);
+        assert!(idle_numbers(&r, &BTreeMap::new(), 10 * IDLE).is_empty());
+    }
+
+    #[test]
+    fn requests_of_one_router_share_its_tunnels_traffic_in_their_order() {
+        let mut a = open(1, 0, None, None);
+        let mut b = open(2, 1800, None, None);
+        a.terminal_id = "router-9".into();
+        b.terminal_id = "router-9".into();
+        let last = used(&[(9, 600)]);
+        // At 2400: the first is idle since its last packet (600), the
+        // second, received at 1800, not yet.
+        assert_eq!(idle_numbers(&[a.clone(), b.clone()], &last, 2400), vec![1]);
+        assert_eq!(idle_numbers(&[a, b], &last, 3600), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_idle_detail_says_since_when_and_how_long() {
+        let d = idle_due(
+            &[open(1, 3600, None, None)],
+            &used(&[(1, 3600 + 300)]),
+            3600 + 300 + IDLE,
+            IDLE,
+        );
+        assert_eq!(d[0].detail(), "idle: no traffic since 01:05 UTC for 30 min");
+        let d = idle_due(&[open(1, 7200, None, None)], &used(&[(1, 0)]), 7200 + 2 * IDLE, IDLE);
+        assert_eq!(
+            d[0].detail(),
+            "idle: no traffic since 02:00 UTC (its reception) for 60 min"
+        );
+    }
+
+    #[test]
+    fn the_idle_end_shown_needs_a_timeout_and_the_gateways_word() {
+        assert_eq!(idle_end(1000, Some(0), Some(IDLE)), Some(1000 + IDLE));
+        assert_eq!(idle_end(1000, Some(4000), Some(IDLE)), Some(4000 + IDLE));
+        assert_eq!(idle_end(1000, None, Some(IDLE)), None);
+        assert_eq!(idle_end(1000, Some(4000), None), None);
     }
 
     #[test]

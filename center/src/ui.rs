@@ -741,6 +741,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let gateways = st.gateway_usage()?;
         let pool = st.pool_usage()?;
         let reinstalls = st.reinstall_requests()?;
+        let traffic = st.all_tunnel_traffic()?;
         let mut slots = Vec::new();
         for g in &gateways {
             slots.extend(st.slots_of_gateway(&g.name)?);
@@ -756,6 +757,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             reinstalls: &reinstalls,
             now: unix_now(),
             max_lifetime_secs: self.center.settings().max_grant_lifetime_secs,
+            idle_timeout_secs: self.center.settings().idle_timeout_secs,
+            traffic: &traffic,
         };
         Ok(pages::dashboard(
             &d,

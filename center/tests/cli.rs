@@ -645,3 +645,71 @@ fn limit_request_shortens_refuses_above_the_maximum_and_the_listings_show_the_en
     // An unknown request: exit 1.
     assert_eq!(code(&centerd(&cfg, &["limit-request", "999", "--minutes", "5"])), 1);
 }
+
+/// Issue 19, item 8, the idle timeout: list-requests and show-router show
+/// `[center] idle_timeout_secs`, the tunnel's last traffic as the gateway
+/// reported it and when the request ends if the tunnel stays quiet.
+#[test]
+fn the_listings_show_the_idle_limit_and_the_tunnels_last_traffic() {
+    let (dir, cfg) = setup("idle");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let idle_cfg = text.replace("# idle_timeout_secs = 1800", "idle_timeout_secs = 1800");
+    assert_ne!(idle_cfg, text, "the example documents the key");
+    std::fs::write(&cfg, idle_cfg).unwrap();
+    json(&centerd(&cfg, &["--json", "list-requests"]));
+    let db = dir.0.join("center.db");
+    // The router (and an older request of its own).
+    seed_received_at(&db, 200);
+    let now = vpnnat_center::http::unix_now();
+    let names = vec!["nas".to_owned()];
+    let (n, _) = Storage::open(&db)
+        .unwrap()
+        .create_request(
+            &NewRequest {
+                terminal_id: "router-7",
+                router_ip: Ipv4Addr::new(203, 0, 113, 7),
+                claimant_name: "Dave",
+                claimant_level: "general",
+                phone: "0312345678",
+                urgency: "normal",
+                content: "nas",
+                terminal_names: &names,
+                now,
+                max_open: None,
+                expires_at: Some(now + 4 * 3600),
+            },
+            None,
+        )
+        .unwrap();
+    let shown = |v: &serde_json::Value| {
+        (
+            v["idle_timeout_secs"].as_u64(),
+            v["last_traffic_at"].as_u64(),
+            v["idle_ends_at"].as_u64(),
+        )
+    };
+    // The gateway has said nothing yet: the limit, no traffic, no end.
+    let v = json(&centerd(&cfg, &["--json", "list-requests"]));
+    assert_eq!(shown(&v[0]), (Some(1800), None, None), "{v}");
+    // Its word: a packet 5 minutes after the reception.
+    Storage::open(&db)
+        .unwrap()
+        .record_tunnel_traffic(&[("router-7".to_owned(), now + 300)])
+        .unwrap();
+    let v = json(&centerd(&cfg, &["--json", "list-requests"]));
+    assert_eq!(v[0]["acceptance_number"], n);
+    assert_eq!(shown(&v[0]), (Some(1800), Some(now + 300), Some(now + 300 + 1800)));
+    let v = json(&centerd(&cfg, &["--json", "show-router", "router-7"]));
+    let mine = v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["acceptance_number"] == n)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        shown(&mine),
+        (Some(1800), Some(now + 300), Some(now + 300 + 1800)),
+        "{v}"
+    );
+}

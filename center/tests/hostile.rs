@@ -421,6 +421,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         // one open request per router: the legitimate one below fills it
         max_open_requests: 1,
         max_grant_lifetime_secs: vpnnat_center::limits::DEFAULT_MAX_LIFETIME_SECS,
+        idle_timeout_secs: None,
     };
     let gws = HttpGateways::new(vec![(gw_name.clone(), gw_a.to_string(), gw_key.clone())], T);
     let center = Arc::new(Center::new(st, settings, gws, HttpRouters::new(8080, T)).unwrap());

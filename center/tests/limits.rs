@@ -51,6 +51,7 @@ fn center() -> Arc<Center<HttpGateways, HttpRouters>> {
         tunnel_up_timeout: Duration::ZERO,
         max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
         max_grant_lifetime_secs: vpnnat_center::limits::DEFAULT_MAX_LIFETIME_SECS,
+        idle_timeout_secs: None,
     };
     let gws = HttpGateways::new(
         vec![(GatewayName::new("gw1").unwrap(), "127.0.0.1:9".into(), gw_key)],

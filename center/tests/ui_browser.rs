@@ -102,6 +102,7 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         tunnel_up_timeout: Duration::ZERO,
         max_open_requests: vpnnat_center::center::DEFAULT_MAX_OPEN_REQUESTS,
         max_grant_lifetime_secs: vpnnat_center::limits::DEFAULT_MAX_LIFETIME_SECS,
+        idle_timeout_secs: None,
     };
     let gws = HttpGateways::new(vec![(gw_name.clone(), gw_addr, gw_key)], T);
     let center = Arc::new(Center::new(st, settings, gws, HttpRouters::new(8080, T)).unwrap());

@@ -253,6 +253,10 @@ pub struct CenterSettings {
     /// `[center] max_grant_lifetime_secs`: every request ends by itself
     /// this long after it was received (see [`crate::limits`]).
     pub max_grant_lifetime_secs: u64,
+    /// `[center] idle_timeout_secs`: a request whose router's tunnel
+    /// carried no packet this long ends by itself (None: no idle timeout;
+    /// see [`crate::limits::idle_due`]).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 impl CenterSettings {
@@ -365,6 +369,9 @@ pub struct Center<G, R> {
     /// is expected (tests, and the commands themselves, which hold it
     /// exclusively for their whole run).
     work_lock: Option<crate::work_lock::WorkLock>,
+    /// The last traffic of each tunnel as last written to the database
+    /// (heartbeat reports come every second; only a change is written).
+    traffic_written: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 type TerminalLock = std::sync::Arc<tokio::sync::Mutex<Option<std::time::Instant>>>;
@@ -473,6 +480,7 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             metrics: crate::metrics::CommandMetrics::new(crate::api::COMMANDS),
             terminal_locks: Mutex::new(std::collections::HashMap::new()),
             work_lock: None,
+            traffic_written: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -657,6 +665,8 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     }
 }
 
+#[cfg(test)]
+mod idle_tests;
 #[cfg(test)]
 mod limits_tests;
 #[cfg(test)]

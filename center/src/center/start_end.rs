@@ -89,11 +89,16 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// command, the judgments, releases, VPN end; the `expire` audit row
     /// commits with the state change and says why. A request that fails
     /// does not hold up the others (it is tried again at the next call).
+    ///
+    /// With `[center] idle_timeout_secs`, also every open request whose
+    /// router's tunnel carried no packet that long
+    /// ([`crate::limits::idle_due`]; the `expire` row says "idle: ...").
     pub async fn expire_due(&self, now: u64) -> Result<Vec<EndOutcome>, CenterError> {
         let max = self.settings.max_grant_lifetime_secs;
-        let due = crate::limits::due(&self.reads()?.open_limits()?, max, now);
+        let open = self.reads()?.open_limits()?;
+        let due = crate::limits::due(&open, max, now);
         let actor = Actor::centerd();
-        let mut out = Vec::new();
+        let mut out = self.end_idle(&open, now, &actor).await?;
         for e in due {
             let number = e.acceptance_number;
             // Re-checked in the transaction: an end or a new limit that
@@ -122,6 +127,68 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             );
         }
         Ok(out)
+    }
+
+    /// The idle part of [`Center::expire_due`].
+    async fn end_idle(
+        &self,
+        open: &[crate::limits::OpenRequest],
+        now: u64,
+        actor: &Actor,
+    ) -> Result<Vec<EndOutcome>, CenterError> {
+        let Some(idle) = self.settings.idle_timeout_secs else {
+            return Ok(Vec::new());
+        };
+        let known = self.reads()?.known_tunnel_traffic()?;
+        let mut out = Vec::new();
+        for i in crate::limits::idle_due(open, &known, now, idle) {
+            let number = i.acceptance_number;
+            // Re-checked in the transaction against the traffic known then.
+            let row = match self
+                .store()?
+                .end_idle_request(number, now, idle, &actor.who, &actor.peer)
+            {
+                Ok(Some((row, why))) => {
+                    log::info!(
+                        "{} {}",
+                        crate::logging::kv(&row.terminal_id, Some(number)),
+                        why.detail()
+                    );
+                    row
+                }
+                Ok(None) => continue,
+                Err(err) => {
+                    log::error!("request {number}: cannot end it as idle: {err}");
+                    continue;
+                }
+            };
+            let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
+            let names: Vec<String> = row.grants.iter().map(|g| g.terminal_name.clone()).collect();
+            out.push(
+                self.finish_end(&row.terminal_id, number, Some(n), &names, now, actor)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records what a gateway's state report says of its tunnels' last
+    /// traffic (issue 19, item 8), writing only what changed. Tunnels the
+    /// report says nothing of (a gateway from before) stay unknown.
+    pub fn record_traffic(&self, report: &vpnnat_proto::messages::StateReport) -> Result<(), CenterError> {
+        let mut written = self.traffic_written.lock().map_err(|_| CenterError::Poisoned)?;
+        let changed: Vec<(String, u64)> = report
+            .tunnels()
+            .iter()
+            .filter_map(|t| Some((t.terminal_id.as_str().to_owned(), t.last_use?)))
+            .filter(|(id, t)| written.get(id).is_none_or(|w| t > w))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.store()?.record_tunnel_traffic(&changed)?;
+        written.extend(changed);
+        Ok(())
     }
 
     /// Ends that a crash interrupted: the request is "ended" in the

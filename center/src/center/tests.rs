@@ -33,6 +33,9 @@ pub(crate) struct FakeGateways {
     pub tunnels: Mutex<BTreeMap<(String, String), FakeTunnel>>,
     /// Terminals whose tunnel the fake reports up.
     pub up: Mutex<HashSet<String>>,
+    /// The last traffic the fake reports per terminal's tunnel (absent:
+    /// left out of the report, as a gateway from before does).
+    pub last_use: Mutex<BTreeMap<String, u64>>,
 }
 
 impl FakeGateways {
@@ -133,6 +136,7 @@ impl GatewayCommands for Arc<FakeGateways> {
             });
         }
         let up = self.up.lock().unwrap();
+        let last_use = self.last_use.lock().unwrap();
         let v = self
             .tunnels
             .lock()
@@ -149,6 +153,7 @@ impl GatewayCommands for Arc<FakeGateways> {
                     TunnelStatus::Connecting
                 },
                 addresses: BoundedSet::new(addrs.iter().map(|a| UnicastAddr::new(*a).unwrap()).collect()).unwrap(),
+                last_use: last_use.get(t).copied(),
             })
             .collect();
         Ok(StateReport::new(v).unwrap())
@@ -222,6 +227,7 @@ pub(crate) fn settings(slots: &[u16]) -> CenterSettings {
         tunnel_up_timeout: Duration::ZERO,
         max_open_requests: crate::center::DEFAULT_MAX_OPEN_REQUESTS,
         max_grant_lifetime_secs: crate::limits::DEFAULT_MAX_LIFETIME_SECS,
+        idle_timeout_secs: None,
     }
 }
 

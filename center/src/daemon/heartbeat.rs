@@ -1,5 +1,6 @@
 //! One gateway's liveness watch: heartbeats out, [`GatewayWatch`]
-//! transitions into the database.
+//! transitions into the database; the state reports that come back give
+//! each tunnel's last traffic (the idle timeout, `Center::record_traffic`).
 
 use std::sync::Arc;
 
@@ -32,7 +33,14 @@ pub(super) async fn run(center: Arc<RealCenter>, name: String, hb: HeartbeatConf
                 continue;
             }
             Some(done) = inflight.join_next(), if !inflight.is_empty() => match done {
-                Ok(Ok(())) => true,
+                Ok(Ok(report)) => {
+                    if let Some(r) = report {
+                        if let Err(e) = center.record_traffic(&r) {
+                            log::warn!(target: LOG_TARGET, "heartbeat {name}: tunnels' last traffic not recorded: {e}");
+                        }
+                    }
+                    true
+                }
                 Ok(Err(e)) => {
                     log::debug!(target: LOG_TARGET, "heartbeat {name}: {e}");
                     false

@@ -43,6 +43,7 @@ mod reinstall;
 mod requests;
 mod sessions;
 mod terminals;
+mod traffic;
 
 pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use gateways::{GatewaySpec, GatewayUsage, LostTunnel, SlotRow, TunnelState};
@@ -255,6 +256,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE requests ADD COLUMN expires_at INTEGER;
     ALTER TABLE requests ADD COLUMN limit_set_by TEXT;
+    "#,
+    // 8: the idle timeout (issue 19, item 8): when each router's tunnel
+    // last carried a packet, as its gateway reports it (Unix seconds, 0:
+    // none yet). Only grows; a row is evidence, no row: unknown.
+    r#"
+    CREATE TABLE tunnel_traffic (
+        terminal_id TEXT PRIMARY KEY,
+        last_use INTEGER NOT NULL
+    );
     "#,
 ];
 

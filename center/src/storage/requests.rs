@@ -391,7 +391,7 @@ impl Storage {
     /// `crate::limits::due`.
     pub fn open_limits(&self) -> Result<Vec<OpenLimit>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT acceptance_number, received_at, expires_at, limit_set_by FROM requests
+            "SELECT acceptance_number, received_at, expires_at, limit_set_by, terminal_id FROM requests
              WHERE state != 'ended' ORDER BY acceptance_number",
         )?;
         let rows = st.query_map([], |r| {
@@ -400,13 +400,15 @@ impl Storage {
                 r.get::<_, i64>(1)?,
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (n, at, exp, by) = row?;
+            let (n, at, exp, by, terminal_id) = row?;
             out.push(OpenLimit {
                 acceptance_number: to_u64(n)?,
+                terminal_id,
                 received_at: to_u64(at)?,
                 expires_at: exp.map(to_u64).transpose()?,
                 limit_set_by: by,
@@ -428,6 +430,47 @@ impl Storage {
         actor: &str,
         peer: &str,
     ) -> Result<Option<(RequestRow, crate::limits::Expired)>> {
+        self.end_by_limit(number, now, actor, peer, |open, _| {
+            Ok(crate::limits::due(std::slice::from_ref(open), max_lifetime_secs, now)
+                .pop()
+                .map(|e| (e.detail(), e)))
+        })
+    }
+
+    /// Ends request `number` because its router's tunnel carried no packet
+    /// for `idle_secs` (issue 19, item 8), if it is still open and still
+    /// idle at `now` by the traffic known then (re-read inside the
+    /// transaction: a packet reported meanwhile wins). The state change
+    /// and its audit row (`expire`, "idle: no traffic since ...") commit
+    /// together. None: nothing to do.
+    pub fn end_idle_request(
+        &mut self,
+        number: u64,
+        now: u64,
+        idle_secs: u64,
+        actor: &str,
+        peer: &str,
+    ) -> Result<Option<(RequestRow, crate::limits::Idle)>> {
+        self.end_by_limit(number, now, actor, peer, |open, tx| {
+            let last_use = super::traffic::known_in(tx, Some(&open.terminal_id))?;
+            Ok(
+                crate::limits::idle_due(std::slice::from_ref(open), &last_use, now, idle_secs)
+                    .pop()
+                    .map(|i| (i.detail(), i)),
+            )
+        })
+    }
+
+    /// The transaction of an end by a time limit: `decide` sees the open
+    /// request (and the transaction) and says why it ends, or None.
+    fn end_by_limit<W>(
+        &mut self,
+        number: u64,
+        now: u64,
+        actor: &str,
+        peer: &str,
+        decide: impl FnOnce(&OpenLimit, &rusqlite::Transaction<'_>) -> Result<Option<(String, W)>>,
+    ) -> Result<Option<(RequestRow, W)>> {
         let tx = self.tx()?;
         let Some(cur) = request_in(&tx, number)? else {
             return Ok(None);
@@ -437,16 +480,16 @@ impl Storage {
         }
         let open = OpenLimit {
             acceptance_number: number,
+            terminal_id: cur.terminal_id.clone(),
             received_at: cur.received_at,
             expires_at: cur.expires_at,
             limit_set_by: cur.limit_set_by.clone(),
         };
-        let Some(expired) = crate::limits::due(std::slice::from_ref(&open), max_lifetime_secs, now).pop() else {
+        let Some((detail, why)) = decide(&open, &tx)? else {
             return Ok(None);
         };
         tx.prepare_cached("UPDATE requests SET state = 'ended', ended_at = ?2 WHERE acceptance_number = ?1")?
             .execute(params![from_u64(number), from_u64(now)])?;
-        let detail = expired.detail();
         audit::insert_in(
             &tx,
             &NewAudit {
@@ -461,7 +504,7 @@ impl Storage {
         )?;
         let row = request_in(&tx, number)?.ok_or(StorageError::Corrupt("request vanished".into()))?;
         tx.commit()?;
-        Ok(Some((row, expired)))
+        Ok(Some((row, why)))
     }
 
     /// An operator limits open request `number` to `minutes` from `now`

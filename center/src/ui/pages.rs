@@ -77,6 +77,10 @@ pub struct Dashboard<'a> {
     /// max_grant_lifetime_secs`, for each request's end (issue 19, item 8).
     pub now: u64,
     pub max_lifetime_secs: u64,
+    /// `[center] idle_timeout_secs` and each router's tunnel's last
+    /// traffic as its gateway reported it (the idle timeout).
+    pub idle_timeout_secs: Option<u64>,
+    pub traffic: &'a std::collections::BTreeMap<String, u64>,
 }
 
 /// A POST button in a form of its own (every form carries the session's
@@ -147,6 +151,29 @@ fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Ma
     }
 }
 
+/// The idle timeout of a live request: its tunnel's last traffic (as the
+/// gateway saw it) and when it ends if the tunnel stays quiet. Nothing
+/// without an idle timeout.
+fn idle_cell(r: &RequestRow, d: &Dashboard<'_>) -> Markup {
+    let n = r.acceptance_number;
+    let last = d.traffic.get(&r.terminal_id).copied();
+    html! {
+        @if let Some(idle) = d.idle_timeout_secs {
+            br;
+            span.idle id={ "idle-" (n) } {
+                "idle limit " (idle / 60) " min: "
+                @match (last, crate::limits::idle_end(r.received_at, last, Some(idle))) {
+                    (Some(t), Some(end)) if t != 0 => {
+                        "last traffic " (crate::limits::utc_hhmm(t)) ", ends " (crate::limits::utc_hhmm(end)) " if quiet"
+                    }
+                    (_, Some(end)) => { "no traffic yet, ends " (crate::limits::utc_hhmm(end)) " if quiet" }
+                    _ => { "traffic unknown (gateway says nothing)" }
+                }
+            }
+        }
+    }
+}
+
 fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
     let dns_domain = d.dns_domain;
     let n = r.acceptance_number;
@@ -176,7 +203,7 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
             td { (tables.join(", ")) }
             td.state { (r.state) }
             td {
-                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs)) }
+                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs)) (idle_cell(r, d)) }
                 @if let (false, Some(by)) = (live, &r.ended_by) {
                     span.ended-by id={ "ended-by-" (n) } { "ended by " (by) }
                 }

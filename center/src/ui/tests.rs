@@ -891,3 +891,50 @@ async fn operator_sees_each_requests_end_sets_a_shorter_limit_and_cannot_exceed_
         .unwrap();
     assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator#1"));
 }
+
+/// Issue 19, item 8, the idle timeout: with `[center] idle_timeout_secs`,
+/// each live request's row shows the limit, its tunnel's last traffic as
+/// the gateway reported it and when it ends if the tunnel stays quiet.
+#[tokio::test]
+async fn operator_sees_the_idle_limit_and_the_tunnels_last_traffic() {
+    use crate::center::tests::{center_with_settings, settings, NOW};
+    let mut s = settings(&[2]);
+    s.idle_timeout_secs = Some(1800);
+    let (c, _g, _r) = center_with_settings("10.64.0.0/24", s);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, _) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+    let token = login(addr).await;
+
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    assert!(
+        r.body
+            .contains(&format!("id=\"idle-{n}\">idle limit 30 min: traffic unknown")),
+        "{}",
+        r.body
+    );
+    c.store()
+        .unwrap()
+        .record_tunnel_traffic(&[("router-1".to_owned(), 0)])
+        .unwrap();
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    let end = crate::limits::utc_hhmm(NOW + 1800);
+    assert!(
+        r.body.contains(&format!("no traffic yet, ends {end} if quiet")),
+        "{}",
+        r.body
+    );
+    c.store()
+        .unwrap()
+        .record_tunnel_traffic(&[("router-1".to_owned(), NOW + 600)])
+        .unwrap();
+    let r = req(addr, "GET", "/", Some(&token), None).await;
+    let (last, end) = (crate::limits::utc_hhmm(NOW + 600), crate::limits::utc_hhmm(NOW + 2400));
+    assert!(
+        r.body.contains(&format!("last traffic {last}, ends {end} if quiet")),
+        "{}",
+        r.body
+    );
+}

@@ -623,3 +623,120 @@ fn granted_hosts_counters_read_back_the_kernels_counts() {
     nft.apply("destroy", &t.destroy()).unwrap();
     assert_eq!(dp.host_counters().unwrap(), [], "the table gone: no hosts");
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// One UDP datagram from `src` to `dst` (port 9), as a router's host
+/// would send through the tunnel.
+fn send_udp(src: Ipv4Addr, dst: Ipv4Addr) {
+    let s = std::net::UdpSocket::bind((src, 0)).unwrap();
+    s.send_to(b"x", (dst, 9)).unwrap();
+}
+
+/// Issue 19, item 8 (the idle timeout): the kernel stamps a policy's last
+/// use when a packet matches it, and `Xfrm::policy_uses` reads it back.
+/// lo plays both sides (the center host 172.16.0.10, the VPNNAT addresses
+/// of two tunnels); policy checks are turned on for lo (the kernel skips
+/// them there by default). The host has no ESP: a plain packet from a
+/// VPNNAT address matches its tunnel's `in` policy, which stamps it and
+/// then drops the packet (no SA); `out` policies are stamped only when a
+/// packet leaves through SAs (the VM's e2e has them).
+#[test]
+fn a_policys_last_use_moves_when_a_packet_matches_it_and_stays_otherwise() {
+    use vpnnat_datapath::xfrm::policy_use::last_use_by_reqid;
+    vpnnat_testkit::fresh_netns_or_skip!();
+    let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success());
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["addr", "add", "172.16.0.10/24", "dev", "lo"]);
+    ip(&["addr", "add", "10.64.0.5/32", "dev", "lo"]);
+    ip(&["addr", "add", "10.64.0.6/32", "dev", "lo"]);
+    for key in ["disable_policy", "disable_xfrm"] {
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/lo/{key}"), "0").unwrap();
+    }
+    let (busy, idle) = (Ipv4Addr::new(10, 64, 0, 5), Ipv4Addr::new(10, 64, 0, 6));
+    let mut x = Xfrm::open().unwrap();
+    let mut ps = Vec::new();
+    for (v, reqid) in [(busy, REQID_BASE + 1), (idle, REQID_BASE + 2)] {
+        ps.extend(vpnnat_datapath::tunnel_policies(
+            center(),
+            Ipv4Cidr::host(v),
+            Ipv4Addr::new(198, 51, 100, 21),
+            Ipv4Addr::new(198, 51, 100, 101),
+            1000,
+            reqid,
+        ));
+    }
+    x.add_policies(&ps).unwrap();
+    let last = |x: &mut Xfrm| last_use_by_reqid(&x.policy_uses().unwrap());
+    assert_eq!(
+        last(&mut x),
+        [(REQID_BASE + 1, None), (REQID_BASE + 2, None)].into(),
+        "no packet yet"
+    );
+
+    let before = unix_now();
+    send_udp(busy, Ipv4Addr::new(172, 16, 0, 10));
+    let after = unix_now();
+    let uses = x.policy_uses().unwrap();
+    let first = last_use_by_reqid(&uses)[&(REQID_BASE + 1)].expect("the busy tunnel's policy was stamped");
+    // The kernel stamps with its coarse clock (updated each tick), which
+    // may still show the previous second just after a second begins.
+    assert!(
+        (before.saturating_sub(1)..=after).contains(&first),
+        "{before} - 1 <= {first} <= {after}"
+    );
+    for u in &uses {
+        let stamped = u.reqid == REQID_BASE + 1 && u.id.dir == Dir::In;
+        assert_eq!(u.last_use.is_some(), stamped, "{} reqid {:#x}", u.id, u.reqid);
+    }
+
+    // No packet: the stamp stays.
+    assert_eq!(last(&mut x)[&(REQID_BASE + 1)], Some(first));
+    assert_eq!(last(&mut x)[&(REQID_BASE + 2)], None);
+
+    // The stamp has a resolution of a second: the next packet, sent in a
+    // later second, moves it (50 ms into it: the kernel's coarse clock
+    // lags by up to a tick).
+    loop {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        if t.as_secs() > first && t.subsec_millis() >= 50 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    send_udp(busy, Ipv4Addr::new(172, 16, 0, 10));
+    let second = last(&mut x)[&(REQID_BASE + 1)].unwrap();
+    assert!(second > first, "{second} > {first}");
+    assert_eq!(
+        last(&mut x)[&(REQID_BASE + 2)],
+        None,
+        "the other tunnel carried nothing"
+    );
+
+    // A figure (no assertion): one reading with 1,000 more tunnels of one
+    // address each (3,000 policies), what gatewayd does every 10 s at most.
+    let many: Vec<PolicySpec> = (10..1010)
+        .flat_map(|i| {
+            vpnnat_datapath::tunnel_policies(
+                center(),
+                Ipv4Cidr::host(m(i).vpnnat),
+                Ipv4Addr::new(198, 51, 100, 21),
+                Ipv4Addr::new(198, 51, 100, 101),
+                1000,
+                REQID_BASE + i,
+            )
+        })
+        .collect();
+    x.set_hash_thresholds(24, 24).unwrap();
+    x.add_policies(&many).unwrap();
+    let t = std::time::Instant::now();
+    let n = x.policy_uses().unwrap().len();
+    eprintln!("figure: reading the last use of {n} policies took {:?}", t.elapsed());
+}

@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
+use vpnnat_datapath::xfrm::PolicyUse;
 use vpnnat_datapath::{
     plan, tunnel_policies, Change, Datapath, DatapathError, DesiredState, Ipv4Cidr, KernelDatapath, ObservedState,
     PolicySpec, RecordingDatapath, SaId, REQID_BASE, REQID_RANGE,
@@ -25,6 +26,8 @@ use vpnnat_datapath::{
 use vpnnat_proto::keys::Psk;
 use vpnnat_proto::messages::TunnelStatus;
 use vpnnat_proto::types::TerminalId;
+
+use crate::last_use::LastUseCache;
 
 #[derive(Debug, Error)]
 pub enum DriverError {
@@ -136,6 +139,10 @@ pub trait TunnelDriver: Send {
     /// what is missing. gatewayd calls it at start, before any tunnel is
     /// set up.
     fn reconcile(&mut self) -> Result<(), DriverError>;
+    /// When each slot's tunnel last carried a packet (Unix seconds, 0:
+    /// never; [`crate::last_use`]); a slot left out carried nothing.
+    /// Read from the kernel at most every [`crate::last_use::REFRESH`].
+    fn last_use(&mut self) -> Result<BTreeMap<u16, u64>, DriverError>;
 }
 
 /// The part of the datapath the gateway needs: the project's XFRM objects,
@@ -145,6 +152,8 @@ pub trait PolicyDatapath: Send {
     /// The project's SAs and policies ([`ObservedState::ours`]); no NAT table.
     fn observe_xfrm(&mut self) -> Result<ObservedState, DatapathError>;
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError>;
+    /// The last use of each of the project's policies.
+    fn policy_uses(&mut self) -> Result<Vec<PolicyUse>, DatapathError>;
 }
 
 impl PolicyDatapath for KernelDatapath {
@@ -159,6 +168,12 @@ impl PolicyDatapath for KernelDatapath {
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
         Datapath::apply(self, changes)
     }
+
+    fn policy_uses(&mut self) -> Result<Vec<PolicyUse>, DatapathError> {
+        let mut v = self.xfrm.policy_uses()?;
+        v.retain(|u| vpnnat_datapath::is_owned_reqid(u.reqid));
+        Ok(v)
+    }
 }
 
 impl PolicyDatapath for RecordingDatapath {
@@ -172,6 +187,20 @@ impl PolicyDatapath for RecordingDatapath {
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), DatapathError> {
         Datapath::apply(self, changes)
+    }
+
+    /// A recording carries no packet: every policy unused.
+    fn policy_uses(&mut self) -> Result<Vec<PolicyUse>, DatapathError> {
+        Ok(self
+            .state
+            .policies
+            .iter()
+            .map(|p| PolicyUse {
+                id: p.id,
+                reqid: p.reqid,
+                last_use: None,
+            })
+            .collect())
     }
 }
 
@@ -195,6 +224,7 @@ pub struct PolicyDriver<D> {
     tunnels: BTreeMap<TerminalId, Tunnel>,
     events: UnboundedSender<DriverEvent>,
     connecting_detail: &'static str,
+    last_use: LastUseCache,
 }
 
 /// Shown with every "connecting" event until an IKE driver exists.
@@ -216,6 +246,7 @@ impl<D: PolicyDatapath> PolicyDriver<D> {
             tunnels: BTreeMap::new(),
             events,
             connecting_detail: IKE_PENDING,
+            last_use: LastUseCache::default(),
         }
     }
 
@@ -443,6 +474,15 @@ impl<D: PolicyDatapath> TunnelDriver for PolicyDriver<D> {
     fn reconcile(&mut self) -> Result<(), DriverError> {
         // This driver installs no SA: every owned one is a leftover.
         self.reconcile_keeping(&[])
+    }
+
+    fn last_use(&mut self) -> Result<BTreeMap<u16, u64>, DriverError> {
+        let now = std::time::Instant::now();
+        if let Some(m) = self.last_use.fresh(now) {
+            return Ok(m.clone());
+        }
+        let m = crate::last_use::by_slot(&self.dp.policy_uses()?);
+        Ok(self.last_use.store(now, m).clone())
     }
 }
 

@@ -378,6 +378,10 @@ impl<D: PolicyDatapath> TunnelDriver for IkeTunnelDriver<D> {
         let keep: Vec<_> = self.drv.installed_sas().iter().map(|s| s.id()).collect();
         self.policy.reconcile_keeping(&keep)
     }
+
+    fn last_use(&mut self) -> Result<BTreeMap<u16, u64>, DriverError> {
+        self.policy.last_use()
+    }
 }
 
 /// Maps the IKE driver's tunnel up/down to gatewayd's events; retries a

@@ -10,6 +10,7 @@ pub mod dial_in;
 pub mod driver;
 pub mod filter;
 pub mod ike;
+pub mod last_use;
 
 use std::collections::BTreeMap;
 
@@ -379,7 +380,16 @@ impl Gatewayd {
         // Taken first: every event numbered up to it happened before the
         // tunnels are read below, so the report reflects it.
         let seq = driver::event_seq_now();
-        let tunnels = self.driver()?.tunnels();
+        let (tunnels, last_use) = {
+            let mut d = self.driver()?;
+            // Unknown when the policies cannot be read: the center then
+            // ends nothing as idle (logged, the report still goes out).
+            let last_use = d
+                .last_use()
+                .map_err(|e| log::warn!("tunnels' last traffic unknown: {e}"))
+                .ok();
+            (d.tunnels(), last_use)
+        };
         let mut out = Vec::with_capacity(tunnels.len());
         for t in tunnels {
             let addrs = t
@@ -394,6 +404,7 @@ impl Gatewayd {
                 router_ip: UnicastAddr::new(t.router_ip).map_err(ProtoError::from)?,
                 status: t.status,
                 addresses: BoundedSet::new(addrs).map_err(ProtoError::from)?,
+                last_use: last_use.as_ref().map(|m| m.get(&t.slot).copied().unwrap_or(0)),
             });
         }
         Ok(StateReport::new(out).map_err(ProtoError::from)?.with_seq(seq))

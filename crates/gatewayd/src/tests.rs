@@ -255,3 +255,22 @@ async fn api_caps_connections_per_source_except_centerds() {
         server.abort();
     }
 }
+
+#[test]
+fn each_tunnels_last_use_is_read_from_its_policies() {
+    let (mut d, _rx) = driver();
+    assert_eq!(d.last_use().unwrap(), BTreeMap::new(), "no tunnel, no policy");
+    d.setup(spec("router-1", 3, "203.0.113.5")).unwrap();
+    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
+    // Read again only after the refresh interval: the cached reading (no
+    // policy) still serves.
+    assert_eq!(d.last_use().unwrap(), BTreeMap::new());
+    let (mut d, _rx) = driver();
+    d.setup(spec("router-1", 3, "203.0.113.5")).unwrap();
+    d.add_addresses(&tid("router-1"), &[ip("10.64.0.1")]).unwrap();
+    assert_eq!(
+        d.last_use().unwrap(),
+        BTreeMap::from([(3, 0)]),
+        "installed, never used (a recording carries no packet)"
+    );
+}

@@ -842,6 +842,14 @@ pub struct TunnelState {
     pub router_ip: UnicastAddr,
     pub status: TunnelStatus,
     pub addresses: TunnelAddresses,
+    /// When the tunnel last carried a packet (issue 19, item 8: the idle
+    /// timeout), in Unix seconds: the latest use the gateway's kernel
+    /// stamped on the tunnel's XFRM policies; 0: none since they were
+    /// installed. Absent: unknown (a gateway from before, or the kernel's
+    /// policies could not be read); the center then ends nothing as idle.
+    /// Like `seq`, centers are upgraded before their gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_use: Option<u64>,
 }
 
 /// Answer to [`ReportState`]: at most [`MAX_TUNNELS`] tunnels, one per

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod msg;
+pub mod policy_use;
 
 use std::net::Ipv4Addr;
 
@@ -13,6 +14,7 @@ use crate::model::{ObservedSa, PolicyId, PolicySpec, SaId, SaSpec};
 use crate::netlink::{NlSocket, F_CHANGE, F_CREATE, F_GET};
 
 pub use events::{XfrmEvent, XfrmEvents};
+pub use policy_use::PolicyUse;
 
 /// A handle on the XFRM tables of the current network namespace.
 #[derive(Debug)]
@@ -143,6 +145,19 @@ impl Xfrm {
             .iter()
             .filter_map(|m| match m {
                 XfrmMessage::AddPolicy(m) | XfrmMessage::UpdatePolicy(m) => msg::parse_policy(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// When each of the namespace's IPv4 tunnel policies last carried a
+    /// packet ([`policy_use`]; the caller filters by reqid).
+    pub fn policy_uses(&mut self) -> Result<Vec<PolicyUse>, DatapathError> {
+        let msgs = self.nl.dump(msg::dump_policy()).map_err(err("dump", "policy table"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                XfrmMessage::AddPolicy(m) | XfrmMessage::UpdatePolicy(m) => policy_use::parse_policy_use(m),
                 _ => None,
             })
             .collect())

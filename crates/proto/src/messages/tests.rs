@@ -566,6 +566,7 @@ fn gateway_address_commands_and_state() {
         router_ip: ip(203, 0, 113, 5),
         status: TunnelStatus::Up,
         addresses: BoundedSet::new(vec![ip(10, 64, 1, 1)]).unwrap(),
+        last_use: Some(1_796_677_931),
     }])
     .unwrap();
     let (_, got) = exchange(&ReportState {}, &gw, &key, |_| state.clone());
@@ -592,6 +593,27 @@ fn state_report_carries_the_event_order() {
         0
     );
     assert!(serde_json::from_str::<StateReport>(r#"{"tunnels":[],"seq":-1}"#).is_err());
+}
+
+#[test]
+fn a_tunnels_last_use_is_optional_and_left_out_when_unknown() {
+    let t = |last_use| TunnelState {
+        terminal_id: TerminalId::new("router-1").unwrap(),
+        slot: 3,
+        router_ip: UnicastAddr::new(std::net::Ipv4Addr::new(203, 0, 113, 5)).unwrap(),
+        status: TunnelStatus::Up,
+        addresses: BoundedSet::new(vec![]).unwrap(),
+        last_use,
+    };
+    let j = serde_json::to_string(&t(Some(0))).unwrap();
+    assert!(j.ends_with(r#","last_use":0}"#), "{j}");
+    assert_eq!(serde_json::from_str::<TunnelState>(&j).unwrap(), t(Some(0)));
+    // Unknown: left out (what a gateway from before sends too).
+    let j = serde_json::to_string(&t(None)).unwrap();
+    assert!(!j.contains("last_use"), "{j}");
+    // A gateway from before: no field, unknown.
+    assert_eq!(serde_json::from_str::<TunnelState>(&j).unwrap().last_use, None);
+    assert!(serde_json::from_str::<TunnelState>(&j.replace("}", r#","last_use":-1}"#)).is_err());
 }
 
 #[test]
