@@ -35,6 +35,8 @@ TUNNEL_UP_TIMEOUT_MS=${TUNNEL_UP_TIMEOUT_MS:-60000}
 # the failure-notice steps wait for its tick and for the reconcile after a
 # repair, so the scenarios tick faster)
 HEALTH_PERIOD_SECS=${HEALTH_PERIOD_SECS:-5}
+# centerd's idle timeout (issue 19 item 8; absent: none, as by default)
+IDLE_TIMEOUT_SECS=${IDLE_TIMEOUT_SECS:-}
 
 W=${TOPO_DIR:-/run/e2e}
 mkdir -p $W
@@ -426,6 +428,7 @@ cidr = "$POOL_CIDR"
 [center]
 networks = ["172.16.0.0/24"]
 tunnel_up_timeout_ms = $TUNNEL_UP_TIMEOUT_MS
+${IDLE_TIMEOUT_SECS:+idle_timeout_secs = $IDLE_TIMEOUT_SECS}
 replay_window_secs = 300
 reconcile_interval_secs = 30
 host_routes = true
