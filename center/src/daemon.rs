@@ -216,6 +216,7 @@ pub async fn serve(
         throttle: Default::default(),
         operator_networks: cfg.operator_networks.clone(),
         hash_slots: ui::DEFAULT_HASH_SLOTS,
+        account_iterations: crate::password::DEFAULT_ITERATIONS,
     };
     let zone = cfg.dns.as_ref().map(|d| (d.zone.clone(), d.limits));
     let reconcile_interval = cfg.reconcile_interval;

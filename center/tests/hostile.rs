@@ -439,6 +439,7 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         throttle: Default::default(),
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
+        account_iterations: 1000,
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
 

@@ -116,6 +116,7 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         throttle: Default::default(),
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
+        account_iterations: 1000,
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
 

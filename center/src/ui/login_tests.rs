@@ -53,6 +53,7 @@ async fn start(c: Arc<TestCenter>, hash: PasswordHash, hash_slots: usize) -> (So
         throttle: ThrottleConfig::default(),
         operator_networks: vec!["127.0.0.1/32".parse().unwrap()],
         hash_slots,
+        account_iterations: 1000,
     };
     tokio::spawn(run(
         l,

@@ -18,7 +18,7 @@ td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
 .waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
 
 /// A whole page; `refresh`: reload every [`REFRESH_SECS`].
-fn page(title: &str, refresh: bool, body: Markup) -> String {
+pub(super) fn page(title: &str, refresh: bool, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html {
@@ -37,7 +37,7 @@ fn page(title: &str, refresh: bool, body: Markup) -> String {
 }
 
 /// The message line (`#message`), when there is one.
-fn message(text: Option<&str>) -> Markup {
+pub(super) fn message(text: Option<&str>) -> Markup {
     html! {
         @if let Some(m) = text.filter(|m| !m.is_empty()) {
             p id="message" { (m) }
@@ -53,7 +53,10 @@ pub fn login(text: &str) -> String {
             h1 { "Maintenance center" }
             (message(Some(text)))
             form method="post" action="/login" {
-                label { "Maintenance password " input type="password" name="password" id="password" autofocus; }
+                // Empty name: a shared password of the configuration.
+                label { "Operator name " input type="text" name="name" id="name" autocomplete="username" autofocus; }
+                " "
+                label { "Password " input type="password" name="password" id="password"; }
                 " "
                 button type="submit" id="login" { "Log in" }
             }
@@ -221,6 +224,9 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         }
         " "
         a href="/audit" id="audit-link" { "Audit log" }
+        " "
+        // Admins only (the server refuses others; the link is a hint).
+        a href="/accounts" id="accounts-link" { "Accounts" }
         (message(msg))
         h2 { "Maintenance requests" }
         table id="requests" {

@@ -88,6 +88,7 @@ async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
         throttle: Default::default(),
         operator_networks: Vec::new(),
         hash_slots: super::DEFAULT_HASH_SLOTS,
+        account_iterations: 1000,
     };
     tokio::spawn(run(
         l,
