@@ -412,7 +412,7 @@ fn login_page(message: &str) -> String {
     pages::login(message)
 }
 
-fn fmt_time(t: u64) -> String {
+pub(crate) fn fmt_time(t: u64) -> String {
     // UTC, without pulling in a date crate: days since epoch -> civil date.
     let days = i64::try_from(t / 86_400).unwrap_or(0);
     let secs = t % 86_400;
