@@ -23,7 +23,7 @@ pub struct NewAudit<'a> {
     /// `release`, `vpn_end`, `install`, `failure`, `drain`, `undrain`,
     /// `limit` (an operator's time limit), `expire` (ended by its limit),
     /// `operator_add`, `operator_disable`, `operator_enable`, `operator_role`
-    /// (accounts, `crate::accounts::manage`), `login_refused`, `forbidden`.
+    /// (accounts, `crate::accounts::manage`), `login_refused` (a disabled account).
     pub action: &'a str,
     pub terminal_id: Option<&'a str>,
     pub acceptance_number: Option<u64>,

@@ -183,3 +183,14 @@ impl Storage {
         Ok(Some(SessionOwner { label, account, state }))
     }
 }
+
+#[cfg(test)]
+impl Storage {
+    /// Sets the disabled flag and nothing else (the sessions stay): the
+    /// UI's per-request check on its own.
+    pub fn disable_operator_only_for_tests(&mut self, name: &str) {
+        self.conn
+            .execute("UPDATE operators SET disabled = 1 WHERE name = ?1", [name])
+            .unwrap();
+    }
+}

@@ -8,18 +8,18 @@ use tokio::sync::oneshot;
 use crate::center::tests::{center_with, TestCenter, TestRouter};
 use crate::storage::RequestState;
 
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    cookie: Option<String>,
+pub(super) struct Resp {
+    pub(super) status: u16,
+    pub(super) location: Option<String>,
+    pub(super) cookie: Option<String>,
     content_type: Option<String>,
     headers: hyper::HeaderMap,
-    body: String,
+    pub(super) body: String,
 }
 
 /// A request as the operator's browser sends it: POSTs with a session
 /// carry the session's CSRF token as the page's forms do.
-async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Resp {
+pub(super) async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Resp {
     let with_token;
     let form = match (method, cookie, form) {
         ("POST", Some(c), None) => {
@@ -32,7 +32,7 @@ async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, f
 }
 
 /// Exactly this request.
-async fn send(
+pub(super) async fn send(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -77,7 +77,7 @@ async fn send(
     }
 }
 
-async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
+pub(super) async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -466,7 +466,7 @@ async fn login(addr: SocketAddr) -> String {
 }
 
 /// The concrete path of a route (`{n}` -> an existing request number).
-fn concrete(r: &UiRoute, n: u64) -> String {
+pub(super) fn concrete(r: &UiRoute, n: u64) -> String {
     r.path.replace("{n}", &n.to_string())
 }
 
