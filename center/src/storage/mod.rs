@@ -412,3 +412,6 @@ impl Storage {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod operators_tests;
