@@ -132,11 +132,23 @@ pub const ROUTES: &[UiRoute] = &[
     route("GET", "/audit.jsonl", Access::Session, Role::Viewer, Page::AuditJsonl),
     // Ending one's own session changes nothing else: every role may.
     route("POST", "/logout", Access::Session, Role::Viewer, Page::Logout),
-    route("POST", "/requests/{n}/start", Access::Session, Role::Operator, Page::Start),
+    route(
+        "POST",
+        "/requests/{n}/start",
+        Access::Session,
+        Role::Operator,
+        Page::Start,
+    ),
     route("POST", "/requests/{n}/end", Access::Session, Role::Operator, Page::End),
     // Issue 19, item 8: the request's time limit, `minutes` from now (form
     // field); never beyond `[center] max_grant_lifetime_secs`; audited.
-    route("POST", "/requests/{n}/limit", Access::Session, Role::Operator, Page::Limit),
+    route(
+        "POST",
+        "/requests/{n}/limit",
+        Access::Session,
+        Role::Operator,
+        Page::Limit,
+    ),
     // Issue 18: a re-installation without proof of Secret(ID2) waits for
     // this (form field `terminal_id`); audited. It decides which device
     // gets a router's keys: admins only.
@@ -160,9 +172,27 @@ pub const ROUTES: &[UiRoute] = &[
     // Issue 20: the accounts (form fields `name`, `password`, `role`).
     route("GET", "/accounts", Access::Session, Role::Admin, Page::Accounts),
     route("POST", "/accounts/add", Access::Session, Role::Admin, Page::AccountAdd),
-    route("POST", "/accounts/disable", Access::Session, Role::Admin, Page::AccountDisable),
-    route("POST", "/accounts/enable", Access::Session, Role::Admin, Page::AccountEnable),
-    route("POST", "/accounts/role", Access::Session, Role::Admin, Page::AccountRole),
+    route(
+        "POST",
+        "/accounts/disable",
+        Access::Session,
+        Role::Admin,
+        Page::AccountDisable,
+    ),
+    route(
+        "POST",
+        "/accounts/enable",
+        Access::Session,
+        Role::Admin,
+        Page::AccountEnable,
+    ),
+    route(
+        "POST",
+        "/accounts/role",
+        Access::Session,
+        Role::Admin,
+        Page::AccountRole,
+    ),
 ];
 
 /// Whether `path` fits `pattern`, and the `{n}` it carries.
@@ -532,8 +562,15 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         };
         let actor = Actor::new(label, peer.ip().to_string());
         if !role.may(route.role) {
-            log::warn!("operator UI: {method} {path} by {} ({role}) from {peer}: refused, needs {}", actor.who, route.role);
-            return text(403, format!("your role ({role}) may not do this; it needs {}", route.role));
+            log::warn!(
+                "operator UI: {method} {path} by {} ({role}) from {peer}: refused, needs {}",
+                actor.who,
+                route.role
+            );
+            return text(
+                403,
+                format!("your role ({role}) may not do this; it needs {}", route.role),
+            );
         }
         if route.is_post() {
             let headers = req.headers().clone();
@@ -585,7 +622,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             };
         }
         match route.page {
-            Page::Dashboard => match self.dashboard(&query, &csrf_token(&token)) {
+            Page::Dashboard => match self.dashboard(&query, &csrf_token(&token), &actor.who, role) {
                 Ok(b) => html(200, b),
                 Err(e) => text(500, format!("cannot read the database: {e}")),
             },
@@ -846,7 +883,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         redirect(&format!("/?msg={}", url_encode(&e.to_string())))
     }
 
-    fn dashboard(&self, query: &str, csrf: &str) -> Result<String, CenterError> {
+    fn dashboard(&self, query: &str, csrf: &str, who: &str, role: Role) -> Result<String, CenterError> {
         let st = self.center.reads()?;
         let requests = st.list_requests(200)?;
         let failures = st.failures(None, 50)?;
@@ -868,6 +905,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             reinstalls: &reinstalls,
             now: unix_now(),
             max_lifetime_secs: self.center.settings().max_grant_lifetime_secs,
+            who,
+            role,
         };
         Ok(pages::dashboard(
             &d,

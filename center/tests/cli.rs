@@ -686,11 +686,22 @@ fn operator_accounts_from_the_command_line() {
     };
     let o = add("ada", "admin", "ada's long password\n");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "operator ada: added as admin");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "operator ada: added as admin"
+    );
     // From a file: its first line.
     let pw = dir.0.join("otto-password");
     std::fs::write(&pw, "otto's long password\nignored\n").unwrap();
-    let mut args = vec!["--json", "operator", "add", "otto", "--role", "operator", "--password-file"];
+    let mut args = vec![
+        "--json",
+        "operator",
+        "add",
+        "otto",
+        "--role",
+        "operator",
+        "--password-file",
+    ];
     let pw_s = pw.display().to_string();
     args.push(&pw_s);
     args.extend(fast);
@@ -698,9 +709,27 @@ fn operator_accounts_from_the_command_line() {
     assert_eq!(v["operator"], "otto");
     // Refused, saying why.
     for (name, role, input, want_code, why) in [
-        ("ada", "viewer", "another long password\n", 1, "operator ada exists already"),
-        ("Bad Name", "viewer", "another long password\n", 2, "operator name \"Bad Name\""),
-        ("vera", "root", "another long password\n", 2, "role \"root\": one of admin, operator, viewer"),
+        (
+            "ada",
+            "viewer",
+            "another long password\n",
+            1,
+            "operator ada exists already",
+        ),
+        (
+            "Bad Name",
+            "viewer",
+            "another long password\n",
+            2,
+            "operator name \"Bad Name\"",
+        ),
+        (
+            "vera",
+            "root",
+            "another long password\n",
+            2,
+            "role \"root\": one of admin, operator, viewer",
+        ),
         ("vera", "viewer", "short\n", 2, "shorter than 10 characters"),
         ("vera", "viewer", "", 1, "empty password"),
     ] {
@@ -709,21 +738,41 @@ fn operator_accounts_from_the_command_line() {
         assert!(stderr(&o).contains(why), "{name} {role}: {}", stderr(&o));
         assert!(!stderr(&o).contains("long password"), "the password is never printed");
     }
-    let missing = centerd(&cfg, &["operator", "add", "vera", "--role", "viewer", "--password-file", "/nonexistent"]);
+    let missing = centerd(
+        &cfg,
+        &[
+            "operator",
+            "add",
+            "vera",
+            "--role",
+            "viewer",
+            "--password-file",
+            "/nonexistent",
+        ],
+    );
     assert_eq!(code(&missing), 1);
     assert!(stderr(&missing).contains("/nonexistent"), "{}", stderr(&missing));
     // No password on the command line: clap has no such argument.
-    let o = centerd(&cfg, &["operator", "add", "vera", "--role", "viewer", "--password", "x"]);
+    let o = centerd(
+        &cfg,
+        &["operator", "add", "vera", "--role", "viewer", "--password", "x"],
+    );
     assert_eq!(code(&o), 2);
 
     assert_eq!(code(&centerd(&cfg, &["operator", "set-role", "otto", "viewer"])), 0);
     assert_eq!(code(&centerd(&cfg, &["operator", "disable", "otto"])), 0);
     let v = json(&centerd(&cfg, &["--json", "operator", "list"]));
     assert_eq!(v.as_array().unwrap().len(), 2);
-    assert_eq!((v[1]["name"].as_str(), v[1]["role"].as_str(), v[1]["disabled"].as_bool()), (Some("otto"), Some("viewer"), Some(true)));
+    assert_eq!(
+        (v[1]["name"].as_str(), v[1]["role"].as_str(), v[1]["disabled"].as_bool()),
+        (Some("otto"), Some("viewer"), Some(true))
+    );
     let text = centerd(&cfg, &["operator", "list"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("ada admin active") && text.contains("otto viewer disabled"), "{text}");
+    assert!(
+        text.contains("ada admin active") && text.contains("otto viewer disabled"),
+        "{text}"
+    );
     assert_eq!(code(&centerd(&cfg, &["operator", "enable", "otto"])), 0);
     for args in [
         &["operator", "disable", "nobody"][..],
@@ -752,7 +801,13 @@ fn operator_accounts_from_the_command_line() {
     let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(
         actions,
-        ["operator_enable", "operator_disable", "operator_role", "operator_add", "operator_add"]
+        [
+            "operator_enable",
+            "operator_disable",
+            "operator_role",
+            "operator_add",
+            "operator_add"
+        ]
     );
     assert!(rows.iter().all(|r| !r.detail.contains("long password")));
 }

@@ -226,5 +226,8 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         );
     }
     web(|| b.goto(&format!("{base}/accounts")));
-    assert!(web(|| b.find("#accounts")).is_none(), "an operator is refused the accounts page");
+    assert!(
+        web(|| b.find("#accounts")).is_none(),
+        "an operator is refused the accounts page"
+    );
 }

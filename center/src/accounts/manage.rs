@@ -26,8 +26,7 @@ impl ManageError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            ManageError::Account(_)
-                | ManageError::Storage(StorageError::Exists { .. } | StorageError::NotFound { .. })
+            ManageError::Account(_) | ManageError::Storage(StorageError::Exists { .. } | StorageError::NotFound { .. })
         )
     }
 }
@@ -109,5 +108,11 @@ pub fn set_disabled(st: &mut Storage, name: &str, disabled: bool, actor: &Actor,
 pub fn set_role(st: &mut Storage, name: &str, role: Role, actor: &Actor, now: u64) -> Result<(), ManageError> {
     check_name(name)?;
     st.set_operator_role(name, role)?;
-    audit(st, actor, now, "operator_role", &format!("operator {name} is now {role}"))
+    audit(
+        st,
+        actor,
+        now,
+        "operator_role",
+        &format!("operator {name} is now {role}"),
+    )
 }

@@ -25,7 +25,10 @@ fn accounts_are_added_listed_and_refused_twice() {
     s.add_operator("otto", "hash-o", Role::Operator, 20).unwrap();
     s.add_operator("ada", "hash-a", Role::Admin, 10).unwrap();
     let e = s.add_operator("otto", "other", Role::Viewer, 30).unwrap_err();
-    assert!(matches!(e, StorageError::Exists { what: "operator", ref key } if key == "otto"), "{e}");
+    assert!(
+        matches!(e, StorageError::Exists { what: "operator", ref key } if key == "otto"),
+        "{e}"
+    );
     assert_eq!(e.to_string(), "operator otto exists already");
     // The table refuses a role the code would not write.
     assert!(s
@@ -89,7 +92,10 @@ fn sessions_carry_the_account_its_role_and_its_flag() {
     );
     // The flag alone shows (the UI refuses it) ...
     s.disable_operator_only_for_tests("otto");
-    assert_eq!(s.session_owner("t1", 50).unwrap().unwrap().state, Some((Role::Viewer, true)));
+    assert_eq!(
+        s.session_owner("t1", 50).unwrap().unwrap().state,
+        Some((Role::Viewer, true))
+    );
     // ... and disabling ends the account's sessions, not others'.
     s.set_operator_disabled("otto", true).unwrap();
     assert_eq!(s.session_owner("t1", 50).unwrap(), None);
@@ -121,6 +127,9 @@ fn migration_8_keeps_live_sessions_as_shared_password_ones() {
     let s = Storage::init(conn, false).unwrap();
     assert_eq!(s.schema_version().unwrap(), 8);
     let owner = s.session_owner("t", 50).unwrap().unwrap();
-    assert_eq!((owner.label.as_str(), owner.account, owner.state), ("operator#2", None, None));
+    assert_eq!(
+        (owner.label.as_str(), owner.account, owner.state),
+        ("operator#2", None, None)
+    );
     assert!(s.operators().unwrap().is_empty());
 }

@@ -87,7 +87,12 @@ async fn every_route_against_every_role() {
         .all(|r| r.role > Role::Viewer));
     let (mut allowed, mut refused) = (0, 0);
     // `None`: a shared-password session (full rights, as before accounts).
-    for who in [Some(("vera", Role::Viewer)), Some(("otto", Role::Operator)), Some(("ada", Role::Admin)), None] {
+    for who in [
+        Some(("vera", Role::Viewer)),
+        Some(("otto", Role::Operator)),
+        Some(("ada", Role::Admin)),
+        None,
+    ] {
         for r in ROUTES.iter().filter(|r| r.access == Access::Session) {
             // A fresh session per route: logout ends one.
             let (token, role) = match who {
@@ -192,9 +197,22 @@ async fn roles_change_at_the_next_request_and_actions_are_audited_by_name() {
     let (c, addr, _stop, n) = setup().await;
     let vera = login_as(addr, "vera").await;
     assert_eq!(
-        req(addr, "POST", &format!("/requests/{n}/start"), Some(&vera), None).await.status,
+        req(addr, "POST", &format!("/requests/{n}/start"), Some(&vera), None)
+            .await
+            .status,
         403
     );
+    // The page offers a viewer no buttons, and says who is looking.
+    let page = req(addr, "GET", "/", Some(&vera), None).await.body;
+    assert!(page.contains("operator:vera (viewer)"), "{page}");
+    for id in [
+        format!("start-{n}"),
+        format!("end-{n}"),
+        format!("limit-{n}-15"),
+        "accounts-link".into(),
+    ] {
+        assert!(!page.contains(&format!("id=\"{id}\"")), "{id}");
+    }
     let ada = login_as(addr, "ada").await;
     let r = req(
         addr,
@@ -205,13 +223,18 @@ async fn roles_change_at_the_next_request_and_actions_are_audited_by_name() {
     )
     .await;
     assert_eq!(r.status, 303);
+    let page = req(addr, "GET", "/", Some(&vera), None).await.body;
+    assert!(page.contains(&format!("id=\"start-{n}\"")), "{page}");
     let r = req(addr, "POST", &format!("/requests/{n}/start"), Some(&vera), None).await;
     assert_eq!(r.status, 303);
     assert!(r.location.unwrap().contains("started"));
     let rows = c.store().unwrap().audit_log(&audit_filter("action=start", 10)).unwrap();
     assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator:vera"));
     // An unknown name and a wrong password look the same.
-    for form in ["name=nobody&password=vera+password", "name=vera&password=wrong+password"] {
+    for form in [
+        "name=nobody&password=vera+password",
+        "name=vera&password=wrong+password",
+    ] {
         let r = req(addr, "POST", "/login", None, Some(form)).await;
         assert_eq!(r.status, 401, "{form}");
         assert!(r.body.contains("Wrong name or password."), "{}", r.body);
@@ -225,7 +248,14 @@ async fn admins_manage_accounts_in_the_page() {
     let csrf = csrf_token(&ada);
     let page = req(addr, "GET", "/accounts", Some(&ada), None).await;
     assert_eq!(page.status, 200);
-    for id in ["account-ada", "account-otto", "account-vera", "account-add", "disable-otto", "role-vera"] {
+    for id in [
+        "account-ada",
+        "account-otto",
+        "account-vera",
+        "account-add",
+        "disable-otto",
+        "role-vera",
+    ] {
         assert!(page.body.contains(&format!("id=\"{id}\"")), "{id}: {}", page.body);
     }
     let post = |form: String| {
@@ -234,12 +264,18 @@ async fn admins_manage_accounts_in_the_page() {
     };
     // Added; then refused: a duplicate, a bad name, a bad role, a short
     // password: each said on the page, nothing stored.
-    let r = post(format!("{CSRF_FIELD}={csrf}&name=nina&password=nina+password&role=viewer")).await;
+    let r = post(format!(
+        "{CSRF_FIELD}={csrf}&name=nina&password=nina+password&role=viewer"
+    ))
+    .await;
     assert!(r.location.unwrap().contains("nina%20added%20as%20viewer"));
     for (form, why) in [
         ("name=nina&password=nina+password&role=viewer", "exists already"),
         ("name=Nina&password=nina+password&role=viewer", "operator name"),
-        ("name=nora&password=nora+password&role=root", "one of admin, operator, viewer"),
+        (
+            "name=nora&password=nora+password&role=root",
+            "one of admin, operator, viewer",
+        ),
         ("name=nora&password=short&role=viewer", "shorter than 10"),
     ] {
         let r = post(format!("{CSRF_FIELD}={csrf}&{form}")).await;
@@ -248,7 +284,14 @@ async fn admins_manage_accounts_in_the_page() {
         let msg = form_decode(to.split_once("msg=").unwrap().1);
         assert!(msg.contains(why), "{form}: {msg}");
     }
-    let names: Vec<String> = c.store().unwrap().operators().unwrap().into_iter().map(|r| r.name).collect();
+    let names: Vec<String> = c
+        .store()
+        .unwrap()
+        .operators()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     assert_eq!(names, ["ada", "nina", "otto", "vera"]);
     let nina = login_as(addr, "nina").await;
     assert_eq!(req(addr, "GET", "/accounts", Some(&nina), None).await.status, 403);

@@ -121,10 +121,9 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             (Page::AccountEnable, _) => {
                 manage::set_disabled(&mut st, &name, false, actor, now).map(|()| format!("Account {name} enabled."))
             }
-            (Page::AccountRole, _) => role
-                .parse::<Role>()
-                .map_err(Into::into)
-                .and_then(|role| manage::set_role(&mut st, &name, role, actor, now).map(|()| format!("Account {name} is now {role}."))),
+            (Page::AccountRole, _) => role.parse::<Role>().map_err(Into::into).and_then(|role| {
+                manage::set_role(&mut st, &name, role, actor, now).map(|()| format!("Account {name} is now {role}."))
+            }),
             _ => return text(404, "no such action"),
         };
         drop(st);

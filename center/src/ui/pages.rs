@@ -11,6 +11,7 @@ use crate::storage::{
 };
 
 use super::{fmt_time, CSRF_FIELD, REFRESH_SECS};
+use crate::accounts::Role;
 
 pub(super) const STYLE: &str =
     "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}\
@@ -80,6 +81,11 @@ pub struct Dashboard<'a> {
     /// max_grant_lifetime_secs`, for each request's end (issue 19, item 8).
     pub now: u64,
     pub max_lifetime_secs: u64,
+    /// Who is looking (`operator:NAME` or `operator#N`) and their role:
+    /// the page offers only the buttons the role may press (the server
+    /// refuses the others anyway).
+    pub who: &'a str,
+    pub role: Role,
 }
 
 /// A POST button in a form of its own (every form carries the session's
@@ -128,7 +134,8 @@ const LIMIT_CHOICES: [u64; 4] = [15, 30, 60, 120];
 /// When a live request ends, the time left, who set a shorter limit, and
 /// one button per offered limit (minutes from now; the center refuses more
 /// than its configured maximum since the request's reception).
-fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Markup {
+/// `act`: the viewer's role may set limits (else only the end is shown).
+fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64, act: bool) -> Markup {
     let n = r.acceptance_number;
     let end = crate::limits::effective_end(r.received_at, r.expires_at, max_lifetime_secs);
     html! {
@@ -138,13 +145,15 @@ fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Ma
         @if let Some(by) = &r.limit_set_by {
             br; span.limit-by { "limit set by " (by) }
         }
-        br;
-        "end in: "
-        @for m in LIMIT_CHOICES.iter().filter(|m| now.saturating_add(m.saturating_mul(60)) < end) {
-            form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
-                input type="hidden" name=(CSRF_FIELD) value=(csrf);
-                input type="hidden" name="minutes" value=(m);
-                button id={ "limit-" (n) "-" (m) } { (m) " min" }
+        @if act {
+            br;
+            "end in: "
+            @for m in LIMIT_CHOICES.iter().filter(|m| now.saturating_add(m.saturating_mul(60)) < end) {
+                form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
+                    input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                    input type="hidden" name="minutes" value=(m);
+                    button id={ "limit-" (n) "-" (m) } { (m) " min" }
+                }
             }
         }
     }
@@ -179,18 +188,20 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
             td { (tables.join(", ")) }
             td.state { (r.state) }
             td {
-                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs)) }
+                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs, d.role.may(Role::Operator))) }
                 @if let (false, Some(by)) = (live, &r.ended_by) {
                     span.ended-by id={ "ended-by-" (n) } { "ended by " (by) }
                 }
             }
             td {
-                @match r.state {
-                    RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
-                    RequestState::InProgress => { (action(csrf, n, "end")) }
-                    RequestState::Ended => {}
+                @if d.role.may(Role::Operator) {
+                    @match r.state {
+                        RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
+                        RequestState::InProgress => { (action(csrf, n, "end")) }
+                        RequestState::Ended => {}
+                    }
+                    @if live { (show_password(csrf, &r.terminal_id)) }
                 }
-                @if live { (show_password(csrf, &r.terminal_id)) }
             }
         }
     }
@@ -224,9 +235,12 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         }
         " "
         a href="/audit" id="audit-link" { "Audit log" }
+        @if d.role.may(Role::Admin) {
+            " "
+            a href="/accounts" id="accounts-link" { "Accounts" }
+        }
         " "
-        // Admins only (the server refuses others; the link is a hint).
-        a href="/accounts" id="accounts-link" { "Accounts" }
+        span id="who" { (d.who) " (" (d.role) ")" }
         (message(msg))
         h2 { "Maintenance requests" }
         table id="requests" {
@@ -288,7 +302,7 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
                             }
                         }
                         td {
-                            @if r.approved_at.is_none() {
+                            @if r.approved_at.is_none() && d.role.may(Role::Admin) {
                                 form method="post" action="/reinstalls/approve" class="inline" {
                                     input type="hidden" name=(CSRF_FIELD) value=(csrf);
                                     input type="hidden" name="terminal_id" value=(r.terminal_id);
