@@ -226,6 +226,18 @@ pub async fn serve(
     };
     let work_lock = crate::work_lock::WorkLock::beside(&cfg.database_path);
     let center = Arc::new(build_center(cfg)?.with_work_lock(work_lock));
+    // The first start: the shared passwords become admin accounts.
+    let made = crate::accounts::manage::seed_admins(
+        &mut *center.store()?,
+        &ui_settings.operator_hashes,
+        crate::http::unix_now(),
+    )?;
+    if !made.is_empty() {
+        log::info!(target: LOG_TARGET,
+            "centerd: operator account(s) {} (admin) made from operators.password_hashes",
+            made.join(", ")
+        );
+    }
     let Listeners { router_api, ui, dns } = listeners;
     log::info!(target: LOG_TARGET,
         "centerd: router API on {}, operator UI on http://{}/",

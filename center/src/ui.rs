@@ -1,6 +1,9 @@
-//! The operator web UI: login with a maintenance password (checked against
-//! the configured PBKDF2 hashes), a session cookie whose hash lives in the
-//! database (so any centerd sharing it accepts it), the request list with
+//! The operator web UI: login with an operator account's name and password
+//! (PBKDF2 hashes in the database, `crate::accounts`; no name: `admin`,
+//! the account made from the configured shared password at the first
+//! start), a session cookie whose hash lives in the
+//! database (so any centerd sharing it accepts it), each route checked
+//! against the session account's role at every request, the request list with
 //! the columns of the seed's figure 29 newest first with start/end buttons,
 //! failures, gateways with used/free slots, and pool usage. Server-rendered
 //! HTML that reloads itself every few seconds; JSON at `/api/state`.
@@ -41,7 +44,8 @@ use tokio::net::TcpListener;
 use crate::accounts::Role;
 use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
 use crate::http::{read_body, serve, text, unix_now, Body, Peer};
-use crate::password::{matching, PasswordHash};
+use crate::accounts::manage::FIRST_ADMIN;
+use crate::password::PasswordHash;
 use crate::storage::{AuditFilter, AuditRow};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::Ipv4Cidr;
@@ -314,16 +318,9 @@ pub async fn run<G, R>(
     serve(listener, router(ui), shutdown).await
 }
 
-/// Whose password a login matched.
-enum LoggedIn {
-    /// The configured shared hash of this index.
-    Shared(usize),
-    /// A named account (maybe disabled: checked after the password).
-    Account(crate::storage::OperatorRow),
-}
-
 /// A live session: its token, the label its audit rows carry
-/// (`operator:NAME`, or `operator#N` for a shared password) and its role.
+/// (`operator:NAME`; `operator#N`: a shared-password session from before
+/// the accounts) and its role.
 struct Session {
     token: String,
     label: String,
@@ -482,8 +479,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             .ok()
             .and_then(|st| st.session_owner(&token_hash(&token), unix_now()).ok())??;
         let role = match (&owner.account, owner.state) {
-            // The shared passwords of the configuration: full rights, as
-            // before accounts existed (they make the first accounts).
+            // A shared-password session from before the accounts (an
+            // upgrade): full rights until it expires, as it had.
             (None, _) => Role::Admin,
             (Some(_), Some((role, false))) => role,
             (Some(name), _) => {
@@ -711,14 +708,13 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         };
         // The account's stored hash (an unknown name is checked against a
         // configured hash instead, so it costs the same time and says
-        // nothing about which names exist).
-        let account = if name.is_empty() {
-            None
-        } else {
-            match self.center.reads().and_then(|st| Ok(st.operator_login(&name)?)) {
-                Ok(a) => Some(a),
-                Err(e) => return text(500, format!("cannot read the database: {e}")),
-            }
+        // nothing about which names exist). No name: the first admin, the
+        // account made from the shared password (the scripts that log in
+        // with a password alone).
+        let account_name = if name.is_empty() { FIRST_ADMIN } else { name.as_str() };
+        let account = match self.center.reads().and_then(|st| Ok(st.operator_login(account_name)?)) {
+            Ok(a) => a,
+            Err(e) => return text(500, format!("cannot read the database: {e}")),
         };
         // PBKDF2 off the async workers; the slot goes with the check, so a
         // client that hangs up does not free it early.
@@ -726,19 +722,18 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let checked = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             match account {
-                None => matching(&hashes, &password).map(LoggedIn::Shared),
-                Some(Some((row, stored))) => {
+                Some((row, stored)) => {
                     let ok = PasswordHash::parse(&stored).is_ok_and(|h| h.verify(&password));
-                    ok.then_some(LoggedIn::Account(row))
+                    ok.then_some(row)
                 }
-                Some(None) => {
+                None => {
                     let _ = hashes.first().map(|h| h.verify(&password));
                     None
                 }
             }
         })
         .await;
-        let who_in = match checked {
+        let row = match checked {
             Ok(i) => i,
             Err(e) => return text(500, format!("password check failed: {e}")),
         };
@@ -747,7 +742,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         } else {
             "Wrong name or password."
         };
-        let Some(who_in) = who_in else {
+        let Some(row) = row else {
             // No detail about which part was wrong; the peer is logged for
             // the administrator, the password never.
             log::warn!("failed operator login from {peer}");
@@ -767,22 +762,16 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         if let Ok(mut t) = self.throttle.lock() {
             t.passed(attempt);
         }
-        // Operators are told apart by their account, or by which configured
-        // password hash they used (1-based, in config order).
-        let (operator, account) = match who_in {
-            LoggedIn::Shared(index) => (format!("operator#{}", index.saturating_add(1)), None),
-            LoggedIn::Account(row) if row.disabled => {
-                // The right password: saying so is safe, and tells the
-                // operator whom to ask.
-                let label = crate::accounts::actor_name(&row.name);
-                log::warn!("login of disabled account {label} from {peer} refused");
-                let who = Actor::new(label, peer.ip().to_string());
-                self.center
-                    .audit(now, &who, "login_refused", None, None, "account disabled");
-                return html(403, login_page("This account is disabled."));
-            }
-            LoggedIn::Account(row) => (crate::accounts::actor_name(&row.name), Some(row.name)),
-        };
+        let operator = crate::accounts::actor_name(&row.name);
+        if row.disabled {
+            // The right password: saying so is safe, and tells the
+            // operator whom to ask.
+            log::warn!("login of disabled account {operator} from {peer} refused");
+            let who = Actor::new(operator, peer.ip().to_string());
+            self.center
+                .audit(now, &who, "login_refused", None, None, "account disabled");
+            return html(403, login_page("This account is disabled."));
+        }
         let mut raw = [0u8; 32];
         if self.rng.fill(&mut raw).is_err() {
             return text(500, "random number generator failed");
@@ -791,10 +780,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let expires = unix_now().saturating_add(self.settings.session_ttl.as_secs());
         let stored = self.center.store().and_then(|mut st| {
             st.purge_sessions(now)?;
-            match &account {
-                Some(a) => st.add_account_session(&token_hash(&token), expires, &operator, a)?,
-                None => st.add_operator_session(&token_hash(&token), expires, &operator)?,
-            }
+            st.add_account_session(&token_hash(&token), expires, &operator, &row.name)?;
             Ok(())
         });
         if let Err(e) = stored {

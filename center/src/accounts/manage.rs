@@ -116,3 +116,45 @@ pub fn set_role(st: &mut Storage, name: &str, role: Role, actor: &Actor, now: u6
         &format!("operator {name} is now {role}"),
     )
 }
+
+/// The name of the account made from the first shared password, and the
+/// one a login with an empty name means.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// The name of the account made from `operators.password_hashes[i]`:
+/// `admin`, `admin2`, `admin3`, ...
+pub fn seeded_name(i: usize) -> String {
+    match i {
+        0 => FIRST_ADMIN.to_owned(),
+        _ => format!("{FIRST_ADMIN}{}", i.saturating_add(1)),
+    }
+}
+
+/// At start-up, on a database without accounts: one admin account per
+/// configured shared password hash (the hash itself: the scheme is the
+/// same), audited as made by centerd. Afterwards the accounts are the
+/// truth and `operators.password_hashes` is not read again. The names
+/// made (none when there were accounts already).
+pub fn seed_admins(st: &mut Storage, hashes: &[PasswordHash], now: u64) -> Result<Vec<String>, StorageError> {
+    let accounts: Vec<(String, String)> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (seeded_name(i), h.to_string()))
+        .collect();
+    if !st.seed_operators(&accounts, Role::Admin, now)? {
+        return Ok(Vec::new());
+    }
+    let actor = Actor::centerd();
+    for (i, (name, _)) in accounts.iter().enumerate() {
+        st.append_audit(&NewAudit {
+            at: now,
+            actor: &actor.who,
+            action: "operator_add",
+            terminal_id: None,
+            acceptance_number: None,
+            detail: &format!("operator {name} added as admin from operators.password_hashes[{i}]"),
+            peer: &actor.peer,
+        })?;
+    }
+    Ok(accounts.into_iter().map(|(n, _)| n).collect())
+}

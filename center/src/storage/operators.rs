@@ -60,6 +60,27 @@ impl Storage {
         Ok(())
     }
 
+    /// Adds `accounts` (name, hash) with `role` if there is no account
+    /// at all yet, in one transaction (two centerds starting at once seed
+    /// once); whether it did.
+    pub fn seed_operators(&mut self, accounts: &[(String, String)], role: Role, now: u64) -> Result<bool> {
+        let tx = self.tx()?;
+        let any: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM operators)")?
+            .query_row([], |r| r.get(0))?;
+        if any || accounts.is_empty() {
+            return Ok(false);
+        }
+        for (name, hash) in accounts {
+            tx.prepare_cached(
+                "INSERT INTO operators (name, password_hash, role, disabled, created_at) VALUES (?1, ?2, ?3, 0, ?4)",
+            )?
+            .execute(params![name, hash, role.as_str(), from_u64(now)])?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Every account, by name.
     pub fn operators(&self) -> Result<Vec<OperatorRow>> {
         let mut stmt = self

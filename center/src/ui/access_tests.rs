@@ -29,7 +29,8 @@ async fn login_as(addr: SocketAddr, name: &str) -> String {
     set.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
 }
 
-/// The shared password of the configuration (no name).
+/// The shared password of the configuration, no name: the account
+/// `admin` made from it at the start.
 async fn login_shared(addr: SocketAddr) -> String {
     let r = req(addr, "POST", "/login", None, Some("password=operator+pass")).await;
     assert_eq!(r.status, 303, "{}", r.body);
@@ -43,10 +44,11 @@ async fn setup() -> (Arc<TestCenter>, SocketAddr, tokio::sync::oneshot::Sender<(
     let mut router = TestRouter::new("router-1");
     router.install(&c);
     let (n, _) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    // First the start (the shared password becomes `admin`), then the CLI.
+    let (addr, stop) = start(c.clone()).await;
     for (name, role) in [("ada", Role::Admin), ("otto", Role::Operator), ("vera", Role::Viewer)] {
         add(&c, name, role);
     }
-    let (addr, stop) = start(c.clone()).await;
     (c, addr, stop, n)
 }
 
@@ -86,7 +88,7 @@ async fn every_route_against_every_role() {
         .filter(|r| r.access == Access::Session && r.is_post() && r.page != Page::Logout)
         .all(|r| r.role > Role::Viewer));
     let (mut allowed, mut refused) = (0, 0);
-    // `None`: a shared-password session (full rights, as before accounts).
+    // `None`: a login with the shared password and no name (`admin`).
     for who in [
         Some(("vera", Role::Viewer)),
         Some(("otto", Role::Operator)),
@@ -176,6 +178,7 @@ async fn a_disabled_accounts_live_session_is_refused_at_its_next_request() {
             ("operator_add", "cli:test"),
             ("operator_add", "cli:test"),
             ("operator_add", "cli:test"),
+            ("operator_add", "centerd"),
         ]
     );
 }
@@ -292,7 +295,7 @@ async fn admins_manage_accounts_in_the_page() {
         .into_iter()
         .map(|r| r.name)
         .collect();
-    assert_eq!(names, ["ada", "nina", "otto", "vera"]);
+    assert_eq!(names, ["ada", "admin", "nina", "otto", "vera"]);
     let nina = login_as(addr, "nina").await;
     assert_eq!(req(addr, "GET", "/accounts", Some(&nina), None).await.status, 403);
     // The password is in no audit row.

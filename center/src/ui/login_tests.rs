@@ -55,6 +55,7 @@ async fn start(c: Arc<TestCenter>, hash: PasswordHash, hash_slots: usize) -> (So
         hash_slots,
         account_iterations: 1000,
     };
+    crate::accounts::manage::seed_admins(&mut c.store().unwrap(), &settings.operator_hashes, 0).unwrap();
     tokio::spawn(run(
         l,
         async {

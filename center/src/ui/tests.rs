@@ -90,6 +90,9 @@ pub(super) async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()
         hash_slots: super::DEFAULT_HASH_SLOTS,
         account_iterations: 1000,
     };
+    // As `daemon::serve` does at start-up: the shared password becomes
+    // the account `admin`.
+    crate::accounts::manage::seed_admins(&mut c.store().unwrap(), &settings.operator_hashes, 0).unwrap();
     tokio::spawn(run(
         l,
         async {
@@ -176,7 +179,7 @@ async fn login_list_start_end_logout() {
     // Issue 19, item 7: the list says who ended it.
     let r = req(addr, "GET", "/", Some(&token), None).await;
     assert!(
-        r.body.contains(&format!("id=\"ended-by-{n}\">ended by operator#")),
+        r.body.contains(&format!("id=\"ended-by-{n}\">ended by operator:admin")),
         "{}",
         r.body
     );
@@ -304,12 +307,14 @@ async fn audit_log_page_and_exports() {
     let want: Vec<(String, String)> = [
         ("install", "router:router-1"),
         ("grant", "router:router-1"),
+        // The UI's start: the shared password becomes the account `admin`.
+        ("operator_add", "centerd"),
         ("login_failed", "operator?"),
-        ("login", "operator#1"),
-        ("start", "operator#1"),
-        ("end", "operator#1"),
-        ("release", "operator#1"),
-        ("vpn_end", "operator#1"),
+        ("login", "operator:admin"),
+        ("start", "operator:admin"),
+        ("end", "operator:admin"),
+        ("release", "operator:admin"),
+        ("vpn_end", "operator:admin"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -343,7 +348,7 @@ async fn audit_log_page_and_exports() {
     assert_eq!(lines[0], AuditRow::CSV_HEADER);
     assert_eq!(lines.len(), 2, "{}", r.body);
     assert!(lines[1].contains(",release,router-1,") && lines[1].contains(&grants[0].vpnnat_addr.to_string()));
-    let r = req(addr, "GET", "/audit?actor=operator%231", Some(&token), None).await;
+    let r = req(addr, "GET", "/audit?actor=operator%3Aadmin", Some(&token), None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.matches("class=\"audit-row\"").count(), 5, "{}", r.body);
 
@@ -359,7 +364,7 @@ async fn audit_log_page_and_exports() {
         .unwrap();
     assert_eq!(
         (all[0].action.as_str(), all[0].actor.as_str()),
-        ("logout", "operator#1")
+        ("logout", "operator:admin")
     );
 }
 
@@ -764,7 +769,7 @@ async fn operator_approves_a_pending_reinstallation() {
         })
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].actor, "operator#1");
+    assert_eq!(rows[0].actor, "operator:admin");
     let (out, kp) = router.install_request_proving(now + 1, None);
     router.finish_install(&c, out, kp, now + 1);
     // Nothing pending any more: approving again is refused with a message.
@@ -813,7 +818,7 @@ async fn operator_is_shown_a_routers_own_maintenance_password_audited() {
         })
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].actor, "operator#1");
+    assert_eq!(rows[0].actor, "operator:admin");
 }
 
 /// Issue 19, item 8: every live request shows when it ends; the operator
@@ -878,9 +883,9 @@ async fn operator_sees_each_requests_end_sets_a_shorter_limit_and_cannot_exceed_
     assert_eq!(r.status, 303);
     assert!(form_decode(&r.location.unwrap()).contains("now ends at"));
     let row = c.store().unwrap().request(n).unwrap().unwrap();
-    assert_eq!(row.limit_set_by.as_deref(), Some("operator#1"));
+    assert_eq!(row.limit_set_by.as_deref(), Some("operator:admin"));
     let r = req(addr, "GET", "/", Some(&token), None).await;
-    assert!(r.body.contains("limit set by operator#1"), "{}", r.body);
+    assert!(r.body.contains("limit set by operator:admin"), "{}", r.body);
     let rows = c
         .store()
         .unwrap()
@@ -890,5 +895,5 @@ async fn operator_sees_each_requests_end_sets_a_shorter_limit_and_cannot_exceed_
             ..Default::default()
         })
         .unwrap();
-    assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator#1"));
+    assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator:admin"));
 }
