@@ -5,10 +5,11 @@
 //! every route against the session's role in the server ([`Role::may`]),
 //! and `centerd operator ...` manages them ([`manage`]).
 //!
-//! The shared passwords of `operators.password_hashes` still log in (name
-//! left empty) as `operator#N` with the admin role: the first accounts are
-//! made by someone who holds one, and the scripts that log in with it
-//! keep working.
+//! The first start on a database without accounts makes the shared
+//! password hashes of `operators.password_hashes` admin accounts (`admin`,
+//! `admin2`, ...: [`manage::seed_admins`]); a login with an empty name
+//! means `admin`, so the scripts that log in with the password alone keep
+//! working.
 
 use std::fmt;
 use std::str::FromStr;

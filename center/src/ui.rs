@@ -41,10 +41,10 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
 
+use crate::accounts::manage::FIRST_ADMIN;
 use crate::accounts::Role;
 use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
 use crate::http::{read_body, serve, text, unix_now, Body, Peer};
-use crate::accounts::manage::FIRST_ADMIN;
 use crate::password::PasswordHash;
 use crate::storage::{AuditFilter, AuditRow};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};

@@ -428,7 +428,10 @@ fn tools_against_a_running_centerd() {
     assert_eq!(http_get(ui, "/audit.csv").map(|u| u.0), Some(401));
     // The first start made the shared password the account `admin`.
     let ops = json(&centerd(&cfg, &["--json", "operator", "list"]));
-    assert_eq!((ops[0]["name"].as_str(), ops[0]["role"].as_str()), (Some("admin"), Some("admin")));
+    assert_eq!(
+        (ops[0]["name"].as_str(), ops[0]["role"].as_str()),
+        (Some("admin"), Some("admin"))
+    );
     assert_eq!(ops.as_array().unwrap().len(), 1);
 
     // DNS answers from the live database (a byte-level query).

@@ -57,7 +57,9 @@ fn shared_passwords_become_admin_accounts_once() {
     };
     let rows = st.audit_log(&f).unwrap();
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r.actor == "centerd" && !r.detail.contains("shared")));
+    assert!(rows
+        .iter()
+        .all(|r| r.actor == "centerd" && !r.detail.contains("shared")));
     // A database that has accounts already gets none.
     let mut other = Storage::open_in_memory().unwrap();
     other.add_operator("alice", "h", Role::Viewer, 1).unwrap();
