@@ -644,7 +644,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             Err(r) => return r,
         };
         let password = zeroize::Zeroizing::new(form_field(&body, "password").unwrap_or_default());
-        // Empty: a shared password of the configuration.
+        // Empty: `admin` (the account made from the shared password).
         let name = form_field(&body, "name").unwrap_or_default().trim().to_owned();
         let now = unix_now();
         let who = Actor::new("operator?", peer.ip().to_string());
@@ -716,6 +716,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             Ok(a) => a,
             Err(e) => return text(500, format!("cannot read the database: {e}")),
         };
+        let known = account.is_some();
         // PBKDF2 off the async workers; the slot goes with the check, so a
         // client that hangs up does not free it early.
         let hashes = self.hashes.clone();
@@ -746,10 +747,12 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             // No detail about which part was wrong; the peer is logged for
             // the administrator, the password never.
             log::warn!("failed operator login from {peer}");
-            let detail = if name.is_empty() {
-                "wrong password".to_owned()
-            } else {
-                format!("wrong name or password for {name:?}")
+            // An unknown name is not recorded: it may be a password typed
+            // into the wrong field.
+            let detail = match (name.is_empty(), known) {
+                (true, _) => "wrong password".to_owned(),
+                (false, true) => format!("wrong password for {}", crate::accounts::actor_name(&name)),
+                (false, false) => "unknown operator name (not recorded)".to_owned(),
             };
             self.center.audit(now, &who, "login_failed", None, None, &detail);
             if let Some(t) = attempt.locks {

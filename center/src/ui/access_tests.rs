@@ -233,15 +233,31 @@ async fn roles_change_at_the_next_request_and_actions_are_audited_by_name() {
     assert!(r.location.unwrap().contains("started"));
     let rows = c.store().unwrap().audit_log(&audit_filter("action=start", 10)).unwrap();
     assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator:vera"));
-    // An unknown name and a wrong password look the same.
+    // An unknown name and a wrong password look the same; a name that is
+    // no account (maybe a password in the wrong field) is not recorded.
     for form in [
-        "name=nobody&password=vera+password",
+        "name=my+secret+typed+here&password=x",
         "name=vera&password=wrong+password",
     ] {
         let r = req(addr, "POST", "/login", None, Some(form)).await;
         assert_eq!(r.status, 401, "{form}");
         assert!(r.body.contains("Wrong name or password."), "{}", r.body);
     }
+    let failed: Vec<String> = c
+        .store()
+        .unwrap()
+        .audit_log(&audit_filter("action=login_failed", 10))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.detail)
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "wrong password for operator:vera",
+            "unknown operator name (not recorded)"
+        ]
+    );
 }
 
 #[tokio::test]
