@@ -42,6 +42,14 @@ pub enum AdminError {
     Password(#[from] PasswordError),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Accounts(#[from] crate::accounts::manage::ManageError),
+    #[error("reading the password file {path}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AdminError {
@@ -52,6 +60,8 @@ impl AdminError {
             AdminError::Storage(s) => {
                 matches!(s, StorageError::PoolMismatch { .. } | StorageError::SchemaTooNew { .. })
             }
+            // A bad name, role or password is a usage error.
+            AdminError::Accounts(crate::accounts::manage::ManageError::Account(_)) => true,
             _ => false,
         }
     }
@@ -84,6 +94,9 @@ impl Report {
         })
     }
 }
+
+mod operators;
+pub use operators::operator;
 
 /// Who runs a tool subcommand, for the audit log.
 /// A command that sends gateway commands holds the work lock exclusively

@@ -121,10 +121,43 @@ pub enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Manage the operator UI's named accounts and their roles (admin,
+    /// operator, viewer). Changes are audited under the user running it.
+    Operator {
+        #[command(subcommand)]
+        cmd: OperatorCmd,
+    },
     /// Read a password from standard input and print its hash for
     /// `operators.password_hashes`.
     HashPassword {
         #[arg(long, default_value_t = DEFAULT_ITERATIONS)]
         iterations: u32,
     },
+}
+
+/// `centerd operator ...`: see [`crate::admin::operator`].
+#[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Add an account. The password is the first line of standard input
+    /// or of --password-file (never an argument: argv is visible to every
+    /// user of the machine); at least 10 characters.
+    Add {
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PBKDF2 iterations of the password's hash.
+        #[arg(long, default_value_t = DEFAULT_ITERATIONS, hide = true)]
+        iterations: u32,
+    },
+    /// List the accounts: name, role, state, creation time.
+    List,
+    /// Disable an account: it cannot log in, its sessions end at once.
+    Disable { name: String },
+    /// Enable a disabled account again.
+    Enable { name: String },
+    /// Change an account's role (its sessions get it at their next request).
+    SetRole { name: String, role: String },
 }

@@ -216,6 +216,7 @@ pub async fn serve(
         throttle: Default::default(),
         operator_networks: cfg.operator_networks.clone(),
         hash_slots: ui::DEFAULT_HASH_SLOTS,
+        account_iterations: crate::password::DEFAULT_ITERATIONS,
     };
     let zone = cfg.dns.as_ref().map(|d| (d.zone.clone(), d.limits));
     let reconcile_interval = cfg.reconcile_interval;
@@ -225,6 +226,18 @@ pub async fn serve(
     };
     let work_lock = crate::work_lock::WorkLock::beside(&cfg.database_path);
     let center = Arc::new(build_center(cfg)?.with_work_lock(work_lock));
+    // The first start: the shared passwords become admin accounts.
+    let made = crate::accounts::manage::seed_admins(
+        &mut *center.store()?,
+        &ui_settings.operator_hashes,
+        crate::http::unix_now(),
+    )?;
+    if !made.is_empty() {
+        log::info!(target: LOG_TARGET,
+            "centerd: operator account(s) {} (admin) made from operators.password_hashes",
+            made.join(", ")
+        );
+    }
     let Listeners { router_api, ui, dns } = listeners;
     log::info!(target: LOG_TARGET,
         "centerd: router API on {}, operator UI on http://{}/",

@@ -22,6 +22,7 @@
 // arithmetic outside tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod center;

@@ -1,6 +1,9 @@
-//! The operator web UI: login with a maintenance password (checked against
-//! the configured PBKDF2 hashes), a session cookie whose hash lives in the
-//! database (so any centerd sharing it accepts it), the request list with
+//! The operator web UI: login with an operator account's name and password
+//! (PBKDF2 hashes in the database, `crate::accounts`; no name: `admin`,
+//! the account made from the configured shared password at the first
+//! start), a session cookie whose hash lives in the
+//! database (so any centerd sharing it accepts it), each route checked
+//! against the session account's role at every request, the request list with
 //! the columns of the seed's figure 29 newest first with start/end buttons,
 //! failures, gateways with used/free slots, and pool usage. Server-rendered
 //! HTML that reloads itself every few seconds; JSON at `/api/state`.
@@ -38,9 +41,11 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpListener;
 
+use crate::accounts::manage::FIRST_ADMIN;
+use crate::accounts::Role;
 use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
 use crate::http::{read_body, serve, text, unix_now, Body, Peer};
-use crate::password::{matching, PasswordHash};
+use crate::password::PasswordHash;
 use crate::storage::{AuditFilter, AuditRow};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::Ipv4Cidr;
@@ -78,6 +83,11 @@ enum Page {
     Limit,
     ApproveReinstall,
     ShowMaintenancePassword,
+    Accounts,
+    AccountAdd,
+    AccountDisable,
+    AccountEnable,
+    AccountRole,
 }
 
 /// One route of the operator UI. `{n}` in a path stands for an acceptance
@@ -87,6 +97,8 @@ pub struct UiRoute {
     pub method: &'static str,
     pub path: &'static str,
     pub access: Access,
+    /// The least role a session needs.
+    pub role: Role,
     page: Page,
 }
 
@@ -97,44 +109,93 @@ impl UiRoute {
     }
 }
 
-const fn route(method: &'static str, path: &'static str, access: Access, page: Page) -> UiRoute {
+const fn route(method: &'static str, path: &'static str, access: Access, role: Role, page: Page) -> UiRoute {
     UiRoute {
         method,
         path,
         access,
+        role,
         page,
     }
 }
 
 /// Every route of the operator UI; the dispatcher serves exactly these.
+/// The role is the least a session needs (issue 20: checked in the server
+/// at every request; public routes ignore it).
 pub const ROUTES: &[UiRoute] = &[
-    route("GET", "/login", Access::Public, Page::LoginForm),
-    route("POST", "/login", Access::Public, Page::Login),
-    route("GET", "/healthz", Access::Public, Page::Health),
+    route("GET", "/login", Access::Public, Role::Viewer, Page::LoginForm),
+    route("POST", "/login", Access::Public, Role::Viewer, Page::Login),
+    route("GET", "/healthz", Access::Public, Role::Viewer, Page::Health),
     // For Prometheus on the operator network: no session (a scraper
     // cannot log in); counts only, no names or addresses.
-    route("GET", "/metrics", Access::Public, Page::Metrics),
-    route("GET", "/", Access::Session, Page::Dashboard),
-    route("GET", "/api/state", Access::Session, Page::State),
-    route("GET", "/audit", Access::Session, Page::Audit),
-    route("GET", "/audit.csv", Access::Session, Page::AuditCsv),
-    route("GET", "/audit.jsonl", Access::Session, Page::AuditJsonl),
-    route("POST", "/logout", Access::Session, Page::Logout),
-    route("POST", "/requests/{n}/start", Access::Session, Page::Start),
-    route("POST", "/requests/{n}/end", Access::Session, Page::End),
+    route("GET", "/metrics", Access::Public, Role::Viewer, Page::Metrics),
+    route("GET", "/", Access::Session, Role::Viewer, Page::Dashboard),
+    route("GET", "/api/state", Access::Session, Role::Viewer, Page::State),
+    route("GET", "/audit", Access::Session, Role::Viewer, Page::Audit),
+    route("GET", "/audit.csv", Access::Session, Role::Viewer, Page::AuditCsv),
+    route("GET", "/audit.jsonl", Access::Session, Role::Viewer, Page::AuditJsonl),
+    // Ending one's own session changes nothing else: every role may.
+    route("POST", "/logout", Access::Session, Role::Viewer, Page::Logout),
+    route(
+        "POST",
+        "/requests/{n}/start",
+        Access::Session,
+        Role::Operator,
+        Page::Start,
+    ),
+    route("POST", "/requests/{n}/end", Access::Session, Role::Operator, Page::End),
     // Issue 19, item 8: the request's time limit, `minutes` from now (form
     // field); never beyond `[center] max_grant_lifetime_secs`; audited.
-    route("POST", "/requests/{n}/limit", Access::Session, Page::Limit),
+    route(
+        "POST",
+        "/requests/{n}/limit",
+        Access::Session,
+        Role::Operator,
+        Page::Limit,
+    ),
     // Issue 18: a re-installation without proof of Secret(ID2) waits for
-    // this (form field `terminal_id`); audited.
-    route("POST", "/reinstalls/approve", Access::Session, Page::ApproveReinstall),
+    // this (form field `terminal_id`); audited. It decides which device
+    // gets a router's keys: admins only.
+    route(
+        "POST",
+        "/reinstalls/approve",
+        Access::Session,
+        Role::Admin,
+        Page::ApproveReinstall,
+    ),
     // Issue 18: a router's own maintenance password, on demand (form field
-    // `terminal_id`); every showing is audited.
+    // `terminal_id`); every showing is audited. Part of the maintenance
+    // work: operators may.
     route(
         "POST",
         "/routers/maintenance-password",
         Access::Session,
+        Role::Operator,
         Page::ShowMaintenancePassword,
+    ),
+    // Issue 20: the accounts (form fields `name`, `password`, `role`).
+    route("GET", "/accounts", Access::Session, Role::Admin, Page::Accounts),
+    route("POST", "/accounts/add", Access::Session, Role::Admin, Page::AccountAdd),
+    route(
+        "POST",
+        "/accounts/disable",
+        Access::Session,
+        Role::Admin,
+        Page::AccountDisable,
+    ),
+    route(
+        "POST",
+        "/accounts/enable",
+        Access::Session,
+        Role::Admin,
+        Page::AccountEnable,
+    ),
+    route(
+        "POST",
+        "/accounts/role",
+        Access::Session,
+        Role::Admin,
+        Page::AccountRole,
     ),
 ];
 
@@ -212,6 +273,9 @@ pub struct UiSettings {
     /// Password checks (PBKDF2) running at once, per kind of source
     /// (untrusted, trusted); 0 is taken as 1.
     pub hash_slots: usize,
+    /// PBKDF2 iterations of the password hashes of accounts added in the
+    /// UI (`crate::password::DEFAULT_ITERATIONS`).
+    pub account_iterations: u32,
 }
 
 /// Password checks at once per kind of source: one core's worth each on a
@@ -252,6 +316,15 @@ pub async fn run<G, R>(
         rng: SystemRandom::new(),
     });
     serve(listener, router(ui), shutdown).await
+}
+
+/// A live session: its token, the label its audit rows carry
+/// (`operator:NAME`; `operator#N`: a shared-password session from before
+/// the accounts) and its role.
+struct Session {
+    token: String,
+    label: String,
+    role: Role,
 }
 
 /// The state of the UI's handlers.
@@ -366,7 +439,7 @@ fn login_page(message: &str) -> String {
     pages::login(message)
 }
 
-fn fmt_time(t: u64) -> String {
+pub(crate) fn fmt_time(t: u64) -> String {
     // UTC, without pulling in a date crate: days since epoch -> civil date.
     let days = i64::try_from(t / 86_400).unwrap_or(0);
     let secs = t % 86_400;
@@ -395,16 +468,33 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
-    /// The operator of the request's session (None: not logged in).
-    fn operator(&self, headers: &hyper::HeaderMap) -> Option<String> {
-        let tok = session_cookie(headers)?;
-        let op = self
+    /// The request's live session (None: not logged in, or its account
+    /// is disabled or gone). Read at every request: a disabled account's
+    /// session is refused at its next one, a changed role applies at once.
+    fn session(&self, headers: &hyper::HeaderMap) -> Option<Session> {
+        let token = session_cookie(headers)?;
+        let owner = self
             .center
             .reads()
             .ok()
-            .and_then(|st| st.session_operator(&token_hash(&tok), unix_now()).ok())??;
+            .and_then(|st| st.session_owner(&token_hash(&token), unix_now()).ok())??;
+        let role = match (&owner.account, owner.state) {
+            // A shared-password session from before the accounts (an
+            // upgrade): full rights until it expires, as it had.
+            (None, _) => Role::Admin,
+            (Some(_), Some((role, false))) => role,
+            (Some(name), _) => {
+                log::info!("operator UI: a session of disabled or removed account {name} refused");
+                return None;
+            }
+        };
         // Sessions from before the audit log carry no operator label.
-        Some(if op.is_empty() { "operator".to_owned() } else { op })
+        let label = if owner.label.is_empty() {
+            "operator".to_owned()
+        } else {
+            owner.label
+        };
+        Some(Session { token, label, role })
     }
 
     /// A request no route of [`ROUTES`] serves: `known` when its path is
@@ -464,10 +554,21 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             }
             _ => {}
         }
-        let Some((token, operator)) = session else {
+        let Some(Session { token, label, role }) = session else {
             return text(401, "log in first");
         };
-        let actor = Actor::new(operator, peer.ip().to_string());
+        let actor = Actor::new(label, peer.ip().to_string());
+        if !role.may(route.role) {
+            log::warn!(
+                "operator UI: {method} {path} by {} ({role}) from {peer}: refused, needs {}",
+                actor.who,
+                route.role
+            );
+            return text(
+                403,
+                format!("your role ({role}) may not do this; it needs {}", route.role),
+            );
+        }
         if route.is_post() {
             let headers = req.headers().clone();
             let (_, body) = match read_body(req, MAX_FORM).await {
@@ -499,6 +600,9 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                         Err(e) => self.action_error(e),
                     }
                 }
+                (Page::AccountAdd | Page::AccountDisable | Page::AccountEnable | Page::AccountRole, _) => {
+                    self.account_action(route.page, &body, &actor)
+                }
                 (Page::ShowMaintenancePassword, _) => {
                     let t = form_field(&body, "terminal_id").unwrap_or_default();
                     match self.center.show_maintenance_password(&t, &actor, unix_now()) {
@@ -515,7 +619,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             };
         }
         match route.page {
-            Page::Dashboard => match self.dashboard(&query, &csrf_token(&token)) {
+            Page::Dashboard => match self.dashboard(&query, &csrf_token(&token), &actor.who, role) {
                 Ok(b) => html(200, b),
                 Err(e) => text(500, format!("cannot read the database: {e}")),
             },
@@ -529,15 +633,9 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             },
             Page::AuditCsv => self.audit_export(&query, false),
             Page::AuditJsonl => self.audit_export(&query, true),
+            Page::Accounts => self.accounts_page(&query, &csrf_token(&token), &actor),
             _ => text(404, "no such page"),
         }
-    }
-
-    /// The session token and operator of the request, if it has a live one.
-    fn session(&self, headers: &hyper::HeaderMap) -> Option<(String, String)> {
-        let tok = session_cookie(headers)?;
-        let op = self.operator(headers)?;
-        Some((tok, op))
     }
 
     async fn login(&self, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
@@ -546,6 +644,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             Err(r) => return r,
         };
         let password = zeroize::Zeroizing::new(form_field(&body, "password").unwrap_or_default());
+        // Empty: `admin` (the account made from the shared password).
+        let name = form_field(&body, "name").unwrap_or_default().trim().to_owned();
         let now = unix_now();
         let who = Actor::new("operator?", peer.ip().to_string());
         let trusted = match peer.ip() {
@@ -606,37 +706,75 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             Some(Err(t)) => return throttled(t),
             None => return text(500, "login throttle unavailable"),
         };
+        // The account's stored hash (an unknown name is checked against a
+        // configured hash instead, so it costs the same time and says
+        // nothing about which names exist). No name: the first admin, the
+        // account made from the shared password (the scripts that log in
+        // with a password alone).
+        let account_name = if name.is_empty() { FIRST_ADMIN } else { name.as_str() };
+        let account = match self.center.reads().and_then(|st| Ok(st.operator_login(account_name)?)) {
+            Ok(a) => a,
+            Err(e) => return text(500, format!("cannot read the database: {e}")),
+        };
+        let known = account.is_some();
         // PBKDF2 off the async workers; the slot goes with the check, so a
         // client that hangs up does not free it early.
         let hashes = self.hashes.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            matching(&hashes, &password)
+            match account {
+                Some((row, stored)) => {
+                    let ok = PasswordHash::parse(&stored).is_ok_and(|h| h.verify(&password));
+                    ok.then_some(row)
+                }
+                None => {
+                    let _ = hashes.first().map(|h| h.verify(&password));
+                    None
+                }
+            }
         })
         .await;
-        let index = match checked {
+        let row = match checked {
             Ok(i) => i,
             Err(e) => return text(500, format!("password check failed: {e}")),
         };
-        let Some(index) = index else {
+        let wrong = if name.is_empty() {
+            "Wrong password."
+        } else {
+            "Wrong name or password."
+        };
+        let Some(row) = row else {
             // No detail about which part was wrong; the peer is logged for
             // the administrator, the password never.
             log::warn!("failed operator login from {peer}");
-            self.center
-                .audit(now, &who, "login_failed", None, None, "wrong password");
+            // An unknown name is not recorded: it may be a password typed
+            // into the wrong field.
+            let detail = match (name.is_empty(), known) {
+                (true, _) => "wrong password".to_owned(),
+                (false, true) => format!("wrong password for {}", crate::accounts::actor_name(&name)),
+                (false, false) => "unknown operator name (not recorded)".to_owned(),
+            };
+            self.center.audit(now, &who, "login_failed", None, None, &detail);
             if let Some(t) = attempt.locks {
                 log::warn!("operator logins locked: {t}");
                 self.center.audit(now, &who, "login_locked", None, None, &t.to_string());
-                return html(401, login_page(&format!("Wrong password. Login refused: {t}.")));
+                return html(401, login_page(&format!("{wrong} Login refused: {t}.")));
             }
-            return html(401, login_page("Wrong password."));
+            return html(401, login_page(wrong));
         };
         if let Ok(mut t) = self.throttle.lock() {
             t.passed(attempt);
         }
-        // Operators are told apart by which configured password hash they
-        // used (1-based, in config order).
-        let operator = format!("operator#{}", index.saturating_add(1));
+        let operator = crate::accounts::actor_name(&row.name);
+        if row.disabled {
+            // The right password: saying so is safe, and tells the
+            // operator whom to ask.
+            log::warn!("login of disabled account {operator} from {peer} refused");
+            let who = Actor::new(operator, peer.ip().to_string());
+            self.center
+                .audit(now, &who, "login_refused", None, None, "account disabled");
+            return html(403, login_page("This account is disabled."));
+        }
         let mut raw = [0u8; 32];
         if self.rng.fill(&mut raw).is_err() {
             return text(500, "random number generator failed");
@@ -645,7 +783,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let expires = unix_now().saturating_add(self.settings.session_ttl.as_secs());
         let stored = self.center.store().and_then(|mut st| {
             st.purge_sessions(now)?;
-            st.add_operator_session(&token_hash(&token), expires, &operator)?;
+            st.add_account_session(&token_hash(&token), expires, &operator, &row.name)?;
             Ok(())
         });
         if let Err(e) = stored {
@@ -734,7 +872,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         redirect(&format!("/?msg={}", url_encode(&e.to_string())))
     }
 
-    fn dashboard(&self, query: &str, csrf: &str) -> Result<String, CenterError> {
+    fn dashboard(&self, query: &str, csrf: &str, who: &str, role: Role) -> Result<String, CenterError> {
         let st = self.center.reads()?;
         let requests = st.list_requests(200)?;
         let failures = st.failures(None, 50)?;
@@ -759,6 +897,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             max_lifetime_secs: self.center.settings().max_grant_lifetime_secs,
             idle_timeout_secs: self.center.settings().idle_timeout_secs,
             traffic: &traffic,
+            who,
+            role,
         };
         Ok(pages::dashboard(
             &d,
@@ -852,6 +992,7 @@ pub fn url_encode(s: &str) -> String {
     vpnnat_proto::form::encode(s)
 }
 
+mod accounts;
 mod pages;
 
 #[cfg(test)]
@@ -859,3 +1000,6 @@ mod tests;
 
 #[cfg(test)]
 mod login_tests;
+
+#[cfg(test)]
+mod access_tests;

@@ -154,6 +154,7 @@ fn usage_and_configuration_errors_exit_2() {
         "approve-reinstall",
         "check-config",
         "audit",
+        "operator",
     ] {
         assert!(help.contains(sub), "{sub} missing from --help");
     }
@@ -425,6 +426,13 @@ fn tools_against_a_running_centerd() {
     );
     // The audit export needs a session.
     assert_eq!(http_get(ui, "/audit.csv").map(|u| u.0), Some(401));
+    // The first start made the shared password the account `admin`.
+    let ops = json(&centerd(&cfg, &["--json", "operator", "list"]));
+    assert_eq!(
+        (ops[0]["name"].as_str(), ops[0]["role"].as_str()),
+        (Some("admin"), Some("admin"))
+    );
+    assert_eq!(ops.as_array().unwrap().len(), 1);
 
     // DNS answers from the live database (a byte-level query).
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -712,4 +720,167 @@ fn the_listings_show_the_idle_limit_and_the_tunnels_last_traffic() {
         (Some(1800), Some(now + 300), Some(now + 300 + 1800)),
         "{v}"
     );
+/// `centerd` with `input` on standard input.
+fn centerd_stdin(config: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_centerd"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("USER", "alice")
+        .env_remove("SUDO_USER")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Issue 20, item 1: `centerd operator add|list|disable|enable|set-role`:
+/// the password from stdin or a file (never argv), clear errors with exit
+/// 2 for a bad name, role or password and 1 for a duplicate or unknown
+/// account, every change audited under the user, the hash usable by the
+/// UI's login check.
+#[test]
+fn operator_accounts_from_the_command_line() {
+    let (dir, cfg) = setup("operators");
+    let fast = ["--iterations", "1000"];
+    let add = |name: &str, role: &str, input: &str| {
+        let mut args = vec!["operator", "add", name, "--role", role];
+        args.extend(fast);
+        centerd_stdin(&cfg, &args, input)
+    };
+    let o = add("ada", "admin", "ada's long password\n");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "operator ada: added as admin"
+    );
+    // From a file: its first line.
+    let pw = dir.0.join("otto-password");
+    std::fs::write(&pw, "otto's long password\nignored\n").unwrap();
+    let mut args = vec![
+        "--json",
+        "operator",
+        "add",
+        "otto",
+        "--role",
+        "operator",
+        "--password-file",
+    ];
+    let pw_s = pw.display().to_string();
+    args.push(&pw_s);
+    args.extend(fast);
+    let v = json(&centerd(&cfg, &args));
+    assert_eq!(v["operator"], "otto");
+    // Refused, saying why.
+    for (name, role, input, want_code, why) in [
+        (
+            "ada",
+            "viewer",
+            "another long password\n",
+            1,
+            "operator ada exists already",
+        ),
+        (
+            "Bad Name",
+            "viewer",
+            "another long password\n",
+            2,
+            "operator name \"Bad Name\"",
+        ),
+        (
+            "vera",
+            "root",
+            "another long password\n",
+            2,
+            "role \"root\": one of admin, operator, viewer",
+        ),
+        ("vera", "viewer", "short\n", 2, "shorter than 10 characters"),
+        ("vera", "viewer", "", 1, "empty password"),
+    ] {
+        let o = add(name, role, input);
+        assert_eq!(code(&o), want_code, "{name} {role}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{name} {role}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("long password"), "the password is never printed");
+    }
+    let missing = centerd(
+        &cfg,
+        &[
+            "operator",
+            "add",
+            "vera",
+            "--role",
+            "viewer",
+            "--password-file",
+            "/nonexistent",
+        ],
+    );
+    assert_eq!(code(&missing), 1);
+    assert!(stderr(&missing).contains("/nonexistent"), "{}", stderr(&missing));
+    // No password on the command line: clap has no such argument.
+    let o = centerd(
+        &cfg,
+        &["operator", "add", "vera", "--role", "viewer", "--password", "x"],
+    );
+    assert_eq!(code(&o), 2);
+
+    assert_eq!(code(&centerd(&cfg, &["operator", "set-role", "otto", "viewer"])), 0);
+    assert_eq!(code(&centerd(&cfg, &["operator", "disable", "otto"])), 0);
+    let v = json(&centerd(&cfg, &["--json", "operator", "list"]));
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(
+        (v[1]["name"].as_str(), v[1]["role"].as_str(), v[1]["disabled"].as_bool()),
+        (Some("otto"), Some("viewer"), Some(true))
+    );
+    let text = centerd(&cfg, &["operator", "list"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("ada admin active") && text.contains("otto viewer disabled"),
+        "{text}"
+    );
+    assert_eq!(code(&centerd(&cfg, &["operator", "enable", "otto"])), 0);
+    for args in [
+        &["operator", "disable", "nobody"][..],
+        &["operator", "enable", "nobody"],
+        &["operator", "set-role", "nobody", "admin"],
+    ] {
+        let o = centerd(&cfg, args);
+        assert_eq!(code(&o), 1, "{args:?}");
+        assert!(stderr(&o).contains("no operator nobody"), "{}", stderr(&o));
+    }
+    assert_eq!(code(&centerd(&cfg, &["operator", "set-role", "otto", "boss"])), 2);
+
+    // The stored hash is the UI's scheme; the audit names the user.
+    let db = dir.0.join("center.db");
+    let st = Storage::open(&db).unwrap();
+    let (_, hash) = st.operator_login("otto").unwrap().unwrap();
+    let hash = vpnnat_center::password::PasswordHash::parse(&hash).unwrap();
+    assert!(hash.verify("otto's long password") && !hash.verify("ignored"));
+    let rows = st
+        .audit_log(&AuditFilter {
+            actor: Some("cli:alice".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "operator_enable",
+            "operator_disable",
+            "operator_role",
+            "operator_add",
+            "operator_add"
+        ]
+    );
+    assert!(rows.iter().all(|r| !r.detail.contains("long password")));
 }

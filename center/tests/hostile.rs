@@ -440,7 +440,10 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         throttle: Default::default(),
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
+        account_iterations: 1000,
     };
+    vpnnat_center::accounts::manage::seed_admins(&mut center.store().unwrap(), &ui_settings.operator_hashes, 0)
+        .unwrap();
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
 
     // A router installs, asks for its gateway and for maintenance.

@@ -118,6 +118,7 @@ async fn every_listener_survives_a_flood_and_serves_the_legitimate_client() {
         throttle: Default::default(),
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
+        account_iterations: 1000,
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), c.clone(), settings));
     tokio::spawn(vpnnat_center::api::run(api_l, std::future::pending(), c.clone()));

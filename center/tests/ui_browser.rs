@@ -1,5 +1,6 @@
 //! The operator UI in a real headless Chromium, driven over WebDriver
-//! (Debian's `chromium` + `chromium-driver`): log in, see a maintenance
+//! (Debian's `chromium` + `chromium-driver`): log in as a named operator
+//! account (issue 20; a wrong shared password first), see a maintenance
 //! request appear (the page reloads itself), press start and end, watch the
 //! state change and the address come back to the pool.
 //!
@@ -17,8 +18,10 @@ use std::time::Duration;
 use ring::rand::SystemRandom;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
+use vpnnat_center::accounts::manage::{self, NewAccount};
+use vpnnat_center::accounts::Role;
 use vpnnat_center::api::{run_with, ApiSettings};
-use vpnnat_center::center::{Center, CenterSettings, GatewayEntry};
+use vpnnat_center::center::{Actor, Center, CenterSettings, GatewayEntry};
 use vpnnat_center::clients::{HttpGateways, HttpRouters};
 use vpnnat_center::config::HttpEndpoint;
 use vpnnat_center::http::{call, call_with};
@@ -117,8 +120,18 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         throttle: Default::default(),
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
+        account_iterations: 1000,
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
+    // A named operator account (issue 20), as `centerd operator add` makes it.
+    let otto = NewAccount {
+        name: "otto",
+        password: "otto's password",
+        role: Role::Operator,
+        iterations: 1000,
+    };
+    let otto = manage::prepare(&otto, &SystemRandom::new()).unwrap();
+    manage::add(&mut center.store().unwrap(), &otto, &Actor::new("cli:test", "local"), 1).unwrap();
 
     // The router installs.
     let rng = SystemRandom::new();
@@ -149,7 +162,8 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
     web(|| b.type_into("#password", "wrong"));
     web(|| b.click("#login"));
     assert_eq!(web(|| b.text("#message")), "Wrong password.");
-    web(|| b.type_into("#password", "operator pass"));
+    web(|| b.type_into("#name", "otto"));
+    web(|| b.type_into("#password", "otto's password"));
     web(|| b.click("#login"));
     web(|| b.wait_for("#requests"));
     assert!(web(|| b.find("#request-1")).is_none());
@@ -196,4 +210,25 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
     web(|| b.wait_text(&format!("{row} .state"), "ended"));
     assert!(web(|| b.text("#message")).contains("1 address(es) released"));
     web(|| b.wait_text("#pool-allocated", "2"));
+    // The audit names the account; its role keeps it off the accounts page.
+    let rows = center
+        .reads()
+        .unwrap()
+        .audit_log(&vpnnat_center::storage::AuditFilter {
+            acceptance_number: Some(n),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    for action in ["start", "end"] {
+        assert!(
+            rows.iter().any(|r| r.action == action && r.actor == "operator:otto"),
+            "{action}: {rows:?}"
+        );
+    }
+    web(|| b.goto(&format!("{base}/accounts")));
+    assert!(
+        web(|| b.find("#accounts")).is_none(),
+        "an operator is refused the accounts page"
+    );
 }

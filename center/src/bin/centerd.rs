@@ -114,6 +114,7 @@ fn real_main(cli: &Cli) -> Result<()> {
         Cmd::UndrainGateway { name } => admin::drain(&cfg, name, false)?,
         Cmd::Reinstalls => admin::reinstalls(&cfg)?,
         Cmd::ApproveReinstall { terminal_id } => admin::approve_reinstall(&cfg, terminal_id)?,
+        Cmd::Operator { cmd } => admin::operator(&cfg, cmd, &mut std::io::stdin())?,
         Cmd::Audit {
             limit,
             action,

@@ -302,7 +302,8 @@ pub struct ReconcileOutcome {
 /// Who did something and from where, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
-    /// `operator#N`, `router:ID`, `cli:USER`, `centerd`.
+    /// `operator#N` (shared password), `operator:NAME` (account),
+    /// `router:ID`, `cli:USER`, `centerd`.
     pub who: String,
     /// The peer's address, or `local`.
     pub peer: String,

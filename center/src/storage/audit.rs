@@ -15,12 +15,15 @@ use super::{from_u64, to_u64, Result, Storage};
 #[derive(Debug, Clone, Default)]
 pub struct NewAudit<'a> {
     pub at: u64,
-    /// `operator#N` (N: which configured password hash), `router:ID`,
+    /// `operator#N` (N: which configured password hash), `operator:NAME`
+    /// (a named account), `router:ID`,
     /// `cli:USER`, `centerd`.
     pub actor: &'a str,
     /// `login`, `login_failed`, `logout`, `start`, `end`, `grant`,
     /// `release`, `vpn_end`, `install`, `failure`, `drain`, `undrain`,
-    /// `limit` (an operator's time limit), `expire` (ended by its limit).
+    /// `limit` (an operator's time limit), `expire` (ended by its limit),
+    /// `operator_add`, `operator_disable`, `operator_enable`, `operator_role`
+    /// (accounts, `crate::accounts::manage`), `login_refused` (a disabled account).
     pub action: &'a str,
     pub terminal_id: Option<&'a str>,
     pub acceptance_number: Option<u64>,

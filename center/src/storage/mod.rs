@@ -38,6 +38,7 @@ mod audit;
 mod gateways;
 mod initiation;
 mod nonces;
+mod operators;
 mod pool;
 mod reinstall;
 mod requests;
@@ -49,6 +50,7 @@ pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use gateways::{GatewaySpec, GatewayUsage, LostTunnel, SlotRow, TunnelState};
 pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
+pub use operators::{OperatorRow, SessionOwner};
 pub use pool::{pool_bounds, PoolUsage};
 pub use reinstall::{ReinstallRow, UNPROVEN_ACTIONS};
 pub use requests::OpenLimit;
@@ -70,6 +72,8 @@ pub enum StorageError {
     PoolMismatch { stored: String, configured: String },
     #[error("the pool {0} has no usable host address")]
     PoolEmpty(String),
+    #[error("{what} {key} exists already")]
+    Exists { what: &'static str, key: String },
     #[error("no {what} {key}")]
     NotFound { what: &'static str, key: String },
     #[error("request {number} is {state} and cannot be {action}")]
@@ -266,6 +270,21 @@ const MIGRATIONS: &[&str] = &[
         last_use INTEGER NOT NULL
     );
     "#,
+    // 9: named operator accounts with roles (issue 20, item 1), and which
+    // account a session belongs to (NULL: a shared-password session of
+    // `operators.password_hashes`). The role is read from the account at
+    // every request, so a changed role or a disabled account takes effect
+    // at the session's next request.
+    r#"
+    CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+        disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE sessions ADD COLUMN account TEXT;
+    "#,
 ];
 
 /// The database.
@@ -403,3 +422,6 @@ impl Storage {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod operators_tests;

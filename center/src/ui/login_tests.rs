@@ -53,7 +53,9 @@ async fn start(c: Arc<TestCenter>, hash: PasswordHash, hash_slots: usize) -> (So
         throttle: ThrottleConfig::default(),
         operator_networks: vec!["127.0.0.1/32".parse().unwrap()],
         hash_slots,
+        account_iterations: 1000,
     };
+    crate::accounts::manage::seed_admins(&mut c.store().unwrap(), &settings.operator_hashes, 0).unwrap();
     tokio::spawn(run(
         l,
         async {

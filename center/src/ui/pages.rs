@@ -11,6 +11,7 @@ use crate::storage::{
 };
 
 use super::{fmt_time, CSRF_FIELD, REFRESH_SECS};
+use crate::accounts::Role;
 
 pub(super) const STYLE: &str =
     "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}\
@@ -18,7 +19,7 @@ td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
 .waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
 
 /// A whole page; `refresh`: reload every [`REFRESH_SECS`].
-fn page(title: &str, refresh: bool, body: Markup) -> String {
+pub(super) fn page(title: &str, refresh: bool, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html {
@@ -37,7 +38,7 @@ fn page(title: &str, refresh: bool, body: Markup) -> String {
 }
 
 /// The message line (`#message`), when there is one.
-fn message(text: Option<&str>) -> Markup {
+pub(super) fn message(text: Option<&str>) -> Markup {
     html! {
         @if let Some(m) = text.filter(|m| !m.is_empty()) {
             p id="message" { (m) }
@@ -53,7 +54,10 @@ pub fn login(text: &str) -> String {
             h1 { "Maintenance center" }
             (message(Some(text)))
             form method="post" action="/login" {
-                label { "Maintenance password " input type="password" name="password" id="password" autofocus; }
+                // Empty name: a shared password of the configuration.
+                label { "Operator name " input type="text" name="name" id="name" autocomplete="username" autofocus; }
+                " "
+                label { "Password " input type="password" name="password" id="password"; }
                 " "
                 button type="submit" id="login" { "Log in" }
             }
@@ -81,6 +85,11 @@ pub struct Dashboard<'a> {
     /// traffic as its gateway reported it (the idle timeout).
     pub idle_timeout_secs: Option<u64>,
     pub traffic: &'a std::collections::BTreeMap<String, u64>,
+    /// Who is looking (`operator:NAME` or `operator#N`) and their role:
+    /// the page offers only the buttons the role may press (the server
+    /// refuses the others anyway).
+    pub who: &'a str,
+    pub role: Role,
 }
 
 /// A POST button in a form of its own (every form carries the session's
@@ -129,7 +138,8 @@ const LIMIT_CHOICES: [u64; 4] = [15, 30, 60, 120];
 /// When a live request ends, the time left, who set a shorter limit, and
 /// one button per offered limit (minutes from now; the center refuses more
 /// than its configured maximum since the request's reception).
-fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Markup {
+/// `act`: the viewer's role may set limits (else only the end is shown).
+fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64, act: bool) -> Markup {
     let n = r.acceptance_number;
     let end = crate::limits::effective_end(r.received_at, r.expires_at, max_lifetime_secs);
     html! {
@@ -139,13 +149,15 @@ fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64) -> Ma
         @if let Some(by) = &r.limit_set_by {
             br; span.limit-by { "limit set by " (by) }
         }
-        br;
-        "end in: "
-        @for m in LIMIT_CHOICES.iter().filter(|m| now.saturating_add(m.saturating_mul(60)) < end) {
-            form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
-                input type="hidden" name=(CSRF_FIELD) value=(csrf);
-                input type="hidden" name="minutes" value=(m);
-                button id={ "limit-" (n) "-" (m) } { (m) " min" }
+        @if act {
+            br;
+            "end in: "
+            @for m in LIMIT_CHOICES.iter().filter(|m| now.saturating_add(m.saturating_mul(60)) < end) {
+                form method="post" action={ "/requests/" (n) "/limit" } class="inline" {
+                    input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                    input type="hidden" name="minutes" value=(m);
+                    button id={ "limit-" (n) "-" (m) } { (m) " min" }
+                }
             }
         }
     }
@@ -203,18 +215,20 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
             td { (tables.join(", ")) }
             td.state { (r.state) }
             td {
-                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs)) (idle_cell(r, d)) }
+                @if live { (ends_cell(r, csrf, d.now, d.max_lifetime_secs, d.role.may(Role::Operator))) (idle_cell(r, d)) }
                 @if let (false, Some(by)) = (live, &r.ended_by) {
                     span.ended-by id={ "ended-by-" (n) } { "ended by " (by) }
                 }
             }
             td {
-                @match r.state {
-                    RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
-                    RequestState::InProgress => { (action(csrf, n, "end")) }
-                    RequestState::Ended => {}
+                @if d.role.may(Role::Operator) {
+                    @match r.state {
+                        RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
+                        RequestState::InProgress => { (action(csrf, n, "end")) }
+                        RequestState::Ended => {}
+                    }
+                    @if live { (show_password(csrf, &r.terminal_id)) }
                 }
-                @if live { (show_password(csrf, &r.terminal_id)) }
             }
         }
     }
@@ -248,6 +262,12 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         }
         " "
         a href="/audit" id="audit-link" { "Audit log" }
+        @if d.role.may(Role::Admin) {
+            " "
+            a href="/accounts" id="accounts-link" { "Accounts" }
+        }
+        " "
+        span id="who" { (d.who) " (" (d.role) ")" }
         (message(msg))
         h2 { "Maintenance requests" }
         table id="requests" {
@@ -309,7 +329,7 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
                             }
                         }
                         td {
-                            @if r.approved_at.is_none() {
+                            @if r.approved_at.is_none() && d.role.may(Role::Admin) {
                                 form method="post" action="/reinstalls/approve" class="inline" {
                                     input type="hidden" name=(CSRF_FIELD) value=(csrf);
                                     input type="hidden" name="terminal_id" value=(r.terminal_id);

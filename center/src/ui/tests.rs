@@ -8,18 +8,18 @@ use tokio::sync::oneshot;
 use crate::center::tests::{center_with, TestCenter, TestRouter};
 use crate::storage::RequestState;
 
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    cookie: Option<String>,
+pub(super) struct Resp {
+    pub(super) status: u16,
+    pub(super) location: Option<String>,
+    pub(super) cookie: Option<String>,
     content_type: Option<String>,
     headers: hyper::HeaderMap,
-    body: String,
+    pub(super) body: String,
 }
 
 /// A request as the operator's browser sends it: POSTs with a session
 /// carry the session's CSRF token as the page's forms do.
-async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Resp {
+pub(super) async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Resp {
     let with_token;
     let form = match (method, cookie, form) {
         ("POST", Some(c), None) => {
@@ -32,7 +32,7 @@ async fn req(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, f
 }
 
 /// Exactly this request.
-async fn send(
+pub(super) async fn send(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -77,7 +77,7 @@ async fn send(
     }
 }
 
-async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
+pub(super) async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -88,7 +88,11 @@ async fn start(c: Arc<TestCenter>) -> (SocketAddr, oneshot::Sender<()>) {
         throttle: Default::default(),
         operator_networks: Vec::new(),
         hash_slots: super::DEFAULT_HASH_SLOTS,
+        account_iterations: 1000,
     };
+    // As `daemon::serve` does at start-up: the shared password becomes
+    // the account `admin`.
+    crate::accounts::manage::seed_admins(&mut c.store().unwrap(), &settings.operator_hashes, 0).unwrap();
     tokio::spawn(run(
         l,
         async {
@@ -175,7 +179,7 @@ async fn login_list_start_end_logout() {
     // Issue 19, item 7: the list says who ended it.
     let r = req(addr, "GET", "/", Some(&token), None).await;
     assert!(
-        r.body.contains(&format!("id=\"ended-by-{n}\">ended by operator#")),
+        r.body.contains(&format!("id=\"ended-by-{n}\">ended by operator:admin")),
         "{}",
         r.body
     );
@@ -303,12 +307,14 @@ async fn audit_log_page_and_exports() {
     let want: Vec<(String, String)> = [
         ("install", "router:router-1"),
         ("grant", "router:router-1"),
+        // The UI's start: the shared password becomes the account `admin`.
+        ("operator_add", "centerd"),
         ("login_failed", "operator?"),
-        ("login", "operator#1"),
-        ("start", "operator#1"),
-        ("end", "operator#1"),
-        ("release", "operator#1"),
-        ("vpn_end", "operator#1"),
+        ("login", "operator:admin"),
+        ("start", "operator:admin"),
+        ("end", "operator:admin"),
+        ("release", "operator:admin"),
+        ("vpn_end", "operator:admin"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -342,7 +348,7 @@ async fn audit_log_page_and_exports() {
     assert_eq!(lines[0], AuditRow::CSV_HEADER);
     assert_eq!(lines.len(), 2, "{}", r.body);
     assert!(lines[1].contains(",release,router-1,") && lines[1].contains(&grants[0].vpnnat_addr.to_string()));
-    let r = req(addr, "GET", "/audit?actor=operator%231", Some(&token), None).await;
+    let r = req(addr, "GET", "/audit?actor=operator%3Aadmin", Some(&token), None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.matches("class=\"audit-row\"").count(), 5, "{}", r.body);
 
@@ -358,7 +364,7 @@ async fn audit_log_page_and_exports() {
         .unwrap();
     assert_eq!(
         (all[0].action.as_str(), all[0].actor.as_str()),
-        ("logout", "operator#1")
+        ("logout", "operator:admin")
     );
 }
 
@@ -465,7 +471,7 @@ async fn login(addr: SocketAddr) -> String {
 }
 
 /// The concrete path of a route (`{n}` -> an existing request number).
-fn concrete(r: &UiRoute, n: u64) -> String {
+pub(super) fn concrete(r: &UiRoute, n: u64) -> String {
     r.path.replace("{n}", &n.to_string())
 }
 
@@ -763,7 +769,7 @@ async fn operator_approves_a_pending_reinstallation() {
         })
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].actor, "operator#1");
+    assert_eq!(rows[0].actor, "operator:admin");
     let (out, kp) = router.install_request_proving(now + 1, None);
     router.finish_install(&c, out, kp, now + 1);
     // Nothing pending any more: approving again is refused with a message.
@@ -812,7 +818,7 @@ async fn operator_is_shown_a_routers_own_maintenance_password_audited() {
         })
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].actor, "operator#1");
+    assert_eq!(rows[0].actor, "operator:admin");
 }
 
 /// Issue 19, item 8: every live request shows when it ends; the operator
@@ -877,9 +883,9 @@ async fn operator_sees_each_requests_end_sets_a_shorter_limit_and_cannot_exceed_
     assert_eq!(r.status, 303);
     assert!(form_decode(&r.location.unwrap()).contains("now ends at"));
     let row = c.store().unwrap().request(n).unwrap().unwrap();
-    assert_eq!(row.limit_set_by.as_deref(), Some("operator#1"));
+    assert_eq!(row.limit_set_by.as_deref(), Some("operator:admin"));
     let r = req(addr, "GET", "/", Some(&token), None).await;
-    assert!(r.body.contains("limit set by operator#1"), "{}", r.body);
+    assert!(r.body.contains("limit set by operator:admin"), "{}", r.body);
     let rows = c
         .store()
         .unwrap()
@@ -889,7 +895,7 @@ async fn operator_sees_each_requests_end_sets_a_shorter_limit_and_cannot_exceed_
             ..Default::default()
         })
         .unwrap();
-    assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator#1"));
+    assert_eq!((rows.len(), rows[0].actor.as_str()), (1, "operator:admin"));
 }
 
 /// Issue 19, item 8, the idle timeout: with `[center] idle_timeout_secs`,
