@@ -720,6 +720,8 @@ fn the_listings_show_the_idle_limit_and_the_tunnels_last_traffic() {
         (Some(1800), Some(now + 300), Some(now + 300 + 1800)),
         "{v}"
     );
+}
+
 /// `centerd` with `input` on standard input.
 fn centerd_stdin(config: &Path, args: &[&str], input: &str) -> Output {
     use std::io::Write as _;
