@@ -104,29 +104,44 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
             // Re-checked in the transaction: an end or a new limit that
             // came meanwhile wins.
             let expired = self.store()?.expire_request(number, now, max, &actor.who, &actor.peer);
-            let row = match expired {
-                Ok(Some((row, why))) => {
-                    log::info!(
-                        "{} {}",
-                        crate::logging::kv(&row.terminal_id, Some(number)),
-                        why.detail()
-                    );
-                    row
-                }
-                Ok(None) => continue,
-                Err(err) => {
-                    log::error!("request {number}: cannot end it at its time limit: {err}");
-                    continue;
-                }
-            };
-            let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
-            let names: Vec<String> = row.grants.iter().map(|g| g.terminal_name.clone()).collect();
-            out.push(
-                self.finish_end(&row.terminal_id, number, Some(n), &names, now, &actor)
+            let stored = expired.map(|e| e.map(|(row, why)| (row, why.detail())));
+            out.extend(
+                self.finish_stored_end(number, stored, "at its time limit", now, &actor)
                     .await?,
             );
         }
         Ok(out)
+    }
+
+    /// The rest of an end the store already made by itself (time limit or
+    /// idle, with its `expire` row): logs why, then the router's end
+    /// command, the judgments, releases and VPN end. `None`: nothing was
+    /// ended (an end or a new limit came meanwhile, or the store failed,
+    /// logged; the next call tries again).
+    async fn finish_stored_end(
+        &self,
+        number: u64,
+        stored: crate::storage::Result<Option<(RequestRow, String)>>,
+        what: &str,
+        now: u64,
+        actor: &Actor,
+    ) -> Result<Option<EndOutcome>, CenterError> {
+        let row = match stored {
+            Ok(Some((row, why))) => {
+                log::info!("{} {why}", crate::logging::kv(&row.terminal_id, Some(number)));
+                row
+            }
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                log::error!("request {number}: cannot end it {what}: {err}");
+                return Ok(None);
+            }
+        };
+        let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
+        let names: Vec<String> = row.grants.iter().map(|g| g.terminal_name.clone()).collect();
+        self.finish_end(&row.terminal_id, number, Some(n), &names, now, actor)
+            .await
+            .map(Some)
     }
 
     /// The idle part of [`Center::expire_due`].
@@ -144,30 +159,11 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         for i in crate::limits::idle_due(open, &known, now, idle) {
             let number = i.acceptance_number;
             // Re-checked in the transaction against the traffic known then.
-            let row = match self
+            let ended = self
                 .store()?
-                .end_idle_request(number, now, idle, &actor.who, &actor.peer)
-            {
-                Ok(Some((row, why))) => {
-                    log::info!(
-                        "{} {}",
-                        crate::logging::kv(&row.terminal_id, Some(number)),
-                        why.detail()
-                    );
-                    row
-                }
-                Ok(None) => continue,
-                Err(err) => {
-                    log::error!("request {number}: cannot end it as idle: {err}");
-                    continue;
-                }
-            };
-            let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
-            let names: Vec<String> = row.grants.iter().map(|g| g.terminal_name.clone()).collect();
-            out.push(
-                self.finish_end(&row.terminal_id, number, Some(n), &names, now, actor)
-                    .await?,
-            );
+                .end_idle_request(number, now, idle, &actor.who, &actor.peer);
+            let stored = ended.map(|e| e.map(|(row, why)| (row, why.detail())));
+            out.extend(self.finish_stored_end(number, stored, "as idle", now, actor).await?);
         }
         Ok(out)
     }
