@@ -17,6 +17,8 @@ use std::str::FromStr;
 use thiserror::Error;
 
 pub mod manage;
+pub mod recovery;
+pub mod totp;
 
 /// Shortest password an account may be given.
 pub const MIN_PASSWORD_LEN: usize = 10;

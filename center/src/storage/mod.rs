@@ -44,12 +44,14 @@ mod reinstall;
 mod requests;
 mod sessions;
 mod terminals;
+mod totp;
 mod traffic;
 
 pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use gateways::{GatewaySpec, GatewayUsage, LostTunnel, SlotRow, TunnelState};
 pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
+pub use totp::SessionStage;
 pub use operators::{OperatorRow, SessionOwner};
 pub use pool::{pool_bounds, PoolUsage};
 pub use reinstall::{ReinstallRow, UNPROVEN_ACTIONS};
@@ -284,6 +286,29 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     ALTER TABLE sessions ADD COLUMN account TEXT;
+    "#,
+    // 10: the second factor (issue 20, item 2): each enrolled account's
+    // TOTP secret (base32; a credential, never shown again) and the last
+    // step a code was accepted for (replay: that step and earlier ones
+    // are refused); its recovery codes as SHA-256 (single use); and the
+    // stage of a session: 'full', or half logged in after the password
+    // ('code': its TOTP code is next; 'enrol': it must enrol first, with
+    // the secret on offer in `pending_totp`). Existing sessions are full.
+    r#"
+    CREATE TABLE operator_totp (
+        name TEXT PRIMARY KEY REFERENCES operators (name) ON DELETE CASCADE,
+        secret TEXT NOT NULL,
+        last_step INTEGER,
+        enrolled_at INTEGER NOT NULL
+    );
+    CREATE TABLE operator_recovery (
+        name TEXT NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        used_at INTEGER,
+        PRIMARY KEY (name, code_hash)
+    );
+    ALTER TABLE sessions ADD COLUMN stage TEXT NOT NULL DEFAULT 'full' CHECK (stage IN ('full', 'code', 'enrol'));
+    ALTER TABLE sessions ADD COLUMN pending_totp TEXT;
     "#,
 ];
 

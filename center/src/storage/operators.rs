@@ -25,6 +25,8 @@ pub struct SessionOwner {
     pub account: Option<String>,
     /// The account's role and disabled flag, if the account exists.
     pub state: Option<(Role, bool)>,
+    /// How far its login got (issue 20, item 2).
+    pub stage: super::SessionStage,
 }
 
 fn role_of(s: String) -> Result<Role> {
@@ -181,7 +183,7 @@ impl Storage {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT s.operator, s.account, o.role, o.disabled FROM sessions s
+                "SELECT s.operator, s.account, o.role, o.disabled, s.stage FROM sessions s
                  LEFT JOIN operators o ON o.name = s.account
                  WHERE s.token_hash = ?1 AND s.expires_at >= ?2",
             )?
@@ -191,17 +193,23 @@ impl Storage {
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, Option<bool>>(3)?,
+                    r.get::<_, String>(4)?,
                 ))
             })
             .optional()?;
-        let Some((label, account, role, disabled)) = row else {
+        let Some((label, account, role, disabled, stage)) = row else {
             return Ok(None);
         };
         let state = match (role, disabled) {
             (Some(role), Some(d)) => Some((role_of(role)?, d)),
             _ => None,
         };
-        Ok(Some(SessionOwner { label, account, state }))
+        Ok(Some(SessionOwner {
+            label,
+            account,
+            state,
+            stage: super::SessionStage::parse(&stage)?,
+        }))
     }
 }
 

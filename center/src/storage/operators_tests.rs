@@ -77,6 +77,7 @@ fn sessions_carry_the_account_its_role_and_its_flag() {
             label: "operator:otto".into(),
             account: Some("otto".into()),
             state: Some((Role::Operator, false)),
+            stage: SessionStage::Full,
         }
     );
     // A shared-password session has no account.
@@ -125,7 +126,7 @@ fn migration_9_keeps_live_sessions_as_shared_password_ones() {
     )
     .unwrap();
     let s = Storage::init(conn, false).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 9);
+    assert_eq!(s.schema_version().unwrap(), Storage::schema_version_known());
     let owner = s.session_owner("t", 50).unwrap().unwrap();
     assert_eq!(
         (owner.label.as_str(), owner.account, owner.state),
