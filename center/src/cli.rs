@@ -160,4 +160,7 @@ pub enum OperatorCmd {
     Enable { name: String },
     /// Change an account's role (its sessions get it at their next request).
     SetRole { name: String, role: String },
+    /// Remove an account's second factor (TOTP and recovery codes), for a
+    /// lost phone: its next login enrols afresh if its role requires one.
+    TotpReset { name: String },
 }

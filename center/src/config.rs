@@ -140,6 +140,7 @@ struct RawCenter {
     heartbeat_misses: Option<u32>,
     heartbeat_timeout_ms: Option<u64>,
     host_routes: Option<bool>,
+    totp_required_roles: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +195,11 @@ pub struct CenterdConfig {
     /// Where the maintenance password was read from (a secrets file: its
     /// mode is checked at start).
     pub maintenance_password_file: PathBuf,
+    /// `[center] totp_required_roles`: the roles whose accounts must log in
+    /// with a second factor (TOTP), enrolling at their next login if they
+    /// have none (issue 20, item 2). Empty: none required (an enrolled
+    /// account is asked for its code anyway).
+    pub totp_required_roles: Vec<crate::accounts::Role>,
 }
 
 /// `[dns]`: where centerd answers DNS queries and for which zone.
@@ -402,6 +408,15 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             ),
         ));
     }
+    let mut totp_required_roles = Vec::new();
+    for (i, r) in raw.center.totp_required_roles.iter().flatten().enumerate() {
+        let role = r
+            .parse::<crate::accounts::Role>()
+            .map_err(|e| invalid(format!("center.totp_required_roles[{i}]"), e))?;
+        if !totp_required_roles.contains(&role) {
+            totp_required_roles.push(role);
+        }
+    }
     let replay = ReplayConfig {
         max_skew_secs: raw
             .center
@@ -505,6 +520,7 @@ fn validate(raw: Raw, base: &Path) -> Result<CenterdConfig, ConfigError> {
             n => Some(Duration::from_secs(n)),
         },
         heartbeat,
+        totp_required_roles,
         gateway_endpoints: endpoints,
         settings: CenterSettings {
             factory_master_key,
@@ -701,6 +717,22 @@ api_key = "cac2a3e456cc6e47cef48169db8c58d329f5f1c50381559a3ae2969d9a233b4f"
             None,
             "absent: no idle timeout"
         );
+        let totp = |v: &str| EXAMPLE.replace("[center]\n", &format!("[center]\ntotp_required_roles = {v}\n"));
+        let e = err_of(&totp(r#"["admin", "root"]"#));
+        assert!(
+            e.contains("center.totp_required_roles[1]")
+                && e.contains("\"root\"")
+                && e.contains("admin, operator, viewer"),
+            "{e}"
+        );
+        assert!(err_of(&totp(r#""admin""#)).contains("totp_required_roles"));
+        assert_eq!(
+            parse(&totp(r#"["admin", "operator", "admin"]"#))
+                .unwrap()
+                .totp_required_roles,
+            [crate::accounts::Role::Admin, crate::accounts::Role::Operator]
+        );
+        assert!(parse(EXAMPLE).unwrap().totp_required_roles.is_empty(), "default: none");
         assert!(err_of(&EXAMPLE.replace("http://172.16.0.11:9000", "ftp://x")).contains("gateways[0].api_url"));
         assert!(err_of(&EXAMPLE.replace("198.51.100.11", "224.0.0.1")).contains("gateways[0].global_ip"));
         assert!(err_of(&EXAMPLE.replace("127.0.0.1:8081", "127.0.0.1:8080")).contains("server.ui_listen"));

@@ -217,6 +217,8 @@ pub async fn serve(
         operator_networks: cfg.operator_networks.clone(),
         hash_slots: ui::DEFAULT_HASH_SLOTS,
         account_iterations: crate::password::DEFAULT_ITERATIONS,
+        totp_required_roles: cfg.totp_required_roles.clone(),
+        clock: ui::Clock::system(),
     };
     let zone = cfg.dns.as_ref().map(|d| (d.zone.clone(), d.limits));
     let reconcile_interval = cfg.reconcile_interval;

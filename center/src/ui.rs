@@ -46,7 +46,7 @@ use crate::accounts::Role;
 use crate::center::{Actor, Center, CenterError, GatewayCommands, RouterCommands};
 use crate::http::{read_body, serve, text, unix_now, Body, Peer};
 use crate::password::PasswordHash;
-use crate::storage::{AuditFilter, AuditRow};
+use crate::storage::{AuditFilter, AuditRow, SessionStage};
 use vpnnat_proto::throttle::{LoginThrottle, ThrottleConfig};
 use vpnnat_proto::types::Ipv4Cidr;
 
@@ -63,6 +63,10 @@ pub enum Access {
     Public,
     /// A logged-in operator.
     Session,
+    /// The login's second step (issue 20, item 2): a session at any stage,
+    /// also one whose password was right but whose TOTP code is still to
+    /// come or whose enrolment is due. Nothing else takes such a session.
+    Staged,
 }
 
 /// What a route does.
@@ -88,6 +92,10 @@ enum Page {
     AccountDisable,
     AccountEnable,
     AccountRole,
+    CodeForm,
+    Code,
+    EnrolForm,
+    Enrol,
 }
 
 /// One route of the operator UI. `{n}` in a path stands for an acceptance
@@ -125,6 +133,13 @@ const fn route(method: &'static str, path: &'static str, access: Access, role: R
 pub const ROUTES: &[UiRoute] = &[
     route("GET", "/login", Access::Public, Role::Viewer, Page::LoginForm),
     route("POST", "/login", Access::Public, Role::Viewer, Page::Login),
+    // Issue 20, item 2: the second factor. The code (or a recovery code)
+    // after the password (form field `code`), and the enrolment: its QR
+    // code, then the confirmation with a current code (field `code`).
+    route("GET", "/login/code", Access::Staged, Role::Viewer, Page::CodeForm),
+    route("POST", "/login/code", Access::Staged, Role::Viewer, Page::Code),
+    route("GET", "/totp/enrol", Access::Staged, Role::Viewer, Page::EnrolForm),
+    route("POST", "/totp/enrol", Access::Staged, Role::Viewer, Page::Enrol),
     route("GET", "/healthz", Access::Public, Role::Viewer, Page::Health),
     // For Prometheus on the operator network: no session (a scraper
     // cannot log in); counts only, no names or addresses.
@@ -276,6 +291,36 @@ pub struct UiSettings {
     /// PBKDF2 iterations of the password hashes of accounts added in the
     /// UI (`crate::password::DEFAULT_ITERATIONS`).
     pub account_iterations: u32,
+    /// `[center] totp_required_roles`: roles that must log in with a
+    /// second factor (enrolling first if they have none).
+    pub totp_required_roles: Vec<Role>,
+    /// The clock TOTP codes are checked against (tests set it).
+    pub clock: Clock,
+}
+
+/// Unix seconds, from the system or from a test.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(unix_now))
+    }
+
+    /// A clock that reads `t` (a test moves it).
+    pub fn manual(t: Arc<std::sync::atomic::AtomicU64>) -> Clock {
+        Clock(Arc::new(move || t.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
+    pub fn now(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
 }
 
 /// Password checks at once per kind of source: one core's worth each on a
@@ -325,6 +370,10 @@ struct Session {
     token: String,
     label: String,
     role: Role,
+    /// The named account (None: a shared-password session from before).
+    account: Option<String>,
+    /// How far its login got.
+    stage: SessionStage,
 }
 
 /// The state of the UI's handlers.
@@ -393,6 +442,15 @@ pub fn session_cookie(headers: &hyper::HeaderMap) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE_NAME)
         .map(|(_, v)| v.to_owned())
+}
+
+/// `r` with the session cookie `token` set for `max_age` seconds.
+fn with_cookie(mut r: Response<Body>, token: &str, max_age: u64) -> Response<Body> {
+    let cookie = format!("{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(SET_COOKIE, v);
+    }
+    r
 }
 
 fn redirect(to: &str) -> Response<Body> {
@@ -494,7 +552,13 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         } else {
             owner.label
         };
-        Some(Session { token, label, role })
+        Some(Session {
+            token,
+            label,
+            role,
+            account: owner.account,
+            stage: owner.stage,
+        })
     }
 
     /// A request no route of [`ROUTES`] serves: `known` when its path is
@@ -528,8 +592,21 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             }
         }
         let session = self.session(req.headers());
+        // Half logged in (the second factor still to come): nothing but
+        // the login's next step and the logout. A page's GET is sent to
+        // that step; anything else (the API) is 401.
+        if let Some(s) = session.as_ref().filter(|s| s.stage != SessionStage::Full) {
+            if route.access == Access::Session && route.page != Page::Logout {
+                return if method == Method::GET && matches!(route.page, Page::Dashboard | Page::Audit | Page::Accounts)
+                {
+                    redirect(second_factor::step_page(s.stage))
+                } else {
+                    text(401, "finish logging in first (second factor)")
+                };
+            }
+        }
         if route.access != Access::Public && session.is_none() {
-            return if method == Method::GET && path == "/" {
+            return if method == Method::GET && (path == "/" || route.access == Access::Staged) {
                 redirect("/login")
             } else {
                 text(401, "log in first")
@@ -554,9 +631,17 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             }
             _ => {}
         }
-        let Some(Session { token, label, role }) = session else {
+        let Some(session) = session else {
             return text(401, "log in first");
         };
+        let Session {
+            ref token,
+            ref label,
+            role,
+            ..
+        } = session;
+        let token = token.clone();
+        let label = label.clone();
         let actor = Actor::new(label, peer.ip().to_string());
         if !role.may(route.role) {
             log::warn!(
@@ -582,6 +667,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             }
             return match (route.page, n) {
                 (Page::Logout, _) => self.logout(&headers, &actor),
+                (Page::Code, _) => self.second_factor(&session, &body, peer).await,
+                (Page::Enrol, _) => self.enrol(&session, &body, peer).await,
                 (Page::Start, Some(n)) => self.action(n, "start", &actor).await,
                 (Page::End, Some(n)) => self.action(n, "end", &actor).await,
                 (Page::Limit, Some(n)) => {
@@ -634,6 +721,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             Page::AuditCsv => self.audit_export(&query, false),
             Page::AuditJsonl => self.audit_export(&query, true),
             Page::Accounts => self.accounts_page(&query, &csrf_token(&token), &actor),
+            Page::CodeForm => self.code_form(&session, ""),
+            Page::EnrolForm => self.enrol_form(&session, ""),
             _ => text(404, "no such page"),
         }
     }
@@ -648,12 +737,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let name = form_field(&body, "name").unwrap_or_default().trim().to_owned();
         let now = unix_now();
         let who = Actor::new("operator?", peer.ip().to_string());
-        let trusted = match peer.ip() {
-            std::net::IpAddr::V4(a) => self.settings.operator_networks.iter().any(|n| n.contains(a)),
-            std::net::IpAddr::V6(a) => a
-                .to_ipv4_mapped()
-                .is_some_and(|a| self.settings.operator_networks.iter().any(|n| n.contains(a))),
-        };
+        let trusted = self.trusted(peer);
         let throttled = |t: vpnnat_proto::throttle::Throttled| {
             // The first refusal of each wait per address is logged and
             // audited; the repeats only at debug: a flood of guesses must
@@ -775,32 +859,62 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 .audit(now, &who, "login_refused", None, None, "account disabled");
             return html(403, login_page("This account is disabled."));
         }
+        self.after_password(&row, &operator, peer, now)
+    }
+
+    /// Whether `peer` is in the trusted operator network.
+    fn trusted(&self, peer: SocketAddr) -> bool {
+        match peer.ip() {
+            std::net::IpAddr::V4(a) => self.settings.operator_networks.iter().any(|n| n.contains(a)),
+            std::net::IpAddr::V6(a) => a
+                .to_ipv4_mapped()
+                .is_some_and(|a| self.settings.operator_networks.iter().any(|n| n.contains(a))),
+        }
+    }
+
+    /// A new session of `account` at `stage` for `ttl_secs`: its token.
+    fn new_session(
+        &self,
+        label: &str,
+        account: &str,
+        stage: SessionStage,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<String, String> {
         let mut raw = [0u8; 32];
         if self.rng.fill(&mut raw).is_err() {
-            return text(500, "random number generator failed");
+            return Err("random number generator failed".into());
         }
         let token = hex::encode(raw);
-        let expires = unix_now().saturating_add(self.settings.session_ttl.as_secs());
-        let stored = self.center.store().and_then(|mut st| {
-            st.purge_sessions(now)?;
-            st.add_account_session(&token_hash(&token), expires, &operator, &row.name)?;
-            Ok(())
-        });
-        if let Err(e) = stored {
-            return text(500, format!("cannot store the session: {e}"));
-        }
+        let expires = now.saturating_add(ttl_secs);
+        self.center
+            .store()
+            .and_then(|mut st| {
+                st.purge_sessions(now)?;
+                st.add_staged_session(&token_hash(&token), expires, label, account, stage)?;
+                Ok(())
+            })
+            .map_err(|e| format!("cannot store the session: {e}"))?;
+        Ok(token)
+    }
+
+    /// A full session of `row` after all its factors: the cookie, audited.
+    fn full_session(&self, row_name: &str, operator: &str, peer: SocketAddr, now: u64, how: &str) -> Response<Body> {
+        let token = match self.new_session(
+            operator,
+            row_name,
+            SessionStage::Full,
+            self.settings.session_ttl.as_secs(),
+            now,
+        ) {
+            Ok(t) => t,
+            Err(e) => return text(500, e),
+        };
         log::info!("{operator} logged in from {peer}");
         let who = Actor::new(operator, peer.ip().to_string());
-        self.center.audit(now, &who, "login", None, None, "session started");
-        let mut r = redirect("/");
-        let cookie = format!(
-            "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-            self.settings.session_ttl.as_secs()
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            r.headers_mut().insert(SET_COOKIE, v);
-        }
-        r
+        self.center
+            .audit(now, &who, "login", None, None, &format!("session started{how}"));
+        with_cookie(redirect("/"), &token, self.settings.session_ttl.as_secs())
     }
 
     fn logout(&self, headers: &hyper::HeaderMap, actor: &Actor) -> Response<Body> {
@@ -994,6 +1108,8 @@ pub fn url_encode(s: &str) -> String {
 
 mod accounts;
 mod pages;
+mod second_factor;
+mod second_factor_pages;
 
 #[cfg(test)]
 mod tests;
@@ -1003,3 +1119,6 @@ mod login_tests;
 
 #[cfg(test)]
 mod access_tests;
+
+#[cfg(test)]
+mod totp_tests;

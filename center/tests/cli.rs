@@ -886,3 +886,53 @@ fn operator_accounts_from_the_command_line() {
     );
     assert!(rows.iter().all(|r| !r.detail.contains("long password")));
 }
+
+/// Issue 20, item 2: `centerd operator totp-reset NAME` removes an
+/// account's second factor (its TOTP and recovery codes), audited under
+/// the user; an unknown account is exit 1.
+#[test]
+fn operator_totp_reset_from_the_command_line() {
+    let (dir, cfg) = setup("totp-reset");
+    let o = centerd_stdin(
+        &cfg,
+        &["operator", "add", "ada", "--role", "admin", "--iterations", "1000"],
+        "ada's long password\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let db = dir.0.join("center.db");
+    {
+        let mut st = Storage::open(&db).unwrap();
+        assert!(st
+            .enrol_totp("ada", "MZXW6YTBOI", 1, &["h1".to_owned(), "h2".to_owned()], 5)
+            .unwrap());
+    }
+    let o = centerd(&cfg, &["operator", "totp-reset", "ada"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "operator ada: second factor removed (TOTP and recovery codes)"
+    );
+    let st = Storage::open(&db).unwrap();
+    assert_eq!(st.operator_totp("ada").unwrap(), None);
+    assert_eq!(st.recovery_codes_left("ada").unwrap(), 0);
+    drop(st);
+    let v = json(&centerd(&cfg, &["--json", "operator", "totp-reset", "ada"]));
+    assert_eq!(v["done"], "had no second factor");
+    let o = centerd(&cfg, &["operator", "totp-reset", "nobody"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("no operator nobody"), "{}", stderr(&o));
+    let rows = Storage::open(&db)
+        .unwrap()
+        .audit_log(&AuditFilter {
+            action: Some("totp_reset".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.actor == "cli:alice"), "{rows:?}");
+    assert!(rows.iter().all(|r| !r.detail.contains("MZXW6YTBOI")));
+    assert!(rows[1]
+        .detail
+        .contains("operator ada: second factor (TOTP and recovery codes) removed"));
+}

@@ -441,6 +441,8 @@ async fn hostile_requests_are_refused_change_nothing_and_leak_no_secret() {
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
         account_iterations: 1000,
+        totp_required_roles: Vec::new(),
+        clock: vpnnat_center::ui::Clock::system(),
     };
     vpnnat_center::accounts::manage::seed_admins(&mut center.store().unwrap(), &ui_settings.operator_hashes, 0)
         .unwrap();

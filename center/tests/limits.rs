@@ -119,6 +119,8 @@ async fn every_listener_survives_a_flood_and_serves_the_legitimate_client() {
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
         account_iterations: 1000,
+        totp_required_roles: Vec::new(),
+        clock: vpnnat_center::ui::Clock::system(),
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), c.clone(), settings));
     tokio::spawn(vpnnat_center::api::run(api_l, std::future::pending(), c.clone()));

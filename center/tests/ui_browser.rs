@@ -121,6 +121,8 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
         account_iterations: 1000,
+        totp_required_roles: Vec::new(),
+        clock: vpnnat_center::ui::Clock::system(),
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
     // A named operator account (issue 20), as `centerd operator add` makes it.

@@ -117,6 +117,20 @@ pub fn set_role(st: &mut Storage, name: &str, role: Role, actor: &Actor, now: u6
     )
 }
 
+/// Removes an account's second factor (an admin's recovery for a lost
+/// phone), audited whether or not it had one; whether it had.
+pub fn reset_totp(st: &mut Storage, name: &str, actor: &Actor, now: u64) -> Result<bool, ManageError> {
+    check_name(name)?;
+    let had = st.reset_totp(name)?;
+    let what = if had {
+        "second factor (TOTP and recovery codes) removed"
+    } else {
+        "second factor reset: there was none"
+    };
+    audit(st, actor, now, "totp_reset", &format!("operator {name}: {what}"))?;
+    Ok(had)
+}
+
 /// The name of the account made from the first shared password, and the
 /// one a login with an empty name means.
 pub const FIRST_ADMIN: &str = "admin";

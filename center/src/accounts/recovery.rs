@@ -21,7 +21,11 @@ pub fn generate(rng: &dyn SecureRandom) -> Result<Vec<Zeroizing<String>>, ring::
         let mut raw = Zeroizing::new([0u8; CODE_BYTES]);
         rng.fill(raw.as_mut())?;
         let b32 = Zeroizing::new(base32_encode(raw.as_ref()).to_ascii_lowercase());
-        let groups: Vec<&str> = b32.as_bytes().chunks(4).filter_map(|c| std::str::from_utf8(c).ok()).collect();
+        let groups: Vec<&str> = b32
+            .as_bytes()
+            .chunks(4)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
         out.push(Zeroizing::new(groups.join("-")));
     }
     Ok(out)

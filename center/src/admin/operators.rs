@@ -1,4 +1,4 @@
-//! `centerd operator add|list|disable|enable|set-role`: the operator
+//! `centerd operator add|list|disable|enable|set-role|totp-reset`: the operator
 //! accounts from the command line (the first admin account is made here,
 //! or in the UI by a holder of a shared password). The logic is
 //! `crate::accounts::manage`, shared with the UI's accounts page.
@@ -104,6 +104,17 @@ pub fn operator(cfg: &CenterdConfig, cmd: &OperatorCmd, stdin: &mut impl Read) -
             let role = role(r)?;
             manage::set_role(&mut open_store(cfg)?, name, role, &actor, now)?;
             done(format!("role {role}"), name)
+        }
+        OperatorCmd::TotpReset { name } => {
+            let had = manage::reset_totp(&mut open_store(cfg)?, name, &actor, now)?;
+            done(
+                if had {
+                    "second factor removed (TOTP and recovery codes)".into()
+                } else {
+                    "had no second factor".into()
+                },
+                name,
+            )
         }
     }
 }

@@ -51,13 +51,13 @@ pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use gateways::{GatewaySpec, GatewayUsage, LostTunnel, SlotRow, TunnelState};
 pub use initiation::InitiationRow;
 pub use nonces::{DbNonceStore, NONCE_PRINCIPAL_LIMIT};
-pub use totp::SessionStage;
 pub use operators::{OperatorRow, SessionOwner};
 pub use pool::{pool_bounds, PoolUsage};
 pub use reinstall::{ReinstallRow, UNPROVEN_ACTIONS};
 pub use requests::OpenLimit;
 pub use requests::{NewRequest, Released, RequestGrant, RequestRow, RequestState};
 pub use terminals::{FailureRow, InstallRecord, TerminalRow};
+pub use totp::{SessionStage, TotpRow};
 
 /// The extension terminal names under which a router's server-part and
 /// router-part VPNNAT addresses are kept (PROTOCOL.md 1; judgment 2 of 6

@@ -48,7 +48,9 @@ pub struct TotpRow {
 
 impl std::fmt::Debug for TotpRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TotpRow").field("last_step", &self.last_step).finish_non_exhaustive()
+        f.debug_struct("TotpRow")
+            .field("last_step", &self.last_step)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +69,13 @@ impl Storage {
             .prepare_cached(
                 "INSERT INTO sessions (token_hash, expires_at, operator, account, stage) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![token_hash, from_u64(expires_at), label, account, stage.as_str()])?;
+            .execute(params![
+                token_hash,
+                from_u64(expires_at),
+                label,
+                account,
+                stage.as_str()
+            ])?;
         Ok(())
     }
 

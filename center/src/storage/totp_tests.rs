@@ -65,7 +65,10 @@ fn a_staged_session_carries_its_stage_and_pending_secret() {
     assert_eq!(s.session_owner("t2", 50).unwrap().unwrap().stage, SessionStage::Full);
     assert_eq!(s.pending_totp("t1").unwrap(), None);
     s.set_pending_totp("t1", "PENDING").unwrap();
-    assert_eq!(s.pending_totp("t1").unwrap().as_deref().map(String::as_str), Some("PENDING"));
+    assert_eq!(
+        s.pending_totp("t1").unwrap().as_deref().map(String::as_str),
+        Some("PENDING")
+    );
 }
 
 /// Migration 10 on a version-9 database with a live session: it stays,

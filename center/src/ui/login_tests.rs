@@ -54,6 +54,8 @@ async fn start(c: Arc<TestCenter>, hash: PasswordHash, hash_slots: usize) -> (So
         operator_networks: vec!["127.0.0.1/32".parse().unwrap()],
         hash_slots,
         account_iterations: 1000,
+        totp_required_roles: Vec::new(),
+        clock: Clock::system(),
     };
     crate::accounts::manage::seed_admins(&mut c.store().unwrap(), &settings.operator_hashes, 0).unwrap();
     tokio::spawn(run(
