@@ -1,8 +1,12 @@
 //! The operator UI in a real headless Chromium, driven over WebDriver
 //! (Debian's `chromium` + `chromium-driver`): log in as a named operator
-//! account (issue 20; a wrong shared password first), see a maintenance
+//! account (issue 20; a wrong shared password first) with its second
+//! factor (a TOTP code computed here), see a maintenance
 //! request appear (the page reloads itself), press start and end, watch the
-//! state change and the address come back to the pool.
+//! state change and the address come back to the pool. Then an admin,
+//! whose role requires a second factor, enrols: scans nothing, reads the
+//! key off the page, confirms with a computed code, gets its recovery codes.
+//! Screenshots of the code and enrolment pages go to out/ui-browser/.
 //!
 //! Needs `chromedriver` on PATH (or `VPNNAT_CHROMEDRIVER`) and chromium;
 //! without them the test says SKIPPED and passes, unless
@@ -19,12 +23,13 @@ use ring::rand::SystemRandom;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::unbounded_channel;
 use vpnnat_center::accounts::manage::{self, NewAccount};
+use vpnnat_center::accounts::totp::Secret;
 use vpnnat_center::accounts::Role;
 use vpnnat_center::api::{run_with, ApiSettings};
 use vpnnat_center::center::{Actor, Center, CenterSettings, GatewayEntry};
 use vpnnat_center::clients::{HttpGateways, HttpRouters};
 use vpnnat_center::config::HttpEndpoint;
-use vpnnat_center::http::{call, call_with};
+use vpnnat_center::http::{call, call_with, unix_now};
 use vpnnat_center::password::PasswordHash;
 use vpnnat_center::storage::Storage;
 use vpnnat_center::ui::{self, UiSettings};
@@ -121,7 +126,7 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         operator_networks: Vec::new(),
         hash_slots: vpnnat_center::ui::DEFAULT_HASH_SLOTS,
         account_iterations: 1000,
-        totp_required_roles: Vec::new(),
+        totp_required_roles: vec![Role::Admin],
         clock: vpnnat_center::ui::Clock::system(),
     };
     tokio::spawn(ui::run(ui_l, std::future::pending(), center.clone(), ui_settings));
@@ -134,6 +139,21 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
     };
     let otto = manage::prepare(&otto, &SystemRandom::new()).unwrap();
     manage::add(&mut center.store().unwrap(), &otto, &Actor::new("cli:test", "local"), 1).unwrap();
+    // Otto has enrolled a second factor already (issue 20, item 2).
+    let otto_totp = Secret::generate(&SystemRandom::new()).unwrap();
+    assert!(center
+        .store()
+        .unwrap()
+        .enrol_totp("otto", &otto_totp.to_base32(), 0, &[], 1)
+        .unwrap());
+    let ada = NewAccount {
+        name: "ada",
+        password: "ada's password",
+        role: Role::Admin,
+        iterations: 1000,
+    };
+    let ada = manage::prepare(&ada, &SystemRandom::new()).unwrap();
+    manage::add(&mut center.store().unwrap(), &ada, &Actor::new("cli:test", "local"), 1).unwrap();
 
     // The router installs.
     let rng = SystemRandom::new();
@@ -167,6 +187,11 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
     web(|| b.type_into("#name", "otto"));
     web(|| b.type_into("#password", "otto's password"));
     web(|| b.click("#login"));
+    // The second factor: the code of the app, computed here.
+    web(|| b.wait_for("#code"));
+    screenshot(&b, "operator-ui-totp-code.png");
+    web(|| b.type_into("#code", &otto_totp.code_at(unix_now())));
+    web(|| b.click("#verify"));
     web(|| b.wait_for("#requests"));
     assert!(web(|| b.find("#request-1")).is_none());
     assert_eq!(web(|| b.text("#pool-allocated")), "2");
@@ -233,4 +258,45 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         web(|| b.find("#accounts")).is_none(),
         "an operator is refused the accounts page"
     );
+
+    // An admin's role requires a second factor: after the password, the
+    // enrolment page and nothing else.
+    web(|| b.goto(&format!("{base}/login")));
+    web(|| b.type_into("#name", "ada"));
+    web(|| b.type_into("#password", "ada's password"));
+    web(|| b.click("#login"));
+    web(|| b.wait_for("#qr svg"));
+    screenshot(&b, "operator-ui-totp-enrol.png");
+    web(|| b.goto(&format!("{base}/accounts")));
+    web(|| b.wait_for("#qr svg"));
+    let key = web(|| b.text("#secret"));
+    assert!(web(|| b.text("#otpauth-uri")).contains(&format!("secret={key}")));
+    let secret = Secret::from_base32(&key).unwrap();
+    web(|| b.type_into("#code", &secret.code_at(unix_now())));
+    web(|| b.click("#confirm"));
+    web(|| b.wait_for("#recovery-codes"));
+    assert_eq!(
+        web(|| b.script("return document.querySelectorAll('#recovery-codes li').length")),
+        10
+    );
+    web(|| b.click("#continue"));
+    web(|| b.wait_for("#requests"));
+    web(|| b.goto(&format!("{base}/accounts")));
+    web(|| b.wait_for("#accounts"));
+    assert!(center.reads().unwrap().operator_totp("ada").unwrap().is_some());
+}
+
+/// Saves the page as out/ui-browser/NAME (beside the demo's screenshots
+/// in out/demo/).
+fn screenshot(b: &Browser, name: &str) {
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(web(|| b.screenshot_base64()))
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/ui-browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, &png).unwrap();
+    println!("screenshot: {} ({} bytes)", path.display(), png.len());
 }

@@ -18,6 +18,9 @@ pub const SECRET_LEN: usize = 20;
 /// typed in the last seconds of its step).
 pub const WINDOW: u64 = 1;
 
+/// 10^DIGITS.
+const MODULUS: u32 = 1_000_000;
+
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 /// A shared TOTP secret. A credential: no `Debug` of its bytes, zeroed
@@ -79,7 +82,7 @@ impl Secret {
             .get(off..off.saturating_add(4))
             .and_then(|w| <[u8; 4]>::try_from(w).ok())
             .map_or(0, u32::from_be_bytes);
-        (word & 0x7fff_ffff) % 10u32.pow(DIGITS)
+        (word & 0x7fff_ffff).checked_rem(MODULUS).unwrap_or(0)
     }
 
     /// The code at Unix time `unix`, as an app shows it (zero-padded).
@@ -137,21 +140,32 @@ pub fn step_of(unix: u64) -> u64 {
     unix / STEP_SECS
 }
 
+/// The base32 digit of the low 5 bits of `v`.
+fn b32_digit(v: u64) -> char {
+    char::from(BASE32.get((v & 31) as usize).copied().unwrap_or(b'A'))
+}
+
+/// The low `bits` bits of `v`.
+fn low_bits(v: u64, bits: u32) -> u64 {
+    v & 1u64.wrapping_shl(bits).wrapping_sub(1)
+}
+
 /// RFC 4648 base32, upper case, no padding.
 pub fn base32_encode(b: &[u8]) -> String {
     let mut out = String::with_capacity(b.len().saturating_mul(8).div_ceil(5));
-    let (mut acc, mut bits) = (0u32, 0u32);
+    // At most 4 + 8 bits are pending at any time.
+    let (mut acc, mut bits) = (0u64, 0u32);
     for &byte in b {
-        acc = (acc << 8) | u32::from(byte);
+        acc = acc.wrapping_shl(8) | u64::from(byte);
         bits = bits.saturating_add(8);
         while bits >= 5 {
             bits = bits.saturating_sub(5);
-            out.push(char::from(BASE32[((acc >> bits) & 31) as usize]));
+            out.push(b32_digit(acc.wrapping_shr(bits)));
         }
-        acc &= (1 << bits) - 1;
+        acc = low_bits(acc, bits);
     }
     if bits > 0 {
-        out.push(char::from(BASE32[((acc << (5 - bits)) & 31) as usize]));
+        out.push(b32_digit(acc.wrapping_shl(5u32.saturating_sub(bits))));
     }
     out
 }
@@ -160,16 +174,17 @@ pub fn base32_encode(b: &[u8]) -> String {
 /// ignored (as typed from a screen). None on any other character.
 pub fn base32_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len().saturating_mul(5) / 8);
-    let (mut acc, mut bits) = (0u32, 0u32);
+    // At most 7 + 5 bits are pending at any time.
+    let (mut acc, mut bits) = (0u64, 0u32);
     for c in s.bytes().filter(|c| !matches!(c, b' ' | b'-' | b'=')) {
         let v = BASE32.iter().position(|&b| b == c.to_ascii_uppercase())?;
-        acc = (acc << 5) | u32::try_from(v).ok()?;
+        acc = acc.wrapping_shl(5) | u64::try_from(v).ok()?;
         bits = bits.saturating_add(5);
         if bits >= 8 {
             bits = bits.saturating_sub(8);
-            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
+            out.push(u8::try_from(low_bits(acc.wrapping_shr(bits), 8)).ok()?);
         }
-        acc &= (1 << bits) - 1;
+        acc = low_bits(acc, bits);
     }
     Some(out)
 }

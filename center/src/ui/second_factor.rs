@@ -126,13 +126,13 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         who: &Actor,
         now: u64,
         page: impl FnOnce() -> String,
-    ) -> Result<vpnnat_proto::throttle::Attempt, Response<Body>> {
+    ) -> Result<vpnnat_proto::throttle::Attempt, Box<Response<Body>>> {
         let trusted = self.trusted(peer);
         let admitted = self.throttle.lock().ok().map(|mut t| t.begin(peer.ip(), trusted, now));
         match admitted {
             Some(Ok(a)) => Ok(a),
-            Some(Err(t)) => Err(self.throttled_code(peer, who, t, now, page())),
-            None => Err(text(500, "login throttle unavailable")),
+            Some(Err(t)) => Err(Box::new(self.throttled_code(peer, who, t, now, page()))),
+            None => Err(Box::new(text(500, "login throttle unavailable"))),
         }
     }
 
@@ -171,7 +171,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let csrf = csrf_token(&s.token);
         let attempt = match self.begin_attempt(peer, &who, now, || sf_pages::code("Too many wrong codes.", &csrf)) {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         match self.check_code(name, code.trim()) {
             Ok(how) => {
@@ -305,7 +305,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             sf_pages::nothing_to_enrol("Too many wrong codes: wait, then reload the enrolment page.")
         }) {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let secret = match self.pending_secret(s) {
             Ok(x) => x,

@@ -373,6 +373,15 @@ impl Browser {
         Ok(v["value"].clone())
     }
 
+    /// A PNG of the viewport, base64-encoded as WebDriver returns it.
+    pub fn screenshot_base64(&self) -> Result<String> {
+        let v = wd(self.driver, "GET", &self.path("/screenshot"), None)?;
+        v["value"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| WebDriverError::Protocol(format!("screenshot: no image in {v}")))
+    }
+
     /// Clicks `css` as a user would (WebDriver element click: selects an
     /// `<option>`, ticks a box, presses a button).
     pub fn click(&self, css: &str) -> Result<()> {
