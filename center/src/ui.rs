@@ -846,11 +846,11 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             }
             return html(401, login_page(wrong));
         };
-        if let Ok(mut t) = self.throttle.lock() {
-            t.passed(attempt);
-        }
         let operator = crate::accounts::actor_name(&row.name);
         if row.disabled {
+            if let Ok(mut t) = self.throttle.lock() {
+                t.passed(attempt);
+            }
             // The right password: saying so is safe, and tells the
             // operator whom to ask.
             log::warn!("login of disabled account {operator} from {peer} refused");
@@ -859,7 +859,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 .audit(now, &who, "login_refused", None, None, "account disabled");
             return html(403, login_page("This account is disabled."));
         }
-        self.after_password(&row, &operator, peer, now)
+        self.after_password(&row, &operator, peer, attempt, now)
     }
 
     /// Whether `peer` is in the trusted operator network.

@@ -43,12 +43,16 @@ fn qr_svg(text: &str) -> Option<String> {
 
 impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     /// After a right password: a full session, or the second factor's
-    /// half-logged-in one.
+    /// half-logged-in one. The password's `attempt` is taken back off the
+    /// brakes only with a full session: until its last factor is right a
+    /// login counts as failed, or someone who knows the password could
+    /// wipe the count of their wrong codes with it again and again.
     pub(super) fn after_password(
         &self,
         row: &OperatorRow,
         operator: &str,
         peer: SocketAddr,
+        attempt: vpnnat_proto::throttle::Attempt,
         now: u64,
     ) -> Response<Body> {
         let enrolled = match self.center.reads().and_then(|st| Ok(st.operator_totp(&row.name)?)) {
@@ -60,6 +64,9 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         } else if self.settings.totp_required_roles.contains(&row.role) {
             SessionStage::Enrol
         } else {
+            if let Ok(mut t) = self.throttle.lock() {
+                t.passed(attempt);
+            }
             return self.full_session(&row.name, operator, peer, now, "");
         };
         let token = match self.new_session(operator, &row.name, stage, STAGED_TTL_SECS, now) {

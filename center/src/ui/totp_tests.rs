@@ -313,8 +313,9 @@ async fn wrong_codes_meet_the_login_brakes() {
     for _ in 0..8 {
         statuses.push(post_code(s.addr, "/login/code", &half, &wrong).await.status);
     }
-    // 5 wrong attempts per address (ThrottleConfig::default), then waits.
-    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+    // 5 attempts per address (ThrottleConfig::default), the password
+    // among them (the login has not succeeded yet), then waits.
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429, 429, 429]);
     let r = post_code(s.addr, "/login/code", &half, &right).await;
     assert_eq!(r.status, 429, "even the right code waits");
     assert!(r.headers.contains_key(hyper::header::RETRY_AFTER));
@@ -322,4 +323,34 @@ async fn wrong_codes_meet_the_login_brakes() {
     // And the password step is braked too: the same counter.
     let form = "name=otto&password=otto+password";
     assert_eq!(req(s.addr, "POST", "/login", None, Some(form)).await.status, 429);
+}
+
+/// Someone who knows the password cannot wipe the count of their wrong
+/// codes by typing the password again: a login counts as failed until its
+/// last factor is right.
+#[tokio::test]
+async fn the_right_password_does_not_reset_the_count_of_wrong_codes() {
+    let s = setup(Vec::new()).await;
+    let secret = Secret::generate(&SystemRandom::new()).unwrap();
+    enrol(&s.c, "otto", &secret);
+    let right = secret.code_at(T0);
+    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 500_000) % 1_000_000);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, _, half) = password(s.addr, "otto").await;
+        assert_eq!(status, 303);
+        statuses.push(post_code(s.addr, "/login/code", &half, &wrong).await.status);
+    }
+    // Password, code, password, code, password: the fifth attempt of the
+    // address; the code after it waits.
+    assert_eq!(statuses, [401, 401, 429]);
+    // A complete login clears the count (as a right password did before).
+    let s = setup(Vec::new()).await;
+    enrol(&s.c, "otto", &secret);
+    for _ in 0..4 {
+        let (_, _, half) = password(s.addr, "otto").await;
+        let code = secret.code_at(s.clock.load(Ordering::SeqCst));
+        assert_eq!(post_code(s.addr, "/login/code", &half, &code).await.status, 303);
+        s.clock.fetch_add(STEP_SECS, Ordering::SeqCst);
+    }
 }
