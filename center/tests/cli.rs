@@ -906,6 +906,10 @@ fn operator_totp_reset_from_the_command_line() {
             .enrol_totp("ada", "MZXW6YTBOI", 1, &["h1".to_owned(), "h2".to_owned()], 5)
             .unwrap());
     }
+    let v = json(&centerd(&cfg, &["--json", "operator", "list"]));
+    assert_eq!(v[0]["second_factor"], true);
+    let list = centerd(&cfg, &["operator", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).trim().ends_with(" 2fa"));
     let o = centerd(&cfg, &["operator", "totp-reset", "ada"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(
@@ -916,6 +920,8 @@ fn operator_totp_reset_from_the_command_line() {
     assert_eq!(st.operator_totp("ada").unwrap(), None);
     assert_eq!(st.recovery_codes_left("ada").unwrap(), 0);
     drop(st);
+    let v = json(&centerd(&cfg, &["--json", "operator", "list"]));
+    assert_eq!(v[0]["second_factor"], false);
     let v = json(&centerd(&cfg, &["--json", "operator", "totp-reset", "ada"]));
     assert_eq!(v["done"], "had no second factor");
     let o = centerd(&cfg, &["operator", "totp-reset", "nobody"]);

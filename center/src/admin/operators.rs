@@ -82,11 +82,12 @@ pub fn operator(cfg: &CenterdConfig, cmd: &OperatorCmd, stdin: &mut impl Read) -
                 let mut s = String::new();
                 for r in &rows {
                     s.push_str(&format!(
-                        "{} {} {} created {}\n",
+                        "{} {} {} created {}{}\n",
                         r.name,
                         r.role,
                         if r.disabled { "disabled" } else { "active" },
-                        crate::ui::fmt_time(r.created_at)
+                        crate::ui::fmt_time(r.created_at),
+                        if r.second_factor { " 2fa" } else { "" }
                     ));
                 }
                 s

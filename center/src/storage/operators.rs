@@ -14,6 +14,8 @@ pub struct OperatorRow {
     pub role: Role,
     pub disabled: bool,
     pub created_at: u64,
+    /// Whether it has enrolled a second factor (issue 20, item 2).
+    pub second_factor: bool,
 }
 
 /// Who holds a live session: the label its audit rows carry, and for a
@@ -85,9 +87,10 @@ impl Storage {
 
     /// Every account, by name.
     pub fn operators(&self) -> Result<Vec<OperatorRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, role, disabled, created_at FROM operators ORDER BY name")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, role, disabled, created_at, \
+             EXISTS (SELECT 1 FROM operator_totp t WHERE t.name = operators.name) FROM operators ORDER BY name",
+        )?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -95,16 +98,18 @@ impl Storage {
                     r.get::<_, String>(1)?,
                     r.get::<_, bool>(2)?,
                     r.get::<_, i64>(3)?,
+                    r.get::<_, bool>(4)?,
                 ))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(name, role, disabled, at)| {
+            .map(|(name, role, disabled, at, second_factor)| {
                 Ok(OperatorRow {
                     name,
                     role: role_of(role)?,
                     disabled,
                     created_at: to_u64(at)?,
+                    second_factor,
                 })
             })
             .collect()
@@ -114,23 +119,28 @@ impl Storage {
     pub fn operator_login(&self, name: &str) -> Result<Option<(OperatorRow, String)>> {
         let row = self
             .conn
-            .prepare_cached("SELECT role, disabled, created_at, password_hash FROM operators WHERE name = ?1")?
+            .prepare_cached(
+                "SELECT role, disabled, created_at, password_hash, \
+                 EXISTS (SELECT 1 FROM operator_totp t WHERE t.name = operators.name) FROM operators WHERE name = ?1",
+            )?
             .query_row([name], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, bool>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, bool>(4)?,
                 ))
             })
             .optional()?;
-        row.map(|(role, disabled, at, hash)| {
+        row.map(|(role, disabled, at, hash, second_factor)| {
             Ok((
                 OperatorRow {
                     name: name.to_owned(),
                     role: role_of(role)?,
                     disabled,
                     created_at: to_u64(at)?,
+                    second_factor,
                 },
                 hash,
             ))

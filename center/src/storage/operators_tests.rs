@@ -49,13 +49,15 @@ fn accounts_are_added_listed_and_refused_twice() {
                 name: "ada".into(),
                 role: Role::Admin,
                 disabled: false,
-                created_at: 10
+                created_at: 10,
+                second_factor: false,
             },
             OperatorRow {
                 name: "otto".into(),
                 role: Role::Operator,
                 disabled: false,
-                created_at: 20
+                created_at: 20,
+                second_factor: false,
             },
         ]
     );

@@ -23,12 +23,13 @@ fn render(rows: &[OperatorRow], csrf: &str, you: &str, msg: Option<&str>) -> Str
             p { a href="/" { "Back" } " (logged in as " (you) ")" }
             (message(msg))
             table id="accounts" {
-                tr { th { "Name" } th { "Role" } th { "State" } th { "Created" } th { "" } }
+                tr { th { "Name" } th { "Role" } th { "State" } th { "Second factor" } th { "Created" } th { "" } }
                 @for r in rows {
                     tr id={ "account-" (r.name) } {
                         td { (r.name) }
                         td { (r.role) }
                         td { @if r.disabled { "disabled" } @else { "active" } }
+                        td class="second-factor" { @if r.second_factor { "TOTP" } @else { "none" } }
                         td { (super::fmt_time(r.created_at)) }
                         td {
                             form method="post" action="/accounts/role" class="inline" {

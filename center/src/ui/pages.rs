@@ -267,6 +267,9 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
             a href="/accounts" id="accounts-link" { "Accounts" }
         }
         " "
+        // Any account may enrol a second factor (issue 20, item 2).
+        a href="/totp/enrol" id="totp-link" { "Two-factor login" }
+        " "
         span id="who" { (d.who) " (" (d.role) ")" }
         (message(msg))
         h2 { "Maintenance requests" }

@@ -55,11 +55,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         attempt: vpnnat_proto::throttle::Attempt,
         now: u64,
     ) -> Response<Body> {
-        let enrolled = match self.center.reads().and_then(|st| Ok(st.operator_totp(&row.name)?)) {
-            Ok(e) => e.is_some(),
-            Err(e) => return text(500, format!("cannot read the database: {e}")),
-        };
-        let stage = if enrolled {
+        let stage = if row.second_factor {
             SessionStage::Code
         } else if self.settings.totp_required_roles.contains(&row.role) {
             SessionStage::Enrol

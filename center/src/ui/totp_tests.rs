@@ -271,7 +271,13 @@ async fn a_required_role_enrols_after_its_password_and_nothing_else() {
         .collect();
     assert_eq!(codes.len(), 10, "{}", r.body);
     let full = cookie_of(&r);
-    assert_eq!(req(s.addr, "GET", "/accounts", Some(&full), None).await.status, 200);
+    let accounts = req(s.addr, "GET", "/accounts", Some(&full), None).await;
+    assert_eq!(accounts.status, 200);
+    assert!(
+        accounts.body.contains("<td class=\"second-factor\">TOTP</td>"),
+        "{}",
+        accounts.body
+    );
     let stored = s.c.store().unwrap().operator_totp("ada").unwrap().unwrap();
     assert_eq!(stored.secret.as_str(), secret_text);
     assert_eq!(stored.last_step, Some(T0 / STEP_SECS), "the confirming code is used up");
