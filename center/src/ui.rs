@@ -565,7 +565,11 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
     /// a route's with another method. Without a session nothing but the
     /// public routes exist (no hint which other paths do).
     fn unmatched(&self, req: &Request<RequestBody>, known: bool) -> Response<Body> {
-        if self.session(req.headers()).is_none() {
+        // A half-logged-in session (second factor still to come) is none.
+        if self
+            .session(req.headers())
+            .is_none_or(|s| s.stage != SessionStage::Full)
+        {
             return text(401, "log in first");
         }
         if known {

@@ -150,6 +150,11 @@ async fn an_enrolled_account_needs_its_code_and_the_half_session_grants_nothing(
         }
         refused += 1;
     }
+    // Paths outside the table say nothing either.
+    for p in ["/admin", "/api/state/x"] {
+        assert_eq!(req(s.addr, "GET", p, Some(&half), None).await.status, 401, "{p}");
+    }
+    assert_eq!(req(s.addr, "DELETE", "/api/state", Some(&half), None).await.status, 401);
     assert_eq!(s.c.store().unwrap().dump(&["audit_log", "sessions"]).unwrap(), before);
     let page = req(s.addr, "GET", "/login/code", Some(&half), None).await;
     assert_eq!(page.status, 200);
