@@ -578,7 +578,9 @@ mod tests {
         let html = render(&v);
         assert!(html.contains("<td class=\"idle\">no idle limit told</td>"), "{html}");
         assert!(
-            html.contains("<td class=\"idle\">idle limit 30 min; no traffic yet; ends 2025-12-07 14:45 UTC if quiet</td>"),
+            html.contains(
+                "<td class=\"idle\">idle limit 30 min; no traffic yet; ends 2025-12-07 14:45 UTC if quiet</td>"
+            ),
             "{html}"
         );
     }

@@ -549,7 +549,9 @@ pub(crate) mod tests {
         assert_eq!(old.requests[&7].idle_timeout_secs, None);
         assert_eq!(old.requests[&7].ends_at, Some(99));
         // "Not told" is written as no key at all, as before.
-        assert!(!String::from_utf8(old.to_bytes().unwrap().to_vec()).unwrap().contains("idle_timeout"));
+        assert!(!String::from_utf8(old.to_bytes().unwrap().to_vec())
+            .unwrap()
+            .contains("idle_timeout"));
     }
 
     #[test]

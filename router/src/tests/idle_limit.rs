@@ -84,7 +84,11 @@ async fn lan_page_status_and_hosts_show_the_idle_limit_the_center_told() {
     let hosts = rt.router.hosts().await;
     let pc1 = hosts.iter().find(|h| h.name == "pc1").unwrap();
     assert_eq!(pc1.idle_timeout_secs, Some(1800));
-    assert!(hosts_text(&hosts).contains(", idle limit 30 min"), "{}", hosts_text(&hosts));
+    assert!(
+        hosts_text(&hosts).contains(", idle limit 30 min"),
+        "{}",
+        hosts_text(&hosts)
+    );
 
     // A center without an idle timeout (or an older one): none shown.
     center.0.lock().unwrap().idle_timeout_secs = None;

@@ -483,7 +483,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "seed-maintenance-wants-ends-at".into(),
             with(0x13, &maintenance_request),
         ),
-        ("decode_response", "seed-maintenance-idle".into(), with(0x13, &maintenance_idle)),
+        (
+            "decode_response",
+            "seed-maintenance-idle".into(),
+            with(0x13, &maintenance_idle),
+        ),
         ("payloads", "seed-maintenance-idle".into(), with(5, &maintenance_idle)),
         ("decode_response", "seed-secrets".into(), with(0x20, &install_plain)),
         (
