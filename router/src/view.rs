@@ -118,9 +118,9 @@ pub fn until(ends_at: u64) -> String {
 /// `idle limit 30 min` (issue 19, item 8): the center ends a request whose
 /// tunnel carried no packet for that long.
 pub fn idle_limit(secs: u64) -> String {
-    let (n, unit) = if secs % 3600 == 0 {
+    let (n, unit) = if secs.is_multiple_of(3600) {
         (secs / 3600, "h")
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         (secs / 60, "min")
     } else {
         (secs, "s")
