@@ -78,13 +78,13 @@ check "the tunnel's last traffic, as the gateway reports it, moved (${first_seen
 check "its last traffic is recent (${LAST_SEEN:-none}, now $(now_s))" sh -c "[ -n '$LAST_SEEN' ] && [ \$(( \$(date +%s) - $LAST_SEEN )) -le 25 ]"
 # the router's own observation (its counters, read by the page or the
 # health watch every 30 s): the last traffic through pc1 and the end if quiet
-ROUTER_LAST=""
+router_last() { api_status | grep -o '"last_traffic":[0-9]*' | head -1 | cut -d: -f2; }
 router_saw() {
-	ROUTER_LAST=$(api_status | grep -o '"last_traffic":[0-9]*' | head -1 | cut -d: -f2)
 	# (api_status drops the spaces)
-	[ -n "$ROUTER_LAST" ] && api_status | grep -qF "idlelimit${IDLE_TEXT// /};lasttraffic"
+	[ -n "$(router_last)" ] && api_status | grep -qF "idlelimit${IDLE_TEXT// /};lasttraffic"
 }
 check "$(tid 1)'s LAN page data shows the last traffic it saw through pc1 and the end if quiet" wait_for 40 router_saw
+ROUTER_LAST=$(router_last)
 
 # ---------------------------------------------------------------- B. quiet
 say "B. quiet: nothing through the tunnel"
