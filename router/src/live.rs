@@ -99,7 +99,7 @@ pub struct Seen {
     pub first: u64,
     /// The last read at which the counter had moved.
     pub last: u64,
-    /// The count at that read.
+    /// The count at the latest read.
     pub packets: u64,
 }
 
