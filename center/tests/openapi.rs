@@ -329,6 +329,14 @@ fn documented_schemas_have_the_protocol_fields() {
         terminal_name: TerminalName::new("pc1").unwrap(),
     };
     assert_eq!(keys(&rel), fields(&router, "ReleaseCommand"));
+    // The acceptance answer's optional fields (issue 19, item 8: the end
+    // time and the idle limit) and the request's flags that ask for them.
+    for f in ["acceptance_number", "sealed", "ends_at", "idle_timeout_secs"] {
+        assert!(fields(&center, "MaintenanceResponse").contains(f), "{f}");
+    }
+    for f in ["wants_ends_at", "wants_idle_timeout"] {
+        assert!(fields(&center, "MaintenanceRequest").contains(f), "{f}");
+    }
     // Enum values as the protocol spells them.
     let codes = center["components"]["schemas"]["FailureCode"]["enum"]
         .as_array()

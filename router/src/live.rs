@@ -8,6 +8,14 @@
 //! out. The LAN page renders it at load ([`render`], works without
 //! JavaScript) and `/api/status` carries it (`live`) for the page's fetch
 //! loop, which refreshes it in place ([`crate::web`]).
+//!
+//! The idle limit (issue 19, item 8): the center ends a request once its
+//! tunnel carried no packet for `idle_timeout_secs`, counted by its
+//! gateway. The router shows the limit it was told and what it saw
+//! itself: the last time a device's counter moved and, from that, when
+//! the grant ends if no packet passes from now on. That is the router's
+//! observation, not the center's count (traffic to another device through
+//! the same tunnel keeps it open longer), and the page says so.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,6 +53,15 @@ pub struct LiveDevice {
     /// When the router first saw traffic through it: the operator at work
     /// (None: none seen yet).
     pub active_since: Option<u64>,
+    /// The center's idle limit for it, in seconds (the longest of its open
+    /// requests'; None: not told for one of them).
+    pub idle_timeout_secs: Option<u64>,
+    /// When the router last saw its counter move (None: not yet).
+    pub last_traffic: Option<u64>,
+    /// When its grant ends if no packet passes from now on, as the router
+    /// sees it: the latest of its requests' starts and `last_traffic`,
+    /// plus the idle limit (None: no limit told, or no count to go by).
+    pub quiet_end: Option<u64>,
     /// What the page shows in its cells, so that the page's script only
     /// copies text.
     pub text: LiveText,
@@ -57,6 +74,8 @@ pub struct LiveText {
     pub since: String,
     pub active: String,
     pub traffic: String,
+    /// The idle limit, the last traffic seen and the end if quiet.
+    pub idle: String,
 }
 
 /// Everything reachable now, by device name.
@@ -73,10 +92,21 @@ pub struct ApiStatus {
     pub live: LiveView,
 }
 
-/// When traffic was first seen through each granted host, keyed by its
-/// real address and the grant's start (a new grant of the same address
-/// starts afresh, as the kernel's counter does).
-pub type FirstSeen = BTreeMap<(Ipv4Addr, u64), u64>;
+/// What the router saw of a grant's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// The first read with a packet counted: the operator at work.
+    pub first: u64,
+    /// The last read at which the counter had moved.
+    pub last: u64,
+    /// The count at the latest read.
+    pub packets: u64,
+}
+
+/// When traffic was first and last seen through each granted host, keyed
+/// by its real address and the grant's start (a new grant of the same
+/// address starts afresh, as the kernel's counter does).
+pub type FirstSeen = BTreeMap<(Ipv4Addr, u64), Seen>;
 
 /// `YYYY-MM-DD HH:MM UTC` (the router keeps no time zone).
 pub fn clock(t: u64) -> String {
@@ -156,20 +186,62 @@ pub fn traffic(packets: Option<u64>, bytes: Option<u64>) -> String {
     }
 }
 
-/// Records the first sighting of traffic through each granted host
-/// (`counts`: real address -> packets), forgets grants that are gone;
-/// pure, the caller keeps the map between reads.
+/// Records the first and the latest sighting of traffic through each
+/// granted host (`counts`: real address -> packets), forgets grants that
+/// are gone; pure, the caller keeps the map between reads.
 pub fn note_traffic(seen: &FirstSeen, state: &RouterState, counts: &BTreeMap<Ipv4Addr, u64>, now: u64) -> FirstSeen {
     let mut next = FirstSeen::new();
     for d in devices(state) {
         let key = (d.real, d.since);
-        if let Some(t) = seen.get(&key) {
-            next.insert(key, *t);
-        } else if counts.get(&d.real).is_some_and(|p| *p > 0) {
-            next.insert(key, now);
+        let count = counts.get(&d.real).copied();
+        match (seen.get(&key), count) {
+            (Some(s), Some(p)) => {
+                next.insert(
+                    key,
+                    Seen {
+                        // Moved since the last read: traffic now. (A count
+                        // that went down was reset: no traffic by itself.)
+                        last: if p > s.packets { now } else { s.last },
+                        packets: p,
+                        ..*s
+                    },
+                );
+            }
+            (Some(s), None) => {
+                next.insert(key, *s);
+            }
+            (None, Some(p)) if p > 0 => {
+                next.insert(
+                    key,
+                    Seen {
+                        first: now,
+                        last: now,
+                        packets: p,
+                    },
+                );
+            }
+            (None, _) => {}
         }
     }
     next
+}
+
+/// `idle limit 30 min; last traffic 2025-12-07 14:07 UTC; ends
+/// 2025-12-07 14:37 UTC if quiet` (or what of it the router knows).
+fn idle_text(d: &LiveDevice) -> String {
+    let Some(idle) = d.idle_timeout_secs else {
+        return "no idle limit told".into();
+    };
+    let limit = crate::view::idle_limit(idle);
+    let seen = match (d.last_traffic, d.packets) {
+        (Some(t), _) => format!("last traffic {}", clock(t)),
+        (None, Some(_)) => "no traffic yet".into(),
+        (None, None) => return format!("{limit}; traffic not counted here"),
+    };
+    match d.quiet_end {
+        Some(t) => format!("{limit}; {seen}; ends {} if quiet", clock(t)),
+        None => format!("{limit}; {seen}"),
+    }
 }
 
 /// The granted devices with their open requests (no counts yet).
@@ -188,6 +260,7 @@ fn devices(state: &RouterState) -> Vec<LiveDevice> {
                 })
             })
             .collect();
+        let idle_timeout_secs = crate::view::grant_idle(state, name.as_str());
         // A grant whose requests all ended is on its way out: not
         // "reachable by a maintenance" any more.
         let Some(since) = requests.iter().map(|r| r.started_at).min() else {
@@ -202,11 +275,15 @@ fn devices(state: &RouterState) -> Vec<LiveDevice> {
             requests,
             since,
             active_since: None,
+            idle_timeout_secs,
+            last_traffic: None,
+            quiet_end: None,
             text: LiveText {
                 maintenance: String::new(),
                 since: String::new(),
                 active: String::new(),
                 traffic: String::new(),
+                idle: String::new(),
             },
         });
     }
@@ -222,7 +299,17 @@ pub fn view(state: &RouterState, counters: &[HostCounter], seen: &FirstSeen) -> 
         let c = by_real.get(&d.real);
         d.packets = c.map(|c| c.packets);
         d.bytes = c.map(|c| c.bytes);
-        d.active_since = seen.get(&(d.real, d.since)).copied();
+        let s = seen.get(&(d.real, d.since));
+        d.active_since = s.map(|s| s.first);
+        d.last_traffic = s.map(|s| s.last);
+        // Idle counts from the latest start among its requests (the center
+        // counts each from its reception) or the last packet seen; without
+        // a count the router cannot tell.
+        let latest_start = d.requests.iter().map(|r| r.started_at).max().unwrap_or(d.since);
+        d.quiet_end = match (d.idle_timeout_secs, d.packets) {
+            (Some(i), Some(_)) => Some(latest_start.max(d.last_traffic.unwrap_or(0)).saturating_add(i)),
+            _ => None,
+        };
         let reqs: Vec<String> = d
             .requests
             .iter()
@@ -244,6 +331,7 @@ pub fn view(state: &RouterState, counters: &[HostCounter], seen: &FirstSeen) -> 
                 (None, Some(_)) => "no traffic yet".into(),
             },
             traffic: traffic(d.packets, d.bytes),
+            idle: idle_text(d),
         };
     }
     LiveView { devices }
@@ -261,22 +349,26 @@ pub fn render(v: &LiveView) -> String {
     );
     b.push_str(
         "<table id=\"live\"><thead><tr><th>Device</th><th>Maintenance</th><th>Reachable since</th>\
-<th>Operator active</th><th>Traffic</th></tr></thead><tbody>",
+<th>Operator active</th><th>Traffic</th><th>If quiet</th></tr></thead><tbody>",
     );
     for d in &v.devices {
         let _ = write!(
             b,
             "<tr id=\"live-{n}\"><td class=\"device\">{n} ({real})</td><td class=\"maintenance\">{m}</td>\
-<td class=\"since\">{s}</td><td class=\"active\">{a}</td><td class=\"traffic\">{t}</td></tr>",
+<td class=\"since\">{s}</td><td class=\"active\">{a}</td><td class=\"traffic\">{t}</td><td class=\"idle\">{i}</td></tr>",
             n = escape(&d.name),
             real = d.real,
             m = escape(&d.text.maintenance),
             s = escape(&d.text.since),
             a = escape(&d.text.active),
             t = escape(&d.text.traffic),
+            i = escape(&d.text.idle),
         );
     }
-    b.push_str("</tbody></table>");
+    b.push_str(
+        "</tbody></table><p class=\"note\">If quiet: when the center ends the grant if no packet passes, \
+from this router's own count of the device's traffic; the center counts the whole tunnel at its gateway.</p>",
+    );
     b
 }
 
@@ -299,6 +391,7 @@ mod tests {
             state,
             failure: None,
             ends_at: None,
+            idle_timeout_secs: None,
             end_unsent: false,
         }
     }
@@ -395,7 +488,14 @@ mod tests {
         let seen = note_traffic(&seen, &s, &counts(50), T0 + 180);
         assert_eq!(
             seen,
-            FirstSeen::from([((Ipv4Addr::new(192, 168, 1, 10), T0), T0 + 120)])
+            FirstSeen::from([(
+                (Ipv4Addr::new(192, 168, 1, 10), T0),
+                Seen {
+                    first: T0 + 120,
+                    last: T0 + 180,
+                    packets: 50
+                }
+            )])
         );
         let v = view(&s, &[counter(10, 50, 5_000)], &seen);
         assert_eq!(v.devices[0].active_since, Some(T0 + 120));
@@ -406,6 +506,83 @@ mod tests {
         }
         assert!(note_traffic(&seen, &s, &counts(50), T0 + 240).is_empty());
         assert!(view(&s, &[counter(10, 50, 5_000)], &seen).devices.is_empty());
+    }
+
+    /// Issue 19, item 8: the idle limit the center told, the last traffic
+    /// the router saw and when the grant ends if quiet, from that.
+    #[test]
+    fn the_idle_limit_with_the_last_traffic_seen_and_the_end_if_quiet() {
+        const IDLE: u64 = 30 * 60;
+        let mut s = home();
+        for n in [7, 8] {
+            s.requests.get_mut(&n).unwrap().idle_timeout_secs = Some(IDLE);
+        }
+        let counts = |p: u64| BTreeMap::from([(Ipv4Addr::new(192, 168, 1, 10), p)]);
+        // pc1: traffic first seen at +700, moved again at +900, then quiet.
+        let mut seen = FirstSeen::new();
+        for (t, p) in [(T0 + 650, 0), (T0 + 700, 3), (T0 + 900, 40), (T0 + 1_200, 40)] {
+            seen = note_traffic(&seen, &s, &counts(p), t);
+        }
+        let key = (Ipv4Addr::new(192, 168, 1, 10), T0);
+        assert_eq!(
+            seen[&key],
+            Seen {
+                first: T0 + 700,
+                last: T0 + 900,
+                packets: 40
+            }
+        );
+        let v = view(&s, &[counter(10, 40, 4_000), counter(11, 0, 0)], &seen);
+        let (pc1, printer) = (&v.devices[0], &v.devices[1]);
+        assert_eq!(pc1.idle_timeout_secs, Some(IDLE));
+        assert_eq!(pc1.active_since, Some(T0 + 700));
+        assert_eq!(pc1.last_traffic, Some(T0 + 900));
+        assert_eq!(pc1.quiet_end, Some(T0 + 900 + IDLE));
+        assert_eq!(
+            pc1.text.idle,
+            "idle limit 30 min; last traffic 2025-12-07 14:20 UTC; ends 2025-12-07 14:50 UTC if quiet"
+        );
+        // printer: no packet yet, so quiet since its request's start.
+        assert_eq!(printer.last_traffic, None);
+        assert_eq!(printer.quiet_end, Some(T0 + 600 + IDLE));
+        assert_eq!(
+            printer.text.idle,
+            "idle limit 30 min; no traffic yet; ends 2025-12-07 14:45 UTC if quiet"
+        );
+        // A later request of pc1 restarts its quiet time from its start.
+        s.requests
+            .insert(10, record("Saburo", &["pc1"], T0 + 1_000, RequestState::Waiting));
+        s.requests.get_mut(&10).unwrap().idle_timeout_secs = Some(IDLE);
+        s.hosts
+            .get_mut(&TerminalName::new("pc1").unwrap())
+            .unwrap()
+            .requests
+            .insert(10);
+        let v = view(&s, &[counter(10, 40, 4_000)], &seen);
+        assert_eq!(v.devices[0].quiet_end, Some(T0 + 1_000 + IDLE));
+        // The kernel gave no count: the limit, but no end made up.
+        let v = view(&s, &[], &seen);
+        assert_eq!(v.devices[0].quiet_end, None);
+        assert_eq!(
+            v.devices[0].text.idle,
+            "idle limit 30 min; last traffic 2025-12-07 14:20 UTC"
+        );
+        assert_eq!(v.devices[1].text.idle, "idle limit 30 min; traffic not counted here");
+        // One of its requests was told no idle limit (an older center):
+        // none shown, nothing computed.
+        s.requests.get_mut(&10).unwrap().idle_timeout_secs = None;
+        let v = view(&s, &[counter(10, 40, 4_000), counter(11, 0, 0)], &seen);
+        assert_eq!(v.devices[0].idle_timeout_secs, None);
+        assert_eq!(v.devices[0].quiet_end, None);
+        assert_eq!(v.devices[0].text.idle, "no idle limit told");
+        let html = render(&v);
+        assert!(html.contains("<td class=\"idle\">no idle limit told</td>"), "{html}");
+        assert!(
+            html.contains(
+                "<td class=\"idle\">idle limit 30 min; no traffic yet; ends 2025-12-07 14:45 UTC if quiet</td>"
+            ),
+            "{html}"
+        );
     }
 
     #[test]

@@ -195,6 +195,8 @@ pub struct Accepted {
     pub grants: Vec<(TerminalName, Ipv4Addr, Ipv4Addr)>,
     /// When the center ends the request by itself (None: not told).
     pub ends_at: Option<u64>,
+    /// The center's idle limit in seconds (None: not told).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// The answer to a center command, and the state to adopt before sending it.
@@ -600,6 +602,7 @@ pub fn finish_maintenance<D: DnsLookup>(
             state: RequestState::Waiting,
             failure: p.extra.for_failure.clone(),
             ends_at: resp.ends_at,
+            idle_timeout_secs: resp.idle_timeout_secs,
             end_unsent: false,
         },
     );
@@ -609,6 +612,7 @@ pub fn finish_maintenance<D: DnsLookup>(
             acceptance_number: n,
             grants: out,
             ends_at: resp.ends_at,
+            idle_timeout_secs: resp.idle_timeout_secs,
         },
     ))
 }

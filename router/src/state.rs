@@ -136,6 +136,11 @@ pub struct RequestRecord {
     /// older center), no limit shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<u64>,
+    /// The center's idle limit (seconds; issue 19, item 8): it ends the
+    /// request once the tunnel carried no packet for this long, by its
+    /// gateway's count. Absent: not told (an older center, or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
     /// The site owner ended it here (issue 19, item 7: LAN page, `routerd
     /// end N`) and the center has not acknowledged that end yet: the
     /// router sends it again on later exchanges until it does. Absent:
@@ -455,6 +460,7 @@ pub(crate) mod tests {
                 state: RequestState::Waiting,
                 failure: Some("ike".into()),
                 ends_at: None,
+                idle_timeout_secs: Some(1800),
                 end_unsent: false,
             },
         );
@@ -511,6 +517,41 @@ pub(crate) mod tests {
         let again = store.load().unwrap().installation.unwrap();
         assert!(again.maintenance_password_hash.verify("old-shared-pw"));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 19, item 8: the idle limit the center told is kept with the
+    /// request; a file from before it (no such key) loads as "not told".
+    #[test]
+    fn a_request_from_before_the_idle_limit_loads_without_one() {
+        let mut s = installed();
+        s.requests.insert(
+            7,
+            RequestRecord {
+                claimant_name: "A".into(),
+                claimant_level: ClaimantLevel::General,
+                urgency: Urgency::Low,
+                terminals: vec![TerminalName::new("pc1").unwrap()],
+                accepted_at: 1,
+                state: RequestState::Waiting,
+                failure: None,
+                ends_at: Some(99),
+                idle_timeout_secs: Some(1800),
+                end_unsent: false,
+            },
+        );
+        let p = Path::new("s.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&s.to_bytes().unwrap()).unwrap();
+        assert_eq!(v["requests"]["7"]["idle_timeout_secs"], serde_json::json!(1800));
+        let back = RouterState::from_bytes(&serde_json::to_vec(&v).unwrap(), p).unwrap();
+        assert_eq!(back.requests[&7].idle_timeout_secs, Some(1800));
+        v["requests"]["7"].as_object_mut().unwrap().remove("idle_timeout_secs");
+        let old = RouterState::from_bytes(&serde_json::to_vec(&v).unwrap(), p).unwrap();
+        assert_eq!(old.requests[&7].idle_timeout_secs, None);
+        assert_eq!(old.requests[&7].ends_at, Some(99));
+        // "Not told" is written as no key at all, as before.
+        assert!(!String::from_utf8(old.to_bytes().unwrap().to_vec())
+            .unwrap()
+            .contains("idle_timeout"));
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct FakeCenter {
     /// Tell routers that ask when their request ends: this long after it
     /// (issue 19, item 8; None: say nothing, as an older center).
     pub grant_lifetime_secs: Option<u64>,
+    /// Tell routers that ask the center's idle limit (issue 19, item 8;
+    /// None: say nothing, as a center without one or an older center).
+    pub idle_timeout_secs: Option<u64>,
     /// Site ends received (issue 19, item 7), in order; a number it never
     /// gave out is refused (403) as another router's.
     pub site_ends: Vec<u64>,
@@ -96,6 +99,7 @@ impl FakeCenter {
             tunnel_lost_answer: TunnelRebuild::Up,
             source: None,
             grant_lifetime_secs: None,
+            idle_timeout_secs: None,
             site_ends: Vec::new(),
             ended_unseen: Vec::new(),
             state_queries: Vec::new(),
@@ -285,7 +289,8 @@ impl FakeCenter {
                             self.grant_lifetime_secs
                                 .filter(|_| v.command().wants_ends_at)
                                 .map(|l| self.now + l),
-                        );
+                        )
+                        .with_idle_timeout(self.idle_timeout_secs.filter(|_| v.command().wants_idle_timeout));
                     self.ok(&v, &resp)
                 }
                 Err(e) => Self::err(e),

@@ -3,6 +3,7 @@
 
 mod browser;
 mod grant_limits;
+mod idle_limit;
 mod lan_security;
 mod request_states;
 mod router_itself;

@@ -20,6 +20,9 @@ pub struct RequestView {
     pub accepted_at: u64,
     /// When the center ends it by itself (Unix seconds; None: not told).
     pub ends_at: Option<u64>,
+    /// The center's idle limit in seconds (issue 19, item 8; None: not
+    /// told).
+    pub idle_timeout_secs: Option<u64>,
     /// Ended here by the site owner; the center not told yet (issue 19,
     /// item 7).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -61,6 +64,7 @@ impl StatusView {
                     terminals: r.terminals.iter().map(|t| t.to_string()).collect(),
                     accepted_at: r.accepted_at,
                     ends_at: r.ends_at,
+                    idle_timeout_secs: r.idle_timeout_secs,
                     end_unsent: r.end_unsent,
                 })
                 .collect(),
@@ -93,7 +97,8 @@ impl StatusView {
                 r.claimant_name,
                 r.terminals.join(", "),
                 match (r.state, r.ends_at) {
-                    ("waiting", Some(t)) => format!("  {}", until(t)),
+                    ("waiting", Some(t)) => format!("  {}{}", until(t), idle_suffix(r.idle_timeout_secs)),
+                    ("waiting", None) => idle_suffix(r.idle_timeout_secs),
                     _ if r.end_unsent => "  (ended here, center not told yet)".into(),
                     _ => String::new(),
                 }
@@ -108,6 +113,41 @@ impl StatusView {
 pub fn until(ends_at: u64) -> String {
     let day = ends_at % 86_400;
     format!("until {:02}:{:02} UTC", day / 3600, day % 3600 / 60)
+}
+
+/// `idle limit 30 min` (issue 19, item 8): the center ends a request whose
+/// tunnel carried no packet for that long.
+pub fn idle_limit(secs: u64) -> String {
+    let (n, unit) = if secs.is_multiple_of(3600) {
+        (secs / 3600, "h")
+    } else if secs.is_multiple_of(60) {
+        (secs / 60, "min")
+    } else {
+        (secs, "s")
+    };
+    format!("idle limit {n} {unit}")
+}
+
+/// `, idle limit 30 min` after a request's or a grant's end time, or
+/// nothing when not told.
+fn idle_suffix(idle: Option<u64>) -> String {
+    idle.map(|i| format!(", {}", idle_limit(i))).unwrap_or_default()
+}
+
+/// The idle limit of the grant of `name`: the longest among the open
+/// requests that hold it (it stays until the last of them ends); None
+/// when one of them was told none (or none holds it).
+pub fn grant_idle(state: &RouterState, name: &str) -> Option<u64> {
+    let h = state.hosts.iter().find(|(n, _)| n.as_str() == name)?.1;
+    let mut idle = None;
+    for n in &h.requests {
+        let r = state.requests.get(n)?;
+        if r.state != crate::state::RequestState::Waiting {
+            continue;
+        }
+        idle = Some(idle.unwrap_or(0).max(r.idle_timeout_secs?));
+    }
+    idle
 }
 
 /// When the center ends the grant of `name`: the latest end among the
@@ -134,6 +174,8 @@ pub struct HostView {
     pub vpnnat: Option<Ipv4Addr>,
     /// When its grant ends (Unix seconds; None: not granted or not told).
     pub ends_at: Option<u64>,
+    /// Its grant's idle limit in seconds (None: not granted or not told).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// Every known host (static table, leases) and every granted one.
@@ -149,6 +191,7 @@ pub fn hosts(known: &BTreeMap<String, (Ipv4Addr, Source)>, state: &RouterState) 
                     source: src.as_str(),
                     vpnnat: None,
                     ends_at: None,
+                    idle_timeout_secs: None,
                 },
             )
         })
@@ -160,10 +203,12 @@ pub fn hosts(known: &BTreeMap<String, (Ipv4Addr, Source)>, state: &RouterState) 
             source: "granted",
             vpnnat: None,
             ends_at: None,
+            idle_timeout_secs: None,
         });
         e.real = h.real;
         e.vpnnat = Some(h.vpnnat);
         e.ends_at = grant_end(state, n.as_str());
+        e.idle_timeout_secs = grant_idle(state, n.as_str());
     }
     out.into_values().collect()
 }
@@ -208,8 +253,8 @@ pub fn hosts_text(hosts: &[HostView]) -> String {
     for h in hosts {
         let v = h.vpnnat.map_or("-".to_string(), |v| v.to_string());
         let t = match (h.vpnnat, h.ends_at) {
-            (Some(_), Some(t)) => until(t),
-            (Some(_), None) => "no limit told".to_string(),
+            (Some(_), Some(t)) => format!("{}{}", until(t), idle_suffix(h.idle_timeout_secs)),
+            (Some(_), None) => format!("no limit told{}", idle_suffix(h.idle_timeout_secs)),
             (None, _) => "-".to_string(),
         };
         let _ = writeln!(s, "{:<24} {:<16} {:<8} {:<16} {}", h.name, h.real, h.source, v, t);
@@ -297,6 +342,7 @@ mod tests {
                 terminals: vec![],
                 accepted_at: 0,
                 ends_at: None,
+                idle_timeout_secs: None,
                 end_unsent: false,
             }],
             last_failure: None,
@@ -354,6 +400,7 @@ mod tests {
             state: crate::state::RequestState::Waiting,
             failure: None,
             ends_at,
+            idle_timeout_secs: None,
             end_unsent: false,
         };
         // 14:05 UTC on some day.
@@ -372,6 +419,67 @@ mod tests {
         let h = hosts(&BTreeMap::new(), &s);
         assert_eq!(h[0].ends_at, None);
         assert!(hosts_text(&h).contains("no limit told"));
+    }
+
+    /// Issue 19, item 8: the idle limit the center told, in `routerd
+    /// status` and `routerd hosts` (and their JSON); none made up.
+    #[test]
+    fn status_and_hosts_show_the_idle_limit_the_center_told() {
+        assert_eq!(idle_limit(1800), "idle limit 30 min");
+        assert_eq!(idle_limit(7200), "idle limit 2 h");
+        assert_eq!(idle_limit(90), "idle limit 90 s");
+        let mut s = installed();
+        s.hosts.insert(
+            TerminalName::new("pc1").unwrap(),
+            HostGrant {
+                real: Ipv4Addr::new(192, 168, 1, 10),
+                vpnnat: Ipv4Addr::new(10, 64, 0, 9),
+                requests: [7].into(),
+            },
+        );
+        let record = |ends_at, idle| crate::state::RequestRecord {
+            claimant_name: "Taro".into(),
+            claimant_level: vpnnat_proto::types::ClaimantLevel::General,
+            urgency: vpnnat_proto::types::Urgency::Normal,
+            terminals: vec![TerminalName::new("pc1").unwrap()],
+            accepted_at: 1,
+            state: crate::state::RequestState::Waiting,
+            failure: None,
+            ends_at,
+            idle_timeout_secs: idle,
+            end_unsent: false,
+        };
+        let end = 20_000 * 86_400 + 14 * 3600 + 5 * 60;
+        s.requests.insert(7, record(Some(end), Some(1800)));
+        let v = StatusView::new("router-1", &s, "established".into());
+        assert_eq!(v.requests[0].idle_timeout_secs, Some(1800));
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(j["requests"][0]["idle_timeout_secs"], serde_json::json!(1800));
+        assert!(
+            v.to_text().contains("[pc1]  until 14:05 UTC, idle limit 30 min"),
+            "{}",
+            v.to_text()
+        );
+        let h = hosts(&BTreeMap::new(), &s);
+        assert_eq!(h[0].idle_timeout_secs, Some(1800));
+        assert!(
+            hosts_text(&h).contains("until 14:05 UTC, idle limit 30 min"),
+            "{}",
+            hosts_text(&h)
+        );
+        // Without an end time told, the idle limit still shows.
+        s.requests.insert(7, record(None, Some(600)));
+        assert!(StatusView::new("router-1", &s, "established".into())
+            .to_text()
+            .contains("[pc1], idle limit 10 min"));
+        assert!(hosts_text(&hosts(&BTreeMap::new(), &s)).contains("no limit told, idle limit 10 min"));
+        // Not told: no idle limit anywhere.
+        s.requests.insert(7, record(Some(end), None));
+        let v = StatusView::new("router-1", &s, "established".into());
+        assert!(!v.to_text().contains("idle"), "{}", v.to_text());
+        let h = hosts(&BTreeMap::new(), &s);
+        assert_eq!(h[0].idle_timeout_secs, None);
+        assert!(!hosts_text(&h).contains("idle"));
     }
 
     #[test]

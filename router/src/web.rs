@@ -73,6 +73,9 @@ pub struct ApiAccepted {
     /// not told).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<u64>,
+    /// The center's idle limit in seconds (absent: not told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// The site owner ends a request (issue 19, item 7): `POST /api/end`.
@@ -140,6 +143,7 @@ impl From<&Accepted> for ApiAccepted {
                 })
                 .collect(),
             ends_at: a.ends_at,
+            idle_timeout_secs: a.idle_timeout_secs,
         }
     }
 }
@@ -231,12 +235,12 @@ if(!r.ok)return;const s=await r.json();for(const q of s.requests){\
 const row=document.getElementById('request-'+q.acceptance_number);if(!row)continue;\
 const c=row.querySelector('.state');if(c&&c.textContent!==q.state)c.textContent=q.state;\
 if(q.state!=='waiting'){const t=q.end_unsent?'center not told yet':'';\
-for(const[k,v]of[['.end',t],['.until','']]){const e=row.querySelector(k);\
+for(const[k,v]of[['.end',t],['.until',''],['.idle','']]){const e=row.querySelector(k);\
 if(e&&(e.firstElementChild||e.textContent!==v))e.textContent=v;}}}\
 const b=document.querySelector('#live tbody');if(!b||!s.live)return;\
 b.replaceChildren(...s.live.devices.map(d=>{const tr=document.createElement('tr');tr.id='live-'+d.name;\
 for(const[k,v]of[['device',d.name+' ('+d.real+')'],['maintenance',d.text.maintenance],\
-['since',d.text.since],['active',d.text.active],['traffic',d.text.traffic]]){\
+['since',d.text.since],['active',d.text.active],['traffic',d.text.traffic],['idle',d.text.idle]]){\
 const td=document.createElement('td');td.className=k;td.textContent=v;tr.appendChild(td);}return tr;}));\
 const n=document.getElementById('live-none');if(n)n.hidden=s.live.devices.length>0;}catch(e){}},2000);";
 
@@ -316,13 +320,19 @@ impl LanPage {
         b.push_str("<label for=\"phone\">Phone</label><input type=\"text\" id=\"phone\" name=\"phone\" required maxlength=\"32\">");
         b.push_str("<label for=\"content\">What is wrong?</label><textarea id=\"content\" name=\"content\" rows=\"4\" required maxlength=\"4096\"></textarea>");
         b.push_str("<p><button type=\"submit\" id=\"send\">Send request</button></p></form>");
-        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th><th>Ends</th><th></th></tr>");
+        b.push_str("<h2>Requests</h2><table id=\"requests\"><tr><th>Acceptance number</th><th>State</th><th>Name</th><th>Devices</th><th>Ends</th><th>Idle limit</th><th></th></tr>");
         for r in &status.requests {
             let n = r.acceptance_number;
             // Issue 19, item 8: the center ends every grant by itself.
             let ends = match (r.state, r.ends_at) {
                 ("waiting", Some(t)) => crate::view::until(t),
                 ("waiting", None) => "no limit shown".into(),
+                _ => String::new(),
+            };
+            // ... and, if the center has one, after a quiet time.
+            let idle = match (r.state, r.idle_timeout_secs) {
+                ("waiting", Some(i)) => crate::view::idle_limit(i),
+                ("waiting", None) => "none told".into(),
                 _ => String::new(),
             };
             // Issue 19, item 7: the site owner ends an open request here.
@@ -336,7 +346,7 @@ value=\"{n}\"><button type=\"submit\" id=\"end-{n}\">End maintenance</button></f
             };
             let _ = write!(
                 b,
-                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td class=\"until\">{ends}</td><td class=\"end\">{end}</td></tr>",
+                "<tr id=\"request-{n}\"><td class=\"number\">{n}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td class=\"until\">{ends}</td><td class=\"idle\">{idle}</td><td class=\"end\">{end}</td></tr>",
                 r.state,
                 escape(&r.claimant_name),
                 escape(&r.terminals.join(", "))
@@ -378,6 +388,9 @@ value=\"{n}\"><button type=\"submit\" id=\"end-{n}\">End maintenance</button></f
             a.ends_at
                 .map(|t| format!(", reachable {} at most", crate::view::until(t)))
                 .unwrap_or_default()
+                + &a.idle_timeout_secs
+                    .map(|i| format!(" ({})", crate::view::idle_limit(i)))
+                    .unwrap_or_default()
         )
     }
 }

@@ -96,6 +96,7 @@ fn with_grant(mut s: RouterState, name: &str, real: u8, vpnnat: u8) -> RouterSta
         state: RequestState::Waiting,
         failure: None,
         ends_at: None,
+        idle_timeout_secs: None,
         end_unsent: false,
     });
     r.terminals.push(TerminalName::new(name).unwrap());

@@ -13,6 +13,9 @@
 #      nothing for the idle time (plus gatewayd's 10 s read and centerd's
 #      10 s check), audited `expire` "idle: no traffic since ...", and the
 #      tunnel is torn down. The figure printed: the last packet -> ended.
+# The site owner sees the idle limit the center told with the acceptance
+# answer: `routerd hosts`, `routerd status` and /api/status on the home,
+# with the last traffic the router itself saw through pc1 after A.
 # Variables: those of the topology (INTERFACES.md); defaults ROUTERS=1
 # GATEWAYS=1 HOSTS_PER_LAN=1; IDLE_SECS [60] (centerd's minimum).
 set -u
@@ -42,6 +45,19 @@ is_open() { list_requests | awk -v n="$ACC" '$1 == n && $3 != "ended" {ok = 1} E
 ended() { list_requests | awk -v n="$ACC" '$1 == n && $3 == "ended" {ok = 1} END {exit !ok}'; }
 check "the center shows request $ACC's idle limit of $IDLE s" sh -c "[ '$(req_num idle_timeout_secs)' = '$IDLE' ]"
 now_s() { date +%s; }
+# routerd's words for the limit (view::idle_limit)
+if [ $((IDLE % 3600)) = 0 ]; then IDLE_TEXT="$((IDLE / 3600)) h"
+elif [ $((IDLE % 60)) = 0 ]; then IDLE_TEXT="$((IDLE / 60)) min"
+else IDLE_TEXT="$IDLE s"; fi
+hosts_show_idle() { ROUTERD 1 hosts | awk '$1 == "pc1"' | grep -qF "idle limit $IDLE_TEXT"; }
+check "$(tid 1)'s routerd hosts shows pc1's idle limit ($IDLE_TEXT)" hosts_show_idle
+status_shows_idle() { ROUTERD 1 status | grep -E "^request +$ACC " | grep -qF "idle limit $IDLE_TEXT"; }
+check "$(tid 1)'s routerd status shows request $ACC's idle limit" status_shows_idle
+api_status() { # the JSON of home 1's /api/status, on one line
+	nsx r1 timeout 10 bash -c "exec 3<>/dev/tcp/$LAN_GW/80; printf 'GET /api/status HTTP/1.1\r\nHost: $LAN_GW\r\nConnection: close\r\n\r\n' >&3; exec cat <&3" | tr -d ' \r\n'
+}
+api_idle() { api_status | grep -qF "\"idle_timeout_secs\":$IDLE"; }
+check "$(tid 1)'s /api/status carries the idle limit ($IDLE s)" api_idle
 
 # ---------------------------------------------------------------- A. traffic
 say "A. the operator reaches pc1 every 5 s for $((IDLE + 15)) s"
@@ -60,6 +76,15 @@ check "every probe reached pc1 ($misses missed)" [ "$misses" = 0 ]
 check "the tunnel's last traffic, as the gateway reports it, moved (${first_seen:-none} -> ${LAST_SEEN:-none})" \
 	sh -c "[ -n '$first_seen' ] && [ -n '$LAST_SEEN' ] && [ '$LAST_SEEN' -gt '$first_seen' ]"
 check "its last traffic is recent (${LAST_SEEN:-none}, now $(now_s))" sh -c "[ -n '$LAST_SEEN' ] && [ \$(( \$(date +%s) - $LAST_SEEN )) -le 25 ]"
+# the router's own observation (its counters, read by the page or the
+# health watch every 30 s): the last traffic through pc1 and the end if quiet
+router_last() { api_status | grep -o '"last_traffic":[0-9]*' | head -1 | cut -d: -f2; }
+router_saw() {
+	# (api_status drops the spaces)
+	[ -n "$(router_last)" ] && api_status | grep -qF "idlelimit${IDLE_TEXT// /};lasttraffic"
+}
+check "$(tid 1)'s LAN page data shows the last traffic it saw through pc1 and the end if quiet" wait_for 40 router_saw
+ROUTER_LAST=$(router_last)
 
 # ---------------------------------------------------------------- B. quiet
 say "B. quiet: nothing through the tunnel"
@@ -76,5 +101,6 @@ check "audited: expire by centerd, \"idle: no traffic since ...\"" idle_audited
 check "the tunnel is torn down (slot free, no SA or policy at the router or the gateway)" wait_for "$E2E_WAIT" vpn_gone 1
 not_reached() { ! reach; }
 check "pc1 is no longer reachable" not_reached
+echo "# router's own last traffic seen: ${ROUTER_LAST:-none} (gateway's: ${LAST_SEEN:-none})"
 echo "# idle timeout $IDLE s: last traffic -> ended: $((${LAST:-0} - ${LAST_SEEN:-0})) s; quiet from $((t_quiet - ${LAST_SEEN:-t_quiet})) s after the last report, ended $((t_ended - t_quiet)) s into the quiet"
 finish

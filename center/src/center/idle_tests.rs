@@ -129,3 +129,36 @@ async fn without_an_idle_timeout_an_unused_tunnel_ends_only_at_the_maximum_lifet
     assert_eq!(state(&c, n), RequestState::Waiting);
     assert_eq!(c.expire_due(NOW + 4 * 3600).await.unwrap().len(), 1);
 }
+
+/// The site owner sees the idle limit (issue 19, item 8): the acceptance
+/// answer carries the center's `idle_timeout_secs` to a router that asks,
+/// and leaves it out for a router from before it (its parser refuses
+/// unknown fields) and when the center has no idle timeout.
+#[tokio::test]
+async fn the_acceptance_answer_tells_the_router_the_idle_limit_if_it_asks_and_there_is_one() {
+    use vpnnat_proto::messages::{MaintenanceRequest, MaintenanceResponse};
+    for (idle, old, want) in [
+        (Some(IDLE), false, Some(IDLE)),
+        (Some(IDLE), true, None),
+        (None, false, None),
+    ] {
+        let (c, _, _) = idle_center(idle);
+        let mut r = TestRouter::new("router-1");
+        r.install(&c);
+        r.gateway_address(&c).await.unwrap();
+        let (req, _) = r.maintenance_request(&["pc1"], vpnnat_proto::types::ClaimantLevel::General);
+        let req = if old { req.without_idle_timeout() } else { req };
+        let out = r.sign(&req, NOW);
+        let resp = c
+            .maintenance(out.path, &out.headers, &out.body, Ipv4Addr::new(203, 0, 113, 5), NOW)
+            .await
+            .unwrap();
+        let answer: MaintenanceResponse =
+            vpnnat_proto::decode_response::<MaintenanceRequest>(&out, &r.key(), &resp.headers, &resp.body).unwrap();
+        assert_eq!(answer.idle_timeout_secs, want, "idle {idle:?}, old router: {old}");
+        // The end time is told either way (that router knows it).
+        assert!(answer.ends_at.is_some());
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(body.get("idle_timeout_secs").is_some(), want.is_some());
+    }
+}

@@ -193,7 +193,12 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
         let ends_at = req
             .wants_ends_at
             .then(|| crate::limits::effective_end(now, new.expires_at, self.settings.max_grant_lifetime_secs));
-        let resp = grants.seal(&self.rng, &tid, &req.reply_key, n)?.with_ends_at(ends_at);
+        // Likewise its idle limit, to routers that ask (and only when there is one).
+        let idle = self.settings.idle_timeout_secs.filter(|_| req.wants_idle_timeout);
+        let resp = grants
+            .seal(&self.rng, &tid, &req.reply_key, n)?
+            .with_ends_at(ends_at)
+            .with_idle_timeout(idle);
         log::info!("{subject} maintenance request accepted ({} terminals)", names.len());
         self.answer(&v, &resp, &sid2.mac_key(), now)
     }

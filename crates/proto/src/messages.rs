@@ -453,6 +453,12 @@ pub struct MaintenanceRequest {
     /// `ends_at` out.
     #[serde(default, skip_serializing_if = "is_false")]
     pub wants_ends_at: bool,
+    /// The router shows the idle limit too (issue 19, item 8): the answer
+    /// may carry [`MaintenanceResponse::idle_timeout_secs`]. Absent
+    /// (routers that know `ends_at` but not this, whose parser refuses
+    /// unknown fields): the answer leaves it out.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub wants_idle_timeout: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -496,12 +502,21 @@ impl MaintenanceRequest {
             urgency,
             details,
             wants_ends_at: true,
+            wants_idle_timeout: true,
         })
     }
 
     /// The request as a router from before `ends_at` sends it.
     pub fn without_ends_at(mut self) -> Self {
         self.wants_ends_at = false;
+        self.wants_idle_timeout = false;
+        self
+    }
+
+    /// The request as a router from before `idle_timeout_secs` sends it
+    /// (it asks for `ends_at` only).
+    pub fn without_idle_timeout(mut self) -> Self {
+        self.wants_idle_timeout = false;
         self
     }
 
@@ -529,6 +544,13 @@ pub struct MaintenanceResponse {
     /// ([`MaintenanceRequest::wants_ends_at`]). Absent: no limit shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<u64>,
+    /// The center's idle timeout (`[center] idle_timeout_secs`; issue 19,
+    /// item 8): the request ends once its tunnel carried no packet for this
+    /// long, by the gateway's count. Sent only to routers that asked
+    /// ([`MaintenanceRequest::wants_idle_timeout`]) and only when the
+    /// center has one. Absent: unknown (not told, or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// One granted (extension terminal name, VPNNAT address) pair.
@@ -589,6 +611,7 @@ impl Grants {
             acceptance_number,
             sealed,
             ends_at: None,
+            idle_timeout_secs: None,
         })
     }
 }
@@ -598,6 +621,13 @@ impl MaintenanceResponse {
     /// told).
     pub fn with_ends_at(mut self, ends_at: Option<u64>) -> Self {
         self.ends_at = ends_at;
+        self
+    }
+
+    /// The answer telling the router the center's idle timeout (`None`:
+    /// not told).
+    pub fn with_idle_timeout(mut self, idle_timeout_secs: Option<u64>) -> Self {
+        self.idle_timeout_secs = idle_timeout_secs;
         self
     }
 

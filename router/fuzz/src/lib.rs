@@ -447,6 +447,8 @@ pub fn center_exchange(data: &[u8]) {
                         sealed,
                         // Half the inputs carry an end time (issue 19, item 8).
                         ends_at: (number % 2 == 0).then_some(number),
+                        // A third an idle limit.
+                        idle_timeout_secs: (number % 3 == 0).then_some(number),
                     })
                     .unwrap()
                 },

@@ -151,6 +151,7 @@ mod tests {
                     state: *st,
                     failure: part.map(String::from),
                     ends_at: None,
+                    idle_timeout_secs: None,
                     end_unsent: false,
                 },
             );

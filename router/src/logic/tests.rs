@@ -643,6 +643,7 @@ fn settle_state(requests: &[(u64, &str, RequestState)], hosts: &[&str]) -> Route
                 state: *st,
                 failure: None,
                 ends_at: None,
+                idle_timeout_secs: None,
                 end_unsent: false,
             },
         );

@@ -52,6 +52,8 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
     let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cfg = config(cl.local_addr().unwrap(), &dir);
     let center = start_center(cfg.factory_secret.clone(), cl).await;
+    // A center with an idle limit (issue 19, item 8).
+    center.0.lock().unwrap().idle_timeout_secs = Some(30 * 60);
     // A DHCP client the page will offer (static hosts: pc1, printer).
     let lease_file = dir.join("leases");
     std::fs::write(
@@ -91,7 +93,10 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
         "the printer is offline",
     );
     let result = submit(&b);
-    assert_eq!(result, "Request accepted: acceptance number 101 for pc1.");
+    assert_eq!(
+        result,
+        "Request accepted: acceptance number 101 for pc1 (idle limit 30 min)."
+    );
     assert_eq!(web(|| b.attr("#result", "class")), "ok");
     assert_eq!(web(|| b.text("#request-101 .state")), "waiting");
     let row = web(|| b.text("#request-101"));
@@ -128,6 +133,9 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
     assert_eq!(web(|| b.text("#live-pc1 .device")), "pc1 (192.168.1.10)");
     assert_eq!(web(|| b.text("#live-pc1 .traffic")), "0 packets, 0 B");
     assert_eq!(web(|| b.text("#live-pc1 .active")), "no traffic yet");
+    assert_eq!(web(|| b.text("#request-101 .idle")), "idle limit 30 min");
+    let idle = web(|| b.text("#live-pc1 .idle"));
+    assert!(idle.starts_with("idle limit 30 min; no traffic yet; ends "), "{idle}");
     assert!(web(|| b.find("#live-none:not([hidden])")).is_none());
     // The operator works on pc1: the kernel counts, the open page follows.
     traffic
@@ -136,6 +144,10 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
         .insert("192.168.1.10".parse().unwrap(), (42, 9_100));
     web(|| b.wait_text("#live-pc1 .traffic", "42 packets, 9.1 kB"));
     assert!(web(|| b.text("#live-pc1 .active")).starts_with("since "));
+    // The poll refreshed the idle cell too: the quiet time counts from the
+    // traffic the router saw.
+    let idle = web(|| b.text("#live-pc1 .idle"));
+    assert!(idle.starts_with("idle limit 30 min; last traffic "), "{idle}");
     assert_eq!(web(|| b.text("#end-101")), "End maintenance");
 
     // The center ends the maintenance: the open page follows by itself,
@@ -146,6 +158,7 @@ async fn lan_user_asks_for_maintenance_in_chromium() {
     assert_eq!(s, 200);
     web(|| b.wait_text("#request-101 .state", "ended"));
     web(|| b.wait_text("#request-101 .end", ""));
+    web(|| b.wait_text("#request-101 .idle", ""));
     assert!(web(|| b.find("#end-101")).is_none());
     web(|| b.wait_for("#live-none:not([hidden])"));
     assert!(web(|| b.find("#live-pc1")).is_none());

@@ -12,9 +12,9 @@ pub mod setelem;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use nftables::expr::{Expression, NamedExpression};
 use nftables::helper::{self, NftablesError};
-use nftables::schema::{NfListObject, NfObject, Nftables};
+use nftables::schema::Nftables;
+use serde_json::Value;
 
 use crate::error::DatapathError;
 use crate::model::{Ipv4Cidr, Mapping};
@@ -87,63 +87,57 @@ fn run_nft(program: &str, payload: &[u8]) -> Result<(), String> {
 
 /// The elements of the map or set `name` among a listing's objects;
 /// `None` when there is no map or set of that name.
-fn elems_of(objs: &[NfObject<'_>], name: &str) -> Option<Vec<Expression<'static>>> {
-    objs.iter().find_map(|o| match o {
-        NfObject::ListObject(NfListObject::Map(m)) if m.name == name => {
-            Some(m.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)).collect())
+///
+/// The listing is walked as plain JSON rather than decoded into the
+/// `nftables` crate's schema: the schema's `Deserialize` impls (untagged
+/// enums of every object and expression) were ~170 KB of routerd's
+/// 4,000,000-byte budget (router/README.md), for four lists of addresses.
+fn elems_of<'a>(objs: &'a [Value], name: &str) -> Option<&'a [Value]> {
+    objs.iter().find_map(|o| {
+        let s = o.get("map").or_else(|| o.get("set"))?;
+        if s.get("name")?.as_str()? != name {
+            return None;
         }
-        NfObject::ListObject(NfListObject::Set(s)) if s.name == name => {
-            Some(s.elem.iter().flat_map(|e| e.iter()).map(|e| own(e)).collect())
-        }
-        _ => None,
+        // A set without elements has no `elem` key.
+        Some(s.get("elem").and_then(Value::as_array).map_or(&[][..], Vec::as_slice))
     })
 }
 
-fn own(e: &Expression<'_>) -> Expression<'static> {
-    // Round-trip through JSON to detach from the borrowed output.
-    serde_json::to_value(e)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or(Expression::Boolean(false))
-}
-
-fn ip_of(e: &Expression<'_>) -> Option<Ipv4Addr> {
+fn ip_of(e: &Value) -> Option<Ipv4Addr> {
     match e {
-        Expression::String(s) => s.parse().ok(),
+        Value::String(s) => s.parse().ok(),
         // An element with its counter (the granted set's): its value.
-        Expression::Named(NamedExpression::Elem(el)) => ip_of(&el.val),
+        Value::Object(o) => ip_of(o.get("elem")?.get("val")?),
         _ => None,
     }
 }
 
-fn pair_of(e: &Expression<'_>) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    match e {
-        Expression::List(l) => match l.as_slice() {
-            [k, v] => Some((ip_of(k)?, ip_of(v)?)),
-            _ => None,
-        },
+fn pair_of(e: &Value) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    match e.as_array()?.as_slice() {
+        [k, v] => Some((ip_of(k)?, ip_of(v)?)),
         _ => None,
     }
 }
 
-fn cidr_of(e: &Expression<'_>) -> Option<Ipv4Cidr> {
-    match e {
-        Expression::Named(NamedExpression::Prefix(p)) => Ipv4Cidr::new(ip_of(&p.addr)?, u8::try_from(p.len).ok()?).ok(),
-        Expression::String(s) => s.parse().ok(),
-        Expression::Range(r) => {
-            // nft prints some prefixes as ranges; keep them when they are one.
-            let [lo, hi] = &r.range;
-            let (lo, hi) = (u32::from(ip_of(lo)?), u32::from(ip_of(hi)?));
-            let size = hi.checked_sub(lo)?.checked_add(1)?;
-            if size.is_power_of_two() && lo.checked_rem(size)? == 0 {
-                let len = u8::try_from(32_u32.checked_sub(size.trailing_zeros())?).ok()?;
-                Ipv4Cidr::new(Ipv4Addr::from(lo), len).ok()
-            } else {
-                None
-            }
+fn cidr_of(e: &Value) -> Option<Ipv4Cidr> {
+    if let Some(p) = e.get("prefix") {
+        let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+        return Ipv4Cidr::new(ip_of(p.get("addr")?)?, len).ok();
+    }
+    if let Some(r) = e.get("range") {
+        // nft prints some prefixes as ranges; keep them when they are one.
+        let [lo, hi] = r.as_array()?.as_slice() else {
+            return None;
+        };
+        let (lo, hi) = (u32::from(ip_of(lo)?), u32::from(ip_of(hi)?));
+        let size = hi.checked_sub(lo)?.checked_add(1)?;
+        if size.is_power_of_two() && lo.checked_rem(size)? == 0 {
+            let len = u8::try_from(32_u32.checked_sub(size.trailing_zeros())?).ok()?;
+            return Ipv4Cidr::new(Ipv4Addr::from(lo), len).ok();
         }
-        _ => None,
+        return None;
     }
+    e.as_str()?.parse().ok()
 }
 
 impl Nft {
@@ -183,7 +177,7 @@ impl Nft {
     /// by someone else lands either before or after it, never between the
     /// reads of two of its maps (which would make a table that is
     /// consistent at every moment look inconsistent, and be rebuilt).
-    fn list_table(&self) -> Result<Option<Nftables<'static>>, DatapathError> {
+    fn list_table(&self) -> Result<Option<Vec<Value>>, DatapathError> {
         let args = ["list", "table", "ip", &self.table.name];
         let raw = match helper::get_current_ruleset_raw(Some(&self.program), args) {
             Ok(raw) => raw,
@@ -192,15 +186,24 @@ impl Nft {
             }
             Err(e) => return Err(nft_err("list")(e)),
         };
-        // Only the sets and maps are decoded: the `nftables` crate cannot
-        // decode every rule expression nft prints (our own `tcp option
-        // maxseg` among them), and the rules never change anyway.
+        // Only the sets and maps are read: the rules never change anyway
+        // (and the `nftables` crate could not even decode every rule
+        // expression nft prints, our own `tcp option maxseg` among them).
         let invalid = |e: serde_json::Error| nft_err("list")(NftablesError::NftInvalidJson(e));
-        let mut doc: serde_json::Value = serde_json::from_str(&raw).map_err(invalid)?;
-        if let Some(objs) = doc.get_mut("nftables").and_then(|v| v.as_array_mut()) {
-            objs.retain(|o| o.get("set").is_some() || o.get("map").is_some());
+        let doc: Value = serde_json::from_str(&raw).map_err(invalid)?;
+        match doc {
+            Value::Object(mut o) => match o.remove("nftables") {
+                Some(Value::Array(objs)) => Ok(Some(objs)),
+                _ => Err(DatapathError::Nft {
+                    what: "list".to_string(),
+                    detail: "nft's listing has no \"nftables\" array".to_string(),
+                }),
+            },
+            _ => Err(DatapathError::Nft {
+                what: "list".to_string(),
+                detail: "nft's listing is not a JSON object".to_string(),
+            }),
         }
-        serde_json::from_value(doc).map(Some).map_err(invalid)
     }
 
     /// Reads the table; `None` when it (or its DNAT map) does not exist.
@@ -208,12 +211,12 @@ impl Nft {
         let Some(table) = self.list_table()? else {
             return Ok(None);
         };
-        let Some(dnat) = elems_of(&table.objects, ruleset::DNAT_MAP) else {
+        let Some(dnat) = elems_of(&table, ruleset::DNAT_MAP) else {
             return Ok(None);
         };
-        let snat = elems_of(&table.objects, ruleset::SNAT_MAP).unwrap_or_default();
-        let granted = elems_of(&table.objects, ruleset::GRANTED_SET).unwrap_or_default();
-        let center = elems_of(&table.objects, ruleset::CENTER_SET).unwrap_or_default();
+        let snat = elems_of(&table, ruleset::SNAT_MAP).unwrap_or_default();
+        let granted = elems_of(&table, ruleset::GRANTED_SET).unwrap_or_default();
+        let center = elems_of(&table, ruleset::CENTER_SET).unwrap_or_default();
         let mappings: BTreeSet<Mapping> = dnat
             .iter()
             .filter_map(pair_of)
@@ -310,6 +313,31 @@ mod tests {
         std::fs::write(&prog, script).unwrap();
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
         prog.display().to_string()
+    }
+
+    #[test]
+    fn elements_are_read_from_plain_json_in_every_form_nft_prints() {
+        let objs: Vec<Value> = serde_json::from_str(
+            r#"[{"set": {"name": "center", "elem": [{"range": ["10.64.0.0", "10.64.0.255"]},
+                {"range": ["10.65.0.1", "10.65.0.3"]}, "172.16.1.0/24", {"prefix": {"addr": "10.8.0.0", "len": 16}}]}},
+               {"set": {"name": "granted"}},
+               {"map": {"name": "dnat4", "elem": [[{"elem": {"val": "10.64.0.7", "counter": {"packets": 1, "bytes": 60}}}, "192.168.1.10"], ["x", "192.168.1.11"]]}}]"#,
+        )
+        .unwrap();
+        let center: BTreeSet<Ipv4Cidr> = elems_of(&objs, "center").unwrap().iter().filter_map(cidr_of).collect();
+        // A range that is no prefix is not one.
+        assert_eq!(
+            center,
+            ["10.64.0.0/24", "172.16.1.0/24", "10.8.0.0/16"]
+                .iter()
+                .map(|c| c.parse().unwrap())
+                .collect()
+        );
+        // A set without elements has none; an absent one is None.
+        assert_eq!(elems_of(&objs, "granted"), Some(&[][..]));
+        assert_eq!(elems_of(&objs, "snat4"), None);
+        let pairs: Vec<_> = elems_of(&objs, "dnat4").unwrap().iter().filter_map(pair_of).collect();
+        assert_eq!(pairs, [(Ipv4Addr::new(10, 64, 0, 7), Ipv4Addr::new(192, 168, 1, 10))]);
     }
 
     #[test]

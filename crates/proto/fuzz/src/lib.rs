@@ -424,6 +424,15 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             .with_ends_at(Some(1_800_014_400)),
     )
     .unwrap();
+    // ... and its idle limit (the center's `idle_timeout_secs`).
+    let maintenance_idle = serde_json::to_vec(
+        &grants
+            .seal(&rng, &tid, &kp.public_key(), number)
+            .unwrap()
+            .with_ends_at(Some(1_800_014_400))
+            .with_idle_timeout(Some(1_800)),
+    )
+    .unwrap();
     let maintenance_request = serde_json::to_vec(
         &MaintenanceRequest::new(
             &rng,
@@ -474,6 +483,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "seed-maintenance-wants-ends-at".into(),
             with(0x13, &maintenance_request),
         ),
+        (
+            "decode_response",
+            "seed-maintenance-idle".into(),
+            with(0x13, &maintenance_idle),
+        ),
+        ("payloads", "seed-maintenance-idle".into(), with(5, &maintenance_idle)),
         ("decode_response", "seed-secrets".into(), with(0x20, &install_plain)),
         (
             "decode_response",

@@ -449,6 +449,80 @@ fn maintenance_answer_carries_ends_at_only_to_routers_that_ask_and_old_forms_sti
     .is_err());
 }
 
+/// Issue 19, item 8: the answer tells the router the center's idle limit
+/// when the router asks (`wants_idle_timeout`); a router that knows
+/// `ends_at` only sends no such flag and gets no such field (it refuses
+/// unknown fields); absent parses as "not told".
+#[test]
+fn maintenance_answer_carries_the_idle_limit_only_to_routers_that_ask_and_old_forms_still_parse() {
+    let rng = SystemRandom::new();
+    let sid2 = SecretId2::from_array([2; 32]);
+    let kp = ReplyKeyPair::generate(&rng).unwrap();
+    let req = MaintenanceRequest::new(
+        &rng,
+        &sid2,
+        &tid(),
+        kp.public_key(),
+        ClaimantLevel::General,
+        Urgency::Normal,
+        &details(&["pc1"]),
+    )
+    .unwrap();
+    assert!(req.wants_idle_timeout && req.wants_ends_at);
+    let wire = serde_json::to_value(&req).unwrap();
+    assert_eq!(wire["wants_idle_timeout"], serde_json::json!(true));
+    assert_eq!(serde_json::from_value::<MaintenanceRequest>(wire).unwrap(), req);
+    // A router that knows `ends_at` only: no flag on the wire, parses as
+    // "does not ask"; a router from before both asks for neither.
+    let ends_only = req.clone().without_idle_timeout();
+    let ends_wire = serde_json::to_value(&ends_only).unwrap();
+    assert!(ends_wire.get("wants_idle_timeout").is_none());
+    assert_eq!(ends_wire["wants_ends_at"], serde_json::json!(true));
+    assert!(
+        !serde_json::from_value::<MaintenanceRequest>(ends_wire)
+            .unwrap()
+            .wants_idle_timeout
+    );
+    let oldest = serde_json::to_value(req.clone().without_ends_at()).unwrap();
+    assert!(oldest.get("wants_idle_timeout").is_none() && oldest.get("wants_ends_at").is_none());
+
+    let grants = Grants::new(vec![Grant {
+        terminal_name: TerminalName::new("pc1").unwrap(),
+        vpnnat_addr: ip(10, 64, 1, 1),
+    }])
+    .unwrap();
+    let n = AcceptanceNumber::new(9).unwrap();
+    let told = grants
+        .seal(&rng, &tid(), &req.reply_key, n)
+        .unwrap()
+        .with_ends_at(Some(1_800_014_400))
+        .with_idle_timeout(Some(1_800));
+    let wire = serde_json::to_value(&told).unwrap();
+    assert_eq!(wire["idle_timeout_secs"], serde_json::json!(1_800u64));
+    let back: MaintenanceResponse = serde_json::from_value(wire).unwrap();
+    assert_eq!(back.idle_timeout_secs, Some(1_800));
+    assert_eq!(back, told);
+    assert_eq!(back.open(kp, &tid()).unwrap(), grants);
+    // Not told: no key at all (the form routers that know `ends_at` only
+    // parse), and it parses back as "not told".
+    let ends_only = grants
+        .seal(&rng, &tid(), &req.reply_key, n)
+        .unwrap()
+        .with_ends_at(Some(1_800_014_400))
+        .with_idle_timeout(None);
+    let wire = serde_json::to_value(&ends_only).unwrap();
+    assert!(wire.get("idle_timeout_secs").is_none());
+    assert_eq!(
+        serde_json::from_value::<MaintenanceResponse>(wire.clone())
+            .unwrap()
+            .idle_timeout_secs,
+        None
+    );
+    let mut bad = wire;
+    bad["idle_timeout_secs"] = serde_json::json!("half an hour");
+    assert!(serde_json::from_value::<MaintenanceResponse>(bad).is_err());
+}
+
 #[test]
 fn maintenance_details_rules() {
     let base = serde_json::to_value(details(&["pc1"])).unwrap();
