@@ -195,6 +195,11 @@ pub fn build_center(cfg: CenterdConfig) -> Result<RealCenter, DaemonError> {
     let center = Center::new(store, cfg.settings, gws, routers)?.with_reader(reader);
     if host_routes {
         let r = KernelRoutes::open().map_err(DaemonError::Routes)?;
+        // This host routes the pool to the gateways from now on: no
+        // redirect may send an operator to a gateway directly
+        // (vpnnat_datapath::sysctl::stop_icmp_redirects says why).
+        let n = vpnnat_datapath::sysctl::stop_icmp_redirects().map_err(DaemonError::Routes)?;
+        log::info!(target: LOG_TARGET, "host routes to the gateways: ICMP redirects off ({n} interface settings)");
         return Ok(center.with_routes(Box::new(r)));
     }
     Ok(center)

@@ -311,10 +311,17 @@ unheard_end() {
 		wait_for "$E2E_WAIT" r1_converged "$acc"
 	t1=$(now_ms)
 	CONVERGE="$CONVERGE $((t1 - t0))"
-	# its IKE SA ends with a DELETE that the dead gw1 never answers: the
-	# SAs go when the driver gives up on it
-	check "unheard end $n: home-1's SAs with gw1 are gone" wait_for "$E2E_WAIT" r1_no_sa
-	say "unheard end $n: the operator's end -> home-1 converged: $((t1 - t0)) ms; -> its SAs gone: $(($(now_ms) - t0)) ms"
+	if [ "$how" = back ]; then
+		# its IKE SA ends with a DELETE that the dead gw1 never answers:
+		# the SAs go when the driver gives up on it
+		check "unheard end $n: home-1's SAs with gw1 are gone" wait_for "$E2E_WAIT" r1_no_sa
+		say "unheard end $n: the operator's end -> home-1 converged: $((t1 - t0)) ms; -> its SAs gone: $(($(now_ms) - t0)) ms"
+	else
+		# as a user would: the next request at once, while the router
+		# still holds the SAs with the dead gw1 and the operator's host
+		# has reached the same VPNNAT address through gw1 before
+		say "unheard end $n: the operator's end -> home-1 converged: $((t1 - t0)) ms; the next request at once"
+	fi
 	request 1 pc1 >$W/r1/unheard$n.req 2>&1
 	ACC1=$(sed -n 's/^acceptance number //p' $W/r1/unheard$n.req)
 	V1=$(sed -n 's/^ *pc1 [0-9.]* -> VPNNAT //p' $W/r1/unheard$n.req)
@@ -333,11 +340,13 @@ unheard_end() {
 	check "unheard end $n: every gateway's kernel SAs match the database" wait_for 30 kernel_matches_db
 }
 unheard_end 1 back
-# The "move" round (home-1's next request lands on gw2 while gw1 is still
-# down) reaches no host yet: the operator's connection to the re-granted
-# address times out (found 2026-12-07, issue 19 item 1 stays open); run it
-# with UNHEARD_MOVE=1.
-if [ -n "${UNHEARD_MOVE:-}" ]; then unheard_end 2 move; fi
+# The "move" round: home-1's next request lands on gw2 while gw1 is still
+# down, and gets the VPNNAT address the operator reached through gw1
+# before. Its operator connection timed out in about one run in two until
+# centerd stopped the ICMP redirects of its host (the operator's host had
+# cached "this address: directly via gw1"; vpnnat_datapath::sysctl).
+# UNHEARD_MOVE=0 leaves it out.
+if [ "${UNHEARD_MOVE:-1}" != 0 ]; then unheard_end 2 move; fi
 
 # ---------------------------------------------------------------- the end
 say "ending every request"

@@ -37,6 +37,9 @@ pub enum DatapathError {
     /// Opening a netlink socket failed (e.g. not root, or no such family).
     #[error("cannot open {family} netlink socket: {reason}")]
     Socket { family: &'static str, reason: io::Error },
+    /// Reading or writing a setting under /proc/sys failed.
+    #[error("setting {key} failed: {reason}")]
+    Sysctl { key: String, reason: io::Error },
     /// Input that the kernel would never accept.
     #[error(transparent)]
     Model(#[from] ModelError),

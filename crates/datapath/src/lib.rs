@@ -24,6 +24,7 @@ pub mod nft;
 pub mod plan;
 pub mod route;
 pub mod rtnl;
+pub mod sysctl;
 pub mod xfrm;
 
 pub use apply::{scope_to_endpoint, Datapath, EndpointDatapath, KernelDatapath, RecordingDatapath};

@@ -740,3 +740,24 @@ fn a_policys_last_use_moves_when_a_packet_matches_it_and_stays_otherwise() {
     let n = x.policy_uses().unwrap().len();
     eprintln!("figure: reading the last use of {n} policies took {:?}", t.elapsed());
 }
+
+/// centerd routes each VPNNAT address to a gateway that often shares the
+/// operators' segment: the kernel's ICMP redirects would pin an operator
+/// to a gateway that later loses the address. In a fresh namespace (where
+/// the kernel's defaults send them), every entry ends up cleared, also for
+/// an interface made afterwards.
+#[test]
+fn icmp_redirects_are_stopped_on_every_interface() {
+    vpnnat_testkit::fresh_netns_or_skip!();
+    let read = |i: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/send_redirects")).unwrap();
+    let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success());
+    ip(&["link", "add", "vr0", "type", "veth", "peer", "name", "vr0p"]);
+    assert_eq!(read("vr0").trim(), "1", "the kernel's default sends them");
+    let cleared = vpnnat_datapath::sysctl::stop_icmp_redirects().unwrap();
+    assert!(cleared >= 4, "all, default, lo, vr0 and its peer: {cleared}");
+    for i in ["all", "default", "lo", "vr0"] {
+        assert_eq!(read(i).trim(), "0", "{i}");
+    }
+    ip(&["link", "add", "vr1", "type", "veth", "peer", "name", "vr1p"]);
+    assert_eq!(read("vr1").trim(), "0", "a later interface takes the default");
+}
