@@ -290,6 +290,12 @@ r1_converged() {
 		[ "$(nsx r1 nft list map ip vpnnat dnat4 | grep -oE '[0-9]+(\.[0-9]+){3} : [0-9]+(\.[0-9]+){3}' | wc -l)" -eq 2 ] &&
 		ROUTERD 1 status | grep -qE '^VPN gateway: +-$'
 }
+operator_routes_via_center() {
+	nsx operator "$IP" route get "$1" | grep -q ' via 172.16.0.10 ' || {
+		nsx operator "$IP" route get "$1"
+		false
+	}
+}
 r1_no_sa() { [ -z "$(nsx r1 "$IP" xfrm state)" ]; }
 CONVERGE="" # operator's end -> router converged (ms)
 unheard_end() {
@@ -332,6 +338,10 @@ unheard_end() {
 	fi
 	check "unheard end $n: home-1's tunnel ($gw) is up" wait_for "$E2E_WAIT" tunnel_up 1
 	check "unheard end $n: the operator reaches home-1's pc1 ($V1)" wait_for 20 reach 1 "$V1" pc1
+	# the center's host sent no redirect: the operator's host still sends
+	# the address to it, whose route names the gateway of now
+	check "unheard end $n: the operator's host routes $V1 via the center's host, not straight to a gateway" \
+		operator_routes_via_center "$V1"
 	if [ "$how" = move ]; then
 		while gw_pid 1 >/dev/null; do sleep 0.1; done
 		start_gw 1
