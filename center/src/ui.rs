@@ -625,10 +625,7 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         // that step; anything else (the API) is 401.
         if let Some(s) = session.as_ref().filter(|s| s.stage != SessionStage::Full) {
             if route.access == Access::Session && route.page != Page::Logout {
-                return if method == Method::GET && matches!(
-                    route.page,
-                    Page::Dashboard | Page::Audit | Page::Accounts | Page::EndForm
-                )
+                return if method == Method::GET && matches!(route.page, Page::Dashboard | Page::Audit | Page::Accounts)
                 {
                     redirect(second_factor::step_page(s.stage))
                 } else {
@@ -1231,3 +1228,6 @@ mod access_tests;
 
 #[cfg(test)]
 mod totp_tests;
+
+#[cfg(test)]
+mod handling_tests;
