@@ -502,10 +502,13 @@ fn html(status: u16, body: String) -> Response<Body> {
     r
 }
 
-/// The pages' content policy: their one inline style sheet, no script.
+/// The pages' content policy: their one inline style sheet, and the
+/// dashboard's copy-button script (by hash; no other script runs).
 fn page_policy() -> &'static str {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CSP.get_or_init(|| vpnnat_proto::page_headers::content_security_policy(&[pages::STYLE], &[]))
+    CSP.get_or_init(|| {
+        vpnnat_proto::page_headers::content_security_policy(&[pages::STYLE], &[pages::COPY_SCRIPT])
+    })
 }
 
 fn json(body: String) -> Response<Body> {

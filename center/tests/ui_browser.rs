@@ -231,6 +231,20 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         "{text}"
     );
     assert_eq!(web(|| b.text("#pool-allocated")), "3");
+    // The copy button next to the address (issue 20, item 6): shown by the
+    // page's script (so the content policy let it run), and a click hands
+    // the address to the Clipboard API (observed in the page: a headless
+    // browser's real clipboard is not readable from here).
+    let copy = format!("#copy-addr-{n}-pc1");
+    web(|| b.wait_for(&copy));
+    let got = web(|| {
+        b.script(&format!(
+            "var b=document.querySelector('{copy}'); if (b.hidden) return 'hidden';\
+             navigator.clipboard.writeText=function(v){{window.__copied=v;return Promise.resolve();}};\
+             b.click(); return window.__copied;"
+        ))
+    });
+    assert_eq!(got, "10.64.0.3", "the copy button copies the address");
 
     // Start, then end: the state follows, the address goes back to the pool.
     web(|| b.click(&format!("#start-{n}")));

@@ -186,3 +186,48 @@ async fn the_json_state_shows_each_requests_time_limits() {
     assert_eq!(v["requests"][0]["acceptance_number"], n);
     assert_eq!(v["requests"][0]["ends_at"], want);
 }
+
+#[tokio::test]
+async fn live_grants_have_copy_buttons_and_a_shorter_limit_shows_the_maximum() {
+    let (c, _g, _r) = center_with("10.64.0.0/24", &[2]);
+    let c = Arc::new(c);
+    let mut router = TestRouter::new("router-1");
+    router.install(&c);
+    let (n, grants) = router.maintenance(&c, &["pc1"]).await.unwrap();
+    let (addr, _stop) = start(c.clone()).await;
+    let token = login(addr).await;
+    let a = grants[0].vpnnat_addr.to_string();
+    let page = req(addr, "GET", "/", Some(&token), None).await.body;
+    // Hidden until the script runs: without it the text is just text.
+    assert!(
+        page.contains(&format!(
+            "<button class=\"copy\" type=\"button\" id=\"copy-addr-{n}-pc1\" data-copy=\"{a}\" hidden"
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(
+            "id=\"copy-dns-{n}-pc1\" data-copy=\"pc1.router-1.vpn.example\" hidden"
+        )),
+        "{page}"
+    );
+    assert!(page.contains(pages::COPY_SCRIPT));
+    // No shorter limit yet: no separate maximum.
+    assert!(!page.contains(&format!("id=\"max-end-{n}\"")));
+    let r = post(addr, &token, &format!("/requests/{n}/limit"), "minutes=15").await;
+    assert_eq!(r.status, 303);
+    let page = req(addr, "GET", "/", Some(&token), None).await.body;
+    let row = c.store().unwrap().request(n).unwrap().unwrap();
+    let cap = row.received_at + c.settings().max_grant_lifetime_secs;
+    assert!(
+        page.contains(&format!(
+            "id=\"max-end-{n}\">max lifetime ends {}",
+            crate::limits::utc_hhmm(cap)
+        )),
+        "{page}"
+    );
+    // Ended: no buttons.
+    post(addr, &token, &format!("/requests/{n}/end"), "reason=done").await;
+    let page = req(addr, "GET", "/", Some(&token), None).await.body;
+    assert!(!page.contains(&format!("id=\"copy-addr-{n}-pc1\"")));
+}

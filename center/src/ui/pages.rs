@@ -18,6 +18,27 @@ pub(super) const STYLE: &str =
 td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
 .waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
 
+/// The dashboard's one script (issue 20, item 6): shows the copy button
+/// next to each granted host's VPNNAT address and DNS name and copies the
+/// value on a click (the Clipboard API; where the page is not a secure
+/// context, e.g. plain HTTP to another host, the browser's copy command on
+/// a selection instead). Inline, allowed by its hash in the content
+/// policy; without JavaScript the buttons stay hidden and the text stays
+/// selectable.
+pub(super) const COPY_SCRIPT: &str = "document.querySelectorAll('button.copy').forEach(function(b){\
+b.hidden=false;b.addEventListener('click',function(){var v=b.getAttribute('data-copy');\
+var done=function(){b.textContent='copied';},fail=function(){b.textContent='copy failed';};\
+if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(v).then(done,fail);return;}\
+var t=document.createElement('textarea');t.value=v;document.body.appendChild(t);t.select();\
+try{document.execCommand('copy')?done():fail();}catch(e){fail();}document.body.removeChild(t);});});";
+
+/// A copy button for `value` (hidden until [`COPY_SCRIPT`] runs).
+fn copy_button(id: &str, value: &str) -> Markup {
+    html! {
+        " " button.copy type="button" id=(id) data-copy=(value) hidden title={ "copy " (value) } { "copy" }
+    }
+}
+
 /// A whole page; `refresh`: reload every [`REFRESH_SECS`].
 pub(super) fn page(title: &str, refresh: bool, body: Markup) -> String {
     html! {
@@ -194,6 +215,12 @@ fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64, act: 
         @if let Some(by) = &r.limit_set_by {
             br; span.limit-by { "limit set by " (by) }
         }
+        // The maximum lifetime's end, when a shorter limit holds: how far
+        // the limit may be moved back (issue 20, item 6).
+        @let cap = r.received_at.saturating_add(max_lifetime_secs);
+        @if end < cap {
+            br; span.max-end id={ "max-end-" (n) } { "max lifetime ends " (crate::limits::utc_hhmm(cap)) }
+        }
         @if act {
             br;
             "end in: "
@@ -251,9 +278,12 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
             td {
                 @for (i, g) in r.grants.iter().enumerate() {
                     @if i > 0 { br; }
-                    (g.terminal_name) " = " (g.vpnnat)
+                    (g.terminal_name) " = " span.vpnnat { (g.vpnnat) }
+                    @if live { (copy_button(&format!("copy-addr-{n}-{}", g.terminal_name), &g.vpnnat.to_string())) }
                     @if let (Some(d), true) = (dns_domain, live) {
-                        " " span.dns { (crate::dns::name_of(&g.terminal_name, &r.terminal_id, d)) }
+                        @let name = crate::dns::name_of(&g.terminal_name, &r.terminal_id, d);
+                        " " span.dns { (name) }
+                        (copy_button(&format!("copy-dns-{n}-{}", g.terminal_name), &name))
                     }
                 }
             }
@@ -425,6 +455,7 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
             }
         }
     };
+    let body = html! { (body) script { (PreEscaped(COPY_SCRIPT)) } };
     page("vpnnat center", true, body)
 }
 
