@@ -72,7 +72,10 @@ mod tests {
 
     #[test]
     fn a_reason_is_trimmed_and_kept() {
-        assert_eq!(parse("  PLC fixed, customer confirmed \n").unwrap().as_str(), "PLC fixed, customer confirmed");
+        assert_eq!(
+            parse("  PLC fixed, customer confirmed \n").unwrap().as_str(),
+            "PLC fixed, customer confirmed"
+        );
         assert_eq!(parse("x").unwrap().as_str(), "x");
     }
 

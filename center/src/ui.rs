@@ -205,13 +205,7 @@ pub const ROUTES: &[UiRoute] = &[
     // `name`), as `centerd drain-gateway`; audited. Gateways are the
     // administrators' configuration: admins only.
     route("POST", "/gateways/drain", Access::Session, Role::Admin, Page::Drain),
-    route(
-        "POST",
-        "/gateways/undrain",
-        Access::Session,
-        Role::Admin,
-        Page::Undrain,
-    ),
+    route("POST", "/gateways/undrain", Access::Session, Role::Admin, Page::Undrain),
     // Issue 20: the accounts (form fields `name`, `password`, `role`).
     route("GET", "/accounts", Access::Session, Role::Admin, Page::Accounts),
     route("POST", "/accounts/add", Access::Session, Role::Admin, Page::AccountAdd),
@@ -506,9 +500,7 @@ fn html(status: u16, body: String) -> Response<Body> {
 /// dashboard's copy-button script (by hash; no other script runs).
 fn page_policy() -> &'static str {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CSP.get_or_init(|| {
-        vpnnat_proto::page_headers::content_security_policy(&[pages::STYLE], &[pages::COPY_SCRIPT])
-    })
+    CSP.get_or_init(|| vpnnat_proto::page_headers::content_security_policy(&[pages::STYLE], &[pages::COPY_SCRIPT]))
 }
 
 fn json(body: String) -> Response<Body> {
@@ -1004,9 +996,10 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
 
     /// Drain (or undrain) gateway `name` from the gateway panel; audited.
     fn drain(&self, name: &str, draining: bool, actor: &Actor) -> Response<Body> {
-        let done = self.center.store().and_then(|mut st| {
-            Ok(st.set_draining_by(name, draining, unix_now(), &actor.who, &actor.peer)?)
-        });
+        let done = self
+            .center
+            .store()
+            .and_then(|mut st| Ok(st.set_draining_by(name, draining, unix_now(), &actor.who, &actor.peer)?));
         let msg = match done {
             Ok(()) if draining => {
                 log::info!("gateway {name} draining, by {}", actor.who);

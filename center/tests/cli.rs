@@ -313,7 +313,13 @@ fn list_show_drain_end_and_audit() {
     // The reason (issue 20, item 6) is stored, listed and audited.
     let v = json(&centerd(
         &cfg,
-        &["--json", "end-request", &n.to_string(), "--reason", " customer called: fixed "],
+        &[
+            "--json",
+            "end-request",
+            &n.to_string(),
+            "--reason",
+            " customer called: fixed ",
+        ],
     ));
     assert_eq!(v["acceptance_number"], n);
     assert_eq!(v["vpn_ended"], true);

@@ -39,7 +39,13 @@ async fn an_end_needs_a_valid_reason_which_is_stored_listed_and_audited() {
     assert!(page.contains(&format!("action=\"/requests/{n}/end\"")), "{page}");
     let form = req(addr, "GET", &format!("/requests/{n}/end"), Some(&token), None).await;
     assert_eq!(form.status, 200);
-    for want in ["id=\"reason\"", "name=\"reason\"", "required", "maxlength=\"200\"", "id=\"end-confirm\""] {
+    for want in [
+        "id=\"reason\"",
+        "name=\"reason\"",
+        "required",
+        "maxlength=\"200\"",
+        "id=\"end-confirm\"",
+    ] {
         assert!(form.body.contains(want), "{want}: {}", form.body);
     }
     assert!(!form.body.contains("http-equiv=\"refresh\""));
@@ -87,7 +93,10 @@ async fn an_end_needs_a_valid_reason_which_is_stored_listed_and_audited() {
     assert!(r.location.unwrap().contains("ended"));
     let row = c.store().unwrap().request(n).unwrap().unwrap();
     assert_eq!(row.state, RequestState::Ended);
-    assert_eq!(row.end_reason.as_deref(), Some("PLC firmware updated, customer confirmed"));
+    assert_eq!(
+        row.end_reason.as_deref(),
+        Some("PLC firmware updated, customer confirmed")
+    );
     // Listed with who ended it, in the page and the JSON.
     let page = req(addr, "GET", "/", Some(&token), None).await.body;
     assert!(
@@ -98,13 +107,19 @@ async fn an_end_needs_a_valid_reason_which_is_stored_listed_and_audited() {
     );
     let v: serde_json::Value =
         serde_json::from_str(&req(addr, "GET", "/api/state", Some(&token), None).await.body).unwrap();
-    assert_eq!(v["requests"][0]["end_reason"], "PLC firmware updated, customer confirmed");
+    assert_eq!(
+        v["requests"][0]["end_reason"],
+        "PLC firmware updated, customer confirmed"
+    );
     assert_eq!(v["requests"][0]["ended_by"], "operator:admin");
     // Audited with the state change, by name.
     let ends = c.store().unwrap().audit_log(&audit_filter("action=end", 10)).unwrap();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].actor, "operator:admin");
-    assert_eq!(ends[0].detail, "request ended: PLC firmware updated, customer confirmed");
+    assert_eq!(
+        ends[0].detail,
+        "request ended: PLC firmware updated, customer confirmed"
+    );
 
     // An ended request's form says so and offers no field.
     let form = req(addr, "GET", &format!("/requests/{n}/end"), Some(&token), None).await;
@@ -114,7 +129,10 @@ async fn an_end_needs_a_valid_reason_which_is_stored_listed_and_audited() {
 
 /// maud escapes what the page shows: the message as it appears there.
 fn url_decode_html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[tokio::test]

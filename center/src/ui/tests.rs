@@ -171,7 +171,14 @@ async fn login_list_start_end_logout() {
     assert!(!r.body.contains(&format!("id=\"start-{n}\"")));
     let before = c.store().unwrap().pool_usage().unwrap().allocated;
     let end_form = format!("{CSRF_FIELD}={}&reason=done", csrf_token(&token));
-    let r = req(addr, "POST", &format!("/requests/{n}/end"), Some(&token), Some(&end_form)).await;
+    let r = req(
+        addr,
+        "POST",
+        &format!("/requests/{n}/end"),
+        Some(&token),
+        Some(&end_form),
+    )
+    .await;
     assert_eq!(r.status, 303);
     assert!(r.location.unwrap().contains("ended"));
     assert_eq!(c.store().unwrap().pool_usage().unwrap().allocated, before - 1);
@@ -190,7 +197,14 @@ async fn login_list_start_end_logout() {
     assert_eq!(v["initiation"], serde_json::json!([]));
 
     // Ending again: a message, not a crash.
-    let r = req(addr, "POST", &format!("/requests/{n}/end"), Some(&token), Some(&end_form)).await;
+    let r = req(
+        addr,
+        "POST",
+        &format!("/requests/{n}/end"),
+        Some(&token),
+        Some(&end_form),
+    )
+    .await;
     assert_eq!(r.status, 303);
     assert!(r.location.unwrap().contains("cannot"));
 
@@ -291,7 +305,14 @@ async fn audit_log_page_and_exports() {
 
     req(addr, "POST", &format!("/requests/{n}/start"), Some(&token), None).await;
     let end_form = format!("{CSRF_FIELD}={}&reason=done", csrf_token(&token));
-    req(addr, "POST", &format!("/requests/{n}/end"), Some(&token), Some(&end_form)).await;
+    req(
+        addr,
+        "POST",
+        &format!("/requests/{n}/end"),
+        Some(&token),
+        Some(&end_form),
+    )
+    .await;
     let r = req(addr, "GET", "/", Some(&token), None).await;
     assert!(!r.body.contains("pc1.router-1.vpn.example"));
 
