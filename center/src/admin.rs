@@ -241,6 +241,9 @@ pub fn list_requests(
         .collect();
     let out: Vec<RequestOut<'_>> = rows.iter().map(|r| request_out(cfg, r, &traffic)).collect();
     let now = unix_now();
+    // One line per request: the VM scripts parse it by column. Who ended
+    // a request and why (free text) are in `--json` (`ended_by`,
+    // `end_reason`).
     Report::new(&out, || {
         let mut s =
             String::from("no.  terminal  state        received    ends                     claimant  terminals\n");
@@ -271,14 +274,6 @@ pub fn list_requests(
                 r.claimant_name,
                 names.join(" ")
             ));
-            // Who ended it and why, on a line of its own (the reason is
-            // free text, up to 200 characters).
-            if let Some(by) = &r.ended_by {
-                s.push_str(&format!(
-                    "     ended by {by}{}\n",
-                    r.end_reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default()
-                ));
-            }
         }
         s
     })
