@@ -44,6 +44,8 @@ pub enum AdminError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Accounts(#[from] crate::accounts::manage::ManageError),
+    #[error("--reason: {0}")]
+    Reason(#[from] crate::end_reason::ReasonError),
     #[error("reading the password file {path}")]
     PasswordFile {
         path: String,
@@ -62,6 +64,8 @@ impl AdminError {
             }
             // A bad name, role or password is a usage error.
             AdminError::Accounts(crate::accounts::manage::ManageError::Account(_)) => true,
+            // So is an empty, overlong or control-character reason.
+            AdminError::Reason(_) => true,
             _ => false,
         }
     }
@@ -162,7 +166,7 @@ pub fn check_config(config: &std::path::Path, cfg: &CenterdConfig) -> Result<Rep
 /// A request as the tools print it: the row and, while it is open, when it
 /// ends by itself (issue 19, item 8).
 #[derive(serde::Serialize)]
-struct RequestOut<'a> {
+pub(crate) struct RequestOut<'a> {
     #[serde(flatten)]
     row: &'a crate::storage::RequestRow,
     /// Unix seconds; absent once ended.
@@ -186,11 +190,26 @@ fn request_out<'a>(
     row: &'a crate::storage::RequestRow,
     traffic: &std::collections::BTreeMap<String, u64>,
 ) -> RequestOut<'a> {
+    request_limits(
+        row,
+        cfg.settings.max_grant_lifetime_secs,
+        cfg.settings.idle_timeout_secs,
+        traffic,
+    )
+}
+
+/// [`request_out`] from the two settings (the UI's `/api/state` too:
+/// each request with its time limits, issue 20 item 6).
+pub(crate) fn request_limits<'a>(
+    row: &'a crate::storage::RequestRow,
+    max_lifetime_secs: u64,
+    idle_timeout_secs: Option<u64>,
+    traffic: &std::collections::BTreeMap<String, u64>,
+) -> RequestOut<'a> {
     let open = row.state != crate::storage::RequestState::Ended;
-    let ends_at = open
-        .then(|| crate::limits::effective_end(row.received_at, row.expires_at, cfg.settings.max_grant_lifetime_secs));
+    let ends_at = open.then(|| crate::limits::effective_end(row.received_at, row.expires_at, max_lifetime_secs));
     let last_traffic_at = traffic.get(&row.terminal_id).copied();
-    let idle_timeout_secs = cfg.settings.idle_timeout_secs.filter(|_| open);
+    let idle_timeout_secs = idle_timeout_secs.filter(|_| open);
     RequestOut {
         row,
         ends_at,
@@ -222,6 +241,9 @@ pub fn list_requests(
         .collect();
     let out: Vec<RequestOut<'_>> = rows.iter().map(|r| request_out(cfg, r, &traffic)).collect();
     let now = unix_now();
+    // One line per request: the VM scripts parse it by column. Who ended
+    // a request and why (free text) are in `--json` (`ended_by`,
+    // `end_reason`).
     Report::new(&out, || {
         let mut s =
             String::from("no.  terminal  state        received    ends                     claimant  terminals\n");
@@ -314,11 +336,18 @@ pub fn limit_request(cfg: &CenterdConfig, n: u64, minutes: u64) -> Result<Report
 }
 
 /// `end-request`: the UI's end button (router end command, the three
-/// judgments, VPNNAT release, VPN end).
-pub async fn end_request(cfg: CenterdConfig, n: u64) -> Result<Report, AdminError> {
+/// judgments, VPNNAT release, VPN end). `reason`: why (issue 20, item 6),
+/// validated as the UI's ([`crate::end_reason`]) before anything is done.
+/// Optional here, unlike in the UI: the console is root's way out when
+/// the UI is unusable, and scripts end requests; the audit row names
+/// the console user either way.
+pub async fn end_request(cfg: CenterdConfig, n: u64, reason: Option<&str>) -> Result<Report, AdminError> {
+    let reason = reason.map(crate::end_reason::parse).transpose()?;
     let _exclusive = exclusive_work(&cfg)?;
     let center = build_center(cfg)?;
-    let o = center.end_by(n, unix_now(), &cli_actor()).await?;
+    let o = center
+        .end_with_reason(n, unix_now(), &cli_actor(), reason.as_ref())
+        .await?;
     Report::new(&o, || {
         format!(
             "request {n} ended: released {:?}, kept {:?}, router's own parts kept {:?}, VPN ended: {}{}",
@@ -380,17 +409,8 @@ pub fn gateways(cfg: &CenterdConfig) -> Result<Report, AdminError> {
 /// `drain-gateway` / `undrain-gateway`; the change goes to the audit log.
 pub fn drain(cfg: &CenterdConfig, name: &str, draining: bool) -> Result<Report, AdminError> {
     let mut st = open_store(cfg)?;
-    st.set_draining(name, draining)?;
     let actor = cli_actor();
-    st.append_audit(&NewAudit {
-        at: unix_now(),
-        actor: &actor.who,
-        action: if draining { "drain" } else { "undrain" },
-        terminal_id: None,
-        acceptance_number: None,
-        detail: &format!("gateway {name}"),
-        peer: &actor.peer,
-    })?;
+    st.set_draining_by(name, draining, unix_now(), &actor.who, &actor.peer)?;
     Report::new(&serde_json::json!({"gateway": name, "draining": draining}), || {
         format!("gateway {name}: draining {draining}")
     })

@@ -50,7 +50,14 @@ pub enum Cmd {
     StartRequest { acceptance_number: u64 },
     /// End a request (the UI's end button): router end command, the three
     /// judgments, VPNNAT release, VPN end.
-    EndRequest { acceptance_number: u64 },
+    EndRequest {
+        acceptance_number: u64,
+        /// Why (stored with the request, shown in the UI's list, written
+        /// in the audit row): 1-200 characters, no control characters.
+        /// Optional here (scripts, and root's way out); the UI requires it.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Limit a request's time (the UI's "set limit"): it ends by itself
     /// MINUTES from now. Refused beyond `[center] max_grant_lifetime_secs`
     /// counted from its reception. Audited.

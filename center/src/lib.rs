@@ -31,6 +31,7 @@ pub mod clients;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod end_reason;
 pub(crate) mod event_order;
 pub mod keygen;
 pub mod limits;

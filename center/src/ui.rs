@@ -83,8 +83,11 @@ enum Page {
     AuditJsonl,
     Logout,
     Start,
+    EndForm,
     End,
     Limit,
+    Drain,
+    Undrain,
     ApproveReinstall,
     ShowMaintenancePassword,
     Accounts,
@@ -158,6 +161,16 @@ pub const ROUTES: &[UiRoute] = &[
         Role::Operator,
         Page::Start,
     ),
+    // Issue 20, item 6: an end needs a reason (form field `reason`,
+    // `crate::end_reason`). The form is a page of its own: the dashboard
+    // reloads itself every few seconds, which would wipe a typed reason.
+    route(
+        "GET",
+        "/requests/{n}/end",
+        Access::Session,
+        Role::Operator,
+        Page::EndForm,
+    ),
     route("POST", "/requests/{n}/end", Access::Session, Role::Operator, Page::End),
     // Issue 19, item 8: the request's time limit, `minutes` from now (form
     // field); never beyond `[center] max_grant_lifetime_secs`; audited.
@@ -188,6 +201,11 @@ pub const ROUTES: &[UiRoute] = &[
         Role::Operator,
         Page::ShowMaintenancePassword,
     ),
+    // Issue 20, item 6: the gateway panel's drain and undrain (form field
+    // `name`), as `centerd drain-gateway`; audited. Gateways are the
+    // administrators' configuration: admins only.
+    route("POST", "/gateways/drain", Access::Session, Role::Admin, Page::Drain),
+    route("POST", "/gateways/undrain", Access::Session, Role::Admin, Page::Undrain),
     // Issue 20: the accounts (form fields `name`, `password`, `role`).
     route("GET", "/accounts", Access::Session, Role::Admin, Page::Accounts),
     route("POST", "/accounts/add", Access::Session, Role::Admin, Page::AccountAdd),
@@ -478,10 +496,11 @@ fn html(status: u16, body: String) -> Response<Body> {
     r
 }
 
-/// The pages' content policy: their one inline style sheet, no script.
+/// The pages' content policy: their one inline style sheet, and the
+/// dashboard's copy-button script (by hash; no other script runs).
 fn page_policy() -> &'static str {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CSP.get_or_init(|| vpnnat_proto::page_headers::content_security_policy(&[pages::STYLE], &[]))
+    CSP.get_or_init(|| vpnnat_proto::page_headers::content_security_policy(&[pages::STYLE], &[pages::COPY_SCRIPT]))
 }
 
 fn json(body: String) -> Response<Body> {
@@ -673,8 +692,15 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
                 (Page::Logout, _) => self.logout(&headers, &actor),
                 (Page::Code, _) => self.second_factor(&session, &body, peer).await,
                 (Page::Enrol, _) => self.enrol(&session, &body, peer).await,
-                (Page::Start, Some(n)) => self.action(n, "start", &actor).await,
-                (Page::End, Some(n)) => self.action(n, "end", &actor).await,
+                (Page::Start, Some(n)) => self.action(n, "start", None, &actor).await,
+                (Page::End, Some(n)) => {
+                    let reason = form_field(&body, "reason").unwrap_or_default();
+                    self.end(n, &reason, &actor).await
+                }
+                (Page::Drain | Page::Undrain, _) => {
+                    let name = form_field(&body, "name").unwrap_or_default();
+                    self.drain(name.trim(), route.page == Page::Drain, &actor)
+                }
                 (Page::Limit, Some(n)) => {
                     let minutes = form_field(&body, "minutes").unwrap_or_default();
                     self.limit(n, minutes.trim(), &actor)
@@ -725,6 +751,10 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             Page::AuditCsv => self.audit_export(&query, false),
             Page::AuditJsonl => self.audit_export(&query, true),
             Page::Accounts => self.accounts_page(&query, &csrf_token(&token), &actor),
+            Page::EndForm => match n {
+                Some(n) => self.end_form(n, &query, &csrf_token(&token)),
+                None => text(404, "no such page"),
+            },
             Page::CodeForm => self.code_form(&session, ""),
             Page::EnrolForm => self.enrol_form(&session, ""),
             _ => text(404, "no such page"),
@@ -939,14 +969,65 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         r
     }
 
-    async fn action(&self, n: u64, what: &str, actor: &Actor) -> Response<Body> {
+    /// The end form of request `n` (issue 20, item 6): what it is, and
+    /// the reason field; `msg` in the query: why the last try was refused.
+    fn end_form(&self, n: u64, query: &str, csrf: &str) -> Response<Body> {
+        let row = match self.center.reads().and_then(|st| Ok(st.request(n)?)) {
+            Ok(Some(r)) => r,
+            Ok(None) => return text(404, format!("no request {n}")),
+            Err(e) => return text(500, format!("cannot read the database: {e}")),
+        };
+        let msg = form_field(query.as_bytes(), "msg");
+        html(200, pages::end_form(&row, csrf, msg.as_deref()))
+    }
+
+    /// The operator's end with a reason (issue 20, item 6): refused, back
+    /// to the form with why, unless the reason is valid; nothing changes
+    /// then.
+    async fn end(&self, n: u64, reason: &str, actor: &Actor) -> Response<Body> {
+        match crate::end_reason::parse(reason) {
+            Ok(r) => self.action(n, "end", Some(&r), actor).await,
+            Err(e) => redirect(&format!(
+                "/requests/{n}/end?msg={}",
+                url_encode(&format!("Request {n} not ended: {e}."))
+            )),
+        }
+    }
+
+    /// Drain (or undrain) gateway `name` from the gateway panel; audited.
+    fn drain(&self, name: &str, draining: bool, actor: &Actor) -> Response<Body> {
+        let done = self
+            .center
+            .store()
+            .and_then(|mut st| Ok(st.set_draining_by(name, draining, unix_now(), &actor.who, &actor.peer)?));
+        let msg = match done {
+            Ok(()) if draining => {
+                log::info!("gateway {name} draining, by {}", actor.who);
+                format!("Gateway {name} is draining: it takes no new tunnels, its current ones stay.")
+            }
+            Ok(()) => {
+                log::info!("gateway {name} takes new tunnels again, by {}", actor.who);
+                format!("Gateway {name} takes new tunnels again.")
+            }
+            Err(e) => format!("Gateway {name:?}: {e}"),
+        };
+        redirect(&format!("/?msg={}", url_encode(&msg)))
+    }
+
+    async fn action(
+        &self,
+        n: u64,
+        what: &str,
+        reason: Option<&crate::end_reason::EndReason>,
+        actor: &Actor,
+    ) -> Response<Body> {
         let now = unix_now();
         let msg = match what {
             "start" => match self.center.start_by(n, now, actor) {
                 Ok(_) => format!("Request {n} started."),
                 Err(e) => return self.action_error(e),
             },
-            "end" => match self.center.end_by(n, now, actor).await {
+            "end" => match self.center.end_with_reason(n, now, actor, reason).await {
                 Ok(o) => {
                     let mut m = format!("Request {n} ended; {} address(es) released", o.released.len());
                     if o.vpn_ended {
@@ -1027,8 +1108,25 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
 
     fn state_json(&self) -> Result<String, CenterError> {
         let st = self.center.reads()?;
+        let requests = st.list_requests(200)?;
+        let traffic = st.all_tunnel_traffic()?;
+        let settings = self.center.settings();
+        // Each request with its time limits, as `centerd list-requests
+        // --json` shows them: `ends_at`, `idle_timeout_secs`,
+        // `last_traffic_at`, `idle_ends_at` (issue 20, item 6).
+        let requests: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                crate::admin::request_limits(
+                    r,
+                    settings.max_grant_lifetime_secs,
+                    settings.idle_timeout_secs,
+                    &traffic,
+                )
+            })
+            .collect();
         let v = serde_json::json!({
-            "requests": st.list_requests(200)?,
+            "requests": requests,
             "failures": st.failures(None, 50)?,
             "gateways": st.gateway_usage()?,
             "pool": st.pool_usage()?,
@@ -1126,3 +1224,6 @@ mod access_tests;
 
 #[cfg(test)]
 mod totp_tests;
+
+#[cfg(test)]
+mod handling_tests;

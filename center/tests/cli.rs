@@ -300,14 +300,35 @@ fn list_show_drain_end_and_audit() {
     assert!(usage.iter().all(|g| !g.draining));
     assert_eq!(code(&centerd(&cfg, &["drain-gateway", "gw9"])), 1);
 
+    // A reason that the UI would refuse is a usage error: nothing ends.
+    for bad in ["   ", "two\nlines", &"x".repeat(201)] {
+        let o = centerd(&cfg, &["end-request", &n.to_string(), "--reason", bad]);
+        assert_eq!(code(&o), 2, "{bad:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--reason"), "{o:?}");
+    }
+    let v = json(&centerd(&cfg, &["--json", "list-requests"]));
+    assert_eq!(v[0]["state"], "waiting");
+
     // End: the gateways do not answer, the center's state is freed anyway.
-    let v = json(&centerd(&cfg, &["--json", "end-request", &n.to_string()]));
+    // The reason (issue 20, item 6) is stored, listed and audited.
+    let v = json(&centerd(
+        &cfg,
+        &[
+            "--json",
+            "end-request",
+            &n.to_string(),
+            "--reason",
+            " customer called: fixed ",
+        ],
+    ));
     assert_eq!(v["acceptance_number"], n);
     assert_eq!(v["vpn_ended"], true);
     assert_eq!(v["released"][0][0], "pc1");
     assert!(!v["warnings"].as_array().unwrap().is_empty());
     let v = json(&centerd(&cfg, &["--json", "list-requests", "--state", "ended"]));
     assert_eq!(v[0]["acceptance_number"], n);
+    assert_eq!(v[0]["end_reason"], "customer called: fixed");
+    assert_eq!(v[0]["ended_by"], "cli:alice");
     // Ending twice fails.
     assert_eq!(code(&centerd(&cfg, &["end-request", &n.to_string()])), 1);
     assert_eq!(code(&centerd(&cfg, &["end-request", "999"])), 1);
@@ -323,6 +344,8 @@ fn list_show_drain_end_and_audit() {
         .unwrap();
     let actions: Vec<&str> = rows.iter().rev().map(|r| r.action.as_str()).collect();
     assert_eq!(actions, ["drain", "undrain", "end", "release", "vpn_end"]);
+    let end = rows.iter().find(|r| r.action == "end").unwrap();
+    assert_eq!(end.detail, "request ended: customer called: fixed");
     let v = json(&centerd(&cfg, &["--json", "audit", "--action", "grant"]));
     assert_eq!(v[0]["actor"], "router:router-7");
     let o = centerd(&cfg, &["audit", "--actor", "cli:alice"]);

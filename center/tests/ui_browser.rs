@@ -2,10 +2,12 @@
 //! (Debian's `chromium` + `chromium-driver`): log in as a named operator
 //! account (issue 20; a wrong shared password first) with its second
 //! factor (a TOTP code computed here), see a maintenance
-//! request appear (the page reloads itself), press start and end, watch the
-//! state change and the address come back to the pool. Then an admin,
+//! request appear (the page reloads itself), press start and end (with a
+//! reason, issue 20 item 6), watch the state change, the reason listed and
+//! the address come back to the pool. Then an admin,
 //! whose role requires a second factor, enrols: scans nothing, reads the
-//! key off the page, confirms with a computed code, gets its recovery codes.
+//! key off the page, confirms with a computed code, gets its recovery codes,
+//! and drains and undrains the gateway from the panel.
 //! Screenshots of the code and enrolment pages go to out/ui-browser/.
 //!
 //! Needs `chromedriver` on PATH (or `VPNNAT_CHROMEDRIVER`) and chromium;
@@ -229,13 +231,40 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
         "{text}"
     );
     assert_eq!(web(|| b.text("#pool-allocated")), "3");
+    // The copy button next to the address (issue 20, item 6): shown by the
+    // page's script (so the content policy let it run), and a click hands
+    // the address to the Clipboard API (observed in the page: a headless
+    // browser's real clipboard is not readable from here).
+    let copy = format!("#copy-addr-{n}-pc1");
+    web(|| b.wait_for(&copy));
+    let got = web(|| {
+        b.script(&format!(
+            "var b=document.querySelector('{copy}'); if (b.hidden) return 'hidden';\
+             navigator.clipboard.writeText=function(v){{window.__copied=v;return Promise.resolve();}};\
+             b.click(); return window.__copied;"
+        ))
+    });
+    assert_eq!(got, "10.64.0.3", "the copy button copies the address");
 
     // Start, then end: the state follows, the address goes back to the pool.
     web(|| b.click(&format!("#start-{n}")));
     web(|| b.wait_text(&format!("{row} .state"), "in progress"));
+    // The end asks for a reason (issue 20, item 6) on a page of its own;
+    // the browser does not send the form without one.
     web(|| b.click(&format!("#end-{n}")));
+    web(|| b.wait_for("#reason"));
+    web(|| b.click("#end-confirm"));
+    assert!(web(|| b.find("#end-form")).is_some(), "no reason: not sent");
+    web(|| b.type_into("#reason", "printer driver reinstalled"));
+    screenshot(&b, "operator-ui-end-reason.png");
+    web(|| b.click("#end-confirm"));
+    web(|| b.wait_for(&row));
     web(|| b.wait_text(&format!("{row} .state"), "ended"));
     assert!(web(|| b.text("#message")).contains("1 address(es) released"));
+    assert_eq!(
+        web(|| b.text(&format!("#end-reason-{n}"))),
+        "reason: printer driver reinstalled"
+    );
     web(|| b.wait_text("#pool-allocated", "2"));
     // The audit names the account; its role keeps it off the accounts page.
     let rows = center
@@ -253,6 +282,13 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
             "{action}: {rows:?}"
         );
     }
+    assert!(
+        rows.iter()
+            .any(|r| r.action == "end" && r.detail == "request ended: printer driver reinstalled"),
+        "{rows:?}"
+    );
+    // An operator gets no drain button (and the server would refuse it).
+    assert!(web(|| b.find("#drain-gw1")).is_none());
     web(|| b.goto(&format!("{base}/accounts")));
     assert!(
         web(|| b.find("#accounts")).is_none(),
@@ -284,6 +320,34 @@ async fn operator_logs_in_starts_and_ends_a_request_in_chromium() {
     web(|| b.goto(&format!("{base}/accounts")));
     web(|| b.wait_for("#accounts"));
     assert!(center.reads().unwrap().operator_totp("ada").unwrap().is_some());
+
+    // The admin drains the gateway from the panel (issue 20, item 6),
+    // then lets it take tunnels again.
+    web(|| b.goto(&format!("{base}/")));
+    web(|| b.click("#drain-gw1"));
+    web(|| b.wait_text("#gateway-gw1 .draining", "yes"));
+    assert!(web(|| b.text("#message")).contains("gw1 is draining"));
+    let draining = || center.reads().unwrap().gateway_usage().unwrap()[0].draining;
+    assert!(draining());
+    screenshot(&b, "operator-ui-gateway-drained.png");
+    web(|| b.click("#undrain-gw1"));
+    web(|| b.wait_text("#gateway-gw1 .draining", "no"));
+    assert!(!draining());
+    let drains = center
+        .reads()
+        .unwrap()
+        .audit_log(&vpnnat_center::storage::AuditFilter {
+            actor: Some("operator:ada".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let seen: Vec<&str> = drains
+        .iter()
+        .filter(|r| r.action.ends_with("drain"))
+        .map(|r| r.action.as_str())
+        .collect();
+    assert_eq!(seen, ["undrain", "drain"]);
 }
 
 /// Saves the page as out/ui-browser/NAME (beside the demo's screenshots

@@ -107,7 +107,10 @@ fn real_main(cli: &Cli) -> Result<()> {
             acceptance_number,
             minutes,
         } => admin::limit_request(&cfg, *acceptance_number, *minutes)?,
-        Cmd::EndRequest { acceptance_number } => runtime()?.block_on(admin::end_request(cfg, *acceptance_number))?,
+        Cmd::EndRequest {
+            acceptance_number,
+            reason,
+        } => runtime()?.block_on(admin::end_request(cfg, *acceptance_number, reason.as_deref()))?,
         Cmd::Reconcile { gateway } => runtime()?.block_on(admin::reconcile(cfg, gateway.clone()))?,
         Cmd::Gateways => admin::gateways(&cfg)?,
         Cmd::DrainGateway { name, undo } => admin::drain(&cfg, name, !undo)?,

@@ -49,8 +49,23 @@ impl<G: GatewayCommands, R: RouterCommands> Center<G, R> {
     /// [`Center::end`] by `actor`: the end, every release and the VPN end
     /// go to the audit log under that actor.
     pub async fn end_by(&self, number: u64, now: u64, actor: &Actor) -> Result<EndOutcome, CenterError> {
+        self.end_with_reason(number, now, actor, None).await
+    }
+
+    /// [`Center::end_by`] with the operator's reason (issue 20, item 6):
+    /// stored with the request and in its `end` audit row. (The router's
+    /// end command carries no text, so the site owner does not see it.)
+    pub async fn end_with_reason(
+        &self,
+        number: u64,
+        now: u64,
+        actor: &Actor,
+        reason: Option<&crate::end_reason::EndReason>,
+    ) -> Result<EndOutcome, CenterError> {
         // The "end" audit row commits with the state change.
-        let row = self.store()?.end_request_by(number, now, &actor.who, &actor.peer)?;
+        let row = self
+            .store()?
+            .end_request_with_reason(number, now, &actor.who, &actor.peer, reason)?;
         vpnnat_crashpoint::hit("center.end.after_commit");
         let n = AcceptanceNumber::new(number).map_err(ProtoError::from)?;
         let names: Vec<String> = row.grants.iter().map(|g| g.terminal_name.clone()).collect();

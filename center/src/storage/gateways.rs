@@ -191,6 +191,36 @@ impl Storage {
         Ok(())
     }
 
+    /// [`Storage::set_draining`] by `actor` from `peer` (the UI's drain
+    /// and undrain buttons, `centerd drain-gateway`): the change and its
+    /// audit row (`drain` or `undrain`, "gateway NAME") commit together.
+    pub fn set_draining_by(&mut self, gateway: &str, draining: bool, now: u64, actor: &str, peer: &str) -> Result<()> {
+        let tx = self.tx()?;
+        let n = tx
+            .prepare_cached("UPDATE gateways SET draining = ?2 WHERE name = ?1")?
+            .execute(params![gateway, draining])?;
+        if n == 0 {
+            return Err(StorageError::NotFound {
+                what: "gateway",
+                key: gateway.to_owned(),
+            });
+        }
+        super::audit::insert_in(
+            &tx,
+            &super::audit::NewAudit {
+                at: now,
+                actor,
+                action: if draining { "drain" } else { "undrain" },
+                terminal_id: None,
+                acceptance_number: None,
+                detail: &format!("gateway {gateway}"),
+                peer,
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Whether the gateway answers centerd's heartbeat (an unknown name
     /// is not alive).
     pub fn gateway_alive(&self, gateway: &str) -> Result<bool> {

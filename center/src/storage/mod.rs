@@ -310,6 +310,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN stage TEXT NOT NULL DEFAULT 'full' CHECK (stage IN ('full', 'code', 'enrol'));
     ALTER TABLE sessions ADD COLUMN pending_totp TEXT;
     "#,
+    // 11: why an operator ended a request (issue 20, item 6; validated by
+    // `crate::end_reason`). NULL: ended before, by a time limit, by the
+    // site owner, or from the CLI without a reason.
+    r#"
+    ALTER TABLE requests ADD COLUMN end_reason TEXT;
+    "#,
 ];
 
 /// The database.

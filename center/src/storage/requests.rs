@@ -110,6 +110,10 @@ pub struct RequestRow {
     /// item 7, `centerd`); None while open.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_by: Option<String>,
+    /// Why it was ended, as the operator said (issue 20, item 6;
+    /// `crate::end_reason`); None while open, or ended without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     pub grants: Vec<RequestGrant>,
 }
 
@@ -152,7 +156,8 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
                    WHERE a.terminal_id = requests.terminal_id AND a.acceptance_number = requests.acceptance_number
                      AND a.action IN ('end', 'expire')
                    ORDER BY a.id DESC LIMIT 1)
-                END
+                END,
+                end_reason
          FROM requests WHERE acceptance_number = ?1",
     )?;
     type Raw = (
@@ -169,6 +174,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         Option<i64>,
         Option<i64>,
         Option<i64>,
+        Option<String>,
         Option<String>,
         Option<String>,
     );
@@ -190,6 +196,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
                 r.get(12)?,
                 r.get(13)?,
                 r.get(14)?,
+                r.get(15)?,
             ))
         })
         .optional()?;
@@ -209,6 +216,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         expires,
         limit_by,
         ended_by,
+        end_reason,
     )) = raw
     else {
         return Ok(None);
@@ -246,6 +254,7 @@ fn request_in(conn: &Connection, number: u64) -> Result<Option<RequestRow>> {
         expires_at: expires.map(to_u64).transpose()?,
         limit_set_by: limit_by,
         ended_by,
+        end_reason,
         grants,
     }))
 }
@@ -384,7 +393,21 @@ impl Storage {
 
     /// [`Storage::end_request`] with its audit row (`end`).
     pub fn end_request_by(&mut self, number: u64, now: u64, actor: &str, peer: &str) -> Result<RequestRow> {
-        self.transition(number, now, RequestState::Ended, Some((actor, peer)))
+        self.end_request_with_reason(number, now, actor, peer, None)
+    }
+
+    /// [`Storage::end_request_by`] with the operator's reason (issue 20,
+    /// item 6): stored with the request and written in the `end` audit
+    /// row, in the same transaction as the state change.
+    pub fn end_request_with_reason(
+        &mut self,
+        number: u64,
+        now: u64,
+        actor: &str,
+        peer: &str,
+        reason: Option<&crate::end_reason::EndReason>,
+    ) -> Result<RequestRow> {
+        self.transition_why(number, now, RequestState::Ended, Some((actor, peer)), reason)
     }
 
     /// The open (waiting or in-progress) requests with their limits, for
@@ -569,6 +592,18 @@ impl Storage {
         to: RequestState,
         audit_by: Option<(&str, &str)>,
     ) -> Result<RequestRow> {
+        self.transition_why(number, now, to, audit_by, None)
+    }
+
+    /// A state change; `reason`: why it ended (only for an end).
+    fn transition_why(
+        &mut self,
+        number: u64,
+        now: u64,
+        to: RequestState,
+        audit_by: Option<(&str, &str)>,
+        reason: Option<&crate::end_reason::EndReason>,
+    ) -> Result<RequestRow> {
         let tx = self.tx()?;
         let cur = request_in(&tx, number)?.ok_or(StorageError::NotFound {
             what: "request",
@@ -590,11 +625,15 @@ impl Storage {
             &format!("UPDATE requests SET state = ?2, {col} = ?3 WHERE acceptance_number = ?1"),
             params![from_u64(number), to.as_str(), from_u64(now)],
         )?;
+        if let (RequestState::Ended, Some(r)) = (to, reason) {
+            tx.prepare_cached("UPDATE requests SET end_reason = ?2 WHERE acceptance_number = ?1")?
+                .execute(params![from_u64(number), r.as_str()])?;
+        }
         let row = request_in(&tx, number)?.ok_or(StorageError::Corrupt("request vanished".into()))?;
         if let Some((actor, peer)) = audit_by {
             let (verb, detail) = match to {
-                RequestState::InProgress => ("start", "waiting -> in progress"),
-                _ => ("end", "request ended"),
+                RequestState::InProgress => ("start", "waiting -> in progress".to_owned()),
+                _ => ("end", crate::end_reason::audit_detail(reason)),
             };
             audit::insert_in(
                 &tx,
@@ -604,7 +643,7 @@ impl Storage {
                     action: verb,
                     terminal_id: Some(&row.terminal_id),
                     acceptance_number: Some(number),
-                    detail,
+                    detail: &detail,
                     peer,
                 },
             )?;

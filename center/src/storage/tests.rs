@@ -553,3 +553,51 @@ fn an_expiry_that_lost_the_race_to_an_operators_end_or_new_limit_does_nothing() 
     assert_eq!(row.state, RequestState::Ended);
     assert_eq!(why.limit_set_by.as_deref(), Some("operator#1"));
 }
+
+/// Issue 20, item 6: migration 11 on a version-10 database with an ended
+/// request: it stays, without a reason; a new end stores its reason with
+/// the state change and its audit row in one transaction.
+#[test]
+fn migration_11_keeps_ended_requests_and_an_end_stores_its_reason() {
+    let conn = Connection::open_in_memory().unwrap();
+    for sql in &MIGRATIONS[..10] {
+        conn.execute_batch(sql).unwrap();
+    }
+    conn.pragma_update(None, "user_version", 10).unwrap();
+    conn.execute(
+        "INSERT INTO requests (terminal_id, router_ip, claimant_name, claimant_level, phone, urgency,
+                               content, received_at, state, ended_at)
+         VALUES ('router-1', '203.0.113.5', 'Taro', 'general', '03', 'high', 'x', 1000, 'ended', 1100)",
+        [],
+    )
+    .unwrap();
+    let mut s = Storage::init(conn, false).unwrap();
+    assert_eq!(s.schema_version().unwrap(), Storage::schema_version_known());
+    let old = s.request(1).unwrap().unwrap();
+    assert_eq!((old.state, old.end_reason), (RequestState::Ended, None));
+    s.init_pool(&cidr("10.64.0.0/24")).unwrap();
+    install(&mut s, "router-2", 1);
+    let n = s
+        .create_request(&new_req("router-2", &names(&["pc1"]), "general"), None)
+        .unwrap()
+        .0;
+    let why = crate::end_reason::parse(" swapped the PLC ").unwrap();
+    let row = s
+        .end_request_with_reason(n, 200, "operator:ada", "10.0.0.1", Some(&why))
+        .unwrap();
+    assert_eq!(row.end_reason.as_deref(), Some("swapped the PLC"));
+    let audit = s
+        .audit_log(&AuditFilter {
+            action: Some("end".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(audit[0].detail, "request ended: swapped the PLC");
+    // An end without one (the CLI may) says so plainly.
+    let m = s
+        .create_request(&new_req("router-2", &names(&["pc2"]), "general"), None)
+        .unwrap()
+        .0;
+    assert_eq!(s.end_request_by(m, 300, "cli:root", "local").unwrap().end_reason, None);
+}

@@ -18,6 +18,27 @@ pub(super) const STYLE: &str =
 td,th{border:1px solid #999;padding:2px 6px;font-size:90%}th{background:#eee}\
 .waiting{background:#ffd}.in_progress{background:#dfd}.ended{color:#888}form.inline{display:inline}";
 
+/// The dashboard's one script (issue 20, item 6): shows the copy button
+/// next to each granted host's VPNNAT address and DNS name and copies the
+/// value on a click (the Clipboard API; where the page is not a secure
+/// context, e.g. plain HTTP to another host, the browser's copy command on
+/// a selection instead). Inline, allowed by its hash in the content
+/// policy; without JavaScript the buttons stay hidden and the text stays
+/// selectable.
+pub(super) const COPY_SCRIPT: &str = "document.querySelectorAll('button.copy').forEach(function(b){\
+b.hidden=false;b.addEventListener('click',function(){var v=b.getAttribute('data-copy');\
+var done=function(){b.textContent='copied';},fail=function(){b.textContent='copy failed';};\
+if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(v).then(done,fail);return;}\
+var t=document.createElement('textarea');t.value=v;document.body.appendChild(t);t.select();\
+try{document.execCommand('copy')?done():fail();}catch(e){fail();}document.body.removeChild(t);});});";
+
+/// A copy button for `value` (hidden until [`COPY_SCRIPT`] runs).
+fn copy_button(id: &str, value: &str) -> Markup {
+    html! {
+        " " button.copy type="button" id=(id) data-copy=(value) hidden title={ "copy " (value) } { "copy" }
+    }
+}
+
 /// A whole page; `refresh`: reload every [`REFRESH_SECS`].
 pub(super) fn page(title: &str, refresh: bool, body: Markup) -> String {
     html! {
@@ -103,6 +124,51 @@ fn action(csrf: &str, n: u64, what: &str) -> Markup {
     }
 }
 
+/// The end button: opens the request's end form (a GET: the reason is
+/// typed there, on a page that does not reload itself).
+fn end_button(n: u64) -> Markup {
+    html! {
+        form method="get" action={ "/requests/" (n) "/end" } class="inline" {
+            button id={ "end-" (n) } { "end" }
+        }
+    }
+}
+
+/// The end form of one request (issue 20, item 6): what is being ended,
+/// and the required reason (1-200 characters, checked again by the
+/// server). Not refreshed: a typed reason stays.
+pub fn end_form(r: &RequestRow, csrf: &str, msg: Option<&str>) -> String {
+    let n = r.acceptance_number;
+    let body = html! {
+        h1 { "End request " (n) }
+        (message(msg))
+        p {
+            "Router " (r.terminal_id) ", claimant " (r.claimant_name) " (" (r.claimant_level) "), "
+            span.state { (r.state) } "; hosts: "
+            @for (i, g) in r.grants.iter().enumerate() {
+                @if i > 0 { ", " }
+                (g.terminal_name) " = " (g.vpnnat)
+            }
+        }
+        @if r.state == RequestState::Ended {
+            p { "This request has ended already." }
+        } @else {
+            form method="post" action={ "/requests/" (n) "/end" } id="end-form" {
+                input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                label {
+                    "Reason (shown in the request list and the audit log) "
+                    input type="text" name="reason" id="reason" required minlength="1"
+                        maxlength=(crate::end_reason::MAX_CHARS) size="60" autofocus;
+                }
+                " "
+                button type="submit" id="end-confirm" { "End request " (n) }
+            }
+        }
+        p { a href="/" id="back" { "Back" } }
+    };
+    page(&format!("vpnnat center: end request {n}"), false, body)
+}
+
 /// The button that shows a router's maintenance password (audited; a POST
 /// so that neither a prefetch nor a link can trigger it).
 fn show_password(csrf: &str, terminal_id: &str) -> Markup {
@@ -148,6 +214,12 @@ fn ends_cell(r: &RequestRow, csrf: &str, now: u64, max_lifetime_secs: u64, act: 
         }
         @if let Some(by) = &r.limit_set_by {
             br; span.limit-by { "limit set by " (by) }
+        }
+        // The maximum lifetime's end, when a shorter limit holds: how far
+        // the limit may be moved back (issue 20, item 6).
+        @let cap = r.received_at.saturating_add(max_lifetime_secs);
+        @if end < cap {
+            br; span.max-end id={ "max-end-" (n) } { "max lifetime ends " (crate::limits::utc_hhmm(cap)) }
         }
         @if act {
             br;
@@ -206,9 +278,12 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
             td {
                 @for (i, g) in r.grants.iter().enumerate() {
                     @if i > 0 { br; }
-                    (g.terminal_name) " = " (g.vpnnat)
+                    (g.terminal_name) " = " span.vpnnat { (g.vpnnat) }
+                    @if live { (copy_button(&format!("copy-addr-{n}-{}", g.terminal_name), &g.vpnnat.to_string())) }
                     @if let (Some(d), true) = (dns_domain, live) {
-                        " " span.dns { (crate::dns::name_of(&g.terminal_name, &r.terminal_id, d)) }
+                        @let name = crate::dns::name_of(&g.terminal_name, &r.terminal_id, d);
+                        " " span.dns { (name) }
+                        (copy_button(&format!("copy-dns-{n}-{}", g.terminal_name), &name))
                     }
                 }
             }
@@ -219,12 +294,15 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
                 @if let (false, Some(by)) = (live, &r.ended_by) {
                     span.ended-by id={ "ended-by-" (n) } { "ended by " (by) }
                 }
+                @if let (false, Some(why)) = (live, &r.end_reason) {
+                    br; span.end-reason id={ "end-reason-" (n) } { "reason: " (why) }
+                }
             }
             td {
                 @if d.role.may(Role::Operator) {
                     @match r.state {
-                        RequestState::Waiting => { (action(csrf, n, "start")) (action(csrf, n, "end")) }
-                        RequestState::InProgress => { (action(csrf, n, "end")) }
+                        RequestState::Waiting => { (action(csrf, n, "start")) (end_button(n)) }
+                        RequestState::InProgress => { (end_button(n)) }
                         RequestState::Ended => {}
                     }
                     @if live { (show_password(csrf, &r.terminal_id)) }
@@ -234,20 +312,38 @@ fn request_row(r: &RequestRow, csrf: &str, d: &Dashboard<'_>) -> Markup {
     }
 }
 
-fn gateway_row(g: &GatewayUsage) -> Markup {
+/// The drain or undrain button of a gateway (admins; a POST with the
+/// session's CSRF token like every action).
+fn drain_button(csrf: &str, g: &GatewayUsage) -> Markup {
+    let (what, label) = if g.draining {
+        ("undrain", "undrain (take new tunnels)")
+    } else {
+        ("drain", "drain (no new tunnels)")
+    };
     html! {
-        tr class={ "gw-" (if g.alive { "up" } else { "down" }) } {
+        form method="post" action={ "/gateways/" (what) } class="inline" {
+            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+            input type="hidden" name="name" value=(g.name);
+            button id={ (what) "-" (g.name) } { (label) }
+        }
+    }
+}
+
+fn gateway_row(g: &GatewayUsage, csrf: &str, admin: bool) -> Markup {
+    html! {
+        tr id={ "gateway-" (g.name) } class={ "gw-" (if g.alive { "up" } else { "down" }) } {
             td { (g.name) }
             td { (g.global_ip) }
             td { (g.used) }
             td { (g.free) }
             td { (g.up) }
-            td { (if g.draining { "yes" } else { "no" }) }
+            td.draining { (if g.draining { "yes" } else { "no" }) }
             // A gateway the heartbeat marked down, with when: its routers'
             // open requests carry a gateway_lost failure below.
             td {
                 @if g.alive { "up" } @else { "DOWN since " (fmt_time(g.alive_changed_ms / 1000)) }
             }
+            td { @if admin { (drain_button(csrf, g)) } }
         }
     }
 }
@@ -284,11 +380,11 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
         h2 { "Gateways" }
         table id="gateways" {
             tr {
-                @for h in ["Name", "Global IP", "Used slots", "Free slots", "Tunnels up", "Draining", "State"] {
+                @for h in ["Name", "Global IP", "Used slots", "Free slots", "Tunnels up", "Draining", "State", ""] {
                     th { (h) }
                 }
             }
-            @for g in d.gateways { (gateway_row(g)) }
+            @for g in d.gateways { (gateway_row(g, csrf, d.role.may(Role::Admin))) }
         }
         h2 { "Tunnels" }
         table id="tunnels" {
@@ -359,6 +455,7 @@ pub fn dashboard(d: &Dashboard<'_>, csrf: &str, msg: Option<&str>) -> String {
             }
         }
     };
+    let body = html! { (body) script { (PreEscaped(COPY_SCRIPT)) } };
     page("vpnnat center", true, body)
 }
 

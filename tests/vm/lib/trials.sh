@@ -293,7 +293,8 @@ ui_end() { # N
 		echo "no CSRF token on the dashboard"
 		return 1
 	}
-	ui_post "/requests/$1/end" "csrf=$csrf" "$cookie" >/dev/null
+	# an end needs a reason (issue 20, item 6)
+	ui_post "/requests/$1/end" "csrf=$csrf&reason=crash+trial" "$cookie" >/dev/null
 }
 end_all() {
 	local n
