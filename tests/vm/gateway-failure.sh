@@ -240,7 +240,7 @@ during_first_outage() {
 	check "operator: /metrics says vpnnat_center_gateway_up{gateway=\"gw1\"} 0" metric_gw1_down
 	cookie=$(ui_cookie)
 	ui_get / "$cookie" >$W/ui-outage.html
-	check "operator: the UI lists gw1 DOWN" grep -q '<tr class="gw-down"><td>gw1</td>.*DOWN since' $W/ui-outage.html
+	check "operator: the UI lists gw1 DOWN" grep -q '<tr [^>]*class="gw-down"><td>gw1</td>.*DOWN since' $W/ui-outage.html
 	check "operator: the UI shows home-1's gateway_lost failure naming request $ACC1" \
 		grep -q "gateway_lost.*gateway gw1 stopped answering; tunnel down; open request(s) $ACC1" $W/ui-outage.html
 	check "the audit log has the gateway_down event" sh -c \
