@@ -448,7 +448,7 @@ fn wd(driver: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Resu
 fn wd_raw(driver: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
     let mut s = TcpStream::connect(driver).map_err(io(format!("connecting to chromedriver at {driver}")))?;
     s.set_read_timeout(Some(Duration::from_secs(300)))
-        .map_err(io("chromedriver socket"))?;
+        .map_err(io(format!("chromedriver socket to {driver}")))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     // Host: localhost whatever address we dialled. chromedriver refuses any
     // other Host (403, its guard against DNS rebinding), and a driver
@@ -460,14 +460,18 @@ fn wd_raw(driver: SocketAddr, method: &str, path: &str, body: Option<Value>) -> 
         driver.port(),
         body.len()
     )
-    .map_err(io("writing to chromedriver"))?;
+    .map_err(io(format!("writing to chromedriver at {driver}")))?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
-    r.read_line(&mut status).map_err(io("reading chromedriver's answer"))?;
+    r.read_line(&mut status)
+        .map_err(io(format!("reading the answer of chromedriver at {driver}")))?;
     let mut len: Option<usize> = None;
     loop {
         let mut h = String::new();
-        if r.read_line(&mut h).map_err(io("reading chromedriver's answer"))? == 0 {
+        if r.read_line(&mut h)
+            .map_err(io(format!("reading the answer of chromedriver at {driver}")))?
+            == 0
+        {
             break;
         }
         let h = h.trim_end();
@@ -484,10 +488,12 @@ fn wd_raw(driver: SocketAddr, method: &str, path: &str, body: Option<Value>) -> 
     match len {
         Some(n) => {
             buf.resize(n, 0);
-            r.read_exact(&mut buf).map_err(io("reading chromedriver's answer"))?;
+            r.read_exact(&mut buf)
+                .map_err(io(format!("reading the answer of chromedriver at {driver}")))?;
         }
         None => {
-            r.read_to_end(&mut buf).map_err(io("reading chromedriver's answer"))?;
+            r.read_to_end(&mut buf)
+                .map_err(io(format!("reading the answer of chromedriver at {driver}")))?;
         }
     }
     let v: Value = serde_json::from_slice(&buf).unwrap_or(Value::Null);
@@ -524,7 +530,10 @@ mod tests {
 
     #[test]
     fn attaching_to_an_address_without_a_chromedriver_names_the_address() {
-        // A port that was free a moment ago: nothing listens there.
+        // A port that was free a moment ago: nothing should listen there,
+        // but another test may take it meanwhile (seen once in a full
+        // suite: the connect got through and the write failed), so every
+        // step's error names the address.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
