@@ -99,7 +99,12 @@ pub async fn ui_csrf(ui: &str, cookie: &str) -> String {
 /// message) if the UI says it was done.
 pub async fn ui_action(ui: &str, session: &UiSession, n: u64, what: &str) -> Result<String, String> {
     let _click = session.inflight.acquire().await.map_err(|e| e.to_string())?;
-    let body = format!("csrf={}", session.csrf);
+    // An end needs a reason (issue 20, item 6).
+    let body = if what == "end" {
+        format!("csrf={}&reason=load+cycle", session.csrf)
+    } else {
+        format!("csrf={}", session.csrf)
+    };
     let (status, head, _) = http(
         ui,
         format!(
