@@ -290,7 +290,7 @@ VPNNAT_VM_NO_BUILD=1 run "VM: datapath (real ESP through the 1:1 NAT)" scripts/v
 # home 2 is reached directly (the gateway dials in), every home's LAN being
 # the center's own network (issue 17 item 6: the routers masquerade the
 # operator toward their LAN).
-VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=900 run "VM: end to end (defaults: ROUTERS=2 GATEWAYS=2 SLOTS_PER_GATEWAY=4)" \
+VPNNAT_VM_NO_BUILD=1 VPNNAT_VM_TIMEOUT=1500 run "VM: end to end (defaults: ROUTERS=2 GATEWAYS=2 SLOTS_PER_GATEWAY=4)" \
 	scripts/vm-test tests/vm/e2e.sh
 # Load through real tunnels (issue 8): a small run of the tunnel load
 # (`scripts/bench-load.sh --vm` is the 1,000-router benchmark).
