@@ -138,32 +138,33 @@ fn idle_suffix(idle: Option<u64>) -> String {
 /// requests that hold it (it stays until the last of them ends); None
 /// when one of them was told none (or none holds it).
 pub fn grant_idle(state: &RouterState, name: &str) -> Option<u64> {
-    let h = state.hosts.iter().find(|(n, _)| n.as_str() == name)?.1;
-    let mut idle = None;
-    for n in &h.requests {
-        let r = state.requests.get(n)?;
-        if r.state != crate::state::RequestState::Waiting {
-            continue;
-        }
-        idle = Some(idle.unwrap_or(0).max(r.idle_timeout_secs?));
-    }
-    idle
+    latest_of_open_requests(state, name, |r| r.idle_timeout_secs)
 }
 
 /// When the center ends the grant of `name`: the latest end among the
 /// open requests that hold it; None when one of them has no end told (or
 /// none holds it).
 pub fn grant_end(state: &RouterState, name: &str) -> Option<u64> {
+    latest_of_open_requests(state, name, |r| r.ends_at)
+}
+
+/// The largest `field` among the open requests that hold the grant of
+/// `name`; None when one of them has none (no limit told) or none holds it.
+fn latest_of_open_requests(
+    state: &RouterState,
+    name: &str,
+    field: impl Fn(&crate::state::RequestRecord) -> Option<u64>,
+) -> Option<u64> {
     let h = state.hosts.iter().find(|(n, _)| n.as_str() == name)?.1;
-    let mut end = None;
+    let mut latest = None;
     for n in &h.requests {
         let r = state.requests.get(n)?;
         if r.state != crate::state::RequestState::Waiting {
             continue;
         }
-        end = Some(end.unwrap_or(0).max(r.ends_at?));
+        latest = Some(latest.unwrap_or(0).max(field(r)?));
     }
-    end
+    latest
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
