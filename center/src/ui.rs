@@ -773,26 +773,8 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let who = Actor::new("operator?", peer.ip().to_string());
         let trusted = self.trusted(peer);
         let throttled = |t: vpnnat_proto::throttle::Throttled| {
-            // The first refusal of each wait per address is logged and
-            // audited; the repeats only at debug: a flood of guesses must
-            // not write a line, let alone an append-only row, each.
-            let first = self
-                .throttle
-                .lock()
-                .map(|mut th| th.refused(peer.ip(), &t, now))
-                .unwrap_or(true);
-            if first {
-                log::warn!("operator login from {peer} refused: {t}");
-                self.center
-                    .audit(now, &who, "login_throttled", None, None, &t.to_string());
-            } else {
-                log::debug!("operator login from {peer} refused again: {t}");
-            }
-            let mut r = html(429, login_page(&format!("Login refused: {t}.")));
-            if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
-                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-            }
-            r
+            let page = login_page(&format!("Login refused: {t}."));
+            self.throttled_login(peer, &who, t, now, "operator login", page)
         };
         // A braked source goes no further: it takes no hashing slot.
         // (The verdict first: the lock must be free again for `throttled`.)

@@ -94,14 +94,18 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         }
     }
 
-    /// The answer to a throttled second-factor attempt (first refusal per
-    /// address and wait logged and audited, as for passwords).
-    fn throttled_code(
+    /// The answer to a throttled login step from `peer` (`what`: "operator
+    /// login", "second factor"), a 429 with Retry-After. The first refusal
+    /// of each wait per address is logged and audited; the repeats only at
+    /// debug: a flood of guesses must not write a line, let alone an
+    /// append-only row, each.
+    pub(super) fn throttled_login(
         &self,
         peer: SocketAddr,
         who: &Actor,
         t: vpnnat_proto::throttle::Throttled,
         now: u64,
+        what: &str,
         page: String,
     ) -> Response<Body> {
         let first = self
@@ -110,9 +114,11 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
             .map(|mut th| th.refused(peer.ip(), &t, now))
             .unwrap_or(true);
         if first {
-            log::warn!("second factor from {peer} refused: {t}");
+            log::warn!("{what} from {peer} refused: {t}");
             self.center
                 .audit(now, who, "login_throttled", None, None, &t.to_string());
+        } else {
+            log::debug!("{what} from {peer} refused again: {t}");
         }
         let mut r = html(429, page);
         if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs.to_string()) {
@@ -134,7 +140,14 @@ impl<G: GatewayCommands + 'static, R: RouterCommands + 'static> Ui<G, R> {
         let admitted = self.throttle.lock().ok().map(|mut t| t.begin(peer.ip(), trusted, now));
         match admitted {
             Some(Ok(a)) => Ok(a),
-            Some(Err(t)) => Err(Box::new(self.throttled_code(peer, who, t, now, page()))),
+            Some(Err(t)) => Err(Box::new(self.throttled_login(
+                peer,
+                who,
+                t,
+                now,
+                "second factor",
+                page(),
+            ))),
             None => Err(Box::new(text(500, "login throttle unavailable"))),
         }
     }
